@@ -1,0 +1,37 @@
+"""mambah: ultra-fast simulation of an LHCb-like detector with trained networks.
+
+``import mambah`` is light: the public names below are imported on first use, so TensorFlow is
+loaded only by the code that runs a network.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import log as _log  # noqa: F401  (installs the NullHandler)
+from ._version import __version__
+
+#: public name -> module that defines it (imported lazily on first attribute access)
+_LAZY = {
+    "Batch": "mambah.batch",
+    "get_rng": "mambah.random",
+    "read_table": "mambah.io",
+    "write_table": "mambah.io",
+    "MambahError": "mambah.errors",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'mambah' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(globals()))

@@ -1,0 +1,111 @@
+"""Exceptions raised by mambah.
+
+Every error says what is wrong, where, and (when it can) what to do instead, in the manner of
+uproot's ``KeyInFileError``: a missing column names the table and lists the available ones sorted
+by similarity, an unknown particle suggests close PDG names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "MambahError",
+    "ConfigurationError",
+    "DataError",
+    "MissingColumnError",
+    "DescriptorError",
+    "UnknownParticleError",
+    "StoreError",
+    "BatchExistsError",
+    "SchemaVersionError",
+    "ModelDirError",
+    "OptionalDependencyError",
+    "closest",
+]
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """The ``n`` candidates most similar to ``name``, best first (difflib ratio).
+
+    Falls back to a case-insensitive prefix match so that ``closest("lambda", ...)`` still finds
+    ``Lambda0`` when the ratio is low.
+    """
+    candidates = list(candidates)
+    found = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    if len(found) < n:
+        low = name.lower()
+        for c in sorted(candidates):
+            if c not in found and c.lower().startswith(low[:3]):
+                found.append(c)
+            if len(found) >= n:
+                break
+    return found
+
+
+class MambahError(Exception):
+    """Base class of every error mambah raises on purpose."""
+
+
+class ConfigurationError(MambahError, ValueError):
+    """An argument or configuration value is invalid."""
+
+
+class DataError(MambahError, ValueError):
+    """Input data are unusable (NaN/inf, non-positive weight sum, too few rows, ...)."""
+
+
+class MissingColumnError(DataError, KeyError):
+    """A required column is absent. Lists the missing ones and the available ones."""
+
+    def __init__(self, missing: Iterable[str], available: Iterable[str], where: str = "the data"):
+        self.missing = list(missing)
+        self.available = sorted(available)
+        self.where = where
+        hints = []
+        for m in self.missing:
+            near = closest(m, self.available, n=3)
+            if near:
+                hints.append(f"{m!r}: did you mean {', '.join(map(repr, near))}?")
+        msg = (
+            f"{where} has no column{'s' if len(self.missing) > 1 else ''} "
+            f"{', '.join(map(repr, self.missing))}; available: {', '.join(self.available) or '(none)'}"
+        )
+        if hints:
+            msg += "\n  " + "\n  ".join(hints)
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class DescriptorError(MambahError, ValueError):
+    """A decay descriptor is malformed or describes an impossible decay."""
+
+
+class UnknownParticleError(DescriptorError, KeyError):
+    """A particle name is not known to the ``particle`` package (nor an accepted alias)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class StoreError(MambahError):
+    """The event store cannot do what was asked (bad URL, unreachable server, bad batch...)."""
+
+
+class BatchExistsError(StoreError):
+    """A batch with this id is already in the store."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by another schema version."""
+
+
+class ModelDirError(MambahError):
+    """A model directory is missing a file, is corrupt, or was written by another version."""
+
+
+class OptionalDependencyError(MambahError, ImportError):
+    """An optional dependency is not installed; the message gives the pip line."""

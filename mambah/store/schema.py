@@ -1,0 +1,260 @@
+"""The relational schema of the event store (SQLAlchemy 2, one schema for every backend).
+
+Every data table is keyed by ``(batch, index)`` (``(batch, event)`` for events), with indices
+local to a batch so that workers never coordinate. Cross-references inside a batch (``mother``,
+``prod_vertex``, ``mc_particle`` ...) are batch-local indices; ``-1`` means "none".
+
+Units: MeV (energies, momenta, masses), mm (positions), ns (times) — the LHCb convention.
+
+:data:`COLUMNS` is the single source of truth for the in-memory batch tables: the name and numpy
+dtype of every column the stages produce and the store writes. The ORM classes below are built to
+match it (a test checks that they agree).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["SCHEMA_VERSION", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow", "Event",
+           "MCParticle", "MCVertex", "Particle", "Vertex", "ModelRow", "PID_COLUMNS"]
+
+#: Bumped whenever a table or column changes; stored in ``mambah_meta``.
+SCHEMA_VERSION = 1
+
+#: PID variables of reconstructed tracks (NaN where not produced, e.g. outside the RICH acceptance).
+PID_COLUMNS: dict[str, str] = {
+    "rich_dll_e": "float32",
+    "rich_dll_mu": "float32",
+    "rich_dll_k": "float32",
+    "rich_dll_p": "float32",
+    "is_muon": "float32",
+    "muon_mu_ll": "float32",
+    "muon_bkg_ll": "float32",
+    "pid_e": "float32",
+    "pid_mu": "float32",
+    "pid_k": "float32",
+    "pid_p": "float32",
+}
+
+#: Columns of each data table as produced by the stages: name -> numpy dtype.
+COLUMNS: dict[str, dict[str, str]] = {
+    "events": {
+        "batch": "int64",
+        "event": "int32",
+        "pv_x": "float32",
+        "pv_y": "float32",
+        "pv_z": "float32",
+        "pv_t": "float32",
+        "n_tracks": "int32",
+        "weight": "float32",
+    },
+    "mc_particles": {
+        "batch": "int64",
+        "index": "int32",
+        "event": "int32",
+        "pid": "int32",
+        "px": "float32",
+        "py": "float32",
+        "pz": "float32",
+        "e": "float32",
+        "prod_vertex": "int32",
+        "decay_vertex": "int32",
+        "mother": "int32",
+        "reconstructed": "bool",
+    },
+    "mc_vertices": {
+        "batch": "int64",
+        "index": "int32",
+        "event": "int32",
+        "x": "float32",
+        "y": "float32",
+        "z": "float32",
+        "t": "float32",
+        "mother": "int32",
+    },
+    "particles": {
+        "batch": "int64",
+        "index": "int32",
+        "event": "int32",
+        "mc_particle": "int32",
+        "pid": "int32",
+        "charge": "int8",
+        "px": "float32",
+        "py": "float32",
+        "pz": "float32",
+        "e": "float32",
+        "m": "float32",
+        "mother": "int32",
+        "vertex": "int32",
+        **PID_COLUMNS,
+    },
+    "vertices": {
+        "batch": "int64",
+        "index": "int32",
+        "event": "int32",
+        "particle": "int32",
+        "mc_vertex": "int32",
+        "x": "float32",
+        "y": "float32",
+        "z": "float32",
+        "m": "float32",
+        "n_daughters": "int16",
+    },
+}
+
+#: Data tables in write order (parents before children).
+DATA_TABLES: tuple[str, ...] = ("events", "mc_vertices", "mc_particles", "particles", "vertices")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about the database itself (``schema_version``, ``created_by``...)."""
+
+    __tablename__ = "mambah_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class BatchRow(Base):
+    """One row per batch: its provenance. A batch is written in one transaction with its data."""
+
+    __tablename__ = "batches"
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    production: Mapped[str] = mapped_column(String(64), default="", index=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    n_events: Mapped[int] = mapped_column(Integer)
+    config: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    models: Mapped[str] = mapped_column(Text, default="{}")  # JSON: name -> {version, hash}
+    code_version: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16), default="complete")
+    timings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: stage -> seconds
+    created: Mapped[_dt.datetime] = mapped_column(DateTime, default=lambda: _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
+
+
+def _batch_fk(table: str) -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(["batch"], ["batches.batch"], name=f"fk_{table}_batch")
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (_batch_fk("events"),)
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    pv_x: Mapped[float] = mapped_column(Float)
+    pv_y: Mapped[float] = mapped_column(Float)
+    pv_z: Mapped[float] = mapped_column(Float)
+    pv_t: Mapped[float] = mapped_column(Float)
+    n_tracks: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[float] = mapped_column(Float)
+
+
+class MCVertex(Base):
+    __tablename__ = "mc_vertices"
+    __table_args__ = (_batch_fk("mc_vertices"), Index("ix_mc_vertices_event", "batch", "event"))
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    event: Mapped[int] = mapped_column(Integer)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    z: Mapped[float] = mapped_column(Float)
+    t: Mapped[float] = mapped_column(Float)
+    mother: Mapped[int] = mapped_column(Integer)
+
+
+class MCParticle(Base):
+    __tablename__ = "mc_particles"
+    __table_args__ = (
+        _batch_fk("mc_particles"),
+        Index("ix_mc_particles_event", "batch", "event"),
+        Index("ix_mc_particles_mother", "batch", "mother"),
+    )
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    event: Mapped[int] = mapped_column(Integer)
+    pid: Mapped[int] = mapped_column(Integer)
+    px: Mapped[float] = mapped_column(Float)
+    py: Mapped[float] = mapped_column(Float)
+    pz: Mapped[float] = mapped_column(Float)
+    e: Mapped[float] = mapped_column(Float)
+    prod_vertex: Mapped[int] = mapped_column(Integer)
+    decay_vertex: Mapped[int] = mapped_column(Integer)
+    mother: Mapped[int] = mapped_column(Integer)
+    reconstructed: Mapped[bool] = mapped_column(Boolean)
+
+
+def _pid_columns(cls_dict):
+    for name in PID_COLUMNS:
+        cls_dict[name] = mapped_column(Float, nullable=True)
+    return cls_dict
+
+
+class Particle(Base):
+    __tablename__ = "particles"
+    __table_args__ = (
+        _batch_fk("particles"),
+        Index("ix_particles_event", "batch", "event"),
+        Index("ix_particles_mc", "batch", "mc_particle"),
+        Index("ix_particles_mother", "batch", "mother"),
+    )
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    event: Mapped[int] = mapped_column(Integer)
+    mc_particle: Mapped[int] = mapped_column(Integer)
+    pid: Mapped[int] = mapped_column(Integer)
+    charge: Mapped[int] = mapped_column(SmallInteger)
+    px: Mapped[float] = mapped_column(Float)
+    py: Mapped[float] = mapped_column(Float)
+    pz: Mapped[float] = mapped_column(Float)
+    e: Mapped[float] = mapped_column(Float)
+    m: Mapped[float] = mapped_column(Float)
+    mother: Mapped[int] = mapped_column(Integer)
+    vertex: Mapped[int] = mapped_column(Integer)
+    _pid_columns(locals())
+
+
+class Vertex(Base):
+    __tablename__ = "vertices"
+    __table_args__ = (_batch_fk("vertices"), Index("ix_vertices_event", "batch", "event"))
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    event: Mapped[int] = mapped_column(Integer)
+    particle: Mapped[int] = mapped_column(Integer)
+    mc_vertex: Mapped[int] = mapped_column(Integer)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    z: Mapped[float] = mapped_column(Float)
+    m: Mapped[float] = mapped_column(Float)
+    n_daughters: Mapped[int] = mapped_column(SmallInteger)
+
+
+class ModelRow(Base):
+    """A conditions database for models: which trained model version produced what."""
+
+    __tablename__ = "models"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    species: Mapped[str] = mapped_column(String(32), default="")
+    conditions: Mapped[str] = mapped_column(Text, default="[]")  # JSON
+    targets: Mapped[str] = mapped_column(Text, default="[]")  # JSON
+    metrics: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    path: Mapped[str] = mapped_column(Text, default="")
+    hash: Mapped[str] = mapped_column(String(64), default="")
+    created: Mapped[_dt.datetime] = mapped_column(DateTime, default=lambda: _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
