@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 _ROOT_SUFFIXES = (".root",)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")
+_TREE_CLASSES = ("TTree", "TNtuple", "ROOT::RNTuple")
 
 
 def split_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
@@ -67,7 +68,7 @@ def read_table(spec: str | os.PathLike, columns: Sequence[str] | None = None) ->
         import uproot
 
         with uproot.open(path) as f:
-            trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c.startswith("TTree") or c.startswith("TNtuple")})
+            trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c.startswith(_TREE_CLASSES)})
             if tree is None:
                 if len(trees) != 1:
                     raise ConfigurationError(
@@ -116,8 +117,12 @@ def write_table(df: pd.DataFrame, spec: str | os.PathLike) -> Path:
         if kind == "root":
             import uproot
 
+            # an explicit TTree (uproot >= 5.7 writes RNTuples for plain assignment), which every
+            # ROOT version reads
+            data = {c: np.ascontiguousarray(df[c].to_numpy()) for c in df.columns}
             with uproot.recreate(tmp) as f:
-                f[tree or "DecayTree"] = {c: df[c].to_numpy() for c in df.columns}
+                t = f.mktree(tree or "DecayTree", {c: a.dtype for c, a in data.items()})
+                t.extend(data)
         elif kind == "parquet":
             df.to_parquet(tmp, index=False)
         else:
