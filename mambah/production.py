@@ -1,0 +1,307 @@
+"""Productions: a pipeline mapped over batch seeds, into a store, in-process or on Dask.
+
+A production is identified by its name inside a store. Its record (in the store's
+``mambah_meta`` table, key ``production/<name>``) holds everything that defines its content:
+production seed, number of events, batch size, the pipeline configuration and the model
+versions. Batch ``i`` of the production has the global id ``first_batch + i`` and the seed
+``batch_seed(seed, i)``, so it can be regenerated bit for bit, in any order, on any worker.
+
+Resuming (``resume=True``) reads the record, refuses when the configuration differs (and shows
+the difference), and runs only the batches that are not in the store yet. Because every batch
+is written in one transaction and writing is idempotent (``if_exists="skip"``), a killed run,
+a Ctrl-C or a dead Dask worker never leaves a partial or duplicated batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .batch import Batch
+from .errors import ConfigurationError, StoreError
+from .pipeline import Pipeline
+from .random import batch_seed
+
+__all__ = ["ProductionResult", "run_production", "production_record", "config_diff"]
+
+log = logging.getLogger(__name__)
+
+_META_PREFIX = "production/"
+
+
+@dataclasses.dataclass
+class ProductionResult:
+    """What a production run did."""
+
+    production: str
+    n_batches: int  #: batches of the whole production
+    written: int  #: batches written by this run
+    skipped: int  #: batches already in the store (resume)
+    n_events: int  #: events written by this run
+    seconds: float
+    stage_seconds: dict[str, float]
+    interrupted: bool = False
+    failed: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.n_events / self.seconds if self.seconds > 0 else float("nan")
+
+    def stage_share(self) -> dict[str, float]:
+        total = sum(self.stage_seconds.values())
+        return {k: v / total for k, v in self.stage_seconds.items()} if total > 0 else {}
+
+
+def _normalise(obj: Any) -> Any:
+    """JSON round trip, so that a record read back compares equal to a freshly built one."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def production_record(pipeline: Pipeline, *, n_events: int, batch_size: int, seed: int) -> dict[str, Any]:
+    return _normalise(
+        {
+            "seed": int(seed),
+            "n_events": int(n_events),
+            "batch_size": int(batch_size),
+            "config": pipeline.config(),
+            "models": pipeline.model_versions(),
+        }
+    )
+
+
+def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
+    """Human-readable differences between two JSON-like records (``path: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            p = f"{path}.{k}" if path else str(k)
+            if k not in old:
+                out.append(f"{p}: (absent) -> {new[k]!r}")
+            elif k not in new:
+                out.append(f"{p}: {old[k]!r} -> (absent)")
+            else:
+                out.extend(config_diff(old[k], new[k], p))
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def _batch_sizes(n_events: int, batch_size: int) -> list[int]:
+    n = math.ceil(n_events / batch_size)
+    return [min(batch_size, n_events - i * batch_size) for i in range(n)]
+
+
+def _prepare(store, name: str, record: dict, resume: bool) -> int:
+    """Register the production (or check it on resume); return its first global batch id."""
+    key = _META_PREFIX + name
+    raw = store.get_meta(key)
+    if raw is None:
+        ids = store.batch_ids()
+        first = (max(ids) + 1) if len(ids) else 0
+        store.set_meta(key, json.dumps({**record, "first_batch": first}, sort_keys=True))
+        return first
+    old = json.loads(raw)
+    first = int(old.pop("first_batch"))
+    if not resume:
+        raise ConfigurationError(
+            f"the store already holds a production named {name!r}; pass resume=True (CLI: --resume) to "
+            "continue it, choose another production name (--production NAME), or delete its batches first"
+        )
+    diff = config_diff(old, record)
+    if diff:
+        raise ConfigurationError(
+            f"cannot resume production {name!r}: its configuration in the store differs from this run's:\n  "
+            + "\n  ".join(diff)
+        )
+    return first
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the batch in flight, then stop. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        log.warning("interrupt: stopping after the batch in flight (Ctrl-C again to abort it; it will not be written)")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def make_batch(first_batch: int, index: int, production_seed: int, n_events: int, production: str) -> Batch:
+    b = Batch(id=first_batch + index, seed=batch_seed(production_seed, index), n_events=n_events)
+    b.info.update(production=production, production_index=index, production_seed=int(production_seed))
+    return b
+
+
+def _process(pipeline: Pipeline, spec: tuple, store_url: str | None) -> Any:
+    """Run one batch. With ``store_url`` (a multi-writer store) write it here and return a summary;
+    without, return the batch for the caller to write."""
+    batch = pipeline.process(make_batch(*spec))
+    if store_url is None:
+        return batch
+    from .store import Store
+
+    with Store(store_url) as st:
+        t0 = time.perf_counter()
+        written = st.write_batch(batch, if_exists="skip")
+        batch.info["timings"]["store"] = time.perf_counter() - t0
+    return {"id": batch.id, "n_events": batch.n_events, "timings": batch.info["timings"], "written": written}
+
+
+def run_production(
+    pipeline: Pipeline,
+    *,
+    n_events: int,
+    batch_size: int,
+    seed: int,
+    store,
+    production: str = "default",
+    resume: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+    max_in_flight: int | None = None,
+) -> ProductionResult:
+    """Run ``pipeline`` over ``ceil(n_events / batch_size)`` batches into ``store``.
+
+    Args:
+        pipeline: the stages.
+        n_events: events of the whole production.
+        batch_size: events per batch (sets the memory, not the production size).
+        seed: production seed; batch ``i`` is seeded with ``batch_seed(seed, i)``.
+        store: a :class:`mambah.store.Store`.
+        production: the production's name in the store.
+        resume: continue a production already in the store (configuration must match).
+        workers: run on a Dask ``LocalCluster`` with this many single-threaded worker processes.
+        scheduler: address of an existing Dask scheduler (``tcp://host:port``).
+        progress: show a progress bar (events/s).
+    """
+    if n_events <= 0 or batch_size <= 0:
+        raise ConfigurationError(f"n_events and batch_size must be positive, got {n_events} and {batch_size}")
+    if workers is not None and scheduler is not None:
+        raise ConfigurationError("give either workers (a LocalCluster) or scheduler (an existing cluster), not both")
+    sizes = _batch_sizes(n_events, batch_size)
+    record = production_record(pipeline, n_events=n_events, batch_size=batch_size, seed=seed)
+    first = _prepare(store, production, record, resume)
+    done = set(store.batch_ids())
+    todo = [i for i in range(len(sizes)) if first + i not in done]
+    skipped = len(sizes) - len(todo)
+    if skipped:
+        log.info("production %r: %d of %d batches already in the store", production, skipped, len(sizes))
+    specs = [(first, i, seed, sizes[i], production) for i in todo]
+    result = ProductionResult(production, len(sizes), 0, skipped, 0, 0.0, {})
+
+    from .progress import progress as _progress
+
+    bar = _progress(total=sum(sizes), initial=sum(sizes) - sum(sizes[i] for i in todo), enabled=progress,
+                    unit="ev", unit_scale=True, desc=f"simulate {production}", smoothing=0.1)
+    t0 = time.perf_counter()
+    try:
+        with _StopFlag() as flag:
+            if workers is None and scheduler is None:
+                it = _run_local(pipeline, specs, store, flag)
+            else:
+                it = _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight)
+            for n_ev, timings in it:
+                result.written += 1
+                result.n_events += n_ev
+                for k, v in timings.items():
+                    result.stage_seconds[k] = result.stage_seconds.get(k, 0.0) + v
+                bar.update(n_ev)
+            result.interrupted = flag.stop and result.written + skipped < len(sizes)
+    finally:
+        bar.close()
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _run_local(pipeline, specs, store, flag) -> Iterator[tuple[int, dict]]:
+    for spec in specs:
+        if flag.stop:
+            return
+        batch = _process(pipeline, spec, None)
+        t0 = time.perf_counter()
+        store.write_batch(batch, if_exists="skip")
+        batch.info["timings"]["store"] = time.perf_counter() - t0
+        yield batch.n_events, batch.info["timings"]
+
+
+def _connect(workers, scheduler):
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        from .errors import OptionalDependencyError
+
+        raise OptionalDependencyError("Dask productions need dask.distributed: pip install 'mambah[dask]'") from None
+    if scheduler is not None:
+        try:
+            return Client(scheduler, timeout="10s"), None
+        except (OSError, TimeoutError) as e:
+            raise ConfigurationError(f"no Dask scheduler answers at {scheduler!r} ({e})") from None
+    if workers < 1:
+        raise ConfigurationError(f"workers must be >= 1, got {workers}")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           env={"OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+                                "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return Client(cluster), cluster
+
+
+def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight) -> Iterator[tuple[int, dict]]:
+    from dask.distributed import as_completed
+
+    client, cluster = _connect(workers, scheduler)
+    # Multi-writer backends: workers write themselves. Single-writer files (DuckDB, SQLite): the
+    # client writes what the workers return. Either way the write is idempotent (skip), so a task
+    # that Dask re-runs after a worker died cannot duplicate a batch.
+    direct = store.backend == "postgresql"
+    url = store.url if direct else None
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or (workers or 1))
+        limit = max_in_flight or 2 * n_workers
+        pending = iter(specs)
+        ac = as_completed()
+        for spec in pending:
+            ac.add(client.submit(_process, pipeline, spec, url, key=f"mambah-batch-{spec[0] + spec[1]}-{os.getpid()}", pure=False))
+            if ac.count() >= limit:
+                break
+        for fut in ac:
+            res = fut.result()
+            fut.release()
+            if direct:
+                n_ev, timings = res["n_events"], res["timings"]
+            else:
+                t0 = time.perf_counter()
+                store.write_batch(res, if_exists="skip")
+                res.info["timings"]["store"] = time.perf_counter() - t0
+                n_ev, timings = res.n_events, res.info["timings"]
+            yield n_ev, timings
+            if not flag.stop:
+                nxt = next(pending, None)
+                if nxt is not None:
+                    ac.add(client.submit(_process, pipeline, nxt, url, key=f"mambah-batch-{nxt[0] + nxt[1]}-{os.getpid()}", pure=False))
+    except StoreError:
+        raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
