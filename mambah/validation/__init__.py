@@ -1,0 +1,42 @@
+"""Validation of generative models: the classifier two-sample score ("BDT KS"), 1D comparisons in
+bins of p and η, PID efficiency curves, plots and reports (``mambah validate``).
+
+Quick use::
+
+    from mambah.validation import bdt_ks_score
+    res = bdt_ks_score(data, generated, ["P", "ETA", "nLongTracks", "DLLp"],
+                       ref_weight="sWeight", gen_weight="sWeight", seed=0)
+    res.bdt_ks, res.bdt_ks_std, res.auc
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "bdt_ks_score": "mambah.validation.bdt",
+    "bdt_ks_null": "mambah.validation.bdt",
+    "BDTKSResult": "mambah.validation.bdt",
+    "CLASSIFIER_DEFAULTS": "mambah.validation.bdt",
+    "weighted_ks": "mambah.validation.stats",
+    "weighted_auc": "mambah.validation.stats",
+    "weighted_ecdf": "mambah.validation.stats",
+    "weighted_quantiles": "mambah.validation.stats",
+    "effective_size": "mambah.validation.stats",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'mambah.validation' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(globals()))
