@@ -1,0 +1,136 @@
+"""Weighted quantile transform to a standard normal, stored as plain arrays.
+
+Each column ``x`` is mapped to ``z = Phi^-1(F(x))`` where ``F`` is a piecewise-linear
+interpolation of the (weighted) empirical distribution function through ``n_knots`` quantiles,
+and ``Phi`` the standard normal CDF. This is scikit-learn's ``QuantileTransformer(output_distribution
+="normal")`` with two differences that matter for calibration data:
+
+* **weights**: the knots are quantiles of the sample weighted with the sWeights *clipped at zero*
+  (a quantile of a signed measure is not defined where its CDF decreases; the clipped measure
+  covers signal plus part of the background, which only makes the map a little wider than the
+  signal needs — the map must be monotone and cover the data, not be exactly the signal CDF);
+* **ties** (discrete or saturated values, e.g. an integer occupancy or a DLL stuck at a default
+  value): a value ``x`` that occupies the CDF interval ``[F(x-), F(x)]`` is mapped to the middle of
+  that interval (``mode="mid"``, deterministic: conditions) or to a uniform random point inside it
+  (``mode="random"``: targets, so that the transformed training targets are exactly Gaussian
+  and the generator learns a continuous density; the inverse map sends the whole interval back to
+  ``x``, restoring the spike).
+
+The inverse is ``x = F^-1(Phi(z))``, the linear interpolation of the knots, clamped to the
+training range. Everything is stored as arrays (``knots``, ``probs`` per column) — no pickle.
+
+Reference: the quantile transform is the probability integral transform (e.g. Devroye,
+*Non-Uniform Random Variate Generation*, 1986, Sect. II.2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtr, ndtri
+
+from ..errors import DataError, ModelDirError
+
+__all__ = ["QuantileGaussianizer"]
+
+#: the transformed values are clipped to Phi^-1(EPS) ... Phi^-1(1 - EPS)  (about +-5.3 sigma)
+EPS = 1e-7
+
+
+class QuantileGaussianizer:
+    """Map each column to a standard normal through its (weighted) quantiles.
+
+    Args:
+        n_knots: number of quantiles per column (including the minimum and maximum).
+
+    Fitted attributes: ``knots_`` and ``probs_``, arrays of shape ``(n_columns, n_knots)``, the
+    distinct knot values of each column and their CDF values; where a column has ties, knots
+    repeat and ``probs_`` jumps (a flat stretch of the inverse).
+
+    Example:
+        >>> q = QuantileGaussianizer(n_knots=101).fit(np.random.default_rng(0).exponential(size=(1000, 1)))
+        >>> z = q.transform(np.array([[0.5]]))
+    """
+
+    def __init__(self, n_knots: int = 1001):
+        self.n_knots = n_knots
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, x: np.ndarray, weights: np.ndarray | None = None, names=None) -> QuantileGaussianizer:
+        """Fit the knots of each column of ``x`` (shape ``(n, k)``) under ``weights`` (clipped at 0)."""
+        x = np.asarray(x, dtype=float)
+        if x.ndim != 2:
+            raise DataError(f"expected a 2D array (rows, columns), got shape {x.shape}")
+        n, k = x.shape
+        names = list(names) if names is not None else [f"column {i}" for i in range(k)]
+        w = np.ones(n) if weights is None else np.clip(np.asarray(weights, dtype=float), 0, None)
+        if w.sum() <= 0:
+            w = np.ones(n)
+        probs = np.linspace(0.0, 1.0, int(self.n_knots))
+        knots = np.empty((k, len(probs)))
+        for j in range(k):
+            col = x[:, j]
+            lo, hi = col.min(), col.max()
+            if not hi > lo:
+                raise DataError(f"{names[j]} is constant ({lo:.6g}) in the training data: nothing to learn or condition on")
+            order = np.argsort(col, kind="stable")
+            xs, cw = col[order], np.cumsum(w[order])
+            # weighted ECDF through the sorted values; knots at the requested probabilities
+            cdf = cw / cw[-1]
+            idx = np.searchsorted(cdf, probs, side="left")
+            kn = xs[np.clip(idx, 0, n - 1)]
+            kn[0], kn[-1] = lo, hi
+            knots[j] = np.maximum.accumulate(kn)
+        self.knots_ = knots
+        self.probs_ = np.tile(probs, (k, 1))
+        return self
+
+    # ------------------------------------------------------------- transform
+    def transform(self, x: np.ndarray, mode: str = "mid", rng: np.random.Generator | None = None) -> np.ndarray:
+        """``z = Phi^-1(F(x))`` per column, float32; ties mapped to the middle ("mid") or at random ("random")."""
+        x = np.asarray(x, dtype=float)
+        out = np.empty(x.shape, dtype=np.float32)
+        for j in range(x.shape[1]):
+            kn, pr = self.knots_[j], self.probs_[j]
+            # interval of each value in the piecewise-linear CDF: left and right limits (ties -> jump)
+            lo_i = np.searchsorted(kn, x[:, j], side="left")
+            hi_i = np.searchsorted(kn, x[:, j], side="right")
+            u_lin = np.interp(x[:, j], kn, pr)  # for continuous values
+            tie = hi_i - lo_i > 1
+            if np.any(tie):
+                p_lo = pr[np.clip(lo_i[tie], 0, len(pr) - 1)]
+                p_hi = pr[np.clip(hi_i[tie] - 1, 0, len(pr) - 1)]
+                if mode == "random":
+                    r = (rng or np.random.default_rng(0)).random(int(tie.sum()))
+                else:
+                    r = 0.5
+                u_lin[tie] = p_lo + r * (p_hi - p_lo)
+            out[:, j] = ndtri(np.clip(u_lin, EPS, 1 - EPS))
+        return out
+
+    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
+        """``x = F^-1(Phi(z))`` per column (clamped to the training range), float64."""
+        z = np.asarray(z, dtype=float)
+        out = np.empty(z.shape, dtype=float)
+        for j in range(z.shape[1]):
+            out[:, j] = np.interp(ndtr(z[:, j]), self.probs_[j], self.knots_[j])
+        return out
+
+    def range_(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training minimum and maximum of each column."""
+        return self.knots_[:, 0], self.knots_[:, -1]
+
+    # ------------------------------------------------------------ storage
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_knots": self.knots_, f"{prefix}_probs": self.probs_}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, prefix: str) -> QuantileGaussianizer:
+        try:
+            knots, probs = np.asarray(arrays[f"{prefix}_knots"], float), np.asarray(arrays[f"{prefix}_probs"], float)
+        except KeyError as e:
+            raise ModelDirError(f"the preprocessing arrays lack {e.args[0]!r}; available: {sorted(arrays)}") from None
+        if knots.shape != probs.shape or knots.ndim != 2:
+            raise ModelDirError(f"preprocessing arrays {prefix}_knots/{prefix}_probs have shapes {knots.shape}/{probs.shape}")
+        q = cls(n_knots=knots.shape[1])
+        q.knots_, q.probs_ = knots, probs
+        return q

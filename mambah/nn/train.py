@@ -1,0 +1,400 @@
+"""Training a conditional Cramér GAN on (sWeighted) data: the estimator and its fit loop.
+
+:class:`CramerGANTrainer` follows scikit-learn's estimator contract: ``__init__`` stores the
+settings, :meth:`CramerGANTrainer.fit` does the work and returns ``self``; fitted attributes end in
+``_``. The loop
+
+1. fits the quantile-to-Gaussian preprocessing of conditions and targets on the training rows;
+2. divides the sWeights by their global mean (see :mod:`mambah.nn.cramer` for why);
+3. runs ``train_step`` on shuffled batches (seeded), with the learning rate decaying
+   exponentially over the budget (``lr = lr0 * (lr_final/lr0) ** progress``, where ``progress``
+   is the larger of the fraction of epochs done and the fraction of ``max_time`` used);
+4. every ``validate_every`` seconds scores the EMA generator on the validation rows with the
+   classifier two-sample test of :func:`mambah.validation.bdt_ks_score` — generated targets for the
+   validation rows' conditions, each generated row carrying the sWeight of its data row — and keeps
+   the best weights (and a checkpoint, to resume from);
+5. stops after ``patience`` validations without improvement, at the epoch or time budget, and
+   restores the best generator.
+
+Everything is deterministic on CPU for a given seed (``keras.utils.set_random_seed`` plus
+TensorFlow's op determinism).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigurationError, DataError
+from .preprocessing import QuantileGaussianizer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GANConfig", "CramerGANTrainer"]
+
+
+@dataclass
+class GANConfig:
+    """Hyperparameters of the conditional Cramér GAN and of its training (the CLI's defaults).
+
+    The defaults were chosen on the real Λc→pKπ calibration protons (46k rows, 2 CPU cores): they
+    reach a BDT-KS within about 3x of the statistical floor in under 15 minutes.
+    """
+
+    n_noise: int = 16
+    gen_width: int = 128
+    gen_depth: int = 4
+    critic_width: int = 128
+    critic_depth: int = 4
+    critic_outputs: int = 32
+    activation: str = "leaky_relu"
+    residual: bool = False
+    gp_lambda: float = 10.0
+    critic_steps: int = 1
+    bce_xi: float = 0.0
+    g_lr: float = 1e-3
+    c_lr: float = 1e-3
+    lr_final: float = 3e-5
+    beta_1: float = 0.5
+    beta_2: float = 0.9
+    ema_decay: float = 0.995
+    batch_size: int = 2048
+    epochs: int = 100000
+    max_time: float = 12 * 60.0
+    validate_every: float = 30.0
+    patience: int = 12
+    n_knots: int = 1001
+    valid_repeats: int = 2
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("n_noise", "gen_width", "gen_depth", "critic_width", "critic_depth", "critic_outputs",
+                     "critic_steps", "batch_size", "epochs", "n_knots", "valid_repeats"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, not {v!r}")
+        for name in ("g_lr", "c_lr", "lr_final", "max_time", "validate_every"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigurationError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
+        if self.bce_xi < 0 or self.gp_lambda < 0:
+            raise ConfigurationError("bce_xi and gp_lambda must be >= 0")
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    elapsed: float = 0.0
+    best_score: float = float("inf")
+    best_auc: float = float("nan")
+    best_step: int = -1
+    since_best: int = 0
+    history: list = field(default_factory=list)
+
+
+def _set_determinism(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # pragma: no cover - older TF
+        pass
+
+
+class CramerGANTrainer:
+    """Fit a conditional Cramér GAN ``targets | conditions`` on sWeighted data.
+
+    Args:
+        config: a :class:`GANConfig` (defaults are good settings).
+        condition_names, target_names: names used in messages and validation tables.
+        checkpoint_dir: where to write checkpoints (best and last), ``None`` = none.
+        resume: continue from ``checkpoint_dir`` if it holds a checkpoint.
+        show_progress: a tqdm bar with the loss terms and the validation score.
+
+    Fitted attributes:
+        cond_pre_, targ_pre_: :class:`~mambah.nn.preprocessing.QuantileGaussianizer`.
+        generator_: the generator with the best (EMA) weights, Keras model.
+        best_score_, best_auc_, best_step_: validation BDT-KS/AUC of the kept weights, at which step.
+        history_: list of dicts (step, epoch, seconds, losses, validation scores).
+        train_seconds_, steps_, samples_seen_: cost of the fit.
+        weight_mean_: the global mean weight used to normalise the sWeights.
+    """
+
+    def __init__(self, config: GANConfig | None = None, *, condition_names=None, target_names=None,
+                 checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
+                 show_progress: bool = False):
+        self.config = config or GANConfig()
+        self.condition_names = condition_names
+        self.target_names = target_names
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
+        self.show_progress = show_progress
+
+    # ------------------------------------------------------------------ helpers
+    def _build(self, n_c: int, n_t: int):
+        import keras
+
+        from .cramer import CramerGAN
+        from .layers import build_critic, build_generator
+
+        cfg = self.config
+        kw = dict(width=cfg.gen_width, depth=cfg.gen_depth, activation=cfg.activation, residual=cfg.residual)
+        gen = build_generator(n_c, cfg.n_noise, n_t, **kw, name="generator")
+        ema = build_generator(n_c, cfg.n_noise, n_t, **kw, name="generator_ema")
+        ema.set_weights(gen.get_weights())
+        critic = build_critic(n_c + n_t, cfg.critic_outputs, width=cfg.critic_width, depth=cfg.critic_depth,
+                              activation=cfg.activation, residual=cfg.residual)
+        gan = CramerGAN(gen, critic, ema, n_noise=cfg.n_noise, gp_lambda=cfg.gp_lambda,
+                        critic_steps=cfg.critic_steps, ema_decay=cfg.ema_decay, bce_xi=cfg.bce_xi, seed=cfg.seed)
+        gan.compile(
+            g_optimizer=keras.optimizers.Adam(cfg.g_lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2),
+            c_optimizer=keras.optimizers.Adam(cfg.c_lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2),
+        )
+        return gan
+
+    def generate_preprocessed(self, generator, c_pre: np.ndarray, seed: int) -> np.ndarray:
+        """Run ``generator`` on preprocessed conditions with seeded Gaussian noise (float32)."""
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal((len(c_pre), self.config.n_noise), dtype=np.float32)
+        return _predict(generator, c_pre, noise)
+
+    def _score(self, generator, valid, seed: int):
+        from ..validation import bdt_ks_score
+        import pandas as pd
+
+        c_raw, y_raw, w, c_pre = valid
+        y_gen = self.targ_pre_.inverse_transform(self.generate_preprocessed(generator, c_pre, seed))
+        cols = list(self.condition_names) + list(self.target_names)
+        ref = pd.DataFrame(np.column_stack([c_raw, y_raw]), columns=cols)
+        gen = pd.DataFrame(np.column_stack([c_raw, y_gen]), columns=cols)
+        res = bdt_ks_score(ref, gen, cols, ref_weight=w, gen_weight=w, seed=seed,
+                           n_repeats=self.config.valid_repeats)
+        return res.bdt_ks, res.auc
+
+    # -------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, gan, state: _State, best_weights, rng) -> None:
+        if self.checkpoint_dir is None:
+            return
+        d = Path(self.checkpoint_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for prefix, ws in (("gen", gan.generator.get_weights()), ("critic", gan.critic.get_weights()),
+                           ("ema", gan.generator_ema.get_weights()), ("best", best_weights),
+                           ("gopt", [v.numpy() for v in gan.g_optimizer.variables]),
+                           ("copt", [v.numpy() for v in gan.c_optimizer.variables]),
+                           ("seedgen", [gan.seed_generator.state.numpy()])):
+            for i, a in enumerate(ws):
+                arrays[f"{prefix}_{i:04d}"] = np.asarray(a)
+        arrays.update(self.cond_pre_.to_arrays("cond"))
+        arrays.update(self.targ_pre_.to_arrays("targ"))
+        tmp = d / ".checkpoint.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        meta = {"state": asdict(state), "config": asdict(self.config), "rng": rng.bit_generator.state,
+                "weight_mean": self.weight_mean_}
+        tmpj = d / ".checkpoint.json.tmp"
+        tmpj.write_text(json.dumps(meta, default=_json_default))
+        os.replace(tmp, d / "checkpoint.npz")
+        os.replace(tmpj, d / "checkpoint.json")
+
+    def _load_checkpoint(self, gan, rng):
+        d = Path(self.checkpoint_dir)
+        meta = json.loads((d / "checkpoint.json").read_text())
+        if meta["config"] != asdict(self.config) | {k: meta["config"][k] for k in ("epochs", "max_time", "patience")}:
+            raise ConfigurationError(
+                f"the checkpoint in {str(d)!r} was written with other hyperparameters; "
+                "resume with the same settings or start afresh without --resume")
+        with np.load(d / "checkpoint.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+
+        def group(prefix):
+            return [arrays[k] for k in sorted(arrays) if k.startswith(prefix + "_") and k[len(prefix) + 1:].isdigit()]
+
+        gan.generator.set_weights(group("gen"))
+        gan.critic.set_weights(group("critic"))
+        gan.generator_ema.set_weights(group("ema"))
+        for v, a in zip(gan.g_optimizer.variables, group("gopt")):
+            v.assign(a)
+        for v, a in zip(gan.c_optimizer.variables, group("copt")):
+            v.assign(a)
+        gan.seed_generator.state.assign(group("seedgen")[0])
+        rng.bit_generator.state = meta["rng"]
+        st = _State(**meta["state"])
+        return st, group("best")
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, conditions, targets, weights=None, valid=None) -> CramerGANTrainer:
+        """Train on ``conditions`` (n, k_c), ``targets`` (n, k_t) with sWeights ``weights`` (n,).
+
+        Args:
+            valid: ``(conditions, targets, weights)`` of held-out rows for the validation score
+                (best checkpoint, early stopping). ``None``: no validation, the last EMA weights are kept.
+        """
+        import keras
+
+        from ..progress import progress
+
+        cfg = self.config
+        cfg.validate()
+        c = np.asarray(conditions, dtype=float)
+        y = np.asarray(targets, dtype=float)
+        if c.ndim == 1:
+            c = c[:, None]
+        if y.ndim == 1:
+            y = y[:, None]
+        n = len(c)
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        if len(y) != n or len(w) != n:
+            raise DataError(f"conditions, targets and weights have {n}, {len(y)} and {len(w)} rows")
+        if n < cfg.batch_size:
+            raise DataError(
+                f"{n} training rows are fewer than one batch ({cfg.batch_size}); give more data or a smaller batch size")
+        if w.sum() <= 0:
+            raise DataError(f"the training weights sum to {w.sum():.6g} <= 0")
+        self.condition_names = list(self.condition_names or [f"c{i}" for i in range(c.shape[1])])
+        self.target_names = list(self.target_names or [f"t{i}" for i in range(y.shape[1])])
+
+        _set_determinism(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        self.cond_pre_ = QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
+        self.targ_pre_ = QuantileGaussianizer(cfg.n_knots).fit(y, w, names=self.target_names)
+        c_pre = self.cond_pre_.transform(c, mode="mid")
+        y_pre = self.targ_pre_.transform(y, mode="random", rng=np.random.default_rng([cfg.seed, 1]))
+        self.weight_mean_ = float(w.mean())
+        w_norm = (w / self.weight_mean_).astype(np.float32)
+
+        vdata = None
+        if valid is not None:
+            vc, vy, vw = (np.asarray(a, dtype=float) for a in valid)
+            vc = vc[:, None] if vc.ndim == 1 else vc
+            vy = vy[:, None] if vy.ndim == 1 else vy
+            vdata = (vc, vy, vw, self.cond_pre_.transform(vc, mode="mid"))
+
+        gan = self._build(c.shape[1], y.shape[1])
+        import tensorflow as tf
+
+        step_fn = tf.function(gan.train_step, reduce_retracing=True)
+        state = _State()
+        best_weights = gan.generator_ema.get_weights()
+        if self.resume and self.checkpoint_dir is not None and (Path(self.checkpoint_dir) / "checkpoint.json").is_file():
+            state, best_weights = self._load_checkpoint(gan, rng)
+            log.info("resumed from %s at step %d (%.0f s, best BDT-KS %.4f)", self.checkpoint_dir,
+                     state.step, state.elapsed, state.best_score)
+
+        bs = int(cfg.batch_size)
+        steps_per_epoch = n // bs
+        lr_ratio = cfg.lr_final / cfg.g_lr
+        t0 = time.perf_counter() - state.elapsed
+        last_valid = time.perf_counter()
+        bar = progress(total=None, enabled=self.show_progress, desc="training", unit="step", initial=state.step)
+        stop = False
+        logs = {}
+        try:
+            while not stop and state.epoch < cfg.epochs:
+                perm = rng.permutation(n)
+                for b in range(steps_per_epoch):
+                    elapsed = time.perf_counter() - t0
+                    prog = max(state.epoch / cfg.epochs, elapsed / cfg.max_time)
+                    if prog >= 1.0:
+                        stop = True
+                        break
+                    if state.step % 20 == 0:
+                        f = lr_ratio ** prog
+                        gan.g_optimizer.learning_rate.assign(cfg.g_lr * f)
+                        gan.c_optimizer.learning_rate.assign(cfg.c_lr * f)
+                    idx = perm[b * bs:(b + 1) * bs]
+                    logs = step_fn((c_pre[idx], y_pre[idx], w_norm[idx]))
+                    state.step += 1
+                    bar.update(1)
+                    if state.step % 50 == 0:
+                        bar.set_postfix({k: f"{float(v):.4f}" for k, v in logs.items()}
+                                        | {"best_ks": f"{state.best_score:.4f}"}, refresh=False)
+                    if vdata is not None and time.perf_counter() - last_valid >= cfg.validate_every:
+                        stop = self._validate(gan, vdata, state, logs, t0, rng, best_weights)
+                        if state.since_best == 0:
+                            best_weights = gan.generator_ema.get_weights()
+                            self._save_checkpoint(gan, state, best_weights, rng)
+                        last_valid = time.perf_counter()
+                        if stop:
+                            break
+                    for m in gan.metrics:
+                        if state.step % steps_per_epoch == 0:
+                            m.reset_state()
+                else:
+                    state.epoch += 1
+            if vdata is not None:
+                # a last look at the final weights (the learning rate is lowest at the end)
+                self._validate(gan, vdata, state, logs, t0, rng, best_weights)
+                if state.since_best == 0:
+                    best_weights = gan.generator_ema.get_weights()
+        finally:
+            bar.close()
+        state.elapsed = time.perf_counter() - t0
+        self._save_checkpoint(gan, state, best_weights, rng)
+        gan.generator_ema.set_weights(best_weights)
+        self.gan_ = gan
+        self.generator_ = gan.generator_ema
+        self.best_score_ = state.best_score if vdata is not None else float("nan")
+        self.best_auc_ = state.best_auc
+        self.best_step_ = state.best_step
+        self.history_ = state.history
+        self.train_seconds_ = state.elapsed
+        self.steps_ = state.step
+        self.samples_seen_ = state.step * bs
+        return self
+
+    def _validate(self, gan, vdata, state: _State, logs, t0, rng, best_weights) -> bool:
+        ks, auc = self._score(gan.generator_ema, vdata, seed=self.config.seed + 7)
+        elapsed = time.perf_counter() - t0
+        rec = {"step": state.step, "epoch": state.epoch, "seconds": round(elapsed, 1), "bdt_ks": ks, "auc": auc,
+               "lr": float(gan.g_optimizer.learning_rate.numpy())}
+        rec.update({k: float(v) for k, v in logs.items()})
+        state.history.append(rec)
+        if ks < state.best_score:
+            state.best_score, state.best_auc, state.best_step, state.since_best = ks, auc, state.step, 0
+        else:
+            state.since_best += 1
+        state.elapsed = elapsed
+        log.info("step %d (%.0f s): validation BDT-KS %.4f AUC %.4f (best %.4f at step %d)",
+                 state.step, elapsed, ks, auc, state.best_score, state.best_step)
+        return state.since_best >= self.config.patience
+
+    # ------------------------------------------------------------- inference
+    def generate(self, conditions, seed: int = 0) -> np.ndarray:
+        """Targets (raw units) for raw ``conditions`` with the kept generator."""
+        c = np.asarray(conditions, dtype=float)
+        c = c[:, None] if c.ndim == 1 else c
+        z = self.generate_preprocessed(self.generator_, self.cond_pre_.transform(c, mode="mid"), seed)
+        return self.targ_pre_.inverse_transform(z)
+
+
+def _predict(generator, c_pre: np.ndarray, noise: np.ndarray, chunk: int = 262144) -> np.ndarray:
+    """Generator outputs for large inputs: one compiled call per chunk of ``chunk`` rows."""
+    import tensorflow as tf
+
+    fn = getattr(generator, "_mambah_predict_fn", None)
+    if fn is None:
+        fn = tf.function(lambda a, b: generator([a, b], training=False), reduce_retracing=True,
+                         input_signature=[tf.TensorSpec([None, c_pre.shape[1]], tf.float32),
+                                          tf.TensorSpec([None, noise.shape[1]], tf.float32)])
+        generator._mambah_predict_fn = fn
+    out = [fn(c_pre[i:i + chunk], noise[i:i + chunk]).numpy() for i in range(0, len(c_pre), chunk)]
+    return np.concatenate(out) if out else np.empty((0, generator.outputs[0].shape[-1]), np.float32)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {o!r}")
