@@ -1,0 +1,97 @@
+"""``mambah detector ...``: samples from the reference detector (a documented stand-in, not LHCb truth).
+
+Sub-commands:
+
+* ``tracking-sample`` — single tracks with truth and reconstructed quantities for training and
+  validating the efficiency and resolution networks;
+* ``occupancy`` — build an occupancy model directory (histogram of tracks per event) from a
+  measured sample, e.g. ``nLongTracks`` of a calibration sample.
+
+Further sub-commands (``calib-sample`` of the PID part) live in ``mambah/cli/detector_<name>.py``, each
+with ``register(subparsers)``, and are added here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("detector", help="reference-detector samples (tracking, occupancy, ...)",
+                       description="Samples from the reference detector: a documented, physics-motivated stand-in "
+                                   "for full simulation with a known truth (never LHCb truth).")
+    cmds = p.add_subparsers(dest="detector_command", metavar="SUBCOMMAND", required=True)
+
+    t = cmds.add_parser("tracking-sample", help="single tracks: truth, efficiency, reconstructed momentum",
+                        description="Single tracks from an LHCb-like particle gun (species e, mu, pi, K, p; "
+                                    "log-flat p, flat eta, prompt and displaced origins) passed through the "
+                                    "reference tracker. Columns: pid, charge, px, py, pz [MeV], x, y, z [mm], "
+                                    "eff_true, reconstructed, px_reco, py_reco, pz_reco [MeV] (NaN if not "
+                                    "reconstructed).")
+    t.add_argument("--events", "-n", type=int, required=True, help="number of tracks")
+    t.add_argument("--out", "-o", required=True, help="output file (.parquet, .csv, or file.root:tree)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--prompt-fraction", type=float, default=0.5, help="fraction of tracks from the PV (default 0.5)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    t.set_defaults(func=_tracking_sample)
+
+    o = cmds.add_parser("occupancy", help="build an occupancy model (histogram of tracks per event)",
+                        description="Histogram a tracks-per-event column (e.g. nLongTracks of a calibration sample), "
+                                    "optionally sWeighted, into an occupancy model directory.")
+    o.add_argument("--data", required=True, help="input table (.parquet, .csv, file.root:tree)")
+    o.add_argument("--out", "-o", required=True, help="model directory to write")
+    o.add_argument("--column", default="nLongTracks", help="tracks-per-event column (default nLongTracks)")
+    o.add_argument("--weight", default=None, help="weight column, e.g. sWeight (default: unweighted)")
+    o.add_argument("--bin-width", type=int, default=4, help="bin width in tracks (default 4)")
+    o.add_argument("--name", default=None, help="model name (default: the directory name)")
+    o.add_argument("--description", default=None, help="training-data description for the card")
+    o.add_argument("--data-license", default=None, help="licence note of the data for the card")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    o.set_defaults(func=_occupancy)
+
+    # further sub-commands live in mambah/cli/detector_<name>.py with register(subparsers)
+    import importlib
+    import pkgutil
+
+    from . import __path__ as cli_path
+
+    for m in sorted(pkgutil.iter_modules(cli_path), key=lambda m: m.name):
+        if m.name.startswith("detector_"):
+            importlib.import_module(f"mambah.cli.{m.name}").register(cmds)
+
+
+def _tracking_sample(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from ..detector.tracking import TrackGun, tracking_sample
+    from ..errors import ConfigurationError
+    from ..io import split_spec, write_table
+
+    if args.events <= 0:
+        raise ConfigurationError(f"--events must be positive, got {args.events}")
+    if not 0 <= args.prompt_fraction <= 1:
+        raise ConfigurationError(f"--prompt-fraction must be in [0, 1], got {args.prompt_fraction}")
+    path, _ = split_spec(args.out)
+    if Path(path).exists() and not args.overwrite:
+        raise ConfigurationError(f"{str(path)!r} exists; pass --overwrite to replace it")
+    df = tracking_sample(args.events, seed=args.seed, gun=TrackGun(prompt=args.prompt_fraction))
+    write_table(df, args.out)
+    logging.getLogger("mambah").info("wrote %d tracks (%d reconstructed) to %s", len(df),
+                                     int(df["reconstructed"].sum()), args.out)
+    return 0
+
+
+def _occupancy(args: argparse.Namespace) -> int:
+    import logging
+    import shlex
+    import sys
+
+    from ..stages.occupancy import build_occupancy_model
+
+    out = build_occupancy_model(args.data, args.out, column=args.column, weight=args.weight,
+                                bin_width=args.bin_width, name=args.name, description=args.description,
+                                data_license=args.data_license, overwrite=args.overwrite,
+                                command="mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    logging.getLogger("mambah").info("wrote occupancy model %s", out)
+    return 0

@@ -1,0 +1,168 @@
+"""``mambah train efficiency``: the tracking-efficiency classifier (see :mod:`mambah.recnets`).
+
+Also holds the options and driver shared with ``mambah train resolution``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+import shlex
+import sys
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="training table (.parquet, .csv, file.root:tree)")
+    p.add_argument("--out", "-o", required=True, help="model directory to write")
+    p.add_argument("--name", default=None, help="model name (default: the directory name)")
+    p.add_argument("--version", dest="model_version", default="1", help="model version (default 1)")
+    p.add_argument("--description", default=None, help="training-data description for the card")
+    p.add_argument("--species", default="e,mu,pi,K,p", help="species to train for (default e,mu,pi,K,p)")
+    p.add_argument("--hidden", default="64,64", help="hidden layer sizes (default 64,64)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    p.add_argument("--batch-size", type=int, default=4096, help="minibatch size (default 4096)")
+    p.add_argument("--learning-rate", type=float, default=3e-3, help="initial Adam learning rate (default 3e-3)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction for validation (default 0.1)")
+    p.add_argument("--max-rows", type=int, default=None, help="use only the first N rows")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf inputs instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+
+
+def column_options(p: argparse.ArgumentParser, columns, helps) -> None:
+    g = p.add_argument_group("column names in the input table")
+    for c in columns:
+        g.add_argument(f"--{c.replace('_', '-')}-column", dest=f"col_{c}", default=c,
+                       help=f"{helps.get(c, c)} column (default {c})")
+
+
+def _parse_species(text: str):
+    from ..detector.tracking import SPECIES
+    from ..errors import ConfigurationError, closest
+
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    for s in out:
+        if s not in SPECIES:
+            near = closest(s, SPECIES)
+            raise ConfigurationError(f"unknown species {s!r} in --species; known: {', '.join(SPECIES)}"
+                                     + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    return out
+
+
+def run_training(args, kind, fit, conditions, targets, columns, optional=None, extra=None) -> int:
+    import hashlib
+    import logging
+    from pathlib import Path
+
+    from ..errors import ConfigurationError
+    from ..io import check_finite, read_table, split_spec
+    from ..modeldir import save_model_dir
+    from . import progress_enabled
+
+    log = logging.getLogger("mambah")
+    species = _parse_species(args.species)
+    try:
+        hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    except ValueError:
+        raise ConfigurationError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
+    if not hidden or min(hidden) <= 0:
+        raise ConfigurationError(f"--hidden needs positive layer sizes, got {args.hidden!r}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    mapping = {c: getattr(args, f"col_{c}") for c in columns}
+    path, _ = split_spec(args.data)
+    from ..io import _kind  # noqa: PLC2701  (format check before reading)
+
+    _kind(Path(path))
+    df = read_table(args.data)
+    from ..io import require_columns
+
+    require_columns(df, list(mapping.values()), where=str(args.data))
+    sel = {v: k for k, v in mapping.items()}
+    for std, col in (optional or {}).items():
+        if col and col in df.columns and col not in sel:
+            sel[col] = std
+    df = df[list(sel)].rename(columns=sel)
+    if args.max_rows:
+        df = df.iloc[: args.max_rows]
+    finite_cols = [c for c in columns if not c.endswith("_reco")]
+    df = check_finite(df, finite_cols, drop=args.drop_nonfinite, where=str(args.data))
+    name = args.name or out.name
+    log.info("training %s model %r on %d rows of %s", kind, name, len(df), args.data)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    model, arrays, info = fit(df, name=name, species=species, hidden=hidden, epochs=args.epochs,
+                              batch_size=args.batch_size, learning_rate=args.learning_rate,
+                              val_fraction=args.val_fraction, seed=args.seed, progress=progress_enabled(args)
+                              and args.verbose > 0, **(extra or {}))
+    card = {
+        "name": name,
+        "version": str(args.model_version),
+        "kind": kind,
+        "species": species,
+        "conditions": conditions,
+        "targets": targets,
+        "training_data": {
+            "description": args.description or f"{Path(path).name}",
+            "file": Path(path).name,
+            "sha256": h.hexdigest(),
+            "n_rows": int(len(df)),
+            "columns": mapping,
+        },
+        "hyperparameters": info["hyperparameters"],
+        "metrics": info["metrics"],
+        "units": {"momentum": "MeV", "length": "mm"},
+        "preprocessing": _PREPROCESSING[kind],
+        "command": "mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "",
+        "history": info["history"],
+    }
+    save_model_dir(out, card, networks={"network": model}, arrays=arrays, overwrite=args.overwrite)
+    m = info["metrics"]
+    if kind == "efficiency":
+        print(f"wrote {out}: validation BCE {m['val_bce_before']:.4f} -> {m['val_bce']:.4f}"
+              + (f" (truth {m['val_bce_truth']:.4f}); max |eff - truth| per (p, eta) bin "
+                 f"{m['closure_vs_truth']['max_abs_diff']:.4f}" if "val_bce_truth" in m else ""))
+    else:
+        print(f"wrote {out}: validation NLL {m['val_nll_before']:.4f} -> {m['val_nll']:.4f}")
+    return 0
+
+
+_PREPROCESSING = {
+    "efficiency": (
+        "features [ln(p/GeV), eta, origin_z/100mm, origin_rho/10mm] standardised with arrays mean/scale after "
+        "clipping to the training range [lo, hi], then one-hot species (e, mu, pi, K, p); the network outputs "
+        "the logit of the reconstruction probability"
+    ),
+    "resolution": (
+        "conditions [ln(p/GeV), eta] standardised with arrays mean/scale after clipping to [lo, hi], then "
+        "one-hot species; the network outputs, for each target (100 dp/p, 1000 dtx, 1000 dty) divided by "
+        "arrays target_scale, k mixture logits, k means and k log-widths (see mambah.recnets)"
+    ),
+}
+
+
+def register(kinds) -> None:
+    p = kinds.add_parser(
+        "efficiency", help="tracking-efficiency classifier (probability to be reconstructed)",
+        description="Train the tracking-efficiency classifier on a table of particles with truth momentum, "
+                    "origin vertex, PDG id and a reconstructed flag (e.g. from `mambah detector tracking-sample`).",
+    )
+    add_common(p)
+    column_options(p, ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"],
+                   {"x": "origin x", "y": "origin y", "z": "origin z", "reconstructed": "0/1 reconstructed flag"})
+    p.add_argument("--truth-column", default="eff_true",
+                   help="optional true-efficiency column used only for validation metrics (default eff_true; "
+                        "ignored if absent)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..recnets import EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS, fit_efficiency
+
+    return run_training(args, "efficiency", fit_efficiency, EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS,
+                        ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"],
+                        optional={"eff_true": args.truth_column})

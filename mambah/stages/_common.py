@@ -1,0 +1,63 @@
+"""Helpers shared by the reconstruction stages (model versions, table lookups)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._version import __version__
+from ..errors import ConfigurationError
+
+#: value of a stage's ``model`` field that selects the reference detector's exact truth
+REFERENCE = "reference"
+
+
+def model_version_entry(model: str) -> dict[str, dict[str, str]]:
+    """``{name: {"version", "hash"}}`` of a model directory (or of the reference detector)."""
+    if model == REFERENCE:
+        from ..detector.tracking import TrackingDetector
+
+        cfg = json.dumps(dataclasses.asdict(TrackingDetector()), sort_keys=True, default=str)
+        return {"reference-tracking": {"version": __version__, "hash": hashlib.sha256(cfg.encode()).hexdigest()[:16]}}
+    from ..modeldir import load_card, model_hash, resolve_model
+
+    p = resolve_model(model)
+    card = load_card(p)
+    return {str(card.get("name", p.name)): {"version": str(card.get("version", "")), "hash": model_hash(p)}}
+
+
+def rows_by_index(table: pd.DataFrame, index: np.ndarray, what: str) -> np.ndarray:
+    """Row positions of batch-local ``index`` values in ``table`` (whose ``index`` column is a key)."""
+    idx = table["index"].to_numpy()
+    index = np.asarray(index, dtype=np.int64)
+    if len(idx) and idx[0] == 0 and idx[-1] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+        pos = index
+    else:
+        order = np.argsort(idx, kind="stable")
+        j = np.searchsorted(idx, index, sorter=order)
+        j = np.minimum(j, len(idx) - 1)
+        pos = order[j]
+        pos = np.where(idx[pos] == index, pos, -1)
+    bad = (pos < 0) | (pos >= len(idx))
+    if bad.any():
+        raise ConfigurationError(f"{int(bad.sum())} {what} point to rows that do not exist "
+                                 f"(e.g. index {int(index[bad][0])}); the batch tables are inconsistent")
+    return pos
+
+
+def require_tables(batch, stage: str, tables: tuple[str, ...]) -> None:
+    missing = [t for t in tables if t not in batch]
+    if missing:
+        raise ConfigurationError(
+            f"stage {stage!r} needs the batch table(s) {', '.join(missing)} (batch {batch.id} has "
+            f"{', '.join(batch.tables) or 'none'}); run the generation stages (ParticleGun, PhaseSpaceDecay) first"
+        )
+
+
+def as_config(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}

@@ -1,0 +1,138 @@
+"""Efficiency: which generated long-lived charged particles become reconstructed tracks.
+
+Candidates are the rows of ``mc_particles`` of the species ``e, mu, pi, K, p`` (any charge sign)
+that do not decay in the event (``decay_vertex == -1``). Each passes with the probability of the
+efficiency network, evaluated on its true momentum and the position of its production vertex
+(a Bernoulli draw from ``batch.rng(name)``). Survivors:
+
+* get ``mc_particles.reconstructed = True`` (all other rows False);
+* become rows of ``particles``: ``mc_particle`` (truth link), ``pid`` (the true PDG id),
+  ``charge``, momentum (the true one until the :class:`~mambah.stages.resolution.Resolution`
+  stage smears it), ``m`` and ``e`` with the true species' PDG mass hypothesis, ``mother`` and
+  ``vertex`` -1 (set by :class:`~mambah.stages.composites.Composites`), PID columns NaN (set by the
+  PID stage).
+
+``model="reference"`` uses the reference detector's exact efficiency instead of a network (truth
+productions and closure tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..detector.tracking import SPECIES, pdg_charge, pdg_mass, species_index
+from ..errors import ConfigurationError
+from ..store.schema import COLUMNS, PID_COLUMNS
+from ._common import REFERENCE, as_config, model_version_entry, require_tables, rows_by_index
+
+__all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "track_rows"]
+
+DEFAULT_EFFICIENCY = "efficiency-ref-v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Efficiency:
+    """The tracking-efficiency stage.
+
+    Args:
+        model: model name under ``models/``, a model directory, or ``"reference"``.
+        species: species to reconstruct (subset of e, mu, pi, K, p); each must be one the model
+            was trained for.
+        name: stage name (also the name of its random stream).
+    """
+
+    model: str = DEFAULT_EFFICIENCY
+    species: tuple[str, ...] = SPECIES
+    name: str = "efficiency"
+
+    def __post_init__(self):
+        object.__setattr__(self, "species", tuple(self.species))
+        bad = [s for s in self.species if s not in SPECIES]
+        if bad:
+            raise ConfigurationError(f"Efficiency: unknown species {bad}; trackable species are {', '.join(SPECIES)}")
+
+    def config(self) -> dict[str, Any]:
+        return as_config(self)
+
+    def model_versions(self) -> dict[str, Any]:
+        return model_version_entry(self.model)
+
+    def _probability(self, px, py, pz, x, y, z, pid) -> np.ndarray:
+        if self.model == REFERENCE:
+            from ..detector.tracking import TrackingDetector
+
+            return TrackingDetector().efficiency(px, py, pz, x, y, z, pid)
+        from ..recnets import load_efficiency
+
+        m = load_efficiency(self.model)
+        missing = [s for s in self.species if s not in m.species]
+        if missing:
+            raise ConfigurationError(
+                f"efficiency model {m.name!r} was trained for species {', '.join(m.species)}, not for "
+                f"{', '.join(missing)}; pass species={tuple(s for s in self.species if s in m.species)!r} "
+                "or a model trained for them"
+            )
+        return m.probability(px, py, pz, x, y, z, pid)
+
+    def __call__(self, batch):
+        require_tables(batch, self.name, ("mc_particles", "mc_vertices"))
+        if "particles" in batch and len(batch["particles"]):
+            raise ConfigurationError(f"batch {batch.id} already has {len(batch['particles'])} reconstructed "
+                                     f"particles; the {self.name!r} stage must run once, before Resolution")
+        mc = batch["mc_particles"]
+        vt = batch["mc_vertices"]
+        pid = mc["pid"].to_numpy(np.int64)
+        sp = species_index(pid)
+        wanted = np.isin(sp, [SPECIES.index(s) for s in self.species])
+        cand = np.nonzero(wanted & (mc["decay_vertex"].to_numpy() < 0))[0]
+        pv = mc["prod_vertex"].to_numpy()[cand]
+        if (pv < 0).any():
+            raise ConfigurationError(f"batch {batch.id}: {int((pv < 0).sum())} final-state particles have no "
+                                     "production vertex (mc_particles.prod_vertex == -1)")
+        vrow = rows_by_index(vt, pv, "mc_particles.prod_vertex values")
+        cols = {c: mc[c].to_numpy(np.float64)[cand] for c in ("px", "py", "pz")}
+        org = {c: vt[c].to_numpy(np.float64)[vrow] for c in ("x", "y", "z")}
+        prob = self._probability(cols["px"], cols["py"], cols["pz"], org["x"], org["y"], org["z"], pid[cand])
+        passed = batch.rng(self.name).random(len(cand)) < prob
+        sel = cand[passed]
+        reco = np.zeros(len(mc), dtype=bool)
+        reco[sel] = True
+        mc = mc.copy()
+        mc["reconstructed"] = reco
+        batch["mc_particles"] = mc
+        batch["particles"] = track_rows(batch.id, mc, sel)
+        info = batch.info.setdefault("reconstruction", {})
+        info["efficiency"] = {"candidates": int(len(cand)), "reconstructed": int(len(sel))}
+        return batch
+
+
+def track_rows(batch_id: int, mc: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    """``particles`` rows (true momentum, PDG mass hypothesis) for the ``mc_particles`` rows ``rows``."""
+    n = len(rows)
+    pid = mc["pid"].to_numpy(np.int64)[rows]
+    px, py, pz = (mc[c].to_numpy(np.float64)[rows] for c in ("px", "py", "pz"))
+    m = pdg_mass(pid) if n else np.zeros(0)
+    data: dict[str, Any] = {
+        "batch": np.full(n, batch_id, dtype=np.int64),
+        "index": np.arange(n, dtype=np.int32),
+        "event": mc["event"].to_numpy()[rows].astype(np.int32),
+        "mc_particle": mc["index"].to_numpy()[rows].astype(np.int32),
+        "pid": pid.astype(np.int32),
+        "charge": (pdg_charge(pid) if n else np.zeros(0)).astype(np.int8),
+        "px": px.astype(np.float32),
+        "py": py.astype(np.float32),
+        "pz": pz.astype(np.float32),
+        "e": np.sqrt(px * px + py * py + pz * pz + m * m).astype(np.float32),
+        "m": m.astype(np.float32),
+        "mother": np.full(n, -1, dtype=np.int32),
+        "vertex": np.full(n, -1, dtype=np.int32),
+    }
+    for c, dt in PID_COLUMNS.items():
+        data[c] = np.full(n, np.nan, dtype=dt)
+    df = pd.DataFrame(data)
+    return df[list(COLUMNS["particles"])]
+
