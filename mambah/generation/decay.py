@@ -1,0 +1,439 @@
+"""PhaseSpaceDecay: decay the ParticleGun's hadron through a descriptor with ``phasespace``.
+
+For a batch of N events the stage
+
+1. generates N decays of the whole chain in the head's rest frame in ONE ``phasespace`` call
+   (Raubold-Lynch n-body phase space, F. James, CERN 68-15); the ``phasespace`` tree is built once
+   per descriptor and process and cached at module level (the stage itself holds only strings,
+   so it pickles for Dask);
+2. gives every decaying resonance with Gamma/m > :data:`BREIT_WIGNER_MIN_RELATIVE_WIDTH` a
+   relativistic Breit-Wigner mass, ``dN/ds ∝ 1 / ((s - m0^2)^2 + m0^2 Gamma^2)`` in s = m^2
+   (constant width; PDG Review "Resonances", Eq. 50.4), truncated to its kinematic limits and
+   sampled exactly by inverting its CDF (an arctan);
+3. boosts every particle to the laboratory with the head's four-momentum (Jackson, Classical
+   Electrodynamics, Eq. 11.19, vectorised);
+4. propagates the vertices: each decaying particle flies ``beta*gamma*c*tau = (p/m) c tau`` from
+   its production vertex, ``tau`` drawn from an exponential with its PDG lifetime (the head's
+   from the gun), and its decay happens at lab time ``t_prod + gamma tau``;
+5. fills ``mc_particles``, ``mc_vertices`` and ``events`` (layout in :mod:`._tables`) and keeps
+   the float64 arrays in ``batch.arrays`` (``mc_p4`` (4, nodes, N), ``mc_vertices_xyzt``
+   (4, 1 + decaying nodes, N), ``decay_weight`` (N,)).
+
+Weights: the phase-space weight of an event is the product over its decaying nodes of the
+Raubold-Lynch weights ``prod_i pdk(M_{i+1}, M_i, m_{i+1})`` (CERN 68-15 Eq. 9.17), divided by the
+product of their maxima at the largest mother and smallest daughter masses, so that it lies in
+(0, 1]. It is exactly 1 (and stored as 1.0) when every decay is two-body with fixed masses.
+Physical distributions need the weight (``events.weight``), or ``unweight=True``, which keeps each
+event with probability equal to its weight (accept-reject) and stores unit weights.
+
+Acceptance (off by default): ``acceptance=EtaAcceptance(2, 5)`` regenerates, vectorised, until
+the batch has N events whose charged final-state particles all have 2 < eta < 5; the efficiency
+goes to ``batch.info["generator_acceptance"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from .descriptor import DecayNode, Descriptor, parse_descriptor
+from .particles import C_MM_PER_NS
+
+__all__ = ["PhaseSpaceDecay", "EtaAcceptance", "generator_stages", "boost_to_lab"]
+
+log = logging.getLogger(__name__)
+
+_CACHE: dict[str, "_Chain"] = {}
+_LOCK = threading.Lock()
+
+
+# ------------------------------------------------------------------------------------ kinematics
+def boost_to_lab(p4: np.ndarray, mother: np.ndarray, mass: float | np.ndarray | None = None) -> np.ndarray:
+    """Boost four-vectors from the rest frame of ``mother`` to the frame where it has ``mother``.
+
+    ``p' = p + (gamma^2/(gamma+1) (beta.p) + gamma E) beta``, ``E' = gamma (E + beta.p)`` with
+    ``beta = p_mother/E_mother``, ``gamma = E_mother/m`` (Jackson Eq. 11.19; gamma^2/(gamma+1) =
+    (gamma-1)/beta^2 avoids 0/0 at rest).
+
+    Args:
+        p4: shape (4, ...) px, py, pz, E in the mother's rest frame.
+        mother: shape (4, N) the mother's four-momentum; broadcast against the last axis of p4.
+        mass: the mother's mass (default: from ``mother``).
+    """
+    E = mother[3]
+    m = np.sqrt(np.maximum(E**2 - mother[0] ** 2 - mother[1] ** 2 - mother[2] ** 2, 0.0)) if mass is None else mass
+    gamma = E / m
+    bx, by, bz = mother[0] / E, mother[1] / E, mother[2] / E
+    bp = bx * p4[0] + by * p4[1] + bz * p4[2]
+    coef = gamma**2 / (gamma + 1.0) * bp + gamma * p4[3]
+    out = np.empty(np.broadcast_shapes(p4.shape, (4,) + np.shape(E)))
+    out[0] = p4[0] + coef * bx
+    out[1] = p4[1] + coef * by
+    out[2] = p4[2] + coef * bz
+    out[3] = gamma * (p4[3] + bp)
+    return out
+
+
+def _pdk(a: float, b: float, c: float) -> float:
+    """Two-body momentum of a -> b c (CERN 68-15 Eq. 9.17); 0 at threshold."""
+    x = (a - b - c) * (a + b + c) * (a - b + c) * (a + b - c)
+    return math.sqrt(max(x, 0.0)) / (2.0 * a)
+
+
+def _w_max(mother_mass: float, masses: list[float]) -> float:
+    """GENBOD's bound on the Raubold-Lynch weight of mother -> masses (as phasespace._get_w_max)."""
+    t = mother_mass - sum(masses)
+    emmax, emmin, w = t + masses[0], 0.0, 1.0
+    for i in range(1, len(masses)):
+        emmin += masses[i - 1]
+        emmax += masses[i]
+        w *= _pdk(emmax, emmin, masses[i])
+    return w
+
+
+# ----------------------------------------------------------------------------------- the chain
+class _Chain:
+    """The phasespace tree of one descriptor plus what is needed to use it (per process)."""
+
+    def __init__(self, desc: Descriptor):
+        import phasespace
+        import tensorflow as tf
+
+        self.nodes: list[DecayNode] = desc.nodes()
+        self.names = [f"n{i}" for i in range(len(self.nodes))]
+        ids = {id(n): i for i, n in enumerate(self.nodes)}
+        self.max_mass = self._max_masses(desc.head)
+        self.w_ref = 1.0
+        self.unit_weight = True
+        for n in self.nodes:
+            if n.children:
+                self.w_ref *= _w_max(self.max_mass[id(n)], [c.min_mass() for c in n.children])
+                if len(n.children) > 2 or any(c.has_breit_wigner for c in n.children):
+                    self.unit_weight = False
+
+        def build(node: DecayNode, reserve: float, top: bool) -> "phasespace.GenParticle":
+            i = ids[id(node)]
+            if node.has_breit_wigner and not top:
+                mass = _breit_wigner(node.particle.mass, node.particle.width, reserve)
+            else:
+                mass = node.particle.mass
+            part = phasespace.GenParticle(self.names[i], mass)
+            if node.children:
+                kids = []
+                for j, c in enumerate(node.children):
+                    # BW siblings generated later still need at least their minimum masses
+                    later = sum(o.min_mass() for o in node.children[j + 1:] if o.has_breit_wigner)
+                    kids.append(build(c, later, False))
+                part.set_children(*kids)
+            return part
+
+        self.top = build(desc.head, 0.0, True)
+        self.tf_rng = tf.random.Generator.from_seed(0)
+
+    def _max_masses(self, head: DecayNode) -> dict[int, float]:
+        out: dict[int, float] = {}
+
+        def rec(node: DecayNode, m_max: float):
+            m = m_max if node.has_breit_wigner else min(m_max, node.particle.mass)
+            out[id(node)] = m
+            for c in node.children:
+                rec(c, m - sum(o.min_mass() for o in node.children if o is not c))
+
+        rec(head, head.particle.mass)
+        out[id(head)] = head.particle.mass
+        return out
+
+    def generate(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rest-frame four-momenta (4, nodes-1, n) of every non-head node, and the weights (n,)."""
+        with _LOCK:  # one tf.random.Generator per chain: reset it (reusing it avoids retracing)
+            self.tf_rng.reset_from_seed(int(seed))
+            weights, _, parts = self.top.generate(n, normalize_weights=False, seed=self.tf_rng)
+        p = np.empty((4, len(self.nodes) - 1, n))
+        for k, name in enumerate(self.names[1:]):
+            p[:, k, :] = parts[name].numpy().T
+        if self.unit_weight:
+            w = np.ones(n)
+        else:
+            w = weights.numpy() / self.w_ref
+        return p, w
+
+
+def _breit_wigner(m0: float, gamma: float, reserve: float):
+    """A phasespace mass function: relativistic Breit-Wigner in s, truncated, exact inverse CDF.
+
+    ``min_mass``/``max_mass`` come from phasespace (sum of the stable descendants' masses; the
+    mother's mass minus the siblings already known); ``reserve`` (MeV) is the smallest mass of
+    the Breit-Wigner siblings generated after this one.
+    """
+    import tensorflow as tf
+
+    m0sq, mg = m0 * m0, m0 * gamma
+
+    def mass(min_mass, max_mass, n_events, seed):
+        lo = tf.square(min_mass)
+        hi = tf.square(tf.maximum(max_mass - reserve, min_mass))
+        a = tf.atan((lo - m0sq) / mg)
+        b = tf.atan((hi - m0sq) / mg)
+        u = seed.uniform(tf.reshape(tf.cast(n_events, tf.int64), (1,)), dtype=tf.float64)
+        s = m0sq + mg * tf.tan(a + (b - a) * u)
+        return tf.sqrt(tf.clip_by_value(s, lo, hi))
+
+    return mass
+
+
+def _chain(desc: Descriptor) -> _Chain:
+    key = str(desc.head.to_string())
+    chain = _CACHE.get(key)
+    if chain is None:
+        with _LOCK:
+            chain = _CACHE.get(key)
+            if chain is None:
+                chain = _CACHE[key] = _Chain(desc)
+    return chain
+
+
+# ------------------------------------------------------------------------------------ acceptance
+@dataclasses.dataclass(frozen=True)
+class EtaAcceptance:
+    """Require every final-state particle (charged ones only by default) in eta_min < eta < eta_max."""
+
+    eta_min: float = 2.0
+    eta_max: float = 5.0
+    charged_only: bool = True
+
+    def __post_init__(self):
+        if not self.eta_min < self.eta_max:
+            raise ConfigurationError(f"EtaAcceptance needs eta_min < eta_max, got {self!r}")
+
+    def __call__(self, tree: list[dict], p4: np.ndarray) -> np.ndarray:
+        """Boolean mask (n,) of accepted events; ``p4`` (4, nodes, n) in the lab."""
+        sel = [i for i, t in enumerate(tree) if t["stable"] and (t["charge"] != 0 or not self.charged_only)]
+        if not sel:
+            return np.ones(p4.shape[-1], dtype=bool)
+        q = p4[:, sel, :]
+        eta = np.arcsinh(q[2] / np.hypot(q[0], q[1]))
+        return np.all((eta > self.eta_min) & (eta < self.eta_max), axis=0)
+
+    def config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- stage
+@dataclasses.dataclass(frozen=True)
+class PhaseSpaceDecay:
+    """Decay the ParticleGun's hadron through ``descriptor`` (phase space, all events at once).
+
+    Args:
+        descriptor: e.g. ``"Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"``; ``[...]CC``
+            generates the decay or its charge conjugate with probability 1/2 each.
+        charge_conjugate: False (as written, or as the gun's head says: a gun producing the
+            antiparticle of the head conjugates the chain), True (conjugate every event) or
+            ``"both"`` (each event with probability 1/2; the default when ``[...]CC`` is given).
+        acceptance: None, or e.g. :class:`EtaAcceptance` ``(2, 5)``: regenerate until all N
+            events pass; the efficiency is recorded in ``batch.info["generator_acceptance"]``.
+        unweight: keep each event with probability equal to its phase-space weight (unit weights).
+        max_tries: give up (ConfigurationError) after generating this many times N events.
+        name: stage name (seeds its random stream).
+
+    Example:
+        >>> from mambah.generation import ParticleGun, PhaseSpaceDecay
+        >>> from mambah.pipeline import Pipeline
+        >>> pipe = Pipeline([ParticleGun("B+"), PhaseSpaceDecay("B+ -> (J/psi(1S) -> mu+ mu-) K+")])
+        >>> batch = pipe.process(pipe.make_batch(0, production_seed=1, n_events=1000))  # doctest: +SKIP
+    """
+
+    descriptor: str
+    charge_conjugate: bool | str = False
+    acceptance: EtaAcceptance | None = None
+    unweight: bool = False
+    max_tries: int = 1000
+    name: str = "decay"
+
+    def __post_init__(self):
+        desc = parse_descriptor(self.descriptor)
+        object.__setattr__(self, "descriptor", self.descriptor if isinstance(self.descriptor, str) else desc.text)
+        cc = self.charge_conjugate
+        if cc not in (False, True, "both"):
+            raise ConfigurationError(f"charge_conjugate must be False, True or 'both', got {cc!r}")
+        if desc.cc and cc is False:
+            object.__setattr__(self, "charge_conjugate", "both")
+        if self.acceptance is not None and not callable(self.acceptance):
+            raise ConfigurationError(f"acceptance must be None or callable(tree, p4) -> mask, got {self.acceptance!r}")
+        if not (isinstance(self.max_tries, int) and self.max_tries >= 1):
+            raise ConfigurationError(f"max_tries must be a positive int, got {self.max_tries!r}")
+
+    # not a field: re-parsed (cheap, cached particle look-ups) after unpickling
+    @property
+    def parsed(self) -> Descriptor:
+        d = self.__dict__.get("_parsed")
+        if d is None:
+            d = parse_descriptor(self.descriptor)
+            object.__setattr__(self, "_parsed", d)
+        return d
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_parsed", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def tree(self) -> list[dict]:
+        """The ``batch.info["decay_tree"]`` node list."""
+        return self.parsed.tree()
+
+    # ----------------------------------------------------------------------------- generation
+    def _conjugation(self, gun_pid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        head = self.parsed.head.particle
+        if head.self_conjugate:
+            from_gun = np.zeros(gun_pid.shape, dtype=bool)
+        else:
+            from_gun = gun_pid == head.anti_pid
+        bad = (gun_pid != head.pid) & (gun_pid != head.anti_pid)
+        if np.any(bad):
+            raise ConfigurationError(
+                f"{self.name}: the ParticleGun produced PDG id {int(gun_pid[bad][0])} but the descriptor's head is "
+                f"{head.name!r} ({head.pid}); give the gun the same particle"
+            )
+        if self.charge_conjugate == "both":
+            return rng.random(gun_pid.shape) < 0.5
+        if self.charge_conjugate is True:
+            return ~from_gun
+        return from_gun
+
+    def _round(self, chain: _Chain, tree, gun: dict, rng: np.random.Generator):
+        """One generation round: decays of the gun's hadrons, boosted; returns (p4_lab, weight, keep)."""
+        n = gun["p4"].shape[1]
+        rest, w = chain.generate(n, int(rng.integers(0, 2**63 - 1)))
+        p4 = np.empty((4, len(tree), n))
+        p4[:, 0, :] = gun["p4"]
+        p4[:, 1:, :] = boost_to_lab(rest, gun["p4"][:, None, :], chain.nodes[0].particle.mass)
+        keep = np.ones(n, dtype=bool)
+        if self.unweight:
+            keep &= rng.random(n) < w
+        if self.acceptance is not None:
+            keep &= self.acceptance(tree, p4)
+        return p4, w, keep
+
+    def __call__(self, batch):
+        from ._tables import fill_tables
+
+        gun = batch.arrays.get("gun")
+        if gun is None:
+            raise ConfigurationError(f"{self.name}: no ParticleGun ran before this stage (batch.arrays['gun'] is "
+                                     "missing); put ParticleGun(...) first in the pipeline")
+        n = batch.n_events
+        rng = batch.rng(self.name)
+        desc = self.parsed
+        tree = desc.tree()
+        chain = _chain(desc)
+        conj = self._conjugation(gun["pid"], rng)
+        gun = {k: gun[k] for k in ("p4", "pv", "tau")}
+        filtering = self.unweight or self.acceptance is not None
+        p4, w, keep = self._round(chain, tree, gun, rng)
+        if filtering:
+            n_tried, pieces, n_acc = n, [], int(keep.sum())
+            pieces.append((p4[:, :, keep], w[keep], {k: v[..., keep] for k, v in gun.items()}, conj[keep]))
+            gun_stage = batch.arrays["gun"]["stage"]
+            while n_acc < n:
+                if n_tried >= self.max_tries * n:
+                    raise ConfigurationError(
+                        f"{self.name}: only {n_acc} of {n_tried} generated events passed "
+                        f"(acceptance {self.acceptance!r}, unweight={self.unweight}); efficiency too low "
+                        f"for max_tries={self.max_tries}"
+                    )
+                eff = max(n_acc / n_tried, 1.0 / n_tried)
+                m = int(min(max((n - n_acc) / eff * 1.2, 1000), 10 * n))
+                g = gun_stage.sample(m, rng)
+                c = self._conjugation(g["pid"], rng)
+                g = {k: g[k] for k in ("p4", "pv", "tau")}
+                p4_, w_, keep_ = self._round(chain, tree, g, rng)
+                n_tried += m
+                n_acc += int(keep_.sum())
+                pieces.append((p4_[:, :, keep_], w_[keep_], {k: v[..., keep_] for k, v in g.items()}, c[keep_]))
+            p4 = np.concatenate([p[0] for p in pieces], axis=2)[:, :, :n]
+            w = np.concatenate([p[1] for p in pieces])[:n]
+            gun = {k: np.concatenate([p[2][k] for p in pieces], axis=-1)[..., :n] for k in gun}
+            conj = np.concatenate([p[3] for p in pieces])[:n]
+            eff = n_acc / n_tried
+            batch.info["generator_acceptance"] = {
+                "efficiency": eff,
+                "uncertainty": math.sqrt(eff * (1 - eff) / n_tried),
+                "n_generated": n_tried,
+                "n_accepted": n_acc,
+                "acceptance": self.acceptance.config() if hasattr(self.acceptance, "config") else repr(self.acceptance),
+                "unweight": self.unweight,
+            }
+            if self.unweight:
+                w = np.ones(n)
+            batch.arrays["gun"] = {**batch.arrays["gun"], **gun}
+
+        vtx = self._vertices(chain, tree, p4, gun, rng)
+        pid_plain = np.array([t["pid"] for t in tree], dtype=np.int64)
+        pid_anti = np.array([nd.particle.anti_pid for nd in chain.nodes], dtype=np.int64)
+        pid = np.where(conj[None, :], pid_anti[:, None], pid_plain[:, None])
+        unit = chain.unit_weight or self.unweight
+        batch.arrays["mc_p4"] = p4
+        batch.arrays["mc_vertices_xyzt"] = vtx
+        batch.arrays["decay_weight"] = w
+        batch.arrays["conjugated"] = conj
+        batch.info["decay_tree"] = tree
+        batch.info["generator"] = {"descriptor": str(desc), "unit_weights": bool(unit)}
+        fill_tables(batch, tree, pid, p4, vtx, None if unit else w)
+        return batch
+
+    def _vertices(self, chain: _Chain, tree, p4: np.ndarray, gun: dict, rng) -> np.ndarray:
+        from ._tables import vertex_layout
+
+        n = p4.shape[-1]
+        decaying, prod_block, _, _ = vertex_layout(tree)
+        vtx = np.empty((4, 1 + len(decaying), n))
+        vtx[:, 0, :] = gun["pv"]
+        for k, node in enumerate(decaying):
+            info = chain.nodes[node].particle
+            q = p4[:, node, :]
+            if chain.nodes[node].has_breit_wigner and node != 0:
+                m = np.sqrt(np.maximum(q[3] ** 2 - q[0] ** 2 - q[1] ** 2 - q[2] ** 2, 0.0))
+            else:
+                m = info.mass
+            tau = gun["tau"] if node == 0 else rng.exponential(info.lifetime, n)
+            start = vtx[:, prod_block[node], :]
+            step = C_MM_PER_NS * tau / m
+            vtx[0, 1 + k] = start[0] + q[0] * step
+            vtx[1, 1 + k] = start[1] + q[1] * step
+            vtx[2, 1 + k] = start[2] + q[2] * step
+            vtx[3, 1 + k] = start[3] + q[3] / m * tau
+        return vtx
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "descriptor": self.descriptor,
+            "charge_conjugate": self.charge_conjugate,
+            "acceptance": (self.acceptance.config() if hasattr(self.acceptance, "config") else repr(self.acceptance))
+            if self.acceptance is not None else None,
+            "unweight": self.unweight,
+            "breit_wigner": [n.particle.name for n in self.parsed.nodes()[1:] if n.has_breit_wigner],
+        }
+
+
+def generator_stages(descriptor: str, *, charge_conjugate: bool | str = False, acceptance=None,
+                     unweight: bool = False, **gun_options) -> list:
+    """``[ParticleGun(head, **gun_options), PhaseSpaceDecay(descriptor, ...)]`` for a Pipeline.
+
+    Example:
+        >>> stages = generator_stages("Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu")
+        >>> [s.name for s in stages]
+        ['gun', 'decay']
+    """
+    from .gun import ParticleGun
+
+    decay = PhaseSpaceDecay(descriptor, charge_conjugate=charge_conjugate, acceptance=acceptance, unweight=unweight)
+    gun = ParticleGun(decay.parsed.head.particle.name, **gun_options)
+    return [gun, decay]

@@ -1,0 +1,312 @@
+"""Decay descriptors: ``"Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"``.
+
+Grammar (LHCb decay-descriptor style)::
+
+    descriptor := decay | "[" decay "]CC"
+    decay      := particle "->" daughter daughter+
+    daughter   := particle | "(" decay ")"
+
+Particle names are those of :func:`mambah.generation.particles.resolve` (PDG names of the
+``particle`` package, EvtGen names, LHCb aliases). Parentheses that belong to a name
+(``J/psi(1S)``, ``K*(892)0``, ``K(S)0``) are part of it: a name's ``(`` follows a name character
+without a space, a sub-decay's ``(`` starts a word. ``[...]CC`` means the decay and its charge
+conjugate (each event is one or the other with probability 1/2 in :class:`PhaseSpaceDecay`).
+
+Every problem raises :class:`~mambah.errors.DescriptorError` (or its subclass
+:class:`~mambah.errors.UnknownParticleError`) that names the offending piece and shows where it
+is, before anything is generated:
+
+- empty descriptor, unbalanced parentheses or brackets, missing ``->``, fewer than two daughters;
+- unknown particle (with the closest known names);
+- a stable particle (infinite lifetime: p, e, gamma, neutrinos) given children;
+- electric charge not conserved at a vertex;
+- a kinematically forbidden decay: the smallest possible masses of the daughters add up to more
+  than the largest possible mass of the mother (both are named, with the numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from ..errors import DescriptorError, UnknownParticleError
+from .particles import ParticleInfo, resolve
+
+__all__ = ["DecayNode", "Descriptor", "parse_descriptor", "BREIT_WIGNER_MIN_RELATIVE_WIDTH"]
+
+#: A node with children is given a Breit-Wigner mass when Gamma/m exceeds this (rho, K*, phi get
+#: one; J/psi (3e-5), psi(2S), D*+ and every weakly decaying hadron keep their PDG mass).
+BREIT_WIGNER_MIN_RELATIVE_WIDTH = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class DecayNode:
+    """One particle of a decay tree and its (possibly empty) list of daughters."""
+
+    particle: ParticleInfo
+    children: tuple["DecayNode", ...] = ()
+    position: int = 0  # character offset of the name in the descriptor
+
+    @property
+    def name(self) -> str:
+        return self.particle.name
+
+    @property
+    def has_breit_wigner(self) -> bool:
+        """A decaying resonance whose width is not negligible gets a Breit-Wigner mass."""
+        p = self.particle
+        return bool(self.children) and p.mass > 0 and p.width / p.mass > BREIT_WIGNER_MIN_RELATIVE_WIDTH
+
+    def min_mass(self) -> float:
+        """Smallest mass this node can take (MeV): its PDG mass, or for a Breit-Wigner the sum of
+        its daughters' smallest masses."""
+        if self.has_breit_wigner:
+            return sum(c.min_mass() for c in self.children)
+        return self.particle.mass
+
+    def walk(self) -> Iterator["DecayNode"]:
+        """Depth-first, mother before daughters (the node order of mambah's tables)."""
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+    def conjugate(self) -> "DecayNode":
+        return DecayNode(self.particle.conjugate(), tuple(c.conjugate() for c in self.children), self.position)
+
+    def to_string(self, top: bool = True) -> str:
+        if not self.children:
+            return self.particle.name
+        inner = f"{self.particle.name} -> " + " ".join(c.to_string(top=False) for c in self.children)
+        return inner if top else f"({inner})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Descriptor:
+    """A parsed decay descriptor.
+
+    Attributes:
+        text: the string as given.
+        head: the decay tree.
+        cc: ``[...]CC`` was given (generate the decay and its charge conjugate).
+    """
+
+    text: str
+    head: DecayNode
+    cc: bool = False
+
+    def nodes(self) -> list[DecayNode]:
+        """The tree's nodes depth-first (head = 0)."""
+        return list(self.head.walk())
+
+    def tree(self) -> list[dict]:
+        """The node list of ``batch.info["decay_tree"]``: ``{"name", "pid", "mother", "children",
+        "stable", "charge"}`` per node (``stable`` = has no daughters in this tree)."""
+        nodes = self.nodes()
+        ids = {id(n): i for i, n in enumerate(nodes)}
+        mother = {ids[id(c)]: ids[id(n)] for n in nodes for c in n.children}
+        return [
+            {
+                "name": n.particle.name,
+                "pid": n.particle.pid,
+                "mother": mother.get(i, -1),
+                "children": [ids[id(c)] for c in n.children],
+                "stable": not n.children,
+                "charge": n.particle.charge,
+            }
+            for i, n in enumerate(nodes)
+        ]
+
+    def __str__(self) -> str:
+        s = self.head.to_string()
+        return f"[{s}]CC" if self.cc else s
+
+
+# ----------------------------------------------------------------------------------------- lexer
+_ARROW = "->"
+
+
+def _caret(text: str, pos: int, length: int = 1) -> str:
+    return f"\n  {text}\n  {' ' * pos}{'^' * max(1, length)}"
+
+
+def _error(text: str, pos: int, msg: str, length: int = 1) -> DescriptorError:
+    return DescriptorError(f"decay descriptor: {msg}{_caret(text, pos, length)}")
+
+
+def _tokenize(text: str) -> list[tuple[str, str, int]]:
+    """Tokens ``(kind, value, position)``; kinds: ``(``, ``)``, ``[``, ``]CC``, ``->``, ``name``."""
+    tokens: list[tuple[str, str, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif text.startswith(_ARROW, i):
+            tokens.append(("->", _ARROW, i))
+            i += 2
+        elif ch == "(":
+            tokens.append(("(", ch, i))
+            i += 1
+        elif ch == ")":
+            tokens.append((")", ch, i))
+            i += 1
+        elif ch == "[":
+            tokens.append(("[", ch, i))
+            i += 1
+        elif ch == "]":
+            if text.startswith("]CC", i) or text.startswith("]cc", i):
+                tokens.append(("]CC", "]CC", i))
+                i += 3
+            else:
+                raise _error(text, i, "']' must be followed by 'CC' (write '[ ... ]CC' for the charge conjugate)")
+        else:
+            start, depth = i, 0
+            while i < n:
+                c = text[i]
+                if c.isspace() or c in "[]" or (depth == 0 and text.startswith(_ARROW, i)):
+                    break
+                if c == "(":
+                    depth += 1
+                elif c == ")":
+                    if depth == 0:
+                        break
+                    depth -= 1
+                i += 1
+            if depth:
+                raise _error(text, start, f"unbalanced parenthesis in the particle name {text[start:i]!r}", i - start)
+            tokens.append(("name", text[start:i], start))
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------- parser
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def peek(self) -> tuple[str, str, int] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def next(self) -> tuple[str, str, int]:
+        tok = self.peek()
+        if tok is None:
+            raise _error(self.text, len(self.text), "unexpected end of the descriptor")
+        self.i += 1
+        return tok
+
+    def particle(self) -> tuple[ParticleInfo, int]:
+        kind, value, pos = self.next()
+        if kind != "name":
+            raise _error(self.text, pos, f"expected a particle name, found {value!r}")
+        try:
+            return resolve(value), pos
+        except UnknownParticleError as exc:
+            raise UnknownParticleError(f"decay descriptor: {exc}{_caret(self.text, pos, len(value))}") from None
+
+    def decay(self, closing: str | None) -> DecayNode:
+        mother, mpos = self.particle()
+        tok = self.next() if self.peek() is not None else None
+        if tok is None or tok[0] != "->":
+            where = tok[2] if tok else len(self.text)
+            found = f"found {tok[1]!r}" if tok else "found the end"
+            raise _error(self.text, where, f"expected '->' after {mother.name!r}, {found}")
+        children: list[DecayNode] = []
+        while True:
+            tok = self.peek()
+            if tok is None or tok[0] in (")", "]CC"):
+                break
+            kind, value, pos = tok
+            if kind == "(":
+                self.i += 1
+                child = self.decay(closing=")")
+                kind2, value2, pos2 = self.next() if self.peek() else ("end", "", len(self.text))
+                if kind2 != ")":
+                    raise _error(self.text, pos, f"unbalanced parentheses: the '(' of {child.name!r} is never closed")
+                children.append(child)
+            elif kind == "name":
+                info, p = self.particle()
+                children.append(DecayNode(info, (), p))
+            elif kind == "->":
+                raise _error(self.text, pos, "unexpected '->': a daughter that decays must be written in parentheses, "
+                             "'(X -> a b)'")
+            else:
+                raise _error(self.text, pos, f"unexpected {value!r}")
+        if len(children) < 2:
+            raise _error(self.text, mpos, f"{mother.name!r} needs at least two daughters, found "
+                         f"{len(children)}", len(mother.name))
+        if closing is None and self.peek() is not None and self.peek()[0] == ")":
+            raise _error(self.text, self.peek()[2], "unbalanced parentheses: ')' without a matching '('")
+        return DecayNode(mother, tuple(children), mpos)
+
+    def parse(self) -> Descriptor:
+        if not self.tokens:
+            raise DescriptorError("decay descriptor is empty: write e.g. \"B+ -> (J/psi(1S) -> mu+ mu-) K+\"")
+        cc = False
+        if self.tokens[0][0] == "[":
+            cc = True
+            self.i = 1
+            head = self.decay(closing="]CC")
+            tok = self.peek()
+            if tok is None or tok[0] != "]CC":
+                where = tok[2] if tok else len(self.text)
+                raise _error(self.text, where, "'[' is never closed by ']CC'")
+            self.i += 1
+        else:
+            head = self.decay(closing=None)
+        tok = self.peek()
+        if tok is not None:
+            kind, value, pos = tok
+            if kind == ")":
+                raise _error(self.text, pos, "unbalanced parentheses: ')' without a matching '('")
+            if kind == "]CC":
+                raise _error(self.text, pos, "']CC' without a matching '['")
+            raise _error(self.text, pos, f"unexpected {value!r} after the end of the decay")
+        return Descriptor(self.text, head, cc)
+
+
+# ----------------------------------------------------------------------------------- validation
+def _check(text: str, node: DecayNode, max_mass: float) -> None:
+    """Physics checks, mother before daughters; ``max_mass`` is the largest mass the node can take."""
+    if not node.children:
+        return
+    p = node.particle
+    name_len = len(p.name)
+    if p.stable:
+        raise _error(text, node.position, f"{p.name!r} is stable (infinite lifetime) and cannot be given "
+                     "daughters", name_len)
+    q = sum(c.particle.charge for c in node.children)
+    if q != p.charge:
+        kids = " ".join(c.particle.name for c in node.children)
+        raise _error(text, node.position, f"charge is not conserved in {p.name} -> {kids}: "
+                     f"{p.charge:+d} -> {q:+d}", name_len)
+    m_mother = min(max_mass, p.mass) if not node.has_breit_wigner else max_mass
+    m_kids = sum(c.min_mass() for c in node.children)
+    if m_kids > m_mother:
+        kids = " + ".join(f"{c.particle.name} ({c.min_mass():.2f})" for c in node.children)
+        raise _error(text, node.position, f"kinematically forbidden decay: {kids} = {m_kids:.2f} MeV exceeds "
+                     f"the mass of {p.name!r}, {m_mother:.2f} MeV", name_len)
+    for c in node.children:
+        others = sum(o.min_mass() for o in node.children if o is not c)
+        _check(text, c, m_mother - others)
+
+
+def parse_descriptor(text: str) -> Descriptor:
+    """Parse and check a decay descriptor.
+
+    Example:
+        >>> d = parse_descriptor("B+ -> (J/psi(1S) -> mu+ mu-) K+")
+        >>> [n["name"] for n in d.tree()]
+        ['B+', 'J/psi(1S)', 'mu+', 'mu-', 'K+']
+
+    Raises:
+        DescriptorError: malformed or impossible decay (see the module docstring).
+        UnknownParticleError: a name is not known (subclass of DescriptorError).
+    """
+    if isinstance(text, Descriptor):
+        return text
+    if not isinstance(text, str):
+        raise DescriptorError(f"a decay descriptor must be a string, not {type(text).__name__} {text!r}")
+    d = _Parser(text).parse()
+    _check(text, d.head, d.head.particle.mass)  # the head always has its PDG mass
+    return d
