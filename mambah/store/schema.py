@@ -9,6 +9,20 @@ Units: MeV (energies, momenta, masses), mm (positions), ns (times) — the LHCb 
 :data:`COLUMNS` is the single source of truth for the in-memory batch tables: the name and numpy
 dtype of every column the stages produce and the store writes. The ORM classes below are built to
 match it (a test checks that they agree).
+
+Constraints and indices (chosen for write speed, measured with ``benchmarks/store.py``):
+
+* every data table has its primary key ``(batch, index)`` / ``(batch, event)`` and one index on
+  ``(batch, event)``; navigation (mother, daughters, descendants, the MC truth of a track) always
+  knows the event, so these two indices serve every navigation query;
+* there are **no foreign keys** from the data tables to ``batches`` and no indices on ``mother`` or
+  ``mc_particle``: on PostgreSQL the per-row foreign-key triggers and the randomly ordered
+  ``mother`` indices cut the ``COPY`` rate six-fold. Integrity is guaranteed by the store instead:
+  a batch (its ``batches`` row and all its rows) is written and deleted in one transaction, and
+  the tests check that no orphan row can exist. A ``-1`` ("none") reference could not be a
+  foreign key anyway;
+* on DuckDB the data tables carry no primary key or index at all (see
+  :class:`mambah.store.backends.DuckDBBackend`): its zone maps serve the same queries.
 """
 
 from __future__ import annotations
@@ -19,8 +33,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
-    Float,
-    ForeignKeyConstraint,
+    REAL,
     Index,
     Integer,
     SmallInteger,
@@ -28,6 +41,13 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Floating-point data columns are 4-byte ``REAL`` on every backend (the in-memory dtype is
+#: float32) and nullable: SQLite stores NaN as NULL, which reads back as NaN.
+
+
+def _f32():
+    return mapped_column(REAL, nullable=True)
 
 __all__ = ["SCHEMA_VERSION", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow", "Event",
            "MCParticle", "MCVertex", "Particle", "Vertex", "ModelRow", "PID_COLUMNS"]
@@ -148,51 +168,44 @@ class BatchRow(Base):
     created: Mapped[_dt.datetime] = mapped_column(DateTime, default=lambda: _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
 
 
-def _batch_fk(table: str) -> ForeignKeyConstraint:
-    return ForeignKeyConstraint(["batch"], ["batches.batch"], name=f"fk_{table}_batch")
-
-
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (_batch_fk("events"),)
     batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     event: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    pv_x: Mapped[float] = mapped_column(Float)
-    pv_y: Mapped[float] = mapped_column(Float)
-    pv_z: Mapped[float] = mapped_column(Float)
-    pv_t: Mapped[float] = mapped_column(Float)
+    pv_x: Mapped[float] = _f32()
+    pv_y: Mapped[float] = _f32()
+    pv_z: Mapped[float] = _f32()
+    pv_t: Mapped[float] = _f32()
     n_tracks: Mapped[int] = mapped_column(Integer)
-    weight: Mapped[float] = mapped_column(Float)
+    weight: Mapped[float] = _f32()
 
 
 class MCVertex(Base):
     __tablename__ = "mc_vertices"
-    __table_args__ = (_batch_fk("mc_vertices"), Index("ix_mc_vertices_event", "batch", "event"))
+    __table_args__ = (Index("ix_mc_vertices_event", "batch", "event"),)
     batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     event: Mapped[int] = mapped_column(Integer)
-    x: Mapped[float] = mapped_column(Float)
-    y: Mapped[float] = mapped_column(Float)
-    z: Mapped[float] = mapped_column(Float)
-    t: Mapped[float] = mapped_column(Float)
+    x: Mapped[float] = _f32()
+    y: Mapped[float] = _f32()
+    z: Mapped[float] = _f32()
+    t: Mapped[float] = _f32()
     mother: Mapped[int] = mapped_column(Integer)
 
 
 class MCParticle(Base):
     __tablename__ = "mc_particles"
     __table_args__ = (
-        _batch_fk("mc_particles"),
         Index("ix_mc_particles_event", "batch", "event"),
-        Index("ix_mc_particles_mother", "batch", "mother"),
     )
     batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     event: Mapped[int] = mapped_column(Integer)
     pid: Mapped[int] = mapped_column(Integer)
-    px: Mapped[float] = mapped_column(Float)
-    py: Mapped[float] = mapped_column(Float)
-    pz: Mapped[float] = mapped_column(Float)
-    e: Mapped[float] = mapped_column(Float)
+    px: Mapped[float] = _f32()
+    py: Mapped[float] = _f32()
+    pz: Mapped[float] = _f32()
+    e: Mapped[float] = _f32()
     prod_vertex: Mapped[int] = mapped_column(Integer)
     decay_vertex: Mapped[int] = mapped_column(Integer)
     mother: Mapped[int] = mapped_column(Integer)
@@ -201,17 +214,14 @@ class MCParticle(Base):
 
 def _pid_columns(cls_dict):
     for name in PID_COLUMNS:
-        cls_dict[name] = mapped_column(Float, nullable=True)
+        cls_dict[name] = _f32()
     return cls_dict
 
 
 class Particle(Base):
     __tablename__ = "particles"
     __table_args__ = (
-        _batch_fk("particles"),
         Index("ix_particles_event", "batch", "event"),
-        Index("ix_particles_mc", "batch", "mc_particle"),
-        Index("ix_particles_mother", "batch", "mother"),
     )
     batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -219,11 +229,11 @@ class Particle(Base):
     mc_particle: Mapped[int] = mapped_column(Integer)
     pid: Mapped[int] = mapped_column(Integer)
     charge: Mapped[int] = mapped_column(SmallInteger)
-    px: Mapped[float] = mapped_column(Float)
-    py: Mapped[float] = mapped_column(Float)
-    pz: Mapped[float] = mapped_column(Float)
-    e: Mapped[float] = mapped_column(Float)
-    m: Mapped[float] = mapped_column(Float)
+    px: Mapped[float] = _f32()
+    py: Mapped[float] = _f32()
+    pz: Mapped[float] = _f32()
+    e: Mapped[float] = _f32()
+    m: Mapped[float] = _f32()
     mother: Mapped[int] = mapped_column(Integer)
     vertex: Mapped[int] = mapped_column(Integer)
     _pid_columns(locals())
@@ -231,16 +241,16 @@ class Particle(Base):
 
 class Vertex(Base):
     __tablename__ = "vertices"
-    __table_args__ = (_batch_fk("vertices"), Index("ix_vertices_event", "batch", "event"))
+    __table_args__ = (Index("ix_vertices_event", "batch", "event"),)
     batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     event: Mapped[int] = mapped_column(Integer)
     particle: Mapped[int] = mapped_column(Integer)
     mc_vertex: Mapped[int] = mapped_column(Integer)
-    x: Mapped[float] = mapped_column(Float)
-    y: Mapped[float] = mapped_column(Float)
-    z: Mapped[float] = mapped_column(Float)
-    m: Mapped[float] = mapped_column(Float)
+    x: Mapped[float] = _f32()
+    y: Mapped[float] = _f32()
+    z: Mapped[float] = _f32()
+    m: Mapped[float] = _f32()
     n_daughters: Mapped[int] = mapped_column(SmallInteger)
 
 
