@@ -296,7 +296,8 @@ class CramerGANTrainer:
         lr_ratio = cfg.lr_final / cfg.g_lr
         t0 = time.perf_counter() - state.elapsed
         last_valid = time.perf_counter()
-        bar = progress(total=None, enabled=self.show_progress, desc="training", unit="step", initial=state.step)
+        bar = progress(total=None, enabled=self.show_progress, desc="training", unit="step", initial=state.step,
+                       mininterval=1.0)
         stop = False
         logs = {}
         try:
@@ -332,7 +333,7 @@ class CramerGANTrainer:
                             m.reset_state()
                 else:
                     state.epoch += 1
-            if vdata is not None:
+            if vdata is not None and (not state.history or state.history[-1]["step"] != state.step):
                 # a last look at the final weights (the learning rate is lowest at the end)
                 self._validate(gan, vdata, state, logs, t0, rng, best_weights)
                 if state.since_best == 0:

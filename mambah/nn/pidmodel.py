@@ -1,0 +1,214 @@
+"""A trained PID model on disk: load it, generate targets for conditions, export it to ONNX.
+
+A PID model directory (see :mod:`mambah.modeldir`) holds
+
+* ``generator.keras`` — ``G([conditions, noise]) -> targets`` in the preprocessed (Gaussianised)
+  space, standard Keras layers only (loaded with ``safe_mode=True``);
+* ``arrays.npz`` — the quantile-transform knots of conditions (``cond_knots``, ``cond_probs``) and
+  targets (``targ_knots``, ``targ_probs``), one row per column;
+* ``card.json`` — kind ``"pid"``, species, conditions and targets (name, unit, quantity), the
+  noise dimension, training data, hyperparameters and validation metrics.
+
+Conditions may include outputs of other PID models and there may be several targets, so models
+can be chained (e.g. isMuon -> muon likelihoods -> combined DLLs).
+
+Example:
+    >>> m = PidModel.load("models/pid-p-dllp-lhcb-run3")          # doctest: +SKIP
+    >>> out = m.generate(df[m.conditions], seed=1)                 # doctest: +SKIP
+    >>> out["DLLp"]                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigurationError, DataError, ModelDirError, OptionalDependencyError
+from ..io import check_finite, require_columns
+from ..modeldir import load_arrays, load_network, save_model_dir, verify_model_dir
+from .preprocessing import QuantileGaussianizer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PidModel", "OutOfRangeWarning", "KNOWN_COLUMNS", "describe_column"]
+
+#: LHCb-style column names -> (unit, quantity). Units: MeV, mm, ns (LHCb convention).
+KNOWN_COLUMNS = {
+    "P": ("MeV/c", "p"), "p": ("MeV/c", "p"), "PT": ("MeV/c", "pt"), "pt": ("MeV/c", "pt"),
+    "ETA": ("", "eta"), "eta": ("", "eta"),
+    "nLongTracks": ("", "n_tracks"), "nTracks": ("", "n_tracks"), "n_tracks": ("", "n_tracks"),
+    "charge": ("e", "charge"), "Q": ("e", "charge"),
+    "DLLp": ("", "pid_p"), "PIDp": ("", "pid_p"), "DLLK": ("", "pid_k"), "PIDK": ("", "pid_k"),
+    "DLLe": ("", "pid_e"), "PIDe": ("", "pid_e"), "DLLmu": ("", "pid_mu"), "PIDmu": ("", "pid_mu"),
+    "RichDLLp": ("", "rich_dll_p"), "RichDLLk": ("", "rich_dll_k"), "RichDLLe": ("", "rich_dll_e"),
+    "RichDLLmu": ("", "rich_dll_mu"), "isMuon": ("", "is_muon"),
+    "MuonMuLL": ("", "muon_mu_ll"), "MuonBkgLL": ("", "muon_bkg_ll"),
+}
+
+
+def describe_column(name: str) -> dict:
+    """``{"name", "unit", "quantity"}`` of a column (LHCb-style names known, others as given)."""
+    unit, quantity = KNOWN_COLUMNS.get(name, ("", name))
+    return {"name": name, "unit": unit, "quantity": quantity}
+
+
+class OutOfRangeWarning(UserWarning):
+    """Conditions given to a model lie outside the range it was trained on."""
+
+
+class PidModel:
+    """A loaded PID model: ``generate(conditions) -> targets``.
+
+    Attributes:
+        path: the model directory.
+        card: its card (dict).
+        conditions, targets: column names, in the network's order.
+        n_noise: noise dimension of the generator.
+    """
+
+    def __init__(self, generator, cond_pre: QuantileGaussianizer, targ_pre: QuantileGaussianizer, card: dict,
+                 path: str | os.PathLike | None = None):
+        self.generator = generator
+        self.cond_pre = cond_pre
+        self.targ_pre = targ_pre
+        self.card = card
+        self.path = Path(path) if path is not None else None
+        self.conditions = [c["name"] for c in card["conditions"]]
+        self.targets = [t["name"] for t in card["targets"]]
+        self.n_noise = int(card["hyperparameters"]["n_noise"])
+        self._fn = None
+
+    def __repr__(self) -> str:
+        return (f"PidModel({self.card.get('name')!r}, species={self.card.get('species')!r}, "
+                f"conditions={self.conditions}, targets={self.targets})")
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PidModel:
+        """Load a model directory (hashes checked, Keras safe mode, no pickle)."""
+        path = Path(path)
+        card = verify_model_dir(path)
+        if card.get("kind") != "pid":
+            raise ModelDirError(f"{str(path)!r} holds a {card.get('kind')!r} model, not a 'pid' model")
+        for key in ("conditions", "targets", "hyperparameters"):
+            if key not in card:
+                raise ModelDirError(f"the card of {str(path)!r} lacks {key!r}")
+        if "n_noise" not in card["hyperparameters"]:
+            raise ModelDirError(f"the card of {str(path)!r} lacks hyperparameters.n_noise")
+        arrays = load_arrays(path)
+        cond_pre = QuantileGaussianizer.from_arrays(arrays, "cond")
+        targ_pre = QuantileGaussianizer.from_arrays(arrays, "targ")
+        gen = load_network(path, "generator")
+        m = cls(gen, cond_pre, targ_pre, card, path)
+        if cond_pre.knots_.shape[0] != len(m.conditions) or targ_pre.knots_.shape[0] != len(m.targets):
+            raise ModelDirError(f"{str(path)!r}: the preprocessing arrays do not match the card's conditions/targets")
+        return m
+
+    # ------------------------------------------------------------- inference
+    def _as_conditions(self, data, drop_nonfinite: bool) -> tuple[np.ndarray, pd.Index | None]:
+        if isinstance(data, pd.DataFrame):
+            require_columns(data, self.conditions, where="the conditions table")
+            data = check_finite(data, self.conditions, drop=drop_nonfinite, where="the conditions")
+            return data[self.conditions].to_numpy(dtype=float), data.index
+        c = np.asarray(data, dtype=float)
+        if c.ndim == 1 and len(self.conditions) == 1:
+            c = c[:, None]
+        if c.ndim != 2 or c.shape[1] != len(self.conditions):
+            raise DataError(f"expected conditions of shape (n, {len(self.conditions)}) in the order "
+                            f"{self.conditions}, got {c.shape}")
+        bad = ~np.isfinite(c).all(axis=1)
+        if bad.any():
+            if not drop_nonfinite:
+                raise DataError(f"{int(bad.sum())} of {len(c)} condition rows hold NaN or inf; clean them or "
+                                "pass drop_nonfinite=True")
+            c = c[~bad]
+        return c, None
+
+    def check_range(self, c: np.ndarray) -> float:
+        """Fraction of rows with a condition outside the training range; warns when it is > 0."""
+        lo, hi = self.cond_pre.range_()
+        out = (c < lo) | (c > hi)
+        frac = float(out.any(axis=1).mean()) if len(c) else 0.0
+        if frac > 0:
+            detail = ", ".join(f"{n}: {np.mean(out[:, j]):.2%} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
+                               for j, n in enumerate(self.conditions) if out[:, j].any())
+            msg = (f"{frac:.2%} of the rows have conditions outside the training range of model "
+                   f"{self.card.get('name')!r} ({detail}); they are clamped to the range edges")
+            warnings.warn(msg, OutOfRangeWarning, stacklevel=3)
+        return frac
+
+    def generate_array(self, conditions: np.ndarray, seed=None, chunk: int = 262144) -> np.ndarray:
+        """Targets (n, n_targets) for raw conditions (n, n_conditions); vectorised, chunked."""
+        from ..random import get_rng
+        from .train import _predict
+
+        c = np.asarray(conditions, dtype=float)
+        self.check_range(c)
+        rng = get_rng(seed)
+        noise = rng.standard_normal((len(c), self.n_noise), dtype=np.float32)
+        z = _predict(self.generator, self.cond_pre.transform(c, mode="mid"), noise, chunk=chunk)
+        return self.targ_pre.inverse_transform(z)
+
+    def generate(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
+        """Generate the targets for every row of ``data`` (DataFrame with the condition columns, or an array).
+
+        Returns a DataFrame with one column per target (the card's names), indexed like ``data``.
+        Rows with NaN/inf conditions are refused (or dropped with ``drop_nonfinite=True``).
+        """
+        c, index = self._as_conditions(data, drop_nonfinite)
+        y = self.generate_array(c, seed)
+        return pd.DataFrame({t: y[:, j] for j, t in enumerate(self.targets)}, index=index)
+
+    # ----------------------------------------------------------------- export
+    def export_onnx(self, path: str | os.PathLike) -> Path:
+        """Write the generator (inputs ``conditions`` and ``noise``, preprocessed space) as ONNX.
+
+        The preprocessing (``arrays.npz``) stays outside: apply the quantile transforms around it.
+        """
+        try:
+            import onnx  # noqa: F401
+            import tf2onnx  # noqa: F401
+        except ImportError:
+            raise OptionalDependencyError("exporting to ONNX needs onnx and tf2onnx: pip install 'mambah[onnx]'") from None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        import tensorflow as tf
+
+        spec = [tf.TensorSpec([None, len(self.conditions)], tf.float32, name="conditions"),
+                tf.TensorSpec([None, self.n_noise], tf.float32, name="noise")]
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            import tf2onnx
+
+            fn = tf.function(lambda c, z: self.generator([c, z], training=False), input_signature=spec)
+            tf2onnx.convert.from_function(fn, input_signature=spec, opset=17, output_path=str(tmp))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+
+def save_pid_model(out: str | os.PathLike, trainer, card: dict, *, overwrite: bool = False) -> Path:
+    """Write a PID model directory from a fitted :class:`~mambah.nn.train.CramerGANTrainer`."""
+    if not hasattr(trainer, "generator_"):
+        raise ConfigurationError("the trainer is not fitted: call fit() first")
+    full = dict(card)
+    full.setdefault("kind", "pid")
+    hp = dict(full.get("hyperparameters", {}))
+    hp.setdefault("n_noise", trainer.config.n_noise)
+    full["hyperparameters"] = hp
+    arrays = {}
+    arrays.update(trainer.cond_pre_.to_arrays("cond"))
+    arrays.update(trainer.targ_pre_.to_arrays("targ"))
+    import keras
+
+    # a clean copy of the kept generator (no training state), named "generator"
+    gen = keras.models.clone_model(trainer.generator_)
+    gen.set_weights(trainer.generator_.get_weights())
+    return save_model_dir(out, full, networks={"generator": gen}, arrays=arrays, overwrite=overwrite)
