@@ -107,7 +107,7 @@ def ref_df() -> pd.DataFrame:
 
 def test_null_within_statistical_fluctuation(ref_df):
     gen = toy(3000, seed=2)
-    res = bdt_ks_score(ref_df, gen, COLS, seed=0, n_repeats=2, classifier_options=FAST)
+    res = bdt_ks_score(ref_df, gen, COLS, seed=0, n_repeats=2, classifier_options=FAST, n_threads=1)
     crit = ks_critical(1500, 1500)
     assert all(v < crit for v in res.bdt_ks_repeats), (res, crit)
     assert abs(res.auc - 0.5) < 0.05
@@ -116,7 +116,7 @@ def test_null_within_statistical_fluctuation(ref_df):
 
 def test_shifted_target_scores_clearly_worse(ref_df):
     gen = toy(3000, seed=2, shift=0.4)
-    res = bdt_ks_score(ref_df, gen, COLS, seed=0, n_repeats=2, classifier_options=FAST)
+    res = bdt_ks_score(ref_df, gen, COLS, seed=0, n_repeats=2, classifier_options=FAST, n_threads=1)
     assert res.bdt_ks > 2 * ks_critical(1500, 1500), res
     assert res.auc > 0.55
 
@@ -128,15 +128,15 @@ def test_shuffled_targets_score_clearly_worse(ref_df):
     # marginals are identical up to noise ...
     assert weighted_ks(gen["dll"], ref_df["dll"]) < ks_critical(3000, 3000)
     # ... but the classifier sees the broken correlations
-    res = bdt_ks_score(ref_df, gen, COLS, seed=0, n_repeats=2, classifier_options=FAST)
+    res = bdt_ks_score(ref_df, gen, COLS, seed=0, n_repeats=2, classifier_options=FAST, n_threads=1)
     assert res.bdt_ks > 2 * ks_critical(1500, 1500), res
 
 
 def test_deterministic_for_a_seed(ref_df):
     gen = toy(1000, seed=2, shift=0.2)
-    a = bdt_ks_score(ref_df, gen, COLS, seed=11, n_repeats=2, classifier_options=FAST)
-    b = bdt_ks_score(ref_df, gen, COLS, seed=11, n_repeats=2, classifier_options=FAST)
-    c = bdt_ks_score(ref_df, gen, COLS, seed=12, n_repeats=2, classifier_options=FAST)
+    a = bdt_ks_score(ref_df, gen, COLS, seed=11, n_repeats=2, classifier_options=FAST, n_threads=1)
+    b = bdt_ks_score(ref_df, gen, COLS, seed=11, n_repeats=2, classifier_options=FAST, n_threads=1)
+    c = bdt_ks_score(ref_df, gen, COLS, seed=12, n_repeats=2, classifier_options=FAST, n_threads=1)
     assert a.bdt_ks_repeats == b.bdt_ks_repeats and a.auc_repeats == b.auc_repeats
     assert a.bdt_ks_repeats != c.bdt_ks_repeats
 
@@ -163,17 +163,17 @@ def test_weights_are_honoured(train_weights):
     ref = contaminated(3000, 1000, seed=1)
     clean_gen = toy(3000, seed=2)
     res = bdt_ks_score(ref, clean_gen, COLS, ref_weight="w", seed=0, n_repeats=2,
-                       classifier_options=FAST, train_weights=train_weights)
+                       classifier_options=FAST, n_threads=1, train_weights=train_weights)
     crit = ks_critical(1500, 1500)
     assert res.bdt_ks < crit, res
     # without the weights the background shows up
     ref_unw = ref.drop(columns="w")
-    bad = bdt_ks_score(ref_unw, clean_gen, COLS, seed=0, n_repeats=2, classifier_options=FAST)
+    bad = bdt_ks_score(ref_unw, clean_gen, COLS, seed=0, n_repeats=2, classifier_options=FAST, n_threads=1)
     assert bad.bdt_ks > 2 * crit, bad
 
 
 def test_null_reference_against_itself(ref_df):
-    res = bdt_ks_null(ref_df, COLS, seed=0, n_repeats=2, classifier_options=FAST)
+    res = bdt_ks_null(ref_df, COLS, seed=0, n_repeats=2, classifier_options=FAST, n_threads=1)
     assert res.n_ref + res.n_gen == len(ref_df)
     assert all(v < ks_critical(750, 750) for v in res.bdt_ks_repeats), res
 
@@ -181,7 +181,7 @@ def test_null_reference_against_itself(ref_df):
 def test_warns_when_reference_signed_and_generated_unweighted(caplog):
     ref = contaminated(600, 100, seed=1)
     with caplog.at_level(logging.WARNING, logger="mambah"):
-        res = bdt_ks_score(ref, toy(600, 2), COLS, ref_weight="w", seed=0, n_repeats=1, classifier_options=FAST)
+        res = bdt_ks_score(ref, toy(600, 2), COLS, ref_weight="w", seed=0, n_repeats=1, classifier_options=FAST, n_threads=1)
     assert any("unweighted" in r.getMessage() for r in caplog.records)
     assert res.warnings and "gen_weight" in res.warnings[0]
 
@@ -203,7 +203,7 @@ def test_nan_refused_or_dropped():
     gen.loc[11, "p"] = np.inf
     with pytest.raises(DataError, match=r"4 of 500 rows.*dll: 3.*p: 1|4 of 500 rows.*p: 1.*dll: 3"):
         bdt_ks_score(ref, gen, COLS)
-    res = bdt_ks_score(ref, gen, COLS, drop_nonfinite=True, n_repeats=1, classifier_options=FAST)
+    res = bdt_ks_score(ref, gen, COLS, drop_nonfinite=True, n_repeats=1, classifier_options=FAST, n_threads=1)
     assert res.n_gen == 496
 
 

@@ -25,7 +25,7 @@ def real_slice(real_data_path):
 def test_real_data_ordering(real_slice):
     table = sanity_table(real_slice, ["P", "ETA", "nLongTracks"], ["DLLp"], "sWeight",
                          cases=("null", "shuffled", "unconditional"), seed=0, n_repeats=2,
-                         classifier_options={"max_iter": 60}).set_index("case")["bdt_ks"]
+                         classifier_options={"max_iter": 60}, n_threads=1).set_index("case")["bdt_ks"]
     # held-out part: half of each half of the slice
     n_eff = effective_size(real_slice["sWeight"]) / 4
     crit = 1.949 * np.sqrt(2 / n_eff)

@@ -1,0 +1,155 @@
+"""``mambah validate``: compare a generated sample with a reference, or QA a simulated production.
+
+Two modes:
+
+* ``mambah validate --ref FILE --gen FILE --conditions C1,C2 --targets T1 [--ref-weight COL]
+  [--gen-weight COL] [--report DIR] [--seed S]``: the classifier score (BDT KS, AUC, and the
+  reference-against-itself floor), 1D KS distances in bins of p and η, efficiency curves of PID
+  requirements, plots and a report folder (``index.html``, ``summary.json``, PNGs).
+* ``mambah validate --db URL [--report DIR]``: the QA of a production in the event store
+  (kinematics and PID per species, reconstructed masses of composites, efficiencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="score a generated sample against a reference (BDT KS, 1D KS, efficiencies, report), or QA a production",
+        description=(
+            "Compare a generated sample with a reference sample: a gradient-boosted classifier is trained to tell them "
+            "apart on the conditions and targets; the KS distance between its held-out outputs (0 = indistinguishable, "
+            "1 = separable) and the ROC AUC are the scores, beside the score of the reference against a disjoint half of "
+            "itself (the statistical floor). Also: weighted 1D KS distances per target in bins of p and eta, efficiency "
+            "curves of PID requirements and a report folder. With --db, the QA of a simulated production instead. "
+            "Give the generated sample the sWeight of the reference row whose conditions produced it (--gen-weight)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("sample comparison")
+    g.add_argument("--ref", metavar="FILE", help="reference sample: file.root:tree, .parquet or .csv")
+    g.add_argument("--gen", metavar="FILE", help="generated sample (same formats)")
+    g.add_argument("--conditions", type=_csv, metavar="C1,C2,...", help="condition columns, e.g. P,ETA,nLongTracks")
+    g.add_argument("--targets", type=_csv, metavar="T1,T2,...", help="target columns, e.g. DLLp")
+    g.add_argument("--ref-weight", metavar="COL", help="weight column of the reference (e.g. sWeight; signed allowed)")
+    g.add_argument("--gen-weight", metavar="COL",
+                   help="weight column of the generated sample (the sWeight of the data row that gave its conditions)")
+    g.add_argument("--p", dest="p_col", metavar="COL", help="momentum column for binning (default: guessed, e.g. P)")
+    g.add_argument("--eta", dest="eta_col", metavar="COL", help="pseudorapidity column for binning (default: guessed, e.g. ETA)")
+    g.add_argument("--cut", action="append", metavar="REQ", dest="cuts",
+                   help="PID requirement for the efficiency curves, e.g. 'DLLK > 5' or 'isMuon' (repeatable; default: "
+                        "the typical ones among the targets)")
+    g.add_argument("--bins", type=int, default=4, help="quantile bins per axis (p, eta) for the binned comparisons")
+    g.add_argument("--repeats", type=int, default=3, help="classifier fits on independent splits (mean and spread)")
+    g.add_argument("--train-weights", choices=["signed", "clipped"], default="signed",
+                   help="classifier training weights: signed sWeights, or negative ones set to 0 (evaluation is always signed)")
+    g.add_argument("--cross-check", action="store_true", help="also score with the other --train-weights choice")
+    g.add_argument("--max-train-rows", type=int, default=500_000, help="at most this many training rows per fit")
+    g.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf instead of refusing them")
+    g.add_argument("--max-ks", type=float, metavar="X", help="exit with code 1 if the BDT KS exceeds X (for CI)")
+    d = p.add_argument_group("production QA")
+    d.add_argument("--db", metavar="URL", help="QA of a production in this store (duckdb:///file, sqlite:///file, postgresql+psycopg://...)")
+    d.add_argument("--batches", type=_csv, metavar="B1,B2,...", help="only these batches (default: all)")
+    c = p.add_argument_group("common")
+    c.add_argument("--report", metavar="DIR", help="write the report folder (index.html, summary.json, PNGs) here")
+    c.add_argument("--seed", type=int, default=0, help="seed of every split and fit")
+    c.add_argument("--threads", type=int, default=None, help="classifier threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigurationError
+    from . import progress_enabled
+
+    if args.db:
+        if args.ref or args.gen:
+            raise ConfigurationError("give either --db URL (production QA) or --ref/--gen (sample comparison), not both")
+        return _run_db(args, progress_enabled(args))
+    missing = [o for o, v in (("--ref", args.ref), ("--gen", args.gen), ("--targets", args.targets)) if not v]
+    if args.conditions is None:
+        missing.append("--conditions")
+    if missing:
+        raise ConfigurationError(f"mambah validate needs {', '.join(missing)} (or --db URL for a production QA)")
+    return _run_samples(args, progress_enabled(args))
+
+
+def _run_samples(args, show: bool) -> int:
+    import logging
+
+    from ..io import read_table
+    from ..validation.compare import parse_cut
+    from ..validation.report import validate
+
+    log = logging.getLogger("mambah.validate")
+    cuts = [parse_cut(c) for c in (args.cuts or [])]
+    features = [*args.conditions, *args.targets]
+    extra = [c.column for c in cuts if c.column not in features]
+    ref_cols = list(dict.fromkeys([*features, *extra, *([args.ref_weight] if args.ref_weight else [])]))
+    gen_cols = list(dict.fromkeys([*features, *extra, *([args.gen_weight] if args.gen_weight else [])]))
+    log.info("reading %s", args.ref)
+    ref = read_table(args.ref, ref_cols)
+    log.info("reading %s", args.gen)
+    gen = read_table(args.gen, gen_cols)
+    summary = validate(
+        ref, gen, args.conditions, args.targets, args.ref_weight, args.gen_weight, args.report, args.seed,
+        p=args.p_col, eta=args.eta_col, cuts=cuts or None, n_bins=args.bins, n_repeats=args.repeats,
+        train_weights=args.train_weights, cross_check=args.cross_check, max_train_rows=args.max_train_rows,
+        drop_nonfinite=args.drop_nonfinite, show_progress=show, n_threads=args.threads,
+        sources={"ref": str(args.ref), "gen": str(args.gen)},
+    )
+    print(headline(summary))
+    if args.report:
+        print(f"report: {args.report}/index.html")
+    if args.max_ks is not None and summary["bdt_ks"] > args.max_ks:
+        print(f"BDT KS {summary['bdt_ks']:.4f} exceeds --max-ks {args.max_ks:g}")
+        return 1
+    return 0
+
+
+def headline(summary: dict) -> str:
+    """The numbers the CLI prints."""
+    inp = summary["inputs"]
+    lines = [
+        f"rows: reference {inp['n_ref']} (effective {inp['n_eff_ref']:.0f}), generated {inp['n_gen']} "
+        f"(effective {inp['n_eff_gen']:.0f})",
+        f"BDT KS   = {summary['bdt_ks']:.4f} ± {summary['bdt_ks_std']:.4f}"
+        f"    (null, reference vs itself: {summary['bdt_ks_null']:.4f} ± {summary['bdt_ks_null_std']:.4f})",
+        f"ROC AUC  = {summary['auc']:.4f} ± {summary['auc_std']:.4f}    (null: {summary['auc_null']:.4f})",
+    ]
+    if "bdt_ks_cross_check" in summary:
+        cc = summary["bdt_ks_cross_check"]
+        lines.append(f"BDT KS cross-check ({cc['train_weights']} training weights) = {cc['bdt_ks']:.4f} ± {cc['bdt_ks_std']:.4f}")
+    for t, k in summary["ks1d"].items():
+        s = f"KS 1D {t} = {k['ks']:.4f} (95% null {k['ks_crit95']:.4f})"
+        wb = k.get("worst_bin")
+        if wb:
+            where = []
+            if "p_range" in wb:
+                where.append(f"{inp['p']} [{wb['p_range'][0]:.4g}, {wb['p_range'][1]:.4g}]")
+            if "eta_range" in wb:
+                where.append(f"{inp['eta']} [{wb['eta_range'][0]:.3g}, {wb['eta_range'][1]:.3g}]")
+            s += f"; worst bin {', '.join(where)}: {wb['ks']:.4f} ({wb['ks_ratio']:.1f}x its 95% null)"
+        lines.append(s)
+    for label, e in summary["efficiencies"].items():
+        lines.append(f"eff({label}): reference {e['eff_ref']:.4f}, generated {e['eff_gen']:.4f}")
+    for w in summary.get("warnings", []):
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def _run_db(args, show: bool) -> int:
+    from ..validation.production import production_headline, validate_production
+
+    batches = [int(b) for b in args.batches] if args.batches else None
+    summary = validate_production(args.db, args.report, batches=batches, show_progress=show)
+    print(production_headline(summary))
+    if args.report:
+        print(f"report: {args.report}/index.html")
+    return 0

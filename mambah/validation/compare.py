@@ -1,0 +1,257 @@
+"""1D comparisons in bins of p and η, and efficiency curves of PID requirements.
+
+All comparisons use the per-row weights (signed sWeights allowed). Bins of p and η are quantile
+bins of the *reference* (weighted quantiles, negative weights clipped for the edges only), so each
+bin holds a similar share of the reference signal.
+
+Statistical yardstick of a KS distance: under the null hypothesis the two-sample KS distance
+exceeds ``c(α) sqrt((n + m) / (n m))`` with probability α (Kolmogorov's limit distribution;
+Smirnov 1948; c(0.05) = 1.358), with ``n``, ``m`` Kish's effective sample sizes for weighted
+samples. ``ks_crit95`` is that value and ``ks_ratio = ks / ks_crit95``: ratios well above 1 are
+significant. The worst bin is the one with the largest ratio (a raw KS in a sparse bin is mostly
+noise).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigurationError, MissingColumnError
+from .inputs import Sample
+from .stats import effective_size, weighted_ks, weighted_quantiles
+
+__all__ = [
+    "C_ALPHA_95", "ks_critical", "quantile_edges", "ks1d_table", "Cut", "parse_cut", "default_cuts",
+    "efficiency_curve", "efficiency_table", "guess_column",
+]
+
+C_ALPHA_95 = 1.358  # Kolmogorov critical value at 5 %
+
+
+def ks_critical(n_eff_1: float, n_eff_2: float, c: float = C_ALPHA_95) -> float:
+    """``c sqrt((n+m)/(n m))``: the KS distance exceeded with probability α under the null."""
+    if n_eff_1 <= 0 or n_eff_2 <= 0:
+        return float("inf")
+    return float(c * np.sqrt((n_eff_1 + n_eff_2) / (n_eff_1 * n_eff_2)))
+
+
+def guess_column(candidates: Sequence[str], names: Sequence[str]) -> str | None:
+    """The first column of ``candidates`` named like one of ``names`` (case-insensitive; ``x_P`` too)."""
+    low = {c.lower(): c for c in candidates}
+    for n in names:
+        if n.lower() in low:
+            return low[n.lower()]
+    for n in names:
+        for c in candidates:
+            if c.lower().endswith("_" + n.lower()):
+                return c
+    return None
+
+
+def quantile_edges(x: np.ndarray, w: np.ndarray, n_bins: int) -> np.ndarray:
+    """``n_bins`` weighted-quantile bins of ``x`` (outer edges = min and max; duplicates merged)."""
+    inner = weighted_quantiles(x, np.linspace(0, 1, n_bins + 1)[1:-1], w)
+    return np.unique(np.r_[np.min(x), inner, np.max(x)])
+
+
+def _bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value; values outside the edges go to the first/last bin (the range is the ref's)."""
+    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+
+
+def _ks_entry(xr, wr, xg, wg) -> dict:
+    n_r, n_g = effective_size(wr), effective_size(wg)
+    out = {"n_ref": int(len(xr)), "n_gen": int(len(xg)), "n_eff_ref": n_r, "n_eff_gen": n_g}
+    if len(xr) == 0 or len(xg) == 0 or wr.sum() <= 0 or wg.sum() <= 0:
+        out.update(ks=None, ks_crit95=None, ks_ratio=None)
+        return out
+    ks = weighted_ks(xr, xg, wr, wg)
+    crit = ks_critical(n_r, n_g)
+    out.update(ks=ks, ks_crit95=crit, ks_ratio=ks / crit if np.isfinite(crit) else None)
+    return out
+
+
+def ks1d_table(
+    ref: Sample, gen: Sample, targets: Sequence[str], p: str | None, eta: str | None, n_bins: int = 4,
+) -> tuple[dict, dict]:
+    """Weighted 1D KS distance per target, overall and in (p, η) quantile bins of the reference.
+
+    Returns:
+        ``(ks1d, binning)``: ``ks1d[target] = {"ks", "ks_crit95", "ks_ratio", ..., "bins": [...],
+        "worst_bin": {...}}``; ``binning = {"p": edges, "eta": edges}`` (lists; a missing axis is
+        absent).
+    """
+    binning = {}
+    idx_r = np.zeros(len(ref), dtype=np.int64)
+    idx_g = np.zeros(len(gen), dtype=np.int64)
+    axes = [(k, c) for k, c in (("p", p), ("eta", eta)) if c is not None]
+    for key, col in axes:
+        edges = quantile_edges(ref.data[col].to_numpy(), ref.weights, n_bins)
+        binning[key] = edges.tolist()
+        nb = len(edges) - 1
+        idx_r = idx_r * nb + _bin_index(ref.data[col].to_numpy(), edges)
+        idx_g = idx_g * nb + _bin_index(gen.data[col].to_numpy(), edges)
+    shape = [len(binning[k]) - 1 for k, _ in axes]
+    out = {}
+    for t in targets:
+        xr, xg = ref.data[t].to_numpy(), gen.data[t].to_numpy()
+        entry = _ks_entry(xr, ref.weights, xg, gen.weights)
+        bins = []
+        if axes:
+            # sort once by bin so every bin is a contiguous slice
+            orr, org = np.argsort(idx_r, kind="stable"), np.argsort(idx_g, kind="stable")
+            n_cells = int(np.prod(shape))
+            br = np.searchsorted(idx_r[orr], np.arange(n_cells + 1))
+            bg = np.searchsorted(idx_g[org], np.arange(n_cells + 1))
+            for cell in range(n_cells):
+                sr, sg = orr[br[cell]:br[cell + 1]], org[bg[cell]:bg[cell + 1]]
+                b = _ks_entry(xr[sr], ref.weights[sr], xg[sg], gen.weights[sg])
+                pos = np.unravel_index(cell, shape)
+                for (key, _), i in zip(axes, pos):
+                    b[f"{key}_bin"] = int(i)
+                    b[f"{key}_range"] = [binning[key][i], binning[key][i + 1]]
+                bins.append(b)
+        entry["bins"] = bins
+        valid = [b for b in bins if b["ks_ratio"] is not None]
+        entry["worst_bin"] = max(valid, key=lambda b: b["ks_ratio"]) if valid else None
+        out[t] = entry
+    return out, binning
+
+
+# ---------------------------------------------------------------- efficiency of PID requirements
+
+_CUT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A PID requirement ``column op value`` (a bare boolean column means ``column > 0.5``)."""
+
+    column: str
+    op: str
+    value: float
+    label: str
+
+    def passes(self, x: np.ndarray) -> np.ndarray:
+        return {
+            ">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal,
+            "==": np.equal, "!=": np.not_equal,
+        }[self.op](x, self.value)
+
+    @property
+    def slug(self) -> str:
+        names = {">": "gt", ">=": "ge", "<": "lt", "<=": "le", "==": "eq", "!=": "ne"}
+        v = f"{self.value:g}".replace("-", "m").replace(".", "p")
+        return f"{self.column}_{names[self.op]}_{v}"
+
+
+def parse_cut(spec: str) -> Cut:
+    """Parse ``"DLLK > 5"``, ``"PIDp>=0"`` or a bare boolean column ``"isMuon"`` (no ``eval``)."""
+    s = spec.strip()
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", s):
+        return Cut(s, ">", 0.5, s)
+    m = _CUT_RE.match(s)
+    if not m:
+        raise ConfigurationError(
+            f"cannot read the requirement {spec!r}: write COLUMN OP VALUE with OP one of > >= < <= == != "
+            "(e.g. 'DLLK > 5'), or a boolean column name (e.g. 'isMuon')"
+        )
+    col, op, val = m.groups()
+    return Cut(col, op, float(val), f"{col} {op} {float(val):g}")
+
+
+#: typical PID requirements (column names matched case-insensitively, also with a prefix ``x_``)
+TYPICAL_CUTS = [
+    ("DLLK", ">", 0.0), ("DLLK", ">", 5.0), ("PIDK", ">", 0.0), ("PIDK", ">", 5.0),
+    ("DLLp", ">", 0.0), ("DLLp", ">", 5.0), ("PIDp", ">", 0.0), ("PIDp", ">", 5.0),
+    ("DLLmu", ">", 0.0), ("PIDmu", ">", 0.0), ("DLLe", ">", 0.0), ("PIDe", ">", 0.0),
+    ("isMuon", ">", 0.5), ("ProbNNp", ">", 0.5), ("ProbNNk", ">", 0.5), ("ProbNNpi", ">", 0.5),
+    ("ProbNNmu", ">", 0.5),
+]
+
+
+def default_cuts(targets: Sequence[str], ref: Sample) -> list[Cut]:
+    """Typical requirements on the targets that have them; otherwise the reference's weighted median."""
+    cuts = []
+    for name, op, val in TYPICAL_CUTS:
+        col = guess_column(list(targets), [name])
+        if col is not None:
+            label = col if name == "isMuon" else f"{col} {op} {val:g}"
+            cuts.append(Cut(col, op, val, label))
+    if not cuts:
+        for t in targets:
+            med = float(weighted_quantiles(ref.data[t].to_numpy(), [0.5], ref.weights)[0])
+            cuts.append(Cut(t, ">", med, f"{t} > {med:.4g} (ref. median)"))
+    seen, out = set(), []
+    for c in cuts:
+        if (c.column, c.op, c.value) not in seen:
+            seen.add((c.column, c.op, c.value))
+            out.append(c)
+    return out
+
+
+def efficiency_curve(x: np.ndarray, passed: np.ndarray, w: np.ndarray, edges: np.ndarray) -> dict:
+    """Weighted efficiency ``sum(w pass) / sum(w)`` per bin of ``x`` with its normal-approximation error.
+
+    ``var(ε) = [(1-ε)^2 Σ_pass w^2 + ε^2 Σ_fail w^2] / (Σ w)^2`` — the error propagation of
+    ``ε = W_pass / (W_pass + W_fail)`` with independent weighted sums of variance ``Σ w^2``
+    (e.g. Paterno, FERMILAB-TM-2286-CD, 2004; valid for signed sWeights as well).
+    """
+    nb = len(edges) - 1
+    b = _bin_index(x, edges)
+    wp = np.bincount(b, weights=w * passed, minlength=nb)
+    wa = np.bincount(b, weights=w, minlength=nb)
+    w2p = np.bincount(b, weights=w * w * passed, minlength=nb)
+    w2f = np.bincount(b, weights=w * w * (~passed), minlength=nb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eff = np.where(wa > 0, wp / wa, np.nan)
+        err = np.where(wa > 0, np.sqrt((1 - eff) ** 2 * w2p + eff ** 2 * w2f) / np.abs(wa), np.nan)
+    return {"eff": eff, "err": err}
+
+
+def _json_list(a: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=float)]
+
+
+def efficiency_table(
+    ref: Sample, gen: Sample, cuts: Sequence[Cut], p: str | None, eta: str | None, n_bins: int = 10,
+) -> dict:
+    """Efficiency of every cut versus p and η (quantile bins of the reference) in both samples.
+
+    Returns ``{cut.label: {"column", "op", "value", "eff_ref", "eff_gen" (overall),
+    "vs": {"p": {"edges", "ref", "ref_err", "gen", "gen_err", "ratio", "ratio_err"}, "eta": {...}}}}``.
+    The ratio is generated / reference with errors added in quadrature (independent samples).
+    """
+    out = {}
+    for cut in cuts:
+        for s in (ref, gen):
+            if cut.column not in s.data.columns:
+                raise MissingColumnError([cut.column], list(s.data.columns), where=f"the {s.name} sample (requirement {cut.label!r})")
+        pr, pg = cut.passes(ref.data[cut.column].to_numpy()), cut.passes(gen.data[cut.column].to_numpy())
+        entry = {
+            "column": cut.column, "op": cut.op, "value": cut.value,
+            "eff_ref": float(np.sum(ref.weights * pr) / np.sum(ref.weights)),
+            "eff_gen": float(np.sum(gen.weights * pg) / np.sum(gen.weights)),
+            "vs": {},
+        }
+        for key, col in (("p", p), ("eta", eta)):
+            if col is None:
+                continue
+            edges = quantile_edges(ref.data[col].to_numpy(), ref.weights, n_bins)
+            er = efficiency_curve(ref.data[col].to_numpy(), pr, ref.weights, edges)
+            eg = efficiency_curve(gen.data[col].to_numpy(), pg, gen.weights, edges)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = eg["eff"] / er["eff"]
+                rerr = np.abs(ratio) * np.sqrt((eg["err"] / eg["eff"]) ** 2 + (er["err"] / er["eff"]) ** 2)
+            entry["vs"][key] = {
+                "column": col, "edges": edges.tolist(),
+                "ref": _json_list(er["eff"]), "ref_err": _json_list(er["err"]),
+                "gen": _json_list(eg["eff"]), "gen_err": _json_list(eg["err"]),
+                "ratio": _json_list(ratio), "ratio_err": _json_list(rerr),
+            }
+        out[cut.label] = entry
+    return out

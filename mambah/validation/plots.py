@@ -1,0 +1,216 @@
+"""Plots of a validation report (matplotlib, mplhep's LHCb style), written as PNG files.
+
+Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never through
+``pyplot``: no global backend switch, no open-figure bookkeeping, safe in threads and on machines
+without a display. All histograms are weighted (signed sWeights allowed) and normalised to unit
+area, so they compare shapes; error bars are ``sqrt(Σ w²)`` per bin. Ratio panels show
+generated / reference with both errors added in quadrature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from .inputs import Sample
+from .stats import weighted_quantiles
+
+__all__ = ["plot_target", "plot_target_bins", "plot_classifier_output", "plot_efficiency", "style"]
+
+REF_COLOR, GEN_COLOR = "black", "tab:red"
+DPI = 90
+
+
+@contextlib.contextmanager
+def style():
+    """mplhep's LHCb2 style (falls back to matplotlib defaults if mplhep is missing)."""
+    import matplotlib
+
+    try:
+        import mplhep
+
+        sty = mplhep.style.LHCb2
+    except (ImportError, AttributeError):  # pragma: no cover - mplhep is a dependency
+        sty = {}
+    with matplotlib.rc_context():
+        matplotlib.style.use(sty)
+        matplotlib.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": "small"})
+        yield
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def _edges(x: np.ndarray, w: np.ndarray, n: int = 40) -> np.ndarray:
+    lo, hi = weighted_quantiles(x, [0.005, 0.995], w)
+    if not hi > lo:
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, n + 1)
+
+
+def _hist(x: np.ndarray, w: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-area weighted histogram and its errors (rows outside ``edges`` are left out)."""
+    nb = len(edges) - 1
+    inside = (x >= edges[0]) & (x <= edges[-1])
+    b = np.clip(np.searchsorted(edges, x[inside], side="right") - 1, 0, nb - 1)
+    wi = w[inside]
+    h = np.bincount(b, weights=wi, minlength=nb)
+    e2 = np.bincount(b, weights=wi * wi, minlength=nb)
+    total = np.sum(w)
+    width = np.diff(edges)
+    if total <= 0:
+        return np.full(nb, np.nan), np.full(nb, np.nan)
+    return h / total / width, np.sqrt(e2) / total / width
+
+
+def _compare(ax, rax, xr, wr, xg, wg, edges, xlabel: str, ref_label="reference", gen_label="generated",
+             legend=True) -> None:
+    hr, er = _hist(xr, wr, edges)
+    hg, eg = _hist(xg, wg, edges)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    ax.errorbar(centres, hr, yerr=er, fmt="o", ms=2.5, color=REF_COLOR, label=ref_label, lw=0.8)
+    ax.stairs(hg, edges, color=GEN_COLOR, label=gen_label, lw=1.2)
+    ax.fill_between(edges, np.r_[hg - eg, hg[-1] - eg[-1]], np.r_[hg + eg, hg[-1] + eg[-1]], step="post",
+                    color=GEN_COLOR, alpha=0.25, lw=0)
+    ax.set_xlim(edges[0], edges[-1])
+    ymax = np.nanmax(np.r_[hr + er, hg + eg, 0.0])
+    ax.set_ylim(min(0.0, np.nanmin(np.r_[hr, hg, 0.0])), 1.25 * ymax if ymax > 0 else 1.0)
+    if legend:
+        ax.legend(fontsize="x-small", loc="best")
+    ax.tick_params(labelbottom=False, labelsize="x-small")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = hg / hr
+        rerr = np.abs(ratio) * np.sqrt((eg / hg) ** 2 + (er / hr) ** 2)
+    ok = np.isfinite(ratio) & np.isfinite(rerr)
+    rax.errorbar(centres[ok], ratio[ok], yerr=rerr[ok], fmt="o", ms=2, color=GEN_COLOR, lw=0.8)
+    rax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    rax.set_ylim(0.5, 1.5)
+    rax.set_xlim(edges[0], edges[-1])
+    rax.set_xlabel(xlabel, fontsize="small")
+    rax.set_ylabel("gen/ref", fontsize="x-small")
+    rax.tick_params(labelsize="x-small")
+
+
+def plot_target(ref: Sample, gen: Sample, target: str, path: Path, ks: float | None = None) -> Path:
+    """Distribution of one target in the whole sample, reference vs generated, with a ratio panel."""
+    with style():
+        fig = _figure(6, 5.5)
+        gs = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+        ax, rax = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
+        xr, xg = ref.data[target].to_numpy(), gen.data[target].to_numpy()
+        _compare(ax, rax, xr, ref.weights, xg, gen.weights, _edges(xr, ref.weights, 60), target)
+        ax.set_ylabel("normalised", fontsize="small")
+        if ks is not None:
+            ax.set_title(f"{target}: KS = {ks:.4f}", fontsize="small")
+        return _save(fig, path)
+
+
+def plot_target_bins(ref: Sample, gen: Sample, target: str, binning: dict, p: str | None, eta: str | None,
+                     path: Path, ks_bins: list | None = None) -> Path:
+    """Distributions of one target in every (p, η) quantile bin (columns: p bins, rows: η bins)."""
+    p_edges = np.asarray(binning.get("p", [-np.inf, np.inf]), dtype=float)
+    e_edges = np.asarray(binning.get("eta", [-np.inf, np.inf]), dtype=float)
+    n_p, n_e = len(p_edges) - 1, len(e_edges) - 1
+    xr, xg = ref.data[target].to_numpy(), gen.data[target].to_numpy()
+
+    def _idx(s: Sample, col, edges):
+        if col is None:
+            return np.zeros(len(s), dtype=np.int64)
+        return np.clip(np.searchsorted(edges, s.data[col].to_numpy(), side="right") - 1, 0, len(edges) - 2)
+
+    ip_r, ie_r = _idx(ref, p, p_edges), _idx(ref, eta, e_edges)
+    ip_g, ie_g = _idx(gen, p, p_edges), _idx(gen, eta, e_edges)
+    ks_lookup = {}
+    for b in ks_bins or []:
+        ks_lookup[(b.get("p_bin", 0), b.get("eta_bin", 0))] = b.get("ks")
+    with style():
+        fig = _figure(3.2 * n_p + 0.8, 3.0 * n_e + 0.8)
+        outer = fig.add_gridspec(n_e, n_p, hspace=0.45, wspace=0.3)
+        for je in range(n_e):
+            for jp in range(n_p):
+                inner = outer[n_e - 1 - je, jp].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+                ax, rax = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
+                mr = (ip_r == jp) & (ie_r == je)
+                mg = (ip_g == jp) & (ie_g == je)
+                if not mr.any() or not mg.any() or ref.weights[mr].sum() <= 0:
+                    ax.text(0.5, 0.5, "empty", ha="center", transform=ax.transAxes)
+                    continue
+                _compare(ax, rax, xr[mr], ref.weights[mr], xg[mg], gen.weights[mg],
+                         _edges(xr[mr], ref.weights[mr], 30), target, legend=(je == n_e - 1 and jp == 0))
+                title = []
+                if p is not None:
+                    title.append(f"{p} [{p_edges[jp]:.4g}, {p_edges[jp + 1]:.4g}]")
+                if eta is not None:
+                    title.append(f"{eta} [{e_edges[je]:.3g}, {e_edges[je + 1]:.3g}]")
+                ks = ks_lookup.get((jp, je))
+                if ks is not None:
+                    title.append(f"KS {ks:.3f}")
+                ax.set_title("\n".join([", ".join(title[:2]), *title[2:]]), fontsize="x-small")
+        return _save(fig, path)
+
+
+def plot_classifier_output(scores: dict, path: Path, bdt_ks: float | None = None, auc: float | None = None) -> Path:
+    """Held-out classifier output for reference and generated (first repeat)."""
+    with style():
+        fig = _figure(6, 5.5)
+        gs = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+        ax, rax = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
+        pooled = np.concatenate([scores["ref"], scores["gen"]])
+        edges = _edges(pooled, np.ones_like(pooled), 40)
+        _compare(ax, rax, scores["ref"], scores["ref_w"], scores["gen"], scores["gen_w"], edges,
+                 "classifier output P(generated)")
+        ax.set_ylabel("normalised", fontsize="small")
+        if bdt_ks is not None:
+            ax.set_title(f"BDT KS = {bdt_ks:.4f}" + (f", AUC = {auc:.4f}" if auc is not None else ""), fontsize="small")
+        return _save(fig, path)
+
+
+def plot_efficiency(label: str, entry: dict, path: Path) -> Path:
+    """Efficiency of one requirement versus p and η, both samples, with the gen/ref ratio."""
+    keys = [k for k in ("p", "eta") if k in entry["vs"]]
+    with style():
+        fig = _figure(5.5 * max(1, len(keys)), 5.5)
+        gs = fig.add_gridspec(2, max(1, len(keys)), height_ratios=[3, 1], hspace=0.05, wspace=0.3)
+        for j, key in enumerate(keys):
+            v = entry["vs"][key]
+            edges = np.asarray(v["edges"], dtype=float)
+            c = 0.5 * (edges[1:] + edges[:-1])
+            xerr = 0.5 * np.diff(edges)
+            ax, rax = fig.add_subplot(gs[0, j]), fig.add_subplot(gs[1, j])
+
+            def arr(name):
+                return np.array([np.nan if a is None else a for a in v[name]], dtype=float)
+
+            ax.errorbar(c, arr("ref"), xerr=xerr, yerr=arr("ref_err"), fmt="o", ms=3, color=REF_COLOR, label="reference", lw=0.8)
+            ax.errorbar(c, arr("gen"), xerr=xerr, yerr=arr("gen_err"), fmt="s", ms=3, color=GEN_COLOR, label="generated", lw=0.8)
+            ax.set_ylim(-0.05, 1.15)
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_ylabel(f"eff({label})", fontsize="small")
+            ax.tick_params(labelbottom=False, labelsize="x-small")
+            ax.legend(fontsize="x-small", loc="best")
+            ratio, rerr = arr("ratio"), arr("ratio_err")
+            ok = np.isfinite(ratio) & np.isfinite(rerr)
+            rax.errorbar(c[ok], ratio[ok], xerr=xerr[ok], yerr=rerr[ok], fmt="o", ms=2, color=GEN_COLOR, lw=0.8)
+            rax.axhline(1.0, color="grey", ls="--", lw=0.8)
+            rax.set_ylim(0.7, 1.3)
+            rax.set_xlim(edges[0], edges[-1])
+            rax.set_xlabel(v["column"], fontsize="small")
+            rax.set_ylabel("gen/ref", fontsize="x-small")
+            rax.tick_params(labelsize="x-small")
+        return _save(fig, path)

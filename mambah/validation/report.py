@@ -1,0 +1,399 @@
+"""``validate``: the full comparison of a generated sample with a reference, and its report folder.
+
+The report folder holds the PNG plots, ``index.html`` (a summary table and every plot; open it in
+a browser) and ``summary.json`` (every number; top-level keys ``bdt_ks``, ``bdt_ks_std``, ``auc``,
+``auc_std``, ``bdt_ks_null``, ``bdt_ks_null_std``, ``auc_null``, ``ks1d``, ``efficiencies``, ...).
+The folder is written to a temporary name and renamed when complete, so a failure never leaves a
+half-written report, and an existing report is replaced only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import ConfigurationError
+from ..progress import progress
+from .bdt import BDTKSResult, _check_settings, _score_samples
+from .compare import Cut, default_cuts, efficiency_table, guess_column, ks1d_table, parse_cut
+from .inputs import Sample, pair_warnings, prepare_pair
+
+log = logging.getLogger(__name__)
+
+__all__ = ["validate", "write_report", "P_NAMES", "ETA_NAMES"]
+
+#: column names recognised as momentum / pseudorapidity when p= / eta= are not given
+P_NAMES = ("P", "p", "p_total", "momentum", "TRACK_P")
+ETA_NAMES = ("ETA", "eta", "pseudorapidity", "TRACK_ETA")
+
+
+def _null_samples(ref: Sample, seed: int) -> tuple[Sample, Sample]:
+    rng = np.random.default_rng([int(seed), 104729])
+    perm = rng.permutation(len(ref))
+    halves = []
+    for idx, name in ((np.sort(perm[: len(ref) // 2]), "reference half A"), (np.sort(perm[len(ref) // 2:]), "reference half B")):
+        halves.append(Sample(ref.data.iloc[idx].reset_index(drop=True), ref.weights[idx], ref.weighted, name))
+    return halves[0], halves[1]
+
+
+def _clean(obj):
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_clean(v) for v in obj.tolist()]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+def validate(
+    ref,
+    gen,
+    conditions: Sequence[str],
+    targets: Sequence[str],
+    ref_weight=None,
+    gen_weight=None,
+    report_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    *,
+    p: str | None = None,
+    eta: str | None = None,
+    cuts: Sequence[str | Cut] | None = None,
+    n_bins: int = 4,
+    n_eff_bins: int = 10,
+    n_repeats: int = 3,
+    train_weights: str = "signed",
+    cross_check: bool = False,
+    classifier_options: dict | None = None,
+    max_train_rows: int | None = 500_000,
+    drop_nonfinite: bool = False,
+    min_rows: int = 100,
+    show_progress: bool = False,
+    n_threads: int | None = None,
+    sources: dict | None = None,
+) -> dict:
+    """Compare a generated sample with a reference: classifier score, 1D KS in (p, η) bins, efficiencies.
+
+    Args:
+        ref, gen: the reference and generated samples (DataFrames).
+        conditions: condition columns (e.g. ``["P", "ETA", "nLongTracks"]``).
+        targets: target columns (the generated quantities, e.g. ``["DLLp"]``).
+        ref_weight, gen_weight: column name, per-row array or None. Give the generated sample the
+            sWeight of the reference row whose conditions produced it (see :mod:`.bdt`).
+        report_dir: write PNGs, ``index.html`` and ``summary.json`` there (None: numbers only).
+        seed: fixes every random split and fit.
+        p, eta: the momentum / pseudorapidity columns for the binned comparisons (default: guessed
+            among the conditions: ``P``/``p``/``*_P``, ``ETA``/``eta``/``*_ETA``; absent = not binned).
+        cuts: PID requirements for the efficiency curves (``"DLLK > 5"``, ``"isMuon"``); default:
+            the typical ones that exist among the targets (DLLK > 0, > 5, DLLp > 0, > 5, isMuon,
+            ...), else each target above the reference median.
+        n_bins: quantile bins per axis (p and η) for the binned KS and the plots.
+        n_eff_bins: quantile bins of the efficiency curves.
+        n_repeats, train_weights, classifier_options: see :func:`~mambah.validation.bdt_ks_score`.
+        cross_check: also score with training weights clipped at zero (``bdt_ks_clipped``).
+        max_train_rows: at most this many training rows per fit (cost control for large samples;
+            the evaluation always uses every held-out row). None = all.
+        drop_nonfinite: drop NaN/inf rows instead of refusing them.
+        min_rows: refuse samples with fewer rows.
+        show_progress: tqdm bars.
+        n_threads: OpenMP threads of the classifier (None = all cores).
+        sources: description of the inputs stored in the summary (e.g. file names).
+
+    Returns:
+        The summary (the content of ``summary.json``).
+    """
+    t0 = time.perf_counter()
+    clf = _check_settings(n_repeats, 0.5, train_weights, classifier_options)
+    conditions, targets = list(conditions), list(targets)
+    if not targets:
+        raise ConfigurationError("no targets given: name the generated columns to compare (e.g. DLLp)")
+    features = [*conditions, *targets]
+    overlap = set(conditions) & set(targets)
+    if overlap:
+        raise ConfigurationError(f"columns both condition and target: {', '.join(sorted(overlap))}")
+    p = p if p is not None else guess_column(conditions, P_NAMES)
+    eta = eta if eta is not None else guess_column(conditions, ETA_NAMES)
+    for name, col in (("p", p), ("eta", eta)):
+        if col is not None and col not in features:
+            raise ConfigurationError(f"the {name} column {col!r} must be one of the conditions ({', '.join(conditions)})")
+    if report_dir is not None:
+        _check_dir(Path(report_dir))
+    parsed = [c if isinstance(c, Cut) else parse_cut(c) for c in (cuts or [])]
+    extra = [c.column for c in parsed if c.column not in features]
+    extra = list(dict.fromkeys(extra))
+    r, g = prepare_pair(ref, gen, [*features, *extra], ref_weight, gen_weight,
+                        drop_nonfinite=drop_nonfinite, min_rows=max(min_rows, 2 * 100))
+    warns = pair_warnings(r, g)
+    for w in warns:
+        log.warning(w)
+    if not parsed:
+        parsed = default_cuts(targets, r)
+
+    steps = ["BDT score", "null (reference vs itself)"] + (["clipped cross-check"] if cross_check else []) + \
+        ["1D KS", "efficiencies"] + (["plots"] if report_dir is not None else [])
+    bar = progress(total=len(steps), enabled=show_progress, desc="validate", unit="step")
+    timings = {}
+
+    def step(name):
+        bar.set_postfix_str(name)
+        timings[name] = time.perf_counter()
+
+    def done(name):
+        timings[name] = round(time.perf_counter() - timings[name], 3)
+        bar.update(1)
+
+    common = dict(n_repeats=n_repeats, test_fraction=0.5, classifier=clf, max_train_rows=max_train_rows,
+                  show_progress=False, n_threads=n_threads)
+    try:
+        step("BDT score")
+        res: BDTKSResult = _score_samples(r, g, features, seed=seed, train_weights=train_weights, desc="BDT", **common)
+        done("BDT score")
+        step("null (reference vs itself)")
+        a, b = _null_samples(r, seed)
+        null: BDTKSResult = _score_samples(a, b, features, seed=seed, train_weights=train_weights, desc="null", **common)
+        done("null (reference vs itself)")
+        clipped = None
+        if cross_check:
+            step("clipped cross-check")
+            other = "clipped" if train_weights == "signed" else "signed"
+            clipped = _score_samples(r, g, features, seed=seed, train_weights=other, desc="cross-check", **common)
+            done("clipped cross-check")
+        step("1D KS")
+        ks1d, binning = ks1d_table(r, g, targets, p, eta, n_bins=n_bins)
+        done("1D KS")
+        step("efficiencies")
+        effs = efficiency_table(r, g, parsed, p, eta, n_bins=n_eff_bins)
+        done("efficiencies")
+
+        summary = {
+            "bdt_ks": res.bdt_ks, "bdt_ks_std": res.bdt_ks_std, "auc": res.auc, "auc_std": res.auc_std,
+            "bdt_ks_null": null.bdt_ks, "bdt_ks_null_std": null.bdt_ks_std, "auc_null": null.auc,
+            "auc_null_std": null.auc_std,
+            "ks1d": ks1d,
+            "efficiencies": effs,
+            "bdt": res.to_dict(),
+            "null": {**null.to_dict(), "note": "two disjoint random halves of the reference scored against each other "
+                     "with the same procedure; each half has half the rows"},
+            "binning": binning,
+            "inputs": {
+                "conditions": conditions, "targets": targets, "p": p, "eta": eta,
+                "ref_weight": ref_weight if isinstance(ref_weight, str) or ref_weight is None else "array",
+                "gen_weight": gen_weight if isinstance(gen_weight, str) or gen_weight is None else "array",
+                "n_ref": len(r), "n_gen": len(g), "n_eff_ref": res.n_eff_ref, "n_eff_gen": res.n_eff_gen,
+                "sum_w_ref": float(r.weights.sum()), "sum_w_gen": float(g.weights.sum()),
+                "negative_weight_fraction_ref": float(np.mean(r.weights < 0)),
+                "negative_weight_fraction_gen": float(np.mean(g.weights < 0)),
+                **({"sources": sources} if sources else {}),
+            },
+            "settings": {"seed": int(seed), "n_bins": n_bins, "n_eff_bins": n_eff_bins, "n_repeats": n_repeats,
+                         "train_weights": train_weights, "classifier": clf, "max_train_rows": max_train_rows,
+                         "drop_nonfinite": drop_nonfinite},
+            "warnings": warns,
+            "mambah_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if clipped is not None:
+            summary["bdt_ks_cross_check"] = clipped.to_dict()
+        if report_dir is not None:
+            step("plots")
+            summary["plots"] = {}
+            summary["timings_s"] = timings
+            write_report(summary, report_dir, r, g, res, show_progress=show_progress)
+            done("plots")
+    finally:
+        bar.close()
+    summary["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 3)}
+    summary = _clean(summary)
+    if report_dir is not None:
+        # rewrite summary.json with the final timings (the folder is already in place)
+        _write_json(Path(report_dir) / "summary.json", summary)
+    return summary
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s)
+
+
+def _check_dir(report_dir: Path) -> None:
+    report_dir = Path(report_dir)
+    if report_dir.exists():
+        if not report_dir.is_dir():
+            raise ConfigurationError(f"the report folder {str(report_dir)!r} is a file; choose a folder name")
+        if any(report_dir.iterdir()) and not (report_dir / "summary.json").exists():
+            raise ConfigurationError(
+                f"{str(report_dir)!r} exists and is not a mambah report (no summary.json): refusing to replace "
+                "it; choose a new or empty folder"
+            )
+
+
+def _prepare_dir(report_dir: Path) -> Path:
+    report_dir = Path(report_dir)
+    _check_dir(report_dir)
+    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = report_dir.parent / f".{report_dir.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKSResult | None = None,
+                 *, show_progress: bool = False) -> Path:
+    """Write the PNGs, ``index.html`` and ``summary.json`` of ``summary`` into ``report_dir``.
+
+    ``summary["plots"]`` is filled with ``{section: [relative PNG paths]}``.
+    """
+    from .plots import plot_classifier_output, plot_efficiency, plot_target, plot_target_bins
+
+    report_dir = Path(report_dir)
+    tmp = _prepare_dir(report_dir)
+    try:
+        plots: dict[str, list[str]] = {"classifier": [], "targets": [], "targets_binned": [], "efficiencies": []}
+        inp = summary["inputs"]
+        jobs = []
+        if res is not None and res.scores:
+            jobs.append(("classifier", "classifier_output.png",
+                         lambda path: plot_classifier_output(res.scores, path, res.bdt_ks, res.auc)))
+        for t in inp["targets"]:
+            k = summary["ks1d"][t]
+            jobs.append(("targets", f"target_{_slug(t)}.png", lambda path, t=t, k=k: plot_target(ref, gen, t, path, k["ks"])))
+            if k["bins"]:
+                jobs.append(("targets_binned", f"target_{_slug(t)}_bins.png",
+                             lambda path, t=t, k=k: plot_target_bins(ref, gen, t, summary["binning"], inp["p"], inp["eta"],
+                                                                     path, k["bins"])))
+        for label, entry in summary["efficiencies"].items():
+            if entry["vs"]:
+                jobs.append(("efficiencies", f"eff_{_slug(label)}.png",
+                             lambda path, label=label, entry=entry: plot_efficiency(label, entry, path)))
+        for section, name, fn in progress(jobs, enabled=show_progress, desc="plots", unit="plot"):
+            fn(tmp / name)
+            plots[section].append(name)
+        summary["plots"] = plots
+        _write_json(tmp / "summary.json", summary)
+        (tmp / "index.html").write_text(render_html(summary))
+        if report_dir.exists():
+            old = report_dir.parent / f".{report_dir.name}.old{os.getpid()}"
+            os.replace(report_dir, old)
+            os.replace(tmp, report_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, report_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("validation report written to %s", report_dir)
+    return report_dir
+
+
+def _f(v, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _range(r) -> str:
+    return f"[{r[0]:.4g}, {r[1]:.4g}]"
+
+
+def render_html(summary: dict) -> str:
+    """A self-contained HTML page: the headline table, the per-target tables and every plot."""
+    e = html.escape
+    inp = summary["inputs"]
+    rows = [
+        ("BDT KS (generated vs reference)", f"{_f(summary['bdt_ks'])} ± {_f(summary['bdt_ks_std'])}"),
+        ("BDT KS null (reference half vs half)", f"{_f(summary['bdt_ks_null'])} ± {_f(summary['bdt_ks_null_std'])}"),
+        ("ROC AUC", f"{_f(summary['auc'])} ± {_f(summary['auc_std'])}"),
+        ("ROC AUC null", f"{_f(summary['auc_null'])} ± {_f(summary.get('auc_null_std'))}"),
+    ]
+    if "bdt_ks_cross_check" in summary:
+        cc = summary["bdt_ks_cross_check"]
+        rows.append((f"BDT KS cross-check (train weights {cc['train_weights']})", f"{_f(cc['bdt_ks'])} ± {_f(cc['bdt_ks_std'])}"))
+    rows += [
+        ("conditions", ", ".join(inp["conditions"])), ("targets", ", ".join(inp["targets"])),
+        ("rows (ref / gen)", f"{inp['n_ref']} / {inp['n_gen']}"),
+        ("effective rows (ref / gen)", f"{inp['n_eff_ref']:.0f} / {inp['n_eff_gen']:.0f}"),
+        ("weights (ref / gen)", f"{inp['ref_weight'] or '1'} / {inp['gen_weight'] or '1'}"),
+        ("negative-weight fraction (ref / gen)", f"{inp['negative_weight_fraction_ref']:.3f} / {inp['negative_weight_fraction_gen']:.3f}"),
+        ("seed, repeats", f"{summary['settings']['seed']}, {summary['settings']['n_repeats']}"),
+    ]
+    if inp.get("sources"):
+        rows += [(f"source ({k})", str(v)) for k, v in inp["sources"].items()]
+    head = "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
+    ks_rows = []
+    for t, k in summary["ks1d"].items():
+        wb = k.get("worst_bin")
+        where = "–"
+        if wb:
+            parts = []
+            if "p_range" in wb:
+                parts.append(f"{inp['p']} {_range(wb['p_range'])}")
+            if "eta_range" in wb:
+                parts.append(f"{inp['eta']} {_range(wb['eta_range'])}")
+            where = ", ".join(parts) + f": KS {_f(wb['ks'])} ({_f(wb['ks_ratio'], 2)}× the 95% null value)"
+        ks_rows.append(f"<tr><td>{e(t)}</td><td>{_f(k['ks'])}</td><td>{_f(k['ks_crit95'])}</td><td>{e(where)}</td></tr>")
+    eff_rows = "\n".join(
+        f"<tr><td>{e(label)}</td><td>{_f(v['eff_ref'])}</td><td>{_f(v['eff_gen'])}</td></tr>"
+        for label, v in summary["efficiencies"].items()
+    )
+    warn = "".join(f"<p class='warn'>⚠ {e(w)}</p>" for w in summary.get("warnings", []))
+    sections = []
+    titles = {"classifier": "Classifier output (held-out rows, first repeat)", "targets": "Target distributions",
+              "targets_binned": "Target distributions in bins of p and η", "efficiencies": "Efficiencies of PID requirements"}
+    for key, title in titles.items():
+        imgs = summary.get("plots", {}).get(key, [])
+        if imgs:
+            sections.append(f"<h2>{e(title)}</h2>" + "".join(
+                f"<figure><a href='{e(i)}'><img src='{e(i)}' alt='{e(i)}'></a><figcaption>{e(i)}</figcaption></figure>" for i in imgs))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>mambah validation report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1400px; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; max-width: 100%; }}
+.warn {{ color: #a30; }}
+</style></head><body>
+<h1>mambah validation report</h1>
+<p>BDT KS: Kolmogorov-Smirnov distance between the held-out outputs of a gradient-boosted classifier trained
+to separate generated from reference rows (0 = indistinguishable, 1 = fully separable); compare it with the
+null value (reference against a disjoint part of itself). Created {e(summary.get('created', ''))} by mambah
+{e(summary.get('mambah_version', ''))}; every number is in <a href="summary.json">summary.json</a>.</p>
+{warn}
+<table>{head}</table>
+<h2>1D Kolmogorov-Smirnov distances</h2>
+<table><tr><th>target</th><th>KS (all)</th><th>95% null value</th><th>worst (p, η) bin</th></tr>
+{''.join(ks_rows)}</table>
+<h2>Efficiencies (whole sample)</h2>
+<table><tr><th>requirement</th><th>reference</th><th>generated</th></tr>
+{eff_rows}</table>
+{''.join(sections)}
+</body></html>
+"""
