@@ -235,7 +235,7 @@ def _probes(ch: CalibChannel, n: int, pt_mean: float, rng: np.random.Generator) 
 
 def _accepted_probes(ch: CalibChannel, n: int, pt_mean: float, rng: np.random.Generator):
     """Generate rounds of decays until ``n`` probes pass 2 < eta < 5 and 2 < p < 150 GeV/c."""
-    parts_p, parts_q = [], []
+    parts_p, parts_q = [np.empty((0, 3))], [np.empty(0, dtype=int)]
     have = 0
     while have < n:
         m = max(int(1.3 * (n - have)) + 100, 1000)
