@@ -140,20 +140,29 @@ def _info_from_pid(pid: int, written: str | None) -> ParticleInfo:
 
 
 @functools.lru_cache(maxsize=None)
-def known_names() -> tuple[str, ...]:
-    """Every accepted name: PDG names, EvtGen names and :data:`ALIASES` (for suggestions)."""
+def _tables() -> tuple[dict[str, int], dict[str, int]]:
+    """PDG name -> PDG id and EvtGen name -> PDG id for every particle of ``particle`` (built once;
+    ``Particle.from_name`` scans the whole table for each unknown name, which is slow)."""
     from particle import Particle
 
-    names = set(ALIASES)
+    pdg: dict[str, int] = {}
+    evtgen: dict[str, int] = {}
     for p in Particle.all():
-        names.add(p.name)
+        pdg.setdefault(p.name, int(p.pdgid))
         try:
             ev = p.evtgen_name
         except Exception:  # noqa: BLE001 - particle raises various errors for names it lacks
             ev = None
         if ev:
-            names.add(ev)
-    return tuple(sorted(names))
+            evtgen.setdefault(ev, int(p.pdgid))
+    return pdg, evtgen
+
+
+@functools.lru_cache(maxsize=None)
+def known_names() -> tuple[str, ...]:
+    """Every accepted name: PDG names, EvtGen names and :data:`ALIASES` (for suggestions)."""
+    pdg, evtgen = _tables()
+    return tuple(sorted(set(pdg) | set(evtgen) | set(ALIASES)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -163,24 +172,16 @@ def resolve(name: str) -> ParticleInfo:
     Raises:
         UnknownParticleError: the name is none of those; the message lists close known names.
     """
-    from particle import Particle
-    from particle.particle.particle import InvalidParticle, ParticleNotFound
-
     if not isinstance(name, str) or not name.strip():
         raise UnknownParticleError(f"a particle name must be a non-empty string, not {name!r}")
-    attempts = [
-        lambda: Particle.from_name(name),
-        lambda: Particle.from_evtgen_name(name),
-    ]
-    if name in ALIASES:
-        attempts.append(lambda: Particle.from_name(ALIASES[name]))
-    for attempt in attempts:
-        try:
-            return _from_particle(attempt(), name)
-        except (ParticleNotFound, InvalidParticle, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        except Exception:  # noqa: BLE001 - e.g. particle's MatchingIDNotFound (not exported everywhere)
-            continue
+    pdg, evtgen = _tables()
+    pid = pdg.get(name)
+    if pid is None:
+        pid = evtgen.get(name)
+    if pid is None and name in ALIASES:
+        pid = pdg.get(ALIASES[name])
+    if pid is not None:
+        return _info_from_pid(pid, name)
     near = closest(name, known_names(), n=6)
     hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
     raise UnknownParticleError(
