@@ -178,6 +178,10 @@ class Radiator:
             the separation worsens with occupancy [RICH, Sect. 6.3].
         local_density_shape: the local background density around a track fluctuates by a factor
             ~ Gamma(shape, mean 1) (hot spots, nearby tracks); the likelihood assumes the mean.
+        ring_acceptance_mean, ring_acceptance_sd: the fraction of a track's ring that falls on
+            active photodetector area varies from track to track, ~ N(mean, sd) clipped to
+            [0.3, 1]; it scales the true and the expected yields alike (the reconstruction
+            knows the geometry).
     """
 
     name: str
@@ -195,6 +199,8 @@ class Radiator:
     neighbour_rings_per_track: float = 0.0
     neighbour_offset: float = 2.0
     local_density_shape: float = 1.5
+    ring_acceptance_mean: float = 0.9
+    ring_acceptance_sd: float = 0.12
 
     @property
     def n2m1(self) -> float:
@@ -289,11 +295,12 @@ RICH2 = Radiator(
 def _radiator_loglik(rad: Radiator, p, code, n_tracks, rng: np.random.Generator) -> np.ndarray:
     """Extended unbinned log-likelihood of each hypothesis for one radiator, shape (n, 5).
 
-    Photons of the true species: N_sig ~ Poisson(N(theta_true)) (0 if the ring is lost), angles
+    Photons of the true species: N_sig ~ Poisson(a N(theta_true)) (0 if the ring is lost; a the
+    track's geometric ring acceptance), angles
     theta_true + delta_track + sigma_photon * z. Background: uniform photons,
     Poisson(G * B_uni(n_tracks)), and the in-window arcs of Poisson(G * rate * n_tracks) neighbouring
     saturated rings, G ~ Gamma(local_density_shape) the local density fluctuation. For hypothesis h
-    with expected angle theta_h and yield S_h (reduced by the known ring-loss probability), the
+    with expected angle theta_h and yield S_h = a N(theta_h) (1 - ring_loss), the
     reconstruction evaluates [RICH, Sect. 4]
 
         ln L_h = -(S_h + B) + sum_photons ln( S_h G(theta; theta_h, sigma_photon) + B u(theta) ),
@@ -312,7 +319,8 @@ def _radiator_loglik(rad: Radiator, p, code, n_tracks, rng: np.random.Generator)
     th_sat = rad.theta_saturated
     theta_w = rad.window * th_sat
     lost = rng.random(n) < rad.ring_loss
-    n_sig = rng.poisson(np.where(lost, 0.0, rad.expected_photons(theta_true)))
+    acc = np.clip(rng.normal(rad.ring_acceptance_mean, rad.ring_acceptance_sd, n), 0.3, 1.0)
+    n_sig = rng.poisson(np.where(lost, 0.0, acc * rad.expected_photons(theta_true)))
     local = rng.gamma(rad.local_density_shape, 1.0 / rad.local_density_shape, n)
     n_uni = rng.poisson(local * rad.uniform_background_photons(n_tracks))
     n_rings = rng.poisson(local * rad.neighbour_rings_per_track * n_tracks)
@@ -350,7 +358,7 @@ def _radiator_loglik(rad: Radiator, p, code, n_tracks, rng: np.random.Generator)
     out = np.empty((n, len(SPECIES)))
     for j, m in enumerate(_MASS_ARRAY):  # a loop over the 5 hypotheses, not over tracks
         th_h = rad.cherenkov_angle(p, m)
-        s_h = rad.expected_photons(th_h) * (1.0 - rad.ring_loss)
+        s_h = acc * rad.expected_photons(th_h) * (1.0 - rad.ring_loss)
         g = norm * np.exp(-0.5 * ((theta - th_h[idx]) / rad.sigma_photon) ** 2)
         dens = s_h[idx] * g + bkg[idx] * u
         out[:, j] = -(s_h + bkg) + np.bincount(idx, weights=np.log(np.maximum(dens, 1e-300)), minlength=n)
