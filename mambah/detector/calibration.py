@@ -283,7 +283,7 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
     Example:
         >>> from mambah.detector.calibration import calib_sample
         >>> df = calib_sample("p", 2000, seed=1)
-        >>> 0.35 < df["is_signal"].mean() < 0.50
+        >>> bool(0.35 < df["is_signal"].mean() < 0.50)
         True
     """
     ch = channel(species)
