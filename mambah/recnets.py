@@ -109,22 +109,33 @@ def _one_hot(pid) -> np.ndarray:
     return out
 
 
+def _p_eta32(px, py, pz) -> tuple[np.ndarray, np.ndarray]:
+    """ln(p / GeV) and eta in float32 (fast path of :func:`momentum_features`)."""
+    px = np.asarray(px, dtype=np.float32)
+    py = np.asarray(py, dtype=np.float32)
+    pz = np.asarray(pz, dtype=np.float32)
+    pt = np.hypot(px, py)
+    lnp = np.log(np.maximum(np.sqrt(pt * pt + pz * pz), np.float32(1e-3)) * np.float32(1e-3))
+    eta = np.arcsinh(pz / np.maximum(pt, np.float32(1e-6)))
+    return lnp, eta
+
+
 def efficiency_features(px, py, pz, x, y, z, pid) -> np.ndarray:
     """Raw (unstandardised) efficiency features, float32 (n, 9); see the module docstring."""
-    p, eta = momentum_features(px, py, pz)
-    cont = np.empty((len(p), 4), dtype=np.float32)
-    cont[:, 0] = np.log(np.maximum(p, 1e-3) * 1e-3)
+    lnp, eta = _p_eta32(px, py, pz)
+    cont = np.empty((len(lnp), 4), dtype=np.float32)
+    cont[:, 0] = lnp
     cont[:, 1] = eta
-    cont[:, 2] = np.asarray(z, dtype=np.float64) / 100.0
-    cont[:, 3] = np.hypot(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)) / 10.0
+    cont[:, 2] = np.asarray(z, dtype=np.float32) / np.float32(100.0)
+    cont[:, 3] = np.hypot(np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)) / np.float32(10.0)
     return np.concatenate([cont, _one_hot(pid)], axis=1)
 
 
 def resolution_features(px, py, pz, pid) -> np.ndarray:
     """Raw resolution conditions, float32 (n, 7): ln(p/GeV), eta, one-hot species."""
-    p, eta = momentum_features(px, py, pz)
-    cont = np.empty((len(p), 2), dtype=np.float32)
-    cont[:, 0] = np.log(np.maximum(p, 1e-3) * 1e-3)
+    lnp, eta = _p_eta32(px, py, pz)
+    cont = np.empty((len(lnp), 2), dtype=np.float32)
+    cont[:, 0] = lnp
     cont[:, 1] = eta
     return np.concatenate([cont, _one_hot(pid)], axis=1)
 
@@ -201,7 +212,7 @@ class DenseStack:
     def n_out(self) -> int:
         return self.layers[-1][0].shape[1]
 
-    def __call__(self, x: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    def __call__(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         out = np.empty((len(x), self.n_out), dtype=np.float32)
         for i in range(0, len(x), chunk):
@@ -248,7 +259,7 @@ class _Scaler:
                 name = self.names[j]
                 msg = ("model %r: %d of %d inputs have %s (from %s) outside the training range [%.4g, %.4g]; "
                        "they are evaluated at the nearest edge of the range")
-                args = (self.model, bad, len(col), name, (source or {}).get(name, name), self.lo[j], self.hi[j])
+                args = (self.model, bad, len(col), name, (source or _SOURCES).get(name, name), self.lo[j], self.hi[j])
                 if name not in self._warned:
                     self._warned.add(name)
                     log.warning(msg, *args)
@@ -379,7 +390,7 @@ class ResolutionModel(_Loaded):
         return cls(*_load(path, "resolution", RESOLUTION_CONDITIONS, RESOLUTION_TARGETS, len(RESOLUTION_FEATURES), 2))
 
     def mixtures(self, px, py, pz, pid) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per target (r, dtx, dty): (weights, means, sigmas) of the Gaussian mixture, float32."""
+        """Per target (r [%], dtx [mrad], dty [mrad]): component-major (k, n) weights, means, sigmas."""
         f = self.scaler.transform(resolution_features(px, py, pz, pid), _SOURCES)
         return split_mdn(self.net(f), self.k, self.target_scale)
 
@@ -395,29 +406,42 @@ class ResolutionModel(_Loaded):
 
 
 def split_mdn(out: np.ndarray, k: Sequence[int], target_scale=None):
-    """Split raw MDN outputs into per-target (weights, means, sigmas) in target units."""
+    """Split raw MDN outputs (n, 3 sum(k)) into per-target (weights, means, sigmas) in target units.
+
+    The arrays are component-major, shape (k, n), float32 (fast reductions over few components).
+    """
     res = []
     i = 0
     ts = np.ones(len(k), np.float32) if target_scale is None else np.asarray(target_scale, np.float32)
+    o = np.ascontiguousarray(out.T)
     for j, kk in enumerate(k):
-        logits = out[:, i : i + kk]
-        mu = out[:, i + kk : i + 2 * kk] * ts[j]
-        sig = np.exp(np.clip(out[:, i + 2 * kk : i + 3 * kk], -15.0, 10.0)) * ts[j]
-        w = np.exp(logits - logits.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)
+        logits = o[i : i + kk]
+        mu = o[i + kk : i + 2 * kk] * ts[j]
+        sig = np.exp(np.clip(o[i + 2 * kk : i + 3 * kk], -15.0, 10.0)) * ts[j]
+        top = logits[0].copy()
+        for c in range(1, kk):
+            np.maximum(top, logits[c], out=top)
+        w = np.exp(logits - top)
+        w /= w.sum(axis=0)
         res.append((w, mu, sig))
         i += 3 * kk
     return res
 
 
 def sample_mixture(w: np.ndarray, mu: np.ndarray, sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One draw per row from a 1D Gaussian mixture (weights ``w`` summing to one per row)."""
-    u = rng.random(len(w), dtype=np.float32)
-    comp = (np.cumsum(w, axis=1) < u[:, None]).sum(axis=1)
-    comp = np.minimum(comp, w.shape[1] - 1)
-    rows = np.arange(len(w))
-    z = rng.standard_normal(len(w), dtype=np.float32)
-    return (mu[rows, comp] + sig[rows, comp] * z).astype(np.float64)
+    """One draw per column from a 1D Gaussian mixture given component-major (k, n) arrays."""
+    n = w.shape[1]
+    u = rng.random(n, dtype=np.float32)
+    z = rng.standard_normal(n, dtype=np.float32)
+    m = mu[0].copy()
+    s = sig[0].copy()
+    cum = w[0].copy()
+    for c in range(1, w.shape[0]):
+        take = u >= cum
+        m[take] = mu[c][take]
+        s[take] = sig[c][take]
+        cum += w[c]
+    return (m + s * z).astype(np.float64)
 
 
 # process-wide cache of loaded models: (resolved path, content hash) -> model
@@ -472,7 +496,8 @@ def _fit_keras(model, loss, x, y, xv, yv, epochs, batch_size, learning_rate, pro
     steps = max(1, int(np.ceil(len(x) / batch_size))) * int(epochs)
     sched = keras.optimizers.schedules.CosineDecay(float(learning_rate), steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(sched), loss=loss)
-    cb = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=max(3, epochs // 4), restore_best_weights=True)]
+    # the learning rate decays over all epochs; keep the weights of the best validation epoch
+    cb = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(epochs), restore_best_weights=True)]
     hist = model.fit(x, y, validation_data=(xv, yv), epochs=int(epochs), batch_size=int(batch_size),
                      verbose=2 if progress else 0, callbacks=cb, shuffle=True)
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
@@ -628,8 +653,8 @@ def mdn_loss(k: Sequence[int]):
 def _mdn_nll_numpy(out: np.ndarray, y: np.ndarray, k, target_scale) -> float:
     total = np.zeros(len(y))
     for j, (w, mu, sig) in enumerate(split_mdn(out, k, target_scale)):
-        z = (y[:, j : j + 1] - mu) / sig
-        dens = (w / (sig * np.sqrt(2 * np.pi)) * np.exp(-0.5 * z * z)).sum(axis=1)
+        z = (y[:, j][None, :] - mu) / sig
+        dens = (w / (sig * np.sqrt(2 * np.pi)) * np.exp(-0.5 * z * z)).sum(axis=0)
         total -= np.log(np.maximum(dens, 1e-300))
     return float(total.mean())
 
