@@ -20,6 +20,7 @@ _LAZY = {
     "CLASSIFIER_DEFAULTS": "mambah.validation.bdt",
     "validate": "mambah.validation.report",
     "write_report": "mambah.validation.report",
+    "validate_production": "mambah.validation.production",
     "sanity_table": "mambah.validation.sanity",
     "sanity_cases": "mambah.validation.sanity",
     "weighted_ks": "mambah.validation.stats",

@@ -36,7 +36,9 @@ def style():
         sty = {}
     with matplotlib.rc_context():
         matplotlib.style.use(sty)
-        matplotlib.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": "small"})
+        matplotlib.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": "small",
+                                    "xtick.labelsize": "small", "ytick.labelsize": "small",
+                                    "axes.labelsize": "medium", "axes.formatter.limits": (-3, 4)})
         yield
 
 

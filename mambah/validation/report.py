@@ -261,6 +261,17 @@ def _prepare_dir(report_dir: Path) -> Path:
     return tmp
 
 
+def _finalize(tmp: Path, report_dir: Path) -> None:
+    """Put the complete folder ``tmp`` in place of ``report_dir`` (replacing an old report)."""
+    if report_dir.exists():
+        old = report_dir.parent / f".{report_dir.name}.old{os.getpid()}"
+        os.replace(report_dir, old)
+        os.replace(tmp, report_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, report_dir)
+
+
 def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKSResult | None = None,
                  *, show_progress: bool = False) -> Path:
     """Write the PNGs, ``index.html`` and ``summary.json`` of ``summary`` into ``report_dir``.
@@ -295,13 +306,7 @@ def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKS
         summary["plots"] = plots
         _write_json(tmp / "summary.json", summary)
         (tmp / "index.html").write_text(render_html(summary))
-        if report_dir.exists():
-            old = report_dir.parent / f".{report_dir.name}.old{os.getpid()}"
-            os.replace(report_dir, old)
-            os.replace(tmp, report_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, report_dir)
+        _finalize(tmp, report_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
