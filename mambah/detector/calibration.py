@@ -19,13 +19,16 @@ species   decay (probe in brackets)            mass column   background probes (
 
 Model (documented choices of this reference detector, not LHCb measurements):
 
-* Signal kinematics: the mother is produced with pT ~ Gamma(shape 2.5, mean ``pt_mean``),
-  eta ~ U(1.5, 5.5), phi ~ U(0, 2 pi) (LHCb-like forward spectra), then decays isotropically in its
-  rest frame (exact two-body kinematics, chained and boosted, :func:`two_body_decay`). The probe
-  must satisfy 2 < eta < 5 and 2 < p < 150 GeV/c (long-track acceptance).
+* Signal kinematics: the mother's pT and eta come from the generation stage's LHCb-like spectra
+  (:func:`mambah.generation.spectra.default_pt` / ``default_eta`` of its PDG id: the power law
+  dN/dpT ~ pT (1 + (pT/p0)^2)^-3.5 and a forward-truncated Gaussian in eta), with a selection
+  requirement pT > ``pt_min`` on the mother (as the trigger and stripping of calibration samples
+  impose), phi ~ U(0, 2 pi); it decays isotropically in its rest frame (exact two-body
+  kinematics, chained and boosted, :func:`two_body_decay`; numpy, so that no TensorFlow is
+  loaded). The probe must satisfy 2 < eta < 5 and 2 < p < 150 GeV/c (long-track acceptance).
 * Signal mass: Gaussian(PDG mass, detector resolution ``sigma``), truncated to the fit window.
-* Background: the probe kinematics come from the same chain with the mother pT scaled by
-  ``bkg_pt_scale`` (softer: combinatorial tracks), the probe species from the mixture above and
+* Background: the probe kinematics come from the same chain with the mother pT spectrum (p0 and
+  the cut) scaled by ``bkg_pt_scale`` (softer: combinatorial tracks), the probe species from the mixture above and
   a random charge; the mass is exponential (slope ``bkg_slope``) over the window.
 * Occupancy ``nTracks`` ~ Gamma(shape 4.2, mean 95) for signal (like the real sample's
   nLongTracks: mean 95, sd 47) and Gamma(shape 4, mean 135) for background (busier events give
@@ -109,7 +112,9 @@ class CalibChannel:
         mass_column: name of the mass column.
         mass: PDG mass of the peak [MeV]. sigma: mass resolution [MeV].
         window: (low, high) fit window [MeV]. bkg_slope: exponential slope of the background [1/MeV].
-        pt_mean: mean mother pT [MeV/c]. bkg_pt_scale: background mother pT scale factor.
+        mother_pid: PDG id of the mother (its generation-stage pT and eta spectra).
+        pt_min: selection requirement on the mother pT [MeV/c].
+        bkg_pt_scale: background mother pT scale factor.
         signal_fraction: expected signal fraction of the mixed sample.
         background: probe species mixture of the background (names -> fractions, sum 1).
     """
@@ -121,7 +126,8 @@ class CalibChannel:
     sigma: float
     window: tuple[float, float]
     bkg_slope: float
-    pt_mean: float
+    mother_pid: int
+    pt_min: float
     signal_fraction: float
     background: Mapping[str, float]
     bkg_pt_scale: float = 0.55
@@ -141,15 +147,15 @@ class CalibChannel:
 
 CHANNELS: dict[str, CalibChannel] = {
     "K": CalibChannel("K", "D*+ -> D0(-> [K-] pi+) pi+", "D0_M", _PDG_MASS["D0"], 8.0, (1815.0, 1915.0),
-                      -2.0e-3, 5000.0, 0.55, {"pi": 0.80, "p": 0.12, "mu": 0.05, "e": 0.03}),
+                      -2.0e-3, 413, 3000.0, 0.55, {"pi": 0.80, "p": 0.12, "mu": 0.05, "e": 0.03}),
     "pi": CalibChannel("pi", "D*+ -> D0(-> K- [pi+]) pi+", "D0_M", _PDG_MASS["D0"], 8.0, (1815.0, 1915.0),
-                       -2.0e-3, 5000.0, 0.50, {"K": 0.55, "p": 0.25, "mu": 0.12, "e": 0.08}),
+                       -2.0e-3, 413, 3000.0, 0.50, {"K": 0.55, "p": 0.25, "mu": 0.12, "e": 0.08}),
     "p": CalibChannel("p", "Lambda0 -> [p] pi-", "Lambda0_M", _PDG_MASS["Lambda0"], 2.5, (1095.0, 1140.0),
-                      -1.0e-2, 2500.0, 0.42, {"pi": 0.70, "K": 0.25, "mu": 0.03, "e": 0.02}),
+                      -1.0e-2, 3122, 1500.0, 0.42, {"pi": 0.70, "K": 0.25, "mu": 0.03, "e": 0.02}),
     "mu": CalibChannel("mu", "J/psi -> [mu+] mu-", "Jpsi_M", _PDG_MASS["J/psi"], 14.0, (2950.0, 3250.0),
-                       -3.0e-3, 4000.0, 0.50, {"pi": 0.75, "K": 0.20, "p": 0.05}),
+                       -3.0e-3, 443, 2000.0, 0.50, {"pi": 0.75, "K": 0.20, "p": 0.05}),
     "e": CalibChannel("e", "B+ -> J/psi(-> [e+] e-) K+", "B_M", _PDG_MASS["B+"], 25.0, (5150.0, 5600.0),
-                      -3.0e-3, 6000.0, 0.40, {"pi": 0.70, "K": 0.20, "p": 0.07, "mu": 0.03}),
+                      -3.0e-3, 521, 3000.0, 0.40, {"pi": 0.70, "K": 0.20, "p": 0.07, "mu": 0.03}),
 }
 
 _ALIASES = {"k": "K", "kaon": "K", "pion": "pi", "proton": "p", "muon": "mu", "electron": "e",
@@ -200,46 +206,49 @@ def two_body_decay(parent: np.ndarray, m_parent, m1: float, m2: float, rng: np.r
     return out[0], out[1]
 
 
-def _mothers(n: int, mass: float, pt_mean: float, rng: np.random.Generator) -> np.ndarray:
-    pt = rng.gamma(2.5, pt_mean / 2.5, n)
-    eta = rng.uniform(1.5, 5.5, n)
+def _mothers(n: int, mass: float, pid: int, pt_min: float, scale: float, rng: np.random.Generator) -> np.ndarray:
+    from ..generation.spectra import PowerLawPt, default_eta, default_pt
+
+    base = default_pt(pid)
+    pt = PowerLawPt(p0=base.p0 * scale, n=base.n, low=pt_min * scale).sample(n, rng)
+    eta = default_eta(pid).sample(n, rng)
     phi = rng.uniform(0.0, 2.0 * np.pi, n)
     px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
     e = np.sqrt(px**2 + py**2 + pz**2 + mass**2)
     return np.column_stack([e, px, py, pz])
 
 
-def _probes(ch: CalibChannel, n: int, pt_mean: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _probes(ch: CalibChannel, n: int, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Probe three-momenta (n, 3) and the charge of the probe for a positive mother."""
     sp = ch.species
     if sp in ("K", "pi"):
-        dst = _mothers(n, _PDG_MASS["D*+"], pt_mean, rng)
+        dst = _mothers(n, _PDG_MASS["D*+"], ch.mother_pid, ch.pt_min, scale, rng)
         d0, _soft = two_body_decay(dst, _PDG_MASS["D*+"], _PDG_MASS["D0"], _M["pi"], rng)
         k, pi = two_body_decay(d0, _PDG_MASS["D0"], _M["K"], _M["pi"], rng)
         return (k if sp == "K" else pi)[:, 1:], np.full(n, -1 if sp == "K" else 1)
     if sp == "p":
-        lam = _mothers(n, _PDG_MASS["Lambda0"], pt_mean, rng)
+        lam = _mothers(n, _PDG_MASS["Lambda0"], ch.mother_pid, ch.pt_min, scale, rng)
         p, _pi = two_body_decay(lam, _PDG_MASS["Lambda0"], _M["p"], _M["pi"], rng)
         return p[:, 1:], np.ones(n, dtype=int)
     if sp == "mu":
-        jpsi = _mothers(n, _PDG_MASS["J/psi"], pt_mean, rng)
+        jpsi = _mothers(n, _PDG_MASS["J/psi"], ch.mother_pid, ch.pt_min, scale, rng)
         mp, mm = two_body_decay(jpsi, _PDG_MASS["J/psi"], _M["mu"], _M["mu"], rng)
         first = rng.random(n) < 0.5
         return np.where(first[:, None], mp, mm)[:, 1:], np.where(first, 1, -1)
-    b = _mothers(n, _PDG_MASS["B+"], pt_mean, rng)
+    b = _mothers(n, _PDG_MASS["B+"], ch.mother_pid, ch.pt_min, scale, rng)
     jpsi, _k = two_body_decay(b, _PDG_MASS["B+"], _PDG_MASS["J/psi"], _M["K"], rng)
     ep, em = two_body_decay(jpsi, _PDG_MASS["J/psi"], _M["e"], _M["e"], rng)
     first = rng.random(n) < 0.5
     return np.where(first[:, None], ep, em)[:, 1:], np.where(first, 1, -1)
 
 
-def _accepted_probes(ch: CalibChannel, n: int, pt_mean: float, rng: np.random.Generator):
+def _accepted_probes(ch: CalibChannel, n: int, scale: float, rng: np.random.Generator):
     """Generate rounds of decays until ``n`` probes pass 2 < eta < 5 and 2 < p < 150 GeV/c."""
     parts_p, parts_q = [np.empty((0, 3))], [np.empty(0, dtype=int)]
     have = 0
     while have < n:
         m = max(int(1.3 * (n - have)) + 100, 1000)
-        p3, q = _probes(ch, m, pt_mean, rng)
+        p3, q = _probes(ch, m, scale, rng)
         p = np.linalg.norm(p3, axis=1)
         eta = np.arctanh(p3[:, 2] / p)
         ok = (eta > 2.0) & (eta < 5.0) & (p > 2000.0) & (p < 150000.0)
@@ -297,13 +306,13 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
     n_bkg = n_events - n_sig
     lo, hi = ch.window
 
-    p3_s, q_s = _accepted_probes(ch, n_sig, ch.pt_mean, rng)
+    p3_s, q_s = _accepted_probes(ch, n_sig, 1.0, rng)
     q_s = q_s * np.where(rng.random(n_sig) < 0.5, 1, -1)  # the mother or its charge conjugate
     sp_s = np.full(n_sig, SPECIES_NAMES[ch.species])
     m_s = _truncated_gauss(n_sig, ch.mass, ch.sigma, lo, hi, rng)
     nt_s = rng.gamma(ch.ntracks_signal[0], ch.ntracks_signal[1] / ch.ntracks_signal[0], n_sig)
 
-    p3_b, _ = _accepted_probes(ch, n_bkg, ch.pt_mean * ch.bkg_pt_scale, rng)
+    p3_b, _ = _accepted_probes(ch, n_bkg, ch.bkg_pt_scale, rng)
     names = list(ch.background)
     frac = np.array([ch.background[k] for k in names], dtype=float)
     sp_b = np.array([SPECIES_NAMES[k] for k in names])[rng.choice(len(names), n_bkg, p=frac / frac.sum())]
