@@ -42,6 +42,52 @@ Conventions
   non-IsMuon track in the muon acceptance above 3 GeV/c]``, ``pid_k = rich_dll_k``,
   ``pid_p = rich_dll_p``. A track with no information at all has 0 for all four.
 
+Parameters (defaults)
+---------------------
+==============  ===========================================================  ==================
+component       parameter                                                    value
+==============  ===========================================================  ==================
+RICH1 C4F10     n - 1 (thresholds pi/K/p = 2.6/9.3/17.7 GeV/c)               1.4e-3 [RICH]
+                saturated angle arccos(1/n)                                  52.9 mrad
+                photons of a beta = 1 track, N_sat                           25
+                per-photon resolution                                        1.62 mrad [RICH]
+                track direction error                                        0.4 (+) 1.5/p[GeV] mrad
+                acceptance (25-300 mrad)                                     1.9 < eta < 4.4
+                uniform background photons                                   2 + 0.010 nTracks
+                neighbouring rings per track                                 0.008 nTracks
+                ring lost                                                    3%
+RICH2 CF4       n - 1 (thresholds pi/K/p = 4.4/15.6/29.7 GeV/c)              5.0e-4 [RICH]
+                saturated angle                                              31.6 mrad
+                N_sat                                                        18
+                per-photon resolution                                        0.68 mrad [RICH]
+                track direction error                                        0.2 (+) 0.8/p[GeV] mrad
+                acceptance (15-120 mrad)                                     2.8 < eta < 4.9
+                uniform background photons                                   1 + 0.005 nTracks
+                neighbouring rings per track                                 0.005 nTracks
+                ring lost                                                    2%
+both RICHes     search window                                                1.3 theta_sat
+                local background density factor                              Gamma(1.5, mean 1)
+                geometric ring acceptance                                    N(0.9, 0.12) in [0.3, 1]
+                has_rich: in a radiator's acceptance with p > its pi threshold
+muon system     range to reach M2/M3/M4/M5                                   2.8/3.3/4.6/5.8 GeV/c
+                range straggling; hit efficiency per station                 7%; 99.5%
+                IsMuon: p > 3 GeV/c; M2M3 (3-6), +M4|M5 (6-10), M2-M5 (>10)  [MUON, Table 1]
+                acceptance                                                   1.9 < eta < 4.7
+                decay path before the calorimeter L                          6 m
+                BR(-> mu) pi/K; kinked track still matched pi/K               1.0/0.67; 0.8/0.3
+                punch-through to M2..M5 (x sqrt(p/10 GeV), correlated)       1.2/0.6/0.3/0.2%
+                random-hit mean per station at nTracks=100, p >> 6 GeV       5/3.5/3/3%
+                FOI growth                                                   x (1 + (6 GeV/p)^2)
+                FOI half-width; shower hit spread (units of MS sigma)        3.5; 2
+                likelihood floor                                             ln(1e-5) = -11.5
+                DLL of a non-IsMuon track (in acceptance, p > 3 GeV)         ln[(1-eff_mu(p))/0.99]
+calorimeter     sigma_E/E                                                    10%/sqrt(E) (+) 1% [PERF]
+                electron tail (brem, leakage): probability, E/p factor       25%, U(0.6, 1)
+                hadron shower probability (1.1 lambda_I); shower E/p         67%; Beta(2, 4.5)
+                MIP deposit (muons, non-showering hadrons)                   300 MeV
+                acceptance; CaloDLLe clip                                    1.9 < eta < 4.5; +-15
+==============  ===========================================================  ==================
+
 Example
 -------
 >>> import numpy as np
