@@ -231,9 +231,38 @@ class PostgresBackend(Backend):
         return pd.DataFrame(out, copy=False)
 
 
+_DUCKDB_ATEXIT = False
+
+
+def _drop_duckdb_type_constants() -> None:
+    """At interpreter exit, drop the module-level ``DuckDBPyType`` constants of duckdb.
+
+    With duckdb 2.0 (nanobind bindings), SQLAlchemy's ORM and pandas loaded together, those
+    constants outlive nanobind's shutdown check, which then prints a screenful of "nanobind:
+    leaked N instances!" after every command — a harmless but alarming message. Removing the
+    references while the interpreter is still whole lets them be freed in order.
+    """
+    import sys
+
+    for name in [m for m in list(sys.modules) if m.startswith(("duckdb", "_duckdb"))]:
+        mod = sys.modules.get(name)
+        for key, value in list(getattr(mod, "__dict__", {}).items()):
+            if type(value).__name__ == "DuckDBPyType":
+                try:
+                    delattr(mod, key)
+                except (AttributeError, TypeError):
+                    pass
+
+
 def backend_for(engine) -> Backend:
+    global _DUCKDB_ATEXIT
     name = engine.dialect.name
     if name == "duckdb":
+        if not _DUCKDB_ATEXIT:
+            import atexit
+
+            atexit.register(_drop_duckdb_type_constants)
+            _DUCKDB_ATEXIT = True
         return DuckDBBackend(engine)
     if name == "sqlite":
         return SQLiteBackend(engine)

@@ -296,6 +296,12 @@ class Store:
             finally:
                 self._conn = None
                 self.engine.dispose()
+                # SQLAlchemy caches result processors keyed by the driver's type objects; with
+                # duckdb those outlive nanobind's shutdown check (see backends._drop_duckdb_type_constants)
+                for holder, name in ((self.engine, "_compiled_cache"), (self.engine.dialect, "_type_memos")):
+                    cache = getattr(holder, name, None)
+                    if hasattr(cache, "clear"):
+                        cache.clear()
 
     def __enter__(self) -> Store:
         return self

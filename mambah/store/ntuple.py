@@ -1,0 +1,448 @@
+"""The flat per-candidate ntuple: one row per event, LHCb-style branches per decay-tree node.
+
+The candidate of an event is the head of its decay tree (node 0 of ``batch.info["decay_tree"]``,
+stored in the ``config`` JSON of the ``batches`` table). Every node gets a short prefix derived
+from its particle name (``Lambda_b0 -> Lb``, ``Lambda_c+ -> Lc``, ``p+ -> p``, ``K- -> K``,
+``J/psi(1S) -> Jpsi``, ``B+ -> B``; clashes get numeric suffixes ``pi1, pi2``; any prefix can be
+overridden) and a group of branches:
+
+truth (every node, from ``mc_particles`` and ``mc_vertices``)
+    ``X_TRUEID``, ``X_TRUEP_X/Y/Z``, ``X_TRUEP_E``, ``X_TRUEP``, ``X_TRUEPT``, ``X_TRUE_M``,
+    ``X_TRUEORIGINVERTEX_X/Y/Z``, ``X_Reconstructed``; for decaying nodes also
+    ``X_TRUEENDVERTEX_X/Y/Z`` and ``X_TRUETAU`` (proper decay time in ns,
+    ``tau = (t_end - t_origin) * m / E``: the lab-frame time divided by the Lorentz factor
+    ``gamma = E / m``).
+tracks (charged stable nodes, from the ``particles`` row whose ``mc_particle`` is this node; NaN
+where the particle was not reconstructed)
+    ``X_PX/PY/PZ``, ``X_PE``, ``X_P``, ``X_PT``, ``X_ETA``, ``X_M``, ``X_ID`` and the PID
+    variables under their LHCb names: ``X_PIDe``, ``X_PIDmu``, ``X_PIDK``, ``X_PIDp`` (combined
+    DLLs), ``X_RichDLLe``, ``X_RichDLLmu``, ``X_RichDLLk``, ``X_RichDLLp``, ``X_isMuon``,
+    ``X_MuonMuLL``, ``X_MuonBkgLL``.
+composites (decaying nodes)
+    ``X_PX/PY/PZ``, ``X_PE``, ``X_P``, ``X_PT``, ``X_ETA``, ``X_M``: from a reconstructed
+    composite linked to the node when the store has one, otherwise the four-momentum sum of
+    the node's reconstructed charged descendants (the *visible* mass: ``Lb_M`` of
+    ``Lambda_b0 -> Lambda_c+ mu- nu`` is the ``Lambda_c+ mu-`` mass, as in an LHCb selection);
+    NaN if any of those tracks is missing. ``X_ENDVERTEX_X/Y/Z`` from the linked vertex.
+event
+    ``batch``, ``event``, ``nTracks``, ``weight``.
+
+Everything is vectorised: the particle-major layout (``index = node * n_events + event``) maps
+every row to its (node, event) cell by integer arithmetic; there is no loop over events.
+Momenta in MeV, positions in mm, times in ns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigurationError, StoreError
+from .schema import PID_COLUMNS
+
+__all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
+           "PID_BRANCHES"]
+
+log = logging.getLogger(__name__)
+
+#: store PID column -> LHCb branch suffix
+PID_BRANCHES: dict[str, str] = {
+    "pid_e": "PIDe",
+    "pid_mu": "PIDmu",
+    "pid_k": "PIDK",
+    "pid_p": "PIDp",
+    "rich_dll_e": "RichDLLe",
+    "rich_dll_mu": "RichDLLmu",
+    "rich_dll_k": "RichDLLk",
+    "rich_dll_p": "RichDLLp",
+    "is_muon": "isMuon",
+    "muon_mu_ll": "MuonMuLL",
+    "muon_bkg_ll": "MuonBkgLL",
+}
+if set(PID_BRANCHES) != set(PID_COLUMNS):  # pragma: no cover - a schema change must update this map
+    raise RuntimeError(f"PID_BRANCHES does not cover schema.PID_COLUMNS: {sorted(set(PID_COLUMNS) ^ set(PID_BRANCHES))}")
+
+#: particle name (either charge) -> LHCb-style prefix
+_KNOWN = {
+    "Lambda_b0": "Lb", "Lambda_c+": "Lc", "Lambda0": "L0", "Xi_b-": "Xib", "Xi_b0": "Xib0",
+    "Xi_c+": "Xic", "Xi_c0": "Xic0", "Omega_b-": "Omegab", "Omega_c0": "Omegac", "Sigma_c++": "Sigmacpp",
+    "Sigma_c0": "Sigmac0", "B+": "B", "B0": "B0", "B_s0": "Bs", "B_c+": "Bc", "D0": "D0", "D+": "D",
+    "D_s+": "Ds", "D*(2010)+": "Dst", "D*(2007)0": "Dst0", "J/psi(1S)": "Jpsi", "psi(2S)": "psi2S",
+    "K*(892)0": "Kst", "K*(892)+": "Kstp", "phi(1020)": "phi", "K_S0": "KS", "K_L0": "KL",
+    "rho(770)0": "rho", "omega(782)": "omega", "eta": "eta", "eta'(958)": "etap", "pi0": "pi0",
+    "gamma": "gamma", "p+": "p", "n0": "n", "K+": "K", "pi+": "pi", "mu+": "mu", "e+": "e", "tau+": "tau",
+    "nu_e": "nu_e", "nu_mu": "nu_mu", "nu_tau": "nu_tau",
+}
+_CC = {"+": "-", "-": "+"}
+
+
+def default_prefix(name: str) -> str:
+    """The LHCb-style prefix of a particle name (``Lambda_c+ -> Lc``, ``K- -> K``, ``anti-nu_mu -> nu_mu``)."""
+    base = name[5:] if name.startswith("anti-") else name
+    if base in _KNOWN:
+        return _KNOWN[base]
+    if base and base[-1] in _CC and base[:-1] + _CC[base[-1]] in _KNOWN:
+        return _KNOWN[base[:-1] + _CC[base[-1]]]
+    s = re.sub(r"\(.*?\)", "", base)  # J/psi(1S) -> J/psi
+    s = re.sub(r"[+\-~*']+$", "", s)  # charge and excitation marks
+    s = re.sub(r"\W|_", "", s)
+    if not s:
+        s = "P"
+    if s[0].isdigit():
+        s = "P" + s
+    return s
+
+
+def default_prefixes(tree: Sequence[Mapping[str, Any]],
+                     overrides: Mapping[str | int, str] | None = None) -> list[str]:
+    """One prefix per decay-tree node: defaults, numeric suffixes on clashes, then ``overrides``.
+
+    Args:
+        tree: the nodes (``batch.info["decay_tree"]``).
+        overrides: node name (all nodes of that name) or node number -> prefix.
+
+    Raises:
+        ConfigurationError: an override names no node, or two nodes end up with one prefix.
+    """
+    names = [str(n["name"]) for n in tree]
+    pref = [default_prefix(n) for n in names]
+    counts: dict[str, int] = {}
+    for p in pref:
+        counts[p] = counts.get(p, 0) + 1
+    seen: dict[str, int] = {}
+    for i, p in enumerate(pref):
+        if counts[p] > 1:
+            seen[p] = seen.get(p, 0) + 1
+            cand = f"{p}{seen[p]}"
+            while cand in counts:
+                seen[p] += 1
+                cand = f"{p}{seen[p]}"
+            pref[i] = cand
+    for key, value in (overrides or {}).items():
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ConfigurationError(f"prefix {value!r} for {key!r} is not a valid branch-name prefix")
+        if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit()):
+            k = int(key)
+            if not 0 <= k < len(tree):
+                raise ConfigurationError(f"no decay-tree node {k}; nodes 0..{len(tree) - 1}: {', '.join(names)}")
+            pref[k] = value
+        else:
+            hits = [i for i, n in enumerate(names) if n == key]
+            if not hits:
+                raise ConfigurationError(f"no decay-tree node named {key!r}; nodes: {', '.join(names)}")
+            for i in hits:
+                pref[i] = value
+    dup = {p for p in pref if pref.count(p) > 1}
+    if dup:
+        detail = "; ".join(f"{p}: nodes {[i for i, q in enumerate(pref) if q == p]}" for p in sorted(dup))
+        raise ConfigurationError(f"two decay-tree nodes share a prefix ({detail}); override one by node number")
+    return pref
+
+
+# ---------------------------------------------------------------------------------------------
+def _groups(store, batches: Iterable[int] | None, production: str | None) -> tuple[list, dict]:
+    """Batches grouped by decay tree: ([(tree, batch ids, {batch: n_events})], details by tree)."""
+    where = {"production": production} if production is not None else None
+    bt = store.read("batches", columns=["batch", "production", "n_events", "config"], batches=batches, where=where)
+    if bt.empty:
+        what = []
+        if production is not None:
+            what.append(f"production {production!r}")
+        if batches is not None:
+            what.append("the selected batches")
+        raise StoreError(f"no batches to export in {store.url}" + (f" for {' and '.join(what)}" if what else ""))
+    groups: dict[str, tuple[list, list[int], dict, set]] = {}
+    no_tree = []
+    for b, prod, n, cfg in bt.itertuples(index=False):
+        try:
+            tree = json.loads(cfg).get("decay_tree") if cfg else None
+        except (json.JSONDecodeError, AttributeError):
+            tree = None
+        if not tree:
+            no_tree.append(int(b))
+            continue
+        key = json.dumps([(nd["name"], nd["pid"], nd["mother"]) for nd in tree])
+        g = groups.setdefault(key, (tree, [], {}, set()))
+        g[1].append(int(b))
+        g[2][int(b)] = int(n)
+        g[3].add(str(prod))
+    if no_tree:
+        raise StoreError(
+            f"batch(es) {no_tree[:10]}{'...' if len(no_tree) > 10 else ''} of {store.url} have no decay tree in "
+            "their config (batch.info['decay_tree']): they cannot give candidates; select other batches"
+        )
+    return [(t, ids, n) for t, ids, n, _ in groups.values()], groups
+
+
+def _lookup(keys_sorted: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``query`` in ``keys_sorted`` and whether they were found."""
+    pos = np.searchsorted(keys_sorted, query)
+    pos_c = np.minimum(pos, max(len(keys_sorted) - 1, 0))
+    found = (pos < len(keys_sorted)) & (keys_sorted[pos_c] == query) if len(keys_sorted) else np.zeros(len(query), bool)
+    return pos_c, found
+
+
+def _kinematics(out: dict, prefix: str, px, py, pz, e, mass: np.ndarray | None = None) -> None:
+    p = np.sqrt(px**2 + py**2 + pz**2)
+    out[f"{prefix}_PX"], out[f"{prefix}_PY"], out[f"{prefix}_PZ"], out[f"{prefix}_PE"] = px, py, pz, e
+    out[f"{prefix}_P"] = p
+    out[f"{prefix}_PT"] = np.hypot(px, py)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[f"{prefix}_ETA"] = 0.5 * np.log((p + pz) / (p - pz))
+    if mass is None:
+        m2 = e**2 - p**2
+        mass = np.where(np.isnan(m2), np.nan, np.sqrt(np.clip(m2, 0, None)))
+    out[f"{prefix}_M"] = mass
+
+
+def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], prefixes: list[str]) -> pd.DataFrame:
+    ids_arr = np.array(sorted(ids), dtype=np.int64)
+    N = np.array([n_events[int(b)] for b in ids_arr], dtype=np.int64)
+    off = np.concatenate([[0], np.cumsum(N)[:-1]]).astype(np.int64)
+    total = int(N.sum())
+    K = len(tree)
+    out: dict[str, np.ndarray] = {}
+    out["batch"] = np.repeat(ids_arr, N)
+    out["event"] = (np.arange(total, dtype=np.int64) - np.repeat(off, N)).astype(np.int32)
+
+    ev = store.read("events", columns=["batch", "event", "n_tracks", "weight"], batches=ids_arr.tolist())
+    bpos = np.searchsorted(ids_arr, ev["batch"].to_numpy())
+    evn = ev["event"].to_numpy().astype(np.int64)
+    ok = (evn >= 0) & (evn < N[bpos])
+    row = off[bpos[ok]] + evn[ok]
+    ntr = np.full(total, -1, dtype=np.int32)
+    ntr[row] = ev["n_tracks"].to_numpy()[ok]
+    w = np.full(total, np.nan)
+    w[row] = ev["weight"].to_numpy()[ok]
+    out["nTracks"], out["weight"] = ntr, w
+
+    # MC truth: every mc_particles row sits in cell (node, event) of a K x total grid
+    mc = store.read("mc_particles", columns=["batch", "index", "event", "pid", "px", "py", "pz", "e",
+                                             "prod_vertex", "decay_vertex", "reconstructed"],
+                    batches=ids_arr.tolist())
+    bpos = np.searchsorted(ids_arr, mc["batch"].to_numpy())
+    Nb = N[bpos]
+    idx = mc["index"].to_numpy().astype(np.int64)
+    node, evn = idx // Nb, idx % Nb
+    bad = (node >= K) | (evn != mc["event"].to_numpy())
+    if bad.any():
+        b0 = int(mc["batch"].to_numpy()[bad][0])
+        raise StoreError(
+            f"mc_particles of batch {b0} do not follow the particle-major layout index = node * n_events + event "
+            f"of its {K}-node decay tree ({int(bad.sum())} rows); cannot build candidates"
+        )
+    flat = node * total + off[bpos] + evn
+
+    def grid(values, fill, dtype):
+        g = np.full(K * total, fill, dtype=dtype)
+        g[flat] = values
+        return g.reshape(K, total)
+
+    tid = grid(mc["pid"].to_numpy(), 0, np.int32)
+    tp = {c: grid(mc[c].to_numpy(), np.nan, np.float64) for c in ("px", "py", "pz", "e")}
+    reco_flag = grid(mc["reconstructed"].to_numpy(), False, bool)
+
+    mcv = store.read("mc_vertices", columns=["batch", "index", "x", "y", "z", "t"], batches=ids_arr.tolist())
+    vkey = np.searchsorted(ids_arr, mcv["batch"].to_numpy()).astype(np.int64) << 32 | mcv["index"].to_numpy().astype(np.int64)
+    order = np.argsort(vkey, kind="stable")
+    vkey = vkey[order]
+    vxyz = {c: mcv[c].to_numpy()[order].astype(np.float64) for c in ("x", "y", "z", "t")}
+
+    def vertex_grid(col: str):
+        v = mc[col].to_numpy().astype(np.int64)
+        pos, found = _lookup(vkey, bpos.astype(np.int64) << 32 | np.maximum(v, 0))
+        found &= v >= 0
+        res = {}
+        for c in ("x", "y", "z", "t"):
+            val = np.where(found, vxyz[c][pos] if len(vkey) else np.nan, np.nan)
+            res[c] = grid(val, np.nan, np.float64)
+        return res
+
+    origin, end = vertex_grid("prod_vertex"), vertex_grid("decay_vertex")
+
+    # reconstructed particles linked to a node
+    par = store.read("particles", batches=ids_arr.tolist())
+    link = par["mc_particle"].to_numpy().astype(np.int64)
+    pb = np.searchsorted(ids_arr, par["batch"].to_numpy())
+    keep = link >= 0
+    pnode = np.where(keep, link // N[pb], -1)
+    keep &= pnode < K
+    pflat = pnode * total + off[pb] + np.where(keep, link % N[pb], 0)
+    pflat, first = np.unique(pflat[keep], return_index=True)  # first reco particle per MC particle
+    prow = np.flatnonzero(keep)[first]
+    have = np.zeros(K * total, dtype=bool)
+    have[pflat] = True
+    have = have.reshape(K, total)
+
+    def rgrid(col: str, dtype=np.float64, fill=np.nan):
+        g = np.full(K * total, fill, dtype=dtype)
+        g[pflat] = par[col].to_numpy()[prow]
+        return g.reshape(K, total)
+
+    rp = {c: rgrid(c) for c in ("px", "py", "pz", "e", "m")}
+    rid = rgrid("pid", np.int32, 0)
+    rvtx = rgrid("vertex", np.int64, -1)
+    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z"], batches=ids_arr.tolist())
+    vk = np.searchsorted(ids_arr, vert["batch"].to_numpy()).astype(np.int64) << 32 | vert["index"].to_numpy().astype(np.int64)
+    vorder = np.argsort(vk, kind="stable")
+    vk = vk[vorder]
+
+    children = [list(nd.get("children", [])) for nd in tree]
+
+    def charged_tracks_below(k: int) -> list[int]:
+        outl, stack = [], list(children[k])
+        while stack:
+            c = stack.pop()
+            if tree[c]["stable"]:
+                if int(tree[c].get("charge", 0)) != 0:
+                    outl.append(c)
+            else:
+                stack.extend(children[c])
+        return sorted(outl)
+
+    batch_pos_rows = np.repeat(np.arange(len(ids_arr), dtype=np.int64), N)
+    vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in ("x", "y", "z")}
+    is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
+    pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
+    for k, nd in enumerate(tree):
+        X = prefixes[k]
+        out[f"{X}_TRUEID"] = tid[k]
+        out[f"{X}_TRUEP_X"], out[f"{X}_TRUEP_Y"], out[f"{X}_TRUEP_Z"] = tp["px"][k], tp["py"][k], tp["pz"][k]
+        out[f"{X}_TRUEP_E"] = tp["e"][k]
+        tpp = np.sqrt(tp["px"][k] ** 2 + tp["py"][k] ** 2 + tp["pz"][k] ** 2)
+        out[f"{X}_TRUEP"] = tpp
+        out[f"{X}_TRUEPT"] = np.hypot(tp["px"][k], tp["py"][k])
+        tm = np.sqrt(np.clip(tp["e"][k] ** 2 - tpp**2, 0, None))
+        out[f"{X}_TRUE_M"] = tm
+        for c in ("x", "y", "z"):
+            out[f"{X}_TRUEORIGINVERTEX_{c.upper()}"] = origin[c][k]
+        out[f"{X}_Reconstructed"] = reco_flag[k].astype(np.int8)
+        stable = bool(nd["stable"])
+        if not stable:
+            for c in ("x", "y", "z"):
+                out[f"{X}_TRUEENDVERTEX_{c.upper()}"] = end[c][k]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{X}_TRUETAU"] = (end["t"][k] - origin["t"][k]) * tm / tp["e"][k]
+        if is_track[k]:
+            _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
+            out[f"{X}_ID"] = rid[k]
+            for col, suffix in PID_BRANCHES.items():
+                out[f"{X}_{suffix}"] = pidg[col][k]
+        elif not stable:
+            tracks = charged_tracks_below(k)
+            if tracks:
+                s = {c: rp[c][tracks].sum(axis=0) for c in ("px", "py", "pz", "e")}  # NaN if any is missing
+            else:
+                s = {c: np.full(total, np.nan) for c in ("px", "py", "pz", "e")}
+            linked = have[k]
+            comp = {c: np.where(linked, rp[c][k], s[c]) for c in s}
+            _kinematics(out, X, comp["px"], comp["py"], comp["pz"], comp["e"])
+            out[f"{X}_M"] = np.where(linked, rp["m"][k], out[f"{X}_M"])
+            v = rvtx[k]
+            pos, found = _lookup(vk, batch_pos_rows << 32 | np.maximum(v, 0))
+            found &= v >= 0
+            for c in ("x", "y", "z"):
+                out[f"{X}_ENDVERTEX_{c.upper()}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
+    return pd.DataFrame(out)
+
+
+def iter_candidates(store, *, batches: Iterable[int] | None = None, production: str | None = None,
+                    prefixes: Mapping[str | int, str] | None = None, chunk_events: int = 500_000):
+    """Yield the candidate ntuple in chunks of whole batches (about ``chunk_events`` events each).
+
+    Raises:
+        StoreError: no batch selected, batches without a decay tree, or batches of different
+            decay trees mixed (select one with ``production`` or ``batches``).
+    """
+    groups, info = _groups(store, batches, production)
+    if len(groups) > 1:
+        lines = []
+        for key, (tree, ids, _, prods) in info.items():
+            desc = " ".join(nd["name"] for nd in tree)
+            lines.append(f"  [{desc}]: {len(ids)} batch(es), production(s) {', '.join(sorted(prods))}")
+        raise StoreError(
+            f"the selected batches of {store.url} hold {len(groups)} different decay trees; export one at a "
+            "time with production=... (CLI: --production) or batches=... (CLI: --batch):\n" + "\n".join(lines)
+        )
+    tree, ids, n_events = groups[0]
+    pref = default_prefixes(tree, prefixes)
+    chunk: list[int] = []
+    size = 0
+    for b in sorted(ids):
+        chunk.append(b)
+        size += n_events[b]
+        if size >= chunk_events:
+            yield _chunk_ntuple(store, tree, chunk, n_events, pref)
+            chunk, size = [], 0
+    if chunk:
+        yield _chunk_ntuple(store, tree, chunk, n_events, pref)
+
+
+def candidate_ntuple(store, *, batches: Iterable[int] | None = None, production: str | None = None,
+                     prefixes: Mapping[str | int, str] | None = None) -> pd.DataFrame:
+    """The whole candidate ntuple as one DataFrame (see the module docstring for the branches)."""
+    parts = list(iter_candidates(store, batches=batches, production=production, prefixes=prefixes))
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, batches: Iterable[int] | None = None,
+                  production: str | None = None, prefixes: Mapping[str | int, str] | None = None,
+                  chunk_events: int = 500_000) -> Path:
+    """Write the candidate ntuple to ROOT (TTree ``tree``, default ``DecayTree``) or Parquet.
+
+    ``out`` may be ``file.root:TREE``. The file is written under a temporary name and renamed,
+    so an interrupted export leaves no half-written file.
+    """
+    from ..io import split_spec
+
+    path, spec_tree = split_spec(out)
+    tree = tree or spec_tree or "DecayTree"
+    suffix = path.name.lower()
+    if not suffix.endswith((".root", ".parquet", ".pq")):
+        raise ConfigurationError(f"write the ntuple to a .root or .parquet file, not {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    chunks = iter_candidates(store, batches=batches, production=production, prefixes=prefixes,
+                             chunk_events=chunk_events)
+    n = 0
+    try:
+        if suffix.endswith(".root"):
+            import uproot
+
+            with uproot.recreate(tmp) as f:
+                for i, df in enumerate(chunks):
+                    data = {c: df[c].to_numpy() for c in df.columns}
+                    if i == 0:
+                        f[tree] = data
+                    else:
+                        f[tree].extend(data)
+                    n += len(df)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = None
+            try:
+                for df in chunks:
+                    t = pa.Table.from_pandas(df, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, t.schema)
+                    writer.write_table(t)
+                    n += len(df)
+            finally:
+                if writer is not None:
+                    writer.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("wrote %d candidates to %s", n, path)
+    return path
