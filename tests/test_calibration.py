@@ -217,3 +217,23 @@ def test_calib_sample_command_rejects_bad_arguments(tmp_path):
     with pytest.raises(ConfigurationError, match="positive"):
         args.func(args)
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_cli_as_users_call_it(tmp_path):
+    """``mambah detector calib-sample`` end to end, as registered by mambah/cli/cmd_detector.py."""
+    import subprocess
+    import sys
+
+    help_ = subprocess.run([sys.executable, "-m", "mambah", "detector", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "calib-sample" in help_.stdout
+    out = tmp_path / "p.csv"
+    r = subprocess.run([sys.executable, "-m", "mambah", "detector", "calib-sample", "--species", "p", "--events", "300",
+                        "--out", str(out), "--seed", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(pd.read_csv(out)) == 300
+    r = subprocess.run([sys.executable, "-m", "mambah", "detector", "calib-sample", "--species", "p", "--events", "300",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "mambah", "detector", "calib-sample", "--species", "p", "--events", "-1",
+                        "--out", str(tmp_path / "q.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "positive" in r.stderr and not (tmp_path / "q.csv").exists()
