@@ -350,7 +350,7 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
     out["TRUEID"] = trueid
     out["is_signal"] = is_signal
     df = pd.DataFrame(out)
-    log.info("%s calibration sample: %d candidates, %d signal (%.1f%%), %s in [%g, %g] MeV",
+    log.debug("%s calibration sample: %d candidates, %d signal (%.1f%%), %s in [%g, %g] MeV",
              ch.species, n_events, n_sig, 100.0 * n_sig / max(n_events, 1), ch.mass_column, lo, hi)
     return df
 
