@@ -20,12 +20,15 @@ import pandas as pd
 from ..errors import ConfigurationError
 from . import schema as S
 
-__all__ = ["export_parquet", "export_root", "TABLES"]
+__all__ = ["export_parquet", "export_root", "write_tree", "TABLES"]
 
 log = logging.getLogger(__name__)
 
 #: Tables exported by default (the data tables, then the provenance and models tables).
 TABLES: tuple[str, ...] = ("batches", *S.DATA_TABLES, "models")
+
+
+_JSON_COLUMNS = {"config", "models", "timings", "conditions", "targets", "metrics"}
 
 
 def _tables(tables: Iterable[str] | None) -> list[str]:
@@ -129,6 +132,23 @@ def _root_columns(df) -> dict[str, np.ndarray]:
     return out
 
 
+def write_tree(f, name: str, chunks) -> int:
+    """Write column dicts (one per chunk) as one TTree, keeping the column order; returns rows.
+
+    ``mktree`` declares the branches from the first chunk (so an empty table still gets its
+    tree) and ``extend`` appends each chunk as a basket.
+    """
+    tree, n = None, 0
+    for data in chunks:
+        if tree is None:
+            tree = f.mktree(name, {c: a.dtype for c, a in data.items()})
+        rows = len(next(iter(data.values()))) if data else 0
+        if rows:
+            tree.extend(data)
+            n += rows
+    return n
+
+
 def export_root(store, out: str | os.PathLike, *, tables: Sequence[str] | None = None,
                 batches: Iterable[int] | None = None, chunk_events: int = 500_000) -> Path:
     """Write one TTree per table into the ROOT file ``out``.
@@ -151,22 +171,21 @@ def export_root(store, out: str | os.PathLike, *, tables: Sequence[str] | None =
         with uproot.recreate(tmp) as f:
             for table in _tables(tables):
                 if table in S.DATA_TABLES:
-                    first = True
-                    for chunk in chunks or [[]]:
-                        data = _root_columns(store.read(table, batches=chunk))
-                        if first:
-                            f[table] = data
-                            first = False
-                        elif len(next(iter(data.values()))):
-                            f[table].extend(data)
+                    write_tree(f, table, (_root_columns(store.read(table, batches=c)) for c in chunks or [[]]))
                 else:
                     df = store.read(table, batches=batches)
                     if "created" in df.columns:
                         df["created"] = pd.to_datetime(df["created"])
                     cols = _root_columns(df)
                     if cols:
-                        f[table] = cols
+                        write_tree(f, table, [cols])
                     rows = df.astype({c: str for c in df.columns if df[c].dtype.kind == "M"}).to_dict("records")
+                    for row in rows:
+                        for c in _JSON_COLUMNS.intersection(row):
+                            try:
+                                row[c] = json.loads(row[c]) if row[c] else None
+                            except (TypeError, json.JSONDecodeError):
+                                pass
                     f[f"{table}_json"] = json.dumps(rows, default=str)
         os.replace(tmp, out)
     finally:

@@ -417,14 +417,10 @@ def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, bat
         if suffix.endswith(".root"):
             import uproot
 
+            from .export import write_tree
+
             with uproot.recreate(tmp) as f:
-                for i, df in enumerate(chunks):
-                    data = {c: df[c].to_numpy() for c in df.columns}
-                    if i == 0:
-                        f[tree] = data
-                    else:
-                        f[tree].extend(data)
-                    n += len(df)
+                n = write_tree(f, tree, ({c: df[c].to_numpy() for c in df.columns} for df in chunks))
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
