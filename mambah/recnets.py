@@ -364,9 +364,14 @@ class EfficiencyModel(_Loaded):
         """Probability (float64) to be reconstructed; momenta in MeV/c, origin in mm."""
         if check_species:
             self.check_species(pid)
-        f = self.scaler.transform(efficiency_features(px, py, pz, x, y, z, pid), _SOURCES)
-        logit = self.net(f)[:, 0].astype(np.float64)
-        return 0.5 * (1.0 + np.tanh(0.5 * logit))
+        arrays = [np.asarray(a) for a in (px, py, pz, x, y, z, pid)]
+
+        def one(px, py, pz, x, y, z, pid, i):
+            f = self.scaler.transform(efficiency_features(px, py, pz, x, y, z, pid), _SOURCES)
+            logit = self.net(f)[:, 0].astype(np.float64)
+            return 0.5 * (1.0 + np.tanh(0.5 * logit))
+
+        return _parallel(one, len(arrays[0]), *arrays)
 
 
 class ResolutionModel(_Loaded):
@@ -400,9 +405,17 @@ class ResolutionModel(_Loaded):
 
         if check_species:
             self.check_species(pid)
-        rng = get_rng(seed)
-        y = [sample_mixture(w, m, s, rng) for w, m, s in self.mixtures(px, py, pz, pid)]
-        return rebuild_momentum(px, py, pz, y[0] * 1e-2, y[1] * 1e-3, y[2] * 1e-3)
+        arrays = [np.asarray(a) for a in (px, py, pz, pid)]
+        n = len(arrays[0])
+        # one independent stream per fixed-size chunk, drawn from ``seed``: reproducible for any thread count
+        seeds = get_rng(seed).integers(0, 2**63, max(1, -(-n // PARALLEL_CHUNK)))
+
+        def one(px, py, pz, pid, i):
+            rng = np.random.default_rng(int(seeds[i]))
+            y = [sample_mixture(w, m, s, rng) for w, m, s in self.mixtures(px, py, pz, pid)]
+            return rebuild_momentum(px, py, pz, y[0] * 1e-2, y[1] * 1e-3, y[2] * 1e-3)
+
+        return _parallel(one, n, *arrays)
 
 
 def split_mdn(out: np.ndarray, k: Sequence[int], target_scale=None):
@@ -442,6 +455,38 @@ def sample_mixture(w: np.ndarray, mu: np.ndarray, sig: np.ndarray, rng: np.rando
         s[take] = sig[c][take]
         cum += w[c]
     return (m + s * z).astype(np.float64)
+
+
+#: rows per work unit of the threaded evaluation (fixed, so results do not depend on the thread count)
+PARALLEL_CHUNK = 1 << 17
+
+
+def _threads() -> int:
+    env = os.environ.get("MAMBAH_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _parallel(fn, n: int, *arrays):
+    """``fn(*chunk_arrays, i)`` over fixed-size row chunks in a thread pool; results concatenated.
+
+    numpy releases the GIL in ufuncs and matrix products, so chunks run concurrently on several
+    cores. ``i`` is the chunk number (used to pick a per-chunk random stream).
+    """
+    starts = list(range(0, n, PARALLEL_CHUNK)) or [0]
+    parts = [[a[s : s + PARALLEL_CHUNK] for a in arrays] for s in starts]
+    workers = min(_threads(), len(starts))
+    if workers <= 1:
+        outs = [fn(*p, i) for i, p in enumerate(parts)]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as ex:
+            outs = list(ex.map(lambda ip: fn(*ip[1], ip[0]), enumerate(parts)))
+    if isinstance(outs[0], tuple):
+        return tuple(np.concatenate([o[j] for o in outs]) for j in range(len(outs[0])))
+    return np.concatenate(outs)
 
 
 # process-wide cache of loaded models: (resolved path, content hash) -> model
@@ -524,7 +569,7 @@ def efficiency_closure(prob: np.ndarray, ref: np.ndarray, p: np.ndarray, eta: np
     Returns the bins' counts and differences and the largest |difference| over bins with at least
     ``min_count`` entries. Momentum in MeV/c.
     """
-    p_edges = np.asarray(p_edges if p_edges is not None else [1e3, 2e3, 3e3, 5e3, 1e4, 2e4, 5e4, 1e5, 4e5])
+    p_edges = np.asarray(p_edges if p_edges is not None else [5e2, 1e3, 2e3, 3e3, 5e3, 1e4, 2e4, 5e4, 1e5, 4e5])
     eta_edges = np.asarray(eta_edges if eta_edges is not None else [1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.4])
     ip = np.digitize(p, p_edges) - 1
     ie = np.digitize(eta, eta_edges) - 1

@@ -56,7 +56,7 @@ def test_efficiency_shape():
     e_el = DET.efficiency(px, py, pz, z0, z0, z0, np.full(n, -11))
     assert np.all(e_el < e_pi) and np.all(e_pi < eff)
     # outside 2 < eta < 5 or below ~2 GeV: nothing
-    px, py, pz = _track(np.array([10e3, 10e3, 1e3]), np.array([1.6, 5.4, 3.0]))
+    px, py, pz = _track(np.array([10e3, 10e3, 0.5e3]), np.array([1.6, 5.4, 3.0]))
     assert np.all(DET.efficiency(px, py, pz, *np.zeros((3, 3)), np.full(3, 211)) < 0.02)
     # falls with the origin's z (daughters of K0S / Lambda decaying after the VELO) and radius
     px, py, pz = _track(np.full(4, 10e3), np.full(4, 3.5))

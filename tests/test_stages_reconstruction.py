@@ -278,3 +278,82 @@ def test_bad_input_gets_clear_errors(tmp_path):
     # a resolution model used as an efficiency model: names the model and the kind
     with pytest.raises(ModelDirError, match="'resolution-ref-v1'.*not 'efficiency'"):
         Efficiency("resolution-ref-v1")(make_batch(50, seed=2))
+
+
+def test_on_a_generated_batch_of_the_reference_channel(tmp_path):
+    """Generation stages -> reconstruction stages -> store, for the reference channel with CC."""
+    from mambah.generation import generator_stages
+    from mambah.pipeline import Pipeline
+    from mambah.store import Store
+
+    desc = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"
+    pipe = Pipeline([*generator_stages(desc, charge_conjugate="both"), Occupancy(), Efficiency(), Resolution(),
+                     Composites()])
+    b = pipe.process(pipe.make_batch(0, production_seed=5, n_events=5000))
+    _check_dtypes(b)
+    tree = b.info["decay_tree"]
+    names = [node["name"] for node in tree]
+    parts = b["particles"]
+    lc = parts[np.abs(parts.pid) == 4122]
+    n = b.n_events
+    reco = b["mc_particles"]["reconstructed"].to_numpy().reshape(len(tree), n)
+    kids = [names.index(x) for x in ("p+", "K-", "pi+")]
+    np.testing.assert_array_equal(np.sort(lc.event), np.nonzero(reco[kids].all(axis=0))[0])
+    assert len(lc) > 0.2 * n
+    # the peak sits at the Lambda_c+ mass with an LHCb-like resolution; both charges present
+    w = 0.5 * np.subtract(*np.percentile(lc.m, [84.13, 15.87]))
+    assert np.median(lc.m) == pytest.approx(M["Lc"], abs=1.0) and 2.0 < w < 15.0
+    assert set(np.sign(lc.pid)) == {-1, 1}
+    assert (b["events"].n_tracks > 0).all()
+    mv = pipe.model_versions()
+    assert {"efficiency-ref-v1", "resolution-ref-v1", "occupancy-lc-run3-v1"} <= set(mv)
+    with Store(f"duckdb:///{tmp_path / 'r.duckdb'}") as st:
+        st.write_batch(b)
+        back = st.read("particles")
+        assert len(back) == len(parts)
+        v = st.read("vertices")
+        assert len(v) == len(b["vertices"])
+
+
+def test_occupancy_model_from_the_real_calibration_sample(tmp_path, real_data_path):
+    """The CLI rebuilds the shipped histogram from the real sample (sWeighted nLongTracks)."""
+    import json
+    import subprocess
+    import sys
+
+    from mambah.modeldir import default_models_dir, load_arrays
+    from mambah.stages.occupancy import OccupancyModel
+
+    out = tmp_path / "occ"
+    r = subprocess.run([sys.executable, "-m", "mambah", "-q", "detector", "occupancy", "--data", str(real_data_path),
+                        "--weight", "sWeight", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    shipped = load_arrays(default_models_dir() / "occupancy-lc-run3-v1")
+    mine = load_arrays(out)
+    np.testing.assert_array_equal(mine["edges"], shipped["edges"])
+    np.testing.assert_allclose(mine["counts"], shipped["counts"])
+    card = json.loads((default_models_dir() / "occupancy-lc-run3-v1" / "card.json").read_text())
+    import hashlib
+
+    assert card["training_data"]["sha256"] == hashlib.sha256(real_data_path.read_bytes()).hexdigest()
+    assert "pidcalib2" in card["training_data"]["description"] and "GPL-3.0" in card["training_data"]["license"]
+    # the sWeighted mean of the data is reproduced by the histogram (bin-centre approximation)
+    m = OccupancyModel.load(out)
+    assert m.mean() == pytest.approx(card["metrics"]["data_mean"], abs=1.0)
+    # bad input: a missing column is named with the available ones; nothing is written
+    r = subprocess.run([sys.executable, "-m", "mambah", "detector", "occupancy", "--data", str(real_data_path),
+                        "--column", "nTracks", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert r.returncode == 2 and "nTracks" in r.stderr and "nLongTracks" in r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_corrupt_occupancy_model_is_refused(tmp_path):
+    import shutil
+
+    from mambah.modeldir import default_models_dir
+
+    d = tmp_path / "occ"
+    shutil.copytree(default_models_dir() / "occupancy-lc-run3-v1", d)
+    (d / "arrays.npz").write_bytes(b"\x00" * 10)
+    with pytest.raises(ModelDirError, match="does not match the hash"):
+        Occupancy(str(d))(make_batch(10, seed=1))

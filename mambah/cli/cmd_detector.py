@@ -32,6 +32,8 @@ def register(sub) -> None:
     t.add_argument("--out", "-o", required=True, help="output file (.parquet, .csv, or file.root:tree)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--prompt-fraction", type=float, default=0.5, help="fraction of tracks from the PV (default 0.5)")
+    t.add_argument("--p-min", type=float, default=500.0, help="lowest momentum, MeV (default 500)")
+    t.add_argument("--p-max", type=float, default=400_000.0, help="highest momentum, MeV (default 400000)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     t.set_defaults(func=_tracking_sample)
 
@@ -75,7 +77,10 @@ def _tracking_sample(args: argparse.Namespace) -> int:
     path, _ = split_spec(args.out)
     if Path(path).exists() and not args.overwrite:
         raise ConfigurationError(f"{str(path)!r} exists; pass --overwrite to replace it")
-    df = tracking_sample(args.events, seed=args.seed, gun=TrackGun(prompt=args.prompt_fraction))
+    if not 0 < args.p_min < args.p_max:
+        raise ConfigurationError(f"need 0 < --p-min < --p-max, got {args.p_min} and {args.p_max}")
+    gun = TrackGun(prompt=args.prompt_fraction, p_lo=args.p_min, p_hi=args.p_max)
+    df = tracking_sample(args.events, seed=args.seed, gun=gun)
     write_table(df, args.out)
     logging.getLogger("mambah").info("wrote %d tracks (%d reconstructed) to %s", len(df),
                                      int(df["reconstructed"].sum()), args.out)

@@ -6,8 +6,6 @@ Also holds the options and driver shared with ``mambah train resolution``.
 from __future__ import annotations
 
 import argparse
-
-
 import shlex
 import sys
 
@@ -56,7 +54,7 @@ def run_training(args, kind, fit, conditions, targets, columns, optional=None, e
     from pathlib import Path
 
     from ..errors import ConfigurationError
-    from ..io import check_finite, read_table, split_spec
+    from ..io import check_finite, read_table, require_columns, split_spec
     from ..modeldir import save_model_dir
     from . import progress_enabled
 
@@ -73,12 +71,7 @@ def run_training(args, kind, fit, conditions, targets, columns, optional=None, e
         raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
     mapping = {c: getattr(args, f"col_{c}") for c in columns}
     path, _ = split_spec(args.data)
-    from ..io import _kind  # noqa: PLC2701  (format check before reading)
-
-    _kind(Path(path))
     df = read_table(args.data)
-    from ..io import require_columns
-
     require_columns(df, list(mapping.values()), where=str(args.data))
     sel = {v: k for k, v in mapping.items()}
     for std, col in (optional or {}).items():
