@@ -70,7 +70,7 @@ def fill_tables(batch, tree: list[dict], pid: np.ndarray, p4: np.ndarray, vtx: n
     }
 
     def per_node(offsets: np.ndarray, none_mask: np.ndarray) -> np.ndarray:
-        out = (offsets[:, None] + ev[None, :]).astype(np.int32)
+        out = offsets.astype(np.int32)[:, None] + ev[None, :]
         out[none_mask] = -1
         return out.reshape(-1)
 

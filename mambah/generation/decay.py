@@ -54,30 +54,29 @@ _LOCK = threading.Lock()
 
 
 # ------------------------------------------------------------------------------------ kinematics
-def boost_to_lab(p4: np.ndarray, mother: np.ndarray, mass: float | np.ndarray | None = None) -> np.ndarray:
+def boost_to_lab(p4, mother, mass=None, xp=np):
     """Boost four-vectors from the rest frame of ``mother`` to the frame where it has ``mother``.
 
     ``p' = p + (gamma^2/(gamma+1) (beta.p) + gamma E) beta``, ``E' = gamma (E + beta.p)`` with
-    ``beta = p_mother/E_mother``, ``gamma = E_mother/m`` (Jackson Eq. 11.19; gamma^2/(gamma+1) =
-    (gamma-1)/beta^2 avoids 0/0 at rest).
+    ``beta = p_mother/E_mother``, ``gamma = E_mother/m`` (Jackson, Classical Electrodynamics,
+    Eq. 11.19; gamma^2/(gamma+1) = (gamma-1)/beta^2 avoids 0/0 at rest).
 
     Args:
         p4: shape (4, ...) px, py, pz, E in the mother's rest frame.
-        mother: shape (4, N) the mother's four-momentum; broadcast against the last axis of p4.
+        mother: shape (4, ...) the mother's four-momentum, broadcast against ``p4[i]``.
         mass: the mother's mass (default: from ``mother``).
+        xp: the array module (numpy, or tensorflow inside a tf.function).
     """
     E = mother[3]
-    m = np.sqrt(np.maximum(E**2 - mother[0] ** 2 - mother[1] ** 2 - mother[2] ** 2, 0.0)) if mass is None else mass
+    if mass is None:
+        m = xp.sqrt(xp.maximum(E**2 - mother[0] ** 2 - mother[1] ** 2 - mother[2] ** 2, 0.0))
+    else:
+        m = mass
     gamma = E / m
     bx, by, bz = mother[0] / E, mother[1] / E, mother[2] / E
     bp = bx * p4[0] + by * p4[1] + bz * p4[2]
     coef = gamma**2 / (gamma + 1.0) * bp + gamma * p4[3]
-    out = np.empty(np.broadcast_shapes(p4.shape, (4,) + np.shape(E)))
-    out[0] = p4[0] + coef * bx
-    out[1] = p4[1] + coef * by
-    out[2] = p4[2] + coef * bz
-    out[3] = gamma * (p4[3] + bp)
-    return out
+    return xp.stack([p4[0] + coef * bx, p4[1] + coef * by, p4[2] + coef * bz, gamma * (p4[3] + bp)])
 
 
 def _pdk(a: float, b: float, c: float) -> float:
@@ -135,6 +134,8 @@ class _Chain:
 
         self.top = build(desc.head, 0.0, True)
         self.tf_rng = tf.random.Generator.from_seed(0)
+        self.fn = tf.function(self._graph, input_signature=[tf.TensorSpec([4, None], tf.float64)],
+                              autograph=False, reduce_retracing=True)
 
     def _max_masses(self, head: DecayNode) -> dict[int, float]:
         out: dict[int, float] = {}
@@ -149,19 +150,26 @@ class _Chain:
         out[id(head)] = head.particle.mass
         return out
 
-    def generate(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rest-frame four-momenta (4, nodes-1, n) of every non-head node, and the weights (n,)."""
+    def _graph(self, head):
+        """Inside one tf.function: phasespace in the head's rest frame, then the boost to the lab,
+        so that the whole chain runs as one TensorFlow graph (multi-threaded, no retracing)."""
+        import tensorflow as tf
+
+        n = tf.shape(head, out_type=tf.int64)[1]
+        weights, _, parts = self.top.generate(n, normalize_weights=False, seed=self.tf_rng)
+        rest = tf.stack([tf.transpose(parts[name]) for name in self.names[1:]], axis=1)  # (4, nodes-1, n)
+        lab = boost_to_lab(rest, head[:, None, :], self.nodes[0].particle.mass, xp=tf)
+        return weights, tf.concat([head[:, None, :], lab], axis=1)
+
+    def generate(self, head_p4: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Lab-frame four-momenta (4, nodes, n) of every node (the head first) for heads ``head_p4``
+        (4, n), and the phase-space weights (n,) divided by :attr:`w_ref`."""
         with _LOCK:  # one tf.random.Generator per chain: reset it (reusing it avoids retracing)
             self.tf_rng.reset_from_seed(int(seed))
-            weights, _, parts = self.top.generate(n, normalize_weights=False, seed=self.tf_rng)
-        p = np.empty((4, len(self.nodes) - 1, n))
-        for k, name in enumerate(self.names[1:]):
-            p[:, k, :] = parts[name].numpy().T
-        if self.unit_weight:
-            w = np.ones(n)
-        else:
-            w = weights.numpy() / self.w_ref
-        return p, w
+            weights, lab = self.fn(np.ascontiguousarray(head_p4, dtype=np.float64))
+            lab = lab.numpy()
+            w = np.ones(lab.shape[-1]) if self.unit_weight else weights.numpy() / self.w_ref
+        return lab, w
 
 
 def _breit_wigner(m0: float, gamma: float, reserve: float):
@@ -311,10 +319,7 @@ class PhaseSpaceDecay:
     def _round(self, chain: _Chain, tree, gun: dict, rng: np.random.Generator):
         """One generation round: decays of the gun's hadrons, boosted; returns (p4_lab, weight, keep)."""
         n = gun["p4"].shape[1]
-        rest, w = chain.generate(n, int(rng.integers(0, 2**63 - 1)))
-        p4 = np.empty((4, len(tree), n))
-        p4[:, 0, :] = gun["p4"]
-        p4[:, 1:, :] = boost_to_lab(rest, gun["p4"][:, None, :], chain.nodes[0].particle.mass)
+        p4, w = chain.generate(gun["p4"], int(rng.integers(0, 2**63 - 1)))
         keep = np.ones(n, dtype=bool)
         if self.unweight:
             keep &= rng.random(n) < w
