@@ -46,6 +46,7 @@ class Pipeline:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"stage names must be unique (they seed the stages' random streams): {sorted(dup)}")
+        self._provenance: dict[str, Any] | None = None
 
     def config(self) -> dict[str, Any]:
         return {_stage_name(s): (s.config() if hasattr(s, "config") else {}) for s in self.stages}
@@ -60,8 +61,16 @@ class Pipeline:
     def make_batch(self, batch_id: int, production_seed: int, n_events: int) -> Batch:
         return Batch(id=int(batch_id), seed=batch_seed(production_seed, batch_id), n_events=int(n_events))
 
+    def provenance(self) -> dict[str, Any]:
+        """Pipeline configuration and model versions (computed once; recorded with every batch)."""
+        if self._provenance is None:
+            self._provenance = {"pipeline": self.config(), "models": self.model_versions()}
+        return self._provenance
+
     def process(self, batch: Batch) -> Batch:
-        """Run every stage on ``batch``; per-stage wall times go to ``batch.info['timings']``."""
+        """Run every stage on ``batch``; per-stage wall times go to ``batch.info['timings']``,
+        the pipeline configuration and model versions to ``batch.info`` (the batch's provenance)."""
+        batch.info.update(self.provenance())
         timings = batch.info.setdefault("timings", {})
         for stage in self.stages:
             t0 = time.perf_counter()

@@ -273,8 +273,8 @@ def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight) -
     # Multi-writer backends: workers write themselves. Single-writer files (DuckDB, SQLite): the
     # client writes what the workers return. Either way the write is idempotent (skip), so a task
     # that Dask re-runs after a worker died cannot duplicate a batch.
-    direct = store.backend == "postgresql"
-    url = store.url if direct else None
+    direct = store.backend.name == "postgresql"
+    url = store.engine.url.render_as_string(hide_password=False) if direct else None
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or (workers or 1))
         limit = max_in_flight or 2 * n_workers
