@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 
@@ -354,5 +353,13 @@ def test_postgres_concurrent_duplicate_is_detected(postgres_url):
         assert b.count("events") == 50
 
 
-with contextlib.suppress(ImportError):
-    import duckdb  # noqa: F401  (the default backend must be importable)
+def test_duckdb_file_held_by_another_process_is_explained(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"duckdb:///{tmp_path}/held.duckdb"
+    code = f"from mambah.store import Store\nStore({url!r})"
+    with Store(url):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "StoreError" in r.stderr and "one process at a time" in r.stderr

@@ -115,6 +115,7 @@ class SQLiteBackend(Backend):
     """SQLite: ``executemany`` of plain tuples on the raw ``sqlite3`` connection (WAL journal)."""
 
     name = "sqlite"
+    read_chunk = 50_000
 
     def insert(self, driver, table, df: pd.DataFrame) -> None:
         if len(df) == 0:
@@ -133,14 +134,19 @@ class SQLiteBackend(Backend):
     def select(self, driver, stmt, columns: Sequence[str]) -> pd.DataFrame:
         sql, params = self.compile(stmt)
         cur = driver.cursor()
+        parts = []
         try:
             cur.execute(sql, params)
-            rows = cur.fetchall()
+            while True:  # chunks bound the Python row tuples (~10x the size of the numbers)
+                rows = cur.fetchmany(self.read_chunk)
+                if not rows:
+                    break
+                parts.append(pd.DataFrame.from_records(rows, columns=list(columns), coerce_float=True))
         finally:
             cur.close()
-        if not rows:
+        if not parts:
             return pd.DataFrame({c: [] for c in columns})
-        return pd.DataFrame.from_records(rows, columns=list(columns), coerce_float=True)
+        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 #: SQLAlchemy column type -> big-endian numpy dtype of PostgreSQL's binary COPY format

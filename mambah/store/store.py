@@ -231,7 +231,11 @@ class Store:
                 f"cannot connect to the PostgreSQL server at {host}:{port} (database {u.database!r}, "
                 f"user {u.username!r}): {reason}. Is the server running and reachable?"
             )
-        return StoreError(f"cannot open the store {self.url}: {getattr(e, 'orig', e)}")
+        msg = f"cannot open the store {self.url}: {getattr(e, 'orig', e)}"
+        if u.get_backend_name() == "duckdb" and "lock" in msg.lower():
+            msg += ("\n  a DuckDB file is open for writing in one process at a time: close the other "
+                    "process, or use PostgreSQL for many writers")
+        return StoreError(msg)
 
     def _driver(self):
         """The raw driver connection of this store's connection (same transaction)."""
