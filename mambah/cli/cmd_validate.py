@@ -60,7 +60,8 @@ def register(sub) -> None:
     c = p.add_argument_group("common")
     c.add_argument("--report", metavar="DIR", help="write the report folder (index.html, summary.json, PNGs) here")
     c.add_argument("--seed", type=int, default=0, help="seed of every split and fit")
-    c.add_argument("--threads", type=int, default=None, help="classifier threads (default: all cores)")
+    c.add_argument("--threads", type=int, default=1,
+                   help="classifier threads (0 = all cores); 1 is bitwise reproducible and fastest on a shared machine")
     p.set_defaults(func=run)
 
 
@@ -101,7 +102,7 @@ def _run_samples(args, show: bool) -> int:
         ref, gen, args.conditions, args.targets, args.ref_weight, args.gen_weight, args.report, args.seed,
         p=args.p_col, eta=args.eta_col, cuts=cuts or None, n_bins=args.bins, n_repeats=args.repeats,
         train_weights=args.train_weights, cross_check=args.cross_check, max_train_rows=args.max_train_rows,
-        drop_nonfinite=args.drop_nonfinite, show_progress=show, n_threads=args.threads,
+        drop_nonfinite=args.drop_nonfinite, show_progress=show, n_threads=args.threads or None,
         sources={"ref": str(args.ref), "gen": str(args.gen)},
     )
     print(headline(summary))

@@ -87,7 +87,7 @@ def validate(
     drop_nonfinite: bool = False,
     min_rows: int = 100,
     show_progress: bool = False,
-    n_threads: int | None = None,
+    n_threads: int | None = 1,
     sources: dict | None = None,
 ) -> dict:
     """Compare a generated sample with a reference: classifier score, 1D KS in (p, η) bins, efficiencies.
@@ -114,7 +114,8 @@ def validate(
         drop_nonfinite: drop NaN/inf rows instead of refusing them.
         min_rows: refuse samples with fewer rows.
         show_progress: tqdm bars.
-        n_threads: OpenMP threads of the classifier (None = all cores).
+        n_threads: OpenMP threads of the classifier (default 1 for bitwise reproducibility and
+            speed on shared machines; None = all cores).
         sources: description of the inputs stored in the summary (e.g. file names).
 
     Returns:
