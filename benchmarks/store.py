@@ -64,6 +64,7 @@ def bench(url: str, n_particles: int, batch_events: int) -> dict:
     rows_written = 0
     particles = 0
     t_write = 0.0
+    cpu_write = 0.0
     mem_ratio = 0.0
     with Store(url) as store:
         bid = 0
@@ -71,15 +72,16 @@ def bench(url: str, n_particles: int, batch_events: int) -> dict:
             b = synthetic_batch(bid, batch_events, seed=1)
             nbytes = sum(df.memory_usage(index=False, deep=True).sum() for df in b.tables.values())
             with _PeakRSS() as m:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 store.write_batch(b)
                 t_write += time.perf_counter() - t0
+                cpu_write += time.process_time() - c0
             mem_ratio = max(mem_ratio, (m.peak - m.base) * 2**20 / nbytes)
             rows_written += sum(len(df) for df in b.tables.values())
             particles += len(b.tables["particles"])
             bid += 1
             del b
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rows_read = 0
         read_particles = 0.0
         for t in DATA_TABLES:
@@ -90,11 +92,14 @@ def bench(url: str, n_particles: int, batch_events: int) -> dict:
             rows_read += len(df)
             del df
         t_read = time.perf_counter() - t0
+        cpu_read = time.process_time() - c0
     return {
         "batches": bid,
         "rows": rows_written,
         "particles": particles,
         "write_s": t_write,
+        "write_cpu_s": cpu_write,
+        "read_cpu_s": cpu_read,
         "read_s": t_read,
         "write_rows_per_s": rows_written / t_write,
         "read_rows_per_s": rows_read / t_read,
@@ -137,19 +142,24 @@ def main() -> None:
             with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as c:
                 c.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    hdr = f"{'backend':<11}{'batches':>8}{'rows':>10}{'particles':>10}{'write s':>9}{'write rows/s':>14}{'read s':>8}{'read rows/s':>13}{'read part./s':>14}{'write mem/batch':>16}"
+    hdr = (f"{'backend':<11}{'batches':>8}{'rows':>10}{'particles':>10}{'write s':>9}{'(cpu s)':>8}{'write rows/s':>14}"
+           f"{'read s':>8}{'(cpu s)':>8}{'read rows/s':>13}{'read part./s':>14}{'write mem/batch':>16}")
     print(hdr)
     print("-" * len(hdr))
     for k, r in results.items():
-        print(f"{k:<11}{r['batches']:>8}{r['rows']:>10}{r['particles']:>10}{r['write_s']:>9.2f}{r['write_rows_per_s']:>14,.0f}"
-              f"{r['read_s']:>8.2f}{r['read_rows_per_s']:>13,.0f}{r['read_particles_per_s']:>14,.0f}{r['write_mem_ratio']:>16.2f}")
-    print(f"peak RSS {peak:.0f} MB; rates count the rows of all tables (events, mc_vertices, mc_particles, particles)")
+        print(f"{k:<11}{r['batches']:>8}{r['rows']:>10}{r['particles']:>10}{r['write_s']:>9.2f}{r['write_cpu_s']:>8.2f}"
+              f"{r['write_rows_per_s']:>14,.0f}{r['read_s']:>8.2f}{r['read_cpu_s']:>8.2f}{r['read_rows_per_s']:>13,.0f}"
+              f"{r['read_particles_per_s']:>14,.0f}{r['write_mem_ratio']:>16.2f}")
+    print(f"peak RSS {peak:.0f} MB; rates (wall clock) count the rows of all tables (events, mc_vertices, "
+          f"mc_particles, particles); cpu s = this process only (not the PostgreSQL server); "
+          f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     out = {}
     for k in ("duckdb", "sqlite", "postgresql"):
         r = results.get(k)
         out[f"{k}_write_rows_per_s"] = round(r["write_rows_per_s"]) if r else None
         out[f"{k}_read_rows_per_s"] = round(r["read_rows_per_s"]) if r else None
     out["peak_rss_mb"] = round(peak, 1)
+    out["load_average"] = round(os.getloadavg()[0], 1)
     out["write_memory_over_batch_size"] = {k: round(r["write_mem_ratio"], 2) for k, r in results.items()}
     print(json.dumps(out))
 

@@ -207,6 +207,9 @@ def test_navigation(store):
     d = store.descendants(0, lb)
     assert d["index"].tolist() == [lc, mu, nu, p, k, pi]
     assert d["generation"].tolist() == [1, 1, 1, 2, 2, 2]
+    leaf = store.descendants(0, p)
+    assert leaf.empty and "generation" in leaf.columns
+    assert store.descendants(0, lc)["index"].tolist() == [p, k, pi]
     tree = store.decay_tree(0, ev)
     assert tree["index"].tolist() == [lb, lc, p, k, pi, mu, nu]
     assert tree["depth"].tolist() == [0, 1, 2, 2, 2, 1, 1]
