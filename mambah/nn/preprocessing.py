@@ -85,26 +85,42 @@ class QuantileGaussianizer:
         return self
 
     # ------------------------------------------------------------- transform
+    def _pieces(self, j: int):
+        """Distinct knots of column ``j`` with the CDF just below/above each (a jump where knots repeat)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if j not in cache:
+            kn, pr = self.knots_[j], self.probs_[j]
+            xs, first, counts = np.unique(kn, return_index=True, return_counts=True)
+            p_lo, p_hi = pr[first], pr[first + counts - 1]
+            dx = np.diff(xs)
+            slope = np.append((p_lo[1:] - p_hi[:-1]) / np.where(dx > 0, dx, 1.0), 0.0)
+            cache[j] = (xs, p_lo, p_hi, slope)
+        return cache[j]
+
     def transform(self, x: np.ndarray, mode: str = "mid", rng: np.random.Generator | None = None) -> np.ndarray:
-        """``z = Phi^-1(F(x))`` per column, float32; ties mapped to the middle ("mid") or at random ("random")."""
+        """``z = Phi^-1(F(x))`` per column, float32; ties mapped to the middle ("mid") or at random ("random").
+
+        ``F`` is linear between distinct knots; a value equal to a repeated knot (a tie) gets the
+        middle of (or a uniform point in) its CDF jump. One ``searchsorted`` per column: fast enough
+        for millions of rows.
+        """
         x = np.asarray(x, dtype=float)
+        if mode not in ("mid", "random"):
+            raise ValueError(f"mode must be 'mid' or 'random', not {mode!r}")
         out = np.empty(x.shape, dtype=np.float32)
         for j in range(x.shape[1]):
-            kn, pr = self.knots_[j], self.probs_[j]
-            # interval of each value in the piecewise-linear CDF: left and right limits (ties -> jump)
-            lo_i = np.searchsorted(kn, x[:, j], side="left")
-            hi_i = np.searchsorted(kn, x[:, j], side="right")
-            u_lin = np.interp(x[:, j], kn, pr)  # for continuous values
-            tie = hi_i - lo_i > 1
-            if np.any(tie):
-                p_lo = pr[np.clip(lo_i[tie], 0, len(pr) - 1)]
-                p_hi = pr[np.clip(hi_i[tie] - 1, 0, len(pr) - 1)]
-                if mode == "random":
-                    r = (rng or np.random.default_rng(0)).random(int(tie.sum()))
-                else:
-                    r = 0.5
-                u_lin[tie] = p_lo + r * (p_hi - p_lo)
-            out[:, j] = ndtri(np.clip(u_lin, EPS, 1 - EPS))
+            xs, p_lo, p_hi, slope = self._pieces(j)
+            v = x[:, j]
+            k = np.clip(np.searchsorted(xs, v, side="right") - 1, 0, len(xs) - 1)
+            x0 = xs[k]
+            u = p_hi[k] + (v - x0) * slope[k]
+            at = v == x0
+            if mode == "random":
+                r = (rng or np.random.default_rng(0)).random(int(at.sum()))
+            else:
+                r = 0.5
+            u[at] = p_lo[k[at]] + r * (p_hi[k[at]] - p_lo[k[at]])
+            out[:, j] = ndtri(np.clip(u, EPS, 1 - EPS))
         return out
 
     def inverse_transform(self, z: np.ndarray) -> np.ndarray:
