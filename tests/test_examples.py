@@ -1,0 +1,36 @@
+"""Every example runs, shortened, as a user would run it (python examples/NAME.py ...)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def test_bplus_jpsi_k(tmp_path):
+    r = run_example("bplus_jpsi_k.py", "--events", "20000", "--batch-size", "10000", "--db", "b.duckdb",
+                    "--out", "plots", cwd=tmp_path)
+    assert (tmp_path / "plots" / "bplus_jpsi_k.png").stat().st_size > 10_000
+    vals = dict(line.split()[:2] for line in r.stdout.splitlines() if line.startswith("  "))
+    # the J/psi peak sits at its PDG mass with a resolution-driven width of O(10 MeV)
+    assert abs(float(vals["jpsi_mass_mean"]) - 3096.9) < 3
+    assert 5 < float(vals["jpsi_mass_std"]) < 30
+
+
+@pytest.mark.postgres
+def test_dask_postgres_production(tmp_path, postgres_url):
+    r = run_example("dask_postgres_production.py", "--events", "4000", "--batch-size", "1000", "--workers", "2",
+                    "--db", postgres_url, cwd=tmp_path)
+    assert "4 batches written (0 already there)" in r.stdout
+    assert "store: 4 batches, 4000 events" in r.stdout
