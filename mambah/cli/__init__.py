@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _configure_logging(args.verbose, args.quiet)
+    if args.verbose < 2:
+        from ._native_log import install
+
+        install()
     from ..errors import MambahError
 
     try:

@@ -1,0 +1,77 @@
+"""Drop TensorFlow's native (C++/absl) log lines from the CLI's standard error.
+
+TensorFlow 2.21 prints its start-up notes ("oneDNN custom operations are on", "Could not find
+cuda drivers", "failed call to cuInit", CPU instruction hints) from C++ before absl's logging
+is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` does not silence them. The CLI therefore routes file
+descriptor 2 through a pipe and a thread that forwards everything except lines of that native
+format. Python's own warnings, errors, logging and progress bars pass untouched, at once.
+``mambah -vv`` (or ``MAMBAH_NATIVE_LOGS=1``) leaves standard error alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+
+_NATIVE = re.compile(
+    rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w./+-]+:\d+\]"  # absl/glog: I0000 00:00:17953.123   25396 port.cc:153]
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|To enable the following instructions: .*rebuild TensorFlow)"
+)
+# a partial line that may still become a native line: held back until its end arrives
+_PREFIX = re.compile(rb"^(?:[IWEF][\d :.]*(?:\s+\d*)?|WARNING:? ?[A-Za-z ]*|To enable[a-z ]*)$")
+
+_installed = False
+
+
+def install() -> None:
+    """Start filtering fd 2 for the rest of the process (idempotent)."""
+    global _installed
+    if _installed or os.environ.get("MAMBAH_NATIVE_LOGS"):
+        return
+    try:
+        sys.stderr.flush()
+        orig = os.dup(2)
+        r, w = os.pipe()
+        os.dup2(w, 2)
+        os.close(w)
+    except OSError:  # no usable fd 2: nothing to filter
+        return
+    _installed = True
+
+    def pump() -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(r, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            out = [line + b"\n" for line in lines if not _NATIVE.match(line)]
+            if buf and not _PREFIX.match(buf):
+                out.append(buf)
+                buf = b""
+            if out:
+                os.write(orig, b"".join(out))
+        if buf and not _NATIVE.match(buf):
+            os.write(orig, buf)
+        os.close(r)
+
+    thread = threading.Thread(target=pump, name="mambah-stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(orig, 2)  # closes the pipe's last write end: the pump sees EOF and drains
+        thread.join(timeout=5)
+
+    atexit.register(restore)
