@@ -432,3 +432,11 @@ def test_acceptance_keeps_only_accepted_events_and_records_the_efficiency():
     assert np.array_equal(batch.arrays["gun"]["p4"], p4[:, 0])
     assert np.allclose(batch["events"]["pv_z"].to_numpy(), batch.arrays["mc_vertices_xyzt"][2, 0], rtol=1e-6)
     assert len(batch["mc_particles"]) == 7 * n
+
+
+def test_provenance_is_plain_json(lb):
+    import json
+
+    json.dumps(Pipeline(generator_stages("[" + BU + "]CC", acceptance=EtaAcceptance())).config(), allow_nan=False)
+    json.dumps({k: v for k, v in lb.info.items()}, allow_nan=False)
+    json.dumps(Pipeline([ParticleGun("p")]).config(), allow_nan=False)  # stable head: lifetime None

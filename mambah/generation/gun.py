@@ -147,7 +147,7 @@ class ParticleGun:
             "particle": info.name,
             "pid": info.pid,
             "mass_MeV": info.mass,
-            "lifetime_ns": info.lifetime,
+            "lifetime_ns": info.lifetime if np.isfinite(info.lifetime) else None,
             "pt": self.pt.config(),
             "eta": self.eta.config(),
             "phi": self.phi.config(),
