@@ -84,7 +84,8 @@ class PowerLawPt:
         return self.p0 * math.sqrt(math.pi) / 2 * math.gamma(self.n - 1.5) / math.gamma(self.n - 1.0)
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "power_law_pt", "p0": self.p0, "n": self.n, "low": self.low, "high": self.high}
+        return {"kind": "power_law_pt", "p0": self.p0, "n": self.n, "low": self.low,
+                "high": self.high if math.isfinite(self.high) else None}
 
 
 def _ndtr(x):
