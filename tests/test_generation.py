@@ -440,3 +440,19 @@ def test_provenance_is_plain_json(lb):
     json.dumps(Pipeline(generator_stages("[" + BU + "]CC", acceptance=EtaAcceptance())).config(), allow_nan=False)
     json.dumps({k: v for k, v in lb.info.items()}, allow_nan=False)
     json.dumps(Pipeline([ParticleGun("p")]).config(), allow_nan=False)  # stable head: lifetime None
+
+
+def test_as_sampler_forms():
+    from mambah.generation import Fixed, as_sampler
+
+    rng = np.random.default_rng(0)
+    counts, edges = np.histogram(np.random.default_rng(1).normal(size=1000), bins=10)
+    h = as_sampler((counts, edges), "pt")  # numpy's order is recognised
+    assert isinstance(h, Histogram) and h.edges[0] == edges[0]
+    assert isinstance(as_sampler(3.0, "eta"), Fixed) and (as_sampler(3, "eta").sample(5, rng) == 3.0).all()
+    x = as_sampler(stats.expon(scale=2.0), "pt").sample(20_000, rng)
+    assert stats.kstest(x, "expon", args=(0, 2.0)).pvalue > P_MIN
+    with pytest.raises(ConfigurationError, match="shape"):
+        as_sampler(lambda n, rng: np.ones(n + 1), "pt").sample(3, rng)
+    with pytest.raises(ConfigurationError):
+        Histogram((0.0, 1.0), (0.0,))
