@@ -89,6 +89,13 @@ def test_efficiencies_known_answer(report):
     assert vs["ref"][-1] > vs["ref"][0] + 0.3
 
 
+def test_without_p_and_eta_no_bins():
+    ref, gen = toy(600, 1), toy(600, 2)
+    s = validate(ref, gen, ["nTracks"], ["DLLK"], **FAST)
+    assert s["inputs"]["p"] is None and s["ks1d"]["DLLK"]["bins"] == [] and s["ks1d"]["DLLK"]["worst_bin"] is None
+    assert s["efficiencies"]["DLLK > 0"]["vs"] == {}
+
+
 def test_parse_cut():
     assert parse_cut("DLLK > 5").passes(np.array([4.0, 6.0])).tolist() == [False, True]
     assert parse_cut("isMuon").passes(np.array([0.0, 1.0])).tolist() == [False, True]
@@ -128,6 +135,9 @@ def files(tmp_path_factory):
     ref, gen = toy(1500, 1), toy(1500, 2)
     ref["w"] = 1.0
     ref.to_parquet(d / "ref.parquet")
+    from mambah.io import write_table
+
+    write_table(ref, d / "ref.root:DecayTree")
     gen.to_csv(d / "gen.csv", index=False)
     bad = gen.copy()
     bad.loc[[1, 2, 3], "nTracks"] = np.inf
@@ -141,7 +151,7 @@ def files(tmp_path_factory):
 
 
 def test_cli_report(files, tmp_path):
-    r = mambah("--ref", str(files / "ref.parquet"), "--gen", str(files / "gen.csv"), "--conditions", "P,ETA,nTracks",
+    r = mambah("--ref", f"{files / 'ref.root'}:DecayTree", "--gen", str(files / "gen.csv"), "--conditions", "P,ETA,nTracks",
                "--targets", "DLLK", "--ref-weight", "w", "--report", str(tmp_path / "rep"), "--repeats", "1",
                "--threads", "1", "--seed", "3")
     assert r.returncode == 0, r.stderr

@@ -23,9 +23,13 @@ ill-defined), and with signed weights at most 200,000 training rows are used per
   gradient boosting multiplies each row's gradient and hessian by its weight and sums them per
   histogram bin, so a background row with a negative weight cancels, bin by bin, the background
   rows with positive weights: the trees are grown on the sWeighted (signal-only) estimate of the
-  log-loss gradient. Where the weighted hessian sum of a leaf is small or negative the leaf value
-  is noisy (``l2_regularization`` keeps it finite); averaging over ``n_repeats`` independent splits
-  and seeds tames that noise. On the real Λc→pKπ calibration protons (43% negative sWeights) this
+  log-loss gradient. Where signal and background nearly cancel, the weighted hessian sum of a
+  leaf is small (even negative) and its value ``-G / (H + λ)`` would explode; the L2 penalty
+  ``λ = l2_regularization = 100`` (in units of rows, since the weights are normalised to the row
+  count) keeps every leaf finite. Measured on the real calibration protons (5 repeats, two seeds):
+  with λ = 1 the score of a DLLp drawn without conditioning scattered between 0.07 and 0.21 over
+  repeats; with λ = 100 it is 0.25 ± 0.01, while the null stays at 0.02. Averaging over
+  ``n_repeats`` independent splits and seeds tames the remaining noise. On the real Λc→pKπ calibration protons (43% negative sWeights) this
   keeps the classifier's power (see ``examples/validation_sanity_real_data.py``), while
   ``sklearn.ensemble.GradientBoostingClassifier`` with the same signed weights loses it.
 * ``train_weights="clipped"``: negative weights are set to zero for *training only* (a legal,
@@ -69,7 +73,7 @@ CLASSIFIER_DEFAULTS = {
     "max_leaf_nodes": 14,
     "learning_rate": 0.1,
     "max_iter": 100,
-    "l2_regularization": 1.0,
+    "l2_regularization": 100.0,
     "min_samples_leaf": 20,
 }
 
