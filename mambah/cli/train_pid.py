@@ -145,6 +145,8 @@ def run(args) -> int:
         except Exception as e:
             raise ConfigurationError(f"--selection {args.selection!r} failed on {where}: {type(e).__name__}: {e}") from None
         log.info("selection %r keeps %d of %d rows", args.selection, len(df), n_read)
+        if len(df) == 0:
+            raise DataError(f"--selection {args.selection!r} keeps none of the {n_read} rows of {where}")
     df = check_finite(df, needed, drop=args.drop_nonfinite, where=where)
     if args.weight:
         w = check_weights(df[args.weight].to_numpy(dtype=float), where=f"{where} column {args.weight!r}")
