@@ -366,3 +366,14 @@ def test_duckdb_file_held_by_another_process_is_explained(tmp_path):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode != 0
     assert "StoreError" in r.stderr and "one process at a time" in r.stderr
+
+
+@pytest.mark.postgres
+def test_postgres_missing_database_or_schema_is_explained(postgres_url):
+    from sqlalchemy.engine import make_url
+
+    u = make_url(postgres_url)
+    with pytest.raises(StoreError, match=r"database 'mambah_no_such_db'.*does not exist; create it first"):
+        Store(u.set(database="mambah_no_such_db"))
+    with pytest.raises(StoreError, match="cannot set up the mambah tables in .*no schema has been selected"):
+        Store(u.update_query_dict({"options": "-csearch_path=mambah_no_such_schema"}))

@@ -37,7 +37,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import func, inspect, literal_column, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from .._version import __version__
 from ..errors import BatchExistsError, ConfigurationError, SchemaVersionError, StoreError, closest
@@ -216,6 +216,9 @@ class Store:
             raise StoreError(f"cannot open the store {self.url}: {type(e).__name__}: {e}") from e
         try:
             self._init_schema(create)
+        except DBAPIError as e:
+            self.close()
+            raise StoreError(f"cannot set up the mambah tables in {self.url}: {str(e.orig).strip()}") from e
         except BaseException:
             self.close()
             raise
@@ -227,9 +230,15 @@ class Store:
             host = u.host or "localhost"
             port = u.port or 5432
             reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(getattr(e, "orig", e)).strip() else type(e).__name__
+            if "does not exist" in reason:
+                hint = f"create it first (e.g. createdb -h {host} -p {port} {u.database})"
+            elif "authentication" in reason or "password" in reason:
+                hint = "check the user name and password in the URL"
+            else:
+                hint = "is the server running and reachable?"
             return StoreError(
                 f"cannot connect to the PostgreSQL server at {host}:{port} (database {u.database!r}, "
-                f"user {u.username!r}): {reason}. Is the server running and reachable?"
+                f"user {u.username!r}): {reason}; {hint}"
             )
         msg = f"cannot open the store {self.url}: {getattr(e, 'orig', e)}"
         if u.get_backend_name() == "duckdb" and "lock" in msg.lower():
