@@ -191,14 +191,7 @@ def fit_sweights(mass, range: tuple[float, float], signal: str = "gauss", backgr
     fb = np.asarray(bkg.pdf(m))
     tot = float(ns.value()) * fs + float(nb.value()) * fb
     sum_rule = {"signal": float(np.sum(fs / tot)), "background": float(np.sum(fb / tot))}
-    dev = max(abs(v - 1.0) for v in sum_rule.values())
-    msg = (f"the sPlot sum rule (Eq. 17 of arXiv:physics/0402083) gives {sum_rule['signal']:.5f} (signal) and "
-           f"{sum_rule['background']:.5f} (background) instead of 1")
-    if dev > SUM_RULE_RAISE:
-        raise SPlotError(msg + f" (beyond {SUM_RULE_RAISE}): the fit is not at the likelihood maximum; "
-                         "check the fit range, the shapes and the starting values (--mu/--sigma)")
-    if dev > SUM_RULE_WARN:
-        warnings.warn(msg + f" (beyond {SUM_RULE_WARN}); if the fit is good, ignore this", SumRuleWarning, stacklevel=2)
+    _check_sum_rule(sum_rule)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hepstats repeats the sum-rule warning checked above
         sw = compute_sweights(model, data, atol_exceptions=1.0)
@@ -217,6 +210,18 @@ def fit_sweights(mass, range: tuple[float, float], signal: str = "gauss", backgr
 
 
 builtins_range = range  # ``range`` is an argument name of fit_sweights
+
+
+def _check_sum_rule(sum_rule: dict) -> None:
+    """Warn above 5e-3, raise :class:`SPlotError` above 5e-2 (Eq. 17 of arXiv:physics/0402083)."""
+    dev = max(abs(v - 1.0) for v in sum_rule.values())
+    msg = (f"the sPlot sum rule (Eq. 17 of arXiv:physics/0402083) gives {sum_rule['signal']:.5f} (signal) and "
+           f"{sum_rule['background']:.5f} (background) instead of 1")
+    if dev > SUM_RULE_RAISE:
+        raise SPlotError(msg + f" (beyond {SUM_RULE_RAISE}): the fit is not at the likelihood maximum; "
+                         "check the fit range, the shapes and the starting values (--mu/--sigma)")
+    if dev > SUM_RULE_WARN:
+        warnings.warn(msg + f" (beyond {SUM_RULE_WARN}); if the fit is good, ignore this", SumRuleWarning, stacklevel=3)
 
 
 def plot_fit(res: SPlotResult, path, *, bins: int = 80, xlabel: str = "mass") -> None:
