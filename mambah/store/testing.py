@@ -14,7 +14,6 @@ import contextlib
 import uuid
 
 import numpy as np
-import pandas as pd
 
 from ..batch import Batch, empty_table
 from .schema import PID_COLUMNS
