@@ -135,10 +135,10 @@ class PidModel:
         out = (c < lo) | (c > hi)
         frac = float(out.any(axis=1).mean()) if len(c) else 0.0
         if frac > 0:
-            detail = ", ".join(f"{n}: {np.mean(out[:, j]):.2%} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
+            detail = ", ".join(f"{n}: {int(out[:, j].sum())} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
                                for j, n in enumerate(self.conditions) if out[:, j].any())
-            msg = (f"{frac:.2%} of the rows have conditions outside the training range of model "
-                   f"{self.card.get('name')!r} ({detail}); they are clamped to the range edges")
+            msg = (f"{frac:.2%} of the rows ({int(out.any(axis=1).sum())} of {len(c)}) have conditions outside the "
+                   f"training range of model {self.card.get('name')!r} ({detail}); they are clamped to the range edges")
             warnings.warn(msg, OutOfRangeWarning, stacklevel=3)
         return frac
 

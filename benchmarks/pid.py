@@ -1,0 +1,127 @@
+"""Benchmark of the PID GAN: inference rate, training rate, time to the final score.
+
+* inference: ``PidModel.generate_array`` on 10^6 tracks whose conditions are the real calibration
+  rows repeated (preprocessing, noise, network and inverse transform included); best of
+  ``--repeats``; wall time and CPU time (on a machine shared with other jobs the CPU time, divided
+  by the cores used, is the fairer measure: we report both);
+* training: ``--train-steps`` steps of the default Cramér GAN on the real sample (after one warm-up
+  step that traces the graph), samples per second;
+* time to score: from the model card's validation history, the training seconds at which the
+  validation BDT-KS first reached its final (best) value, and first went below 0.05.
+
+Prints a table, then ONE final JSON line with ``inference_tracks_per_s``, ``train_samples_per_s``,
+``seconds_to_score``.
+
+Usage::
+
+    python benchmarks/pid.py [--model models/pid-p-dllp-lhcb-run3] [--data ../shared/data/lc_protons_run3.parquet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "pid-p-dllp-lhcb-run3"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "lc_protons_run3.parquet"
+
+
+def bench_inference(model_dir, data, n, repeats):
+    from mambah.nn.pidmodel import PidModel
+
+    m = PidModel.load(model_dir)
+    df = pd.read_parquet(data, columns=m.conditions)
+    c = np.tile(df.to_numpy(dtype=float), (n // len(df) + 1, 1))[:n]
+    m.generate_array(c[:10000], seed=0)  # trace the compiled function
+    best = None
+    for r in range(repeats):
+        t, p = time.perf_counter(), time.process_time()
+        y = m.generate_array(c, seed=r)
+        dt, dp = time.perf_counter() - t, time.process_time() - p
+        if best is None or dt < best[0]:
+            best = (dt, dp)
+    assert y.shape == (n, len(m.targets))
+    return {"n": n, "wall_s": best[0], "cpu_s": best[1], "tracks_per_s": n / best[0],
+            "tracks_per_cpu_s": n / best[1]}
+
+
+def bench_training(data, steps):
+    import tensorflow as tf
+
+    from mambah.nn.train import CramerGANTrainer, GANConfig
+
+    df = pd.read_parquet(data)
+    cfg = GANConfig()
+    t = CramerGANTrainer(cfg)
+    t.cond_pre_ = __import__("mambah.nn.preprocessing", fromlist=["x"]).QuantileGaussianizer().fit(
+        df[["P", "ETA", "nLongTracks"]].to_numpy())
+    t.targ_pre_ = __import__("mambah.nn.preprocessing", fromlist=["x"]).QuantileGaussianizer().fit(df[["DLLp"]].to_numpy())
+    c = t.cond_pre_.transform(df[["P", "ETA", "nLongTracks"]].to_numpy())
+    y = t.targ_pre_.transform(df[["DLLp"]].to_numpy(), mode="random")
+    w = (df["sWeight"].to_numpy() / df["sWeight"].mean()).astype(np.float32)
+    gan = t._build(3, 1)
+    step = tf.function(gan.train_step, reduce_retracing=True)
+    bs = cfg.batch_size
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(df), (steps + 1, bs))
+    step((c[idx[0]], y[idx[0]], w[idx[0]]))
+    t0, p0 = time.perf_counter(), time.process_time()
+    for i in range(1, steps + 1):
+        logs = step((c[idx[i]], y[idx[i]], w[idx[i]]))
+    float(logs["g_loss"])
+    dt, dp = time.perf_counter() - t0, time.process_time() - p0
+    return {"steps": steps, "batch_size": bs, "wall_s": dt, "cpu_s": dp, "samples_per_s": steps * bs / dt,
+            "samples_per_cpu_s": steps * bs / dp}
+
+
+def time_to_score(model_dir):
+    card = json.loads((Path(model_dir) / "card.json").read_text())
+    hist = card.get("training", {}).get("history", [])
+    if not hist:
+        return {"seconds_to_score": float("nan")}
+    scores = np.array([h["bdt_ks"] for h in hist])
+    secs = np.array([h["seconds"] for h in hist])
+    best = scores.min()
+    below = np.nonzero(scores < 0.05)[0]
+    return {"best_bdt_ks": float(best), "seconds_to_score": float(secs[np.argmin(scores)]),
+            "seconds_to_0.05": float(secs[below[0]]) if len(below) else float("nan"),
+            "train_seconds_total": card["training"]["seconds"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--tracks", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=200)
+    a = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    inf = bench_inference(a.model, a.data, a.tracks, a.repeats)
+    tr = bench_training(a.data, a.train_steps)
+    ts = time_to_score(a.model)
+    load = os.getloadavg()[0]
+    print(f"{'measure':44s} {'value':>14s}")
+    print(f"{'inference: tracks/s (wall, best of %d)' % a.repeats:44s} {inf['tracks_per_s']:14,.0f}")
+    print(f"{'inference: tracks per CPU-second':44s} {inf['tracks_per_cpu_s']:14,.0f}")
+    print(f"{'training: samples/s (wall)':44s} {tr['samples_per_s']:14,.0f}")
+    print(f"{'training: samples per CPU-second':44s} {tr['samples_per_cpu_s']:14,.0f}")
+    print(f"{'training: steps/s (batch %d)' % tr['batch_size']:44s} {tr['steps'] / tr['wall_s']:14.1f}")
+    for k, v in ts.items():
+        print(f"{'time to score: ' + k:44s} {v:14.4g}")
+    print(f"{'load average (1 min) during the run':44s} {load:14.2f}")
+    print(json.dumps({"inference_tracks_per_s": inf["tracks_per_s"], "train_samples_per_s": tr["samples_per_s"],
+                      "seconds_to_score": ts["seconds_to_score"],
+                      "inference_tracks_per_cpu_s": inf["tracks_per_cpu_s"],
+                      "train_samples_per_cpu_s": tr["samples_per_cpu_s"], "load_average": load}))
+
+
+if __name__ == "__main__":
+    main()
