@@ -357,3 +357,29 @@ def test_corrupt_occupancy_model_is_refused(tmp_path):
     (d / "arrays.npz").write_bytes(b"\x00" * 10)
     with pytest.raises(ModelDirError, match="does not match the hash"):
         Occupancy(str(d))(make_batch(10, seed=1))
+
+
+def test_plan_composites_handles_neutrals_intermediates_and_untrackable_particles():
+    from mambah.stages.composites import plan_composites
+
+    def node(name, pid, mother, children, stable, charge):
+        return {"name": name, "pid": pid, "mother": mother, "children": children, "stable": stable, "charge": charge}
+
+    # B0 -> (J/psi -> mu+ mu-) (K_S0 -> pi+ pi-) (pi0 -> gamma gamma)
+    tree = [node("B0", 511, -1, [1, 4, 7], False, 0), node("J/psi", 443, 0, [2, 3], False, 0),
+            node("mu+", -13, 1, [], True, 1), node("mu-", 13, 1, [], True, -1),
+            node("K_S0", 310, 0, [5, 6], False, 0), node("pi+", 211, 4, [], True, 1), node("pi-", -211, 4, [], True, -1),
+            node("pi0", 111, 0, [8, 9], False, 0), node("gamma", 22, 7, [], True, 0), node("gamma", 22, 7, [], True, 0)]
+    plan = plan_composites(tree)
+    assert plan["tracks"] == {0: [2, 3, 5, 6], 1: [2, 3], 4: [5, 6]}  # no pi0 candidate: no charged tracks
+    assert plan["attach"] == [-1, 0, 1, 1, 0, 4, 4, 0, 0, 0]
+    assert plan["n_daughters"] == {0: 2, 1: 2, 4: 2}  # the B0 vertex: J/psi and K_S0 (pi0 unseen)
+    # a charged particle that is not trackable (a Sigma+ left undecayed) blocks its ancestors
+    tree2 = [node("Lambda_c+", 4122, -1, [1, 2], False, 1), node("Sigma+", 3222, 0, [], True, 1),
+             node("pi+", 211, 0, [], True, 1)]
+    assert plan_composites(tree2)["tracks"] == {}
+    # tau- -> pi- nu: one track only, no vertex of its own; the pion attaches to the B
+    tree3 = [node("B-", -521, -1, [1, 4], False, -1), node("tau-", 15, 0, [2, 3], False, -1),
+             node("pi-", -211, 1, [], True, -1), node("nu_tau", 16, 1, [], True, 0), node("K-", -321, 0, [], True, -1)]
+    plan3 = plan_composites(tree3)
+    assert plan3["tracks"] == {0: [2, 4]} and plan3["attach"][2] == 0 and plan3["n_daughters"] == {0: 2}

@@ -181,9 +181,9 @@ class TrackingDetector:
 
     eta_min: float = 2.0
     eta_max: float = 5.0
-    eta_edge: float = 0.06
+    eta_edge: float = 0.1
     p_min: float = 2.0
-    p_edge: float = 0.25
+    p_edge: float = 0.4
     plateau: tuple[float, float, float, float, float] = (0.90, 0.97, 0.955, 0.95, 0.945)
     low_p_loss: float = 0.25
     low_p_scale: float = 1.0
@@ -325,7 +325,8 @@ class TrackGun:
     * species: uniform over e, mu, pi, K, p (balanced classes; charge sign random);
     * pseudorapidity uniform in [eta_lo, eta_hi], azimuth uniform;
     * momentum log-uniform in [p_lo, p_hi] MeV/c (b- and c-hadron daughters at LHCb span
-      2-200 GeV/c, a log-flat spectrum puts equal statistics per decade);
+      2-200 GeV/c, a log-flat spectrum puts equal statistics per decade; the range starts well
+      below the tracking threshold so that networks learn the efficiency's fall to zero);
     * origin: a fraction ``prompt`` at the primary vertex (luminous region: Gaussian,
       sigma_xy = 0.04 mm, sigma_z = 45 mm, LHCb Run 3 conditions), the rest displaced along the
       track direction by a flight distance log-uniform in [1, 3000] mm, covering b/c-hadron
@@ -334,7 +335,7 @@ class TrackGun:
 
     eta_lo: float = 1.6
     eta_hi: float = 5.4
-    p_lo: float = 1000.0
+    p_lo: float = 500.0
     p_hi: float = 400_000.0
     prompt: float = 0.5
     sigma_xy: float = 0.04
