@@ -10,7 +10,8 @@ For each channel, 10^6 events (in batches) are generated
   fast way; a new int seed per call makes phasespace retrace its tf.functions, shown as "naive"),
   and the outputs converted to numpy.
 
-Runs are interleaved and repeated; the median rate is reported. Prints a table, then one JSON
+Runs are interleaved and repeated; the median wall-clock rate is reported (and, as a check that
+does not depend on what else the machine runs, events per CPU-second of this process). Prints a table, then one JSON
 line with, per channel, ``events_per_s``, ``phasespace_events_per_s`` and
 ``ratio_to_phasespace``.
 
@@ -60,7 +61,7 @@ def time_bare(top, n_events: int, batch_size: int, mode: str = "eager") -> float
     gen = tf.random.Generator.from_seed(0)
     graph = tf.function(lambda n: top.generate(n, seed=gen), autograph=False,
                         input_signature=[tf.TensorSpec([], tf.int64)])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n_events // batch_size):
         if mode == "naive":
             w, parts = top.generate(batch_size, seed=i)
@@ -71,15 +72,15 @@ def time_bare(top, n_events: int, batch_size: int, mode: str = "eager") -> float
             gen.reset_from_seed(i)
             w, parts = top.generate(batch_size, seed=gen)
         _ = w.numpy(), {k: v.numpy() for k, v in parts.items()}
-    return n_events / (time.perf_counter() - t0)
+    return n_events / (time.perf_counter() - t0), n_events / (time.process_time() - c0)
 
 
 def time_mambah(pipe, n_events: int, batch_size: int, seed: int) -> float:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n_events // batch_size):
         batch = pipe.process(pipe.make_batch(i, seed, batch_size))
         _ = batch.tables["mc_particles"]
-    return n_events / (time.perf_counter() - t0)
+    return n_events / (time.perf_counter() - t0), n_events / (time.process_time() - c0)
 
 
 def main(argv=None) -> dict:
@@ -96,7 +97,8 @@ def main(argv=None) -> dict:
     from mambah.pipeline import Pipeline
 
     result: dict = {"n_events": args.events, "batch_size": args.batch_size, "repeats": args.repeats,
-                    "cpu_count": os.cpu_count(), "tensorflow": tf.__version__}
+                    "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+                    "tensorflow": tf.__version__}
     rows = []
     for key, descriptor in CHANNELS.items():
         pipe = Pipeline(generator_stages(descriptor))
@@ -110,7 +112,10 @@ def main(argv=None) -> dict:
             ours.append(time_mambah(pipe, args.events, args.batch_size, seed=r))
             eager.append(time_bare(top, args.events, args.batch_size))
             graph.append(time_bare(top, args.events, args.batch_size, mode="graph"))
-        naive = time_bare(top, args.naive_events, args.batch_size, mode="naive")
+        naive = time_bare(top, args.naive_events, args.batch_size, mode="naive")[0]
+        cpu_rate = statistics.median(x[1] for x in ours)
+        cpu_bare = max(statistics.median(x[1] for x in eager), statistics.median(x[1] for x in graph))
+        ours, eager, graph = ([x[0] for x in v] for v in (ours, eager, graph))
         rate = statistics.median(ours)
         eager_rate, graph_rate = statistics.median(eager), statistics.median(graph)
         bare_rate = max(eager_rate, graph_rate)  # compare with the faster way of using phasespace
@@ -122,6 +127,9 @@ def main(argv=None) -> dict:
             "phasespace_eager_events_per_s": round(eager_rate),
             "phasespace_tf_function_events_per_s": round(graph_rate),
             "phasespace_naive_seed_per_call_events_per_s": round(naive),
+            "events_per_cpu_s": round(cpu_rate),
+            "phasespace_events_per_cpu_s": round(cpu_bare),
+            "cpu_ratio_to_phasespace": round(cpu_rate / cpu_bare, 3),
             "all_events_per_s": [round(x) for x in ours],
             "all_phasespace_eager_events_per_s": [round(x) for x in eager],
             "all_phasespace_tf_function_events_per_s": [round(x) for x in graph],
