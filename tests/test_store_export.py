@@ -248,3 +248,36 @@ def test_cli_bad_databases(tmp_path):
     assert not (tmp_path / "absent.duckdb").exists()
     r = _mambah("store", "summary", "--db", "postgresql://postgres@127.0.0.1:1/test")
     assert r.returncode == 2 and "PostgreSQL server at 127.0.0.1:1" in r.stderr
+
+
+@pytest.mark.slow
+def test_ntuple_of_the_full_chain(tmp_path):
+    """Generation + reconstruction stages -> store -> ntuple: physics checks on the branches."""
+    from particle import Particle
+
+    from mambah.generation import generator_stages
+    from mambah.pipeline import Pipeline
+    from mambah.stages.composites import Composites
+    from mambah.stages.efficiency import Efficiency
+    from mambah.stages.occupancy import Occupancy
+    from mambah.stages.resolution import Resolution
+
+    desc = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"
+    pipe = Pipeline([*generator_stages(desc, charge_conjugate="both"), Occupancy(), Efficiency(), Resolution(),
+                     Composites()])
+    b = pipe.process(pipe.make_batch(0, production_seed=5, n_events=3000))
+    with Store(f"duckdb:///{tmp_path}/chain.duckdb") as st:
+        st.write_batch(b)
+        nt = st.candidates()
+    # proper decay time of the Lambda_b0: exponential with the PDG lifetime (mean = tau, sd = tau)
+    tau = Particle.from_pdgid(5122).lifetime  # ns
+    assert nt["Lb_TRUETAU"].mean() == pytest.approx(tau, rel=5 / np.sqrt(len(nt)))
+    # the Lambda_c+ candidates are the composites of the reconstruction, at the Lambda_c+ mass
+    parts = b.tables["particles"]
+    lc = parts[np.abs(parts["pid"]) == 4122]
+    assert nt["Lc_M"].notna().sum() == len(lc) > 0
+    assert np.nanmedian(nt["Lc_M"]) == pytest.approx(Particle.from_pdgid(4122).mass, abs=2.0)
+    # visible Lambda_b0 mass below the Lambda_b0 mass (the neutrino is missing)
+    assert (nt["Lb_M"].dropna() < Particle.from_pdgid(5122).mass + 30).all()
+    assert set(np.unique(nt["p_TRUEID"])) == {2212, -2212}
+    np.testing.assert_array_equal(nt["nTracks"], b.tables["events"]["n_tracks"])
