@@ -138,8 +138,12 @@ def gaussian_baseline(train, test, seed):
     bte, _ = _bin_index(test, edges)
     y, w = train["DLLp"].to_numpy(), train[W].to_numpy()
     sw = np.bincount(btr, w, nb)
-    mu = np.bincount(btr, w * y, nb) / sw
-    var = np.clip(np.bincount(btr, w * y * y, nb) / sw - mu ** 2, 1e-6, None)
+    ok = sw > 0  # bins with no (or a non-positive) weight take the global mean and width
+    mu_all = np.sum(w * y) / w.sum()
+    var_all = np.sum(w * (y - mu_all) ** 2) / w.sum()
+    mu = np.where(ok, np.bincount(btr, w * y, nb) / np.where(ok, sw, 1.0), mu_all)
+    var = np.where(ok, np.bincount(btr, w * y * y, nb) / np.where(ok, sw, 1.0) - mu ** 2, var_all)
+    var = np.clip(var, 1e-6, None)
     return mu[bte] + np.sqrt(var[bte]) * rng.standard_normal(len(test))
 
 
