@@ -19,6 +19,15 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, but not the empty ones (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "validate",
@@ -29,9 +38,11 @@ def register(sub) -> None:
             "1 = separable) and the ROC AUC are the scores, beside the score of the reference against a disjoint half of "
             "itself (the statistical floor). Also: weighted 1D KS distances per target in bins of p and eta, efficiency "
             "curves of PID requirements and a report folder. With --db, the QA of a simulated production instead. "
-            "Give the generated sample the sWeight of the reference row whose conditions produced it (--gen-weight)."
+            "Give the generated sample the sWeight of the reference row whose conditions produced it (--gen-weight). "
+            "Negative sWeights are used as they are, in the classifier training (L2-regularised histogram gradient "
+            "boosting; --train-weights clipped sets them to 0 for training only) and always in the evaluation."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     g = p.add_argument_group("sample comparison")
     g.add_argument("--ref", metavar="FILE", help="reference sample: file.root:tree, .parquet or .csv")
