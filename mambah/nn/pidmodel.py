@@ -35,7 +35,7 @@ from .preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PidModel", "OutOfRangeWarning", "KNOWN_COLUMNS", "describe_column"]
+__all__ = ["PidModel", "OutOfRangeWarning", "KNOWN_COLUMNS", "describe_column", "save_pid_model"]
 
 #: LHCb-style column names -> (unit, quantity). Units: MeV, mm, ns (LHCb convention).
 KNOWN_COLUMNS = {
