@@ -40,7 +40,8 @@ def register(kinds) -> None:
     p.add_argument("--description", default=None, help="training-data description for the card")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted training of the same --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training of the same --out (its checkpoint is kept beside OUT as "
+                        ".OUT.checkpoint until the model directory is written)")
     g = p.add_argument_group("network and training (the defaults are good settings)")
     g.add_argument("--gen-width", type=int, default=None, help="generator layer width (128)")
     g.add_argument("--gen-depth", type=int, default=None, help="generator hidden layers (4)")
