@@ -8,7 +8,6 @@ Example (the shipped real-data proton model)::
 
 from __future__ import annotations
 
-import argparse
 
 DEFAULT_CONDITIONS = "P,ETA,nLongTracks"
 
@@ -19,10 +18,10 @@ def register(kinds) -> None:
         description="Train a conditional Cramér GAN targets|conditions on a calibration table whose rows "
                     "carry sWeights (negative ones allowed), keep the best checkpoint by the BDT-KS score on a "
                     "held-out fraction, and write the model directory with its card.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     p.add_argument("--data", required=True, help="training table: .parquet, .csv or file.root:tree")
     p.add_argument("--species", required=True, help="particle species the model describes (e.g. p, K, pi, mu, e)")
-    p.add_argument("--conditions", default=DEFAULT_CONDITIONS, help="comma-separated condition columns")
+    p.add_argument("--conditions", default=DEFAULT_CONDITIONS, help=f"comma-separated condition columns (default {DEFAULT_CONDITIONS})")
     p.add_argument("--targets", required=True, help="comma-separated target columns (e.g. DLLp)")
     p.add_argument("--weight", default=None, help="sWeight column (default: every row weight 1)")
     p.add_argument("--out", "-o", required=True, help="model directory to write")
@@ -31,12 +30,12 @@ def register(kinds) -> None:
     budget.add_argument("--max-time", type=float, default=None,
                         help="training budget in minutes (default 12; early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 2048)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: split, initialisation, noise")
+    p.add_argument("--seed", type=int, default=0, help="random seed: split, initialisation, noise (default 0)")
     p.add_argument("--valid-fraction", type=float, default=0.2,
-                   help="held-out fraction for the validation score (best checkpoint, early stopping, card)")
+                   help="held-out fraction for the validation score (best checkpoint, early stopping, card; default 0.2)")
     p.add_argument("--selection", default=None, help="pandas query applied first, e.g. 'P > 3000 and ETA < 5'")
     p.add_argument("--name", default=None, help="model name (default: the directory name)")
-    p.add_argument("--version", dest="model_version", default="1", help="model version")
+    p.add_argument("--version", dest="model_version", default="1", help="model version (default 1)")
     p.add_argument("--description", default=None, help="training-data description for the card")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
