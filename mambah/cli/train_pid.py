@@ -186,7 +186,6 @@ def run(args) -> int:
     trainer.fit(C[it], Y[it], w[it], valid=(C[iv], Y[iv], w[iv]))
 
     # ---- final validation on the held-out fraction (fresh seeds, more repeats) and the floor
-    import pandas as pd
 
     from ..validation import bdt_ks_null, bdt_ks_score
 

@@ -245,7 +245,6 @@ class CramerGANTrainer:
             valid: ``(conditions, targets, weights)`` of held-out rows for the validation score
                 (best checkpoint, early stopping). ``None``: no validation, the last EMA weights are kept.
         """
-        import keras
 
         from ..progress import progress
 
