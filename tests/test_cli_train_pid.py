@@ -81,7 +81,7 @@ def test_generate_warns_outside_the_training_range(trained, calib, tmp_path):
     far.to_csv(tmp_path / "far.csv", index=False)
     r = mambah("generate", "--model", path, "--data", tmp_path / "far.csv", "--out", tmp_path / "far_out.csv")
     assert r.returncode == 0, r.stderr
-    assert "10.00% of the rows (10 of 100) have conditions outside the training range" in r.stderr
+    assert "10% of the rows (10 of 100) have conditions outside the training range" in r.stderr
 
 
 def test_models_list_show_export(trained, tmp_path):

@@ -51,7 +51,7 @@ def test_out_of_range_warns_with_the_fraction(model_dir):
     m = PidModel.load(path)
     cc = c[:200].copy()
     cc[:50, 1] = 7.0  # eta = 7: outside [2, 5]
-    with pytest.warns(OutOfRangeWarning, match=r"25\.00% of the rows \(50 of 200\) .*ETA: 50 outside"):
+    with pytest.warns(OutOfRangeWarning, match=r"25% of the rows \(50 of 200\) .*ETA: 50 outside"):
         m.generate(cc, seed=0)
 
 

@@ -32,10 +32,12 @@ def run_list(args) -> int:
     for c in cards:
         m = c.get("metrics", {})
         score = f"BDT-KS {m['valid_bdt_ks']:.3f}" if isinstance(m.get("valid_bdt_ks"), (int, float)) else ""
-        conds = ",".join(x["name"] for x in c.get("conditions", []))
-        targs = ",".join(x["name"] for x in c.get("targets", []))
-        print(f"{c['name']:32s} v{c.get('version', '?'):4s} {c.get('kind', '?'):10s} {c.get('species', '') or '':4s} "
-              f"{targs} | {conds}  {score}")
+        conds = ",".join(str(x.get("name", x)) if isinstance(x, dict) else str(x) for x in c.get("conditions", []))
+        targs = ",".join(str(x.get("name", x)) if isinstance(x, dict) else str(x) for x in c.get("targets", []))
+        species = c.get("species") or ""
+        species = ",".join(map(str, species)) if isinstance(species, (list, tuple)) else str(species)
+        print(f"{str(c.get('name', '?')):32s} v{str(c.get('version', '?')):4s} {str(c.get('kind', '?')):10s} "
+              f"{species:12s} {targs} | {conds}  {score}")
     return 0
 
 

@@ -137,7 +137,7 @@ class PidModel:
         if frac > 0:
             detail = ", ".join(f"{n}: {int(out[:, j].sum())} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
                                for j, n in enumerate(self.conditions) if out[:, j].any())
-            msg = (f"{frac:.2%} of the rows ({int(out.any(axis=1).sum())} of {len(c)}) have conditions outside the "
+            msg = (f"{100 * frac:.3g}% of the rows ({int(out.any(axis=1).sum())} of {len(c)}) have conditions outside the "
                    f"training range of model {self.card.get('name')!r} ({detail}); they are clamped to the range edges")
             warnings.warn(msg, OutOfRangeWarning, stacklevel=3)
         return frac
