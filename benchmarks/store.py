@@ -159,6 +159,12 @@ def main() -> None:
         out[f"{k}_write_rows_per_s"] = round(r["write_rows_per_s"]) if r else None
         out[f"{k}_read_rows_per_s"] = round(r["read_rows_per_s"]) if r else None
     out["peak_rss_mb"] = round(peak, 1)
+    # in-process engines: rows per CPU second of this process, a measure that a loaded machine does not distort
+    for k in ("duckdb", "sqlite"):
+        r = results.get(k)
+        if r:
+            out[f"{k}_write_rows_per_cpu_s"] = round(r["rows"] / r["write_cpu_s"])
+            out[f"{k}_read_rows_per_cpu_s"] = round(r["rows_read"] / r["read_cpu_s"])
     out["load_average"] = round(os.getloadavg()[0], 1)
     out["write_memory_over_batch_size"] = {k: round(r["write_mem_ratio"], 2) for k, r in results.items()}
     print(json.dumps(out))
