@@ -13,8 +13,29 @@ from ._version import __version__
 
 #: public name -> module that defines it (imported lazily on first attribute access)
 _LAZY = {
+    # the batch, pipelines and productions
     "Batch": "mambah.batch",
+    "Pipeline": "mambah.pipeline",
+    "standard_pipeline": "mambah.simulation",
+    "run_production": "mambah.production",
     "get_rng": "mambah.random",
+    # the event store
+    "Store": "mambah.store",
+    # generation
+    "ParticleGun": "mambah.generation.gun",
+    "PhaseSpaceDecay": "mambah.generation.decay",
+    "EtaAcceptance": "mambah.generation.decay",
+    "generator_stages": "mambah.generation.decay",
+    "parse_descriptor": "mambah.generation.descriptor",
+    # reconstruction stages
+    "Occupancy": "mambah.stages",
+    "Efficiency": "mambah.stages",
+    "Resolution": "mambah.stages",
+    "Composites": "mambah.stages",
+    # validation
+    "bdt_ks_score": "mambah.validation",
+    "validate": "mambah.validation",
+    # data
     "read_table": "mambah.io",
     "write_table": "mambah.io",
     "MambahError": "mambah.errors",
