@@ -154,10 +154,10 @@ def _res(r):
 def score(test, y_gen, halves, seed=0):
     """Two scores of generated DLLp for the test rows' conditions (each carrying its row's sWeight).
 
-    * ``paired``: all test rows against their generated twins (the DESIGN protocol). Each generated
-      row shares its conditions with a reference row; the classifier's random train/test split
-      separates twins, so it can memorise condition points (this pushes the AUC below 0.5 and the KS
-      up: the paired score is pessimistic for every method alike).
+    * ``paired``: all test rows against their generated twins (the DESIGN protocol), split with one
+      permutation for both samples (``bdt_ks_score(..., paired=True)``) so that a row and its twin
+      are always on the same side of the classifier's train/test split; independent splits let
+      the classifier learn condition points and bias every method's score upwards.
     * ``unpaired``: real half A against generated half B (disjoint rows, no shared conditions),
       directly comparable with the floor "real half A vs real half B".
     """
@@ -166,7 +166,7 @@ def score(test, y_gen, halves, seed=0):
     gen = test.copy()
     gen["DLLp"] = y_gen
     a, b = halves
-    paired = bdt_ks_score(test, gen, C + T, ref_weight=W, gen_weight=W, seed=seed, n_repeats=5)
+    paired = bdt_ks_score(test, gen, C + T, ref_weight=W, gen_weight=W, seed=seed, n_repeats=5, paired=True)
     unpaired = bdt_ks_score(test.iloc[a], gen.iloc[b], C + T, ref_weight=W, gen_weight=W, seed=seed, n_repeats=5)
     return {"paired": _res(paired), "unpaired": _res(unpaired)}
 

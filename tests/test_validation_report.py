@@ -187,3 +187,30 @@ def test_cli_drop_nonfinite(files):
                "--targets", "DLLK", "--drop-nonfinite", "--repeats", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert "generated 1497" in r.stdout
+
+
+def test_cli_paired_flag(tmp_path):
+    """--paired keeps twins together; unequal lengths are refused with a clear message."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    ref = pd.DataFrame({"P": rng.uniform(3e3, 1e5, n), "ETA": rng.uniform(2, 5, n)})
+    ref["DLLp"] = np.log(ref.P) + rng.normal(size=n)
+    gen = ref.copy()
+    gen["DLLp"] = np.log(ref.P) + rng.normal(size=n)
+    ref.to_parquet(tmp_path / "ref.parquet")
+    gen.to_parquet(tmp_path / "gen.parquet")
+    gen.iloc[:-5].to_parquet(tmp_path / "short.parquet")
+    base = [sys.executable, "-m", "mambah", "-q", "validate", "--ref", str(tmp_path / "ref.parquet"),
+            "--conditions", "P,ETA", "--targets", "DLLp", "--paired", "--report", str(tmp_path / "rep")]
+    r = subprocess.run([*base, "--gen", str(tmp_path / "gen.parquet")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    s = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert s["bdt"]["paired"] is True and abs(s["auc"] - 0.5) < 0.03
+    r = subprocess.run([*base[:-1], str(tmp_path / "rep2"), "--gen", str(tmp_path / "short.parquet")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "equal length" in r.stderr

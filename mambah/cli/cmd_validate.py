@@ -61,6 +61,9 @@ def register(sub) -> None:
     g.add_argument("--repeats", type=int, default=3, help="classifier fits on independent splits (mean and spread)")
     g.add_argument("--train-weights", choices=["signed", "clipped"], default="signed",
                    help="classifier training weights: signed sWeights, or negative ones set to 0 (evaluation is always signed)")
+    g.add_argument("--paired", action="store_true",
+                   help="row i of --gen was generated from the conditions of row i of --ref (twins): split both "
+                        "samples with one permutation, so the classifier cannot learn condition points")
     g.add_argument("--cross-check", action="store_true", help="also score with the other --train-weights choice")
     g.add_argument("--max-train-rows", type=int, default=500_000, help="at most this many training rows per fit")
     g.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf instead of refusing them")
@@ -114,7 +117,7 @@ def _run_samples(args, show: bool) -> int:
         p=args.p_col, eta=args.eta_col, cuts=cuts or None, n_bins=args.bins, n_repeats=args.repeats,
         train_weights=args.train_weights, cross_check=args.cross_check, max_train_rows=args.max_train_rows,
         drop_nonfinite=args.drop_nonfinite, show_progress=show, n_threads=args.threads or None,
-        sources={"ref": str(args.ref), "gen": str(args.gen)},
+        sources={"ref": str(args.ref), "gen": str(args.gen)}, paired=args.paired,
     )
     print(headline(summary))
     if args.report:

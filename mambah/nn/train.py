@@ -182,8 +182,10 @@ class CramerGANTrainer:
         cols = list(self.condition_names) + list(self.target_names)
         ref = pd.DataFrame(np.column_stack([c_raw, y_raw]), columns=cols)
         gen = pd.DataFrame(np.column_stack([c_raw, y_gen]), columns=cols)
+        # the generated rows are twins of the validation rows (same conditions, same sWeight):
+        # split them together (paired), or the classifier learns condition points, not the model
         res = bdt_ks_score(ref, gen, cols, ref_weight=w, gen_weight=w, seed=seed,
-                           n_repeats=self.config.valid_repeats)
+                           n_repeats=self.config.valid_repeats, paired=True)
         return res.bdt_ks, res.auc
 
     # -------------------------------------------------------------- checkpoints

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DataError
 from ..progress import progress
 from .bdt import BDTKSResult, _check_settings, _score_samples
 from .compare import Cut, default_cuts, efficiency_table, guess_column, ks1d_table, parse_cut
@@ -104,6 +104,7 @@ def validate(
     show_progress: bool = False,
     n_threads: int | None = 1,
     sources: dict | None = None,
+    paired: bool = False,
 ) -> dict:
     """Compare a generated sample with a reference: classifier score, 1D KS in (p, η) bins, efficiencies.
 
@@ -180,7 +181,11 @@ def validate(
                   show_progress=False, n_threads=n_threads)
     try:
         step("BDT score")
-        res: BDTKSResult = _score_samples(r, g, features, seed=seed, train_weights=train_weights, desc="BDT", **common)
+        if paired and (drop_nonfinite or len(r.weights) != len(g.weights)):
+            raise DataError("paired=True needs samples of equal length without dropped rows: row i of the generated "
+                            f"sample must be the twin of row i of the reference ({len(r.weights)} vs {len(g.weights)} rows)")
+        res: BDTKSResult = _score_samples(r, g, features, seed=seed, train_weights=train_weights, desc="BDT",
+                                          paired=paired, **common)
         done("BDT score")
         step("null (reference vs itself)")
         a, b = _null_samples(r, seed)
@@ -190,7 +195,8 @@ def validate(
         if cross_check:
             step("clipped cross-check")
             other = "clipped" if train_weights == "signed" else "signed"
-            clipped = _score_samples(r, g, features, seed=seed, train_weights=other, desc="cross-check", **common)
+            clipped = _score_samples(r, g, features, seed=seed, train_weights=other, desc="cross-check",
+                                     paired=paired, **common)
             done("clipped cross-check")
         step("1D KS")
         ks1d, binning = ks1d_table(r, g, targets, p, eta, n_bins=n_bins)
@@ -205,7 +211,7 @@ def validate(
             "auc_null_std": null.auc_std,
             "ks1d": ks1d,
             "efficiencies": effs,
-            "bdt": res.to_dict(),
+            "bdt": {**res.to_dict(), "paired": bool(paired)},
             "null": {**null.to_dict(), "note": "two disjoint random halves of the reference scored against each other "
                      "with the same procedure; each half has half the rows"},
             "binning": binning,
