@@ -126,7 +126,7 @@ def _mut(table, fn):
         (_mut("events", lambda d: d.assign(foo=1.0)),
          r"table 'events' has unexpected column\(s\) foo"),
         (_mut("mc_particles", lambda d: d.assign(px=d["px"].astype(str))),
-         r"column mc_particles.px has dtype .*, expected float32"),
+         r"column mc_particles.px has dtype .*, expected float64"),
         (_mut("mc_particles", lambda d: d.assign(pid=d["pid"].astype("float64"))),
          r"column mc_particles.pid has dtype float64, expected int32"),
         (_mut("events", lambda d: d.assign(batch=np.int64(99))),

@@ -201,11 +201,11 @@ class Composites:
                 "mc_particle": mc_index[slot].astype(np.int32),
                 "pid": mc_pid[slot].astype(np.int32),
                 "charge": cq.astype(np.int8),
-                "px": cpx.astype(np.float32),
-                "py": cpy.astype(np.float32),
-                "pz": cpz.astype(np.float32),
-                "e": ce.astype(np.float32),
-                "m": cm.astype(np.float32),
+                "px": cpx.astype(np.float64),
+                "py": cpy.astype(np.float64),
+                "pz": cpz.astype(np.float64),
+                "e": ce.astype(np.float64),
+                "m": cm.astype(np.float64),
                 "mother": (built[a][evs] if a >= 0 else np.full(m, -1)).astype(np.int32),
                 "vertex": (rows - n_tracks).astype(np.int32),
             }
@@ -222,7 +222,7 @@ class Composites:
                 "x": (vt["x"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_xy, m)).astype(np.float32),
                 "y": (vt["y"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_xy, m)).astype(np.float32),
                 "z": (vt["z"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_z, m)).astype(np.float32),
-                "m": cm.astype(np.float32),
+                "m": cm.astype(np.float64),
                 "n_daughters": np.full(m, plan["n_daughters"][k], dtype=np.int16),
             }))
         pcols = list(COLUMNS["particles"])

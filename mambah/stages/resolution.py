@@ -64,7 +64,7 @@ class Resolution:
         rx, ry, rz = self.smear(px, py, pz, pid, batch.rng(self.name))
         m = parts["m"].to_numpy(np.float64)[track]
         for c, v in (("px", rx), ("py", ry), ("pz", rz), ("e", np.sqrt(rx * rx + ry * ry + rz * rz + m * m))):
-            col = parts[c].to_numpy(np.float32, copy=True)
+            col = parts[c].to_numpy(np.float64, copy=True)
             col[track] = v
             parts[c] = col
         batch["particles"] = parts

@@ -637,8 +637,9 @@ class Store:
         sel = []
         for c in cols:
             col = t.c[c]
-            if data and self.backend.name == "postgresql" and col.nullable and isinstance(col.type, sa.REAL):
-                sel.append(func.coalesce(col, literal_column("'NaN'::real")).label(c))
+            if data and self.backend.name == "postgresql" and col.nullable and isinstance(col.type, (sa.REAL, sa.Double)):
+                nan = "'NaN'::real" if isinstance(col.type, sa.REAL) else "'NaN'::double precision"
+                sel.append(func.coalesce(col, literal_column(nan)).label(c))
             else:
                 sel.append(col)
         stmt = select(*sel)

@@ -100,7 +100,7 @@ def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: 
     pids = np.array([nd["pid"] for nd in tree])
     mcp["pid"] = (pids[node_of] * np.tile(cc, k)).astype(np.int32)
     for i, c in enumerate(("px", "py", "pz", "e")):
-        mcp[c] = p4[:, :, i].reshape(-1).astype(np.float32)
+        mcp[c] = p4[:, :, i].reshape(-1)
     moth = np.array([nd["mother"] for nd in tree])
     prodv = np.array([-1 if nd["mother"] < 0 else vtx_of[nd["mother"]] for nd in tree])
     decv = np.array([vtx_of.get(i, -1) for i in range(k)])
@@ -126,11 +126,11 @@ def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: 
     par["charge"] = (ch[node_of[src]] * np.tile(cc, k)[src]).astype(np.int8)
     smear = 1 + rng.normal(0, 0.005, npart)
     for c in ("px", "py", "pz"):
-        par[c] = (mcp[c].to_numpy()[src] * smear).astype(np.float32)
+        par[c] = mcp[c].to_numpy()[src] * smear
     mass = np.array([_MASS.get(abs(int(p)), 0.0) for p in pids])[node_of[src]]
     p2 = sum(par[c].to_numpy().astype(np.float64) ** 2 for c in ("px", "py", "pz"))
-    par["e"] = np.sqrt(p2 + mass**2).astype(np.float32)
-    par["m"] = mass.astype(np.float32)
+    par["e"] = np.sqrt(p2 + mass**2)
+    par["m"] = mass.astype(np.float64)
     par["mother"] = np.int32(-1)
     par["vertex"] = np.int32(-1)
     for c in PID_COLUMNS:
