@@ -1,0 +1,310 @@
+"""Chained PID models: one chain of conditional Cramér GANs per species, as LHCb's flash simulation.
+
+A chain is an ordered list of steps; each step is a PID model directory (see
+:mod:`mambah.nn.pidmodel`) whose conditions are the track kinematics (``P``, ``ETA``,
+``nTracks``, ``charge``) or outputs of earlier steps, evaluated on the rows selected by its
+``applies`` flag. The default chain of a species ``s`` (models ``pid-<s>-flags``,
+``pid-<s>-muon``, ``pid-<s>-rich``, see ``examples/train_pid_chain.py``):
+
+1. ``flags`` — ``isMuon``, ``hasRich`` (Bernoulli targets, the GAN output thresholded at 0.5) and
+   the two non-RICH, non-muon-likelihood parts of the combined DLLs: ``CaloDLLe`` (the
+   calorimeter's electron DLL, 0 outside its acceptance) and ``MuonVetoDLL`` (the muon system's
+   contribution to ``PIDmu`` of a non-IsMuon track), given P, ETA, nTracks, charge;
+2. ``muon`` — ``MuonMuLL``, ``MuonBkgLL`` given P, ETA, nTracks, charge, on ``isMuon == 1`` tracks
+   (trained with ``--selection "isMuon == 1"``); NaN elsewhere [MUON];
+3. ``rich`` — the four RICH DLLs given P, ETA, nTracks, charge, on ``hasRich == 1`` tracks
+   (trained with ``--selection "hasRich == 1"``); NaN elsewhere (the detector's convention for
+   missing information, :mod:`mambah.detector.pid`);
+4. the combined DLLs from the previous outputs by LHCb's combination rule
+   (ChargedProtoCombineDLLs; an absent sub-detector contributes 0)::
+
+       PIDe  = RichDLLe  + CaloDLLe
+       PIDmu = RichDLLmu + (MuonMuLL - MuonBkgLL if isMuon) + MuonVetoDLL
+       PIDK  = RichDLLk,  PIDp = RichDLLp
+
+   which is exactly how the reference detector builds them, so the combined DLLs keep the
+   correlations with the sub-detector outputs without a network having to learn an identity.
+
+Sources: LHCb's flash simulation chains the same way (Lamarr, M. Barbetti et al., arXiv:2303.11428:
+isMuon classifier -> muon GAN for isMuon tracks -> RICH GAN -> global PID GAN); muon likelihoods
+[MUON] F. Archilli et al., JINST 8 (2013) P10020.
+
+Build-time checks (:func:`build_chain`): every step's conditions must be produced by the chain's
+inputs or by an earlier step, and its targets must be columns the chain knows; otherwise a
+:class:`~mambah.errors.ConfigurationError` names the model and the missing column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigurationError, ModelDirError, closest
+
+__all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
+           "CHAIN_INPUTS", "CHAIN_OUTPUTS", "SPECIES_PDG", "DEFAULT_SPECIES", "load_chain", "available_chains",
+           "closure", "CUTS", "P_BINS", "combine"]
+
+log = logging.getLogger(__name__)
+
+#: Inputs of every chain (calibration-sample names) and the store quantity they come from.
+CHAIN_INPUTS: dict[str, str] = {"P": "p", "ETA": "eta", "nTracks": "n_tracks", "charge": "charge"}
+#: Outputs of a chain: calibration-sample column -> store PID column (schema.PID_COLUMNS).
+CHAIN_OUTPUTS: dict[str, str] = {
+    "RichDLLe": "rich_dll_e", "RichDLLmu": "rich_dll_mu", "RichDLLk": "rich_dll_k", "RichDLLp": "rich_dll_p",
+    "isMuon": "is_muon", "MuonMuLL": "muon_mu_ll", "MuonBkgLL": "muon_bkg_ll",
+    "PIDe": "pid_e", "PIDmu": "pid_mu", "PIDK": "pid_k", "PIDp": "pid_p",
+}
+#: Intermediate columns a step may produce besides the outputs.
+INTERMEDIATE = ("hasRich", "CaloDLLe", "MuonVetoDLL")
+#: Columns that are Bernoulli flags: the generated value is thresholded at 0.5 to 0/1.
+FLAGS = ("isMuon", "hasRich")
+#: Species name -> absolute PDG id.
+SPECIES_PDG: dict[str, int] = {"e": 11, "mu": 13, "pi": 211, "K": 321, "p": 2212}
+DEFAULT_SPECIES = ("e", "mu", "pi", "K", "p")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainStep:
+    """One step of a chain.
+
+    Attributes:
+        role: ``"flags"``, ``"muon"`` or ``"rich"`` (used in model names ``pid-<species>-<role>``).
+        model: model name under ``models/`` or a model directory.
+        applies: a flag column that must be 1 for the step to be evaluated (``None``: every track);
+            elsewhere its targets are NaN (the detector's convention for missing information).
+    """
+
+    role: str
+    model: str
+    applies: str | None = None
+
+
+def default_chain_steps(species: str, models_dir: str | os.PathLike | None = None) -> list[ChainStep]:
+    """The default chain of ``species`` (model names ``pid-<species>-{flags,muon,rich}``)."""
+    def m(role):
+        name = f"pid-{species}-{role}"
+        return name if models_dir is None else str(Path(models_dir) / name)
+
+    return [ChainStep("flags", m("flags")), ChainStep("muon", m("muon"), "isMuon"),
+            ChainStep("rich", m("rich"), "hasRich")]
+
+
+def prepare_training_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the chain's intermediate columns to a calibration table (see the module docstring).
+
+    ``hasRich`` becomes 0/1 (float), ``CaloDLLe = PIDe - RichDLLe`` and
+    ``MuonVetoDLL = PIDmu - RichDLLmu - (MuonMuLL - MuonBkgLL)`` with absent (NaN) parts as 0,
+    which inverts the combination rule exactly.
+    """
+    out = df.copy()
+    z = lambda c: np.nan_to_num(out[c].to_numpy(dtype=float), nan=0.0)  # noqa: E731
+    out["hasRich"] = out["hasRich"].to_numpy().astype(float) if "hasRich" in out else \
+        np.isfinite(out["RichDLLk"].to_numpy(dtype=float)).astype(float)
+    out["CaloDLLe"] = (out["PIDe"].to_numpy(dtype=float) - z("RichDLLe")).astype(np.float32)
+    out["MuonVetoDLL"] = (out["PIDmu"].to_numpy(dtype=float) - z("RichDLLmu")
+                          - (z("MuonMuLL") - z("MuonBkgLL"))).astype(np.float32)
+    out["charge"] = out["charge"].astype(float)
+    return out
+
+
+def combine(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The combined DLLs from the sub-detector outputs (LHCb's combination rule, absent -> 0)."""
+    z = lambda c: np.nan_to_num(cols[c], nan=0.0)  # noqa: E731
+    mu_ll = np.where(cols["isMuon"] > 0.5, z("MuonMuLL") - z("MuonBkgLL"), 0.0)
+    return {"PIDe": z("RichDLLe") + cols["CaloDLLe"],
+            "PIDmu": z("RichDLLmu") + mu_ll + cols["MuonVetoDLL"],
+            "PIDK": z("RichDLLk"), "PIDp": z("RichDLLp")}
+
+
+class PidChain:
+    """A built chain of loaded :class:`~mambah.nn.pidmodel.PidModel` for one species.
+
+    Use :func:`build_chain`; ``generate(conditions, rng)`` returns all :data:`CHAIN_OUTPUTS`.
+    """
+
+    def __init__(self, species: str, steps: list[ChainStep], models: list, paths: list[Path]):
+        self.species, self.steps, self.models, self.paths = species, steps, models, paths
+
+    def __repr__(self) -> str:
+        return f"PidChain({self.species!r}, {[m.card.get('name') for m in self.models]})"
+
+    def model_versions(self) -> dict[str, dict[str, str]]:
+        from .modeldir import model_hash
+
+        return {str(m.card.get("name", p.name)): {"version": str(m.card.get("version", "")), "hash": model_hash(p)}
+                for m, p in zip(self.models, self.paths)}
+
+    def training_ranges(self) -> dict[str, tuple[float, float]]:
+        """Training range of each chain input (the first step's, the widest-trained)."""
+        m = self.models[0]
+        lo, hi = m.cond_pre.range_()
+        return {c: (float(lo[j]), float(hi[j])) for j, c in enumerate(m.conditions) if c in CHAIN_INPUTS}
+
+    def generate(self, inputs: pd.DataFrame | dict, rng: np.random.Generator, chunk: int = 262144) -> pd.DataFrame:
+        """All chain outputs for the rows of ``inputs`` (columns P [MeV/c], ETA, nTracks, charge).
+
+        Args:
+            inputs: the chain inputs, one row per track.
+            rng: numpy Generator (noise of every step drawn from it, in step order).
+        Returns:
+            DataFrame with the :data:`CHAIN_OUTPUTS` columns (float32, NaN where a step does not apply).
+        """
+        from .nn.train import _predict
+
+        cols: dict[str, np.ndarray] = {c: np.asarray(inputs[c], dtype=float) for c in CHAIN_INPUTS}
+        n = len(cols["P"])
+        for step, m in zip(self.steps, self.models):
+            c = np.column_stack([cols[k] for k in m.conditions]) if n else np.empty((0, len(m.conditions)))
+            sel = np.ones(n, bool) if step.applies is None else cols[step.applies] > 0.5
+            out = np.full((n, len(m.targets)), np.nan)
+            if sel.any():
+                cs = c[sel] if not sel.all() else c
+                m.check_range(cs)
+                noise = rng.standard_normal((len(cs), m.n_noise), dtype=np.float32)
+                z = _predict(m.generator, m.cond_pre.transform(cs, mode="mid"), noise, chunk=chunk)
+                out[sel] = m.targ_pre.inverse_transform(z)
+            for j, t in enumerate(m.targets):
+                v = out[:, j]
+                cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
+        cols.update(combine(cols))
+        return pd.DataFrame({c: cols[c].astype(np.float32) for c in CHAIN_OUTPUTS})
+
+
+_CACHE: dict[tuple, PidChain] = {}
+_LOCK = threading.Lock()
+
+
+def build_chain(species: str, steps: list[ChainStep] | None = None,
+                models_dir: str | os.PathLike | None = None) -> PidChain:
+    """Load and check the chain of ``species`` (cached per process).
+
+    Raises:
+        ConfigurationError: a model is missing (names the available chains), or a step's condition
+            is produced neither by the chain inputs nor by an earlier step, or a target is unknown.
+    """
+    from .modeldir import resolve_model
+
+    steps = default_chain_steps(species, models_dir) if steps is None else list(steps)
+    key = (species, tuple(steps))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    from .nn.pidmodel import PidModel
+
+    models, paths = [], []
+    produced = set(CHAIN_INPUTS)
+    for step in steps:
+        try:
+            path = resolve_model(step.model, models_dir)
+        except (ModelDirError, ConfigurationError, FileNotFoundError) as e:
+            avail = available_chains(models_dir)
+            raise ConfigurationError(
+                f"no PID model {step.model!r} for species {species!r} ({e}); species with a complete default "
+                f"chain: {', '.join(avail) or 'none'}") from None
+        m = PidModel.load(path)
+        missing = [c for c in m.conditions if c not in produced]
+        if missing:
+            raise ConfigurationError(
+                f"PID chain of {species!r}: model {m.card.get('name', path.name)!r} (step {step.role!r}) expects "
+                f"condition(s) {missing} that neither the chain inputs {list(CHAIN_INPUTS)} nor an earlier step "
+                f"produce (available: {sorted(produced)})")
+        if step.applies is not None and step.applies not in produced:
+            raise ConfigurationError(f"PID chain of {species!r}: step {step.role!r} applies where {step.applies!r} "
+                                     f"is 1, but no earlier step produces it (available: {sorted(produced)})")
+        unknown = [t for t in m.targets if t not in CHAIN_OUTPUTS and t not in INTERMEDIATE]
+        if unknown:
+            raise ConfigurationError(f"PID chain of {species!r}: model {m.card.get('name', path.name)!r} produces "
+                                     f"unknown column(s) {unknown}; known: {list(CHAIN_OUTPUTS) + list(INTERMEDIATE)}")
+        produced |= set(m.targets)
+        models.append(m)
+        paths.append(path)
+    need = {"isMuon", "MuonMuLL", "MuonBkgLL", "RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp", "CaloDLLe", "MuonVetoDLL"}
+    lacking = sorted(need - produced)
+    if lacking:
+        raise ConfigurationError(f"PID chain of {species!r} does not produce {lacking}, needed for the combined DLLs "
+                                 f"(steps: {[s.model for s in steps]})")
+    chain = PidChain(species, steps, models, paths)
+    with _LOCK:
+        _CACHE[key] = chain
+    return chain
+
+
+def load_chain(species: str, models_dir: str | os.PathLike | None = None) -> PidChain:
+    """The default chain of ``species``; unknown species raise, naming the available ones."""
+    if species not in SPECIES_PDG:
+        near = closest(species, SPECIES_PDG)
+        raise ConfigurationError(f"unknown PID species {species!r}; known: {', '.join(SPECIES_PDG)}"
+                                 + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return build_chain(species, None, models_dir)
+
+
+def available_chains(models_dir: str | os.PathLike | None = None) -> list[str]:
+    """Species whose default chain models all exist in ``models_dir`` (default: the shipped models)."""
+    from .modeldir import default_models_dir
+
+    base = Path(models_dir) if models_dir is not None else default_models_dir()
+    return [s for s in SPECIES_PDG
+            if all((base / f"pid-{s}-{r}" / "card.json").exists() for r in ("flags", "muon", "rich"))]
+
+
+#: Typical requirements checked by :func:`closure` (name -> function of the output table).
+CUTS = {
+    "DLLK > 0": lambda d: d["PIDK"] > 0,
+    "DLLK > 5": lambda d: d["PIDK"] > 5,
+    "DLLp > 5": lambda d: d["PIDp"] > 5,
+    "isMuon": lambda d: d["isMuon"] > 0.5,
+}
+#: Momentum bins of the closure [MeV/c].
+P_BINS = (2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0, 100_000.0, 1e6)
+
+
+def closure(chain: PidChain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3) -> dict[str, Any]:
+    """Compare the chain with the truth for the same conditions (e.g. a pure calibration sample).
+
+    The chain generates every output for the truth rows' P, ETA, nTracks, charge. Scores:
+
+    * ``bdt_ks``: :func:`mambah.validation.bdt_ks_score` over the conditions and all eleven
+      outputs (NaN replaced by LHCb's -1000 sentinel on both sides);
+    * ``efficiency``: per cut of :data:`CUTS` and bin of :data:`P_BINS`, the truth and generated
+      efficiencies, their difference and its binomial standard error; ``max_abs_diff`` per cut.
+    """
+    from .validation import bdt_ks_score
+
+    rng = np.random.default_rng([seed, 7321])
+    gen = chain.generate(truth, rng)
+    cols = list(CHAIN_INPUTS) + list(CHAIN_OUTPUTS)
+    ref = truth[list(CHAIN_INPUTS)].astype(float).reset_index(drop=True)
+    g = ref.copy()
+    for c in CHAIN_OUTPUTS:
+        ref[c] = truth[c].to_numpy(dtype=float)
+        g[c] = gen[c].to_numpy(dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        score = bdt_ks_score(ref.fillna(-1000.0), g.fillna(-1000.0), cols, seed=seed, n_repeats=n_repeats)
+    p = ref["P"].to_numpy()
+    b = np.digitize(p, P_BINS) - 1
+    eff: dict[str, Any] = {}
+    for name, cut in CUTS.items():
+        ct, cg = cut(ref).to_numpy(), cut(g).to_numpy()
+        rows = []
+        for i in range(len(P_BINS) - 1):
+            m = b == i
+            n = int(m.sum())
+            if n < 50:
+                continue
+            et, eg = float(ct[m].mean()), float(cg[m].mean())
+            err = float(np.sqrt(et * (1 - et) / n + eg * (1 - eg) / n))
+            rows.append({"p_lo": P_BINS[i], "p_hi": P_BINS[i + 1], "n": n, "truth": et, "generated": eg,
+                         "diff": eg - et, "stat_error": err})
+        eff[name] = {"bins": rows, "max_abs_diff": max((abs(r["diff"]) for r in rows), default=float("nan"))}
+    return {"species": chain.species, "n": int(len(truth)), "bdt_ks": float(score.bdt_ks),
+            "bdt_ks_std": float(score.bdt_ks_std), "auc": float(score.auc), "efficiency": eff}

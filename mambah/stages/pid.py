@@ -1,0 +1,134 @@
+"""PID: the particle-identification variables of reconstructed tracks from chained PID models.
+
+Every track row of ``particles`` (``vertex == -1`` and a truth link) gets the PID columns of
+:data:`mambah.store.schema.PID_COLUMNS` from the chain of its *true* species (``|pid|`` of its MC
+particle; see :mod:`mambah.pidchain`), evaluated per species on all its tracks at once. The
+conditions are the reconstructed momentum ``p = |p|`` [MeV/c], the pseudorapidity
+``eta = asinh(pz / pT)``, the event's ``n_tracks`` (``events`` table) and the charge.
+Missing information is NaN, as the reference detector writes it (RICH DLLs outside the RICH
+acceptance, muon likelihoods of non-IsMuon tracks). Tracks of species without a chain (e.g.
+deuterons) keep NaN, with one logged warning per process. Randomness from ``batch.rng(name)``.
+
+Example:
+    >>> from mambah.stages.pid import PID                       # doctest: +SKIP
+    >>> batch = PID()(batch)                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from ._common import as_config, require_tables, rows_by_index
+
+__all__ = ["PID"]
+
+log = logging.getLogger(__name__)
+_WARNED: set = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class PID:
+    """The PID stage.
+
+    Args:
+        models_dir: directory of the ``pid-<species>-*`` models (default: the shipped ``models/``).
+        species: species to simulate (``e``, ``mu``, ``pi``, ``K``, ``p``); each needs a complete chain.
+        name: stage name (also the name of its random stream).
+
+    Raises:
+        ConfigurationError: at construction, when a requested species has no chain (the message
+            lists the species that have one).
+    """
+
+    models_dir: str | None = None
+    species: tuple[str, ...] = ("e", "mu", "pi", "K", "p")
+    name: str = "pid"
+
+    def __post_init__(self):
+        from ..pidchain import SPECIES_PDG, available_chains
+
+        object.__setattr__(self, "species", tuple(self.species))
+        if self.models_dir is not None:
+            object.__setattr__(self, "models_dir", str(self.models_dir))
+        unknown = [s for s in self.species if s not in SPECIES_PDG]
+        if unknown:
+            raise ConfigurationError(f"PID stage: unknown species {unknown}; known: {list(SPECIES_PDG)}")
+        avail = available_chains(self.models_dir)
+        missing = [s for s in self.species if s not in avail]
+        if missing:
+            raise ConfigurationError(
+                f"PID stage: no PID model chain for species {missing} in "
+                f"{self.models_dir or 'the shipped models'}; available: {', '.join(avail) or 'none'} "
+                "(train one with examples/train_pid_chain.py, or pass species=...)")
+
+    def config(self) -> dict[str, Any]:
+        d = as_config(self)
+        d["species"] = list(self.species)
+        return d
+
+    def chains(self) -> dict:
+        """``species -> PidChain`` (loaded and checked once per process)."""
+        from ..pidchain import build_chain
+
+        return {s: build_chain(s, None, self.models_dir) for s in self.species}
+
+    def model_versions(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for chain in self.chains().values():
+            out.update(chain.model_versions())
+        return out
+
+    def __call__(self, batch):
+        from ..pidchain import CHAIN_OUTPUTS, SPECIES_PDG
+
+        require_tables(batch, self.name, ("mc_particles", "events"))
+        if "particles" not in batch:
+            raise ConfigurationError(f"stage {self.name!r} needs the particles table; run Efficiency first")
+        parts = batch["particles"].copy()
+        mc, ev = batch["mc_particles"], batch["events"]
+        track = np.nonzero((parts["vertex"].to_numpy() < 0) & (parts["mc_particle"].to_numpy() >= 0))[0]
+        rows = rows_by_index(mc, parts["mc_particle"].to_numpy()[track], "particles.mc_particle values")
+        apid = np.abs(mc["pid"].to_numpy(np.int64)[rows])
+        px, py, pz = (parts[c].to_numpy(np.float64)[track] for c in ("px", "py", "pz"))
+        pt = np.hypot(px, py)
+        p = np.sqrt(pt * pt + pz * pz)
+        eta = np.arcsinh(pz / np.maximum(pt, 1e-9))
+        evt = ev["event"].to_numpy(np.int64)
+        order = np.argsort(evt, kind="stable")
+        tev = parts["event"].to_numpy(np.int64)[track]
+        j = np.clip(np.searchsorted(evt, tev, sorter=order), 0, max(len(evt) - 1, 0))
+        erow = order[j] if len(evt) else j
+        if len(track) and (not len(evt) or np.any(evt[erow] != tev)):
+            raise ConfigurationError(f"stage {self.name!r}: some tracks belong to events missing from the events table")
+        ntr = ev["n_tracks"].to_numpy(np.float64)[erow]
+        charge = parts["charge"].to_numpy(np.float64)[track]
+        out = {c: np.full(len(parts), np.nan, np.float32) for c in CHAIN_OUTPUTS.values()}
+        rng = batch.rng(self.name)
+        chains = self.chains()
+        counts = {}
+        for s in self.species:  # fixed order: reproducible streams
+            sel = np.nonzero(apid == SPECIES_PDG[s])[0]
+            counts[s] = int(len(sel))
+            if not len(sel):
+                continue
+            gen = chains[s].generate({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]}, rng)
+            for col, store_col in CHAIN_OUTPUTS.items():
+                out[store_col][track[sel]] = gen[col].to_numpy()
+        known = np.isin(apid, [SPECIES_PDG[s] for s in self.species])
+        if not known.all():
+            other = sorted(set(apid[~known].tolist()))
+            new = [o for o in other if o not in _WARNED]
+            if new:
+                _WARNED.update(new)
+                log.warning("PID stage: %d tracks with true |pid| %s have no PID chain (simulated: %s); their PID "
+                            "columns stay NaN", int((~known).sum()), other, list(self.species))
+        for c, v in out.items():
+            parts[c] = v
+        batch["particles"] = parts
+        batch.info.setdefault("reconstruction", {})["pid"] = {"tracks": counts, "no_chain": int((~known).sum())}
+        return batch
