@@ -12,6 +12,10 @@ from mambah.errors import ConfigurationError
 from mambah.stages.pid import PID
 from mambah.store.schema import PID_COLUMNS
 
+# B-decay tracks reach momenta above the calibration samples' range (a few per mille): the stage
+# warns with the fraction (tested in test_pid_chain.py); here that warning is expected, not an error.
+pytestmark = pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")
+
 
 @pytest.fixture(scope="module")
 def reco_batch():

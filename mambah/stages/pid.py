@@ -39,6 +39,7 @@ class PID:
         models_dir: directory of the ``pid-<species>-*`` models (default: the shipped ``models/``).
         species: species to simulate (``e``, ``mu``, ``pi``, ``K``, ``p``); each needs a complete chain.
         name: stage name (also the name of its random stream).
+        threads: species evaluated concurrently (the result does not depend on it).
 
     Raises:
         ConfigurationError: at construction, when a requested species has no chain (the message
@@ -48,6 +49,7 @@ class PID:
     models_dir: str | None = None
     species: tuple[str, ...] = ("e", "mu", "pi", "K", "p")
     name: str = "pid"
+    threads: int = 2
 
     def __post_init__(self):
         from ..pidchain import SPECIES_PDG, available_chains
@@ -108,15 +110,31 @@ class PID:
         ntr = ev["n_tracks"].to_numpy(np.float64)[erow]
         charge = parts["charge"].to_numpy(np.float64)[track]
         out = {c: np.full(len(parts), np.nan, np.float32) for c in CHAIN_OUTPUTS.values()}
-        rng = batch.rng(self.name)
+        # one independent stream per species (drawn in a fixed order), so that the species can run
+        # concurrently (numpy and TensorFlow release the GIL) and the result does not depend on it
+        seeds = batch.rng(self.name).integers(0, 2**63 - 1, size=len(self.species))
         chains = self.chains()
         counts = {}
-        for s in self.species:  # fixed order: reproducible streams
+        todo = []
+        for s, seed in zip(self.species, seeds):
             sel = np.nonzero(apid == SPECIES_PDG[s])[0]
             counts[s] = int(len(sel))
-            if not len(sel):
-                continue
-            gen = chains[s].generate({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]}, rng)
+            if len(sel):
+                todo.append((s, sel, int(seed)))
+
+        def run(job):
+            s, sel, seed = job
+            return chains[s].generate({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]},
+                                      np.random.default_rng(seed))
+
+        if self.threads > 1 and len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.threads, len(todo))) as ex:
+                results = list(ex.map(run, todo))
+        else:
+            results = [run(j) for j in todo]
+        for (s, sel, _), gen in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
                 out[store_col][track[sel]] = gen[col].to_numpy()
         known = np.isin(apid, [SPECIES_PDG[s] for s in self.species])
