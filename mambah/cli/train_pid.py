@@ -195,7 +195,7 @@ def run(args) -> int:
     for j, t in enumerate(targets):
         gen[t] = y_gen[:, j]
     score = bdt_ks_score(valid, gen, conditions + targets, ref_weight=w[iv], gen_weight=w[iv],
-                         seed=args.seed + 2002, n_repeats=5)
+                         seed=args.seed + 2002, n_repeats=5, paired=True)
     floor = bdt_ks_null(valid, conditions + targets, ref_weight=w[iv], seed=args.seed + 3003, n_repeats=5)
     log.info("held-out validation: BDT-KS %.4f ± %.4f, AUC %.4f (floor from halves of the held-out rows: %.4f)",
              score.bdt_ks, score.bdt_ks_std, score.auc, floor.bdt_ks)
@@ -228,7 +228,8 @@ def run(args) -> int:
             "selection_bdt_ks": trainer.best_score_, "selection_auc": trainer.best_auc_,
             "best_step": trainer.best_step_,
             "note": ("BDT-KS (mambah.validation.bdt_ks_score, HistGradientBoosting on signed sWeights, 5 repeats) "
-                     "of generated targets for the held-out rows' conditions, each carrying its row's sWeight; "
+                     "of generated targets for the held-out rows' conditions, each carrying its row's sWeight, "
+                     "twins split together (paired=True); "
                      "the floor scores two halves of the held-out rows against each other (smaller samples, so "
                      "conservative). selection_* is the score that picked the checkpoint (optimistic)."),
         },
