@@ -50,3 +50,24 @@ def test_readme_python_examples_run(tmp_path):
     code += "\nassert len(ntuple) == 4000 and {'B_M', 'Jpsi_M', 'K_TRUEID', 'nTracks'} <= set(ntuple.columns)\n"
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_reference_detector_pid(tmp_path):
+    r = run_example("reference_detector_pid.py", "--tracks", "3000", "--calib", "3000", "--seed", "2", cwd=tmp_path)
+    assert "DLLK" in r.stdout or "PIDK" in r.stdout
+
+
+def test_validation_sanity_real_data(tmp_path, real_data_path):
+    import pandas as pd
+
+    # a 12k-row slice keeps it short; the ordering must already show
+    pd.read_parquet(real_data_path).sample(12_000, random_state=1).to_parquet(tmp_path / "slice.parquet")
+    r = run_example("validation_sanity_real_data.py", str(tmp_path / "slice.parquet"), cwd=tmp_path)
+    assert "null" in r.stdout and "shuffled" in r.stdout
+
+
+@pytest.mark.slow
+def test_train_pid_real_protons(tmp_path, real_data_path):
+    r = run_example("train_pid_real_protons.py", "--data", str(real_data_path), "--work", str(tmp_path / "w"),
+                    "--seeds", "1", "--", "--epochs", "1", cwd=tmp_path, timeout=1800)
+    assert (tmp_path / "w" / "results.json").exists() and "histogram resampling" in r.stdout
