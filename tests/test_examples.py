@@ -66,7 +66,6 @@ def test_validation_sanity_real_data(tmp_path, real_data_path):
     assert "null" in r.stdout and "shuffled" in r.stdout
 
 
-@pytest.mark.slow
 def test_train_pid_real_protons(tmp_path, real_data_path):
     r = run_example("train_pid_real_protons.py", "--data", str(real_data_path), "--work", str(tmp_path / "w"),
                     "--seeds", "1", "--", "--epochs", "1", cwd=tmp_path, timeout=1800)
