@@ -10,7 +10,7 @@
   validation BDT-KS first reached its final (best) value, and first went below 0.05.
 
 Prints a table, then ONE final JSON line with ``inference_tracks_per_s``, ``train_samples_per_s``,
-``seconds_to_score``.
+``seconds_to_score``, ``chain_tracks_per_s`` (the whole chained PID stage, :func:`bench_chain`).
 
 Usage::
 
@@ -95,6 +95,48 @@ def time_to_score(model_dir):
             "train_seconds_total": card["training"]["seconds"]}
 
 
+def bench_chain(n=1_000_000, repeats=2, models_dir=None):
+    """The whole chained PID stage (:class:`mambah.stages.pid.PID`) on ``n`` tracks of mixed species.
+
+    A synthetic batch: ``n`` track rows, species e/mu/pi/K/p in equal parts, p log-uniform in
+    3-100 GeV/c, eta uniform in 2.2-4.8, n_tracks uniform in 20-300 (inside the training ranges),
+    one event per 50 tracks. Times ``PID()(batch)`` (conditions, five chains of three networks,
+    combination, columns written), best of ``repeats`` after one warm-up on 10^4 tracks.
+    """
+    from mambah.batch import Batch
+    from mambah.stages.pid import PID
+
+    def batch(n):
+        rng = np.random.default_rng(5)
+        pdg = np.array([11, 13, 211, 321, 2212])[np.arange(n) % 5] * rng.choice([-1, 1], n)
+        p = np.exp(rng.uniform(np.log(3e3), np.log(1e5), n))
+        eta = rng.uniform(2.2, 4.8, n)
+        phi = rng.uniform(-np.pi, np.pi, n)
+        pt = p / np.cosh(eta)
+        ev = np.arange(n) // 50
+        ne = int(ev[-1]) + 1
+        idx = np.arange(n, dtype=np.int32)
+        parts = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "mc_particle": idx,
+                              "pid": pdg.astype(np.int32), "charge": np.sign(pdg).astype(np.int8),
+                              "px": (pt * np.cos(phi)).astype(np.float32), "py": (pt * np.sin(phi)).astype(np.float32),
+                              "pz": (pt * np.sinh(eta)).astype(np.float32), "vertex": np.int32(-1)})
+        mc = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "pid": pdg.astype(np.int32)})
+        events = pd.DataFrame({"batch": 1, "event": np.arange(ne, dtype=np.int32),
+                               "n_tracks": rng.integers(20, 300, ne).astype(np.int32)})
+        return Batch(id=1, seed=3, n_events=ne, tables={"particles": parts, "mc_particles": mc, "events": events})
+
+    stage = PID(models_dir=None if models_dir is None else str(models_dir))
+    stage(batch(10_000))
+    best_wall, best_cpu = np.inf, np.inf
+    for _ in range(repeats):
+        b = batch(n)
+        t0, c0 = time.perf_counter(), time.process_time()
+        stage(b)
+        best_wall = min(best_wall, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return {"tracks_per_s": n / best_wall, "tracks_per_cpu_s": n / best_cpu, "n": n}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -107,6 +149,7 @@ def main():
     inf = bench_inference(a.model, a.data, a.tracks, a.repeats)
     tr = bench_training(a.data, a.train_steps)
     ts = time_to_score(a.model)
+    ch = bench_chain(a.tracks)
     load = os.getloadavg()[0]
     print(f"{'measure':44s} {'value':>14s}")
     print(f"{'inference: tracks/s (wall, best of %d)' % a.repeats:44s} {inf['tracks_per_s']:14,.0f}")
@@ -116,11 +159,14 @@ def main():
     print(f"{'training: steps/s (batch %d)' % tr['batch_size']:44s} {tr['steps'] / tr['wall_s']:14.1f}")
     for k, v in ts.items():
         print(f"{'time to score: ' + k:44s} {v:14.4g}")
+    print(f"{'chained PID stage (5 species): tracks/s':44s} {ch['tracks_per_s']:14,.0f}")
+    print(f"{'chained PID stage: tracks per CPU-second':44s} {ch['tracks_per_cpu_s']:14,.0f}")
     print(f"{'load average (1 min) during the run':44s} {load:14.2f}")
     print(json.dumps({"inference_tracks_per_s": inf["tracks_per_s"], "train_samples_per_s": tr["samples_per_s"],
                       "seconds_to_score": ts["seconds_to_score"],
                       "inference_tracks_per_cpu_s": inf["tracks_per_cpu_s"],
-                      "train_samples_per_cpu_s": tr["samples_per_cpu_s"], "load_average": load}))
+                      "train_samples_per_cpu_s": tr["samples_per_cpu_s"], "load_average": load,
+                      "chain_tracks_per_s": ch["tracks_per_s"], "chain_tracks_per_cpu_s": ch["tracks_per_cpu_s"]}))
 
 
 if __name__ == "__main__":
