@@ -29,6 +29,7 @@ def standard_pipeline(
     level: str = "reco",
     charge_conjugate: bool | str = False,
     acceptance: bool = False,
+    pid: bool = False,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -40,6 +41,8 @@ def standard_pipeline(
         charge_conjugate: generate the charge-conjugate decay too (half of the events), as
             ``[...]CC`` in the descriptor does.
         acceptance: require every charged final-state particle in 2 < eta < 5 at generator level.
+        pid: add the PID stage (:class:`mambah.stages.pid.PID`, the chained default PID models of
+            e, mu, pi, K, p) after the composites (``level="reco"`` only).
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
     """
     from .errors import ConfigurationError
@@ -61,4 +64,8 @@ def standard_pipeline(
             Resolution(_model(models_dir, DEFAULT_RESOLUTION)),
             Composites(),
         ]
+        if pid:
+            from .stages.pid import PID
+
+            stages.append(PID(models_dir=None if models_dir is None else str(models_dir)))
     return Pipeline(stages)
