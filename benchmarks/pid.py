@@ -99,7 +99,7 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None):
     """The whole chained PID stage (:class:`mambah.stages.pid.PID`) on ``n`` tracks of mixed species.
 
     A synthetic batch: ``n`` track rows, species e/mu/pi/K/p in equal parts, p log-uniform in
-    3-100 GeV/c, eta uniform in 2.2-4.8, n_tracks uniform in 20-300 (inside the training ranges),
+    3-100 GeV/c, eta uniform in 2.2-4.6, n_tracks uniform in 20-300 (inside the training ranges),
     one event per 50 tracks. Times ``PID()(batch)`` (conditions, five chains of three networks,
     combination, columns written), best of ``repeats`` after one warm-up on 10^4 tracks.
     """
@@ -110,7 +110,7 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None):
         rng = np.random.default_rng(5)
         pdg = np.array([11, 13, 211, 321, 2212])[np.arange(n) % 5] * rng.choice([-1, 1], n)
         p = np.exp(rng.uniform(np.log(3e3), np.log(1e5), n))
-        eta = rng.uniform(2.2, 4.8, n)
+        eta = rng.uniform(2.2, 4.6, n)
         phi = rng.uniform(-np.pi, np.pi, n)
         pt = p / np.cosh(eta)
         ev = np.arange(n) // 50
