@@ -61,11 +61,11 @@ def run(cmd: list[str], nice: bool = True) -> None:
     subprocess.run(full, check=True)
 
 
-def prepare(species: str, work: Path, seed: int) -> Path:
+def prepare(species: str, work: Path, seed: int, events: int | None = None) -> Path:
     ch = CHANNELS[species]
     raw, sw, train = work / f"{species}_raw.parquet", work / f"{species}_sw.parquet", work / f"{species}_train.parquet"
     if not train.exists():
-        run(MAMBAH + ["detector", "calib-sample", "--species", species, "--events", str(EVENTS[species]),
+        run(MAMBAH + ["detector", "calib-sample", "--species", species, "--events", str(events or EVENTS[species]),
                       "--seed", str(seed), "--out", str(raw), "--overwrite"])
         run(MAMBAH + ["sweights", "--data", str(raw), "--mass", ch.mass_column, "--range", str(ch.window[0]),
                       str(ch.window[1]), "--out", str(sw), "--overwrite"])
@@ -101,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-time", type=float, default=1.5, help="minutes per model")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--events", type=int, default=None, help="calibration candidates per species (default: EVENTS)")
     ap.add_argument("--skip-existing", action="store_true", help="do not retrain models that exist in --out")
     ap.add_argument("--unweighted", action="store_true", help="train without sWeights (comparison)")
     ap.add_argument("--closure", type=int, default=0, metavar="N", help="only the closure test with N pure rows")
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
     species = a.species.split(",")
-    data = {s: prepare(s, a.work, a.seed + i) for i, s in enumerate(species)}
+    data = {s: prepare(s, a.work, a.seed + i, a.events) for i, s in enumerate(species)}
     jobs = [(s, r) for r in a.roles.split(",") for s in species if not (a.skip_existing and (a.out / f"pid-{s}-{r}").exists())]
     with ThreadPoolExecutor(a.parallel) as ex:
         for msg in ex.map(lambda j: train(j[0], j[1], data[j[0]], a.out, a.max_time, not a.unweighted, a.seed), jobs):

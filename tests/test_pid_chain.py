@@ -139,3 +139,20 @@ def test_closure_bar(species):
     assert r["bdt_ks"] <= 0.10
     for e in r["efficiency"].values():
         assert e["max_abs_diff"] <= 0.02
+
+
+def test_training_example_runs_shortened(tmp_path):
+    """examples/train_pid_chain.py as a user runs it, shortened (one species, one step, seconds of training)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parent.parent / "examples" / "train_pid_chain.py"
+    r = subprocess.run([sys.executable, str(ex), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
+                        "--species", "mu", "--roles", "flags", "--events", "6000", "--max-time", "0.05",
+                        "--parallel", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((tmp_path / "m" / "pid-mu-flags" / "card.json").read_text())
+    assert card["training_data"]["weight"] == "sWeight" and card["species"] == "mu"
+    assert [t["name"] for t in card["targets"]] == ["isMuon", "hasRich", "CaloDLLe", "MuonVetoDLL"]
+    assert "train pid" in (card.get("command") or "")
