@@ -11,6 +11,19 @@ For each species of ``--species``:
    ``--unweighted``, for the comparison), small networks so that the whole chain runs at
    > 500k tracks/s.
 
+The shipped models were made with (work directory /tmp/pidc/w; 2026-11-22, a 2-core machine shared
+with other jobs, so the minutes are wall-clock budgets of a fraction of a core)::
+
+    python examples/train_pid_chain.py --work W --out M --max-time 2.5 --parallel 3   # flags, muon (e: 2.0)
+    python examples/train_pid_chain.py --work W --out M2 --roles rich --max-time 6 --parallel 5
+    python examples/train_pid_chain.py --work W --out models --closure 100000 --write-cards
+
+Closure (100k pure-signal tracks per species): BDT-KS e 0.330, mu 0.308, pi 0.280, K 0.310,
+p 0.323; the worst p-bin difference of the DLLK>0 / DLLK>5 / DLLp>5 / isMuon efficiencies is
+0.02-0.16 -- the issue's bar (0.10, 2%) is not met. The same K chain trained without sWeights
+(``--unweighted``, 2.5 min per model): BDT-KS 0.469 and DLLK>0 efficiency off by 0.43 (it learns
+the pion background).
+
 Usage::
 
     python examples/train_pid_chain.py --work /tmp/pidchain --out models --max-time 1.5 --parallel 3
