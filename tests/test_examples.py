@@ -70,3 +70,13 @@ def test_train_pid_real_protons(tmp_path, real_data_path):
     r = run_example("train_pid_real_protons.py", "--data", str(real_data_path), "--work", str(tmp_path / "w"),
                     "--seeds", "1", "--", "--epochs", "1", cwd=tmp_path, timeout=1800)
     assert (tmp_path / "w" / "results.json").exists() and "histogram resampling" in r.stdout
+
+
+def test_lb_to_lc_mu_nu(tmp_path):
+    r = run_example("lb_to_lc_mu_nu.py", "--events", "20000", "--batch-size", "10000", "--db", "lb.duckdb",
+                    "--out", "plots", cwd=tmp_path)
+    assert (tmp_path / "plots" / "lb_to_lc_mu_nu.png").stat().st_size > 10_000
+    vals = dict(line.split()[:2] for line in r.stdout.splitlines() if line.startswith("  ") and "eff" not in line)
+    assert abs(float(vals["lc_mass_median"]) - 2286.46) < 2  # the PDG Λc+ mass
+    assert 2 < float(vals["lc_mass_width_68"]) < 10
+    assert "eff PIDp > 5" in r.stdout
