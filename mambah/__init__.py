@@ -32,6 +32,11 @@ _LAZY = {
     "Efficiency": "mambah.stages",
     "Resolution": "mambah.stages",
     "Composites": "mambah.stages",
+    "PID": "mambah.stages",
+    # models
+    "PidModel": "mambah.nn.pidmodel",
+    "load_chain": "mambah.pidchain",
+    "fit_sweights": "mambah.splot",
     # validation
     "bdt_ks_score": "mambah.validation",
     "validate": "mambah.validation",

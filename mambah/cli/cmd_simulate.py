@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue a production already in the store (same configuration)")
     p.add_argument("--level", choices=["reco", "truth"], default="reco", help="'truth' stops after the generator (default: reco)")
     p.add_argument("--acceptance", action="store_true", help="require all charged final-state particles in 2 < eta < 5")
+    p.add_argument("--pid", action="store_true",
+                   help="add the PID stage (chained PID models of e, mu, pi, K, p from --models; see their cards "
+                        "for their closure scores)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, default=None, help="run on a local Dask cluster with this many worker processes")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on an existing Dask cluster (tcp://host:port)")
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from ..store import Store
     from . import progress_enabled
 
-    pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance)
+    pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
+                                 pid=args.pid)
     name = args.production or default_production_name(args.descriptor, args.seed)
     with Store(args.db) as store:
         res = run_production(
