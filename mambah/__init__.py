@@ -6,7 +6,7 @@ loaded only by the code that runs a network.
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_attributes
 
 from . import log as _log  # noqa: F401  (installs the NullHandler)
 from ._version import __version__
@@ -49,15 +49,4 @@ _LAZY = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
-def __getattr__(name: str):
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'mambah' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | set(globals()))
+__getattr__, __dir__ = lazy_attributes('mambah', _LAZY, globals(), __all__)

@@ -13,7 +13,7 @@ Names are imported lazily so that ``import mambah.nn`` does not load TensorFlow.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 _LAZY = {
     "CramerGAN": "mambah.nn.cramer",
@@ -28,15 +28,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'mambah.nn' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | set(globals()))
+__getattr__, __dir__ = lazy_attributes('mambah.nn', _LAZY, globals(), __all__)

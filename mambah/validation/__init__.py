@@ -11,7 +11,7 @@ Quick use::
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 _LAZY = {
     "bdt_ks_score": "mambah.validation.bdt",
@@ -33,15 +33,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'mambah.validation' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | set(globals()))
+__getattr__, __dir__ = lazy_attributes('mambah.validation', _LAZY, globals(), __all__)
