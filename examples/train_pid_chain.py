@@ -58,7 +58,7 @@ COND = ",".join(CHAIN_INPUTS)
 STEPS = {  # role -> (targets, selection, batch size)
     "flags": ("isMuon,hasRich,CaloDLLe,MuonVetoDLL", None, 1024),
     "muon": ("MuonMuLL,MuonBkgLL", "isMuon == 1", 512),
-    "rich": ("RichDLLe,RichDLLmu,RichDLLk,RichDLLp", "hasRich == 1", 1024),
+    "rich": ("RichDLLe,RichDLLmu,RichDLLk,RichDLLpK", "hasRich == 1", 1024),  # RichDLLp = RichDLLk + RichDLLpK
 }
 NET = ["--gen-width", "64", "--gen-depth", "3", "--critic-width", "64", "--critic-depth", "3", "--noise", "8"]
 #: steps whose sWeighted training set is empty: electrons practically never pass isMuon, and the

@@ -46,7 +46,7 @@ KNOWN_COLUMNS = {
     "DLLp": ("", "pid_p"), "PIDp": ("", "pid_p"), "DLLK": ("", "pid_k"), "PIDK": ("", "pid_k"),
     "DLLe": ("", "pid_e"), "PIDe": ("", "pid_e"), "DLLmu": ("", "pid_mu"), "PIDmu": ("", "pid_mu"),
     "RichDLLp": ("", "rich_dll_p"), "RichDLLk": ("", "rich_dll_k"), "RichDLLe": ("", "rich_dll_e"),
-    "RichDLLmu": ("", "rich_dll_mu"), "isMuon": ("", "is_muon"),
+    "RichDLLmu": ("", "rich_dll_mu"), "isMuon": ("", "is_muon"), "RichDLLpK": ("", "rich_dll_p - rich_dll_k"),
     "MuonMuLL": ("", "muon_mu_ll"), "MuonBkgLL": ("", "muon_bkg_ll"),
 }
 
