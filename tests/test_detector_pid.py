@@ -158,8 +158,12 @@ def test_muon_likelihoods_only_for_ismuon_and_separate_muons():
     assert (dll_mu > 0).mean() > 0.85
     assert (dll_pi > 0).mean() < 0.6
     assert np.median(dll_mu) > np.median(dll_pi) + 3.0
-    # combined: muons have large PIDmu, pions do not
-    assert (mu["pid_mu"] > 0).mean() > 0.9 and (pi["pid_mu"] > 0).mean() < 0.05
+    # combined: muons have large PIDmu, pions do not; a non-IsMuon track gets no muon-system term
+    assert (mu["pid_mu"] > 0).mean() > 0.9 and (pi["pid_mu"] > 2).mean() < 0.05
+    for df in (mu, pi):
+        no = df["is_muon"].to_numpy() < 0.5
+        rich_mu = np.nan_to_num(df["rich_dll_mu"].to_numpy(dtype=float), nan=0.0)
+        np.testing.assert_allclose(df["pid_mu"].to_numpy()[no], rich_mu[no], atol=1e-5)
 
 
 def test_calorimeter_e_over_p_and_electron_id():

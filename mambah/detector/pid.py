@@ -38,9 +38,12 @@ Conventions
   :func:`lhcb_sentinels` to convert. Any cut such as ``DLLK > 0`` fails on NaN, as on -1000.
 * Combined DLLs (``pid_*``) are sums of the available sub-detector DLLs, an absent detector
   contributing 0 (LHCb's ChargedProtoCombineDLLs): ``pid_e = rich_dll_e + calo_dll_e``,
-  ``pid_mu = rich_dll_mu + [muon_mu_ll - muon_bkg_ll if is_muon, else muon_veto_dll(p) for a
-  non-IsMuon track in the muon acceptance above 3 GeV/c]``, ``pid_k = rich_dll_k``,
-  ``pid_p = rich_dll_p``. A track with no information at all has 0 for all four.
+  ``pid_mu = rich_dll_mu + [muon_mu_ll - muon_bkg_ll if is_muon, else 0]`` (LHCb adds the muon
+  system's DLL for IsMuon candidates only), ``pid_k = rich_dll_k``, ``pid_p = rich_dll_p``. A
+  track with no information at all has 0 for all four. (Until 2026-11-22 a non-IsMuon track in the
+  muon acceptance got a deterministic "veto" term ln[(1 - eff_mu(p)) / (1 - eff_h)] instead of 0 —
+  a function of p alone that no real combination has and that no generative model reproduces
+  exactly; dropped for LHCb's convention.)
 
 Parameters (defaults)
 ---------------------
@@ -132,7 +135,6 @@ __all__ = [
     "ReferencePIDStage",
     "FLAG_COLUMNS",
     "muon_isMuon_efficiency",
-    "muon_veto_dll",
 ]
 
 log = logging.getLogger(__name__)
@@ -524,19 +526,6 @@ def muon_isMuon_efficiency(p, muon: MuonSystem | None = None) -> np.ndarray:
     return np.where(p > muon.p_min, eff, 0.0)
 
 
-def muon_veto_dll(p, muon: MuonSystem | None = None, hadron_efficiency: float = 0.01) -> np.ndarray:
-    """Muon-system DLL(mu - pi) of a track in the muon acceptance that is *not* IsMuon.
-
-    The failed IsMuon is itself information: ln[(1 - eff_mu(p)) / (1 - eff_h)], with eff_mu from
-    :func:`muon_isMuon_efficiency` (floored at 1e-3 inefficiency) and the hadron mis-ID rate
-    eff_h ~ 1% [MUON, Fig. 8]. About -3.9 above 10 GeV/c, closer to 0 near the penetration threshold.
-    This is how :class:`ReferencePID` makes ``pid_mu`` of non-IsMuon tracks; it is a choice of this
-    reference detector (LHCb adds the muon DLL for IsMuonLoose candidates).
-    """
-    ineff = np.maximum(1.0 - muon_isMuon_efficiency(p, muon), 1e-3)
-    return np.log(ineff / (1.0 - hadron_efficiency))
-
-
 def _bkg_gamma(foi: float, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shape and scale of the Gamma approximating the random-hit D^2 over n stations.
 
@@ -746,9 +735,7 @@ class ReferencePID:
         r = {c: rich[c].to_numpy(dtype=float) for c in ("rich_dll_e", "rich_dll_mu", "rich_dll_k", "rich_dll_p")}
         r0 = {c: np.nan_to_num(v, nan=0.0) for c, v in r.items()}
         is_mu = mu["is_muon"].to_numpy() > 0.5
-        no_mu = mu["in_muon_acceptance"].to_numpy() & (p > self.muon.p_min) & ~is_mu
-        muon_dll = np.where(is_mu, mu["muon_mu_ll"].to_numpy(dtype=float) - mu["muon_bkg_ll"].to_numpy(dtype=float),
-                            np.where(no_mu, muon_veto_dll(p, self.muon), 0.0))
+        muon_dll = np.where(is_mu, mu["muon_mu_ll"].to_numpy(dtype=float) - mu["muon_bkg_ll"].to_numpy(dtype=float), 0.0)
         calo_dll = np.nan_to_num(cal["calo_dll_e"].to_numpy(dtype=float), nan=0.0)
         out = pd.DataFrame({
             **{c: rich[c] for c in r},
