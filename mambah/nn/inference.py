@@ -76,113 +76,104 @@ def draw_noise(rng, n: int, n_noise: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- the graph
 class _Locator:
-    """Exact ``clip(searchsorted(x_j, v, side="right") - 1, 0, top_j)`` for the columns ``j`` of ``v``.
+    """Exact ``searchsorted(x_j, v, side="right")`` for the columns ``j`` of ``v``, as gather positions.
 
     ``tf.searchsorted`` (a branchy binary search on one thread) would be the slowest step of the
-    transforms, so a value is first put into one of ``G`` equal cells spanning its column's range;
-    ``first[j, g]`` is the index of the last table entry lying in an earlier cell, and ``steps``
-    compare-and-advance rounds (the most entries any one cell holds) finish the search. Cells of
-    entries and of values come from the same float64 operations, which are monotone, so the result
-    is exactly ``searchsorted``'s, also outside the range (the cell index is clipped). Where a cell
-    would still hold more than ``max_steps`` entries with ``max_cells`` cells, ``tf.searchsorted``
-    is used instead.
+    transforms, so a value is first put into one of ``cells`` equal cells spanning its column's range;
+    ``first[j, g]`` counts the table entries lying in earlier cells, and ``steps`` compare-and-advance
+    rounds (the most entries any one cell holds) finish the count. Cells of entries and of values come
+    from the same float64 operations, which are monotone, so the count is exactly ``searchsorted``'s,
+    also outside the range (the cell index is clipped). Where a cell would still hold more than
+    ``max_steps`` entries with ``max_cells`` cells, ``tf.searchsorted`` is used instead.
 
-    The result is a *flat position* ``j * width + i + 1`` (entry ``i`` of column ``j``), for gathers from
-    tables flattened the same way behind one leading pad row (:meth:`flat`; ``width`` = longest table + 1).
+    The result is the position ``j * width + q`` (``q`` the count, ``width`` = longest table + 1) in a
+    flat table from :meth:`table`, which maps it to row ``clip(q - 1, 0, top_j)`` of column j's pieces
+    (the clamping is in the table: broadcast integer operations cost more than a gather in TensorFlow).
 
     Args:
         rows: the tables, each non-decreasing and finite (lengths may differ).
-        top: the largest index to return for each column.
     """
 
-    def __init__(self, rows: list[np.ndarray], top, *, max_cells: int = 1 << 16, max_steps: int = 2):
+    def __init__(self, rows: list[np.ndarray], *, max_cells: int = 1 << 16, max_steps: int = 2):
         import tensorflow as tf
 
         k = len(rows)
-        self.width = width = max(len(r) for r in rows) + 1
+        self.lengths = [len(r) for r in rows]
+        self.width = width = max(self.lengths) + 1
         xs = np.full((k, width), np.inf)  # +inf pads: never <= a finite value
         for j, r in enumerate(rows):
             xs[j, :len(r)] = r
-        base = np.arange(k, dtype=np.int64) * width
-        self.lowest = tf.constant((base + 1).astype(np.int32)[None, :])
-        self.highest = tf.constant((base + 1 + np.asarray(top)).astype(np.int32)[None, :])
         self.xs = tf.constant(xs)                                        # (k, width), for searchsorted
         self.xs_flat = tf.constant(xs.reshape(-1))
+        self.base = tf.constant((np.arange(k) * width).astype(np.int32)[None, :])
         lo = np.array([r[0] for r in rows], dtype=float)
         span = np.array([r[-1] - r[0] for r in rows], dtype=float)
         self.cells = None
         cells = 256
         while cells <= max_cells:
             inv = np.where(span > 0, cells / np.where(span > 0, span, 1.0), 0.0)
-            idx = [self._cell(r, lo[j], inv[j], cells) for j, r in enumerate(rows)]
-            steps = max(int(np.bincount(i).max()) for i in idx)
+            idx = [self._cell(r, lo[j], inv[j], cells, j * cells) for j, r in enumerate(rows)]
+            steps = max(int(np.bincount(i - j * cells).max()) for j, i in enumerate(idx))
             if steps <= 1 or (cells == max_cells and steps <= max_steps):
-                # flat position of the first entry in cell g or later = flat index of the last earlier one + 1
-                first = np.stack([np.searchsorted(i, np.arange(cells), side="left") for i in idx]) + base[:, None]
+                first = [np.searchsorted(i, j * cells + np.arange(cells), side="left") + j * width
+                         for j, i in enumerate(idx)]
                 self.cells, self.steps = cells, steps
                 self.lo, self.inv = tf.constant(lo[None, :]), tf.constant(inv[None, :])
-                self.first = tf.constant(first.astype(np.int32).reshape(-1))
-                self.cell_base = tf.constant((np.arange(k) * cells).astype(np.int32)[None, :])
+                self.cell_base = tf.constant((np.arange(k) * float(cells))[None, :])
+                self.first = tf.constant(np.concatenate(first).astype(np.int32))
                 break
             cells *= 2
 
     @staticmethod
-    def _cell(x, lo, inv, cells):
-        # the same float64 operations as in the graph: subtract, multiply, clip, truncate
-        return np.clip((x - lo) * inv, 0.0, cells - 1.0).astype(np.int64)
+    def _cell(x, lo, inv, cells, base):
+        # the same float64 operations as in the graph: subtract, multiply, clip, add the column's base, truncate
+        return (np.clip((x - lo) * inv, 0.0, cells - 1.0) + float(base)).astype(np.int64)
 
     def __call__(self, v):
-        """Flat positions (int32) for float64 values ``v`` of shape (m, k), column j in table j."""
+        """Positions (int32, shape of ``v``) for float64 values ``v`` (m, k), column j in table j."""
         import tensorflow as tf
 
         if self.cells is None:
-            p = tf.transpose(tf.searchsorted(self.xs, tf.transpose(v), side="right", out_type=tf.int32))
-            return tf.clip_by_value(p + self.lowest - 1, self.lowest, self.highest)
-        g = tf.cast(tf.clip_by_value((v - self.lo) * self.inv, 0.0, self.cells - 1.0), tf.int32)
-        p = tf.gather(self.first, g + self.cell_base)          # the first entry not in an earlier cell
+            return tf.transpose(tf.searchsorted(self.xs, tf.transpose(v), side="right", out_type=tf.int32)) + self.base
+        g = tf.cast(tf.clip_by_value((v - self.lo) * self.inv, 0.0, self.cells - 1.0) + self.cell_base, tf.int32)
+        p = tf.gather(self.first, g)                     # j * width + entries in earlier cells
         for _ in range(self.steps):
             p += tf.cast(tf.gather(self.xs_flat, p) <= v, tf.int32)
-        return tf.clip_by_value(p, self.lowest, self.highest)
+        return p
 
-    @staticmethod
-    def flat(table: np.ndarray):
-        """``table`` (k, width, ...) flattened to (1 + k * width, ...) behind a pad row, as a constant."""
+    def table(self, pieces: list[np.ndarray], top) -> object:
+        """Flat gather table: position ``j * width + q`` -> ``pieces[j][clip(q - 1, 0, top[j])]`` (a constant)."""
         import tensorflow as tf
 
-        t = table.reshape((-1,) + table.shape[2:])
-        return tf.constant(np.concatenate([t[:1], t]))
+        rows = []
+        for j, pc in enumerate(pieces):
+            q = np.arange(self.width)
+            rows.append(np.asarray(pc)[np.clip(q - 1, 0, top[j])])
+        return tf.constant(np.concatenate(rows))
 
 
-def _forward_tables(q: QuantileGaussianizer) -> tuple[list[np.ndarray], np.ndarray]:
-    """Distinct knots of each column and the table ``(column, knot, 4)`` of the forward ("mid") transform.
+def _forward_pieces(q: QuantileGaussianizer) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Distinct knots of each column and, per distinct knot, the pieces of the forward ("mid") transform.
 
     Per distinct knot: the knot, the CDF just above it (``p_hi``), the slope of the CDF up to the
     next knot, and ``p_mid - p_hi`` where ``p_mid`` is the middle of the CDF jump at the knot (the
-    value of a tie; ``p_lo = p_hi`` for a single knot); padded
-    by repeating the last knot's row to the width of a :class:`_Locator` over the knots.
+    value of a tie; ``p_lo = p_hi`` for a single knot).
     """
     pieces = [q._pieces(j) for j in range(q.knots_.shape[0])]
-    width = max(len(p[0]) for p in pieces) + 1
-    tab = np.zeros((len(pieces), width, 4))
-    for j, (x, p_lo, p_hi, slope) in enumerate(pieces):
-        tab[j, :len(x)] = np.column_stack([x, p_hi, slope, 0.5 * (p_lo + p_hi) - p_hi])
-        tab[j, len(x):] = tab[j, len(x) - 1]
-    return [p[0] for p in pieces], tab
+    return ([x for x, *_ in pieces],
+            [np.column_stack([x, p_hi, slope, 0.5 * (p_lo + p_hi) - p_hi]) for x, p_lo, p_hi, slope in pieces])
 
 
-def _inverse_table(q: QuantileGaussianizer) -> np.ndarray:
-    """Per interval ``i`` of column ``j``: (p_i, x_i, slope, x_i+1), the ``np.interp`` pieces of ``F^-1``.
+def _inverse_pieces(q: QuantileGaussianizer) -> list[np.ndarray]:
+    """Per interval ``i`` of each column: (p_i, x_i, slope, x_i+1), the ``np.interp`` pieces of ``F^-1``.
 
-    A repeated knot (``x_i == x_i+1``) has slope 0, so it comes out exactly; width = knots + 1.
+    A repeated knot (``x_i == x_i+1``) has slope 0, so it comes out exactly.
     """
     p, x = q.probs_, q.knots_
     dp = np.diff(p, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where(dp > 0, np.diff(x, axis=1) / np.where(dp > 0, dp, 1.0), 0.0)
-    tab = np.zeros((p.shape[0], p.shape[1] + 1, 4))
-    tab[:, :-2] = np.stack([p[:, :-1], x[:, :-1], slope, x[:, 1:]], axis=-1)
-    tab[:, -2:] = tab[:, -3:-2]
-    return tab
+    return list(np.stack([p[:, :-1], x[:, :-1], slope, x[:, 1:]], axis=-1))
 
 
 def _box_muller(u, n_noise: int):
@@ -207,12 +198,12 @@ class _Compiled:
         if probs.shape[1] < 2 or np.any(np.diff(probs, axis=1) < 0) or np.any(np.diff(knots, axis=1) < 0):
             raise DataError("the target quantile transform needs at least 2 knots with non-decreasing "
                             "probabilities and knot values")
-        xs, tab = _forward_tables(model.cond_pre)
-        c_loc = _Locator(xs, [len(x) - 1 for x in xs])
-        c_tab = c_loc.flat(tab)
+        xs, pieces = _forward_pieces(model.cond_pre)
+        c_loc = _Locator(xs)
+        c_tab = c_loc.table(pieces, [len(x) - 1 for x in xs])
         lo, hi = model.cond_pre.range_()
-        t_loc = _Locator(list(probs), np.full(len(probs), probs.shape[1] - 2))
-        t_tab = t_loc.flat(_inverse_table(model.targ_pre))
+        t_loc = _Locator(list(probs))
+        t_tab = t_loc.table(_inverse_pieces(model.targ_pre), [probs.shape[1] - 2] * len(probs))
         gen, n_noise = model.generator, self.n_noise
 
         def pre(c):

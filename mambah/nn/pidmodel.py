@@ -151,10 +151,12 @@ class PidModel:
     def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None) -> np.ndarray:
         """Targets (n, n_targets), float64 in raw units, for raw conditions (n, n_conditions).
 
-        One compiled TensorFlow graph per chunk does the range check, the condition transform, the
-        noise, the network and the inverse transform (:func:`mambah.nn.inference.generate`; the noise
-        comes from two integers drawn from ``seed``, a numpy Generator or an int, and does not depend
-        on ``chunk``). Warns (:class:`OutOfRangeWarning`) for conditions outside the training range.
+        One compiled TensorFlow graph per chunk does the condition transform, the noise, the network
+        and the inverse transform (:func:`mambah.nn.inference.generate`). ``seed`` is an int, a numpy
+        Generator (advanced: the noise uniforms are drawn from it in row order) or None; the result
+        does not depend on ``chunk``. A spike in a target (repeated knots) comes out as exactly its
+        value. Warns (:class:`OutOfRangeWarning`) for conditions outside the training range; refuses
+        NaN/inf conditions (:class:`~mambah.errors.DataError`).
         """
         from .inference import DEFAULT_CHUNK, generate
 
