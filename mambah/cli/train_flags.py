@@ -15,10 +15,11 @@ from __future__ import annotations
 def register(kinds) -> None:
     p = kinds.add_parser(
         "flags", help="train a PID flag classifier (isMuon, hasRich ...) on sWeighted calibration data",
-        description="Train P(flag = 1 | conditions) for 0/1 target columns with an sWeighted binary cross-entropy "
-                    "(negative sWeights allowed), keep the weights with the best sWeighted Brier score on a held-out fraction, and "
-                    "write the model directory (kind 'pid-flags') with its card: the held-out weighted BCE and, "
-                    "per flag, the predicted vs observed efficiency in bins of the first condition.",
+        description="Train P(flag = 1 | conditions) for 0/1 target columns with an sWeighted binary "
+                    "cross-entropy (negative sWeights allowed), keep the weights with the best sWeighted Brier "
+                    "score on a held-out fraction, and write the model directory (kind 'pid-flags') with its "
+                    "card: the held-out weighted BCE and Brier score and, per flag, the predicted vs observed "
+                    "efficiency in bins of the first condition.",
     )
     p.add_argument("--data", required=True, help="training table: .parquet, .csv or file.root:tree")
     p.add_argument("--species", required=True, help="particle species the model describes (e.g. p, K, pi, mu, e)")
@@ -49,7 +50,8 @@ def register(kinds) -> None:
     g.add_argument("--stop-on", choices=("brier", "bce"), default=None,
                    help="held-out score that chooses the kept weights and stops the training: sWeighted Brier "
                         "score or binary cross-entropy (brier)")
-    g.add_argument("--patience", type=int, default=None, help="epochs without a better validation loss before stopping (8)")
+    g.add_argument("--patience", type=int, default=None,
+                   help="epochs without a better held-out score before stopping (8)")
     p.set_defaults(func=run)
 
 

@@ -440,12 +440,13 @@ class FlagTrainer:
                         since_lr += 1
                 history.append(rec)
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.5f}" for k, v in rec.items() if k.endswith("loss")}, refresh=False)
+                bar.set_postfix({k: f"{v:.5f}" for k, v in rec.items() if k == "train_loss" or k.startswith("valid_")},
+                                refresh=False)
                 log.debug("epoch %d: %s", epoch, rec)
                 if vdata is not None:
                     if since_best >= cfg.patience:
-                        log.info("early stopping at epoch %d: no better validation loss for %d epochs (best %.6f at "
-                                 "epoch %d)", epoch, since_best, best, best_epoch)
+                        log.info("early stopping at epoch %d: no better held-out %s for %d epochs (best %.6f at "
+                                 "epoch %d)", epoch, cfg.stop_on, since_best, best, best_epoch)
                         break
                     if since_lr >= cfg.lr_patience:
                         lr *= cfg.lr_factor
