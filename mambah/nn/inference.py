@@ -238,9 +238,18 @@ class _Compiled:
         def with_noise(c, noise):
             return body(c, noise)
 
-        self.with_uniforms, self.with_noise = with_uniforms, with_noise
+        # concrete functions: traced once here, called without the dispatch of a tf.function (and without
+        # TensorFlow's "frequent retracing" warning, which counts the traces of all models' graphs together)
+        self.with_uniforms = with_uniforms.get_concrete_function()
+        self._noise_fn, self._noise_cf = with_noise, None  # traced on first use (tests, comparisons)
         self.pre, self.post = pre, post  # for tests and profiling
         self.c_lo, self.c_hi = lo, hi
+
+    @property
+    def with_noise(self):
+        if self._noise_cf is None:
+            self._noise_cf = self._noise_fn.get_concrete_function()
+        return self._noise_cf
 
 
 _BUILD_LOCK = threading.Lock()

@@ -81,7 +81,7 @@ class PidModel:
         self.conditions = [c["name"] for c in card["conditions"]]
         self.targets = [t["name"] for t in card["targets"]]
         self.n_noise = int(card["hyperparameters"]["n_noise"])
-        self._fn = None
+        self._fast = None  # the compiled inference graphs (mambah.nn.inference), built on first use
 
     def __repr__(self) -> str:
         return (f"PidModel({self.card.get('name')!r}, species={self.card.get('species')!r}, "
