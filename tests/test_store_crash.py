@@ -65,6 +65,22 @@ def _kill_mid_write(url: str, n_events: int) -> tuple[int, list[str]]:
     return proc.returncode, lines
 
 
+def _wait_for_server_sessions(store, timeout: float = 30.0) -> None:
+    """Wait until the killed writer's server session is gone: a COMMIT the client sent just before
+    SIGKILL still completes on the server, possibly after we started reading."""
+    import sqlalchemy as sa
+
+    q = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' AND state IS DISTINCT FROM 'idle'")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.engine.connect() as c:
+            if c.execute(q).scalar() == 0:
+                return
+        time.sleep(0.1)
+    pytest.fail("the killed writer's PostgreSQL session did not end")
+
+
 @pytest.mark.parametrize("backend", ["duckdb", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_sigkill_during_write_leaves_only_whole_batches(backend, tmp_path, request):
     if backend == "postgresql":
@@ -83,6 +99,8 @@ def test_sigkill_during_write_leaves_only_whole_batches(backend, tmp_path, reque
             wal = Path(f"{tmp_path}/crash.duckdb.wal")
             assert wal.is_file() and wal.stat().st_size > 0, "committed batches should be in the WAL"
         with Store(url) as store:
+            if backend == "postgresql":
+                _wait_for_server_sessions(store)
             ids = store.batch_ids()
             done = sorted(int(x.split()[1]) for x in lines if x.startswith("done"))
             # every batch reported done is there; the one being written is there only if it finished
