@@ -10,6 +10,17 @@ Resuming (``resume=True``) reads the record, refuses when the configuration diff
 the difference), and runs only the batches that are not in the store yet. Because every batch
 is written in one transaction and writing is idempotent (``if_exists="skip"``), a killed run,
 a Ctrl-C or a dead Dask worker never leaves a partial or duplicated batch.
+
+On Dask, the workers write into PostgreSQL themselves. A DuckDB or SQLite file has one writer,
+the client: the workers write each batch as Parquet files into a spool directory beside the
+store (``<db>.spool/<production>/``, see :mod:`mambah.store.spool`) and return a summary, and
+the client commits each batch from its files in one transaction and deletes them. A spooled
+batch left by a killed run is committed by the next run (``resume=True``) instead of being
+computed again. Workers that do not see the client's spool directory (another machine without a
+shared file system) send their batches back to the client instead.
+
+A full disk (the store's or the spool's) fails the batch whole, with a :class:`StoreError` that
+says so ("disk full while writing batch 17 to /path/db ... free space and rerun with --resume").
 """
 
 from __future__ import annotations
@@ -20,9 +31,12 @@ import logging
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .batch import Batch
@@ -153,6 +167,21 @@ def make_batch(first_batch: int, index: int, production_seed: int, n_events: int
     return b
 
 
+def _process_spool(pipeline: Pipeline, spec: tuple, spool_dir: str, marker: str, digest: str) -> Any:
+    """Run one batch on a worker and write it into the client's spool directory; return the
+    summary (:func:`mambah.store.spool.write_spool`). A worker that does not see the client's
+    marker file (no shared file system) returns the batch itself, for the client to write."""
+    batch = pipeline.process(make_batch(*spec))
+    if not os.path.exists(os.path.join(spool_dir, marker)):
+        return batch
+    from .store.spool import write_spool
+
+    t0 = time.perf_counter()
+    summary = write_spool(batch, spool_dir, digest=digest)
+    summary["timings"]["spool"] = time.perf_counter() - t0
+    return summary
+
+
 def _process(pipeline: Pipeline, spec: tuple, store_url: str | None) -> Any:
     """Run one batch. With ``store_url`` (a multi-writer store) write it here and return a summary;
     without, return the batch for the caller to write."""
@@ -208,7 +237,9 @@ def run_production(
     skipped = len(sizes) - len(todo)
     if skipped:
         log.info("production %r: %d of %d batches already in the store", production, skipped, len(sizes))
-    specs = [(first, i, seed, sizes[i], production) for i in todo]
+    spool = _Spool.of(store, production, _spool_digest(record, first, production))
+    if hasattr(pipeline, "provenance"):
+        pipeline.provenance()  # computed once here, pickled with the pipeline to the workers
     result = ProductionResult(production, len(sizes), 0, skipped, 0, 0.0, {})
 
     from .progress import progress as _progress
@@ -216,23 +247,115 @@ def run_production(
     bar = _progress(total=sum(sizes), initial=sum(sizes) - sum(sizes[i] for i in todo), enabled=progress,
                     unit="ev", unit_scale=True, desc=f"simulate {production}", smoothing=0.1)
     t0 = time.perf_counter()
+    complete = False
     try:
         with _StopFlag() as flag:
+            # spooled batches of an earlier (killed) run of this production: commit, not recompute
+            recovered = [] if spool is None else spool.recover(store, {first + i for i in todo})
+            ids = {r[0] for r in recovered}
+            specs = [(first, i, seed, sizes[i], production) for i in todo if first + i not in ids]
             if workers is None and scheduler is None:
                 it = _run_local(pipeline, specs, store, flag)
             else:
-                it = _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight)
-            for n_ev, timings in it:
+                it = _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight, spool)
+            for n_ev, timings in _chain(((n, t) for _, n, t in recovered), it):
                 result.written += 1
                 result.n_events += n_ev
                 for k, v in timings.items():
                     result.stage_seconds[k] = result.stage_seconds.get(k, 0.0) + v
                 bar.update(n_ev)
             result.interrupted = flag.stop and result.written + skipped < len(sizes)
+            complete = not result.interrupted
     finally:
         bar.close()
+        if spool is not None:
+            spool.close(complete)
         result.seconds = time.perf_counter() - t0
     return result
+
+
+def _chain(*its):
+    for it in its:
+        yield from it
+
+
+def _spool_digest(record: dict, first: int, production: str) -> str:
+    from .store.spool import production_digest
+
+    return production_digest(record, first, production)
+
+
+class _Spool:
+    """The spool directory of one production in a single-writer store (client side)."""
+
+    def __init__(self, directory: Path | None, digest: str, temporary: bool = False):
+        self.dir = directory
+        self.digest = digest
+        self.temporary = temporary  #: a temporary directory (in-memory store): removed at the end
+        self.marker: str | None = None
+
+    @classmethod
+    def of(cls, store, production: str, digest: str) -> _Spool | None:
+        from .store.spool import production_dir, spool_root
+
+        if store.backend.name == "postgresql":
+            return None
+        root = spool_root(store)
+        if root is None:  # an in-memory store: a temporary spool (seen by local workers only), made by start()
+            return cls(None, digest, temporary=True)
+        return cls(production_dir(root, production), digest)
+
+    def recover(self, store, wanted: set[int]) -> list[tuple[int, int, dict]]:
+        """Commit the complete spooled batches of this production that the store lacks; delete
+        every other entry (half-written directories, other productions', stale markers)."""
+        from .store.spool import SpoolError, read_spool, remove, scan
+
+        if self.dir is None:
+            return []
+        batches, other = scan(self.dir)
+        out = []
+        for p in batches:
+            try:
+                sp = read_spool(p, digest=self.digest)
+            except SpoolError as e:
+                log.info("discarding %s", e)
+                remove(p)
+                continue
+            if sp.batch in wanted:
+                t0 = time.perf_counter()
+                if store.write_spooled(p, if_exists="skip"):
+                    timings = {**sp.timings, "store": time.perf_counter() - t0}
+                    out.append((sp.batch, sp.n_events, timings))
+                    wanted.discard(sp.batch)
+                    log.info("batch %d: committed from the spool of an earlier run (%s)", sp.batch, p)
+            remove(p)
+        for p in other:
+            remove(p)
+        return out
+
+    def start(self) -> str:
+        """Create the directory and the client's marker; returns the marker's name."""
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="mambah-spool-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.marker = f".client-{uuid.uuid4().hex[:12]}"
+        (self.dir / self.marker).touch()
+        return self.marker
+
+    def close(self, complete: bool) -> None:
+        """Remove the marker; after a complete production, the whole directory (and an empty root)."""
+        from .store.spool import remove
+
+        if self.marker is not None:
+            remove(self.dir / self.marker)
+            self.marker = None
+        if self.dir is not None and (complete or self.temporary) and self.dir.exists():
+            remove(self.dir)
+            if not self.temporary:
+                try:
+                    self.dir.parent.rmdir()  # <db>.spool, if no other production left files there
+                except OSError:
+                    pass
 
 
 def _run_local(pipeline, specs, store, flag) -> Iterator[tuple[int, dict]]:
@@ -266,22 +389,35 @@ def _connect(workers, scheduler):
     return Client(cluster), cluster
 
 
-def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight) -> Iterator[tuple[int, dict]]:
+def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight, spool) -> Iterator[tuple[int, dict]]:
     from dask.distributed import as_completed
+
+    from .store.spool import remove
 
     client, cluster = _connect(workers, scheduler)
     # Multi-writer backends: workers write themselves. Single-writer files (DuckDB, SQLite): the
-    # client writes what the workers return. Either way the write is idempotent (skip), so a task
-    # that Dask re-runs after a worker died cannot duplicate a batch.
-    direct = store.backend.name == "postgresql"
+    # workers spool their batches to Parquet files that the client commits. Either way the write
+    # is idempotent (skip), so a task that Dask re-runs after a worker died cannot duplicate a batch.
+    direct = spool is None
     url = store.engine.url.render_as_string(hide_password=False) if direct else None
+    if not direct:
+        marker = spool.start()
+        spool_dir = str(spool.dir)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def submit(spec):
+        key = f"mambah-batch-{spec[0] + spec[1]}-{tag}"
+        if direct:
+            return client.submit(_process, pipeline, spec, url, key=key, pure=False)
+        return client.submit(_process_spool, pipeline, spec, spool_dir, marker, spool.digest, key=key, pure=False)
+
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or (workers or 1))
         limit = max_in_flight or 2 * n_workers
         pending = iter(specs)
         ac = as_completed()
         for spec in pending:
-            ac.add(client.submit(_process, pipeline, spec, url, key=f"mambah-batch-{spec[0] + spec[1]}-{os.getpid()}", pure=False))
+            ac.add(submit(spec))
             if ac.count() >= limit:
                 break
         for fut in ac:
@@ -289,7 +425,12 @@ def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight) -
             fut.release()
             if direct:
                 n_ev, timings = res["n_events"], res["timings"]
-            else:
+            elif isinstance(res, dict):  # spooled: commit the files, then delete them
+                t0 = time.perf_counter()
+                store.write_spooled(res["spool"], if_exists="skip")
+                remove(res["spool"])
+                n_ev, timings = res["n_events"], {**res["timings"], "store": time.perf_counter() - t0}
+            else:  # a worker without the client's file system sent the batch itself
                 t0 = time.perf_counter()
                 store.write_batch(res, if_exists="skip")
                 res.info["timings"]["store"] = time.perf_counter() - t0
@@ -298,9 +439,7 @@ def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight) -
             if not flag.stop:
                 nxt = next(pending, None)
                 if nxt is not None:
-                    ac.add(client.submit(_process, pipeline, nxt, url, key=f"mambah-batch-{nxt[0] + nxt[1]}-{os.getpid()}", pure=False))
-    except StoreError:
-        raise
+                    ac.add(submit(nxt))
     finally:
         client.close()
         if cluster is not None:

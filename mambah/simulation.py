@@ -1,8 +1,15 @@
 """The standard simulation chain, assembled from a decay descriptor.
 
-``gun -> decay -> occupancy -> efficiency -> resolution -> composites [-> pid]``; see
+``gun -> decay -> occupancy -> efficiency -> resolution -> composites -> pid``; see
 :func:`standard_pipeline`. Every stage is a small frozen configuration, so the pipeline pickles
 for Dask and its ``config()`` is what a production records and checks on resume.
+
+A descriptor the models cannot simulate is refused when the pipeline is built, before any batch
+runs: every charged final-state particle (a leaf of the decay tree: the generator does not decay
+it further) becomes a track, so its species must be one the efficiency and resolution models were
+trained for and, with PID, one that has a PID chain. Neutral final-state particles (gamma,
+neutrinos, K_L0, n, and undecayed K_S0, Lambda0, pi0) are not tracks: the efficiency stage never
+reconstructs them, and they need no model.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from pathlib import Path
 
 from .pipeline import Pipeline
 
-__all__ = ["standard_pipeline", "GENERATOR_LEVEL"]
+__all__ = ["standard_pipeline", "GENERATOR_LEVEL", "check_track_coverage"]
 
 #: ``level`` value for a generator-level production (truth only, no detector response)
 GENERATOR_LEVEL = "truth"
@@ -29,7 +36,7 @@ def standard_pipeline(
     level: str = "reco",
     charge_conjugate: bool | str = False,
     acceptance: bool = False,
-    pid: bool = False,
+    pid: bool = True,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -41,9 +48,17 @@ def standard_pipeline(
         charge_conjugate: generate the charge-conjugate decay too (half of the events), as
             ``[...]CC`` in the descriptor does.
         acceptance: require every charged final-state particle in 2 < eta < 5 at generator level.
-        pid: add the PID stage (:class:`mambah.stages.pid.PID`, the chained default PID models of
-            e, mu, pi, K, p) after the composites (``level="reco"`` only).
+        pid: end the chain with the PID stage (:class:`mambah.stages.pid.PID`: the chained PID
+            models ``pid-<species>-{flags,muon,rich}`` of the species the descriptor's tracks
+            have), ``level="reco"`` only. ``False`` leaves the PID columns NaN.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
+
+    Raises:
+        DescriptorError: the descriptor is malformed or impossible.
+        ConfigurationError: ``level`` is unknown, or (``level="reco"``) a charged final-state
+            particle of the descriptor is a species the efficiency/resolution models (or, with
+            ``pid``, the PID models) do not cover; see :func:`check_track_coverage`.
+        ModelDirError: a model the chain needs is missing from ``models_dir``.
     """
     from .errors import ConfigurationError
     from .generation import EtaAcceptance, generator_stages
@@ -58,14 +73,122 @@ def standard_pipeline(
         from .stages.occupancy import DEFAULT_OCCUPANCY
         from .stages.resolution import DEFAULT_RESOLUTION
 
-        stages += [
-            Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)),
-            Efficiency(_model(models_dir, DEFAULT_EFFICIENCY)),
-            Resolution(_model(models_dir, DEFAULT_RESOLUTION)),
-            Composites(),
-        ]
+        from .detector.tracking import SPECIES
+
+        eff_model = _model(models_dir, DEFAULT_EFFICIENCY)
+        # reconstruct the species the efficiency model covers (the check below refuses a descriptor
+        # whose tracks need others), so that a model trained for fewer species is no error at run time
+        eff_species = _model_species(eff_model)[1]
+        eff = Efficiency(eff_model, species=tuple(s for s in SPECIES if s in eff_species))
+        res = Resolution(_model(models_dir, DEFAULT_RESOLUTION))
+        pid_species = check_track_coverage(stages[1].parsed, efficiency=eff.model, resolution=res.model,
+                                           pid=pid, models_dir=models_dir)
+        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, Composites()]
         if pid:
             from .stages.pid import PID
 
-            stages.append(PID(models_dir=None if models_dir is None else str(models_dir)))
+            stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species))
     return Pipeline(stages)
+
+
+def _written(text: str, pos: int) -> str:
+    """The particle name as written in ``text`` at ``pos`` (names may hold balanced parentheses)."""
+    depth, end = 0, pos
+    while end < len(text):
+        ch = text[end]
+        if ch.isspace() or ch == "]" or (ch == ")" and depth == 0):
+            break
+        depth += ch == "("
+        depth -= ch == ")"
+        end += 1
+    return text[pos:end] or text[pos:pos + 1]
+
+
+def _model_species(model: str) -> tuple[str, list[str]]:
+    """(name, species) of an efficiency/resolution model (``"reference"``: the reference detector)."""
+    from .detector.tracking import SPECIES
+    from .modeldir import load_card, resolve_model
+    from .stages._common import REFERENCE
+
+    if model == REFERENCE:
+        return "the reference detector", list(SPECIES)
+    p = resolve_model(model)
+    card = load_card(p)
+    return str(card.get("name", p.name)), list(card.get("species") or SPECIES)
+
+
+def check_track_coverage(descriptor, *, efficiency: str, resolution: str, pid: bool = True,
+                         models_dir: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """Check that every charged final-state particle of ``descriptor`` can be simulated as a track.
+
+    A final-state particle is a leaf of the decay tree (the generator does not decay it). The
+    charged ones become tracks: their species must be among those the ``efficiency`` and
+    ``resolution`` models were trained for (the ``species`` of their cards) and, with ``pid``,
+    have a complete PID chain in ``models_dir``. Neutral leaves are not tracks and are skipped,
+    as the efficiency stage skips them.
+
+    Args:
+        descriptor: a decay descriptor (string or parsed :class:`~mambah.generation.Descriptor`).
+        efficiency, resolution: model names or directories (or ``"reference"``).
+        pid: check the PID models too.
+        models_dir: where the PID models live (default: the shipped ``models/``).
+
+    Returns:
+        The PID species the descriptor's tracks need (``e, mu, pi, K, p`` order).
+
+    Raises:
+        ConfigurationError: names each uncovered particle as written in the descriptor (with its
+            position), the models that lack it, and the species those models cover.
+    """
+    from .detector.tracking import SPECIES, SPECIES_PID
+    from .errors import ConfigurationError
+    from .generation import parse_descriptor
+
+    d = parse_descriptor(descriptor)
+    species_of = {pdg: s for s, pdg in SPECIES_PID.items()}
+    eff_name, eff_sp = _model_species(efficiency)
+    res_name, res_sp = _model_species(resolution)
+    pid_sp: list[str] = []
+    if pid:
+        from .pidchain import available_chains
+
+        pid_sp = available_chains(models_dir)
+    needed: list[str] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    pid_only: list[bool] = []
+    for node in d.nodes():
+        if node.children or node.particle.charge == 0:
+            continue
+        written = _written(d.text, node.position)
+        sp = species_of.get(abs(int(node.particle.pid)))
+        lacking = []
+        if sp not in eff_sp:
+            lacking.append(f"the efficiency model {eff_name!r} (species {', '.join(eff_sp)})")
+        if sp not in res_sp:
+            lacking.append(f"the resolution model {res_name!r} (species {', '.join(res_sp)})")
+        if pid and sp not in pid_sp:
+            where = str(models_dir) if models_dir is not None else "the shipped models"
+            lacking.append(f"the PID models pid-<species>-{{flags,muon,rich}} in {where} "
+                           f"(species {', '.join(pid_sp) or 'none'})")
+        if not lacking:
+            if sp not in needed:
+                needed.append(sp)
+            continue
+        if written in seen:
+            continue
+        seen.add(written)
+        alias = f"{node.particle.name}, " if written != node.particle.name else ""
+        models = ", ".join(lacking[:-1]) + (" and " if len(lacking) > 1 else "") + lacking[-1]
+        verb = "does" if len(lacking) == 1 and (sp not in eff_sp or sp not in res_sp) else "do"
+        problems.append(f"the final-state particle {written!r} ({alias}PDG id {node.particle.pid}) is charged, so "
+                        f"it would be a track, but {models} {verb} not cover it:"
+                        f"\n  {d.text}\n  {' ' * node.position}{'^' * len(written)}")
+        pid_only.append(len(lacking) == 1 and pid and sp not in pid_sp)
+    if problems:
+        hint = ("simulate without PID (pid=False; mambah simulate --no-pid), train PID models for it "
+                "(examples/train_pid_chain.py), or give it a decay in the descriptor" if all(pid_only) else
+                "give it a decay in the descriptor, or simulate the generator level only (level='truth'; "
+                "mambah simulate --level truth)")
+        raise ConfigurationError(f"cannot reconstruct {str(d)!r}: " + "\n".join(problems) + f"\n{hint}")
+    return tuple(s for s in SPECIES if s in needed)

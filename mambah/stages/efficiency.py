@@ -14,11 +14,18 @@ efficiency network, evaluated on its true momentum and the position of its produ
 
 ``model="reference"`` uses the reference detector's exact efficiency instead of a network (truth
 productions and closure tests).
+
+Candidates outside the network's training range are evaluated at the nearest edge of the range;
+the model logs that once per process (:mod:`mambah.recnets`), and every batch records
+``{model: [candidates outside, candidates]}`` in
+``batch.info["reconstruction"]["efficiency"]["out_of_range"]`` (kept with the batch's provenance
+in the store); :func:`out_of_range_totals` sums them over the batches this process ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import numpy as np
@@ -29,9 +36,20 @@ from ..errors import ConfigurationError
 from ..store.schema import COLUMNS, PID_COLUMNS
 from ._common import REFERENCE, as_config, model_version_entry, require_tables, rows_by_index
 
-__all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "track_rows"]
+__all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "track_rows", "out_of_range_totals"]
 
 DEFAULT_EFFICIENCY = "efficiency-ref-v1"
+
+# (production, model) -> [candidates outside the training range, candidates], this process
+_RANGE: dict[tuple[str | None, str], list[int]] = {}
+_RANGE_LOCK = threading.Lock()
+
+
+def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, int]]:
+    """``{model: (candidates outside its training range, candidates)}`` over the batches of
+    ``production`` (``None``: batches run outside a production) that this process ran."""
+    with _RANGE_LOCK:
+        return {m: (v[0], v[1]) for (p, m), v in _RANGE.items() if p == production}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +79,12 @@ class Efficiency:
     def model_versions(self) -> dict[str, Any]:
         return model_version_entry(self.model)
 
-    def _probability(self, px, py, pz, x, y, z, pid) -> np.ndarray:
+    def _probability(self, px, py, pz, x, y, z, pid, out_of_range: dict | None = None) -> np.ndarray:
         if self.model == REFERENCE:
             from ..detector.tracking import TrackingDetector
 
             return TrackingDetector().efficiency(px, py, pz, x, y, z, pid)
-        from ..recnets import load_efficiency
+        from ..recnets import efficiency_features, load_efficiency
 
         m = load_efficiency(self.model)
         missing = [s for s in self.species if s not in m.species]
@@ -76,6 +94,11 @@ class Efficiency:
                 f"{', '.join(missing)}; pass species={tuple(s for s in self.species if s in m.species)!r} "
                 "or a model trained for them"
             )
+        if out_of_range is not None:
+            n = len(m.scaler.lo)
+            f = efficiency_features(px, py, pz, x, y, z, pid)[:, :n]
+            bad = ((f < m.scaler.lo) | (f > m.scaler.hi)).any(axis=1)
+            out_of_range[str(m.name)] = [int(bad.sum()), int(len(f))]
         return m.probability(px, py, pz, x, y, z, pid)
 
     def __call__(self, batch):
@@ -96,7 +119,15 @@ class Efficiency:
         vrow = rows_by_index(vt, pv, "mc_particles.prod_vertex values")
         cols = {c: mc[c].to_numpy(np.float64)[cand] for c in ("px", "py", "pz")}
         org = {c: vt[c].to_numpy(np.float64)[vrow] for c in ("x", "y", "z")}
-        prob = self._probability(cols["px"], cols["py"], cols["pz"], org["x"], org["y"], org["z"], pid[cand])
+        out_of_range: dict[str, list[int]] = {}
+        prob = self._probability(cols["px"], cols["py"], cols["pz"], org["x"], org["y"], org["z"], pid[cand],
+                                 out_of_range)
+        production = batch.info.get("production")
+        with _RANGE_LOCK:
+            for model, (bad, n) in out_of_range.items():
+                tot = _RANGE.setdefault((production, model), [0, 0])
+                tot[0] += bad
+                tot[1] += n
         passed = batch.rng(self.name).random(len(cand)) < prob
         sel = cand[passed]
         reco = np.zeros(len(mc), dtype=bool)
@@ -107,6 +138,8 @@ class Efficiency:
         batch["particles"] = track_rows(batch.id, mc, sel)
         info = batch.info.setdefault("reconstruction", {})
         info["efficiency"] = {"candidates": int(len(cand)), "reconstructed": int(len(sel))}
+        if out_of_range:
+            info["efficiency"]["out_of_range"] = out_of_range
         return batch
 
 

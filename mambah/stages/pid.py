@@ -7,7 +7,16 @@ conditions are the reconstructed momentum ``p = |p|`` [MeV/c], the pseudorapidit
 ``eta = asinh(pz / pT)``, the event's ``n_tracks`` (``events`` table) and the charge.
 Missing information is NaN, as the reference detector writes it (RICH DLLs outside the RICH
 acceptance, muon likelihoods of non-IsMuon tracks). Tracks of species without a chain (e.g.
-deuterons) keep NaN, with one logged warning per process. Randomness from ``batch.rng(name)``.
+deuterons) keep NaN, with one logged warning per process (:func:`mambah.simulation.standard_pipeline`
+refuses such descriptors when it builds the chain). Randomness from ``batch.rng(name)``.
+
+Conditions outside a model's training range are clamped to the range edges. The stage reports
+them once per production and model, not once per step and batch as the models themselves would
+(:class:`~mambah.nn.pidmodel.OutOfRangeWarning`): the first batch of a production
+(``batch.info["production"]``) in which a model sees such rows emits one ``OutOfRangeWarning``
+for it; every batch records ``{model: [rows outside, rows evaluated]}`` in
+``batch.info["reconstruction"]["pid"]["out_of_range"]`` (kept with the batch's provenance in the
+store), and :func:`out_of_range_totals` sums them over the batches this process ran.
 
 Example:
     >>> from mambah.stages.pid import PID                       # doctest: +SKIP
@@ -18,6 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,10 +37,58 @@ import numpy as np
 from ..errors import ConfigurationError
 from ._common import as_config, require_tables, rows_by_index
 
-__all__ = ["PID"]
+__all__ = ["PID", "out_of_range_totals"]
 
 log = logging.getLogger(__name__)
 _WARNED: set = set()
+
+# out-of-range bookkeeping of this process: (production, model) -> [rows outside, rows evaluated]
+_RANGE: dict[tuple[str | None, str], list[int]] = {}
+_RANGE_WARNED: set[tuple[str | None, str]] = set()
+_RANGE_LOCK = threading.Lock()
+_MODEL_IN_MSG = re.compile(r"training range of model '([^']*)'")
+
+
+def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, int]]:
+    """``{model: (rows outside its training range, rows evaluated)}`` over the batches of
+    ``production`` (``None``: batches run outside a production) that the PID stages of this
+    process ran."""
+    with _RANGE_LOCK:
+        return {m: (v[0], v[1]) for (p, m), v in _RANGE.items() if p == production}
+
+
+def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[int, int, str]]:
+    """``{model: (rows outside, rows evaluated, detail)}`` for the steps of ``chain`` whose rows and
+    conditions can be recovered from the chain inputs and outputs (all steps of the default chains).
+
+    A step runs on all rows, or where its ``applies`` flag is 1; a flag that is not a chain output
+    (``hasRich``) is recovered from the step's own outputs, which are finite exactly where it ran.
+    """
+    out: dict[str, tuple[int, int, str]] = {}
+    n = len(gen)
+    for step, m in zip(chain.steps, chain.models):
+        if step.applies is None:
+            sel = np.ones(n, bool)
+        elif step.applies in gen:
+            sel = gen[step.applies].to_numpy() > 0.5
+        else:
+            own = [t for t in m.targets if t in gen]
+            if not own:
+                continue
+            sel = np.isfinite(gen[own[0]].to_numpy())
+        cols = [inputs[c] if c in inputs else gen[c].to_numpy(np.float64) if c in gen else None for c in m.conditions]
+        if any(c is None for c in cols):
+            continue
+        lo, hi = m.cond_pre.range_()
+        bad = np.zeros(int(sel.sum()), bool)
+        detail = []
+        for j, (name, c) in enumerate(zip(m.conditions, cols)):
+            b = (c[sel] < lo[j]) | (c[sel] > hi[j])
+            if b.any():
+                detail.append(f"{name}: {int(b.sum())} outside [{lo[j]:.6g}, {hi[j]:.6g}]")
+                bad |= b
+        out[str(m.card.get("name", step.model))] = (int(bad.sum()), int(sel.sum()), ", ".join(detail))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +187,24 @@ class PID:
             return chains[s].generate({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]},
                                       np.random.default_rng(seed))
 
-        if self.threads > 1 and len(todo) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        from ..nn.pidmodel import OutOfRangeWarning
 
-            with ThreadPoolExecutor(min(self.threads, len(todo))) as ex:
-                results = list(ex.map(run, todo))
-        else:
-            results = [run(j) for j in todo]
+        # the models warn per step and per call; hold those warnings back (the species run in
+        # threads, so this wraps the whole pool) and report once per production (_report)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutOfRangeWarning)
+            if self.threads > 1 and len(todo) > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(min(self.threads, len(todo))) as ex:
+                    results = list(ex.map(run, todo))
+            else:
+                results = [run(j) for j in todo]
+        step_counts: dict[str, tuple[int, int, str]] = {}
+        for (s, sel, _), gen in zip(todo, results):
+            step_counts.update(_step_counts(chains[s], {"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel],
+                                                        "charge": charge[sel]}, gen))
+        out_of_range = self._report(caught, step_counts, batch)
         for (s, sel, _), gen in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
                 out[store_col][track[sel]] = gen[col].to_numpy()
@@ -148,5 +219,36 @@ class PID:
         for c, v in out.items():
             parts[c] = v
         batch["particles"] = parts
-        batch.info.setdefault("reconstruction", {})["pid"] = {"tracks": counts, "no_chain": int((~known).sum())}
+        batch.info.setdefault("reconstruction", {})["pid"] = {"tracks": counts, "no_chain": int((~known).sum()),
+                                                               "out_of_range": out_of_range}
         return batch
+
+    @staticmethod
+    def _report(caught: list, step_counts: dict[str, tuple[int, int, str]], batch) -> dict[str, list[int]]:
+        """Add this batch's out-of-range counts to the production's, warn for the models that see
+        out-of-range rows for the first time in the production, and pass on every other warning
+        (those of models this stage does not count, e.g. of custom chains, unchanged)."""
+        from ..nn.pidmodel import OutOfRangeWarning
+
+        for w in caught:
+            m = _MODEL_IN_MSG.search(str(w.message)) if issubclass(w.category, OutOfRangeWarning) else None
+            if m is None or m.group(1) not in step_counts:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        production = batch.info.get("production")
+        first = []
+        with _RANGE_LOCK:
+            for model, (bad, n, detail) in step_counts.items():
+                tot = _RANGE.setdefault((production, model), [0, 0])
+                tot[0] += bad
+                tot[1] += n
+                if bad and (production, model) not in _RANGE_WARNED:
+                    _RANGE_WARNED.add((production, model))
+                    first.append((model, bad, n, detail))
+        where = f"production {production!r}" if production is not None else "this process"
+        for model, bad, n, detail in first:
+            warnings.warn(
+                f"PID model {model!r}: {bad} of {n} tracks ({100 * bad / n:.3g}%) of batch {batch.id} have conditions "
+                f"outside its training range ({detail}); they are clamped to the range edges (reported once per "
+                f"model in {where}; every batch's counts are in its provenance, reconstruction.pid.out_of_range)",
+                OutOfRangeWarning, stacklevel=3)
+        return {model: [bad, n] for model, (bad, n, _) in step_counts.items()}

@@ -8,6 +8,7 @@ DB-API connection *inside the same transaction*:
 backend    bulk write                                            columnar read
 ========== ===================================================== ==========================================
 DuckDB     register the DataFrame, ``INSERT … SELECT`` from it   ``execute(...).df()``
+           (spooled Parquet: ``INSERT … SELECT … read_parquet``)
 SQLite     ``executemany`` on the raw ``sqlite3`` connection     ``fetchall`` into column arrays
 PostgreSQL ``COPY … FROM STDIN (FORMAT BINARY)``, rows encoded   ``COPY (SELECT …) TO STDOUT (FORMAT BINARY)``
            by numpy in one structured array per chunk             decoded by numpy (fixed-width rows)
@@ -72,6 +73,17 @@ class Backend:
     def insert(self, driver, table, df: pd.DataFrame) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def insert_parquet(self, driver, table, path: str, columns: Sequence[str]) -> None:
+        """Insert the rows of a Parquet file (a spooled table, :mod:`mambah.store.spool`).
+
+        The file's columns are those of the schema; they are read in the order ``columns``.
+        Generic path: read with pyarrow, then :meth:`insert`.
+        """
+        import pyarrow.parquet as pq
+
+        df = pq.read_table(path, columns=list(columns)).to_pandas()
+        self.insert(driver, table, df)
+
     def select(self, driver, stmt, columns: Sequence[str]) -> pd.DataFrame:  # pragma: no cover
         raise NotImplementedError
 
@@ -105,6 +117,17 @@ class DuckDBBackend(Backend):
                 pass
             raise
         driver.unregister(view)
+
+    def insert_parquet(self, driver, table, path: str, columns: Sequence[str]) -> None:
+        """``INSERT … SELECT … FROM read_parquet(?)``: DuckDB reads the file itself, in parallel.
+
+        ``read_parquet`` expands glob patterns; a path with a glob character goes through
+        pyarrow instead (the file name is bound as a parameter either way, never spliced in).
+        """
+        if any(ch in path for ch in "*?[{"):
+            return super().insert_parquet(driver, table, path, columns)
+        cols = _column_list(columns)
+        driver.execute(f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM read_parquet(?)", [str(path)])
 
     def select(self, driver, stmt, columns: Sequence[str]) -> pd.DataFrame:
         sql, params = self.compile(stmt)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -40,11 +41,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from .._version import __version__
-from ..errors import BatchExistsError, ConfigurationError, SchemaVersionError, StoreError, closest
+from ..errors import BatchExistsError, ConfigurationError, MambahError, SchemaVersionError, StoreError, closest
 from . import schema as S
 from .backends import backend_for
 
-__all__ = ["Store", "normalise_url", "DEFAULT_URL", "BatchValidationError", "KEYS"]
+__all__ = ["Store", "normalise_url", "DEFAULT_URL", "BatchValidationError", "KEYS", "prepare_tables", "batch_row",
+           "disk_full", "disk_full_message"]
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,145 @@ def _cast_needed(table: str, col: str, series: pd.Series, want: str, batch_id: i
                 f"batch {batch_id}: column {table}.{col} ({src}) holds values in [{lo}, {hi}] that do not fit {want}"
             )
     return True
+
+
+# ----------------------------------------------------------------------------------------------
+# a full disk
+# ----------------------------------------------------------------------------------------------
+#: errno values that mean "no room to write": ENOSPC, EDQUOT (quota) and EFBIG (a file-size limit,
+#: ``ulimit -f``, or the file system's largest file)
+_NO_ROOM = {errno.ENOSPC: "disk full", errno.EFBIG: "the file size limit was reached"}
+if hasattr(errno, "EDQUOT"):
+    _NO_ROOM[errno.EDQUOT] = "disk quota exceeded"
+#: the drivers' texts for the same conditions (duckdb: IOException with the strerror text;
+#: sqlite3: SQLITE_FULL; PostgreSQL: SQLSTATE 53100 disk_full, "could not extend file")
+_NO_ROOM_TEXT = (
+    ("no space left on device", "disk full"),
+    ("database or disk is full", "disk full"),
+    ("could not extend file", "disk full"),
+    ("disk quota exceeded", "disk quota exceeded"),
+    ("file too large", "the file size limit was reached"),
+)
+
+
+def disk_full(exc: BaseException) -> tuple[str, str] | None:
+    """``(what, reason)`` if ``exc`` (or an exception it wraps) says the disk is full, else None.
+
+    Recognises ``OSError`` with errno ENOSPC, EDQUOT or EFBIG (a file-size limit counts as a
+    full disk: nothing more fits), psycopg's ``DiskFull`` (SQLSTATE 53100) and the drivers'
+    messages ("No space left on device", sqlite's "database or disk is full", PostgreSQL's
+    "could not extend file", "File too large").
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            return _NO_ROOM[e.errno], e.strerror or os.strerror(e.errno)
+        if type(e).__name__ == "DiskFull" or getattr(e, "sqlstate", None) == "53100":
+            return "disk full", _first_line(e)
+        text_ = str(e).lower()
+        for needle, what in _NO_ROOM_TEXT:
+            if needle in text_:
+                return what, _first_line(e)
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def disk_full_message(full: tuple[str, str], batch_id: int, where: str, *, rolled_back: bool = True) -> str:
+    """The message of a batch that failed for lack of room (see :func:`disk_full`)."""
+    what, reason = full
+    fix = "raise the file size limit (ulimit -f)" if what.startswith("the file size") else "free space"
+    done = ("the batch was rolled back, nothing of it is in the store" if rolled_back
+            else "nothing of the batch is in the store")
+    return f"{what} while writing batch {batch_id} to {where} ({reason}); {done}; {fix} and rerun with --resume"
+
+
+# ----------------------------------------------------------------------------------------------
+# a batch as rows
+# ----------------------------------------------------------------------------------------------
+def prepare_tables(batch) -> dict[str, pd.DataFrame]:
+    """Check every table of ``batch`` against the schema; its data tables with the columns in
+    schema order and the dtypes of :data:`~mambah.store.schema.COLUMNS`.
+
+    Raises:
+        BatchValidationError: see :meth:`Store.write_batch`.
+    """
+    bid = batch.id
+    if not isinstance(bid, (int, np.integer)) or isinstance(bid, bool):
+        raise BatchValidationError(f"the batch id must be an integer, not {bid!r}")
+    unknown = [t for t in batch.tables if t not in S.COLUMNS]
+    if unknown:
+        raise BatchValidationError(
+            f"batch {bid} has table(s) {', '.join(map(repr, unknown))} that the store does not know; "
+            f"store tables: {', '.join(S.COLUMNS)} (keep scratch data in batch.arrays)"
+        )
+    out = {}
+    for name in S.DATA_TABLES:
+        if name not in batch.tables:
+            continue
+        df = batch.tables[name]
+        if not isinstance(df, pd.DataFrame):
+            raise BatchValidationError(f"batch {bid}: table {name!r} is a {type(df).__name__}, not a pandas DataFrame")
+        expected = S.COLUMNS[name]
+        have = [str(c) for c in df.columns]
+        missing = [c for c in expected if c not in have]
+        extra = [c for c in have if c not in expected]
+        if missing or extra or len(set(have)) != len(have):
+            parts = []
+            if missing:
+                parts.append(f"lacks column(s) {', '.join(missing)}")
+            if extra:
+                parts.append(f"has unexpected column(s) {', '.join(extra)}")
+            if len(set(have)) != len(have):
+                parts.append("has duplicated column names")
+            raise BatchValidationError(
+                f"batch {bid}: table {name!r} " + " and ".join(parts)
+                + f"; expected columns: {', '.join(expected)}"
+            )
+        casts = {c: d for c, d in expected.items() if _cast_needed(name, c, df[c], d, bid)}
+        part = df[list(expected)]
+        if casts:
+            part = part.astype(casts)
+        b = part["batch"].to_numpy()
+        if len(b) and not (b == bid).all():
+            bad = np.unique(b[b != bid])[:5].tolist()
+            raise BatchValidationError(f"batch {bid}: table {name!r} has rows with batch = {bad} (must all be {bid})")
+        key = KEYS[name][1]
+        keys = part[key].to_numpy()
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all() and not pd.Index(keys).is_unique:
+            k = part[key]
+            dup = k[k.duplicated()].unique()[:5].tolist()
+            raise BatchValidationError(f"batch {bid}: table {name!r} has duplicated {key} value(s) {dup}")
+        out[name] = part
+    return out
+
+
+def batch_row(batch) -> dict[str, Any]:
+    """The ``batches`` row of ``batch`` (its provenance; ``created`` is now, UTC)."""
+    info = dict(batch.info)
+    timings = info.pop("timings", {})
+    models = info.pop("models", {})
+    return {
+        "batch": int(batch.id),
+        "production": str(info.get("production", "") or ""),
+        "seed": int(batch.seed),
+        "n_events": int(batch.n_events),
+        "config": _dumps(info),
+        "models": _dumps(models),
+        "code_version": __version__,
+        "status": "complete",
+        "timings": _dumps(timings),
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,72 +512,10 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------
     def _prepare(self, batch) -> dict[str, pd.DataFrame]:
-        """Check every table of ``batch`` against the schema; columns in schema order, cast."""
-        bid = batch.id
-        if not isinstance(bid, (int, np.integer)) or isinstance(bid, bool):
-            raise BatchValidationError(f"the batch id must be an integer, not {bid!r}")
-        unknown = [t for t in batch.tables if t not in S.COLUMNS]
-        if unknown:
-            raise BatchValidationError(
-                f"batch {bid} has table(s) {', '.join(map(repr, unknown))} that the store does not know; "
-                f"store tables: {', '.join(S.COLUMNS)} (keep scratch data in batch.arrays)"
-            )
-        out = {}
-        for name in S.DATA_TABLES:
-            if name not in batch.tables:
-                continue
-            df = batch.tables[name]
-            if not isinstance(df, pd.DataFrame):
-                raise BatchValidationError(f"batch {bid}: table {name!r} is a {type(df).__name__}, not a pandas DataFrame")
-            expected = S.COLUMNS[name]
-            have = [str(c) for c in df.columns]
-            missing = [c for c in expected if c not in have]
-            extra = [c for c in have if c not in expected]
-            if missing or extra or len(set(have)) != len(have):
-                parts = []
-                if missing:
-                    parts.append(f"lacks column(s) {', '.join(missing)}")
-                if extra:
-                    parts.append(f"has unexpected column(s) {', '.join(extra)}")
-                if len(set(have)) != len(have):
-                    parts.append("has duplicated column names")
-                raise BatchValidationError(
-                    f"batch {bid}: table {name!r} " + " and ".join(parts)
-                    + f"; expected columns: {', '.join(expected)}"
-                )
-            casts = {c: d for c, d in expected.items() if _cast_needed(name, c, df[c], d, bid)}
-            part = df[list(expected)]
-            if casts:
-                part = part.astype(casts)
-            b = part["batch"].to_numpy()
-            if len(b) and not (b == bid).all():
-                bad = np.unique(b[b != bid])[:5].tolist()
-                raise BatchValidationError(f"batch {bid}: table {name!r} has rows with batch = {bad} (must all be {bid})")
-            key = KEYS[name][1]
-            keys = part[key].to_numpy()
-            if len(keys) > 1 and not (keys[1:] > keys[:-1]).all() and not pd.Index(keys).is_unique:
-                k = part[key]
-                dup = k[k.duplicated()].unique()[:5].tolist()
-                raise BatchValidationError(f"batch {bid}: table {name!r} has duplicated {key} value(s) {dup}")
-            out[name] = part
-        return out
+        return prepare_tables(batch)
 
     def _batch_row(self, batch) -> dict[str, Any]:
-        info = dict(batch.info)
-        timings = info.pop("timings", {})
-        models = info.pop("models", {})
-        return {
-            "batch": int(batch.id),
-            "production": str(info.get("production", "") or ""),
-            "seed": int(batch.seed),
-            "n_events": int(batch.n_events),
-            "config": _dumps(info),
-            "models": _dumps(models),
-            "code_version": __version__,
-            "status": "complete",
-            "timings": _dumps(timings),
-            "created": _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None),
-        }
+        return batch_row(batch)
 
     def write_batch(self, batch, if_exists: str = "error") -> bool:
         """Write ``batch`` (its ``batches`` row and every table) in one transaction.
@@ -457,9 +536,57 @@ class Store:
         """
         if if_exists not in ("error", "skip"):
             raise ConfigurationError(f"if_exists must be 'error' or 'skip', not {if_exists!r}")
-        conn = self._require_open()
+        self._require_open()
         tables = self._prepare(batch)
         row = self._batch_row(batch)
+
+        def insert(driver):
+            for name, df in tables.items():
+                self.backend.insert(driver, _TABLES[name], df)
+
+        written = self._commit(row, insert, if_exists)
+        if written:
+            log.debug("wrote batch %d (%s) to %s", row["batch"], {k: len(v) for k, v in tables.items()}, self.url)
+        return written
+
+    def write_spooled(self, directory: str | os.PathLike, if_exists: str = "error") -> bool:
+        """Write a batch that a worker spooled to Parquet files (:mod:`mambah.store.spool`).
+
+        The ``batches`` row and every table are written in one transaction, as by
+        :meth:`write_batch`; DuckDB reads the Parquet files itself (``INSERT … SELECT … FROM
+        read_parquet(…)``), the other backends through pyarrow. The spool directory is left in
+        place (the caller deletes it once the transaction is committed).
+
+        Raises:
+            StoreError: the directory is not a complete spooled batch (a half-written spool is
+                never committed), or see :meth:`write_batch`.
+        """
+        from .spool import read_spool
+
+        if if_exists not in ("error", "skip"):
+            raise ConfigurationError(f"if_exists must be 'error' or 'skip', not {if_exists!r}")
+        self._require_open()
+        sp = read_spool(directory)
+
+        def insert(driver):
+            for name, path in sp.files.items():
+                self.backend.insert_parquet(driver, _TABLES[name], path, list(S.COLUMNS[name]))
+
+        written = self._commit(sp.row, insert, if_exists)
+        if written:
+            log.debug("wrote spooled batch %d (%s) to %s", sp.batch, sp.rows, self.url)
+        return written
+
+    def _location(self) -> str:
+        """Where the data of this store lives: the database file, or the URL of a server."""
+        db = self._url.database
+        if self.backend.name != "postgresql" and db and db != ":memory:":
+            return str(Path(db).resolve())
+        return self.url
+
+    def _commit(self, row: dict[str, Any], insert, if_exists: str) -> bool:
+        """The ``batches`` row and ``insert(driver)`` (the data tables) in one transaction."""
+        conn = self._require_open()
         bt = S.BatchRow.__table__
         try:
             with conn.begin():
@@ -473,17 +600,54 @@ class Store:
                         "(mambah store delete --batch N) or write with if_exists='skip'"
                     )
                 conn.execute(sa.insert(bt), row)
-                driver = self._driver()
-                for name, df in tables.items():
-                    self.backend.insert(driver, _TABLES[name], df)
+                insert(self._driver())
         except IntegrityError as e:  # a concurrent writer committed the same batch id first
             if if_exists == "skip" and self.has_batch(row["batch"]):
                 return False
             if self.has_batch(row["batch"]):
                 raise BatchExistsError(f"batch {row['batch']} is already in the store {self.url} (written concurrently)") from None
             raise StoreError(f"writing batch {row['batch']} to {self.url} failed: {e.orig}") from e
-        log.debug("wrote batch %d (%s) to %s", row["batch"], {k: len(v) for k, v in tables.items()}, self.url)
+        except MambahError:
+            raise
+        except Exception as e:
+            full = disk_full(e) or self._no_room(e)
+            if full is None:
+                raise
+            raise StoreError(disk_full_message(full, row["batch"], self._location())) from e
         return True
+
+    def _no_room(self, exc: BaseException) -> tuple[str, str] | None:
+        """For a bare I/O error of a file store (SQLite says "disk I/O error" when a write hits
+        the file-size limit): whether a file of the store reached ``ulimit -f`` or its disk is full."""
+        text_ = str(exc).lower()
+        if "i/o error" not in text_ and "io error" not in text_:
+            return None
+        db = self._url.database
+        if self.backend.name == "postgresql" or not db or db == ":memory:":
+            return None
+        path = Path(db).resolve()
+        reason = _first_line(exc)
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        except (ImportError, OSError, ValueError):
+            limit = -1
+        if limit >= 0 and limit != getattr(resource, "RLIM_INFINITY", -1):
+            for f in (path, *(path.with_name(path.name + x) for x in ("-wal", "-journal", ".wal"))):
+                try:
+                    size = f.stat().st_size
+                except OSError:
+                    continue
+                if size + (1 << 16) >= limit:  # within a page or a WAL frame of the limit
+                    return "the file size limit was reached", f"{reason}; {f.name} is {size} bytes, ulimit -f allows {limit}"
+        try:
+            st = os.statvfs(path.parent)
+            if st.f_bavail * st.f_frsize < (1 << 20):
+                return "disk full", f"{reason}; {st.f_bavail * st.f_frsize} bytes free on the device"
+        except OSError:
+            pass
+        return None
 
     def write_batches(self, batches: Iterable, if_exists: str = "error") -> int:
         """Write several batches, each in its own transaction; returns how many were written."""

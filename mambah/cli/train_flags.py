@@ -1,0 +1,204 @@
+"""``mambah train flags``: an sWeighted Bernoulli classifier for PID flags (isMuon, hasRich ...).
+
+Example::
+
+    mambah train flags --data K_calib.parquet --species K --conditions P,ETA,nTracks,charge \\
+        --targets isMuon,hasRich --weight sWeight --out models/pid-K-isMuon
+
+The model (kind ``"pid-flags"``, :class:`mambah.nn.flags.FlagModel`) gives P(flag = 1 | conditions);
+see :mod:`mambah.nn.flags`.
+"""
+
+from __future__ import annotations
+
+
+def register(kinds) -> None:
+    p = kinds.add_parser(
+        "flags", help="train a PID flag classifier (isMuon, hasRich ...) on sWeighted calibration data",
+        description="Train P(flag = 1 | conditions) for 0/1 target columns with an sWeighted binary cross-entropy "
+                    "(negative sWeights allowed), stop early on the weighted loss of a held-out fraction, and "
+                    "write the model directory (kind 'pid-flags') with its card: the held-out weighted BCE and, "
+                    "per flag, the predicted vs observed efficiency in bins of the first condition.",
+    )
+    p.add_argument("--data", required=True, help="training table: .parquet, .csv or file.root:tree")
+    p.add_argument("--species", required=True, help="particle species the model describes (e.g. p, K, pi, mu, e)")
+    p.add_argument("--conditions", required=True,
+                   help="comma-separated condition columns, the first one (e.g. P) bins the efficiency check")
+    p.add_argument("--targets", required=True, help="comma-separated 0/1 flag columns (e.g. isMuon,hasRich)")
+    p.add_argument("--weight", default=None, help="sWeight column (default: every row weight 1)")
+    p.add_argument("--out", "-o", required=True, help="model directory to write")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help="stop after N epochs (default: the time budget)")
+    budget.add_argument("--max-time", type=float, default=None,
+                        help="training budget in minutes (default 10; early stopping usually ends sooner)")
+    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: split, initialisation, batches (default 0)")
+    p.add_argument("--valid-fraction", type=float, default=0.2,
+                   help="held-out fraction: early stopping, kept weights and the card's metrics (default 0.2)")
+    p.add_argument("--selection", default=None, help="pandas query applied first, e.g. 'P > 3000 and ETA < 5'")
+    p.add_argument("--name", default=None, help="model name (default: the directory name)")
+    p.add_argument("--version", dest="model_version", default="1", help="model version (default 1)")
+    p.add_argument("--description", default=None, help="training-data description for the card")
+    p.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    g = p.add_argument_group("network and training (the defaults are good settings)")
+    g.add_argument("--width", type=int, default=None, help="hidden layer width (64)")
+    g.add_argument("--depth", type=int, default=None, help="hidden layers (2)")
+    g.add_argument("--activation", default=None, help="hidden activation (relu)")
+    g.add_argument("--learning-rate", type=float, default=None, help="initial Adam learning rate (2e-3)")
+    g.add_argument("--patience", type=int, default=None, help="epochs without a better validation loss before stopping (8)")
+    p.set_defaults(func=run)
+
+
+def build_config(args):
+    """The :class:`~mambah.nn.flags.FlagConfig` from the CLI options (unset options keep the defaults)."""
+    from ..nn.flags import FlagConfig
+
+    cfg = FlagConfig(seed=args.seed)
+    for opt in ("width", "depth", "activation", "learning_rate", "patience", "batch_size", "epochs"):
+        v = getattr(args, opt, None)
+        if v is not None:
+            setattr(cfg, opt, v)
+    if args.max_time is not None:
+        cfg.max_time = 60.0 * args.max_time
+    elif args.epochs is not None:
+        cfg.max_time = 7 * 24 * 3600.0  # the epochs are the budget
+    cfg.validate()
+    return cfg
+
+
+def run(args) -> int:
+    import logging
+    import shlex
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..errors import ConfigurationError, DataError
+    from ..io import check_finite, check_weights, read_table, require_columns, split_spec
+    from . import progress_enabled
+    from .train_pid import _names, _sha256
+
+    log = logging.getLogger("mambah.train.flags")
+    conditions = _names(args.conditions, "conditions")
+    targets = _names(args.targets, "targets")
+    both = set(conditions) & set(targets)
+    if both:
+        raise ConfigurationError(f"{sorted(both)} cannot be both a condition and a target")
+    if args.weight and args.weight in set(conditions) | set(targets):
+        raise ConfigurationError(f"the weight column {args.weight!r} is also a condition or a target")
+    if not 0.02 <= args.valid_fraction <= 0.5:
+        raise ConfigurationError(f"--valid-fraction must be in [0.02, 0.5], not {args.valid_fraction}")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigurationError(f"--epochs must be >= 1, not {args.epochs}")
+    if args.max_time is not None and not args.max_time > 0:
+        raise ConfigurationError(f"--max-time must be > 0 minutes, not {args.max_time}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    cfg = build_config(args)
+
+    # ---- the data: read, select, check (all before anything is trained or written) — as `mambah train pid`
+    needed = conditions + targets + ([args.weight] if args.weight else [])
+    df = read_table(args.data)
+    where = args.data
+    require_columns(df, needed, where=where)
+    n_read = len(df)
+    if args.selection:
+        try:
+            df = df.query(args.selection)
+        except Exception as e:
+            raise ConfigurationError(f"--selection {args.selection!r} failed on {where}: {type(e).__name__}: {e}") from None
+        log.info("selection %r keeps %d of %d rows", args.selection, len(df), n_read)
+        if len(df) == 0:
+            raise DataError(f"--selection {args.selection!r} keeps none of the {n_read} rows of {where}")
+    df = check_finite(df, needed, drop=args.drop_nonfinite, where=where)
+    if args.weight:
+        w = check_weights(df[args.weight].to_numpy(dtype=float), where=f"{where} column {args.weight!r}")
+    else:
+        if "sWeight" in df.columns:
+            log.warning("%s has an 'sWeight' column but no --weight was given: training with weight 1 "
+                        "(signal plus background)", where)
+        w = np.ones(len(df))
+
+    from ..nn.flags import check_flag_values
+
+    Y = check_flag_values(df[targets].to_numpy(), targets, where=where)
+    C = df[conditions].to_numpy(dtype=float)
+    rng = np.random.default_rng([args.seed, 20260])  # the split of `mambah train pid`
+    perm = rng.permutation(len(df))
+    n_valid = int(round(args.valid_fraction * len(df)))
+    iv, it = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
+    if len(iv) < 10 or len(it) < 10:
+        raise DataError(f"{len(df)} rows (after selection) are too few for a training and a validation part")
+    if w[iv].sum() <= 0 or w[it].sum() <= 0:
+        raise DataError(f"the sWeights of the training or validation part sum to <= 0 (training {w[it].sum():.6g}, "
+                        f"validation {w[iv].sum():.6g}); give more data")
+
+    # ---- train
+    from ..nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce
+    from ..nn.pidmodel import describe_column
+
+    trainer = FlagTrainer(cfg, condition_names=conditions, target_names=targets,
+                          show_progress=progress_enabled(args))
+    log.info("training %s | %s on %d rows (%d held out), weights %s, budget %s", ",".join(targets),
+             ",".join(conditions), len(it), len(iv), args.weight or "1",
+             f"{args.epochs} epochs" if args.epochs else f"{cfg.max_time / 60:.1f} min")
+    trainer.fit(C[it], Y[it], w[it], valid=(C[iv], Y[iv], w[iv]))
+
+    # ---- held-out metrics
+    prob = trainer.predict_proba(C[iv])
+    bce, bce_per = weighted_bce(prob, Y[iv], w[iv])
+    rate = (w[iv][:, None] * Y[iv]).sum(axis=0) / w[iv].sum()
+    bce0, _ = weighted_bce(np.broadcast_to(np.clip(rate, 1e-7, 1 - 1e-7), Y[iv].shape), Y[iv], w[iv])
+    eff = efficiency_closure(C[iv, 0], prob, Y[iv], w[iv], targets, column=conditions[0])
+    log.info("held-out weighted BCE %.5f (constant-rate predictor %.5f); max |eff diff| in %s bins: %s", bce, bce0,
+             conditions[0], ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items()))
+
+    path, tree = split_spec(args.data)
+    card = {
+        "name": args.name or out.name,
+        "version": str(args.model_version),
+        "kind": "pid-flags",
+        "species": args.species,
+        "conditions": [describe_column(c) for c in conditions],
+        "targets": [describe_column(t) for t in targets],
+        "units": "MeV, mm, ns (LHCb convention); momenta in MeV/c; targets are 0/1 flags, the model gives P(flag = 1)",
+        "training_data": {
+            "description": args.description or f"{path.name}" + (f":{tree}" if tree else ""),
+            "file": path.name, "sha256": _sha256(path), "n_rows": int(n_read), "n_selected": int(len(df)),
+            "selection": args.selection, "weight": args.weight,
+            "sum_weights": float(w.sum()), "negative_weight_fraction": float(np.mean(w < 0)),
+            "n_train": int(len(it)), "n_valid": int(len(iv)),
+            "split": f"seeded random permutation (numpy default_rng([{args.seed}, 20260])), first "
+                     f"{args.valid_fraction:g} held out",
+            "observed_rate": {t: float(r) for t, r in zip(targets, rate)},
+        },
+        "hyperparameters": {
+            "model": "sWeighted Bernoulli classifier: MLP on quantile-Gaussianised conditions, one sigmoid per flag, "
+                     "loss sum(w BCE)/sum(w), Adam, early stopping on the weighted validation loss",
+            **vars(cfg)},
+        "metrics": {
+            "valid_bce": bce,
+            "valid_bce_per_flag": dict(zip(targets, bce_per)),
+            "valid_bce_constant": bce0,
+            "max_abs_eff_diff": eff["max_abs_eff_diff"],
+            "efficiency": eff,
+            "best_epoch": trainer.best_epoch_,
+            "note": (f"on the {len(iv)} held-out rows (also used for early stopping), weighted with {args.weight or '1'}: "
+                     "valid_bce = sum(w BCE)/sum(w) averaged over flags; valid_bce_constant = the same for the "
+                     "constant observed rate; efficiency = per flag, in bins of "
+                     f"{conditions[0]}, the predicted mean probability vs the weighted observed rate, diff = "
+                     "predicted - observed with stat_error = sqrt(sum w^2 (y - p)^2)/sum w (bins of >= 50 rows)."),
+        },
+        "training": {"seconds": round(trainer.train_seconds_, 1), "epochs": trainer.epochs_,
+                     "steps": trainer.steps_, "history": trainer.history_},
+        "command": "mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "mambah" in sys.argv[0]
+                   else None,
+    }
+    save_flag_model(out, trainer, card, overwrite=args.overwrite)
+    print(f"wrote {out}: held-out weighted BCE {bce:.5f} (constant rate {bce0:.5f}); max |eff diff| in {conditions[0]} "
+          f"bins: " + ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items())
+          + f"; trained {trainer.train_seconds_:.0f} s, {trainer.epochs_} epochs")
+    return 0
