@@ -70,7 +70,7 @@ UNWEIGHTED = {"e:muon"}
 EVENTS = {"mu": 100_000, "e": 200_000, "pi": 200_000, "K": 200_000, "p": 200_000}
 
 
-def run(cmd: list[str], nice: bool = True) -> None:
+def run(cmd: list[str], nice: bool = False) -> None:
     full = (["nice", "-n", "10"] if nice else []) + cmd
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     subprocess.run(full, check=True)
@@ -99,7 +99,7 @@ def train(species: str, role: str, data: Path, out: Path, budget: list[str], wei
                                      + ("; trained WITHOUT sWeights (see UNWEIGHTED in examples/train_pid_chain.py)"
                                         if f"{species}:{role}" in UNWEIGHTED else ""), *net]
     if sub == "pid":
-        cmd += ["--validate-every", "30", "--patience", "12"]
+        cmd += ["--validate-every", "30", "--patience", "40"]
     if weighted and f"{species}:{role}" not in UNWEIGHTED:
         cmd += ["--weight", "sWeight"]
     if sel:
