@@ -1,20 +1,24 @@
 """Benchmark of the PID GAN: inference rate, training rate, time to the final score.
 
 * inference: ``PidModel.generate_array`` on 10^6 tracks whose conditions are the real calibration
-  rows repeated (preprocessing, noise, network and inverse transform included); best of
-  ``--repeats``; wall time and CPU time (on a machine shared with other jobs the CPU time, divided
-  by the cores used, is the fairer measure: we report both);
+  rows repeated (preprocessing, noise, network and inverse transform included): the compiled path
+  (:func:`mambah.nn.inference.generate`) and, as a baseline in the same run, the former numpy path
+  (:func:`mambah.nn.inference.generate_reference`: numpy transforms and noise around the network),
+  timed alternately; best of ``--repeats``; wall time and CPU time (on a machine shared with other
+  jobs the CPU time, divided by the cores used, is the fairer measure: we report both);
 * training: ``--train-steps`` steps of the default Cramér GAN on the real sample (after one warm-up
   step that traces the graph), samples per second;
 * time to score: from the model card's validation history, the training seconds at which the
   validation BDT-KS first reached its final (best) value, and first went below 0.05.
 
 Prints a table, then ONE final JSON line with ``inference_tracks_per_s``, ``train_samples_per_s``,
-``seconds_to_score``, ``chain_tracks_per_s`` (the whole chained PID stage, :func:`bench_chain`).
+``seconds_to_score``, ``chain_tracks_per_s`` (the whole chained PID stage, :func:`bench_chain`), and
+``inference_reference_tracks_per_s`` (the numpy path); parts left out with ``--only`` are ``null``.
 
 Usage::
 
     python benchmarks/pid.py [--model models/pid-p-dllp-lhcb-run3] [--data ../shared/data/lc_protons_run3.parquet]
+                             [--only inference,training,score,chain]
 """
 
 from __future__ import annotations
@@ -34,22 +38,31 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "lc_protons_run3.parquet"
 
 
 def bench_inference(model_dir, data, n, repeats):
-    from mambah.nn.pidmodel import PidModel
+    """The compiled path (``generate_array``) and the numpy reference path, alternately, best of ``repeats``."""
+    import warnings
+
+    from mambah.nn.inference import generate_reference
+    from mambah.nn.pidmodel import OutOfRangeWarning, PidModel
 
     m = PidModel.load(model_dir)
     df = pd.read_parquet(data, columns=m.conditions)
     c = np.tile(df.to_numpy(dtype=float), (n // len(df) + 1, 1))[:n]
-    m.generate_array(c[:10000], seed=0)  # trace the compiled function
-    best = None
-    for r in range(repeats):
-        t, p = time.perf_counter(), time.process_time()
-        y = m.generate_array(c, seed=r)
-        dt, dp = time.perf_counter() - t, time.process_time() - p
-        if best is None or dt < best[0]:
-            best = (dt, dp)
-    assert y.shape == (n, len(m.targets))
-    return {"n": n, "wall_s": best[0], "cpu_s": best[1], "tracks_per_s": n / best[0],
-            "tracks_per_cpu_s": n / best[1]}
+    paths = {"fast": lambda seed: m.generate_array(c, seed), "reference": lambda seed: generate_reference(m, c, seed)}
+    best = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)  # a few calibration rows lie outside the training range
+        m.generate_array(c[:10000], seed=0)  # trace the compiled functions
+        generate_reference(m, c[:10000], 0)
+        for r in range(repeats):
+            for name, run in paths.items():
+                t, p = time.perf_counter(), time.process_time()
+                y = run(r)
+                dt, dp = time.perf_counter() - t, time.process_time() - p
+                if name not in best or dt < best[name][0]:
+                    best[name] = (dt, dp)
+                assert y.shape == (n, len(m.targets))
+    return {name: {"n": n, "wall_s": w, "cpu_s": p, "tracks_per_s": n / w, "tracks_per_cpu_s": n / p}
+            for name, (w, p) in best.items()}
 
 
 def bench_training(data, steps):
@@ -137,6 +150,9 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None):
     return {"tracks_per_s": n / best_wall, "tracks_per_cpu_s": n / best_cpu, "n": n}
 
 
+PARTS = ("inference", "training", "score", "chain")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -144,29 +160,55 @@ def main():
     ap.add_argument("--tracks", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=200)
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)")
     a = ap.parse_args()
+    only = [p.strip() for p in a.only.split(",") if p.strip()]
+    unknown = sorted(set(only) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown part(s) {unknown} in --only; choose from {list(PARTS)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    inf = bench_inference(a.model, a.data, a.tracks, a.repeats)
-    tr = bench_training(a.data, a.train_steps)
-    ts = time_to_score(a.model)
-    ch = bench_chain(a.tracks)
+    inf = bench_inference(a.model, a.data, a.tracks, a.repeats) if "inference" in only else None
+    tr = bench_training(a.data, a.train_steps) if "training" in only else None
+    ts = time_to_score(a.model) if "score" in only else None
+    ch = bench_chain(a.tracks) if "chain" in only else None
     load = os.getloadavg()[0]
-    print(f"{'measure':44s} {'value':>14s}")
-    print(f"{'inference: tracks/s (wall, best of %d)' % a.repeats:44s} {inf['tracks_per_s']:14,.0f}")
-    print(f"{'inference: tracks per CPU-second':44s} {inf['tracks_per_cpu_s']:14,.0f}")
-    print(f"{'training: samples/s (wall)':44s} {tr['samples_per_s']:14,.0f}")
-    print(f"{'training: samples per CPU-second':44s} {tr['samples_per_cpu_s']:14,.0f}")
-    print(f"{'training: steps/s (batch %d)' % tr['batch_size']:44s} {tr['steps'] / tr['wall_s']:14.1f}")
-    for k, v in ts.items():
-        print(f"{'time to score: ' + k:44s} {v:14.4g}")
-    print(f"{'chained PID stage (5 species): tracks/s':44s} {ch['tracks_per_s']:14,.0f}")
-    print(f"{'chained PID stage: tracks per CPU-second':44s} {ch['tracks_per_cpu_s']:14,.0f}")
-    print(f"{'load average (1 min) during the run':44s} {load:14.2f}")
-    print(json.dumps({"inference_tracks_per_s": inf["tracks_per_s"], "train_samples_per_s": tr["samples_per_s"],
-                      "seconds_to_score": ts["seconds_to_score"],
-                      "inference_tracks_per_cpu_s": inf["tracks_per_cpu_s"],
-                      "train_samples_per_cpu_s": tr["samples_per_cpu_s"], "load_average": load,
-                      "chain_tracks_per_s": ch["tracks_per_s"], "chain_tracks_per_cpu_s": ch["tracks_per_cpu_s"]}))
+    print(f"{'measure':58s} {'value':>14s}")
+    if inf:
+        for name, label in (("reference", "numpy path (baseline)"), ("fast", "compiled path")):
+            r = inf[name]
+            print(f"{'inference, %s: tracks/s (wall, best of %d)' % (label, a.repeats):58s} {r['tracks_per_s']:14,.0f}")
+            print(f"{'inference, %s: wall / CPU s per %d' % (label, r['n']):58s} "
+                  f"{r['wall_s']:6.3f} / {r['cpu_s']:6.3f}")
+            print(f"{'inference, %s: tracks per CPU-second' % label:58s} {r['tracks_per_cpu_s']:14,.0f}")
+        print(f"{'inference: speed-up of the compiled path (wall)':58s} "
+              f"{inf['fast']['tracks_per_s'] / inf['reference']['tracks_per_s']:14.2f}")
+    if tr:
+        print(f"{'training: samples/s (wall)':58s} {tr['samples_per_s']:14,.0f}")
+        print(f"{'training: samples per CPU-second':58s} {tr['samples_per_cpu_s']:14,.0f}")
+        print(f"{'training: steps/s (batch %d)' % tr['batch_size']:58s} {tr['steps'] / tr['wall_s']:14.1f}")
+    for k, v in (ts or {}).items():
+        print(f"{'time to score: ' + k:58s} {v:14.4g}")
+    if ch:
+        print(f"{'chained PID stage (5 species): tracks/s':58s} {ch['tracks_per_s']:14,.0f}")
+        print(f"{'chained PID stage: tracks per CPU-second':58s} {ch['tracks_per_cpu_s']:14,.0f}")
+    print(f"{'load average (1 min) during the run':58s} {load:14.2f}")
+
+    def get(d, *keys):
+        for k in keys:
+            if d is None:
+                return None
+            d = d[k]
+        return d
+
+    print(json.dumps({"inference_tracks_per_s": get(inf, "fast", "tracks_per_s"),
+                      "train_samples_per_s": get(tr, "samples_per_s"),
+                      "seconds_to_score": get(ts, "seconds_to_score"),
+                      "inference_tracks_per_cpu_s": get(inf, "fast", "tracks_per_cpu_s"),
+                      "inference_reference_tracks_per_s": get(inf, "reference", "tracks_per_s"),
+                      "inference_reference_tracks_per_cpu_s": get(inf, "reference", "tracks_per_cpu_s"),
+                      "train_samples_per_cpu_s": get(tr, "samples_per_cpu_s"), "load_average": load,
+                      "chain_tracks_per_s": get(ch, "tracks_per_s"), "chain_tracks_per_cpu_s": get(ch, "tracks_per_cpu_s")}))
 
 
 if __name__ == "__main__":

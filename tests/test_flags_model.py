@@ -110,7 +110,9 @@ def test_training_helped_and_the_closure_metric_sees_the_difference(toy_fits):
     rate = (swv[:, None] * yv).sum(0) / swv.sum()
     const, _ = weighted_bce(np.broadcast_to(rate, yv.shape), yv, swv)
     bce, per_flag = weighted_bce(weighted.predict_proba(cv), yv, swv)
-    assert bce == pytest.approx(weighted.best_valid_loss_, rel=1e-5)
+    assert bce == pytest.approx(weighted.history_[weighted.best_epoch_ - 1]["valid_bce"], rel=1e-5)
+    brier = (swv[:, None] * (yv - weighted.predict_proba(cv)) ** 2).sum() / swv.sum() / 2
+    assert brier == pytest.approx(weighted.best_valid_loss_, rel=1e-5)  # the default stops on the Brier score
     assert bce < const - 0.03 and len(per_flag) == 2
     # the card's metric: predicted vs sWeighted observed rate in p bins
     good = efficiency_closure(cv[:, 0], weighted.predict_proba(cv), yv, swv, TARGS, column="P")
@@ -148,7 +150,7 @@ def test_fit_is_reproducible_for_a_seed():
     b, _ = _small(seed=4)
     other, _ = _small(seed=5)
     np.testing.assert_array_equal(a.predict_proba(c), b.predict_proba(c))
-    assert [h["valid_loss"] for h in a.history_] == [h["valid_loss"] for h in b.history_]
+    assert [h["valid_bce"] for h in a.history_] == [h["valid_bce"] for h in b.history_]
     assert not np.allclose(a.predict_proba(c), other.predict_proba(c))
 
 
@@ -290,6 +292,7 @@ def test_cli_trains_a_flag_model(tiny_parquet, tmp_path):
     mt = card["metrics"]
     assert set(mt["max_abs_eff_diff"]) == {"isMuon", "hasRich"} and mt["efficiency"]["column"] == "P"
     assert mt["valid_bce"] > 0 and set(mt["valid_bce_per_flag"]) == {"isMuon", "hasRich"}
+    assert 0 < mt["valid_brier"] < 1 and mt["stopped_on"] == "valid_brier" and "valid_brier_constant" in mt
     assert card["training"]["epochs"] == 3 and card["hyperparameters"]["width"] == 16
     m = FlagModel.load(out)
     assert m.probabilities(df[m.conditions].head(7)).shape == (7, 2)

@@ -11,7 +11,7 @@ ORDER = ["pid", "efficiency", "resolution"]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a model (pid, efficiency, resolution) and write its model directory",
+    p = sub.add_parser("train", help="train a model (pid, flags, efficiency, resolution) and write its model directory",
                        description="Train a model and write its model directory (networks, preprocessing, card.json).")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     found = {m.name[6:] for m in pkgutil.iter_modules(_cli_path) if m.name.startswith("train_")}

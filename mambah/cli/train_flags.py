@@ -15,10 +15,11 @@ from __future__ import annotations
 def register(kinds) -> None:
     p = kinds.add_parser(
         "flags", help="train a PID flag classifier (isMuon, hasRich ...) on sWeighted calibration data",
-        description="Train P(flag = 1 | conditions) for 0/1 target columns with an sWeighted binary cross-entropy "
-                    "(negative sWeights allowed), stop early on the weighted loss of a held-out fraction, and "
-                    "write the model directory (kind 'pid-flags') with its card: the held-out weighted BCE and, "
-                    "per flag, the predicted vs observed efficiency in bins of the first condition.",
+        description="Train P(flag = 1 | conditions) for 0/1 target columns with an sWeighted binary "
+                    "cross-entropy (negative sWeights allowed), keep the weights with the best sWeighted Brier "
+                    "score on a held-out fraction, and write the model directory (kind 'pid-flags') with its "
+                    "card: the held-out weighted BCE and Brier score and, per flag, the predicted vs observed "
+                    "efficiency in bins of the first condition.",
     )
     p.add_argument("--data", required=True, help="training table: .parquet, .csv or file.root:tree")
     p.add_argument("--species", required=True, help="particle species the model describes (e.g. p, K, pi, mu, e)")
@@ -31,10 +32,10 @@ def register(kinds) -> None:
     budget.add_argument("--epochs", type=int, default=None, help="stop after N epochs (default: the time budget)")
     budget.add_argument("--max-time", type=float, default=None,
                         help="training budget in minutes (default 10; early stopping usually ends sooner)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 1024)")
+    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="random seed: split, initialisation, batches (default 0)")
     p.add_argument("--valid-fraction", type=float, default=0.2,
-                   help="held-out fraction: early stopping, kept weights and the card's metrics (default 0.2)")
+                   help="held-out fraction: kept weights, early stopping and the card's metrics (default 0.2)")
     p.add_argument("--selection", default=None, help="pandas query applied first, e.g. 'P > 3000 and ETA < 5'")
     p.add_argument("--name", default=None, help="model name (default: the directory name)")
     p.add_argument("--version", dest="model_version", default="1", help="model version (default 1)")
@@ -42,11 +43,15 @@ def register(kinds) -> None:
     p.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     g = p.add_argument_group("network and training (the defaults are good settings)")
-    g.add_argument("--width", type=int, default=None, help="hidden layer width (64)")
-    g.add_argument("--depth", type=int, default=None, help="hidden layers (2)")
+    g.add_argument("--width", type=int, default=None, help="hidden layer width (48)")
+    g.add_argument("--depth", type=int, default=None, help="hidden layers (3)")
     g.add_argument("--activation", default=None, help="hidden activation (relu)")
-    g.add_argument("--learning-rate", type=float, default=None, help="initial Adam learning rate (2e-3)")
-    g.add_argument("--patience", type=int, default=None, help="epochs without a better validation loss before stopping (8)")
+    g.add_argument("--learning-rate", type=float, default=None, help="initial Adam learning rate (1e-2)")
+    g.add_argument("--stop-on", choices=("brier", "bce"), default=None,
+                   help="held-out score that chooses the kept weights and stops the training: sWeighted Brier "
+                        "score or binary cross-entropy (brier)")
+    g.add_argument("--patience", type=int, default=None,
+                   help="epochs without a better held-out score before stopping (8)")
     p.set_defaults(func=run)
 
 
@@ -55,7 +60,7 @@ def build_config(args):
     from ..nn.flags import FlagConfig
 
     cfg = FlagConfig(seed=args.seed)
-    for opt in ("width", "depth", "activation", "learning_rate", "patience", "batch_size", "epochs"):
+    for opt in ("width", "depth", "activation", "learning_rate", "patience", "batch_size", "epochs", "stop_on"):
         v = getattr(args, opt, None)
         if v is not None:
             setattr(cfg, opt, v)
@@ -137,7 +142,7 @@ def run(args) -> int:
                         f"validation {w[iv].sum():.6g}); give more data")
 
     # ---- train
-    from ..nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce
+    from ..nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier
     from ..nn.pidmodel import describe_column
 
     trainer = FlagTrainer(cfg, condition_names=conditions, target_names=targets,
@@ -151,10 +156,13 @@ def run(args) -> int:
     prob = trainer.predict_proba(C[iv])
     bce, bce_per = weighted_bce(prob, Y[iv], w[iv])
     rate = (w[iv][:, None] * Y[iv]).sum(axis=0) / w[iv].sum()
-    bce0, _ = weighted_bce(np.broadcast_to(np.clip(rate, 1e-7, 1 - 1e-7), Y[iv].shape), Y[iv], w[iv])
+    const = np.broadcast_to(np.clip(rate, 1e-7, 1 - 1e-7), Y[iv].shape)
+    bce0, _ = weighted_bce(const, Y[iv], w[iv])
+    brier, brier_per = weighted_brier(prob, Y[iv], w[iv])
+    brier0, _ = weighted_brier(const, Y[iv], w[iv])
     eff = efficiency_closure(C[iv, 0], prob, Y[iv], w[iv], targets, column=conditions[0])
-    log.info("held-out weighted BCE %.5f (constant-rate predictor %.5f); max |eff diff| in %s bins: %s", bce, bce0,
-             conditions[0], ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items()))
+    log.info("held-out weighted BCE %.5f, Brier %.5f (constant-rate predictor %.5f, %.5f); max |eff diff| in %s bins: %s",
+             bce, brier, bce0, brier0, conditions[0], ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items()))
 
     path, tree = split_spec(args.data)
     card = {
@@ -177,18 +185,22 @@ def run(args) -> int:
         },
         "hyperparameters": {
             "model": "sWeighted Bernoulli classifier: MLP on quantile-Gaussianised conditions, one sigmoid per flag, "
-                     "loss sum(w BCE)/sum(w), Adam, early stopping on the weighted validation loss",
+                     "loss sum(w BCE)/sum(w), Adam, weight averaging (EMA), kept weights and early stopping by "
+                     "the weighted held-out score stop_on",
             **vars(cfg)},
         "metrics": {
             "valid_bce": bce,
             "valid_bce_per_flag": dict(zip(targets, bce_per)),
             "valid_bce_constant": bce0,
-            "max_abs_eff_diff": eff["max_abs_eff_diff"],
+            "valid_brier": brier,
+            "valid_brier_per_flag": dict(zip(targets, brier_per)),
+            "valid_brier_constant": brier0,
+            "stopped_on": f"valid_{cfg.stop_on}",            "max_abs_eff_diff": eff["max_abs_eff_diff"],
             "efficiency": eff,
             "best_epoch": trainer.best_epoch_,
             "note": (f"on the {len(iv)} held-out rows (also used for early stopping), weighted with {args.weight or '1'}: "
-                     "valid_bce = sum(w BCE)/sum(w) averaged over flags; valid_bce_constant = the same for the "
-                     "constant observed rate; efficiency = per flag, in bins of "
+                     "valid_bce = sum(w BCE)/sum(w) and valid_brier = sum(w (y - p)^2)/sum(w), averaged over flags; "
+                     "*_constant = the same for the constant observed rate; efficiency = per flag, in bins of "
                      f"{conditions[0]}, the predicted mean probability vs the weighted observed rate, diff = "
                      "predicted - observed with stat_error = sqrt(sum w^2 (y - p)^2)/sum w (bins of >= 50 rows)."),
         },
@@ -198,7 +210,8 @@ def run(args) -> int:
                    else None,
     }
     save_flag_model(out, trainer, card, overwrite=args.overwrite)
-    print(f"wrote {out}: held-out weighted BCE {bce:.5f} (constant rate {bce0:.5f}); max |eff diff| in {conditions[0]} "
+    print(f"wrote {out}: held-out weighted BCE {bce:.5f}, Brier {brier:.5f} (constant rate {bce0:.5f}, {brier0:.5f}); "
+          f"max |eff diff| in {conditions[0]} "
           f"bins: " + ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items())
           + f"; trained {trainer.train_seconds_:.0f} s, {trainer.epochs_} epochs")
     return 0

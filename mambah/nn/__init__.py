@@ -6,7 +6,9 @@
   stored as arrays;
 * :mod:`mambah.nn.train` — :class:`GANConfig` and :class:`CramerGANTrainer` (the fit loop: EMA,
   learning-rate decay, best checkpoint by BDT-KS, early stopping, resume);
-* :mod:`mambah.nn.pidmodel` — :class:`PidModel` (load a model directory, ``generate``, ONNX export).
+* :mod:`mambah.nn.pidmodel` — :class:`PidModel` (load a model directory, ``generate``, ONNX export);
+* :mod:`mambah.nn.flags` — :class:`FlagModel`, :class:`FlagTrainer`: the sWeighted Bernoulli
+  classifier of PID flags (isMuon, hasRich), evaluated in numpy.
 
 Names are imported lazily so that ``import mambah.nn`` does not load TensorFlow.
 """
@@ -23,6 +25,10 @@ _LAZY = {
     "PidModel": "mambah.nn.pidmodel",
     "OutOfRangeWarning": "mambah.nn.pidmodel",
     "save_pid_model": "mambah.nn.pidmodel",
+    "FlagModel": "mambah.nn.flags",
+    "FlagTrainer": "mambah.nn.flags",
+    "FlagConfig": "mambah.nn.flags",
+    "save_flag_model": "mambah.nn.flags",
 }
 
 __all__ = sorted(_LAZY)

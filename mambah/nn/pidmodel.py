@@ -81,7 +81,7 @@ class PidModel:
         self.conditions = [c["name"] for c in card["conditions"]]
         self.targets = [t["name"] for t in card["targets"]]
         self.n_noise = int(card["hyperparameters"]["n_noise"])
-        self._fn = None
+        self._fast = None  # the compiled inference graphs (mambah.nn.inference), built on first use
 
     def __repr__(self) -> str:
         return (f"PidModel({self.card.get('name')!r}, species={self.card.get('species')!r}, "
@@ -133,26 +133,34 @@ class PidModel:
         """Fraction of rows with a condition outside the training range; warns when it is > 0."""
         lo, hi = self.cond_pre.range_()
         out = (c < lo) | (c > hi)
-        frac = float(out.any(axis=1).mean()) if len(c) else 0.0
-        if frac > 0:
-            detail = ", ".join(f"{n}: {int(out[:, j].sum())} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
-                               for j, n in enumerate(self.conditions) if out[:, j].any())
-            msg = (f"{100 * frac:.3g}% of the rows ({int(out.any(axis=1).sum())} of {len(c)}) have conditions outside the "
-                   f"training range of model {self.card.get('name')!r} ({detail}); they are clamped to the range edges")
-            warnings.warn(msg, OutOfRangeWarning, stacklevel=3)
-        return frac
+        rows = int(out.any(axis=1).sum())
+        if rows:
+            self._warn_out_of_range(out.sum(axis=0), rows, len(c), stacklevel=4)
+        return rows / len(c) if len(c) else 0.0
 
-    def generate_array(self, conditions: np.ndarray, seed=None, chunk: int = 262144) -> np.ndarray:
-        """Targets (n, n_targets) for raw conditions (n, n_conditions); vectorised, chunked."""
-        from ..random import get_rng
-        from .train import _predict
+    def _warn_out_of_range(self, n_out: np.ndarray, rows: int, n: int, stacklevel: int = 3) -> None:
+        """The :class:`OutOfRangeWarning` for ``rows`` of ``n`` rows outside, ``n_out[j]`` of them in column j."""
+        lo, hi = self.cond_pre.range_()
+        frac = rows / n
+        detail = ", ".join(f"{name}: {int(n_out[j])} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
+                           for j, name in enumerate(self.conditions) if n_out[j])
+        msg = (f"{100 * frac:.3g}% of the rows ({rows} of {n}) have conditions outside the "
+               f"training range of model {self.card.get('name')!r} ({detail}); they are clamped to the range edges")
+        warnings.warn(msg, OutOfRangeWarning, stacklevel=stacklevel)
 
-        c = np.asarray(conditions, dtype=float)
-        self.check_range(c)
-        rng = get_rng(seed)
-        noise = rng.standard_normal((len(c), self.n_noise), dtype=np.float32)
-        z = _predict(self.generator, self.cond_pre.transform(c, mode="mid"), noise, chunk=chunk)
-        return self.targ_pre.inverse_transform(z)
+    def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None) -> np.ndarray:
+        """Targets (n, n_targets), float64 in raw units, for raw conditions (n, n_conditions).
+
+        One compiled TensorFlow graph per chunk does the condition transform, the noise, the network
+        and the inverse transform (:func:`mambah.nn.inference.generate`). ``seed`` is an int, a numpy
+        Generator (advanced: the noise uniforms are drawn from it in row order) or None; the result
+        does not depend on ``chunk``. A spike in a target (repeated knots) comes out as exactly its
+        value. Warns (:class:`OutOfRangeWarning`) for conditions outside the training range; refuses
+        NaN/inf conditions (:class:`~mambah.errors.DataError`).
+        """
+        from .inference import DEFAULT_CHUNK, generate
+
+        return generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk)
 
     def generate(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """Generate the targets for every row of ``data`` (DataFrame with the condition columns, or an array).

@@ -395,9 +395,11 @@ def _predict(generator, c_pre: np.ndarray, noise: np.ndarray, chunk: int = 26214
 
     fn = getattr(generator, "_mambah_predict_fn", None)
     if fn is None:
-        fn = tf.function(lambda a, b: generator([a, b], training=False), reduce_retracing=True,
+        # a concrete function: traced once, no tf.function dispatch per call, and no "frequent retracing"
+        # warning from TensorFlow (which counts the traces of this lambda over all generators together)
+        fn = tf.function(lambda a, b: generator([a, b], training=False),
                          input_signature=[tf.TensorSpec([None, c_pre.shape[1]], tf.float32),
-                                          tf.TensorSpec([None, noise.shape[1]], tf.float32)])
+                                          tf.TensorSpec([None, noise.shape[1]], tf.float32)]).get_concrete_function()
         generator._mambah_predict_fn = fn
     out = [fn(c_pre[i:i + chunk], noise[i:i + chunk]).numpy() for i in range(0, len(c_pre), chunk)]
     return np.concatenate(out) if out else np.empty((0, generator.outputs[0].shape[-1]), np.float32)

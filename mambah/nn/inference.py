@@ -1,0 +1,359 @@
+"""Fast PID-GAN inference: transforms, noise and generator in one compiled TensorFlow graph per chunk.
+
+:func:`generate` (behind :meth:`PidModel.generate_array <mambah.nn.pidmodel.PidModel.generate_array>`)
+runs, per chunk of rows and inside ONE compiled graph, so that TensorFlow spreads every step over the
+cores and no single-threaded numpy step is left between the network calls,
+
+1. the quantile-to-Gaussian transform of the raw conditions, ``z = Phi^-1(F(x))`` in ``"mid"`` mode:
+   the same piecewise-linear ``F`` as :meth:`QuantileGaussianizer.transform
+   <mambah.nn.preprocessing.QuantileGaussianizer.transform>` (a value equal to a repeated knot goes
+   to the middle of its CDF jump; values below the range are extrapolated and clipped as there),
+   in float64 with a grid-accelerated exact ``searchsorted`` (:class:`_Locator`); ``Phi^-1`` in
+   float32 on the smaller tail probability (about 1e-6 absolute from the float64 reference);
+2. Gaussian noise by the Box-Muller transform of float32 uniforms drawn from the caller's numpy
+   Generator (the draw is the only numpy work, done by the calling thread while the graphs run);
+3. the Keras generator (float32);
+4. the inverse transform of the targets, ``x = F^-1(Phi(y))`` in float64: ``np.interp`` through the
+   knots, clamped to the knots of the interval, so the output stays in the training range and a
+   repeated knot (a spike in the target distribution, e.g. a default value) comes out as exactly
+   that knot value;
+
+plus each column's minimum and maximum, for the training-range check (the
+:class:`~mambah.nn.pidmodel.OutOfRangeWarning` is raised once per call, with the same counts as
+:meth:`PidModel.check_range <mambah.nn.pidmodel.PidModel.check_range>`). Two chunks are in flight
+at once, so one chunk's small elementwise steps fill the gaps of the other's matrix products.
+
+The numpy :class:`~mambah.nn.preprocessing.QuantileGaussianizer` stays the reference implementation;
+:func:`generate_reference` is the former numpy path (numpy transforms and noise, network through
+:func:`~mambah.nn.train._predict`), kept for tests and the benchmark.
+
+**Reproducibility.** For a given seed (Generator state) the result is the same whatever ``chunk``
+and ``workers``: the uniforms are drawn in row order, ``2 * ceil(n_noise / 2)`` float32 per row
+(:func:`draw_uniforms`; :func:`draw_noise` gives the noise itself). Only the float32 round-off of the
+network may differ between chunk sizes (oneDNN may block a matrix product differently; seen: a few
+1e-6 on one row in 10^5). The noise is not the one :func:`generate_reference` draws (numpy's
+ziggurat), so the two paths give different, equally distributed, samples for one seed.
+
+Example:
+    >>> m = PidModel.load("models/pid-p-dllp-lhcb-run3")            # doctest: +SKIP
+    >>> y = generate(m, conditions, np.random.default_rng(1))         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DataError
+from .preprocessing import EPS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pidmodel import PidModel
+    from .preprocessing import QuantileGaussianizer
+
+__all__ = ["generate", "generate_reference", "draw_noise", "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
+
+#: rows per compiled call: small enough that the activations stay in the caches, large enough that the
+#: per-call overhead (~0.1 ms) is negligible
+DEFAULT_CHUNK = 32768
+#: compiled calls in flight at once, so that one chunk's single-threaded steps overlap another's network
+DEFAULT_WORKERS = 2
+
+
+def draw_uniforms(rng: np.random.Generator, n: int, n_noise: int) -> np.ndarray:
+    """The uniforms behind the noise of ``n`` rows: float32 ``(n, 2 * ceil(n_noise / 2))`` in [0, 1)."""
+    return rng.random((n, 2 * ((n_noise + 1) // 2)), dtype=np.float32)
+
+
+def draw_noise(rng, n: int, n_noise: int) -> np.ndarray:
+    """The float32 Gaussian noise ``(n, n_noise)`` that :func:`generate` uses for the same ``rng`` state."""
+    from ..random import get_rng
+
+    return _box_muller(draw_uniforms(get_rng(rng), n, n_noise), n_noise).numpy()
+
+
+# ------------------------------------------------------------------------------------- the graph
+class _Locator:
+    """Exact ``searchsorted(x_j, v, side="right")`` for the columns ``j`` of ``v``, as gather positions.
+
+    ``tf.searchsorted`` (a branchy binary search on one thread) would be the slowest step of the
+    transforms, so a value is first put into one of ``cells`` equal cells spanning its column's range;
+    ``first[j, g]`` counts the table entries lying in earlier cells, and ``steps`` compare-and-advance
+    rounds (the most entries any one cell holds) finish the count. Cells of entries and of values come
+    from the same float64 operations, which are monotone, so the count is exactly ``searchsorted``'s,
+    also outside the range (the cell index is clipped). Where a cell would still hold more than
+    ``max_steps`` entries with ``max_cells`` cells, ``tf.searchsorted`` is used instead.
+
+    The result is the position ``j * width + q`` (``q`` the count, ``width`` = longest table + 1) in a
+    flat table from :meth:`table`, which maps it to row ``clip(q - 1, 0, top_j)`` of column j's pieces
+    (the clamping is in the table: broadcast integer operations cost more than a gather in TensorFlow).
+
+    Args:
+        rows: the tables, each non-decreasing and finite (lengths may differ).
+    """
+
+    def __init__(self, rows: list[np.ndarray], *, max_cells: int = 1 << 16, max_steps: int = 2):
+        import tensorflow as tf
+
+        k = len(rows)
+        self.lengths = [len(r) for r in rows]
+        self.width = width = max(self.lengths) + 1
+        xs = np.full((k, width), np.inf)  # +inf pads: never <= a finite value
+        for j, r in enumerate(rows):
+            xs[j, :len(r)] = r
+        self.xs = tf.constant(xs)                                        # (k, width), for searchsorted
+        self.xs_flat = tf.constant(xs.reshape(-1))
+        self.base = tf.constant((np.arange(k) * width).astype(np.int32)[None, :])
+        lo = np.array([r[0] for r in rows], dtype=float)
+        span = np.array([r[-1] - r[0] for r in rows], dtype=float)
+        self.cells = None
+        cells = 256
+        while cells <= max_cells:
+            inv = np.where(span > 0, cells / np.where(span > 0, span, 1.0), 0.0)
+            idx = [self._cell(r, lo[j], inv[j], cells, j * cells) for j, r in enumerate(rows)]
+            steps = max(int(np.bincount(i - j * cells).max()) for j, i in enumerate(idx))
+            if steps <= 1 or (cells == max_cells and steps <= max_steps):
+                first = [np.searchsorted(i, j * cells + np.arange(cells), side="left") + j * width
+                         for j, i in enumerate(idx)]
+                self.cells, self.steps = cells, steps
+                self.lo, self.inv = tf.constant(lo[None, :]), tf.constant(inv[None, :])
+                self.cell_base = tf.constant((np.arange(k) * float(cells))[None, :])
+                self.first = tf.constant(np.concatenate(first).astype(np.int32))
+                break
+            cells *= 2
+
+    @staticmethod
+    def _cell(x, lo, inv, cells, base):
+        # the same float64 operations as in the graph: subtract, multiply, clip, add the column's base, truncate
+        return (np.clip((x - lo) * inv, 0.0, cells - 1.0) + float(base)).astype(np.int64)
+
+    def __call__(self, v):
+        """Positions (int32, shape of ``v``) for float64 values ``v`` (m, k), column j in table j."""
+        import tensorflow as tf
+
+        if self.cells is None:
+            return tf.transpose(tf.searchsorted(self.xs, tf.transpose(v), side="right", out_type=tf.int32)) + self.base
+        g = tf.cast(tf.clip_by_value((v - self.lo) * self.inv, 0.0, self.cells - 1.0) + self.cell_base, tf.int32)
+        p = tf.gather(self.first, g)                     # j * width + entries in earlier cells
+        for _ in range(self.steps):
+            p += tf.cast(tf.gather(self.xs_flat, p) <= v, tf.int32)
+        return p
+
+    def table(self, pieces: list[np.ndarray], top) -> object:
+        """Flat gather table: position ``j * width + q`` -> ``pieces[j][clip(q - 1, 0, top[j])]`` (a constant)."""
+        import tensorflow as tf
+
+        rows = []
+        for j, pc in enumerate(pieces):
+            q = np.arange(self.width)
+            rows.append(np.asarray(pc)[np.clip(q - 1, 0, top[j])])
+        return tf.constant(np.concatenate(rows))
+
+
+def _forward_pieces(q: QuantileGaussianizer) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Distinct knots of each column and, per distinct knot, the pieces of the forward ("mid") transform.
+
+    Per distinct knot: the knot, the CDF just above it (``p_hi``), the slope of the CDF up to the
+    next knot, and ``p_mid - p_hi`` where ``p_mid`` is the middle of the CDF jump at the knot (the
+    value of a tie; ``p_lo = p_hi`` for a single knot).
+    """
+    pieces = [q._pieces(j) for j in range(q.knots_.shape[0])]
+    return ([x for x, *_ in pieces],
+            [np.column_stack([x, p_hi, slope, 0.5 * (p_lo + p_hi) - p_hi]) for x, p_lo, p_hi, slope in pieces])
+
+
+def _inverse_pieces(q: QuantileGaussianizer) -> list[np.ndarray]:
+    """Per interval ``i`` of each column: (p_i, x_i, slope, x_i+1), the ``np.interp`` pieces of ``F^-1``.
+
+    A repeated knot (``x_i == x_i+1``) has slope 0, so it comes out exactly.
+    """
+    p, x = q.probs_, q.knots_
+    dp = np.diff(p, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.where(dp > 0, np.diff(x, axis=1) / np.where(dp > 0, dp, 1.0), 0.0)
+    return list(np.stack([p[:, :-1], x[:, :-1], slope, x[:, 1:]], axis=-1))
+
+
+def _box_muller(u, n_noise: int):
+    """Standard normals (m, n_noise) float32 from uniforms ``u`` (m, 2 * ceil(n_noise / 2)) in [0, 1)."""
+    import tensorflow as tf
+
+    h = (n_noise + 1) // 2
+    r = tf.sqrt(-2.0 * tf.math.log(1.0 - u[:, :h]))  # 1 - u in (0, 1]: |z| <= 5.8 for 24-bit uniforms
+    a = np.float32(2 * np.pi) * u[:, h:]
+    return tf.concat([r * tf.cos(a), r * tf.sin(a)], axis=1)[:, :n_noise]
+
+
+class _Compiled:
+    """The compiled graphs of one model (built once, cached on the model)."""
+
+    def __init__(self, model: PidModel):
+        import tensorflow as tf
+
+        self.n_cond, self.n_targ, self.n_noise = len(model.conditions), len(model.targets), int(model.n_noise)
+        self.n_uniform = 2 * ((self.n_noise + 1) // 2)
+        probs, knots = model.targ_pre.probs_, model.targ_pre.knots_
+        if probs.shape[1] < 2 or np.any(np.diff(probs, axis=1) < 0) or np.any(np.diff(knots, axis=1) < 0):
+            raise DataError("the target quantile transform needs at least 2 knots with non-decreasing "
+                            "probabilities and knot values")
+        xs, pieces = _forward_pieces(model.cond_pre)
+        c_loc = _Locator(xs)
+        c_tab = c_loc.table(pieces, [len(x) - 1 for x in xs])
+        lo, hi = model.cond_pre.range_()
+        t_loc = _Locator(list(probs))
+        t_tab = t_loc.table(_inverse_pieces(model.targ_pre), [probs.shape[1] - 2] * len(probs))
+        gen, n_noise = model.generator, self.n_noise
+
+        def pre(c):
+            """Raw conditions (m, k) float64 -> Gaussianised (m, k) float32 ("mid" mode)."""
+            x0, p_hi, slope, half = tf.unstack(tf.gather(c_tab, c_loc(c)), axis=-1)
+            # the CDF in float64 as the reference; a tie (c == x0) gets the middle of the jump, p_hi + half
+            # (arithmetic rather than tf.where, which costs as much as four elementwise ops)
+            u = p_hi + (c - x0) * slope + tf.cast(tf.equal(c, x0), tf.float64) * half
+            # Phi^-1(clip(u, EPS, 1 - EPS)) in float32 on the smaller tail min(u, 1 - u) = 0.5 - |0.5 - u|
+            # (taken in float64, so the upper tail keeps its precision): ~1e-6 absolute
+            d = 0.5 - u
+            r = tf.math.ndtri(tf.cast(tf.maximum(0.5 - tf.abs(d), EPS), tf.float32))
+            return r * tf.cast(tf.sign(d), tf.float32)
+
+        def post(y):
+            """Generated (m, t) float32 -> raw units float64: F^-1(Phi(y)), clamped to the knots' interval."""
+            w = 0.5 * tf.math.erfc(tf.cast(y, tf.float64) * -np.sqrt(0.5))  # Phi(y), float64
+            p0, x0, slope, x1 = tf.unstack(tf.gather(t_tab, t_loc(w)), axis=-1)
+            return tf.minimum(tf.maximum(x0 + (w - p0) * slope, x0), x1)
+
+        def body(c, noise):
+            # with each column's minimum and maximum, for the range check
+            return post(gen([pre(c), noise], training=False)), tf.reduce_min(c, axis=0), tf.reduce_max(c, axis=0)
+
+        spec_c = tf.TensorSpec([None, self.n_cond], tf.float64)
+
+        @tf.function(autograph=False, input_signature=[spec_c, tf.TensorSpec([None, self.n_uniform], tf.float32)])
+        def with_uniforms(c, u):
+            return body(c, _box_muller(u, n_noise))
+
+        @tf.function(autograph=False, input_signature=[spec_c, tf.TensorSpec([None, n_noise], tf.float32)])
+        def with_noise(c, noise):
+            return body(c, noise)
+
+        # concrete functions: traced once here, called without the dispatch of a tf.function (and without
+        # TensorFlow's "frequent retracing" warning, which counts the traces of all models' graphs together)
+        self.with_uniforms = with_uniforms.get_concrete_function()
+        self._noise_fn, self._noise_cf = with_noise, None  # traced on first use (tests, comparisons)
+        self.pre, self.post = pre, post  # for tests and profiling
+        self.c_lo, self.c_hi = lo, hi
+
+    @property
+    def with_noise(self):
+        if self._noise_cf is None:
+            self._noise_cf = self._noise_fn.get_concrete_function()
+        return self._noise_cf
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def _compiled(model: PidModel) -> _Compiled:
+    fast = model.__dict__.get("_fast")
+    if fast is None:
+        with _BUILD_LOCK:
+            fast = model.__dict__.get("_fast")
+            if fast is None:
+                fast = model._fast = _Compiled(model)
+    return fast
+
+
+# ------------------------------------------------------------------------------------ public API
+def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = DEFAULT_CHUNK,
+             noise: np.ndarray | None = None, check_range: bool = True, workers: int = DEFAULT_WORKERS) -> np.ndarray:
+    """Targets of ``model`` for raw conditions, in raw units (float64, shape ``(n, n_targets)``).
+
+    Args:
+        model: a loaded :class:`~mambah.nn.pidmodel.PidModel`.
+        conditions: raw conditions, shape ``(n, n_conditions)`` in the model's column order (units of
+            the card: MeV/c for momenta), finite.
+        rng: numpy Generator, int seed or None (fresh entropy); the noise uniforms are drawn from it,
+            ``n * 2 * ceil(n_noise / 2)`` float32 in row order (:func:`draw_uniforms`).
+        chunk: rows per compiled call; the result does not depend on it (nor on ``workers``).
+        noise: optional float32 Gaussian noise ``(n, n_noise)`` to use instead (tests, comparisons);
+            then nothing is drawn from ``rng``.
+        check_range: warn (:class:`~mambah.nn.pidmodel.OutOfRangeWarning`) when conditions lie outside
+            the training range; they are clamped to the range edges by the transform.
+        workers: compiled calls in flight at once.
+    Returns:
+        float64 array ``(n, n_targets)``: each target interpolated through its training knots, so
+        inside the training range, and exactly a knot value where the knots repeat (a spike).
+    """
+    from ..random import get_rng
+
+    c = np.ascontiguousarray(conditions, dtype=np.float64)
+    fast = _compiled(model)
+    if c.ndim != 2 or c.shape[1] != fast.n_cond:
+        raise DataError(f"expected conditions of shape (n, {fast.n_cond}) in the order {model.conditions}, "
+                        f"got {c.shape}")
+    n = len(c)
+    if noise is not None:
+        noise = np.ascontiguousarray(noise, dtype=np.float32)
+        if noise.shape != (n, fast.n_noise):
+            raise DataError(f"noise must have shape ({n}, {fast.n_noise}), got {noise.shape}")
+    else:
+        rng = get_rng(rng)
+    if n == 0:
+        return np.empty((0, fast.n_targ))
+    bad = ~np.isfinite(c).all(axis=1)
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} of {n} condition rows hold NaN or inf (first: row {int(np.argmax(bad))}) "
+                        f"for model {model.card.get('name')!r}")
+    chunk = max(1, int(chunk))
+    out = np.empty((n, fast.n_targ))
+
+    def run(s, e, noise_or_u):
+        f = fast.with_noise if noise is not None else fast.with_uniforms
+        y, lo, hi = f(c[s:e], noise_or_u)
+        out[s:e] = y.numpy()
+        if (lo.numpy() < fast.c_lo).any() or (hi.numpy() > fast.c_hi).any():  # rare: count in numpy
+            outside = (c[s:e] < fast.c_lo) | (c[s:e] > fast.c_hi)
+            return outside.sum(axis=0), int(outside.any(axis=1).sum())
+        return 0, 0
+
+    def jobs():
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            # the uniforms are drawn here, in row order, whatever the chunking and threading
+            yield s, e, noise[s:e] if noise is not None else draw_uniforms(rng, e - s, fast.n_noise)
+
+    results = []
+    if workers > 1 and n > chunk:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as ex:
+            pending = deque()
+            for job in jobs():
+                pending.append(ex.submit(run, *job))
+                while len(pending) > workers:
+                    results.append(pending.popleft().result())
+            results.extend(f.result() for f in pending)
+    else:
+        results = [run(*job) for job in jobs()]
+    n_out = sum(r[0] for r in results) + np.zeros(fast.n_cond, dtype=np.int64)
+    rows_out = sum(r[1] for r in results)
+    if check_range and rows_out:
+        model._warn_out_of_range(n_out, rows_out, n, stacklevel=4)
+    return out
+
+
+def generate_reference(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 262144,
+                       noise: np.ndarray | None = None) -> np.ndarray:
+    """The numpy path: range check, numpy noise, numpy transforms, network via ``_predict`` (float64)."""
+    from ..random import get_rng
+    from .train import _predict
+
+    c = np.asarray(conditions, dtype=float)
+    model.check_range(c)
+    if noise is None:
+        noise = get_rng(rng).standard_normal((len(c), model.n_noise), dtype=np.float32)
+    z = _predict(model.generator, model.cond_pre.transform(c, mode="mid"), noise, chunk=chunk)
+    return model.targ_pre.inverse_transform(z)

@@ -1,0 +1,187 @@
+"""Fast PID inference (mambah.nn.inference) against the numpy reference: transforms, generator, noise, spikes."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mambah.errors import DataError
+from mambah.nn import inference
+from mambah.nn.pidmodel import OutOfRangeWarning, PidModel, describe_column
+from mambah.nn.preprocessing import QuantileGaussianizer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "pid-p-dllp-lhcb-run3"
+CONDS, TARGS = ["P", "ETA", "nTracks"], ["DLLp", "DLLK"]
+SPIKE, TOP = 5.0, 10.0  # a default value inside the target distribution; a saturated maximum
+
+
+def _training_sample(n=20000, seed=7):
+    rng = np.random.default_rng(seed)
+    c = np.column_stack([
+        rng.exponential(30000.0, n) + 3000.0,                       # momentum-like, continuous
+        rng.uniform(2.0, 5.0, n),                                   # pseudorapidity
+        rng.poisson(80, n).astype(float),                           # integer occupancy: ties
+    ])
+    y = np.column_stack([
+        np.where(rng.random(n) < 0.4, SPIKE, rng.normal(SPIKE, 20.0, n)),  # a spike in the middle
+        np.minimum(rng.normal(0.0, 6.0, n), TOP),                          # saturated at the top
+    ])
+    return c, y
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mambah.nn.layers import build_generator
+
+    c, y = _training_sample()
+    cond_pre = QuantileGaussianizer(n_knots=501).fit(c)
+    targ_pre = QuantileGaussianizer(n_knots=501).fit(y)
+    gen = build_generator(3, 5, 2, width=8, depth=2)  # odd noise dimension on purpose
+    card = {"name": "tiny", "kind": "pid", "conditions": [describe_column(x) for x in CONDS],
+            "targets": [describe_column(x) for x in TARGS], "hyperparameters": {"n_noise": 5}}
+    return PidModel(gen, cond_pre, targ_pre, card)
+
+
+def _probe_conditions(model, n=4000, seed=3):
+    """Training-like rows plus every distinct knot, values between knots and outside the range."""
+    c, _ = _training_sample(n, seed)
+    q = model.cond_pre
+    lo, hi = q.range_()
+    extra = [np.column_stack([q.knots_[j] for j in range(3)]),                       # on the knots (ties)
+             np.column_stack([0.5 * (q.knots_[j, 1:] + q.knots_[j, :-1]) for j in range(3)]),
+             np.vstack([lo - 1.0, hi + 1.0, lo - 1e6, hi + 1e6, lo, hi])]             # outside, edges
+    return np.vstack([c] + extra)
+
+
+def test_condition_transform_matches_the_reference(model):
+    import tensorflow as tf
+
+    x = _probe_conditions(model)
+    ref = model.cond_pre.transform(x, mode="mid")
+    got = inference._compiled(model).pre(tf.constant(x)).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-6, rtol=0)
+    # a tie (an integer occupancy) gets the middle of its CDF jump, like the reference: one value per integer
+    on80 = x[:, 2] == 80
+    assert np.ptp(got[on80, 2]) == 0 and abs(got[on80, 2][0] - ref[on80, 2][0]) < 2e-6
+    # outside the range: clipped to Phi^-1(EPS) ... Phi^-1(1 - EPS), as in the reference
+    assert got[:, 0].min() == pytest.approx(ref[:, 0].min(), abs=2e-6) and got[:, 0].min() < -5
+
+
+@pytest.mark.parametrize("close, max_cells, steps", [(0, 1 << 16, 1), (2, 2048, 2), (3, 2048, None)])
+def test_locator_is_searchsorted(close, max_cells, steps):
+    """The grid search equals searchsorted: one step, two steps, and the fallback (entries too close)."""
+    rng = np.random.default_rng(5)
+    near = 0.505 + 1e-9 * np.arange(close)  # `close` entries closer than a grid cell
+    rows = [-np.log1p(-np.linspace(0.0, 0.99, 300)), np.arange(0.0, 50.0),      # quantile-like tables
+            np.unique(np.concatenate([np.linspace(0.0, 1.0, 101) + rng.uniform(0, 1e-3, 101), near]))]
+    loc = inference._Locator(rows, max_cells=max_cells)
+    assert (loc.steps if loc.cells else None) == steps
+    v = np.column_stack([np.concatenate([r, r + 1e-13, r - 1e-13, near, rng.uniform(r[0] - 1, r[-1] + 1, 800)])[:800]
+                         for r in rows])
+    got = loc(v).numpy()
+    for j, r in enumerate(rows):
+        np.testing.assert_array_equal(got[:, j] - j * loc.width, np.searchsorted(r, v[:, j], side="right"))
+
+
+def test_inverse_transform_matches_the_reference_and_keeps_spikes(model):
+    import tensorflow as tf
+
+    q = model.targ_pre
+    y = np.column_stack([np.linspace(-8, 8, 20001), np.linspace(8, -8, 20001)]).astype(np.float32)
+    y = np.vstack([y, [[-30, 30], [30, -30]]]).astype(np.float32)
+    ref = q.inverse_transform(y)
+    got = inference._compiled(model).post(tf.constant(y)).numpy()
+    assert got.dtype == np.float64
+    scale = q.knots_[:, -1] - q.knots_[:, 0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9 * scale.max())
+    # clamped to the training range
+    np.testing.assert_array_equal(got.min(axis=0), q.knots_[:, 0])
+    np.testing.assert_array_equal(got.max(axis=0), q.knots_[:, -1])
+    # a spike comes out as exactly the value, wherever the reference has it
+    spike, top = ref[:, 0] == SPIKE, ref[:, 1] == TOP
+    assert spike.mean() > 0.03 and top.mean() > 0.03
+    assert np.all(got[spike, 0] == SPIKE) and np.all(got[top, 1] == TOP)
+    assert np.array_equal(got[:, 0] == SPIKE, spike) and np.array_equal(got[:, 1] == TOP, top)
+
+
+def test_generate_equals_keras_on_numpy_inputs(model):
+    x = _probe_conditions(model)
+    noise = np.random.default_rng(11).standard_normal((len(x), model.n_noise), dtype=np.float32)
+    z = model.generator([model.cond_pre.transform(x, mode="mid"), noise], training=False).numpy()
+    want = model.targ_pre.inverse_transform(z)
+    with pytest.warns(OutOfRangeWarning):
+        got = inference.generate(model, x, noise=noise, chunk=1000)
+    scale = model.targ_pre.knots_[:, -1] - model.targ_pre.knots_[:, 0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale.max())
+    with pytest.warns(OutOfRangeWarning):
+        np.testing.assert_allclose(inference.generate_reference(model, x, noise=noise), want, rtol=0, atol=1e-12)
+
+
+def test_reproducible_and_independent_of_chunking(model):
+    x = np.clip(_training_sample(5000, seed=4)[0], *model.cond_pre.range_())
+    a = inference.generate(model, x, 123)
+    b = inference.generate(model, x, np.random.default_rng(123), chunk=1024, workers=3)
+    c = inference.generate(model, x, 123, chunk=777, workers=1)
+    np.testing.assert_array_equal(a, inference.generate(model, x, 123))
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(c, a, rtol=0, atol=1e-5)
+    assert not np.allclose(a, inference.generate(model, x, 124))
+    # the noise of a seed is draw_noise's
+    np.testing.assert_array_equal(inference.generate(model, x, noise=inference.draw_noise(123, len(x), 5)), a)
+    # a Generator is advanced: two calls in a row differ
+    rng = np.random.default_rng(9)
+    assert not np.allclose(model.generate_array(x, rng), model.generate_array(x, rng))
+
+
+def test_noise_is_standard_normal():
+    z = inference.draw_noise(np.random.default_rng(1), 100000, 3)
+    assert z.shape == (100000, 3) and z.dtype == np.float32
+    for j in range(3):
+        assert stats.kstest(z[:, j], "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(z.T)[0, 1]) < 0.02  # cos and sin halves of one pair are uncorrelated
+    assert np.isfinite(z).all() and np.abs(z).max() < 6.0
+
+
+def test_empty_and_bad_input(model):
+    out = inference.generate(model, np.empty((0, 3)), 1)
+    assert out.shape == (0, 2) and out.dtype == np.float64
+    assert model.generate_array(np.empty((0, 3)), 1).shape == (0, 2)
+    assert inference.generate(model, np.empty((0, 3)), noise=np.empty((0, 5), np.float32)).shape == (0, 2)
+    with pytest.raises(DataError, match=r"shape \(n, 3\)"):
+        inference.generate(model, np.zeros((4, 2)), 1)
+    with pytest.raises(DataError, match=r"noise must have shape \(4, 5\)"):
+        inference.generate(model, np.full((4, 3), 50.0), noise=np.zeros((4, 4), np.float32))
+    x = np.full((4, 3), 50.0)
+    x[2, 1] = np.nan
+    with pytest.raises(DataError, match="1 of 4 condition rows hold NaN or inf"):
+        inference.generate(model, x, 1)
+
+
+def test_range_warning_counts_over_chunks(model):
+    x = np.clip(_training_sample(300, seed=8)[0], *model.cond_pre.range_())
+    x[:40, 1] = 7.0        # eta above the range
+    x[250:, 0] = 10.0      # p below the range (50 rows)
+    x[:10, 0] = 10.0       # 10 more rows, outside in both columns: 90 rows in all
+    with pytest.warns(OutOfRangeWarning, match=r"30% of the rows \(90 of 300\).*P: 60 outside.*ETA: 40 outside"):
+        inference.generate(model, x, 1, chunk=64)
+
+
+def test_shipped_model_fast_equals_reference():
+    if not SHIPPED.is_dir():
+        pytest.skip(f"the shipped model is not there: {SHIPPED}")
+    m = PidModel.load(SHIPPED)
+    lo, hi = m.cond_pre.range_()
+    rng = np.random.default_rng(2)
+    x = lo + (hi - lo) * rng.random((3000, 3)) ** 2
+    x[:, 2] = np.round(x[:, 2])  # integer track multiplicities: ties on the knots
+    noise = rng.standard_normal((len(x), m.n_noise), dtype=np.float32)
+    got = inference.generate(m, x, noise=noise)
+    want = inference.generate_reference(m, x, noise=noise)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)  # DLLp spans ~400 units
+    a = m.generate_array(x, 5)
+    np.testing.assert_array_equal(a, m.generate_array(x, np.random.default_rng(5)))
+    tlo, thi = m.targ_pre.range_()
+    assert a.min() >= tlo[0] and a.max() <= thi[0]
