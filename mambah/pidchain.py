@@ -190,7 +190,7 @@ class PidChain:
         lo, hi = m.cond_pre.range_()
         return {c: (float(lo[j]), float(hi[j])) for j, c in enumerate(m.conditions) if c in CHAIN_INPUTS}
 
-    def generate(self, inputs: pd.DataFrame | dict, rng: np.random.Generator, chunk: int = 262144) -> pd.DataFrame:
+    def generate(self, inputs: pd.DataFrame | dict, rng: np.random.Generator, chunk: int | None = None) -> pd.DataFrame:
         """All chain outputs for the rows of ``inputs`` (columns P [MeV/c], ETA, nTracks, charge).
 
         Args:
@@ -199,8 +199,6 @@ class PidChain:
         Returns:
             DataFrame with the :data:`CHAIN_OUTPUTS` columns (float32, NaN where a step does not apply).
         """
-        from .nn.train import _predict
-
         cols: dict[str, np.ndarray] = {c: np.asarray(inputs[c], dtype=float) for c in CHAIN_INPUTS}
         n = len(cols["P"])
         for step, m in zip(self.steps, self.models):
@@ -209,13 +207,11 @@ class PidChain:
             out = np.full((n, len(m.targets)), np.nan)
             if sel.any():
                 cs = c[sel] if not sel.all() else c
-                m.check_range(cs)
                 if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws
+                    m.check_range(cs)
                     out[sel] = m.sample(cs, rng)
-                else:
-                    noise = rng.standard_normal((len(cs), m.n_noise), dtype=np.float32)
-                    z = _predict(m.generator, m.cond_pre.transform(cs, mode="mid"), noise, chunk=chunk)
-                    out[sel] = m.targ_pre.inverse_transform(z)
+                else:  # a GAN: compiled inference (mambah.nn.inference), warns when out of range
+                    out[sel] = m.generate_array(cs, rng, chunk=chunk)
             for j, t in enumerate(m.targets):
                 v = out[:, j]
                 cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
