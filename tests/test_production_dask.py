@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from mambah.pipeline import Pipeline
-from mambah.production import run_production
+from mambah.production import local_cluster, run_production
 from mambah.simulation import standard_pipeline
 from mambah.store import Store
 from mambah.store import schema as S
@@ -27,8 +27,6 @@ from mambah.store.spool import production_dir, spool_root
 pytest.importorskip("dask.distributed")
 
 DESCRIPTOR = "B+ -> (J/psi(1S) -> mu+ mu-) K+"
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-              "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +66,21 @@ def _assert_every_batch_once(store, n_batches, size):
     assert len(counts) == n_batches and (counts == size).all()
 
 
+def test_local_cluster_workers_keep_freed_memory_and_use_one_thread():
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 costs a batch +45% CPU in page faults: not set."""
+    import subprocess
+
+    code = ("import os\nfrom dask.distributed import Client\nfrom mambah.production import local_cluster\n"
+            "if __name__ == '__main__':\n"
+            "    with local_cluster(1) as c, Client(c) as cl:\n"
+            "        print(list(cl.run(lambda: [os.environ.get(k) for k in ('MALLOC_TRIM_THRESHOLD_', "
+            "'TF_NUM_INTRAOP_THREADS', 'OMP_NUM_THREADS')]).values()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[[None, '1', '1']]"
+
+
 def test_two_workers_into_duckdb_through_the_spool_equal_a_single_process(tmp_path):
     pipe = standard_pipeline(DESCRIPTOR, level="truth")
     kw = dict(n_events=4 * 2000, batch_size=2000, seed=21, production="dask")
@@ -90,7 +103,7 @@ def test_two_workers_into_duckdb_through_the_spool_equal_a_single_process(tmp_pa
 @pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
 def test_a_killed_worker_loses_and_duplicates_no_spooled_batch(backend, tmp_path):
     import cloudpickle
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the Pause stage, for the workers
     n_batches, size = 10, 500
@@ -99,9 +112,7 @@ def test_a_killed_worker_loses_and_duplicates_no_spooled_batch(backend, tmp_path
     with Store(tmp_path / f"ref.{backend}") as ref:
         run_production(pipe, store=ref, **kw)
         expected = _content(ref)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      env=WORKER_ENV) as cluster, Client(cluster) as client, \
-            Store(tmp_path / f"s.{backend}") as st:
+    with local_cluster(2) as cluster, Client(cluster) as client, Store(tmp_path / f"s.{backend}") as st:
         pids = list(client.run(os.getpid).values())
         spool = production_dir(spool_root(st), "p")
         killed = []

@@ -224,3 +224,30 @@ def test_backend_base_reads_parquet_through_pyarrow(tmp_path):
 
     Probe().insert_parquet(None, S.Event.__table__, str(f), list(S.COLUMNS["events"]))
     assert list(got[0].columns) == list(S.COLUMNS["events"]) and len(got[0]) == 50
+
+
+def test_the_cli_reports_a_full_disk_and_resume_finishes_the_production(tmp_path):
+    import resource
+    import signal
+
+    db = tmp_path / "s.duckdb"
+    cmd = [sys.executable, "-m", "mambah", "-q", "simulate", "B+ -> (J/psi(1S) -> mu+ mu-) K+", "--level", "truth",
+           "--events", "30000", "--batch-size", "10000", "--seed", "4", "--db", str(db), "--production", "p"]
+    with Store(db) as st:
+        st.write_batch(synthetic_batch(100, 50))  # the store exists, its file has some size; the production starts at 101
+    limit = max(f.stat().st_size for f in tmp_path.iterdir()) + 400_000
+
+    def small_file_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # inherited through exec: EFBIG, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=small_file_limit, timeout=600)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert f"the file size limit was reached while writing batch 101 to {db.resolve()} (" in r.stderr
+    assert "nothing of it is in the store; raise the file size limit (ulimit -f) and rerun with --resume" in r.stderr
+    with Store(db) as st:
+        assert st.batch_ids() == [100] and st.count("events") == 50
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with Store(db) as st:
+        assert st.batch_ids() == [100, 101, 102, 103] and st.count("events") == 30050

@@ -39,8 +39,9 @@ Model (documented choices of this reference detector, not LHCb measurements):
 
 Columns: the mass column, ``P``, ``PT`` [MeV/c], ``ETA``, ``nTracks``, ``charge``, ``RichDLLe``,
 ``RichDLLmu``, ``RichDLLk``, ``RichDLLp``, ``isMuon`` (0/1), ``MuonMuLL``, ``MuonBkgLL``, ``PIDe``,
-``PIDmu``, ``PIDK``, ``PIDp``, ``hasRich``, ``InMuonAcc``, ``EcalEoverP``, ``TRUEID`` (signed
-PDG id), ``is_signal``. NaN marks absent information (see :mod:`mambah.detector.pid`).
+``PIDmu``, ``PIDK``, ``PIDp``, ``hasRich``, ``InMuonAcc``, ``EcalEoverP``, ``EcalPIDe`` (the
+calorimeter's electron DLL, LHCb's ProtoParticle ``EcalPIDe``), ``TRUEID`` (signed PDG id),
+``is_signal``. NaN marks absent information (see :mod:`mambah.detector.pid`).
 :data:`LHCB_NAMES` maps them to the store's quantities.
 """
 
@@ -86,6 +87,7 @@ LHCB_NAMES: dict[str, str] = {
     "has_rich": "hasRich",
     "in_muon_acceptance": "InMuonAcc",
     "calo_e_over_p": "EcalEoverP",
+    "calo_dll_e": "EcalPIDe",
 }
 #: Condition columns of the samples -> quantity (model cards' ``quantity``).
 CONDITIONS: dict[str, str] = {"P": "p", "ETA": "eta", "nTracks": "n_tracks", "charge": "charge"}

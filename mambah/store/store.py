@@ -2,7 +2,9 @@
 
 A :class:`Store` writes a :class:`~mambah.batch.Batch` — the ``batches`` row and every data table —
 in one transaction: after an exception or a killed process the batch is in the store completely
-or not at all, and the ``batches`` row is the commit marker. Reads return pandas DataFrames
+or not at all, and the ``batches`` row is the commit marker. :meth:`Store.write_spooled` does the
+same from the Parquet files a Dask worker spooled (:mod:`mambah.store.spool`). A full disk (or a
+file-size limit) fails the batch whole with a :class:`~mambah.errors.StoreError` that says so. Reads return pandas DataFrames
 through each backend's columnar fast path (see :mod:`mambah.store.backends`).
 
 Example:
