@@ -57,7 +57,7 @@ MAMBAH = [sys.executable, "-m", "mambah"]
 COND = ",".join(CHAIN_INPUTS)
 NET = ["--gen-width", "64", "--gen-depth", "3", "--critic-width", "64", "--critic-depth", "3", "--noise", "8"]
 STEPS = {  # role -> (train subcommand, targets, selection, batch size, network options)
-    "flags": ("flags", "isMuon,hasRich", None, 1024, []),
+    "flags": ("flags", "isMuon,hasRich", None, 2048, []),
     "muon": ("pid", "MuonMuLL,MuonBkgLL", "isMuon == 1", 512, NET),
     "rich": ("pid", "RichDLLe,RichDLLmu,RichDLLk,RichDLLpK", "hasRich == 1", 1024, NET),  # RichDLLp = RichDLLk + RichDLLpK
     "global": ("pid", "CaloDLLe", None, 1024, NET),

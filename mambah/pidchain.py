@@ -140,7 +140,7 @@ def load_step_model(path: str | os.PathLike):
 def prepare_training_table(df: pd.DataFrame) -> pd.DataFrame:
     """Add the chain's intermediate columns to a calibration table (see the module docstring).
 
-    ``hasRich`` becomes 0/1 (float), ``CaloDLLe = PIDe - RichDLLe`` and
+    ``hasRich`` becomes 0/1 (float), ``CaloDLLe = EcalPIDe`` (or ``PIDe - RichDLLe`` without it) and
     ``MuonVetoDLL = PIDmu - RichDLLmu - (MuonMuLL - MuonBkgLL)`` (0 with the reference detector since
     2026-11-22) with absent (NaN) parts as 0, which inverts the combination rule exactly; ``RichDLLpK = RichDLLp - RichDLLk`` (NaN without
     RICH information).
@@ -149,7 +149,10 @@ def prepare_training_table(df: pd.DataFrame) -> pd.DataFrame:
     z = lambda c: np.nan_to_num(out[c].to_numpy(dtype=float), nan=0.0)  # noqa: E731
     out["hasRich"] = out["hasRich"].to_numpy().astype(float) if "hasRich" in out else \
         np.isfinite(out["RichDLLk"].to_numpy(dtype=float)).astype(float)
-    out["CaloDLLe"] = (out["PIDe"].to_numpy(dtype=float) - z("RichDLLe")).astype(np.float32)
+    # the sub-detector's own column when the sample has it (exact: the difference of two float32
+    # numbers smears the spikes of the clipped calorimeter DLL at +-15 over several float values)
+    out["CaloDLLe"] = (z("EcalPIDe") if "EcalPIDe" in out else
+                       out["PIDe"].to_numpy(dtype=float) - z("RichDLLe")).astype(np.float32)
     out["MuonVetoDLL"] = (out["PIDmu"].to_numpy(dtype=float) - z("RichDLLmu")
                           - (z("MuonMuLL") - z("MuonBkgLL"))).astype(np.float32)
     out["RichDLLpK"] = (out["RichDLLp"].to_numpy(dtype=np.float32) - out["RichDLLk"].to_numpy(dtype=np.float32))
