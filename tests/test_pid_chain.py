@@ -12,7 +12,7 @@ import pytest
 from mambah.detector.calibration import calib_sample
 from mambah.errors import ConfigurationError
 from mambah.modeldir import default_models_dir
-from mambah.pidchain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ChainStep, available_chains, build_chain, closure,
+from mambah.pidchain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ROLES, ChainStep, available_chains, build_chain, closure,
                              combine, default_chain_steps, load_chain, prepare_training_table)
 
 MODELS = default_models_dir()
@@ -23,12 +23,18 @@ def test_combination_rule_inverts_the_training_columns():
     for s in ("mu", "K", "e"):
         df = prepare_training_table(calib_sample(s, 3000, seed=3))
         cols = {c: df[c].to_numpy(dtype=float) for c in df.columns if c in CHAIN_OUTPUTS or c in
-                ("CaloDLLe", "MuonVetoDLL", "hasRich")}
+                ("CaloDLLe", "hasRich")}
         out = combine(cols)
         for c in ("PIDe", "PIDmu", "PIDK", "PIDp"):
             np.testing.assert_allclose(out[c], df[c].to_numpy(dtype=float), atol=2e-4, err_msg=f"{s} {c}")
         assert set(np.unique(df["hasRich"])) <= {0.0, 1.0}
-        assert np.isfinite(df[["CaloDLLe", "MuonVetoDLL"]].to_numpy()).all()
+        assert np.isfinite(df["CaloDLLe"].to_numpy()).all()
+        # the reference detector adds no muon-system term to PIDmu of a non-IsMuon track
+        np.testing.assert_array_equal(df["MuonVetoDLL"].to_numpy(), 0.0)
+        # RichDLLpK carries the exact K/p ties below threshold; RichDLLk + RichDLLpK == RichDLLp
+        rich = df["hasRich"].to_numpy() > 0.5
+        np.testing.assert_array_equal((df["RichDLLk"] + df["RichDLLpK"]).to_numpy()[rich], df["RichDLLp"].to_numpy()[rich])
+        assert np.isnan(df["RichDLLpK"].to_numpy()[~rich]).all()
 
 
 def test_all_default_chains_are_shipped():
@@ -53,7 +59,7 @@ def _edit_card(path, **changes):
 
 
 def test_chain_whose_later_model_needs_an_unproduced_column_fails_at_build(tmp_path):
-    for r in ("flags", "muon", "rich"):
+    for r in ROLES:
         shutil.copytree(MODELS / f"pid-pi-{r}", tmp_path / f"pid-pi-{r}")
     card = json.loads((tmp_path / "pid-pi-rich" / "card.json").read_text())
     conds = card["conditions"]
@@ -149,10 +155,12 @@ def test_training_example_runs_shortened(tmp_path):
 
     ex = Path(__file__).resolve().parent.parent / "examples" / "train_pid_chain.py"
     r = subprocess.run([sys.executable, str(ex), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
-                        "--species", "mu", "--roles", "flags", "--events", "6000", "--max-time", "0.05",
+                        "--species", "mu", "--roles", "flags,global", "--events", "6000", "--epochs", "2",
                         "--parallel", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     card = json.loads((tmp_path / "m" / "pid-mu-flags" / "card.json").read_text())
     assert card["training_data"]["weight"] == "sWeight" and card["species"] == "mu"
-    assert [t["name"] for t in card["targets"]] == ["isMuon", "hasRich", "CaloDLLe", "MuonVetoDLL"]
-    assert "train pid" in (card.get("command") or "")
+    assert card["kind"] == "pid-flags" and [t["name"] for t in card["targets"]] == ["isMuon", "hasRich"]
+    assert "train flags" in (card.get("command") or "")
+    card = json.loads((tmp_path / "m" / "pid-mu-global" / "card.json").read_text())
+    assert [t["name"] for t in card["targets"]] == ["CaloDLLe"] and "train pid" in (card.get("command") or "")
