@@ -30,10 +30,13 @@ def test_combination_rule_inverts_the_training_columns():
         assert set(np.unique(df["hasRich"])) <= {0.0, 1.0}
         assert np.isfinite(df["CaloDLLe"].to_numpy()).all()
         # the reference detector adds no muon-system term to PIDmu of a non-IsMuon track
-        np.testing.assert_array_equal(df["MuonVetoDLL"].to_numpy(), 0.0)
+        np.testing.assert_allclose(df["MuonVetoDLL"].to_numpy(), 0.0, atol=1e-5)  # float32 rounding of PIDmu
         # RichDLLpK carries the exact K/p ties below threshold; RichDLLk + RichDLLpK == RichDLLp
         rich = df["hasRich"].to_numpy() > 0.5
-        np.testing.assert_array_equal((df["RichDLLk"] + df["RichDLLpK"]).to_numpy()[rich], df["RichDLLp"].to_numpy()[rich])
+        np.testing.assert_allclose((df["RichDLLk"] + df["RichDLLpK"]).to_numpy()[rich], df["RichDLLp"].to_numpy()[rich],
+                                   atol=1e-4)
+        tie = rich & (df["RichDLLk"] == df["RichDLLp"]).to_numpy()
+        assert tie.mean() > 0.02 and (df["RichDLLpK"].to_numpy()[tie] == 0).all()
         assert np.isnan(df["RichDLLpK"].to_numpy()[~rich]).all()
 
 
@@ -103,9 +106,10 @@ def test_shipped_chain_closure(species):
     """Each shipped chain against the reference detector's pure signal (held-out seed), 20k tracks.
 
     A regression guard at the level the shipped models reach (recorded in their cards'
-    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.26-0.32, worst p-bin efficiency difference
-    0.02-0.15): BDT-KS <= 0.45 (the 20k-row BDT noise is ~0.02) and every p-bin efficiency within
-    0.20 + 3 sigma. The issue's bar (BDT-KS <= 0.10, 2%) is NOT met yet: see test_closure_bar.
+    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.14-0.16 for e, pi, K, p and 0.28 for mu; worst
+    p-bin efficiency difference 0.3-3.3%, mu 7%): BDT-KS <= 0.35 and every p-bin efficiency within
+    0.05 + 3 sigma (0.10 + 3 sigma for mu). The issue's bar (BDT-KS <= 0.10, 2%) is NOT met yet:
+    see test_closure_bar.
     """
     chain, truth, r = _closure(species, 20_000, 55_000)
     out = chain.generate(truth, np.random.default_rng(2))
@@ -115,10 +119,11 @@ def test_shipped_chain_closure(species):
     nan_rich = np.isnan(out["RichDLLk"]).mean()
     assert abs(nan_rich - np.isnan(truth["RichDLLk"]).mean()) < 0.02
     np.testing.assert_array_equal(out["PIDK"][np.isnan(out["RichDLLk"])], 0.0)
-    assert r["bdt_ks"] <= 0.45, r["bdt_ks"]
+    assert r["bdt_ks"] <= 0.35, r["bdt_ks"]
+    tol = 0.10 if species == "mu" else 0.05
     for cut, e in r["efficiency"].items():
         for b in e["bins"]:
-            assert abs(b["diff"]) <= 0.20 + 3 * b["stat_error"], (cut, b)
+            assert abs(b["diff"]) <= tol + 3 * b["stat_error"], (cut, b)
 
 
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
@@ -134,9 +139,8 @@ def test_chains_separate_the_species():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped chains (2-2.5 min of training per model on a shared 2-core machine) reach "
-                          "BDT-KS 0.26-0.32 and efficiency differences up to 0.15, not the issue's 0.10 / 2%",
-                   strict=True)
+@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.14-0.16 (mu 0.28) and efficiency differences up to "
+                          "3.3% (mu 7%), not the issue's 0.10 / 2%", strict=True)
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
 @pytest.mark.parametrize("species", DEFAULT_SPECIES)
 def test_closure_bar(species):
@@ -164,3 +168,16 @@ def test_training_example_runs_shortened(tmp_path):
     assert "train flags" in (card.get("command") or "")
     card = json.loads((tmp_path / "m" / "pid-mu-global" / "card.json").read_text())
     assert [t["name"] for t in card["targets"]] == ["CaloDLLe"] and "train pid" in (card.get("command") or "")
+
+
+@pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
+def test_kaon_chain_reproduces_the_exact_dllk_dllp_ties():
+    """Below the kaon threshold of every radiator RichDLLp == RichDLLk exactly; the chain (RichDLLpK
+    spike at 0, added back) reproduces that share, a chain learning RichDLLp directly gave 0."""
+    truth = calib_sample("K", 20_000, seed=58_003, pure=True)
+    chain = load_chain("K")
+    out = chain.generate(truth, np.random.default_rng(4))
+    rich_t, rich_g = truth["hasRich"].to_numpy() > 0.5, np.isfinite(out["RichDLLk"].to_numpy())
+    tie_t = (truth["RichDLLk"] == truth["RichDLLp"]).to_numpy()[rich_t].mean()
+    tie_g = (out["RichDLLk"] == out["RichDLLp"]).to_numpy()[rich_g].mean()
+    assert tie_t > 0.1 and abs(tie_g - tie_t) < 0.05, (tie_t, tie_g)
