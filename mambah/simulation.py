@@ -49,7 +49,7 @@ def standard_pipeline(
             ``[...]CC`` in the descriptor does.
         acceptance: require every charged final-state particle in 2 < eta < 5 at generator level.
         pid: end the chain with the PID stage (:class:`mambah.stages.pid.PID`: the chained PID
-            models ``pid-<species>-{flags,muon,rich}`` of the species the descriptor's tracks
+            models ``pid-<species>-{flags,muon,rich,global}`` of the species the descriptor's tracks
             have), ``level="reco"`` only. ``False`` leaves the PID columns NaN.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
@@ -169,7 +169,7 @@ def check_track_coverage(descriptor, *, efficiency: str, resolution: str, pid: b
             lacking.append(f"the resolution model {res_name!r} (species {', '.join(res_sp)})")
         if pid and sp not in pid_sp:
             where = str(models_dir) if models_dir is not None else "the shipped models"
-            lacking.append(f"the PID models pid-<species>-{{flags,muon,rich}} in {where} "
+            lacking.append(f"the PID models pid-<species>-{{flags,muon,rich,global}} in {where} "
                            f"(species {', '.join(pid_sp) or 'none'})")
         if not lacking:
             if sp not in needed:

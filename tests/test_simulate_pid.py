@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mambah.errors import ConfigurationError
+from mambah.pidchain import ROLES
 from mambah.simulation import check_track_coverage, standard_pipeline
 
 REF = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"
@@ -111,14 +112,14 @@ def test_every_uncovered_particle_is_named_once():
 
 
 def test_pid_models_missing_for_a_species(tmp_path):
-    d = _models_dir(tmp_path, RECO + [f"pid-p-{r}" for r in ("flags", "muon", "rich")])
+    d = _models_dir(tmp_path, RECO + [f"pid-p-{r}" for r in ROLES])
     pl = standard_pipeline("Lambda_b0 -> (J/psi(1S) -> p+ anti-p-) p+ anti-p-", models_dir=d)  # only protons
     assert pl.stages[-1].species == ("p",)
     with pytest.raises(ConfigurationError) as e:
         standard_pipeline("Lambda_c+ -> p+ K- pi+", models_dir=d)
     msg = str(e.value)
     assert "'K-'" in msg and "'pi+'" in msg and "'p+'" not in msg
-    assert f"the PID models pid-<species>-{{flags,muon,rich}} in {d} (species p)" in msg
+    assert f"the PID models pid-<species>-{{flags,muon,rich,global}} in {d} (species p)" in msg
     assert "efficiency model" not in msg and "--no-pid" in msg
     assert "pid" not in [s.name for s in standard_pipeline("Lambda_c+ -> p+ K- pi+", models_dir=d, pid=False).stages]
 
@@ -164,7 +165,7 @@ def test_out_of_range_warned_once_per_production_and_model(tmp_path):
             msgs = [str(w.message) for w in caught if issubclass(w.category, OutOfRangeWarning)]
             models = [re.match(r"PID model '([^']+)'", m).group(1) for m in msgs]
             assert models and len(models) == len(set(models)), msgs  # once per model in each production
-            assert set(models) <= {f"pid-{s}-{r}" for s in ("mu", "K") for r in ("flags", "muon", "rich")}
+            assert set(models) <= {f"pid-{s}-{r}" for s in ("mu", "K") for r in ROLES}
             assert all(f"production {prod!r}" in m for m in msgs)
         infos = [st.batch_info(b)["config"]["reconstruction"] for b in st.batch_ids()]
     # every batch records its counts; the process totals are their sums

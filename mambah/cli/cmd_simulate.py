@@ -32,7 +32,7 @@ def register(sub) -> None:
     pid = p.add_mutually_exclusive_group()
     pid.add_argument("--no-pid", dest="pid", action="store_false",
                      help="leave out the PID stage (the PID columns stay NaN); by default the chained PID models "
-                          "pid-<species>-{flags,muon,rich} from --models simulate the PID of every track (see "
+                          "pid-<species>-{flags,muon,rich,global} from --models simulate the PID of every track (see "
                           "their cards for their closure scores)")
     pid.add_argument("--pid", dest="pid", action="store_true",
                      help="simulate the PID (the default; kept for compatibility)")

@@ -116,10 +116,16 @@ class _Chain:
                 if len(n.children) > 2 or any(c.has_breit_wigner for c in n.children):
                     self.unit_weight = False
 
+        # the chain's own generator, reset from each batch's seed; the Breit-Wigner mass functions
+        # draw from it too (phasespace calls mass functions without the generator it was given,
+        # i.e. with TensorFlow's *global* generator: not seeded by the batch, and an error once
+        # op determinism is enabled, e.g. after a model training in the same process)
+        self.tf_rng = tf.random.Generator.from_seed(0)
+
         def build(node: DecayNode, reserve: float, top: bool) -> "phasespace.GenParticle":
             i = ids[id(node)]
             if node.has_breit_wigner and not top:
-                mass = _breit_wigner(node.particle.mass, node.particle.width, reserve)
+                mass = _breit_wigner(node.particle.mass, node.particle.width, reserve, self.tf_rng)
             else:
                 mass = node.particle.mass
             part = phasespace.GenParticle(self.names[i], mass)
@@ -133,7 +139,7 @@ class _Chain:
             return part
 
         self.top = build(desc.head, 0.0, True)
-        self.tf_rng = tf.random.Generator.from_seed(0)
+        self.has_breit_wigner = any(n.has_breit_wigner for n in self.nodes[1:])
         self.fn = tf.function(self._graph, input_signature=[tf.TensorSpec([4, None], tf.float64)],
                               autograph=False, reduce_retracing=True)
 
@@ -165,6 +171,8 @@ class _Chain:
         """Lab-frame four-momenta (4, nodes, n) of every node (the head first) for heads ``head_p4``
         (4, n), and the phase-space weights (n,) divided by :attr:`w_ref`."""
         with _LOCK:  # one tf.random.Generator per chain: reset it (reusing it avoids retracing)
+            if self.has_breit_wigner:
+                _ensure_global_generator()
             self.tf_rng.reset_from_seed(int(seed))
             weights, lab = self.fn(np.ascontiguousarray(head_p4, dtype=np.float64))
             lab = lab.numpy()
@@ -172,7 +180,20 @@ class _Chain:
         return lab, w
 
 
-def _breit_wigner(m0: float, gamma: float, reserve: float):
+def _ensure_global_generator() -> None:
+    """phasespace asks for TensorFlow's global generator before it calls a mass function (whose
+    draws come from the chain's own generator, see :func:`_breit_wigner`); once op determinism is
+    enabled (``tf.config.experimental.enable_op_determinism``, as a model training does) that raises
+    unless a global generator was set: set a fixed one then (its draws are not used)."""
+    import tensorflow as tf
+
+    try:
+        tf.random.get_global_generator()
+    except RuntimeError:
+        tf.random.set_global_generator(tf.random.Generator.from_seed(0))
+
+
+def _breit_wigner(m0: float, gamma: float, reserve: float, rng):
     """A phasespace mass function: relativistic Breit-Wigner in s, truncated, exact inverse CDF.
 
     ``min_mass``/``max_mass`` come from phasespace (sum of the stable descendants' masses; the
@@ -188,7 +209,7 @@ def _breit_wigner(m0: float, gamma: float, reserve: float):
         hi = tf.square(tf.maximum(max_mass - reserve, min_mass))
         a = tf.atan((lo - m0sq) / mg)
         b = tf.atan((hi - m0sq) / mg)
-        u = seed.uniform(tf.reshape(tf.cast(n_events, tf.int64), (1,)), dtype=tf.float64)
+        u = rng.uniform(tf.reshape(tf.cast(n_events, tf.int64), (1,)), dtype=tf.float64)
         s = m0sq + mg * tf.tan(a + (b - a) * u)
         return tf.sqrt(tf.clip_by_value(s, lo, hi))
 
