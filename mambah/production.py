@@ -451,7 +451,7 @@ def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight, s
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or (workers or 1))
         limit = max_in_flight or 2 * n_workers
         pending = iter(specs)
-        ac = as_completed()
+        ac = as_completed(loop=client.loop)  # our client's loop, not the default client's (a user may have one)
         for spec in pending:
             ac.add(submit(spec))
             if ac.count() >= limit:
