@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 from sqlalchemy import BigInteger, Boolean, Integer, SmallInteger
 from sqlalchemy.types import REAL, Float
 
@@ -106,10 +107,9 @@ class DuckDBBackend(Backend):
         if len(df) == 0:
             return
         view = f"__mambah_in_{table.name}"
-        cols = _column_list(df.columns)
         driver.register(view, df)
         try:
-            driver.execute(f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {quote(view)}")
+            driver.execute(*self._insert_from(table, df.columns, sa.table(view)))
         except BaseException:
             try:  # the transaction is aborted: the view goes with the connection or the next register
                 driver.unregister(view)
@@ -126,8 +126,14 @@ class DuckDBBackend(Backend):
         """
         if any(ch in path for ch in "*?[{"):
             return super().insert_parquet(driver, table, path, columns)
-        cols = _column_list(columns)
-        driver.execute(f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM read_parquet(?)", [str(path)])
+        driver.execute(*self._insert_from(table, columns, sa.func.read_parquet(sa.bindparam("path", str(path)))))
+
+    def _insert_from(self, table, columns: Sequence[str], source) -> tuple[str, Any]:
+        """SQL and parameters of ``INSERT INTO table (columns) SELECT columns FROM source``
+        (SQLAlchemy Core: identifiers quoted by the dialect, values bound as parameters)."""
+        cols = [str(c) for c in columns]
+        stmt = sa.insert(table).from_select(cols, sa.select(*[sa.column(c) for c in cols]).select_from(source))
+        return self.compile(stmt)
 
     def select(self, driver, stmt, columns: Sequence[str]) -> pd.DataFrame:
         sql, params = self.compile(stmt)
