@@ -81,22 +81,13 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import ConfigurationError, DataError
-    from ..io import check_finite, check_weights, read_table, require_columns, split_spec
+    from ..io import split_spec
     from . import progress_enabled
-    from .train_pid import _names, _sha256
+    from .train_pid import _sha256, check_split_weights, read_training_data
 
     log = logging.getLogger("mambah.train.flags")
-    conditions = _names(args.conditions, "conditions")
-    targets = _names(args.targets, "targets")
-    both = set(conditions) & set(targets)
-    if both:
-        raise ConfigurationError(f"{sorted(both)} cannot be both a condition and a target")
-    if args.weight and args.weight in set(conditions) | set(targets):
+    if args.weight and args.weight in {c.strip() for c in f"{args.conditions},{args.targets}".split(",")}:
         raise ConfigurationError(f"the weight column {args.weight!r} is also a condition or a target")
-    if not 0.02 <= args.valid_fraction <= 0.5:
-        raise ConfigurationError(f"--valid-fraction must be in [0.02, 0.5], not {args.valid_fraction}")
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigurationError(f"--epochs must be >= 1, not {args.epochs}")
     if args.max_time is not None and not args.max_time > 0:
         raise ConfigurationError(f"--max-time must be > 0 minutes, not {args.max_time}")
     out = Path(args.out)
@@ -104,42 +95,16 @@ def run(args) -> int:
         raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
     cfg = build_config(args)
 
-    # ---- the data: read, select, check (all before anything is trained or written) — as `mambah train pid`
-    needed = conditions + targets + ([args.weight] if args.weight else [])
-    df = read_table(args.data)
+    # ---- the data: read, select, check, split — as `mambah train pid`
+    conditions, targets, df, w, n_read, iv, it = read_training_data(args, log)
     where = args.data
-    require_columns(df, needed, where=where)
-    n_read = len(df)
-    if args.selection:
-        try:
-            df = df.query(args.selection)
-        except Exception as e:
-            raise ConfigurationError(f"--selection {args.selection!r} failed on {where}: {type(e).__name__}: {e}") from None
-        log.info("selection %r keeps %d of %d rows", args.selection, len(df), n_read)
-        if len(df) == 0:
-            raise DataError(f"--selection {args.selection!r} keeps none of the {n_read} rows of {where}")
-    df = check_finite(df, needed, drop=args.drop_nonfinite, where=where)
-    if args.weight:
-        w = check_weights(df[args.weight].to_numpy(dtype=float), where=f"{where} column {args.weight!r}")
-    else:
-        if "sWeight" in df.columns:
-            log.warning("%s has an 'sWeight' column but no --weight was given: training with weight 1 "
-                        "(signal plus background)", where)
-        w = np.ones(len(df))
-
     from ..nn.flags import check_flag_values
 
     Y = check_flag_values(df[targets].to_numpy(), targets, where=where)
     C = df[conditions].to_numpy(dtype=float)
-    rng = np.random.default_rng([args.seed, 20260])  # the split of `mambah train pid`
-    perm = rng.permutation(len(df))
-    n_valid = int(round(args.valid_fraction * len(df)))
-    iv, it = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
     if len(iv) < 10 or len(it) < 10:
         raise DataError(f"{len(df)} rows (after selection) are too few for a training and a validation part")
-    if w[iv].sum() <= 0 or w[it].sum() <= 0:
-        raise DataError(f"the sWeights of the training or validation part sum to <= 0 (training {w[it].sum():.6g}, "
-                        f"validation {w[iv].sum():.6g}); give more data")
+    check_split_weights(w, iv, it)
 
     # ---- train
     from ..nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier

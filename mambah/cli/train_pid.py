@@ -81,6 +81,67 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
+def read_training_data(args, log):
+    """The common part of ``mambah train pid|flags``: parse ``--conditions``/``--targets``, read
+    ``--data``, apply ``--selection``, check columns, NaN/inf and weights, and split off the seeded
+    ``--valid-fraction`` (``numpy.random.default_rng([seed, 20260])``), all before anything is
+    trained or written.
+
+    Returns:
+        ``(conditions, targets, df, w, n_read, iv, it)``: the column names, the selected rows, their
+        weights, the number of rows read, and the sorted validation and training row indices.
+    """
+    import numpy as np
+
+    from ..errors import ConfigurationError, DataError
+    from ..io import check_finite, check_weights, read_table, require_columns
+
+    conditions = _names(args.conditions, "conditions")
+    targets = _names(args.targets, "targets")
+    both = set(conditions) & set(targets)
+    if both:
+        raise ConfigurationError(f"{sorted(both)} cannot be both a condition and a target")
+    if not 0.02 <= args.valid_fraction <= 0.5:
+        raise ConfigurationError(f"--valid-fraction must be in [0.02, 0.5], not {args.valid_fraction}")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigurationError(f"--epochs must be >= 1, not {args.epochs}")
+
+    needed = conditions + targets + ([args.weight] if args.weight else [])
+    df = read_table(args.data)
+    where = args.data
+    require_columns(df, needed, where=where)
+    n_read = len(df)
+    if args.selection:
+        try:
+            df = df.query(args.selection)
+        except Exception as e:
+            raise ConfigurationError(f"--selection {args.selection!r} failed on {where}: {type(e).__name__}: {e}") from None
+        log.info("selection %r keeps %d of %d rows", args.selection, len(df), n_read)
+        if len(df) == 0:
+            raise DataError(f"--selection {args.selection!r} keeps none of the {n_read} rows of {where}")
+    df = check_finite(df, needed, drop=args.drop_nonfinite, where=where)
+    if args.weight:
+        w = check_weights(df[args.weight].to_numpy(dtype=float), where=f"{where} column {args.weight!r}")
+    else:
+        if "sWeight" in df.columns:
+            log.warning("%s has an 'sWeight' column but no --weight was given: training with weight 1 "
+                        "(signal plus background)", where)
+        w = np.ones(len(df))
+    perm = np.random.default_rng([args.seed, 20260]).permutation(len(df))
+    n_valid = int(round(args.valid_fraction * len(df)))
+    iv, it = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
+    return conditions, targets, df, w, n_read, iv, it
+
+
+def check_split_weights(w, iv, it) -> None:
+    """Refuse a training or validation part whose weights sum to <= 0."""
+    from ..errors import DataError
+
+    if w[iv].sum() <= 0 or w[it].sum() <= 0:
+        raise DataError(f"the sWeights of the training or validation part sum to <= 0 (training {w[it].sum():.6g}, "
+                        f"validation {w[iv].sum():.6g}); give more data")
+
+
 def build_config(args):
     """The :class:`~mambah.nn.train.GANConfig` from the CLI options (unset options keep the defaults)."""
     from ..nn.train import GANConfig
@@ -115,59 +176,25 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import ConfigurationError, DataError
-    from ..io import check_finite, check_weights, read_table, require_columns, split_spec
+    from ..io import split_spec
     from . import progress_enabled
 
     log = logging.getLogger("mambah.train.pid")
-    conditions = _names(args.conditions, "conditions")
-    targets = _names(args.targets, "targets")
-    both = set(conditions) & set(targets)
-    if both:
-        raise ConfigurationError(f"{sorted(both)} cannot be both a condition and a target")
-    if not 0.02 <= args.valid_fraction <= 0.5:
-        raise ConfigurationError(f"--valid-fraction must be in [0.02, 0.5], not {args.valid_fraction}")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
     cfg = build_config(args)
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigurationError(f"--epochs must be >= 1, not {args.epochs}")
-
-    # ---- the data: read, select, check (all before anything is trained or written)
-    needed = conditions + targets + ([args.weight] if args.weight else [])
-    df = read_table(args.data)
+    # ---- the data: read, select, check, split (all before anything is trained or written)
+    conditions, targets, df, w, n_read, iv, it = read_training_data(args, log)
     where = args.data
-    require_columns(df, needed, where=where)
-    n_read = len(df)
-    if args.selection:
-        try:
-            df = df.query(args.selection)
-        except Exception as e:
-            raise ConfigurationError(f"--selection {args.selection!r} failed on {where}: {type(e).__name__}: {e}") from None
-        log.info("selection %r keeps %d of %d rows", args.selection, len(df), n_read)
-        if len(df) == 0:
-            raise DataError(f"--selection {args.selection!r} keeps none of the {n_read} rows of {where}")
-    df = check_finite(df, needed, drop=args.drop_nonfinite, where=where)
-    if args.weight:
-        w = check_weights(df[args.weight].to_numpy(dtype=float), where=f"{where} column {args.weight!r}")
-    else:
-        if "sWeight" in df.columns:
-            log.warning("%s has an 'sWeight' column but no --weight was given: training with weight 1 "
-                        "(signal plus background)", where)
-        w = np.ones(len(df))
     for t in targets:
         v = df[t].to_numpy(dtype=float)
         if len(v) and v.min() == v.max():
             raise DataError(f"target {t!r} is constant ({v[0]:.6g}) in {where}: there is nothing to learn")
-    rng = np.random.default_rng([args.seed, 20260])
-    perm = rng.permutation(len(df))
-    n_valid = int(round(args.valid_fraction * len(df)))
-    iv, it = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
     if len(it) < cfg.batch_size:
         raise DataError(f"{len(it)} training rows (after selection and the {args.valid_fraction:.0%} validation split) "
                         f"are fewer than one batch ({cfg.batch_size}); give more data or pass a smaller --batch-size")
-    if w[iv].sum() <= 0 or w[it].sum() <= 0:
-        raise DataError("the sWeights of the training or validation part sum to <= 0; give more data")
+    check_split_weights(w, iv, it)
     C = df[conditions].to_numpy(dtype=float)
     Y = df[targets].to_numpy(dtype=float)
 
