@@ -167,6 +167,11 @@ def weighted_bce(prob: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -
     Probabilities are clipped to [1e-7, 1 - 1e-7] (as Keras does). Weights may be negative;
     their sum must be > 0.
     """
+    return _weighted_score(prob, y, w, _bce_rows, "cross-entropy")
+
+
+def _weighted_score(prob, y, w, loss, what: str) -> tuple[float, list[float]]:
+    """``sum_i w_i loss(p_ik, y_ik) / sum_i w_i``: (mean over flags, per flag)."""
     prob = np.asarray(prob, dtype=float)
     y = np.asarray(y, dtype=float)
     if prob.ndim == 1:
@@ -174,23 +179,14 @@ def weighted_bce(prob: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -
     w = np.ones(len(prob)) if w is None else np.asarray(w, dtype=float)
     s = float(w.sum())
     if not s > 0:
-        raise DataError(f"the weights sum to {s:.6g} <= 0: the weighted cross-entropy is not defined")
-    per = (w[:, None] * _bce_rows(prob, y)).sum(axis=0) / s
+        raise DataError(f"the weights sum to {s:.6g} <= 0: the weighted {what} is not defined")
+    per = (w[:, None] * loss(prob, y)).sum(axis=0) / s
     return float(per.mean()), [float(v) for v in per]
 
 
 def weighted_brier(prob: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> tuple[float, list[float]]:
     """sWeighted Brier score ``sum_i w_i (y_ik - p_ik)^2 / sum_i w_i``: (mean over flags, per flag)."""
-    prob = np.asarray(prob, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if prob.ndim == 1:
-        prob, y = prob[:, None], y[:, None]
-    w = np.ones(len(prob)) if w is None else np.asarray(w, dtype=float)
-    s = float(w.sum())
-    if not s > 0:
-        raise DataError(f"the weights sum to {s:.6g} <= 0: the weighted Brier score is not defined")
-    per = (w[:, None] * (y - prob) ** 2).sum(axis=0) / s
-    return float(per.mean()), [float(v) for v in per]
+    return _weighted_score(prob, y, w, lambda p, t: (t - p) ** 2, "Brier score")
 
 
 def _default_edges(x: np.ndarray, w: np.ndarray, column: str | None, n_bins: int = 10) -> np.ndarray:
