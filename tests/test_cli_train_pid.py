@@ -54,6 +54,7 @@ def test_train_writes_a_model_directory_with_its_card(trained, calib):
     assert len(card["training_data"]["sha256"]) == 64
     m = card["metrics"]
     assert 0 <= m["valid_bdt_ks"] <= 1 and 0 <= m["valid_auc"] <= 1 and "valid_floor_bdt_ks" in m
+    assert m["valid_significance"] > 3 and m["valid_sum_weights"] > 0
     assert card["training"]["steps"] == 4 * (1600 // 256)
     assert not (path.parent / ".model.checkpoint").exists()  # cleaned up after success
 
@@ -153,3 +154,20 @@ def test_generate_refuses_a_broken_model(trained, calib, tmp_path):
     r = mambah("generate", "--model", broken, "--data", d / "calib.csv", "--out", tmp_path / "o.csv")
     assert r.returncode == 2 and "missing 'generator.keras'" in r.stderr
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_an_insignificant_held_out_signal_yield_is_flagged(caplog):
+    """Held-out sWeights summing to less than 3 standard errors: the scores measure subtraction noise."""
+    from mambah.cli.train_pid import check_split_weights
+
+    w = np.tile([1.0, -0.95], 1000)  # held out: 10 ± 19.5
+    iv, it = np.arange(400), np.arange(400, 2000)
+    with caplog.at_level("WARNING"):
+        info = check_split_weights(w, iv, it)
+    assert info["valid_sum_weights"] == pytest.approx(10.0)
+    assert info["valid_significance"] == pytest.approx(10.0 / np.sqrt(200 + 200 * 0.95**2))
+    assert "standard errors" in caplog.text and "--valid-fraction" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        info = check_split_weights(np.ones(2000), iv, it)
+    assert info["valid_significance"] == pytest.approx(20.0) and caplog.text == ""

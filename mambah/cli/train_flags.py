@@ -104,7 +104,7 @@ def run(args) -> int:
     C = df[conditions].to_numpy(dtype=float)
     if len(iv) < 10 or len(it) < 10:
         raise DataError(f"{len(df)} rows (after selection) are too few for a training and a validation part")
-    check_split_weights(w, iv, it)
+    yield_info = check_split_weights(w, iv, it, log)
 
     # ---- train
     from ..nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier
@@ -160,7 +160,9 @@ def run(args) -> int:
             "valid_brier": brier,
             "valid_brier_per_flag": dict(zip(targets, brier_per)),
             "valid_brier_constant": brier0,
-            "stopped_on": f"valid_{cfg.stop_on}",            "max_abs_eff_diff": eff["max_abs_eff_diff"],
+            "stopped_on": f"valid_{cfg.stop_on}",
+            "max_abs_eff_diff": eff["max_abs_eff_diff"],
+            **yield_info,
             "efficiency": eff,
             "best_epoch": trainer.best_epoch_,
             "note": (f"on the {len(iv)} held-out rows (also used for early stopping), weighted with {args.weight or '1'}: "

@@ -57,6 +57,8 @@ def register(kinds) -> None:
     g.add_argument("--ema-decay", type=float, default=None, help="generator weight averaging (0.995)")
     g.add_argument("--validate-every", type=float, default=None, help="seconds between validations (30)")
     g.add_argument("--patience", type=int, default=None, help="validations without improvement before stopping (12)")
+    g.add_argument("--valid-repeats", type=int, default=None,
+                   help="classifier repeats of each validation score (2; more = less noisy checkpoint selection)")
     p.set_defaults(func=run)
 
 
@@ -133,13 +135,34 @@ def read_training_data(args, log):
     return conditions, targets, df, w, n_read, iv, it
 
 
-def check_split_weights(w, iv, it) -> None:
-    """Refuse a training or validation part whose weights sum to <= 0."""
+def check_split_weights(w, iv, it, log=None) -> dict:
+    """Refuse a training or validation part whose weights sum to <= 0; warn when the held-out part's
+    signal yield is not significant.
+
+    The held-out sWeights estimate the signal yield ``sum(w) ± sqrt(sum(w²))``. Below 3 standard
+    errors the validation scores (and so the checkpoint selection) measure mostly the statistical
+    noise of the background subtraction, not the model; the card records the yield and this flag.
+
+    Returns:
+        ``{"valid_sum_weights", "valid_sum_weights_error", "valid_significance"}`` for the card.
+    """
+    import logging
+
+    import numpy as np
+
     from ..errors import DataError
 
     if w[iv].sum() <= 0 or w[it].sum() <= 0:
         raise DataError(f"the sWeights of the training or validation part sum to <= 0 (training {w[it].sum():.6g}, "
                         f"validation {w[iv].sum():.6g}); give more data")
+    total, err = float(w[iv].sum()), float(np.sqrt(np.sum(w[iv] ** 2)))
+    info = {"valid_sum_weights": total, "valid_sum_weights_error": err, "valid_significance": total / err}
+    if total < 3 * err:
+        msg = (f"the held-out rows' sWeights sum to {total:.4g} ± {err:.2g} (a signal yield of only {total / err:.1f} "
+               "standard errors): the validation scores and the checkpoint selection will mostly measure the noise of "
+               "the background subtraction; give more data or a larger --valid-fraction")
+        (log.warning if log is not None else logging.getLogger("mambah.train").warning)(msg)
+    return info
 
 
 def build_config(args):
@@ -152,7 +175,7 @@ def build_config(args):
                        ("activation", "activation"), ("residual", "residual"), ("critic_steps", "critic_steps"),
                        ("gp_lambda", "gp_lambda"), ("bce_xi", "bce_xi"), ("ema_decay", "ema_decay"),
                        ("validate_every", "validate_every"), ("patience", "patience"), ("batch_size", "batch_size"),
-                       ("epochs", "epochs")):
+                       ("epochs", "epochs"), ("valid_repeats", "valid_repeats")):
         v = getattr(args, opt, None)
         if v is not None:
             setattr(cfg, field, v)
@@ -194,7 +217,7 @@ def run(args) -> int:
     if len(it) < cfg.batch_size:
         raise DataError(f"{len(it)} training rows (after selection and the {args.valid_fraction:.0%} validation split) "
                         f"are fewer than one batch ({cfg.batch_size}); give more data or pass a smaller --batch-size")
-    check_split_weights(w, iv, it)
+    yield_info = check_split_weights(w, iv, it, log)
     C = df[conditions].to_numpy(dtype=float)
     Y = df[targets].to_numpy(dtype=float)
 
@@ -253,7 +276,7 @@ def run(args) -> int:
             "valid_auc": score.auc, "valid_auc_std": score.auc_std,
             "valid_floor_bdt_ks": floor.bdt_ks, "valid_floor_auc": floor.auc,
             "selection_bdt_ks": trainer.best_score_, "selection_auc": trainer.best_auc_,
-            "best_step": trainer.best_step_,
+            "best_step": trainer.best_step_, **yield_info,
             "note": ("BDT-KS (mambah.validation.bdt_ks_score, HistGradientBoosting on signed sWeights, 5 repeats) "
                      "of generated targets for the held-out rows' conditions, each carrying its row's sWeight, "
                      "twins split together (paired=True); "
