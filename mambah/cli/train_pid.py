@@ -41,6 +41,9 @@ def register(kinds) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training of the same --out (its checkpoint is kept beside OUT as "
                         ".OUT.checkpoint until the model directory is written)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep .OUT.checkpoint after success (the last weights, optimiser and random states), e.g. to "
+                        "continue later with --resume --overwrite and a larger budget")
     g = p.add_argument_group("network and training (the defaults are good settings)")
     g.add_argument("--gen-width", type=int, default=None, help="generator layer width (128)")
     g.add_argument("--gen-depth", type=int, default=None, help="generator hidden layers (4)")
@@ -290,7 +293,8 @@ def run(args) -> int:
                    else None,
     }
     save_pid_model(out, trainer, card, overwrite=args.overwrite)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if not args.keep_checkpoint:
+        shutil.rmtree(ckpt, ignore_errors=True)
     print(f"wrote {out}: validation BDT-KS {score.bdt_ks:.4f} ± {score.bdt_ks_std:.4f}, AUC {score.auc:.4f} "
           f"(floor {floor.bdt_ks:.4f}); trained {trainer.train_seconds_:.0f} s, {trainer.steps_} steps")
     return 0
