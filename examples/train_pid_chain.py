@@ -70,6 +70,8 @@ STEPS = {  # role -> (train subcommand, targets, selection, batch size, network 
     "muon": ("pid", "MuonMuLL,MuonBkgLL", "isMuon == 1", 512, NET),
     "rich": ("pid", "RichDLLe,RichDLLmu,RichDLLk,RichDLLpK", "hasRich == 1", 1024, NET),  # RichDLLp = RichDLLk + RichDLLpK
     "global": ("pid", "CaloDLLe", None, 1024, NET),
+    # P(RichDLLp == RichDLLk | RICH information): the chain sets each RICH row's tie status to a draw of it
+    "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, []),
 }
 #: steps whose sWeighted training set is empty: electrons practically never pass isMuon, and the
 #: sWeights of the isMuon == 1 rows of the e sample sum to < 0 (the CLI refuses them), so the
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     ap.add_argument("--species", default="mu,e,pi,K,p")
-    ap.add_argument("--roles", default="flags,muon,rich,global")
+    ap.add_argument("--roles", default="flags,muon,rich,tie,global")
     budget = ap.add_mutually_exclusive_group()
     budget.add_argument("--max-time", type=float, default=None, help="minutes per model (wall clock)")
     budget.add_argument("--epochs", type=str, default=None,
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
     return 0
 
 
-DEFAULT_EPOCHS = {"flags": 60, "muon": 100, "rich": 400, "global": 150}
+DEFAULT_EPOCHS = {"flags": 60, "muon": 400, "rich": 400, "tie": 60, "global": 150}
 
 
 def budget_args(a, role: str) -> list[str]:

@@ -5,8 +5,8 @@ track kinematics (``P``, ``ETA``, ``nTracks``, ``charge``) or outputs of earlier
 on the rows selected by its ``applies`` flag: a conditional Cramér GAN
 (:mod:`mambah.nn.pidmodel`) or, for Bernoulli flags, an sWeighted classifier
 (:mod:`mambah.nn.flags`, card kind ``pid-flags``) whose probability is sampled. The default chain
-of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``,
-``pid-<s>-global``; see ``examples/train_pid_chain.py``):
+of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``, optionally
+``pid-<s>-tie``, and ``pid-<s>-global``; see ``examples/train_pid_chain.py``):
 
 1. ``flags`` — the classifier of ``isMuon`` and ``hasRich`` given P, ETA, nTracks, charge: a
    Bernoulli draw from P(flag | conditions). (A GAN whose output is thresholded at 0.5 — our first
@@ -25,6 +25,12 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    ``RichDLLpK`` at 0 to an interval of its Gaussian, and every output in that interval back to
    exactly 0 (models trained on ``RichDLLp`` directly scored BDT-KS 0.24 against the truth on the
    RICH DLLs alone, the kaon DLLk - DLLp difference being the worst feature);
+3b. ``tie`` (optional, used when ``pid-<s>-tie`` exists) — a classifier of ``RichPKTie`` (1 where
+   ``RichDLLp == RichDLLk``) on ``hasRich == 1`` tracks. The tie is a threshold effect, a step
+   in p; the RICH GAN smears it (for kaons: 85% ties at 5-8 GeV/c instead of 100%, 26% at 10-12
+   GeV/c instead of 2%, 7% above 50 GeV/c instead of none), which moves the efficiency of
+   ``DLLp - DLLK >= 0`` by up to 21% in a p bin. The chain draws the flag and makes the flagged
+   rows exact ties (:meth:`PidChain._match_ties`; the spurious ties above threshold remain);
 4. ``global`` — the part of the combined DLLs that is neither a RICH nor a muon likelihood,
    ``CaloDLLe`` (the calorimeter's electron DLL, 0 outside its acceptance), given P, ETA, nTracks,
    charge;
@@ -79,11 +85,11 @@ CHAIN_OUTPUTS: dict[str, str] = {
     "PIDe": "pid_e", "PIDmu": "pid_mu", "PIDK": "pid_k", "PIDp": "pid_p",
 }
 #: Intermediate columns a step may produce besides the outputs.
-INTERMEDIATE = ("hasRich", "CaloDLLe", "MuonVetoDLL", "RichDLLpK")
+INTERMEDIATE = ("hasRich", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie")
 #: Outputs a chain may derive from intermediate columns: output -> (base, difference) (output = base + difference).
 DERIVED = {"RichDLLp": ("RichDLLk", "RichDLLpK")}
 #: Columns that are Bernoulli flags: the generated value is thresholded at 0.5 to 0/1.
-FLAGS = ("isMuon", "hasRich")
+FLAGS = ("isMuon", "hasRich", "RichPKTie")
 #: Species name -> absolute PDG id.
 SPECIES_PDG: dict[str, int] = {"e": 11, "mu": 13, "pi": 211, "K": 321, "p": 2212}
 DEFAULT_SPECIES = ("e", "mu", "pi", "K", "p")
@@ -107,16 +113,25 @@ class ChainStep:
 
 #: Roles of the default chain, in order.
 ROLES = ("flags", "muon", "rich", "global")
+#: Optional roles, used when the model exists (after the role named here).
+OPTIONAL_ROLES = {"tie": "rich"}
 
 
 def default_chain_steps(species: str, models_dir: str | os.PathLike | None = None) -> list[ChainStep]:
-    """The default chain of ``species`` (model names ``pid-<species>-{flags,muon,rich,global}``)."""
+    """The default chain of ``species`` (model names ``pid-<species>-{flags,muon,rich,global}``, and
+    ``pid-<species>-tie`` after ``rich`` when that model exists)."""
     def m(role):
         name = f"pid-{species}-{role}"
         return name if models_dir is None else str(Path(models_dir) / name)
 
-    return [ChainStep("flags", m("flags")), ChainStep("muon", m("muon"), "isMuon"),
-            ChainStep("rich", m("rich"), "hasRich"), ChainStep("global", m("global"))]
+    steps = [ChainStep("flags", m("flags")), ChainStep("muon", m("muon"), "isMuon"),
+             ChainStep("rich", m("rich"), "hasRich"), ChainStep("global", m("global"))]
+    from .modeldir import default_models_dir
+
+    base = Path(models_dir) if models_dir is not None else default_models_dir()
+    if (base / f"pid-{species}-tie" / "card.json").exists():
+        steps.insert(3, ChainStep("tie", m("tie"), "hasRich"))
+    return steps
 
 
 def load_step_model(path: str | os.PathLike):
@@ -143,7 +158,7 @@ def prepare_training_table(df: pd.DataFrame) -> pd.DataFrame:
     ``hasRich`` becomes 0/1 (float), ``CaloDLLe = EcalPIDe`` (or ``PIDe - RichDLLe`` without it) and
     ``MuonVetoDLL = PIDmu - RichDLLmu - (MuonMuLL - MuonBkgLL)`` (0 with the reference detector since
     2026-11-22) with absent (NaN) parts as 0, which inverts the combination rule exactly; ``RichDLLpK = RichDLLp - RichDLLk`` (NaN without
-    RICH information).
+    RICH information) and ``RichPKTie = 1.0`` where ``RichDLLpK == 0`` (0 without RICH information).
     """
     out = df.copy()
     z = lambda c: np.nan_to_num(out[c].to_numpy(dtype=float), nan=0.0)  # noqa: E731
@@ -156,6 +171,7 @@ def prepare_training_table(df: pd.DataFrame) -> pd.DataFrame:
     out["MuonVetoDLL"] = (out["PIDmu"].to_numpy(dtype=float) - z("RichDLLmu")
                           - (z("MuonMuLL") - z("MuonBkgLL"))).astype(np.float32)
     out["RichDLLpK"] = (out["RichDLLp"].to_numpy(dtype=np.float32) - out["RichDLLk"].to_numpy(dtype=np.float32))
+    out["RichPKTie"] = (out["RichDLLpK"].to_numpy() == 0).astype(float)  # 0 without RICH information
     out["charge"] = out["charge"].astype(float)
     return out
 
@@ -218,11 +234,38 @@ class PidChain:
             for j, t in enumerate(m.targets):
                 v = out[:, j]
                 cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
+            if "RichPKTie" in m.targets and "RichDLLpK" in cols:
+                self._match_ties(cols, sel)
             for t, (base, diff) in DERIVED.items():
-                if diff in m.targets and base in cols:
+                if diff in cols and base in cols:
                     cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
         cols.update(combine(cols))
         return pd.DataFrame({c: cols[c].astype(np.float32) for c in CHAIN_OUTPUTS})
+
+
+    def _match_ties(self, cols: dict[str, np.ndarray], sel: np.ndarray) -> None:
+        """Rows flagged by the ``tie`` step get ``RichDLLpK = 0`` (``RichDLLp == RichDLLk`` exactly).
+
+        Below the kaon threshold of every radiator a track crosses, the two hypotheses have the
+        same likelihood: a step in p (and in the radiators crossed) that the RICH GAN smears (for
+        kaons 85% ties at 5-8 GeV/c instead of 100%). The tie step's classifier learns that
+        probability directly; a flagged row's ``RichDLLpK`` is set to 0, everything else stays as
+        generated.
+
+        Not done: the opposite, an unflagged row whose ``RichDLLpK`` came out exactly 0 (for kaons
+        26% of the rows at 10-12 GeV/c against 2% in the truth). Giving such rows the
+        ``RichDLLpK`` of a fresh non-tie draw put the DLLp - DLLK > 0 efficiency right there, but
+        moved DLLp > 5 above 100 GeV/c by 7.5% for protons (the GAN's spurious ties at high p stand
+        for small non-zero values); a value next to 0 instead moved DLLp - DLLK > 0 by 8% at
+        10-12 GeV/c (a kaon's true DLLp - DLLK there is far below 0). A RICH GAN conditioned on the
+        flag is the way to do both.
+        """
+        i_rich = next((i for i, mm in enumerate(self.models) if "RichDLLpK" in mm.targets), None)
+        if i_rich is None or not sel.any():
+            return
+        applies = self.steps[i_rich].applies
+        on = sel & (cols[applies] > 0.5) if applies is not None else sel
+        cols["RichDLLpK"][on & (cols["RichPKTie"] > 0.5)] = 0.0
 
 
 _CACHE: dict[tuple, PidChain] = {}
@@ -307,6 +350,7 @@ CUTS = {
     "DLLK > 5": lambda d: d["PIDK"] > 5,
     "DLLp > 5": lambda d: d["PIDp"] > 5,
     "isMuon": lambda d: d["isMuon"] > 0.5,
+    "DLLp - DLLK > 0": lambda d: d["PIDp"] - d["PIDK"] > 0,
 }
 #: Momentum bins of the closure [MeV/c].
 P_BINS = (2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0, 100_000.0, 1e6)
