@@ -106,10 +106,10 @@ def test_shipped_chain_closure(species):
     """Each shipped chain against the reference detector's pure signal (held-out seed), 20k tracks.
 
     A regression guard at the level the shipped models reach (recorded in their cards'
-    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.14-0.16 for e, pi, K, p and 0.28 for mu; worst
-    p-bin efficiency difference 0.3-3.3%, mu 7%): BDT-KS <= 0.35 and every p-bin efficiency within
-    0.05 + 3 sigma (0.10 + 3 sigma for mu). The issue's bar (BDT-KS <= 0.10, 2%) is NOT met yet:
-    see test_closure_bar.
+    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.14-0.16; worst p-bin efficiency difference
+    0.3-3.3%, 5-8% for DLLp - DLLK > 0): BDT-KS <= 0.25 and every p-bin efficiency within
+    0.05 + 3 sigma (0.10 + 3 sigma for DLLp - DLLK > 0). The issue's bar (BDT-KS <= 0.10, 2%) is NOT
+    met yet: see test_closure_bar.
     """
     chain, truth, r = _closure(species, 20_000, 55_000)
     out = chain.generate(truth, np.random.default_rng(2))
@@ -119,9 +119,9 @@ def test_shipped_chain_closure(species):
     nan_rich = np.isnan(out["RichDLLk"]).mean()
     assert abs(nan_rich - np.isnan(truth["RichDLLk"]).mean()) < 0.02
     np.testing.assert_array_equal(out["PIDK"][np.isnan(out["RichDLLk"])], 0.0)
-    assert r["bdt_ks"] <= 0.35, r["bdt_ks"]
-    tol = 0.10 if species == "mu" else 0.05
+    assert r["bdt_ks"] <= 0.25, r["bdt_ks"]
     for cut, e in r["efficiency"].items():
+        tol = 0.10 if cut == "DLLp - DLLK > 0" else 0.05
         for b in e["bins"]:
             assert abs(b["diff"]) <= tol + 3 * b["stat_error"], (cut, b)
 
@@ -139,8 +139,8 @@ def test_chains_separate_the_species():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.14-0.16 (mu 0.28) and efficiency differences up to "
-                          "3.3% (mu 7%), not the issue's 0.10 / 2%", strict=True)
+@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.14-0.16 and efficiency differences up to 3.3% "
+                          "(8% for DLLp - DLLK > 0), not the issue's 0.10 / 2%", strict=True)
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
 @pytest.mark.parametrize("species", DEFAULT_SPECIES)
 def test_closure_bar(species):
