@@ -165,7 +165,7 @@ def test_out_of_range_warned_once_per_production_and_model(tmp_path):
             msgs = [str(w.message) for w in caught if issubclass(w.category, OutOfRangeWarning)]
             models = [re.match(r"PID model '([^']+)'", m).group(1) for m in msgs]
             assert models and len(models) == len(set(models)), msgs  # once per model in each production
-            assert set(models) <= {f"pid-{s}-{r}" for s in ("mu", "K") for r in ROLES}
+            assert set(models) <= {f"pid-{s}-{r}" for s in ("mu", "K") for r in (*ROLES, "tie")}
             assert all(f"production {prod!r}" in m for m in msgs)
         infos = [st.batch_info(b)["config"]["reconstruction"] for b in st.batch_ids()]
     # every batch records its counts; the process totals are their sums
