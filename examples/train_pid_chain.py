@@ -1,4 +1,4 @@
-"""Train the default chained PID models (``models/pid-<species>-{flags,muon,rich,global}``) through the CLI.
+"""Train the default chained PID models (``models/pid-<species>-{flags,muon,rich,tie,global}``) through the CLI.
 
 For each species of ``--species``:
 
@@ -6,8 +6,9 @@ For each species of ``--species``:
    under the mass peak) from the reference detector;
 2. ``mambah sweights`` — sPlot of the mass column in the channel's window (signal sWeights);
 3. :func:`mambah.pidchain.prepare_training_table` — the chain's intermediate columns
-   (``hasRich`` as 0/1, ``CaloDLLe``, ``RichDLLpK``; see :mod:`mambah.pidchain`);
-4. ``mambah train flags`` (isMuon, hasRich classifier) and ``mambah train pid`` (muon, RICH and
+   (``hasRich`` as 0/1, ``CaloDLLe``, ``RichDLLpK``, ``RichPKTie``; see :mod:`mambah.pidchain`);
+4. ``mambah train flags`` (isMuon, hasRich classifier; RichPKTie classifier on hasRich tracks) and
+   ``mambah train pid`` (muon, RICH and
    calorimeter GANs), with ``--weight sWeight`` (or without weights with ``--unweighted``, for the
    comparison), small networks so that the whole chain runs at > 500k tracks/s.
 

@@ -176,7 +176,7 @@ def test_an_insignificant_held_out_signal_yield_is_flagged(caplog):
 def test_keep_checkpoint_then_resume_with_a_larger_budget(calib, tmp_path):
     d, _ = calib
     base = ["train", "pid", "--data", d / "calib.csv", "--species", "p", "--targets", "DLLp", "--weight", "sWeight",
-            "--out", tmp_path / "m", "--seed", "3", *TINY]
+            "--out", tmp_path / "m", "--seed", "3", *TINY, "--valid-repeats", "3"]
     r = mambah(*base, "--epochs", "2", "--keep-checkpoint")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / ".m.checkpoint" / "checkpoint.npz").is_file()
@@ -184,5 +184,6 @@ def test_keep_checkpoint_then_resume_with_a_larger_budget(calib, tmp_path):
     assert r.returncode == 0, r.stderr
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["training"]["steps"] == 4 * (1600 // 256)  # 2 epochs kept + 2 more, not 4 from scratch
+    assert card["hyperparameters"]["valid_repeats"] == 3
     assert [h["step"] for h in card["training"]["history"]][0] == 2 * (1600 // 256)
     assert not (tmp_path / ".m.checkpoint").exists()
