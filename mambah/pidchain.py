@@ -113,8 +113,6 @@ class ChainStep:
 
 #: Roles of the default chain, in order.
 ROLES = ("flags", "muon", "rich", "global")
-#: Optional roles, used when the model exists (after the role named here).
-OPTIONAL_ROLES = {"tie": "rich"}
 
 
 def default_chain_steps(species: str, models_dir: str | os.PathLike | None = None) -> list[ChainStep]:
@@ -126,10 +124,7 @@ def default_chain_steps(species: str, models_dir: str | os.PathLike | None = Non
 
     steps = [ChainStep("flags", m("flags")), ChainStep("muon", m("muon"), "isMuon"),
              ChainStep("rich", m("rich"), "hasRich"), ChainStep("global", m("global"))]
-    from .modeldir import default_models_dir
-
-    base = Path(models_dir) if models_dir is not None else default_models_dir()
-    if (base / f"pid-{species}-tie" / "card.json").exists():
+    if (_models_base(models_dir) / f"pid-{species}-tie" / "card.json").exists():
         steps.insert(3, ChainStep("tie", m("tie"), "hasRich"))
     return steps
 
@@ -242,7 +237,6 @@ class PidChain:
         cols.update(combine(cols))
         return pd.DataFrame({c: cols[c].astype(np.float32) for c in CHAIN_OUTPUTS})
 
-
     def _match_ties(self, cols: dict[str, np.ndarray], sel: np.ndarray) -> None:
         """Rows flagged by the ``tie`` step get ``RichDLLpK = 0`` (``RichDLLp == RichDLLk`` exactly).
 
@@ -337,11 +331,15 @@ def load_chain(species: str, models_dir: str | os.PathLike | None = None) -> Pid
 
 def available_chains(models_dir: str | os.PathLike | None = None) -> list[str]:
     """Species whose default chain models all exist in ``models_dir`` (default: the shipped models)."""
-    from .modeldir import default_models_dir
-
-    base = Path(models_dir) if models_dir is not None else default_models_dir()
+    base = _models_base(models_dir)
     return [s for s in SPECIES_PDG
             if all((base / f"pid-{s}-{r}" / "card.json").exists() for r in ROLES)]
+
+
+def _models_base(models_dir: str | os.PathLike | None) -> Path:
+    from .modeldir import default_models_dir
+
+    return Path(models_dir) if models_dir is not None else default_models_dir()
 
 
 #: Typical requirements checked by :func:`closure` (name -> function of the output table).

@@ -164,7 +164,7 @@ def check_split_weights(w, iv, it, log=None) -> dict:
         msg = (f"the held-out rows' sWeights sum to {total:.4g} ± {err:.2g} (a signal yield of only {total / err:.1f} "
                "standard errors): the validation scores and the checkpoint selection will mostly measure the noise of "
                "the background subtraction; give more data or a larger --valid-fraction")
-        (log.warning if log is not None else logging.getLogger("mambah.train").warning)(msg)
+        (log or logging.getLogger("mambah.train")).warning(msg)
     return info
 
 

@@ -62,8 +62,8 @@ def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[i
     conditions can be recovered from the chain inputs and outputs (all steps of the default chains).
 
     A step runs on all rows, or where its ``applies`` flag is 1; a flag that is not a chain output
-    (``hasRich``) is recovered from the RICH DLLs or the step's own outputs, which are finite exactly
-    where it ran.
+    (``hasRich``) is recovered from the outputs of the steps that run where it is 1 (the RICH DLLs
+    for the tie step), which are finite exactly there.
     """
     out: dict[str, tuple[int, int, str]] = {}
     n = len(gen)
@@ -72,10 +72,9 @@ def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[i
             sel = np.ones(n, bool)
         elif step.applies in gen:
             sel = gen[step.applies].to_numpy() > 0.5
-        elif step.applies == "hasRich" and "RichDLLk" in gen:  # the RICH DLLs are finite exactly where hasRich
-            sel = np.isfinite(gen["RichDLLk"].to_numpy())
-        else:
-            own = [t for t in m.targets if t in gen]
+        else:  # outputs of any step that runs where this one does are finite exactly there
+            own = [t for s2, m2 in zip(chain.steps, chain.models) if s2.applies == step.applies
+                   for t in m2.targets if t in gen]
             if not own:
                 continue
             sel = np.isfinite(gen[own[0]].to_numpy())
