@@ -73,10 +73,10 @@ MAMBAH = [sys.executable, "-m", "mambah"]
 COND = ",".join(CHAIN_INPUTS)
 NET = ["--gen-width", "64", "--gen-depth", "3", "--critic-width", "64", "--critic-depth", "3", "--noise", "8"]
 STEPS = {  # role -> (train subcommand, targets, selection, batch size, network options)
-    "flags": ("flags", "isMuon,hasRich", None, 2048, []),
+    "flags": ("flags", "isMuon,hasRich,hasCalo", None, 2048, []),
     "muon": ("pid", "MuonMuLL,MuonBkgLL", "isMuon == 1", 512, NET),
     "rich": ("pid", "RichDLLe,RichDLLmu,RichDLLk,RichDLLpK", "hasRich == 1", 1024, NET),  # RichDLLp = RichDLLk + RichDLLpK
-    "global": ("pid", "CaloDLLe", None, 1024, NET),
+    "global": ("pid", "CaloDLLe", "hasCalo == 1", 1024, NET),  # 0 outside the acceptance: a flag, not a GAN spike
     # P(RichDLLp == RichDLLk | RICH information): the chain sets each RICH row's tie status to a draw of it
     "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, ["--width", "16", "--depth", "2"]),
 }
@@ -192,8 +192,10 @@ def closure_main(a) -> int:
         truth = calib_sample(s, a.closure, seed=10_000 + list(SPECIES_PDG).index(s), pure=True)
         r = closure(chain, truth, seed=a.seed)
         results[s] = r
-        effs = ", ".join(f"{k}: {v['max_abs_diff']:.3f}" for k, v in r["efficiency"].items())
-        print(f"{s:3s} BDT-KS {r['bdt_ks']:.4f} ± {r['bdt_ks_std']:.4f}  AUC {r['auc']:.4f}  max |eff diff| {effs}",
+        effs = ", ".join(f"{k}: {v['max_abs_diff']:.3f} ({v['max_abs_diff_precise']:.3f}, pull {v['max_pull']:.1f})"
+                         for k, v in r["efficiency"].items())
+        print(f"{s:3s} BDT-KS {r['bdt_ks']:.4f} ± {r['bdt_ks_std']:.4f}  AUC {r['auc']:.4f}  max |eff diff| "
+              f"(bins with error <= 1%, max pull) {effs}",
               flush=True)
     a.work.mkdir(parents=True, exist_ok=True)
     name = a.work / f"closure_{a.out.name}.json"
@@ -203,6 +205,8 @@ def closure_main(a) -> int:
         for s, r in results.items():
             summary = {"bdt_ks": r["bdt_ks"], "bdt_ks_std": r["bdt_ks_std"], "auc": r["auc"], "n": r["n"],
                        "max_abs_eff_diff": {k: v["max_abs_diff"] for k, v in r["efficiency"].items()},
+                       "max_abs_eff_diff_precise": {k: v["max_abs_diff_precise"] for k, v in r["efficiency"].items()},
+                       "max_eff_pull": {k: v["max_pull"] for k, v in r["efficiency"].items()},
                        "method": "whole chain vs the reference detector's pure signal (held-out seed 10000+i, i = position in e,mu,pi,K,p), "
                                  "mambah.pidchain.closure: BDT-KS over P, ETA, nTracks, charge and the 11 PID "
                                  "outputs (NaN -> -1000); cut efficiencies in p bins", "command": cmd}

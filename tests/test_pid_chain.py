@@ -38,6 +38,12 @@ def test_combination_rule_inverts_the_training_columns():
         tie = rich & (df["RichDLLk"] == df["RichDLLp"]).to_numpy()
         assert tie.mean() > 0.02 and (df["RichDLLpK"].to_numpy()[tie] == 0).all()
         assert np.isnan(df["RichDLLpK"].to_numpy()[~rich]).all()
+        # hasCalo: the calorimeter acceptance; outside it CaloDLLe is 0 and the chain leaves it NaN
+        has_calo = df["hasCalo"].to_numpy()
+        assert set(np.unique(has_calo)) == {0.0, 1.0}
+        assert (df["CaloDLLe"].to_numpy()[has_calo == 0] == 0).all()
+        cols["CaloDLLe"] = np.where(has_calo > 0.5, cols["CaloDLLe"], np.nan)
+        np.testing.assert_allclose(combine(cols)["PIDe"], df["PIDe"].to_numpy(dtype=float), atol=2e-4)
 
 
 def test_all_default_chains_are_shipped():
@@ -76,6 +82,29 @@ def test_chain_whose_later_model_needs_an_unproduced_column_fails_at_build(tmp_p
         build_chain("pi", steps, tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
+def test_calorimeter_dll_is_generated_inside_its_acceptance_only(tmp_path):
+    """The global step runs where the flags step's hasCalo is 1 (its training selection); outside,
+    the calorimeter adds nothing to PIDe, as in the detector. A global model trained on every
+    track (no selection; chains before 2026-11-23) still runs on every track."""
+    steps = default_chain_steps("K")
+    assert [(s.role, s.applies) for s in steps][-1] == ("global", "hasCalo")
+    truth = calib_sample("K", 20_000, seed=59_003, pure=True)
+    out = load_chain("K").generate(truth, np.random.default_rng(2))
+    eta = truth["ETA"].to_numpy()
+    pide_minus_rich = (out["PIDe"] - np.nan_to_num(out["RichDLLe"])).to_numpy()
+    outside, inside = (eta < 1.8) | (eta > 4.6), (eta > 2.0) & (eta < 4.4)
+    assert outside.sum() > 300
+    np.testing.assert_allclose(pide_minus_rich[outside], 0.0, atol=1e-5)
+    assert (pide_minus_rich[inside] != 0).mean() > 0.999  # the old chain: 4% exact zeros inside
+    for r in ROLES:
+        shutil.copytree(MODELS / f"pid-K-{r}", tmp_path / f"pid-K-{r}")
+    card = json.loads((tmp_path / "pid-K-global" / "card.json").read_text())
+    card["training_data"]["selection"] = None
+    _edit_card(tmp_path / "pid-K-global", training_data=card["training_data"])
+    assert default_chain_steps("K", tmp_path)[-1].applies is None
+
+
 def test_out_of_range_conditions_warn_with_the_fraction():
     from mambah.nn.pidmodel import OutOfRangeWarning
 
@@ -106,8 +135,9 @@ def test_shipped_chain_closure(species):
     """Each shipped chain against the reference detector's pure signal (held-out seed), 20k tracks.
 
     A regression guard at the level the shipped models reach (recorded in their cards'
-    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.14-0.16; worst p-bin efficiency difference
-    0.3-3.3%, 5-8% for DLLp - DLLK > 0): BDT-KS <= 0.25 and every p-bin efficiency within
+    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.11-0.13; worst p-bin efficiency difference
+    0.2-2.6% in bins with a standard error <= 1%, 5-8% for DLLp - DLLK > 0): BDT-KS <= 0.20 and
+    every p-bin efficiency within
     0.05 + 3 sigma (0.10 + 3 sigma for DLLp - DLLK > 0). The issue's bar (BDT-KS <= 0.10, 2%) is NOT
     met yet: see test_closure_bar.
     """
@@ -119,7 +149,7 @@ def test_shipped_chain_closure(species):
     nan_rich = np.isnan(out["RichDLLk"]).mean()
     assert abs(nan_rich - np.isnan(truth["RichDLLk"]).mean()) < 0.02
     np.testing.assert_array_equal(out["PIDK"][np.isnan(out["RichDLLk"])], 0.0)
-    assert r["bdt_ks"] <= 0.25, r["bdt_ks"]
+    assert r["bdt_ks"] <= 0.20, r["bdt_ks"]
     for cut, e in r["efficiency"].items():
         tol = 0.10 if cut == "DLLp - DLLK > 0" else 0.05
         for b in e["bins"]:
@@ -139,7 +169,7 @@ def test_chains_separate_the_species():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.14-0.16 and efficiency differences up to 3.3% "
+@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.11-0.13 and efficiency differences up to 2.6% "
                           "(8% for DLLp - DLLK > 0), not the issue's 0.10 / 2%", strict=True)
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
 @pytest.mark.parametrize("species", DEFAULT_SPECIES)
@@ -164,10 +194,11 @@ def test_training_example_runs_shortened(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     card = json.loads((tmp_path / "m" / "pid-mu-flags" / "card.json").read_text())
     assert card["training_data"]["weight"] == "sWeight" and card["species"] == "mu"
-    assert card["kind"] == "pid-flags" and [t["name"] for t in card["targets"]] == ["isMuon", "hasRich"]
+    assert card["kind"] == "pid-flags" and [t["name"] for t in card["targets"]] == ["isMuon", "hasRich", "hasCalo"]
     assert "train flags" in (card.get("command") or "")
     card = json.loads((tmp_path / "m" / "pid-mu-global" / "card.json").read_text())
     assert [t["name"] for t in card["targets"]] == ["CaloDLLe"] and "train pid" in (card.get("command") or "")
+    assert card["training_data"]["selection"].replace(" ", "") == "hasCalo==1"
 
 
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks

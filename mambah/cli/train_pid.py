@@ -54,7 +54,7 @@ def register(kinds) -> None:
     g.add_argument("--activation", default=None, help="activation (leaky_relu)")
     g.add_argument("--residual", action="store_true", default=None, help="residual blocks")
     g.add_argument("--learning-rate", dest="lr", type=float, default=None, help="initial Adam learning rate (1e-3)")
-    g.add_argument("--critic-steps", type=int, default=None, help="critic updates per generator update (1)")
+    g.add_argument("--critic-steps", type=int, default=None, help="critic updates per generator update, each on its own batch (1)")
     g.add_argument("--gp-lambda", type=float, default=None, help="gradient-penalty weight (10)")
     g.add_argument("--bce-xi", type=float, default=None, help="weight of the optional BCE term (0 = off)")
     g.add_argument("--ema-decay", type=float, default=None, help="generator weight averaging (0.995)")

@@ -60,7 +60,11 @@ class CramerGAN(keras.Model):
             Yazici et al., arXiv:1806.04498). ``None``: no averaging.
         n_noise: dimension of the generator's noise input.
         gp_lambda: weight of the gradient penalty.
-        critic_steps: critic updates per generator update (same batch, fresh noise).
+        critic_steps: critic updates per generator update. ``train_step`` given batches stacked on
+            a leading axis (``(critic_steps, B, ...)``, what the trainer passes) makes each critic
+            update on its own batch and the generator update on the last one (as LHCb's RICH
+            Cramér GAN, 15 critic updates per generator update, Maevskiy et al.,
+            arXiv:1905.11825); given one batch ``(B, ...)``, every update uses it (fresh noise).
         ema_decay: ``m`` in ``ema <- m ema + (1 - m) w`` after each generator update.
         bce_xi: weight ``xi`` of the optional BCE term (0 = off).
         seed: seed of the noise and of the interpolation factors.
@@ -181,12 +185,18 @@ class CramerGAN(keras.Model):
         c, y, w = data
         c = ops.cast(c, "float32")
         y = ops.cast(y, "float32")
-        w = ops.cast(ops.reshape(w, (-1,)), "float32")
-        for _ in range(self.critic_steps):
+        w = ops.cast(w, "float32")
+        stacked = len(c.shape) == 3
+        if not stacked:
+            w = ops.reshape(w, (-1,))
+        for k in range(self.critic_steps):
+            cb, yb, wb = (c[k], y[k], ops.reshape(w[k], (-1,))) if stacked else (c, y, w)
             with tf.GradientTape() as tape:
-                c_loss, gp, surrogate = self.critic_loss(c, y, w)
+                c_loss, gp, surrogate = self.critic_loss(cb, yb, wb)
             grads = tape.gradient(c_loss, self.critic.trainable_variables)
             self.c_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
+        if stacked:
+            c, y, w = c[-1], y[-1], ops.reshape(w[-1], (-1,))
         with tf.GradientTape() as tape:
             g_loss = self.generator_loss(c, y, w)
         grads = tape.gradient(g_loss, self.generator.trainable_variables)

@@ -298,7 +298,8 @@ class CramerGANTrainer:
                      state.step, state.elapsed, state.best_score)
 
         bs = int(cfg.batch_size)
-        steps_per_epoch = n // bs
+        k = int(cfg.critic_steps)  # batches per step: one per critic update (the generator uses the last)
+        steps_per_epoch = max(1, n // (bs * k))
         lr_ratio = cfg.lr_final / cfg.g_lr
         t0 = time.perf_counter() - state.elapsed
         last_valid = time.perf_counter()
@@ -319,8 +320,14 @@ class CramerGANTrainer:
                         f = lr_ratio ** prog
                         gan.g_optimizer.learning_rate.assign(cfg.g_lr * f)
                         gan.c_optimizer.learning_rate.assign(cfg.c_lr * f)
-                    idx = perm[b * bs:(b + 1) * bs]
-                    logs = step_fn((c_pre[idx], y_pre[idx], w_norm[idx]))
+                    idx = perm[b * bs * k:(b + 1) * bs * k]
+                    if len(idx) < bs * k:  # fewer rows than critic_steps batches: draw the rest again
+                        idx = np.concatenate([idx, rng.choice(n, bs * k - len(idx))])
+                    if k == 1:
+                        logs = step_fn((c_pre[idx], y_pre[idx], w_norm[idx]))
+                    else:
+                        logs = step_fn((c_pre[idx].reshape(k, bs, -1), y_pre[idx].reshape(k, bs, -1),
+                                        w_norm[idx].reshape(k, bs)))
                     state.step += 1
                     bar.update(1)
                     if state.step % 50 == 0:
@@ -361,7 +368,7 @@ class CramerGANTrainer:
         self.history_ = state.history
         self.train_seconds_ = state.elapsed
         self.steps_ = state.step
-        self.samples_seen_ = state.step * bs
+        self.samples_seen_ = state.step * bs * k
         return self
 
     def _validate(self, gan, vdata, state: _State, logs, t0, rng, best_weights) -> bool:

@@ -59,25 +59,15 @@ def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, i
 
 def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[int, int, str]]:
     """``{model: (rows outside, rows evaluated, detail)}`` for the steps of ``chain`` whose rows and
-    conditions can be recovered from the chain inputs and outputs (all steps of the default chains).
-
-    A step runs on all rows, or where its ``applies`` flag is 1; a flag that is not a chain output
-    (``hasRich``) is recovered from the outputs of the steps that run where it is 1 (the RICH DLLs
-    for the tie step), which are finite exactly there.
+    conditions can be recovered from the chain inputs and from ``gen`` (the chain's outputs and the
+    flags of :func:`_applies_flags`): all steps of the default chains.
     """
     out: dict[str, tuple[int, int, str]] = {}
     n = len(gen)
     for step, m in zip(chain.steps, chain.models):
-        if step.applies is None:
-            sel = np.ones(n, bool)
-        elif step.applies in gen:
-            sel = gen[step.applies].to_numpy() > 0.5
-        else:  # outputs of any step that runs where this one does are finite exactly there
-            own = [t for s2, m2 in zip(chain.steps, chain.models) if s2.applies == step.applies
-                   for t in m2.targets if t in gen]
-            if not own:
-                continue
-            sel = np.isfinite(gen[own[0]].to_numpy())
+        if step.applies is not None and step.applies not in gen:
+            continue
+        sel = np.ones(n, bool) if step.applies is None else gen[step.applies].to_numpy() > 0.5
         cols = [inputs[c] if c in inputs else gen[c].to_numpy(np.float64) if c in gen else None for c in m.conditions]
         if any(c is None for c in cols):
             continue
@@ -91,6 +81,11 @@ def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[i
                 bad |= b
         out[str(m.card.get("name", step.model))] = (int(bad.sum()), int(sel.sum()), ", ".join(detail))
     return out
+
+
+def _applies_flags(chain) -> tuple[str, ...]:
+    """The flags that select a step's rows (``isMuon``, ``hasRich``, ``hasCalo``), for :func:`_step_counts`."""
+    return tuple(dict.fromkeys(s.applies for s in chain.steps if s.applies is not None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +182,7 @@ class PID:
         def run(job):
             s, sel, seed = job
             return chains[s].generate({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]},
-                                      np.random.default_rng(seed))
+                                      np.random.default_rng(seed), extra=_applies_flags(chains[s]))
 
         from ..nn.pidmodel import OutOfRangeWarning
 
