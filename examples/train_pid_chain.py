@@ -69,7 +69,7 @@ from pathlib import Path
 import pandas as pd
 
 from mambah.detector.calibration import CHANNELS
-from mambah.pidchain import CHAIN_INPUTS, prepare_training_table
+from mambah.pidchain import CHAIN_INPUTS, THRESHOLD_CODES, prepare_training_table
 
 MAMBAH = [sys.executable, "-m", "mambah"]
 COND = ",".join(CHAIN_INPUTS)
@@ -82,6 +82,9 @@ STEPS = {  # role -> (train subcommand, targets, selection, batch size, network 
     # P(RichDLLp == RichDLLk | RICH information): the chain sets each RICH row's tie status to a draw of it
     "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, ["--width", "16", "--depth", "2"]),
 }
+#: conditions besides the chain inputs: the RICH GAN also sees the RICH acceptance and threshold codes
+#: (mambah.pidchain.rich_threshold_codes, computed by the chain from P and ETA)
+EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES)}
 #: steps whose sWeighted training set is empty: electrons practically never pass isMuon, and the
 #: sWeights of the isMuon == 1 rows of the e sample sum to < 0 (the CLI refuses them), so the
 #: e muon-likelihood step is trained on the isMuon == 1 rows without weights (background
@@ -111,7 +114,8 @@ def prepare(species: str, work: Path, seed: int, events: int | None = None) -> P
 def train(species: str, role: str, data: Path, out: Path, budget: list[str], weighted: bool, seed: int) -> str:
     sub, targets, sel, bs, net = STEPS[role]
     dest = out / f"pid-{species}-{role}"
-    cmd = MAMBAH + ["train", sub, "--data", str(data), "--species", species, "--conditions", COND,
+    cond = ",".join([COND] + EXTRA_CONDITIONS.get(role, []))
+    cmd = MAMBAH + ["train", sub, "--data", str(data), "--species", species, "--conditions", cond,
                     "--targets", targets, "--out", str(dest), *budget, "--batch-size", str(bs),
                     "--seed", str(seed), "--overwrite",
                     "--description", f"reference-detector calibration sample ({CHANNELS[species].decay}), "

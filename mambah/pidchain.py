@@ -76,7 +76,8 @@ from .errors import ConfigurationError, ModelDirError, closest
 
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "SPECIES_PDG", "DEFAULT_SPECIES", "load_chain", "available_chains",
-           "closure", "CUTS", "P_BINS", "combine", "ROLES", "load_step_model"]
+           "closure", "CUTS", "P_BINS", "combine", "ROLES", "load_step_model", "THRESHOLD_CODES",
+           "rich_threshold_codes"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,12 @@ CHAIN_OUTPUTS: dict[str, str] = {
     "isMuon": "is_muon", "MuonMuLL": "muon_mu_ll", "MuonBkgLL": "muon_bkg_ll",
     "PIDe": "pid_e", "PIDmu": "pid_mu", "PIDK": "pid_k", "PIDp": "pid_p",
 }
+#: Functions of the chain inputs that a step may take as conditions (computed by the chain from P and
+#: ETA): the reference detector's RICH regions, each a code 0-3 = (in radiator 1) + 2 (in radiator 2),
+#: for the acceptance (``RichAcc``) and for being above the Cherenkov threshold of the mu, pi, K and p
+#: hypotheses (``RichAboveMu`` ...), as LHCb's RichPID records (``RichAboveKaThres`` ...). See
+#: :func:`rich_threshold_codes`.
+THRESHOLD_CODES = ("RichAcc", "RichAboveMu", "RichAbovePi", "RichAboveK", "RichAboveP")
 #: Intermediate columns a step may produce besides the outputs.
 INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie")
 #: Outputs a chain may derive from intermediate columns: output -> (base, difference) (output = base + difference).
@@ -199,6 +206,31 @@ def prepare_training_table(df: pd.DataFrame) -> pd.DataFrame:
     out["RichDLLpK"] = (out["RichDLLp"].to_numpy(dtype=np.float32) - out["RichDLLk"].to_numpy(dtype=np.float32))
     out["RichPKTie"] = (out["RichDLLpK"].to_numpy() == 0).astype(float)  # 0 without RICH information
     out["charge"] = out["charge"].astype(float)
+    for k, v in rich_threshold_codes(out["P"].to_numpy(), out["ETA"].to_numpy()).items():
+        out[k] = v
+    return out
+
+
+def rich_threshold_codes(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray]:
+    """The :data:`THRESHOLD_CODES` of tracks of momentum ``p`` [MeV/c] and pseudorapidity ``eta``.
+
+    For each radiator j of the reference detector's RICHes (:data:`mambah.detector.pid.RICH1`,
+    ``RICH2``: angular acceptance and refractive index), bit j is set when the track is in the
+    radiator's acceptance (``RichAcc``), and, for ``RichAbove<h>``, when p is also above the
+    hypothesis h's Cherenkov threshold m_h / sqrt(n^2 - 1) there. The RICH response is a step at
+    each of these edges (below a radiator's kaon threshold K and p radiate nothing there, and
+    RichDLLp == RichDLLk exactly below every kaon threshold); a generator conditioned on P and ETA
+    alone smooths the steps, one conditioned on the codes does not have to learn where they are.
+    A user's own detector needs its own codes (thresholds and acceptances are known constants).
+    """
+    from .detector.pid import MASSES, RICH1, RICH2
+
+    p, eta = np.asarray(p, dtype=float), np.asarray(eta, dtype=float)
+    acc = [rad.in_acceptance(eta) for rad in (RICH1, RICH2)]
+    out = {"RichAcc": acc[0] + 2.0 * acc[1]}
+    for name, pdg in (("RichAboveMu", 13), ("RichAbovePi", 211), ("RichAboveK", 321), ("RichAboveP", 2212)):
+        out[name] = sum((a & (p > rad.threshold(MASSES[pdg]))) * float(1 << j)
+                        for j, (a, rad) in enumerate(zip(acc, (RICH1, RICH2))))
     return out
 
 
@@ -249,6 +281,8 @@ class PidChain:
         """
         cols: dict[str, np.ndarray] = {c: np.asarray(inputs[c], dtype=float) for c in CHAIN_INPUTS}
         n = len(cols["P"])
+        if any(c in THRESHOLD_CODES for m in self.models for c in m.conditions):
+            cols.update(rich_threshold_codes(cols["P"], cols["ETA"]))
         for step, m in zip(self.steps, self.models):
             c = np.column_stack([cols[k] for k in m.conditions]) if n else np.empty((0, len(m.conditions)))
             sel = np.ones(n, bool) if step.applies is None else cols[step.applies] > 0.5
@@ -316,7 +350,7 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
         if key in _CACHE:
             return _CACHE[key]
     models, paths = [], []
-    produced = set(CHAIN_INPUTS)
+    produced = set(CHAIN_INPUTS) | set(THRESHOLD_CODES)
     for step in steps:
         try:
             path = resolve_model(step.model, models_dir)

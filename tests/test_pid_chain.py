@@ -46,6 +46,26 @@ def test_combination_rule_inverts_the_training_columns():
         np.testing.assert_allclose(combine(cols)["PIDe"], df["PIDe"].to_numpy(dtype=float), atol=2e-4)
 
 
+def test_rich_threshold_codes_mark_the_radiators_and_thresholds():
+    """RichAcc / RichAbove<h>: bit j for radiator j (acceptance; and p above h's Cherenkov threshold there).
+    Physics check on a calibration sample: RichDLLp == RichDLLk exactly where no radiator the track
+    crosses is above the kaon threshold, and only there."""
+    from mambah.detector.pid import MASSES, RICH1, RICH2
+    from mambah.pidchain import rich_threshold_codes
+
+    k1, k2 = RICH1.threshold(MASSES[321]), RICH2.threshold(MASSES[321])
+    assert 9e3 < k1 < 9.6e3 and 15e3 < k2 < 16e3  # 9.3 and 15.6 GeV/c
+    p = np.array([5e3, 12e3, 12e3, 20e3, 20e3, 20e3])
+    eta = np.array([3.0, 2.5, 3.0, 3.0, 4.6, 5.2])
+    c = rich_threshold_codes(p, eta)
+    np.testing.assert_array_equal(c["RichAcc"], [3, 1, 3, 3, 2, 0])
+    np.testing.assert_array_equal(c["RichAboveK"], [0, 1, 1, 3, 2, 0])
+    np.testing.assert_array_equal(c["RichAbovePi"], [3, 1, 3, 3, 2, 0])
+    df = prepare_training_table(calib_sample("K", 5000, seed=4))
+    rich = df["hasRich"].to_numpy() > 0.5
+    np.testing.assert_array_equal(df["RichPKTie"].to_numpy()[rich] > 0.5, df["RichAboveK"].to_numpy()[rich] == 0)
+
+
 def test_all_default_chains_are_shipped():
     assert available_chains() == list(DEFAULT_SPECIES) or sorted(available_chains()) == sorted(DEFAULT_SPECIES)
 

@@ -60,7 +60,7 @@ def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, i
 def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[int, int, str]]:
     """``{model: (rows outside, rows evaluated, detail)}`` for the steps of ``chain`` whose rows and
     conditions can be recovered from the chain inputs and from ``gen`` (the chain's outputs and the
-    flags of :func:`_applies_flags`): all steps of the default chains.
+    columns of :func:`_extra_columns`): all steps of the default chains.
     """
     out: dict[str, tuple[int, int, str]] = {}
     n = len(gen)
@@ -83,9 +83,14 @@ def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[i
     return out
 
 
-def _applies_flags(chain) -> tuple[str, ...]:
-    """The flags that select a step's rows (``isMuon``, ``hasRich``, ``hasCalo``), for :func:`_step_counts`."""
-    return tuple(dict.fromkeys(s.applies for s in chain.steps if s.applies is not None))
+def _extra_columns(chain) -> tuple[str, ...]:
+    """The chain's columns that :func:`_step_counts` needs besides its outputs: the flags that select
+    a step's rows (``isMuon``, ``hasRich``, ``hasCalo``) and the steps' other conditions."""
+    from ..pidchain import CHAIN_INPUTS, CHAIN_OUTPUTS
+
+    cols = [s.applies for s in chain.steps if s.applies is not None]
+    cols += [c for m in chain.models for c in m.conditions if c not in CHAIN_INPUTS and c not in CHAIN_OUTPUTS]
+    return tuple(dict.fromkeys(cols))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +187,7 @@ class PID:
         def run(job):
             s, sel, seed = job
             return chains[s].generate({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]},
-                                      np.random.default_rng(seed), extra=_applies_flags(chains[s]))
+                                      np.random.default_rng(seed), extra=_extra_columns(chains[s]))
 
         from ..nn.pidmodel import OutOfRangeWarning
 
