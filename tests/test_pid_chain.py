@@ -58,12 +58,14 @@ def test_rich_threshold_codes_mark_the_radiators_and_thresholds():
     p = np.array([5e3, 12e3, 12e3, 20e3, 20e3, 20e3])
     eta = np.array([3.0, 2.5, 3.0, 3.0, 4.6, 5.2])
     c = rich_threshold_codes(p, eta)
-    np.testing.assert_array_equal(c["RichAcc"], [3, 1, 3, 3, 2, 0])
-    np.testing.assert_array_equal(c["RichAboveK"], [0, 1, 1, 3, 2, 0])
-    np.testing.assert_array_equal(c["RichAbovePi"], [3, 1, 3, 3, 2, 0])
+    two = lambda k: c[f"Rich{k}1"] + 2 * c[f"Rich{k}2"]  # noqa: E731
+    np.testing.assert_array_equal(two("Acc"), [3, 1, 3, 3, 2, 0])
+    np.testing.assert_array_equal(two("AboveK"), [0, 1, 1, 3, 2, 0])
+    np.testing.assert_array_equal(two("AbovePi"), [3, 1, 3, 3, 2, 0])
     df = prepare_training_table(calib_sample("K", 5000, seed=4))
     rich = df["hasRich"].to_numpy() > 0.5
-    np.testing.assert_array_equal(df["RichPKTie"].to_numpy()[rich] > 0.5, df["RichAboveK"].to_numpy()[rich] == 0)
+    below_k = (df["RichAboveK1"] + df["RichAboveK2"]).to_numpy()[rich] == 0
+    np.testing.assert_array_equal(df["RichPKTie"].to_numpy()[rich] > 0.5, below_k)
 
 
 def test_all_default_chains_are_shipped():
