@@ -157,8 +157,8 @@ def test_shipped_chain_closure(species):
     """Each shipped chain against the reference detector's pure signal (held-out seed), 20k tracks.
 
     A regression guard at the level the shipped models reach (recorded in their cards'
-    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.11-0.13; worst p-bin efficiency difference
-    0.2-2.6% in bins with a standard error <= 1%, 5-8% for DLLp - DLLK > 0): BDT-KS <= 0.20 and
+    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.086-0.118; worst p-bin efficiency difference
+    1.6-4.1% in bins with a standard error <= 1%, 4-9% for DLLp - DLLK > 0): BDT-KS <= 0.20 and
     every p-bin efficiency within
     0.05 + 3 sigma (0.10 + 3 sigma for DLLp - DLLK > 0). The issue's bar (BDT-KS <= 0.10, 2%) is NOT
     met yet: see test_closure_bar.
@@ -191,8 +191,9 @@ def test_chains_separate_the_species():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.11-0.13 and efficiency differences up to 2.6% "
-                          "(8% for DLLp - DLLK > 0), not the issue's 0.10 / 2%", strict=True)
+@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.086-0.118 (K 0.102, e 0.118) and efficiency "
+                          "differences up to 4.1% above 100 GeV/c, not the issue's 0.10 / 2% for every species",
+                   strict=True)
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
 @pytest.mark.parametrize("species", DEFAULT_SPECIES)
 def test_closure_bar(species):
