@@ -199,15 +199,40 @@ class _Compiled:
             raise DataError("the target quantile transform needs at least 2 knots with non-decreasing "
                             "probabilities and knot values")
         xs, pieces = _forward_pieces(model.cond_pre)
+        # two-valued conditions (0/1 flags such as the RICH threshold codes): their transform at the
+        # two values is an affine map, far cheaper than the knot search (values between the two are
+        # mapped linearly; a flag has none)
+        two = [j for j, x in enumerate(xs) if len(x) == 2]
+        cont = [j for j in range(len(xs)) if j not in two]
+        order = np.argsort(np.array(cont + two))  # back to the column order after concatenation
+        if two:
+            x2 = np.array([xs[j] for j in two])  # (k, 2): low and high value
+            full = np.tile(np.array([xs[j][0] if j in two else 0.5 * (xs[j][0] + xs[j][-1])
+                                     for j in range(len(xs))]), (2, 1))
+            full[1, two] = x2[:, 1]
+            z = model.cond_pre.transform(full, mode="mid")[:, two].astype(np.float32)
+            a2 = tf.constant(z[0])
+            b2 = tf.constant((z[1] - z[0]) / (x2[:, 1] - x2[:, 0]), dtype=tf.float32)
+            lo2 = tf.constant(x2[:, 0])
+            hi2 = tf.constant(x2[:, 1])
+        xs, pieces = [xs[j] for j in cont], [pieces[j] for j in cont]
         c_loc = _Locator(xs)
         c_tab = c_loc.table(pieces, [len(x) - 1 for x in xs])
         lo, hi = model.cond_pre.range_()
+        two_idx, cont_idx = tf.constant(two, dtype=tf.int32), tf.constant(cont, dtype=tf.int32)
         t_loc = _Locator(list(probs))
         t_tab = t_loc.table(_inverse_pieces(model.targ_pre), [probs.shape[1] - 2] * len(probs))
         gen, n_noise = model.generator, self.n_noise
 
         def pre(c):
             """Raw conditions (m, k) float64 -> Gaussianised (m, k) float32 ("mid" mode)."""
+            if not two:
+                return pre_cont(c)
+            flags = tf.clip_by_value(tf.gather(c, two_idx, axis=1), lo2, hi2) - lo2
+            z = tf.concat([pre_cont(tf.gather(c, cont_idx, axis=1)), a2 + b2 * tf.cast(flags, tf.float32)], axis=1)
+            return tf.gather(z, order, axis=1)
+
+        def pre_cont(c):
             x0, p_hi, slope, half = tf.unstack(tf.gather(c_tab, c_loc(c)), axis=-1)
             # the CDF in float64 as the reference; a tie (c == x0) gets the middle of the jump, p_hi + half
             # (arithmetic rather than tf.where, which costs as much as four elementwise ops)
