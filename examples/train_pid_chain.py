@@ -1,4 +1,4 @@
-"""Train the default chained PID models (``models/pid-<species>-{flags,muon,rich,tie,global}``) through the CLI.
+"""Train the default chained PID models (``models/pid-<species>-{flags,muon,rich,global}``) through the CLI.
 
 For each species of ``--species``:
 
@@ -13,29 +13,23 @@ For each species of ``--species``:
    comparison), small networks so that the whole chain runs at > 500k tracks/s.
 
 Budgets are epochs (``--epochs``, an amount of work that other jobs on the machine cannot
-shorten) or minutes (``--max-time``). The shipped models (2026-11-23, work directory /work/pidc,
-a 2-core machine shared with other jobs) were made with::
+shorten) or minutes (``--max-time``). The shipped models (work directory /work/pidc, a 2-core
+machine; the mu sample has 250k candidates, ``prepare(..., events=250000)``) were made with::
 
-    python examples/train_pid_chain.py --work W --out new --roles rich --species p --epochs rich=250
-    # K: the same `mambah train pid` command with --epochs 400 (a pilot run, see its card's command)
-    python examples/train_pid_chain.py --work W --out new2 --roles rich --species e,pi --epochs rich=400 --parallel 2
-    python examples/train_pid_chain.py --work W --out new3 --roles global --epochs global=80 --parallel 2
-    python examples/train_pid_chain.py --work W --out new3 --roles flags
-    # 2026-11-23, session 3: a 250k-candidate mu sample (prepare(..., events=250000)), then
+    # 2026-11-23, session 3: the mu muon-likelihood model
     python examples/train_pid_chain.py --work W --out new --roles muon --species mu --epochs muon=400
-    python examples/train_pid_chain.py --work W --out new --roles rich --species mu --epochs rich=250
-    python examples/train_pid_chain.py --work W --out small --roles tie --parallel 2
     # 2026-11-23, session 4: hasCalo in the flags, the calorimeter GAN inside the acceptance only
     python examples/train_pid_chain.py --work W --out new --roles flags,global --epochs flags=60,global=60 --parallel 2
-    # then the RICH GANs with the threshold codes (EXTRA_CONDITIONS)
+    # the RICH GANs with the threshold codes (EXTRA_CONDITIONS); no tie models (the chain makes the
+    # ties from the codes)
     python examples/train_pid_chain.py --work W --out new2 --roles rich --species K,p,pi,e,mu --epochs rich=400 --parallel 2
     python examples/train_pid_chain.py --work W --out models --closure 100000 --write-cards
 
 (the muon-likelihood models of e, pi, K, p are those of the first chain, 2026-11-22, ``--max-time 2.5``;
 they matter little for those species: K's muon outputs alone score 0.002.)
 
-Closure (100k pure-signal tracks per species, twins split together): BDT-KS e 0.118, mu 0.086,
-pi 0.096, K 0.102, p 0.095 (first chain: 0.26-0.32; session 3: 0.14-0.16; with the calorimeter
+Closure (100k pure-signal tracks per species, twins split together): BDT-KS e 0.119, mu 0.084,
+pi 0.096, K 0.102, p 0.097 (first chain: 0.26-0.32; session 3: 0.14-0.16; with the calorimeter
 flag alone: 0.11-0.13); the worst p-bin difference of the DLLK>0 / DLLK>5 / DLLp>5 / isMuon
 efficiencies, over the bins whose binomial error is <= 1%, is 1.6% for K and 2.7-4.1% for the
 others, the worst bin being above 100 GeV/c (e.g. pi DLLK > 0: 26.6% against 30.7%), and 4-9% for
@@ -140,7 +134,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     ap.add_argument("--species", default="mu,e,pi,K,p")
-    ap.add_argument("--roles", default="flags,muon,rich,tie,global")
+    ap.add_argument("--roles", default="flags,muon,rich,global",
+                    help="steps to train (default: all but the optional tie classifier, which a RICH GAN "
+                         "conditioned on the threshold codes does not need)")
     budget = ap.add_mutually_exclusive_group()
     budget.add_argument("--max-time", type=float, default=None, help="minutes per model (wall clock)")
     budget.add_argument("--epochs", type=str, default=None,

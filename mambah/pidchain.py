@@ -31,7 +31,12 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    in p; the RICH GAN smears it (for kaons: 85% ties at 5-8 GeV/c instead of 100%, 26% at 10-12
    GeV/c instead of 2%, 7% above 50 GeV/c instead of none), which moves the efficiency of
    ``DLLp - DLLK >= 0`` by up to 21% in a p bin. The chain draws the flag and makes the flagged
-   rows exact ties (:meth:`PidChain._match_ties`; the spurious ties above threshold remain);
+   rows exact ties (:meth:`PidChain._match_ties`; the spurious ties above threshold remain).
+   The default chains since 2026-11-23 need no tie model: their RICH GANs are conditioned on the
+   radiators' threshold codes (:func:`rich_threshold_codes`), and the chain makes the rows with
+   ``RichAboveK1 == RichAboveK2 == 0`` (below the kaon threshold of every radiator crossed) exact
+   ties, which is where the reference detector has them (closure unchanged within its error, one
+   classifier step less per track);
 4. ``global`` — the part of the combined DLLs that is neither a RICH nor a muon likelihood,
    ``CaloDLLe`` (the calorimeter's electron DLL), given P, ETA, nTracks, charge, on ``hasCalo == 1``
    tracks (0 elsewhere: an absent sub-detector contributes nothing). Chains before 2026-11-23
@@ -302,6 +307,11 @@ class PidChain:
                 cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
             if "RichPKTie" in m.targets and "RichDLLpK" in cols:
                 self._match_ties(cols, sel)
+            elif "RichDLLpK" in m.targets and {"RichAboveK1", "RichAboveK2"} <= set(m.conditions):
+                # below the kaon threshold of every radiator crossed, K and p have the same likelihood
+                tie = sel & (cols["RichAboveK1"] + cols["RichAboveK2"] == 0)
+                cols["RichDLLpK"][tie] = 0.0
+                cols["RichPKTie"] = tie.astype(float)
             for t, (base, diff) in DERIVED.items():
                 if diff in cols and base in cols:
                     cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
