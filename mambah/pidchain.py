@@ -16,7 +16,8 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
 2. ``muon`` — ``MuonMuLL``, ``MuonBkgLL`` given P, ETA, nTracks, charge, on ``isMuon == 1`` tracks
    (trained with ``--selection "isMuon == 1"``); NaN elsewhere [MUON];
 3. ``rich`` — the RICH DLLs given P, ETA, nTracks, charge, on ``hasRich == 1`` tracks
-   (trained with ``--selection "hasRich == 1"``); NaN elsewhere (the detector's convention for
+   (trained with ``--selection "hasRich == 1"``; the shipped models are also conditioned on the
+   RICH threshold codes, :func:`rich_threshold_codes`); NaN elsewhere (the detector's convention for
    missing information, :mod:`mambah.detector.pid`). The targets are ``RichDLLe``, ``RichDLLmu``,
    ``RichDLLk`` and ``RichDLLpK = RichDLLp - RichDLLk`` (the chain adds ``RichDLLk`` back): below
    the kaon Cherenkov threshold of every radiator a track crosses, neither a kaon nor a proton
@@ -225,10 +226,11 @@ def rich_threshold_codes(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray
     threshold m_h / sqrt(n^2 - 1) there. The RICH response is a step at each of these edges (below a
     radiator's kaon threshold K and p radiate nothing there, and RichDLLp == RichDLLk exactly below
     every kaon threshold); a generator conditioned on P and ETA alone smooths the steps, one
-    conditioned on the codes does not have to learn where they are (K, RICH DLLs alone against the
-    truth: BDT-KS 0.097 against 0.111, 2026-11-23; 0/1 columns did better than one 0-3 code per
-    hypothesis, 0.111). A user's own detector needs its own codes (thresholds and acceptances are
-    known constants).
+    conditioned on the codes does not have to learn where they are (the RICH DLLs alone against the
+    truth, 100k tracks: BDT-KS K 0.102 and p 0.105 with the codes, 0.111 and 0.126 without, same
+    networks, 2026-11-23; one 0-3 code per hypothesis instead of the 0/1 columns did no better than
+    none). A user's own detector needs its own codes (thresholds and acceptances are known
+    constants).
     """
     from .detector.pid import MASSES, RICH1, RICH2
 
