@@ -6,10 +6,10 @@ For each species of ``--species``:
    under the mass peak) from the reference detector;
 2. ``mambah sweights`` — sPlot of the mass column in the channel's window (signal sWeights);
 3. :func:`mambah.pidchain.prepare_training_table` — the chain's intermediate columns
-   (``hasRich`` as 0/1, ``CaloDLLe``, ``RichDLLpK``, ``RichPKTie``; see :mod:`mambah.pidchain`);
-4. ``mambah train flags`` (isMuon, hasRich classifier; RichPKTie classifier on hasRich tracks) and
-   ``mambah train pid`` (muon, RICH and
-   calorimeter GANs), with ``--weight sWeight`` (or without weights with ``--unweighted``, for the
+   (``hasRich`` and ``hasCalo`` as 0/1, ``CaloDLLe``, ``RichDLLpK``, ``RichPKTie``, the RICH
+   threshold codes; see :mod:`mambah.pidchain`);
+4. ``mambah train flags`` (isMuon, hasRich, hasCalo classifier; optionally the RichPKTie
+   classifier, role ``tie``) and ``mambah train pid`` (muon, RICH and calorimeter GANs), with ``--weight sWeight`` (or without weights with ``--unweighted``, for the
    comparison), small networks so that the whole chain runs at > 500k tracks/s.
 
 Budgets are epochs (``--epochs``, an amount of work that other jobs on the machine cannot

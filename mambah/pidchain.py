@@ -294,11 +294,12 @@ class PidChain:
         if any(c in THRESHOLD_CODES for m in self.models for c in m.conditions):
             cols.update(rich_threshold_codes(cols["P"], cols["ETA"]))
         for step, m in zip(self.steps, self.models):
-            c = np.column_stack([cols[k] for k in m.conditions]) if n else np.empty((0, len(m.conditions)))
             sel = np.ones(n, bool) if step.applies is None else cols[step.applies] > 0.5
             out = np.full((n, len(m.targets)), np.nan)
             if sel.any():
-                cs = c[sel] if not sel.all() else c
+                # the selected rows' conditions, stacked once (not all rows stacked, then selected)
+                every = sel.all()
+                cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
                 if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws
                     m.check_range(cs)
                     out[sel] = m.sample(cs, rng)

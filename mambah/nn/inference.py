@@ -207,9 +207,8 @@ class _Compiled:
         order = np.argsort(np.array(cont + two))  # back to the column order after concatenation
         if two:
             x2 = np.array([xs[j] for j in two])  # (k, 2): low and high value
-            full = np.tile(np.array([xs[j][0] if j in two else 0.5 * (xs[j][0] + xs[j][-1])
-                                     for j in range(len(xs))]), (2, 1))
-            full[1, two] = x2[:, 1]
+            full = np.zeros((2, len(xs)))  # the other columns' values do not matter here
+            full[:, two] = x2.T
             z = model.cond_pre.transform(full, mode="mid")[:, two].astype(np.float32)
             a2 = tf.constant(z[0])
             b2 = tf.constant((z[1] - z[0]) / (x2[:, 1] - x2[:, 0]), dtype=tf.float32)
