@@ -68,7 +68,7 @@ def test_validation_sanity_real_data(tmp_path, real_data_path):
 
 def test_train_pid_real_protons(tmp_path, real_data_path):
     r = run_example("train_pid_real_protons.py", "--data", str(real_data_path), "--work", str(tmp_path / "w"),
-                    "--seeds", "1", "--", "--epochs", "1", cwd=tmp_path, timeout=1800)
+                    "--seeds", "1", "--draws", "2", "--", "--epochs", "1", cwd=tmp_path, timeout=1800)
     assert (tmp_path / "w" / "results.json").exists() and "histogram resampling" in r.stdout
 
 
