@@ -154,15 +154,19 @@ def gaussian_baseline(train, test, seed):
     return mu[bte] + np.sqrt(var[bte]) * rng.standard_normal(len(test))
 
 
+def _mean_err(x):
+    """Mean, per-fit spread and error of the mean of the fits' scores ``x``."""
+    sd = float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    return float(x.mean()), sd, float(sd / np.sqrt(len(x)))
+
+
 def _res(results):
     """Mean and per-fit spread over the fits of several :class:`BDTKSResult` (one per generated draw)."""
-    ks = np.concatenate([r.bdt_ks_repeats for r in results])
-    auc = np.concatenate([r.auc_repeats for r in results])
-    return {"bdt_ks": float(ks.mean()), "bdt_ks_std": float(ks.std(ddof=1)) if len(ks) > 1 else 0.0,
-            "bdt_ks_err": float(ks.std(ddof=1) / np.sqrt(len(ks))) if len(ks) > 1 else 0.0,
-            "auc": float(auc.mean()), "auc_std": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
-            "auc_err": float(auc.std(ddof=1) / np.sqrt(len(auc))) if len(auc) > 1 else 0.0,
-            "bdt_ks_draws": [float(r.bdt_ks) for r in results], "n_fits": int(len(ks))}
+    ks, ks_sd, ks_err = _mean_err(np.concatenate([r.bdt_ks_repeats for r in results]))
+    auc, auc_sd, auc_err = _mean_err(np.concatenate([r.auc_repeats for r in results]))
+    return {"bdt_ks": ks, "bdt_ks_std": ks_sd, "bdt_ks_err": ks_err, "auc": auc, "auc_std": auc_sd,
+            "auc_err": auc_err, "bdt_ks_draws": [float(r.bdt_ks) for r in results],
+            "n_fits": int(sum(len(r.bdt_ks_repeats) for r in results))}
 
 
 def score(test, draw, halves, draws=DRAWS):
