@@ -141,6 +141,23 @@ def test_deterministic_for_a_seed(ref_df):
     assert a.bdt_ks_repeats != c.bdt_ks_repeats
 
 
+def test_pooled_averages_the_fits_of_several_generated_draws(ref_df):
+    """Pooling several draws' results is the mean and spread over all their fits (not the mean of means)."""
+    from mambah.validation import BDTKSResult
+
+    draws = [bdt_ks_score(ref_df, toy(1000, seed=2 + d, shift=0.2), COLS, seed=d, n_repeats=r,
+                          classifier_options=FAST, n_threads=1) for d, r in enumerate((1, 3))]
+    p = BDTKSResult.pooled(draws)
+    fits = draws[0].bdt_ks_repeats + draws[1].bdt_ks_repeats
+    assert p.n_repeats == 4 and p.bdt_ks_repeats == fits
+    assert p.bdt_ks == pytest.approx(np.mean(fits)) and p.bdt_ks_std == pytest.approx(np.std(fits, ddof=1))
+    assert p.bdt_ks != pytest.approx(np.mean([d.bdt_ks for d in draws]))  # 1 + 3 fits: weights differ
+    assert p.auc == pytest.approx(np.mean(draws[0].auc_repeats + draws[1].auc_repeats))
+    assert BDTKSResult.pooled(draws[:1]).bdt_ks == draws[0].bdt_ks
+    with pytest.raises(ValueError, match="at least one"):
+        BDTKSResult.pooled([])
+
+
 def contaminated(n_sig: int, n_bkg: int, seed: int) -> pd.DataFrame:
     """Signal toy + a background added once with weight +1 and once with weight -1.
 

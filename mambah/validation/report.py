@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .._version import __version__
 from ..errors import ConfigurationError, DataError
@@ -109,7 +110,12 @@ def validate(
     """Compare a generated sample with a reference: classifier score, 1D KS in (p, η) bins, efficiencies.
 
     Args:
-        ref, gen: the reference and generated samples (DataFrames).
+        ref, gen: the reference and generated samples (DataFrames). ``gen`` may also be a list of
+            generated samples of the same conditions (e.g. one per noise seed of a model): the
+            classifier score is then pooled over the fits of all of them
+            (:meth:`BDTKSResult.pooled`; one generated sample of a few thousand rows scatters the
+            score by ~0.01 however many fits are averaged), and the 1D comparisons, efficiencies
+            and plots use all of them together.
         conditions: condition columns (e.g. ``["P", "ETA", "nLongTracks"]``).
         targets: target columns (the generated quantities, e.g. ``["DLLp"]``).
         ref_weight, gen_weight: column name, per-row array or None. Give the generated sample the
@@ -156,9 +162,16 @@ def validate(
     parsed = [c if isinstance(c, Cut) else parse_cut(c) for c in (cuts or [])]
     extra = [c.column for c in parsed if c.column not in features]
     extra = list(dict.fromkeys(extra))
-    r, g = prepare_pair(ref, gen, [*features, *extra], ref_weight, gen_weight,
-                        drop_nonfinite=drop_nonfinite, min_rows=max(min_rows, 2 * 100))
-    warns = pair_warnings(r, g)
+    gens = [gen] if isinstance(gen, pd.DataFrame) or not isinstance(gen, (list, tuple)) else list(gen)
+    if not gens:
+        raise ConfigurationError("no generated sample given")
+    pairs = [prepare_pair(ref, gi, [*features, *extra], ref_weight, gen_weight, drop_nonfinite=drop_nonfinite,
+                          min_rows=max(min_rows, 2 * 100)) for gi in gens]
+    r, draws = pairs[0][0], [gi for _, gi in pairs]
+    g = draws[0] if len(draws) == 1 else Sample(
+        data=pd.concat([gi.data for gi in draws], ignore_index=True),
+        weights=np.concatenate([gi.weights for gi in draws]), weighted=draws[0].weighted, name="generated")
+    warns = pair_warnings(r, draws[0])
     for w in warns:
         log.warning(w)
     if not parsed:
@@ -181,11 +194,13 @@ def validate(
                   show_progress=False, n_threads=n_threads)
     try:
         step("BDT score")
-        if paired and (drop_nonfinite or len(r.weights) != len(g.weights)):
+        if paired and (drop_nonfinite or any(len(r.weights) != len(gi.weights) for gi in draws)):
             raise DataError("paired=True needs samples of equal length without dropped rows: row i of the generated "
-                            f"sample must be the twin of row i of the reference ({len(r.weights)} vs {len(g.weights)} rows)")
-        res: BDTKSResult = _score_samples(r, g, features, seed=seed, train_weights=train_weights, desc="BDT",
-                                          paired=paired, **common)
+                            "sample must be the twin of row i of the reference "
+                            f"({len(r.weights)} vs {', '.join(str(len(gi.weights)) for gi in draws)} rows)")
+        scores = [_score_samples(r, gi, features, seed=seed + i, train_weights=train_weights, desc="BDT",
+                                 paired=paired, **common) for i, gi in enumerate(draws)]
+        res: BDTKSResult = BDTKSResult.pooled(scores)
         done("BDT score")
         step("null (reference vs itself)")
         a, b = _null_samples(r, seed)
@@ -195,8 +210,9 @@ def validate(
         if cross_check:
             step("clipped cross-check")
             other = "clipped" if train_weights == "signed" else "signed"
-            clipped = _score_samples(r, g, features, seed=seed, train_weights=other, desc="cross-check",
-                                     paired=paired, **common)
+            clipped = BDTKSResult.pooled([_score_samples(r, gi, features, seed=seed + i, train_weights=other,
+                                                         desc="cross-check", paired=paired, **common)
+                                          for i, gi in enumerate(draws)])
             done("clipped cross-check")
         step("1D KS")
         ks1d, binning = ks1d_table(r, g, targets, p, eta, n_bins=n_bins)
@@ -211,7 +227,8 @@ def validate(
             "auc_null_std": null.auc_std,
             "ks1d": ks1d,
             "efficiencies": effs,
-            "bdt": {**res.to_dict(), "paired": bool(paired)},
+            "bdt": {**res.to_dict(), "paired": bool(paired), "n_generated_samples": len(draws),
+                    "bdt_ks_per_sample": [x.bdt_ks for x in scores]},
             "null": {**null.to_dict(), "note": "two disjoint random halves of the reference scored against each other "
                      "with the same procedure; each half has half the rows"},
             "binning": binning,
