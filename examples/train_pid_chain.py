@@ -87,7 +87,7 @@ EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES)}
 #: e muon-likelihood step is trained on the isMuon == 1 rows without weights (background
 #: dominated; it affects the ~0.1-0.5% of electrons that pass isMuon). Documented in the card.
 UNWEIGHTED = {"e:muon"}
-EVENTS = {"mu": 100_000, "e": 200_000, "pi": 200_000, "K": 200_000, "p": 200_000}
+EVENTS = {"mu": 250_000, "e": 200_000, "pi": 200_000, "K": 200_000, "p": 200_000}
 
 
 def run(cmd: list[str], nice: bool = False) -> None:
@@ -104,7 +104,8 @@ def prepare(species: str, work: Path, seed: int, events: int | None = None) -> P
                       "--seed", str(seed), "--out", str(raw), "--overwrite"])
         run(MAMBAH + ["sweights", "--data", str(raw), "--mass", ch.mass_column, "--range", str(ch.window[0]),
                       str(ch.window[1]), "--out", str(sw), "--overwrite"])
-        prepare_training_table(pd.read_parquet(sw)).to_parquet(train, index=False)
+        # fill_ties: the RICH GAN is trained without the RichDLLpK spike at 0 (the chain makes those ties)
+        prepare_training_table(pd.read_parquet(sw), fill_ties=seed).to_parquet(train, index=False)
     return train
 
 

@@ -68,6 +68,23 @@ def test_rich_threshold_codes_mark_the_radiators_and_thresholds():
     np.testing.assert_array_equal(df["RichPKTie"].to_numpy()[rich] > 0.5, below_k)
 
 
+def test_fill_ties_removes_the_spike_only_where_the_chain_makes_the_ties():
+    """prepare_training_table(fill_ties=seed): below every kaon threshold RichDLLpK takes values of RICH rows
+    above one (no exact 0 left among the RICH rows); every other row and column is as measured."""
+    raw = calib_sample("p", 6000, seed=5)
+    a, b = prepare_training_table(raw), prepare_training_table(raw, fill_ties=3)
+    rich = a["hasRich"].to_numpy() > 0.5
+    below = rich & ((a["RichAboveK1"] + a["RichAboveK2"]).to_numpy() == 0)
+    assert below.sum() > 100 and (a["RichDLLpK"].to_numpy()[below] == 0).all()
+    pk = b["RichDLLpK"].to_numpy()
+    assert (pk[rich] != 0).all()
+    assert np.isin(pk[below], a["RichDLLpK"].to_numpy()[rich & ~below]).all()
+    np.testing.assert_array_equal(pk[~below], a["RichDLLpK"].to_numpy()[~below])  # NaN without RICH too
+    pd.testing.assert_frame_equal(a.drop(columns="RichDLLpK"), b.drop(columns="RichDLLpK"))
+    assert (b["RichPKTie"].to_numpy()[below] == 1).all()  # the true ties are kept for a tie classifier
+    np.testing.assert_array_equal(prepare_training_table(raw, fill_ties=3)["RichDLLpK"], pk)  # seeded
+
+
 def test_all_default_chains_are_shipped():
     assert available_chains() == list(DEFAULT_SPECIES) or sorted(available_chains()) == sorted(DEFAULT_SPECIES)
 
