@@ -30,6 +30,10 @@ against generated half B (23k rows each) then stands next to real half A against
 issue's floor, like for like. :func:`evaluate_crossfit` writes ``results_crossfit.json`` and
 ``results_crossfit.md``; ``--ship DIR`` ships fold 0's model (the single split's training rows).
 
+Result (2026-12-03, ``--folds 5``, CLI defaults, 486-668 s per model on 2 cores): GAN 0.0206 ± 0.0011
+(AUC 0.502) against the floor 0.0212 ± 0.0014; histogram resampling 0.093, conditional Gaussian 0.162
+(``models/pid-p-dllp-lhcb-run3/COMPARISON.md``).
+
 Usage::
 
     python examples/train_pid_real_protons.py --work /tmp/pid-real --seeds 1,2,3 --parallel 2
