@@ -208,8 +208,9 @@ def test_chains_separate_the_species():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.084-0.119 (K 0.102, e 0.119) and efficiency "
-                          "differences up to 4.1% above 100 GeV/c, not the issue's 0.10 / 2% for every species",
+@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.083-0.109 (e 0.109) and efficiency differences up "
+                          "to 3.8% in the issue's cuts (8.6% for p's DLLp - DLLK > 0; K alone is within 0.10 / 2%), not the "
+                          "issue's bar for every species",
                    strict=True)
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
 @pytest.mark.parametrize("species", DEFAULT_SPECIES)
@@ -247,8 +248,9 @@ def test_chain_reproduces_the_exact_dllk_dllp_ties_in_p_bins(species):
     """Below the kaon threshold of every radiator RichDLLp == RichDLLk exactly: a step in p. A RICH
     GAN alone smears it (K: 85% ties at 5-8 GeV/c instead of 100%); the shipped chains make the ties
     where the threshold codes say so (no tie model), so the share below threshold is exact. Above
-    threshold the GAN's spurious ties remain (K: 26% at 10-12 GeV/c instead of 2% with the first
-    RICH models; see PidChain._match_ties): checked there only as an upper bound."""
+    threshold a GAN trained on the spike makes spurious ties (p: 12% at 10-12 GeV/c instead of 0%;
+    see PidChain._match_ties); the K model, trained without it (prepare_training_table(fill_ties=)),
+    makes as many as the truth (2%)."""
     truth = calib_sample(species, 20_000, seed=58_003, pure=True)
     chain = load_chain(species)
     assert [s.role for s in chain.steps] == ["flags", "muon", "rich", "global"]
@@ -258,7 +260,8 @@ def test_chain_reproduces_the_exact_dllk_dllp_ties_in_p_bins(species):
     tie_g = rich_g & (out["RichDLLk"] == out["RichDLLp"]).to_numpy()
     assert tie_t.mean() > 0.05
     p = truth["P"].to_numpy()
-    for lo, hi, tol in ((2e3, 5e3, 0.02), (5e3, 8e3, 0.02), (10e3, 12e3, 0.35), (20e3, 1e7, 0.1)):
+    above = {"K": 0.02, "p": 0.2}[species]  # 10-12 GeV/c: above the kaon threshold
+    for lo, hi, tol in ((2e3, 5e3, 0.02), (5e3, 8e3, 0.02), (10e3, 12e3, above), (20e3, 1e7, 0.1)):
         m = (p >= lo) & (p < hi)
         t, g = tie_t[m].mean(), tie_g[m].mean()
         assert abs(g - t) <= tol + 3 * np.sqrt(t * (1 - t) / m.sum() + 1e-6), (lo, m.sum(), t, g)
