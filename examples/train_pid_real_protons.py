@@ -292,24 +292,37 @@ def evaluate(work: Path, train, test, cmds, data: Path, draws: int = DRAWS):
     result = {"data": str(data), "data_sha256": sha256(data), "description": DESCRIPTION, "license": LICENSE,
               "n_train_file": len(train), "n_test": len(test),
               "test_split": "numpy default_rng(split_seed).permutation, first 20% = test",
-              "scorer": "mambah.validation.bdt_ks_score(ref, gen, [P, ETA, nLongTracks, DLLp], ref_weight=sWeight, "
-                        f"gen_weight=sWeight, seed=d, n_repeats={REPEATS}) for d < {draws} generated draws "
-                        "(noise seeds 12345 + d), averaged over all fits",
-              "rows": rows, "summary": summary}
-    (work / "results.json").write_text(json.dumps(result, indent=2))
-    lines = ["| sample | BDT-KS paired | AUC paired | BDT-KS unpaired (A vs B) | AUC unpaired |", "|---|---|---|---|---|"]
-    for k, v in rows.items():
+              "scorer": _scorer(draws), "rows": rows, "summary": summary}
+    _write(work, "results", result, ("paired", "unpaired"),
+           "| sample | BDT-KS paired | AUC paired | BDT-KS unpaired (A vs B) | AUC unpaired |")
+    return result, models
+
+
+def _scorer(draws: int) -> str:
+    return ("mambah.validation.bdt_ks_score(ref, gen, [P, ETA, nLongTracks, DLLp], ref_weight=sWeight, "
+            f"gen_weight=sWeight, seed=d, n_repeats={REPEATS}) for d < {draws} generated draws "
+            "(noise seeds 12345 + d), averaged over all fits")
+
+
+def _write(work: Path, name: str, result: dict, kinds, header: str) -> None:
+    """``name.json`` (the whole result) and ``name.md`` (a table of the rows: the ``kinds`` columns and,
+    where a row has them, its per-fold scores), printed with the summary."""
+    (work / f"{name}.json").write_text(json.dumps(result, indent=2))
+    per_fold = any("per_fold" in v for v in result["rows"].values())
+    lines = [header, "|" + "---|" * (1 + 2 * len(kinds) + per_fold)]
+    for k, v in result["rows"].items():
         cells = []
-        for kind in ("paired", "unpaired"):
+        for kind in kinds:
             r = v.get(kind)
             cells += ([f"{r['bdt_ks']:.4f} ± {r['bdt_ks_err']:.4f}", f"{r['auc']:.4f} ± {r['auc_err']:.4f}"]
                       if r else ["", ""])
+        if per_fold:
+            cells.append(", ".join(f"{f['bdt_ks']:.3f}" for f in v.get("per_fold", {}).values()))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    (work / "results.md").write_text(table + "\n")
+    (work / f"{name}.md").write_text(table + "\n")
     print(table)
-    print(json.dumps(summary))
-    return result, models
+    print(json.dumps(result["summary"]))
 
 
 def evaluate_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarray, cmds: dict, data: Path, draws: int = DRAWS):
@@ -371,25 +384,10 @@ def evaluate_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarray, cmds: di
     result = {"data": str(data), "data_sha256": sha256(data), "description": DESCRIPTION, "license": LICENSE,
               "n_rows": len(full), "folds": folds,
               "split": "numpy default_rng(split_seed).permutation cut in `folds` equal parts (np.array_split)",
-              "scorer": "mambah.validation.bdt_ks_score(ref, gen, [P, ETA, nLongTracks, DLLp], ref_weight=sWeight, "
-                        f"gen_weight=sWeight, seed=d, n_repeats={REPEATS}) for d < {draws} generated draws "
-                        "(noise seeds 12345 + d), averaged over all fits; halves: default_rng(7).permutation",
-              "rows": rows, "summary": summary}
-    (work / "results_crossfit.json").write_text(json.dumps(result, indent=2))
-    lines = ["| sample | BDT-KS unpaired (A vs B, 23k rows each) | AUC unpaired | BDT-KS paired (all rows) "
-             "| AUC paired | paired per fold (9k rows each) |", "|---|---|---|---|---|---|"]
-    for k, v in rows.items():
-        cells = []
-        for kind in ("unpaired", "paired"):
-            r = v.get(kind)
-            cells += ([f"{r['bdt_ks']:.4f} ± {r['bdt_ks_err']:.4f}", f"{r['auc']:.4f} ± {r['auc_err']:.4f}"]
-                      if r else ["", ""])
-        cells.append(", ".join(f"{f['bdt_ks']:.3f}" for f in v.get("per_fold", {}).values()))
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    (work / "results_crossfit.md").write_text(table + "\n")
-    print(table)
-    print(json.dumps(summary))
+              "scorer": _scorer(draws) + "; halves: default_rng(7).permutation", "rows": rows, "summary": summary}
+    _write(work, "results_crossfit", result, ("unpaired", "paired"),
+           "| sample | BDT-KS unpaired (A vs B, 23k rows each) | AUC unpaired | BDT-KS paired (all rows) "
+           "| AUC paired | paired per fold (9k rows each) |")
     return result
 
 
