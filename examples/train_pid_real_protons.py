@@ -232,7 +232,8 @@ def score(test, draw, halves, draws=DRAWS, folds=None):
 
     a, b = halves
     paired, unpaired = [], []
-    per_fold = {k: [] for k in (np.unique(folds) if folds is not None else [])}
+    masks = {k: folds == k for k in (np.unique(folds) if folds is not None else [])}
+    per_fold = {k: [] for k in masks}
     for d in range(draws):
         gen = test.copy()
         gen["DLLp"] = draw(d)
@@ -240,10 +241,9 @@ def score(test, draw, halves, draws=DRAWS, folds=None):
                                    paired=True))
         unpaired.append(bdt_ks_score(test.iloc[a], gen.iloc[b], C + T, ref_weight=W, gen_weight=W, seed=d,
                                      n_repeats=REPEATS))
-        for k, v in per_fold.items():
-            m = folds == k
-            v.append(bdt_ks_score(test[m], gen[m], C + T, ref_weight=W, gen_weight=W, seed=d, n_repeats=REPEATS,
-                                  paired=True))
+        for k, m in masks.items():
+            per_fold[k].append(bdt_ks_score(test[m], gen[m], C + T, ref_weight=W, gen_weight=W, seed=d,
+                                            n_repeats=REPEATS, paired=True))
     out = {"paired": _res(paired), "unpaired": _res(unpaired)}
     if per_fold:
         out["per_fold"] = {f"fold{k}": _res(v) for k, v in per_fold.items()}

@@ -208,9 +208,9 @@ def test_chains_separate_the_species():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.083-0.109 (e 0.109) and efficiency differences up "
-                          "to 3.8% in the issue's cuts (8.6% for p's DLLp - DLLK > 0; K alone is within 0.10 / 2%), not the "
-                          "issue's bar for every species",
+@pytest.mark.xfail(reason="the shipped chains reach BDT-KS 0.083-0.109 (e 0.109) and efficiency differences "
+                          "up to 3.8% in the issue's cuts (8.6% for p's DLLp - DLLK > 0; K alone is within "
+                          "0.10 / 2%), not the issue's bar for every species",
                    strict=True)
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
 @pytest.mark.parametrize("species", DEFAULT_SPECIES)
