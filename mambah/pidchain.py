@@ -293,6 +293,10 @@ class PidChain:
         return {str(m.card.get("name", p.name)): {"version": str(m.card.get("version", "")), "hash": model_hash(p)}
                 for m, p in zip(self.models, self.paths)}
 
+    def model_dirs(self) -> dict[str, Path]:
+        """``{name: directory}`` of the chain's models (what the store's ``models`` table records)."""
+        return {str(m.card.get("name", p.name)): Path(p) for m, p in zip(self.models, self.paths)}
+
     def training_ranges(self) -> dict[str, tuple[float, float]]:
         """Training range of each chain input (the first step's, the widest-trained)."""
         m = self.models[0]

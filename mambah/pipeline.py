@@ -2,7 +2,8 @@
 
 A stage is any callable ``stage(batch) -> batch`` (frozen dataclasses in mambah) with a ``name``
 attribute; it may also offer ``config() -> dict`` (recorded in the batch's provenance) and
-``model_versions() -> dict`` (name -> {version, hash}).
+``model_versions() -> dict`` (name -> {version, hash}) and ``model_dirs() -> dict`` (name -> model
+directory, registered in the store's ``models`` table by a production).
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ class Pipeline:
         for s in self.stages:
             if hasattr(s, "model_versions"):
                 out.update(s.model_versions())
+        return out
+
+    def model_dirs(self) -> dict[str, Any]:
+        """``{name: directory}`` of every model the stages load."""
+        out: dict[str, Any] = {}
+        for s in self.stages:
+            if hasattr(s, "model_dirs"):
+                out.update(s.model_dirs())
         return out
 
     def make_batch(self, batch_id: int, production_seed: int, n_events: int) -> Batch:

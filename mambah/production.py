@@ -108,6 +108,30 @@ def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
+def _register_models(store, pipeline) -> None:
+    """Record each model of the pipeline in the store's ``models`` table, the store's conditions
+    database of model versions (kind, species, conditions, targets, metrics, path, hash); a model
+    already there with the same name, version and hash is left as it is."""
+    dirs = pipeline.model_dirs() if hasattr(pipeline, "model_dirs") else {}
+    if not dirs:
+        return
+    from .modeldir import load_card, model_hash
+
+    known = store.read("models", columns=["name", "version", "hash"], ordered=False)
+    have = {(str(n), str(v)): str(h) for n, v, h in zip(known["name"], known["version"], known["hash"])}
+    for name, path in dirs.items():
+        card = load_card(path)
+        key = (str(card.get("name", name)), str(card.get("version", "1")))
+        digest = model_hash(path)
+        if have.get(key) == digest:
+            continue
+        if key in have:
+            log.warning("model %s version %s in the store has hash %s, this production's has %s (%s): the "
+                        "models table now describes the new one; each batch's provenance keeps its own hash",
+                        key[0], key[1], have[key], digest, path)
+        store.register_model({**card, "hash": digest}, path)
+
+
 def _batch_sizes(n_events: int, batch_size: int) -> list[int]:
     n = math.ceil(n_events / batch_size)
     return [min(batch_size, n_events - i * batch_size) for i in range(n)]
@@ -241,6 +265,7 @@ def run_production(
     sizes = _batch_sizes(n_events, batch_size)
     record = production_record(pipeline, n_events=n_events, batch_size=batch_size, seed=seed)
     first = _prepare(store, production, record, resume)
+    _register_models(store, pipeline)
     done = set(store.batch_ids())
     todo = [i for i in range(len(sizes)) if first + i not in done]
     skipped = len(sizes) - len(todo)

@@ -178,3 +178,41 @@ def test_dask_two_workers_into_postgres_every_batch_once_despite_a_killed_worker
     counts = ev.groupby("batch").size()
     assert (counts == size).all() and len(counts) == n_batches
     assert not ev.duplicated().any()
+
+
+def test_models_table_records_each_model_once_and_follows_a_changed_one(tmp_path, caplog):
+    """A production registers its models in the store's ``models`` table (the store's conditions
+    database of model versions): once per name and version, described by its card, and a model
+    retrained under the same version (other files, so another hash) is recorded anew with a warning."""
+    import json
+    import logging
+    import shutil
+    from pathlib import Path
+
+    from mambah.production import _register_models
+    from mambah.stages import Efficiency
+
+    model = tmp_path / "efficiency-ref-v1"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "models" / "efficiency-ref-v1", model)
+    stage = Efficiency(model=str(model))
+    pipeline = type("P", (), {"model_dirs": lambda self: stage.model_dirs()})()
+    with Store(f"sqlite:///{tmp_path / 'm.sqlite'}") as st:
+        for _ in range(2):
+            _register_models(st, pipeline)
+        rows = st.read("models")
+        assert len(rows) == 1
+        row = rows.iloc[0]
+        card = json.loads((model / "card.json").read_text())
+        assert (row["name"], row["kind"], row["path"]) == (card["name"], card["kind"], str(model))
+        assert row["hash"] == stage.model_versions()[card["name"]]["hash"]
+        assert json.loads(row["conditions"]) == card["conditions"]
+        old = row["hash"]
+        card["metrics"] = {"retrained": 1}
+        card["files"]["arrays.npz"] = "0" * 64  # the card of a retrained model: other file hashes
+        (model / "card.json").write_text(json.dumps(card))
+        with caplog.at_level(logging.WARNING, logger="mambah.production"):
+            _register_models(st, pipeline)
+        rows = st.read("models")
+        assert len(rows) == 1 and rows.iloc[0]["hash"] != old
+        assert json.loads(rows.iloc[0]["metrics"]) == {"retrained": 1}
+        assert f"has hash {old}" in caplog.text

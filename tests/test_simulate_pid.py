@@ -230,6 +230,20 @@ def test_bad_descriptor_writes_no_batch_to_an_existing_store(cli_production):
         assert st.batch_ids() == before
 
 
+def test_store_models_table_holds_every_model_the_batches_used(cli_production):
+    from mambah import Store
+
+    _, url, _ = cli_production
+    with Store(url, create=False) as st:
+        table = st.read("models").set_index("name")
+        used = st.summary()["model_versions"]
+        hashes = {k: v["hash"] for b in st.batch_ids() for k, v in st.batch_info(b)["models"].items()}
+    assert set(table.index) == set(used) == set(hashes)
+    assert all(table.loc[k, "hash"] == h for k, h in hashes.items())
+    assert (table.loc["pid-K-rich", "kind"], table.loc["pid-K-rich", "species"]) == ("pid", "K")
+    assert Path(table.loc["pid-K-rich", "path"]).resolve() == (MODELS / "pid-K-rich").resolve()
+
+
 def test_export_root_and_parquet_lhcb_branches(cli_production):
     import pandas as pd
     import uproot

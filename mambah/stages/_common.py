@@ -17,6 +17,16 @@ from ..errors import ConfigurationError
 REFERENCE = "reference"
 
 
+def model_dir_entry(model: str) -> dict:
+    """``{name: directory}`` of a model directory; ``{}`` for the reference detector (no files)."""
+    if model == REFERENCE:
+        return {}
+    from ..modeldir import load_card, resolve_model
+
+    p = resolve_model(model)
+    return {str(load_card(p).get("name", p.name)): p}
+
+
 def model_version_entry(model: str) -> dict[str, dict[str, str]]:
     """``{name: {"version", "hash"}}`` of a model directory (or of the reference detector)."""
     if model == REFERENCE:

@@ -34,7 +34,7 @@ import pandas as pd
 from ..detector.tracking import SPECIES, pdg_charge, pdg_mass, species_index
 from ..errors import ConfigurationError
 from ..store.schema import COLUMNS, PID_COLUMNS
-from ._common import REFERENCE, as_config, model_version_entry, require_tables, rows_by_index
+from ._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
 
 __all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "track_rows", "out_of_range_totals"]
 
@@ -78,6 +78,9 @@ class Efficiency:
 
     def model_versions(self) -> dict[str, Any]:
         return model_version_entry(self.model)
+
+    def model_dirs(self) -> dict[str, Any]:
+        return model_dir_entry(self.model)
 
     def _probability(self, px, py, pz, x, y, z, pid, out_of_range: dict | None = None) -> np.ndarray:
         if self.model == REFERENCE:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError, DataError, ModelDirError
-from ._common import as_config, model_version_entry
+from ._common import as_config, model_dir_entry, model_version_entry
 
 __all__ = ["Occupancy", "OccupancyModel", "build_occupancy_model", "DEFAULT_OCCUPANCY"]
 
@@ -119,6 +119,9 @@ class Occupancy:
 
     def model_versions(self) -> dict[str, Any]:
         return model_version_entry(self.model)
+
+    def model_dirs(self) -> dict[str, Any]:
+        return model_dir_entry(self.model)
 
     def __call__(self, batch):
         from ..batch import empty_table

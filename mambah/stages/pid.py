@@ -147,6 +147,12 @@ class PID:
             out.update(chain.model_versions())
         return out
 
+    def model_dirs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for chain in self.chains().values():
+            out.update(chain.model_dirs())
+        return out
+
     def __call__(self, batch):
         from ..pidchain import CHAIN_OUTPUTS, SPECIES_PDG
 

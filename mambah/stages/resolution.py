@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
-from ._common import REFERENCE, as_config, model_version_entry, require_tables, rows_by_index
+from ._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
 
 __all__ = ["Resolution", "DEFAULT_RESOLUTION"]
 
@@ -40,6 +40,9 @@ class Resolution:
 
     def model_versions(self) -> dict[str, Any]:
         return model_version_entry(self.model)
+
+    def model_dirs(self) -> dict[str, Any]:
+        return model_dir_entry(self.model)
 
     def smear(self, px, py, pz, pid, rng):
         """Reconstructed (px, py, pz) [MeV/c] for true momenta, with this stage's model."""
