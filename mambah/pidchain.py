@@ -37,7 +37,9 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    radiators' threshold codes (:func:`rich_threshold_codes`), and the chain makes the rows with
    ``RichAboveK1 == RichAboveK2 == 0`` (below the kaon threshold of every radiator crossed) exact
    ties, which is where the reference detector has them (closure unchanged within its error, one
-   classifier step less per track);
+   classifier step less per track). Likewise a track outside the angular acceptance of both
+   radiators (``RichAcc1 == RichAcc2 == 0``) gets ``hasRich = 0`` whatever the flags classifier
+   drew (since 2026-12-03; before, 2.5-9% of those tracks got RICH DLLs);
 4. ``global`` — the part of the combined DLLs that is neither a RICH nor a muon likelihood,
    ``CaloDLLe`` (the calorimeter's electron DLL), given P, ETA, nTracks, charge, on ``hasCalo == 1``
    tracks (0 elsewhere: an absent sub-detector contributes nothing). Chains before 2026-11-23
@@ -334,6 +336,10 @@ class PidChain:
             for j, t in enumerate(m.targets):
                 v = out[:, j]
                 cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
+            if "hasRich" in m.targets and {"RichAcc1", "RichAcc2"} <= set(cols):
+                # outside the angular acceptance of every radiator there is no RICH information: the
+                # classifier's smooth probability put it on 2.5-9% of those tracks (~1% of all tracks)
+                cols["hasRich"][cols["RichAcc1"] + cols["RichAcc2"] == 0] = 0.0
             if "RichPKTie" in m.targets and "RichDLLpK" in cols:
                 self._match_ties(cols, sel)
             elif "RichDLLpK" in m.targets and {"RichAboveK1", "RichAboveK2"} <= set(m.conditions):

@@ -13,7 +13,8 @@ from mambah.detector.calibration import calib_sample
 from mambah.errors import ConfigurationError
 from mambah.modeldir import default_models_dir
 from mambah.pidchain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ROLES, ChainStep, available_chains, build_chain, closure,
-                             combine, default_chain_steps, load_chain, prepare_training_table)
+                             combine, default_chain_steps, load_chain, prepare_training_table,
+                             rich_threshold_codes)
 
 MODELS = default_models_dir()
 
@@ -187,6 +188,11 @@ def test_shipped_chain_closure(species):
     assert np.isfinite(out[["PIDe", "PIDmu", "PIDK", "PIDp"]].to_numpy()).all()
     nan_rich = np.isnan(out["RichDLLk"]).mean()
     assert abs(nan_rich - np.isnan(truth["RichDLLk"]).mean()) < 0.02
+    # outside both radiators' acceptance: no RICH information, as in the detector
+    codes = rich_threshold_codes(truth["P"].to_numpy(), truth["ETA"].to_numpy())
+    outside = (codes["RichAcc1"] + codes["RichAcc2"]) == 0
+    assert outside.sum() > 50 and np.isnan(truth["RichDLLk"].to_numpy()[outside]).all()
+    assert np.isnan(out[["RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp"]].to_numpy()[outside]).all()
     np.testing.assert_array_equal(out["PIDK"][np.isnan(out["RichDLLk"])], 0.0)
     assert r["bdt_ks"] <= 0.20, r["bdt_ks"]
     for cut, e in r["efficiency"].items():
