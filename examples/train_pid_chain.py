@@ -117,8 +117,11 @@ def prepare(species: str, work: Path, seed: int, events: int | None = None) -> P
     return train
 
 
-def train(species: str, role: str, data: Path, out: Path, budget: list[str], weighted: bool, seed: int) -> str:
+def train(species: str, role: str, data: Path, out: Path, budget: list[str], weighted: bool, seed: int,
+          width: int | None = None) -> str:
     sub, targets, sel, bs, net = STEPS[role]
+    if width and net is NET:  # a wider generator and critic for the GAN steps
+        net = [str(width) if net[i - 1] in ("--gen-width", "--critic-width") else a for i, a in enumerate(net)]
     dest = out / f"pid-{species}-{role}"
     cond = ",".join([COND] + EXTRA_CONDITIONS.get(role, []))
     cmd = MAMBAH + ["train", sub, "--data", str(data), "--species", species, "--conditions", cond,
@@ -153,6 +156,8 @@ def main(argv=None) -> int:
                         help="epochs per model: N, or role=N,role=N (an amount of work, unlike --max-time not "
                              "shortened by other jobs on the machine); default: flags=60,muon=100,rich=400,global=150")
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--width", type=int, default=None,
+                    help="width of the GAN steps' generator and critic (default 64; wider is slower to generate)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--events", type=int, default=None, help="calibration candidates per species (default: EVENTS)")
     ap.add_argument("--skip-existing", action="store_true", help="do not retrain models that exist in --out")
@@ -168,8 +173,8 @@ def main(argv=None) -> int:
     data = {s: prepare(s, a.work, a.seed + i, a.events) for i, s in enumerate(species)}
     jobs = [(s, r) for r in a.roles.split(",") for s in species if not (a.skip_existing and (a.out / f"pid-{s}-{r}").exists())]
     with ThreadPoolExecutor(a.parallel) as ex:
-        for msg in ex.map(lambda j: train(j[0], j[1], data[j[0]], a.out, budget_args(a, j[1]), not a.unweighted, a.seed),
-                          jobs):
+        for msg in ex.map(lambda j: train(j[0], j[1], data[j[0]], a.out, budget_args(a, j[1]), not a.unweighted, a.seed,
+                                          a.width), jobs):
             print(msg, flush=True)
     return 0
 
