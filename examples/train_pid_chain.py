@@ -30,19 +30,29 @@ machine; the mu sample has 250k candidates, ``prepare(..., events=250000)``) wer
     python examples/train_pid_chain.py --work W --out new --roles rich --species e,K --epochs rich=600 --parallel 2
     python examples/train_pid_chain.py --work W --out new --roles rich --species pi,p --epochs rich=400 --parallel 2
     python examples/train_pid_chain.py --work W --out models --species e,K,pi --closure 100000 --write-cards
+    # 2026-12-03, session 7: RICH GANs of mu, pi and p (600 epochs) on the fill_ties tables; the flags
+    # classifiers of pi, K and p conditioned on the threshold codes too (EXTRA_CONDITIONS["flags"],
+    # --patience 20; hasRich exact instead of 8.5% wrong at 2-3 GeV/c); those of mu and e kept (with
+    # the codes their isMuon efficiency moved by 1.7-2.9% at 2-5 GeV/c); the chain sets hasRich = 0
+    # outside both radiators' acceptance
+    python examples/train_pid_chain.py --work W --out new --roles rich --species mu --epochs rich=600 --parallel 1
+    python examples/train_pid_chain.py --work W --out new --roles rich --species pi --epochs rich=600 --parallel 1
+    python examples/train_pid_chain.py --work W --out new --roles rich --species p --epochs rich=600 --parallel 1
+    python examples/train_pid_chain.py --work W --out flags2 --roles flags --species mu,e,pi,K,p --epochs flags=150
+    python examples/train_pid_chain.py --work W --out models --closure 100000 --write-cards
 
 (the muon-likelihood models of e, pi, K, p are those of the first chain, 2026-11-22, ``--max-time 2.5``;
 they matter little for those species: K's muon outputs alone score 0.002.)
 
-Closure (100k pure-signal tracks per species, twins split together): BDT-KS K 0.083, mu 0.084,
-pi 0.089, p 0.097, e 0.109 (first chain: 0.26-0.32; session 3: 0.14-0.16; session 4: 0.084-0.119;
-the RICH models trained without the tie spike took K from 0.102, pi from 0.096 and e from 0.119).
-The worst p-bin difference of the DLLK>0 / DLLK>5 / DLLp>5 / isMuon efficiencies, over the bins
-whose binomial error is <= 1%, is 1.9% for K and 2.3-3.8% for the others (pi DLLK > 0 3.5%, p
-DLLK > 0 3.8%, e DLLK > 5 2.4% at 5-10 GeV/c); DLLp - DLLK > 0 is within 0.9% (K), 1.5% (e),
-2.2% (pi) with the new RICH models and 4.1-8.6% with the older ones (mu, p: the GAN's spurious exact
-ties above the kaon threshold, see mambah.pidchain.PidChain._match_ties). The issue's bar (0.10, 2%)
-is met by K; in BDT-KS also by mu, pi and p, not by e. The same K chain trained without
+Closure (100k pure-signal tracks per species, twins split together): BDT-KS pi 0.077, mu 0.087,
+K 0.087, p 0.089, e 0.108 (first chain: 0.26-0.32; session 3: 0.14-0.16; session 4: 0.084-0.119;
+session 6: 0.083-0.109). The worst p-bin difference of the DLLK>0 / DLLK>5 / DLLp>5 / isMuon
+efficiencies, over the bins whose binomial error is <= 1%: K 1.6%, mu 1.6%, p 1.6%, e 2.1% (DLLK > 5
+above 100 GeV/c, DLLp > 5, DLLK > 0), pi 2.7% (DLLK > 0 above 100 GeV/c: the GAN puts too few pions above
+DLLK = 0 there; DLLK > 5 2.2%); DLLp - DLLK > 0 is within 0.5% (K) to 2.8% (p, 5-10 GeV/c). The
+issue's bar (0.10, 2%) is met by K, mu and p on this sample; on a second held-out sample (the slow
+test_closure_bar) by K and p, not by mu (DLLK > 5 2.6% at 2-5 GeV/c): differences of ~1% between
+samples are usual at this size. pi and e are not there yet. The same K chain trained without
 sWeights (``--unweighted --species K --roles flags,rich,global --epochs flags=60,rich=100,global=60``,
 with the weighted muon model; 2026-11-23): BDT-KS 0.402 against 0.102 for the weighted chain of
 then, and the DLLK > 0, DLLK > 5 and DLLp > 5 efficiencies off by 0.40-0.42 (it learns the pion
@@ -80,16 +90,18 @@ MAMBAH = [sys.executable, "-m", "mambah"]
 COND = ",".join(CHAIN_INPUTS)
 NET = ["--gen-width", "64", "--gen-depth", "3", "--critic-width", "64", "--critic-depth", "3", "--noise", "8"]
 STEPS = {  # role -> (train subcommand, targets, selection, batch size, network options)
-    "flags": ("flags", "isMuon,hasRich,hasCalo", None, 2048, []),
+    "flags": ("flags", "isMuon,hasRich,hasCalo", None, 2048, ["--patience", "20"]),
     "muon": ("pid", "MuonMuLL,MuonBkgLL", "isMuon == 1", 512, NET),
     "rich": ("pid", "RichDLLe,RichDLLmu,RichDLLk,RichDLLpK", "hasRich == 1", 1024, NET),  # RichDLLp = RichDLLk + RichDLLpK
     "global": ("pid", "CaloDLLe", "hasCalo == 1", 1024, NET),  # 0 outside the acceptance: a flag, not a GAN spike
     # P(RichDLLp == RichDLLk | RICH information): the chain sets each RICH row's tie status to a draw of it
     "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, ["--width", "16", "--depth", "2"]),
 }
-#: conditions besides the chain inputs: the RICH GAN also sees the RICH acceptance and threshold codes
-#: (mambah.pidchain.rich_threshold_codes, computed by the chain from P and ETA)
-EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES)}
+#: conditions besides the chain inputs: the RICH GAN and the flags classifier also see the RICH
+#: acceptance and threshold codes (mambah.pidchain.rich_threshold_codes, computed by the chain from P
+#: and ETA): hasRich is a step at the radiators' pion thresholds, which a classifier of P and ETA alone
+#: smooths (8.5% of the tracks at 2-3 GeV/c got the wrong hasRich)
+EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES)}
 #: steps whose sWeighted training set is empty: electrons practically never pass isMuon, and the
 #: sWeights of the isMuon == 1 rows of the e sample sum to < 0 (the CLI refuses them), so the
 #: e muon-likelihood step is trained on the isMuon == 1 rows without weights (background
