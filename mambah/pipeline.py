@@ -52,20 +52,20 @@ class Pipeline:
     def config(self) -> dict[str, Any]:
         return {_stage_name(s): (s.config() if hasattr(s, "config") else {}) for s in self.stages}
 
-    def model_versions(self) -> dict[str, Any]:
+    def _merged(self, method: str) -> dict[str, Any]:
+        """The union of the stages' ``method()`` dictionaries (stages without it contribute nothing)."""
         out: dict[str, Any] = {}
         for s in self.stages:
-            if hasattr(s, "model_versions"):
-                out.update(s.model_versions())
+            if hasattr(s, method):
+                out.update(getattr(s, method)())
         return out
+
+    def model_versions(self) -> dict[str, Any]:
+        return self._merged("model_versions")
 
     def model_dirs(self) -> dict[str, Any]:
         """``{name: directory}`` of every model the stages load."""
-        out: dict[str, Any] = {}
-        for s in self.stages:
-            if hasattr(s, "model_dirs"):
-                out.update(s.model_dirs())
-        return out
+        return self._merged("model_dirs")
 
     def make_batch(self, batch_id: int, production_seed: int, n_events: int) -> Batch:
         return Batch(id=int(batch_id), seed=batch_seed(production_seed, batch_id), n_events=int(n_events))
