@@ -214,14 +214,12 @@ def test_chains_separate_the_species():
 
 
 _SHORT_OF_THE_BAR = pytest.mark.xfail(
-    reason="pi: DLLK > 0 2.7% low above 100 GeV/c (a GAN tail); e: BDT-KS 0.108, DLLK > 5 and DLLp > 5 2.1% off "
-           "(the cards' closure, 100k tracks); mu: within 1.6% on the cards' sample, DLLK > 5 2.6% off at "
-           "2-5 GeV/c on this one", strict=True)
+    reason="mu: within 1.6% on the cards' sample, DLLK > 5 2.6% off at 2-5 GeV/c on this one", strict=True)
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
-@pytest.mark.parametrize("species", [pytest.param(s, marks=_SHORT_OF_THE_BAR) if s in ("mu", "pi", "e") else s
+@pytest.mark.parametrize("species", [pytest.param(s, marks=_SHORT_OF_THE_BAR) if s == "mu" else s
                                      for s in DEFAULT_SPECIES])
 def test_closure_bar(species):
     """The issue's bar: BDT-KS <= 0.10 and the DLLK > 0, DLLK > 5, DLLp > 5 and isMuon efficiencies
