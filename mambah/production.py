@@ -108,10 +108,11 @@ def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
-def _register_models(store, pipeline) -> None:
+def _register_models(store, pipeline, versions: dict) -> None:
     """Record each model of the pipeline in the store's ``models`` table, the store's conditions
     database of model versions (kind, species, conditions, targets, metrics, path, hash); a model
-    already there with the same name, version and hash is left as it is."""
+    already there with the same name, version and hash is left as it is. ``versions``: the
+    production record's ``{name: {version, hash}}`` (hashes computed once, the same as the batches')."""
     dirs = pipeline.model_dirs() if hasattr(pipeline, "model_dirs") else {}
     if not dirs:
         return
@@ -122,7 +123,7 @@ def _register_models(store, pipeline) -> None:
     for name, path in dirs.items():
         card = load_card(path)
         key = (str(card.get("name", name)), str(card.get("version", "1")))
-        digest = model_hash(path)
+        digest = str(versions.get(name, {}).get("hash") or model_hash(path))
         if have.get(key) == digest:
             continue
         if key in have:
@@ -265,7 +266,7 @@ def run_production(
     sizes = _batch_sizes(n_events, batch_size)
     record = production_record(pipeline, n_events=n_events, batch_size=batch_size, seed=seed)
     first = _prepare(store, production, record, resume)
-    _register_models(store, pipeline)
+    _register_models(store, pipeline, record.get("models", {}))
     done = set(store.batch_ids())
     todo = [i for i in range(len(sizes)) if first + i not in done]
     skipped = len(sizes) - len(todo)

@@ -198,7 +198,7 @@ def test_models_table_records_each_model_once_and_follows_a_changed_one(tmp_path
     pipeline = type("P", (), {"model_dirs": lambda self: stage.model_dirs()})()
     with Store(f"sqlite:///{tmp_path / 'm.sqlite'}") as st:
         for _ in range(2):
-            _register_models(st, pipeline)
+            _register_models(st, pipeline, {})
         rows = st.read("models")
         assert len(rows) == 1
         row = rows.iloc[0]
@@ -211,7 +211,7 @@ def test_models_table_records_each_model_once_and_follows_a_changed_one(tmp_path
         card["files"]["arrays.npz"] = "0" * 64  # the card of a retrained model: other file hashes
         (model / "card.json").write_text(json.dumps(card))
         with caplog.at_level(logging.WARNING, logger="mambah.production"):
-            _register_models(st, pipeline)
+            _register_models(st, pipeline, {})
         rows = st.read("models")
         assert len(rows) == 1 and rows.iloc[0]["hash"] != old
         assert json.loads(rows.iloc[0]["metrics"]) == {"retrained": 1}

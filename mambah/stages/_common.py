@@ -34,11 +34,10 @@ def model_version_entry(model: str) -> dict[str, dict[str, str]]:
 
         cfg = json.dumps(dataclasses.asdict(TrackingDetector()), sort_keys=True, default=str)
         return {"reference-tracking": {"version": __version__, "hash": hashlib.sha256(cfg.encode()).hexdigest()[:16]}}
-    from ..modeldir import load_card, model_hash, resolve_model
+    from ..modeldir import load_card, model_hash
 
-    p = resolve_model(model)
-    card = load_card(p)
-    return {str(card.get("name", p.name)): {"version": str(card.get("version", "")), "hash": model_hash(p)}}
+    return {name: {"version": str(load_card(p).get("version", "")), "hash": model_hash(p)}
+            for name, p in model_dir_entry(model).items()}
 
 
 def rows_by_index(table: pd.DataFrame, index: np.ndarray, what: str) -> np.ndarray:
