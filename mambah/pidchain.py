@@ -317,6 +317,16 @@ class PidChain:
             DataFrame with the :data:`CHAIN_OUTPUTS` columns (float32, NaN where a step does not apply)
             and the ``extra`` columns the chain produced.
         """
+        return pd.DataFrame(self.generate_columns(inputs, rng, chunk, extra))
+
+    def generate_columns(self, inputs: pd.DataFrame | dict, rng: np.random.Generator, chunk: int | None = None,
+                         extra: tuple[str, ...] = (), counts: dict | None = None) -> dict[str, np.ndarray]:
+        """:meth:`generate` as a dict of float32 arrays (no DataFrame built: the PID stage's path).
+
+        Args:
+            counts: if given, filled with ``{model name: (rows outside its training range, rows
+                evaluated, detail)}`` for every step (what the PID stage reports per production).
+        """
         cols: dict[str, np.ndarray] = {c: np.asarray(inputs[c], dtype=float) for c in CHAIN_INPUTS}
         n = len(cols["P"])
         if any(c in THRESHOLD_CODES for m in self.models for c in m.conditions):
@@ -324,12 +334,15 @@ class PidChain:
         for step, m in zip(self.steps, self.models):
             sel = np.ones(n, bool) if step.applies is None else cols[step.applies] > 0.5
             out = np.full((n, len(m.targets)), np.nan)
+            if counts is not None:
+                counts[_model_name(m, step)] = (0, 0, "")
             if sel.any():
                 # the selected rows' conditions, stacked once (not all rows stacked, then selected)
                 every = sel.all()
                 cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
-                if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws
-                    m.check_range(cs)
+                if counts is not None:
+                    counts[_model_name(m, step)] = _range_count(m, cs)
+                if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws (compiled; warns when out of range)
                     out[sel] = m.sample(cs, rng)
                 else:  # a GAN: compiled inference (mambah.nn.inference), warns when out of range
                     out[sel] = m.generate_array(cs, rng, chunk=chunk)
@@ -351,7 +364,7 @@ class PidChain:
                 if diff in cols and base in cols:
                     cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
         cols.update(combine(cols))
-        return pd.DataFrame({c: cols[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *extra) if c in cols})
+        return {c: cols[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *extra) if c in cols}
 
     def _match_ties(self, cols: dict[str, np.ndarray], sel: np.ndarray) -> None:
         """Rows flagged by the ``tie`` step get ``RichDLLpK = 0`` (``RichDLLp == RichDLLk`` exactly).
@@ -376,6 +389,21 @@ class PidChain:
         applies = self.steps[i_rich].applies
         on = sel & (cols[applies] > 0.5) if applies is not None else sel
         cols["RichDLLpK"][on & (cols["RichPKTie"] > 0.5)] = 0.0
+
+
+def _model_name(m, step: ChainStep) -> str:
+    return str(m.card.get("name", step.model))
+
+
+def _range_count(m, cs: np.ndarray) -> tuple[int, int, str]:
+    """(rows of ``cs`` outside the training range of model ``m``, rows, per-column detail)."""
+    lo, hi = m.cond_pre.range_()
+    if (cs.min(axis=0) >= lo).all() and (cs.max(axis=0) <= hi).all():  # the usual case: two passes
+        return 0, len(cs), ""
+    out = (cs < lo) | (cs > hi)
+    detail = ", ".join(f"{name}: {int(k)} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
+                       for j, (name, k) in enumerate(zip(m.conditions, out.sum(axis=0))) if k)
+    return int(out.any(axis=1).sum()), len(cs), detail
 
 
 _CACHE: dict[tuple, PidChain] = {}

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -183,6 +185,53 @@ def test_sample_draws_the_flags_with_the_probabilities(model_dir):
     df = pd.DataFrame(c[:10], columns=CONDS, index=np.arange(50, 60))
     out = m.generate(df, np.random.default_rng(1))
     assert list(out.columns) == TARGS and out.index.equals(df.index)
+
+
+@pytest.mark.parametrize("which", ["tiny", "shipped K"])
+def test_compiled_draws_are_the_numpy_draws(model_dir, which):
+    """The compiled path (one TensorFlow graph: transform, network, draw) draws the same uniforms as
+    the numpy reference and compares them with the same probabilities up to float32 round-off; the
+    shipped K classifier has 14 conditions, 10 of them two-valued RICH threshold codes (the affine
+    branch of the graph's transform)."""
+    if which == "tiny":
+        path, c, _ = model_dir
+        c = np.repeat(c, 20, axis=0)
+    else:
+        from mambah.pidchain import CHAIN_INPUTS, rich_threshold_codes
+
+        path = Path(__file__).resolve().parent.parent / "models" / "pid-K-flags"
+        rng = np.random.default_rng(3)
+        n = 100_000
+        p, eta = np.exp(rng.uniform(np.log(3e3), np.log(1e5), n)), rng.uniform(2.2, 4.6, n)
+        cols = {"P": p, "ETA": eta, "nTracks": rng.uniform(20, 300, n), "charge": rng.choice([-1.0, 1.0], n),
+                **rich_threshold_codes(p, eta)}
+        m0 = FlagModel.load(path)
+        assert set(CHAIN_INPUTS) < set(m0.conditions)
+        c = np.column_stack([cols[k] for k in m0.conditions])
+    m = FlagModel.load(path)
+    fast = m.sample(c, np.random.default_rng(11))
+    ref = m.sample(c, np.random.default_rng(11), compiled=False)
+    u = np.random.default_rng(11).random(ref.shape)
+    close = np.abs(u - m.probabilities(c)) < 1e-5  # where float32 round-off may decide the draw
+    assert fast.dtype == np.float64 and set(np.unique(fast)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(fast[~close], ref[~close])
+    assert 0.01 < fast.mean() < 0.99  # not all one value
+    from mambah.nn.inference import sample_flags
+
+    # neither the chunk size nor the threads change the draws
+    np.testing.assert_array_equal(sample_flags(m, c, np.random.default_rng(11), chunk=997, workers=3), fast)
+
+
+def test_compiled_draws_warn_out_of_range(model_dir):
+    path, c, _ = model_dir
+    m = FlagModel.load(path)
+    cc = c[:200].copy()
+    cc[:50, 1] = 7.0
+    with pytest.warns(OutOfRangeWarning, match=r"25% of the rows \(50 of 200\) .*ETA: 50 outside"):
+        s = m.sample(cc, np.random.default_rng(1))
+    assert s.shape == (200, 2)
+    with pytest.raises(DataError, match="NaN"):
+        m.sample(np.array([[np.nan, 3.0]]), np.random.default_rng(1))
 
 
 def test_use_needs_no_tensorflow(model_dir):

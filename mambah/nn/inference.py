@@ -50,10 +50,11 @@ from ..errors import DataError
 from .preprocessing import EPS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .flags import FlagModel
     from .pidmodel import PidModel
     from .preprocessing import QuantileGaussianizer
 
-__all__ = ["generate", "generate_reference", "draw_noise", "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
+__all__ = ["generate", "sample_flags", "generate_reference", "draw_noise", "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
 
 #: rows per compiled call: small enough that the activations stay in the caches, large enough that the
 #: per-call overhead (~0.1 ms) is negligible
@@ -186,6 +187,56 @@ def _box_muller(u, n_noise: int):
     return tf.concat([r * tf.cos(a), r * tf.sin(a)], axis=1)[:, :n_noise]
 
 
+def _condition_graph(cond_pre: QuantileGaussianizer):
+    """``pre(c)``: raw conditions (m, k) float64 -> Gaussianised (m, k) float32, as TensorFlow ops ("mid" mode).
+
+    The transform of :meth:`QuantileGaussianizer.transform <mambah.nn.preprocessing.QuantileGaussianizer.transform>`
+    (see the module docstring); shared by the GAN graphs and the flags classifiers' graphs.
+    """
+    import tensorflow as tf
+
+    xs, pieces = _forward_pieces(cond_pre)
+    # two-valued conditions (0/1 flags such as the RICH threshold codes): their transform at the
+    # two values is an affine map, far cheaper than the knot search (values between the two are
+    # mapped linearly; a flag has none)
+    two = [j for j, x in enumerate(xs) if len(x) == 2]
+    cont = [j for j in range(len(xs)) if j not in two]
+    order = np.argsort(np.array(cont + two))  # back to the column order after concatenation
+    if two:
+        x2 = np.array([xs[j] for j in two])  # (k, 2): low and high value
+        full = np.zeros((2, len(xs)))  # the other columns' values do not matter here
+        full[:, two] = x2.T
+        z = cond_pre.transform(full, mode="mid")[:, two].astype(np.float32)
+        a2 = tf.constant(z[0])
+        b2 = tf.constant((z[1] - z[0]) / (x2[:, 1] - x2[:, 0]), dtype=tf.float32)
+        lo2 = tf.constant(x2[:, 0])
+        hi2 = tf.constant(x2[:, 1])
+    xs, pieces = [xs[j] for j in cont], [pieces[j] for j in cont]
+    c_loc = _Locator(xs)
+    c_tab = c_loc.table(pieces, [len(x) - 1 for x in xs])
+    two_idx, cont_idx = tf.constant(two, dtype=tf.int32), tf.constant(cont, dtype=tf.int32)
+    def pre(c):
+        """Raw conditions (m, k) float64 -> Gaussianised (m, k) float32 ("mid" mode)."""
+        if not two:
+            return pre_cont(c)
+        flags = tf.clip_by_value(tf.gather(c, two_idx, axis=1), lo2, hi2) - lo2
+        z = tf.concat([pre_cont(tf.gather(c, cont_idx, axis=1)), a2 + b2 * tf.cast(flags, tf.float32)], axis=1)
+        return tf.gather(z, order, axis=1)
+
+    def pre_cont(c):
+        x0, p_hi, slope, half = tf.unstack(tf.gather(c_tab, c_loc(c)), axis=-1)
+        # the CDF in float64 as the reference; a tie (c == x0) gets the middle of the jump, p_hi + half
+        # (arithmetic rather than tf.where, which costs as much as four elementwise ops)
+        u = p_hi + (c - x0) * slope + tf.cast(tf.equal(c, x0), tf.float64) * half
+        # Phi^-1(clip(u, EPS, 1 - EPS)) in float32 on the smaller tail min(u, 1 - u) = 0.5 - |0.5 - u|
+        # (taken in float64, so the upper tail keeps its precision): ~1e-6 absolute
+        d = 0.5 - u
+        r = tf.math.ndtri(tf.cast(tf.maximum(0.5 - tf.abs(d), EPS), tf.float32))
+        return r * tf.cast(tf.sign(d), tf.float32)
+
+    return pre
+
+
 class _Compiled:
     """The compiled graphs of one model (built once, cached on the model)."""
 
@@ -198,49 +249,11 @@ class _Compiled:
         if probs.shape[1] < 2 or np.any(np.diff(probs, axis=1) < 0) or np.any(np.diff(knots, axis=1) < 0):
             raise DataError("the target quantile transform needs at least 2 knots with non-decreasing "
                             "probabilities and knot values")
-        xs, pieces = _forward_pieces(model.cond_pre)
-        # two-valued conditions (0/1 flags such as the RICH threshold codes): their transform at the
-        # two values is an affine map, far cheaper than the knot search (values between the two are
-        # mapped linearly; a flag has none)
-        two = [j for j, x in enumerate(xs) if len(x) == 2]
-        cont = [j for j in range(len(xs)) if j not in two]
-        order = np.argsort(np.array(cont + two))  # back to the column order after concatenation
-        if two:
-            x2 = np.array([xs[j] for j in two])  # (k, 2): low and high value
-            full = np.zeros((2, len(xs)))  # the other columns' values do not matter here
-            full[:, two] = x2.T
-            z = model.cond_pre.transform(full, mode="mid")[:, two].astype(np.float32)
-            a2 = tf.constant(z[0])
-            b2 = tf.constant((z[1] - z[0]) / (x2[:, 1] - x2[:, 0]), dtype=tf.float32)
-            lo2 = tf.constant(x2[:, 0])
-            hi2 = tf.constant(x2[:, 1])
-        xs, pieces = [xs[j] for j in cont], [pieces[j] for j in cont]
-        c_loc = _Locator(xs)
-        c_tab = c_loc.table(pieces, [len(x) - 1 for x in xs])
+        pre = _condition_graph(model.cond_pre)
         lo, hi = model.cond_pre.range_()
-        two_idx, cont_idx = tf.constant(two, dtype=tf.int32), tf.constant(cont, dtype=tf.int32)
         t_loc = _Locator(list(probs))
         t_tab = t_loc.table(_inverse_pieces(model.targ_pre), [probs.shape[1] - 2] * len(probs))
         gen, n_noise = model.generator, self.n_noise
-
-        def pre(c):
-            """Raw conditions (m, k) float64 -> Gaussianised (m, k) float32 ("mid" mode)."""
-            if not two:
-                return pre_cont(c)
-            flags = tf.clip_by_value(tf.gather(c, two_idx, axis=1), lo2, hi2) - lo2
-            z = tf.concat([pre_cont(tf.gather(c, cont_idx, axis=1)), a2 + b2 * tf.cast(flags, tf.float32)], axis=1)
-            return tf.gather(z, order, axis=1)
-
-        def pre_cont(c):
-            x0, p_hi, slope, half = tf.unstack(tf.gather(c_tab, c_loc(c)), axis=-1)
-            # the CDF in float64 as the reference; a tie (c == x0) gets the middle of the jump, p_hi + half
-            # (arithmetic rather than tf.where, which costs as much as four elementwise ops)
-            u = p_hi + (c - x0) * slope + tf.cast(tf.equal(c, x0), tf.float64) * half
-            # Phi^-1(clip(u, EPS, 1 - EPS)) in float32 on the smaller tail min(u, 1 - u) = 0.5 - |0.5 - u|
-            # (taken in float64, so the upper tail keeps its precision): ~1e-6 absolute
-            d = 0.5 - u
-            r = tf.math.ndtri(tf.cast(tf.maximum(0.5 - tf.abs(d), EPS), tf.float32))
-            return r * tf.cast(tf.sign(d), tf.float32)
 
         def post(y):
             """Generated (m, t) float32 -> raw units float64: F^-1(Phi(y)), clamped to the knots' interval."""
@@ -287,6 +300,79 @@ def _compiled(model: PidModel) -> _Compiled:
             if fast is None:
                 fast = model._fast = _Compiled(model)
     return fast
+
+
+#: the DenseStack activations (:data:`mambah.recnets._ACTIVATIONS`) as TensorFlow ops
+_TF_ACTIVATIONS = {"linear": lambda a: a, "relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "elu": "elu",
+                   "softplus": "softplus", "silu": "silu"}
+
+
+class _CompiledFlags:
+    """The compiled graph of one flags classifier (:class:`~mambah.nn.flags.FlagModel`): condition
+    transform, the network's Dense layers (float32, the weights of its ``DenseStack``), and the
+    Bernoulli draw ``u < P(flag)`` against float64 uniforms; built once, cached on the model."""
+
+    def __init__(self, model: FlagModel):
+        import tensorflow as tf
+
+        self.n_cond, self.n_targ = len(model.conditions), len(model.targets)
+        pre = _condition_graph(model.cond_pre)
+        self.c_lo, self.c_hi = model.cond_pre.range_()
+        acts = {k: (v if callable(v) else getattr(tf.nn, v) if hasattr(tf.nn, v) else getattr(tf.math, v))
+                for k, v in _TF_ACTIVATIONS.items()}
+        layers = [(tf.constant(w), tf.constant(b), acts[a]) for w, b, a in model.net.layers]
+
+        def prob(c):
+            a = pre(c)
+            for w, b, act in layers:
+                a = act(tf.matmul(a, w) + b)
+            return tf.cast(a, tf.float64)
+
+        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, self.n_cond], tf.float64),
+                                                       tf.TensorSpec([None, self.n_targ], tf.float64)])
+        def draw(c, u):
+            return tf.cast(u < prob(c), tf.float64), tf.reduce_min(c, axis=0), tf.reduce_max(c, axis=0)
+
+        self.draw = draw.get_concrete_function()
+        self.prob = prob  # for tests
+
+
+def _compiled_flags(model: FlagModel) -> _CompiledFlags:
+    fast = model.__dict__.get("_fast")
+    if fast is None:
+        with _BUILD_LOCK:
+            fast = model.__dict__.get("_fast")
+            if fast is None:
+                fast = model._fast = _CompiledFlags(model)
+    return fast
+
+
+def _map_chunks(run, jobs, n: int, chunk: int, workers: int) -> list:
+    """``run(*job)`` for the chunk jobs in order, ``workers`` of them in flight at once (the jobs'
+    generator, which draws the random numbers, runs in the calling thread, in row order)."""
+    if workers > 1 and n > chunk:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        results = []
+        with ThreadPoolExecutor(workers) as ex:
+            pending = deque()
+            for job in jobs:
+                pending.append(ex.submit(run, *job))
+                while len(pending) > workers:
+                    results.append(pending.popleft().result())
+            results.extend(f.result() for f in pending)
+        return results
+    return [run(*job) for job in jobs]
+
+
+def _range_counts(c, lo, hi, c_lo, c_hi):
+    """(outside counts per column, rows outside) of the chunk ``c`` whose column minima and maxima
+    the graph returned as ``lo``, ``hi`` (rare: counted in numpy only when some value is outside)."""
+    if (lo.numpy() < c_lo).any() or (hi.numpy() > c_hi).any():
+        outside = (c < c_lo) | (c > c_hi)
+        return outside.sum(axis=0), int(outside.any(axis=1).sum())
+    return 0, 0
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -337,10 +423,7 @@ def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 
         f = fast.with_noise if noise is not None else fast.with_uniforms
         y, lo, hi = f(c[s:e], noise_or_u)
         out[s:e] = y.numpy()
-        if (lo.numpy() < fast.c_lo).any() or (hi.numpy() > fast.c_hi).any():  # rare: count in numpy
-            outside = (c[s:e] < fast.c_lo) | (c[s:e] > fast.c_hi)
-            return outside.sum(axis=0), int(outside.any(axis=1).sum())
-        return 0, 0
+        return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)
 
     def jobs():
         for s in range(0, n, chunk):
@@ -348,24 +431,54 @@ def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 
             # the uniforms are drawn here, in row order, whatever the chunking and threading
             yield s, e, noise[s:e] if noise is not None else draw_uniforms(rng, e - s, fast.n_noise)
 
-    results = []
-    if workers > 1 and n > chunk:
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as ex:
-            pending = deque()
-            for job in jobs():
-                pending.append(ex.submit(run, *job))
-                while len(pending) > workers:
-                    results.append(pending.popleft().result())
-            results.extend(f.result() for f in pending)
-    else:
-        results = [run(*job) for job in jobs()]
+    results = _map_chunks(run, jobs(), n, chunk, workers)
     n_out = sum(r[0] for r in results) + np.zeros(fast.n_cond, dtype=np.int64)
     rows_out = sum(r[1] for r in results)
     if check_range and rows_out:
         model._warn_out_of_range(n_out, rows_out, n, stacklevel=4)
+    return out
+
+
+def sample_flags(model: FlagModel, conditions: np.ndarray, rng, *, chunk: int = DEFAULT_CHUNK,
+                 check_range: bool = True, workers: int = DEFAULT_WORKERS) -> np.ndarray:
+    """Flags of a :class:`~mambah.nn.flags.FlagModel` drawn for raw conditions: float64 0/1 ``(n, n_targets)``.
+
+    One compiled graph per chunk does the condition transform, the classifier and the draw
+    ``u < P(flag)``; the uniforms ``u`` are float64, one per row and flag, drawn from ``rng`` row-major
+    (``rng.random((n, n_targets))`` in row order), as :meth:`FlagModel.sample
+    <mambah.nn.flags.FlagModel.sample>` documents. The probabilities are those of the numpy
+    reference :meth:`FlagModel.probabilities <mambah.nn.flags.FlagModel.probabilities>` up to float32
+    round-off (~1e-6), so a draw differs from the reference only where ``u`` lies that close to the
+    probability. The result does not depend on ``chunk`` or ``workers``.
+
+    Args:
+        conditions: finite raw conditions ``(n, n_conditions)`` in the model's order.
+        rng: numpy Generator.
+        check_range: warn (:class:`~mambah.nn.pidmodel.OutOfRangeWarning`) for conditions outside the
+            training range (evaluated at the range edges).
+    """
+    c = np.ascontiguousarray(conditions, dtype=np.float64)
+    fast = _compiled_flags(model)
+    if c.ndim != 2 or c.shape[1] != fast.n_cond:
+        raise DataError(f"expected conditions of shape (n, {fast.n_cond}) in the order {model.conditions}, "
+                        f"got {c.shape}")
+    n = len(c)
+    out = np.empty((n, fast.n_targ))
+    if n == 0:
+        return out
+    chunk = max(1, int(chunk))
+
+    def run(s, e, u):
+        y, lo, hi = fast.draw(c[s:e], u)
+        out[s:e] = y.numpy()
+        return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)
+
+    jobs = ((s, min(s + chunk, n), rng.random((min(s + chunk, n) - s, fast.n_targ))) for s in range(0, n, chunk))
+    results = _map_chunks(run, jobs, n, chunk, workers)
+    n_out = sum(r[0] for r in results) + np.zeros(fast.n_cond, dtype=np.int64)
+    rows_out = sum(r[1] for r in results)
+    if check_range and rows_out:
+        model._checks._warn_out_of_range(n_out, rows_out, n, stacklevel=4)
     return out
 
 

@@ -57,42 +57,6 @@ def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, i
         return {m: (v[0], v[1]) for (p, m), v in _RANGE.items() if p == production}
 
 
-def _step_counts(chain, inputs: dict[str, np.ndarray], gen) -> dict[str, tuple[int, int, str]]:
-    """``{model: (rows outside, rows evaluated, detail)}`` for the steps of ``chain`` whose rows and
-    conditions can be recovered from the chain inputs and from ``gen`` (the chain's outputs and the
-    columns of :func:`_extra_columns`): all steps of the default chains.
-    """
-    out: dict[str, tuple[int, int, str]] = {}
-    n = len(gen)
-    for step, m in zip(chain.steps, chain.models):
-        if step.applies is not None and step.applies not in gen:
-            continue
-        sel = np.ones(n, bool) if step.applies is None else gen[step.applies].to_numpy() > 0.5
-        cols = [inputs[c] if c in inputs else gen[c].to_numpy(np.float64) if c in gen else None for c in m.conditions]
-        if any(c is None for c in cols):
-            continue
-        lo, hi = m.cond_pre.range_()
-        bad = np.zeros(int(sel.sum()), bool)
-        detail = []
-        for j, (name, c) in enumerate(zip(m.conditions, cols)):
-            b = (c[sel] < lo[j]) | (c[sel] > hi[j])
-            if b.any():
-                detail.append(f"{name}: {int(b.sum())} outside [{lo[j]:.6g}, {hi[j]:.6g}]")
-                bad |= b
-        out[str(m.card.get("name", step.model))] = (int(bad.sum()), int(sel.sum()), ", ".join(detail))
-    return out
-
-
-def _extra_columns(chain) -> tuple[str, ...]:
-    """The chain's columns that :func:`_step_counts` needs besides its outputs: the flags that select
-    a step's rows (``isMuon``, ``hasRich``, ``hasCalo``) and the steps' other conditions."""
-    from ..pidchain import CHAIN_INPUTS, CHAIN_OUTPUTS
-
-    cols = [s.applies for s in chain.steps if s.applies is not None]
-    cols += [c for m in chain.models for c in m.conditions if c not in CHAIN_INPUTS and c not in CHAIN_OUTPUTS]
-    return tuple(dict.fromkeys(cols))
-
-
 @dataclasses.dataclass(frozen=True)
 class PID:
     """The PID stage.
@@ -192,8 +156,10 @@ class PID:
 
         def run(job):
             s, sel, seed = job
-            return chains[s].generate({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]},
-                                      np.random.default_rng(seed), extra=_extra_columns(chains[s]))
+            steps = {}
+            gen = chains[s].generate_columns({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]},
+                                             np.random.default_rng(seed), counts=steps)
+            return gen, steps
 
         from ..nn.pidmodel import OutOfRangeWarning
 
@@ -209,13 +175,12 @@ class PID:
             else:
                 results = [run(j) for j in todo]
         step_counts: dict[str, tuple[int, int, str]] = {}
-        for (s, sel, _), gen in zip(todo, results):
-            step_counts.update(_step_counts(chains[s], {"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel],
-                                                        "charge": charge[sel]}, gen))
+        for _, steps in results:
+            step_counts.update(steps)
         out_of_range = self._report(caught, step_counts, batch)
-        for (s, sel, _), gen in zip(todo, results):
+        for (s, sel, _), (gen, _) in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
-                out[store_col][track[sel]] = gen[col].to_numpy()
+                out[store_col][track[sel]] = gen[col]
         known = np.isin(apid, [SPECIES_PDG[s] for s in self.species])
         if not known.all():
             other = sorted(set(apid[~known].tolist()))
