@@ -13,7 +13,8 @@
 
 Prints a table, then ONE final JSON line with ``inference_tracks_per_s``, ``train_samples_per_s``,
 ``seconds_to_score``, ``chain_tracks_per_s`` (the whole chained PID stage, :func:`bench_chain`), and
-``inference_reference_tracks_per_s`` (the numpy path); parts left out with ``--only`` are ``null``.
+``inference_reference_tracks_per_s`` (the numpy path), ``chain_numpy_flags_tracks_per_s`` (the chain with
+numpy flags classifiers, the baseline of ``chain_tracks_per_s``); parts left out with ``--only`` are ``null``.
 
 Usage::
 
@@ -108,13 +109,17 @@ def time_to_score(model_dir):
             "train_seconds_total": card["training"]["seconds"]}
 
 
-def bench_chain(n=1_000_000, repeats=2, models_dir=None):
+def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     """The whole chained PID stage (:class:`mambah.stages.pid.PID`) on ``n`` tracks of mixed species.
+
+    With ``baseline``, the same stage with the flags classifiers evaluated in numpy
+    (``FlagModel.sample(compiled=False)``, the path before 2026-12-03) is timed alternately in the
+    same run (``numpy_flags_tracks_per_s``).
 
     A synthetic batch: ``n`` track rows, species e/mu/pi/K/p in equal parts, p log-uniform in
     3-100 GeV/c, eta uniform in 2.2-4.6, n_tracks uniform in 20-300 (inside the training ranges),
     one event per 50 tracks. Times ``PID()(batch)`` (conditions, five chains of three networks,
-    combination, columns written), best of ``repeats`` after one warm-up on 10^4 tracks.
+    combination, columns written), best of ``repeats``, each after a warm-up on 10^4 tracks.
     """
     from mambah.batch import Batch
     from mambah.stages.pid import PID
@@ -138,16 +143,32 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None):
                                "n_tracks": rng.integers(20, 300, ne).astype(np.int32)})
         return Batch(id=1, seed=3, n_events=ne, tables={"particles": parts, "mc_particles": mc, "events": events})
 
+    from mambah.nn.flags import FlagModel
+
     stage = PID(models_dir=None if models_dir is None else str(models_dir))
-    stage(batch(10_000))
-    best_wall, best_cpu = np.inf, np.inf
-    for _ in range(repeats):
-        b = batch(n)
-        t0, c0 = time.perf_counter(), time.process_time()
-        stage(b)
-        best_wall = min(best_wall, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return {"tracks_per_s": n / best_wall, "tracks_per_cpu_s": n / best_cpu, "n": n}
+    compiled_sample = FlagModel.sample
+
+    def numpy_sample(self, data, rng, *, compiled=True):
+        return compiled_sample(self, data, rng, compiled=False)
+
+    best = {"compiled": [np.inf, np.inf], "numpy_flags": [np.inf, np.inf]}
+    try:
+        for _ in range(repeats):
+            for how in best if baseline else ("compiled",):  # alternately, so that both see the same machine
+                FlagModel.sample = compiled_sample if how == "compiled" else numpy_sample
+                stage(batch(10_000))  # warm-up (traces the graphs on the first pass)
+                b = batch(n)
+                t0, c0 = time.perf_counter(), time.process_time()
+                stage(b)
+                best[how][0] = min(best[how][0], time.perf_counter() - t0)
+                best[how][1] = min(best[how][1], time.process_time() - c0)
+    finally:
+        FlagModel.sample = compiled_sample
+    out = {"tracks_per_s": n / best["compiled"][0], "tracks_per_cpu_s": n / best["compiled"][1], "n": n}
+    if baseline:
+        out["numpy_flags_tracks_per_s"] = n / best["numpy_flags"][0]
+        out["numpy_flags_tracks_per_cpu_s"] = n / best["numpy_flags"][1]
+    return out
 
 
 PARTS = ("inference", "training", "score", "chain")
@@ -192,6 +213,9 @@ def main():
     if ch:
         print(f"{'chained PID stage (5 species): tracks/s':58s} {ch['tracks_per_s']:14,.0f}")
         print(f"{'chained PID stage: tracks per CPU-second':58s} {ch['tracks_per_cpu_s']:14,.0f}")
+        print(f"{'chained PID stage, numpy flags (baseline): tracks/s':58s} {ch['numpy_flags_tracks_per_s']:14,.0f}")
+        print(f"{'chained PID stage: speed-up of the compiled flags (wall)':58s} "
+              f"{ch['tracks_per_s'] / ch['numpy_flags_tracks_per_s']:14.2f}")
     print(f"{'load average (1 min) during the run':58s} {load:14.2f}")
 
     def get(d, *keys):
@@ -208,7 +232,8 @@ def main():
                       "inference_reference_tracks_per_s": get(inf, "reference", "tracks_per_s"),
                       "inference_reference_tracks_per_cpu_s": get(inf, "reference", "tracks_per_cpu_s"),
                       "train_samples_per_cpu_s": get(tr, "samples_per_cpu_s"), "load_average": load,
-                      "chain_tracks_per_s": get(ch, "tracks_per_s"), "chain_tracks_per_cpu_s": get(ch, "tracks_per_cpu_s")}))
+                      "chain_tracks_per_s": get(ch, "tracks_per_s"), "chain_tracks_per_cpu_s": get(ch, "tracks_per_cpu_s"),
+                      "chain_numpy_flags_tracks_per_s": get(ch, "numpy_flags_tracks_per_s")}))
 
 
 if __name__ == "__main__":

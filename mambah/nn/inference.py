@@ -18,7 +18,12 @@ cores and no single-threaded numpy step is left between the network calls,
    repeated knot (a spike in the target distribution, e.g. a default value) comes out as exactly
    that knot value;
 
-plus each column's minimum and maximum, for the training-range check (the
+The flags classifiers of the PID chains (:class:`~mambah.nn.flags.FlagModel`) get the same
+treatment in :func:`sample_flags`: step 1, their Dense layers, and the Bernoulli draw ``u < P(flag)``
+against float64 uniforms drawn in row order, in one graph (for the 14 conditions of the classifiers
+that see the RICH threshold codes the numpy transform alone took longer than a RICH GAN's graph).
+
+Both return each column's minimum and maximum, for the training-range check (the
 :class:`~mambah.nn.pidmodel.OutOfRangeWarning` is raised once per call, with the same counts as
 :meth:`PidModel.check_range <mambah.nn.pidmodel.PidModel.check_range>`). Two chunks are in flight
 at once, so one chunk's small elementwise steps fill the gaps of the other's matrix products.
@@ -292,13 +297,15 @@ class _Compiled:
 _BUILD_LOCK = threading.Lock()
 
 
-def _compiled(model: PidModel) -> _Compiled:
+def _compiled(model, build=None):
+    """The compiled graphs of ``model``, built once (thread-safe) and cached on it as ``_fast``:
+    :class:`_Compiled` for a GAN, ``build`` (e.g. :class:`_CompiledFlags`) otherwise."""
     fast = model.__dict__.get("_fast")
     if fast is None:
         with _BUILD_LOCK:
             fast = model.__dict__.get("_fast")
             if fast is None:
-                fast = model._fast = _Compiled(model)
+                fast = model._fast = (build or _Compiled)(model)
     return fast
 
 
@@ -335,16 +342,6 @@ class _CompiledFlags:
 
         self.draw = draw.get_concrete_function()
         self.prob = prob  # for tests
-
-
-def _compiled_flags(model: FlagModel) -> _CompiledFlags:
-    fast = model.__dict__.get("_fast")
-    if fast is None:
-        with _BUILD_LOCK:
-            fast = model.__dict__.get("_fast")
-            if fast is None:
-                fast = model._fast = _CompiledFlags(model)
-    return fast
 
 
 def _map_chunks(run, jobs, n: int, chunk: int, workers: int) -> list:
@@ -458,7 +455,7 @@ def sample_flags(model: FlagModel, conditions: np.ndarray, rng, *, chunk: int = 
             training range (evaluated at the range edges).
     """
     c = np.ascontiguousarray(conditions, dtype=np.float64)
-    fast = _compiled_flags(model)
+    fast = _compiled(model, _CompiledFlags)
     if c.ndim != 2 or c.shape[1] != fast.n_cond:
         raise DataError(f"expected conditions of shape (n, {fast.n_cond}) in the order {model.conditions}, "
                         f"got {c.shape}")
