@@ -113,25 +113,6 @@ EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES
 #: dominated; it affects the ~0.1-0.5% of electrons that pass isMuon). Documented in the card.
 UNWEIGHTED = {"e:muon"}
 EVENTS = {"mu": 250_000, "e": 200_000, "pi": 200_000, "K": 200_000, "p": 200_000}
-#: ``--low-p-weight``: the rows of a GAN step's training table get the weight ``sWeight * f(p)``,
-#: ``f = clip((P0 / p)^POWER, 1, CAP)`` (column ``wLowP``). A factor of the conditions alone leaves the
-#: conditional distribution a GAN learns unchanged; it makes the few low-momentum rows (6% of the
-#: muons below 5 GeV/c) count more, where the RICH response changes fastest with p (the muons' DLLK > 5
-#: efficiency goes from 3% at 2.75-3 GeV/c to 59% at 3-3.25 GeV/c in the reference detector)
-LOW_P = (10_000.0, 1.5, 4.0)  # P0 [MeV/c], POWER, CAP
-
-
-def low_p_table(train: Path) -> Path:
-    """``<species>_train_lowp.parquet``: the training table with the ``wLowP`` weight column."""
-    import numpy as np
-
-    out = train.with_name(train.stem + "_lowp.parquet")
-    if not out.exists():
-        t = pd.read_parquet(train)
-        p0, power, cap = LOW_P
-        t["wLowP"] = t["sWeight"] * np.clip((p0 / t["P"].to_numpy()) ** power, 1.0, cap)
-        t.to_parquet(out, index=False)
-    return out
 
 
 def run(cmd: list[str], nice: bool = False) -> None:
@@ -154,11 +135,8 @@ def prepare(species: str, work: Path, seed: int, events: int | None = None) -> P
 
 
 def train(species: str, role: str, data: Path, out: Path, budget: list[str], weighted: bool, seed: int,
-          width: int | None = None, low_p: bool = False) -> str:
+          width: int | None = None) -> str:
     sub, targets, sel, bs, net = STEPS[role]
-    low_p = low_p and weighted and sub == "pid" and f"{species}:{role}" not in UNWEIGHTED
-    if low_p:
-        data = low_p_table(data)
     if width and net is NET:  # a wider generator and critic for the GAN steps
         net = [str(width) if net[i - 1] in ("--gen-width", "--critic-width") else a for i, a in enumerate(net)]
     dest = out / f"pid-{species}-{role}"
@@ -168,14 +146,12 @@ def train(species: str, role: str, data: Path, out: Path, budget: list[str], wei
                     "--seed", str(seed), "--overwrite",
                     "--description", f"reference-detector calibration sample ({CHANNELS[species].decay}), "
                                      f"sPlot of {CHANNELS[species].mass_column}"
-                                     + (f"; weights sWeight * clip(({LOW_P[0]:g} MeV/c / P)^{LOW_P[1]:g}, 1, "
-                                        f"{LOW_P[2]:g}) (--low-p-weight)" if low_p else "")
                                      + ("; trained WITHOUT sWeights (see UNWEIGHTED in examples/train_pid_chain.py)"
                                         if f"{species}:{role}" in UNWEIGHTED else ""), *net]
     if sub == "pid":
         cmd += ["--validate-every", "30", "--patience", "40"]
     if weighted and f"{species}:{role}" not in UNWEIGHTED:
-        cmd += ["--weight", "wLowP" if low_p else "sWeight"]
+        cmd += ["--weight", "sWeight"]
     if sel:
         cmd += ["--selection", sel]
     t0 = time.time()
@@ -203,8 +179,6 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=int, default=None, help="calibration candidates per species (default: EVENTS)")
     ap.add_argument("--skip-existing", action="store_true", help="do not retrain models that exist in --out")
     ap.add_argument("--unweighted", action="store_true", help="train without sWeights (comparison)")
-    ap.add_argument("--low-p-weight", action="store_true",
-                    help="GAN steps: weight the low-momentum rows up (sWeight * f(p), see LOW_P)")
     ap.add_argument("--closure", type=int, default=0, metavar="N", help="only the closure test with N pure rows")
     ap.add_argument("--closure-seed", type=int, default=10_000, metavar="S",
                     help="with --closure: held-out seeds S + i (default 10000, the cards' sample; the slow "
@@ -220,7 +194,7 @@ def main(argv=None) -> int:
     jobs = [(s, r) for r in a.roles.split(",") for s in species if not (a.skip_existing and (a.out / f"pid-{s}-{r}").exists())]
     with ThreadPoolExecutor(a.parallel) as ex:
         for msg in ex.map(lambda j: train(j[0], j[1], data[j[0]], a.out, budget_args(a, j[1]), not a.unweighted, a.seed,
-                                          a.width, a.low_p_weight), jobs):
+                                          a.width), jobs):
             print(msg, flush=True)
     return 0
 

@@ -240,7 +240,7 @@ def test_training_example_runs_shortened(tmp_path):
     ex = Path(__file__).resolve().parent.parent / "examples" / "train_pid_chain.py"
     r = subprocess.run([sys.executable, str(ex), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
                         "--species", "mu", "--roles", "flags,global", "--events", "6000", "--epochs", "2",
-                        "--parallel", "1", "--low-p-weight"], capture_output=True, text=True, timeout=600)
+                        "--parallel", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     card = json.loads((tmp_path / "m" / "pid-mu-flags" / "card.json").read_text())
     assert card["training_data"]["weight"] == "sWeight" and card["species"] == "mu"
@@ -249,11 +249,6 @@ def test_training_example_runs_shortened(tmp_path):
     card = json.loads((tmp_path / "m" / "pid-mu-global" / "card.json").read_text())
     assert [t["name"] for t in card["targets"]] == ["CaloDLLe"] and "train pid" in (card.get("command") or "")
     assert card["training_data"]["selection"].replace(" ", "") == "hasCalo==1"
-    # --low-p-weight: the GAN step on sWeight * f(p), the classifier on the sWeights
-    assert card["training_data"]["weight"] == "wLowP" and "--low-p-weight" in card["training_data"]["description"]
-    low = pd.read_parquet(tmp_path / "w" / "mu_train_lowp.parquet")
-    f = low["wLowP"] / low["sWeight"]
-    assert np.allclose(f[low["P"] >= 10_000], 1.0) and np.allclose(f[low["P"] <= 10_000 / 4 ** (1 / 1.5)], 4.0)
 
 
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
