@@ -175,11 +175,10 @@ def test_shipped_chain_closure(species):
     """Each shipped chain against the reference detector's pure signal (held-out seed), 20k tracks.
 
     A regression guard at the level the shipped models reach (recorded in their cards'
-    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.084-0.119; worst p-bin efficiency difference
-    1.6-4.1% in bins with a standard error <= 1%, 4-9% for DLLp - DLLK > 0): BDT-KS <= 0.20 and
-    every p-bin efficiency within
-    0.05 + 3 sigma (0.10 + 3 sigma for DLLp - DLLK > 0). The issue's bar (BDT-KS <= 0.10, 2%) is NOT
-    met yet: see test_closure_bar.
+    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.063-0.096; worst p-bin efficiency difference
+    1.4-1.8% in bins with a standard error <= 1%, up to 2.8% for DLLp - DLLK > 0): BDT-KS <= 0.20 and
+    every p-bin efficiency within 0.05 + 3 sigma (0.10 + 3 sigma for DLLp - DLLK > 0). The issue's
+    bar (BDT-KS <= 0.10, 2%) on another sample: test_closure_bar.
     """
     chain, truth, r = _closure(species, 20_000, 55_000)
     out = chain.generate(truth, np.random.default_rng(2))
@@ -213,14 +212,9 @@ def test_chains_separate_the_species():
     assert abs(eff["K"][0] - eff["K"][1]) < 0.1 and abs(eff["pi"][0] - eff["pi"][1]) < 0.1, eff
 
 
-_SHORT_OF_THE_BAR = pytest.mark.xfail(
-    reason="mu: within 1.6% on the cards' sample, DLLK > 5 2.6% off at 2-5 GeV/c on this one", strict=True)
-
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # sub-steps see a few edge tracks
-@pytest.mark.parametrize("species", [pytest.param(s, marks=_SHORT_OF_THE_BAR) if s == "mu" else s
-                                     for s in DEFAULT_SPECIES])
+@pytest.mark.parametrize("species", DEFAULT_SPECIES)
 def test_closure_bar(species):
     """The issue's bar: BDT-KS <= 0.10 and the DLLK > 0, DLLK > 5, DLLp > 5 and isMuon efficiencies
     within 2% absolute in p bins whose standard error is <= 1% (a bin of 138 protons at 2-5 GeV/c
