@@ -161,6 +161,17 @@ def test_out_of_range_conditions_warn_with_the_fraction():
     msgs = [str(m.message) for m in w if issubclass(m.category, OutOfRangeWarning)]
     # the first step sees every track; later steps warn about their own selected rows
     assert any("10% of the rows (100 of 1000)" in m and "pid-p-flags" in m for m in msgs), msgs
+    # generate_columns counts them per step (what the PID stage reports per production)
+    counts = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = chain.generate_columns(x, np.random.default_rng(1), counts=counts)
+    assert set(counts) == {str(m.card["name"]) for m in chain.models}
+    bad, rows, detail = counts["pid-p-flags"]
+    assert (bad, rows) == (100, n) and detail.startswith("P: 100 outside")
+    rich = out["RichDLLk"] == out["RichDLLk"]  # the rows the RICH step evaluated
+    lo_r, hi_r = chain.models[[s.role for s in chain.steps].index("rich")].cond_pre.range_()
+    assert counts["pid-p-rich"][:2] == (int((rich & (x["P"].to_numpy() > hi_r[0])).sum()), int(rich.sum()))
 
 
 def _closure(species, n, seed):
