@@ -401,9 +401,8 @@ def _range_count(m, cs: np.ndarray) -> tuple[int, int, str]:
     if (cs.min(axis=0) >= lo).all() and (cs.max(axis=0) <= hi).all():  # the usual case: two passes
         return 0, len(cs), ""
     out = (cs < lo) | (cs > hi)
-    detail = ", ".join(f"{name}: {int(k)} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
-                       for j, (name, k) in enumerate(zip(m.conditions, out.sum(axis=0))) if k)
-    return int(out.any(axis=1).sum()), len(cs), detail
+    checks = getattr(m, "_checks", m)  # a FlagModel checks through its PidModel shell
+    return int(out.any(axis=1).sum()), len(cs), checks._out_of_range_detail(out.sum(axis=0))
 
 
 _CACHE: dict[tuple, PidChain] = {}

@@ -363,6 +363,15 @@ def _map_chunks(run, jobs, n: int, chunk: int, workers: int) -> list:
     return [run(*job) for job in jobs]
 
 
+def _warn_out_of_range(model, results: list, n_cond: int, n: int) -> None:
+    """One :class:`~mambah.nn.pidmodel.OutOfRangeWarning` from the chunks' :func:`_range_counts`, if any
+    row of the ``n`` was outside (``model``: the PidModel, or the FlagModel's PidModel shell)."""
+    rows_out = sum(r[1] for r in results)
+    if rows_out:
+        n_out = sum(r[0] for r in results) + np.zeros(n_cond, dtype=np.int64)
+        model._warn_out_of_range(n_out, rows_out, n, stacklevel=5)
+
+
 def _range_counts(c, lo, hi, c_lo, c_hi):
     """(outside counts per column, rows outside) of the chunk ``c`` whose column minima and maxima
     the graph returned as ``lo``, ``hi`` (rare: counted in numpy only when some value is outside)."""
@@ -429,10 +438,8 @@ def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 
             yield s, e, noise[s:e] if noise is not None else draw_uniforms(rng, e - s, fast.n_noise)
 
     results = _map_chunks(run, jobs(), n, chunk, workers)
-    n_out = sum(r[0] for r in results) + np.zeros(fast.n_cond, dtype=np.int64)
-    rows_out = sum(r[1] for r in results)
-    if check_range and rows_out:
-        model._warn_out_of_range(n_out, rows_out, n, stacklevel=4)
+    if check_range:
+        _warn_out_of_range(model, results, fast.n_cond, n)
     return out
 
 
@@ -472,10 +479,8 @@ def sample_flags(model: FlagModel, conditions: np.ndarray, rng, *, chunk: int = 
 
     jobs = ((s, min(s + chunk, n), rng.random((min(s + chunk, n) - s, fast.n_targ))) for s in range(0, n, chunk))
     results = _map_chunks(run, jobs, n, chunk, workers)
-    n_out = sum(r[0] for r in results) + np.zeros(fast.n_cond, dtype=np.int64)
-    rows_out = sum(r[1] for r in results)
-    if check_range and rows_out:
-        model._checks._warn_out_of_range(n_out, rows_out, n, stacklevel=4)
+    if check_range:
+        _warn_out_of_range(model._checks, results, fast.n_cond, n)
     return out
 
 

@@ -138,12 +138,16 @@ class PidModel:
             self._warn_out_of_range(out.sum(axis=0), rows, len(c), stacklevel=4)
         return rows / len(c) if len(c) else 0.0
 
+    def _out_of_range_detail(self, n_out) -> str:
+        """``"P: 3 outside [lo, hi], ..."`` for the columns with ``n_out[j] > 0`` rows outside the range."""
+        lo, hi = self.cond_pre.range_()
+        return ", ".join(f"{name}: {int(n_out[j])} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
+                         for j, name in enumerate(self.conditions) if n_out[j])
+
     def _warn_out_of_range(self, n_out: np.ndarray, rows: int, n: int, stacklevel: int = 3) -> None:
         """The :class:`OutOfRangeWarning` for ``rows`` of ``n`` rows outside, ``n_out[j]`` of them in column j."""
-        lo, hi = self.cond_pre.range_()
         frac = rows / n
-        detail = ", ".join(f"{name}: {int(n_out[j])} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
-                           for j, name in enumerate(self.conditions) if n_out[j])
+        detail = self._out_of_range_detail(n_out)
         msg = (f"{100 * frac:.3g}% of the rows ({rows} of {n}) have conditions outside the "
                f"training range of model {self.card.get('name')!r} ({detail}); they are clamped to the range edges")
         warnings.warn(msg, OutOfRangeWarning, stacklevel=stacklevel)
