@@ -70,20 +70,21 @@ they matter little for those species: K's muon outputs alone score 0.002.)
 
 Closure (100k pure-signal tracks per species, twins split together): BDT-KS pi 0.059, mu 0.063,
 K 0.087, p 0.089, e 0.096 (first chain: 0.26-0.32; session 3: 0.14-0.16; session 4: 0.084-0.119;
-session 6: 0.083-0.109; session 7: 0.063-0.102; session 8: 0.059-0.096). The worst p-bin difference of the DLLK>0 / DLLK>5 /
-DLLp>5 / isMuon efficiencies, over the bins whose binomial error is <= 1%: mu 1.9%, pi 1.0%, K 1.6%,
+session 6: 0.083-0.109; session 7: 0.063-0.102; session 8: 0.059-0.096). The worst p-bin difference
+of the DLLK>0 / DLLK>5 / DLLp>5 / isMuon efficiencies, over the bins whose binomial error is <= 1%: mu 1.9%, pi 1.0%, K 1.6%,
 p 1.4%, e 1.8%; DLLp - DLLK > 0 is within 0.5% (K) to 2.8% (p, 5-10 GeV/c). The sWeighted
 calibration samples themselves agree with the truth within their errors in every bin: the
 differences are the models', and a larger calibration sample with enough epochs is what moved pi, e
 and mu (200k -> 500k or 1M candidates). On two more held-out samples (``--closure-seed 57000`` and
 ``91000``) BDT-KS is 0.055-0.094 for every species; the one bin that leaves 2% there is DLLK > 0
-above 100 GeV/c for e (-2.4% and -1.9%, each +-0.8%; mu had -2.3% until session 9; the DLLK > 5 efficiency there is
-1.4-1.7% high): their DLLK around 0 comes out ~0.1 lower than the detector's, in the sparse high-p
-tail. The pi GAN had the same bias (-2.1 +- 0.5% over three samples) until it was trained with the
-p > 40 GeV/c rows weighted up (``--p-weight 40000,1.5``); now pi is within 1.1% and mu (session 9, BDT-KS 0.063/0.065/0.062) within 1.9% for
-the four cuts in all three samples. The same recipe for e (1M candidates, 250 epochs, seeds 7 and 8)
-closed at BDT-KS 0.102-0.107 with DLLK > 5 up to 2.7% low at 2-10 GeV/c: not kept. Weighting the rows below 10 GeV/c up instead (``--p-weight 10000,-1.5``) closed worse
-for mu (0.100) and was not kept. The same K chain trained without
+above 100 GeV/c for e (-2.4% and -1.9%, each +-0.8%; mu had -2.3% until session 9; the DLLK > 5
+efficiency there is 1.4-1.7% high): its DLLK around 0 comes out ~0.1 lower than the detector's, in
+the sparse high-p tail. The pi GAN had the same bias (-2.1 +- 0.5% over three samples) until it was trained with the
+p > 40 GeV/c rows weighted up (``--p-weight 40000,1.5``); now pi is within 1.1% and mu (session 9,
+BDT-KS 0.063/0.065/0.062) within 1.9% for the four cuts in all three samples. The same recipe for e
+(1M candidates, 250 epochs, seeds 7 and 8) closed at BDT-KS 0.102-0.107 with DLLK > 5 up to 2.7% low
+at 2-10 GeV/c: not kept. Weighting the rows below 10 GeV/c up instead (``--p-weight 10000,-1.5``)
+closed worse for mu (0.100) and was not kept. The same K chain trained without
 sWeights (``--unweighted --species K --roles flags,rich,global --epochs flags=150,rich=200,global=60``,
 with the weighted muon model; 2026-12-03): BDT-KS 0.357 against 0.087 for the shipped weighted chain,
 and the DLLK > 0, DLLK > 5 and DLLp > 5 efficiencies off by 0.41 in the worst p bin (it learns the
