@@ -181,7 +181,7 @@ def prepare(species: str, work: Path, seed: int, events: int | None = None) -> P
 
 def train(species: str, role: str, data: Path, out: Path, budget: list[str], weighted: bool, seed: int,
           width: int | None = None, p_weight: tuple[float, float] | None = None, patience: int = 40,
-          valid_repeats: int | None = None) -> str:
+          gan_options: tuple[str, ...] = ()) -> str:
     sub, targets, sel, bs, net = STEPS[role]
     if not (weighted and sub == "pid" and f"{species}:{role}" not in UNWEIGHTED):
         p_weight = None
@@ -202,8 +202,7 @@ def train(species: str, role: str, data: Path, out: Path, budget: list[str], wei
                                         if f"{species}:{role}" in UNWEIGHTED else ""), *net]
     if sub == "pid":
         cmd += ["--validate-every", "30", "--patience", str(patience)]
-        if valid_repeats:
-            cmd += ["--valid-repeats", str(valid_repeats)]
+        cmd += list(gan_options)  # --valid-repeats, --reselect
     if weighted and f"{species}:{role}" not in UNWEIGHTED:
         cmd += ["--weight", "wP" if p_weight else "sWeight"]
     if sel:
@@ -241,6 +240,9 @@ def main(argv=None) -> int:
     ap.add_argument("--valid-repeats", type=int, default=None, metavar="N",
                     help="GAN steps: classifier repeats of each validation score (default: the CLI's, 2; more = "
                          "a less noisy choice of the kept checkpoint, slower validations)")
+    ap.add_argument("--reselect", type=int, default=None, metavar="N",
+                    help="GAN steps: keep the N best validations and choose among them at the end by fresh scores "
+                         "(default: the CLI's, 1 = the best single validation)")
     ap.add_argument("--closure", type=int, default=0, metavar="N", help="only the closure test with N pure rows")
     ap.add_argument("--closure-seed", type=int, default=10_000, metavar="S",
                     help="with --closure: held-out seeds S + i (default 10000, the cards' sample; the slow "
@@ -253,10 +255,12 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     species = a.species.split(",")
     data = {s: prepare(s, a.work, a.seed + i, a.events) for i, s in enumerate(species)}
+    gan_options = tuple(x for opt in ("valid_repeats", "reselect") if getattr(a, opt)
+                        for x in (f"--{opt.replace('_', '-')}", str(getattr(a, opt))))
     jobs = [(s, r) for r in a.roles.split(",") for s in species if not (a.skip_existing and (a.out / f"pid-{s}-{r}").exists())]
     with ThreadPoolExecutor(a.parallel) as ex:
         for msg in ex.map(lambda j: train(j[0], j[1], data[j[0]], a.out, budget_args(a, j[1]), not a.unweighted, a.seed,
-                                          a.width, a.p_weight, a.patience, a.valid_repeats), jobs):
+                                          a.width, a.p_weight, a.patience, gan_options), jobs):
             print(msg, flush=True)
     return 0
 

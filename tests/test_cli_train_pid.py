@@ -176,7 +176,7 @@ def test_an_insignificant_held_out_signal_yield_is_flagged(caplog):
 def test_keep_checkpoint_then_resume_with_a_larger_budget(calib, tmp_path):
     d, _ = calib
     base = ["train", "pid", "--data", d / "calib.csv", "--species", "p", "--targets", "DLLp", "--weight", "sWeight",
-            "--out", tmp_path / "m", "--seed", "3", *TINY, "--valid-repeats", "3"]
+            "--out", tmp_path / "m", "--seed", "3", *TINY, "--valid-repeats", "3", "--reselect", "2"]
     r = mambah(*base, "--epochs", "2", "--keep-checkpoint")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / ".m.checkpoint" / "checkpoint.npz").is_file()
@@ -185,5 +185,9 @@ def test_keep_checkpoint_then_resume_with_a_larger_budget(calib, tmp_path):
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["training"]["steps"] == 4 * (1600 // 256)  # 2 epochs kept + 2 more, not 4 from scratch
     assert card["hyperparameters"]["valid_repeats"] == 3
+    # --reselect 2: the last looks of both runs are the candidates (the first one from the checkpoint)
+    assert card["hyperparameters"]["reselect"] == 2
+    assert sorted(r["step"] for r in card["metrics"]["reselection"]) == [2 * (1600 // 256), 4 * (1600 // 256)]
+    assert card["metrics"]["best_step"] == card["metrics"]["reselection"][0]["step"]
     assert [h["step"] for h in card["training"]["history"]][0] == 2 * (1600 // 256)
     assert not (tmp_path / ".m.checkpoint").exists()

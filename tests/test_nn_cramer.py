@@ -128,3 +128,62 @@ def test_critic_steps_take_their_own_batches():
     other = one_step((a, b, w))
     np.testing.assert_array_equal(same, same2)
     assert not np.allclose(same, other)
+
+
+def test_reselect_keeps_the_best_fresh_score_of_the_best_candidates(tmp_path):
+    """reselect=3: the 3 best validations are the candidates, each is scored again with other seeds and
+    the kept weights are those of the best fresh score (scoring the kept generator again gives it);
+    the candidates' weights survive a checkpoint and a resume."""
+    c, y = toy(3000, 5)
+    cv, yv = toy(1000, 6)
+    kw = TINY | {"validate_every_steps": 2, "patience": 1000, "valid_repeats": 1, "reselect": 3,
+                 "reselect_repeats": 2}
+    t = CramerGANTrainer(GANConfig(**kw, epochs=2, seed=1), condition_names=["c"], target_names=["y"],
+                         checkpoint_dir=tmp_path / "ck")
+    t.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
+    scores = {h["step"]: h["bdt_ks"] for h in t.history_}
+    assert len(scores) == 6
+    best3 = sorted(scores, key=scores.get)[:3]
+    assert sorted(r["step"] for r in t.reselection_) == sorted(best3)
+    rescores = [r["rescore"] for r in t.reselection_]
+    assert rescores == sorted(rescores) and len(set(rescores)) == 3  # the candidates differ
+    kept = t.reselection_[0]
+    assert t.best_step_ == kept["step"] and t.best_score_ == pytest.approx(scores[kept["step"]])
+    vdata = (cv, yv, np.ones(len(cv)), t.cond_pre_.transform(cv, mode="mid"))
+    assert t._score(t.generator_, vdata, seed=1 + 1013, n_repeats=2)[0] == pytest.approx(kept["rescore"])
+    # resume with one more epoch: the candidates come back from the checkpoint with their weights
+    t2 = CramerGANTrainer(GANConfig(**kw, epochs=3, seed=1), condition_names=["c"], target_names=["y"],
+                          checkpoint_dir=tmp_path / "ck", resume=True)
+    t2.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
+    scores2 = {h["step"]: h["bdt_ks"] for h in t2.history_}
+    assert len(scores2) == 9
+    assert sorted(r["step"] for r in t2.reselection_) == sorted(sorted(scores2, key=scores2.get)[:3])
+    for r in t2.reselection_:
+        if r["step"] in scores:  # a candidate from before the resume: the same weights, the same fresh score
+            assert r["rescore"] == pytest.approx(next(x["rescore"] for x in t.reselection_ if x["step"] == r["step"]))
+
+
+def test_reselect_patience_counts_validations_that_enter_no_candidate():
+    """With reselect, a validation that is not the best but enters the candidates does not count towards
+    patience; with reselect=1 (the default) only a new best resets it."""
+    c, y = toy(3000, 5)
+    cv, yv = toy(1000, 6)
+    kw = TINY | {"validate_every_steps": 1, "patience": 2, "valid_repeats": 1}
+    runs = {}
+    for n in (1, 4):
+        t = CramerGANTrainer(GANConfig(**kw, reselect=n, epochs=6, seed=2), condition_names=["c"], target_names=["y"])
+        t.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
+        runs[n] = [h["bdt_ks"] for h in t.history_]
+    for n, s in runs.items():  # replay the rule on the scores: the run stopped where the rule says
+        stale, cands, best = 0, [], float("inf")
+        for i, ks in enumerate(s):
+            enters = ks < best if n == 1 else (len(cands) < n or ks < cands[-1])
+            best = min(best, ks)
+            cands = sorted(cands + [ks])[:n]
+            stale = 0 if enters else stale + 1
+            if stale >= 2:
+                assert i == len(s) - 1, (n, i, s)  # stopped here
+                break
+        else:
+            assert len(s) == 6 * 6, (n, s)  # never stale for 2 validations: the whole budget
+    assert len(runs[1]) < len(runs[4]), {n: len(s) for n, s in runs.items()}

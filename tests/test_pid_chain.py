@@ -245,7 +245,7 @@ def test_training_example_runs_shortened(tmp_path):
     ex = Path(__file__).resolve().parent.parent / "examples" / "train_pid_chain.py"
     r = subprocess.run([sys.executable, str(ex), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
                         "--species", "mu", "--roles", "flags,global", "--events", "6000", "--epochs", "2",
-                        "--parallel", "1", "--p-weight", "40000,1.5", "--patience", "7"], capture_output=True, text=True,
+                        "--parallel", "1", "--p-weight", "40000,1.5", "--patience", "7", "--reselect", "2"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     card = json.loads((tmp_path / "m" / "pid-mu-flags" / "card.json").read_text())
@@ -255,7 +255,7 @@ def test_training_example_runs_shortened(tmp_path):
     card = json.loads((tmp_path / "m" / "pid-mu-global" / "card.json").read_text())
     assert [t["name"] for t in card["targets"]] == ["CaloDLLe"] and "train pid" in (card.get("command") or "")
     assert card["training_data"]["selection"].replace(" ", "") == "hasCalo==1"
-    assert card["hyperparameters"]["patience"] == 7  # --patience reaches the GAN steps
+    assert card["hyperparameters"]["patience"] == 7 and card["hyperparameters"]["reselect"] == 2  # the GAN steps'
     # --p-weight: the GAN step on sWeight * clip((P / 40 GeV/c)^1.5, 1, 4), the classifier on the sWeights
     assert card["training_data"]["weight"] == "wP" and "--p-weight" in card["training_data"]["description"]
     pw = pd.read_parquet(tmp_path / "w" / "mu_train_pw40000_1.5.parquet")

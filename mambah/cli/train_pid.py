@@ -65,6 +65,10 @@ def register(kinds) -> None:
     g.add_argument("--patience", type=int, default=None, help="validations without improvement before stopping (12)")
     g.add_argument("--valid-repeats", type=int, default=None,
                    help="classifier repeats of each validation score (2; more = less noisy checkpoint selection)")
+    g.add_argument("--reselect", type=int, default=None, metavar="N",
+                   help="keep the N best validations' weights and choose among them at the end by fresh scores "
+                        "of 4 classifier fits each (1 = the best single validation; default 1); --patience then "
+                        "counts validations that enter none of the N")
     p.set_defaults(func=run)
 
 
@@ -181,7 +185,7 @@ def build_config(args):
                        ("activation", "activation"), ("residual", "residual"), ("critic_steps", "critic_steps"),
                        ("gp_lambda", "gp_lambda"), ("bce_xi", "bce_xi"), ("ema_decay", "ema_decay"),
                        ("validate_every", "validate_every"), ("patience", "patience"), ("batch_size", "batch_size"),
-                       ("epochs", "epochs"), ("valid_repeats", "valid_repeats")):
+                       ("epochs", "epochs"), ("valid_repeats", "valid_repeats"), ("reselect", "reselect")):
         v = getattr(args, opt, None)
         if v is not None:
             setattr(cfg, field, v)
@@ -286,14 +290,16 @@ def run(args) -> int:
             "valid_auc": score.auc, "valid_auc_std": score.auc_std,
             "valid_floor_bdt_ks": floor.bdt_ks, "valid_floor_auc": floor.auc,
             "selection_bdt_ks": trainer.best_score_, "selection_auc": trainer.best_auc_,
-            "best_step": trainer.best_step_, **yield_info,
+            "best_step": trainer.best_step_, **({"reselection": trainer.reselection_} if trainer.reselection_ else {}),
+            **yield_info,
             "note": ("BDT-KS (mambah.validation.bdt_ks_score, HistGradientBoosting on signed sWeights) of "
                      f"{FINAL_DRAWS} generated samples (noise seeds) x {FINAL_REPEATS} classifier fits, pooled "
                      "(valid_bdt_ks_draws: each sample's score), "
                      "of generated targets for the held-out rows' conditions, each carrying its row's sWeight, "
                      "twins split together (paired=True); "
                      "the floor scores two halves of the held-out rows against each other (smaller samples, so "
-                     "conservative). selection_* is the score that picked the checkpoint (optimistic)."),
+                     "conservative). selection_* is the score that picked the checkpoint (optimistic); "
+                     "reselection (--reselect N): the N candidates' validation and fresh scores, the kept one first."),
         },
         "training": {"seconds": round(trainer.train_seconds_, 1), "steps": trainer.steps_,
                      "samples_seen": trainer.samples_seen_,

@@ -14,7 +14,14 @@ settings, :meth:`CramerGANTrainer.fit` does the work and returns ``self``; fitte
    validation rows' conditions, each generated row carrying the sWeight of its data row — and keeps
    the best weights (and a checkpoint, to resume from);
 5. stops after ``patience`` validations without improvement, at the epoch or time budget, and
-   restores the best generator.
+   restores the best generator;
+6. with ``reselect = N > 1``: the best of N candidates. One validation score is noisy, and the
+   minimum over a run's many validations is biased towards a lucky one (an early checkpoint can
+   win by noise and early stopping then ends the run). The loop keeps the weights of the N best
+   validations; at the end each candidate is scored again on the same rows with other seeds and
+   ``reselect_repeats`` classifier fits (the same seeds for every candidate), and the best of these
+   fresh scores is kept. Early stopping then waits for ``patience`` validations that enter no
+   candidate.
 
 Everything is deterministic on CPU for a given seed (``keras.utils.set_random_seed`` plus
 TensorFlow's op determinism).
@@ -46,6 +53,10 @@ class GANConfig:
     Budget: training stops at ``epochs`` or after ``max_time`` seconds (wall clock), whichever
     comes first, or after ``patience`` validations without a better score. Validation runs every
     ``validate_every`` seconds, or every ``validate_every_steps`` steps when that is > 0.
+    ``reselect`` > 1 keeps that many candidate checkpoints and chooses among them at the end with
+    fresh scores of ``reselect_repeats`` classifier fits each (see the module's step 6), and
+    ``patience`` then counts the validations that enter no candidate; 1 keeps the best single
+    validation.
 
     The defaults were chosen on the real Λc→pKπ calibration protons (46k rows, 2 CPU cores): they
     reach a BDT-KS within about 3x of the statistical floor in under 15 minutes.
@@ -76,11 +87,14 @@ class GANConfig:
     patience: int = 12
     n_knots: int = 1001
     valid_repeats: int = 2
+    reselect: int = 1
+    reselect_repeats: int = 4
     seed: int = 0
 
     def validate(self) -> None:
         for name in ("n_noise", "gen_width", "gen_depth", "critic_width", "critic_depth", "critic_outputs",
-                     "critic_steps", "batch_size", "epochs", "n_knots", "valid_repeats"):
+                     "critic_steps", "batch_size", "epochs", "n_knots", "valid_repeats", "reselect",
+                     "reselect_repeats"):
             v = getattr(self, name)
             if int(v) != v or v < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, not {v!r}")
@@ -103,6 +117,11 @@ class _State:
     best_step: int = -1
     since_best: int = 0
     history: list = field(default_factory=list)
+    #: the ``reselect`` best validations so far, best first: dicts of step, bdt_ks, auc
+    candidates: list = field(default_factory=list)
+    since_candidate: int = 0
+    #: after the fit, with ``reselect`` > 1: each candidate's step, selection score and fresh score
+    reselection: list = field(default_factory=list)
 
 
 def _set_determinism(seed: int) -> None:
@@ -130,6 +149,8 @@ class CramerGANTrainer:
         cond_pre_, targ_pre_: :class:`~mambah.nn.preprocessing.QuantileGaussianizer`.
         generator_: the generator with the best (EMA) weights, Keras model.
         best_score_, best_auc_, best_step_: validation BDT-KS/AUC of the kept weights, at which step.
+        reselection_: with ``reselect`` > 1, the candidates (step, ``bdt_ks`` of their validation,
+            ``rescore``: the fresh score that chose among them), best fresh score first; else [].
         history_: list of dicts (step, epoch, seconds, losses, validation scores).
         train_seconds_, steps_, samples_seen_: cost of the fit.
         weight_mean_: the global mean weight used to normalise the sWeights.
@@ -173,7 +194,7 @@ class CramerGANTrainer:
         noise = rng.standard_normal((len(c_pre), self.config.n_noise), dtype=np.float32)
         return _predict(generator, c_pre, noise)
 
-    def _score(self, generator, valid, seed: int):
+    def _score(self, generator, valid, seed: int, n_repeats: int | None = None):
         from ..validation import bdt_ks_score
         import pandas as pd
 
@@ -185,7 +206,7 @@ class CramerGANTrainer:
         # the generated rows are twins of the validation rows (same conditions, same sWeight):
         # split them together (paired), or the classifier learns condition points, not the model
         res = bdt_ks_score(ref, gen, cols, ref_weight=w, gen_weight=w, seed=seed,
-                           n_repeats=self.config.valid_repeats, paired=True)
+                           n_repeats=n_repeats or self.config.valid_repeats, paired=True)
         return res.bdt_ks, res.auc
 
     # -------------------------------------------------------------- checkpoints
@@ -199,7 +220,8 @@ class CramerGANTrainer:
                            ("ema", gan.generator_ema.get_weights()), ("best", best_weights),
                            ("gopt", [v.numpy() for v in gan.g_optimizer.variables]),
                            ("copt", [v.numpy() for v in gan.c_optimizer.variables]),
-                           ("seedgen", [gan.seed_generator.state.numpy()])):
+                           ("seedgen", [gan.seed_generator.state.numpy()]),
+                           *((f"cand{j}", cw) for j, cw in enumerate(self._cand_weights))):
             for i, a in enumerate(ws):
                 arrays[f"{prefix}_{i:04d}"] = np.asarray(a)
         arrays.update(self.cond_pre_.to_arrays("cond"))
@@ -217,7 +239,9 @@ class CramerGANTrainer:
     def _load_checkpoint(self, gan, rng):
         d = Path(self.checkpoint_dir)
         meta = json.loads((d / "checkpoint.json").read_text())
-        if meta["config"] != asdict(self.config) | {k: meta["config"][k] for k in ("epochs", "max_time", "patience")}:
+        saved = asdict(GANConfig()) | meta["config"]  # settings added since the checkpoint: their defaults
+        free = ("epochs", "max_time", "patience", "reselect", "reselect_repeats")  # may change on resume
+        if saved != asdict(self.config) | {k: saved[k] for k in free}:
             raise ConfigurationError(
                 f"the checkpoint in {str(d)!r} was written with other hyperparameters; "
                 "resume with the same settings or start afresh without --resume")
@@ -237,6 +261,7 @@ class CramerGANTrainer:
         gan.seed_generator.state.assign(group("seedgen")[0])
         rng.bit_generator.state = meta["rng"]
         st = _State(**meta["state"])
+        self._cand_weights = [group(f"cand{j}") for j in range(len(st.candidates))]
         return st, group("best")
 
     # ------------------------------------------------------------------- fit
@@ -291,6 +316,7 @@ class CramerGANTrainer:
 
         step_fn = tf.function(gan.train_step, reduce_retracing=True)
         state = _State()
+        self._cand_weights = []
         best_weights = gan.generator_ema.get_weights()
         if self.resume and self.checkpoint_dir is not None and (Path(self.checkpoint_dir) / "checkpoint.json").is_file():
             state, best_weights = self._load_checkpoint(gan, rng)
@@ -336,9 +362,11 @@ class CramerGANTrainer:
                     due = (state.step % cfg.validate_every_steps == 0 if cfg.validate_every_steps > 0
                            else time.perf_counter() - last_valid >= cfg.validate_every)
                     if vdata is not None and due:
+                        n_cand = [c["step"] for c in state.candidates]
                         stop = self._validate(gan, vdata, state, logs, t0, rng, best_weights)
                         if state.since_best == 0:
                             best_weights = gan.generator_ema.get_weights()
+                        if state.since_best == 0 or [c["step"] for c in state.candidates] != n_cand:
                             self._save_checkpoint(gan, state, best_weights, rng)
                         last_valid = time.perf_counter()
                         if stop:
@@ -353,6 +381,8 @@ class CramerGANTrainer:
                 self._validate(gan, vdata, state, logs, t0, rng, best_weights)
                 if state.since_best == 0:
                     best_weights = gan.generator_ema.get_weights()
+            if vdata is not None and cfg.reselect > 1 and len(state.candidates) > 1:
+                best_weights = self._reselect(gan, vdata, state)
         finally:
             bar.close()
         state.elapsed = time.perf_counter() - t0
@@ -365,6 +395,7 @@ class CramerGANTrainer:
         self.best_score_ = state.best_score if vdata is not None else float("nan")
         self.best_auc_ = state.best_auc
         self.best_step_ = state.best_step
+        self.reselection_ = state.reselection
         self.history_ = state.history
         self.train_seconds_ = state.elapsed
         self.steps_ = state.step
@@ -382,10 +413,39 @@ class CramerGANTrainer:
             state.best_score, state.best_auc, state.best_step, state.since_best = ks, auc, state.step, 0
         else:
             state.since_best += 1
+        n = self.config.reselect
+        if n > 1 and (len(state.candidates) < n or ks < state.candidates[-1]["bdt_ks"]):
+            i = int(np.searchsorted([c["bdt_ks"] for c in state.candidates], ks, side="right"))
+            state.candidates.insert(i, {"step": state.step, "bdt_ks": ks, "auc": auc})
+            self._cand_weights.insert(i, gan.generator_ema.get_weights())
+            del state.candidates[n:], self._cand_weights[n:]
+            state.since_candidate = 0
+        else:
+            state.since_candidate += 1
         state.elapsed = elapsed
         log.info("step %d (%.0f s): validation BDT-KS %.4f AUC %.4f (best %.4f at step %d)",
                  state.step, elapsed, ks, auc, state.best_score, state.best_step)
-        return state.since_best >= self.config.patience
+        return (state.since_candidate if n > 1 else state.since_best) >= self.config.patience
+
+    def _reselect(self, gan, vdata, state: _State):
+        """Score every candidate again (other seeds, ``reselect_repeats`` fits, the same seeds for all)
+        and keep the best: returns its weights, and updates the state's best_* to it."""
+        cfg = self.config
+        rows = []
+        for cand, weights in zip(state.candidates[:cfg.reselect], self._cand_weights):
+            gan.generator_ema.set_weights(weights)
+            ks, auc = self._score(gan.generator_ema, vdata, seed=cfg.seed + 1013, n_repeats=cfg.reselect_repeats)
+            rows.append((ks, cand, auc, weights))
+        rows.sort(key=lambda r: r[0])
+        state.reselection = [{"step": c["step"], "bdt_ks": c["bdt_ks"], "rescore": ks, "rescore_auc": auc}
+                             for ks, c, auc, _ in rows]
+        ks, cand, auc, weights = rows[0]
+        log.info("reselection of %d candidates (%d classifier fits each): kept step %d, BDT-KS %.4f "
+                 "(its validation %.4f; the best validation, step %d, rescored %.4f)", len(rows),
+                 cfg.reselect_repeats, cand["step"], ks, cand["bdt_ks"], state.candidates[0]["step"],
+                 next(r["rescore"] for r in state.reselection if r["step"] == state.candidates[0]["step"]))
+        state.best_score, state.best_auc, state.best_step = cand["bdt_ks"], cand["auc"], cand["step"]
+        return weights
 
     # ------------------------------------------------------------- inference
     def generate(self, conditions, seed: int = 0) -> np.ndarray:
