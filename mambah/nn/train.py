@@ -261,6 +261,7 @@ class CramerGANTrainer:
         gan.seed_generator.state.assign(group("seedgen")[0])
         rng.bit_generator.state = meta["rng"]
         st = _State(**meta["state"])
+        st.reselection = []  # made again at the end of this fit
         self._cand_weights = [group(f"cand{j}") for j in range(len(st.candidates))]
         return st, group("best")
 
@@ -362,11 +363,11 @@ class CramerGANTrainer:
                     due = (state.step % cfg.validate_every_steps == 0 if cfg.validate_every_steps > 0
                            else time.perf_counter() - last_valid >= cfg.validate_every)
                     if vdata is not None and due:
-                        n_cand = [c["step"] for c in state.candidates]
+                        cand_steps = [c["step"] for c in state.candidates]
                         stop = self._validate(gan, vdata, state, logs, t0, rng, best_weights)
                         if state.since_best == 0:
                             best_weights = gan.generator_ema.get_weights()
-                        if state.since_best == 0 or [c["step"] for c in state.candidates] != n_cand:
+                        if state.since_best == 0 or [c["step"] for c in state.candidates] != cand_steps:
                             self._save_checkpoint(gan, state, best_weights, rng)
                         last_valid = time.perf_counter()
                         if stop:
