@@ -186,8 +186,8 @@ def test_shipped_chain_closure(species):
     """Each shipped chain against the reference detector's pure signal (held-out seed), 20k tracks.
 
     A regression guard at the level the shipped models reach (recorded in their cards'
-    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.059-0.096; worst p-bin efficiency difference
-    1.4-1.9% in bins with a standard error <= 1%, up to 2.8% for DLLp - DLLK > 0): BDT-KS <= 0.20 and
+    ``metrics.chain_closure``, 100k tracks: BDT-KS 0.059-0.093; worst p-bin efficiency difference
+    1.0-1.9% in bins with a standard error <= 1%, up to 2.8% for DLLp - DLLK > 0): BDT-KS <= 0.20 and
     every p-bin efficiency within 0.05 + 3 sigma (0.10 + 3 sigma for DLLp - DLLK > 0). The issue's
     bar (BDT-KS <= 0.10, 2%) on another sample: test_closure_bar.
     """
