@@ -75,26 +75,27 @@ machine; the mu sample has 250k candidates, ``prepare(..., events=250000)``) wer
 (the muon-likelihood models of e, pi, K, p are those of the first chain, 2026-11-22, ``--max-time 2.5``;
 they matter little for those species: K's muon outputs alone score 0.002.)
 
-Closure (100k pure-signal tracks per species, twins split together): BDT-KS pi 0.059, mu 0.063,
-K 0.087, p 0.089, e 0.093 (first chain: 0.26-0.32; session 3: 0.14-0.16; session 4: 0.084-0.119;
-session 6: 0.083-0.109; session 7: 0.063-0.102; session 8: 0.059-0.096; session 10: 0.059-0.093). The
-worst p-bin difference of the DLLK>0 / DLLK>5 / DLLp>5 / isMuon efficiencies, over the bins whose
-binomial error is <= 1%: mu 1.9%, pi 1.0%, K 1.6%, p 1.4%, e 1.0%; DLLp - DLLK > 0 is within 0.5% (K)
-to 2.8% (p, 5-10 GeV/c). The sWeighted calibration samples themselves agree with the truth within their errors in every bin: the
-differences are the models', and a larger calibration sample with enough epochs is what moved pi, e
-and mu (200k -> 500k or 1M candidates). On two more held-out samples (``--closure-seed 57000`` and
-``91000``) BDT-KS is 0.055-0.092 for every species (e 0.088/0.090) and the four cuts are within 1.5%.
-The last bin to close was DLLK > 0 above 100 GeV/c, the sparse high-p tail, where the GANs put the
-DLLK around 0 ~0.1 lower than the detector: -2.1 +- 0.5% for pi, -2.3% for mu, -2.4 / -1.9% (+-0.8%)
-for e. Weighting the tail's rows up fixed it: ``--p-weight 40000,1.5`` for pi and mu, the milder
-``--p-weight 60000,1`` for e (session 10). The pi/mu recipe for e (1M candidates, 250 epochs, seeds 7
-and 8) closed at BDT-KS 0.102-0.107 with DLLK > 5 up to 2.7% low at 2-10 GeV/c (a reading: it moves the
-GAN's capacity away from e's fast-changing RICH response at low p). Weighting the rows below 10 GeV/c up instead
-(``--p-weight 10000,-1.5``) closed worse for mu (0.100) and was not kept. The same K chain trained without
-sWeights (``--unweighted --species K --roles flags,rich,global --epochs flags=150,rich=200,global=60``,
-with the weighted muon model; 2026-12-03): BDT-KS 0.357 against 0.087 for the shipped weighted chain,
-and the DLLK > 0, DLLK > 5 and DLLp > 5 efficiencies off by 0.41 in the worst p bin (it learns the
-pion background; 2026-11-23 with rich=100: 0.402).
+Closure (100k pure-signal tracks per species, twins split together): BDT-KS pi 0.059, mu 0.063, K
+0.087, p 0.089, e 0.093 (first chain: 0.26-0.32; session 3: 0.14-0.16; session 4: 0.084-0.119;
+session 6: 0.083-0.109; session 7: 0.063-0.102; session 8: 0.059-0.096; session 10: 0.059-0.093).
+The worst p-bin difference of the DLLK>0 / DLLK>5 / DLLp>5 / isMuon efficiencies, over the bins
+whose binomial error is <= 1%: mu 1.9%, pi 1.0%, K 1.6%, p 1.4%, e 1.0%; DLLp - DLLK > 0 is within
+0.5% (K) to 2.8% (p, 5-10 GeV/c). The sWeighted calibration samples themselves agree with the truth
+within their errors in every bin: the differences are the models', and a larger calibration sample
+with enough epochs is what moved pi, e and mu (200k -> 500k or 1M candidates). On two more held-out
+samples (``--closure-seed 57000`` and ``91000``) BDT-KS is 0.055-0.092 for every species (e
+0.088/0.090) and the four cuts are within 1.5%. The last bin to close was DLLK > 0 above 100 GeV/c,
+the sparse high-p tail, where the GANs put the DLLK around 0 ~0.1 lower than the detector: -2.1
++- 0.5% for pi, -2.3% for mu, -2.4 / -1.9% (+-0.8%) for e. Weighting the tail's rows up fixed it:
+``--p-weight 40000,1.5`` for pi and mu, the milder ``--p-weight 60000,1`` for e (session 10). The
+pi/mu recipe for e (1M candidates, 250 epochs, seeds 7 and 8) closed at BDT-KS 0.102-0.107 with
+DLLK > 5 up to 2.7% low at 2-10 GeV/c (a reading: it moves the GAN's capacity away from e's
+fast-changing RICH response at low p). Weighting the rows below 10 GeV/c up instead (``--p-weight
+10000,-1.5``) closed worse for mu (0.100) and was not kept. The same K chain trained without
+sWeights (``--unweighted --species K --roles flags,rich,global --epochs
+flags=150,rich=200,global=60``, with the weighted muon model; 2026-12-03): BDT-KS 0.357 against
+0.087 for the shipped weighted chain, and the DLLK > 0, DLLK > 5 and DLLp > 5 efficiencies off by
+0.41 in the worst p bin (it learns the pion background; 2026-11-23 with rich=100: 0.402).
 
 Usage::
 
