@@ -69,7 +69,7 @@ def bench_inference(model_dir, data, n, repeats):
 def bench_training(data, steps):
     import tensorflow as tf
 
-    from mambah.nn.train import CramerGANTrainer, GANConfig
+    from mambah.training.gan import CramerGANTrainer, GANConfig
 
     df = pd.read_parquet(data)
     cfg = GANConfig()
@@ -110,7 +110,7 @@ def time_to_score(model_dir):
 
 
 def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
-    """The whole chained PID stage (:class:`mambah.stages.pid.PID`) on ``n`` tracks of mixed species.
+    """The whole chained PID stage (:class:`mambah.pid.stage.PID`) on ``n`` tracks of mixed species.
 
     With ``baseline``, the same stage with the flags classifiers evaluated in numpy
     (``FlagModel.sample(compiled=False)``, the path before 2026-12-03) is timed alternately in the
@@ -122,7 +122,7 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     combination, columns written), best of ``repeats``, each after a warm-up on 10^4 tracks.
     """
     from mambah.batch import Batch
-    from mambah.stages.pid import PID
+    from mambah.pid.stage import PID
 
     def batch(n):
         rng = np.random.default_rng(5)

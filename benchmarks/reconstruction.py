@@ -30,8 +30,8 @@ def main() -> None:
     ap.add_argument("--resolution", default="resolution-ref-v1")
     args = ap.parse_args()
 
-    from mambah import recnets
-    from mambah.detector.tracking import TrackGun
+    from mambah.nn import tracking as recnets
+    from mambah.reference.tracking import TrackGun
 
     gun = TrackGun()(args.tracks, seed=1)
     cols = [gun[c] for c in ("px", "py", "pz", "x", "y", "z", "pid")]

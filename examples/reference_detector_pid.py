@@ -1,13 +1,13 @@
 """The reference detector's PID response: cut efficiencies per species in bins of p, and its
 calibration samples with the sWeights that separate their signal.
 
-Part 1 sends each species (e, mu, pi, K, p) through :func:`mambah.detector.pid.reference_pid`
+Part 1 sends each species (e, mu, pi, K, p) through :func:`mambah.reference.pid.reference_pid`
 with LHCb-like kinematics (log-flat p in 2-100 GeV/c, 2 < eta < 4.5, nTracks ~ Gamma(mean 96))
 and prints the efficiencies of typical cuts (DLLK > 0, DLLK > 5, DLLp > 5, isMuon, DLLe > 2,
 DLLmu > 0 on the combined DLLs PIDx) in bins of p.
 
-Part 2 makes a calibration sample per species (:func:`mambah.detector.calibration.calib_sample`),
-fits its mass with :func:`mambah.splot.fit_sweights` and compares the sWeighted efficiency of
+Part 2 makes a calibration sample per species (:func:`mambah.reference.calibration.calib_sample`),
+fits its mass with :func:`mambah.training.splot.fit_sweights` and compares the sWeighted efficiency of
 the species' typical cut with the truth (pure signal) and with the unweighted sample.
 
 With ``--plots DIR`` it draws the DLLs versus p (matplotlib).
@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from mambah.detector.calibration import CHANNELS, calib_sample
-from mambah.detector.pid import SPECIES_NAMES, reference_pid
+from mambah.reference.calibration import CHANNELS, calib_sample
+from mambah.reference.pid import SPECIES_NAMES, reference_pid
 
 P_BINS = [2e3, 5e3, 10e3, 20e3, 40e3, 60e3, 100e3]
 CUTS = {
@@ -62,7 +62,7 @@ def efficiency_table(n: int, seed: int) -> dict:
 
 
 def calibration_check(n: int, seed: int) -> dict:
-    from mambah.splot import fit_sweights
+    from mambah.training.splot import fit_sweights
 
     out = {}
     print(f"\ncalibration samples ({n} candidates each): efficiency of the typical cut")

@@ -5,9 +5,9 @@ For each species of ``--species``:
 1. ``mambah detector calib-sample`` — a contaminated calibration sample (signal + background
    under the mass peak) from the reference detector;
 2. ``mambah sweights`` — sPlot of the mass column in the channel's window (signal sWeights);
-3. :func:`mambah.pidchain.prepare_training_table` — the chain's intermediate columns
+3. :func:`mambah.pid.chain.prepare_training_table` — the chain's intermediate columns
    (``hasRich`` and ``hasCalo`` as 0/1, ``CaloDLLe``, ``RichDLLpK``, ``RichPKTie``, the RICH
-   threshold codes; see :mod:`mambah.pidchain`);
+   threshold codes; see :mod:`mambah.pid.chain`);
 4. ``mambah train flags`` (isMuon, hasRich, hasCalo classifier; optionally the RichPKTie
    classifier, role ``tie``) and ``mambah train pid`` (muon, RICH and calorimeter GANs), with ``--weight sWeight`` (or without weights with ``--unweighted``, for the
    comparison), small networks so that the whole chain runs at > 500k tracks/s.
@@ -106,7 +106,7 @@ Usage::
 
 ``--closure N`` skips the training and compares each chain in ``--out`` with N held-out rows of
 the pure signal (``calib_sample(species, N, seed=10_000 + i, pure=True)``, i the species' position in
-e, mu, pi, K, p; training used seeds ``--seed + j`` (7-11) of the contaminated sample) with :func:`mambah.pidchain.closure`, writing
+e, mu, pi, K, p; training used seeds ``--seed + j`` (7-11) of the contaminated sample) with :func:`mambah.pid.chain.closure`, writing
 ``closure.json`` in ``--work``.
 """
 
@@ -122,8 +122,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mambah.detector.calibration import CHANNELS
-from mambah.pidchain import CHAIN_INPUTS, THRESHOLD_CODES, prepare_training_table
+from mambah.reference.calibration import CHANNELS
+from mambah.pid.chain import CHAIN_INPUTS, THRESHOLD_CODES, prepare_training_table
 
 MAMBAH = [sys.executable, "-m", "mambah"]
 COND = ",".join(CHAIN_INPUTS)
@@ -137,7 +137,7 @@ STEPS = {  # role -> (train subcommand, targets, selection, batch size, network 
     "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, ["--width", "16", "--depth", "2"]),
 }
 #: conditions besides the chain inputs: the RICH GAN and the flags classifier also see the RICH
-#: acceptance and threshold codes (mambah.pidchain.rich_threshold_codes, computed by the chain from P
+#: acceptance and threshold codes (mambah.pid.chain.rich_threshold_codes, computed by the chain from P
 #: and ETA): hasRich is a step at the radiators' pion thresholds, which a classifier of P and ETA alone
 #: smooths (8.5% of the tracks at 2-3 GeV/c got the wrong hasRich)
 EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES)}
@@ -296,8 +296,8 @@ def argv_ok() -> bool:
 def closure_main(a) -> int:
     import json
 
-    from mambah.detector.calibration import calib_sample
-    from mambah.pidchain import SPECIES_PDG, build_chain, closure
+    from mambah.reference.calibration import calib_sample
+    from mambah.pid.chain import SPECIES_PDG, build_chain, closure
 
     if a.write_cards and a.closure_seed != 10_000:
         raise SystemExit("--write-cards records the cards' held-out sample only (--closure-seed 10000)")
@@ -323,7 +323,7 @@ def closure_main(a) -> int:
                        "max_abs_eff_diff_precise": {k: v["max_abs_diff_precise"] for k, v in r["efficiency"].items()},
                        "max_eff_pull": {k: v["max_pull"] for k, v in r["efficiency"].items()},
                        "method": "whole chain vs the reference detector's pure signal (held-out seed 10000+i, i = position in e,mu,pi,K,p), "
-                                 "mambah.pidchain.closure: BDT-KS over P, ETA, nTracks, charge and the 11 PID "
+                                 "mambah.pid.chain.closure: BDT-KS over P, ETA, nTracks, charge and the 11 PID "
                                  "outputs (NaN -> -1000); cut efficiencies in p bins", "command": cmd}
             for role in STEPS:
                 cf = a.out / f"pid-{s}-{role}" / "card.json"

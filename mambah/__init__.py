@@ -6,10 +6,10 @@ loaded only by the code that runs a network.
 
 from __future__ import annotations
 
-from ._lazy import lazy_attributes
+from mambah._lazy import lazy_attributes
 
-from . import log as _log  # noqa: F401  (installs the NullHandler)
-from ._version import __version__
+from mambah import log as _log  # noqa: F401  (installs the NullHandler)
+from mambah._version import __version__
 
 #: public name -> module that defines it (imported lazily on first attribute access)
 _LAZY = {
@@ -28,15 +28,15 @@ _LAZY = {
     "generator_stages": "mambah.generation.decay",
     "parse_descriptor": "mambah.generation.descriptor",
     # reconstruction stages
-    "Occupancy": "mambah.stages",
-    "Efficiency": "mambah.stages",
-    "Resolution": "mambah.stages",
-    "Composites": "mambah.stages",
-    "PID": "mambah.stages",
+    "Occupancy": "mambah.reconstruction",
+    "Efficiency": "mambah.reconstruction",
+    "Resolution": "mambah.reconstruction",
+    "Composites": "mambah.reconstruction",
+    "PID": "mambah.pid.stage",
     # models
     "PidModel": "mambah.nn.pidmodel",
-    "load_chain": "mambah.pidchain",
-    "fit_sweights": "mambah.splot",
+    "load_chain": "mambah.pid.chain",
+    "fit_sweights": "mambah.training.splot",
     # validation
     "bdt_ks_score": "mambah.validation",
     "validate": "mambah.validation",

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .random import stage_rng
+from mambah.random import stage_rng
 
 __all__ = ["Batch", "empty_table"]
 
 
 def empty_table(table: str, n: int = 0) -> pd.DataFrame:
     """A DataFrame with the columns and dtypes of ``table`` and ``n`` zero rows."""
-    from .store.schema import COLUMNS
+    from mambah.store.schema import COLUMNS
 
     try:
         cols = COLUMNS[table]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigurationError, DataError, MissingColumnError
+from mambah.errors import ConfigurationError, DataError, MissingColumnError
 
 __all__ = ["read_table", "write_table", "split_spec", "require_columns", "check_finite", "check_weights"]
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
-from .errors import ModelDirError
+from mambah._version import __version__
+from mambah.errors import ModelDirError
 
 __all__ = [
     "CARD_FORMAT",
@@ -236,7 +236,7 @@ def resolve_model(name_or_path: str | os.PathLike, models_dir: str | os.PathLike
     if cand.is_dir():
         return cand
     known = [c["name"] if "name" in c else Path(c["path"]).name for c in list_models(root)]
-    from .errors import closest
+    from mambah.errors import closest
 
     near = closest(str(name_or_path), known)
     raise ModelDirError(

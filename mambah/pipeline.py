@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .batch import Batch
-from .random import batch_seed
+from mambah.batch import Batch
+from mambah.random import batch_seed
 
 __all__ = ["Stage", "Pipeline"]
 

@@ -40,10 +40,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .batch import Batch
-from .errors import ConfigurationError
-from .pipeline import Pipeline
-from .random import batch_seed
+from mambah.batch import Batch
+from mambah.errors import ConfigurationError
+from mambah.pipeline import Pipeline
+from mambah.random import batch_seed
 
 __all__ = ["ProductionResult", "run_production", "production_record", "config_diff", "local_cluster"]
 
@@ -116,7 +116,7 @@ def _register_models(store, pipeline, versions: dict) -> None:
     dirs = pipeline.model_dirs() if hasattr(pipeline, "model_dirs") else {}
     if not dirs:
         return
-    from .modeldir import load_card, model_hash
+    from mambah.modeldir import load_card, model_hash
 
     known = store.read("models", columns=["name", "version", "hash"], ordered=False)
     have = {(str(n), str(v)): str(h) for n, v, h in zip(known["name"], known["version"], known["hash"])}
@@ -200,7 +200,7 @@ def _process_spool(pipeline: Pipeline, spec: tuple, spool_dir: str, marker: str,
     batch = pipeline.process(make_batch(*spec))
     if not os.path.exists(os.path.join(spool_dir, marker)):
         return batch
-    from .store.spool import write_spool
+    from mambah.store.spool import write_spool
 
     t0 = time.perf_counter()
     summary = write_spool(batch, spool_dir, digest=digest)
@@ -214,7 +214,7 @@ def _process(pipeline: Pipeline, spec: tuple, store_url: str | None) -> Any:
     batch = pipeline.process(make_batch(*spec))
     if store_url is None:
         return batch
-    from .store import Store
+    from mambah.store import Store
 
     with Store(store_url) as st:
         t0 = time.perf_counter()
@@ -277,7 +277,7 @@ def run_production(
         pipeline.provenance()  # computed once here, pickled with the pipeline to the workers
     result = ProductionResult(production, len(sizes), 0, skipped, 0, 0.0, {})
 
-    from .progress import progress as _progress
+    from mambah.progress import progress as _progress
 
     bar = _progress(total=sum(sizes), initial=sum(sizes) - sum(sizes[i] for i in todo), enabled=progress,
                     unit="ev", unit_scale=True, desc=f"simulate {production}", smoothing=0.1)
@@ -315,7 +315,7 @@ def _chain(*its):
 
 
 def _spool_digest(record: dict, first: int, production: str) -> str:
-    from .store.spool import production_digest
+    from mambah.store.spool import production_digest
 
     return production_digest(record, first, production)
 
@@ -331,7 +331,7 @@ class _Spool:
 
     @classmethod
     def of(cls, store, production: str, digest: str) -> _Spool | None:
-        from .store.spool import production_dir, spool_root
+        from mambah.store.spool import production_dir, spool_root
 
         if store.backend.name == "postgresql":
             return None
@@ -343,7 +343,7 @@ class _Spool:
     def recover(self, store, wanted: set[int]) -> list[tuple[int, int, dict]]:
         """Commit the complete spooled batches of this production that the store lacks; delete
         every other entry (half-written directories, other productions', stale markers)."""
-        from .store.spool import SpoolError, read_spool, remove, scan
+        from mambah.store.spool import SpoolError, read_spool, remove, scan
 
         if self.dir is None:
             return []
@@ -379,7 +379,7 @@ class _Spool:
 
     def close(self, complete: bool) -> None:
         """Remove the marker; after a complete production, the whole directory (and an empty root)."""
-        from .store.spool import remove
+        from mambah.store.spool import remove
 
         if self.marker is not None:
             remove(self.dir / self.marker)
@@ -408,7 +408,7 @@ def _connect(workers, scheduler):
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
-        from .errors import OptionalDependencyError
+        from mambah.errors import OptionalDependencyError
 
         raise OptionalDependencyError("Dask productions need dask.distributed: pip install 'mambah[dask]'") from None
     if scheduler is not None:
@@ -441,7 +441,7 @@ def local_cluster(workers: int):
         import dask
         from dask.distributed import LocalCluster
     except ImportError:
-        from .errors import OptionalDependencyError
+        from mambah.errors import OptionalDependencyError
 
         raise OptionalDependencyError("Dask productions need dask.distributed: pip install 'mambah[dask]'") from None
     if workers < 1:
@@ -454,7 +454,7 @@ def local_cluster(workers: int):
 def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight, spool) -> Iterator[tuple[int, dict]]:
     from dask.distributed import as_completed
 
-    from .store.spool import remove
+    from mambah.store.spool import remove
 
     client, cluster = _connect(workers, scheduler)
     # Multi-writer backends: workers write themselves. Single-writer files (DuckDB, SQLite): the

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .pipeline import Pipeline
+from mambah.pipeline import Pipeline
 
 __all__ = ["standard_pipeline", "GENERATOR_LEVEL", "check_track_coverage"]
 
@@ -48,7 +48,7 @@ def standard_pipeline(
         charge_conjugate: generate the charge-conjugate decay too (half of the events), as
             ``[...]CC`` in the descriptor does.
         acceptance: require every charged final-state particle in 2 < eta < 5 at generator level.
-        pid: end the chain with the PID stage (:class:`mambah.stages.pid.PID`: the chained PID
+        pid: end the chain with the PID stage (:class:`mambah.pid.stage.PID`: the chained PID
             models ``pid-<species>-{flags,muon,rich,global}`` of the species the descriptor's tracks
             have), ``level="reco"`` only. ``False`` leaves the PID columns NaN.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
@@ -60,20 +60,20 @@ def standard_pipeline(
             ``pid``, the PID models) do not cover; see :func:`check_track_coverage`.
         ModelDirError: a model the chain needs is missing from ``models_dir``.
     """
-    from .errors import ConfigurationError
-    from .generation import EtaAcceptance, generator_stages
+    from mambah.errors import ConfigurationError
+    from mambah.generation import EtaAcceptance, generator_stages
 
     if level not in (GENERATOR_LEVEL, "reco"):
         raise ConfigurationError(f"level must be 'truth' or 'reco', not {level!r}")
     stages = generator_stages(descriptor, charge_conjugate=charge_conjugate,
                               acceptance=EtaAcceptance() if acceptance else None, **gun_options)
     if level == "reco":
-        from .stages import Composites, Efficiency, Occupancy, Resolution
-        from .stages.efficiency import DEFAULT_EFFICIENCY
-        from .stages.occupancy import DEFAULT_OCCUPANCY
-        from .stages.resolution import DEFAULT_RESOLUTION
+        from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
+        from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY
+        from mambah.reconstruction.occupancy import DEFAULT_OCCUPANCY
+        from mambah.reconstruction.resolution import DEFAULT_RESOLUTION
 
-        from .detector.tracking import SPECIES
+        from mambah.reference.tracking import SPECIES
 
         eff_model = _model(models_dir, DEFAULT_EFFICIENCY)
         # reconstruct the species the efficiency model covers (the check below refuses a descriptor
@@ -85,7 +85,7 @@ def standard_pipeline(
                                            pid=pid, models_dir=models_dir)
         stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, Composites()]
         if pid:
-            from .stages.pid import PID
+            from mambah.pid.stage import PID
 
             stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species))
     return Pipeline(stages)
@@ -106,9 +106,9 @@ def _written(text: str, pos: int) -> str:
 
 def _model_species(model: str) -> tuple[str, list[str]]:
     """(name, species) of an efficiency/resolution model (``"reference"``: the reference detector)."""
-    from .detector.tracking import SPECIES
-    from .modeldir import load_card, resolve_model
-    from .stages._common import REFERENCE
+    from mambah.reference.tracking import SPECIES
+    from mambah.modeldir import load_card, resolve_model
+    from mambah.reconstruction._common import REFERENCE
 
     if model == REFERENCE:
         return "the reference detector", list(SPECIES)
@@ -140,9 +140,9 @@ def check_track_coverage(descriptor, *, efficiency: str, resolution: str, pid: b
         ConfigurationError: names each uncovered particle as written in the descriptor (with its
             position), the models that lack it, and the species those models cover.
     """
-    from .detector.tracking import SPECIES, SPECIES_PID
-    from .errors import ConfigurationError
-    from .generation import parse_descriptor
+    from mambah.reference.tracking import SPECIES, SPECIES_PID
+    from mambah.errors import ConfigurationError
+    from mambah.generation import parse_descriptor
 
     d = parse_descriptor(descriptor)
     species_of = {pdg: s for s, pdg in SPECIES_PID.items()}
@@ -150,7 +150,7 @@ def check_track_coverage(descriptor, *, efficiency: str, resolution: str, pid: b
     res_name, res_sp = _model_species(resolution)
     pid_sp: list[str] = []
     if pid:
-        from .pidchain import available_chains
+        from mambah.pid.chain import available_chains
 
         pid_sp = available_chains(models_dir)
     needed: list[str] = []

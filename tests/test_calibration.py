@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambah.detector.calibration import (
+from mambah.reference.calibration import (
     CHANNELS,
     CONDITIONS,
     LHCB_NAMES,
@@ -18,7 +18,7 @@ from mambah.detector.calibration import (
     channel,
     two_body_decay,
 )
-from mambah.detector.pid import SPECIES_NAMES
+from mambah.reference.pid import SPECIES_NAMES
 from mambah.errors import ConfigurationError
 
 N = 3000
@@ -150,7 +150,7 @@ def _splot(m, ch):
 @pytest.mark.parametrize("species, cut", [("K", ("PIDK", 0.0)), ("p", ("PIDp", 5.0))])
 def test_sweights_recover_the_signal(species, cut):
     """sWeights from the mass alone recover the pure signal's PID efficiency and occupancy; the
-    unweighted sample is visibly wrong. (Independent minimal sPlot; mambah.splot is tested by its
+    unweighted sample is visibly wrong. (Independent minimal sPlot; mambah.training.splot is tested by its
     owner.)"""
     ch = CHANNELS[species]
     df = calib_sample(species, 20000, seed=11)

@@ -1,4 +1,4 @@
-"""The project's own sPlot (mambah.splot, zfit + hepstats) on a reference calibration sample:
+"""The project's own sPlot (mambah.training.splot, zfit + hepstats) on a reference calibration sample:
 sWeights from the mass fit alone recover the truth-pure signal's PID efficiencies in bins of p."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mambah.detector.calibration import calib_sample, channel
+from mambah.reference.calibration import calib_sample, channel
 
 
 def test_splot_sweights_recover_pure_signal_efficiencies_in_p_bins():
-    splot = pytest.importorskip("mambah.splot")
+    splot = pytest.importorskip("mambah.training.splot")
     ch = channel("K")
     df = calib_sample("K", 12000, seed=21)
     res = splot.fit_sweights(df[ch.mass_column].to_numpy(), ch.window, signal="gauss", background="exponential")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from mambah.batch import Batch
-from mambah.detector.pid import (
+from mambah.reference.pid import (
     FLAG_COLUMNS,
     MASSES,
     RICH1,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambah.detector.tracking import (
+from mambah.reference.tracking import (
     SPECIES,
     TrackGun,
     TrackingDetector,

@@ -119,7 +119,7 @@ def test_training_helped_and_the_closure_metric_sees_the_difference(toy_fits):
     # the card's metric: predicted vs sWeighted observed rate in p bins
     good = efficiency_closure(cv[:, 0], weighted.predict_proba(cv), yv, swv, TARGS, column="P")
     bad = efficiency_closure(cv[:, 0], plain.predict_proba(cv), yv, swv, TARGS, column="P")
-    from mambah.pidchain import P_BINS
+    from mambah.pid.chain import P_BINS
 
     assert good["edges"] == list(P_BINS)
     assert good["max_abs_eff_diff"]["isMuon"] < bad["max_abs_eff_diff"]["isMuon"] and bad["max_abs_eff_diff"]["isMuon"] > 0.2
@@ -197,7 +197,7 @@ def test_compiled_draws_are_the_numpy_draws(model_dir, which):
         path, c, _ = model_dir
         c = np.repeat(c, 20, axis=0)
     else:
-        from mambah.pidchain import CHAIN_INPUTS, rich_threshold_codes
+        from mambah.pid.chain import CHAIN_INPUTS, rich_threshold_codes
 
         path = Path(__file__).resolve().parent.parent / "models" / "pid-K-flags"
         rng = np.random.default_rng(3)

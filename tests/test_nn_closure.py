@@ -2,7 +2,7 @@
 
 A seeded toy calibration sample: signal and background differ in their target distribution and
 are separated only by a mass variable (the condition is independent of the mass in both). sWeights
-come from :func:`mambah.splot.fit_sweights` (the function behind ``mambah sweights``). A tiny
+come from :func:`mambah.training.splot.fit_sweights` (the function behind ``mambah sweights``). A tiny
 Cramér GAN trained with the sWeights reproduces the signal's conditional target distribution;
 the same GAN trained without them learns signal plus background. The test fails if the weights are
 ignored anywhere in the loss.
@@ -11,8 +11,8 @@ ignored anywhere in the loss.
 import numpy as np
 import pytest
 
-from mambah.nn.train import CramerGANTrainer, GANConfig
-from mambah.splot import fit_sweights
+from mambah.training.gan import CramerGANTrainer, GANConfig
+from mambah.training.splot import fit_sweights
 
 N_SIG, N_BKG = 5000, 10000
 

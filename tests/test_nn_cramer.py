@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from mambah.errors import ConfigurationError, DataError
-from mambah.nn.train import CramerGANTrainer, GANConfig
+from mambah.training.gan import CramerGANTrainer, GANConfig
 
 TINY = dict(n_noise=4, gen_width=32, gen_depth=2, critic_width=32, critic_depth=2, critic_outputs=8,
             batch_size=500, ema_decay=0.9, g_lr=3e-3, c_lr=3e-3, lr_final=1e-3, max_time=1e9)

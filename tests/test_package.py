@@ -46,7 +46,7 @@ def test_native_log_filter_patterns():
         b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
         b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.",
     ]
-    kept = [b"WARNING mambah.recnets: model 'x': 3 of 10 inputs", b"mambah simulate: error: no such file",
+    kept = [b"WARNING mambah.nn.tracking: model 'x': 3 of 10 inputs", b"mambah simulate: error: no such file",
             b"Traceback (most recent call last):", b"\rsimulate p:  50%|#####     | 10.0k/20.0k"]
     assert all(_NATIVE.match(x) for x in native)
     assert not any(_NATIVE.match(x) for x in kept)

@@ -1,4 +1,4 @@
-"""The chained default PID models (mambah.pidchain): combination rule, build-time checks, closure."""
+"""The chained default PID models (mambah.pid.chain): combination rule, build-time checks, closure."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambah.detector.calibration import calib_sample
+from mambah.reference.calibration import calib_sample
 from mambah.errors import ConfigurationError
 from mambah.modeldir import default_models_dir
-from mambah.pidchain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ROLES, ChainStep, available_chains, build_chain, closure,
+from mambah.pid.chain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ROLES, ChainStep, available_chains, build_chain, closure,
                              combine, default_chain_steps, load_chain, prepare_training_table,
                              rich_threshold_codes)
 
@@ -51,8 +51,8 @@ def test_rich_threshold_codes_mark_the_radiators_and_thresholds():
     """RichAcc / RichAbove<h>: bit j for radiator j (acceptance; and p above h's Cherenkov threshold there).
     Physics check on a calibration sample: RichDLLp == RichDLLk exactly where no radiator the track
     crosses is above the kaon threshold, and only there."""
-    from mambah.detector.pid import MASSES, RICH1, RICH2
-    from mambah.pidchain import rich_threshold_codes
+    from mambah.reference.pid import MASSES, RICH1, RICH2
+    from mambah.pid.chain import rich_threshold_codes
 
     k1, k2 = RICH1.threshold(MASSES[321]), RICH2.threshold(MASSES[321])
     assert 9e3 < k1 < 9.6e3 and 15e3 < k2 < 16e3  # 9.3 and 15.6 GeV/c
@@ -307,7 +307,7 @@ def test_the_tie_flag_sets_the_tie_status_and_nothing_else():
     steps = [s for s in chain.steps if s.role != "tie"]
     models = [m for s, m in zip(chain.steps, chain.models) if s.role != "tie"]
     i = [s.role for s in steps].index("rich") + 1
-    from mambah.pidchain import PidChain
+    from mambah.pid.chain import PidChain
 
     stub = PidChain("K", steps[:i] + [ChainStep("tie", "stub", "hasRich")] + steps[i:],
                     models[:i] + [_Flags()] + models[i:], [None] * (len(steps) + 1))

@@ -9,7 +9,7 @@ import pytest
 
 from mambah.errors import DataError, MissingColumnError, ModelDirError
 from mambah.nn.pidmodel import OutOfRangeWarning, PidModel, describe_column, save_pid_model
-from mambah.nn.train import CramerGANTrainer, GANConfig
+from mambah.training.gan import CramerGANTrainer, GANConfig
 
 CONDS, TARGS = ["P", "ETA", "nLongTracks"], ["DLLp", "DLLK"]
 

@@ -190,7 +190,7 @@ def test_models_table_records_each_model_once_and_follows_a_changed_one(tmp_path
     from pathlib import Path
 
     from mambah.production import _register_models
-    from mambah.stages import Efficiency
+    from mambah.reconstruction import Efficiency
 
     model = tmp_path / "efficiency-ref-v1"
     shutil.copytree(Path(__file__).resolve().parent.parent / "models" / "efficiency-ref-v1", model)

@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from mambah import recnets
-from mambah.detector.tracking import TrackingDetector, momentum_features, tracking_sample
+from mambah.nn import tracking as recnets
+from mambah.reference.tracking import TrackingDetector, momentum_features, tracking_sample
 from mambah.errors import ConfigurationError, DataError, ModelDirError
 from mambah.modeldir import default_models_dir
 
@@ -197,7 +197,7 @@ def test_model_directory_problems_name_the_model(tmp_path, caplog):
 
 
 def test_species_not_trained_and_out_of_range_inputs(tmp_path, caplog):
-    from mambah.stages import Efficiency
+    from mambah.reconstruction import Efficiency
 
     d = _copy_model(tmp_path, EFF)
     card = json.loads((d / "card.json").read_text())

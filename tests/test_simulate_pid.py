@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mambah.errors import ConfigurationError
-from mambah.pidchain import ROLES
+from mambah.pid.chain import ROLES
 from mambah.simulation import check_track_coverage, standard_pipeline
 
 REF = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"
@@ -154,7 +154,8 @@ def test_cli_refuses_before_writing_anything(tmp_path):
 def test_out_of_range_warned_once_per_production_and_model(tmp_path):
     from mambah import Store, run_production
     from mambah.nn.pidmodel import OutOfRangeWarning
-    from mambah.stages import efficiency, pid
+    from mambah.reconstruction import efficiency
+    from mambah.pid import stage as pid
 
     pl = standard_pipeline("B+ -> (J/psi(1S) -> mu+ mu-) K+")
     with Store(f"sqlite:///{tmp_path / 'w.sqlite'}") as st:

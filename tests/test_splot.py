@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mambah.errors import ConfigurationError, DataError
-from mambah.splot import SPlotError, fit_sweights
+from mambah.training.splot import SPlotError, fit_sweights
 
 N_SIG, N_BKG, LO, HI = 3000, 6000, 2240.0, 2330.0
 
@@ -77,7 +77,7 @@ def test_bad_arguments():
 
 def test_sum_rule_check_warns_and_raises():
     """hepstats' thresholds: a deviation above 5e-3 warns, above 5e-2 raises."""
-    from mambah import splot
+    from mambah.training import splot
 
     with pytest.raises(SPlotError, match="sum rule .* 1.20000 .* not at the likelihood maximum"):
         splot._check_sum_rule({"signal": 1.2, "background": 0.9})

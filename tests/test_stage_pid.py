@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mambah.errors import ConfigurationError
-from mambah.stages.pid import PID
+from mambah.pid.stage import PID
 from mambah.store.schema import PID_COLUMNS
 
 # B-decay tracks reach momenta above the calibration samples' range (a few per mille): the stage
@@ -75,7 +75,7 @@ def test_pid_stage_species_without_model(tmp_path, reco_batch, caplog):
         PID(models_dir=str(tmp_path), species=("K",))
     with pytest.raises(ConfigurationError, match="unknown species \\['deuteron'\\]"):
         PID(species=("deuteron",))
-    with caplog.at_level(logging.WARNING, logger="mambah.stages.pid"):
+    with caplog.at_level(logging.WARNING, logger="mambah.pid.stage"):
         b = _run(reco_batch, species=("mu",))
     t = b["particles"][b["particles"]["vertex"] < 0]
     assert t["pid_k"].isna().any() and t["pid_k"].notna().any()

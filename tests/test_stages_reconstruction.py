@@ -15,7 +15,7 @@ import pytest
 
 from mambah.batch import Batch
 from mambah.errors import ConfigurationError, ModelDirError
-from mambah.stages import Composites, Efficiency, Occupancy, Resolution
+from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
 from mambah.store.schema import COLUMNS
 
 M = {"Lb": 5619.60, "Lc": 2286.46, "p": 938.27208943, "K": 493.677, "pi": 139.57039, "mu": 105.6583755, "nu": 0.0}
@@ -145,7 +145,7 @@ def test_efficiency_stage_selects_final_state_charged_tracks(reco_batch):
     np.testing.assert_array_equal(np.sign(tracks.charge), np.sign(tracks.pid) * np.where(np.abs(tracks.pid) == 13, -1, 1))
     assert tracks[list(COLUMNS["particles"])[13:]].isna().all().all()  # PID columns: NaN
     # the fraction reconstructed matches the reference probability (binomial tolerance)
-    from mambah.detector.tracking import TrackingDetector
+    from mambah.reference.tracking import TrackingDetector
 
     cand = np.isin(node, [2, 3, 4, 5])
     vt = b["mc_vertices"]
@@ -200,7 +200,7 @@ def test_composites_rows_links_and_masses(reco_batch):
 
 
 def test_occupancy_stage_follows_the_shipped_histogram(reco_batch):
-    from mambah.stages.occupancy import OccupancyModel
+    from mambah.reconstruction.occupancy import OccupancyModel
 
     m = OccupancyModel.load("occupancy-lc-run3-v1")
     b = make_batch(10, seed=1)
@@ -322,7 +322,7 @@ def test_occupancy_model_from_the_real_calibration_sample(tmp_path, real_data_pa
     import sys
 
     from mambah.modeldir import default_models_dir, load_arrays
-    from mambah.stages.occupancy import OccupancyModel
+    from mambah.reconstruction.occupancy import OccupancyModel
 
     out = tmp_path / "occ"
     r = subprocess.run([sys.executable, "-m", "mambah", "-q", "detector", "occupancy", "--data", str(real_data_path),
@@ -360,7 +360,7 @@ def test_corrupt_occupancy_model_is_refused(tmp_path):
 
 
 def test_plan_composites_handles_neutrals_intermediates_and_untrackable_particles():
-    from mambah.stages.composites import plan_composites
+    from mambah.reconstruction.composites import plan_composites
 
     def node(name, pid, mother, children, stable, charge):
         return {"name": name, "pid": pid, "mother": mother, "children": children, "stable": stable, "charge": charge}

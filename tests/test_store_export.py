@@ -257,10 +257,10 @@ def test_ntuple_of_the_full_chain(tmp_path):
 
     from mambah.generation import generator_stages
     from mambah.pipeline import Pipeline
-    from mambah.stages.composites import Composites
-    from mambah.stages.efficiency import Efficiency
-    from mambah.stages.occupancy import Occupancy
-    from mambah.stages.resolution import Resolution
+    from mambah.reconstruction.composites import Composites
+    from mambah.reconstruction.efficiency import Efficiency
+    from mambah.reconstruction.occupancy import Occupancy
+    from mambah.reconstruction.resolution import Resolution
 
     desc = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"
     pipe = Pipeline([*generator_stages(desc, charge_conjugate="both"), Occupancy(), Efficiency(), Resolution(),

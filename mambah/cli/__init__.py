@@ -17,7 +17,7 @@ import logging
 import pkgutil
 import sys
 
-from .._version import __version__
+from mambah._version import __version__
 
 __all__ = ["main", "build_parser"]
 
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _configure_logging(args.verbose, args.quiet)
     if args.verbose < 2:
-        from ._native_log import install
+        from mambah.cli._native_log import install
 
         install()
-    from ..errors import MambahError
+    from mambah.errors import MambahError
 
     try:
         return int(args.func(args) or 0)

@@ -55,7 +55,7 @@ def register(sub) -> None:
     import importlib
     import pkgutil
 
-    from . import __path__ as cli_path
+    from mambah.cli import __path__ as cli_path
 
     for m in sorted(pkgutil.iter_modules(cli_path), key=lambda m: m.name):
         if m.name.startswith("detector_"):
@@ -66,9 +66,9 @@ def _tracking_sample(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from ..detector.tracking import TrackGun, tracking_sample
-    from ..errors import ConfigurationError
-    from ..io import split_spec, write_table
+    from mambah.reference.tracking import TrackGun, tracking_sample
+    from mambah.errors import ConfigurationError
+    from mambah.io import split_spec, write_table
 
     if args.events <= 0:
         raise ConfigurationError(f"--events must be positive, got {args.events}")
@@ -92,7 +92,7 @@ def _occupancy(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from ..stages.occupancy import build_occupancy_model
+    from mambah.reconstruction.occupancy import build_occupancy_model
 
     out = build_occupancy_model(args.data, args.out, column=args.column, weight=args.weight,
                                 bin_width=args.bin_width, name=args.name, description=args.description,

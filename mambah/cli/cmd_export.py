@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cmd_store import add_db_argument
+from mambah.cli.cmd_store import add_db_argument
 
 
 def register(sub) -> None:
@@ -24,8 +24,8 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from ..errors import ConfigurationError
-    from ..store import Store
+    from mambah.errors import ConfigurationError
+    from mambah.store import Store
 
     prefixes = {}
     for item in args.prefix or []:

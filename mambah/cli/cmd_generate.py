@@ -24,10 +24,10 @@ def run(args) -> int:
     import warnings
     from pathlib import Path
 
-    from ..errors import ConfigurationError
-    from ..io import read_table, split_spec, write_table
-    from ..modeldir import resolve_model
-    from ..nn.pidmodel import OutOfRangeWarning, PidModel
+    from mambah.errors import ConfigurationError
+    from mambah.io import read_table, split_spec, write_table
+    from mambah.modeldir import resolve_model
+    from mambah.nn.pidmodel import OutOfRangeWarning, PidModel
 
     log = logging.getLogger("mambah.generate")
     out_path, _ = split_spec(args.out)

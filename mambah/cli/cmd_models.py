@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run_list(args) -> int:
-    from ..modeldir import default_models_dir, list_models
+    from mambah.modeldir import default_models_dir, list_models
 
     root = args.models or default_models_dir()
     cards = list_models(root)
@@ -44,7 +44,7 @@ def run_list(args) -> int:
 def run_show(args) -> int:
     import json
 
-    from ..modeldir import resolve_model, verify_model_dir
+    from mambah.modeldir import resolve_model, verify_model_dir
 
     card = verify_model_dir(resolve_model(args.model, args.models))
     if not args.history and isinstance(card.get("training"), dict):
@@ -56,8 +56,8 @@ def run_show(args) -> int:
 def run_export(args) -> int:
     from pathlib import Path
 
-    from ..modeldir import resolve_model
-    from ..nn.pidmodel import PidModel
+    from mambah.modeldir import resolve_model
+    from mambah.nn.pidmodel import PidModel
 
     path = resolve_model(args.model, args.models)
     m = PidModel.load(path)

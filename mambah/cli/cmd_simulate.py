@@ -53,7 +53,7 @@ def _log_warnings(log):
     (the PID stage emits them once per production and model) and shows any other warning as usual."""
     import warnings
 
-    from ..nn.pidmodel import OutOfRangeWarning
+    from mambah.nn.pidmodel import OutOfRangeWarning
 
     show = warnings.showwarning
 
@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import warnings
 
-    from ..production import run_production
-    from ..simulation import standard_pipeline
-    from ..store import Store
-    from . import progress_enabled
+    from mambah.production import run_production
+    from mambah.simulation import standard_pipeline
+    from mambah.store import Store
+    from mambah.cli import progress_enabled
 
     log = logging.getLogger("mambah.simulate")
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,

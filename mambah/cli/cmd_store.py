@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 
 def _open(args):
-    from ..store import Store
+    from mambah.store import Store
 
     return Store(args.db, create=False)
 
@@ -86,7 +86,7 @@ def _list(args) -> int:
 
 
 def _delete(args) -> int:
-    from ..errors import ConfigurationError
+    from mambah.errors import ConfigurationError
 
     with _open(args) as store:
         if args.all:

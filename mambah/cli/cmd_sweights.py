@@ -32,9 +32,9 @@ def run(args) -> int:
     import warnings
     from pathlib import Path
 
-    from ..errors import ConfigurationError
-    from ..io import check_finite, read_table, require_columns, split_spec, write_table
-    from ..splot import SumRuleWarning, fit_sweights, plot_fit
+    from mambah.errors import ConfigurationError
+    from mambah.io import check_finite, read_table, require_columns, split_spec, write_table
+    from mambah.training.splot import SumRuleWarning, fit_sweights, plot_fit
 
     log = logging.getLogger("mambah.sweights")
     out_path, _ = split_spec(args.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from . import __path__ as _cli_path
+from mambah.cli import __path__ as _cli_path
 
 ORDER = ["pid", "efficiency", "resolution"]
 

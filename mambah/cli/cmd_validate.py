@@ -83,8 +83,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigurationError
-    from . import progress_enabled
+    from mambah.errors import ConfigurationError
+    from mambah.cli import progress_enabled
 
     if args.db:
         if args.ref or args.gen:
@@ -101,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_samples(args, show: bool) -> int:
     import logging
 
-    from ..io import read_table
-    from ..validation.compare import parse_cut
-    from ..validation.report import validate
+    from mambah.io import read_table
+    from mambah.validation.compare import parse_cut
+    from mambah.validation.report import validate
 
     log = logging.getLogger("mambah.validate")
     cuts = [parse_cut(c) for c in (args.cuts or [])]
@@ -169,7 +169,7 @@ def headline(summary: dict) -> str:
 
 
 def _run_db(args, show: bool) -> int:
-    from ..validation.production import production_headline, validate_production
+    from mambah.validation.production import production_headline, validate_production
 
     batches = [int(b) for b in args.batches] if args.batches else None
     summary = validate_production(args.db, args.report, batches=batches, show_progress=show)

@@ -50,9 +50,9 @@ def register(detector_subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detector.calibration import channel, calib_sample
-    from ..errors import ConfigurationError
-    from ..io import split_spec, write_table
+    from mambah.reference.calibration import channel, calib_sample
+    from mambah.errors import ConfigurationError
+    from mambah.io import split_spec, write_table
 
     if args.events < 1:
         raise ConfigurationError(f"--events must be a positive number of candidates, not {args.events}")

@@ -1,4 +1,4 @@
-"""``mambah train efficiency``: the tracking-efficiency classifier (see :mod:`mambah.recnets`).
+"""``mambah train efficiency``: the tracking-efficiency classifier (see :mod:`mambah.nn.tracking`).
 
 Also holds the options and driver shared with ``mambah train resolution``.
 """
@@ -36,8 +36,8 @@ def column_options(p: argparse.ArgumentParser, columns, helps) -> None:
 
 
 def _parse_species(text: str):
-    from ..detector.tracking import SPECIES
-    from ..errors import ConfigurationError, closest
+    from mambah.reference.tracking import SPECIES
+    from mambah.errors import ConfigurationError, closest
 
     out = [s.strip() for s in text.split(",") if s.strip()]
     for s in out:
@@ -53,10 +53,10 @@ def run_training(args, kind, fit, conditions, targets, columns, optional=None, e
     import logging
     from pathlib import Path
 
-    from ..errors import ConfigurationError
-    from ..io import check_finite, read_table, require_columns, split_spec
-    from ..modeldir import save_model_dir
-    from . import progress_enabled
+    from mambah.errors import ConfigurationError
+    from mambah.io import check_finite, read_table, require_columns, split_spec
+    from mambah.modeldir import save_model_dir
+    from mambah.cli import progress_enabled
 
     log = logging.getLogger("mambah")
     species = _parse_species(args.species)
@@ -133,7 +133,7 @@ _PREPROCESSING = {
     "resolution": (
         "conditions [ln(p/GeV), eta] standardised with arrays mean/scale after clipping to [lo, hi], then "
         "one-hot species; the network outputs, for each target (100 dp/p, 1000 dtx, 1000 dty) divided by "
-        "arrays target_scale, k mixture logits, k means and k log-widths (see mambah.recnets)"
+        "arrays target_scale, k mixture logits, k means and k log-widths (see mambah.nn.tracking)"
     ),
 }
 
@@ -154,7 +154,7 @@ def register(kinds) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..recnets import EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS, fit_efficiency
+    from mambah.nn.tracking import EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS, fit_efficiency
 
     return run_training(args, "efficiency", fit_efficiency, EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS,
                         ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"],

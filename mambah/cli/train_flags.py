@@ -57,7 +57,7 @@ def register(kinds) -> None:
 
 def build_config(args):
     """The :class:`~mambah.nn.flags.FlagConfig` from the CLI options (unset options keep the defaults)."""
-    from ..nn.flags import FlagConfig
+    from mambah.nn.flags import FlagConfig
 
     cfg = FlagConfig(seed=args.seed)
     for opt in ("width", "depth", "activation", "learning_rate", "patience", "batch_size", "epochs", "stop_on"):
@@ -80,10 +80,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..errors import ConfigurationError, DataError
-    from ..io import split_spec
-    from . import progress_enabled
-    from .train_pid import _sha256, check_split_weights, read_training_data
+    from mambah.errors import ConfigurationError, DataError
+    from mambah.io import split_spec
+    from mambah.cli import progress_enabled
+    from mambah.cli.train_pid import _sha256, check_split_weights, read_training_data
 
     log = logging.getLogger("mambah.train.flags")
     if args.weight and args.weight in {c.strip() for c in f"{args.conditions},{args.targets}".split(",")}:
@@ -98,7 +98,7 @@ def run(args) -> int:
     # ---- the data: read, select, check, split — as `mambah train pid`
     conditions, targets, df, w, n_read, iv, it = read_training_data(args, log)
     where = args.data
-    from ..nn.flags import check_flag_values
+    from mambah.nn.flags import check_flag_values
 
     Y = check_flag_values(df[targets].to_numpy(), targets, where=where)
     C = df[conditions].to_numpy(dtype=float)
@@ -107,8 +107,8 @@ def run(args) -> int:
     yield_info = check_split_weights(w, iv, it, log)
 
     # ---- train
-    from ..nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier
-    from ..nn.pidmodel import describe_column
+    from mambah.nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier
+    from mambah.nn.pidmodel import describe_column
 
     trainer = FlagTrainer(cfg, condition_names=conditions, target_names=targets,
                           show_progress=progress_enabled(args))

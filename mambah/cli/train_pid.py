@@ -73,7 +73,7 @@ def register(kinds) -> None:
 
 
 def _names(text: str, what: str) -> list[str]:
-    from ..errors import ConfigurationError
+    from mambah.errors import ConfigurationError
 
     out = [s.strip() for s in text.split(",") if s.strip()]
     if not out:
@@ -105,8 +105,8 @@ def read_training_data(args, log):
     """
     import numpy as np
 
-    from ..errors import ConfigurationError, DataError
-    from ..io import check_finite, check_weights, read_table, require_columns
+    from mambah.errors import ConfigurationError, DataError
+    from mambah.io import check_finite, check_weights, read_table, require_columns
 
     conditions = _names(args.conditions, "conditions")
     targets = _names(args.targets, "targets")
@@ -160,7 +160,7 @@ def check_split_weights(w, iv, it, log=None) -> dict:
 
     import numpy as np
 
-    from ..errors import DataError
+    from mambah.errors import DataError
 
     if w[iv].sum() <= 0 or w[it].sum() <= 0:
         raise DataError(f"the sWeights of the training or validation part sum to <= 0 (training {w[it].sum():.6g}, "
@@ -176,8 +176,8 @@ def check_split_weights(w, iv, it, log=None) -> dict:
 
 
 def build_config(args):
-    """The :class:`~mambah.nn.train.GANConfig` from the CLI options (unset options keep the defaults)."""
-    from ..nn.train import GANConfig
+    """The :class:`~mambah.training.gan.GANConfig` from the CLI options (unset options keep the defaults)."""
+    from mambah.training.gan import GANConfig
 
     cfg = GANConfig(seed=args.seed)
     for opt, field in (("gen_width", "gen_width"), ("gen_depth", "gen_depth"), ("critic_width", "critic_width"),
@@ -208,9 +208,9 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..errors import ConfigurationError, DataError
-    from ..io import split_spec
-    from . import progress_enabled
+    from mambah.errors import ConfigurationError, DataError
+    from mambah.io import split_spec
+    from mambah.cli import progress_enabled
 
     log = logging.getLogger("mambah.train.pid")
     out = Path(args.out)
@@ -232,8 +232,8 @@ def run(args) -> int:
     Y = df[targets].to_numpy(dtype=float)
 
     # ---- train
-    from ..nn.pidmodel import describe_column, save_pid_model
-    from ..nn.train import CramerGANTrainer
+    from mambah.nn.pidmodel import describe_column, save_pid_model
+    from mambah.training.gan import CramerGANTrainer
 
     ckpt = out.with_name(f".{out.name}.checkpoint")
     if not args.resume and ckpt.exists():
@@ -247,9 +247,9 @@ def run(args) -> int:
 
     # ---- final validation on the held-out fraction (fresh seeds, more repeats) and the floor
 
-    from ..validation import bdt_ks_null, bdt_ks_score
+    from mambah.validation import bdt_ks_null, bdt_ks_score
 
-    from ..validation import BDTKSResult
+    from mambah.validation import BDTKSResult
 
     valid = df.iloc[iv][conditions + targets].reset_index(drop=True)
     draws = []

@@ -1,10 +1,10 @@
-"""``mambah train resolution``: the momentum-resolution mixture-density network (see :mod:`mambah.recnets`)."""
+"""``mambah train resolution``: the momentum-resolution mixture-density network (see :mod:`mambah.nn.tracking`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from .train_efficiency import add_common, column_options, run_training
+from mambah.cli.train_efficiency import add_common, column_options, run_training
 
 
 def register(kinds) -> None:
@@ -22,7 +22,7 @@ def register(kinds) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..recnets import RESOLUTION_CONDITIONS, RESOLUTION_TARGETS, fit_resolution
+    from mambah.nn.tracking import RESOLUTION_CONDITIONS, RESOLUTION_TARGETS, fit_resolution
 
     return run_training(args, "resolution", fit_resolution, RESOLUTION_CONDITIONS, RESOLUTION_TARGETS,
                         ["px", "py", "pz", "pid", "px_reco", "py_reco", "pz_reco"],

@@ -6,11 +6,11 @@
 Importing this package does not import TensorFlow; ``phasespace`` is loaded on the first decay.
 """
 
-from .decay import EtaAcceptance, PhaseSpaceDecay, boost_to_lab, generator_stages
-from .descriptor import DecayNode, Descriptor, parse_descriptor
-from .gun import ParticleGun
-from .particles import ALIASES, ParticleInfo, resolve
-from .spectra import Fixed, Histogram, PowerLawPt, TruncatedGaussian, Uniform, as_sampler, default_eta, default_pt
+from mambah.generation.decay import EtaAcceptance, PhaseSpaceDecay, boost_to_lab, generator_stages
+from mambah.generation.descriptor import DecayNode, Descriptor, parse_descriptor
+from mambah.generation.gun import ParticleGun
+from mambah.generation.particles import ALIASES, ParticleInfo, resolve
+from mambah.generation.spectra import Fixed, Histogram, PowerLawPt, TruncatedGaussian, Uniform, as_sampler, default_eta, default_pt
 
 __all__ = [
     "ALIASES",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..store.schema import COLUMNS
+from mambah.store.schema import COLUMNS
 
 __all__ = ["fill_tables", "vertex_layout"]
 

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
-from .descriptor import DecayNode, Descriptor, parse_descriptor
-from .particles import C_MM_PER_NS
+from mambah.errors import ConfigurationError
+from mambah.generation.descriptor import DecayNode, Descriptor, parse_descriptor
+from mambah.generation.particles import C_MM_PER_NS
 
 __all__ = ["PhaseSpaceDecay", "EtaAcceptance", "generator_stages", "boost_to_lab"]
 
@@ -349,7 +349,7 @@ class PhaseSpaceDecay:
         return p4, w, keep
 
     def __call__(self, batch):
-        from ._tables import fill_tables
+        from mambah.generation._tables import fill_tables
 
         gun = batch.arrays.get("gun")
         if gun is None:
@@ -416,7 +416,7 @@ class PhaseSpaceDecay:
         return batch
 
     def _vertices(self, chain: _Chain, tree, p4: np.ndarray, gun: dict, rng) -> np.ndarray:
-        from ._tables import vertex_layout
+        from mambah.generation._tables import vertex_layout
 
         n = p4.shape[-1]
         decaying, prod_block, _, _ = vertex_layout(tree)
@@ -458,7 +458,7 @@ def generator_stages(descriptor: str, *, charge_conjugate: bool | str = False, a
         >>> [s.name for s in stages]
         ['gun', 'decay']
     """
-    from .gun import ParticleGun
+    from mambah.generation.gun import ParticleGun
 
     decay = PhaseSpaceDecay(descriptor, charge_conjugate=charge_conjugate, acceptance=acceptance, unweight=unweight)
     gun = ParticleGun(decay.parsed.head.particle.name, **gun_options)

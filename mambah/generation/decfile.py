@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigurationError, DescriptorError, closest
-from ..random import SeedLike, get_rng
-from .descriptor import parse_descriptor
+from mambah.errors import ConfigurationError, DescriptorError, closest
+from mambah.random import SeedLike, get_rng
+from mambah.generation.descriptor import parse_descriptor
 
 __all__ = ["DecayMode", "decay_modes", "pick_decay_mode", "default_dec_file"]
 

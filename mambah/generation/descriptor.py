@@ -29,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from ..errors import DescriptorError, UnknownParticleError
-from .particles import ParticleInfo, resolve
+from mambah.errors import DescriptorError, UnknownParticleError
+from mambah.generation.particles import ParticleInfo, resolve
 
 __all__ = ["DecayNode", "Descriptor", "parse_descriptor", "BREIT_WIGNER_MIN_RELATIVE_WIDTH"]
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError, DescriptorError
-from .particles import C_MM_PER_NS, ParticleInfo, resolve
-from .spectra import Uniform, as_sampler, default_eta, default_pt
+from mambah.errors import ConfigurationError, DescriptorError
+from mambah.generation.particles import C_MM_PER_NS, ParticleInfo, resolve
+from mambah.generation.spectra import Uniform, as_sampler, default_eta, default_pt
 
 __all__ = ["ParticleGun", "DEFAULT_PV_SIGMA", "DEFAULT_PV_T_SIGMA"]
 
@@ -42,7 +42,7 @@ def _head_name(particle: str) -> str:
     if not isinstance(particle, str) or not particle.strip():
         raise ConfigurationError(f"ParticleGun needs a particle name or a decay descriptor, got {particle!r}")
     if "->" in particle:
-        from .descriptor import parse_descriptor
+        from mambah.generation.descriptor import parse_descriptor
 
         return parse_descriptor(particle).head.particle.name
     return particle.strip()
@@ -127,7 +127,7 @@ class ParticleGun:
         return {"p4": p4, "pv": pv, "tau": tau, "pid": np.full(n, info.pid, dtype=np.int64)}
 
     def __call__(self, batch):
-        from ._tables import fill_tables
+        from mambah.generation._tables import fill_tables
 
         n = batch.n_events
         s = self.sample(n, batch.rng(self.name))

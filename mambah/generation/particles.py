@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import math
 
-from ..errors import UnknownParticleError, closest
+from mambah.errors import UnknownParticleError, closest
 
 __all__ = ["ParticleInfo", "resolve", "known_names", "ALIASES", "C_MM_PER_NS"]
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from mambah.errors import ConfigurationError
 
 __all__ = [
     "Sampler",

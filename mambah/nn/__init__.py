@@ -4,7 +4,7 @@
 * :mod:`mambah.nn.layers` — generator and critic builders (MLPs, optional residual blocks);
 * :mod:`mambah.nn.preprocessing` — :class:`QuantileGaussianizer`, the weighted quantile transform
   stored as arrays;
-* :mod:`mambah.nn.train` — :class:`GANConfig` and :class:`CramerGANTrainer` (the fit loop: EMA,
+* :mod:`mambah.training.gan` — :class:`GANConfig` and :class:`CramerGANTrainer` (the fit loop: EMA,
   learning-rate decay, best checkpoint by BDT-KS, early stopping, resume);
 * :mod:`mambah.nn.pidmodel` — :class:`PidModel` (load a model directory, ``generate``, ONNX export);
 * :mod:`mambah.nn.flags` — :class:`FlagModel`, :class:`FlagTrainer`: the sWeighted Bernoulli
@@ -15,13 +15,11 @@ Names are imported lazily so that ``import mambah.nn`` does not load TensorFlow.
 
 from __future__ import annotations
 
-from .._lazy import lazy_attributes
+from mambah._lazy import lazy_attributes
 
 _LAZY = {
     "CramerGAN": "mambah.nn.cramer",
     "QuantileGaussianizer": "mambah.nn.preprocessing",
-    "GANConfig": "mambah.nn.train",
-    "CramerGANTrainer": "mambah.nn.train",
     "PidModel": "mambah.nn.pidmodel",
     "OutOfRangeWarning": "mambah.nn.pidmodel",
     "save_pid_model": "mambah.nn.pidmodel",

@@ -46,10 +46,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError, DataError, ModelDirError
-from ..modeldir import load_arrays, load_network, save_model_dir, verify_model_dir
-from .pidmodel import PidModel
-from .preprocessing import QuantileGaussianizer
+from mambah.errors import ConfigurationError, DataError, ModelDirError
+from mambah.modeldir import load_arrays, load_network, save_model_dir, verify_model_dir
+from mambah.nn.pidmodel import PidModel
+from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class FlagConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        from ..recnets import _ACTIVATIONS
+        from mambah.nn.tracking import _ACTIVATIONS
 
         for name in ("width", "depth", "batch_size", "epochs", "patience", "lr_patience", "n_knots"):
             v = getattr(self, name)
@@ -190,10 +190,10 @@ def weighted_brier(prob: np.ndarray, y: np.ndarray, w: np.ndarray | None = None)
 
 
 def _default_edges(x: np.ndarray, w: np.ndarray, column: str | None, n_bins: int = 10) -> np.ndarray:
-    from .pidmodel import describe_column
+    from mambah.nn.pidmodel import describe_column
 
     if column is not None and describe_column(column)["quantity"] == "p":
-        from ..pidchain import P_BINS  # the momentum bins of the PID chain's closure [MeV/c]
+        from mambah.pid.chain import P_BINS  # the momentum bins of the PID chain's closure [MeV/c]
 
         return np.asarray(P_BINS, dtype=float)
     # bins of equal (positive) weight
@@ -220,7 +220,7 @@ def efficiency_closure(x: np.ndarray, prob: np.ndarray, y: np.ndarray, w: np.nda
         prob, y: predicted probabilities and observed 0/1 flags, shape (n, k).
         w: sWeights (``None``: 1).
         names: the k flag names.
-        column: name of ``x``; a momentum column ("P", "p") is binned in :data:`mambah.pidchain.P_BINS`.
+        column: name of ``x``; a momentum column ("P", "p") is binned in :data:`mambah.pid.chain.P_BINS`.
         edges: bin edges (default: from ``column``, else 10 bins of equal positive weight).
 
     Returns:
@@ -331,9 +331,9 @@ class FlagTrainer:
         import keras
         import tensorflow as tf
 
-        from ..progress import progress
-        from ..recnets import build_mlp
-        from .train import _set_determinism
+        from mambah.progress import progress
+        from mambah.nn.tracking import build_mlp
+        from mambah.training.gan import _set_determinism
 
         cfg = self.config
         cfg.validate()
@@ -465,7 +465,7 @@ class FlagTrainer:
 
     def predict_proba(self, conditions) -> np.ndarray:
         """Probabilities (n, k) for raw ``conditions`` (n, k_c), evaluated in numpy."""
-        from ..recnets import DenseStack
+        from mambah.nn.tracking import DenseStack
 
         c = np.asarray(conditions, dtype=float)
         c = c[:, None] if c.ndim == 1 else c
@@ -485,7 +485,7 @@ def _with_sigmoid(net):
 
 def save_flag_model(out: str | os.PathLike, trainer: FlagTrainer, card: dict, *, overwrite: bool = False) -> Path:
     """Write a flag model directory (kind ``"pid-flags"``) from a fitted :class:`FlagTrainer`."""
-    from ..recnets import DenseStack
+    from mambah.nn.tracking import DenseStack
 
     if not hasattr(trainer, "network_"):
         raise ConfigurationError("the trainer is not fitted: call fit() first")
@@ -516,14 +516,14 @@ class FlagModel:
     """A loaded flag model: ``probabilities(conditions)`` and ``sample(conditions, rng)``.
 
     Evaluation is numpy only (float32 matrix products on chunks of rows, in threads; see
-    :func:`mambah.recnets._parallel`), no TensorFlow.
+    :func:`mambah.nn.tracking._parallel`), no TensorFlow.
 
     Attributes:
         path: the model directory.
         card: its card (dict).
         conditions, targets: column names, in the network's order.
         cond_pre: the conditions' :class:`~mambah.nn.preprocessing.QuantileGaussianizer`.
-        net: the :class:`~mambah.recnets.DenseStack` (Gaussianised conditions -> probabilities).
+        net: the :class:`~mambah.nn.tracking.DenseStack` (Gaussianised conditions -> probabilities).
     """
 
     def __init__(self, net, cond_pre: QuantileGaussianizer, card: dict, path: str | os.PathLike | None = None):
@@ -558,7 +558,7 @@ class FlagModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> FlagModel:
         """Load a ``"pid-flags"`` model directory (hashes checked; numpy only, no pickle)."""
-        from ..recnets import _ACTIVATIONS, DenseStack
+        from mambah.nn.tracking import _ACTIVATIONS, DenseStack
 
         path = Path(path)
         card = verify_model_dir(path)
@@ -609,7 +609,7 @@ class FlagModel:
         Conditions outside the training range give an :class:`~mambah.nn.pidmodel.OutOfRangeWarning`
         and are evaluated at the range's edges.
         """
-        from ..recnets import _parallel
+        from mambah.nn.tracking import _parallel
 
         c, _ = self._as_conditions(data, drop_nonfinite)
         self.check_range(c)
@@ -635,7 +635,7 @@ class FlagModel:
         if not compiled:
             prob = self.probabilities(data)
             return (rng.random(prob.shape) < prob).astype(float)
-        from .inference import sample_flags
+        from mambah.nn.inference import sample_flags
 
         c, _ = self._as_conditions(data, False)
         return sample_flags(self, c, rng)

@@ -30,7 +30,7 @@ at once, so one chunk's small elementwise steps fill the gaps of the other's mat
 
 The numpy :class:`~mambah.nn.preprocessing.QuantileGaussianizer` stays the reference implementation;
 :func:`generate_reference` is the former numpy path (numpy transforms and noise, network through
-:func:`~mambah.nn.train._predict`), kept for tests and the benchmark.
+:func:`~mambah.training.gan._predict`), kept for tests and the benchmark.
 
 **Reproducibility.** For a given seed (Generator state) the result is the same whatever ``chunk``
 and ``workers``: the uniforms are drawn in row order, ``2 * ceil(n_noise / 2)`` float32 per row
@@ -51,13 +51,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError
-from .preprocessing import EPS
+from mambah.errors import DataError
+from mambah.nn.preprocessing import EPS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .flags import FlagModel
-    from .pidmodel import PidModel
-    from .preprocessing import QuantileGaussianizer
+    from mambah.nn.flags import FlagModel
+    from mambah.nn.pidmodel import PidModel
+    from mambah.nn.preprocessing import QuantileGaussianizer
 
 __all__ = ["generate", "sample_flags", "generate_reference", "draw_noise", "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
 
@@ -75,7 +75,7 @@ def draw_uniforms(rng: np.random.Generator, n: int, n_noise: int) -> np.ndarray:
 
 def draw_noise(rng, n: int, n_noise: int) -> np.ndarray:
     """The float32 Gaussian noise ``(n, n_noise)`` that :func:`generate` uses for the same ``rng`` state."""
-    from ..random import get_rng
+    from mambah.random import get_rng
 
     return _box_muller(draw_uniforms(get_rng(rng), n, n_noise), n_noise).numpy()
 
@@ -309,7 +309,7 @@ def _compiled(model, build=None):
     return fast
 
 
-#: the DenseStack activations (:data:`mambah.recnets._ACTIVATIONS`) as TensorFlow ops
+#: the DenseStack activations (:data:`mambah.nn.tracking._ACTIVATIONS`) as TensorFlow ops
 _TF_ACTIVATIONS = {"linear": lambda a: a, "relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "elu": "elu",
                    "softplus": "softplus", "silu": "silu"}
 
@@ -402,7 +402,7 @@ def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 
         float64 array ``(n, n_targets)``: each target interpolated through its training knots, so
         inside the training range, and exactly a knot value where the knots repeat (a spike).
     """
-    from ..random import get_rng
+    from mambah.random import get_rng
 
     c = np.ascontiguousarray(conditions, dtype=np.float64)
     fast = _compiled(model)
@@ -487,8 +487,8 @@ def sample_flags(model: FlagModel, conditions: np.ndarray, rng, *, chunk: int = 
 def generate_reference(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 262144,
                        noise: np.ndarray | None = None) -> np.ndarray:
     """The numpy path: range check, numpy noise, numpy transforms, network via ``_predict`` (float64)."""
-    from ..random import get_rng
-    from .train import _predict
+    from mambah.random import get_rng
+    from mambah.training.gan import _predict
 
     c = np.asarray(conditions, dtype=float)
     model.check_range(c)

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError, DataError, ModelDirError, OptionalDependencyError
-from ..io import check_finite, require_columns
-from ..modeldir import load_arrays, load_network, save_model_dir, verify_model_dir
-from .preprocessing import QuantileGaussianizer
+from mambah.errors import ConfigurationError, DataError, ModelDirError, OptionalDependencyError
+from mambah.io import check_finite, require_columns
+from mambah.modeldir import load_arrays, load_network, save_model_dir, verify_model_dir
+from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class PidModel:
         value. Warns (:class:`OutOfRangeWarning`) for conditions outside the training range; refuses
         NaN/inf conditions (:class:`~mambah.errors.DataError`).
         """
-        from .inference import DEFAULT_CHUNK, generate
+        from mambah.nn.inference import DEFAULT_CHUNK, generate
 
         return generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk)
 
@@ -207,7 +207,7 @@ class PidModel:
 
 
 def save_pid_model(out: str | os.PathLike, trainer, card: dict, *, overwrite: bool = False) -> Path:
-    """Write a PID model directory from a fitted :class:`~mambah.nn.train.CramerGANTrainer`."""
+    """Write a PID model directory from a fitted :class:`~mambah.training.gan.CramerGANTrainer`."""
     if not hasattr(trainer, "generator_"):
         raise ConfigurationError("the trainer is not fitted: call fit() first")
     full = dict(card)

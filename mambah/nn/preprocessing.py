@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from ..errors import DataError, ModelDirError
+from mambah.errors import DataError, ModelDirError
 
 __all__ = ["QuantileGaussianizer"]
 

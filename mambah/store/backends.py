@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import BigInteger, Boolean, Integer, SmallInteger
 from sqlalchemy.types import REAL, Float
 
-from ..errors import StoreError
+from mambah.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError
-from . import schema as S
+from mambah.errors import ConfigurationError
+from mambah.store import schema as S
 
 __all__ = ["export_parquet", "export_root", "write_tree", "TABLES"]
 

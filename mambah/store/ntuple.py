@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError, StoreError
-from .schema import PID_COLUMNS
+from mambah.errors import ConfigurationError, StoreError
+from mambah.store.schema import PID_COLUMNS
 
 __all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
            "PID_BRANCHES"]
@@ -401,7 +401,7 @@ def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, bat
     ``out`` may be ``file.root:TREE``. The file is written under a temporary name and renamed,
     so an interrupted export leaves no half-written file.
     """
-    from ..io import split_spec
+    from mambah.io import split_spec
 
     path, spec_tree = split_spec(out)
     tree = tree or spec_tree or "DecayTree"
@@ -417,7 +417,7 @@ def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, bat
         if suffix.endswith(".root"):
             import uproot
 
-            from .export import write_tree
+            from mambah.store.export import write_tree
 
             with uproot.recreate(tmp) as f:
                 n = write_tree(f, tree, ({c: df[c].to_numpy() for c in df.columns} for df in chunks))

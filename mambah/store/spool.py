@@ -41,8 +41,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .._version import __version__
-from ..errors import StoreError
+from mambah._version import __version__
+from mambah.errors import StoreError
 
 __all__ = ["SpoolError", "Spooled", "spool_root", "production_dir", "production_digest", "write_spool",
            "read_spool", "scan", "remove"]
@@ -116,7 +116,7 @@ def write_spool(batch, directory: str | os.PathLike, *, digest: str) -> dict[str
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .store import batch_row, disk_full, disk_full_message, prepare_tables
+    from mambah.store.store import batch_row, disk_full, disk_full_message, prepare_tables
 
     tables = prepare_tables(batch)
     row = batch_row(batch)
@@ -155,7 +155,7 @@ def read_spool(path: str | os.PathLike, *, digest: str | None = None) -> Spooled
     """
     import pyarrow.parquet as pq
 
-    from . import schema as S
+    from mambah.store import schema as S
 
     path = Path(path)
     m = _NAME.match(path.name)

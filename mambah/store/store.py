@@ -42,10 +42,10 @@ from sqlalchemy import func, inspect, literal_column, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
-from .._version import __version__
-from ..errors import BatchExistsError, ConfigurationError, MambahError, SchemaVersionError, StoreError, closest
-from . import schema as S
-from .backends import backend_for
+from mambah._version import __version__
+from mambah.errors import BatchExistsError, ConfigurationError, MambahError, SchemaVersionError, StoreError, closest
+from mambah.store import schema as S
+from mambah.store.backends import backend_for
 
 __all__ = ["Store", "normalise_url", "DEFAULT_URL", "BatchValidationError", "KEYS", "prepare_tables", "batch_row",
            "disk_full", "disk_full_message"]
@@ -563,7 +563,7 @@ class Store:
             StoreError: the directory is not a complete spooled batch (a half-written spool is
                 never committed), or see :meth:`write_batch`.
         """
-        from .spool import read_spool
+        from mambah.store.spool import read_spool
 
         if if_exists not in ("error", "skip"):
             raise ConfigurationError(f"if_exists must be 'error' or 'skip', not {if_exists!r}")
@@ -950,7 +950,7 @@ class Store:
             card: a model card (dict) or a model directory (its ``card.json`` is read).
             path: where the model lives (default: the directory given as ``card``).
         """
-        from ..modeldir import load_card, model_hash
+        from mambah.modeldir import load_card, model_hash
 
         if not isinstance(card, Mapping):
             path = card if path is None else path
@@ -998,25 +998,25 @@ class Store:
     # -- exports -------------------------------------------------------------------------------
     def export_parquet(self, out: str | os.PathLike, **kw) -> list[Path]:
         """One Parquet file per table in directory ``out`` (see :func:`mambah.store.export.export_parquet`)."""
-        from .export import export_parquet
+        from mambah.store.export import export_parquet
 
         return export_parquet(self, out, **kw)
 
     def export_root(self, out: str | os.PathLike, **kw) -> Path:
         """One TTree per table in ROOT file ``out`` (see :func:`mambah.store.export.export_root`)."""
-        from .export import export_root
+        from mambah.store.export import export_root
 
         return export_root(self, out, **kw)
 
     def candidates(self, **kw) -> pd.DataFrame:
         """The flat per-candidate ntuple (see :func:`mambah.store.ntuple.candidate_ntuple`)."""
-        from .ntuple import candidate_ntuple
+        from mambah.store.ntuple import candidate_ntuple
 
         return candidate_ntuple(self, **kw)
 
     def export_ntuple(self, out: str | os.PathLike, **kw) -> Path:
         """Write the flat ntuple (see :func:`mambah.store.ntuple.export_ntuple`)."""
-        from .ntuple import export_ntuple
+        from mambah.store.ntuple import export_ntuple
 
         return export_ntuple(self, out, **kw)
 

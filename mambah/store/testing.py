@@ -15,8 +15,8 @@ import uuid
 
 import numpy as np
 
-from ..batch import Batch, empty_table
-from .schema import PID_COLUMNS
+from mambah.batch import Batch, empty_table
+from mambah.store.schema import PID_COLUMNS
 
 __all__ = ["REFERENCE_TREE", "synthetic_batch", "pg_schema"]
 

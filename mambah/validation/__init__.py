@@ -11,7 +11,7 @@ Quick use::
 
 from __future__ import annotations
 
-from .._lazy import lazy_attributes
+from mambah._lazy import lazy_attributes
 
 _LAZY = {
     "bdt_ks_score": "mambah.validation.bdt",

@@ -59,10 +59,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError, DataError
-from ..progress import progress
-from .inputs import Sample, pair_warnings, prepare_pair, prepare_sample
-from .stats import effective_size, weighted_auc, weighted_ks
+from mambah.errors import ConfigurationError, DataError
+from mambah.progress import progress
+from mambah.validation.inputs import Sample, pair_warnings, prepare_pair, prepare_sample
+from mambah.validation.stats import effective_size, weighted_auc, weighted_ks
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigurationError, MissingColumnError
-from .inputs import Sample
-from .stats import effective_size, weighted_ks, weighted_quantiles
+from mambah.errors import ConfigurationError, MissingColumnError
+from mambah.validation.inputs import Sample
+from mambah.validation.stats import effective_size, weighted_ks, weighted_quantiles
 
 __all__ = [
     "C_ALPHA_95", "ks_critical", "quantile_edges", "ks1d_table", "Cut", "parse_cut", "default_cuts",

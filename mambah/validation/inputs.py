@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError, DataError, MissingColumnError
-from ..io import check_finite, check_weights
+from mambah.errors import ConfigurationError, DataError, MissingColumnError
+from mambah.io import check_finite, check_weights
 
 log = logging.getLogger(__name__)
 

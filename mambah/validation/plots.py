@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .inputs import Sample
-from .stats import weighted_quantiles
+from mambah.validation.inputs import Sample
+from mambah.validation.stats import weighted_quantiles
 
 __all__ = ["plot_target", "plot_target_bins", "plot_classifier_output", "plot_efficiency", "style"]
 

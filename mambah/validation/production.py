@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._version import __version__
-from ..errors import DataError
-from ..progress import progress
+from mambah._version import __version__
+from mambah.errors import DataError
+from mambah.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,8 @@ def validate_production(
     Returns:
         The summary (content of ``summary.json``).
     """
-    from ..store import Store
-    from .report import _check_dir, _clean
+    from mambah.store import Store
+    from mambah.validation.report import _check_dir, _clean
 
     if report_dir is not None:
         _check_dir(Path(report_dir))
@@ -310,8 +310,8 @@ def validate_production(
 
 
 def _write_production_report(summary: dict, report_dir: Path, arrays: dict, masses: dict, events: pd.DataFrame) -> None:
-    from .plots import _figure, _save, style
-    from .report import _finalize, _prepare_dir, _slug, _write_json
+    from mambah.validation.plots import _figure, _save, style
+    from mambah.validation.report import _finalize, _prepare_dir, _slug, _write_json
 
     tmp = _prepare_dir(report_dir)
     plots: dict[str, list[str]] = {"events": [], "kinematics": [], "pid": [], "efficiency": [], "composites": []}
@@ -411,7 +411,7 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                 _save(fig, tmp / fn)
                 plots["composites"].append(fn)
         summary["plots"] = plots
-        from .report import _clean
+        from mambah.validation.report import _clean
 
         _write_json(tmp / "summary.json", summary)
         (tmp / "index.html").write_text(_render_production(_clean(summary)))

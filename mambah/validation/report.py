@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._version import __version__
-from ..errors import ConfigurationError, DataError
-from ..progress import progress
-from .bdt import BDTKSResult, _check_settings, _score_samples
-from .compare import Cut, default_cuts, efficiency_table, guess_column, ks1d_table, parse_cut
-from .inputs import Sample, pair_warnings, prepare_pair
+from mambah._version import __version__
+from mambah.errors import ConfigurationError, DataError
+from mambah.progress import progress
+from mambah.validation.bdt import BDTKSResult, _check_settings, _score_samples
+from mambah.validation.compare import Cut, default_cuts, efficiency_table, guess_column, ks1d_table, parse_cut
+from mambah.validation.inputs import Sample, pair_warnings, prepare_pair
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKS
 
     ``summary["plots"]`` is filled with ``{section: [relative PNG paths]}``.
     """
-    from .plots import plot_classifier_output, plot_efficiency, plot_target, plot_target_bins
+    from mambah.validation.plots import plot_classifier_output, plot_efficiency, plot_target, plot_target_bins
 
     report_dir = Path(report_dir)
     tmp = _prepare_dir(report_dir)

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError
-from .stats import weighted_quantiles
+from mambah.errors import ConfigurationError
+from mambah.validation.stats import weighted_quantiles
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def sanity_table(
     **score_options,
 ) -> pd.DataFrame:
     """Score every sanity case; one row per (case, train_weights) with KS, AUC and spreads."""
-    from .bdt import bdt_ks_score
+    from mambah.validation.bdt import bdt_ks_score
 
     a, gens = sanity_cases(ref, conditions, targets, weight, p=p, eta=eta, shift=shift, seed=seed, cases=cases)
     columns = [*conditions, *targets]

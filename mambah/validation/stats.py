@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError
+from mambah.errors import DataError
 
 __all__ = ["weighted_ecdf", "weighted_ks", "weighted_auc", "weighted_quantiles", "effective_size"]
 

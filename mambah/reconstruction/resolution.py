@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
-from ._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
+from mambah.errors import ConfigurationError
+from mambah.reconstruction._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
 
 __all__ = ["Resolution", "DEFAULT_RESOLUTION"]
 
@@ -47,10 +47,10 @@ class Resolution:
     def smear(self, px, py, pz, pid, rng):
         """Reconstructed (px, py, pz) [MeV/c] for true momenta, with this stage's model."""
         if self.model == REFERENCE:
-            from ..detector.tracking import TrackingDetector
+            from mambah.reference.tracking import TrackingDetector
 
             return TrackingDetector().smear(px, py, pz, pid, rng)
-        from ..recnets import load_resolution
+        from mambah.nn.tracking import load_resolution
 
         return load_resolution(self.model).sample(px, py, pz, pid, rng)
 

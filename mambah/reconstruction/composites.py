@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..detector.tracking import TRACKABLE_PIDS
-from ..errors import ConfigurationError
-from ..store.schema import COLUMNS, PID_COLUMNS
-from ._common import as_config, require_tables, rows_by_index
+from mambah.reference.tracking import TRACKABLE_PIDS
+from mambah.errors import ConfigurationError
+from mambah.store.schema import COLUMNS, PID_COLUMNS
+from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
 __all__ = ["Composites", "plan_composites"]
 
@@ -64,7 +64,7 @@ def plan_composites(tree: list[dict]) -> dict[str, Any]:
     def charge(node) -> int:
         if "charge" in node:
             return int(node["charge"])
-        from ..detector.tracking import pdg_charge
+        from mambah.reference.tracking import pdg_charge
 
         return int(pdg_charge(np.array([node["pid"]]))[0])
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._version import __version__
-from ..errors import ConfigurationError
+from mambah._version import __version__
+from mambah.errors import ConfigurationError
 
 #: value of a stage's ``model`` field that selects the reference detector's exact truth
 REFERENCE = "reference"
@@ -21,7 +21,7 @@ def model_dir_entry(model: str) -> dict:
     """``{name: directory}`` of a model directory; ``{}`` for the reference detector (no files)."""
     if model == REFERENCE:
         return {}
-    from ..modeldir import load_card, resolve_model
+    from mambah.modeldir import load_card, resolve_model
 
     p = resolve_model(model)
     return {str(load_card(p).get("name", p.name)): p}
@@ -30,11 +30,11 @@ def model_dir_entry(model: str) -> dict:
 def model_version_entry(model: str) -> dict[str, dict[str, str]]:
     """``{name: {"version", "hash"}}`` of a model directory (or of the reference detector)."""
     if model == REFERENCE:
-        from ..detector.tracking import TrackingDetector
+        from mambah.reference.tracking import TrackingDetector
 
         cfg = json.dumps(dataclasses.asdict(TrackingDetector()), sort_keys=True, default=str)
         return {"reference-tracking": {"version": __version__, "hash": hashlib.sha256(cfg.encode()).hexdigest()[:16]}}
-    from ..modeldir import load_card, model_hash
+    from mambah.modeldir import load_card, model_hash
 
     return {name: {"version": str(load_card(p).get("version", "")), "hash": model_hash(p)}
             for name, p in model_dir_entry(model).items()}

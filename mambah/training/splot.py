@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigurationError, DataError, MambahError
+from mambah.errors import ConfigurationError, DataError, MambahError
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigurationError, DataError
-from .preprocessing import QuantileGaussianizer
+from mambah.errors import ConfigurationError, DataError
+from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ class CramerGANTrainer:
     def _build(self, n_c: int, n_t: int):
         import keras
 
-        from .cramer import CramerGAN
-        from .layers import build_critic, build_generator
+        from mambah.nn.cramer import CramerGAN
+        from mambah.nn.layers import build_critic, build_generator
 
         cfg = self.config
         kw = dict(width=cfg.gen_width, depth=cfg.gen_depth, activation=cfg.activation, residual=cfg.residual)
@@ -195,7 +195,7 @@ class CramerGANTrainer:
         return _predict(generator, c_pre, noise)
 
     def _score(self, generator, valid, seed: int, n_repeats: int | None = None):
-        from ..validation import bdt_ks_score
+        from mambah.validation import bdt_ks_score
         import pandas as pd
 
         c_raw, y_raw, w, c_pre = valid
@@ -274,7 +274,7 @@ class CramerGANTrainer:
                 (best checkpoint, early stopping). ``None``: no validation, the last EMA weights are kept.
         """
 
-        from ..progress import progress
+        from mambah.progress import progress
 
         cfg = self.config
         cfg.validate()

@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
-from ..random import SeedLike, get_rng
+from mambah.errors import ConfigurationError
+from mambah.random import SeedLike, get_rng
 
 __all__ = [
     "TRACKABLE_PIDS",

@@ -94,7 +94,7 @@ calorimeter     sigma_E/E                                                    10%
 Example
 -------
 >>> import numpy as np
->>> from mambah.detector.pid import reference_pid
+>>> from mambah.reference.pid import reference_pid
 >>> rng = np.random.default_rng(1)
 >>> n = 1000
 >>> df = reference_pid(p=np.full(n, 20e3), eta=np.full(n, 3.0), species=np.full(n, 321),
@@ -112,9 +112,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError, DataError
-from ..random import SeedLike, get_rng
-from ..store.schema import PID_COLUMNS
+from mambah.errors import ConfigurationError, DataError
+from mambah.random import SeedLike, get_rng
+from mambah.store.schema import PID_COLUMNS
 
 __all__ = [
     "SPECIES",

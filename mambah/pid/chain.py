@@ -18,7 +18,7 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
 3. ``rich`` — the RICH DLLs given P, ETA, nTracks, charge, on ``hasRich == 1`` tracks
    (trained with ``--selection "hasRich == 1"``; the shipped models are also conditioned on the
    RICH threshold codes, :func:`rich_threshold_codes`); NaN elsewhere (the detector's convention for
-   missing information, :mod:`mambah.detector.pid`). The targets are ``RichDLLe``, ``RichDLLmu``,
+   missing information, :mod:`mambah.reference.pid`). The targets are ``RichDLLe``, ``RichDLLmu``,
    ``RichDLLk`` and ``RichDLLpK = RichDLLp - RichDLLk`` (the chain adds ``RichDLLk`` back): below
    the kaon Cherenkov threshold of every radiator a track crosses, neither a kaon nor a proton
    radiates, the two hypotheses have the same likelihood and ``RichDLLp == RichDLLk`` *exactly*
@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigurationError, ModelDirError, closest
+from mambah.errors import ConfigurationError, ModelDirError, closest
 
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "SPECIES_PDG", "DEFAULT_SPECIES", "load_chain", "available_chains",
@@ -180,10 +180,10 @@ def load_step_model(path: str | os.PathLike):
     except (OSError, ValueError, AttributeError):
         pass  # the model class's own loader says what is wrong
     if kind == "pid-flags":
-        from .nn.flags import FlagModel
+        from mambah.nn.flags import FlagModel
 
         return FlagModel.load(path)
-    from .nn.pidmodel import PidModel
+    from mambah.nn.pidmodel import PidModel
 
     return PidModel.load(path)
 
@@ -229,7 +229,7 @@ def prepare_training_table(df: pd.DataFrame, *, fill_ties=None) -> pd.DataFrame:
     for k, v in rich_threshold_codes(out["P"].to_numpy(), out["ETA"].to_numpy()).items():
         out[k] = v
     if fill_ties is not None:
-        from .random import get_rng
+        from mambah.random import get_rng
 
         pk = out["RichDLLpK"].to_numpy().copy()
         rich = out["hasRich"].to_numpy() > 0.5
@@ -244,7 +244,7 @@ def prepare_training_table(df: pd.DataFrame, *, fill_ties=None) -> pd.DataFrame:
 def rich_threshold_codes(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray]:
     """The :data:`THRESHOLD_CODES` (0/1) of tracks of momentum ``p`` [MeV/c] and pseudorapidity ``eta``.
 
-    For each radiator j of the reference detector's RICHes (:data:`mambah.detector.pid.RICH1`,
+    For each radiator j of the reference detector's RICHes (:data:`mambah.reference.pid.RICH1`,
     ``RICH2``: angular acceptance and refractive index), ``RichAcc<j>`` is 1 in the radiator's
     acceptance, and ``RichAbove<h><j>`` is 1 when p is also above the hypothesis h's Cherenkov
     threshold m_h / sqrt(n^2 - 1) there. The RICH response is a step at each of these edges (below a
@@ -256,7 +256,7 @@ def rich_threshold_codes(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray
     none). A user's own detector needs its own codes (thresholds and acceptances are known
     constants).
     """
-    from .detector.pid import MASSES, RICH1, RICH2
+    from mambah.reference.pid import MASSES, RICH1, RICH2
 
     p, eta = np.asarray(p, dtype=float), np.asarray(eta, dtype=float)
     out = {}
@@ -290,7 +290,7 @@ class PidChain:
         return f"PidChain({self.species!r}, {[m.card.get('name') for m in self.models]})"
 
     def model_versions(self) -> dict[str, dict[str, str]]:
-        from .modeldir import model_hash
+        from mambah.modeldir import model_hash
 
         return {str(m.card.get("name", p.name)): {"version": str(m.card.get("version", "")), "hash": model_hash(p)}
                 for m, p in zip(self.models, self.paths)}
@@ -417,7 +417,7 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
         ConfigurationError: a model is missing (names the available chains), or a step's condition
             is produced neither by the chain inputs nor by an earlier step, or a target is unknown.
     """
-    from .modeldir import resolve_model
+    from mambah.modeldir import resolve_model
 
     steps = default_chain_steps(species, models_dir) if steps is None else list(steps)
     key = (species, tuple(steps))
@@ -480,7 +480,7 @@ def available_chains(models_dir: str | os.PathLike | None = None) -> list[str]:
 
 
 def _models_base(models_dir: str | os.PathLike | None) -> Path:
-    from .modeldir import default_models_dir
+    from mambah.modeldir import default_models_dir
 
     return Path(models_dir) if models_dir is not None else default_models_dir()
 
@@ -514,7 +514,7 @@ def closure(chain: PidChain, truth: pd.DataFrame, seed: int = 0, n_repeats: int 
       (all bins of >= 50 tracks), ``max_abs_diff_precise`` (bins with a standard error <=
       :data:`PRECISE_ERROR`) and ``max_pull`` (largest |difference| / standard error).
     """
-    from .validation import bdt_ks_score
+    from mambah.validation import bdt_ks_score
 
     rng = np.random.default_rng([seed, 7321])
     gen = chain.generate(truth, rng)

@@ -41,7 +41,7 @@ Columns: the mass column, ``P``, ``PT`` [MeV/c], ``ETA``, ``nTracks``, ``charge`
 ``RichDLLmu``, ``RichDLLk``, ``RichDLLp``, ``isMuon`` (0/1), ``MuonMuLL``, ``MuonBkgLL``, ``PIDe``,
 ``PIDmu``, ``PIDK``, ``PIDp``, ``hasRich``, ``InMuonAcc``, ``EcalEoverP``, ``EcalPIDe`` (the
 calorimeter's electron DLL, LHCb's ProtoParticle ``EcalPIDe``), ``TRUEID`` (signed PDG id),
-``is_signal``. NaN marks absent information (see :mod:`mambah.detector.pid`).
+``is_signal``. NaN marks absent information (see :mod:`mambah.reference.pid`).
 :data:`LHCB_NAMES` maps them to the store's quantities.
 """
 
@@ -54,9 +54,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigurationError, closest
-from ..random import SeedLike, get_rng
-from .pid import MASSES, SPECIES_NAMES, ReferencePID
+from mambah.errors import ConfigurationError, closest
+from mambah.random import SeedLike, get_rng
+from mambah.reference.pid import MASSES, SPECIES_NAMES, ReferencePID
 
 __all__ = [
     "CalibChannel",
@@ -209,7 +209,7 @@ def two_body_decay(parent: np.ndarray, m_parent, m1: float, m2: float, rng: np.r
 
 
 def _mothers(n: int, mass: float, pid: int, pt_min: float, scale: float, rng: np.random.Generator) -> np.ndarray:
-    from ..generation.spectra import PowerLawPt, default_eta, default_pt
+    from mambah.generation.spectra import PowerLawPt, default_eta, default_pt
 
     base = default_pt(pid)
     pt = PowerLawPt(p0=base.p0 * scale, n=base.n, low=pt_min * scale).sample(n, rng)
@@ -286,13 +286,13 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
         pure: only signal candidates (the truth for closure tests); the mass column still peaks.
         signal_fraction: expected signal fraction of the mixed sample (default: the channel's,
             0.40-0.55); the number of signal rows is Binomial(n_events, signal_fraction).
-        detector: the PID response (default :class:`~mambah.detector.pid.ReferencePID`).
+        detector: the PID response (default :class:`~mambah.reference.pid.ReferencePID`).
 
     Returns:
         DataFrame, one row per candidate, columns as in the module docstring.
 
     Example:
-        >>> from mambah.detector.calibration import calib_sample
+        >>> from mambah.reference.calibration import calib_sample
         >>> df = calib_sample("p", 2000, seed=1)
         >>> bool(0.35 < df["is_signal"].mean() < 0.50)
         True

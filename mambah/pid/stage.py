@@ -2,7 +2,7 @@
 
 Every track row of ``particles`` (``vertex == -1`` and a truth link) gets the PID columns of
 :data:`mambah.store.schema.PID_COLUMNS` from the chain of its *true* species (``|pid|`` of its MC
-particle; see :mod:`mambah.pidchain`), evaluated per species on all its tracks at once. The
+particle; see :mod:`mambah.pid.chain`), evaluated per species on all its tracks at once. The
 conditions are the reconstructed momentum ``p = |p|`` [MeV/c], the pseudorapidity
 ``eta = asinh(pz / pT)``, the event's ``n_tracks`` (``events`` table) and the charge.
 Missing information is NaN, as the reference detector writes it (RICH DLLs outside the RICH
@@ -19,7 +19,7 @@ for it; every batch records ``{model: [rows outside, rows evaluated]}`` in
 store), and :func:`out_of_range_totals` sums them over the batches this process ran.
 
 Example:
-    >>> from mambah.stages.pid import PID                       # doctest: +SKIP
+    >>> from mambah.pid.stage import PID                       # doctest: +SKIP
     >>> batch = PID()(batch)                                     # doctest: +SKIP
 """
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
-from ._common import as_config, require_tables, rows_by_index
+from mambah.errors import ConfigurationError
+from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
 __all__ = ["PID", "out_of_range_totals"]
 
@@ -78,7 +78,7 @@ class PID:
     threads: int = 2
 
     def __post_init__(self):
-        from ..pidchain import SPECIES_PDG, available_chains
+        from mambah.pid.chain import SPECIES_PDG, available_chains
 
         object.__setattr__(self, "species", tuple(self.species))
         if self.models_dir is not None:
@@ -101,7 +101,7 @@ class PID:
 
     def chains(self) -> dict:
         """``species -> PidChain`` (loaded and checked once per process)."""
-        from ..pidchain import build_chain
+        from mambah.pid.chain import build_chain
 
         return {s: build_chain(s, None, self.models_dir) for s in self.species}
 
@@ -118,7 +118,7 @@ class PID:
         return out
 
     def __call__(self, batch):
-        from ..pidchain import CHAIN_OUTPUTS, SPECIES_PDG
+        from mambah.pid.chain import CHAIN_OUTPUTS, SPECIES_PDG
 
         require_tables(batch, self.name, ("mc_particles", "events"))
         if "particles" not in batch:
@@ -161,7 +161,7 @@ class PID:
                                              np.random.default_rng(seed), counts=steps)
             return gen, steps
 
-        from ..nn.pidmodel import OutOfRangeWarning
+        from mambah.nn.pidmodel import OutOfRangeWarning
 
         # the models warn per step and per call; hold those warnings back (the species run in
         # threads, so this wraps the whole pool) and report once per production (_report)
@@ -201,7 +201,7 @@ class PID:
         """Add this batch's out-of-range counts to the production's, warn for the models that see
         out-of-range rows for the first time in the production, and pass on every other warning
         (those of models this stage does not count, e.g. of custom chains, unchanged)."""
-        from ..nn.pidmodel import OutOfRangeWarning
+        from mambah.nn.pidmodel import OutOfRangeWarning
 
         for w in caught:
             m = _MODEL_IN_MSG.search(str(w.message)) if issubclass(w.category, OutOfRangeWarning) else None

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError, DataError, ModelDirError
-from ._common import as_config, model_dir_entry, model_version_entry
+from mambah.errors import ConfigurationError, DataError, ModelDirError
+from mambah.reconstruction._common import as_config, model_dir_entry, model_version_entry
 
 __all__ = ["Occupancy", "OccupancyModel", "build_occupancy_model", "DEFAULT_OCCUPANCY"]
 
@@ -48,7 +48,7 @@ class OccupancyModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> OccupancyModel:
-        from ..modeldir import load_arrays, resolve_model, verify_model_dir
+        from mambah.modeldir import load_arrays, resolve_model, verify_model_dir
 
         p = resolve_model(path)
         card = verify_model_dir(p)
@@ -89,7 +89,7 @@ _CACHE: dict[tuple[str, str], OccupancyModel] = {}
 
 
 def _load_cached(model: str) -> OccupancyModel:
-    from ..modeldir import model_hash, resolve_model
+    from mambah.modeldir import model_hash, resolve_model
 
     p = resolve_model(model)
     key = (str(p.resolve()), model_hash(p))
@@ -124,7 +124,7 @@ class Occupancy:
         return model_dir_entry(self.model)
 
     def __call__(self, batch):
-        from ..batch import empty_table
+        from mambah.batch import empty_table
 
         m = _load_cached(self.model)
         n = batch.n_events
@@ -161,8 +161,8 @@ def build_occupancy_model(
     Bins are ``bin_width`` tracks wide from 0 to past the largest value; negative weighted bins
     are set to zero (counted in the card's metrics).
     """
-    from ..io import check_finite, check_weights, read_table, split_spec
-    from ..modeldir import save_model_dir
+    from mambah.io import check_finite, check_weights, read_table, split_spec
+    from mambah.modeldir import save_model_dir
 
     if bin_width < 1:
         raise ConfigurationError(f"bin_width must be a positive number of tracks, got {bin_width}")

@@ -7,16 +7,16 @@ efficiency network, evaluated on its true momentum and the position of its produ
 
 * get ``mc_particles.reconstructed = True`` (all other rows False);
 * become rows of ``particles``: ``mc_particle`` (truth link), ``pid`` (the true PDG id),
-  ``charge``, momentum (the true one until the :class:`~mambah.stages.resolution.Resolution`
+  ``charge``, momentum (the true one until the :class:`~mambah.reconstruction.resolution.Resolution`
   stage smears it), ``m`` and ``e`` with the true species' PDG mass hypothesis, ``mother`` and
-  ``vertex`` -1 (set by :class:`~mambah.stages.composites.Composites`), PID columns NaN (set by the
+  ``vertex`` -1 (set by :class:`~mambah.reconstruction.composites.Composites`), PID columns NaN (set by the
   PID stage).
 
 ``model="reference"`` uses the reference detector's exact efficiency instead of a network (truth
 productions and closure tests).
 
 Candidates outside the network's training range are evaluated at the nearest edge of the range;
-the model logs that once per process (:mod:`mambah.recnets`), and every batch records
+the model logs that once per process (:mod:`mambah.nn.tracking`), and every batch records
 ``{model: [candidates outside, candidates]}`` in
 ``batch.info["reconstruction"]["efficiency"]["out_of_range"]`` (kept with the batch's provenance
 in the store); :func:`out_of_range_totals` sums them over the batches this process ran.
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..detector.tracking import SPECIES, pdg_charge, pdg_mass, species_index
-from ..errors import ConfigurationError
-from ..store.schema import COLUMNS, PID_COLUMNS
-from ._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
+from mambah.reference.tracking import SPECIES, pdg_charge, pdg_mass, species_index
+from mambah.errors import ConfigurationError
+from mambah.store.schema import COLUMNS, PID_COLUMNS
+from mambah.reconstruction._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
 
 __all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "track_rows", "out_of_range_totals"]
 
@@ -84,10 +84,10 @@ class Efficiency:
 
     def _probability(self, px, py, pz, x, y, z, pid, out_of_range: dict | None = None) -> np.ndarray:
         if self.model == REFERENCE:
-            from ..detector.tracking import TrackingDetector
+            from mambah.reference.tracking import TrackingDetector
 
             return TrackingDetector().efficiency(px, py, pz, x, y, z, pid)
-        from ..recnets import efficiency_features, load_efficiency
+        from mambah.nn.tracking import efficiency_features, load_efficiency
 
         m = load_efficiency(self.model)
         missing = [s for s in self.species if s not in m.species]

@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from .detector.tracking import SPECIES, TRACKABLE_PIDS, momentum_features, rebuild_momentum, species_index
-from .errors import ConfigurationError, DataError, ModelDirError
+from mambah.reference.tracking import SPECIES, TRACKABLE_PIDS, momentum_features, rebuild_momentum, species_index
+from mambah.errors import ConfigurationError, DataError, ModelDirError
 
 __all__ = [
     "EFFICIENCY_CONDITIONS",
@@ -327,7 +327,7 @@ class _Loaded:
 
 
 def _load(path: str | os.PathLike, kind: str, conditions, targets, n_feat: int, n_cont: int):
-    from .modeldir import load_arrays, load_network, resolve_model, verify_model_dir
+    from mambah.modeldir import load_arrays, load_network, resolve_model, verify_model_dir
 
     p = resolve_model(path)
     card = verify_model_dir(p)
@@ -401,7 +401,7 @@ class ResolutionModel(_Loaded):
 
     def sample(self, px, py, pz, pid, seed=None, *, check_species: bool = True):
         """Reconstructed (px, py, pz) in MeV/c (float64) drawn from the network."""
-        from .random import get_rng
+        from mambah.random import get_rng
 
         if check_species:
             self.check_species(pid)
@@ -520,7 +520,7 @@ _LOCK = threading.Lock()
 
 
 def _cached(cls, path):
-    from .modeldir import model_hash, resolve_model
+    from mambah.modeldir import model_hash, resolve_model
 
     p = resolve_model(path)
     key = (str(p.resolve()), model_hash(p), cls.__name__)
@@ -644,7 +644,7 @@ def fit_efficiency(
     """
     import keras
 
-    from .io import check_finite, require_columns
+    from mambah.io import check_finite, require_columns
 
     cols = ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"]
     require_columns(df, cols, where="the efficiency training data")
@@ -750,7 +750,7 @@ def fit_resolution(
         df: columns ``px, py, pz`` (true, MeV/c), ``px_reco, py_reco, pz_reco`` (MeV/c) and
             ``pid``; rows with NaN reconstructed momenta (not reconstructed) are dropped.
     """
-    from .io import check_finite, require_columns
+    from mambah.io import check_finite, require_columns
 
     cols = ["px", "py", "pz", "pid", "px_reco", "py_reco", "pz_reco"]
     require_columns(df, cols, where="the resolution training data")
@@ -807,7 +807,7 @@ def resolution_closure(model: ResolutionModel, df, detector=None, seed: int = 0,
     """
     from scipy.stats import ks_2samp
 
-    from .detector.tracking import TrackingDetector
+    from mambah.reference.tracking import TrackingDetector
 
     det = detector or TrackingDetector()
     px, py, pz = (df[c].to_numpy(np.float64) for c in ("px", "py", "pz"))

@@ -1,0 +1,18 @@
+"""Reconstruction: what the detector makes of the generated particles, stage by stage.
+
+``Occupancy`` (nTracks) -> ``Efficiency`` (which charged particles become tracks) ->
+``Resolution`` (their measured momenta) -> ``Composites`` (decay candidates built from the
+tracks). Each stage is a frozen dataclass with ``name``, ``__call__(batch) -> batch``,
+``config()`` and ``model_versions()``; models are loaded lazily through the model registry
+(:mod:`mambah.nn.registry`), and the dataclass fields are plain strings and numbers, so stages
+pickle for Dask. The PID stage is in :mod:`mambah.pid`.
+"""
+
+from __future__ import annotations
+
+from mambah.reconstruction.composites import Composites
+from mambah.reconstruction.efficiency import Efficiency
+from mambah.reconstruction.occupancy import Occupancy
+from mambah.reconstruction.resolution import Resolution
+
+__all__ = ["Occupancy", "Efficiency", "Resolution", "Composites"]
