@@ -5,7 +5,7 @@ vectorised code), of storage (written in one transaction), of parallelism (batch
 independent tasks) and of provenance (its seed regenerates it bit for bit).
 
 In memory a batch is a set of pandas DataFrames, one per table of the event store
-(:data:`mambah.store.schema.COLUMNS`), plus the provenance that goes into the ``batches`` table.
+(:data:`mambah.physics.columns.COLUMNS`), plus the provenance that goes into the ``batches`` table.
 Stages add columns or rows; they never do I/O.
 """
 
@@ -24,7 +24,7 @@ __all__ = ["Batch", "empty_table"]
 
 def empty_table(table: str, n: int = 0) -> pd.DataFrame:
     """A DataFrame with the columns and dtypes of ``table`` and ``n`` zero rows."""
-    from mambah.store.schema import COLUMNS
+    from mambah.physics.columns import COLUMNS
 
     try:
         cols = COLUMNS[table]
@@ -41,7 +41,7 @@ class Batch:
         id: the batch id (unique in a store; the key of every row of the batch).
         seed: the seed all of the batch's random numbers derive from (see :meth:`rng`).
         n_events: number of generated events.
-        tables: table name -> DataFrame (columns of :data:`mambah.store.schema.COLUMNS`).
+        tables: table name -> DataFrame (columns of :data:`mambah.physics.columns.COLUMNS`).
         info: provenance and bookkeeping (config, model versions, timings, stage notes); goes
             into the ``batches`` table.
         arrays: transient per-batch data passed between stages and not stored (e.g. the

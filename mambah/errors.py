@@ -22,6 +22,8 @@ __all__ = [
     "SchemaVersionError",
     "ModelDirError",
     "OptionalDependencyError",
+    "MambahWarning",
+    "OutOfRangeWarning",
     "closest",
 ]
 
@@ -109,3 +111,30 @@ class ModelDirError(MambahError):
 
 class OptionalDependencyError(MambahError, ImportError):
     """An optional dependency is not installed; the message gives the pip line."""
+
+
+class MambahWarning(UserWarning):
+    """Base class of the warnings mambah emits on purpose."""
+
+
+class OutOfRangeWarning(MambahWarning):
+    """Conditions given to a model lie outside the range it was trained on.
+
+    The fields let callers aggregate without parsing the message:
+
+    Attributes:
+        model: the model's name (its card's ``name``, else its directory name).
+        count: rows with at least one condition outside the training range.
+        n: rows the model was evaluated on.
+        detail: ``{condition: rows outside}`` per condition.
+        action: what was done with those rows (e.g. ``"clamped to the range edges"``).
+    """
+
+    def __init__(self, message: str, *, model: str = "", count: int = 0, n: int = 0,
+                 detail: dict | None = None, action: str = ""):
+        super().__init__(message)
+        self.model = model
+        self.count = int(count)
+        self.n = int(n)
+        self.detail = dict(detail or {})
+        self.action = action

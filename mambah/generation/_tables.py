@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mambah.store.schema import COLUMNS
+from mambah.physics.columns import COLUMNS
 
 __all__ = ["fill_tables", "vertex_layout"]
 

@@ -42,7 +42,7 @@ import pandas as pd
 
 from mambah.reference.tracking import TRACKABLE_PIDS
 from mambah.errors import ConfigurationError
-from mambah.store.schema import COLUMNS, PID_COLUMNS
+from mambah.physics.columns import COLUMNS, PID_COLUMNS
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
 __all__ = ["Composites", "plan_composites"]

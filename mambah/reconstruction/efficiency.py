@@ -33,7 +33,7 @@ import pandas as pd
 
 from mambah.reference.tracking import SPECIES, pdg_charge, pdg_mass, species_index
 from mambah.errors import ConfigurationError
-from mambah.store.schema import COLUMNS, PID_COLUMNS
+from mambah.physics.columns import COLUMNS, PID_COLUMNS
 from mambah.reconstruction._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
 
 __all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "track_rows", "out_of_range_totals"]

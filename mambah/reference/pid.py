@@ -114,7 +114,7 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError, DataError
 from mambah.random import SeedLike, get_rng
-from mambah.store.schema import PID_COLUMNS
+from mambah.physics.columns import PID_COLUMNS
 
 __all__ = [
     "SPECIES",

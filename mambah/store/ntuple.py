@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError, StoreError
-from mambah.store.schema import PID_COLUMNS
+from mambah.physics.columns import PID_COLUMNS
 
 __all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
            "PID_BRANCHES"]

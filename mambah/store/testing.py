@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 
 from mambah.batch import Batch, empty_table
-from mambah.store.schema import PID_COLUMNS
+from mambah.physics.columns import PID_COLUMNS
 
 __all__ = ["REFERENCE_TREE", "synthetic_batch", "pg_schema"]
 

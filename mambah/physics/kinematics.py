@@ -1,0 +1,76 @@
+"""Kinematics: momentum, transverse momentum and pseudorapidity, with one guard each.
+
+The only place mambah computes η. Inputs are arrays of momentum components (any unit; outputs
+are in the same unit); the arithmetic is float64.
+
+Example:
+    >>> from mambah.physics import eta, p_eta
+    >>> float(eta(0.0, 1.0, 0.0))
+    0.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["p_mag", "pt", "eta", "p_eta", "ETA_LIMIT", "rebuild_momentum"]
+
+#: |η| given to a momentum along the beam (pT = 0), where asinh(pz / pT) is infinite.
+ETA_LIMIT = 1e3
+
+
+def _f64(*a):
+    return [np.asarray(x, dtype=np.float64) for x in a]
+
+
+def p_mag(px, py, pz) -> np.ndarray:
+    """|p| = sqrt(px² + py² + pz²)."""
+    px, py, pz = _f64(px, py, pz)
+    return np.sqrt(px * px + py * py + pz * pz)
+
+
+def pt(px, py) -> np.ndarray:
+    """Transverse momentum sqrt(px² + py²)."""
+    px, py = _f64(px, py)
+    return np.hypot(px, py)
+
+
+def _eta(pt_, pz) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.arcsinh(np.where(pt_ > 0, pz / np.maximum(pt_, 1e-300), np.sign(pz) * ETA_LIMIT))
+
+
+def eta(px, py, pz) -> np.ndarray:
+    """Pseudorapidity η = asinh(pz / pT); ±:data:`ETA_LIMIT` mapped through asinh for pT = 0
+    (a momentum along the beam), so the result is always finite."""
+    px, py, pz = _f64(px, py, pz)
+    return _eta(np.hypot(px, py), pz)
+
+
+def p_eta(px, py, pz) -> tuple[np.ndarray, np.ndarray]:
+    """(|p|, η) in one pass (the conditions of every tracking and PID model)."""
+    px, py, pz = _f64(px, py, pz)
+    t = np.hypot(px, py)
+    return np.sqrt(t * t + pz * pz), _eta(t, pz)
+
+
+def rebuild_momentum(px, py, pz, r, dtx, dty) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Momentum with magnitude p (1 + r) and slopes (px/pz + dtx, py/pz + dty); float64 arrays.
+
+    The parameterisation of a momentum measurement (relative magnitude residual and slope
+    residuals). Tracks with pz == 0 (never reconstructed in a forward tracker) keep their direction.
+    """
+    px, py, pz = _f64(px, py, pz)
+    p = np.sqrt(px * px + py * py + pz * pz)
+    ok = pz != 0
+    safe = np.where(ok, pz, 1.0)
+    tx = np.where(ok, px / safe + dtx, 0.0)
+    ty = np.where(ok, py / safe + dty, 0.0)
+    p_reco = p * (1.0 + r)
+    pz_new = np.sign(safe) * p_reco / np.sqrt(1.0 + tx * tx + ty * ty)
+    scale = 1.0 + r
+    return (
+        np.where(ok, tx * pz_new, px * scale),
+        np.where(ok, ty * pz_new, py * scale),
+        np.where(ok, pz_new, pz * scale),
+    )
