@@ -297,7 +297,8 @@ def closure_main(a) -> int:
     import json
 
     from mambah.reference.calibration import calib_sample
-    from mambah.pid.chain import SPECIES_PDG, build_chain, closure
+    from mambah.pid.chain import SPECIES_PDG, build_chain
+    from mambah.validation.closure import chain_closure as closure
 
     if a.write_cards and a.closure_seed != 10_000:
         raise SystemExit("--write-cards records the cards' held-out sample only (--closure-seed 10000)")

@@ -1,4 +1,4 @@
-"""The sWeighted Bernoulli flag classifier (mambah.nn.flags) and ``mambah train flags``."""
+"""The sWeighted Bernoulli flag classifier (mambah.nn.flags, mambah.training.flags) and ``mambah train flags``."""
 
 import json
 import re
@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambah.errors import DataError, MissingColumnError, ModelDirError
-from mambah.nn.flags import (FlagConfig, FlagModel, FlagTrainer, check_flag_values, efficiency_closure,
-                             save_flag_model, weighted_bce)
-from mambah.nn.pidmodel import OutOfRangeWarning, describe_column
+from mambah.errors import DataError, MissingColumnError, ModelDirError, OutOfRangeWarning
+from mambah.nn.flags import FlagModel
+from mambah.nn.pidmodel import describe_column
+from mambah.training.flags import (FlagConfig, FlagTrainer, check_flag_values, efficiency_closure, save_flag_model,
+                                   weighted_bce)
 
 CONDS, TARGS = ["P", "ETA"], ["isMuon", "hasRich"]
 P_EDGES = [3000, 5000, 10000, 20000, 40000, 100000, 1e6]  # MeV/c
@@ -119,7 +120,7 @@ def test_training_helped_and_the_closure_metric_sees_the_difference(toy_fits):
     # the card's metric: predicted vs sWeighted observed rate in p bins
     good = efficiency_closure(cv[:, 0], weighted.predict_proba(cv), yv, swv, TARGS, column="P")
     bad = efficiency_closure(cv[:, 0], plain.predict_proba(cv), yv, swv, TARGS, column="P")
-    from mambah.pid.chain import P_BINS
+    from mambah.validation.closure import P_BINS
 
     assert good["edges"] == list(P_BINS)
     assert good["max_abs_eff_diff"]["isMuon"] < bad["max_abs_eff_diff"]["isMuon"] and bad["max_abs_eff_diff"]["isMuon"] > 0.2

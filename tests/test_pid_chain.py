@@ -12,9 +12,10 @@ import pytest
 from mambah.reference.calibration import calib_sample
 from mambah.errors import ConfigurationError
 from mambah.modeldir import default_models_dir
-from mambah.pid.chain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ROLES, ChainStep, available_chains, build_chain, closure,
+from mambah.pid.chain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ROLES, ChainStep, available_chains, build_chain,
                              combine, default_chain_steps, load_chain, prepare_training_table,
                              rich_threshold_codes)
+from mambah.validation.closure import chain_closure as closure
 
 MODELS = default_models_dir()
 
@@ -167,11 +168,13 @@ def test_out_of_range_conditions_warn_with_the_fraction():
         warnings.simplefilter("ignore")
         out = chain.generate_columns(x, np.random.default_rng(1), counts=counts)
     assert set(counts) == {str(m.card["name"]) for m in chain.models}
-    bad, rows, detail = counts["pid-p-flags"]
-    assert (bad, rows) == (100, n) and detail.startswith("P: 100 outside")
+    flags = counts["pid-p-flags"]
+    assert (flags.count, flags.n) == (100, n) and flags.text.startswith("P: 100 outside")
+    assert flags.detail["P"] == 100
     rich = out["RichDLLk"] == out["RichDLLk"]  # the rows the RICH step evaluated
     lo_r, hi_r = chain.models[[s.role for s in chain.steps].index("rich")].cond_pre.range_()
-    assert counts["pid-p-rich"][:2] == (int((rich & (x["P"].to_numpy() > hi_r[0])).sum()), int(rich.sum()))
+    assert (counts["pid-p-rich"].count, counts["pid-p-rich"].n) == (int((rich & (x["P"].to_numpy() > hi_r[0])).sum()),
+                                                                     int(rich.sum()))
 
 
 def _closure(species, n, seed):

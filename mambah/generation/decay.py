@@ -44,6 +44,7 @@ import numpy as np
 from mambah.errors import ConfigurationError
 from mambah.generation.descriptor import DecayNode, Descriptor, parse_descriptor
 from mambah.generation.particles import C_MM_PER_NS
+from mambah.physics import eta as pseudorapidity
 
 __all__ = ["PhaseSpaceDecay", "EtaAcceptance", "generator_stages", "boost_to_lab"]
 
@@ -246,7 +247,7 @@ class EtaAcceptance:
         if not sel:
             return np.ones(p4.shape[-1], dtype=bool)
         q = p4[:, sel, :]
-        eta = np.arcsinh(q[2] / np.hypot(q[0], q[1]))
+        eta = pseudorapidity(q[0], q[1], q[2])
         return np.all((eta > self.eta_min) & (eta < self.eta_max), axis=0)
 
     def config(self) -> dict[str, Any]:

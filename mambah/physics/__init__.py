@@ -4,14 +4,27 @@
   the ``particle`` package; masses of any PDG id;
 * :mod:`mambah.physics.kinematics` — |p|, pT, η (one guard), the momentum-measurement
   parameterisation;
-* :mod:`mambah.physics.columns` — the batch tables' columns and dtypes.
+* :mod:`mambah.physics.columns` — the batch tables' columns and dtypes, and the column map
+  (store name ↔ LHCb name ↔ unit ↔ quantity).
 
 This package imports nothing of mambah but :mod:`mambah.errors`; everything else imports it.
 """
 
 from __future__ import annotations
 
-from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS
+from mambah.physics.columns import (
+    COLUMN_MAP,
+    COLUMNS,
+    CONDITION_NAMES,
+    DATA_TABLES,
+    PID_COLUMNS,
+    Column,
+    column,
+    describe_column,
+    lhcb_name,
+    lhcb_names,
+    store_name,
+)
 from mambah.physics.kinematics import ETA_LIMIT, eta, p_eta, p_mag, pt, rebuild_momentum
 from mambah.physics.species import (
     SPECIES,
@@ -29,6 +42,7 @@ from mambah.physics.species import (
 
 __all__ = [
     "COLUMNS", "DATA_TABLES", "PID_COLUMNS",
+    "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
     "ETA_LIMIT", "eta", "p_eta", "p_mag", "pt", "rebuild_momentum",
     "SPECIES", "SPECIES_PDG", "TRACKABLE_PIDS", "Species", "particle_mass", "pdg_charge", "pdg_mass",
     "species", "species_index", "species_mass", "species_of_pdg",

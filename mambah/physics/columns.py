@@ -5,11 +5,30 @@ dtype of every column the stages produce and the store writes (the store's SQLAl
 :mod:`mambah.store.schema`, is built to match it, and a test checks that they agree).
 
 Units: MeV (energies, momenta, masses), mm (positions), ns (times) — the LHCb convention.
+
+:data:`COLUMN_MAP` is the one map between the store's names and LHCb's (ntuple branches,
+calibration samples, model cards): store name ↔ LHCb name ↔ unit ↔ quantity, with the aliases
+LHCb uses (``DLLp`` = ``PIDp``, ``nLongTracks`` = ``nTracks``). :func:`describe_column` gives a
+card's column entry, :func:`lhcb_name` / :func:`store_name` translate.
+
+Example:
+    >>> from mambah.physics import lhcb_name, store_name, describe_column
+    >>> lhcb_name("pid_k"), store_name("DLLp")
+    ('PIDK', 'pid_p')
+    >>> describe_column("P")
+    {'name': 'P', 'unit': 'MeV/c', 'quantity': 'p'}
 """
 
 from __future__ import annotations
 
-__all__ = ["COLUMNS", "DATA_TABLES", "PID_COLUMNS"]
+import dataclasses
+
+from mambah.errors import ConfigurationError, closest
+
+__all__ = [
+    "COLUMNS", "DATA_TABLES", "PID_COLUMNS",
+    "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
+]
 
 #: PID variables of reconstructed tracks (NaN where not produced, e.g. outside the RICH acceptance).
 PID_COLUMNS: dict[str, str] = {
@@ -94,3 +113,130 @@ COLUMNS: dict[str, dict[str, str]] = {
 
 #: Data tables in write order (parents before children).
 DATA_TABLES: tuple[str, ...] = ("events", "mc_vertices", "mc_particles", "particles", "vertices")
+
+
+# ----------------------------------------------------------------------------- the column map
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One quantity under its two names: the store's and LHCb's.
+
+    Attributes:
+        store: the store/batch name of the quantity (snake case): a column of the ``particles`` or
+            ``events`` table (``pid_p``, ``n_tracks``) or a quantity computed from one
+            (``p``, ``pt``, ``eta`` from px, py, pz; see :mod:`mambah.physics.kinematics`);
+            ``None`` for a column with no store counterpart (e.g. ``RichDLLpK``).
+        lhcb: the LHCb ntuple / calibration-sample name (``PIDp``, ``nTracks``, ``P``).
+        unit: unit in mambah's convention (MeV/c for momenta; ``""`` when dimensionless).
+        quantity: what a model card records as the column's ``quantity`` (the store name, or an
+            expression of store names for a derived column).
+        aliases: other names that mean the same column (``DLLp`` for ``PIDp``, ``nLongTracks``
+            for ``nTracks``, ``Q`` for ``charge``).
+    """
+
+    store: str | None
+    lhcb: str
+    unit: str
+    quantity: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name of the column: LHCb's, the store's, then the aliases."""
+        return tuple(dict.fromkeys(n for n in (self.lhcb, self.store, *self.aliases) if n))
+
+
+def _c(store: str, lhcb: str, unit: str = "", aliases: tuple[str, ...] = ()) -> Column:
+    return Column(store, lhcb, unit, store, aliases)
+
+
+#: The column map: every quantity mambah reads or writes under an LHCb name, once.
+#: Order: model conditions, combined DLLs, RICH DLLs, muon variables, flags and calorimeter, derived.
+COLUMN_MAP: tuple[Column, ...] = (
+    _c("p", "P", "MeV/c"),
+    _c("pt", "PT", "MeV/c"),
+    _c("eta", "ETA"),
+    _c("n_tracks", "nTracks", aliases=("nLongTracks",)),
+    _c("charge", "charge", "e", aliases=("Q",)),
+    _c("pid_e", "PIDe", aliases=("DLLe",)),
+    _c("pid_mu", "PIDmu", aliases=("DLLmu",)),
+    _c("pid_k", "PIDK", aliases=("DLLK",)),
+    _c("pid_p", "PIDp", aliases=("DLLp",)),
+    _c("rich_dll_e", "RichDLLe"),
+    _c("rich_dll_mu", "RichDLLmu"),
+    _c("rich_dll_k", "RichDLLk"),
+    _c("rich_dll_p", "RichDLLp"),
+    _c("is_muon", "isMuon"),
+    _c("muon_mu_ll", "MuonMuLL"),
+    _c("muon_bkg_ll", "MuonBkgLL"),
+    _c("has_rich", "hasRich"),
+    _c("in_muon_acceptance", "InMuonAcc"),
+    _c("calo_e_over_p", "EcalEoverP"),
+    _c("calo_dll_e", "EcalPIDe"),
+    Column(None, "RichDLLpK", "", "rich_dll_p - rich_dll_k"),
+)
+
+_BY_NAME: dict[str, Column] = {}
+for _col in COLUMN_MAP:
+    for _n in _col.names:
+        if _BY_NAME.setdefault(_n, _col) is not _col:  # pragma: no cover - a map edit must keep names unique
+            raise RuntimeError(f"column name {_n!r} appears twice in COLUMN_MAP")
+del _col, _n
+
+#: LHCb names of the conditions of every PID model and chain, in the networks' order.
+CONDITION_NAMES: tuple[str, ...] = ("P", "ETA", "nTracks", "charge")
+
+
+def column(name: str) -> Column:
+    """The :class:`Column` known by ``name`` (LHCb name, store name or alias).
+
+    Raises:
+        ConfigurationError: ``name`` is in no entry of :data:`COLUMN_MAP` (close names listed).
+    """
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        near = closest(str(name), _BY_NAME)
+        raise ConfigurationError(f"unknown column {name!r}" + (f"; did you mean {', '.join(near)}?" if near else "")
+                                 + f" (known: {', '.join(c.lhcb for c in COLUMN_MAP)})") from None
+
+
+def lhcb_name(store: str) -> str:
+    """LHCb name of the store quantity ``store`` (``pid_p -> PIDp``)."""
+    col = column(store)
+    if col.store != store:
+        raise ConfigurationError(f"{store!r} is not a store column name; it is LHCb's {col.lhcb!r} "
+                                 f"(store name {col.store!r})")
+    return col.lhcb
+
+
+def store_name(name: str) -> str:
+    """Store name of the column called ``name`` (``PIDp``, ``DLLp`` or ``pid_p`` -> ``pid_p``).
+
+    Raises:
+        ConfigurationError: unknown name, or a column with no store counterpart.
+    """
+    col = column(name)
+    if col.store is None:
+        raise ConfigurationError(f"column {name!r} has no store counterpart (it is {col.quantity!r})")
+    return col.store
+
+
+def lhcb_names(stores) -> dict[str, str]:
+    """``{store name: LHCb name}`` for the store names ``stores``, in their order."""
+    return {s: lhcb_name(s) for s in stores}
+
+
+def describe_column(name: str) -> dict[str, str]:
+    """``{"name", "unit", "quantity"}`` of a column, as model cards record it.
+
+    Names in :data:`COLUMN_MAP` (LHCb names, store names, aliases) get their unit and quantity;
+    any other name is described as itself, dimensionless (a model may be trained on any column).
+
+    Example:
+        >>> describe_column("DLLp")
+        {'name': 'DLLp', 'unit': '', 'quantity': 'pid_p'}
+    """
+    col = _BY_NAME.get(name)
+    if col is None:
+        return {"name": name, "unit": "", "quantity": name}
+    return {"name": name, "unit": col.unit, "quantity": col.quantity}

@@ -84,7 +84,7 @@ from mambah.errors import ConfigurationError, ModelDirError, closest
 
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "SPECIES_PDG", "DEFAULT_SPECIES", "load_chain", "available_chains",
-           "closure", "CUTS", "P_BINS", "combine", "ROLES", "load_step_model", "THRESHOLD_CODES",
+           "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
            "rich_threshold_codes"]
 
 log = logging.getLogger(__name__)
@@ -155,37 +155,52 @@ def default_chain_steps(species: str, models_dir: str | os.PathLike | None = Non
 def _selection_flag(path: Path) -> str | None:
     """The flag a model was trained on (``"hasCalo"`` for ``--selection "hasCalo == 1"``), else None.
 
-    Read from the card's ``training_data.selection``; a model directory that does not exist (yet)
-    or has no such selection gives None (the step runs on every track), and :func:`build_chain`
-    reports a missing model itself.
+    Read from the card's ``training_data.selection``. No selection (none recorded, or empty) gives
+    None: the step runs on every track (chains before 2026-11-23). A model directory that does not
+    exist (yet) or whose card cannot be read also gives None, and :func:`build_chain` reports the
+    problem itself.
+
+    Raises:
+        ModelDirError: the selection is anything else than ``<flag> == 1`` with a flag the chain
+            produces (:data:`FLAGS`): the chain could not apply it, and running the step on every
+            track instead would be silently wrong. The message names the card and the selection.
     """
     import json
     import re
 
     try:
-        sel = json.loads((path / "card.json").read_text()).get("training_data", {}).get("selection") or ""
-    except (OSError, ValueError):
+        td = json.loads((path / "card.json").read_text()).get("training_data", {})
+    except (OSError, ValueError, AttributeError):
         return None
-    m = re.fullmatch(r"\s*(\w+)\s*==\s*1(\.0*)?\s*", sel)
-    return m.group(1) if m and m.group(1) in FLAGS else None
+    sel = td.get("selection") if isinstance(td, dict) else None
+    if sel is None or (isinstance(sel, str) and not sel.strip()):
+        return None
+    m = re.fullmatch(r"\s*(\w+)\s*==\s*1(\.0*)?\s*", sel) if isinstance(sel, str) else None
+    if m is None or m.group(1) not in FLAGS:
+        raise ModelDirError(
+            f"{str(path / 'card.json')!r}: training_data.selection is {sel!r}; a PID chain step can only be "
+            f"restricted to the rows where one of its flags is 1 ('<flag> == 1' with a flag in {', '.join(FLAGS)}). "
+            "Retrain the model with such a --selection, or remove the selection from the card to run the step "
+            "on every track")
+    return m.group(1)
+
+
+#: card kinds a chain step may have: a GAN or a classifier of flags
+STEP_KINDS = ("pid", "pid-flags")
 
 
 def load_step_model(path: str | os.PathLike):
-    """Load one chain step's model directory: a classifier (card kind ``pid-flags``) or a GAN."""
-    import json
+    """Load one chain step's model directory through the registry
+    (:func:`mambah.nn.registry.load_model`, cached by path and content hash): a classifier (card
+    kind ``pid-flags``, :class:`~mambah.nn.flags.FlagModel`) or a GAN (``pid``,
+    :class:`~mambah.nn.pidmodel.PidModel`)."""
+    from mambah.nn.registry import load_model
 
-    kind = None
-    try:
-        kind = json.loads((Path(path) / "card.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        pass  # the model class's own loader says what is wrong
-    if kind == "pid-flags":
-        from mambah.nn.flags import FlagModel
-
-        return FlagModel.load(path)
-    from mambah.nn.pidmodel import PidModel
-
-    return PidModel.load(path)
+    m = load_model(path)
+    if m.kind not in STEP_KINDS:
+        raise ModelDirError(f"{str(path)!r} holds a {m.kind!r} model, not a PID chain step "
+                            f"({' or '.join(map(repr, STEP_KINDS))})")
+    return m
 
 
 def prepare_training_table(df: pd.DataFrame, *, fill_ties=None) -> pd.DataFrame:
@@ -278,7 +293,8 @@ def combine(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class PidChain:
-    """A built chain of loaded :class:`~mambah.nn.pidmodel.PidModel` for one species.
+    """A built chain of loaded step models (:class:`~mambah.nn.pidmodel.PidModel`,
+    :class:`~mambah.nn.flags.FlagModel`) for one species.
 
     Use :func:`build_chain`; ``generate(conditions, rng)`` returns all :data:`CHAIN_OUTPUTS`.
     """
@@ -290,6 +306,7 @@ class PidChain:
         return f"PidChain({self.species!r}, {[m.card.get('name') for m in self.models]})"
 
     def model_versions(self) -> dict[str, dict[str, str]]:
+        """``{name: {"version", "hash"}}`` of the chain's models (what a production records)."""
         from mambah.modeldir import model_hash
 
         return {str(m.card.get("name", p.name)): {"version": str(m.card.get("version", "")), "hash": model_hash(p)}
@@ -324,8 +341,11 @@ class PidChain:
         """:meth:`generate` as a dict of float32 arrays (no DataFrame built: the PID stage's path).
 
         Args:
-            counts: if given, filled with ``{model name: (rows outside its training range, rows
-                evaluated, detail)}`` for every step (what the PID stage reports per production).
+            counts: if given, filled with ``{model name:}`` :class:`~mambah.nn.model.RangeCounts`
+                (rows outside its training range, rows evaluated, per condition) for every step, and
+                the models do not warn: the caller reports (what the PID stage does, once per model
+                and production). ``None``: every step's model warns itself
+                (:class:`~mambah.errors.OutOfRangeWarning`) when rows lie outside its range.
         """
         cols: dict[str, np.ndarray] = {c: np.asarray(inputs[c], dtype=float) for c in CHAIN_INPUTS}
         n = len(cols["P"])
@@ -335,17 +355,19 @@ class PidChain:
             sel = np.ones(n, bool) if step.applies is None else cols[step.applies] > 0.5
             out = np.full((n, len(m.targets)), np.nan)
             if counts is not None:
-                counts[_model_name(m, step)] = (0, 0, "")
+                counts[_model_name(m, step)] = _no_rows(m, step)
             if sel.any():
                 # the selected rows' conditions, stacked once (not all rows stacked, then selected)
                 every = sel.all()
                 cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
+                # the models warn themselves unless the caller takes the counts
+                quiet = {} if counts is None else {"check_range": False}
                 if counts is not None:
-                    counts[_model_name(m, step)] = _range_count(m, cs)
-                if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws (compiled; warns when out of range)
-                    out[sel] = m.sample(cs, rng)
-                else:  # a GAN: compiled inference (mambah.nn.inference), warns when out of range
-                    out[sel] = m.generate_array(cs, rng, chunk=chunk)
+                    counts[_model_name(m, step)] = m.check_range(cs)
+                if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws (compiled)
+                    out[sel] = m.sample(cs, rng, **quiet)
+                else:  # a GAN: compiled inference (mambah.nn.inference)
+                    out[sel] = m.generate_array(cs, rng, chunk=chunk, **quiet)
             for j, t in enumerate(m.targets):
                 v = out[:, j]
                 cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
@@ -395,23 +417,26 @@ def _model_name(m, step: ChainStep) -> str:
     return str(m.card.get("name", step.model))
 
 
-def _range_count(m, cs: np.ndarray) -> tuple[int, int, str]:
-    """(rows of ``cs`` outside the training range of model ``m``, rows, per-column detail)."""
-    lo, hi = m.cond_pre.range_()
-    if (cs.min(axis=0) >= lo).all() and (cs.max(axis=0) <= hi).all():  # the usual case: two passes
-        return 0, len(cs), ""
-    out = (cs < lo) | (cs > hi)
-    checks = getattr(m, "_checks", m)  # a FlagModel checks through its PidModel shell
-    return int(out.any(axis=1).sum()), len(cs), checks._out_of_range_detail(out.sum(axis=0))
+def _no_rows(m, step: ChainStep):
+    """The :class:`~mambah.nn.model.RangeCounts` of a step that evaluated no row."""
+    from mambah.nn.model import RangeCounts
+
+    return RangeCounts(_model_name(m, step), 0, 0)
 
 
-_CACHE: dict[tuple, PidChain] = {}
+# (species, steps) -> (the steps' (resolved path, content hash), chain): a model retrained in place
+# changes its content hash (mambah.nn.registry), and the chain is then built anew
+_CACHE: dict[tuple, tuple[tuple, PidChain]] = {}
 _LOCK = threading.Lock()
 
 
 def build_chain(species: str, steps: list[ChainStep] | None = None,
                 models_dir: str | os.PathLike | None = None) -> PidChain:
     """Load and check the chain of ``species`` (cached per process).
+
+    The step models come from the registry (:func:`mambah.nn.registry.load_model`); the chain is
+    cached by species, steps, and each step model's resolved path and content hash, so a model
+    retrained in place gives a new chain.
 
     Raises:
         ConfigurationError: a model is missing (names the available chains), or a step's condition
@@ -421,11 +446,7 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
 
     steps = default_chain_steps(species, models_dir) if steps is None else list(steps)
     key = (species, tuple(steps))
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-    models, paths = [], []
-    produced = set(CHAIN_INPUTS) | set(THRESHOLD_CODES)
+    loaded = []
     for step in steps:
         try:
             path = resolve_model(step.model, models_dir)
@@ -434,7 +455,15 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
             raise ConfigurationError(
                 f"no PID model {step.model!r} for species {species!r} ({e}); species with a complete default "
                 f"chain: {', '.join(avail) or 'none'}") from None
-        m = load_step_model(path)
+        loaded.append((path, load_step_model(path)))
+    versions = tuple((str(Path(p).resolve()), m.content_hash) for p, m in loaded)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] == versions:
+            return hit[1]
+    models, paths = [], []
+    produced = set(CHAIN_INPUTS) | set(THRESHOLD_CODES)
+    for step, (path, m) in zip(steps, loaded):
         missing = [c for c in m.conditions if c not in produced]
         if missing:
             raise ConfigurationError(
@@ -459,7 +488,7 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
                                  f"(steps: {[s.model for s in steps]})")
     chain = PidChain(species, steps, models, paths)
     with _LOCK:
-        _CACHE[key] = chain
+        _CACHE[key] = (versions, chain)
     return chain
 
 
@@ -483,70 +512,3 @@ def _models_base(models_dir: str | os.PathLike | None) -> Path:
     from mambah.modeldir import default_models_dir
 
     return Path(models_dir) if models_dir is not None else default_models_dir()
-
-
-#: Typical requirements checked by :func:`closure` (name -> function of the output table).
-CUTS = {
-    "DLLK > 0": lambda d: d["PIDK"] > 0,
-    "DLLK > 5": lambda d: d["PIDK"] > 5,
-    "DLLp > 5": lambda d: d["PIDp"] > 5,
-    "isMuon": lambda d: d["isMuon"] > 0.5,
-    "DLLp - DLLK > 0": lambda d: d["PIDp"] - d["PIDK"] > 0,
-}
-#: Bins whose efficiency difference has a binomial standard error at most this large enter
-#: ``max_abs_diff_precise`` (a 2% difference is then a 2-sigma effect; e.g. the 122 protons of
-#: 2-5 GeV/c in 100k have an error of 4%).
-PRECISE_ERROR = 0.01
-#: Momentum bins of the closure [MeV/c].
-P_BINS = (2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0, 100_000.0, 1e6)
-
-
-def closure(chain: PidChain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3) -> dict[str, Any]:
-    """Compare the chain with the truth for the same conditions (e.g. a pure calibration sample).
-
-    The chain generates every output for the truth rows' P, ETA, nTracks, charge. Scores:
-
-    * ``bdt_ks``: :func:`mambah.validation.bdt_ks_score` over the conditions and all eleven
-      outputs (NaN replaced by LHCb's -1000 sentinel on both sides); the generated rows are twins
-      of the truth rows (same conditions), so they are split together (``paired=True``);
-    * ``efficiency``: per cut of :data:`CUTS` and bin of :data:`P_BINS`, the truth and generated
-      efficiencies, their difference and its binomial standard error; per cut ``max_abs_diff``
-      (all bins of >= 50 tracks), ``max_abs_diff_precise`` (bins with a standard error <=
-      :data:`PRECISE_ERROR`) and ``max_pull`` (largest |difference| / standard error).
-    """
-    from mambah.validation import bdt_ks_score
-
-    rng = np.random.default_rng([seed, 7321])
-    gen = chain.generate(truth, rng)
-    cols = list(CHAIN_INPUTS) + list(CHAIN_OUTPUTS)
-    ref = truth[list(CHAIN_INPUTS)].astype(float).reset_index(drop=True)
-    g = ref.copy()
-    for c in CHAIN_OUTPUTS:
-        ref[c] = truth[c].to_numpy(dtype=float)
-        g[c] = gen[c].to_numpy(dtype=float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        score = bdt_ks_score(ref.fillna(-1000.0), g.fillna(-1000.0), cols, seed=seed, n_repeats=n_repeats,
-                             paired=True)
-    p = ref["P"].to_numpy()
-    b = np.digitize(p, P_BINS) - 1
-    eff: dict[str, Any] = {}
-    for name, cut in CUTS.items():
-        ct, cg = cut(ref).to_numpy(), cut(g).to_numpy()
-        rows = []
-        for i in range(len(P_BINS) - 1):
-            m = b == i
-            n = int(m.sum())
-            if n < 50:
-                continue
-            et, eg = float(ct[m].mean()), float(cg[m].mean())
-            err = float(np.sqrt(et * (1 - et) / n + eg * (1 - eg) / n))
-            rows.append({"p_lo": P_BINS[i], "p_hi": P_BINS[i + 1], "n": n, "truth": et, "generated": eg,
-                         "diff": eg - et, "stat_error": err})
-        precise = [abs(r["diff"]) for r in rows if r["stat_error"] <= PRECISE_ERROR]
-        eff[name] = {"bins": rows, "max_abs_diff": max((abs(r["diff"]) for r in rows), default=float("nan")),
-                     "max_abs_diff_precise": max(precise, default=float("nan")),
-                     "max_pull": max((abs(r["diff"]) / r["stat_error"] for r in rows if r["stat_error"] > 0),
-                                     default=float("nan"))}
-    return {"species": chain.species, "n": int(len(truth)), "bdt_ks": float(score.bdt_ks),
-            "bdt_ks_std": float(score.bdt_ks_std), "auc": float(score.auc), "efficiency": eff}

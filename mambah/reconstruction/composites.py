@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mambah.reference.tracking import TRACKABLE_PIDS
 from mambah.errors import ConfigurationError
+from mambah.physics import TRACKABLE_PIDS, pdg_charge
 from mambah.physics.columns import COLUMNS, PID_COLUMNS
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
@@ -64,8 +64,6 @@ def plan_composites(tree: list[dict]) -> dict[str, Any]:
     def charge(node) -> int:
         if "charge" in node:
             return int(node["charge"])
-        from mambah.reference.tracking import pdg_charge
-
         return int(pdg_charge(np.array([node["pid"]]))[0])
 
     trackable = [bool(tree[k]["stable"]) and abs(int(tree[k]["pid"])) in TRACKABLE_PIDS and charge(tree[k]) != 0

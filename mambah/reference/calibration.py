@@ -55,8 +55,19 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError, closest
+from mambah.physics import (
+    CONDITION_NAMES,
+    PID_COLUMNS,
+    SPECIES,
+    SPECIES_PDG,
+    lhcb_names,
+    p_eta,
+    particle_mass,
+    species_mass,
+    store_name,
+)
 from mambah.random import SeedLike, get_rng
-from mambah.reference.pid import MASSES, SPECIES_NAMES, ReferencePID
+from mambah.reference.pid import ReferencePID
 
 __all__ = [
     "CalibChannel",
@@ -71,37 +82,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Store PID quantity / flag -> column name of the calibration samples (LHCb ntuple names).
-LHCB_NAMES: dict[str, str] = {
-    "rich_dll_e": "RichDLLe",
-    "rich_dll_mu": "RichDLLmu",
-    "rich_dll_k": "RichDLLk",
-    "rich_dll_p": "RichDLLp",
-    "is_muon": "isMuon",
-    "muon_mu_ll": "MuonMuLL",
-    "muon_bkg_ll": "MuonBkgLL",
-    "pid_e": "PIDe",
-    "pid_mu": "PIDmu",
-    "pid_k": "PIDK",
-    "pid_p": "PIDp",
-    "has_rich": "hasRich",
-    "in_muon_acceptance": "InMuonAcc",
-    "calo_e_over_p": "EcalEoverP",
-    "calo_dll_e": "EcalPIDe",
-}
+#: Store PID quantity / flag -> column name of the calibration samples (LHCb ntuple names), from
+#: the column map (:data:`mambah.physics.COLUMN_MAP`).
+LHCB_NAMES: dict[str, str] = lhcb_names((
+    *PID_COLUMNS, "has_rich", "in_muon_acceptance", "calo_e_over_p", "calo_dll_e",
+))
 #: Condition columns of the samples -> quantity (model cards' ``quantity``).
-CONDITIONS: dict[str, str] = {"P": "p", "ETA": "eta", "nTracks": "n_tracks", "charge": "charge"}
+CONDITIONS: dict[str, str] = {name: store_name(name) for name in CONDITION_NAMES}
 #: Target columns (PID variables) of the samples -> store PID column.
-TARGETS: dict[str, str] = {v: k for k, v in LHCB_NAMES.items() if k.startswith(("rich_", "is_", "muon_", "pid_"))}
+TARGETS: dict[str, str] = {v: k for k, v in LHCB_NAMES.items() if k in PID_COLUMNS}
 
-_PDG_MASS = {  # MeV, PDG 2024
-    "D*+": 2010.26,
-    "D0": 1864.84,
-    "Lambda0": 1115.683,
-    "J/psi": 3096.900,
-    "B+": 5279.34,
-}
-_M = {name: MASSES[pdg] for name, pdg in SPECIES_NAMES.items()}
+#: PDG ids of the mothers of the calibration decays; their masses (MeV) come from ``particle``.
+_MOTHER_PDG = {"D*+": 413, "D0": 421, "Lambda0": 3122, "J/psi": 443, "B+": 521}
+_PDG_MASS = {name: particle_mass(pdg) for name, pdg in _MOTHER_PDG.items()}
+_M = {name: species_mass(name) for name in SPECIES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +155,7 @@ CHANNELS: dict[str, CalibChannel] = {
 }
 
 _ALIASES = {"k": "K", "kaon": "K", "pion": "pi", "proton": "p", "muon": "mu", "electron": "e",
-            "321": "K", "211": "pi", "2212": "p", "13": "mu", "11": "e"}
+            **{str(pdg): name for name, pdg in SPECIES_PDG.items()}}
 
 
 def channel(species) -> CalibChannel:
@@ -251,8 +245,7 @@ def _accepted_probes(ch: CalibChannel, n: int, scale: float, rng: np.random.Gene
     while have < n:
         m = max(int(1.3 * (n - have)) + 100, 1000)
         p3, q = _probes(ch, m, scale, rng)
-        p = np.linalg.norm(p3, axis=1)
-        eta = np.arctanh(p3[:, 2] / p)
+        p, eta = p_eta(p3[:, 0], p3[:, 1], p3[:, 2])
         ok = (eta > 2.0) & (eta < 5.0) & (p > 2000.0) & (p < 150000.0)
         parts_p.append(p3[ok])
         parts_q.append(q[ok])
@@ -310,14 +303,14 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
 
     p3_s, q_s = _accepted_probes(ch, n_sig, 1.0, rng)
     q_s = q_s * np.where(rng.random(n_sig) < 0.5, 1, -1)  # the mother or its charge conjugate
-    sp_s = np.full(n_sig, SPECIES_NAMES[ch.species])
+    sp_s = np.full(n_sig, SPECIES_PDG[ch.species])
     m_s = _truncated_gauss(n_sig, ch.mass, ch.sigma, lo, hi, rng)
     nt_s = rng.gamma(ch.ntracks_signal[0], ch.ntracks_signal[1] / ch.ntracks_signal[0], n_sig)
 
     p3_b, _ = _accepted_probes(ch, n_bkg, ch.bkg_pt_scale, rng)
     names = list(ch.background)
     frac = np.array([ch.background[k] for k in names], dtype=float)
-    sp_b = np.array([SPECIES_NAMES[k] for k in names])[rng.choice(len(names), n_bkg, p=frac / frac.sum())]
+    sp_b = np.array([SPECIES_PDG[k] for k in names])[rng.choice(len(names), n_bkg, p=frac / frac.sum())]
     q_b = np.where(rng.random(n_bkg) < 0.5, 1, -1)
     m_b = _truncated_exp(n_bkg, ch.bkg_slope, lo, hi, rng)
     nt_b = rng.gamma(ch.ntracks_background[0], ch.ntracks_background[1] / ch.ntracks_background[0], n_bkg)
@@ -331,9 +324,8 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
     order = rng.permutation(n_events)
     p3, charge, spec, n_tracks, mass, is_signal = (a[order] for a in (p3, charge, spec, n_tracks, mass, is_signal))
 
-    p = np.linalg.norm(p3, axis=1)
+    p, eta = p_eta(p3[:, 0], p3[:, 1], p3[:, 2])
     pt = np.hypot(p3[:, 0], p3[:, 1])
-    eta = np.arctanh(p3[:, 2] / p)
     resp = detector(p, eta, spec, charge, n_tracks, rng)
     # TRUEID: the PDG id carries the particle's sign convention (e-, mu- are +11, +13)
     lepton = (spec == 11) | (spec == 13)

@@ -114,6 +114,8 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError, DataError
 from mambah.random import SeedLike, get_rng
+from mambah.physics import SPECIES as PHYSICS_SPECIES
+from mambah.physics import SPECIES_PDG, TRACKABLE_PIDS, p_eta, species_mass
 from mambah.physics.columns import PID_COLUMNS
 
 __all__ = [
@@ -139,12 +141,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Species (absolute PDG ids) in the order of the likelihood hypotheses: e, mu, pi, K, p.
-SPECIES: tuple[int, ...] = (11, 13, 211, 321, 2212)
-#: Short names accepted wherever a species is asked for.
-SPECIES_NAMES: dict[str, int] = {"e": 11, "mu": 13, "pi": 211, "K": 321, "p": 2212}
-#: Masses [MeV/c^2], PDG 2024.
-MASSES: dict[int, float] = {11: 0.51099895, 13: 105.6583755, 211: 139.57039, 321: 493.677, 2212: 938.27208816}
+#: Species (absolute PDG ids) in the order of the likelihood hypotheses: e, mu, pi, K, p
+#: (:data:`mambah.physics.TRACKABLE_PIDS`).
+SPECIES: tuple[int, ...] = TRACKABLE_PIDS
+#: Short names accepted wherever a species is asked for (:data:`mambah.physics.SPECIES_PDG`).
+SPECIES_NAMES: dict[str, int] = SPECIES_PDG
+#: Masses [MeV/c^2] by absolute PDG id, from :mod:`mambah.physics` (the ``particle`` package).
+MASSES: dict[int, float] = {SPECIES_PDG[s]: species_mass(s) for s in PHYSICS_SPECIES}
 #: c*tau [mm], PDG 2024 (pi+: 7.8045 m, K+: 3.711 m).
 CTAU: dict[int, float] = {211: 7804.5, 321: 3711.0}
 _MASS_ARRAY = np.array([MASSES[s] for s in SPECIES])
@@ -806,8 +809,7 @@ class ReferencePIDStage:
         parts = batch["particles"]
         events = batch["events"]
         px, py, pz = (parts[c].to_numpy(dtype=float) for c in ("px", "py", "pz"))
-        p = np.sqrt(px**2 + py**2 + pz**2)
-        eta = np.arctanh(np.clip(pz / np.maximum(p, 1e-12), -1 + 1e-15, 1 - 1e-15))
+        p, eta = p_eta(px, py, pz)
         apid = np.abs(parts["pid"].to_numpy())
         track = np.isin(apid, SPECIES) & (p > 0)
         ntr = events["n_tracks"].to_numpy()

@@ -54,6 +54,17 @@ from typing import Any
 import numpy as np
 
 from mambah.errors import ConfigurationError
+from mambah.physics import (
+    SPECIES,
+    SPECIES_PDG,
+    TRACKABLE_PIDS,
+    p_eta,
+    pdg_charge,
+    pdg_mass,
+    rebuild_momentum,
+    species_index,
+    species_mass,
+)
 from mambah.random import SeedLike, get_rng
 
 __all__ = [
@@ -71,75 +82,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Long-lived charged particles that the tracker reconstructs (absolute PDG ids).
-TRACKABLE_PIDS: tuple[int, ...] = (11, 13, 211, 321, 2212)
-#: Short species names, in the order of :data:`TRACKABLE_PIDS` (used for one-hot inputs).
-SPECIES: tuple[str, ...] = ("e", "mu", "pi", "K", "p")
-SPECIES_PID: dict[str, int] = dict(zip(SPECIES, TRACKABLE_PIDS))
-
-#: PDG masses (MeV) and charges of the trackable particles (positive pid); from the ``particle``
-#: package (PDG 2024). Written out so that the hot loop never calls ``particle``.
-_MASS = {11: 0.51099895, 13: 105.6583755, 211: 139.57039, 321: 493.677, 2212: 938.27208943}
-_CHARGE = {11: -1, 13: -1, 211: 1, 321: 1, 2212: 1}
-
-
-def species_index(pid: np.ndarray) -> np.ndarray:
-    """Index into :data:`SPECIES` of each PDG id (sign ignored); -1 for anything else."""
-    a = np.abs(np.asarray(pid, dtype=np.int64))
-    out = np.full(a.shape, -1, dtype=np.int64)
-    for i, p in enumerate(TRACKABLE_PIDS):
-        out[a == p] = i
-    return out
-
-
-def _lookup(pid: np.ndarray, what: str) -> np.ndarray:
-    """Mass (MeV) or charge for every PDG id, via the ``particle`` package for the unique ids."""
-    pid = np.asarray(pid, dtype=np.int64)
-    uniq, inv = np.unique(pid, return_inverse=True)
-    vals = np.empty(len(uniq), dtype=np.float64)
-    for i, u in enumerate(uniq):
-        a = abs(int(u))
-        if what == "mass" and a in _MASS:
-            vals[i] = _MASS[a]
-        elif what == "charge" and a in _CHARGE:
-            vals[i] = _CHARGE[a] * (1 if u > 0 else -1)
-        else:
-            from particle import Particle
-            from particle.particle import ParticleNotFound
-
-            try:
-                part = Particle.from_pdgid(int(u))
-            except (ParticleNotFound, Exception):  # particle raises several types for odd ids
-                raise ConfigurationError(f"unknown PDG id {int(u)}: the particle package does not know it") from None
-            v = part.mass if what == "mass" else part.charge
-            vals[i] = np.nan if v is None else float(v)
-    return vals[inv].reshape(pid.shape)
-
-
-def pdg_mass(pid: np.ndarray) -> np.ndarray:
-    """PDG mass (MeV) of each PDG id."""
-    return _lookup(pid, "mass")
-
-
-def pdg_charge(pid: np.ndarray) -> np.ndarray:
-    """Electric charge (units of e) of each PDG id."""
-    return _lookup(pid, "charge")
+# The species, their masses and charges, and the kinematics come from :mod:`mambah.physics` (the
+# one place that reads ``particle``). ``SPECIES``, ``TRACKABLE_PIDS``, ``species_index``,
+# ``pdg_mass``, ``pdg_charge``, ``SPECIES_PID`` (= ``SPECIES_PDG``) and ``momentum_features``
+# (= ``p_eta``) and ``rebuild_momentum`` stay importable from here for the callers that still use
+# this path (``mambah.reconstruction.efficiency``, ``mambah.nn.tracking``, ``mambah.simulation``).
+SPECIES_PID: dict[str, int] = SPECIES_PDG
+momentum_features = p_eta
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * t))
-
-
-def momentum_features(px, py, pz) -> tuple[np.ndarray, np.ndarray]:
-    """Momentum p (same unit as the inputs) and pseudorapidity eta = asinh(pz / pT)."""
-    px = np.asarray(px, dtype=np.float64)
-    py = np.asarray(py, dtype=np.float64)
-    pz = np.asarray(pz, dtype=np.float64)
-    pt = np.hypot(px, py)
-    p = np.sqrt(pt * pt + pz * pz)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(np.where(pt > 0, pz / np.maximum(pt, 1e-300), np.sign(pz) * 1e3))
-    return p, eta
 
 
 def _solve_resolution_terms(p1: float, s1: float, p2: float, s2: float) -> tuple[float, float]:
@@ -212,7 +165,7 @@ class TrackingDetector:
     # --- acceptance and efficiency -------------------------------------------------------------
     def acceptance(self, px, py, pz) -> np.ndarray:
         """Probability that a track with momentum (px, py, pz) [MeV] is inside the acceptance."""
-        p, eta = momentum_features(px, py, pz)
+        p, eta = p_eta(px, py, pz)
         pg = p * 1e-3
         return (
             _sigmoid((eta - self.eta_min) / self.eta_edge)
@@ -228,7 +181,7 @@ class TrackingDetector:
             x, y, z: origin (production vertex), mm.
             pid: PDG id; species other than e, mu, pi, K, p get probability 0.
         """
-        p, eta = momentum_features(px, py, pz)
+        p, eta = p_eta(px, py, pz)
         pg = p * 1e-3
         sp = species_index(pid)
         plateau = np.asarray(self.plateau + (0.0,))[sp]  # index -1 -> 0
@@ -286,33 +239,10 @@ class TrackingDetector:
         return rebuild_momentum(px, py, pz, r, dtx, dty)
 
 
-def rebuild_momentum(px, py, pz, r, dtx, dty) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Momentum with magnitude p (1 + r) and slopes (px/pz + dtx, py/pz + dty); float64 arrays.
-
-    Tracks with pz == 0 (never reconstructed in a forward tracker) keep their direction.
-    """
-    px = np.asarray(px, dtype=np.float64)
-    py = np.asarray(py, dtype=np.float64)
-    pz = np.asarray(pz, dtype=np.float64)
-    p = np.sqrt(px * px + py * py + pz * pz)
-    ok = pz != 0
-    safe = np.where(ok, pz, 1.0)
-    tx = np.where(ok, px / safe + dtx, 0.0)
-    ty = np.where(ok, py / safe + dty, 0.0)
-    p_reco = p * (1.0 + r)
-    pz_new = np.sign(safe) * p_reco / np.sqrt(1.0 + tx * tx + ty * ty)
-    scale = 1.0 + r
-    return (
-        np.where(ok, tx * pz_new, px * scale),
-        np.where(ok, ty * pz_new, py * scale),
-        np.where(ok, pz_new, pz * scale),
-    )
-
-
 def _lookup_fast_mass(pid) -> np.ndarray:
     """Mass (MeV) of trackable species (sign ignored); pion mass for anything else."""
     sp = species_index(pid)
-    masses = np.array([_MASS[p] for p in TRACKABLE_PIDS] + [_MASS[211]])
+    masses = np.array([species_mass(s) for s in SPECIES] + [species_mass("pi")])
     return masses[sp]
 
 

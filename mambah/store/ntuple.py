@@ -46,27 +46,16 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError, StoreError
-from mambah.physics.columns import PID_COLUMNS
+from mambah.physics import eta as pseudorapidity
+from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, lhcb_names
 
 __all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
            "PID_BRANCHES"]
 
 log = logging.getLogger(__name__)
 
-#: store PID column -> LHCb branch suffix
-PID_BRANCHES: dict[str, str] = {
-    "pid_e": "PIDe",
-    "pid_mu": "PIDmu",
-    "pid_k": "PIDK",
-    "pid_p": "PIDp",
-    "rich_dll_e": "RichDLLe",
-    "rich_dll_mu": "RichDLLmu",
-    "rich_dll_k": "RichDLLk",
-    "rich_dll_p": "RichDLLp",
-    "is_muon": "isMuon",
-    "muon_mu_ll": "MuonMuLL",
-    "muon_bkg_ll": "MuonBkgLL",
-}
+#: store PID column -> LHCb branch suffix (from the column map, :data:`mambah.physics.COLUMN_MAP`)
+PID_BRANCHES: dict[str, str] = lhcb_names(c.store for c in COLUMN_MAP if c.store in PID_COLUMNS)
 if set(PID_BRANCHES) != set(PID_COLUMNS):  # pragma: no cover - a schema change must update this map
     raise RuntimeError(f"PID_BRANCHES does not cover schema.PID_COLUMNS: {sorted(set(PID_COLUMNS) ^ set(PID_BRANCHES))}")
 
@@ -195,8 +184,7 @@ def _kinematics(out: dict, prefix: str, px, py, pz, e, mass: np.ndarray | None =
     out[f"{prefix}_PX"], out[f"{prefix}_PY"], out[f"{prefix}_PZ"], out[f"{prefix}_PE"] = px, py, pz, e
     out[f"{prefix}_P"] = p
     out[f"{prefix}_PT"] = np.hypot(px, py)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[f"{prefix}_ETA"] = 0.5 * np.log((p + pz) / (p - pz))
+    out[f"{prefix}_ETA"] = pseudorapidity(px, py, pz)
     if mass is None:
         m2 = e**2 - p**2
         mass = np.where(np.isnan(m2), np.nan, np.sqrt(np.clip(m2, 0, None)))

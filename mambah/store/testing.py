@@ -16,6 +16,7 @@ import uuid
 import numpy as np
 
 from mambah.batch import Batch, empty_table
+from mambah.physics import species_mass, species_of_pdg
 from mambah.physics.columns import PID_COLUMNS
 
 __all__ = ["REFERENCE_TREE", "synthetic_batch", "pg_schema"]
@@ -30,7 +31,13 @@ REFERENCE_TREE = [
     {"name": "mu-", "pid": 13, "mother": 0, "children": [], "stable": True, "charge": -1},
     {"name": "anti-nu_mu", "pid": -14, "mother": 0, "children": [], "stable": True, "charge": 0},
 ]
-_MASS = {2212: 938.272, 321: 493.677, 211: 139.570, 13: 105.658, 14: 0.0}
+
+
+def _mass(pid: int) -> float:
+    """Mass (MeV) of a trackable species (from :mod:`mambah.physics`), 0 for anything else (the
+    fixture's neutrinos, and the composites it stores as massless placeholders)."""
+    name = species_of_pdg(pid)
+    return species_mass(name) if name is not None else 0.0
 
 
 def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: float = 0.9,
@@ -58,7 +65,7 @@ def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: 
             eta = rng.uniform(2.0, 5.0, n)
             phi = rng.uniform(-np.pi, np.pi, n)
             px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-            m = _MASS[abs(nd["pid"])]
+            m = _mass(nd["pid"])
             p4[node] = np.stack([px, py, pz, np.sqrt(px**2 + py**2 + pz**2 + m**2)], axis=1)
         else:
             p4[node] = p4[nd["children"]].sum(axis=0)
@@ -127,7 +134,7 @@ def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: 
     smear = 1 + rng.normal(0, 0.005, npart)
     for c in ("px", "py", "pz"):
         par[c] = mcp[c].to_numpy()[src] * smear
-    mass = np.array([_MASS.get(abs(int(p)), 0.0) for p in pids])[node_of[src]]
+    mass = np.array([_mass(int(p)) for p in pids])[node_of[src]]
     p2 = sum(par[c].to_numpy().astype(np.float64) ** 2 for c in ("px", "py", "pz"))
     par["e"] = np.sqrt(p2 + mass**2)
     par["m"] = mass.astype(np.float64)

@@ -28,6 +28,11 @@ _LAZY = {
     "weighted_ecdf": "mambah.validation.stats",
     "weighted_quantiles": "mambah.validation.stats",
     "effective_size": "mambah.validation.stats",
+    "Cut": "mambah.validation.cuts",
+    "parse_cut": "mambah.validation.cuts",
+    "efficiency_in_bins": "mambah.validation.efficiency",
+    "pull_summary": "mambah.validation.efficiency",
+    "chain_closure": "mambah.validation.closure",
 }
 
 __all__ = sorted(_LAZY)

@@ -14,13 +14,13 @@ noise).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from mambah.errors import ConfigurationError, MissingColumnError
+from mambah.errors import MissingColumnError
+from mambah.validation.cuts import Cut, parse_cut, typical_cut_specs
+from mambah.validation.efficiency import bin_index, binned_efficiency
 from mambah.validation.inputs import Sample
 from mambah.validation.stats import effective_size, weighted_ks, weighted_quantiles
 
@@ -60,7 +60,7 @@ def quantile_edges(x: np.ndarray, w: np.ndarray, n_bins: int) -> np.ndarray:
 
 def _bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value; values outside the edges go to the first/last bin (the range is the ref's)."""
-    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    return bin_index(x, edges, clip=True)
 
 
 def _ks_entry(xr, wr, xg, wg) -> dict:
@@ -124,54 +124,9 @@ def ks1d_table(
 
 # ---------------------------------------------------------------- efficiency of PID requirements
 
-_CUT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+)\s*$")
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A PID requirement ``column op value`` (a bare boolean column means ``column > 0.5``)."""
-
-    column: str
-    op: str
-    value: float
-    label: str
-
-    def passes(self, x: np.ndarray) -> np.ndarray:
-        return {
-            ">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal,
-            "==": np.equal, "!=": np.not_equal,
-        }[self.op](x, self.value)
-
-    @property
-    def slug(self) -> str:
-        names = {">": "gt", ">=": "ge", "<": "lt", "<=": "le", "==": "eq", "!=": "ne"}
-        v = f"{self.value:g}".replace("-", "m").replace(".", "p")
-        return f"{self.column}_{names[self.op]}_{v}"
-
-
-def parse_cut(spec: str) -> Cut:
-    """Parse ``"DLLK > 5"``, ``"PIDp>=0"`` or a bare boolean column ``"isMuon"`` (no ``eval``)."""
-    s = spec.strip()
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", s):
-        return Cut(s, ">", 0.5, s)
-    m = _CUT_RE.match(s)
-    if not m:
-        raise ConfigurationError(
-            f"cannot read the requirement {spec!r}: write COLUMN OP VALUE with OP one of > >= < <= == != "
-            "(e.g. 'DLLK > 5'), or a boolean column name (e.g. 'isMuon')"
-        )
-    col, op, val = m.groups()
-    return Cut(col, op, float(val), f"{col} {op} {float(val):g}")
-
-
-#: typical PID requirements (column names matched case-insensitively, also with a prefix ``x_``)
-TYPICAL_CUTS = [
-    ("DLLK", ">", 0.0), ("DLLK", ">", 5.0), ("PIDK", ">", 0.0), ("PIDK", ">", 5.0),
-    ("DLLp", ">", 0.0), ("DLLp", ">", 5.0), ("PIDp", ">", 0.0), ("PIDp", ">", 5.0),
-    ("DLLmu", ">", 0.0), ("PIDmu", ">", 0.0), ("DLLe", ">", 0.0), ("PIDe", ">", 0.0),
-    ("isMuon", ">", 0.5), ("ProbNNp", ">", 0.5), ("ProbNNk", ">", 0.5), ("ProbNNpi", ">", 0.5),
-    ("ProbNNmu", ">", 0.5),
-]
+#: typical PID requirements (column names matched case-insensitively, also with a prefix ``x_``):
+#: :data:`mambah.validation.cuts.TYPICAL` under every LHCb spelling of each column
+TYPICAL_CUTS = typical_cut_specs()
 
 
 def default_cuts(targets: Sequence[str], ref: Sample) -> list[Cut]:
@@ -201,16 +156,8 @@ def efficiency_curve(x: np.ndarray, passed: np.ndarray, w: np.ndarray, edges: np
     ``ε = W_pass / (W_pass + W_fail)`` with independent weighted sums of variance ``Σ w^2``
     (e.g. Paterno, FERMILAB-TM-2286-CD, 2004; valid for signed sWeights as well).
     """
-    nb = len(edges) - 1
-    b = _bin_index(x, edges)
-    wp = np.bincount(b, weights=w * passed, minlength=nb)
-    wa = np.bincount(b, weights=w, minlength=nb)
-    w2p = np.bincount(b, weights=w * w * passed, minlength=nb)
-    w2f = np.bincount(b, weights=w * w * (~passed), minlength=nb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eff = np.where(wa > 0, wp / wa, np.nan)
-        err = np.where(wa > 0, np.sqrt((1 - eff) ** 2 * w2p + eff ** 2 * w2f) / np.abs(wa), np.nan)
-    return {"eff": eff, "err": err}
+    r = binned_efficiency(_bin_index(x, edges), passed, w, len(edges) - 1)
+    return {"eff": r["eff"], "err": r["err"]}
 
 
 def _json_list(a: np.ndarray) -> list:

@@ -34,22 +34,21 @@ import numpy as np
 import pandas as pd
 
 from mambah._version import __version__
-from mambah.errors import DataError
+from mambah.errors import ConfigurationError, DataError
+from mambah.physics import TRACKABLE_PIDS, particle_mass, species_of_pdg
+from mambah.physics import kinematics as kin
 from mambah.progress import progress
+from mambah.validation.cuts import PRODUCTION_CUTS
 
 log = logging.getLogger(__name__)
 
 __all__ = ["validate_production", "production_headline", "CHARGED_STABLE", "PID_REQUIREMENTS"]
 
-#: |PDG id| of the long-lived charged particles that become tracks
-CHARGED_STABLE = (11, 13, 211, 321, 2212)
+#: |PDG id| of the long-lived charged particles that become tracks (:data:`mambah.physics.TRACKABLE_PIDS`)
+CHARGED_STABLE = TRACKABLE_PIDS
 
-#: typical PID requirements: (label, column, op, value)
-PID_REQUIREMENTS = [
-    ("pid_k > 0", "pid_k", ">", 0.0), ("pid_k > 5", "pid_k", ">", 5.0),
-    ("pid_p > 5", "pid_p", ">", 5.0), ("pid_mu > 0", "pid_mu", ">", 0.0),
-    ("pid_e > 0", "pid_e", ">", 0.0), ("is_muon", "is_muon", ">", 0.5),
-]
+#: typical PID requirements: (label, column, op, value), from :data:`mambah.validation.cuts.PRODUCTION_CUTS`
+PID_REQUIREMENTS = [(c.label, c.column, c.op, c.value) for c in PRODUCTION_CUTS]
 
 _MAX_DEPTH = 32
 
@@ -63,30 +62,21 @@ def _name(pid: int) -> str:
         return str(int(pid))
 
 
-_SPECIES = {11: "e", 13: "mu", 211: "pi", 321: "K", 2212: "p"}
-
-
 def _species(apid: int) -> str:
     """Name of a charged stable species by |PDG id| (both charges together)."""
-    return _SPECIES.get(int(apid), _name(int(apid)))
+    return species_of_pdg(int(apid)) or _name(int(apid))
 
 
 def _pdg_mass(pid: int) -> float | None:
     try:
-        from particle import Particle
-
-        m = Particle.from_pdgid(int(pid)).mass
-        return float(m) if m is not None else None
-    except Exception:  # unknown id
+        m = particle_mass(int(pid))
+    except ConfigurationError:  # an id the particle package does not know
         return None
+    return m if np.isfinite(m) else None
 
 
 def _kin(px, py, pz):
-    p = np.sqrt(px * px + py * py + pz * pz)
-    pt = np.hypot(px, py)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(pz / pt)
-    return p, pt, eta
+    return kin.p_mag(px, py, pz), kin.pt(px, py), kin.eta(px, py, pz)
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -207,10 +197,10 @@ def validate_production(
         The summary (content of ``summary.json``).
     """
     from mambah.store import Store
-    from mambah.validation.report import _check_dir, _clean
+    from mambah.validation.reportdir import check_dir, clean_json
 
     if report_dir is not None:
-        _check_dir(Path(report_dir))
+        check_dir(Path(report_dir))
     steps = progress(total=5, enabled=show_progress, desc="production QA", unit="step")
     try:
         with Store(url, create=False) as st:
@@ -254,11 +244,12 @@ def validate_production(
                 x = parts[c].to_numpy(float)[sel]
                 entry["pid_variables"][c] = _stats(x)
                 arrays[name][c] = x
-            for label, col, op, val in PID_REQUIREMENTS:
+            for cut in PRODUCTION_CUTS:
+                label, col = cut.label, cut.column
                 if col not in parts.columns:
                     continue
                 x = parts[col].to_numpy(float)[sel]
-                passed = (x > val) if op == ">" else (x < val)
+                passed = cut.passes(x)
                 entry["pid_requirements"][label] = {"eff": float(np.mean(passed)) if len(x) else None,
                                                     "vs_p": _eff_vs(p[sel], passed, p_edges)}
             species[name] = entry
@@ -306,14 +297,14 @@ def validate_production(
         steps.update(1)
     finally:
         steps.close()
-    return _clean(summary)
+    return clean_json(summary)
 
 
 def _write_production_report(summary: dict, report_dir: Path, arrays: dict, masses: dict, events: pd.DataFrame) -> None:
     from mambah.validation.plots import _figure, _save, style
-    from mambah.validation.report import _finalize, _prepare_dir, _slug, _write_json
+    from mambah.validation.reportdir import finalize, prepare_dir, slug, write_json
 
-    tmp = _prepare_dir(report_dir)
+    tmp = prepare_dir(report_dir)
     plots: dict[str, list[str]] = {"events": [], "kinematics": [], "pid": [], "efficiency": [], "composites": []}
     try:
         with style():
@@ -353,7 +344,7 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                     ax.set_xlabel(c, fontsize="small")
                     ax.tick_params(labelsize="x-small")
                 fig.suptitle(f"PID variables of {name} tracks", fontsize="small")
-                fn = f"pid_{_slug(name)}.png"
+                fn = f"pid_{slug(name)}.png"
                 _save(fig, tmp / fn)
                 plots["pid"].append(fn)
             for label, *_ in PID_REQUIREMENTS:
@@ -373,7 +364,7 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                 ax.set_xlabel("p [GeV]")
                 ax.set_ylabel(f"eff({label})")
                 ax.legend(fontsize="x-small")
-                fn = f"pid_eff_{_slug(label)}.png"
+                fn = f"pid_eff_{slug(label)}.png"
                 _save(fig, tmp / fn)
                 plots["efficiency"].append(fn)
             if summary["reco_efficiency"]:
@@ -407,15 +398,15 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                     ax.axvline(pdg, color="tab:red", ls="--", label=f"PDG {pdg:.2f} MeV")
                 ax.set_xlabel("reconstructed mass [MeV]")
                 ax.legend(fontsize="x-small")
-                fn = f"mass_{_slug(name)}.png"
+                fn = f"mass_{slug(name)}.png"
                 _save(fig, tmp / fn)
                 plots["composites"].append(fn)
         summary["plots"] = plots
-        from mambah.validation.report import _clean
+        from mambah.validation.reportdir import clean_json
 
-        _write_json(tmp / "summary.json", summary)
-        (tmp / "index.html").write_text(_render_production(_clean(summary)))
-        _finalize(tmp, report_dir)
+        write_json(tmp / "summary.json", summary)
+        (tmp / "index.html").write_text(_render_production(clean_json(summary)))
+        finalize(tmp, report_dir)
     finally:
         if tmp.exists():
             import shutil

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +24,10 @@ from mambah._version import __version__
 from mambah.errors import ConfigurationError, DataError
 from mambah.progress import progress
 from mambah.validation.bdt import BDTKSResult, _check_settings, _score_samples
-from mambah.validation.compare import Cut, default_cuts, efficiency_table, guess_column, ks1d_table, parse_cut
+from mambah.validation.compare import default_cuts, efficiency_table, guess_column, ks1d_table
+from mambah.validation.cuts import Cut, parse_cut
 from mambah.validation.inputs import Sample, pair_warnings, prepare_pair
+from mambah.validation.reportdir import check_dir, clean_json, finalize, prepare_dir, slug, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +62,6 @@ def _null_samples(ref: Sample, seed: int) -> tuple[Sample, Sample]:
     return halves[0], halves[1]
 
 
-def _clean(obj):
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_clean(v) for v in obj.tolist()]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
 
 
 def validate(
@@ -158,7 +142,7 @@ def validate(
         if col is not None and col not in features:
             raise ConfigurationError(f"the {name} column {col!r} must be one of the conditions ({', '.join(conditions)})")
     if report_dir is not None:
-        _check_dir(Path(report_dir))
+        check_dir(Path(report_dir))
     parsed = [c if isinstance(c, Cut) else parse_cut(c) for c in (cuts or [])]
     extra = [c.column for c in parsed if c.column not in features]
     extra = list(dict.fromkeys(extra))
@@ -261,55 +245,11 @@ def validate(
     finally:
         bar.close()
     summary["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 3)}
-    summary = _clean(summary)
+    summary = clean_json(summary)
     if report_dir is not None:
         # rewrite summary.json with the final timings (the folder is already in place)
-        _write_json(Path(report_dir) / "summary.json", summary)
+        write_json(Path(report_dir) / "summary.json", summary)
     return summary
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False))
-    os.replace(tmp, path)
-
-
-def _slug(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s)
-
-
-def _check_dir(report_dir: Path) -> None:
-    report_dir = Path(report_dir)
-    if report_dir.exists():
-        if not report_dir.is_dir():
-            raise ConfigurationError(f"the report folder {str(report_dir)!r} is a file; choose a folder name")
-        if any(report_dir.iterdir()) and not (report_dir / "summary.json").exists():
-            raise ConfigurationError(
-                f"{str(report_dir)!r} exists and is not a mambah report (no summary.json): refusing to replace "
-                "it; choose a new or empty folder"
-            )
-
-
-def _prepare_dir(report_dir: Path) -> Path:
-    report_dir = Path(report_dir)
-    _check_dir(report_dir)
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report_dir.parent / f".{report_dir.name}.tmp{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def _finalize(tmp: Path, report_dir: Path) -> None:
-    """Put the complete folder ``tmp`` in place of ``report_dir`` (replacing an old report)."""
-    if report_dir.exists():
-        old = report_dir.parent / f".{report_dir.name}.old{os.getpid()}"
-        os.replace(report_dir, old)
-        os.replace(tmp, report_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, report_dir)
 
 
 def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKSResult | None = None,
@@ -321,7 +261,7 @@ def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKS
     from mambah.validation.plots import plot_classifier_output, plot_efficiency, plot_target, plot_target_bins
 
     report_dir = Path(report_dir)
-    tmp = _prepare_dir(report_dir)
+    tmp = prepare_dir(report_dir)
     try:
         plots: dict[str, list[str]] = {"classifier": [], "targets": [], "targets_binned": [], "efficiencies": []}
         inp = summary["inputs"]
@@ -331,22 +271,22 @@ def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKS
                          lambda path: plot_classifier_output(res.scores, path, res.bdt_ks, res.auc)))
         for t in inp["targets"]:
             k = summary["ks1d"][t]
-            jobs.append(("targets", f"target_{_slug(t)}.png", lambda path, t=t, k=k: plot_target(ref, gen, t, path, k["ks"])))
+            jobs.append(("targets", f"target_{slug(t)}.png", lambda path, t=t, k=k: plot_target(ref, gen, t, path, k["ks"])))
             if k["bins"]:
-                jobs.append(("targets_binned", f"target_{_slug(t)}_bins.png",
+                jobs.append(("targets_binned", f"target_{slug(t)}_bins.png",
                              lambda path, t=t, k=k: plot_target_bins(ref, gen, t, summary["binning"], inp["p"], inp["eta"],
                                                                      path, k["bins"])))
         for label, entry in summary["efficiencies"].items():
             if entry["vs"]:
-                jobs.append(("efficiencies", f"eff_{_slug(label)}.png",
+                jobs.append(("efficiencies", f"eff_{slug(label)}.png",
                              lambda path, label=label, entry=entry: plot_efficiency(label, entry, path)))
         for section, name, fn in progress(jobs, enabled=show_progress, desc="plots", unit="plot"):
             fn(tmp / name)
             plots[section].append(name)
         summary["plots"] = plots
-        _write_json(tmp / "summary.json", summary)
+        write_json(tmp / "summary.json", summary)
         (tmp / "index.html").write_text(render_html(summary))
-        _finalize(tmp, report_dir)
+        finalize(tmp, report_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
