@@ -31,6 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from mambah.nn import tracking as recnets
+    from mambah.nn.dense import n_threads
     from mambah.reference.tracking import TrackGun
 
     gun = TrackGun()(args.tracks, seed=1)
@@ -62,7 +63,7 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     best_cpu = min(r[4] for r in rows)
     print(f"model loading (TensorFlow import + Keras files): {t_load:.1f} s; cpus: {os.cpu_count()}, threads: "
-          f"{recnets._threads()}, load average: {os.getloadavg()[0]:.1f}")
+          f"{n_threads()}, load average: {os.getloadavg()[0]:.1f}")
     print(json.dumps({"benchmark": "reconstruction", "tracks": args.tracks, "tracks_per_s": round(args.tracks / best[2]),
                       "tracks_per_cpu_s": round(args.tracks / best_cpu), "load_average": round(os.getloadavg()[0], 1),
                       "efficiency_s": round(best[0], 4), "resolution_s": round(best[1], 4),

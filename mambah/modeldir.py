@@ -42,6 +42,7 @@ __all__ = [
     "load_network",
     "verify_model_dir",
     "model_hash",
+    "card_hash",
     "default_models_dir",
     "resolve_model",
     "list_models",
@@ -178,7 +179,11 @@ def verify_model_dir(path: str | os.PathLike) -> dict[str, Any]:
 
 def model_hash(path: str | os.PathLike) -> str:
     """A short content hash of a model directory (sha256 of its card's file hashes)."""
-    card = load_card(path)
+    return card_hash(load_card(path))
+
+
+def card_hash(card: Mapping[str, Any]) -> str:
+    """:func:`model_hash` of the directory whose card is ``card`` (16 hex digits)."""
     h = hashlib.sha256(json.dumps(card["files"], sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mambah.errors import DataError
+from mambah.errors import DataError, OutOfRangeWarning
 from mambah.nn import inference
-from mambah.nn.pidmodel import OutOfRangeWarning, PidModel, describe_column
+from mambah.nn.pidmodel import PidModel, describe_column
 from mambah.nn.preprocessing import QuantileGaussianizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambah.errors import DataError, MissingColumnError, ModelDirError
-from mambah.nn.pidmodel import OutOfRangeWarning, PidModel, describe_column, save_pid_model
-from mambah.training.gan import CramerGANTrainer, GANConfig
+from mambah.errors import DataError, MissingColumnError, ModelDirError, OutOfRangeWarning
+from mambah.nn.pidmodel import PidModel, describe_column
+from mambah.training.gan import CramerGANTrainer, GANConfig, save_pid_model
 
 CONDS, TARGS = ["P", "ETA", "nLongTracks"], ["DLLp", "DLLK"]
 

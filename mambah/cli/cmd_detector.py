@@ -92,7 +92,7 @@ def _occupancy(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from mambah.reconstruction.occupancy import build_occupancy_model
+    from mambah.training.occupancy import build_occupancy_model
 
     out = build_occupancy_model(args.data, args.out, column=args.column, weight=args.weight,
                                 bin_width=args.bin_width, name=args.name, description=args.description,

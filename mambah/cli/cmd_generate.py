@@ -27,7 +27,8 @@ def run(args) -> int:
     from mambah.errors import ConfigurationError
     from mambah.io import read_table, split_spec, write_table
     from mambah.modeldir import resolve_model
-    from mambah.nn.pidmodel import OutOfRangeWarning, PidModel
+    from mambah.errors import OutOfRangeWarning
+    from mambah.nn.pidmodel import PidModel
 
     log = logging.getLogger("mambah.generate")
     out_path, _ = split_spec(args.out)

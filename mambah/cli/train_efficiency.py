@@ -1,4 +1,5 @@
-"""``mambah train efficiency``: the tracking-efficiency classifier (see :mod:`mambah.nn.tracking`).
+"""``mambah train efficiency``: the tracking-efficiency classifier (see :mod:`mambah.nn.tracking`;
+the fit: :mod:`mambah.training.tracking`).
 
 Also holds the options and driver shared with ``mambah train resolution``.
 """
@@ -36,7 +37,7 @@ def column_options(p: argparse.ArgumentParser, columns, helps) -> None:
 
 
 def _parse_species(text: str):
-    from mambah.reference.tracking import SPECIES
+    from mambah.physics import SPECIES
     from mambah.errors import ConfigurationError, closest
 
     out = [s.strip() for s in text.split(",") if s.strip()]
@@ -154,7 +155,8 @@ def register(kinds) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mambah.nn.tracking import EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS, fit_efficiency
+    from mambah.nn.tracking import EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS
+    from mambah.training.tracking import fit_efficiency
 
     return run_training(args, "efficiency", fit_efficiency, EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS,
                         ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"],

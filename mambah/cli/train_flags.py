@@ -6,7 +6,7 @@ Example::
         --targets isMuon,hasRich --weight sWeight --out models/pid-K-isMuon
 
 The model (kind ``"pid-flags"``, :class:`mambah.nn.flags.FlagModel`) gives P(flag = 1 | conditions);
-see :mod:`mambah.nn.flags`.
+see :mod:`mambah.nn.flags`; the fit is :class:`mambah.training.flags.FlagTrainer`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def register(kinds) -> None:
 
 def build_config(args):
     """The :class:`~mambah.nn.flags.FlagConfig` from the CLI options (unset options keep the defaults)."""
-    from mambah.nn.flags import FlagConfig
+    from mambah.training.flags import FlagConfig
 
     cfg = FlagConfig(seed=args.seed)
     for opt in ("width", "depth", "activation", "learning_rate", "patience", "batch_size", "epochs", "stop_on"):
@@ -83,7 +83,7 @@ def run(args) -> int:
     from mambah.errors import ConfigurationError, DataError
     from mambah.io import split_spec
     from mambah.cli import progress_enabled
-    from mambah.cli.train_pid import _sha256, check_split_weights, read_training_data
+    from mambah.cli.train_pid import file_sha256, check_split_weights, read_training_data
 
     log = logging.getLogger("mambah.train.flags")
     if args.weight and args.weight in {c.strip() for c in f"{args.conditions},{args.targets}".split(",")}:
@@ -98,7 +98,7 @@ def run(args) -> int:
     # ---- the data: read, select, check, split — as `mambah train pid`
     conditions, targets, df, w, n_read, iv, it = read_training_data(args, log)
     where = args.data
-    from mambah.nn.flags import check_flag_values
+    from mambah.training.flags import check_flag_values
 
     Y = check_flag_values(df[targets].to_numpy(), targets, where=where)
     C = df[conditions].to_numpy(dtype=float)
@@ -107,7 +107,7 @@ def run(args) -> int:
     yield_info = check_split_weights(w, iv, it, log)
 
     # ---- train
-    from mambah.nn.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier
+    from mambah.training.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier
     from mambah.nn.pidmodel import describe_column
 
     trainer = FlagTrainer(cfg, condition_names=conditions, target_names=targets,
@@ -140,7 +140,7 @@ def run(args) -> int:
         "units": "MeV, mm, ns (LHCb convention); momenta in MeV/c; targets are 0/1 flags, the model gives P(flag = 1)",
         "training_data": {
             "description": args.description or f"{path.name}" + (f":{tree}" if tree else ""),
-            "file": path.name, "sha256": _sha256(path), "n_rows": int(n_read), "n_selected": int(len(df)),
+            "file": path.name, "sha256": file_sha256(path), "n_rows": int(n_read), "n_selected": int(len(df)),
             "selection": args.selection, "weight": args.weight,
             "sum_weights": float(w.sum()), "negative_weight_fraction": float(np.mean(w < 0)),
             "n_train": int(len(it)), "n_valid": int(len(iv)),

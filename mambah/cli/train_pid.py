@@ -83,7 +83,8 @@ def _names(text: str, what: str) -> list[str]:
     return out
 
 
-def _sha256(path) -> str:
+def file_sha256(path) -> str:
+    """sha256 (hex) of a file's bytes (the training data's hash on a model card)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -232,8 +233,8 @@ def run(args) -> int:
     Y = df[targets].to_numpy(dtype=float)
 
     # ---- train
-    from mambah.nn.pidmodel import describe_column, save_pid_model
-    from mambah.training.gan import CramerGANTrainer
+    from mambah.nn.pidmodel import describe_column
+    from mambah.training.gan import CramerGANTrainer, save_pid_model
 
     ckpt = out.with_name(f".{out.name}.checkpoint")
     if not args.resume and ckpt.exists():
@@ -275,7 +276,7 @@ def run(args) -> int:
         "units": "MeV, mm, ns (LHCb convention); momenta in MeV/c; DLLs are dimensionless log-likelihood differences",
         "training_data": {
             "description": args.description or f"{path.name}" + (f":{tree}" if tree else ""),
-            "file": path.name, "sha256": _sha256(path), "n_rows": int(n_read), "n_selected": int(len(df)),
+            "file": path.name, "sha256": file_sha256(path), "n_rows": int(n_read), "n_selected": int(len(df)),
             "selection": args.selection, "weight": args.weight,
             "sum_weights": float(w.sum()), "negative_weight_fraction": float(np.mean(w < 0)),
             "n_train": int(len(it)), "n_valid": int(len(iv)),

@@ -22,7 +22,8 @@ def register(kinds) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mambah.nn.tracking import RESOLUTION_CONDITIONS, RESOLUTION_TARGETS, fit_resolution
+    from mambah.nn.tracking import RESOLUTION_CONDITIONS, RESOLUTION_TARGETS
+    from mambah.training.tracking import fit_resolution
 
     return run_training(args, "resolution", fit_resolution, RESOLUTION_CONDITIONS, RESOLUTION_TARGETS,
                         ["px", "py", "pz", "pid", "px_reco", "py_reco", "pz_reco"],

@@ -24,13 +24,13 @@ against float64 uniforms drawn in row order, in one graph (for the 14 conditions
 that see the RICH threshold codes the numpy transform alone took longer than a RICH GAN's graph).
 
 Both return each column's minimum and maximum, for the training-range check (the
-:class:`~mambah.nn.pidmodel.OutOfRangeWarning` is raised once per call, with the same counts as
-:meth:`PidModel.check_range <mambah.nn.pidmodel.PidModel.check_range>`). Two chunks are in flight
+:class:`~mambah.errors.OutOfRangeWarning` is raised once per call, with the same counts as
+:meth:`Model.check_range <mambah.nn.model.Model.check_range>`). Two chunks are in flight
 at once, so one chunk's small elementwise steps fill the gaps of the other's matrix products.
 
 The numpy :class:`~mambah.nn.preprocessing.QuantileGaussianizer` stays the reference implementation;
 :func:`generate_reference` is the former numpy path (numpy transforms and noise, network through
-:func:`~mambah.training.gan._predict`), kept for tests and the benchmark.
+:func:`predict_generator`), kept for tests and the benchmark.
 
 **Reproducibility.** For a given seed (Generator state) the result is the same whatever ``chunk``
 and ``workers``: the uniforms are drawn in row order, ``2 * ceil(n_noise / 2)`` float32 per row
@@ -55,11 +55,12 @@ from mambah.errors import DataError
 from mambah.nn.preprocessing import EPS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mambah.nn.flags import FlagModel
-    from mambah.nn.pidmodel import PidModel
+    # the models call this module (PidModel.generate_array, FlagModel.sample), so it names only their base
+    from mambah.nn.model import Model
     from mambah.nn.preprocessing import QuantileGaussianizer
 
-__all__ = ["generate", "sample_flags", "generate_reference", "draw_noise", "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
+__all__ = ["generate", "sample_flags", "generate_reference", "predict_generator", "draw_noise", "draw_uniforms",
+           "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
 
 #: rows per compiled call: small enough that the activations stay in the caches, large enough that the
 #: per-call overhead (~0.1 ms) is negligible
@@ -165,7 +166,7 @@ def _forward_pieces(q: QuantileGaussianizer) -> tuple[list[np.ndarray], list[np.
     next knot, and ``p_mid - p_hi`` where ``p_mid`` is the middle of the CDF jump at the knot (the
     value of a tie; ``p_lo = p_hi`` for a single knot).
     """
-    pieces = [q._pieces(j) for j in range(q.knots_.shape[0])]
+    pieces = [q.pieces(j) for j in range(q.knots_.shape[0])]
     return ([x for x, *_ in pieces],
             [np.column_stack([x, p_hi, slope, 0.5 * (p_lo + p_hi) - p_hi]) for x, p_lo, p_hi, slope in pieces])
 
@@ -243,9 +244,9 @@ def _condition_graph(cond_pre: QuantileGaussianizer):
 
 
 class _Compiled:
-    """The compiled graphs of one model (built once, cached on the model)."""
+    """The compiled graphs of one GAN (built once, kept by the model: :meth:`~mambah.nn.model.Model.memo`)."""
 
-    def __init__(self, model: PidModel):
+    def __init__(self, model: Model):
         import tensorflow as tf
 
         self.n_cond, self.n_targ, self.n_noise = len(model.conditions), len(model.targets), int(model.n_noise)
@@ -294,22 +295,15 @@ class _Compiled:
         return self._noise_cf
 
 
-_BUILD_LOCK = threading.Lock()
-
-
 def _compiled(model, build=None):
-    """The compiled graphs of ``model``, built once (thread-safe) and cached on it as ``_fast``:
-    :class:`_Compiled` for a GAN, ``build`` (e.g. :class:`_CompiledFlags`) otherwise."""
-    fast = model.__dict__.get("_fast")
-    if fast is None:
-        with _BUILD_LOCK:
-            fast = model.__dict__.get("_fast")
-            if fast is None:
-                fast = model._fast = (build or _Compiled)(model)
-    return fast
+    """The compiled graphs of ``model``, built once (thread-safe) and kept by the model
+    (:meth:`~mambah.nn.model.Model.memo`): :class:`_Compiled` for a GAN, ``build`` (e.g.
+    :class:`_CompiledFlags`) otherwise."""
+    build = build or _Compiled
+    return model.memo(f"mambah.nn.inference.{build.__name__}", lambda: build(model))
 
 
-#: the DenseStack activations (:data:`mambah.nn.tracking._ACTIVATIONS`) as TensorFlow ops
+#: the DenseStack activations (:data:`mambah.nn.dense.ACTIVATIONS`) as TensorFlow ops
 _TF_ACTIVATIONS = {"linear": lambda a: a, "relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "elu": "elu",
                    "softplus": "softplus", "silu": "silu"}
 
@@ -319,7 +313,7 @@ class _CompiledFlags:
     transform, the network's Dense layers (float32, the weights of its ``DenseStack``), and the
     Bernoulli draw ``u < P(flag)`` against float64 uniforms; built once, cached on the model."""
 
-    def __init__(self, model: FlagModel):
+    def __init__(self, model: Model):
         import tensorflow as tf
 
         self.n_cond, self.n_targ = len(model.conditions), len(model.targets)
@@ -364,12 +358,12 @@ def _map_chunks(run, jobs, n: int, chunk: int, workers: int) -> list:
 
 
 def _warn_out_of_range(model, results: list, n_cond: int, n: int) -> None:
-    """One :class:`~mambah.nn.pidmodel.OutOfRangeWarning` from the chunks' :func:`_range_counts`, if any
-    row of the ``n`` was outside (``model``: the PidModel, or the FlagModel's PidModel shell)."""
+    """One :class:`~mambah.errors.OutOfRangeWarning` from the chunks' :func:`_range_counts`, if any
+    row of the ``n`` was outside (``model``: a :class:`~mambah.nn.model.Model`)."""
     rows_out = sum(r[1] for r in results)
     if rows_out:
         n_out = sum(r[0] for r in results) + np.zeros(n_cond, dtype=np.int64)
-        model._warn_out_of_range(n_out, rows_out, n, stacklevel=5)
+        model.warn_out_of_range(model.range_counts(n_out, rows_out, n), stacklevel=4)
 
 
 def _range_counts(c, lo, hi, c_lo, c_hi):
@@ -382,7 +376,7 @@ def _range_counts(c, lo, hi, c_lo, c_hi):
 
 
 # ------------------------------------------------------------------------------------ public API
-def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = DEFAULT_CHUNK,
+def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEFAULT_CHUNK,
              noise: np.ndarray | None = None, check_range: bool = True, workers: int = DEFAULT_WORKERS) -> np.ndarray:
     """Targets of ``model`` for raw conditions, in raw units (float64, shape ``(n, n_targets)``).
 
@@ -395,7 +389,7 @@ def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 
         chunk: rows per compiled call; the result does not depend on it (nor on ``workers``).
         noise: optional float32 Gaussian noise ``(n, n_noise)`` to use instead (tests, comparisons);
             then nothing is drawn from ``rng``.
-        check_range: warn (:class:`~mambah.nn.pidmodel.OutOfRangeWarning`) when conditions lie outside
+        check_range: warn (:class:`~mambah.errors.OutOfRangeWarning`) when conditions lie outside
             the training range; they are clamped to the range edges by the transform.
         workers: compiled calls in flight at once.
     Returns:
@@ -443,7 +437,7 @@ def generate(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 
     return out
 
 
-def sample_flags(model: FlagModel, conditions: np.ndarray, rng, *, chunk: int = DEFAULT_CHUNK,
+def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFAULT_CHUNK,
                  check_range: bool = True, workers: int = DEFAULT_WORKERS) -> np.ndarray:
     """Flags of a :class:`~mambah.nn.flags.FlagModel` drawn for raw conditions: float64 0/1 ``(n, n_targets)``.
 
@@ -458,7 +452,7 @@ def sample_flags(model: FlagModel, conditions: np.ndarray, rng, *, chunk: int = 
     Args:
         conditions: finite raw conditions ``(n, n_conditions)`` in the model's order.
         rng: numpy Generator.
-        check_range: warn (:class:`~mambah.nn.pidmodel.OutOfRangeWarning`) for conditions outside the
+        check_range: warn (:class:`~mambah.errors.OutOfRangeWarning`) for conditions outside the
             training range (evaluated at the range edges).
     """
     c = np.ascontiguousarray(conditions, dtype=np.float64)
@@ -480,19 +474,43 @@ def sample_flags(model: FlagModel, conditions: np.ndarray, rng, *, chunk: int = 
     jobs = ((s, min(s + chunk, n), rng.random((min(s + chunk, n) - s, fast.n_targ))) for s in range(0, n, chunk))
     results = _map_chunks(run, jobs, n, chunk, workers)
     if check_range:
-        _warn_out_of_range(model._checks, results, fast.n_cond, n)
+        _warn_out_of_range(model, results, fast.n_cond, n)
     return out
 
 
-def generate_reference(model: PidModel, conditions: np.ndarray, rng=None, *, chunk: int = 262144,
+def generate_reference(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = 262144,
                        noise: np.ndarray | None = None) -> np.ndarray:
-    """The numpy path: range check, numpy noise, numpy transforms, network via ``_predict`` (float64)."""
+    """The numpy path: range check, numpy noise, numpy transforms, network via :func:`predict_generator`
+    (float64)."""
     from mambah.random import get_rng
-    from mambah.training.gan import _predict
 
     c = np.asarray(conditions, dtype=float)
-    model.check_range(c)
+    model.warn_out_of_range(model.check_range(c))
     if noise is None:
         noise = get_rng(rng).standard_normal((len(c), model.n_noise), dtype=np.float32)
-    z = _predict(model.generator, model.cond_pre.transform(c, mode="mid"), noise, chunk=chunk)
+    z = predict_generator(model.generator, model.preprocess(c), noise, chunk=chunk)
     return model.targ_pre.inverse_transform(z)
+
+
+def predict_generator(generator, c_pre: np.ndarray, noise: np.ndarray, chunk: int = 262144) -> np.ndarray:
+    """Outputs of a Keras generator ``G([c_pre, noise])`` for large inputs, one compiled call per chunk.
+
+    Args:
+        generator: the Keras generator (preprocessed conditions and noise -> preprocessed targets).
+        c_pre: preprocessed conditions ``(n, n_conditions)``; noise: ``(n, n_noise)``.
+        chunk: rows per compiled call.
+    Returns:
+        float32 ``(n, n_targets)``.
+    """
+    import tensorflow as tf
+
+    fn = getattr(generator, "_mambah_predict_fn", None)
+    if fn is None:
+        # a concrete function: traced once, no tf.function dispatch per call, and no "frequent retracing"
+        # warning from TensorFlow (which counts the traces of this lambda over all generators together)
+        fn = tf.function(lambda a, b: generator([a, b], training=False),
+                         input_signature=[tf.TensorSpec([None, c_pre.shape[1]], tf.float32),
+                                          tf.TensorSpec([None, noise.shape[1]], tf.float32)]).get_concrete_function()
+        generator._mambah_predict_fn = fn
+    out = [fn(c_pre[i:i + chunk], noise[i:i + chunk]).numpy() for i in range(0, len(c_pre), chunk)]
+    return np.concatenate(out) if out else np.empty((0, generator.outputs[0].shape[-1]), np.float32)

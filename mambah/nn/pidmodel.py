@@ -22,20 +22,20 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mambah.errors import ConfigurationError, DataError, ModelDirError, OptionalDependencyError
-from mambah.io import check_finite, require_columns
-from mambah.modeldir import load_arrays, load_network, save_model_dir, verify_model_dir
+from mambah.errors import ModelDirError, OptionalDependencyError
+from mambah.errors import OutOfRangeWarning  # noqa: F401  (re-exported: mambah.nn.pidmodel.OutOfRangeWarning)
+from mambah.modeldir import load_arrays, load_network, verify_model_dir
+from mambah.nn.model import QuantileConditionedModel
 from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PidModel", "OutOfRangeWarning", "KNOWN_COLUMNS", "describe_column", "save_pid_model"]
+__all__ = ["PidModel", "OutOfRangeWarning", "KNOWN_COLUMNS", "describe_column"]
 
 #: LHCb-style column names -> (unit, quantity). Units: MeV, mm, ns (LHCb convention).
 KNOWN_COLUMNS = {
@@ -57,35 +57,29 @@ def describe_column(name: str) -> dict:
     return {"name": name, "unit": unit, "quantity": quantity}
 
 
-class OutOfRangeWarning(UserWarning):
-    """Conditions given to a model lie outside the range it was trained on."""
+class PidModel(QuantileConditionedModel):
+    """A loaded PID model (card kind ``"pid"``): ``generate(conditions) -> targets``.
 
-
-class PidModel:
-    """A loaded PID model: ``generate(conditions) -> targets``.
+    A :class:`~mambah.nn.model.Model`: conditions Gaussianised by :attr:`cond_pre`, range checked
+    on their raw values, the structured :class:`~mambah.errors.OutOfRangeWarning` when outside.
 
     Attributes:
         path: the model directory.
         card: its card (dict).
         conditions, targets: column names, in the network's order.
+        cond_pre, targ_pre: the quantile transforms of the conditions and of the targets.
+        generator: the Keras generator ``G([conditions, noise])`` (preprocessed space).
         n_noise: noise dimension of the generator.
     """
 
+    kind = "pid"
+
     def __init__(self, generator, cond_pre: QuantileGaussianizer, targ_pre: QuantileGaussianizer, card: dict,
                  path: str | os.PathLike | None = None):
+        super().__init__(cond_pre, card, path)
         self.generator = generator
-        self.cond_pre = cond_pre
         self.targ_pre = targ_pre
-        self.card = card
-        self.path = Path(path) if path is not None else None
-        self.conditions = [c["name"] for c in card["conditions"]]
-        self.targets = [t["name"] for t in card["targets"]]
         self.n_noise = int(card["hyperparameters"]["n_noise"])
-        self._fast = None  # the compiled inference graphs (mambah.nn.inference), built on first use
-
-    def __repr__(self) -> str:
-        return (f"PidModel({self.card.get('name')!r}, species={self.card.get('species')!r}, "
-                f"conditions={self.conditions}, targets={self.targets})")
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -110,49 +104,8 @@ class PidModel:
         return m
 
     # ------------------------------------------------------------- inference
-    def _as_conditions(self, data, drop_nonfinite: bool) -> tuple[np.ndarray, pd.Index | None]:
-        if isinstance(data, pd.DataFrame):
-            require_columns(data, self.conditions, where="the conditions table")
-            data = check_finite(data, self.conditions, drop=drop_nonfinite, where="the conditions")
-            return data[self.conditions].to_numpy(dtype=float), data.index
-        c = np.asarray(data, dtype=float)
-        if c.ndim == 1 and len(self.conditions) == 1:
-            c = c[:, None]
-        if c.ndim != 2 or c.shape[1] != len(self.conditions):
-            raise DataError(f"expected conditions of shape (n, {len(self.conditions)}) in the order "
-                            f"{self.conditions}, got {c.shape}")
-        bad = ~np.isfinite(c).all(axis=1)
-        if bad.any():
-            if not drop_nonfinite:
-                raise DataError(f"{int(bad.sum())} of {len(c)} condition rows hold NaN or inf; clean them or "
-                                "pass drop_nonfinite=True")
-            c = c[~bad]
-        return c, None
-
-    def check_range(self, c: np.ndarray) -> float:
-        """Fraction of rows with a condition outside the training range; warns when it is > 0."""
-        lo, hi = self.cond_pre.range_()
-        out = (c < lo) | (c > hi)
-        rows = int(out.any(axis=1).sum())
-        if rows:
-            self._warn_out_of_range(out.sum(axis=0), rows, len(c), stacklevel=4)
-        return rows / len(c) if len(c) else 0.0
-
-    def _out_of_range_detail(self, n_out) -> str:
-        """``"P: 3 outside [lo, hi], ..."`` for the columns with ``n_out[j] > 0`` rows outside the range."""
-        lo, hi = self.cond_pre.range_()
-        return ", ".join(f"{name}: {int(n_out[j])} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
-                         for j, name in enumerate(self.conditions) if n_out[j])
-
-    def _warn_out_of_range(self, n_out: np.ndarray, rows: int, n: int, stacklevel: int = 3) -> None:
-        """The :class:`OutOfRangeWarning` for ``rows`` of ``n`` rows outside, ``n_out[j]`` of them in column j."""
-        frac = rows / n
-        detail = self._out_of_range_detail(n_out)
-        msg = (f"{100 * frac:.3g}% of the rows ({rows} of {n}) have conditions outside the "
-               f"training range of model {self.card.get('name')!r} ({detail}); they are clamped to the range edges")
-        warnings.warn(msg, OutOfRangeWarning, stacklevel=stacklevel)
-
-    def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None) -> np.ndarray:
+    def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
+                       check_range: bool = True) -> np.ndarray:
         """Targets (n, n_targets), float64 in raw units, for raw conditions (n, n_conditions).
 
         One compiled TensorFlow graph per chunk does the condition transform, the noise, the network
@@ -160,11 +113,13 @@ class PidModel:
         Generator (advanced: the noise uniforms are drawn from it in row order) or None; the result
         does not depend on ``chunk``. A spike in a target (repeated knots) comes out as exactly its
         value. Warns (:class:`OutOfRangeWarning`) for conditions outside the training range; refuses
-        NaN/inf conditions (:class:`~mambah.errors.DataError`).
+        NaN/inf conditions (:class:`~mambah.errors.DataError`). ``check_range=False``: no warning
+        (for a caller that counts the rows outside itself, with :meth:`check_range`).
         """
         from mambah.nn.inference import DEFAULT_CHUNK, generate
 
-        return generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk)
+        return generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                        check_range=check_range)
 
     def generate(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """Generate the targets for every row of ``data`` (DataFrame with the condition columns, or an array).
@@ -172,7 +127,7 @@ class PidModel:
         Returns a DataFrame with one column per target (the card's names), indexed like ``data``.
         Rows with NaN/inf conditions are refused (or dropped with ``drop_nonfinite=True``).
         """
-        c, index = self._as_conditions(data, drop_nonfinite)
+        c, index = self.as_conditions(data, drop_nonfinite)
         y = self.generate_array(c, seed)
         return pd.DataFrame({t: y[:, j] for j, t in enumerate(self.targets)}, index=index)
 
@@ -204,23 +159,3 @@ class PidModel:
             if tmp.exists():
                 tmp.unlink()
         return path
-
-
-def save_pid_model(out: str | os.PathLike, trainer, card: dict, *, overwrite: bool = False) -> Path:
-    """Write a PID model directory from a fitted :class:`~mambah.training.gan.CramerGANTrainer`."""
-    if not hasattr(trainer, "generator_"):
-        raise ConfigurationError("the trainer is not fitted: call fit() first")
-    full = dict(card)
-    full.setdefault("kind", "pid")
-    hp = dict(full.get("hyperparameters", {}))
-    hp.setdefault("n_noise", trainer.config.n_noise)
-    full["hyperparameters"] = hp
-    arrays = {}
-    arrays.update(trainer.cond_pre_.to_arrays("cond"))
-    arrays.update(trainer.targ_pre_.to_arrays("targ"))
-    import keras
-
-    # a clean copy of the kept generator (no training state), named "generator"
-    gen = keras.models.clone_model(trainer.generator_)
-    gen.set_weights(trainer.generator_.get_weights())
-    return save_model_dir(out, full, networks={"generator": gen}, arrays=arrays, overwrite=overwrite)

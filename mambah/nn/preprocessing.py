@@ -85,7 +85,7 @@ class QuantileGaussianizer:
         return self
 
     # ------------------------------------------------------------- transform
-    def _pieces(self, j: int):
+    def pieces(self, j: int):
         """Distinct knots of column ``j`` with the CDF just below/above each (a jump where knots repeat)."""
         cache = self.__dict__.setdefault("_cache", {})
         if j not in cache:
@@ -109,7 +109,7 @@ class QuantileGaussianizer:
             raise ValueError(f"mode must be 'mid' or 'random', not {mode!r}")
         out = np.empty(x.shape, dtype=np.float32)
         for j in range(x.shape[1]):
-            xs, p_lo, p_hi, slope = self._pieces(j)
+            xs, p_lo, p_hi, slope = self.pieces(j)
             v = x[:, j]
             k = np.clip(np.searchsorted(xs, v, side="right") - 1, 0, len(xs) - 1)
             x0 = xs[k]

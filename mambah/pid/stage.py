@@ -11,10 +11,12 @@ deuterons) keep NaN, with one logged warning per process (:func:`mambah.simulati
 refuses such descriptors when it builds the chain). Randomness from ``batch.rng(name)``.
 
 Conditions outside a model's training range are clamped to the range edges. The stage reports
-them once per production and model, not once per step and batch as the models themselves would
-(:class:`~mambah.nn.pidmodel.OutOfRangeWarning`): the first batch of a production
-(``batch.info["production"]``) in which a model sees such rows emits one ``OutOfRangeWarning``
-for it; every batch records ``{model: [rows outside, rows evaluated]}`` in
+them once per production and model, not once per step and batch as the models themselves would:
+the chains return each step's counts as data (:meth:`PidChain.generate_columns
+<mambah.pid.chain.PidChain.generate_columns>` with ``counts``, the models then stay quiet), and
+the first batch of a production (``batch.info["production"]``) in which a model sees such rows
+emits one structured :class:`~mambah.errors.OutOfRangeWarning` for it (fields ``model``,
+``count``, ``n``, ``detail``, ``action``); every batch records ``{model: [rows outside, rows evaluated]}`` in
 ``batch.info["reconstruction"]["pid"]["out_of_range"]`` (kept with the batch's provenance in the
 store), and :func:`out_of_range_totals` sums them over the batches this process ran.
 
@@ -27,14 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import warnings
 from typing import Any
 
 import numpy as np
 
-from mambah.errors import ConfigurationError
+from mambah.errors import ConfigurationError, OutOfRangeWarning
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
 __all__ = ["PID", "out_of_range_totals"]
@@ -46,7 +47,6 @@ _WARNED: set = set()
 _RANGE: dict[tuple[str | None, str], list[int]] = {}
 _RANGE_WARNED: set[tuple[str | None, str]] = set()
 _RANGE_LOCK = threading.Lock()
-_MODEL_IN_MSG = re.compile(r"training range of model '([^']*)'")
 
 
 def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, int]]:
@@ -161,23 +161,19 @@ class PID:
                                              np.random.default_rng(seed), counts=steps)
             return gen, steps
 
-        from mambah.nn.pidmodel import OutOfRangeWarning
+        # the chains count each step's rows outside its training range (``counts``) and the models
+        # stay quiet; the counts are reported once per model and production (_report)
+        if self.threads > 1 and len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        # the models warn per step and per call; hold those warnings back (the species run in
-        # threads, so this wraps the whole pool) and report once per production (_report)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", OutOfRangeWarning)
-            if self.threads > 1 and len(todo) > 1:
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(min(self.threads, len(todo))) as ex:
-                    results = list(ex.map(run, todo))
-            else:
-                results = [run(j) for j in todo]
-        step_counts: dict[str, tuple[int, int, str]] = {}
+            with ThreadPoolExecutor(min(self.threads, len(todo))) as ex:
+                results = list(ex.map(run, todo))
+        else:
+            results = [run(j) for j in todo]
+        step_counts: dict = {}
         for _, steps in results:
             step_counts.update(steps)
-        out_of_range = self._report(caught, step_counts, batch)
+        out_of_range = self._report(step_counts, batch)
         for (s, sel, _), (gen, _) in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
                 out[store_col][track[sel]] = gen[col]
@@ -197,31 +193,26 @@ class PID:
         return batch
 
     @staticmethod
-    def _report(caught: list, step_counts: dict[str, tuple[int, int, str]], batch) -> dict[str, list[int]]:
-        """Add this batch's out-of-range counts to the production's, warn for the models that see
-        out-of-range rows for the first time in the production, and pass on every other warning
-        (those of models this stage does not count, e.g. of custom chains, unchanged)."""
-        from mambah.nn.pidmodel import OutOfRangeWarning
-
-        for w in caught:
-            m = _MODEL_IN_MSG.search(str(w.message)) if issubclass(w.category, OutOfRangeWarning) else None
-            if m is None or m.group(1) not in step_counts:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    def _report(step_counts: dict, batch) -> dict[str, list[int]]:
+        """Add this batch's out-of-range counts (``{model: RangeCounts}``) to the production's, and
+        warn (:class:`~mambah.errors.OutOfRangeWarning`, with its fields) for the models that see
+        out-of-range rows for the first time in the production."""
         production = batch.info.get("production")
         first = []
         with _RANGE_LOCK:
-            for model, (bad, n, detail) in step_counts.items():
+            for model, c in step_counts.items():
                 tot = _RANGE.setdefault((production, model), [0, 0])
-                tot[0] += bad
-                tot[1] += n
-                if bad and (production, model) not in _RANGE_WARNED:
+                tot[0] += c.count
+                tot[1] += c.n
+                if c.count and (production, model) not in _RANGE_WARNED:
                     _RANGE_WARNED.add((production, model))
-                    first.append((model, bad, n, detail))
+                    first.append((model, c))
         where = f"production {production!r}" if production is not None else "this process"
-        for model, bad, n, detail in first:
-            warnings.warn(
-                f"PID model {model!r}: {bad} of {n} tracks ({100 * bad / n:.3g}%) of batch {batch.id} have conditions "
-                f"outside its training range ({detail}); they are clamped to the range edges (reported once per "
+        for model, c in first:
+            action = "clamped to the range edges"
+            warnings.warn(OutOfRangeWarning(
+                f"PID model {model!r}: {c.count} of {c.n} tracks ({100 * c.fraction:.3g}%) of batch {batch.id} have "
+                f"conditions outside its training range ({c.text}); they are {action} (reported once per "
                 f"model in {where}; every batch's counts are in its provenance, reconstruction.pid.out_of_range)",
-                OutOfRangeWarning, stacklevel=3)
-        return {model: [bad, n] for model, (bad, n, _) in step_counts.items()}
+                model=model, count=c.count, n=c.n, detail=c.detail, action=action), stacklevel=3)
+        return {model: [c.count, c.n] for model, c in step_counts.items()}

@@ -16,7 +16,8 @@ efficiency network, evaluated on its true momentum and the position of its produ
 productions and closure tests).
 
 Candidates outside the network's training range are evaluated at the nearest edge of the range;
-the model logs that once per process (:mod:`mambah.nn.tracking`), and every batch records
+the model logs that once per process (:mod:`mambah.nn.tracking`; the rows are counted by the
+model's :meth:`~mambah.nn.model.Model.check_range`), and every batch records
 ``{model: [candidates outside, candidates]}`` in
 ``batch.info["reconstruction"]["efficiency"]["out_of_range"]`` (kept with the batch's provenance
 in the store); :func:`out_of_range_totals` sums them over the batches this process ran.
@@ -87,9 +88,9 @@ class Efficiency:
             from mambah.reference.tracking import TrackingDetector
 
             return TrackingDetector().efficiency(px, py, pz, x, y, z, pid)
-        from mambah.nn.tracking import efficiency_features, load_efficiency
+        from mambah.nn.registry import load_model
 
-        m = load_efficiency(self.model)
+        m = load_model(self.model, kind="efficiency")
         missing = [s for s in self.species if s not in m.species]
         if missing:
             raise ConfigurationError(
@@ -98,10 +99,8 @@ class Efficiency:
                 "or a model trained for them"
             )
         if out_of_range is not None:
-            n = len(m.scaler.lo)
-            f = efficiency_features(px, py, pz, x, y, z, pid)[:, :n]
-            bad = ((f < m.scaler.lo) | (f > m.scaler.hi)).any(axis=1)
-            out_of_range[str(m.name)] = [int(bad.sum()), int(len(f))]
+            counts = m.check_range(np.column_stack([px, py, pz, x, y, z, pid]))
+            out_of_range[m.name] = [counts.count, counts.n]
         return m.probability(px, py, pz, x, y, z, pid)
 
     def __call__(self, batch):

@@ -50,9 +50,9 @@ class Resolution:
             from mambah.reference.tracking import TrackingDetector
 
             return TrackingDetector().smear(px, py, pz, pid, rng)
-        from mambah.nn.tracking import load_resolution
+        from mambah.nn.registry import load_model
 
-        return load_resolution(self.model).sample(px, py, pz, pid, rng)
+        return load_model(self.model, kind="resolution").sample(px, py, pz, pid, rng)
 
     def __call__(self, batch):
         require_tables(batch, self.name, ("mc_particles",))

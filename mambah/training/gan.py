@@ -39,11 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from mambah.errors import ConfigurationError, DataError
+from mambah.modeldir import save_model_dir
+from mambah.nn.inference import predict_generator
 from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GANConfig", "CramerGANTrainer"]
+__all__ = ["GANConfig", "CramerGANTrainer", "save_pid_model", "set_determinism"]
 
 
 @dataclass
@@ -124,7 +126,13 @@ class _State:
     reselection: list = field(default_factory=list)
 
 
-def _set_determinism(seed: int) -> None:
+def set_determinism(seed: int) -> None:
+    """Seed Python, numpy, Keras and TensorFlow with ``seed`` and make TensorFlow's ops deterministic.
+
+    Every fit of :mod:`mambah.training` (GANs, flag classifiers) calls it first, so that a training
+    is reproducible from its seed on the same machine and library versions
+    (``tf.config.experimental.enable_op_determinism``; ignored where TensorFlow lacks it).
+    """
     import keras
     import tensorflow as tf
 
@@ -192,7 +200,7 @@ class CramerGANTrainer:
         """Run ``generator`` on preprocessed conditions with seeded Gaussian noise (float32)."""
         rng = np.random.default_rng(seed)
         noise = rng.standard_normal((len(c_pre), self.config.n_noise), dtype=np.float32)
-        return _predict(generator, c_pre, noise)
+        return predict_generator(generator, c_pre, noise)
 
     def _score(self, generator, valid, seed: int, n_repeats: int | None = None):
         from mambah.validation import bdt_ks_score
@@ -296,7 +304,7 @@ class CramerGANTrainer:
         self.condition_names = list(self.condition_names or [f"c{i}" for i in range(c.shape[1])])
         self.target_names = list(self.target_names or [f"t{i}" for i in range(y.shape[1])])
 
-        _set_determinism(cfg.seed)
+        set_determinism(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.cond_pre_ = QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
         self.targ_pre_ = QuantileGaussianizer(cfg.n_knots).fit(y, w, names=self.target_names)
@@ -457,20 +465,29 @@ class CramerGANTrainer:
         return self.targ_pre_.inverse_transform(z)
 
 
-def _predict(generator, c_pre: np.ndarray, noise: np.ndarray, chunk: int = 262144) -> np.ndarray:
-    """Generator outputs for large inputs: one compiled call per chunk of ``chunk`` rows."""
-    import tensorflow as tf
+def save_pid_model(out: str | os.PathLike, trainer: CramerGANTrainer, card: dict, *, overwrite: bool = False) -> Path:
+    """Write a PID model directory (kind ``"pid"``) from a fitted :class:`CramerGANTrainer`.
 
-    fn = getattr(generator, "_mambah_predict_fn", None)
-    if fn is None:
-        # a concrete function: traced once, no tf.function dispatch per call, and no "frequent retracing"
-        # warning from TensorFlow (which counts the traces of this lambda over all generators together)
-        fn = tf.function(lambda a, b: generator([a, b], training=False),
-                         input_signature=[tf.TensorSpec([None, c_pre.shape[1]], tf.float32),
-                                          tf.TensorSpec([None, noise.shape[1]], tf.float32)]).get_concrete_function()
-        generator._mambah_predict_fn = fn
-    out = [fn(c_pre[i:i + chunk], noise[i:i + chunk]).numpy() for i in range(0, len(c_pre), chunk)]
-    return np.concatenate(out) if out else np.empty((0, generator.outputs[0].shape[-1]), np.float32)
+    The directory holds a clean copy of the kept generator (``generator.keras``, no training
+    state), the quantile transforms of conditions and targets (``arrays.npz``) and the card, with
+    ``hyperparameters.n_noise`` filled in; it loads as :class:`~mambah.nn.pidmodel.PidModel`.
+    """
+    if not hasattr(trainer, "generator_"):
+        raise ConfigurationError("the trainer is not fitted: call fit() first")
+    full = dict(card)
+    full.setdefault("kind", "pid")
+    hp = dict(full.get("hyperparameters", {}))
+    hp.setdefault("n_noise", trainer.config.n_noise)
+    full["hyperparameters"] = hp
+    arrays = {}
+    arrays.update(trainer.cond_pre_.to_arrays("cond"))
+    arrays.update(trainer.targ_pre_.to_arrays("targ"))
+    import keras
+
+    # a clean copy of the kept generator (no training state), named "generator"
+    gen = keras.models.clone_model(trainer.generator_)
+    gen.set_weights(trainer.generator_.get_weights())
+    return save_model_dir(out, full, networks={"generator": gen}, arrays=arrays, overwrite=overwrite)
 
 
 def _json_default(o):
