@@ -34,7 +34,8 @@ CHILD = r"""
 import time
 t_start = time.perf_counter()
 import json, resource, sys
-from mambah.production import make_batch, run_production
+from mambah.pipeline import production_batch
+from mambah.production import run_production
 from mambah.simulation import standard_pipeline
 from mambah.store import Store
 events, batch_size, db, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -72,7 +73,7 @@ with Store(db) as st:
                        "TF_CPP_MIN_LOG_LEVEL": "2"}
                 return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, env=env)
         with local_cluster(int(mode)) as cluster, Client(cluster) as client:
-            client.run(lambda: pipe.process(make_batch(0, 0, 99, batch_size, "warmup")) and None)
+            client.run(lambda: pipe.process(production_batch(0, 99, batch_size, production="warmup")) and None)
             # the client reads the model versions for the production record (the PID stage loads its
             # networks for that, TensorFlow included): done by the in-process warm-up too
             pipe.provenance()

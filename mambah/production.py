@@ -3,8 +3,10 @@
 A production is identified by its name inside a store. Its record (in the store's
 ``mambah_meta`` table, key ``production/<name>``) holds everything that defines its content:
 production seed, number of events, batch size, the pipeline configuration and the model
-versions. Batch ``i`` of the production has the global id ``first_batch + i`` and the seed
-``batch_seed(seed, i)``, so it can be regenerated bit for bit, in any order, on any worker.
+versions, and the global id ``first_batch`` of its batch 0. Batch ``i`` of the production has the
+id ``first_batch + i`` and the seed ``batch_seed(seed, i)`` (the one definition is
+:func:`mambah.pipeline.production_batch`), so it can be computed in any order, on any worker, and
+a stored batch is regenerated bit for bit from its id alone (:func:`regenerate_batch`).
 
 Resuming (``resume=True``) reads the record, refuses when the configuration differs (and shows
 the difference), and runs only the batches that are not in the store yet. Because every batch
@@ -29,23 +31,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mambah import extras
 from mambah.batch import Batch
-from mambah.errors import ConfigurationError
-from mambah.pipeline import Pipeline
-from mambah.random import batch_seed
+from mambah.errors import ConfigurationError, OutOfRangeWarning, StoreError
+from mambah.pipeline import Pipeline, batch_sizes, production_batch
 
-__all__ = ["ProductionResult", "run_production", "production_record", "config_diff", "local_cluster"]
+__all__ = ["ProductionResult", "run_production", "regenerate_batch", "production_record", "production_records",
+           "out_of_range_counts", "config_diff", "local_cluster", "WORKER_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +136,6 @@ def _register_models(store, pipeline, versions: dict) -> None:
         store.register_model({**card, "hash": digest}, path)
 
 
-def _batch_sizes(n_events: int, batch_size: int) -> list[int]:
-    n = math.ceil(n_events / batch_size)
-    return [min(batch_size, n_events - i * batch_size) for i in range(n)]
-
-
 def _prepare(store, name: str, record: dict, resume: bool) -> int:
     """Register the production (or check it on resume); return its first global batch id."""
     key = _META_PREFIX + name
@@ -187,17 +185,117 @@ class _StopFlag:
         return False
 
 
-def make_batch(first_batch: int, index: int, production_seed: int, n_events: int, production: str) -> Batch:
-    b = Batch(id=first_batch + index, seed=batch_seed(production_seed, index), n_events=n_events)
-    b.info.update(production=production, production_index=index, production_seed=int(production_seed))
-    return b
+def production_records(store) -> dict[str, dict[str, Any]]:
+    """``{production name: record}`` of every production in ``store`` (see :func:`production_record`;
+    each record also holds ``first_batch``, the global id of the production's batch 0)."""
+    meta = store.read("mambah_meta", ordered=False)
+    out = {}
+    for key, value in zip(meta["key"], meta["value"]):
+        if str(key).startswith(_META_PREFIX):
+            try:
+                out[str(key)[len(_META_PREFIX):]] = json.loads(value)
+            except (TypeError, ValueError) as e:
+                raise StoreError(f"the record of production {str(key)[len(_META_PREFIX):]!r} in {store.url} "
+                                 f"is not valid JSON ({e}); the store is damaged") from None
+    return out
+
+
+def _production_of(store, batch_id: int) -> tuple[str, dict[str, Any]]:
+    """(name, record) of the production that batch ``batch_id`` belongs to."""
+    records = production_records(store)
+    if store.has_batch(batch_id):
+        name = str(store.read("batches", columns=["production"], where={"batch": int(batch_id)})["production"].iloc[0])
+        if name not in records:
+            raise StoreError(f"batch {batch_id} of {store.url} belongs to production {name!r}, whose record is not in "
+                             "the store (a batch written outside run_production cannot be regenerated from its id)")
+        return name, records[name]
+    for name, rec in records.items():
+        first = int(rec["first_batch"])
+        if first <= batch_id < first + len(batch_sizes(rec["n_events"], rec["batch_size"])):
+            return name, rec
+    ranges = ", ".join(f"{n!r}: {int(r['first_batch'])}..{int(r['first_batch']) + len(batch_sizes(r['n_events'], r['batch_size'])) - 1}"
+                       for n, r in sorted(records.items(), key=lambda kv: int(kv[1]["first_batch"])))
+    raise StoreError(f"batch {batch_id} belongs to no production of {store.url}; batch ids of its productions: "
+                     f"{ranges or '(none)'}")
+
+
+def regenerate_batch(pipeline: Pipeline, store, batch_id: int) -> Batch:
+    """Rebuild batch ``batch_id`` of a production in ``store`` and run ``pipeline`` on it.
+
+    Only the production's record in the store is read (name, seed, first batch id, number of
+    events and batch size), never the batch's rows: the result equals, table by table, what the
+    production wrote (:func:`mambah.store.store.prepare_tables` of it gives the stored rows). The
+    batch need not be in the store any more (e.g. deleted), as long as its production's record is.
+
+    Args:
+        pipeline: the production's pipeline (same configuration and model versions).
+        store: the :class:`~mambah.store.Store` holding the production's record.
+        batch_id: the global id of the batch.
+
+    Returns:
+        The processed batch (not written).
+
+    Warns:
+        OutOfRangeWarning: one per model that evaluated inputs of this batch outside its training
+            range (the counts of the batch's provenance, :func:`out_of_range_counts`), every call:
+            the stages themselves warn only the first time in a process.
+
+    Raises:
+        StoreError: no production of the store covers ``batch_id``.
+        ConfigurationError: ``pipeline``'s configuration or model versions differ from the
+            production's (the differences are listed): it would not reproduce the batch.
+    """
+    batch_id = int(batch_id)
+    name, rec = _production_of(store, batch_id)
+    first = int(rec["first_batch"])
+    sizes = batch_sizes(rec["n_events"], rec["batch_size"])
+    index = batch_id - first
+    mine = production_record(pipeline, n_events=rec["n_events"], batch_size=rec["batch_size"], seed=rec["seed"])
+    diff = config_diff({k: v for k, v in rec.items() if k != "first_batch"}, mine)
+    if diff:
+        raise ConfigurationError(f"cannot regenerate batch {batch_id} of production {name!r}: the pipeline differs "
+                                 "from the production's (store -> this pipeline):\n  " + "\n  ".join(diff))
+    batch = pipeline.process(production_batch(index, rec["seed"], sizes[index], first_batch=first, production=name))
+    for stage, models in out_of_range_counts(batch.info).items():
+        for model, (bad, n) in models.items():
+            if bad:
+                warnings.warn(OutOfRangeWarning(
+                    f"regenerated batch {batch_id} of production {name!r}: {bad} of {n} inputs of model {model!r} "
+                    f"({stage} stage) lie outside its training range; they are evaluated at the range edges, as "
+                    "in the production", model=model, count=bad, n=n, action="evaluated at the range edges"),
+                    stacklevel=2)
+    return batch
+
+
+def out_of_range_counts(info: Mapping[str, Any]) -> dict[str, dict[str, tuple[int, int]]]:
+    """``{stage: {model: (inputs outside the training range, inputs)}}`` of one batch, from its
+    provenance (``batch.info``, or the decoded ``config`` column of its ``batches`` row), where the
+    stages record them as ``reconstruction.<stage>.out_of_range = {model: [outside, inputs]}``.
+    Entries that do not have this shape are skipped."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    reco = info.get("reconstruction") if isinstance(info, Mapping) else None
+    for stage, entry in (reco.items() if isinstance(reco, Mapping) else ()):
+        counts = entry.get("out_of_range") if isinstance(entry, Mapping) else None
+        for model, value in (counts.items() if isinstance(counts, Mapping) else ()):
+            try:
+                bad, n = (int(v) for v in value)
+            except (TypeError, ValueError):
+                continue
+            out.setdefault(str(stage), {})[str(model)] = (bad, n)
+    return out
+
+
+def _batch_of(spec: tuple) -> Batch:
+    """The batch of a task spec ``(first_batch, index, production_seed, n_events, production)``."""
+    first, index, seed, n_events, production = spec
+    return production_batch(index, seed, n_events, first_batch=first, production=production)
 
 
 def _process_spool(pipeline: Pipeline, spec: tuple, spool_dir: str, marker: str, digest: str) -> Any:
     """Run one batch on a worker and write it into the client's spool directory; return the
     summary (:func:`mambah.store.spool.write_spool`). A worker that does not see the client's
     marker file (no shared file system) returns the batch itself, for the client to write."""
-    batch = pipeline.process(make_batch(*spec))
+    batch = pipeline.process(_batch_of(spec))
     if not os.path.exists(os.path.join(spool_dir, marker)):
         return batch
     from mambah.store.spool import write_spool
@@ -211,7 +309,7 @@ def _process_spool(pipeline: Pipeline, spec: tuple, spool_dir: str, marker: str,
 def _process(pipeline: Pipeline, spec: tuple, store_url: str | None) -> Any:
     """Run one batch. With ``store_url`` (a multi-writer store) write it here and return a summary;
     without, return the batch for the caller to write."""
-    batch = pipeline.process(make_batch(*spec))
+    batch = pipeline.process(_batch_of(spec))
     if store_url is None:
         return batch
     from mambah.store import Store
@@ -258,12 +356,17 @@ def run_production(
     Raises:
         StoreError: a batch could not be written (a full disk says so; the batches written
             before it stay, and ``resume=True`` continues).
+        ConfigurationError: a non-positive ``n_events`` or ``batch_size``; both ``workers`` and
+            ``scheduler``; a production of this name already in the store without ``resume``, or
+            with another configuration (the differences are listed).
+        OptionalDependencyError: ``workers`` or ``scheduler`` without Dask installed (the message
+            gives ``pip install 'mambah[dask]'``).
     """
-    if n_events <= 0 or batch_size <= 0:
-        raise ConfigurationError(f"n_events and batch_size must be positive, got {n_events} and {batch_size}")
     if workers is not None and scheduler is not None:
         raise ConfigurationError("give either workers (a LocalCluster) or scheduler (an existing cluster), not both")
-    sizes = _batch_sizes(n_events, batch_size)
+    if workers is not None or scheduler is not None:
+        extras.dask_distributed()  # before the production is registered in the store
+    sizes = batch_sizes(n_events, batch_size)
     record = production_record(pipeline, n_events=n_events, batch_size=batch_size, seed=seed)
     first = _prepare(store, production, record, resume)
     _register_models(store, pipeline, record.get("models", {}))
@@ -405,19 +508,14 @@ def _run_local(pipeline, specs, store, flag) -> Iterator[tuple[int, dict]]:
 
 
 def _connect(workers, scheduler):
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        from mambah.errors import OptionalDependencyError
-
-        raise OptionalDependencyError("Dask productions need dask.distributed: pip install 'mambah[dask]'") from None
+    distributed = extras.dask_distributed()
     if scheduler is not None:
         try:
-            return Client(scheduler, timeout="10s"), None
+            return distributed.Client(scheduler, timeout="10s"), None
         except (OSError, TimeoutError) as e:
             raise ConfigurationError(f"no Dask scheduler answers at {scheduler!r} ({e})") from None
     cluster = local_cluster(workers)
-    return Client(cluster), cluster
+    return distributed.Client(cluster), cluster
 
 
 #: Environment of the worker processes of :func:`local_cluster`: one thread each for numpy and
@@ -436,27 +534,25 @@ def local_cluster(workers: int):
     system CPU per 50k-event batch of the reference channel, +45% on the 0.56 CPU s of the batch
     in a plain process. A batch's arrays are reused by the next batch of the same size, so keeping
     them costs no memory growth.
-    """
-    try:
-        import dask
-        from dask.distributed import LocalCluster
-    except ImportError:
-        from mambah.errors import OptionalDependencyError
 
-        raise OptionalDependencyError("Dask productions need dask.distributed: pip install 'mambah[dask]'") from None
+    Raises:
+        ConfigurationError: ``workers`` < 1.
+        OptionalDependencyError: Dask is not installed (``pip install 'mambah[dask]'``).
+    """
+    dask = extras.dask()
+    distributed = extras.dask_distributed()
     if workers < 1:
         raise ConfigurationError(f"workers must be >= 1, got {workers}")
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                             env=dict(WORKER_ENV))
 
 
 def _run_dask(pipeline, specs, store, flag, workers, scheduler, max_in_flight, spool) -> Iterator[tuple[int, dict]]:
-    from dask.distributed import as_completed
-
     from mambah.store.spool import remove
 
     client, cluster = _connect(workers, scheduler)
+    as_completed = extras.dask_distributed().as_completed
     # Multi-writer backends: workers write themselves. Single-writer files (DuckDB, SQLite): the
     # workers spool their batches to Parquet files that the client commits. Either way the write
     # is idempotent (skip), so a task that Dask re-runs after a worker died cannot duplicate a batch.

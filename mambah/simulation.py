@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mambah.physics import SPECIES, species_of_pdg
 from mambah.pipeline import Pipeline
 
 __all__ = ["standard_pipeline", "GENERATOR_LEVEL", "check_track_coverage"]
@@ -73,8 +74,6 @@ def standard_pipeline(
         from mambah.reconstruction.occupancy import DEFAULT_OCCUPANCY
         from mambah.reconstruction.resolution import DEFAULT_RESOLUTION
 
-        from mambah.reference.tracking import SPECIES
-
         eff_model = _model(models_dir, DEFAULT_EFFICIENCY)
         # reconstruct the species the efficiency model covers (the check below refuses a descriptor
         # whose tracks need others), so that a model trained for fewer species is no error at run time
@@ -106,7 +105,6 @@ def _written(text: str, pos: int) -> str:
 
 def _model_species(model: str) -> tuple[str, list[str]]:
     """(name, species) of an efficiency/resolution model (``"reference"``: the reference detector)."""
-    from mambah.reference.tracking import SPECIES
     from mambah.modeldir import load_card, resolve_model
     from mambah.reconstruction._common import REFERENCE
 
@@ -140,12 +138,10 @@ def check_track_coverage(descriptor, *, efficiency: str, resolution: str, pid: b
         ConfigurationError: names each uncovered particle as written in the descriptor (with its
             position), the models that lack it, and the species those models cover.
     """
-    from mambah.reference.tracking import SPECIES, SPECIES_PID
     from mambah.errors import ConfigurationError
     from mambah.generation import parse_descriptor
 
     d = parse_descriptor(descriptor)
-    species_of = {pdg: s for s, pdg in SPECIES_PID.items()}
     eff_name, eff_sp = _model_species(efficiency)
     res_name, res_sp = _model_species(resolution)
     pid_sp: list[str] = []
@@ -161,7 +157,7 @@ def check_track_coverage(descriptor, *, efficiency: str, resolution: str, pid: b
         if node.children or node.particle.charge == 0:
             continue
         written = _written(d.text, node.position)
-        sp = species_of.get(abs(int(node.particle.pid)))
+        sp = species_of_pdg(int(node.particle.pid))
         lacking = []
         if sp not in eff_sp:
             lacking.append(f"the efficiency model {eff_name!r} (species {', '.join(eff_sp)})")

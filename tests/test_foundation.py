@@ -179,3 +179,40 @@ def test_resolve_model_suggests(tmp_path):
     assert resolve_model("pid-kaon", tmp_path) == tmp_path / "pid-kaon"
     with pytest.raises(errors.ModelDirError, match="available: pid-kaon; did you mean pid-kaon"):
         resolve_model("pid-kaons", tmp_path)
+
+
+# --- progress --------------------------------------------------------------------------------------
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(monkeypatch):
+    import io
+
+    from tqdm import tqdm
+
+    from mambah import progress as P
+
+    monkeypatch.setattr(P, "_TERMINAL", None)
+    P.set_terminal(True)
+    bar = P.progress(total=3, enabled=True, file=io.StringIO())
+    assert isinstance(bar, tqdm)
+    bar.close()
+    P.set_terminal(False)
+    out = io.StringIO()
+    monkeypatch.setenv("MAMBAH_PROGRESS_INTERVAL", "0")
+    bar = P.progress(total=2000, enabled=True, desc="simulate p", unit="ev", unit_scale=True, file=out)
+    assert isinstance(bar, P.LineProgress)
+    bar.update(1000)
+    bar.set_postfix({"loss": "0.1"})
+    bar.update(1000)
+    bar.close()
+    bar.close()  # once
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 3
+    assert lines[0].startswith("simulate p: 1.00k/2.00k ev (50%), ") and "ETA" in lines[0]
+    assert lines[-1].startswith("simulate p: 2.00k/2.00k ev (100%)") and "done" in lines[-1] and "loss=0.1" in lines[-1]
+    # the interval: no line before it has passed, only the last one
+    out = io.StringIO()
+    monkeypatch.setenv("MAMBAH_PROGRESS_INTERVAL", "3600")
+    assert list(P.progress(range(5), enabled=True, desc="plots", unit="plot", file=out)) == [0, 1, 2, 3, 4]
+    assert out.getvalue().splitlines() == [out.getvalue().strip()] and "5/5 plot (100%)" in out.getvalue()
+    # disabled: silent, whatever the terminal
+    assert isinstance(P.progress(total=3, enabled=False), tqdm)

@@ -150,10 +150,10 @@ def test_cli_refuses_before_writing_anything(tmp_path):
 
 
 # ----------------------------------------------------------------------------- warnings
-@pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")  # counted below
+@pytest.mark.filterwarnings("ignore::mambah.errors.OutOfRangeWarning")  # counted below
 def test_out_of_range_warned_once_per_production_and_model(tmp_path):
     from mambah import Store, run_production
-    from mambah.nn.pidmodel import OutOfRangeWarning
+    from mambah.errors import OutOfRangeWarning
     from mambah.reconstruction import efficiency
     from mambah.pid import stage as pid
 
@@ -163,8 +163,11 @@ def test_out_of_range_warned_once_per_production_and_model(tmp_path):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", OutOfRangeWarning)
                 run_production(pl, n_events=3000, batch_size=1000, seed=5, store=st, production=prod)
-            msgs = [str(w.message) for w in caught if issubclass(w.category, OutOfRangeWarning)]
-            models = [re.match(r"PID model '([^']+)'", m).group(1) for m in msgs]
+            pid_warnings = [w.message for w in caught if issubclass(w.category, OutOfRangeWarning)
+                            and str(w.message.model).startswith("pid-")]
+            msgs = [str(m) for m in pid_warnings]
+            models = [m.model for m in pid_warnings]
+            assert all(0 < m.count <= m.n for m in pid_warnings)
             assert models and len(models) == len(set(models)), msgs  # once per model in each production
             assert set(models) <= {f"pid-{s}-{r}" for s in ("mu", "K") for r in (*ROLES, "tie")}
             assert all(f"production {prod!r}" in m for m in msgs)
@@ -207,16 +210,42 @@ def cli_production(tmp_path_factory):
     return d, url, r
 
 
-def test_cli_simulate_runs_pid_and_warns_once(cli_production):
+def _summary_rows(stdout: str) -> dict[str, list[str]]:
+    """``{model: [stage, outside, of, share, conditions]}`` of the out-of-range table of ``mambah simulate``."""
+    lines = stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if re.match(r"\s+stage\s+model\s+outside\s+of\s+share", ln))
+    rows = {}
+    for ln in lines[head + 1:]:
+        cells = ln.split(None, 5)
+        if len(cells) < 5 or not cells[2].isdigit():
+            break
+        rows[cells[1]] = [cells[0], *cells[2:]]
+    return rows
+
+
+def test_cli_simulate_runs_pid_and_summarises_the_out_of_range_inputs(cli_production):
     _, url, r = cli_production
     assert "3 written" in r.stdout and "pid" in r.stdout
     assert "retracing" not in r.stderr and "tf.function" not in r.stderr
     assert "Traceback" not in r.stderr
-    warned = re.findall(r"PID model '([^']+)': \d+ of \d+ tracks", r.stderr)
-    assert warned and len(warned) == len(set(warned)), r.stderr  # once per model, not per batch
-    assert "OutOfRangeWarning" not in r.stderr  # logged as one line each, no source-line echo
-    # the end-of-production summary: whole-production shares per model
-    assert re.search(r"pid: .*pid-p-flags \d", r.stdout) and re.search(r"efficiency: efficiency-ref-v1 \d", r.stdout)
+    # the models' out-of-range facts: once, in the summary table, not as warnings on stderr
+    assert "OutOfRangeWarning" not in r.stderr and "outside" not in r.stderr, r.stderr
+    rows = _summary_rows(r.stdout)
+    assert rows["pid-p-flags"][0] == "pid" and rows["efficiency-ref-v1"][0] == "efficiency"
+    assert all(0 < int(v[1]) <= int(v[2]) for v in rows.values())
+    assert "P" in rows["pid-p-flags"][4] or "ETA" in rows["pid-p-flags"][4]  # the warning's fields
+
+
+def test_cli_simulate_reads_like_a_tool(tmp_path):
+    """stderr is not a terminal here: no warnings before the summary, plain progress lines, no ``\\r``."""
+    r = _mambah("simulate", REF, "--events", "2000", "--batch-size", "1000", "--db", f"duckdb:///{tmp_path / 's.duckdb'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "\r" not in r.stderr
+    assert not [ln for ln in r.stderr.splitlines() if "WARNING" in ln or "Warning" in ln], r.stderr
+    assert re.search(r"^simulate \S+: 2\.00k/2\.00k ev \(100%\), .* done$", r.stderr, re.M), r.stderr
+    assert r.stdout.index("production ") < r.stdout.index("inputs outside the models' training ranges")
+    rows = _summary_rows(r.stdout)
+    assert {"efficiency-ref-v1", "pid-mu-flags", "pid-p-rich"} <= set(rows)
 
 
 def test_bad_descriptor_writes_no_batch_to_an_existing_store(cli_production):

@@ -117,15 +117,16 @@ def test_resume_commits_a_killed_runs_spooled_batches_and_discards_partial_ones(
         assert root == Path(str(db) + ".spool").resolve()
         d = production_dir(root, "p")
         d.mkdir(parents=True)
-        from mambah.production import make_batch, production_record
+        from mambah.pipeline import production_batch
+        from mambah.production import production_record
 
         digest = production_digest(production_record(pipe, n_events=4000, batch_size=1000, seed=11), 0, "p")
-        one = Path(write_spool(pipe.process(make_batch(0, 1, 11, 1000, "p")), d, digest=digest)["spool"])
+        one = Path(write_spool(pipe.process(production_batch(1, 11, 1000, first_batch=0, production="p")), d, digest=digest)["spool"])
         created_in_spool = read_spool(one).row["created"]
-        two = Path(write_spool(pipe.process(make_batch(0, 2, 11, 1000, "p")), d, digest=digest)["spool"])
+        two = Path(write_spool(pipe.process(production_batch(2, 11, 1000, first_batch=0, production="p")), d, digest=digest)["spool"])
         f = two / "mc_vertices.parquet"
         f.write_bytes(f.read_bytes()[:100])
-        three = Path(write_spool(pipe.process(make_batch(0, 3, 11, 1000, "p")), d, digest=digest)["spool"])
+        three = Path(write_spool(pipe.process(production_batch(3, 11, 1000, first_batch=0, production="p")), d, digest=digest)["spool"])
         os.rename(three, d / f".tmp-{three.name}")
         stale = Path(write_spool(synthetic_batch(3, 1000), d, digest="another")["spool"])
         assert stale.exists()

@@ -14,7 +14,9 @@ same Python code together and calls the first traces of the fifth and later mode
 it in this process, and the same line is dropped from standard error, where Dask worker processes
 (which inherit the filtered descriptor) write theirs.
 
-``mambah -vv`` (or ``MAMBAH_NATIVE_LOGS=1``) leaves standard error and the log alone.
+``mambah -vv`` (or ``MAMBAH_NATIVE_LOGS=1``) leaves standard error and the log alone. Because fd 2
+becomes a pipe, :func:`install` first tells :mod:`mambah.progress` whether it was a terminal
+(a tqdm bar there, plain progress lines otherwise).
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ def install() -> None:
     tf_log = logging.getLogger("tensorflow")
     if not any(isinstance(f, _DropRetracing) for f in tf_log.filters):
         tf_log.addFilter(_DropRetracing())
+    from mambah.progress import set_terminal
+
     try:
+        set_terminal(os.isatty(2))  # fd 2 becomes a pipe below: progress bars must know where it ends
         sys.stderr.flush()
         orig = os.dup(2)
         r, w = os.pipe()

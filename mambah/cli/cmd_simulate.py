@@ -48,81 +48,139 @@ def default_production_name(descriptor: str, seed: int) -> str:
     return f"{hashlib.sha256(' '.join(descriptor.split()).encode()).hexdigest()[:8]}-seed{seed}"
 
 
-def _log_warnings(log):
-    """A ``warnings.showwarning`` that logs the models' out-of-range warnings as one line each
-    (the PID stage emits them once per production and model) and shows any other warning as usual."""
-    import warnings
+class _Collector:
+    """A ``warnings.showwarning`` that keeps the models' :class:`~mambah.errors.OutOfRangeWarning` warnings
+    (recognised by class; their fields are read, never their text) for the summary table at the
+    end, and shows every other warning as usual, at once."""
 
-    from mambah.nn.pidmodel import OutOfRangeWarning
+    def __init__(self):
+        from mambah.errors import OutOfRangeWarning
 
-    show = warnings.showwarning
+        self.category = OutOfRangeWarning
+        self.caught: list = []
+        self._show = None
 
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, OutOfRangeWarning):
-            log.warning("%s", message)
+    def __enter__(self):
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("always", self.category)  # each model's warning counts, not only the first
+        self._show = warnings.showwarning
+        warnings.showwarning = self.showwarning
+        return self
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+    def showwarning(self, message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, self.category) and isinstance(message, self.category):
+            self.caught.append(message)
         else:
-            show(message, category, filename, lineno, file, line)
-
-    return showwarning
+            self._show(message, category, filename, lineno, file, line)
 
 
-def out_of_range_summary(store, production: str) -> list[str]:
-    """Per model, the share of its inputs outside its training range over the whole production,
-    from the counts every batch records in its provenance (``reconstruction.<stage>.out_of_range``)."""
+def out_of_range_rows(store, production: str, caught=()) -> list[dict]:
+    """One row per model whose inputs fell outside its training range in ``production``.
+
+    The counts are those of the whole production, summed over the batches' provenance
+    (``reconstruction.<stage>.out_of_range``, :func:`mambah.production.out_of_range_counts`);
+    the :class:`~mambah.errors.OutOfRangeWarning` warnings ``caught`` during the run add the conditions
+    that were outside and what was done, and the models that record no counts in the provenance
+    (their counts are then those of the warnings: ``scope`` says so).
+
+    Returns:
+        ``[{stage, model, outside, inputs, conditions, action, scope}]``, in the order of the stages.
+    """
     import json
+    import logging
 
-    bt = store.read("batches", columns=["config"], where={"production": production}, ordered=False)
-    totals: dict[str, dict[str, list[int]]] = {}
-    for blob in bt["config"]:
+    from mambah.production import out_of_range_counts
+
+    bt = store.read("batches", columns=["batch", "config"], where={"production": production}, ordered=False)
+    totals: dict[tuple[str, str], list[int]] = {}
+    for batch, blob in zip(bt["batch"], bt["config"]):
         try:
-            reco = (json.loads(blob) if blob else {}).get("reconstruction", {})
-        except (json.JSONDecodeError, AttributeError):
+            info = json.loads(blob) if blob else {}
+        except json.JSONDecodeError:
+            logging.getLogger("mambah.simulate").warning(
+                "batch %d: its provenance (config) is not JSON; its out-of-range counts are left out", batch)
             continue
-        for stage, info in reco.items():
-            for model, (bad, n) in (info.get("out_of_range") or {}).items() if isinstance(info, dict) else ():
-                t = totals.setdefault(stage, {}).setdefault(model, [0, 0])
-                t[0] += int(bad)
-                t[1] += int(n)
-    lines = []
-    for stage, models in totals.items():
-        parts = [f"{m} {100 * b / n:.2g}%" for m, (b, n) in models.items() if n and b]
-        if parts:
-            lines.append(f"{stage}: " + ", ".join(parts))
-    return lines
+        for stage, models in out_of_range_counts(info).items():
+            for model, (bad, n) in models.items():
+                t = totals.setdefault((stage, model), [0, 0])
+                t[0] += bad
+                t[1] += n
+    seen: dict[str, dict] = {}
+    for w in caught:
+        d = seen.setdefault(str(w.model), {"conditions": [], "action": "", "outside": 0, "inputs": 0})
+        d["conditions"] += [str(c) for c in w.detail if str(c) not in d["conditions"]]
+        d["action"] = d["action"] or str(w.action)
+        d["outside"] = max(d["outside"], int(w.count))
+        d["inputs"] = max(d["inputs"], int(w.n))
+    rows = []
+    for (stage, model), (bad, n) in totals.items():
+        if bad:
+            w = seen.get(model, {})
+            rows.append({"stage": stage, "model": model, "outside": bad, "inputs": n,
+                         "conditions": w.get("conditions", []), "action": w.get("action", ""), "scope": "production"})
+    known = {m for _, m in totals}
+    for model, w in seen.items():
+        if model not in known and w["outside"]:
+            rows.append({"stage": "", "model": model, "outside": w["outside"], "inputs": w["inputs"],
+                         "conditions": w["conditions"], "action": w["action"], "scope": "first report"})
+    return rows
+
+
+def format_out_of_range(rows: list[dict]) -> list[str]:
+    """The lines of the summary table of :func:`out_of_range_rows`."""
+    if not rows:
+        return []
+    head = ("stage", "model", "outside", "of", "share", "conditions outside")
+    body = [(r["stage"] or "-", r["model"], str(r["outside"]), str(r["inputs"]),
+             f"{100 * r['outside'] / r['inputs']:.2g}%" if r["inputs"] else "-",
+             ", ".join(r["conditions"]) or "-") for r in rows]
+    width = [max(len(x[i]) for x in (head, *body)) for i in range(len(head))]
+    right = {2, 3, 4}
+
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, width))).rstrip()
+
+    lines = [fmt(head), *(fmt(b) for b in body)]
+    actions = sorted({r["action"] for r in rows if r["action"]})
+    notes = [f"what was done: {'; '.join(actions)}" if actions else "they are evaluated at the range edges"]
+    if any(r["scope"] != "production" for r in rows):
+        notes.append("'-' stage: counts of the first batch that reported them (not recorded in the provenance)")
+    return lines + notes
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import warnings
-
+    from mambah.cli import progress_enabled
     from mambah.production import run_production
     from mambah.simulation import standard_pipeline
     from mambah.store import Store
-    from mambah.cli import progress_enabled
 
-    log = logging.getLogger("mambah.simulate")
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
                                  pid=args.pid)
     name = args.production or default_production_name(args.descriptor, args.seed)
     with Store(args.db) as store:
-        with warnings.catch_warnings():
-            warnings.showwarning = _log_warnings(log)
+        with _Collector() as collected:
             res = run_production(
                 pipeline, n_events=args.events, batch_size=args.batch_size, seed=args.seed, store=store,
                 production=name, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
                 progress=progress_enabled(args),
             )
         url = store.url
-        summary = out_of_range_summary(store, name) if args.level == "reco" and res.written else []
+        rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
     print(f"production {res.production!r} in {url}")
     print(f"  batches: {res.written} written, {res.skipped} already present, {res.n_batches} in all")
     if res.written:
         print(f"  events:  {res.n_events} in {res.seconds:.1f} s ({res.events_per_s:,.0f} events/s)")
         share = ", ".join(f"{k} {v:.0%}" for k, v in sorted(res.stage_share().items(), key=lambda kv: -kv[1]))
         print(f"  time per stage: {share}")
-    if summary:
-        print("  inputs outside the models' training ranges (evaluated at the range edges), whole production:")
-        for line in summary:
+    if rows:
+        print("  inputs outside the models' training ranges, whole production:")
+        for line in format_out_of_range(rows):
             print(f"    {line}")
     if res.interrupted:
         print(f"interrupted: {res.written + res.skipped} of {res.n_batches} batches are in the store; "

@@ -43,6 +43,7 @@ from typing import Any
 
 from mambah._version import __version__
 from mambah.errors import StoreError
+from mambah.store.rows import batch_row, disk_full, disk_full_message, prepare_tables
 
 __all__ = ["SpoolError", "Spooled", "spool_root", "production_dir", "production_digest", "write_spool",
            "read_spool", "scan", "remove"]
@@ -115,8 +116,6 @@ def write_spool(batch, directory: str | os.PathLike, *, digest: str) -> dict[str
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from mambah.store.store import batch_row, disk_full, disk_full_message, prepare_tables
 
     tables = prepare_tables(batch)
     row = batch_row(batch)

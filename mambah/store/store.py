@@ -25,9 +25,7 @@ can be open read-write in one process at a time (DuckDB's own rule): many writer
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import errno
 import json
 import logging
 import os
@@ -42,10 +40,16 @@ from sqlalchemy import func, inspect, literal_column, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
+from mambah import extras
 from mambah._version import __version__
-from mambah.errors import BatchExistsError, ConfigurationError, MambahError, SchemaVersionError, StoreError, closest
+from mambah.errors import (BatchExistsError, ConfigurationError, MambahError, OptionalDependencyError, SchemaVersionError,
+                           StoreError, closest)
 from mambah.store import schema as S
 from mambah.store.backends import backend_for
+from mambah.store.rows import KEYS, BatchValidationError, batch_row, disk_full, disk_full_message, prepare_tables
+from mambah.store.rows import dumps as _dumps
+from mambah.store.rows import first_line as _first_line
+from mambah.store.spool import read_spool
 
 __all__ = ["Store", "normalise_url", "DEFAULT_URL", "BatchValidationError", "KEYS", "prepare_tables", "batch_row",
            "disk_full", "disk_full_message"]
@@ -56,25 +60,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = Path("databases") / "mambah.duckdb"
 DEFAULT_URL = f"duckdb:///{DEFAULT_PATH.as_posix()}"
 
-#: The key columns of every table, in order (also the order of reads).
-KEYS: dict[str, tuple[str, ...]] = {
-    "batches": ("batch",),
-    "events": ("batch", "event"),
-    "mc_particles": ("batch", "index"),
-    "mc_vertices": ("batch", "index"),
-    "particles": ("batch", "index"),
-    "vertices": ("batch", "index"),
-    "models": ("name", "version"),
-    "mambah_meta": ("key",),
-}
-
 _TABLES = {t.name: t for t in S.Base.metadata.sorted_tables}
 _SUPPORTED = ("duckdb", "sqlite", "postgresql")
 _PG_LOCK_KEY = 0x6D616D626168  # "mambah": serialises schema creation between writers
-
-
-class BatchValidationError(StoreError):
-    """A batch's tables do not match the schema (missing, extra or wrongly typed columns)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,197 +114,11 @@ def _describe(u: URL) -> str:
     return u.render_as_string(hide_password=True)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, frozenset)):
-        return sorted(o, key=str)
-    if isinstance(o, (Path, _dt.date)):
-        return str(o)
-    if dataclasses.is_dataclass(o) and not isinstance(o, type):
-        return dataclasses.asdict(o)
-    return repr(o)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, sort_keys=True)
-
-
 def _py(v: Any) -> Any:
     """A plain Python value for a bound parameter (drivers do not all adapt numpy scalars)."""
     if isinstance(v, np.generic):
         return v.item()
     return v
-
-
-# ----------------------------------------------------------------------------------------------
-# dtype checks
-# ----------------------------------------------------------------------------------------------
-def _cast_needed(table: str, col: str, series: pd.Series, want: str, batch_id: int) -> bool:
-    """Whether ``series`` must be cast to ``want``; raise when it is of the wrong kind."""
-    src = series.dtype
-    dst = np.dtype(want)
-    if not isinstance(src, np.dtype) or src.kind not in "biuf":
-        raise BatchValidationError(
-            f"batch {batch_id}: column {table}.{col} has dtype {src}, expected {want} (a numpy numeric dtype)"
-        )
-    if src == dst:
-        return False
-    ok = {"f": "biuf", "i": "biu", "b": "b"}[dst.kind]
-    if src.kind not in ok:
-        raise BatchValidationError(
-            f"batch {batch_id}: column {table}.{col} has dtype {src}, expected {want}"
-            + (" (cast explicitly if the values are whole numbers)" if src.kind == "f" else "")
-        )
-    if dst.kind == "i" and len(series) and src.kind in "iu":
-        info = np.iinfo(dst)
-        lo, hi = series.min(), series.max()
-        if lo < info.min or hi > info.max:
-            raise BatchValidationError(
-                f"batch {batch_id}: column {table}.{col} ({src}) holds values in [{lo}, {hi}] that do not fit {want}"
-            )
-    return True
-
-
-# ----------------------------------------------------------------------------------------------
-# a full disk
-# ----------------------------------------------------------------------------------------------
-#: errno values that mean "no room to write": ENOSPC, EDQUOT (quota) and EFBIG (a file-size limit,
-#: ``ulimit -f``, or the file system's largest file)
-_NO_ROOM = {errno.ENOSPC: "disk full", errno.EFBIG: "the file size limit was reached"}
-if hasattr(errno, "EDQUOT"):
-    _NO_ROOM[errno.EDQUOT] = "disk quota exceeded"
-#: the drivers' texts for the same conditions (duckdb: IOException with the strerror text;
-#: sqlite3: SQLITE_FULL; PostgreSQL: SQLSTATE 53100 disk_full, "could not extend file")
-_NO_ROOM_TEXT = (
-    ("no space left on device", "disk full"),
-    ("database or disk is full", "disk full"),
-    ("could not extend file", "disk full"),
-    ("disk quota exceeded", "disk quota exceeded"),
-    ("file too large", "the file size limit was reached"),
-)
-
-
-def disk_full(exc: BaseException) -> tuple[str, str] | None:
-    """``(what, reason)`` if ``exc`` (or an exception it wraps) says the disk is full, else None.
-
-    Recognises ``OSError`` with errno ENOSPC, EDQUOT or EFBIG (a file-size limit counts as a
-    full disk: nothing more fits), psycopg's ``DiskFull`` (SQLSTATE 53100) and the drivers'
-    messages ("No space left on device", sqlite's "database or disk is full", PostgreSQL's
-    "could not extend file", "File too large").
-    """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _NO_ROOM:
-            return _NO_ROOM[e.errno], e.strerror or os.strerror(e.errno)
-        if type(e).__name__ == "DiskFull" or getattr(e, "sqlstate", None) == "53100":
-            return "disk full", _first_line(e)
-        text_ = str(e).lower()
-        for needle, what in _NO_ROOM_TEXT:
-            if needle in text_:
-                return what, _first_line(e)
-        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
-    return None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
-def disk_full_message(full: tuple[str, str], batch_id: int, where: str, *, rolled_back: bool = True) -> str:
-    """The message of a batch that failed for lack of room (see :func:`disk_full`)."""
-    what, reason = full
-    fix = "raise the file size limit (ulimit -f)" if what.startswith("the file size") else "free space"
-    done = ("the batch was rolled back, nothing of it is in the store" if rolled_back
-            else "nothing of the batch is in the store")
-    return f"{what} while writing batch {batch_id} to {where} ({reason}); {done}; {fix} and rerun with --resume"
-
-
-# ----------------------------------------------------------------------------------------------
-# a batch as rows
-# ----------------------------------------------------------------------------------------------
-def prepare_tables(batch) -> dict[str, pd.DataFrame]:
-    """Check every table of ``batch`` against the schema; its data tables with the columns in
-    schema order and the dtypes of :data:`~mambah.store.schema.COLUMNS`.
-
-    Raises:
-        BatchValidationError: see :meth:`Store.write_batch`.
-    """
-    bid = batch.id
-    if not isinstance(bid, (int, np.integer)) or isinstance(bid, bool):
-        raise BatchValidationError(f"the batch id must be an integer, not {bid!r}")
-    unknown = [t for t in batch.tables if t not in S.COLUMNS]
-    if unknown:
-        raise BatchValidationError(
-            f"batch {bid} has table(s) {', '.join(map(repr, unknown))} that the store does not know; "
-            f"store tables: {', '.join(S.COLUMNS)} (keep scratch data in batch.arrays)"
-        )
-    out = {}
-    for name in S.DATA_TABLES:
-        if name not in batch.tables:
-            continue
-        df = batch.tables[name]
-        if not isinstance(df, pd.DataFrame):
-            raise BatchValidationError(f"batch {bid}: table {name!r} is a {type(df).__name__}, not a pandas DataFrame")
-        expected = S.COLUMNS[name]
-        have = [str(c) for c in df.columns]
-        missing = [c for c in expected if c not in have]
-        extra = [c for c in have if c not in expected]
-        if missing or extra or len(set(have)) != len(have):
-            parts = []
-            if missing:
-                parts.append(f"lacks column(s) {', '.join(missing)}")
-            if extra:
-                parts.append(f"has unexpected column(s) {', '.join(extra)}")
-            if len(set(have)) != len(have):
-                parts.append("has duplicated column names")
-            raise BatchValidationError(
-                f"batch {bid}: table {name!r} " + " and ".join(parts)
-                + f"; expected columns: {', '.join(expected)}"
-            )
-        casts = {c: d for c, d in expected.items() if _cast_needed(name, c, df[c], d, bid)}
-        part = df[list(expected)]
-        if casts:
-            part = part.astype(casts)
-        b = part["batch"].to_numpy()
-        if len(b) and not (b == bid).all():
-            bad = np.unique(b[b != bid])[:5].tolist()
-            raise BatchValidationError(f"batch {bid}: table {name!r} has rows with batch = {bad} (must all be {bid})")
-        key = KEYS[name][1]
-        keys = part[key].to_numpy()
-        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all() and not pd.Index(keys).is_unique:
-            k = part[key]
-            dup = k[k.duplicated()].unique()[:5].tolist()
-            raise BatchValidationError(f"batch {bid}: table {name!r} has duplicated {key} value(s) {dup}")
-        out[name] = part
-    return out
-
-
-def batch_row(batch) -> dict[str, Any]:
-    """The ``batches`` row of ``batch`` (its provenance; ``created`` is now, UTC)."""
-    info = dict(batch.info)
-    timings = info.pop("timings", {})
-    models = info.pop("models", {})
-    return {
-        "batch": int(batch.id),
-        "production": str(info.get("production", "") or ""),
-        "seed": int(batch.seed),
-        "n_events": int(batch.n_events),
-        "config": _dumps(info),
-        "models": _dumps(models),
-        "code_version": __version__,
-        "status": "complete",
-        "timings": _dumps(timings),
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +137,12 @@ class Store:
             long production's memory grows with its size: measured peak RSS 1.84 GB after 10^6
             and 5.3 GB after 10^7 events of the reference channel without a limit, 1.67 GB and
             1.73 GB after 10^6 and 6x10^6 events with 512 MB (``benchmarks/simulate.py``).
+
+    Raises:
+        StoreError: a bad URL, a server that does not answer, a locked or damaged file, a database
+            of another schema version (:class:`~mambah.errors.SchemaVersionError`).
+        OptionalDependencyError: a PostgreSQL URL without the ``psycopg`` driver installed (the
+            message gives ``pip install 'mambah[postgres]'``).
     """
 
     def __init__(self, url: str | os.PathLike | URL | None = None, *, create: bool = True,
@@ -344,6 +152,10 @@ class Store:
         kind = self._url.get_backend_name()
         kwargs: dict[str, Any] = {}
         if kind == "postgresql":
+            try:
+                extras.psycopg()  # SQLAlchemy's own failure is a bare ModuleNotFoundError deep in create_engine
+            except OptionalDependencyError as e:
+                raise OptionalDependencyError(f"cannot open the store {self.url}: {e}") from e.__cause__
             kwargs["connect_args"] = {"connect_timeout": max(1, int(round(connect_timeout)))}
         if kind == "duckdb" and duckdb_memory_limit:
             kwargs["connect_args"] = {"config": {"memory_limit": str(duckdb_memory_limit)}}
@@ -563,8 +375,6 @@ class Store:
             StoreError: the directory is not a complete spooled batch (a half-written spool is
                 never committed), or see :meth:`write_batch`.
         """
-        from mambah.store.spool import read_spool
-
         if if_exists not in ("error", "skip"):
             raise ConfigurationError(f"if_exists must be 'error' or 'skip', not {if_exists!r}")
         self._require_open()
@@ -705,14 +515,19 @@ class Store:
             with self._tx() as conn:
                 rows[name] = int(conn.execute(select(func.count()).select_from(t)).scalar_one())
         used: dict[str, set] = {}
+        unreadable = 0
         for blob in bt["models"]:
             try:
                 m = json.loads(blob) if blob else {}
             except json.JSONDecodeError:
+                unreadable += 1
                 continue
             for name, v in (m.items() if isinstance(m, dict) else []):
                 ver = v.get("version", v) if isinstance(v, dict) else v
                 used.setdefault(str(name), set()).add(str(ver))
+        if unreadable:
+            log.warning("%d batch(es) of %s have a models column that is not JSON: left out of the model versions "
+                        "of the summary", unreadable, self.url)
         return {
             "url": self.url,
             "backend": self.backend.name,
