@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mambah.errors import MissingTableError
 from mambah.random import stage_rng
 
 __all__ = ["Batch", "empty_table"]
@@ -29,7 +30,7 @@ def empty_table(table: str, n: int = 0) -> pd.DataFrame:
     try:
         cols = COLUMNS[table]
     except KeyError:
-        raise KeyError(f"no table {table!r}; tables: {', '.join(COLUMNS)}") from None
+        raise MissingTableError(f"no table {table!r}; tables: {', '.join(COLUMNS)}") from None
     return pd.DataFrame({c: np.zeros(n, dtype=d) for c, d in cols.items()})
 
 
@@ -63,7 +64,7 @@ class Batch:
         try:
             return self.tables[table]
         except KeyError:
-            raise KeyError(
+            raise MissingTableError(
                 f"batch {self.id} has no table {table!r} yet; it has: {', '.join(self.tables) or '(none)'}"
             ) from None
 

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigurationError",
     "DataError",
     "MissingColumnError",
+    "MissingTableError",
     "DescriptorError",
     "UnknownParticleError",
     "StoreError",
@@ -77,6 +78,13 @@ class MissingColumnError(DataError, KeyError):
         if hints:
             msg += "\n  " + "\n  ".join(hints)
         super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class MissingTableError(MambahError, KeyError):
+    """A batch or the store has no table of that name; the message lists the tables there are."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mambah.errors import ConfigurationError, StoreError
+from mambah.errors import ConfigurationError, MambahError, StoreError
 from mambah.physics import eta as pseudorapidity
 from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, lhcb_names
 
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 #: store PID column -> LHCb branch suffix (from the column map, :data:`mambah.physics.COLUMN_MAP`)
 PID_BRANCHES: dict[str, str] = lhcb_names(c.store for c in COLUMN_MAP if c.store in PID_COLUMNS)
 if set(PID_BRANCHES) != set(PID_COLUMNS):  # pragma: no cover - a schema change must update this map
-    raise RuntimeError(f"PID_BRANCHES does not cover schema.PID_COLUMNS: {sorted(set(PID_COLUMNS) ^ set(PID_BRANCHES))}")
+    raise MambahError(f"PID_BRANCHES does not cover schema.PID_COLUMNS: {sorted(set(PID_COLUMNS) ^ set(PID_BRANCHES))}")
 
 #: particle name (either charge) -> LHCb-style prefix
 _KNOWN = {

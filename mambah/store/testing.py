@@ -170,9 +170,12 @@ def pg_schema(postgres_url: str, prefix: str = "mambah_test"):
         with pg_schema("postgresql+psycopg://postgres@127.0.0.1:5432/test") as url:
             store = Store(url)
     """
-    import psycopg
-    from psycopg import sql
     from sqlalchemy.engine import make_url
+
+    from mambah import extras
+
+    psycopg = extras.psycopg()
+    from psycopg import sql
 
     u = make_url(postgres_url)
     dsn = f"host={u.host or 'localhost'} port={u.port or 5432} user={u.username} dbname={u.database}"
