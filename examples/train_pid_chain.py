@@ -106,8 +106,8 @@ Usage::
 
 ``--closure N`` skips the training and compares each chain in ``--out`` with N held-out rows of
 the pure signal (``calib_sample(species, N, seed=10_000 + i, pure=True)``, i the species' position in
-e, mu, pi, K, p; training used seeds ``--seed + j`` (7-11) of the contaminated sample) with :func:`mambah.pid.chain.closure`, writing
-``closure.json`` in ``--work``.
+e, mu, pi, K, p; training used seeds ``--seed + j`` (7-11) of the contaminated sample) with
+:func:`mambah.validation.closure.chain_closure`, writing ``closure.json`` in ``--work``.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mambah.reference.calibration import CHANNELS
 from mambah.pid.chain import CHAIN_INPUTS, THRESHOLD_CODES, prepare_training_table
+from mambah.reference.calibration import CHANNELS
 
 MAMBAH = [sys.executable, "-m", "mambah"]
 COND = ",".join(CHAIN_INPUTS)
@@ -296,9 +296,10 @@ def argv_ok() -> bool:
 def closure_main(a) -> int:
     import json
 
+    from mambah.physics import SPECIES_PDG
+    from mambah.pid.chain import build_chain
     from mambah.reference.calibration import calib_sample
-    from mambah.pid.chain import SPECIES_PDG, build_chain
-    from mambah.validation.closure import chain_closure as closure
+    from mambah.validation.closure import chain_closure
 
     if a.write_cards and a.closure_seed != 10_000:
         raise SystemExit("--write-cards records the cards' held-out sample only (--closure-seed 10000)")
@@ -306,7 +307,7 @@ def closure_main(a) -> int:
     for s in a.species.split(","):
         chain = build_chain(s, None, a.out)
         truth = calib_sample(s, a.closure, seed=a.closure_seed + list(SPECIES_PDG).index(s), pure=True)
-        r = closure(chain, truth, seed=a.seed)
+        r = chain_closure(chain, truth, seed=a.seed)
         results[s] = r
         effs = ", ".join(f"{k}: {v['max_abs_diff']:.3f} ({v['max_abs_diff_precise']:.3f}, pull {v['max_pull']:.1f})"
                          for k, v in r["efficiency"].items())
@@ -324,7 +325,7 @@ def closure_main(a) -> int:
                        "max_abs_eff_diff_precise": {k: v["max_abs_diff_precise"] for k, v in r["efficiency"].items()},
                        "max_eff_pull": {k: v["max_pull"] for k, v in r["efficiency"].items()},
                        "method": "whole chain vs the reference detector's pure signal (held-out seed 10000+i, i = position in e,mu,pi,K,p), "
-                                 "mambah.pid.chain.closure: BDT-KS over P, ETA, nTracks, charge and the 11 PID "
+                                 "mambah.validation.closure.chain_closure: BDT-KS over P, ETA, nTracks, charge and the 11 PID "
                                  "outputs (NaN -> -1000); cut efficiencies in p bins", "command": cmd}
             for role in STEPS:
                 cf = a.out / f"pid-{s}-{role}" / "card.json"

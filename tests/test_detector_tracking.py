@@ -9,17 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambah.reference.tracking import (
-    SPECIES,
-    TrackGun,
-    TrackingDetector,
-    momentum_features,
-    pdg_charge,
-    pdg_mass,
-    rebuild_momentum,
-    tracking_sample,
-)
 from mambah.errors import ConfigurationError
+from mambah.physics import SPECIES, p_eta, pdg_charge, pdg_mass, rebuild_momentum
+from mambah.reference.tracking import TrackGun, TrackingDetector, tracking_sample
 
 
 def _track(p, eta, phi=0.3):
@@ -133,7 +125,7 @@ def test_tracking_sample_columns_and_truth():
     assert set(np.unique(np.abs(df.pid))) == {11, 13, 211, 321, 2212}
     # displaced origins cover the region past the end of the VELO
     assert (df.z > 750).mean() > 0.05
-    p, eta = momentum_features(df.px, df.py, df.pz)
+    p, eta = p_eta(df.px, df.py, df.pz)
     g = TrackGun()
     assert p.min() >= g.p_lo * 0.999 and p.max() <= g.p_hi * 1.001
     assert eta.min() >= g.eta_lo - 1e-9 and eta.max() <= g.eta_hi + 1e-9

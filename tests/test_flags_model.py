@@ -14,7 +14,7 @@ import pytest
 
 from mambah.errors import DataError, MissingColumnError, ModelDirError, OutOfRangeWarning
 from mambah.nn.flags import FlagModel
-from mambah.nn.pidmodel import describe_column
+from mambah.physics import describe_column
 from mambah.training.flags import (FlagConfig, FlagTrainer, check_flag_values, efficiency_closure, save_flag_model,
                                    weighted_bce)
 

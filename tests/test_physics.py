@@ -15,6 +15,7 @@ from mambah.physics import (
     eta,
     lhcb_name,
     p_eta,
+    p_eta32,
     pdg_charge,
     pdg_mass,
     species,
@@ -53,6 +54,20 @@ def test_eta_along_the_beam_is_finite():
     assert e[0] > 7 and e[1] == -e[0] and e[2] == 0.0  # asinh(±1e3) ≈ ±7.6: beyond any detector
     # just off the beam the formula holds: θ = 1e-6 rad
     assert math.isclose(float(eta(1e-6, 0.0, 1.0)), -math.log(math.tan(0.5e-6)), rel_tol=1e-9)
+
+
+def test_float32_fast_path_agrees_with_p_eta():
+    rng = np.random.default_rng(4)
+    px, py = rng.normal(0, 1e3, (2, 1000))
+    pz = rng.uniform(1e3, 1e5, 1000)
+    p32, e32 = p_eta32(px, py, pz)
+    assert p32.dtype == e32.dtype == np.float32
+    p, e = p_eta(px, py, pz)
+    np.testing.assert_allclose(p32, p, rtol=1e-6)
+    np.testing.assert_allclose(e32, e, rtol=1e-5, atol=1e-5)
+    # along the beam pT is floored at 1e-6: finite, signed
+    _, e0 = p_eta32([0.0, 0.0], [0.0, 0.0], [5.0, -5.0])
+    assert np.all(np.isfinite(e0)) and e0[0] > 15 and e0[1] == -e0[0]
 
 
 def test_column_map_round_trips():

@@ -8,8 +8,9 @@ from scipy import stats
 
 from mambah.errors import DataError, OutOfRangeWarning
 from mambah.nn import inference
-from mambah.nn.pidmodel import PidModel, describe_column
+from mambah.nn.pidmodel import PidModel
 from mambah.nn.preprocessing import QuantileGaussianizer
+from mambah.physics import describe_column
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "pid-p-dllp-lhcb-run3"

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from mambah.errors import DataError, MissingColumnError, ModelDirError, OutOfRangeWarning
-from mambah.nn.pidmodel import PidModel, describe_column
+from mambah.nn.pidmodel import PidModel
+from mambah.physics import describe_column
 from mambah.training.gan import CramerGANTrainer, GANConfig, save_pid_model
 
 CONDS, TARGS = ["P", "ETA", "nLongTracks"], ["DLLp", "DLLK"]

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from mambah.nn import tracking as recnets
-from mambah.reference.tracking import TrackingDetector, momentum_features, tracking_sample
+from mambah.reference.tracking import TrackingDetector, tracking_sample
 from mambah.training import tracking as fits
 from mambah.errors import ConfigurationError, DataError, ModelDirError
 from mambah.modeldir import default_models_dir
+from mambah.physics import p_eta
 
 EFF = "efficiency-ref-v1"
 RES = "resolution-ref-v1"
@@ -35,7 +36,7 @@ def test_efficiency_closure_in_bins_of_p_and_eta(fresh):
     m = recnets.load_efficiency(EFF)
     cols = [fresh[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z", "pid")]
     prob = m.probability(*cols)
-    p, eta = momentum_features(fresh.px, fresh.py, fresh.pz)
+    p, eta = p_eta(fresh.px, fresh.py, fresh.pz)
     c = fits.efficiency_closure(prob, fresh.eff_true.to_numpy(), p, eta, min_count=2000)
     assert c["n_bins"] >= 50
     assert c["max_abs_diff"] <= 0.01, c["diff"]

@@ -57,6 +57,7 @@ def register(kinds) -> None:
 
 def build_config(args):
     """The :class:`~mambah.nn.flags.FlagConfig` from the CLI options (unset options keep the defaults)."""
+    from mambah.cli.train_pid import set_budget
     from mambah.training.flags import FlagConfig
 
     cfg = FlagConfig(seed=args.seed)
@@ -64,10 +65,7 @@ def build_config(args):
         v = getattr(args, opt, None)
         if v is not None:
             setattr(cfg, opt, v)
-    if args.max_time is not None:
-        cfg.max_time = 60.0 * args.max_time
-    elif args.epochs is not None:
-        cfg.max_time = 7 * 24 * 3600.0  # the epochs are the budget
+    set_budget(cfg, args)
     cfg.validate()
     return cfg
 
@@ -80,10 +78,9 @@ def run(args) -> int:
 
     import numpy as np
 
-    from mambah.errors import ConfigurationError, DataError
-    from mambah.io import split_spec
     from mambah.cli import progress_enabled
-    from mambah.cli.train_pid import file_sha256, check_split_weights, read_training_data
+    from mambah.cli.train_pid import check_split_weights, read_training_data, training_data_entry
+    from mambah.errors import ConfigurationError, DataError
 
     log = logging.getLogger("mambah.train.flags")
     if args.weight and args.weight in {c.strip() for c in f"{args.conditions},{args.targets}".split(",")}:
@@ -108,7 +105,7 @@ def run(args) -> int:
 
     # ---- train
     from mambah.training.flags import FlagTrainer, efficiency_closure, save_flag_model, weighted_bce, weighted_brier
-    from mambah.nn.pidmodel import describe_column
+    from mambah.physics import describe_column
 
     trainer = FlagTrainer(cfg, condition_names=conditions, target_names=targets,
                           show_progress=progress_enabled(args))
@@ -129,7 +126,6 @@ def run(args) -> int:
     log.info("held-out weighted BCE %.5f, Brier %.5f (constant-rate predictor %.5f, %.5f); max |eff diff| in %s bins: %s",
              bce, brier, bce0, brier0, conditions[0], ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items()))
 
-    path, tree = split_spec(args.data)
     card = {
         "name": args.name or out.name,
         "version": str(args.model_version),
@@ -138,16 +134,8 @@ def run(args) -> int:
         "conditions": [describe_column(c) for c in conditions],
         "targets": [describe_column(t) for t in targets],
         "units": "MeV, mm, ns (LHCb convention); momenta in MeV/c; targets are 0/1 flags, the model gives P(flag = 1)",
-        "training_data": {
-            "description": args.description or f"{path.name}" + (f":{tree}" if tree else ""),
-            "file": path.name, "sha256": file_sha256(path), "n_rows": int(n_read), "n_selected": int(len(df)),
-            "selection": args.selection, "weight": args.weight,
-            "sum_weights": float(w.sum()), "negative_weight_fraction": float(np.mean(w < 0)),
-            "n_train": int(len(it)), "n_valid": int(len(iv)),
-            "split": f"seeded random permutation (numpy default_rng([{args.seed}, 20260])), first "
-                     f"{args.valid_fraction:g} held out",
-            "observed_rate": {t: float(r) for t, r in zip(targets, rate)},
-        },
+        "training_data": {**training_data_entry(args, n_read, len(df), w, it, iv),
+                          "observed_rate": {t: float(r) for t, r in zip(targets, rate)}},
         "hyperparameters": {
             "model": "sWeighted Bernoulli classifier: MLP on quantile-Gaussianised conditions, one sigmoid per flag, "
                      "loss sum(w BCE)/sum(w), Adam, weight averaging (EMA), kept weights and early stopping by "
@@ -169,7 +157,9 @@ def run(args) -> int:
                      "valid_bce = sum(w BCE)/sum(w) and valid_brier = sum(w (y - p)^2)/sum(w), averaged over flags; "
                      "*_constant = the same for the constant observed rate; efficiency = per flag, in bins of "
                      f"{conditions[0]}, the predicted mean probability vs the weighted observed rate, diff = "
-                     "predicted - observed with stat_error = sqrt(sum w^2 (y - p)^2)/sum w (bins of >= 50 rows)."),
+                     "predicted - observed (mambah.validation.efficiency.compare_in_bins), observed_error = "
+                     "sqrt(sum w^2 (y - observed)^2)/sum w and stat_error = sqrt(sum w^2 (y - p)^2)/sum w (paired "
+                     "rows, the error of diff used for max_pull; bins of >= 50 rows)."),
         },
         "training": {"seconds": round(trainer.train_seconds_, 1), "epochs": trainer.epochs_,
                      "steps": trainer.steps_, "history": trainer.history_},

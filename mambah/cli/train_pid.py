@@ -176,6 +176,25 @@ def check_split_weights(w, iv, it, log=None) -> dict:
     return info
 
 
+def training_data_entry(args, n_read: int, n_selected: int, w, it, iv) -> dict:
+    """The card's ``training_data``: the file (name, sha256, rows read and selected), the selection,
+    the weights (sum, negative fraction) and the split (training and held-out rows ``it``, ``iv``)."""
+    import numpy as np
+
+    from mambah.io import split_spec
+
+    path, tree = split_spec(args.data)
+    return {
+        "description": args.description or f"{path.name}" + (f":{tree}" if tree else ""),
+        "file": path.name, "sha256": file_sha256(path), "n_rows": int(n_read), "n_selected": int(n_selected),
+        "selection": args.selection, "weight": args.weight,
+        "sum_weights": float(w.sum()), "negative_weight_fraction": float(np.mean(w < 0)),
+        "n_train": int(len(it)), "n_valid": int(len(iv)),
+        "split": f"seeded random permutation (numpy default_rng([{args.seed}, 20260])), first "
+                 f"{args.valid_fraction:g} held out",
+    }
+
+
 def build_config(args):
     """The :class:`~mambah.training.gan.GANConfig` from the CLI options (unset options keep the defaults)."""
     from mambah.training.gan import GANConfig
@@ -192,12 +211,18 @@ def build_config(args):
             setattr(cfg, field, v)
     if getattr(args, "lr", None) is not None:
         cfg.g_lr = cfg.c_lr = args.lr
+    set_budget(cfg, args)
+    cfg.validate()
+    return cfg
+
+
+def set_budget(cfg, args) -> None:
+    """The training budget of ``cfg`` (a config with ``max_time`` [s]) from ``--max-time`` [minutes]
+    or ``--epochs`` (then the epochs are the budget: a week of wall time)."""
     if args.max_time is not None:
         cfg.max_time = 60.0 * args.max_time
     elif args.epochs is not None:
         cfg.max_time = 7 * 24 * 3600.0  # the epochs are the budget
-    cfg.validate()
-    return cfg
 
 
 def run(args) -> int:
@@ -209,9 +234,8 @@ def run(args) -> int:
 
     import numpy as np
 
-    from mambah.errors import ConfigurationError, DataError
-    from mambah.io import split_spec
     from mambah.cli import progress_enabled
+    from mambah.errors import ConfigurationError, DataError
 
     log = logging.getLogger("mambah.train.pid")
     out = Path(args.out)
@@ -233,7 +257,7 @@ def run(args) -> int:
     Y = df[targets].to_numpy(dtype=float)
 
     # ---- train
-    from mambah.nn.pidmodel import describe_column
+    from mambah.physics import describe_column
     from mambah.training.gan import CramerGANTrainer, save_pid_model
 
     ckpt = out.with_name(f".{out.name}.checkpoint")
@@ -264,7 +288,6 @@ def run(args) -> int:
     log.info("held-out validation: BDT-KS %.4f ± %.4f, AUC %.4f (floor from halves of the held-out rows: %.4f)",
              score.bdt_ks, score.bdt_ks_std, score.auc, floor.bdt_ks)
 
-    path, tree = split_spec(args.data)
     name = args.name or out.name
     card = {
         "name": name,
@@ -274,15 +297,7 @@ def run(args) -> int:
         "conditions": [describe_column(c) for c in conditions],
         "targets": [describe_column(t) for t in targets],
         "units": "MeV, mm, ns (LHCb convention); momenta in MeV/c; DLLs are dimensionless log-likelihood differences",
-        "training_data": {
-            "description": args.description or f"{path.name}" + (f":{tree}" if tree else ""),
-            "file": path.name, "sha256": file_sha256(path), "n_rows": int(n_read), "n_selected": int(len(df)),
-            "selection": args.selection, "weight": args.weight,
-            "sum_weights": float(w.sum()), "negative_weight_fraction": float(np.mean(w < 0)),
-            "n_train": int(len(it)), "n_valid": int(len(iv)),
-            "split": f"seeded random permutation (numpy default_rng([{args.seed}, 20260])), first "
-                     f"{args.valid_fraction:g} held out",
-        },
+        "training_data": training_data_entry(args, n_read, len(df), w, it, iv),
         "hyperparameters": {"model": "conditional Cramér GAN (arXiv:1705.10743), sWeighted expectations",
                             **{k: v for k, v in vars(cfg).items()}},
         "metrics": {

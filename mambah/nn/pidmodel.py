@@ -35,26 +35,7 @@ from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PidModel", "OutOfRangeWarning", "KNOWN_COLUMNS", "describe_column"]
-
-#: LHCb-style column names -> (unit, quantity). Units: MeV, mm, ns (LHCb convention).
-KNOWN_COLUMNS = {
-    "P": ("MeV/c", "p"), "p": ("MeV/c", "p"), "PT": ("MeV/c", "pt"), "pt": ("MeV/c", "pt"),
-    "ETA": ("", "eta"), "eta": ("", "eta"),
-    "nLongTracks": ("", "n_tracks"), "nTracks": ("", "n_tracks"), "n_tracks": ("", "n_tracks"),
-    "charge": ("e", "charge"), "Q": ("e", "charge"),
-    "DLLp": ("", "pid_p"), "PIDp": ("", "pid_p"), "DLLK": ("", "pid_k"), "PIDK": ("", "pid_k"),
-    "DLLe": ("", "pid_e"), "PIDe": ("", "pid_e"), "DLLmu": ("", "pid_mu"), "PIDmu": ("", "pid_mu"),
-    "RichDLLp": ("", "rich_dll_p"), "RichDLLk": ("", "rich_dll_k"), "RichDLLe": ("", "rich_dll_e"),
-    "RichDLLmu": ("", "rich_dll_mu"), "isMuon": ("", "is_muon"), "RichDLLpK": ("", "rich_dll_p - rich_dll_k"),
-    "MuonMuLL": ("", "muon_mu_ll"), "MuonBkgLL": ("", "muon_bkg_ll"),
-}
-
-
-def describe_column(name: str) -> dict:
-    """``{"name", "unit", "quantity"}`` of a column (LHCb-style names known, others as given)."""
-    unit, quantity = KNOWN_COLUMNS.get(name, ("", name))
-    return {"name": name, "unit": unit, "quantity": quantity}
+__all__ = ["PidModel", "OutOfRangeWarning"]
 
 
 class PidModel(QuantileConditionedModel):

@@ -47,7 +47,7 @@ import numpy as np
 from mambah.errors import ConfigurationError, DataError, ModelDirError
 from mambah.nn.dense import PARALLEL_CHUNK, DenseStack, map_row_chunks
 from mambah.nn.model import Model
-from mambah.physics import SPECIES, rebuild_momentum, species_index
+from mambah.physics import SPECIES, p_eta32, rebuild_momentum, species_index
 
 __all__ = [
     "EFFICIENCY_CONDITIONS",
@@ -112,13 +112,9 @@ def _one_hot(pid) -> np.ndarray:
 
 
 def _p_eta32(px, py, pz) -> tuple[np.ndarray, np.ndarray]:
-    """ln(p / GeV) and eta in float32 (fast path of :func:`mambah.physics.p_eta`)."""
-    px = np.asarray(px, dtype=np.float32)
-    py = np.asarray(py, dtype=np.float32)
-    pz = np.asarray(pz, dtype=np.float32)
-    pt = np.hypot(px, py)
-    lnp = np.log(np.maximum(np.sqrt(pt * pt + pz * pz), np.float32(1e-3)) * np.float32(1e-3))
-    eta = np.arcsinh(pz / np.maximum(pt, np.float32(1e-6)))
+    """ln(p / GeV) and eta in float32 (p, eta from :func:`mambah.physics.p_eta32`; p floored at 1 keV/c)."""
+    p, eta = p_eta32(px, py, pz)
+    lnp = np.log(np.maximum(p, np.float32(1e-3)) * np.float32(1e-3))
     return lnp, eta
 
 

@@ -2,8 +2,8 @@
 
 * :mod:`mambah.physics.species` — the trackable species (name, PDG id, mass, charge), filled from
   the ``particle`` package; masses of any PDG id;
-* :mod:`mambah.physics.kinematics` — |p|, pT, η (one guard), the momentum-measurement
-  parameterisation;
+* :mod:`mambah.physics.kinematics` — |p|, pT, η (one guard; a float32 fast path for the tracking
+  networks' features), the momentum-measurement parameterisation;
 * :mod:`mambah.physics.columns` — the batch tables' columns and dtypes, and the column map
   (store name ↔ LHCb name ↔ unit ↔ quantity).
 
@@ -25,7 +25,7 @@ from mambah.physics.columns import (
     lhcb_names,
     store_name,
 )
-from mambah.physics.kinematics import ETA_LIMIT, eta, p_eta, p_mag, pt, rebuild_momentum
+from mambah.physics.kinematics import ETA_LIMIT, PT_FLOOR32, eta, p_eta, p_eta32, p_mag, pt, rebuild_momentum
 from mambah.physics.species import (
     SPECIES,
     SPECIES_PDG,
@@ -43,7 +43,7 @@ from mambah.physics.species import (
 __all__ = [
     "COLUMNS", "DATA_TABLES", "PID_COLUMNS",
     "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
-    "ETA_LIMIT", "eta", "p_eta", "p_mag", "pt", "rebuild_momentum",
+    "ETA_LIMIT", "PT_FLOOR32", "eta", "p_eta", "p_eta32", "p_mag", "pt", "rebuild_momentum",
     "SPECIES", "SPECIES_PDG", "TRACKABLE_PIDS", "Species", "particle_mass", "pdg_charge", "pdg_mass",
     "species", "species_index", "species_mass", "species_of_pdg",
 ]

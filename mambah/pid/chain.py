@@ -73,30 +73,27 @@ import dataclasses
 import logging
 import os
 import threading
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError, ModelDirError, closest
+from mambah.physics import CONDITION_NAMES, PID_COLUMNS, SPECIES, SPECIES_PDG, lhcb_name, species_mass, store_name
 
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
-           "CHAIN_INPUTS", "CHAIN_OUTPUTS", "SPECIES_PDG", "DEFAULT_SPECIES", "load_chain", "available_chains",
+           "CHAIN_INPUTS", "CHAIN_OUTPUTS", "DEFAULT_SPECIES", "load_chain", "available_chains",
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
            "rich_threshold_codes"]
 
 log = logging.getLogger(__name__)
 
-#: Inputs of every chain (calibration-sample names) and the store quantity they come from.
-CHAIN_INPUTS: dict[str, str] = {"P": "p", "ETA": "eta", "nTracks": "n_tracks", "charge": "charge"}
-#: Outputs of a chain: calibration-sample column -> store PID column (schema.PID_COLUMNS).
-CHAIN_OUTPUTS: dict[str, str] = {
-    "RichDLLe": "rich_dll_e", "RichDLLmu": "rich_dll_mu", "RichDLLk": "rich_dll_k", "RichDLLp": "rich_dll_p",
-    "isMuon": "is_muon", "MuonMuLL": "muon_mu_ll", "MuonBkgLL": "muon_bkg_ll",
-    "PIDe": "pid_e", "PIDmu": "pid_mu", "PIDK": "pid_k", "PIDp": "pid_p",
-}
+#: Inputs of every chain (calibration-sample names, :data:`mambah.physics.CONDITION_NAMES`) and the
+#: store quantity they come from (``{"P": "p", "ETA": "eta", "nTracks": "n_tracks", "charge": "charge"}``).
+CHAIN_INPUTS: dict[str, str] = {n: store_name(n) for n in CONDITION_NAMES}
+#: Outputs of a chain: calibration-sample column -> store PID column, in the order of
+#: :data:`mambah.physics.PID_COLUMNS` (``RichDLLe -> rich_dll_e``, ..., ``PIDp -> pid_p``).
+CHAIN_OUTPUTS: dict[str, str] = {lhcb_name(c): c for c in PID_COLUMNS}
 #: Functions of the chain inputs that a step may take as conditions (computed by the chain from P and
 #: ETA): for each gas radiator j = 1, 2 of the reference detector's RICHes, 1 when the track is in its
 #: acceptance (``RichAcc<j>``) and, for ``RichAbove<h><j>``, also above the Cherenkov threshold of
@@ -109,9 +106,8 @@ INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "R
 DERIVED = {"RichDLLp": ("RichDLLk", "RichDLLpK")}
 #: Columns that are Bernoulli flags: the generated value is thresholded at 0.5 to 0/1.
 FLAGS = ("isMuon", "hasRich", "hasCalo", "RichPKTie")
-#: Species name -> absolute PDG id.
-SPECIES_PDG: dict[str, int] = {"e": 11, "mu": 13, "pi": 211, "K": 321, "p": 2212}
-DEFAULT_SPECIES = ("e", "mu", "pi", "K", "p")
+#: Species with a default chain: every trackable species (:data:`mambah.physics.SPECIES`).
+DEFAULT_SPECIES: tuple[str, ...] = SPECIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,15 +267,15 @@ def rich_threshold_codes(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray
     none). A user's own detector needs its own codes (thresholds and acceptances are known
     constants).
     """
-    from mambah.reference.pid import MASSES, RICH1, RICH2
+    from mambah.reference.pid import RICH1, RICH2
 
     p, eta = np.asarray(p, dtype=float), np.asarray(eta, dtype=float)
     out = {}
     for j, rad in ((1, RICH1), (2, RICH2)):
         acc = rad.in_acceptance(eta)
         out[f"RichAcc{j}"] = acc.astype(float)
-        for name, pdg in (("Mu", 13), ("Pi", 211), ("K", 321), ("P", 2212)):
-            out[f"RichAbove{name}{j}"] = (acc & (p > rad.threshold(MASSES[pdg]))).astype(float)
+        for name, sp in (("Mu", "mu"), ("Pi", "pi"), ("K", "K"), ("P", "p")):
+            out[f"RichAbove{name}{j}"] = (acc & (p > rad.threshold(species_mass(sp)))).astype(float)
     return {k: out[k] for k in THRESHOLD_CODES}
 
 

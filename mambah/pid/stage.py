@@ -1,10 +1,10 @@
 """PID: the particle-identification variables of reconstructed tracks from chained PID models.
 
 Every track row of ``particles`` (``vertex == -1`` and a truth link) gets the PID columns of
-:data:`mambah.store.schema.PID_COLUMNS` from the chain of its *true* species (``|pid|`` of its MC
+:data:`mambah.physics.PID_COLUMNS` from the chain of its *true* species (``|pid|`` of its MC
 particle; see :mod:`mambah.pid.chain`), evaluated per species on all its tracks at once. The
 conditions are the reconstructed momentum ``p = |p|`` [MeV/c], the pseudorapidity
-``eta = asinh(pz / pT)``, the event's ``n_tracks`` (``events`` table) and the charge.
+``eta = asinh(pz / pT)`` (:func:`mambah.physics.p_eta`), the event's ``n_tracks`` (``events`` table) and the charge.
 Missing information is NaN, as the reference detector writes it (RICH DLLs outside the RICH
 acceptance, muon likelihoods of non-IsMuon tracks). Tracks of species without a chain (e.g.
 deuterons) keep NaN, with one logged warning per process (:func:`mambah.simulation.standard_pipeline`
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mambah.errors import ConfigurationError, OutOfRangeWarning
+from mambah.physics import SPECIES, SPECIES_PDG, p_eta
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
 __all__ = ["PID", "out_of_range_totals"]
@@ -73,12 +74,12 @@ class PID:
     """
 
     models_dir: str | None = None
-    species: tuple[str, ...] = ("e", "mu", "pi", "K", "p")
+    species: tuple[str, ...] = SPECIES
     name: str = "pid"
     threads: int = 2
 
     def __post_init__(self):
-        from mambah.pid.chain import SPECIES_PDG, available_chains
+        from mambah.pid.chain import available_chains
 
         object.__setattr__(self, "species", tuple(self.species))
         if self.models_dir is not None:
@@ -118,7 +119,7 @@ class PID:
         return out
 
     def __call__(self, batch):
-        from mambah.pid.chain import CHAIN_OUTPUTS, SPECIES_PDG
+        from mambah.pid.chain import CHAIN_OUTPUTS
 
         require_tables(batch, self.name, ("mc_particles", "events"))
         if "particles" not in batch:
@@ -129,9 +130,7 @@ class PID:
         rows = rows_by_index(mc, parts["mc_particle"].to_numpy()[track], "particles.mc_particle values")
         apid = np.abs(mc["pid"].to_numpy(np.int64)[rows])
         px, py, pz = (parts[c].to_numpy(np.float64)[track] for c in ("px", "py", "pz"))
-        pt = np.hypot(px, py)
-        p = np.sqrt(pt * pt + pz * pz)
-        eta = np.arcsinh(pz / np.maximum(pt, 1e-9))
+        p, eta = p_eta(px, py, pz)
         evt = ev["event"].to_numpy(np.int64)
         order = np.argsort(evt, kind="stable")
         tev = parts["event"].to_numpy(np.int64)[track]

@@ -40,6 +40,25 @@ def model_version_entry(model: str) -> dict[str, dict[str, str]]:
             for name, p in model_dir_entry(model).items()}
 
 
+class OneModelStage:
+    """Base of a stage (a frozen dataclass) that runs one model, named by its field ``model``
+    (a name under ``models/``, a model directory, or :data:`REFERENCE`): its provenance entries."""
+
+    model: str
+
+    def config(self) -> dict[str, Any]:
+        """The stage's fields, as the production records them."""
+        return as_config(self)
+
+    def model_versions(self) -> dict[str, Any]:
+        """``{name: {"version", "hash"}}`` of the stage's model (:func:`model_version_entry`)."""
+        return model_version_entry(self.model)
+
+    def model_dirs(self) -> dict[str, Any]:
+        """``{name: directory}`` of the stage's model (:func:`model_dir_entry`)."""
+        return model_dir_entry(self.model)
+
+
 def rows_by_index(table: pd.DataFrame, index: np.ndarray, what: str) -> np.ndarray:
     """Row positions of batch-local ``index`` values in ``table`` (whose ``index`` column is a key)."""
     idx = table["index"].to_numpy()

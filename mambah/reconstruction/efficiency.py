@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mambah.reference.tracking import SPECIES, pdg_charge, pdg_mass, species_index
 from mambah.errors import ConfigurationError
+from mambah.physics import SPECIES, pdg_charge, pdg_mass, species_index
 from mambah.physics.columns import COLUMNS, PID_COLUMNS
-from mambah.reconstruction._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
+from mambah.reconstruction._common import REFERENCE, OneModelStage, require_tables, rows_by_index
 
 __all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "track_rows", "out_of_range_totals"]
 
@@ -54,7 +54,7 @@ def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, i
 
 
 @dataclasses.dataclass(frozen=True)
-class Efficiency:
+class Efficiency(OneModelStage):
     """The tracking-efficiency stage.
 
     Args:
@@ -73,15 +73,6 @@ class Efficiency:
         bad = [s for s in self.species if s not in SPECIES]
         if bad:
             raise ConfigurationError(f"Efficiency: unknown species {bad}; trackable species are {', '.join(SPECIES)}")
-
-    def config(self) -> dict[str, Any]:
-        return as_config(self)
-
-    def model_versions(self) -> dict[str, Any]:
-        return model_version_entry(self.model)
-
-    def model_dirs(self) -> dict[str, Any]:
-        return model_dir_entry(self.model)
 
     def _probability(self, px, py, pz, x, y, z, pid, out_of_range: dict | None = None) -> np.ndarray:
         if self.model == REFERENCE:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 import numpy as np
 
 from mambah.errors import ConfigurationError
 from mambah.nn.occupancy import OccupancyModel  # noqa: F401  (re-exported: the model this stage samples)
-from mambah.reconstruction._common import as_config, model_dir_entry, model_version_entry
+from mambah.reconstruction._common import OneModelStage
 
 __all__ = ["Occupancy", "OccupancyModel", "DEFAULT_OCCUPANCY"]
 
@@ -39,7 +38,7 @@ DEFAULT_OCCUPANCY = "occupancy-lc-run3-v1"
 
 
 @dataclasses.dataclass(frozen=True)
-class Occupancy:
+class Occupancy(OneModelStage):
     """Fill ``events.n_tracks`` from an occupancy histogram (seeded by ``batch.rng(name)``).
 
     Args:
@@ -53,15 +52,6 @@ class Occupancy:
 
     model: str = DEFAULT_OCCUPANCY
     name: str = "occupancy"
-
-    def config(self) -> dict[str, Any]:
-        return as_config(self)
-
-    def model_versions(self) -> dict[str, Any]:
-        return model_version_entry(self.model)
-
-    def model_dirs(self) -> dict[str, Any]:
-        return model_dir_entry(self.model)
 
     def __call__(self, batch):
         from mambah.batch import empty_table

@@ -11,12 +11,11 @@ with the row's mass hypothesis ``m``. Randomness from ``batch.rng(name)``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
 from mambah.errors import ConfigurationError
-from mambah.reconstruction._common import REFERENCE, as_config, model_dir_entry, model_version_entry, require_tables, rows_by_index
+from mambah.reconstruction._common import REFERENCE, OneModelStage, require_tables, rows_by_index
 
 __all__ = ["Resolution", "DEFAULT_RESOLUTION"]
 
@@ -24,7 +23,7 @@ DEFAULT_RESOLUTION = "resolution-ref-v1"
 
 
 @dataclasses.dataclass(frozen=True)
-class Resolution:
+class Resolution(OneModelStage):
     """The momentum-resolution stage.
 
     Args:
@@ -34,15 +33,6 @@ class Resolution:
 
     model: str = DEFAULT_RESOLUTION
     name: str = "resolution"
-
-    def config(self) -> dict[str, Any]:
-        return as_config(self)
-
-    def model_versions(self) -> dict[str, Any]:
-        return model_version_entry(self.model)
-
-    def model_dirs(self) -> dict[str, Any]:
-        return model_dir_entry(self.model)
 
     def smear(self, px, py, pz, pid, rng):
         """Reconstructed (px, py, pz) [MeV/c] for true momenta, with this stage's model."""

@@ -60,7 +60,6 @@ from mambah.physics import (
     TRACKABLE_PIDS,
     p_eta,
     pdg_charge,
-    pdg_mass,
     rebuild_momentum,
     species_index,
     species_mass,
@@ -68,27 +67,20 @@ from mambah.physics import (
 from mambah.random import SeedLike, get_rng
 
 __all__ = [
-    "TRACKABLE_PIDS",
     "SPECIES",
     "SPECIES_PID",
-    "species_index",
-    "pdg_mass",
-    "pdg_charge",
     "TrackingDetector",
     "TrackGun",
-    "momentum_features",
     "tracking_sample",
 ]
 
 log = logging.getLogger(__name__)
 
 # The species, their masses and charges, and the kinematics come from :mod:`mambah.physics` (the
-# one place that reads ``particle``). ``SPECIES``, ``TRACKABLE_PIDS``, ``species_index``,
-# ``pdg_mass``, ``pdg_charge``, ``SPECIES_PID`` (= ``SPECIES_PDG``) and ``momentum_features``
-# (= ``p_eta``) and ``rebuild_momentum`` stay importable from here for the callers that still use
-# this path (``mambah.reconstruction.efficiency``, ``mambah.nn.tracking``, ``mambah.simulation``).
+# one place that reads ``particle``); import them from there. ``SPECIES`` and ``SPECIES_PID``
+# (= ``mambah.physics.SPECIES_PDG``) stay importable from here until ``mambah.simulation`` no
+# longer needs this path.
 SPECIES_PID: dict[str, int] = SPECIES_PDG
-momentum_features = p_eta
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:

@@ -38,6 +38,8 @@ from mambah.errors import ConfigurationError, DataError
 from mambah.modeldir import save_model_dir
 from mambah.nn.flags import KIND, NETWORK
 from mambah.nn.preprocessing import QuantileGaussianizer
+from mambah.physics import describe_column
+from mambah.validation.efficiency import bin_index, compare_in_bins
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +176,6 @@ def weighted_brier(prob: np.ndarray, y: np.ndarray, w: np.ndarray | None = None)
 
 
 def _default_edges(x: np.ndarray, w: np.ndarray, column: str | None, n_bins: int = 10) -> np.ndarray:
-    from mambah.nn.pidmodel import describe_column
-
     if column is not None and describe_column(column)["quantity"] == "p":
         from mambah.validation.closure import P_BINS  # the momentum bins of the PID chain closure [MeV/c]
 
@@ -195,9 +195,16 @@ def efficiency_closure(x: np.ndarray, prob: np.ndarray, y: np.ndarray, w: np.nda
                        *, column: str | None = None, edges=None, min_rows: int = 50) -> dict:
     """Predicted mean probability vs the (s)Weighted observed rate of each flag in bins of ``x``.
 
-    In each bin ``b`` with at least ``min_rows`` rows and a positive weight sum ``W_b``:
-    ``observed = sum w y / W_b``, ``predicted = sum w p / W_b``, ``diff = predicted - observed`` and
-    its standard error ``sqrt(sum w^2 (y - p)^2) / W_b`` (the predictions held fixed).
+    The efficiencies and their difference come from
+    :func:`mambah.validation.efficiency.compare_in_bins` (the observed flags as the reference,
+    the probabilities as the generated sample, same rows and weights). In each bin ``b`` with at
+    least ``min_rows`` rows and a positive weight sum ``W_b``: ``observed = sum w y / W_b``,
+    ``predicted = sum w p / W_b``, ``diff = predicted - observed``, ``observed_error`` the
+    helper's error of the observed rate ``sqrt(sum w^2 (y - observed)^2) / W_b``, and, as an extra
+    column, ``stat_error = sqrt(sum w^2 (y - p)^2) / W_b``: the error of ``diff`` with the
+    predictions held fixed and the rows paired (each row's outcome against its own prediction),
+    smaller than the observed rate's error where the model explains the variation within the bin.
+    ``max_pull`` is ``max |diff| / stat_error``.
 
     Args:
         x: the binning variable (e.g. the momentum P [MeV/c]), shape (n,).
@@ -209,29 +216,32 @@ def efficiency_closure(x: np.ndarray, prob: np.ndarray, y: np.ndarray, w: np.nda
 
     Returns:
         ``{"column", "edges", "flags": {name: {"bins": [...], "max_abs_eff_diff", "max_pull"}},
-        "max_abs_eff_diff": {name: value}}``.
+        "max_abs_eff_diff": {name: value}}``; each bin ``{"lo", "hi", "n", "sum_weights",
+        "observed", "observed_error", "predicted", "diff", "stat_error"}``.
     """
     x = np.asarray(x, dtype=float)
     prob = np.asarray(prob, dtype=float).reshape(len(x), -1)
     y = np.asarray(y, dtype=float).reshape(len(x), -1)
     w = np.ones(len(x)) if w is None else np.asarray(w, dtype=float)
     edges = np.asarray(edges if edges is not None else _default_edges(x, w, column), dtype=float)
-    b = np.digitize(x, edges) - 1
+    nb = len(edges) - 1
+    b = bin_index(x, edges)
+    inside = (b >= 0) & (b < nb)
     flags = {}
     for j, name in enumerate(names):
+        c = compare_in_bins(b, y[:, j], b, prob[:, j], nb, w, w)
+        obs, pred = c["ref"], c["gen"]
+        # the paired error of diff (extra column): sqrt(sum w^2 (y - p)^2) / W
+        paired = np.sqrt(np.bincount(b[inside], weights=(w * w * (y[:, j] - prob[:, j]) ** 2)[inside], minlength=nb))
         rows = []
-        for i in range(len(edges) - 1):
-            m = b == i
-            n = int(m.sum())
-            wb = w[m]
-            s = float(wb.sum())
+        for i in range(nb):
+            n, s = int(obs["n"][i]), float(obs["sum_w"][i])
             if n < min_rows or s <= 0:
                 continue
-            obs = float((wb * y[m, j]).sum() / s)
-            pred = float((wb * prob[m, j]).sum() / s)
-            err = float(np.sqrt((wb ** 2 * (y[m, j] - prob[m, j]) ** 2).sum()) / s)
             rows.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": n, "sum_weights": s,
-                         "observed": obs, "predicted": pred, "diff": pred - obs, "stat_error": err})
+                         "observed": float(obs["eff"][i]), "observed_error": float(obs["err"][i]),
+                         "predicted": float(pred["eff"][i]), "diff": float(c["diff"][i]),
+                         "stat_error": float(paired[i] / s)})
         flags[name] = {
             "bins": rows,
             "max_abs_eff_diff": max((abs(r["diff"]) for r in rows), default=float("nan")),

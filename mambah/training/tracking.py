@@ -92,22 +92,34 @@ def efficiency_closure(prob: np.ndarray, ref: np.ndarray, p: np.ndarray, eta: np
                        p_edges=None, eta_edges=None, min_count: int = 2000) -> dict[str, Any]:
     """Mean model probability minus mean reference (truth probability or 0/1 label) per (p, eta) bin.
 
-    Returns the bins' counts and differences and the largest |difference| over bins with at least
-    ``min_count`` entries. Momentum in MeV/c.
+    The per-bin means and their difference are those of
+    :func:`mambah.validation.efficiency.efficiency_in_bins` (unit weights; the reference as the
+    reference sample, the model's probabilities as the generated one, same rows).
+
+    Args:
+        prob: the model's probability per track.
+        ref: the reference per track: the true probability or the 0/1 outcome.
+        p, eta: momentum [MeV/c] and pseudorapidity per track (the binning).
+        p_edges, eta_edges: bin edges (defaults: 0.5-400 GeV/c in 9 bins, η 1.6-5.4 in 8 bins).
+        min_count: bins with fewer tracks get ``diff`` NaN and are left out of ``max_abs_diff``.
+
+    Returns:
+        ``{"p_edges", "eta_edges", "counts" (tracks per bin, p rows × η columns), "diff",
+        "max_abs_diff" (over bins with at least ``min_count`` tracks), "n_bins" (those bins)}``.
     """
+    import pandas as pd
+
+    from mambah.validation.efficiency import efficiency_in_bins
+
     p_edges = np.asarray(p_edges if p_edges is not None else [5e2, 1e3, 2e3, 3e3, 5e3, 1e4, 2e4, 5e4, 1e5, 4e5])
     eta_edges = np.asarray(eta_edges if eta_edges is not None else [1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.4])
-    ip = np.digitize(p, p_edges) - 1
-    ie = np.digitize(eta, eta_edges) - 1
-    ok = (ip >= 0) & (ip < len(p_edges) - 1) & (ie >= 0) & (ie < len(eta_edges) - 1)
+    kin = {"p": np.asarray(p, dtype=float), "eta": np.asarray(eta, dtype=float)}
+    tab = efficiency_in_bins(pd.DataFrame({**kin, "value": np.asarray(ref, dtype=float)}),
+                             pd.DataFrame({**kin, "value": np.asarray(prob, dtype=float)}),
+                             lambda d: d["value"].to_numpy(), bins={"p": p_edges, "eta": eta_edges})
     shape = (len(p_edges) - 1, len(eta_edges) - 1)
-    flat = np.ravel_multi_index((ip[ok], ie[ok]), shape)
-    nb = shape[0] * shape[1]
-    cnt = np.bincount(flat, minlength=nb).reshape(shape)
-    sm = np.bincount(flat, weights=prob[ok], minlength=nb).reshape(shape)
-    sr = np.bincount(flat, weights=ref[ok], minlength=nb).reshape(shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diff = (sm - sr) / cnt
+    cnt = tab["n_ref"].to_numpy().reshape(shape)
+    diff = tab["diff"].to_numpy().reshape(shape)
     enough = cnt >= min_count
     return {
         "p_edges": p_edges.tolist(),

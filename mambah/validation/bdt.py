@@ -66,7 +66,7 @@ from mambah.validation.stats import effective_size, weighted_auc, weighted_ks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BDTKSResult", "bdt_ks_score", "bdt_ks_null", "CLASSIFIER_DEFAULTS"]
+__all__ = ["BDTKSResult", "bdt_ks_score", "bdt_ks_null", "score_samples", "check_settings", "CLASSIFIER_DEFAULTS"]
 
 #: hyperparameters of the classifier (max_depth / max_leaf_nodes as in the original method)
 CLASSIFIER_DEFAULTS = {
@@ -213,7 +213,7 @@ def _balanced(w: np.ndarray, total: float, what: str) -> np.ndarray:
     return w * (total / s)
 
 
-def _score_samples(
+def score_samples(
     ref: Sample,
     gen: Sample,
     columns: list[str],
@@ -229,6 +229,35 @@ def _score_samples(
     n_threads: int | None = None,
     paired: bool = False,
 ) -> BDTKSResult:
+    """The BDT-KS score of two prepared samples (the procedure of the module docstring).
+
+    :func:`bdt_ks_score` and :func:`bdt_ks_null` check and prepare their inputs, then call this;
+    call it directly to score samples already prepared (:func:`mambah.validation.inputs.prepare_pair`)
+    with settings already checked (:func:`check_settings`), as :func:`mambah.validation.report.validate`
+    does for each generated draw, the null and the cross-check.
+
+    Args:
+        ref, gen: the reference and generated :class:`~mambah.validation.inputs.Sample` (data and
+            per-row weights).
+        columns: the features the classifier sees.
+        seed: seed of the splits and of the classifier (repeat r uses ``[seed, 7919, r]``).
+        n_repeats: independent splits and fits; the score is their mean, ``bdt_ks_std`` their spread.
+        test_fraction: fraction of each sample held out for the KS distance and the AUC.
+        train_weights: ``"signed"`` or ``"clipped"`` (negative weights set to 0 for training only).
+        classifier: ``HistGradientBoostingClassifier`` options (the output of :func:`check_settings`).
+        max_train_rows: at most this many training rows per fit (half per sample); ``None``: all
+            (with signed weights at most :data:`SIGNED_MAX_TRAIN_ROWS`).
+        show_progress: a tqdm bar over the repeats, labelled ``desc``.
+        n_threads: OpenMP threads of the classifier (``None``: the library's default).
+        paired: row i of ``gen`` is the twin of row i of ``ref`` (same conditions): both are split
+            alike, so no twin is in the training part while the other is tested.
+
+    Returns:
+        A :class:`BDTKSResult`.
+
+    Raises:
+        DataError: a training or test part with a weight sum <= 0 after a split.
+    """
     import contextlib
 
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -301,7 +330,14 @@ def _score_loop(HistGradientBoostingClassifier, ref, gen, columns, *, seed, n_re
     )
 
 
-def _check_settings(n_repeats, test_fraction, train_weights, classifier_options) -> dict:
+def check_settings(n_repeats, test_fraction, train_weights, classifier_options) -> dict:
+    """Check the BDT-KS settings and return the classifier's options (:data:`CLASSIFIER_DEFAULTS`
+    updated with ``classifier_options``), for :func:`score_samples`.
+
+    Raises:
+        ConfigurationError: ``n_repeats < 1``, ``test_fraction`` outside [0.05, 0.95],
+            ``train_weights`` not ``"signed"``/``"clipped"``, or an unknown classifier option.
+    """
     if int(n_repeats) < 1:
         raise ConfigurationError(f"n_repeats must be >= 1, not {n_repeats!r}")
     if not 0.05 <= float(test_fraction) <= 0.95:
@@ -381,7 +417,7 @@ def bdt_ks_score(
         ...                    ref_weight="sWeight", gen_weight="sWeight")  # doctest: +SKIP
         >>> print(res.bdt_ks, res.auc)  # doctest: +SKIP
     """
-    clf = _check_settings(n_repeats, test_fraction, train_weights, classifier_options)
+    clf = check_settings(n_repeats, test_fraction, train_weights, classifier_options)
     columns = list(columns)
     r, g = prepare_pair(ref, gen, columns, ref_weight, gen_weight, drop_nonfinite=drop_nonfinite, min_rows=min_rows)
     warns = pair_warnings(r, g)
@@ -395,7 +431,7 @@ def bdt_ks_score(
             f"got {len(r.weights)} reference and {len(g.weights)} generated rows"
             + (" after dropping non-finite rows" if drop_nonfinite else "")
         )
-    res = _score_samples(r, g, columns, seed=seed, n_repeats=n_repeats, test_fraction=test_fraction,
+    res = score_samples(r, g, columns, seed=seed, n_repeats=n_repeats, test_fraction=test_fraction,
                          train_weights=train_weights, classifier=clf, max_train_rows=max_train_rows,
                          show_progress=show_progress, desc="BDT KS", n_threads=n_threads, paired=paired)
     res.warnings = warns
@@ -425,7 +461,7 @@ def bdt_ks_null(
     reference, so for a generated sample as large as the reference this floor is conservative
     (a KS fluctuation scales like ``1/sqrt(n_eff)``).
     """
-    clf = _check_settings(n_repeats, test_fraction, train_weights, classifier_options)
+    clf = check_settings(n_repeats, test_fraction, train_weights, classifier_options)
     columns = list(columns)
     r = prepare_sample(ref, columns, ref_weight, name="reference", drop_nonfinite=drop_nonfinite,
                        min_rows=2 * min_rows)
@@ -438,7 +474,7 @@ def bdt_ks_null(
         if w.sum() <= 0:
             raise DataError(f"{name} has a weight sum of {w.sum():.4g} <= 0: the reference is too small for a null test")
         halves.append(Sample(data=r.data.iloc[idx].reset_index(drop=True), weights=w, weighted=r.weighted, name=name))
-    return _score_samples(halves[0], halves[1], columns, seed=seed, n_repeats=n_repeats,
+    return score_samples(halves[0], halves[1], columns, seed=seed, n_repeats=n_repeats,
                           test_fraction=test_fraction, train_weights=train_weights, classifier=clf,
                           max_train_rows=max_train_rows, show_progress=show_progress, desc="BDT KS null",
                           n_threads=n_threads)

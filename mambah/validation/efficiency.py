@@ -4,7 +4,9 @@ What analysts take from a PID model is the efficiency of a cut in bins of its co
 (``../shared/DESIGN.md``, "Validation"). :func:`efficiency_in_bins` gives, per bin, the
 (s)Weighted efficiencies of the reference and of the generated sample, their difference, the
 statistical errors, the pull and the reference's effective size; :func:`pull_summary` condenses
-the pulls (mean, robust width, worst bin).
+the pulls (mean, robust width, worst bin). :func:`compare_in_bins` is the same comparison on
+bin indices already computed (the training closures of :mod:`mambah.training` use it), and
+:func:`binned_efficiency` the efficiency of one sample.
 
 Formulas (w the per-row weights, signed sWeights allowed; "pass" 1 or 0, or a probability):
 
@@ -36,7 +38,7 @@ import pandas as pd
 from mambah.errors import ConfigurationError, MissingColumnError
 from mambah.validation.cuts import Cut, parse_cut
 
-__all__ = ["efficiency_in_bins", "binned_efficiency", "bin_index", "pull_summary", "MAD_TO_SIGMA"]
+__all__ = ["efficiency_in_bins", "compare_in_bins", "binned_efficiency", "bin_index", "pull_summary", "MAD_TO_SIGMA"]
 
 #: 1 / Φ⁻¹(3/4): the MAD of a normal distribution times this is its standard deviation.
 MAD_TO_SIGMA = 1.4826
@@ -90,6 +92,37 @@ def binned_efficiency(b: np.ndarray, passed: np.ndarray, w: np.ndarray | None, n
     with np.errstate(divide="ignore", invalid="ignore"):
         n_eff = np.where(w2 > 0, wa * wa / w2, 0.0)
     return {"n": n, "sum_w": wa, "eff": eff, "err": err, "n_eff": n_eff}
+
+
+def compare_in_bins(ref_bins: np.ndarray, ref_pass: np.ndarray, gen_bins: np.ndarray, gen_pass: np.ndarray,
+                    n_bins: int, ref_weight: np.ndarray | None = None, gen_weight: np.ndarray | None = None, *,
+                    gen_error_in_pull: bool = False) -> dict:
+    """Efficiency per bin of a reference and a generated sample, their difference and the pull.
+
+    The core of :func:`efficiency_in_bins`, on bin indices already computed (e.g. with
+    :func:`bin_index`); the two samples may be the same rows (a model's probability against the
+    observed flag: ``gen_pass`` the probabilities, ``ref_pass`` the 0/1 outcomes).
+
+    Args:
+        ref_bins, gen_bins: bin of each row of the two samples (rows outside ``0 .. n_bins - 1``
+            are ignored).
+        ref_pass, gen_pass: per row 0/1 (bool) or a probability.
+        n_bins: number of bins.
+        ref_weight, gen_weight: per-row weights (signed sWeights allowed); ``None``: 1.
+        gen_error_in_pull: include the generated sample's error in the pull's denominator.
+
+    Returns:
+        ``{"ref": ..., "gen": ...}`` (each the :func:`binned_efficiency` of the sample), ``"diff"``
+        (gen − ref) and ``"pull"`` (diff / σ_ref, or / sqrt(σ_ref² + σ_gen²)); arrays of length
+        ``n_bins``, NaN where a bin has no weight.
+    """
+    r = binned_efficiency(ref_bins, ref_pass, ref_weight, n_bins)
+    g = binned_efficiency(gen_bins, gen_pass, gen_weight, n_bins)
+    diff = g["eff"] - r["eff"]
+    den = np.sqrt(r["err"] ** 2 + g["err"] ** 2) if gen_error_in_pull else r["err"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pull = np.where(den > 0, diff / den, np.nan)
+    return {"ref": r, "gen": g, "diff": diff, "pull": pull}
 
 
 def _weights(df: pd.DataFrame, w, name: str) -> np.ndarray | None:
@@ -168,20 +201,17 @@ def efficiency_in_bins(
     res = {}
     for key, df, w in (("ref", ref, ref_weight), ("gen", gen, gen_weight)):
         passed = np.asarray(fn(df))
-        res[key] = binned_efficiency(_cells(df, edges, clip, key), passed, _weights(df, w, key), n_cells)
+        res[key] = (_cells(df, edges, clip, key), passed, _weights(df, w, key))
+    (rb, rp, rw), (gb, gp, gw) = res["ref"], res["gen"]
+    c = compare_in_bins(rb, rp, gb, gp, n_cells, rw, gw, gen_error_in_pull=gen_error_in_pull)
     out = {}
     idx = np.unravel_index(np.arange(n_cells), shape)
     for (col, e), i in zip(edges.items(), idx):
         out[f"{col}_lo"] = e[i]
         out[f"{col}_hi"] = e[i + 1]
-    r, g = res["ref"], res["gen"]
+    r, g = c["ref"], c["gen"]
     out.update(n_ref=r["n"], n_gen=g["n"], n_eff_ref=r["n_eff"], ref_eff=r["eff"], ref_error=r["err"],
-               gen_eff=g["eff"], gen_error=g["err"])
-    diff = g["eff"] - r["eff"]
-    den = np.sqrt(r["err"] ** 2 + g["err"] ** 2) if gen_error_in_pull else r["err"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pull = np.where(den > 0, diff / den, np.nan)
-    out.update(diff=diff, pull=pull)
+               gen_eff=g["eff"], gen_error=g["err"], diff=c["diff"], pull=c["pull"])
     return pd.DataFrame(out)
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from mambah.validation.inputs import Sample
 from mambah.validation.stats import weighted_quantiles
 
-__all__ = ["plot_target", "plot_target_bins", "plot_classifier_output", "plot_efficiency", "style"]
+__all__ = ["plot_target", "plot_target_bins", "plot_classifier_output", "plot_efficiency", "style", "new_figure",
+           "save_figure"]
 
 REF_COLOR, GEN_COLOR = "black", "tab:red"
 DPI = 90
@@ -42,7 +43,9 @@ def style():
         yield
 
 
-def _figure(w: float, h: float):
+def new_figure(w: float, h: float):
+    """A matplotlib ``Figure`` of ``w`` × ``h`` inches on the Agg canvas (no pyplot, no global state:
+    safe in threads and on machines without a display); draw inside :func:`style`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -51,7 +54,8 @@ def _figure(w: float, h: float):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix) and return the path."""
     path = Path(path)
     fig.savefig(path)
     return path
@@ -112,7 +116,7 @@ def _compare(ax, rax, xr, wr, xg, wg, edges, xlabel: str, ref_label="reference",
 def plot_target(ref: Sample, gen: Sample, target: str, path: Path, ks: float | None = None) -> Path:
     """Distribution of one target in the whole sample, reference vs generated, with a ratio panel."""
     with style():
-        fig = _figure(6, 5.5)
+        fig = new_figure(6, 5.5)
         gs = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
         ax, rax = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
         xr, xg = ref.data[target].to_numpy(), gen.data[target].to_numpy()
@@ -120,7 +124,7 @@ def plot_target(ref: Sample, gen: Sample, target: str, path: Path, ks: float | N
         ax.set_ylabel("normalised", fontsize="small")
         if ks is not None:
             ax.set_title(f"{target}: KS = {ks:.4f}", fontsize="small")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_target_bins(ref: Sample, gen: Sample, target: str, binning: dict, p: str | None, eta: str | None,
@@ -142,7 +146,7 @@ def plot_target_bins(ref: Sample, gen: Sample, target: str, binning: dict, p: st
     for b in ks_bins or []:
         ks_lookup[(b.get("p_bin", 0), b.get("eta_bin", 0))] = b.get("ks")
     with style():
-        fig = _figure(3.2 * n_p + 0.8, 3.0 * n_e + 0.8)
+        fig = new_figure(3.2 * n_p + 0.8, 3.0 * n_e + 0.8)
         outer = fig.add_gridspec(n_e, n_p, hspace=0.45, wspace=0.3)
         for je in range(n_e):
             for jp in range(n_p):
@@ -164,13 +168,13 @@ def plot_target_bins(ref: Sample, gen: Sample, target: str, binning: dict, p: st
                 if ks is not None:
                     title.append(f"KS {ks:.3f}")
                 ax.set_title("\n".join([", ".join(title[:2]), *title[2:]]), fontsize="x-small")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_classifier_output(scores: dict, path: Path, bdt_ks: float | None = None, auc: float | None = None) -> Path:
     """Held-out classifier output for reference and generated (first repeat)."""
     with style():
-        fig = _figure(6, 5.5)
+        fig = new_figure(6, 5.5)
         gs = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
         ax, rax = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
         pooled = np.concatenate([scores["ref"], scores["gen"]])
@@ -180,14 +184,14 @@ def plot_classifier_output(scores: dict, path: Path, bdt_ks: float | None = None
         ax.set_ylabel("normalised", fontsize="small")
         if bdt_ks is not None:
             ax.set_title(f"BDT KS = {bdt_ks:.4f}" + (f", AUC = {auc:.4f}" if auc is not None else ""), fontsize="small")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_efficiency(label: str, entry: dict, path: Path) -> Path:
     """Efficiency of one requirement versus p and η, both samples, with the gen/ref ratio."""
     keys = [k for k in ("p", "eta") if k in entry["vs"]]
     with style():
-        fig = _figure(5.5 * max(1, len(keys)), 5.5)
+        fig = new_figure(5.5 * max(1, len(keys)), 5.5)
         gs = fig.add_gridspec(2, max(1, len(keys)), height_ratios=[3, 1], hspace=0.05, wspace=0.3)
         for j, key in enumerate(keys):
             v = entry["vs"][key]
@@ -215,4 +219,4 @@ def plot_efficiency(label: str, entry: dict, path: Path) -> Path:
             rax.set_xlabel(v["column"], fontsize="small")
             rax.set_ylabel("gen/ref", fontsize="x-small")
             rax.tick_params(labelsize="x-small")
-        return _save(fig, path)
+        return save_figure(fig, path)

@@ -301,22 +301,22 @@ def validate_production(
 
 
 def _write_production_report(summary: dict, report_dir: Path, arrays: dict, masses: dict, events: pd.DataFrame) -> None:
-    from mambah.validation.plots import _figure, _save, style
+    from mambah.validation.plots import new_figure, save_figure, style
     from mambah.validation.reportdir import finalize, prepare_dir, slug, write_json
 
     tmp = prepare_dir(report_dir)
     plots: dict[str, list[str]] = {"events": [], "kinematics": [], "pid": [], "efficiency": [], "composites": []}
     try:
         with style():
-            fig = _figure(6, 4.5)
+            fig = new_figure(6, 4.5)
             ax = fig.add_subplot()
             ax.hist(events["n_tracks"].to_numpy(), bins=50, histtype="step", color="black")
             ax.set_xlabel("n_tracks")
             ax.set_ylabel("events")
-            _save(fig, tmp / "events_n_tracks.png")
+            save_figure(fig, tmp / "events_n_tracks.png")
             plots["events"].append("events_n_tracks.png")
             if arrays:
-                fig = _figure(15, 4.5)
+                fig = new_figure(15, 4.5)
                 fig.subplots_adjust(wspace=0.3)
                 for j, (q, label, scale) in enumerate((("p", "p [GeV]", 1e-3), ("pt", "pT [GeV]", 1e-3), ("eta", "η", 1))):
                     ax = fig.add_subplot(1, 3, j + 1)
@@ -328,7 +328,7 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                             ax.hist(x, bins=edges, histtype="step", density=True, label=name)
                     ax.set_xlabel(label)
                     ax.legend(fontsize="x-small")
-                _save(fig, tmp / "kinematics.png")
+                save_figure(fig, tmp / "kinematics.png")
                 plots["kinematics"].append("kinematics.png")
             for name, a in arrays.items():
                 cols = [c for c in a if c not in ("p", "pt", "eta") and np.isfinite(a[c]).any()]
@@ -336,7 +336,7 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                     continue
                 nc = 4
                 nr = (len(cols) + nc - 1) // nc
-                fig = _figure(4 * nc, 3.2 * nr)
+                fig = new_figure(4 * nc, 3.2 * nr)
                 for j, c in enumerate(cols):
                     ax = fig.add_subplot(nr, nc, j + 1)
                     x = a[c][np.isfinite(a[c])]
@@ -345,14 +345,14 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                     ax.tick_params(labelsize="x-small")
                 fig.suptitle(f"PID variables of {name} tracks", fontsize="small")
                 fn = f"pid_{slug(name)}.png"
-                _save(fig, tmp / fn)
+                save_figure(fig, tmp / fn)
                 plots["pid"].append(fn)
             for label, *_ in PID_REQUIREMENTS:
                 curves = {n: s["pid_requirements"][label]["vs_p"] for n, s in summary["species"].items()
                           if label in s["pid_requirements"]}
                 if not curves:
                     continue
-                fig = _figure(6, 4.5)
+                fig = new_figure(6, 4.5)
                 ax = fig.add_subplot()
                 for n, v in curves.items():
                     e = np.asarray(v["edges"]) * 1e-3
@@ -365,10 +365,10 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                 ax.set_ylabel(f"eff({label})")
                 ax.legend(fontsize="x-small")
                 fn = f"pid_eff_{slug(label)}.png"
-                _save(fig, tmp / fn)
+                save_figure(fig, tmp / fn)
                 plots["efficiency"].append(fn)
             if summary["reco_efficiency"]:
-                fig = _figure(11, 4.5)
+                fig = new_figure(11, 4.5)
                 for j, key in enumerate(("vs_p", "vs_eta")):
                     ax = fig.add_subplot(1, 2, j + 1)
                     for n, s in summary["reco_efficiency"].items():
@@ -381,13 +381,13 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                     ax.set_xlabel("true p [GeV]" if key == "vs_p" else "true η")
                     ax.set_ylabel("reconstruction efficiency")
                     ax.legend(fontsize="x-small")
-                _save(fig, tmp / "reco_efficiency.png")
+                save_figure(fig, tmp / "reco_efficiency.png")
                 plots["efficiency"].append("reco_efficiency.png")
             for name, m in masses.items():
                 m = m[np.isfinite(m)]
                 if len(m) == 0:
                     continue
-                fig = _figure(6, 4.5)
+                fig = new_figure(6, 4.5)
                 ax = fig.add_subplot()
                 lo, hi = np.quantile(m, [0.005, 0.995])
                 if not hi > lo:
@@ -399,7 +399,7 @@ def _write_production_report(summary: dict, report_dir: Path, arrays: dict, mass
                 ax.set_xlabel("reconstructed mass [MeV]")
                 ax.legend(fontsize="x-small")
                 fn = f"mass_{slug(name)}.png"
-                _save(fig, tmp / fn)
+                save_figure(fig, tmp / fn)
                 plots["composites"].append(fn)
         summary["plots"] = plots
         from mambah.validation.reportdir import clean_json

@@ -23,7 +23,7 @@ import pandas as pd
 from mambah._version import __version__
 from mambah.errors import ConfigurationError, DataError
 from mambah.progress import progress
-from mambah.validation.bdt import BDTKSResult, _check_settings, _score_samples
+from mambah.validation.bdt import BDTKSResult, check_settings, score_samples
 from mambah.validation.compare import default_cuts, efficiency_table, guess_column, ks1d_table
 from mambah.validation.cuts import Cut, parse_cut
 from mambah.validation.inputs import Sample, pair_warnings, prepare_pair
@@ -128,7 +128,7 @@ def validate(
         The summary (the content of ``summary.json``).
     """
     t0 = time.perf_counter()
-    clf = _check_settings(n_repeats, 0.5, train_weights, classifier_options)
+    clf = check_settings(n_repeats, 0.5, train_weights, classifier_options)
     conditions, targets = list(conditions), list(targets)
     if not targets:
         raise ConfigurationError("no targets given: name the generated columns to compare (e.g. DLLp)")
@@ -182,19 +182,19 @@ def validate(
             raise DataError("paired=True needs samples of equal length without dropped rows: row i of the generated "
                             "sample must be the twin of row i of the reference "
                             f"({len(r.weights)} vs {', '.join(str(len(gi.weights)) for gi in draws)} rows)")
-        scores = [_score_samples(r, gi, features, seed=seed + i, train_weights=train_weights, desc="BDT",
+        scores = [score_samples(r, gi, features, seed=seed + i, train_weights=train_weights, desc="BDT",
                                  paired=paired, **common) for i, gi in enumerate(draws)]
         res: BDTKSResult = BDTKSResult.pooled(scores)
         done("BDT score")
         step("null (reference vs itself)")
         a, b = _null_samples(r, seed)
-        null: BDTKSResult = _score_samples(a, b, features, seed=seed, train_weights=train_weights, desc="null", **common)
+        null: BDTKSResult = score_samples(a, b, features, seed=seed, train_weights=train_weights, desc="null", **common)
         done("null (reference vs itself)")
         clipped = None
         if cross_check:
             step("clipped cross-check")
             other = "clipped" if train_weights == "signed" else "signed"
-            clipped = BDTKSResult.pooled([_score_samples(r, gi, features, seed=seed + i, train_weights=other,
+            clipped = BDTKSResult.pooled([score_samples(r, gi, features, seed=seed + i, train_weights=other,
                                                          desc="cross-check", paired=paired, **common)
                                           for i, gi in enumerate(draws)])
             done("clipped cross-check")
