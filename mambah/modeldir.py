@@ -118,7 +118,7 @@ def save_model_dir(
         missing = [k for k in _REQUIRED_CARD_KEYS if k not in full]
         if missing:
             raise ModelDirError(f"card for {str(path)!r} lacks {', '.join(missing)}")
-        (tmp / "card.json").write_text(json.dumps(full, indent=2, sort_keys=False, default=_json_default) + "\n")
+        (tmp / "card.json").write_text(json.dumps(full, indent=2, sort_keys=False, default=json_default) + "\n")
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -129,7 +129,10 @@ def save_model_dir(
     return path
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays as plain numbers and
+    lists; anything else is a ``TypeError`` (the json module's protocol), so a card never holds a
+    silently stringified object."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

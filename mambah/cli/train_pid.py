@@ -232,8 +232,6 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    import numpy as np
-
     from mambah.cli import progress_enabled
     from mambah.errors import ConfigurationError, DataError
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mambah.errors import ModelDirError, OptionalDependencyError
+from mambah.errors import ModelDirError
 from mambah.errors import OutOfRangeWarning  # noqa: F401  (re-exported: mambah.nn.pidmodel.OutOfRangeWarning)
 from mambah.modeldir import load_arrays, load_network, verify_model_dir
 from mambah.nn.model import QuantileConditionedModel
@@ -118,11 +118,10 @@ class PidModel(QuantileConditionedModel):
 
         The preprocessing (``arrays.npz``) stays outside: apply the quantile transforms around it.
         """
-        try:
-            import onnx  # noqa: F401
-            import tf2onnx  # noqa: F401
-        except ImportError:
-            raise OptionalDependencyError("exporting to ONNX needs onnx and tf2onnx: pip install 'mambah[onnx]'") from None
+        from mambah import extras
+
+        extras.onnx()
+        tf2onnx = extras.tf2onnx()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         import tensorflow as tf
@@ -131,8 +130,6 @@ class PidModel(QuantileConditionedModel):
                 tf.TensorSpec([None, self.n_noise], tf.float32, name="noise")]
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            import tf2onnx
-
             fn = tf.function(lambda c, z: self.generator([c, z], training=False), input_signature=spec)
             tf2onnx.convert.from_function(fn, input_signature=spec, opset=17, output_path=str(tmp))
             os.replace(tmp, path)

@@ -34,15 +34,22 @@ class Resolution(OneModelStage):
     model: str = DEFAULT_RESOLUTION
     name: str = "resolution"
 
-    def smear(self, px, py, pz, pid, rng):
-        """Reconstructed (px, py, pz) [MeV/c] for true momenta, with this stage's model."""
+    def smear(self, px, py, pz, pid, rng, out_of_range: dict | None = None):
+        """Reconstructed (px, py, pz) [MeV/c] for true momenta, with this stage's model.
+
+        ``out_of_range``, when given, receives ``{model name: [tracks outside its training
+        range, tracks]}`` (the network evaluates those at the nearest edge of its range)."""
         if self.model == REFERENCE:
             from mambah.reference.tracking import TrackingDetector
 
             return TrackingDetector().smear(px, py, pz, pid, rng)
         from mambah.nn.registry import load_model
 
-        return load_model(self.model, kind="resolution").sample(px, py, pz, pid, rng)
+        m = load_model(self.model, kind="resolution")
+        if out_of_range is not None:
+            counts = m.check_range(np.column_stack([px, py, pz, pid]))
+            out_of_range[m.name] = [counts.count, counts.n]
+        return m.sample(px, py, pz, pid, rng)
 
     def __call__(self, batch):
         require_tables(batch, self.name, ("mc_particles",))
@@ -54,12 +61,15 @@ class Resolution(OneModelStage):
         rows = rows_by_index(mc, parts["mc_particle"].to_numpy()[track], "particles.mc_particle values")
         px, py, pz = (mc[c].to_numpy(np.float64)[rows] for c in ("px", "py", "pz"))
         pid = mc["pid"].to_numpy(np.int64)[rows]
-        rx, ry, rz = self.smear(px, py, pz, pid, batch.rng(self.name))
+        out_of_range: dict[str, list[int]] = {}
+        rx, ry, rz = self.smear(px, py, pz, pid, batch.rng(self.name), out_of_range)
         m = parts["m"].to_numpy(np.float64)[track]
         for c, v in (("px", rx), ("py", ry), ("pz", rz), ("e", np.sqrt(rx * rx + ry * ry + rz * rz + m * m))):
             col = parts[c].to_numpy(np.float64, copy=True)
             col[track] = v
             parts[c] = col
         batch["particles"] = parts
-        batch.info.setdefault("reconstruction", {})["resolution"] = {"tracks": int(len(track))}
+        info = batch.info.setdefault("reconstruction", {})["resolution"] = {"tracks": int(len(track))}
+        if out_of_range:
+            info["out_of_range"] = out_of_range
         return batch

@@ -339,8 +339,8 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
         "nTracks": n_tracks,
         "charge": charge,
     }
-    for store_name, lhcb in LHCB_NAMES.items():
-        out[lhcb] = resp[store_name].to_numpy()
+    for col, lhcb in LHCB_NAMES.items():
+        out[lhcb] = resp[col].to_numpy()
     out["TRUEID"] = trueid
     out["is_signal"] = is_signal
     df = pd.DataFrame(out)

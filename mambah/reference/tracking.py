@@ -56,7 +56,6 @@ import numpy as np
 from mambah.errors import ConfigurationError
 from mambah.physics import (
     SPECIES,
-    SPECIES_PDG,
     TRACKABLE_PIDS,
     p_eta,
     pdg_charge,
@@ -67,8 +66,6 @@ from mambah.physics import (
 from mambah.random import SeedLike, get_rng
 
 __all__ = [
-    "SPECIES",
-    "SPECIES_PID",
     "TrackingDetector",
     "TrackGun",
     "tracking_sample",
@@ -77,10 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The species, their masses and charges, and the kinematics come from :mod:`mambah.physics` (the
-# one place that reads ``particle``); import them from there. ``SPECIES`` and ``SPECIES_PID``
-# (= ``mambah.physics.SPECIES_PDG``) stay importable from here until ``mambah.simulation`` no
-# longer needs this path.
-SPECIES_PID: dict[str, int] = SPECIES_PDG
+# one place that reads ``particle``).
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:

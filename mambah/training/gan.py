@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from mambah.errors import ConfigurationError, DataError
-from mambah.modeldir import save_model_dir
+from mambah.modeldir import json_default, save_model_dir
 from mambah.nn.inference import predict_generator
 from mambah.nn.preprocessing import QuantileGaussianizer
 
@@ -240,7 +240,7 @@ class CramerGANTrainer:
         meta = {"state": asdict(state), "config": asdict(self.config), "rng": rng.bit_generator.state,
                 "weight_mean": self.weight_mean_}
         tmpj = d / ".checkpoint.json.tmp"
-        tmpj.write_text(json.dumps(meta, default=_json_default))
+        tmpj.write_text(json.dumps(meta, default=json_default))
         os.replace(tmp, d / "checkpoint.npz")
         os.replace(tmpj, d / "checkpoint.json")
 
@@ -489,10 +489,3 @@ def save_pid_model(out: str | os.PathLike, trainer: CramerGANTrainer, card: dict
     gen.set_weights(trainer.generator_.get_weights())
     return save_model_dir(out, full, networks={"generator": gen}, arrays=arrays, overwrite=overwrite)
 
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {o!r}")

@@ -13,6 +13,7 @@ import datetime as _dt
 import html
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
