@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+from mambah.errors import OutOfRangeWarning
+
 from mambah.nn import tracking as recnets
 from mambah.reference.tracking import TrackingDetector, tracking_sample
 from mambah.training import tracking as fits
@@ -215,7 +217,10 @@ def test_species_not_trained_and_out_of_range_inputs(tmp_path, caplog):
     # inputs outside the training range: a warning with the count, evaluated at the edge
     m = recnets.EfficiencyModel.load(default_models_dir() / EFF)
     px, py, pz = np.array([1e3, 1e3, 1e3]), np.zeros(3), np.array([2e4, 2e7, 3e7])
-    with caplog.at_level(logging.WARNING, logger="mambah"):
+    with pytest.warns(OutOfRangeWarning) as rec:
         prob = m.probability(px, py, pz, np.zeros(3), np.zeros(3), np.zeros(3), np.full(3, 211))
-    assert "2 of 3 inputs have ln_p_gev" in caplog.text and "efficiency-ref-v1" in caplog.text
+    lnp = [w.message for w in rec if w.message.detail == {"ln_p_gev": 2}]
+    assert len(lnp) == 1 and "2 of 3 inputs have ln_p_gev" in str(lnp[0])
+    assert lnp[0].model == "efficiency-ref-v1" and lnp[0].count == 2 and lnp[0].n == 3
+    assert lnp[0].action == "evaluated at the nearest edge of the range"
     assert np.all((prob >= 0) & (prob <= 1))

@@ -245,8 +245,8 @@ def _b2d_helicity(q2, M, m, rho2):
     r = m / M
     w = (M * M + m * m - q2) / (2 * M * m)
     v1, s1 = cln_form_factors_d(w, rho2)
-    fp = (1 + r) / (2 * math.sqrt(r)) * v1
-    f0 = math.sqrt(r) * (w + 1) / (1 + r) * s1
+    fp = (1 + r) / (2 * np.sqrt(r)) * v1
+    f0 = np.sqrt(r) * (w + 1) / (1 + r) * s1
     p = _pdk(M, m, np.sqrt(q2))
     h0 = 2 * M * p * fp / np.sqrt(q2)
     ht = (M * M - m * m) * f0 / np.sqrt(q2)
@@ -266,7 +266,7 @@ def _b2dstar_helicity(q2, M, m, rho2, R1, R2):
     """
     w = (M * M + m * m - q2) / (2 * M * m)
     ha1, r1, r2, r0 = cln_form_factors_dstar(w, rho2, R1, R2)
-    rstar = 2 * math.sqrt(M * m) / (M + m)
+    rstar = 2 * np.sqrt(M * m) / (M + m)
     A1 = (1 - q2 / (M + m) ** 2) * ha1 / rstar
     A2, V, A0 = r2 * ha1 / rstar, r1 * ha1 / rstar, r0 * ha1 / rstar
     p = _pdk(M, m, np.sqrt(q2))

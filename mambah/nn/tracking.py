@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from mambah.errors import ConfigurationError, DataError, ModelDirError
+from mambah.errors import ConfigurationError, DataError, ModelDirError, OutOfRangeWarning
 from mambah.nn.dense import PARALLEL_CHUNK, DenseStack, map_row_chunks
 from mambah.nn.model import Model
 from mambah.physics import SPECIES, p_eta32, rebuild_momentum, species_index
@@ -158,8 +159,9 @@ def resolution_targets(px, py, pz, px_reco, py_reco, pz_reco) -> np.ndarray:
 class RangeScaler:
     """Standardise the first ``n_cont`` feature columns and clip them to the training range.
 
-    Inputs outside the range are evaluated at its nearest edge; that is logged (a WARNING the
-    first time per feature and scaler, DEBUG after). Arrays ``mean``, ``scale``, ``lo``, ``hi``
+    Inputs outside the range are evaluated at its nearest edge; that is said by a structured
+    :class:`~mambah.errors.OutOfRangeWarning` the first time per feature and scaler (then logged
+    at DEBUG); the stages also record the counts of every batch in its provenance. Arrays ``mean``, ``scale``, ``lo``, ``hi``
     (float32, one per continuous feature) are what the model directory stores.
 
     Args:
@@ -202,7 +204,8 @@ class RangeScaler:
                 args = (self.model, bad, len(col), name, (source or _SOURCES).get(name, name), self.lo[j], self.hi[j])
                 if name not in self._warned:
                     self._warned.add(name)
-                    log.warning(msg, *args)
+                    warnings.warn(OutOfRangeWarning(msg % args, model=self.model, count=bad, n=len(col),
+                                                    detail={name: bad}, action=_ACTION), stacklevel=2)
                 else:
                     log.debug(msg, *args)
             out[:, j] = (np.clip(col, self.lo[j], self.hi[j]) - self.mean[j]) / self.scale[j]
@@ -210,6 +213,7 @@ class RangeScaler:
         return out
 
 
+_ACTION = "evaluated at the nearest edge of the range"
 _SOURCES = {"ln_p_gev": "px, py, pz", "eta": "px, py, pz", "origin_z_100mm": "origin z", "origin_rho_10mm": "origin x, y"}
 
 
@@ -246,7 +250,7 @@ class _TrackingModel(Model):
     conditions (true momentum, origin, PDG id) become features standardised by :attr:`scaler`;
     the training range is that of the continuous features (``ln_p_gev``, ``eta``, ...)."""
 
-    range_action = "evaluated at the nearest edge of the range"
+    range_action = _ACTION
     #: the features of this kind and how many of them are continuous (standardised and range-checked)
     features: tuple[str, ...] = ()
     n_cont = 0
