@@ -6,19 +6,17 @@ ntuple) are imported on first use.
 
 from __future__ import annotations
 
+from mambah._lazy import lazy_attributes
 from mambah.store.store import DEFAULT_URL, KEYS, BatchValidationError, Store, normalise_url
 
-__all__ = ["Store", "normalise_url", "DEFAULT_URL", "KEYS", "BatchValidationError",
-           "candidate_ntuple", "export_ntuple", "default_prefixes", "export_parquet", "export_root"]
+_LAZY = {
+    "candidate_ntuple": "mambah.store.ntuple",
+    "export_ntuple": "mambah.store.ntuple",
+    "default_prefixes": "mambah.store.ntuple",
+    "export_parquet": "mambah.store.export",
+    "export_root": "mambah.store.export",
+}
 
+__all__ = ["Store", "normalise_url", "DEFAULT_URL", "KEYS", "BatchValidationError", *_LAZY]
 
-def __getattr__(name: str):
-    if name in ("candidate_ntuple", "export_ntuple", "default_prefixes"):
-        from mambah.store import ntuple
-
-        return getattr(ntuple, name)
-    if name in ("export_parquet", "export_root"):
-        from mambah.store import export
-
-        return getattr(export, name)
-    raise AttributeError(f"module 'mambah.store' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes("mambah.store", _LAZY, globals(), __all__)
