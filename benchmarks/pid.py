@@ -148,8 +148,8 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     stage = PID(models_dir=None if models_dir is None else str(models_dir))
     compiled_sample = FlagModel.sample
 
-    def numpy_sample(self, data, rng, *, compiled=True):
-        return compiled_sample(self, data, rng, compiled=False)
+    def numpy_sample(self, data, rng, *, compiled=True, **kw):
+        return compiled_sample(self, data, rng, compiled=False, **kw)
 
     best = {"compiled": [np.inf, np.inf], "numpy_flags": [np.inf, np.inf]}
     try:
