@@ -38,6 +38,7 @@ def standard_pipeline(
     charge_conjugate: bool | str = False,
     acceptance: bool = False,
     pid: bool = True,
+    unweight: bool = True,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -49,6 +50,10 @@ def standard_pipeline(
         charge_conjugate: generate the charge-conjugate decay too (half of the events), as
             ``[...]CC`` in the descriptor does.
         acceptance: require every charged final-state particle in 2 < eta < 5 at generator level.
+        unweight: True (default): unit-weight events, by accept-reject on the phase-space weight
+            times the decay models' weights (see :class:`mambah.generation.PhaseSpaceDecay`);
+            False (``mambah simulate --weighted``): keep every generated event with its weight in
+            ``events.weight`` / the ntuple's ``weight``, which every histogram must then use.
         pid: end the chain with the PID stage (:class:`mambah.pid.stage.PID`: the chained PID
             models ``pid-<species>-{flags,muon,rich,global}`` of the species the descriptor's tracks
             have), ``level="reco"`` only. ``False`` leaves the PID columns NaN.
@@ -67,7 +72,7 @@ def standard_pipeline(
     if level not in (GENERATOR_LEVEL, "reco"):
         raise ConfigurationError(f"level must be 'truth' or 'reco', not {level!r}")
     stages = generator_stages(descriptor, charge_conjugate=charge_conjugate,
-                              acceptance=EtaAcceptance() if acceptance else None, **gun_options)
+                              acceptance=EtaAcceptance() if acceptance else None, unweight=unweight, **gun_options)
     if level == "reco":
         from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
         from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY

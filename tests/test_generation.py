@@ -50,7 +50,7 @@ def mass2(p):
 def lb():
     # (seed 11 drew Lambda_b0 proper times whose mean is 3.15 sigma low in numpy's exponential
     # sampler itself -- a 0.2 % fluctuation, not a generator bias; see the exact check below)
-    return run(LB, 40_000, seed=21)
+    return run(LB, 40_000, seed=21, unweight=False)  # weighted: test_lambda_b_weights_are_recorded
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def _lc_dalitz(batch, mother=0, kids=(1, 2, 3)):
 
 
 def test_three_body_dalitz_plot_is_uniform_weighted():
-    batch = run("Lambda_c+ -> p+ K- pi+", 60_000, seed=5)
+    batch = run("Lambda_c+ -> p+ K- pi+", 60_000, seed=5, unweight=False)
     w = batch.arrays["decay_weight"]
     assert not batch.info["generator"]["unit_weights"]
     assert np.allclose(batch["events"]["weight"].to_numpy(), w, rtol=1e-6)
@@ -228,7 +228,8 @@ def test_lambda_b_weights_are_recorded(lb):
 
 # ------------------------------------------------------------------------------ Breit-Wigner
 def test_breit_wigner_mass_of_a_wide_resonance():
-    batch = run("B0 -> (K*(892)0 -> K+ pi-) (J/psi(1S) -> mu+ mu-)", 20_000, seed=7)
+    # weighted: the unweighted masses follow the Breit-Wigner times the phase-space factor
+    batch = run("B0 -> (K*(892)0 -> K+ pi-) (J/psi(1S) -> mu+ mu-)", 20_000, seed=7, unweight=False)
     p4 = batch.arrays["mc_p4"]
     m = np.sqrt(mass2(p4[:, 1]))
     ks = resolve("K*(892)0")
@@ -416,7 +417,7 @@ def test_bad_stage_arguments():
 def test_acceptance_keeps_only_accepted_events_and_records_the_efficiency():
     n = 4000
     acc = EtaAcceptance(2.0, 5.0)
-    batch = run(LB, n, seed=15, acceptance=acc)
+    batch = run(LB, n, seed=15, acceptance=acc, unweight=False)  # the acceptance alone (no accept-reject)
     p4 = batch.arrays["mc_p4"]
     for i in (2, 3, 4, 5):  # p, K, pi, mu
         eta = np.arcsinh(p4[2, i] / np.hypot(p4[0, i], p4[1, i]))
@@ -424,7 +425,7 @@ def test_acceptance_keeps_only_accepted_events_and_records_the_efficiency():
     info = batch.info["generator_acceptance"]
     assert info["n_accepted"] >= n and info["n_generated"] > n
     # the recorded efficiency agrees with a direct count on an unfiltered sample
-    free = run(LB, 40_000, seed=16)
+    free = run(LB, 40_000, seed=16, unweight=False)
     direct = acc(free.info["decay_tree"], free.arrays["mc_p4"])
     eff, sig = direct.mean(), np.sqrt(direct.mean() * (1 - direct.mean()) / len(direct))
     assert abs(info["efficiency"] - eff) < 4 * np.hypot(sig, info["uncertainty"])

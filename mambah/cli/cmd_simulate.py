@@ -15,9 +15,13 @@ def register(sub) -> None:
             "composites -> PID) into the event store. Every batch is written in one transaction and is "
             "reproducible from (seed, batch index). Every charged final-state particle of the descriptor "
             "becomes a track: its species must be one the models cover (e, mu, pi, K, p for the shipped "
-            "ones), which is checked before anything is simulated."
+            "ones), which is checked before anything is simulated. Events are unweighted (unit weight, "
+            "accept-reject on the phase-space weight times the decay models' weights; the efficiency is in "
+            "each batch's provenance) unless --weighted is given. Decay models go after the daughters of a "
+            "decay, EvtGen style: \"B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ SVS\"."
         ),
-        epilog='example: mambah simulate "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu" --events 100000',
+        epilog='example: mambah simulate "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu Lb2LclnuLQCD" '
+               "--events 100000 (unweighted events; add --weighted to keep weighted ones)",
     )
     p.add_argument("descriptor", help='decay descriptor, e.g. "B+ -> (J/psi(1S) -> mu+ mu-) K+"; [...]CC for both charges')
     p.add_argument("--events", "-n", type=int, required=True, help="number of events")
@@ -29,6 +33,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue a production already in the store (same configuration)")
     p.add_argument("--level", choices=["reco", "truth"], default="reco", help="'truth' stops after the generator (default: reco)")
     p.add_argument("--acceptance", action="store_true", help="require all charged final-state particles in 2 < eta < 5")
+    p.add_argument("--weighted", action="store_true",
+                   help="keep every generated event with its generator weight (phase space x decay models) instead of "
+                        "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
+                        "must be filled with the 'weight' column of the events table (the 'weight' branch of the "
+                        "ntuple); without it the distributions are wrong")
     pid = p.add_mutually_exclusive_group()
     pid.add_argument("--no-pid", dest="pid", action="store_false",
                      help="leave out the PID stage (the PID columns stay NaN); by default the chained PID models "
@@ -154,6 +163,46 @@ def format_out_of_range(rows: list[dict]) -> list[str]:
     return lines + notes
 
 
+def generator_summary(store, production: str) -> dict:
+    """The generator's accept-reject record summed over the production's batches (their provenance,
+    ``generator_acceptance`` and ``generator`` of :class:`~mambah.generation.PhaseSpaceDecay`):
+    ``{n_generated, n_accepted, unit_weights, rejection, models}`` (empty if nothing was recorded)."""
+    import json
+
+    bt = store.read("batches", columns=["batch", "config"], where={"production": production}, ordered=False)
+    out: dict = {}
+    for blob in bt["config"]:
+        try:
+            info = json.loads(blob) if blob else {}
+        except json.JSONDecodeError:
+            continue
+        acc, gen = info.get("generator_acceptance") or {}, info.get("generator") or {}
+        if not gen:
+            continue
+        out["n_generated"] = out.get("n_generated", 0) + int(acc.get("n_generated", 0))
+        out["n_accepted"] = out.get("n_accepted", 0) + int(acc.get("n_accepted", 0))
+        out["unit_weights"] = out.get("unit_weights", True) and bool(gen.get("unit_weights", False))
+        out["rejection"] = out.get("rejection", False) or bool(acc.get("rejection", False))
+        out["models"] = {v["particle"]: v["model"] for v in (gen.get("models") or {}).get("nodes", {}).values()}
+    return out
+
+
+def format_generator_summary(gen: dict, weighted: bool) -> list[str]:
+    """The summary lines about the events' weights."""
+    if not gen:
+        return []
+    models = ", ".join(f"{m} ({p})" for p, m in gen.get("models", {}).items()) or "phase space"
+    if not gen.get("unit_weights", True):
+        return [f"generator: decay models {models}; WEIGHTED events (--weighted): fill every histogram with the "
+                "'weight' column of the events table (the 'weight' branch of the ntuple)"]
+    if gen.get("rejection") and gen.get("n_generated"):
+        eff = gen["n_accepted"] / gen["n_generated"]
+        return [f"generator: decay models {models}; unweighted events (weight 1), accept-reject efficiency "
+                f"{eff:.1%} ({gen['n_accepted']:,} of {gen['n_generated']:,} generated)"]
+    return [f"generator: decay models {models}; unweighted events (weight 1)"
+            + (" (--weighted: every weight is 1 for this chain)" if weighted else "")]
+
+
 def run(args: argparse.Namespace) -> int:
     from mambah.cli import progress_enabled
     from mambah.production import run_production
@@ -161,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     from mambah.store import Store
 
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
-                                 pid=args.pid)
+                                 pid=args.pid, unweight=not args.weighted)
     name = args.production or default_production_name(args.descriptor, args.seed)
     with Store(args.db) as store:
         with _Collector() as collected:
@@ -172,12 +221,15 @@ def run(args: argparse.Namespace) -> int:
             )
         url = store.url
         rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
+        gen = generator_summary(store, name)
     print(f"production {res.production!r} in {url}")
     print(f"  batches: {res.written} written, {res.skipped} already present, {res.n_batches} in all")
     if res.written:
         print(f"  events:  {res.n_events} in {res.seconds:.1f} s ({res.events_per_s:,.0f} events/s)")
         share = ", ".join(f"{k} {v:.0%}" for k, v in sorted(res.stage_share().items(), key=lambda kv: -kv[1]))
         print(f"  time per stage: {share}")
+    for line in format_generator_summary(gen, weighted=args.weighted):
+        print(f"  {line}")
     if rows:
         print("  inputs outside the models' training ranges, whole production:")
         for line in format_out_of_range(rows):

@@ -21,10 +21,21 @@ For a batch of N events the stage
 
 Weights: the phase-space weight of an event is the product over its decaying nodes of the
 Raubold-Lynch weights ``prod_i pdk(M_{i+1}, M_i, m_{i+1})`` (CERN 68-15 Eq. 9.17), divided by the
-product of their maxima at the largest mother and smallest daughter masses, so that it lies in
-(0, 1]. It is exactly 1 (and stored as 1.0) when every decay is two-body with fixed masses.
-Physical distributions need the weight (``events.weight``), or ``unweight=True``, which keeps each
-event with probability equal to its weight (accept-reject) and stores unit weights.
+product of their maxima at the largest mother and smallest daughter masses (exact for two- and
+three-body decays, GENBOD's bound for more; :func:`_w_bound`), so that it lies in (0, 1]. It is
+exactly 1 when every decay is two-body with fixed masses. Decay models written in the descriptor
+(``"B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ SVS"``, :mod:`mambah.generation.models`) multiply it by their weight ``|A|^2 / max|A|^2`` in [0, 1], evaluated on the generated
+four-momenta (:class:`mambah.generation.models.DecayModelWeight`).
+
+Unweighted events (the default, ``unweight=True``): each generated event is kept with probability
+equal to its weight (accept-reject, F. James, CERN 68-15 Sec. 4), vectorised over the batch, in as
+many rounds as needed, all drawn from the batch's seed; the events carry unit weights and their
+distributions are the physical ones. The accept-reject efficiency goes to
+``batch.info["generator_acceptance"]`` and the models to ``batch.info["generator"]["models"]``.
+A chain of two-body decays with fixed masses and no model already has unit weights: nothing is
+rejected. With ``unweight=False`` (``mambah simulate --weighted``) every generated event is kept
+with its weight in ``events.weight`` (and the ntuple's ``weight`` branch): faster, but every
+histogram must then be filled with ``weight``.
 
 Acceptance (off by default): ``acceptance=EtaAcceptance(2, 5)`` regenerates, vectorised, until
 the batch has N events whose charged final-state particles all have 2 < eta < 5; the efficiency
@@ -44,6 +55,7 @@ import numpy as np
 from mambah.errors import ConfigurationError
 from mambah.generation.descriptor import DecayNode, Descriptor, parse_descriptor
 from mambah.generation.particles import C_MM_PER_NS
+from mambah.physics import boost_to_lab
 from mambah.physics import eta as pseudorapidity
 
 __all__ = ["PhaseSpaceDecay", "EtaAcceptance", "generator_stages", "boost_to_lab"]
@@ -51,35 +63,11 @@ __all__ = ["PhaseSpaceDecay", "EtaAcceptance", "generator_stages", "boost_to_lab
 log = logging.getLogger(__name__)
 
 _CACHE: dict[str, "_Chain"] = {}
+_WEIGHTS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
 
 # ------------------------------------------------------------------------------------ kinematics
-def boost_to_lab(p4, mother, mass=None, xp=np):
-    """Boost four-vectors from the rest frame of ``mother`` to the frame where it has ``mother``.
-
-    ``p' = p + (gamma^2/(gamma+1) (beta.p) + gamma E) beta``, ``E' = gamma (E + beta.p)`` with
-    ``beta = p_mother/E_mother``, ``gamma = E_mother/m`` (Jackson, Classical Electrodynamics,
-    Eq. 11.19; gamma^2/(gamma+1) = (gamma-1)/beta^2 avoids 0/0 at rest).
-
-    Args:
-        p4: shape (4, ...) px, py, pz, E in the mother's rest frame.
-        mother: shape (4, ...) the mother's four-momentum, broadcast against ``p4[i]``.
-        mass: the mother's mass (default: from ``mother``).
-        xp: the array module (numpy, or tensorflow inside a tf.function).
-    """
-    E = mother[3]
-    if mass is None:
-        m = xp.sqrt(xp.maximum(E**2 - mother[0] ** 2 - mother[1] ** 2 - mother[2] ** 2, 0.0))
-    else:
-        m = mass
-    gamma = E / m
-    bx, by, bz = mother[0] / E, mother[1] / E, mother[2] / E
-    bp = bx * p4[0] + by * p4[1] + bz * p4[2]
-    coef = gamma**2 / (gamma + 1.0) * bp + gamma * p4[3]
-    return xp.stack([p4[0] + coef * bx, p4[1] + coef * by, p4[2] + coef * bz, gamma * (p4[3] + bp)])
-
-
 def _pdk(a: float, b: float, c: float) -> float:
     """Two-body momentum of a -> b c (CERN 68-15 Eq. 9.17); 0 at threshold."""
     x = (a - b - c) * (a + b + c) * (a - b + c) * (a + b - c)
@@ -95,6 +83,38 @@ def _w_max(mother_mass: float, masses: list[float]) -> float:
         emmax += masses[i]
         w *= _pdk(emmax, emmin, masses[i])
     return w
+
+
+def _w_bound(mother_mass: float, masses: list[float]) -> float:
+    """The largest Raubold-Lynch weight of mother -> masses (daughters in phasespace's order).
+
+    Two bodies: the weight is ``pdk(M, m1, m2)``. Three bodies: ``pdk(m12, m1, m2) pdk(M, m12, m3)``
+    (CERN 68-15 Eq. 9.17) is maximised over ``m12`` in ``[m1 + m2, M - m3]`` (a dense grid, then a
+    bounded Brent search around its best point, times ``1 + 1e-9``): for Lambda_c+ -> p K pi this is
+    0.41 of GENBOD's bound :func:`_w_max`, which more bodies keep (a closed bound; a numerical
+    maximum in more dimensions could come out low). The accept-reject efficiency is
+    ``<w> / bound``, so a tight bound is speed. For a Breit-Wigner mother (or daughters) the
+    bound is taken at its largest (their smallest) masses, where every ``pdk`` factor is largest.
+    """
+    if len(masses) == 2:
+        return _pdk(mother_mass, masses[0], masses[1])
+    if len(masses) != 3:
+        return _w_max(mother_mass, masses)
+    from scipy.optimize import minimize_scalar
+
+    m1, m2, m3 = masses
+    lo, hi = m1 + m2, mother_mass - m3
+
+    def f(m12):
+        return _pdk(m12, m1, m2) * _pdk(mother_mass, m12, m3)
+
+    grid = np.linspace(lo, hi, 2001)
+    vals = np.array([f(x) for x in grid])
+    k = int(np.argmax(vals))
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    res = minimize_scalar(lambda x: -f(x), bounds=(a, b), method="bounded", options={"xatol": 1e-9 * hi})
+    best = max(float(vals[k]), -float(res.fun)) if res.success else float(vals[k])
+    return min(best * (1 + 1e-9), _w_max(mother_mass, masses))
 
 
 # ----------------------------------------------------------------------------------- the chain
@@ -113,7 +133,7 @@ class _Chain:
         self.unit_weight = True
         for n in self.nodes:
             if n.children:
-                self.w_ref *= _w_max(self.max_mass[id(n)], [c.min_mass() for c in n.children])
+                self.w_ref *= _w_bound(self.max_mass[id(n)], [c.min_mass() for c in n.children])
                 if len(n.children) > 2 or any(c.has_breit_wigner for c in n.children):
                     self.unit_weight = False
 
@@ -218,7 +238,7 @@ def _breit_wigner(m0: float, gamma: float, reserve: float, rng):
 
 
 def _chain(desc: Descriptor) -> _Chain:
-    key = str(desc.head.to_string())
+    key = desc.head.to_string(models=False)  # the models do not change the phase-space chain
     chain = _CACHE.get(key)
     if chain is None:
         with _LOCK:
@@ -226,6 +246,29 @@ def _chain(desc: Descriptor) -> _Chain:
             if chain is None:
                 chain = _CACHE[key] = _Chain(desc)
     return chain
+
+
+def _physics_models(desc: Descriptor) -> dict[int, tuple[str, tuple[float, ...]]]:
+    """The descriptor's models that are not phase space."""
+    return {i: m for i, m in desc.models().items() if m[0] != "PHSP"}
+
+
+def _model_weight(desc: Descriptor):
+    """The :class:`~mambah.generation.models.DecayModelWeight` of a descriptor's models, built once
+    per process (None when every decay is phase space)."""
+    models = _physics_models(desc)
+    if not models:
+        return None
+    key = str(desc.head.to_string())
+    weight = _WEIGHTS.get(key)
+    if weight is None:
+        from mambah.generation.models import DecayModelWeight  # numpy only; imported on first use
+
+        with _LOCK:
+            weight = _WEIGHTS.get(key)
+            if weight is None:
+                weight = _WEIGHTS[key] = DecayModelWeight(desc.tree(), models)
+    return weight
 
 
 # ------------------------------------------------------------------------------------ acceptance
@@ -267,7 +310,9 @@ class PhaseSpaceDecay:
             ``"both"`` (each event with probability 1/2; the default when ``[...]CC`` is given).
         acceptance: None, or e.g. :class:`EtaAcceptance` ``(2, 5)``: regenerate until all N
             events pass; the efficiency is recorded in ``batch.info["generator_acceptance"]``.
-        unweight: keep each event with probability equal to its phase-space weight (unit weights).
+        unweight: True (default): keep each event with probability equal to its weight (phase
+            space times decay model), so that all events have unit weight; False: keep every
+            generated event with its weight in ``events.weight``, which every histogram must use.
         max_tries: give up (ConfigurationError) after generating this many times N events.
         name: stage name (seeds its random stream).
 
@@ -281,7 +326,7 @@ class PhaseSpaceDecay:
     descriptor: str
     charge_conjugate: bool | str = False
     acceptance: EtaAcceptance | None = None
-    unweight: bool = False
+    unweight: bool = True
     max_tries: int = 1000
     name: str = "decay"
 
@@ -297,6 +342,9 @@ class PhaseSpaceDecay:
             raise ConfigurationError(f"acceptance must be None or callable(tree, p4) -> mask, got {self.acceptance!r}")
         if not (isinstance(self.max_tries, int) and self.max_tries >= 1):
             raise ConfigurationError(f"max_tries must be a positive int, got {self.max_tries!r}")
+        if not isinstance(self.unweight, (bool, np.bool_)):
+            raise ConfigurationError(f"unweight must be True or False, got {self.unweight!r}")
+        object.__setattr__(self, "unweight", bool(self.unweight))
 
     # not a field: re-parsed (cheap, cached particle look-ups) after unpickling
     @property
@@ -338,13 +386,21 @@ class PhaseSpaceDecay:
             return ~from_gun
         return from_gun
 
-    def _round(self, chain: _Chain, tree, gun: dict, rng: np.random.Generator):
-        """One generation round: decays of the gun's hadrons, boosted; returns (p4_lab, weight, keep)."""
+    def _round(self, chain: _Chain, model, tree, gun: dict, rng: np.random.Generator, stats: dict):
+        """One generation round: decays of the gun's hadrons, boosted; returns (p4_lab, weight, keep)
+        with weight = phase-space weight x decay-model weight."""
         n = gun["p4"].shape[1]
         p4, w = chain.generate(gun["p4"], int(rng.integers(0, 2**63 - 1)))
+        if model is not None:
+            wm = model(p4)
+            stats["n_over"] += int(np.count_nonzero(wm > 1.0))
+            stats["max_model_weight"] = max(stats["max_model_weight"], float(wm.max()) if wm.size else 0.0)
+            w = w * wm
+        stats["sum_weight"] += float(w.sum())
         keep = np.ones(n, dtype=bool)
-        if self.unweight:
+        if self.unweight and not (chain.unit_weight and model is None):
             keep &= rng.random(n) < w
+        stats["n_weight_pass"] += int(keep.sum())
         if self.acceptance is not None:
             keep &= self.acceptance(tree, p4)
         return p4, w, keep
@@ -361,10 +417,15 @@ class PhaseSpaceDecay:
         desc = self.parsed
         tree = desc.tree()
         chain = _chain(desc)
+        model = _model_weight(desc)
         conj = self._conjugation(gun["pid"], rng)
         gun = {k: gun[k] for k in ("p4", "pv", "tau")}
-        filtering = self.unweight or self.acceptance is not None
-        p4, w, keep = self._round(chain, tree, gun, rng)
+        unit_already = chain.unit_weight and model is None
+        rejecting = self.unweight and not unit_already
+        filtering = rejecting or self.acceptance is not None
+        stats = {"n_over": 0, "max_model_weight": 0.0, "sum_weight": 0.0, "n_weight_pass": 0}
+        p4, w, keep = self._round(chain, model, tree, gun, rng, stats)
+        n_tried = n_acc = n
         if filtering:
             n_tried, pieces, n_acc = n, [], int(keep.sum())
             pieces.append((p4[:, :, keep], w[keep], {k: v[..., keep] for k, v in gun.items()}, conj[keep]))
@@ -376,12 +437,13 @@ class PhaseSpaceDecay:
                         f"(acceptance {self.acceptance!r}, unweight={self.unweight}); efficiency too low "
                         f"for max_tries={self.max_tries}"
                     )
-                eff = max(n_acc / n_tried, 1.0 / n_tried)
-                m = int(min(max((n - n_acc) / eff * 1.2, 1000), 10 * n))
+                # every further round has the batch's size (at least 1000): phasespace's graph is
+                # compiled once per shape, and a new size per round costs more than the events
+                m = max(n, 1000)
                 g = gun_stage.sample(m, rng)
                 c = self._conjugation(g["pid"], rng)
                 g = {k: g[k] for k in ("p4", "pv", "tau")}
-                p4_, w_, keep_ = self._round(chain, tree, g, rng)
+                p4_, w_, keep_ = self._round(chain, model, tree, g, rng, stats)
                 n_tried += m
                 n_acc += int(keep_.sum())
                 pieces.append((p4_[:, :, keep_], w_[keep_], {k: v[..., keep_] for k, v in g.items()}, c[keep_]))
@@ -389,30 +451,42 @@ class PhaseSpaceDecay:
             w = np.concatenate([p[1] for p in pieces])[:n]
             gun = {k: np.concatenate([p[2][k] for p in pieces], axis=-1)[..., :n] for k in gun}
             conj = np.concatenate([p[3] for p in pieces])[:n]
+            batch.arrays["gun"] = {**batch.arrays["gun"], **gun}
+        if filtering or self.unweight:
             eff = n_acc / n_tried
+            acc = self.acceptance
             batch.info["generator_acceptance"] = {
                 "efficiency": eff,
                 "uncertainty": math.sqrt(eff * (1 - eff) / n_tried),
                 "n_generated": n_tried,
                 "n_accepted": n_acc,
-                "acceptance": self.acceptance.config() if hasattr(self.acceptance, "config") else repr(self.acceptance),
+                "acceptance": (acc.config() if hasattr(acc, "config") else repr(acc)) if acc is not None else None,
                 "unweight": self.unweight,
+                # the accept-reject efficiency on the weights alone is their mean (weights <= 1)
+                "mean_weight": stats["sum_weight"] / n_tried,
+                "rejection": rejecting,
+                # the two factors of the efficiency: accept-reject on the weights, then the acceptance
+                "unweight_efficiency": stats["n_weight_pass"] / n_tried,
+                "acceptance_efficiency": n_acc / stats["n_weight_pass"] if stats["n_weight_pass"] else 0.0,
             }
-            if self.unweight:
-                w = np.ones(n)
-            batch.arrays["gun"] = {**batch.arrays["gun"], **gun}
+        if self.unweight:
+            w = np.ones(n)
 
         vtx = self._vertices(chain, tree, p4, gun, rng)
         pid_plain = np.array([t["pid"] for t in tree], dtype=np.int64)
         pid_anti = np.array([nd.particle.anti_pid for nd in chain.nodes], dtype=np.int64)
         pid = np.where(conj[None, :], pid_anti[:, None], pid_plain[:, None])
-        unit = chain.unit_weight or self.unweight
+        unit = unit_already or self.unweight
         batch.arrays["mc_p4"] = p4
         batch.arrays["mc_vertices_xyzt"] = vtx
         batch.arrays["decay_weight"] = w
         batch.arrays["conjugated"] = conj
         batch.info["decay_tree"] = tree
-        batch.info["generator"] = {"descriptor": str(desc), "unit_weights": bool(unit)}
+        batch.info["generator"] = {"descriptor": str(desc), "unit_weights": bool(unit), "unweight": self.unweight,
+                                   "models": self._models_info(desc, model, stats)}
+        if stats["n_over"]:
+            log.warning("%s: %d decay-model weights above their bound (largest %.4g) in batch %s: those events are "
+                        "under-represented", self.name, stats["n_over"], stats["max_model_weight"], batch.id)
         fill_tables(batch, tree, pid, p4, vtx, None if unit else w)
         return batch
 
@@ -439,9 +513,23 @@ class PhaseSpaceDecay:
             vtx[3, 1 + k] = start[3] + q[3] / m * tau
         return vtx
 
+    @staticmethod
+    def _models_info(desc: Descriptor, model, stats: dict) -> dict[str, Any]:
+        """The decay models of the provenance: per node, the model weight's bound and this batch's
+        count of weights above it (``n_over``)."""
+        info: dict[str, Any] = {"nodes": {str(i): {"particle": desc.nodes()[i].particle.name, "model": m,
+                                                   "params": list(p)}
+                                          for i, (m, p) in desc.models().items()}}
+        if model is not None:
+            cfg = model.config()
+            info.update({"max_weight": cfg.get("max_weight"), "factors": cfg.get("factors"),
+                         "n_over": stats["n_over"], "max_model_weight_seen": stats["max_model_weight"]})
+        return info
+
     def config(self) -> dict[str, Any]:
         return {
             "descriptor": self.descriptor,
+            "models": {str(i): [m, list(p)] for i, (m, p) in self.parsed.models().items()},
             "charge_conjugate": self.charge_conjugate,
             "acceptance": (self.acceptance.config() if hasattr(self.acceptance, "config") else repr(self.acceptance))
             if self.acceptance is not None else None,
@@ -451,8 +539,11 @@ class PhaseSpaceDecay:
 
 
 def generator_stages(descriptor: str, *, charge_conjugate: bool | str = False, acceptance=None,
-                     unweight: bool = False, **gun_options) -> list:
+                     unweight: bool = True, **gun_options) -> list:
     """``[ParticleGun(head, **gun_options), PhaseSpaceDecay(descriptor, ...)]`` for a Pipeline.
+
+    ``unweight=True`` (default) gives unit-weight events by accept-reject; ``unweight=False`` keeps
+    weighted events (``events.weight`` must then be used), see :class:`PhaseSpaceDecay`.
 
     Example:
         >>> stages = generator_stages("Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu")

@@ -3,7 +3,7 @@
 >>> from mambah.generation.decfile import decay_modes, pick_decay_mode
 >>> modes = decay_modes("D0", min_fraction=0.02)          # doctest: +SKIP
 >>> modes[0]                                               # doctest: +SKIP
-DecayMode(fraction=0.0..., descriptor='D0 -> K- pi+ pi+ pi-', model='PHSP')
+DecayMode(fraction=0.0..., descriptor='D0 -> K- pi+ pi+ pi-', model='PHSP', params=(), model_used=True)
 >>> PhaseSpaceDecay(pick_decay_mode("D0", seed=1).descriptor)   # doctest: +SKIP
 
 Only one level is returned (daughters as written in the file); decay the daughters by writing the
@@ -11,7 +11,14 @@ descriptor yourself (``"B+ -> (J/psi -> mu+ mu-) K+"``). The default file is the
 ``DECAY_LHCB.DEC`` that DecayLanguage ships. Modes whose particles mambah cannot resolve, that
 fail a descriptor check (e.g. a mode with a single daughter) or that are partonic (Pythia modes
 with quarks, diquarks or gluons) are skipped, with a debug log.
-Note that a phase-space decay ignores the file's decay model (``model`` is informational).
+
+Decay models: each mode carries the file's model and parameters (``model``, ``params``). When
+mambah has that model (:data:`mambah.generation.models.KNOWN_MODELS`) and it fits the mode (as
+:func:`~mambah.generation.parse_descriptor` checks), it is written into the descriptor after the
+daughters (``"B+ -> J/psi(1S) K+ SVS"``) and used by :class:`PhaseSpaceDecay`; ``PHSP`` is left
+out (it is the default). Otherwise the descriptor is phase space and ``model_used`` is False (a
+debug log names the model). Angular models such as ``SVS`` only shape a distribution once the
+daughters' decays are written too (``"B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ SVS"``).
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DecayMode:
-    """One decay mode: branching fraction, descriptor (mambah syntax) and EvtGen model name."""
+    """One decay mode: branching fraction, descriptor (mambah syntax), the file's EvtGen model
+    name and parameters, and whether the descriptor uses that model (False: phase space)."""
 
     fraction: float
     descriptor: str
     model: str
+    params: tuple[float, ...] = ()
+    model_used: bool = True
 
 
 def default_dec_file() -> Path:
@@ -104,9 +114,42 @@ def _modes(mother: str, path: str) -> tuple[DecayMode, ...]:
         except DescriptorError as exc:
             log.debug("skipping %s: %s", text, exc)
             continue
-        out.append(DecayMode(float(mode["bf"]), text, str(mode.get("model", ""))))
+        model, params = str(mode.get("model", "") or ""), _params(mode.get("model_params"))
+        text, used = _with_model(text, model, params)
+        out.append(DecayMode(float(mode["bf"]), text, model, params if params is not None else (), used))
     out.sort(key=lambda m: -m.fraction)
     return tuple(out)
+
+
+def _params(raw) -> tuple[float, ...] | None:
+    """DecayLanguage's ``model_params`` ('' or a list) as floats; None if one is not a number (a
+    name ``Define``d elsewhere in the file)."""
+    if raw in (None, ""):
+        return ()
+    try:
+        return tuple(float(x) for x in (raw if isinstance(raw, (list, tuple)) else str(raw).split()))
+    except (TypeError, ValueError):
+        return None
+
+
+def _with_model(text: str, model: str, params: tuple[float, ...] | None) -> tuple[str, bool]:
+    """``text`` with ``model`` and ``params`` written after the daughters when mambah has the
+    model and it fits; else ``text`` (phase space). Returns (descriptor, model used)."""
+    from mambah.generation.descriptor import known_models
+
+    if model in ("", "PHSP") and not params:
+        return text, True
+    if params is None or model not in known_models():
+        log.debug("%s: the file's model %r is not one of mambah's (or has symbolic parameters); phase space used",
+                  text, model)
+        return text, False
+    full = " ".join([text, model, *(repr(p) for p in params)])
+    try:
+        parse_descriptor(full)
+    except DescriptorError as exc:
+        log.debug("%s: the file's model %r does not fit here (%s); phase space used", text, model, exc)
+        return text, False
+    return full, True
 
 
 def pick_decay_mode(mother: str, seed: SeedLike = None, dec_file: str | Path | None = None,

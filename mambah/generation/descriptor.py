@@ -1,10 +1,20 @@
 """Decay descriptors: ``"Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"``.
 
-Grammar (LHCb decay-descriptor style)::
+Grammar (LHCb decay-descriptor style, plus EvtGen-style decay models)::
 
     descriptor := decay | "[" decay "]CC"
-    decay      := particle "->" daughter daughter+
+    decay      := particle "->" daughter daughter+ [model number*]
     daughter   := particle | "(" decay ")"
+
+A decay model (:mod:`mambah.generation.models`: ``PHSP``, ``VLL``, ``VSS``, ``SVS``,
+``SVV_HELAMP``, ``Lb2LclnuLQCD``, ``HQET2``) and its numeric parameters may follow the daughters
+of any decay, as in an EvtGen ``.dec`` file::
+
+    B0 -> (J/psi(1S) -> mu+ mu- VLL) (K*(892)0 -> K+ pi- VSS) SVV_HELAMP 0.159 1.563 0.775 0.0 0.612 2.712
+
+A decay without one is phase space (``PHSP``). :meth:`Descriptor.models` returns them by node
+index, ``str()`` writes them back, and :func:`parse_descriptor` checks them
+(:func:`mambah.generation.models.check_models`: parameter count, spins, daughters).
 
 Particle names are those of :func:`mambah.generation.particles.resolve` (PDG names of the
 ``particle`` package, EvtGen names, LHCb aliases). Parentheses that belong to a name
@@ -21,18 +31,43 @@ is, before anything is generated:
 - a stable particle (infinite lifetime: p, e, gamma, neutrinos) given children;
 - electric charge not conserved at a vertex;
 - a kinematically forbidden decay: the smallest possible masses of the daughters add up to more
-  than the largest possible mass of the mother (both are named, with the numbers).
+  than the largest possible mass of the mother (both are named, with the numbers);
+- an unknown decay model (an all-capitals word that is no particle; the known models are listed),
+  a model that is not after all the daughters, a number without a model, or a model that does not
+  fit its decay (wrong number of parameters, wrong spins).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 
 from mambah.errors import DescriptorError, UnknownParticleError
 from mambah.generation.particles import ParticleInfo, resolve
 
-__all__ = ["DecayNode", "Descriptor", "parse_descriptor", "BREIT_WIGNER_MIN_RELATIVE_WIDTH"]
+__all__ = ["DecayNode", "Descriptor", "parse_descriptor", "known_models", "BREIT_WIGNER_MIN_RELATIVE_WIDTH"]
+
+#: the model names accepted while :mod:`mambah.generation.models` cannot be imported
+_FALLBACK_MODELS: tuple[str, ...] = ("PHSP", "VLL", "VSS", "SVS", "SVV_HELAMP", "HQET2", "LB2LCLNU_LQCD")
+_MODEL_LIKE = re.compile(r"[A-Z][A-Z0-9_]+")  # an all-capitals word: EvtGen's model-name style
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def known_models() -> tuple[str, ...]:
+    """The decay-model names a descriptor accepts (:data:`mambah.generation.models.KNOWN_MODELS`)."""
+    try:
+        from mambah.generation.models import KNOWN_MODELS
+    except ModuleNotFoundError as exc:
+        if exc.name != "mambah.generation.models":
+            raise
+        return _FALLBACK_MODELS
+    return tuple(KNOWN_MODELS)
+
+
+def _format_param(x: float) -> str:
+    return repr(float(x))
+
 
 #: A node with children is given a Breit-Wigner mass when Gamma/m exceeds this (rho, K*, phi get
 #: one; J/psi (3e-5), psi(2S), D*+ and every weakly decaying hadron keep their PDG mass).
@@ -46,6 +81,9 @@ class DecayNode:
     particle: ParticleInfo
     children: tuple["DecayNode", ...] = ()
     position: int = 0  # character offset of the name in the descriptor
+    model: str | None = None  # EvtGen-style decay model written after the daughters (None: PHSP)
+    params: tuple[float, ...] = ()  # the model's numeric parameters
+    model_position: int = -1  # character offset of the model name in the descriptor
 
     @property
     def name(self) -> str:
@@ -71,12 +109,16 @@ class DecayNode:
             yield from c.walk()
 
     def conjugate(self) -> "DecayNode":
-        return DecayNode(self.particle.conjugate(), tuple(c.conjugate() for c in self.children), self.position)
+        return dataclasses.replace(self, particle=self.particle.conjugate(),
+                                   children=tuple(c.conjugate() for c in self.children))
 
-    def to_string(self, top: bool = True) -> str:
+    def to_string(self, top: bool = True, models: bool = True) -> str:
+        """The descriptor of this subtree (with the decay models unless ``models=False``)."""
         if not self.children:
             return self.particle.name
-        inner = f"{self.particle.name} -> " + " ".join(c.to_string(top=False) for c in self.children)
+        inner = f"{self.particle.name} -> " + " ".join(c.to_string(False, models) for c in self.children)
+        if models and self.model is not None:
+            inner += " " + " ".join([self.model, *map(_format_param, self.params)])
         return inner if top else f"({inner})"
 
 
@@ -115,6 +157,11 @@ class Descriptor:
             }
             for i, n in enumerate(nodes)
         ]
+
+    def models(self) -> dict[int, tuple[str, tuple[float, ...]]]:
+        """The decay models written in the descriptor: ``{node index: (name, parameters)}``
+        (node indices of :meth:`tree`; a decay without a model, absent here, is phase space)."""
+        return {i: (n.model, n.params) for i, n in enumerate(self.nodes()) if n.model is not None}
 
     def __str__(self) -> str:
         s = self.head.to_string()
@@ -184,6 +231,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self._models: tuple[str, ...] | None = None
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -199,10 +247,48 @@ class _Parser:
         kind, value, pos = self.next()
         if kind != "name":
             raise _error(self.text, pos, f"expected a particle name, found {value!r}")
+        if value in self.models:
+            raise _error(self.text, pos, f"expected a particle name, found the decay model {value!r}: a model "
+                         "goes after the daughters of its decay, '(X -> a b MODEL)'", len(value))
         try:
             return resolve(value), pos
         except UnknownParticleError as exc:
+            if self._model_like(value):
+                raise self._unknown_model(value, pos) from None
             raise UnknownParticleError(f"decay descriptor: {exc}{_caret(self.text, pos, len(value))}") from None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        if self._models is None:
+            self._models = known_models()
+        return self._models
+
+    def _model_like(self, value: str) -> bool:
+        """An unknown word that looks like a model name (all capitals, or a known one mis-cased)."""
+        return bool(_MODEL_LIKE.fullmatch(value)) or value.lower() in {m.lower() for m in self.models}
+
+    def _unknown_model(self, value: str, pos: int) -> DescriptorError:
+        from mambah.errors import closest
+
+        near = closest(value, self.models, n=3)
+        near += [m for m in self.models if m.lower() == value.lower() and m not in near]
+        hint = f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
+        return _error(self.text, pos, f"{value!r} is neither a particle nor a known decay model{hint}; "
+                      f"known decay models: {', '.join(self.models)}", len(value))
+
+    def model(self, mother: DecayNode) -> tuple[str, tuple[float, ...], int]:
+        """The model name at the current token and its numeric parameters."""
+        _, name, pos = self.next()
+        params = []
+        while (tok := self.peek()) is not None and tok[0] == "name" and _NUMBER.fullmatch(tok[1]):
+            params.append(float(tok[1]))
+            self.i += 1
+        tok = self.peek()
+        if tok is not None and tok[0] not in (")", "]CC"):
+            raise _error(self.text, tok[2], f"unexpected {tok[1]!r} after the decay model {name!r} of "
+                         f"{mother.name!r}: the model (and its numbers) must come after all the daughters",
+                         len(tok[1]))
+        return name, tuple(params), pos
 
     def decay(self, closing: str | None) -> DecayNode:
         mother, mpos = self.particle()
@@ -212,11 +298,21 @@ class _Parser:
             found = f"found {tok[1]!r}" if tok else "found the end"
             raise _error(self.text, where, f"expected '->' after {mother.name!r}, {found}")
         children: list[DecayNode] = []
+        model: tuple[str, tuple[float, ...], int] | None = None
         while True:
             tok = self.peek()
             if tok is None or tok[0] in (")", "]CC"):
                 break
             kind, value, pos = tok
+            if kind == "name" and value in self.models:
+                if len(children) < 2:
+                    raise _error(self.text, pos, f"the decay model {value!r} must follow at least two daughters "
+                                 f"of {mother.name!r}", len(value))
+                model = self.model(DecayNode(mother))
+                break
+            if kind == "name" and _NUMBER.fullmatch(value):
+                raise _error(self.text, pos, f"unexpected number {value!r}: parameters follow a decay model name "
+                             f"(known models: {', '.join(self.models)})", len(value))
             if kind == "(":
                 self.i += 1
                 child = self.decay(closing=")")
@@ -237,7 +333,9 @@ class _Parser:
                          f"{len(children)}", len(mother.name))
         if closing is None and self.peek() is not None and self.peek()[0] == ")":
             raise _error(self.text, self.peek()[2], "unbalanced parentheses: ')' without a matching '('")
-        return DecayNode(mother, tuple(children), mpos)
+        if model is None:
+            return DecayNode(mother, tuple(children), mpos)
+        return DecayNode(mother, tuple(children), mpos, model[0], model[1], model[2])
 
     def parse(self) -> Descriptor:
         if not self.tokens:
@@ -309,4 +407,33 @@ def parse_descriptor(text: str) -> Descriptor:
         raise DescriptorError(f"a decay descriptor must be a string, not {type(text).__name__} {text!r}")
     d = _Parser(text).parse()
     _check(text, d.head, d.head.particle.mass)  # the head always has its PDG mass
+    _check_models(d)
     return d
+
+
+def _check_models(d: Descriptor) -> None:
+    """:func:`mambah.generation.models.check_models`, one decay at a time so that the error marks
+    the offending model (skipped while that module does not exist)."""
+    models = d.models()
+    if not models:
+        return
+    try:
+        from mambah.generation.models import check_models
+    except ModuleNotFoundError as exc:
+        if exc.name != "mambah.generation.models":
+            raise
+        return
+    from mambah.errors import ConfigurationError
+
+    tree, nodes = d.tree(), d.nodes()
+    for i in sorted(models):
+        try:
+            check_models(tree, {i: models[i]})
+        except ConfigurationError as exc:
+            node = nodes[i]
+            raise _error(d.text, node.model_position, str(exc), len(node.model or "")) from None
+    try:  # constraints between the models of different decays, if any
+        check_models(tree, models)
+    except ConfigurationError as exc:
+        node = nodes[min(models)]
+        raise _error(d.text, node.model_position, str(exc), len(node.model or "")) from None

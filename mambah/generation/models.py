@@ -73,6 +73,7 @@ from typing import Callable
 import numpy as np
 
 from mambah.errors import ConfigurationError, MambahWarning
+from mambah.physics.kinematics import boost_to_rest
 
 __all__ = [
     "KNOWN_MODELS",
@@ -130,9 +131,7 @@ _R0_1 = 1.14
 # ----------------------------------------------------------------------------- kinematics
 def _boost_to_rest(p4: np.ndarray, frame: np.ndarray) -> np.ndarray:
     """Four-vectors ``p4`` (4, ...) seen in the rest frame of ``frame`` (4, ...) (pure boost)."""
-    from mambah.generation.decay import boost_to_lab
-
-    return boost_to_lab(p4, np.stack([-frame[0], -frame[1], -frame[2], frame[3]]))
+    return boost_to_rest(p4, frame)
 
 
 def _msq(p: np.ndarray) -> np.ndarray:

@@ -25,7 +25,18 @@ from mambah.physics.columns import (
     lhcb_names,
     store_name,
 )
-from mambah.physics.kinematics import ETA_LIMIT, PT_FLOOR32, eta, p_eta, p_eta32, p_mag, pt, rebuild_momentum
+from mambah.physics.kinematics import (
+    ETA_LIMIT,
+    PT_FLOOR32,
+    boost_to_lab,
+    boost_to_rest,
+    eta,
+    p_eta,
+    p_eta32,
+    p_mag,
+    pt,
+    rebuild_momentum,
+)
 from mambah.physics.species import (
     SPECIES,
     SPECIES_PDG,
@@ -43,7 +54,7 @@ from mambah.physics.species import (
 __all__ = [
     "COLUMNS", "DATA_TABLES", "PID_COLUMNS",
     "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
-    "ETA_LIMIT", "PT_FLOOR32", "eta", "p_eta", "p_eta32", "p_mag", "pt", "rebuild_momentum",
+    "boost_to_lab", "boost_to_rest", "ETA_LIMIT", "PT_FLOOR32", "eta", "p_eta", "p_eta32", "p_mag", "pt", "rebuild_momentum",
     "SPECIES", "SPECIES_PDG", "TRACKABLE_PIDS", "Species", "particle_mass", "pdg_charge", "pdg_mass",
     "species", "species_index", "species_mass", "species_of_pdg",
 ]

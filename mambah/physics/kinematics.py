@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["p_mag", "pt", "eta", "p_eta", "p_eta32", "ETA_LIMIT", "PT_FLOOR32", "rebuild_momentum"]
+__all__ = ["boost_to_lab", "boost_to_rest", "p_mag", "pt", "eta", "p_eta", "p_eta32", "ETA_LIMIT", "PT_FLOOR32", "rebuild_momentum"]
 
 #: |η| given to a momentum along the beam (pT = 0), where asinh(pz / pT) is infinite.
 ETA_LIMIT = 1e3
@@ -97,3 +97,34 @@ def rebuild_momentum(px, py, pz, r, dtx, dty) -> tuple[np.ndarray, np.ndarray, n
         np.where(ok, ty * pz_new, py * scale),
         np.where(ok, pz_new, pz * scale),
     )
+
+
+def boost_to_lab(p4, mother, mass=None, xp=np):
+    """Boost four-vectors from the rest frame of ``mother`` to the frame where it has ``mother``.
+
+    ``p' = p + (gamma^2/(gamma+1) (beta.p) + gamma E) beta``, ``E' = gamma (E + beta.p)`` with
+    ``beta = p_mother/E_mother``, ``gamma = E_mother/m`` (Jackson, Classical Electrodynamics,
+    Eq. 11.19; gamma^2/(gamma+1) = (gamma-1)/beta^2 avoids 0/0 at rest).
+
+    Args:
+        p4: shape (4, ...) px, py, pz, E in the mother's rest frame.
+        mother: shape (4, ...) the mother's four-momentum, broadcast against ``p4[i]``.
+        mass: the mother's mass (default: from ``mother``).
+        xp: the array module (numpy, or tensorflow inside a tf.function).
+    """
+    E = mother[3]
+    if mass is None:
+        m = xp.sqrt(xp.maximum(E**2 - mother[0] ** 2 - mother[1] ** 2 - mother[2] ** 2, 0.0))
+    else:
+        m = mass
+    gamma = E / m
+    bx, by, bz = mother[0] / E, mother[1] / E, mother[2] / E
+    bp = bx * p4[0] + by * p4[1] + bz * p4[2]
+    coef = gamma**2 / (gamma + 1.0) * bp + gamma * p4[3]
+    return xp.stack([p4[0] + coef * bx, p4[1] + coef * by, p4[2] + coef * bz, gamma * (p4[3] + bp)])
+
+
+def boost_to_rest(p4, frame, xp=np):
+    """Four-vectors ``p4`` (4, ...) seen in the rest frame of ``frame`` (4, ...): the pure boost
+    by ``-p_frame / E_frame`` (the inverse of :func:`boost_to_lab`)."""
+    return boost_to_lab(p4, xp.stack([-frame[0], -frame[1], -frame[2], frame[3]]), xp=xp)

@@ -25,7 +25,10 @@ composites (decaying nodes)
     ``Lambda_b0 -> Lambda_c+ mu- nu`` is the ``Lambda_c+ mu-`` mass, as in an LHCb selection);
     NaN if any of those tracks is missing. ``X_ENDVERTEX_X/Y/Z`` from the linked vertex.
 event
-    ``batch``, ``event``, ``nTracks``, ``weight``.
+    ``batch``, ``event``, ``nTracks``, ``weight``. ``weight`` is the generator weight: 1 for the
+    default unweighted production; for a weighted one (``mambah simulate --weighted``) the
+    phase-space times decay-model weight, which every histogram of the ntuple must then use
+    (:func:`export_ntuple` logs a warning saying so).
 
 Everything is vectorised: the particle-major layout (``index = node * n_events + event``) maps
 every row to its (node, event) cell by integer arithmetic; there is no loop over events.
@@ -398,8 +401,15 @@ def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, bat
         raise ConfigurationError(f"write the ntuple to a .root or .parquet file, not {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    chunks = iter_candidates(store, batches=batches, production=production, prefixes=prefixes,
-                             chunk_events=chunk_events)
+    weights = {"weighted": 0}
+
+    def watch(dfs):
+        for df in dfs:
+            weights["weighted"] += int(np.count_nonzero(df["weight"].to_numpy() != 1.0))
+            yield df
+
+    chunks = watch(iter_candidates(store, batches=batches, production=production, prefixes=prefixes,
+                                   chunk_events=chunk_events))
     n = 0
     try:
         if suffix.endswith(".root"):
@@ -429,4 +439,8 @@ def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, bat
         if tmp.exists():
             tmp.unlink()
     log.info("wrote %d candidates to %s", n, path)
+    if weights["weighted"]:
+        log.warning("%s: %d of %d candidates are WEIGHTED events (a production made with --weighted / unweight=False): "
+                    "fill every histogram with the 'weight' branch, or the distributions are wrong", path,
+                    weights["weighted"], n)
     return path
