@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 GOLDEN = Path(__file__).resolve().parent / "production.npz"
+#: the README's main job: unweighted events with the lattice form factors of the semileptonic decay
+DESCRIPTOR = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu Lb2LclnuLQCD"
 TABLES = ("events", "mc_particles", "mc_vertices", "particles", "vertices")
 _KEYS = {"events": ["batch", "event"]}
 
