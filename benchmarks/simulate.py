@@ -1,5 +1,9 @@
 """End-to-end production speed: the reference channel into the default (DuckDB) store.
 
+The channel is the README's main job (``--descriptor``): unweighted events (accept-reject on the
+phase-space and decay-model weights) unless ``--weighted``, which then also times run 1.
+unweighted in the same run (``unweighted_events_per_s``).
+
 Runs, each in a fresh subprocess (so that peak memory is per run):
 
 1. 10^6 events in-process: events/s including the store, share of time per stage, peak RSS;
@@ -16,6 +20,7 @@ compare the CPU seconds: the wall time depends on the other load.
 
     python benchmarks/simulate.py                      # the full measurement (~10-20 minutes)
     python benchmarks/simulate.py --events 200000 --large-events 1000000   # a quicker look
+    python benchmarks/simulate.py --events 200000 --skip-large --skip-dask --weighted   # weighted vs unweighted
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import sys
 import tempfile
 import time
 
-DESCRIPTOR = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"
+#: the README's main job: unweighted events with the lattice form factors of the semileptonic decay
+DESCRIPTOR = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu Lb2LclnuLQCD"
 
 CHILD = r"""
 import time
@@ -39,7 +45,7 @@ from mambah.production import run_production
 from mambah.simulation import standard_pipeline
 from mambah.store import Store
 events, batch_size, db, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-pipe = standard_pipeline(sys.argv[5])
+pipe = standard_pipeline(sys.argv[5], unweight=sys.argv[6] == 'unweighted')
 
 
 def cpu():
@@ -90,14 +96,15 @@ print(json.dumps({"events_per_s": res.events_per_s, "seconds": res.seconds, "sta
 
 
 
-def run_child(events: int, batch_size: int, workers: int | str) -> dict:
+def run_child(events: int, batch_size: int, workers: int | str, descriptor: str = DESCRIPTOR,
+              weighting: str = "unweighted") -> dict:
     """Run one production in a fresh process; its result plus its own peak RSS (MB)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.duckdb")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         # cwd: not the checkout, so that the child imports the mambah of its environment (PYTHONPATH)
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(events), str(batch_size), db, str(workers), DESCRIPTOR],
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(events), str(batch_size), db, str(workers), descriptor, weighting],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp)
         out = proc.stdout.read()
         proc.stdout.close()
@@ -120,25 +127,31 @@ def main() -> None:
     ap.add_argument("--large-events", type=int, default=10_000_000)
     ap.add_argument("--batch-size", type=int, default=50_000)
     ap.add_argument("--skip-dask", action="store_true")
+    ap.add_argument("--descriptor", default=DESCRIPTOR, help=f"the channel (default: {DESCRIPTOR!r})")
+    ap.add_argument("--weighted", action="store_true",
+                    help="weighted events (no accept-reject); also runs 1. unweighted in the same run, for comparison")
     ap.add_argument("--skip-large", action="store_true", help="skip run 2 (the memory check)")
     ap.add_argument("--workers", type=int, default=2, help="Dask workers of run 3")
     ap.add_argument("--dask-cold", action="store_true",
                     help="also run 3 from scratch (cluster start and cold workers included) against 1. from scratch")
     args = ap.parse_args()
 
-    r1 = run_child(args.events, args.batch_size, 0)
-    r2 = None if args.skip_large else run_child(args.large_events, args.batch_size, 0)
+    kw = {"descriptor": args.descriptor, "weighting": "weighted" if args.weighted else "unweighted"}
+    r1 = run_child(args.events, args.batch_size, 0, **kw)
+    r1u = run_child(args.events, args.batch_size, 0, descriptor=args.descriptor) if args.weighted else None
+    r2 = None if args.skip_large else run_child(args.large_events, args.batch_size, 0, **kw)
     rss1, rss2 = r1["peak_rss_mb"], (None if r2 is None else r2["peak_rss_mb"])
     speedup = r4 = None
     if not args.skip_dask:
-        r3 = run_child(args.events, args.batch_size, args.workers)
+        r3 = run_child(args.events, args.batch_size, args.workers, **kw)
         speedup = r3["events_per_s"] / r1["events_per_s"]
-        r4 = run_child(args.events, args.batch_size, f"cold{args.workers}") if args.dask_cold else None
+        r4 = run_child(args.events, args.batch_size, f"cold{args.workers}", **kw) if args.dask_cold else None
     total = sum(r1["stage_seconds"].values())
     share = {k: round(v / total, 4) for k, v in sorted(r1["stage_seconds"].items(), key=lambda kv: -kv[1])}
 
     print(f"{'run':<30}{'events':>10}{'events/s':>11}{'wall s':>8}{'CPU s':>8}{'peak RSS MB':>13}")
-    runs = [("in-process", args.events, r1), ("in-process (large)", args.large_events, r2)]
+    runs = [("in-process" + (", weighted" if args.weighted else ""), args.events, r1),
+            ("in-process, unweighted", args.events, r1u), ("in-process (large)", args.large_events, r2)]
     if speedup is not None:
         runs.append((f"dask LocalCluster, {args.workers} workers", args.events, r3))
         if r4 is not None:
@@ -164,6 +177,9 @@ def main() -> None:
               f"dask cold {r4['total_s']:.1f} s")
     print(json.dumps({
         "events_per_s": round(r1["events_per_s"], 1),
+        "descriptor": args.descriptor,
+        "weighted": bool(args.weighted),
+        "unweighted_events_per_s": None if r1u is None else round(r1u["events_per_s"], 1),
         "stage_share": share,
         "peak_rss_mb_1e6": round(rss1, 1),
         "peak_rss_mb_1e7": None if rss2 is None else round(rss2, 1),

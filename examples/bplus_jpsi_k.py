@@ -20,7 +20,7 @@ from mambah.production import run_production
 from mambah.simulation import standard_pipeline
 from mambah.store import Store
 
-DESCRIPTOR = "B+ -> (J/psi(1S) -> mu+ mu-) K+"
+DESCRIPTOR = "B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ SVS"  # EvtGen's models: helicity-0 J/psi, sin^2 of the muon angle
 
 
 def main(argv=None) -> dict:

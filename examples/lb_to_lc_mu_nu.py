@@ -21,7 +21,7 @@ from mambah.production import run_production
 from mambah.simulation import standard_pipeline
 from mambah.store import Store
 
-DESCRIPTOR = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu"
+DESCRIPTOR = "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu Lb2LclnuLQCD"  # lattice-QCD form factors
 
 
 def main(argv=None) -> dict:
