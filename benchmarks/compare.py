@@ -51,10 +51,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, help="the baseline commit (any git revision)")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each tree, alternated (default 2)")
+    ap.add_argument("--baseline-args", default=None, metavar="ARGS",
+                    help="other arguments for the baseline's script (one string, split like a shell), when its "
+                         "options differ; default: the same as ours")
     ap.add_argument("script", help="the benchmark script in benchmarks/, e.g. simulate.py")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (after --)")
     a = ap.parse_args(argv)
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    import shlex
+
+    base_args = args if a.baseline_args is None else shlex.split(a.baseline_args)
     sha = subprocess.run(["git", "rev-parse", a.baseline], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.strip()
     # beside this checkout, so that the baseline's benchmarks find ../shared/data as ours do
@@ -64,8 +70,8 @@ def main(argv=None) -> int:
         try:
             runs: dict[str, list[dict[str, float]]] = {"baseline": [], "current": []}
             for i in range(a.rounds):
-                for name, tree in (("baseline", base), ("current", ROOT)):
-                    runs[name].append(run_once(tree, a.script, args))
+                for name, tree, targs in (("baseline", base, base_args), ("current", ROOT, args)):
+                    runs[name].append(run_once(tree, a.script, targs))
                     print(f"round {i + 1} {name} done", file=sys.stderr)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
         ratio = statistics.median(c) / statistics.median(b) if statistics.median(b) else float("nan")
         table[k] = {"baseline": b, "current": c, "ratio_median": ratio}
         print(f"{k:44s} {statistics.median(b):16.6g} {statistics.median(c):16.6g} {ratio:17.3f}")
-    print(json.dumps({"baseline": sha, "script": a.script, "args": args, "keys": table}))
+    print(json.dumps({"baseline": sha, "script": a.script, "args": args, "baseline_args": base_args, "keys": table}))
     return 0
 
 

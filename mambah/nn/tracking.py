@@ -189,14 +189,25 @@ class RangeScaler:
         """The arrays to store in the model directory."""
         return {f"{prefix}mean": self.mean, f"{prefix}scale": self.scale, f"{prefix}lo": self.lo, f"{prefix}hi": self.hi}
 
-    def transform(self, feats: np.ndarray, source: Mapping[str, str] | None = None) -> np.ndarray:
-        """Standardised and clipped features (float32; the one-hot block unchanged)."""
+    def transform(self, feats: np.ndarray, source: Mapping[str, str] | None = None,
+                  tally: list | None = None) -> np.ndarray:
+        """Standardised and clipped features (float32; the one-hot block unchanged).
+
+        ``tally``, when given, gets ``(outside per feature, rows outside any)`` appended (the
+        range check costs no second pass over the features; a list is thread-safe to append to).
+        """
         n = len(self.mean)
         c = feats[:, :n]
         out = np.empty_like(feats)
+        per = np.zeros(n, dtype=np.int64)
+        any_out = np.zeros(len(c), dtype=bool) if tally is not None else None
         for j in range(n):
             col = c[:, j]
-            bad = int(np.count_nonzero((col < self.lo[j]) | (col > self.hi[j])))
+            mask = (col < self.lo[j]) | (col > self.hi[j])
+            bad = int(np.count_nonzero(mask))
+            per[j] = bad
+            if bad and any_out is not None:
+                any_out |= mask
             if bad:
                 name = self.names[j]
                 msg = ("model %r: %d of %d inputs have %s (from %s) outside the training range [%.4g, %.4g]; "
@@ -210,6 +221,8 @@ class RangeScaler:
                     log.debug(msg, *args)
             out[:, j] = (np.clip(col, self.lo[j], self.hi[j]) - self.mean[j]) / self.scale[j]
         out[:, n:] = feats[:, n:]
+        if tally is not None:
+            tally.append((per, int(np.count_nonzero(any_out))))
         return out
 
 
@@ -272,6 +285,11 @@ class _TrackingModel(Model):
                             f"order {self.conditions}, got {c.shape}")
         return [c[:, j] for j in range(c.shape[1])]
 
+    def _tally_counts(self, tally: list, n: int):
+        """The :class:`~mambah.nn.model.RangeCounts` of the per-chunk ``(per feature, rows)`` tallies."""
+        per = np.sum([t[0] for t in tally], axis=0) if tally else np.zeros(self.n_cont, dtype=np.int64)
+        return self.range_counts(per, sum(t[1] for t in tally), n)
+
     def check_species(self, pid: np.ndarray) -> None:
         """Refuse PDG ids of species the model was not trained for (names the model and column)."""
         sp = species_index(pid)
@@ -332,18 +350,26 @@ class EfficiencyModel(_TrackingModel):
         """The continuous features (ln p/GeV, eta, z / 100 mm, rho / 10 mm; float32) of conditions (n, 7)."""
         return _efficiency_continuous(*self._columns(conditions)[:6])
 
-    def probability(self, px, py, pz, x, y, z, pid, *, check_species: bool = True) -> np.ndarray:
-        """Probability (float64) to be reconstructed; momenta in MeV/c, origin in mm."""
+    def probability(self, px, py, pz, x, y, z, pid, *, check_species: bool = True,
+                    counts: list | None = None) -> np.ndarray:
+        """Probability (float64) to be reconstructed; momenta in MeV/c, origin in mm.
+
+        ``counts``, when given (an empty list), receives one :class:`~mambah.nn.model.RangeCounts`:
+        the inputs outside the training range, counted in the same pass (the stages record it)."""
         if check_species:
             self.check_species(pid)
         arrays = [np.asarray(a) for a in (px, py, pz, x, y, z, pid)]
+        tally: list | None = [] if counts is not None else None
 
         def one(px, py, pz, x, y, z, pid, i):
-            f = self.scaler.transform(efficiency_features(px, py, pz, x, y, z, pid), _SOURCES)
+            f = self.scaler.transform(efficiency_features(px, py, pz, x, y, z, pid), _SOURCES, tally)
             logit = self.net(f)[:, 0].astype(np.float64)
             return 0.5 * (1.0 + np.tanh(0.5 * logit))
 
-        return map_row_chunks(one, len(arrays[0]), *arrays)
+        out = map_row_chunks(one, len(arrays[0]), *arrays)
+        if counts is not None:
+            counts.append(self._tally_counts(tally, len(arrays[0])))
+        return out
 
 
 class ResolutionModel(_TrackingModel):
@@ -378,13 +404,16 @@ class ResolutionModel(_TrackingModel):
         lnp, eta = _p_eta32(*self._columns(conditions)[:3])
         return np.stack([lnp, eta], axis=1)
 
-    def mixtures(self, px, py, pz, pid) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def mixtures(self, px, py, pz, pid, tally: list | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per target (r [%], dtx [mrad], dty [mrad]): component-major (k, n) weights, means, sigmas."""
-        f = self.scaler.transform(resolution_features(px, py, pz, pid), _SOURCES)
+        f = self.scaler.transform(resolution_features(px, py, pz, pid), _SOURCES, tally)
         return split_mdn(self.net(f), self.k, self.target_scale)
 
-    def sample(self, px, py, pz, pid, seed=None, *, check_species: bool = True):
-        """Reconstructed (px, py, pz) in MeV/c (float64) drawn from the network."""
+    def sample(self, px, py, pz, pid, seed=None, *, check_species: bool = True, counts: list | None = None):
+        """Reconstructed (px, py, pz) in MeV/c (float64) drawn from the network.
+
+        ``counts``, when given (an empty list), receives one :class:`~mambah.nn.model.RangeCounts`
+        of the inputs outside the training range, counted in the same pass."""
         from mambah.random import get_rng
 
         if check_species:
@@ -396,10 +425,14 @@ class ResolutionModel(_TrackingModel):
 
         def one(px, py, pz, pid, i):
             rng = np.random.default_rng(int(seeds[i]))
-            y = [sample_mixture(w, m, s, rng) for w, m, s in self.mixtures(px, py, pz, pid)]
+            y = [sample_mixture(w, m, s, rng) for w, m, s in self.mixtures(px, py, pz, pid, tally)]
             return rebuild_momentum(px, py, pz, y[0] * 1e-2, y[1] * 1e-3, y[2] * 1e-3)
 
-        return map_row_chunks(one, n, *arrays)
+        tally: list | None = [] if counts is not None else None
+        out = map_row_chunks(one, n, *arrays)
+        if counts is not None:
+            counts.append(self._tally_counts(tally, n))
+        return out
 
 
 def split_mdn(out: np.ndarray, k: Sequence[int], target_scale=None):

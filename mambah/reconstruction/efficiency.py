@@ -89,10 +89,11 @@ class Efficiency(OneModelStage):
                 f"{', '.join(missing)}; pass species={tuple(s for s in self.species if s in m.species)!r} "
                 "or a model trained for them"
             )
+        counts: list = []
+        prob = m.probability(px, py, pz, x, y, z, pid, counts=counts)
         if out_of_range is not None:
-            counts = m.check_range(np.column_stack([px, py, pz, x, y, z, pid]))
-            out_of_range[m.name] = [counts.count, counts.n]
-        return m.probability(px, py, pz, x, y, z, pid)
+            out_of_range[m.name] = [counts[0].count, counts[0].n]
+        return prob
 
     def __call__(self, batch):
         require_tables(batch, self.name, ("mc_particles", "mc_vertices"))

@@ -46,10 +46,11 @@ class Resolution(OneModelStage):
         from mambah.nn.registry import load_model
 
         m = load_model(self.model, kind="resolution")
+        counts: list = []
+        out = m.sample(px, py, pz, pid, rng, counts=counts)
         if out_of_range is not None:
-            counts = m.check_range(np.column_stack([px, py, pz, pid]))
-            out_of_range[m.name] = [counts.count, counts.n]
-        return m.sample(px, py, pz, pid, rng)
+            out_of_range[m.name] = [counts[0].count, counts[0].n]
+        return out
 
     def __call__(self, batch):
         require_tables(batch, self.name, ("mc_particles",))
