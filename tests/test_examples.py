@@ -86,6 +86,7 @@ def test_validation_sanity_real_data(tmp_path, real_data_path):
     assert ks["ks_binned_p_eta"] > ks["ks_null"] + 0.08 and ks["ks_copy_weight1"] > 0.3
 
 
+@pytest.mark.slow  # trains for ~35 s; the cross-fit test below runs the same example (and its scorer) in the default run
 def test_train_pid_real_protons(tmp_path, real_data_path):
     r = run_example("train_pid_real_protons.py", "--data", str(real_data_path), "--work", str(tmp_path / "w"),
                     "--seeds", "1", "--draws", "2", "--", "--epochs", "1", cwd=tmp_path, timeout=1800)

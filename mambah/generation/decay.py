@@ -391,15 +391,27 @@ class PhaseSpaceDecay:
         with weight = phase-space weight x decay-model weight."""
         n = gun["p4"].shape[1]
         p4, w = chain.generate(gun["p4"], int(rng.integers(0, 2**63 - 1)))
-        if model is not None:
-            wm = model(p4)
+        keep = np.ones(n, dtype=bool)
+        if model is not None and self.unweight:
+            # two-stage accept-reject: u1 < w_phase_space, then u2 < w_model on the survivors only (the
+            # same acceptance w_ps * w_model; the model is evaluated on a fraction w_ps of the events)
+            keep &= rng.random(n) < w
+            idx = np.nonzero(keep)[0]
+            wm = model(p4[:, :, idx])
             stats["n_over"] += int(np.count_nonzero(wm > 1.0))
             stats["max_model_weight"] = max(stats["max_model_weight"], float(wm.max()) if wm.size else 0.0)
-            w = w * wm
-        stats["sum_weight"] += float(w.sum())
-        keep = np.ones(n, dtype=bool)
-        if self.unweight and not (chain.unit_weight and model is None):
-            keep &= rng.random(n) < w
+            stats["sum_weight"] += float(wm.sum())  # sum over passers of w_model: an unbiased sum of w_ps w_model
+            keep[idx] = rng.random(len(idx)) < wm
+            w = np.ones(n)
+        else:
+            if model is not None:
+                wm = model(p4)
+                stats["n_over"] += int(np.count_nonzero(wm > 1.0))
+                stats["max_model_weight"] = max(stats["max_model_weight"], float(wm.max()) if wm.size else 0.0)
+                w = w * wm
+            stats["sum_weight"] += float(w.sum())
+            if self.unweight and not (chain.unit_weight and model is None):
+                keep &= rng.random(n) < w
         stats["n_weight_pass"] += int(keep.sum())
         if self.acceptance is not None:
             keep &= self.acceptance(tree, p4)
