@@ -297,10 +297,11 @@ class _Flags:
     """A stand-in tie classifier: RichPKTie = 1 exactly where P < 10 GeV/c."""
     conditions, targets, card = ["P"], ["RichPKTie"], {"name": "stub-tie"}
 
-    def check_range(self, c):
-        pass
+    def sample(self, c, rng, counts=None):
+        if counts is not None:
+            from mambah.nn.model import RangeCounts
 
-    def sample(self, c, rng):
+            counts.append(RangeCounts("stub-tie", 0, len(c)))
         return (c[:, :1] < 10_000).astype(float)
 
 

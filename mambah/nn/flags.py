@@ -140,7 +140,8 @@ class FlagModel(QuantileConditionedModel):
             return np.empty((0, len(self.targets)))
         return map_row_chunks(lambda cc, i: self.net(self.preprocess(cc)), len(c), c).astype(float)
 
-    def sample(self, data, rng: np.random.Generator, *, compiled: bool = True, check_range: bool = True) -> np.ndarray:
+    def sample(self, data, rng: np.random.Generator, *, compiled: bool = True, check_range: bool = True,
+               counts: list | None = None) -> np.ndarray:
         """Flags drawn from :meth:`probabilities`: float array (n, n_targets) of 0.0/1.0.
 
         The flags of a row are drawn independently (one uniform number per row and flag from ``rng``,
@@ -154,16 +155,22 @@ class FlagModel(QuantileConditionedModel):
                 lies within float32 round-off (~1e-6) of the probability.
             check_range: warn (:class:`~mambah.errors.OutOfRangeWarning`) for conditions outside the
                 training range (False: for a caller that counts them itself, :meth:`check_range`).
+            counts: a list that receives the :class:`~mambah.nn.model.RangeCounts` of the conditions
+                outside the training range instead of the warning (counted in the same compiled pass).
         """
         if not isinstance(rng, np.random.Generator):
             raise ConfigurationError(f"rng must be a numpy.random.Generator, not {type(rng).__name__}")
         if not compiled:
+            if counts is not None:
+                c, _ = self.as_conditions(data, False)
+                counts.append(self.check_range(c))
+                check_range = False
             prob = self.probabilities(data, check_range=check_range)
             return (rng.random(prob.shape) < prob).astype(float)
         from mambah.nn.inference import sample_flags
 
         c, _ = self.as_conditions(data, False)
-        return sample_flags(self, c, rng, check_range=check_range)
+        return sample_flags(self, c, rng, check_range=check_range, counts=counts)
 
     def generate(self, data, rng: np.random.Generator) -> pd.DataFrame:
         """Sampled flags as a DataFrame (one 0.0/1.0 column per target), indexed like ``data``."""

@@ -365,6 +365,17 @@ def _warn_out_of_range(model, results: list, n_cond: int, n: int) -> None:
         model.warn_out_of_range(model.range_counts(n_out, rows_out, n), stacklevel=4)
 
 
+def _report_range(model, results: list, n_cond: int, n: int, check_range, counts: list | None) -> None:
+    """``counts`` given: append the chunks' :class:`~mambah.nn.model.RangeCounts` (no warning; the
+    caller reports them); else warn when ``check_range``."""
+    if counts is not None:
+        rows_out = sum(r[1] for r in results)
+        n_out = sum(r[0] for r in results) + np.zeros(n_cond, dtype=np.int64)
+        counts.append(model.range_counts(n_out, rows_out, n))
+    elif check_range:
+        _warn_out_of_range(model, results, n_cond, n)
+
+
 def _range_counts(c, lo, hi, c_lo, c_hi):
     """(outside counts per column, rows outside) of the chunk ``c`` whose column minima and maxima
     the graph returned as ``lo``, ``hi`` (rare: counted in numpy only when some value is outside)."""
@@ -376,7 +387,8 @@ def _range_counts(c, lo, hi, c_lo, c_hi):
 
 # ------------------------------------------------------------------------------------ public API
 def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEFAULT_CHUNK,
-             noise: np.ndarray | None = None, check_range: bool = True, workers: int = DEFAULT_WORKERS) -> np.ndarray:
+             noise: np.ndarray | None = None, check_range: bool = True, workers: int = DEFAULT_WORKERS,
+             counts: list | None = None) -> np.ndarray:
     """Targets of ``model`` for raw conditions, in raw units (float64, shape ``(n, n_targets)``).
 
     Args:
@@ -431,13 +443,12 @@ def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEF
             yield s, e, noise[s:e] if noise is not None else draw_uniforms(rng, e - s, fast.n_noise)
 
     results = _map_chunks(run, jobs(), n, chunk, workers)
-    if check_range:
-        _warn_out_of_range(model, results, fast.n_cond, n)
+    _report_range(model, results, fast.n_cond, n, check_range, counts)
     return out
 
 
 def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFAULT_CHUNK,
-                 check_range: bool = True, workers: int = DEFAULT_WORKERS) -> np.ndarray:
+                 check_range: bool = True, workers: int = DEFAULT_WORKERS, counts: list | None = None) -> np.ndarray:
     """Flags of a :class:`~mambah.nn.flags.FlagModel` drawn for raw conditions: float64 0/1 ``(n, n_targets)``.
 
     One compiled graph per chunk does the condition transform, the classifier and the draw
@@ -453,6 +464,8 @@ def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFA
         rng: numpy Generator.
         check_range: warn (:class:`~mambah.errors.OutOfRangeWarning`) for conditions outside the
             training range (evaluated at the range edges).
+        counts: a list that receives the :class:`~mambah.nn.model.RangeCounts` of those rows,
+            counted in the same compiled pass, instead of the warning.
     """
     c = np.ascontiguousarray(conditions, dtype=np.float64)
     fast = _compiled(model, _CompiledFlags)
@@ -472,8 +485,7 @@ def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFA
 
     jobs = ((s, min(s + chunk, n), rng.random((min(s + chunk, n) - s, fast.n_targ))) for s in range(0, n, chunk))
     results = _map_chunks(run, jobs, n, chunk, workers)
-    if check_range:
-        _warn_out_of_range(model, results, fast.n_cond, n)
+    _report_range(model, results, fast.n_cond, n, check_range, counts)
     return out
 
 

@@ -86,7 +86,7 @@ class PidModel(QuantileConditionedModel):
 
     # ------------------------------------------------------------- inference
     def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
-                       check_range: bool = True) -> np.ndarray:
+                       check_range: bool = True, counts: list | None = None) -> np.ndarray:
         """Targets (n, n_targets), float64 in raw units, for raw conditions (n, n_conditions).
 
         One compiled TensorFlow graph per chunk does the condition transform, the noise, the network
@@ -95,12 +95,14 @@ class PidModel(QuantileConditionedModel):
         does not depend on ``chunk``. A spike in a target (repeated knots) comes out as exactly its
         value. Warns (:class:`OutOfRangeWarning`) for conditions outside the training range; refuses
         NaN/inf conditions (:class:`~mambah.errors.DataError`). ``check_range=False``: no warning
-        (for a caller that counts the rows outside itself, with :meth:`check_range`).
+        (for a caller that counts the rows outside itself, with :meth:`check_range`). ``counts``: a
+        list that receives the :class:`~mambah.nn.model.RangeCounts`, counted in the same compiled
+        pass, instead of the warning.
         """
         from mambah.nn.inference import DEFAULT_CHUNK, generate
 
         return generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
-                        check_range=check_range)
+                        check_range=check_range, counts=counts)
 
     def generate(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """Generate the targets for every row of ``data`` (DataFrame with the condition columns, or an array).

@@ -356,14 +356,15 @@ class PidChain:
                 # the selected rows' conditions, stacked once (not all rows stacked, then selected)
                 every = sel.all()
                 cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
-                # the models warn themselves unless the caller takes the counts
-                quiet = {} if counts is None else {"check_range": False}
-                if counts is not None:
-                    counts[_model_name(m, step)] = m.check_range(cs)
+                # the models warn themselves unless the caller takes the counts, which the compiled
+                # graphs count in the same pass (no second pass over the conditions)
+                sink: list | None = [] if counts is not None else None
                 if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws (compiled)
-                    out[sel] = m.sample(cs, rng, **quiet)
+                    out[sel] = m.sample(cs, rng, counts=sink)
                 else:  # a GAN: compiled inference (mambah.nn.inference)
-                    out[sel] = m.generate_array(cs, rng, chunk=chunk, **quiet)
+                    out[sel] = m.generate_array(cs, rng, chunk=chunk, counts=sink)
+                if counts is not None:
+                    counts[_model_name(m, step)] = sink[0]
             for j, t in enumerate(m.targets):
                 v = out[:, j]
                 cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
