@@ -267,6 +267,9 @@ class _TrackingModel(Model):
     #: the features of this kind and how many of them are continuous (standardised and range-checked)
     features: tuple[str, ...] = ()
     n_cont = 0
+    #: (card conditions, card targets) this kind expects, and the features of raw conditions
+    card_columns: tuple = ((), ())
+    feature_fn = None
 
     def __init__(self, path: Path, card: dict, arrays: dict, net: DenseStack, scaler: RangeScaler):
         super().__init__(card, path)
@@ -277,6 +280,17 @@ class _TrackingModel(Model):
 
     def training_range(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         return list(self.features[:self.n_cont]), self.scaler.lo, self.scaler.hi
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Load a model directory of this kind (or a name under ``models/``), checked against the
+        card columns this kind expects."""
+        conditions, targets = cls.card_columns
+        return cls(*_load(path, cls.kind, conditions, targets, len(cls.features), cls.n_cont))
+
+    def preprocess(self, conditions) -> np.ndarray:
+        """The network's input (standardised features, float32) for raw conditions (n, n_conditions)."""
+        return self.scaler.transform(self.feature_fn(*self._columns(conditions)), _SOURCES)
 
     def _columns(self, conditions) -> list[np.ndarray]:
         c = np.asarray(conditions)
@@ -331,20 +345,13 @@ class EfficiencyModel(_TrackingModel):
     kind = "efficiency"
     features = tuple(EFFICIENCY_FEATURES)
     n_cont = _N_CONT["efficiency"]
+    card_columns = (EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS)
+    feature_fn = staticmethod(efficiency_features)
 
     def __init__(self, path, card, arrays, net, scaler):
         super().__init__(path, card, arrays, net, scaler)
         if net.n_out != 1:
             raise ModelDirError(f"model {self.name!r}: an efficiency network has 1 output, this one {net.n_out}")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> EfficiencyModel:
-        """Load an efficiency model directory (or a name under ``models/``)."""
-        return cls(*_load(path, "efficiency", EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS, len(EFFICIENCY_FEATURES), 4))
-
-    def preprocess(self, conditions) -> np.ndarray:
-        """The network's input (standardised features, float32) for conditions (n, 7)."""
-        return self.scaler.transform(efficiency_features(*self._columns(conditions)), _SOURCES)
 
     def range_quantities(self, conditions) -> np.ndarray:
         """The continuous features (ln p/GeV, eta, z / 100 mm, rho / 10 mm; float32) of conditions (n, 7)."""
@@ -379,6 +386,8 @@ class ResolutionModel(_TrackingModel):
     kind = "resolution"
     features = tuple(RESOLUTION_FEATURES)
     n_cont = _N_CONT["resolution"]
+    card_columns = (RESOLUTION_CONDITIONS, RESOLUTION_TARGETS)
+    feature_fn = staticmethod(resolution_features)
 
     def __init__(self, path, card, arrays, net, scaler):
         super().__init__(path, card, arrays, net, scaler)
@@ -389,15 +398,6 @@ class ResolutionModel(_TrackingModel):
                                 f"mixture sizes {self.k} need {3 * sum(self.k)}")
         tscale = arrays.get("target_scale")
         self.target_scale = np.ones(3, np.float32) if tscale is None else np.asarray(tscale, np.float32)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ResolutionModel:
-        """Load a resolution model directory (or a name under ``models/``)."""
-        return cls(*_load(path, "resolution", RESOLUTION_CONDITIONS, RESOLUTION_TARGETS, len(RESOLUTION_FEATURES), 2))
-
-    def preprocess(self, conditions) -> np.ndarray:
-        """The network's input (standardised features, float32) for conditions (n, 4)."""
-        return self.scaler.transform(resolution_features(*self._columns(conditions)), _SOURCES)
 
     def range_quantities(self, conditions) -> np.ndarray:
         """The continuous features (ln p/GeV, eta; float32) of conditions (n, 4)."""
