@@ -104,6 +104,7 @@ def main(argv=None) -> dict:
     import tensorflow as tf
 
     from mambah.generation import generator_stages
+    from mambah.generation.decay import merge_acceptance
     from mambah.pipeline import Pipeline
 
     result: dict = {"n_events": args.events, "batch_size": args.batch_size, "repeats": args.repeats,
@@ -127,8 +128,7 @@ def main(argv=None) -> dict:
             eager.append(time_bare(top, args.events, args.batch_size))
             graph.append(time_bare(top, args.events, args.batch_size, mode="graph"))
         naive = time_bare(top, args.naive_events, args.batch_size, mode="naive")[0]
-        n_gen, n_acc = sum(a["n_generated"] for a in acc), sum(a["n_accepted"] for a in acc)
-        unw_eff = n_acc / n_gen if n_gen else float("nan")
+        unw_eff = merge_acceptance(acc)["efficiency"]
         unw_rate = statistics.median(x[0] for x in unw)
         cpu_rate = statistics.median(x[1] for x in ours)
         cpu_bare = max(statistics.median(x[1] for x in eager), statistics.median(x[1] for x in graph))

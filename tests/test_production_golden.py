@@ -2,7 +2,9 @@
 
 The file was made at 6287ec5, before the package was reorganised (issue 21), and the
 reorganisation kept it bit-identical (through 8ec24ce); it was then remade once, on purpose, for
-unweighted events and the lattice form factors of the README's main job (issue 26).
+unweighted events and the lattice form factors of the README's main job (issue 26), and again
+when the unweighting became staged (each independent decay group accept-rejected on its own in
+its rest frame: same distributions, other random draws; issue 26).
 
 Truth, reconstruction and PID, 3 batches whose first id is 2 (a 2-batch production precedes it
 in the store, so batch ``i`` of the production has id ``2 + i`` and seed ``batch_seed(11, i)``).

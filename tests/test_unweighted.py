@@ -10,6 +10,7 @@ effective sizes ``n_eff = (sum w)^2 / sum w^2`` (Kish); every sample is seeded.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import types
@@ -97,11 +98,19 @@ def test_acceptance_efficiency_is_recorded():
     b = run(LB_LQCD, n, seed=34)
     acc = b.info["generator_acceptance"]
     assert acc["unweight"] and acc["rejection"] and acc["n_accepted"] >= n
-    assert acc["efficiency"] == pytest.approx(acc["n_accepted"] / acc["n_generated"])
-    # the number kept is binomial given the weights: its mean is sum(w), the recorded mean weight
-    mean_w = acc["mean_weight"]
-    sigma = np.sqrt(acc["n_generated"] * mean_w * (1 - mean_w))
-    assert abs(acc["n_accepted"] - mean_w * acc["n_generated"]) < 5 * sigma
+    # staged: the Lambda_b0 and the Lambda_c+ decays are accept-rejected on their own; the efficiency
+    # is the product of the two groups' (the probability that a whole chain would be kept)
+    groups = acc["groups"]
+    assert set(groups) == {"Lambda_b0 -> Lambda_c+ mu- anti-nu_mu Lb2LclnuLQCD", "Lambda_c+ -> p+ K- pi+"}
+    assert acc["efficiency"] == pytest.approx(np.prod([g["n_accepted"] / g["n_generated"] for g in groups.values()]))
+    assert acc["n_generated"] == acc["n_accepted"] == n  # every gun hadron got a whole unit-weight chain
+    for g in groups.values():
+        # the number kept is binomial given the weights: its mean is sum(w), the recorded mean weight
+        mean_w = g["mean_weight"]
+        sigma = np.sqrt(g["n_generated"] * mean_w * (1 - mean_w))
+        assert abs(g["n_accepted"] - mean_w * g["n_generated"]) < 5 * sigma
+        assert g["n_accepted"] >= n and g["efficiency"] < 1
+    assert acc["mean_weight"] == pytest.approx(np.prod([g["mean_weight"] for g in groups.values()]))
     # and it agrees with the mean weight of an independent weighted sample
     w = run(LB_LQCD, 40_000, seed=35, unweight=False)["events"]["weight"].to_numpy(np.float64)
     assert abs(acc["efficiency"] - w.mean()) < 5 * np.hypot(acc["uncertainty"], w.std() / np.sqrt(len(w)))
@@ -260,6 +269,10 @@ def test_cli_weighted_flag_reaches_the_pipeline_and_is_reported(tmp_path, caplog
     r = _mambah(*common, "--production", "u")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "unweighted events (weight 1), accept-reject efficiency" in r.stdout, r.stdout
+    # the whole-chain efficiency (the two decays' product, ~18% for the lattice model) and each decay's
+    eff = re.search(r"accept-reject efficiency ([0-9.]+)% of whole chains", r.stdout)
+    assert eff and 14 < float(eff.group(1)) < 23, r.stdout
+    assert "Lambda_c+ -> p+ K- pi+: " in r.stdout, r.stdout
     with Store(url) as store:
         def weights(prod):
             ids = store.read("batches", columns=["batch"], where={"production": prod})["batch"].tolist()
@@ -277,3 +290,40 @@ def test_cli_weighted_flag_reaches_the_pipeline_and_is_reported(tmp_path, caplog
         assert (pd.read_parquet(tmp_path / "u.parquet")["weight"] == 1.0).all()
     h = _mambah("simulate", "--help", timeout=120)
     assert "--weighted" in h.stdout and "weight" in h.stdout.split("--weighted", 1)[1]
+
+
+# ------------------------------------------------------------------------------ staged groups
+@pytest.mark.parametrize("descriptor, expected", [
+    # a fixed-mass daughter whose decay no model correlates with its mother: generated on its own
+    ("Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu Lb2LclnuLQCD",
+     ["Lambda_b0 -> Lambda_c+ mu- anti-nu_mu Lb2LclnuLQCD", "Lambda_c+ -> p+ K- pi+"]),
+    # SVS correlates the J/psi's decay with the B's: one group
+    ("B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ SVS", ["B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ SVS"]),
+    # without SVS the VLL J/psi is unpolarised: two groups (the VLL weight is then 1)
+    ("B+ -> (J/psi(1S) -> mu+ mu- VLL) K+", ["B+ -> J/psi(1S) K+", "J/psi(1S) -> mu+ mu- VLL"]),
+    # a Breit-Wigner K*0 gets its mass from its mother's decay: it stays in the mother's group
+    ("B0 -> (K*(892)0 -> K+ pi-) mu+ mu-", ["B0 -> (K*(892)0 -> K+ pi-) mu+ mu-"]),
+])
+def test_decay_groups(descriptor, expected):
+    from mambah.generation.decay import _groups
+
+    groups = _groups(parse_descriptor(descriptor))
+    assert [g.desc.head.to_string() for g in groups] == expected
+    nodes = [i for g in groups for i in g.index[1 if g.root else 0:]]
+    assert sorted(nodes) == list(range(len(parse_descriptor(descriptor).nodes())))  # every node exactly once
+
+
+def test_staged_and_whole_chain_unweighting_agree(monkeypatch):
+    """The staged accept-reject and the whole-chain one (the fallback for models that may read beyond
+    their own decay) give the same distributions: independent samples, KS test."""
+    from mambah.generation import decay
+
+    staged = run(LB_LQCD, 20_000, seed=41)
+    monkeypatch.setattr(decay, "_groups", lambda desc: None)
+    whole = run(LB_LQCD, 20_000, seed=42)
+    assert staged.info["generator_acceptance"]["groups"] and whole.info["generator_acceptance"]["groups"] is None
+    for var in ("m2_pK", "m2_Kpi", "q2"):
+        d, p = weighted_ks(observables(staged)[var], observables(whole)[var])
+        assert p > P_MIN, (var, d, p)
+    e_s, e_w = (b.info["generator_acceptance"] for b in (staged, whole))
+    assert abs(e_s["efficiency"] - e_w["efficiency"]) < 5 * np.hypot(e_s["uncertainty"], e_w["uncertainty"])

@@ -169,8 +169,11 @@ def generator_summary(store, production: str) -> dict:
     ``{n_generated, n_accepted, unit_weights, rejection, models}`` (empty if nothing was recorded)."""
     import json
 
+    from mambah.generation.decay import merge_acceptance
+
     bt = store.read("batches", columns=["batch", "config"], where={"production": production}, ordered=False)
     out: dict = {}
+    accs = []
     for blob in bt["config"]:
         try:
             info = json.loads(blob) if blob else {}
@@ -179,11 +182,12 @@ def generator_summary(store, production: str) -> dict:
         acc, gen = info.get("generator_acceptance") or {}, info.get("generator") or {}
         if not gen:
             continue
-        out["n_generated"] = out.get("n_generated", 0) + int(acc.get("n_generated", 0))
-        out["n_accepted"] = out.get("n_accepted", 0) + int(acc.get("n_accepted", 0))
+        accs.append(acc)
         out["unit_weights"] = out.get("unit_weights", True) and bool(gen.get("unit_weights", False))
         out["rejection"] = out.get("rejection", False) or bool(acc.get("rejection", False))
         out["models"] = {v["particle"]: v["model"] for v in (gen.get("models") or {}).get("nodes", {}).values()}
+    if out:
+        out.update(merge_acceptance(accs))
     return out
 
 
@@ -196,9 +200,12 @@ def format_generator_summary(gen: dict, weighted: bool) -> list[str]:
         return [f"generator: decay models {models}; WEIGHTED events (--weighted): fill every histogram with the "
                 "'weight' column of the events table (the 'weight' branch of the ntuple)"]
     if gen.get("rejection") and gen.get("n_generated"):
-        eff = gen["n_accepted"] / gen["n_generated"]
+        if gen.get("groups"):  # staged: each decay group accept-rejected on its own
+            parts = "; ".join(f"{d}: {g['efficiency']:.1%} of {g['n_generated']:,}" for d, g in gen["groups"].items())
+            return [f"generator: decay models {models}; unweighted events (weight 1), accept-reject efficiency "
+                    f"{gen['efficiency']:.1%} of whole chains (each decay accept-rejected on its own: {parts})"]
         return [f"generator: decay models {models}; unweighted events (weight 1), accept-reject efficiency "
-                f"{eff:.1%} ({gen['n_accepted']:,} of {gen['n_generated']:,} generated)"]
+                f"{gen['efficiency']:.1%} ({gen['n_accepted']:,} of {gen['n_generated']:,} generated)"]
     return [f"generator: decay models {models}; unweighted events (weight 1)"
             + (" (--weighted: every weight is 1 for this chain)" if weighted else "")]
 

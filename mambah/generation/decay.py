@@ -58,7 +58,7 @@ from mambah.generation.particles import C_MM_PER_NS
 from mambah.physics import boost_to_lab
 from mambah.physics import eta as pseudorapidity
 
-__all__ = ["PhaseSpaceDecay", "EtaAcceptance", "generator_stages", "boost_to_lab"]
+__all__ = ["PhaseSpaceDecay", "EtaAcceptance", "generator_stages", "merge_acceptance", "boost_to_lab"]
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _w_bound(mother_mass: float, masses: list[float]) -> float:
 class _Chain:
     """The phasespace tree of one descriptor plus what is needed to use it (per process)."""
 
-    def __init__(self, desc: Descriptor):
+    def __init__(self, desc: Descriptor, rest: bool = False):
         import phasespace
         import tensorflow as tf
 
@@ -161,6 +161,7 @@ class _Chain:
 
         self.top = build(desc.head, 0.0, True)
         self.has_breit_wigner = any(n.has_breit_wigner for n in self.nodes[1:])
+        self.rest = rest
         self.fn = tf.function(self._graph, input_signature=[tf.TensorSpec([4, None], tf.float64)],
                               autograph=False, reduce_retracing=True)
 
@@ -185,6 +186,8 @@ class _Chain:
         n = tf.shape(head, out_type=tf.int64)[1]
         weights, _, parts = self.top.generate(n, normalize_weights=False, seed=self.tf_rng)
         rest = tf.stack([tf.transpose(parts[name]) for name in self.names[1:]], axis=1)  # (4, nodes-1, n)
+        if self.rest:  # the head's rest frame (``head`` is then the head at rest)
+            return weights, tf.concat([head[:, None, :], rest], axis=1)
         lab = boost_to_lab(rest, head[:, None, :], self.nodes[0].particle.mass, xp=tf)
         return weights, tf.concat([head[:, None, :], lab], axis=1)
 
@@ -237,14 +240,15 @@ def _breit_wigner(m0: float, gamma: float, reserve: float, rng):
     return mass
 
 
-def _chain(desc: Descriptor) -> _Chain:
-    key = desc.head.to_string(models=False)  # the models do not change the phase-space chain
+def _chain(desc: Descriptor, rest: bool = False) -> _Chain:
+    # the models do not change the phase-space chain
+    key = ("rest " if rest else "") + desc.head.to_string(models=False)
     chain = _CACHE.get(key)
     if chain is None:
         with _LOCK:
             chain = _CACHE.get(key)
             if chain is None:
-                chain = _CACHE[key] = _Chain(desc)
+                chain = _CACHE[key] = _Chain(desc, rest)
     return chain
 
 
@@ -269,6 +273,144 @@ def _model_weight(desc: Descriptor):
             if weight is None:
                 weight = _WEIGHTS[key] = DecayModelWeight(desc.tree(), models)
     return weight
+
+
+# -------------------------------------------------------------------------- staged accept-reject
+#: sizes of the staged generator's phasespace calls: powers of two between these (the chain's graph
+#: is compiled by XLA once per shape, so the calls take their sizes from a small fixed set)
+_MIN_CALL, _MAX_CALL = 1 << 10, 1 << 18
+#: decays of the fixed-seed pilot that estimates a group's accept-reject efficiency (to size calls)
+_PILOT = 1 << 14
+_BLOCKS: dict[str, Any] = {}
+_BLOCK_LOCK = threading.Lock()
+
+
+def _calls(n: int) -> list[int]:
+    """``n`` split into powers of two in [_MIN_CALL, _MAX_CALL], largest first (sum >= n)."""
+    out = []
+    while n > 0:
+        s = min(_MAX_CALL, max(_MIN_CALL, 1 << (int(n).bit_length() - 1)))
+        out.append(s)
+        n -= s
+    return out
+
+
+class _Group:
+    """One decay group of a chain generated on its own: a fixed-mass node and its descendants, down
+    to (as stable leaves) the fixed-mass decaying descendants that start groups of their own.
+
+    Its decays are generated in the group root's rest frame, accept-rejected on their phase-space
+    weight times the group's decay-model weight, and later boosted with the root's laboratory
+    four-momentum. Valid because, with fixed masses, the phase-space weight of a chain is the product
+    of its decays' weights and a group's decay is independent of its mother's kinematics (the models'
+    weights are Lorentz invariant functions of their own decay, :data:`~mambah.generation.models.LOCAL_MODELS`).
+    """
+
+    def __init__(self, root: DecayNode, index: list[int], models: dict[int, tuple[str, tuple[float, ...]]],
+                 stop: set[int]):
+        def prune(node: DecayNode) -> DecayNode:
+            kids = tuple(dataclasses.replace(c, children=(), model=None, params=(), model_position=-1)
+                         if id(c) in stop else prune(c) for c in node.children)
+            return dataclasses.replace(node, children=kids)
+
+        self.head = prune(root)
+        self.desc = Descriptor(self.head.to_string(), self.head)
+        self.index = index  # node numbers (in the whole chain) of this group's nodes, depth-first
+        self.root = index[0]
+        self.mass = root.particle.mass
+        self.chain = _chain(self.desc, rest=True)
+        own = {j: models[i] for j, i in enumerate(index) if i in models and self.desc.nodes()[j].children}
+        self.models = {j: m for j, m in own.items() if m[0] != "PHSP"}
+        self.weight = None
+        if self.models:
+            from mambah.generation.models import DecayModelWeight
+
+            self.weight = DecayModelWeight(self.desc.tree(), self.models)
+        self._rest: dict[int, np.ndarray] = {}
+        w_sum, _ = self._pilot()
+        self.efficiency = max(w_sum / _PILOT, 1e-3)
+
+    def _at_rest(self, n: int) -> np.ndarray:
+        h = self._rest.get(n)
+        if h is None:
+            h = np.zeros((4, n))
+            h[3] = self.mass
+            self._rest[n] = h
+        return h
+
+    def _pilot(self) -> tuple[float, int]:
+        """Sum of the weights of ``_PILOT`` decays with a fixed seed (deterministic: it only sizes calls)."""
+        p4, w = self.chain.generate(self._at_rest(_PILOT), 20260101)
+        if self.weight is not None:
+            w = w * self.weight(p4)
+        return float(np.sum(np.minimum(w, 1.0))), _PILOT
+
+    def draw(self, need: int, rng: np.random.Generator, stats: dict, max_tries: int, name: str) -> np.ndarray:
+        """``need`` accepted decays (4, group nodes, need) in the root's rest frame."""
+        st = stats["groups"].setdefault(self.desc.head.to_string(),
+                                        {"n_generated": 0, "n_accepted": 0, "sum_weight": 0.0})
+        pieces, got, tried = [], 0, 0
+        while got < need:
+            if tried >= max_tries * max(need, 1):
+                raise ConfigurationError(
+                    f"{name}: only {got} of {tried} generated {self.desc.head.to_string()} decays passed the "
+                    f"accept-reject; efficiency too low for max_tries={max_tries}")
+            left = need - got
+            plan = _calls(math.ceil(left / self.efficiency * 1.02 + 3.0 * math.sqrt(left) / self.efficiency))
+            for size in plan:
+                p4, w = self.chain.generate(self._at_rest(size), int(rng.integers(0, 2**63 - 1)))
+                keep = rng.random(size) < w
+                if self.weight is not None:  # two stages: the model only on the phase-space survivors
+                    idx = np.nonzero(keep)[0]
+                    wm = self.weight(p4[:, :, idx])
+                    stats["n_over"] += int(np.count_nonzero(wm > 1.0))
+                    if wm.size:
+                        stats["max_model_weight"] = max(stats["max_model_weight"], float(wm.max()))
+                    st["sum_weight"] += float(wm.sum())
+                    keep[idx] = rng.random(len(idx)) < wm
+                else:
+                    st["sum_weight"] += float(w.sum())
+                k = int(keep.sum())
+                pieces.append(p4[:, :, keep])
+                got += k
+                tried += size
+                st["n_generated"] += size
+                st["n_accepted"] += k
+                if got >= need:
+                    break
+        return np.concatenate(pieces, axis=2)[:, :, :need]
+
+
+def _groups(desc: Descriptor) -> list[_Group] | None:
+    """The chain cut into independently generated groups (None when a model's weight may read
+    beyond its own decay, e.g. a stand-in model: then the whole chain is accept-rejected at once)."""
+    key = desc.head.to_string()
+    if key in _BLOCKS:
+        return _BLOCKS[key]
+    from mambah.generation import models as model_lib
+
+    local = getattr(model_lib, "LOCAL_MODELS", None)
+    correlating = getattr(model_lib, "CORRELATING_MODELS", None)
+    models = desc.models()
+    groups = None
+    if local is not None and correlating is not None and all(m[0] in local for m in models.values()):
+        nodes = desc.nodes()
+        ids = {id(n): i for i, n in enumerate(nodes)}
+        stop = {id(c) for n in nodes for c in n.children
+                if c.children and not c.has_breit_wigner and (n.model or "PHSP") not in correlating}
+
+        def order(node: DecayNode):
+            yield ids[id(node)]
+            for c in node.children:
+                if id(c) in stop:
+                    yield ids[id(c)]
+                else:
+                    yield from order(c)
+
+        roots = [desc.head] + [n for n in nodes if id(n) in stop]
+        groups = [_Group(r, list(order(r)), models, stop) for r in roots]
+    with _BLOCK_LOCK:
+        return _BLOCKS.setdefault(key, groups)
 
 
 # ------------------------------------------------------------------------------------ acceptance
@@ -386,9 +528,28 @@ class PhaseSpaceDecay:
             return ~from_gun
         return from_gun
 
+    def _staged(self, groups: list[_Group], n_nodes: int, tree, gun: dict, rng: np.random.Generator, stats: dict):
+        """One round of the staged generator: every gun hadron gets a decay chain made of accepted
+        decays of each group (unit weights), boosted to the laboratory group by group, mother first."""
+        head_p4 = gun["p4"]
+        n = head_p4.shape[1]
+        p4 = np.empty((4, n_nodes, n))
+        p4[:, 0, :] = head_p4
+        for g in groups:
+            rest = g.draw(n, rng, stats, self.max_tries, self.name)
+            frame = p4[:, g.root, :]
+            p4[:, g.index[1:], :] = boost_to_lab(rest[:, 1:, :], frame[:, None, :], g.mass)
+        stats["n_weight_pass"] += n
+        keep = np.ones(n, dtype=bool)
+        if self.acceptance is not None:
+            keep &= self.acceptance(tree, p4)
+        return p4, np.ones(n), keep
+
     def _round(self, chain: _Chain, model, tree, gun: dict, rng: np.random.Generator, stats: dict):
         """One generation round: decays of the gun's hadrons, boosted; returns (p4_lab, weight, keep)
         with weight = phase-space weight x decay-model weight."""
+        if stats.get("groups") is not None:
+            return self._staged(stats["group_list"], len(chain.nodes), tree, gun, rng, stats)
         n = gun["p4"].shape[1]
         p4, w = chain.generate(gun["p4"], int(rng.integers(0, 2**63 - 1)))
         keep = np.ones(n, dtype=bool)
@@ -434,8 +595,11 @@ class PhaseSpaceDecay:
         gun = {k: gun[k] for k in ("p4", "pv", "tau")}
         unit_already = chain.unit_weight and model is None
         rejecting = self.unweight and not unit_already
-        filtering = rejecting or self.acceptance is not None
-        stats = {"n_over": 0, "max_model_weight": 0.0, "sum_weight": 0.0, "n_weight_pass": 0}
+        # unweighted: each independent decay group is accept-rejected on its own, in its rest frame
+        groups = _groups(desc) if rejecting else None
+        filtering = (rejecting and groups is None) or self.acceptance is not None
+        stats = {"n_over": 0, "max_model_weight": 0.0, "sum_weight": 0.0, "n_weight_pass": 0,
+                 "groups": {} if groups is not None else None, "group_list": groups}
         p4, w, keep = self._round(chain, model, tree, gun, rng, stats)
         n_tried = n_acc = n
         if filtering:
@@ -465,22 +629,7 @@ class PhaseSpaceDecay:
             conj = np.concatenate([p[3] for p in pieces])[:n]
             batch.arrays["gun"] = {**batch.arrays["gun"], **gun}
         if filtering or self.unweight:
-            eff = n_acc / n_tried
-            acc = self.acceptance
-            batch.info["generator_acceptance"] = {
-                "efficiency": eff,
-                "uncertainty": math.sqrt(eff * (1 - eff) / n_tried),
-                "n_generated": n_tried,
-                "n_accepted": n_acc,
-                "acceptance": (acc.config() if hasattr(acc, "config") else repr(acc)) if acc is not None else None,
-                "unweight": self.unweight,
-                # the accept-reject efficiency on the weights alone is their mean (weights <= 1)
-                "mean_weight": stats["sum_weight"] / n_tried,
-                "rejection": rejecting,
-                # the two factors of the efficiency: accept-reject on the weights, then the acceptance
-                "unweight_efficiency": stats["n_weight_pass"] / n_tried,
-                "acceptance_efficiency": n_acc / stats["n_weight_pass"] if stats["n_weight_pass"] else 0.0,
-            }
+            batch.info["generator_acceptance"] = self._acceptance_info(stats, n_tried, n_acc, rejecting)
         if self.unweight:
             w = np.ones(n)
 
@@ -501,6 +650,56 @@ class PhaseSpaceDecay:
                         "under-represented", self.name, stats["n_over"], stats["max_model_weight"], batch.id)
         fill_tables(batch, tree, pid, p4, vtx, None if unit else w)
         return batch
+
+    def _acceptance_info(self, stats: dict, n_tried: int, n_acc: int, rejecting: bool) -> dict[str, Any]:
+        """``batch.info["generator_acceptance"]``: the efficiency of the accept-reject on the weights
+        times that of the acceptance, with the counts they come from.
+
+        Whole-chain accept-reject: ``n_generated`` chains were generated and ``n_accepted`` kept.
+        Staged (``groups``): every group's decays were accept-rejected on their own
+        (``groups[decay] = {n_generated, n_accepted, efficiency, mean_weight}``); the weight efficiency
+        is the product of the groups' (the probability that a whole chain would have been kept),
+        ``n_generated`` counts the complete unit-weight chains made, ``n_accepted`` those kept by the
+        acceptance. ``mean_weight``: the expected weight efficiency (mean of the weights, <= 1).
+        """
+        acc = self.acceptance
+        groups = stats.get("groups")
+        if groups is not None:
+            per = {}
+            w_eff, rel_var, mean_w = 1.0, 0.0, 1.0
+            for decay, g in groups.items():
+                e = g["n_accepted"] / g["n_generated"]
+                per[decay] = {**g, "efficiency": e, "mean_weight": g["sum_weight"] / g["n_generated"]}
+                del per[decay]["sum_weight"]
+                w_eff *= e
+                mean_w *= per[decay]["mean_weight"]
+                rel_var += (1 - e) / max(e * g["n_generated"], 1e-300)
+            acc_eff = n_acc / n_tried
+            eff = w_eff * acc_eff
+            rel_var += (1 - acc_eff) / max(acc_eff * n_tried, 1e-300)
+            err = eff * math.sqrt(rel_var)
+        else:
+            per = None
+            eff = n_acc / n_tried
+            err = math.sqrt(eff * (1 - eff) / n_tried)
+            w_eff = stats["n_weight_pass"] / n_tried
+            acc_eff = n_acc / stats["n_weight_pass"] if stats["n_weight_pass"] else 0.0
+            mean_w = stats["sum_weight"] / n_tried
+        return {
+            "efficiency": eff,
+            "uncertainty": err,
+            "n_generated": n_tried,
+            "n_accepted": n_acc,
+            "acceptance": (acc.config() if hasattr(acc, "config") else repr(acc)) if acc is not None else None,
+            "unweight": self.unweight,
+            # the accept-reject efficiency on the weights alone is their mean (weights <= 1)
+            "mean_weight": mean_w,
+            "rejection": rejecting,
+            # the two factors of the efficiency: accept-reject on the weights, then the acceptance
+            "unweight_efficiency": w_eff,
+            "acceptance_efficiency": acc_eff,
+            "groups": per,
+        }
 
     def _vertices(self, chain: _Chain, tree, p4: np.ndarray, gun: dict, rng) -> np.ndarray:
         from mambah.generation._tables import vertex_layout
@@ -548,6 +747,33 @@ class PhaseSpaceDecay:
             "unweight": self.unweight,
             "breit_wigner": [n.particle.name for n in self.parsed.nodes()[1:] if n.has_breit_wigner],
         }
+
+
+def merge_acceptance(infos) -> dict[str, Any]:
+    """The accept-reject record of several batches (their ``batch.info["generator_acceptance"]``):
+    counts summed, then ``efficiency`` recomputed as for one batch (the product of the decay groups'
+    efficiencies times the acceptance's for staged unweighting, kept / generated otherwise).
+
+    Example:
+        >>> merge_acceptance([{"n_generated": 10, "n_accepted": 4}, {"n_generated": 10, "n_accepted": 6}])["efficiency"]
+        0.5
+    """
+    n_gen = n_acc = 0
+    groups: dict[str, dict[str, int]] = {}
+    for a in infos:
+        if not a:
+            continue
+        n_gen += int(a.get("n_generated", 0))
+        n_acc += int(a.get("n_accepted", 0))
+        for decay, g in (a.get("groups") or {}).items():
+            t = groups.setdefault(decay, {"n_generated": 0, "n_accepted": 0})
+            t["n_generated"] += int(g["n_generated"])
+            t["n_accepted"] += int(g["n_accepted"])
+    eff = n_acc / n_gen if n_gen else float("nan")
+    for g in groups.values():
+        g["efficiency"] = g["n_accepted"] / g["n_generated"] if g["n_generated"] else float("nan")
+        eff *= g["efficiency"]
+    return {"efficiency": eff, "n_generated": n_gen, "n_accepted": n_acc, "groups": groups or None}
 
 
 def generator_stages(descriptor: str, *, charge_conjugate: bool | str = False, acceptance=None,

@@ -82,6 +82,8 @@ __all__ = [
     "DecayModelWeight",
     "ModelWeightOverflowWarning",
     "SAFETY",
+    "CORRELATING_MODELS",
+    "LOCAL_MODELS",
     "LB2LC_DLM2015",
     "HFLAV_CLN_D",
     "HFLAV_CLN_DSTAR",
@@ -314,6 +316,16 @@ _SPECS = {
 
 #: the model names accepted by :func:`check_models` and :class:`DecayModelWeight`
 KNOWN_MODELS: tuple[str, ...] = tuple(_SPECS)
+
+#: Models whose weight reads the decays of their daughters (the spin correlation of a vector's decay
+#: with its production): the daughters' decays must be generated together with the mother's.
+CORRELATING_MODELS: tuple[str, ...] = ("SVS", "SVV_HELAMP")
+#: Models whose weight is a function of their own decay's four-momenta only (VLL/VSS are read by a
+#: correlating mother, and are 1 otherwise): a fixed-mass daughter of a decay under any of these,
+#: unless the decay is in :data:`CORRELATING_MODELS`, can be decayed in its own rest frame,
+#: independently of its mother (:class:`mambah.generation.PhaseSpaceDecay` uses this to accept-reject
+#: each decay separately).
+LOCAL_MODELS: tuple[str, ...] = ("PHSP", "VLL", "VSS", "SVS", "SVV_HELAMP", "Lb2LclnuLQCD", "HQET2")
 
 
 def model_help() -> str:
