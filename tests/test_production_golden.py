@@ -1,6 +1,8 @@
 """The seeded production of ``tests/golden/`` is reproduced table by table by today's code.
 
-The file was made at 6287ec5, before the package was reorganised (issue 21), and the
+Integer columns and row counts must be equal; floating-point columns equal to a relative 1e-7
+(float64) or 1e-4 (float32): their last bits depend on the machine's vector instructions (see the
+test). The file was made at 6287ec5, before the package was reorganised (issue 21), and the
 reorganisation kept it bit-identical (through 8ec24ce); it was then remade once, on purpose, for
 unweighted events and the lattice form factors of the README's main job (issue 26), and again
 when the unweighting became staged (each independent decay group accept-rejected on its own in
@@ -23,7 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from golden.digest import DESCRIPTOR, GOLDEN, TABLES, digest, table_arrays  # noqa: E402
+from golden.digest import DESCRIPTOR, GOLDEN, TABLES, table_arrays  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +56,17 @@ def test_tables_equal_the_golden_production(golden_store, table):
         got = now[col]
         assert got.shape == w.shape, f"{table}.{col}: {got.shape} rows, golden {w.shape}"
         if np.issubdtype(w.dtype, np.floating):
-            np.testing.assert_array_equal(got, w, err_msg=f"{table}.{col}")
+            # not bit-exact: the last bits depend on the CPU's vector units (TF's oneDNN kernels and
+            # numpy's SIMD loops). Seen between two x86-64 machines: relative 5e-15 in the float64
+            # truth energies, 2e-9 after the resolution networks, 3e-6 (25 ulp) in the float32 PID
+            # columns. Any real change (another random draw, a changed model or formula) moves
+            # values by far more.
+            rtol = 1e-7 if w.dtype == np.float64 else 1e-4
+            scale = float(np.nanmax(np.abs(w))) if np.isfinite(w).any() else 0.0
+            np.testing.assert_allclose(got, w, rtol=rtol, atol=rtol * 1e-2 * scale, equal_nan=True,
+                                       err_msg=f"{table}.{col}")
         else:
             np.testing.assert_array_equal(got, w, err_msg=f"{table}.{col}")
-    golden_digest = dict(s.split(":") for s in gold["digest"])
-    assert digest(df) == golden_digest[table]
 
 
 def test_a_stored_batch_regenerated_from_its_id_is_identical(golden_store):
