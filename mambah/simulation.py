@@ -10,6 +10,9 @@ it further) becomes a track, so its species must be one the efficiency and resol
 trained for and, with PID, one that has a PID chain. Neutral final-state particles (gamma,
 neutrinos, K_L0, n, and undecayed K_S0, Lambda0, pi0) are not tracks: the efficiency stage never
 reconstructs them, and they need no model.
+
+Mass-hypothesis swaps (``reconstruct_as``, :mod:`mambah.reconstruction.hypotheses`) are checked
+against the descriptor, and refused, before the models are loaded.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def standard_pipeline(
     acceptance: bool = False,
     pid: bool = True,
     unweight: bool = True,
+    reconstruct_as=None,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -57,13 +61,22 @@ def standard_pipeline(
         pid: end the chain with the PID stage (:class:`mambah.pid.stage.PID`: the chained PID
             models ``pid-<species>-{flags,muon,rich,global}`` of the species the descriptor's tracks
             have), ``level="reco"`` only. ``False`` leaves the PID columns NaN.
+        reconstruct_as: mass-hypothesis swaps of final-state tracks, ``level="reco"`` only: one
+            string, a list of strings or a mapping, each ``"K+=pi+"`` (a name that occurs once among
+            the final-state particles) or ``"B0 -> ^K+ pi- : pi+"`` (the descriptor with the track
+            marked by ``^``, then the hypothesis); see :mod:`mambah.reconstruction.hypotheses`. The
+            composites get the swapped four-momenta and masses (``vertices.m_truehyp`` keeps the
+            true-hypothesis mass), the PID stays that of the true species.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
-        DescriptorError: the descriptor is malformed or impossible.
-        ConfigurationError: ``level`` is unknown, or (``level="reco"``) a charged final-state
-            particle of the descriptor is a species the efficiency/resolution models (or, with
-            ``pid``, the PID models) do not cover; see :func:`check_track_coverage`.
+        DescriptorError: the descriptor is malformed or impossible, or a swap of ``reconstruct_as``
+            is bad (a particle not in the descriptor or not a final-state track, an unknown
+            hypothesis, a change of charge; the offending piece is marked).
+        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``, or
+            (``level="reco"``) a charged final-state particle of the descriptor is a species the
+            efficiency/resolution models (or, with ``pid``, the PID models) do not cover; see
+            :func:`check_track_coverage`.
         ModelDirError: a model the chain needs is missing from ``models_dir``.
     """
     from mambah.errors import ConfigurationError
@@ -73,6 +86,14 @@ def standard_pipeline(
         raise ConfigurationError(f"level must be 'truth' or 'reco', not {level!r}")
     stages = generator_stages(descriptor, charge_conjugate=charge_conjugate,
                               acceptance=EtaAcceptance() if acceptance else None, unweight=unweight, **gun_options)
+    hypotheses = ()
+    if reconstruct_as:
+        from mambah.reconstruction.hypotheses import mass_hypotheses
+
+        if level != "reco":
+            raise ConfigurationError(f"reconstruct_as={reconstruct_as!r} needs the reconstruction (level='reco'); "
+                                     "a generator-level production has no reconstructed tracks to swap")
+        hypotheses = mass_hypotheses(stages[1].parsed, reconstruct_as)
     if level == "reco":
         from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
         from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY
@@ -87,7 +108,7 @@ def standard_pipeline(
         res = Resolution(_model(models_dir, DEFAULT_RESOLUTION))
         pid_species = check_track_coverage(stages[1].parsed, efficiency=eff.model, resolution=res.model,
                                            pid=pid, models_dir=models_dir)
-        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, Composites()]
+        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, Composites(reconstruct_as=hypotheses)]
         if pid:
             from mambah.pid.stage import PID
 

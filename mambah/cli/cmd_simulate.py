@@ -33,6 +33,12 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue a production already in the store (same configuration)")
     p.add_argument("--level", choices=["reco", "truth"], default="reco", help="'truth' stops after the generator (default: reco)")
     p.add_argument("--acceptance", action="store_true", help="require all charged final-state particles in 2 < eta < 5")
+    p.add_argument("--reconstruct-as", action="append", default=None, metavar="SWAP", dest="reconstruct_as",
+                   help="reconstruct a final-state track under another mass hypothesis (repeat for several): "
+                        "\"B0 -> ^K+ pi- : pi+\" (the descriptor with the track marked by ^, ':', the hypothesis) or "
+                        "\"K+=pi+\" (when the name occurs once among the final-state particles). The composites get "
+                        "the swapped four-momenta and masses (M; the true-hypothesis mass is kept as M_TRUEHYP), "
+                        "the PID stays that of the true species; checked before anything runs")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
@@ -51,10 +57,15 @@ def register(sub) -> None:
     p.set_defaults(func=run, pid=True)
 
 
-def default_production_name(descriptor: str, seed: int) -> str:
+def default_production_name(descriptor: str, seed: int, reconstruct_as=None) -> str:
+    """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
+    of the mass-hypothesis swaps (so that another set of swaps is another production)."""
     import hashlib
 
-    return f"{hashlib.sha256(' '.join(descriptor.split()).encode()).hexdigest()[:8]}-seed{seed}"
+    text = " ".join(descriptor.split())
+    if reconstruct_as:
+        text += " | reconstruct-as " + " ; ".join(" ".join(s.split()) for s in reconstruct_as)
+    return f"{hashlib.sha256(text.encode()).hexdigest()[:8]}-seed{seed}"
 
 
 class _Collector:
@@ -210,6 +221,11 @@ def format_generator_summary(gen: dict, weighted: bool) -> list[str]:
             + (" (--weighted: every weight is 1 for this chain)" if weighted else "")]
 
 
+def _swaps(pipeline) -> list[str]:
+    """``"K+ (node 1) as pi+"`` for each mass-hypothesis swap of the pipeline's composites stage."""
+    return [str(h) for stage in pipeline.stages for h in (getattr(stage, "reconstruct_as", None) or ())]
+
+
 def run(args: argparse.Namespace) -> int:
     from mambah.cli import progress_enabled
     from mambah.production import run_production
@@ -217,8 +233,8 @@ def run(args: argparse.Namespace) -> int:
     from mambah.store import Store
 
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
-                                 pid=args.pid, unweight=not args.weighted)
-    name = args.production or default_production_name(args.descriptor, args.seed)
+                                 pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as)
+    name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(
@@ -237,6 +253,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  time per stage: {share}")
     for line in format_generator_summary(gen, weighted=args.weighted):
         print(f"  {line}")
+    swaps = _swaps(pipeline)
+    if swaps:
+        print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
+              "true species)")
     if rows:
         print("  inputs outside the models' training ranges, whole production:")
         for line in format_out_of_range(rows):

@@ -35,6 +35,11 @@ is, before anything is generated:
 - an unknown decay model (an all-capitals word that is no particle; the known models are listed),
   a model that is not after all the daughters, a number without a model, or a model that does not
   fit its decay (wrong number of parameters, wrong spins).
+
+A *marked* descriptor (:func:`parse_marked_descriptor`) picks particles of a decay by a ``^``
+written just before them, as LHCb's DaVinci descriptors do (``"B0 -> ^K+ pi-"``,
+``"B0 -> ^(K*(892)0 -> K+ pi-) gamma"``); :mod:`mambah.reconstruction.hypotheses` uses it to name
+the particle whose mass hypothesis is swapped.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from collections.abc import Iterator
 from mambah.errors import DescriptorError, UnknownParticleError
 from mambah.generation.particles import ParticleInfo, resolve
 
-__all__ = ["DecayNode", "Descriptor", "parse_descriptor", "known_models", "BREIT_WIGNER_MIN_RELATIVE_WIDTH"]
+__all__ = ["DecayNode", "Descriptor", "parse_descriptor", "parse_marked_descriptor", "known_models",
+           "BREIT_WIGNER_MIN_RELATIVE_WIDTH"]
 
 #: the model names accepted while :mod:`mambah.generation.models` cannot be imported
 _FALLBACK_MODELS: tuple[str, ...] = ("PHSP", "VLL", "VSS", "SVS", "SVV_HELAMP", "HQET2", "LB2LCLNU_LQCD")
@@ -437,3 +443,57 @@ def _check_models(d: Descriptor) -> None:
     except ConfigurationError as exc:
         node = nodes[min(models)]
         raise _error(d.text, node.model_position, str(exc), len(node.model or "")) from None
+
+
+# ------------------------------------------------------------------------------ marked descriptors
+_MARK = "^"
+
+
+def parse_marked_descriptor(text: str) -> tuple[Descriptor, tuple[int, ...]]:
+    """Parse a descriptor in which ``^`` marks particles: ``"B0 -> ^K+ pi-"``.
+
+    A ``^`` goes just before a particle name (``^K+``) or before the parenthesis of a sub-decay
+    (``^(D0 -> K- pi+)``, which marks the D0). The descriptor is otherwise parsed and checked as
+    :func:`parse_descriptor` does; errors show the text as written, marks included.
+
+    Example:
+        >>> d, marked = parse_marked_descriptor("B+ -> (J/psi(1S) -> ^mu+ mu-) K+")
+        >>> [d.tree()[i]["name"] for i in marked]
+        ['mu+']
+
+    Returns:
+        The parsed :class:`Descriptor` (its ``text`` is ``text``, marks included) and the node
+        indices (of :meth:`Descriptor.tree`) of the marked particles, in the order of the marks.
+
+    Raises:
+        DescriptorError: as :func:`parse_descriptor`, or a ``^`` that is not just before a
+            particle name or a sub-decay's ``(`` (marked with a caret).
+    """
+    if not isinstance(text, str):
+        raise DescriptorError(f"a decay descriptor must be a string, not {type(text).__name__} {text!r}")
+    marks = [i for i, ch in enumerate(text) if ch == _MARK]
+    plain = text.replace(_MARK, " ")  # same length: every position of ``plain`` is that of ``text``
+    targets = []
+    for i in marks:
+        j = i + 1
+        if j < len(plain) and plain[j] == "(":
+            j += 1
+            while j < len(plain) and plain[j].isspace():
+                j += 1
+        targets.append(j)
+    try:
+        parser = _Parser(plain)
+    except DescriptorError as exc:  # show the text as written
+        raise type(exc)(str(exc).replace(f"\n  {plain}\n", f"\n  {text}\n", 1)) from None
+    parser.text = text
+    d = parser.parse()
+    _check(text, d.head, d.head.particle.mass)
+    _check_models(d)
+    at = {n.position: k for k, n in enumerate(d.nodes())}
+    found = []
+    for i, j in zip(marks, targets):
+        if j not in at:
+            raise _error(text, i, "a '^' marks the particle written just after it ('^K+', or '^(D0 -> K- pi+)' for a "
+                         "decaying one), but none follows this one")
+        found.append(at[j])
+    return d, tuple(found)

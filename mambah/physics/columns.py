@@ -107,6 +107,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "y": "float32",
         "z": "float32",
         "m": "float64",
+        "m_truehyp": "float64",
         "n_daughters": "int16",
     },
 }
@@ -150,7 +151,8 @@ def _c(store: str, lhcb: str, unit: str = "", aliases: tuple[str, ...] = ()) -> 
 
 
 #: The column map: every quantity mambah reads or writes under an LHCb name, once.
-#: Order: model conditions, combined DLLs, RICH DLLs, muon variables, flags and calorimeter, derived.
+#: Order: model conditions, combined DLLs, RICH DLLs, muon variables, flags and calorimeter, derived,
+#: masses.
 COLUMN_MAP: tuple[Column, ...] = (
     _c("p", "P", "MeV/c"),
     _c("pt", "PT", "MeV/c"),
@@ -173,6 +175,11 @@ COLUMN_MAP: tuple[Column, ...] = (
     _c("calo_e_over_p", "EcalEoverP"),
     _c("calo_dll_e", "EcalPIDe"),
     Column(None, "RichDLLpK", "", "rich_dll_p - rich_dll_k"),
+    # masses: ``m`` as reconstructed (under the mass hypotheses chosen with ``reconstruct_as``, see
+    # :mod:`mambah.reconstruction.hypotheses`), ``m_truehyp`` with every track under its true
+    # species' hypothesis (``vertices`` table; the ntuple's ``X_M`` and ``X_M_TRUEHYP``)
+    _c("m", "M", "MeV/c^2"),
+    _c("m_truehyp", "M_TRUEHYP", "MeV/c^2"),
 )
 
 _BY_NAME: dict[str, Column] = {}

@@ -5,7 +5,9 @@
 tracks). Each stage is a frozen dataclass with ``name``, ``__call__(batch) -> batch``,
 ``config()`` and ``model_versions()``; models are loaded lazily through the model registry
 (:mod:`mambah.nn.registry`), and the dataclass fields are plain strings and numbers, so stages
-pickle for Dask. The PID stage is in :mod:`mambah.pid`.
+pickle for Dask. The PID stage is in :mod:`mambah.pid`. Mass-hypothesis swaps (a track
+reconstructed as another particle, ``Composites(reconstruct_as=...)``) are resolved and checked
+by :mod:`mambah.reconstruction.hypotheses`.
 """
 
 from __future__ import annotations

@@ -19,17 +19,28 @@ Rules, as an LHCb selection would build candidates:
   nearest built ancestor.
 
 Composite rows: ``pid`` = the true PDG id of the node (CC-aware, per row), momentum and energy =
-sums over the tracks (whose energies use the true species' mass hypothesis), ``m`` = the
-invariant mass sqrt(E^2 - p^2), ``mc_particle`` = the node's MC particle, ``vertex`` = its row in
-``vertices``, ``mother`` = the composite row of the nearest built ancestor (or -1). Tracks'
-``mother`` is set the same way. PID columns stay NaN.
+sums over the tracks (whose energies use the true species' mass hypothesis, or the one chosen by
+``reconstruct_as``), ``m`` = the invariant mass sqrt(E^2 - p^2), ``mc_particle`` = the node's MC
+particle, ``vertex`` = its row in ``vertices``, ``mother`` = the composite row of the nearest
+built ancestor (or -1). Tracks' ``mother`` is set the same way. PID columns stay NaN.
+
+Mass hypotheses (``reconstruct_as``, :mod:`mambah.reconstruction.hypotheses`): a swapped track
+keeps its reconstructed three-momentum and gets ``m`` = the hypothesis' PDG mass
+(:func:`mambah.physics.particle_mass`) and ``e = sqrt(p^2 + m^2)``; its ``pid`` (the true PDG id)
+and PID columns are untouched (the PID stage draws them for the true species). The composites
+above it are summed from the swapped four-momenta, so their ``m`` is the mass as reconstructed
+under the chosen hypotheses; the vertex row keeps ``m_truehyp``, the same sum with every track
+under its true species' hypothesis (equal to ``m`` without swaps). The swaps are recorded in the
+stage's ``config()`` (a production with other swaps is another configuration) and, with the
+hypotheses' masses, in ``batch.info["mass_hypotheses"]``.
 
 Vertex rows: ``mc_vertex`` = the node's true decay vertex, position = the true position smeared
 with a Gaussian of widths (``sigma_xy``, ``sigma_xy``, ``sigma_z``) — defaults 0.02 mm and
 0.2 mm, typical of two- and three-track secondary vertices in the LHCb VELO (LHCb VELO
 collaboration, "Performance of the LHCb Vertex Locator", JINST 9 (2014) P09007,
 arXiv:1405.7808: 13 um / 71 um for 25-track primary vertices, scaling roughly as 1/sqrt(N)),
-``m`` = the composite's mass, ``n_daughters`` = its direct reconstructed daughters.
+``m`` = the composite's mass, ``m_truehyp`` = its mass under the true hypotheses,
+``n_daughters`` = its direct reconstructed daughters.
 """
 
 from __future__ import annotations
@@ -41,9 +52,10 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError
-from mambah.physics import TRACKABLE_PIDS, pdg_charge
+from mambah.physics import TRACKABLE_PIDS, particle_mass, pdg_charge
 from mambah.physics.columns import COLUMNS, PID_COLUMNS
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
+from mambah.reconstruction.hypotheses import MassHypothesis, as_hypotheses
 
 __all__ = ["Composites", "plan_composites"]
 
@@ -109,18 +121,49 @@ class Composites:
         sigma_xy: transverse vertex resolution, mm.
         sigma_z: longitudinal vertex resolution, mm.
         name: stage name (also the name of its random stream).
+        reconstruct_as: mass-hypothesis swaps, resolved against the descriptor by
+            :func:`mambah.reconstruction.hypotheses.mass_hypotheses` (or their ``config()``
+            dicts); empty: every track under its true species' hypothesis.
+
+    Example:
+        >>> from mambah.reconstruction.hypotheses import mass_hypotheses
+        >>> stage = Composites(reconstruct_as=mass_hypotheses("B0 -> K+ pi-", "pi-=K-"))
+        >>> stage.config()["reconstruct_as"]
+        [{'node': 2, 'particle': 'pi-', 'pid': -211, 'hypothesis': 'K-', 'hypothesis_pid': -321}]
     """
 
     sigma_xy: float = 0.02
     sigma_z: float = 0.2
     name: str = "composites"
+    reconstruct_as: tuple[MassHypothesis, ...] = ()
 
     def __post_init__(self):
         if self.sigma_xy < 0 or self.sigma_z < 0:
             raise ConfigurationError(f"vertex resolutions must be >= 0, got {self.sigma_xy}, {self.sigma_z}")
+        object.__setattr__(self, "reconstruct_as", as_hypotheses(self.reconstruct_as))
 
     def config(self) -> dict[str, Any]:
-        return as_config(self)
+        """The stage's fields; ``reconstruct_as`` only when there are swaps (so that the
+        configuration of a production without swaps is what it was before they existed)."""
+        d = as_config(self)
+        if self.reconstruct_as:
+            d["reconstruct_as"] = [h.config() for h in self.reconstruct_as]
+        else:
+            del d["reconstruct_as"]
+        return d
+
+    def _swap_masses(self, tree: list[dict], batch_id: int) -> dict[int, float]:
+        """``{node: hypothesis mass (MeV/c^2)}``, after checking the swaps against ``tree``."""
+        out = {}
+        for h in self.reconstruct_as:
+            nd = tree[h.node] if 0 <= h.node < len(tree) else None
+            if nd is None or abs(int(nd["pid"])) != abs(h.pid) or not nd["stable"]:
+                what = f"node {h.node} is {nd['name']!r}" if nd is not None else f"it has {len(tree)} nodes"
+                raise ConfigurationError(
+                    f"stage {self.name!r}: the swap {h} does not fit the decay tree of batch {batch_id} ({what}); "
+                    "resolve the swaps against the descriptor being simulated (mass_hypotheses(descriptor, ...))")
+            out[h.node] = particle_mass(h.hypothesis_pid)
+        return out
 
     def model_versions(self) -> dict[str, Any]:
         return {}
@@ -151,6 +194,17 @@ class Composites:
         plan = plan_composites(tree)
         nodes = sorted(plan["tracks"])
         px, py, pz, e = (parts[c].to_numpy(np.float64) for c in ("px", "py", "pz", "e"))
+        e_true = e  # energies under the true species' hypotheses
+        track_node = mc_pos // n
+        track_event = mc_pos % n
+        swaps = self._swap_masses(tree, batch.id)
+        if swaps:
+            e = e.copy()
+            m_track = parts["m"].to_numpy(np.float64).copy()
+            for k, mass in swaps.items():
+                sel = track_node == k
+                e[sel] = np.sqrt(px[sel] * px[sel] + py[sel] * py[sel] + pz[sel] * pz[sel] + mass * mass)
+                m_track[sel] = mass
         charge = parts["charge"].to_numpy(np.int64)
         built: dict[int, np.ndarray] = {}  # node -> composite row per event (-1 = not built)
         blocks = []
@@ -166,11 +220,9 @@ class Composites:
             built[k] = row_of
             offset += len(evs)
             blocks.append((k, evs, px[r].sum(axis=0), py[r].sum(axis=0), pz[r].sum(axis=0), e[r].sum(axis=0),
-                           charge[r].sum(axis=0)))
+                           charge[r].sum(axis=0), e_true[r].sum(axis=0)))
         # mothers: tracks and composites attach to their nearest built ancestor
         mother = np.full(n_tracks, -1, dtype=np.int64)
-        track_node = mc_pos // n
-        track_event = mc_pos % n
         for j in plan["track_nodes"]:
             a = plan["attach"][j]
             if a >= 0:
@@ -178,19 +230,24 @@ class Composites:
                 mother[sel] = built[a][track_event[sel]]
         parts = parts.copy()
         parts["mother"] = mother.astype(np.int32)
+        if swaps:
+            parts["e"] = e
+            parts["m"] = m_track
         comp_frames, vert_frames = [], []
         vt = batch["mc_vertices"]
         rng = batch.rng(self.name)
         mc_index = mc["index"].to_numpy()
         mc_pid = mc["pid"].to_numpy()
         dv = mc["decay_vertex"].to_numpy()
-        for k, evs, cpx, cpy, cpz, ce, cq in blocks:
+        for k, evs, cpx, cpy, cpz, ce, cq, ce_true in blocks:
             m = len(evs)
             if m == 0:
                 continue
             slot = k * n + evs
             a = plan["attach"][k]
-            cm = np.sqrt(np.maximum(ce * ce - (cpx * cpx + cpy * cpy + cpz * cpz), 0.0))
+            p2 = cpx * cpx + cpy * cpy + cpz * cpz
+            cm = np.sqrt(np.maximum(ce * ce - p2, 0.0))
+            cm_true = np.sqrt(np.maximum(ce_true * ce_true - p2, 0.0)) if swaps else cm
             rows = built[k][evs]
             comp = {
                 "batch": np.full(m, batch.id, dtype=np.int64),
@@ -221,6 +278,7 @@ class Composites:
                 "y": (vt["y"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_xy, m)).astype(np.float32),
                 "z": (vt["z"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_z, m)).astype(np.float32),
                 "m": cm.astype(np.float64),
+                "m_truehyp": cm_true.astype(np.float64),
                 "n_daughters": np.full(m, plan["n_daughters"][k], dtype=np.int16),
             }))
         pcols = list(COLUMNS["particles"])
@@ -237,4 +295,7 @@ class Composites:
         batch.info.setdefault("reconstruction", {})["composites"] = {
             str(tree[k].get("name", k)): int(len(b[1])) for k, b in zip(nodes, blocks)
         }
+        if swaps:
+            batch.info["mass_hypotheses"] = [{**h.config(), "hypothesis_mass": swaps[h.node]}
+                                             for h in self.reconstruct_as]
         return batch

@@ -24,6 +24,16 @@ composites (decaying nodes)
     the node's reconstructed charged descendants (the *visible* mass: ``Lb_M`` of
     ``Lambda_b0 -> Lambda_c+ mu- nu`` is the ``Lambda_c+ mu-`` mass, as in an LHCb selection);
     NaN if any of those tracks is missing. ``X_ENDVERTEX_X/Y/Z`` from the linked vertex.
+mass hypotheses (a production with swaps, ``reconstruct_as``; see
+:mod:`mambah.reconstruction.hypotheses`)
+    ``X_M`` is the mass as reconstructed, under the chosen hypotheses; the nodes it differs for
+    get ``X_M_TRUEHYP`` beside it, the mass with every track under its true species' hypothesis:
+    each swapped track (``X_M`` = the hypothesis' mass, ``X_PE`` its energy, ``X_ID`` the
+    hypothesis' PDG id as LHCb's ``SubstitutePID`` sets it, ``X_TRUEID`` the true one) and each
+    composite above one (``X_M_TRUEHYP`` from the vertex row's ``m_truehyp``, or, for a node
+    without a linked composite, the sum of its tracks with their true-hypothesis energies). The
+    PID branches are those of the true species. Productions with different swaps are different
+    ntuples (they are not mixed, as different decay trees are not).
 event
     ``batch``, ``event``, ``nTracks``, ``weight``. ``weight`` is the generator weight: 1 for the
     default unweighted production; for a weighted one (``mambah simulate --weighted``) the
@@ -50,6 +60,7 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError, MambahError, StoreError
 from mambah.physics import eta as pseudorapidity
+from mambah.physics import pdg_mass
 from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, lhcb_names
 
 __all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
@@ -151,18 +162,22 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
         if batches is not None:
             what.append("the selected batches")
         raise StoreError(f"no batches to export in {store.url}" + (f" for {' and '.join(what)}" if what else ""))
-    groups: dict[str, tuple[list, list[int], dict, set]] = {}
+    groups: dict[str, tuple[list, list[int], dict, set, list]] = {}
     no_tree = []
     for b, prod, n, cfg in bt.itertuples(index=False):
         try:
-            tree = json.loads(cfg).get("decay_tree") if cfg else None
+            info = json.loads(cfg) if cfg else {}
+            tree = info.get("decay_tree")
         except (json.JSONDecodeError, AttributeError):
-            tree = None
+            info, tree = {}, None
         if not tree:
             no_tree.append(int(b))
             continue
+        hyps = _hypotheses(info)
         key = json.dumps([(nd["name"], nd["pid"], nd["mother"]) for nd in tree])
-        g = groups.setdefault(key, (tree, [], {}, set()))
+        if hyps:  # another set of mass hypotheses is another ntuple
+            key += json.dumps([(h["node"], h["hypothesis_pid"]) for h in hyps])
+        g = groups.setdefault(key, (tree, [], {}, set(), hyps))
         g[1].append(int(b))
         g[2][int(b)] = int(n)
         g[3].add(str(prod))
@@ -171,7 +186,21 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
             f"batch(es) {no_tree[:10]}{'...' if len(no_tree) > 10 else ''} of {store.url} have no decay tree in "
             "their config (batch.info['decay_tree']): they cannot give candidates; select other batches"
         )
-    return [(t, ids, n) for t, ids, n, _ in groups.values()], groups
+    return [(t, ids, n, h) for t, ids, n, _, h in groups.values()], groups
+
+
+def _hypotheses(info: Mapping[str, Any]) -> list[dict]:
+    """The mass-hypothesis swaps of a batch's provenance (``mass_hypotheses``, written by
+    :class:`mambah.reconstruction.Composites`), sorted by node; ``[]`` without swaps."""
+    hyps = info.get("mass_hypotheses") if isinstance(info, Mapping) else None
+    if not hyps:
+        return []
+    try:
+        return sorted(({"node": int(h["node"]), "pid": int(h["pid"]), "hypothesis": str(h["hypothesis"]),
+                        "hypothesis_pid": int(h["hypothesis_pid"]), "hypothesis_mass": float(h["hypothesis_mass"])}
+                       for h in hyps), key=lambda h: h["node"])
+    except (KeyError, TypeError, ValueError):
+        raise StoreError(f"the mass hypotheses recorded in a batch's provenance are malformed: {hyps!r}") from None
 
 
 def _lookup(keys_sorted: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +223,8 @@ def _kinematics(out: dict, prefix: str, px, py, pz, e, mass: np.ndarray | None =
     out[f"{prefix}_M"] = mass
 
 
-def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], prefixes: list[str]) -> pd.DataFrame:
+def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], prefixes: list[str],
+                  hyps: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
     ids_arr = np.array(sorted(ids), dtype=np.int64)
     N = np.array([n_events[int(b)] for b in ids_arr], dtype=np.int64)
     off = np.concatenate([[0], np.cumsum(N)[:-1]]).astype(np.int64)
@@ -281,7 +311,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
     rp = {c: rgrid(c) for c in ("px", "py", "pz", "e", "m")}
     rid = rgrid("pid", np.int32, 0)
     rvtx = rgrid("vertex", np.int64, -1)
-    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z"], batches=ids_arr.tolist())
+    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z", "m_truehyp"], batches=ids_arr.tolist())
     vk = np.searchsorted(ids_arr, vert["batch"].to_numpy()).astype(np.int64) << 32 | vert["index"].to_numpy().astype(np.int64)
     vorder = np.argsort(vk, kind="stable")
     vk = vk[vorder]
@@ -300,9 +330,16 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
         return sorted(outl)
 
     batch_pos_rows = np.repeat(np.arange(len(ids_arr), dtype=np.int64), N)
-    vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in ("x", "y", "z")}
+    vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in ("x", "y", "z", "m_truehyp")}
     is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
     pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
+    swapped = {int(h["node"]): h for h in hyps}
+    if swapped:
+        # true-hypothesis masses and energies of the tracks (mass of the true PDG id of the MC truth)
+        m_true = np.full((K, total), np.nan)
+        for k in np.flatnonzero(is_track):
+            m_true[k, have[k]] = pdg_mass(tid[k][have[k]])
+        e_true = np.sqrt(rp["px"] ** 2 + rp["py"] ** 2 + rp["pz"] ** 2 + m_true**2)
     for k, nd in enumerate(tree):
         X = prefixes[k]
         out[f"{X}_TRUEID"] = tid[k]
@@ -325,6 +362,10 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
         if is_track[k]:
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
             out[f"{X}_ID"] = rid[k]
+            if k in swapped:  # LHCb's SubstitutePID: the ID is the hypothesis', the sign the row's
+                h = swapped[k]
+                out[f"{X}_ID"] = (np.sign(rid[k]) * np.sign(int(h["pid"])) * int(h["hypothesis_pid"])).astype(np.int32)
+                out[f"{X}_M_TRUEHYP"] = m_true[k]
             for col, suffix in PID_BRANCHES.items():
                 out[f"{X}_{suffix}"] = pidg[col][k]
         elif not stable:
@@ -342,6 +383,13 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
             found &= v >= 0
             for c in ("x", "y", "z"):
                 out[f"{X}_ENDVERTEX_{c.upper()}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
+            if any(t in swapped for t in tracks):
+                if tracks:
+                    m2 = e_true[tracks].sum(axis=0) ** 2 - sum(rp[c][tracks].sum(axis=0) ** 2 for c in ("px", "py", "pz"))
+                    fallback = np.where(np.isnan(m2), np.nan, np.sqrt(np.clip(m2, 0, None)))
+                else:
+                    fallback = np.full(total, np.nan)
+                out[f"{X}_M_TRUEHYP"] = np.where(found, vvals["m_truehyp"][pos] if len(vk) else np.nan, fallback)
     return pd.DataFrame(out)
 
 
@@ -356,14 +404,18 @@ def iter_candidates(store, *, batches: Iterable[int] | None = None, production: 
     groups, info = _groups(store, batches, production)
     if len(groups) > 1:
         lines = []
-        for key, (tree, ids, _, prods) in info.items():
+        for key, (tree, ids, _, prods, hyps) in info.items():
             desc = " ".join(nd["name"] for nd in tree)
+            if hyps:
+                desc += "; reconstructed as: " + ", ".join(f"{tree[h['node']]['name']} -> {h['hypothesis']}"
+                                                           for h in hyps)
             lines.append(f"  [{desc}]: {len(ids)} batch(es), production(s) {', '.join(sorted(prods))}")
         raise StoreError(
-            f"the selected batches of {store.url} hold {len(groups)} different decay trees; export one at a "
+            f"the selected batches of {store.url} hold {len(groups)} different decay trees (or mass hypotheses); "
+            "export one at a "
             "time with production=... (CLI: --production) or batches=... (CLI: --batch):\n" + "\n".join(lines)
         )
-    tree, ids, n_events = groups[0]
+    tree, ids, n_events, hyps = groups[0]
     pref = default_prefixes(tree, prefixes)
     chunk: list[int] = []
     size = 0
@@ -371,10 +423,10 @@ def iter_candidates(store, *, batches: Iterable[int] | None = None, production: 
         chunk.append(b)
         size += n_events[b]
         if size >= chunk_events:
-            yield _chunk_ntuple(store, tree, chunk, n_events, pref)
+            yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps)
             chunk, size = [], 0
     if chunk:
-        yield _chunk_ntuple(store, tree, chunk, n_events, pref)
+        yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps)
 
 
 def candidate_ntuple(store, *, batches: Iterable[int] | None = None, production: str | None = None,

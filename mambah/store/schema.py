@@ -62,7 +62,8 @@ __all__ = ["SCHEMA_VERSION", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow
            "MCParticle", "MCVertex", "Particle", "Vertex", "ModelRow", "PID_COLUMNS"]
 
 #: Bumped whenever a table or column changes; stored in ``mambah_meta``.
-SCHEMA_VERSION = 2
+#: 3: ``vertices.m_truehyp`` (the composite's mass under the true mass hypotheses).
+SCHEMA_VERSION = 3
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -177,7 +178,8 @@ class Vertex(Base):
     x: Mapped[float] = _f32()
     y: Mapped[float] = _f32()
     z: Mapped[float] = _f32()
-    m: Mapped[float] = _f64()
+    m: Mapped[float] = _f64()  #: the composite's mass as reconstructed (under the chosen mass hypotheses)
+    m_truehyp: Mapped[float] = _f64()  #: the same with every track under its true species' hypothesis
     n_daughters: Mapped[int] = mapped_column(SmallInteger)
 
 
