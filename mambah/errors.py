@@ -25,6 +25,7 @@ __all__ = [
     "OptionalDependencyError",
     "MambahWarning",
     "OutOfRangeWarning",
+    "UnknownModelWarning",
     "closest",
 ]
 
@@ -123,6 +124,12 @@ class OptionalDependencyError(MambahError, ImportError):
 
 class MambahWarning(UserWarning):
     """Base class of the warnings mambah emits on purpose."""
+
+
+class UnknownModelWarning(MambahWarning):
+    """A decay model mambah does not have was replaced by phase space, as the user asked
+    (``parse_descriptor(..., unknown_models="phsp")``, ``mambah simulate --unknown-models phsp``),
+    or a ``.dec`` file's model is not used for a picked mode."""
 
 
 class OutOfRangeWarning(MambahWarning):

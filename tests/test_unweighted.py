@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import types
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -243,6 +244,62 @@ def test_bad_model_tokens_are_marked(text, bad, words):
     assert marks.index("^") == start and marks.count("^") == len(bad), msg
 
 
+@pytest.mark.parametrize("text, dropped, clean", [
+    ("B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ BTOSLLBALL 6", ["BTOSLLBALL"], "B+ -> (J/psi(1S) -> mu+ mu- VLL) K+"),
+    ("[B0 -> K+ pi- FOO]CC", ["FOO"], "[B0 -> K+ pi-]CC"),
+    ("B+ -> (J/psi(1S) -> mu+ mu- XYZ 1 2) K+ SVS", ["XYZ"], "B+ -> (J/psi(1S) -> mu+ mu-) K+ SVS"),
+    ("B+ -> (D0 -> K- pi+ BAR) (D*(2010)- -> D~0 pi- BAZ) pi+ pi+", ["BAR", "BAZ"],
+     "B+ -> (D0 -> K- pi+) (D*(2010)- -> D~0 pi-) pi+ pi+"),
+])
+def test_unknown_models_as_phase_space_when_asked(text, dropped, clean):
+    """``unknown_models="phsp"``: each unknown model is dropped (with its numbers) and named in its
+    own warning with the offending piece marked; known models stay; the default stays an error."""
+    from mambah.errors import UnknownModelWarning
+
+    with pytest.raises(DescriptorError, match="neither a particle nor a known decay model"):
+        parse_descriptor(text)
+    with pytest.warns(UnknownModelWarning) as record:
+        d = parse_descriptor(text, unknown_models="phsp")
+    assert d.text == clean
+    assert d.models() == parse_descriptor(clean).models()
+    msgs = [str(w.message) for w in record if issubclass(w.category, UnknownModelWarning)]
+    assert sorted(m.split("'")[1] for m in msgs) == sorted(dropped)
+    for m in msgs:
+        name = m.split("'")[1]
+        line, marks = m.splitlines()[-2:]
+        assert marks.index("^") == line.index(name, line.index("->")), m
+        assert "phase space" in m and "known: PHSP" in m
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse_descriptor(clean, unknown_models="phsp").text == clean  # nothing to drop: no warning
+    # an unknown *particle* is still an error in the lenient mode (only model-like words after the
+    # daughters are taken as models), and so is an unknown mode value
+    with pytest.raises(DescriptorError, match="kaon"):
+        parse_descriptor("B+ -> kaon+ pi0 FOO", unknown_models="phsp")
+    with pytest.raises(DescriptorError, match="unknown_models"):
+        parse_descriptor(clean, unknown_models="ignore")
+
+
+def test_dec_file_pick_warns_when_the_model_is_not_used():
+    from mambah.errors import UnknownModelWarning
+    from mambah.generation.decfile import decay_modes, pick_decay_mode
+
+    modes = decay_modes("B+", min_fraction=0.005)
+    unused = [m for m in modes if not m.model_used]
+    assert unused, [m.model for m in modes]
+    for seed in range(200):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            m = pick_decay_mode("B+", seed=seed, min_fraction=0.005)
+        warned = [w for w in record if issubclass(w.category, UnknownModelWarning)]
+        assert bool(warned) == (not m.model_used), (m, record)
+        if warned:
+            assert m.model in str(warned[0].message) and "phase space" in str(warned[0].message)
+            break
+    else:
+        pytest.fail("no mode without its model was picked in 200 seeds")
+
+
 def test_dec_file_modes_carry_their_models():
     from mambah.generation.decfile import decay_modes
 
@@ -290,6 +347,21 @@ def test_cli_weighted_flag_reaches_the_pipeline_and_is_reported(tmp_path, caplog
         assert (pd.read_parquet(tmp_path / "u.parquet")["weight"] == 1.0).all()
     h = _mambah("simulate", "--help", timeout=120)
     assert "--weighted" in h.stdout and "weight" in h.stdout.split("--weighted", 1)[1]
+    assert "--unknown-models" in h.stdout
+
+
+def test_cli_unknown_models(tmp_path):
+    """Refused by default, naming the model; with ``--unknown-models phsp`` generated as phase space
+    with the warning on stderr and the generated descriptor in the summary."""
+    url = f"duckdb:///{tmp_path / 's.duckdb'}"
+    common = ["simulate", "B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ BTOSLLBALL 6", "--events", "500",
+              "--batch-size", "500", "--level", "truth", "--db", url]
+    r = _mambah(*common)
+    assert r.returncode != 0 and "BTOSLLBALL" in r.stderr and "known decay models" in r.stderr, r.stderr[-2000:]
+    r = _mambah(*common, "--unknown-models", "phsp")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "UnknownModelWarning" in r.stderr and "'BTOSLLBALL'" in r.stderr and "phase space" in r.stderr, r.stderr
+    assert "VLL" in r.stdout and "BTOSLLBALL" not in r.stdout, r.stdout
 
 
 # ------------------------------------------------------------------------------ staged groups

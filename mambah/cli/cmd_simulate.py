@@ -44,6 +44,10 @@ def register(sub) -> None:
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
                         "must be filled with the 'weight' column of the events table (the 'weight' branch of the "
                         "ntuple); without it the distributions are wrong")
+    p.add_argument("--unknown-models", choices=("error", "phsp"), default="error",
+                   help="a decay model mambah does not have (an EvtGen name such as BTOSLLBALL after the daughters): "
+                        "'error' (default) refuses the descriptor and lists the known models; 'phsp' generates that "
+                        "decay with phase space and says so in a warning")
     pid = p.add_mutually_exclusive_group()
     pid.add_argument("--no-pid", dest="pid", action="store_false",
                      help="leave out the PID stage (the PID columns stay NaN); by default the chained PID models "
@@ -232,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
     from mambah.simulation import standard_pipeline
     from mambah.store import Store
 
+    if args.unknown_models == "phsp":  # the rewritten descriptor (unknown models dropped, each one warned of)
+        from mambah.generation import parse_descriptor
+
+        args.descriptor = parse_descriptor(args.descriptor, unknown_models="phsp").text
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
                                  pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as)
     name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as)

@@ -17,7 +17,8 @@ mambah has that model (:data:`mambah.generation.models.KNOWN_MODELS`) and it fit
 :func:`~mambah.generation.parse_descriptor` checks), it is written into the descriptor after the
 daughters (``"B+ -> J/psi(1S) K+ SVS"``) and used by :class:`PhaseSpaceDecay`; ``PHSP`` is left
 out (it is the default). Otherwise the descriptor is phase space and ``model_used`` is False (a
-debug log names the model). Angular models such as ``SVS`` only shape a distribution once the
+debug log names the model, and :func:`pick_decay_mode` warns with an
+:class:`~mambah.errors.UnknownModelWarning` when it picks such a mode). Angular models such as ``SVS`` only shape a distribution once the
 daughters' decays are written too (``"B+ -> (J/psi(1S) -> mu+ mu- VLL) K+ SVS"``).
 """
 
@@ -160,4 +161,12 @@ def pick_decay_mode(mother: str, seed: SeedLike = None, dec_file: str | Path | N
     if not modes:
         raise ConfigurationError(f"no usable decay mode of {mother!r} with fraction >= {min_fraction}")
     p = np.array([m.fraction for m in modes])
-    return modes[int(get_rng(seed).choice(len(modes), p=p / p.sum()))]
+    mode = modes[int(get_rng(seed).choice(len(modes), p=p / p.sum()))]
+    if not mode.model_used:
+        from mambah.errors import UnknownModelWarning
+
+        warnings.warn(UnknownModelWarning(
+            f"{mother}: the picked mode {mode.descriptor!r} has the model {mode.model!r} "
+            f"{' '.join(map(str, mode.params))} in the .dec file, which mambah does not have or which does not fit "
+            "here: it is generated with phase space"), stacklevel=2)
+    return mode

@@ -233,11 +233,15 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
 
 # ---------------------------------------------------------------------------------------- parser
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, lenient: bool = False):
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
         self._models: tuple[str, ...] | None = None
+        #: accept an unknown model-like word after the daughters (see ``unknown_models="phsp"``)
+        self.lenient = lenient
+        #: the unknown models accepted leniently: (mother, name, start, end) in ``text``
+        self.unknown: list[tuple[str, str, int, int]] = []
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -269,6 +273,16 @@ class _Parser:
             self._models = known_models()
         return self._models
 
+    def _lenient_model(self, value: str) -> bool:
+        """In lenient mode, an all-capitals word that is no particle: an unknown decay model."""
+        if not (self.lenient and _MODEL_LIKE.fullmatch(value)):
+            return False
+        try:
+            resolve(value)
+        except UnknownParticleError:
+            return True
+        return False
+
     def _model_like(self, value: str) -> bool:
         """An unknown word that looks like a model name (all capitals, or a known one mis-cased)."""
         return bool(_MODEL_LIKE.fullmatch(value)) or value.lower() in {m.lower() for m in self.models}
@@ -286,9 +300,13 @@ class _Parser:
         """The model name at the current token and its numeric parameters."""
         _, name, pos = self.next()
         params = []
+        end = pos + len(name)
         while (tok := self.peek()) is not None and tok[0] == "name" and _NUMBER.fullmatch(tok[1]):
             params.append(float(tok[1]))
+            end = tok[2] + len(tok[1])
             self.i += 1
+        if name not in self.models:  # accepted by the lenient mode only
+            self.unknown.append((mother.name, name, pos, end))
         tok = self.peek()
         if tok is not None and tok[0] not in (")", "]CC"):
             raise _error(self.text, tok[2], f"unexpected {tok[1]!r} after the decay model {name!r} of "
@@ -310,7 +328,7 @@ class _Parser:
             if tok is None or tok[0] in (")", "]CC"):
                 break
             kind, value, pos = tok
-            if kind == "name" and value in self.models:
+            if kind == "name" and (value in self.models or self._lenient_model(value)):
                 if len(children) < 2:
                     raise _error(self.text, pos, f"the decay model {value!r} must follow at least two daughters "
                                  f"of {mother.name!r}", len(value))
@@ -395,8 +413,18 @@ def _check(text: str, node: DecayNode, max_mass: float) -> None:
         _check(text, c, m_mother - others)
 
 
-def parse_descriptor(text: str) -> Descriptor:
+def parse_descriptor(text: str, unknown_models: str = "error") -> Descriptor:
     """Parse and check a decay descriptor.
+
+    Args:
+        text: the descriptor (a :class:`Descriptor` is returned as it is).
+        unknown_models: ``"error"`` (default): a decay model mambah does not have is an error
+            listing the known ones. ``"phsp"``: an all-capitals word after the daughters that is
+            neither a particle nor a known model (an EvtGen model mambah does not have, such as
+            ``"BTOSLLBALL"``) is dropped with its numbers, that decay is phase space, and an
+            :class:`~mambah.errors.UnknownModelWarning` names each one. The returned descriptor's
+            ``text`` is the rewritten one (without those models), so it can be passed on as a
+            string.
 
     Example:
         >>> d = parse_descriptor("B+ -> (J/psi(1S) -> mu+ mu-) K+")
@@ -411,10 +439,34 @@ def parse_descriptor(text: str) -> Descriptor:
         return text
     if not isinstance(text, str):
         raise DescriptorError(f"a decay descriptor must be a string, not {type(text).__name__} {text!r}")
+    if unknown_models not in ("error", "phsp"):
+        raise DescriptorError(f"unknown_models must be 'error' or 'phsp', got {unknown_models!r}")
+    if unknown_models == "phsp":
+        text = _drop_unknown_models(text)
     d = _Parser(text).parse()
     _check(text, d.head, d.head.particle.mass)  # the head always has its PDG mass
     _check_models(d)
     return d
+
+
+def _drop_unknown_models(text: str) -> str:
+    """``text`` without the decay models mambah does not have (each with its numbers), one
+    :class:`~mambah.errors.UnknownModelWarning` per model dropped."""
+    import warnings
+
+    from mambah.errors import UnknownModelWarning
+
+    parser = _Parser(text, lenient=True)
+    parser.parse()
+    if not parser.unknown:
+        return text
+    out = text
+    for mother, name, start, end in sorted(parser.unknown, key=lambda u: -u[2]):
+        warnings.warn(UnknownModelWarning(
+            f"decay model {name!r} of {mother!r} is not one of mambah's (known: {', '.join(parser.models)}): "
+            f"that decay is generated with phase space (PHSP){_caret(text, start, end - start)}"), stacklevel=3)
+        out = out[:start].rstrip() + (" " if out[end:][:1] not in ("", ")", "]") else "") + out[end:].lstrip()
+    return out
 
 
 def _check_models(d: Descriptor) -> None:
