@@ -9,17 +9,25 @@
 * training: ``--train-steps`` steps of the default Cramér GAN on the real sample (after one warm-up
   step that traces the graph), samples per second;
 * time to score: from the model card's validation history, the training seconds at which the
-  validation BDT-KS first reached its final (best) value, and first went below 0.05.
+  validation BDT-KS first reached its final (best) value, and first went below 0.05;
+* variations: ``PidModel.generate_variations_array`` with K ensemble members (``--variations K``,
+  default 10) on the same tracks, against the nominal ``generate_array`` alone, timed alternately,
+  best of ``--repeats``; the ratio of its time to K + 1 times the nominal's (1 = no saving from
+  sharing the condition transform, the noise and the range check; below 1 = saving). A model without
+  (enough) members gets K stand-ins: copies of the nominal generator with perturbed weights (the cost
+  of a member does not depend on its weight values).
 
 Prints a table, then ONE final JSON line with ``inference_tracks_per_s``, ``train_samples_per_s``,
 ``seconds_to_score``, ``chain_tracks_per_s`` (the whole chained PID stage, :func:`bench_chain`), and
 ``inference_reference_tracks_per_s`` (the numpy path), ``chain_numpy_flags_tracks_per_s`` (the chain with
-numpy flags classifiers, the baseline of ``chain_tracks_per_s``); parts left out with ``--only`` are ``null``.
+numpy flags classifiers, the baseline of ``chain_tracks_per_s``), ``variations_tracks_per_s`` (tracks/s with
+the nominal and K members), ``variations_nominal_tracks_per_s`` and ``variations_cost_ratio`` (time with
+variations / (K + 1) x the nominal's); parts left out with ``--only`` are ``null``.
 
 Usage::
 
     python benchmarks/pid.py [--model models/pid-p-dllp-lhcb-run3] [--data ../shared/data/lc_protons_run3.parquet]
-                             [--only inference,training,score,chain]
+                             [--only inference,training,score,chain,variations] [--variations 10]
 """
 
 from __future__ import annotations
@@ -64,6 +72,58 @@ def bench_inference(model_dir, data, n, repeats):
                 assert y.shape == (n, len(m.targets))
     return {name: {"n": n, "wall_s": w, "cpu_s": p, "tracks_per_s": n / w, "tracks_per_cpu_s": n / p}
             for name, (w, p) in best.items()}
+
+
+def with_members(model, k: int):
+    """``model`` with K ensemble members: its own first K if it has that many, else K copies of the
+    nominal generator with perturbed weights (same architecture, so the same cost)."""
+    import keras
+
+    from mambah.nn.pidmodel import PidModel
+
+    if model.n_members >= k:
+        members, real = model.members[:k], True
+    else:
+        rng = np.random.default_rng(0)
+        members, real = [], False
+        for _ in range(k):
+            g = keras.models.clone_model(model.generator)
+            g.set_weights([w * (1 + 0.01 * rng.standard_normal(w.shape)).astype(w.dtype)
+                           for w in model.generator.get_weights()])
+            members.append(g)
+    m = PidModel(model.generator, model.cond_pre, model.targ_pre, model.card, members=members)
+    return m, real
+
+
+def bench_variations(model_dir, data, n, repeats, k):
+    """The nominal alone and the nominal with ``k`` variations, alternately, best of ``repeats``."""
+    import warnings
+
+    from mambah.nn.pidmodel import OutOfRangeWarning, PidModel
+
+    base = PidModel.load(model_dir)
+    m, real = with_members(base, k)
+    df = pd.read_parquet(data, columns=m.conditions)
+    c = np.tile(df.to_numpy(dtype=float), (n // len(df) + 1, 1))[:n]
+    paths = {"nominal": lambda seed: m.generate_array(c, seed),
+             "variations": lambda seed: m.generate_variations_array(c, seed)}
+    best = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        for run in paths.values():  # trace the compiled functions
+            run(0)
+        for r in range(repeats):
+            for name, run in paths.items():
+                t, p = time.perf_counter(), time.process_time()
+                y = run(r + 1)
+                dt, dp = time.perf_counter() - t, time.process_time() - p
+                if name not in best or dt < best[name][0]:
+                    best[name] = (dt, dp)
+                assert y.shape[-2:] == (n, len(m.targets))
+    (tn, pn), (tv, pv) = best["nominal"], best["variations"]
+    return {"k": k, "n": n, "real_members": real, "nominal_tracks_per_s": n / tn, "nominal_tracks_per_cpu_s": n / pn,
+            "tracks_per_s": n / tv, "tracks_per_cpu_s": n / pv, "cost_ratio": tv / ((k + 1) * tn),
+            "cpu_cost_ratio": pv / ((k + 1) * pn)}
 
 
 def bench_training(data, steps):
@@ -171,7 +231,7 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     return out
 
 
-PARTS = ("inference", "training", "score", "chain")
+PARTS = ("inference", "training", "score", "chain", "variations")
 
 
 def main():
@@ -181,6 +241,8 @@ def main():
     ap.add_argument("--tracks", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=200)
+    ap.add_argument("--variations", type=int, default=10, metavar="K",
+                    help="ensemble members of the variations part (default 10)")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)")
     a = ap.parse_args()
@@ -193,6 +255,7 @@ def main():
     tr = bench_training(a.data, a.train_steps) if "training" in only else None
     ts = time_to_score(a.model) if "score" in only else None
     ch = bench_chain(a.tracks) if "chain" in only else None
+    var = bench_variations(a.model, a.data, a.tracks, a.repeats, a.variations) if "variations" in only else None
     load = os.getloadavg()[0]
     print(f"{'measure':58s} {'value':>14s}")
     if inf:
@@ -216,6 +279,14 @@ def main():
         print(f"{'chained PID stage, numpy flags (baseline): tracks/s':58s} {ch['numpy_flags_tracks_per_s']:14,.0f}")
         print(f"{'chained PID stage: speed-up of the compiled flags (wall)':58s} "
               f"{ch['tracks_per_s'] / ch['numpy_flags_tracks_per_s']:14.2f}")
+    if var:
+        k = var["k"]
+        print(f"{'variations: nominal alone, tracks/s (wall, best of %d)' % a.repeats:58s} "
+              f"{var['nominal_tracks_per_s']:14,.0f}")
+        print(f"{'variations: nominal + %d %s, tracks/s' % (k, 'members' if var['real_members'] else 'stand-ins'):58s} "
+              f"{var['tracks_per_s']:14,.0f}")
+        print(f"{'variations: time / (K+1) x nominal time (wall)':58s} {var['cost_ratio']:14.3f}")
+        print(f"{'variations: CPU time / (K+1) x nominal CPU time':58s} {var['cpu_cost_ratio']:14.3f}")
     print(f"{'load average (1 min) during the run':58s} {load:14.2f}")
 
     def get(d, *keys):
@@ -233,7 +304,10 @@ def main():
                       "inference_reference_tracks_per_cpu_s": get(inf, "reference", "tracks_per_cpu_s"),
                       "train_samples_per_cpu_s": get(tr, "samples_per_cpu_s"), "load_average": load,
                       "chain_tracks_per_s": get(ch, "tracks_per_s"), "chain_tracks_per_cpu_s": get(ch, "tracks_per_cpu_s"),
-                      "chain_numpy_flags_tracks_per_s": get(ch, "numpy_flags_tracks_per_s")}))
+                      "chain_numpy_flags_tracks_per_s": get(ch, "numpy_flags_tracks_per_s"),
+                      "variations_k": get(var, "k"), "variations_tracks_per_s": get(var, "tracks_per_s"),
+                      "variations_nominal_tracks_per_s": get(var, "nominal_tracks_per_s"),
+                      "variations_cost_ratio": get(var, "cost_ratio")}))
 
 
 if __name__ == "__main__":

@@ -391,7 +391,127 @@ def evaluate_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarray, cmds: di
     return result
 
 
-def ship(result, src: Path, command: str, dest: Path, data: Path, file_note: str):
+#: noise draws per row of the cross-fitted efficiency pulls: the generated sample's own statistical error
+#: then is 1/sqrt(EFF_DRAWS) of the data's, so the pulls measure the model, not the sampler
+EFF_DRAWS = 20
+#: the momentum above which the issue asks the overall efficiency to agree within 2 sigma [MeV/c]
+HIGH_P = 60_000.0
+
+
+def _robust(x) -> float:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) else float("nan")
+
+
+def evaluate_efficiency_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarray, cmds: dict, data: Path,
+                                 draws: int = EFF_DRAWS, min_n_eff: float = 50.0):
+    """Efficiency pulls of the cross-fitted nominal models, and the ensemble's z (issue 22).
+
+    Every row of the file is generated ``draws`` times (noise seeds ``54321 + d``) by the model of
+    its fold, which never saw it; each generated row keeps its data row's sWeight. For the typical
+    DLLp cuts (> 0, 5, 10, 15) in P x ETA bins (weighted-quantile edges of the whole file,
+    :func:`mambah.validation.default_bins` with P and ETA; ``min_n_eff`` effective signal rows
+    for a bin to count):
+
+    * ``pull = (data - nominal) / sigma_stat`` with the data's statistical error (signed sWeights);
+    * for models with ensemble members: member k of every fold model gives a cross-fitted sample
+      with the same noise as the nominal (``PidModel.generate_variations``), ``sigma_ens`` is the
+      spread (ddof=1) of the K member efficiencies, and ``z = (data - nominal) / sqrt(sigma_ens^2 +
+      sigma_stat^2)``;
+    * the overall efficiency of each cut, and above ``HIGH_P``, data against nominal in sigma_stat.
+
+    Writes ``results_efficiency.json`` and ``results_efficiency.md``.
+    """
+    from mambah.nn.pidmodel import PidModel
+    from mambah.validation import default_bins, efficiency_pulls
+
+    folds = int(fold.max()) + 1
+    models = {k: PidModel.load(Path(cmds[f"fold{k}"][cmds[f"fold{k}"].index("--out") + 1])) for k in range(folds)}
+    n_members = min(m.n_members for m in models.values())
+    gen = np.empty((draws, n_members + 1, len(full)))
+    for d in range(draws):
+        for k, m in models.items():
+            te = full[fold == k][C]
+            if n_members:
+                y = m.generate_variations_array(te.to_numpy(dtype=float), seed=54321 + d)[: n_members + 1, :, 0]
+            else:
+                y = m.generate_array(te.to_numpy(dtype=float), seed=54321 + d)[None, :, 0]
+            gen[d, :, fold == k] = y.T
+    w = full[W].to_numpy(dtype=float)
+    bins = default_bins(full, w, columns=["P", "ETA"])
+
+    def pulls_of(j, bins_, min_neff=min_n_eff, rows=None):
+        rows = np.ones(len(full), dtype=bool) if rows is None else rows
+        ref = full[rows]
+        g = pd.concat([ref.assign(DLLp=gen[d, j][rows]) for d in range(draws)], ignore_index=True)
+        return efficiency_pulls(ref, g, T, weight=w[rows], gen_weight=np.tile(w[rows], draws), bins=bins_,
+                                min_n_eff=min_neff)
+
+    nominal = pulls_of(0, bins)
+    members = [pulls_of(j, bins) for j in range(1, n_members + 1)]
+    is_high = full["P"].to_numpy() > HIGH_P
+    high = pulls_of(0, {"P": np.array([HIGH_P, np.nextafter(full["P"].max(), np.inf)])}, min_neff=0.0, rows=is_high)
+    out = {"cuts": {}, "bins": {c: e.tolist() for c, e in bins.items()}, "draws": draws, "members": n_members,
+           "min_n_eff": min_n_eff}
+    all_pull, all_z = [], []
+    for label, c in nominal["cuts"].items():
+        rows = []
+        for i, b in enumerate(c["bins"]):
+            ref, err, nom = b["ref_eff"], b["ref_error"], b["gen_eff"]
+            r = {"P": [b["P_lo"], b["P_hi"]], "ETA": [b["ETA_lo"], b["ETA_hi"]], "n_eff": b["n_eff_ref"],
+                 "data": ref, "data_error": err, "nominal": nom, "used": bool(b["used"])}
+            if err and ref is not None and nom is not None:
+                r["pull"] = (ref - nom) / err
+                if n_members >= 2:
+                    effs = [m["cuts"][label]["bins"][i]["gen_eff"] for m in members]
+                    r["sigma_ens"] = float(np.std(effs, ddof=1))
+                    r["z"] = (ref - nom) / float(np.hypot(r["sigma_ens"], err))
+            rows.append(r)
+        used = [r for r in rows if r["used"] and "pull" in r]
+        pulls = np.array([r["pull"] for r in used])
+        zs = np.array([r["z"] for r in used if "z" in r])
+        all_pull += list(pulls)
+        all_z += list(zs)
+        o = c["overall"]
+        h = high["cuts"][label]["overall"]
+        out["cuts"][label] = {
+            "bins": rows, "n_bins_used": len(used),
+            "pull_mean": float(pulls.mean()), "pull_robust_width": _robust(pulls), "pull_rms": float(np.sqrt(np.mean(pulls ** 2))),
+            **({"z_mean": float(zs.mean()), "z_robust_width": _robust(zs)} if len(zs) else {}),
+            "overall": {"data": o["ref_eff"], "data_error": o["ref_error"], "nominal": o["gen_eff"],
+                        "pull": (o["ref_eff"] - o["gen_eff"]) / o["ref_error"]},
+            "above_60GeV": {"data": h["ref_eff"], "data_error": h["ref_error"], "nominal": h["gen_eff"],
+                            "pull": (h["ref_eff"] - h["gen_eff"]) / h["ref_error"]},
+        }
+    out["summary"] = {"pull_mean": float(np.mean(all_pull)), "pull_robust_width": _robust(all_pull),
+                      **({"z_mean": float(np.mean(all_z)), "z_robust_width": _robust(all_z)} if all_z else {}),
+                      "n_bins_used": len(all_pull)}
+    out.update({"data": str(data), "data_sha256": sha256(data),
+                "method": "cross-fit: every row generated by the model of its fold (which never saw it), "
+                          f"{draws} noise draws (seeds 54321 + d) pooled, each generated row with its data row's "
+                          "sWeight; bins: weighted-quantile P x ETA edges of the whole file "
+                          "(mambah.validation.default_bins); pull = (data - nominal)/sigma_stat(data), "
+                          "z = (data - nominal)/sqrt(sigma_ens^2 + sigma_stat^2), sigma_ens = std (ddof=1) of the "
+                          "members' efficiencies (member k of every fold, the nominal's noise); robust width = "
+                          "1.4826 MAD"})
+    (work / "results_efficiency.json").write_text(json.dumps(out, indent=2))
+    lines = ["| cut | bins | pull mean | pull robust width | z mean | z robust width | overall data | overall "
+             "model | overall pull | p > 60 GeV/c data | model | pull |", "|" + "---|" * 12]
+    for label, c in out["cuts"].items():
+        o, h = c["overall"], c["above_60GeV"]
+        lines.append(f"| {label} | {c['n_bins_used']} | {c['pull_mean']:+.2f} | {c['pull_robust_width']:.2f} | "
+                     f"{c.get('z_mean', float('nan')):+.2f} | {c.get('z_robust_width', float('nan')):.2f} | "
+                     f"{o['data']:.4f} ± {o['data_error']:.4f} | {o['nominal']:.4f} | {o['pull']:+.2f} | "
+                     f"{h['data']:.4f} ± {h['data_error']:.4f} | {h['nominal']:.4f} | {h['pull']:+.2f} |")
+    table = "\n".join(lines)
+    (work / "results_efficiency.md").write_text(table + "\n")
+    print(table)
+    print(json.dumps(out["summary"]))
+    return out
+
+
+def ship(result, src: Path, command: str, dest: Path, data: Path, file_note: str, efficiency=None):
     """Copy the model ``src`` to ``dest`` with the comparison ``result`` in its card."""
     if dest.exists():
         shutil.rmtree(dest)
@@ -404,6 +524,12 @@ def ship(result, src: Path, command: str, dest: Path, data: Path, file_note: str
     card["command"] = command
     card["test_comparison"] = {k: v for k, v in result.items()
                                if k in ("rows", "summary", "scorer", "n_test", "n_rows", "folds", "split")}
+    if efficiency is not None:  # the cross-fitted efficiency pulls, without the per-bin rows (in the example's output)
+        card["test_efficiency"] = {"summary": efficiency["summary"], "method": efficiency["method"],
+                                   "bins": efficiency["bins"], "draws": efficiency["draws"],
+                                   "members": efficiency["members"], "min_n_eff": efficiency["min_n_eff"],
+                                   "cuts": {k: {kk: vv for kk, vv in c.items() if kk != "bins"}
+                                            for k, c in efficiency["cuts"].items()}}
     (dest / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     print("shipped", dest)
 
@@ -433,11 +559,12 @@ def main(argv=None):
         run_trainings(cmds, a.work, a.parallel)
         if not a.train_only:
             result = evaluate_crossfit(a.work, full, fold, cmds, a.data, a.draws)
+            eff = evaluate_efficiency_crossfit(a.work, full, fold, cmds, a.data)
             if a.ship:  # fold 0's model: the single split's training rows (fold 0 = its test rows), seed 1
                 ship(result, a.work / "fold0" / "model", " ".join(cmds["fold0"]), a.ship, a.data,
                      f"train.parquet = the source file minus fold 0 ({int((fold == 0).sum())} rows) of a "
                      f"{a.folds}-fold split (numpy default_rng({a.split_seed}).permutation cut by np.array_split; "
-                     "examples/train_pid_real_protons.py --folds)")
+                     "examples/train_pid_real_protons.py --folds)", efficiency=eff)
         return
     train, test = split(a.data, a.work, a.split_seed)
     cmds = train_commands(a.work, [int(s) for s in a.seeds.split(",")], a.extra)

@@ -8,6 +8,9 @@ Layout of a model directory::
                         # creation date, mambah version, and the sha256 of every other file
         <net>.keras     # the network(s), Keras native format (loaded with safe_mode=True)
         arrays.npz      # preprocessing and other numbers as plain arrays (allow_pickle=False)
+        <sub>/<net>.keras  # optional networks in subdirectories (e.g. an ensemble's
+                        # ``members/member-01.keras``), listed in ``files`` by their relative
+                        # POSIX path
 
 Loading never executes code from the directory: no pickle, Keras' safe mode on, and every file
 is checked against the hash recorded in the card before it is used.
@@ -86,7 +89,8 @@ def save_model_dir(
         path: the directory to create.
         card: the card's content (``name``, ``kind``, ``conditions``, ``targets``... ); ``format``,
             ``created``, ``mambah_version`` and ``files`` are filled in here.
-        networks: name -> Keras model, each saved as ``<name>.keras``.
+        networks: name -> Keras model, each saved as ``<name>.keras``; a name may hold ``/`` to put
+            the network in a subdirectory (``"members/member-01"``), never ``..`` or an absolute path.
         arrays: name -> numpy array (numeric or fixed-width string), saved in ``arrays.npz``.
         overwrite: replace an existing directory (otherwise refuse).
     """
@@ -97,7 +101,9 @@ def save_model_dir(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         for name, net in (networks or {}).items():
-            net.save(tmp / f"{name}.keras")
+            f = tmp / f"{_relative_name(name, path)}.keras"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            net.save(f)
         if arrays:
             clean = {}
             for k, v in arrays.items():
@@ -106,7 +112,7 @@ def save_model_dir(
                     raise TypeError(f"array {k!r} has dtype object; store numbers or fixed-width strings")
                 clean[k] = a
             np.savez(tmp / "arrays.npz", **clean)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         full = dict(card)
         full.setdefault("version", "1")
         full.update(
@@ -127,6 +133,14 @@ def save_model_dir(
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote model %s", path)
     return path
+
+
+def _relative_name(name: str, where) -> str:
+    """``name`` checked to be a relative path that stays inside the model directory ``where``."""
+    parts = Path(str(name)).parts
+    if not parts or Path(str(name)).is_absolute() or ".." in parts:
+        raise ModelDirError(f"model {str(where)!r}: file name {name!r} must be a relative path inside the directory")
+    return str(name)
 
 
 def json_default(o):
@@ -172,7 +186,7 @@ def verify_model_dir(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     card = load_card(path)
     for name, digest in card["files"].items():
-        f = path / name
+        f = path / _relative_name(name, path)
         if not f.is_file():
             raise ModelDirError(f"model {str(path)!r} is missing {name!r} (listed in card.json)")
         if _sha256(f) != digest:

@@ -55,6 +55,15 @@ def test_train_writes_a_model_directory_with_its_card(trained, calib):
     m = card["metrics"]
     assert 0 <= m["valid_bdt_ks"] <= 1 and 0 <= m["valid_auc"] <= 1 and "valid_floor_bdt_ks" in m
     assert m["valid_significance"] > 3 and m["valid_sum_weights"] > 0
+    # the held-out efficiency pulls of DLLp's typical cuts, and what chose the checkpoint
+    pulls = m["valid_efficiency_pulls"]
+    assert list(pulls["cuts"]) == ["DLLp > 0", "DLLp > 5", "DLLp > 10", "DLLp > 15"]
+    for c in pulls["cuts"].values():
+        assert 0 <= c["overall"]["ref_eff"] <= 1 and 0 <= c["overall"]["gen_eff"] <= 1
+        assert {"pull_mean", "pull_width", "worst_bin"} <= set(c["summary"])
+    assert pulls["draws"] >= 2 and pulls["pull_rms"] > 0
+    assert m["selection"] == "ks_pulls" and card["hyperparameters"]["signed_targets"] is True
+    assert m["selection_score"] == pytest.approx(m["selection_bdt_ks"] * max(1.0, m["selection_pull_rms"]))
     assert card["training"]["steps"] == 4 * (1600 // 256)
     assert not (path.parent / ".model.checkpoint").exists()  # cleaned up after success
 

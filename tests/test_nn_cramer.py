@@ -56,10 +56,16 @@ def test_validation_keeps_the_best_checkpoint_and_resumes(tmp_path):
     cfg = GANConfig(**(TINY | {"validate_every_steps": 4, "patience": 1000, "valid_repeats": 1}), epochs=2, seed=1)
     t = CramerGANTrainer(cfg, condition_names=["c"], target_names=["y"], checkpoint_dir=tmp_path / "ck")
     t.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
-    scores = [h["bdt_ks"] for h in t.history_]
+    scores = [h["score"] for h in t.history_]
     assert [h["step"] for h in t.history_] == [4, 8, 12]
+    # the default selection: BDT-KS x max(1, RMS of the efficiency pulls in bins of the condition)
+    for h in t.history_:
+        assert np.isfinite(h["pull_rms"]) and h["pull_rms"] > 0
+        assert h["score"] == pytest.approx(h["bdt_ks"] * max(1.0, h["pull_rms"]))
     assert t.best_score_ == pytest.approx(min(scores))
-    assert t.best_step_ == t.history_[int(np.argmin(scores))]["step"]
+    best = t.history_[int(np.argmin(scores))]
+    assert t.best_step_ == best["step"]
+    assert (t.best_ks_, t.best_pull_rms_) == (best["bdt_ks"], best["pull_rms"])
     assert (tmp_path / "ck" / "checkpoint.npz").is_file()
     # resume: continues from the saved step instead of starting over
     cfg2 = GANConfig(**(TINY | {"validate_every_steps": 4, "patience": 1000, "valid_repeats": 1}), epochs=3, seed=1)
@@ -68,6 +74,53 @@ def test_validation_keeps_the_best_checkpoint_and_resumes(tmp_path):
     assert t2.history_[0]["step"] == t.history_[0]["step"]  # history carried over
     assert [h["step"] for h in t2.history_][-2:] == [16, 18]
     assert t2.steps_ == 3 * 6
+
+
+def test_selection_by_bdt_ks_alone_and_legacy_checkpoints(tmp_path):
+    """``selection="ks"`` ranks by the BDT-KS alone; a checkpoint written before the selection and
+    the signed targets existed (clipped targets, BDT-KS) is not resumed by a fit with the new defaults."""
+    import json
+
+    c, y = toy(3000, 5)
+    cv, yv = toy(1000, 6)
+    cfg = GANConfig(**(TINY | {"validate_every_steps": 4, "patience": 1000, "valid_repeats": 1}), epochs=1,
+                    seed=1, selection="ks")
+    t = CramerGANTrainer(cfg, condition_names=["c"], target_names=["y"], checkpoint_dir=tmp_path / "ck")
+    t.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
+    assert all(h["score"] == h["bdt_ks"] for h in t.history_)
+    assert t.best_score_ == min(h["bdt_ks"] for h in t.history_)
+    meta = json.loads((tmp_path / "ck" / "checkpoint.json").read_text())
+    for key in ("selection", "signed_targets"):
+        del meta["config"][key]
+    (tmp_path / "ck" / "checkpoint.json").write_text(json.dumps(meta))
+    cfg2 = GANConfig(**(TINY | {"validate_every_steps": 4, "patience": 1000, "valid_repeats": 1}), epochs=2, seed=1)
+    t2 = CramerGANTrainer(cfg2, condition_names=["c"], target_names=["y"], checkpoint_dir=tmp_path / "ck", resume=True)
+    with pytest.raises(ConfigurationError, match="other hyperparameters"):
+        t2.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
+    with pytest.raises(ConfigurationError, match="selection"):
+        GANConfig(selection="auc").validate()
+
+
+def test_signed_targets_give_the_background_no_room():
+    """The targets' quantile map follows the sWeighted signal: with a background peak that the
+    sWeights subtract, the clipped map puts a share of the Gaussian space on the background's
+    values, the signed map (default) almost none."""
+    from mambah.nn.preprocessing import QuantileGaussianizer
+
+    rng = np.random.default_rng(3)
+    n = 40000
+    sig = rng.normal(20.0, 5.0, n)                     # the signal's target
+    bkg = rng.normal(-10.0, 3.0, n)                    # the background's, subtracted by the weights
+    x = np.concatenate([sig, bkg, bkg + rng.normal(0, 0.01, n)])
+    # signal weight 1, the background twice: once with +1 and once with -1 (a perfect subtraction)
+    w = np.concatenate([np.ones(n), np.ones(n), -np.ones(n)])
+    share = {}
+    for signed in (False, True):
+        q = QuantileGaussianizer(201).fit(x[:, None], w, signed=signed)
+        share[signed] = float(np.mean(q.inverse_transform(rng.standard_normal((20000, 1)))[:, 0] < 0))
+    assert share[False] > 0.3 and share[True] < 0.01, share
+    with pytest.raises(DataError, match="sum to"):
+        QuantileGaussianizer(11).fit(x[:, None], -np.abs(w), signed=True)
 
 
 def test_bad_settings_and_data():
@@ -141,7 +194,7 @@ def test_reselect_keeps_the_best_fresh_score_of_the_best_candidates(tmp_path):
     t = CramerGANTrainer(GANConfig(**kw, epochs=2, seed=1), condition_names=["c"], target_names=["y"],
                          checkpoint_dir=tmp_path / "ck")
     t.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
-    scores = {h["step"]: h["bdt_ks"] for h in t.history_}
+    scores = {h["step"]: h["score"] for h in t.history_}
     assert len(scores) == 6
     best3 = sorted(scores, key=scores.get)[:3]
     assert sorted(r["step"] for r in t.reselection_) == sorted(best3)
@@ -150,12 +203,12 @@ def test_reselect_keeps_the_best_fresh_score_of_the_best_candidates(tmp_path):
     kept = t.reselection_[0]
     assert t.best_step_ == kept["step"] and t.best_score_ == pytest.approx(scores[kept["step"]])
     vdata = (cv, yv, np.ones(len(cv)), t.cond_pre_.transform(cv, mode="mid"))
-    assert t._score(t.generator_, vdata, seed=1 + 1013, n_repeats=2)[0] == pytest.approx(kept["rescore"])
+    assert t._score(t.generator_, vdata, seed=1 + 1013, n_repeats=2)["score"] == pytest.approx(kept["rescore"])
     # resume with one more epoch: the candidates come back from the checkpoint with their weights
     t2 = CramerGANTrainer(GANConfig(**kw, epochs=3, seed=1), condition_names=["c"], target_names=["y"],
                           checkpoint_dir=tmp_path / "ck", resume=True)
     t2.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
-    scores2 = {h["step"]: h["bdt_ks"] for h in t2.history_}
+    scores2 = {h["step"]: h["score"] for h in t2.history_}
     assert len(scores2) == 9
     assert sorted(r["step"] for r in t2.reselection_) == sorted(sorted(scores2, key=scores2.get)[:3])
     for r in t2.reselection_:
@@ -173,7 +226,7 @@ def test_reselect_patience_counts_validations_that_enter_no_candidate():
     for n in (1, 4):
         t = CramerGANTrainer(GANConfig(**kw, reselect=n, epochs=6, seed=2), condition_names=["c"], target_names=["y"])
         t.fit(c, y, np.ones(len(c)), valid=(cv, yv, np.ones(len(cv))))
-        runs[n] = [h["bdt_ks"] for h in t.history_]
+        runs[n] = [h["score"] for h in t.history_]
     for n, s in runs.items():  # replay the rule on the scores: the run stopped where the rule says
         stale, cands, best = 0, [], float("inf")
         for i, ks in enumerate(s):

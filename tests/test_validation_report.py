@@ -89,11 +89,33 @@ def test_efficiencies_known_answer(report):
     assert vs["ref"][-1] > vs["ref"][0] + 0.3
 
 
+def test_efficiency_pulls_find_the_bumped_bin(report):
+    """summary["efficiency_pulls"]: the typical cuts of DLLK plus the given ones, in bins of P x ETA x
+    nTracks; the bump (DLLK + 4 at high P and ETA) is the worst bin of DLLK > 5 by many sigma."""
+    out, summary, ref, _ = report
+    ep = summary["efficiency_pulls"]
+    assert list(ep["bins"]) == ["P", "ETA", "nTracks"] and ep["pull_error"] == "reference"
+    assert list(ep["cuts"]) == ["DLLK > 0", "DLLK > 5", "DLLK > 10", "isMuon"]
+    s = ep["cuts"]["DLLK > 5"]["summary"]
+    wb = s["worst_bin"]
+    assert wb["P_hi"] == ep["bins"]["P"][-1] and wb["ETA_hi"] == ep["bins"]["ETA"][-1] and wb["pull"] > 4, wb
+    assert s["n_bins_total"] == 18 and s["n_bins"] >= 12  # 3 p x 3 eta x 2 occupancy bins; all-fail bins have no pull
+    # isMuon is drawn the same way in both samples: pulls of noise (wider than 1: the generated sample
+    # is as small as the reference, and ~20 passing rows per bin skew them), well below the bump's
+    assert wb["pull"] > 1.5 * abs(ep["cuts"]["isMuon"]["summary"]["worst_bin"]["pull"])
+    o = ep["cuts"]["DLLK > 5"]["overall"]
+    assert o["ref_eff"] == pytest.approx(np.mean(ref["DLLK"] > 5))
+    for label in ep["cuts"]:
+        assert (out / f"effpull_{label.replace(' ', '_').replace('>', '_')}.png").is_file()
+    assert "Efficiencies in bins: pulls" in (out / "index.html").read_text()
+
+
 def test_without_p_and_eta_no_bins():
     ref, gen = toy(600, 1), toy(600, 2)
     s = validate(ref, gen, ["nTracks"], ["DLLK"], **FAST)
     assert s["inputs"]["p"] is None and s["ks1d"]["DLLK"]["bins"] == [] and s["ks1d"]["DLLK"]["worst_bin"] is None
     assert s["efficiencies"]["DLLK > 0"]["vs"] == {}
+    assert list(s["efficiency_pulls"]["bins"]) == ["nTracks"]  # the occupancy alone
 
 
 def test_parse_cut():
@@ -153,12 +175,18 @@ def files(tmp_path_factory):
 def test_cli_report(files, tmp_path):
     r = mambah("--ref", f"{files / 'ref.root'}:DecayTree", "--gen", str(files / "gen.csv"), "--conditions", "P,ETA,nTracks",
                "--targets", "DLLK", "--ref-weight", "w", "--report", str(tmp_path / "rep"), "--repeats", "1",
-               "--threads", "1", "--seed", "3")
+               "--threads", "1", "--seed", "3", "--eff-edges", "P=0,20000,1e9")
     assert r.returncode == 0, r.stderr
     assert "BDT KS" in r.stdout and "null" in r.stdout and "KS 1D DLLK" in r.stdout
     s = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert f"{s['bdt_ks']:.4f}" in r.stdout
     assert s["settings"]["seed"] == 3
+    # the efficiency pulls: --eff-edges replaces the default P edges, ETA and nTracks keep theirs
+    ep = s["efficiency_pulls"]
+    assert ep["bins"]["P"] == [0.0, 20000.0, 1e9] and list(ep["bins"]) == ["P", "ETA", "nTracks"]
+    assert "efficiency pulls in bins of P x ETA x nTracks" in r.stdout
+    line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("DLLK > 5 "))
+    assert f"{100 * ep['cuts']['DLLK > 5']['overall']['gen_eff']:.2f}" in line
 
 
 @pytest.mark.parametrize("gen, extra, message", [

@@ -23,7 +23,7 @@ __all__ = ["main", "build_parser"]
 
 #: Preferred order of commands in ``mambah --help``; modules found but not listed come after.
 ORDER = ["simulate", "generate_truth", "store", "export", "train", "generate", "sweights", "validate",
-         "models", "detector"]
+         "pid_efficiency", "models", "detector"]
 
 
 def _command_modules() -> list[str]:

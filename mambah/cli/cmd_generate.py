@@ -14,6 +14,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the generator's noise (default 0)")
     p.add_argument("--models", default=None, help="directory of shipped models (for a model given by name)")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop rows whose conditions hold NaN/inf")
+    p.add_argument("--variations", action="store_true",
+                   help="also write every target once per ensemble member k = 1..K as TARGET_var{k}, drawn with the "
+                        "nominal's noise (the model needs members: mambah train pid ... --ensemble K)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
 
@@ -37,18 +40,26 @@ def run(args) -> int:
     if Path(split_spec(args.data)[0]).resolve() == out_path.resolve():
         raise ConfigurationError("--out must differ from --data (the input would be lost on failure)")
     model = PidModel.load(resolve_model(args.model, args.models))
+    if args.variations and not model.n_members:
+        raise ConfigurationError(
+            f"--variations: model {model.name!r} ({str(model.path)!r}) has no ensemble members; train the model "
+            "with its members (mambah train pid ... --ensemble K, e.g. K = 10), or leave out --variations")
     df = read_table(args.data)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", OutOfRangeWarning)
-        gen = model.generate(df, seed=args.seed, drop_nonfinite=args.drop_nonfinite)
+        if args.variations:
+            gen = model.generate_variations(df, seed=args.seed, drop_nonfinite=args.drop_nonfinite)
+        else:
+            gen = model.generate(df, seed=args.seed, drop_nonfinite=args.drop_nonfinite)
     for w in caught:
         log.warning("%s", w.message)
     dt = time.perf_counter() - t0
     df = df.loc[gen.index].copy()
-    for t in model.targets:
+    for t in gen.columns:
         df[t] = gen[t].to_numpy()
     write_table(df.reset_index(drop=True), args.out)
-    print(f"wrote {args.out}: {len(df)} rows, {', '.join(model.targets)} from model "
+    extra = f" and {model.n_members} variations of each ({', '.join(model.targets)}_var1...)" if args.variations else ""
+    print(f"wrote {args.out}: {len(df)} rows, {', '.join(model.targets)}{extra} from model "
           f"{model.card.get('name')!r} ({len(df) / max(dt, 1e-9):,.0f} rows/s)")
     return 0

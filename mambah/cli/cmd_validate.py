@@ -5,7 +5,9 @@ Two modes:
 * ``mambah validate --ref FILE --gen FILE --conditions C1,C2 --targets T1 [--ref-weight COL]
   [--gen-weight COL] [--report DIR] [--seed S]``: the classifier score (BDT KS, AUC, and the
   reference-against-itself floor), 1D KS distances in bins of p and η, efficiency curves of PID
-  requirements, plots and a report folder (``index.html``, ``summary.json``, PNGs).
+  requirements, the efficiencies of the typical cuts (and ``--cut``) in bins of p × η × occupancy
+  with their pulls (``summary["efficiency_pulls"]``), plots and a report folder (``index.html``,
+  ``summary.json``, PNGs).
 * ``mambah validate --db URL [--report DIR]``: the QA of a production in the event store
   (kinematics and PID per species, reconstructed masses of composites, efficiencies).
 """
@@ -17,6 +19,24 @@ import argparse
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def parse_edges(specs) -> dict[str, list[float]]:
+    """``["P=3000,9300,15600", "ETA=2,3,4,5"]`` -> ``{"P": [...], "ETA": [...]}`` (a ConfigurationError
+    names the bad one)."""
+    from mambah.errors import ConfigurationError
+
+    out = {}
+    for spec in specs or []:
+        col, sep, vals = spec.partition("=")
+        try:
+            if not sep or not col.strip():
+                raise ValueError
+            out[col.strip()] = [float(v) for v in _csv(vals)]
+        except ValueError:
+            raise ConfigurationError(f"cannot read the edges {spec!r}: write COLUMN=e0,e1,... (e.g. "
+                                     "P=3000,9300,15600,100000, in the column's unit)") from None
+    return out
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,6 +81,17 @@ def register(sub) -> None:
                    help="PID requirement for the efficiency curves, e.g. 'DLLK > 5' or 'isMuon' (repeatable; default: "
                         "the typical ones among the targets)")
     g.add_argument("--bins", type=int, default=4, help="quantile bins per axis (p, eta) for the binned comparisons")
+    g.add_argument("--eff-bins", type=_csv, metavar="C1,C2,...",
+                   help="binning columns of the efficiency pulls (default: p, eta and the occupancy among the "
+                        "conditions, e.g. P,ETA,nLongTracks; edges: weighted quantiles of the reference)")
+    g.add_argument("--eff-edges", action="append", metavar="COL=e0,e1,...",
+                   help="edges of one binning column of the efficiency pulls, in its unit (repeatable), e.g. "
+                        "P=3000,9300,15600,30000,60000,100000; rows outside are left out (counted)")
+    g.add_argument("--min-neff", type=float, default=100.0,
+                   help="Kish effective size (sum w)^2/sum w^2 of the reference a bin needs to enter the pull summaries")
+    g.add_argument("--pull-gen-error", action="store_true",
+                   help="divide the pulls by sqrt(sigma_ref^2 + sigma_gen^2) instead of sigma_ref (for a generated "
+                        "sample not much larger than the reference)")
     g.add_argument("--repeats", type=int, default=3, help="classifier fits on independent splits (mean and spread)")
     g.add_argument("--train-weights", choices=["signed", "clipped"], default="signed",
                    help="classifier training weights: signed sWeights, or negative ones set to 0 (evaluation is always signed)")
@@ -108,7 +139,9 @@ def _run_samples(args, show: bool) -> int:
     log = logging.getLogger("mambah.validate")
     cuts = [parse_cut(c) for c in (args.cuts or [])]
     features = [*args.conditions, *args.targets]
-    extra = [c.column for c in cuts if c.column not in features]
+    edges = parse_edges(args.eff_edges)
+    extra = [col for c in cuts for col in c.columns if col not in features]
+    extra += [c for c in [*(args.eff_bins or []), *edges] if c not in features]
     ref_cols = list(dict.fromkeys([*features, *extra, *([args.ref_weight] if args.ref_weight else [])]))
     gen_cols = list(dict.fromkeys([*features, *extra, *([args.gen_weight] if args.gen_weight else [])]))
     log.info("reading %s", args.ref)
@@ -123,7 +156,7 @@ def _run_samples(args, show: bool) -> int:
         train_weights=args.train_weights, cross_check=args.cross_check, max_train_rows=args.max_train_rows,
         drop_nonfinite=args.drop_nonfinite, show_progress=show, n_threads=args.threads or None,
         sources={"ref": str(args.ref), "gen": args.gen[0] if len(args.gen) == 1 else list(args.gen)},
-        paired=args.paired,
+        paired=args.paired, eff_bins=args.eff_bins, eff_edges=edges or None, min_n_eff=args.min_neff, pull_gen_error=args.pull_gen_error,
     )
     print(headline(summary))
     if args.report:
@@ -163,9 +196,55 @@ def headline(summary: dict) -> str:
         lines.append(s)
     for label, e in summary["efficiencies"].items():
         lines.append(f"eff({label}): reference {e['eff_ref']:.4f}, generated {e['eff_gen']:.4f}")
+    ep = summary.get("efficiency_pulls")
+    if ep:
+        lines.append("")
+        lines += pulls_headline(ep)
     for w in summary.get("warnings", []):
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def pulls_headline(ep: dict) -> list[str]:
+    """The compact table of the efficiency pulls: per cut the whole-sample efficiencies (in %), the
+    pull mean, robust width and RMS over the bins used, and the worst bin."""
+    from mambah.validation.compare import P_NAMES, guess_column
+
+    axes = list(ep["bins"])
+    lines = [f"efficiency pulls in bins of {' x '.join(axes)}: pull = (gen - ref) / sigma ({ep['pull_error']} error, "
+             f"signed weights); summaries over the bins with n_eff >= {ep['min_n_eff']:g}; pull score (RMS) "
+             f"{_fmt(ep.get('score'), '.2f')}"]
+    rows = [("cut", "ref [%]", "gen [%]", "pull", "mean", "width", "rms", "bins", "worst bin")]
+    for label, v in ep["cuts"].items():
+        o, sm = v["overall"], v["summary"]
+        pc = (lambda x: "–" if x is None else f"{100 * x:.2f}")
+        ref = pc(o.get("ref_eff")) + (f"±{100 * o['ref_error']:.2f}" if o.get("ref_error") is not None else "")
+        wb = sm.get("worst_bin")
+        where = "–"
+        if wb:
+            parts = []
+            for a in axes:
+                lo, hi = wb[f"{a}_lo"], wb[f"{a}_hi"]
+                if guess_column([a], P_NAMES):
+                    parts.append(f"{a} {lo / 1e3:.3g}-{hi / 1e3:.3g} GeV/c")
+                else:
+                    parts.append(f"{a} {lo:.3g}-{hi:.3g}")
+            where = f"{', '.join(parts)}: {pc(wb['ref_eff'])} -> {pc(wb['gen_eff'])} % ({wb['pull']:+.1f})"
+        rows.append((label, ref, pc(o.get("gen_eff")), _fmt(o.get("pull"), "+.2f"), _fmt(sm.get("pull_mean"), "+.2f"),
+                     _fmt(sm.get("pull_width"), ".2f"), _fmt(sm.get("pull_rms"), ".2f"),
+                     f"{sm['n_bins']}/{sm['n_bins_total']}", where))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) if i in (0, len(r) - 1) else c.rjust(w)
+                                      for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    if ep.get("n_ref_outside") or ep.get("n_gen_outside"):
+        lines.append(f"  ({ep['n_ref_outside']} reference and {ep['n_gen_outside']} generated rows outside the given "
+                     "edges are left out)")
+    return lines
 
 
 def _run_db(args, show: bool) -> int:

@@ -4,6 +4,12 @@ Example (the shipped real-data proton model)::
 
     mambah train pid --data lc_protons_run3.parquet --species p \\
         --conditions P,ETA,nLongTracks --targets DLLp --weight sWeight --out models/pid-p-dllp
+
+With ``--ensemble K`` the same command trains the nominal model exactly as without it, then K
+members on bootstrap replicas of the training rows (sWeight x Poisson(1) counts), from scratch
+(each with the nominal's budget) or, with ``--warm-start``, from the nominal's weights with
+``--warm-fraction`` (0.25) of its budget; one directory holds them all, with one card
+(:mod:`mambah.training.ensemble`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,17 @@ def register(kinds) -> None:
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep .OUT.checkpoint after success (the last weights, optimiser and random states), e.g. to "
                         "continue later with --resume --overwrite and a larger budget")
+    e = p.add_argument_group("ensemble (the model's own uncertainty: mambah generate --variations)")
+    e.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="also train K members on bootstrap replicas of the training rows (sWeight x Poisson(1) "
+                        "counts, member k seeded SEED + 1000 k), with the nominal's preprocessing; written to "
+                        "OUT/members/ with one card (default 0: no ensemble). From scratch each member costs about "
+                        "one nominal training")
+    e.add_argument("--warm-start", action="store_true",
+                   help="start every member from the nominal's weights, with --warm-fraction of its budget "
+                        "(cheaper; the card records it: warm starts may shrink the spread)")
+    e.add_argument("--warm-fraction", type=float, default=None, metavar="F",
+                   help="a warm-started member's budget (epochs and time) as a fraction of the nominal's (default 0.25)")
     g = p.add_argument_group("network and training (the defaults are good settings)")
     g.add_argument("--gen-width", type=int, default=None, help="generator layer width (128)")
     g.add_argument("--gen-depth", type=int, default=None, help="generator hidden layers (4)")
@@ -62,6 +79,9 @@ def register(kinds) -> None:
     g.add_argument("--bce-xi", type=float, default=None, help="weight of the optional BCE term (0 = off)")
     g.add_argument("--ema-decay", type=float, default=None, help="generator weight averaging (0.995)")
     g.add_argument("--validate-every", type=float, default=None, help="seconds between validations (30)")
+    g.add_argument("--validate-every-steps", type=int, default=None, metavar="N",
+                   help="validate every N steps instead of every --validate-every seconds (reproducible on a "
+                        "loaded machine)")
     g.add_argument("--patience", type=int, default=None, help="validations without improvement before stopping (12)")
     g.add_argument("--valid-repeats", type=int, default=None,
                    help="classifier repeats of each validation score (2; more = less noisy checkpoint selection)")
@@ -195,6 +215,28 @@ def training_data_entry(args, n_read: int, n_selected: int, w, it, iv) -> dict:
     }
 
 
+def held_out_pulls(valid, gen_draws, targets, w) -> dict:
+    """The card's efficiency pulls: the held-out rows against their generated twins (all draws
+    pooled, each twin with its row's weight), the targets' typical cuts in the bins of
+    :func:`~mambah.training.gan.selection_bins` (those of the checkpoint selection); per
+    cut the overall efficiencies and the summary, without the per-bin rows (``mambah validate``
+    gives those)."""
+    import numpy as np
+    import pandas as pd
+
+    from mambah.training.gan import selection_bins
+    from mambah.validation import efficiency_pulls
+
+    bins = selection_bins(valid.drop(columns=list(targets)), w)
+    if bins is None:
+        return {"error": f"the {len(valid)} held-out rows are too few for efficiency bins"}
+    gen = pd.concat(gen_draws, ignore_index=True)
+    res = efficiency_pulls(valid, gen, targets, weight=w, gen_weight=np.tile(w, len(gen_draws)), bins=bins,
+                           gen_error_in_pull=True)
+    return {"draws": len(gen_draws), "pull_rms": res.get("score"),
+            "cuts": {label: {"overall": c["overall"], "summary": c["summary"]} for label, c in res["cuts"].items()}}
+
+
 def build_config(args):
     """The :class:`~mambah.training.gan.GANConfig` from the CLI options (unset options keep the defaults)."""
     from mambah.training.gan import GANConfig
@@ -204,7 +246,8 @@ def build_config(args):
                        ("critic_depth", "critic_depth"), ("critic_outputs", "critic_outputs"), ("n_noise", "n_noise"),
                        ("activation", "activation"), ("residual", "residual"), ("critic_steps", "critic_steps"),
                        ("gp_lambda", "gp_lambda"), ("bce_xi", "bce_xi"), ("ema_decay", "ema_decay"),
-                       ("validate_every", "validate_every"), ("patience", "patience"), ("batch_size", "batch_size"),
+                       ("validate_every", "validate_every"), ("validate_every_steps", "validate_every_steps"),
+                       ("patience", "patience"), ("batch_size", "batch_size"),
                        ("epochs", "epochs"), ("valid_repeats", "valid_repeats"), ("reselect", "reselect")):
         v = getattr(args, opt, None)
         if v is not None:
@@ -232,6 +275,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    import numpy as np
+
     from mambah.cli import progress_enabled
     from mambah.errors import ConfigurationError, DataError
 
@@ -240,6 +285,14 @@ def run(args) -> int:
     if out.exists() and not args.overwrite:
         raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
     cfg = build_config(args)
+    if args.ensemble < 0:
+        raise ConfigurationError(f"--ensemble must be >= 0 (the number of members), not {args.ensemble}")
+    if (args.warm_start or args.warm_fraction is not None) and not args.ensemble:
+        raise ConfigurationError("--warm-start and --warm-fraction need --ensemble K (K >= 1 members)")
+    if args.warm_fraction is not None and not args.warm_start:
+        raise ConfigurationError("--warm-fraction applies to warm-started members: add --warm-start")
+    if args.warm_fraction is not None and not 0 < args.warm_fraction <= 1:
+        raise ConfigurationError(f"--warm-fraction must be in (0, 1], not {args.warm_fraction}")
     # ---- the data: read, select, check, split (all before anything is trained or written)
     conditions, targets, df, w, n_read, iv, it = read_training_data(args, log)
     where = args.data
@@ -267,6 +320,14 @@ def run(args) -> int:
              ",".join(conditions), len(it), len(iv), args.weight or "1",
              f"{args.epochs} epochs" if args.epochs else f"{cfg.max_time / 60:.1f} min")
     trainer.fit(C[it], Y[it], w[it], valid=(C[iv], Y[iv], w[iv]))
+    ensemble = None
+    if args.ensemble:
+        from mambah.training.ensemble import WARM_FRACTION, train_ensemble
+
+        ensemble = train_ensemble(C[it], Y[it], w[it], valid=(C[iv], Y[iv], w[iv]), members=args.ensemble,
+                                  nominal=trainer, warm_start=args.warm_start,
+                                  warm_fraction=args.warm_fraction or WARM_FRACTION, checkpoint_dir=ckpt,
+                                  resume=args.resume, show_progress=progress_enabled(args))
 
     # ---- final validation on the held-out fraction (fresh seeds, more repeats) and the floor
 
@@ -275,13 +336,15 @@ def run(args) -> int:
     from mambah.validation import BDTKSResult
 
     valid = df.iloc[iv][conditions + targets].reset_index(drop=True)
-    draws = []
+    draws, gen_draws = [], []
     for d in range(FINAL_DRAWS):  # one generated sample is itself a random draw: pool several
         gen = valid.copy()
         gen[targets] = trainer.generate(C[iv], seed=args.seed + 1001 + d)
+        gen_draws.append(gen)
         draws.append(bdt_ks_score(valid, gen, conditions + targets, ref_weight=w[iv], gen_weight=w[iv],
                                   seed=args.seed + 2002 + d, n_repeats=FINAL_REPEATS, paired=True))
     score = BDTKSResult.pooled(draws)
+    pulls = held_out_pulls(valid, gen_draws, targets, w[iv])
     floor = bdt_ks_null(valid, conditions + targets, ref_weight=w[iv], seed=args.seed + 3003, n_repeats=5)
     log.info("held-out validation: BDT-KS %.4f ± %.4f, AUC %.4f (floor from halves of the held-out rows: %.4f)",
              score.bdt_ks, score.bdt_ks_std, score.auc, floor.bdt_ks)
@@ -303,8 +366,12 @@ def run(args) -> int:
             "valid_bdt_ks_draws": [d.bdt_ks for d in draws],
             "valid_auc": score.auc, "valid_auc_std": score.auc_std,
             "valid_floor_bdt_ks": floor.bdt_ks, "valid_floor_auc": floor.auc,
-            "selection_bdt_ks": trainer.best_score_, "selection_auc": trainer.best_auc_,
+            "selection_bdt_ks": trainer.best_ks_, "selection_auc": trainer.best_auc_,
+            "selection_pull_rms": None if np.isnan(trainer.best_pull_rms_) else trainer.best_pull_rms_,
+            "selection_score": trainer.best_score_,
+            "selection": cfg.selection,
             "best_step": trainer.best_step_, **({"reselection": trainer.reselection_} if trainer.reselection_ else {}),
+            "valid_efficiency_pulls": pulls,
             **yield_info,
             "note": ("BDT-KS (mambah.validation.bdt_ks_score, HistGradientBoosting on signed sWeights) of "
                      f"{FINAL_DRAWS} generated samples (noise seeds) x {FINAL_REPEATS} classifier fits, pooled "
@@ -313,7 +380,11 @@ def run(args) -> int:
                      "twins split together (paired=True); "
                      "the floor scores two halves of the held-out rows against each other (smaller samples, so "
                      "conservative). selection_* is the score that picked the checkpoint (optimistic); "
-                     "reselection (--reselect N): the N candidates' validation and fresh scores, the kept one first."),
+                     "reselection (--reselect N): the N candidates' validation and fresh scores, the kept one first. "
+                     "valid_efficiency_pulls: the targets' typical cuts in default bins of the held-out rows "
+                     "(mambah.validation.efficiency_pulls), all generated samples pooled against the held-out data, "
+                     "pull = (generated - data) / sqrt(sigma_data^2 + sigma_generated^2); per cut the overall "
+                     "efficiencies and the summary (pull mean, robust width, RMS, worst bin)."),
         },
         "training": {"seconds": round(trainer.train_seconds_, 1), "steps": trainer.steps_,
                      "samples_seen": trainer.samples_seen_,
@@ -321,9 +392,26 @@ def run(args) -> int:
         "command": "mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "mambah" in sys.argv[0]
                    else None,
     }
-    save_pid_model(out, trainer, card, overwrite=args.overwrite)
+    if ensemble is None:
+        save_pid_model(out, trainer, card, overwrite=args.overwrite)
+    else:
+        # each member's held-out score: one generated sample (noise seed SEED + 1001, as the nominal's first
+        # draw) x FINAL_REPEATS classifier fits, the same rows and seeds for every member
+        member_scores = []
+        for m in ensemble.members:
+            gen = valid.copy()
+            gen[targets] = m.generate(C[iv], seed=args.seed + 1001)
+            member_scores.append(bdt_ks_score(valid, gen, conditions + targets, ref_weight=w[iv], gen_weight=w[iv],
+                                              seed=args.seed + 2002, n_repeats=FINAL_REPEATS, paired=True).bdt_ks)
+        card["ensemble"] = ensemble.card_entry({"valid_bdt_ks": member_scores})
+        ensemble.save(out, card, overwrite=args.overwrite)
     if not args.keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)
     print(f"wrote {out}: validation BDT-KS {score.bdt_ks:.4f} ± {score.bdt_ks_std:.4f}, AUC {score.auc:.4f} "
           f"(floor {floor.bdt_ks:.4f}); trained {trainer.train_seconds_:.0f} s, {trainer.steps_} steps")
+    if ensemble is not None:
+        e = card["ensemble"]
+        print(f"  + {e['members']} ensemble members ({'warm-started' if e['warm_start'] else 'from scratch'}), "
+              f"seeds {e['seeds']}: {np.mean(e['seconds_per_member']):.0f} s and {np.mean(e['steps_per_member']):.0f} "
+              f"steps per member; held-out BDT-KS " + ", ".join(f"{x:.4f}" for x in e["valid_bdt_ks"]))
     return 0

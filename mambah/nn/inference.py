@@ -18,6 +18,12 @@ cores and no single-threaded numpy step is left between the network calls,
    repeated knot (a spike in the target distribution, e.g. a default value) comes out as exactly
    that knot value;
 
+**Ensemble variations.** :func:`generate_variations` runs a model's nominal generator and its K
+ensemble members (:attr:`PidModel.members <mambah.nn.pidmodel.PidModel.members>`, which share its
+preprocessing) in one graph per chunk: steps 1 and 2 once, then steps 3 and 4 for each generator,
+so every member sees the nominal's transformed conditions and noise; the nominal's part is the same
+ops on the same inputs as :func:`generate`'s graph, hence bit for bit its result.
+
 The flags classifiers of the PID chains (:class:`~mambah.nn.flags.FlagModel`) get the same
 treatment in :func:`sample_flags`: step 1, their Dense layers, and the Bernoulli draw ``u < P(flag)``
 against float64 uniforms drawn in row order, in one graph (for the 14 conditions of the classifiers
@@ -58,8 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mambah.nn.model import Model
     from mambah.nn.preprocessing import QuantileGaussianizer
 
-__all__ = ["generate", "sample_flags", "generate_reference", "predict_generator", "draw_noise", "draw_uniforms",
-           "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
+__all__ = ["generate", "generate_variations", "sample_flags", "generate_reference", "predict_generator", "draw_noise",
+           "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
 
 #: rows per compiled call: small enough that the activations stay in the caches, large enough that the
 #: per-call overhead (~0.1 ms) is negligible
@@ -243,9 +249,15 @@ def _condition_graph(cond_pre: QuantileGaussianizer):
 
 
 class _Compiled:
-    """The compiled graphs of one GAN (built once, kept by the model: :meth:`~mambah.nn.model.Model.memo`)."""
+    """The compiled graphs of one GAN (built once, kept by the model: :meth:`~mambah.nn.model.Model.memo`).
 
-    def __init__(self, model: Model):
+    With ``generators`` (the nominal generator and its ensemble members, sharing the model's
+    preprocessing), the graphs transform the conditions and make the noise once per chunk, run every
+    generator on them and return the stacked targets ``(len(generators), m, n_targets)``; each
+    generator's part is computed by the same ops, on the same inputs, as the single-generator graph.
+    """
+
+    def __init__(self, model: Model, generators: list | None = None):
         import tensorflow as tf
 
         self.n_cond, self.n_targ, self.n_noise = len(model.conditions), len(model.targets), int(model.n_noise)
@@ -268,7 +280,12 @@ class _Compiled:
 
         def body(c, noise):
             # with each column's minimum and maximum, for the range check
-            return post(gen([pre(c), noise], training=False)), tf.reduce_min(c, axis=0), tf.reduce_max(c, axis=0)
+            if generators is None:
+                y = post(gen([pre(c), noise], training=False))
+            else:  # one condition transform and one noise for all the generators
+                z = pre(c)
+                y = tf.stack([post(g([z, noise], training=False)) for g in generators])
+            return y, tf.reduce_min(c, axis=0), tf.reduce_max(c, axis=0)
 
         spec_c = tf.TensorSpec([None, self.n_cond], tf.float64)
 
@@ -385,6 +402,14 @@ def _range_counts(c, lo, hi, c_lo, c_hi):
     return 0, 0
 
 
+def _compiled_variations(model):
+    """The compiled graphs of ``model``'s nominal generator and ensemble members
+    (``model.members``), built once and kept by the model."""
+    members = model.members  # (loaded first: the model's memo lock is not re-entrant)
+    return model.memo("mambah.nn.inference._Compiled.variations",
+                      lambda: _Compiled(model, [model.generator, *members]))
+
+
 # ------------------------------------------------------------------------------------ public API
 def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEFAULT_CHUNK,
              noise: np.ndarray | None = None, check_range: bool = True, workers: int = DEFAULT_WORKERS,
@@ -407,10 +432,45 @@ def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEF
         float64 array ``(n, n_targets)``: each target interpolated through its training knots, so
         inside the training range, and exactly a knot value where the knots repeat (a spike).
     """
+    fast = _compiled(model)
+    out, results = _run(model, fast, conditions, rng, chunk=chunk, noise=noise, workers=workers)
+    if results:  # (nothing to report for no rows)
+        _report_range(model, results, fast.n_cond, out.shape[-2], check_range, counts)
+    return out
+
+
+def generate_variations(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEFAULT_CHUNK,
+                        noise: np.ndarray | None = None, check_range: bool = True, workers: int = DEFAULT_WORKERS,
+                        counts: list | None = None) -> np.ndarray:
+    """Targets of ``model``'s nominal generator and of each ensemble member, with the same noise.
+
+    The arguments are those of :func:`generate`; ``model`` is a
+    :class:`~mambah.nn.pidmodel.PidModel` with ``n_members`` = K ensemble members (which share its
+    preprocessing). Per chunk, one compiled graph transforms the conditions and makes the noise once
+    and runs the K + 1 generators on them, so the members differ from the nominal only by their
+    weights (the spread is the model's, not the sampler's), and the range check is done (and
+    warned about) once.
+
+    Returns:
+        float64 array ``(K + 1, n, n_targets)``: ``[0]`` the nominal, bit for bit what
+        :func:`generate` returns for the same ``rng`` state, ``chunk`` and ``noise``; ``[k]`` member k.
+    """
+    fast = _compiled_variations(model)
+    out, results = _run(model, fast, conditions, rng, chunk=chunk, noise=noise, workers=workers,
+                        n_out=1 + len(model.members))
+    if results:  # (nothing to report for no rows)
+        _report_range(model, results, fast.n_cond, out.shape[-2], check_range, counts)
+    return out
+
+
+def _run(model, fast: _Compiled, conditions, rng, *, chunk, noise, workers, n_out: int | None = None):
+    """The chunks of :func:`generate` (``n_out`` None: output ``(n, t)``) or of
+    :func:`generate_variations` (``n_out`` generators stacked: ``(n_out, n, t)``) through the compiled
+    graphs ``fast``: ``(output, the chunks' range counts)``."""
     from mambah.random import get_rng
 
     c = np.ascontiguousarray(conditions, dtype=np.float64)
-    fast = _compiled(model)
+    lead = () if n_out is None else (n_out,)
     if c.ndim != 2 or c.shape[1] != fast.n_cond:
         raise DataError(f"expected conditions of shape (n, {fast.n_cond}) in the order {model.conditions}, "
                         f"got {c.shape}")
@@ -422,18 +482,18 @@ def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEF
     else:
         rng = get_rng(rng)
     if n == 0:
-        return np.empty((0, fast.n_targ))
+        return np.empty((*lead, 0, fast.n_targ)), []
     bad = ~np.isfinite(c).all(axis=1)
     if bad.any():
         raise DataError(f"{int(bad.sum())} of {n} condition rows hold NaN or inf (first: row {int(np.argmax(bad))}) "
                         f"for model {model.card.get('name')!r}")
     chunk = max(1, int(chunk))
-    out = np.empty((n, fast.n_targ))
+    out = np.empty((*lead, n, fast.n_targ))
 
     def run(s, e, noise_or_u):
         f = fast.with_noise if noise is not None else fast.with_uniforms
         y, lo, hi = f(c[s:e], noise_or_u)
-        out[s:e] = y.numpy()
+        out[..., s:e, :] = y.numpy()
         return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)
 
     def jobs():
@@ -442,9 +502,7 @@ def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEF
             # the uniforms are drawn here, in row order, whatever the chunking and threading
             yield s, e, noise[s:e] if noise is not None else draw_uniforms(rng, e - s, fast.n_noise)
 
-    results = _map_chunks(run, jobs(), n, chunk, workers)
-    _report_range(model, results, fast.n_cond, n, check_range, counts)
-    return out
+    return out, _map_chunks(run, jobs(), n, chunk, workers)
 
 
 def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFAULT_CHUNK,

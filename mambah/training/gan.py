@@ -4,15 +4,23 @@
 settings, :meth:`CramerGANTrainer.fit` does the work and returns ``self``; fitted attributes end in
 ``_``. The loop
 
-1. fits the quantile-to-Gaussian preprocessing of conditions and targets on the training rows;
+1. fits the quantile-to-Gaussian preprocessing of conditions and targets on the training rows
+   (the targets' map on the *signed* sWeights, ``signed_targets``: see below);
 2. divides the sWeights by their global mean (see :mod:`mambah.nn.cramer` for why);
 3. runs ``train_step`` on shuffled batches (seeded), with the learning rate decaying
    exponentially over the budget (``lr = lr0 * (lr_final/lr0) ** progress``, where ``progress``
    is the larger of the fraction of epochs done and the fraction of ``max_time`` used);
 4. every ``validate_every`` seconds scores the EMA generator on the validation rows with the
    classifier two-sample test of :func:`mambah.validation.bdt_ks_score` — generated targets for the
-   validation rows' conditions, each generated row carrying the sWeight of its data row — and keeps
-   the best weights (and a checkpoint, to resume from);
+   validation rows' conditions, each generated row carrying the sWeight of its data row — and with
+   the efficiency pulls of the targets' typical cuts in bins of the conditions
+   (:func:`mambah.validation.efficiency_pulls`, their RMS :func:`~mambah.validation.pull_score`),
+   and keeps the best weights (and a checkpoint, to resume from). With ``selection="ks_pulls"``
+   (default) the score to minimise is ``BDT-KS × max(1, pull RMS)``: a checkpoint whose cut
+   efficiencies are off by 2σ (RMS) in the bins needs half the BDT-KS of one that is within its
+   errors to be kept. The BDT-KS alone cannot see ~1% of the mass moved into a tail (issue 22:
+   the shipped proton model passed it at 0.02 and biased ``DLLp > 5`` by 7% above 80 GeV/c);
+   ``selection="ks"`` is the BDT-KS alone;
 5. stops after ``patience`` validations without improvement, at the epoch or time budget, and
    restores the best generator;
 6. with ``reselect = N > 1``: the best of N candidates. One validation score is noisy, and the
@@ -22,6 +30,15 @@ settings, :meth:`CramerGANTrainer.fit` does the work and returns ``self``; fitte
    ``reselect_repeats`` classifier fits (the same seeds for every candidate), and the best of these
    fresh scores is kept. Early stopping then waits for ``patience`` validations that enter no
    candidate.
+
+**Signed targets** (``signed_targets=True``, default). The targets' quantile map is fitted on the
+CDF of the signed sWeights, i.e. of the background-subtracted signal. Fitted on sWeights clipped at
+zero (the map before issue 22, ``signed_targets=False``) it gives the background's values room in
+the Gaussian space the generator works in: 12.8% of it lay below DLLp = −5 for the real
+calibration protons, where the signal has 0.07%, and the generator's unavoidable leakage into that
+room came out as a background-like tail (5% of the generated protons below −5 above 80 GeV/c). With
+the signed map, measured on fold 0 of a 2-fold cross-fit of the real protons (150 epochs, seed 1):
+fraction below −5 above 80 GeV/c 6.1% → 1.4%, pulls above 60 GeV/c +2.0..+2.5 → −0.5..+1.1.
 
 Everything is deterministic on CPU for a given seed (``keras.utils.set_random_seed`` plus
 TensorFlow's op determinism).
@@ -45,7 +62,11 @@ from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GANConfig", "CramerGANTrainer", "save_pid_model", "set_determinism"]
+__all__ = ["GANConfig", "GANInit", "CramerGANTrainer", "save_pid_model", "selection_bins", "set_determinism"]
+
+
+#: checkpoint selection scores: the BDT-KS times max(1, RMS of the efficiency pulls), or the BDT-KS alone
+SELECTIONS = ("ks_pulls", "ks")
 
 
 @dataclass
@@ -58,7 +79,9 @@ class GANConfig:
     ``reselect`` > 1 keeps that many candidate checkpoints and chooses among them at the end with
     fresh scores of ``reselect_repeats`` classifier fits each (see the module's step 6), and
     ``patience`` then counts the validations that enter no candidate; 1 keeps the best single
-    validation.
+    validation. ``selection`` is the score validations are ranked by (``"ks_pulls"``: BDT-KS ×
+    max(1, RMS of the efficiency pulls); ``"ks"``: BDT-KS), and ``signed_targets`` fits the
+    targets' quantile map on the signed sWeights (see the module docstring for both).
 
     The defaults were chosen on the real Λc→pKπ calibration protons (46k rows, 2 CPU cores): they
     reach a BDT-KS within about 3x of the statistical floor in under 15 minutes.
@@ -91,6 +114,8 @@ class GANConfig:
     valid_repeats: int = 2
     reselect: int = 1
     reselect_repeats: int = 4
+    signed_targets: bool = True
+    selection: str = "ks_pulls"
     seed: int = 0
 
     def validate(self) -> None:
@@ -103,10 +128,44 @@ class GANConfig:
         for name in ("g_lr", "c_lr", "lr_final", "max_time", "validate_every"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if self.selection not in SELECTIONS:
+            raise ConfigurationError(f"selection must be one of {', '.join(SELECTIONS)}, not {self.selection!r}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigurationError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
         if self.bce_xi < 0 or self.gp_lambda < 0:
             raise ConfigurationError("bce_xi and gp_lambda must be >= 0")
+
+
+@dataclass
+class GANInit:
+    """Where a fit starts from, instead of fitting the preprocessing and initialising at random.
+
+    Used by :mod:`mambah.training.ensemble`: the members of an ensemble share the nominal model's
+    quantile transforms (so that they are comparable and share ``arrays.npz``), and a warm-started
+    member begins at the nominal's weights.
+
+    Attributes:
+        cond_pre, targ_pre: fitted :class:`~mambah.nn.preprocessing.QuantileGaussianizer` of the
+            conditions and targets, used as they are (not refitted).
+        generator_weights: ``get_weights()`` of a generator of the same architecture, set on the
+            generator and on its EMA copy; ``None``: random initialisation (from the config's seed).
+        critic_weights: the same for the critic; ``None``: random initialisation.
+    """
+
+    cond_pre: QuantileGaussianizer
+    targ_pre: QuantileGaussianizer
+    generator_weights: list | None = None
+    critic_weights: list | None = None
+
+    @classmethod
+    def from_trainer(cls, trainer: CramerGANTrainer, *, weights: bool = False) -> GANInit:
+        """The preprocessing of a fitted trainer and, with ``weights``, its kept generator (EMA)
+        weights and its critic's last weights."""
+        if not hasattr(trainer, "generator_"):
+            raise ConfigurationError("the trainer to start from is not fitted: call fit() first")
+        return cls(trainer.cond_pre_, trainer.targ_pre_,
+                   trainer.generator_.get_weights() if weights else None,
+                   trainer.gan_.critic.get_weights() if weights else None)
 
 
 @dataclass
@@ -116,10 +175,12 @@ class _State:
     elapsed: float = 0.0
     best_score: float = float("inf")
     best_auc: float = float("nan")
+    best_ks: float = float("nan")
+    best_pulls: float = float("nan")
     best_step: int = -1
     since_best: int = 0
     history: list = field(default_factory=list)
-    #: the ``reselect`` best validations so far, best first: dicts of step, bdt_ks, auc
+    #: the ``reselect`` best validations so far, best first: dicts of step, score, bdt_ks, auc, pull_rms
     candidates: list = field(default_factory=list)
     since_candidate: int = 0
     #: after the fit, with ``reselect`` > 1: each candidate's step, selection score and fresh score
@@ -143,6 +204,60 @@ def set_determinism(seed: int) -> None:
         pass
 
 
+def _min_n_eff() -> float:
+    from mambah.validation.pideff import MIN_N_EFF
+
+    return MIN_N_EFF
+
+
+def selection_bins(conditions, weights=None) -> dict | None:
+    """Efficiency bins of a validation sample, coarse enough for its size.
+
+    :func:`mambah.validation.default_bins` of the momentum, pseudorapidity and occupancy
+    conditions (else of every condition), dropping axes from the last (occupancy, then η) while the
+    average cell would hold an effective size below twice
+    :data:`~mambah.validation.pideff.MIN_N_EFF` (the bins then enter the pulls); then two halves
+    of the first axis, then a single cell (the overall efficiency, which needs an effective size
+    of ``MIN_N_EFF``). None below that.
+
+    Args:
+        conditions: DataFrame of the conditions (named columns).
+        weights: per-row (s)weights, or None.
+    """
+    from mambah.errors import ConfigurationError as _CE
+    from mambah.validation import default_bins
+    from mambah.validation.pideff import _guess_axes
+    from mambah.validation.stats import effective_size
+
+    w = None if weights is None else np.asarray(weights, dtype=float)
+    n_eff = effective_size(w) if w is not None else float(len(conditions))
+    axes = _guess_axes(list(conditions.columns)) or list(conditions.columns)
+    while axes:
+        try:
+            bins = default_bins(conditions, w, columns=axes, where="the validation rows")
+        except _CE:
+            return None
+        cells = int(np.prod([len(e) - 1 for e in bins.values()]))
+        if n_eff / cells >= 2 * _min_n_eff():
+            return bins
+        if len(axes) == 1:
+            break
+        axes = axes[:-1]
+    if not axes:
+        return None
+    from mambah.validation.compare import quantile_edges
+
+    x = conditions[axes[0]].to_numpy(dtype=float)
+    for n in (2, 1):  # two halves of the first axis, then one cell: the overall efficiency
+        if n_eff / n >= (2 if n > 1 else 1) * _min_n_eff():
+            e = np.asarray(quantile_edges(x, np.ones(len(x)) if w is None else w, n), dtype=float)
+            if len(e) < 2:
+                e = np.array([x.min(), x.max()])
+            e[-1] = np.nextafter(e[-1], np.inf)
+            return {axes[0]: e}
+    return None
+
+
 class CramerGANTrainer:
     """Fit a conditional Cramér GAN ``targets | conditions`` on sWeighted data.
 
@@ -156,7 +271,9 @@ class CramerGANTrainer:
     Fitted attributes:
         cond_pre_, targ_pre_: :class:`~mambah.nn.preprocessing.QuantileGaussianizer`.
         generator_: the generator with the best (EMA) weights, Keras model.
-        best_score_, best_auc_, best_step_: validation BDT-KS/AUC of the kept weights, at which step.
+        best_score_, best_step_: the selection score of the kept weights (``config.selection``),
+            at which step; best_ks_, best_auc_, best_pull_rms_: its BDT-KS, AUC and RMS of the
+            efficiency pulls (NaN when the conditions give no bins).
         reselection_: with ``reselect`` > 1, the candidates (step, ``bdt_ks`` of their validation,
             ``rescore``: the fresh score that chose among them), best fresh score first; else [].
         history_: list of dicts (step, epoch, seconds, losses, validation scores).
@@ -202,8 +319,10 @@ class CramerGANTrainer:
         noise = rng.standard_normal((len(c_pre), self.config.n_noise), dtype=np.float32)
         return predict_generator(generator, c_pre, noise)
 
-    def _score(self, generator, valid, seed: int, n_repeats: int | None = None):
-        from mambah.validation import bdt_ks_score
+    def _score(self, generator, valid, seed: int, n_repeats: int | None = None) -> dict:
+        """The validation scores of ``generator``: ``bdt_ks``, ``auc``, ``pull_rms`` (RMS of the
+        efficiency pulls; NaN without bins) and ``score`` (the selection score, lower is better)."""
+        from mambah.validation import bdt_ks_score, efficiency_pulls, pull_score
         import pandas as pd
 
         c_raw, y_raw, w, c_pre = valid
@@ -215,7 +334,27 @@ class CramerGANTrainer:
         # split them together (paired), or the classifier learns condition points, not the model
         res = bdt_ks_score(ref, gen, cols, ref_weight=w, gen_weight=w, seed=seed,
                            n_repeats=n_repeats or self.config.valid_repeats, paired=True)
-        return res.bdt_ks, res.auc
+        rms = float("nan")
+        if self._pull_bins is not None:
+            # one generated twin per row: its own noise is as large as the data's, hence in the pull
+            rms = pull_score(efficiency_pulls(ref, gen, list(self.target_names), weight=w, gen_weight=w,
+                                              bins=self._pull_bins, gen_error_in_pull=True))
+        score = res.bdt_ks
+        if self.config.selection == "ks_pulls" and np.isfinite(rms):
+            score = res.bdt_ks * max(1.0, rms)
+        return {"score": float(score), "bdt_ks": float(res.bdt_ks), "auc": float(res.auc), "pull_rms": rms}
+
+    def _efficiency_bins(self, c_raw, w):
+        """The validation rows' efficiency bins (:func:`selection_bins`); None, with a warning, when
+        the validation rows are too few for any bin."""
+        import pandas as pd
+
+        df = pd.DataFrame(np.asarray(c_raw, dtype=float), columns=list(self.condition_names))
+        bins = selection_bins(df, w)
+        if bins is None:
+            log.warning("the %d validation rows are too few for efficiency bins with an effective size of %.0f: "
+                        "checkpoints are selected by the BDT-KS alone", len(df), 2 * _min_n_eff())
+        return bins
 
     # -------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, gan, state: _State, best_weights, rng) -> None:
@@ -247,7 +386,10 @@ class CramerGANTrainer:
     def _load_checkpoint(self, gan, rng):
         d = Path(self.checkpoint_dir)
         meta = json.loads((d / "checkpoint.json").read_text())
-        saved = asdict(GANConfig()) | meta["config"]  # settings added since the checkpoint: their defaults
+        # settings added since the checkpoint: their defaults, or the behaviour before them where they
+        # change what a fit does (a checkpoint of clipped-target fits cannot go on with signed ones)
+        legacy = {"signed_targets": False, "selection": "ks"}
+        saved = asdict(GANConfig()) | legacy | meta["config"]
         free = ("epochs", "max_time", "patience", "reselect", "reselect_repeats")  # may change on resume
         if saved != asdict(self.config) | {k: saved[k] for k in free}:
             raise ConfigurationError(
@@ -274,12 +416,18 @@ class CramerGANTrainer:
         return st, group("best")
 
     # ------------------------------------------------------------------- fit
-    def fit(self, conditions, targets, weights=None, valid=None) -> CramerGANTrainer:
+    def fit(self, conditions, targets, weights=None, valid=None, *, row_weights=None,
+            init: GANInit | None = None) -> CramerGANTrainer:
         """Train on ``conditions`` (n, k_c), ``targets`` (n, k_t) with sWeights ``weights`` (n,).
 
         Args:
             valid: ``(conditions, targets, weights)`` of held-out rows for the validation score
                 (best checkpoint, early stopping). ``None``: no validation, the last EMA weights are kept.
+            row_weights: optional per-row multipliers of the training weights (n,), finite and >= 0,
+                e.g. the Poisson(1) counts of a bootstrap replica (:mod:`mambah.training.ensemble`);
+                the fit then uses ``weights * row_weights`` everywhere (preprocessing, loss).
+            init: a :class:`GANInit`: its preprocessing is used instead of fitting one, and its
+                weights (if any) instead of the random initialisation (a warm start).
         """
 
         from mambah.progress import progress
@@ -296,6 +444,12 @@ class CramerGANTrainer:
         w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
         if len(y) != n or len(w) != n:
             raise DataError(f"conditions, targets and weights have {n}, {len(y)} and {len(w)} rows")
+        if row_weights is not None:
+            m = np.asarray(row_weights, dtype=float)
+            if m.shape != (n,) or not np.isfinite(m).all() or (m < 0).any():
+                raise DataError(f"row_weights must be {n} finite values >= 0 (one per training row), "
+                                f"got shape {m.shape}" + (f", minimum {m.min():.6g}" if m.size else ""))
+            w = w * m
         if n < cfg.batch_size:
             raise DataError(
                 f"{n} training rows are fewer than one batch ({cfg.batch_size}); give more data or a smaller batch size")
@@ -306,8 +460,16 @@ class CramerGANTrainer:
 
         set_determinism(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        self.cond_pre_ = QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
-        self.targ_pre_ = QuantileGaussianizer(cfg.n_knots).fit(y, w, names=self.target_names)
+        if init is None:
+            self.cond_pre_ = QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
+            self.targ_pre_ = QuantileGaussianizer(cfg.n_knots).fit(y, w, names=self.target_names,
+                                                                    signed=cfg.signed_targets)
+        else:
+            if init.cond_pre.knots_.shape[0] != c.shape[1] or init.targ_pre.knots_.shape[0] != y.shape[1]:
+                raise ConfigurationError(
+                    f"the initial preprocessing has {init.cond_pre.knots_.shape[0]} condition and "
+                    f"{init.targ_pre.knots_.shape[0]} target columns, the data {c.shape[1]} and {y.shape[1]}")
+            self.cond_pre_, self.targ_pre_ = init.cond_pre, init.targ_pre
         c_pre = self.cond_pre_.transform(c, mode="mid")
         y_pre = self.targ_pre_.transform(y, mode="random", rng=np.random.default_rng([cfg.seed, 1]))
         self.weight_mean_ = float(w.mean())
@@ -319,8 +481,15 @@ class CramerGANTrainer:
             vc = vc[:, None] if vc.ndim == 1 else vc
             vy = vy[:, None] if vy.ndim == 1 else vy
             vdata = (vc, vy, vw, self.cond_pre_.transform(vc, mode="mid"))
+        # the efficiency bins of the checkpoint selection: from the validation rows alone, fixed for the fit
+        self._pull_bins = self._efficiency_bins(vdata[0], vdata[2]) if vdata is not None else None
 
         gan = self._build(c.shape[1], y.shape[1])
+        if init is not None and init.generator_weights is not None:
+            gan.generator.set_weights(init.generator_weights)
+            gan.generator_ema.set_weights(init.generator_weights)
+        if init is not None and init.critic_weights is not None:
+            gan.critic.set_weights(init.critic_weights)
         import tensorflow as tf
 
         step_fn = tf.function(gan.train_step, reduce_retracing=True)
@@ -403,6 +572,8 @@ class CramerGANTrainer:
         self.generator_ = gan.generator_ema
         self.best_score_ = state.best_score if vdata is not None else float("nan")
         self.best_auc_ = state.best_auc
+        self.best_ks_ = state.best_ks
+        self.best_pull_rms_ = state.best_pulls
         self.best_step_ = state.best_step
         self.reselection_ = state.reselection
         self.history_ = state.history
@@ -412,28 +583,31 @@ class CramerGANTrainer:
         return self
 
     def _validate(self, gan, vdata, state: _State, logs, t0, rng, best_weights) -> bool:
-        ks, auc = self._score(gan.generator_ema, vdata, seed=self.config.seed + 7)
+        sc = self._score(gan.generator_ema, vdata, seed=self.config.seed + 7)
+        score = sc["score"]
         elapsed = time.perf_counter() - t0
-        rec = {"step": state.step, "epoch": state.epoch, "seconds": round(elapsed, 1), "bdt_ks": ks, "auc": auc,
+        rec = {"step": state.step, "epoch": state.epoch, "seconds": round(elapsed, 1), **sc,
                "lr": float(gan.g_optimizer.learning_rate.numpy())}
         rec.update({k: float(v) for k, v in logs.items()})
         state.history.append(rec)
-        if ks < state.best_score:
-            state.best_score, state.best_auc, state.best_step, state.since_best = ks, auc, state.step, 0
+        if score < state.best_score:
+            state.best_score, state.best_step, state.since_best = score, state.step, 0
+            state.best_ks, state.best_auc, state.best_pulls = sc["bdt_ks"], sc["auc"], sc["pull_rms"]
         else:
             state.since_best += 1
         n = self.config.reselect
-        if n > 1 and (len(state.candidates) < n or ks < state.candidates[-1]["bdt_ks"]):
-            i = int(np.searchsorted([c["bdt_ks"] for c in state.candidates], ks, side="right"))
-            state.candidates.insert(i, {"step": state.step, "bdt_ks": ks, "auc": auc})
+        if n > 1 and (len(state.candidates) < n or score < state.candidates[-1]["score"]):
+            i = int(np.searchsorted([c["score"] for c in state.candidates], score, side="right"))
+            state.candidates.insert(i, {"step": state.step, **sc})
             self._cand_weights.insert(i, gan.generator_ema.get_weights())
             del state.candidates[n:], self._cand_weights[n:]
             state.since_candidate = 0
         else:
             state.since_candidate += 1
         state.elapsed = elapsed
-        log.info("step %d (%.0f s): validation BDT-KS %.4f AUC %.4f (best %.4f at step %d)",
-                 state.step, elapsed, ks, auc, state.best_score, state.best_step)
+        log.info("step %d (%.0f s): validation BDT-KS %.4f AUC %.4f pull RMS %.2f, score %.4f (best %.4f at step %d)",
+                 state.step, elapsed, sc["bdt_ks"], sc["auc"], sc["pull_rms"], score, state.best_score,
+                 state.best_step)
         return (state.since_candidate if n > 1 else state.since_best) >= self.config.patience
 
     def _reselect(self, gan, vdata, state: _State):
@@ -443,17 +617,19 @@ class CramerGANTrainer:
         rows = []
         for cand, weights in zip(state.candidates[:cfg.reselect], self._cand_weights):
             gan.generator_ema.set_weights(weights)
-            ks, auc = self._score(gan.generator_ema, vdata, seed=cfg.seed + 1013, n_repeats=cfg.reselect_repeats)
-            rows.append((ks, cand, auc, weights))
+            sc = self._score(gan.generator_ema, vdata, seed=cfg.seed + 1013, n_repeats=cfg.reselect_repeats)
+            rows.append((sc["score"], cand, sc, weights))
         rows.sort(key=lambda r: r[0])
-        state.reselection = [{"step": c["step"], "bdt_ks": c["bdt_ks"], "rescore": ks, "rescore_auc": auc}
-                             for ks, c, auc, _ in rows]
-        ks, cand, auc, weights = rows[0]
-        log.info("reselection of %d candidates (%d classifier fits each): kept step %d, BDT-KS %.4f "
+        state.reselection = [{"step": c["step"], "score": c["score"], "bdt_ks": c["bdt_ks"], "rescore": s,
+                              "rescore_bdt_ks": sc["bdt_ks"], "rescore_auc": sc["auc"],
+                              "rescore_pull_rms": sc["pull_rms"]} for s, c, sc, _ in rows]
+        s, cand, sc, weights = rows[0]
+        log.info("reselection of %d candidates (%d classifier fits each): kept step %d, score %.4f "
                  "(its validation %.4f; the best validation, step %d, rescored %.4f)", len(rows),
-                 cfg.reselect_repeats, cand["step"], ks, cand["bdt_ks"], state.candidates[0]["step"],
+                 cfg.reselect_repeats, cand["step"], s, cand["score"], state.candidates[0]["step"],
                  next(r["rescore"] for r in state.reselection if r["step"] == state.candidates[0]["step"]))
-        state.best_score, state.best_auc, state.best_step = cand["bdt_ks"], cand["auc"], cand["step"]
+        state.best_score, state.best_step = cand["score"], cand["step"]
+        state.best_ks, state.best_auc, state.best_pulls = cand["bdt_ks"], cand["auc"], cand["pull_rms"]
         return weights
 
     # ------------------------------------------------------------- inference

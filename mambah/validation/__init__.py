@@ -1,12 +1,17 @@
 """Validation of generative models: the classifier two-sample score ("BDT KS"), 1D comparisons in
-bins of p and η, PID efficiency curves, plots and reports (``mambah validate``).
+bins of p and η, PID efficiency curves, efficiencies of PID cuts in bins with their pulls,
+PIDCalib-style efficiency tables of a model, plots and reports (``mambah validate``,
+``mambah pid-efficiency``).
 
 Quick use::
 
-    from mambah.validation import bdt_ks_score
+    from mambah.validation import bdt_ks_score, efficiency_pulls, pull_score, pid_efficiency
     res = bdt_ks_score(data, generated, ["P", "ETA", "nLongTracks", "DLLp"],
                        ref_weight="sWeight", gen_weight="sWeight", seed=0)
     res.bdt_ks, res.bdt_ks_std, res.auc
+    pulls = efficiency_pulls(data, generated, ["DLLp"], weight="sWeight")   # DLLp > 0, 5, 10, 15
+    pull_score(pulls)                                                      # RMS of the bins' pulls
+    table = pid_efficiency("pid-p-dllp-lhcb-run3", data, ["DLLp > 5"], weight="sWeight")
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ _LAZY = {
     "parse_cut": "mambah.validation.cuts",
     "efficiency_in_bins": "mambah.validation.efficiency",
     "pull_summary": "mambah.validation.efficiency",
+    "efficiency_pulls": "mambah.validation.pideff",
+    "pull_score": "mambah.validation.pideff",
+    "pid_efficiency": "mambah.validation.pideff",
+    "default_bins": "mambah.validation.pideff",
     "chain_closure": "mambah.validation.closure",
 }
 

@@ -19,15 +19,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from mambah.errors import MissingColumnError
-from mambah.validation.cuts import Cut, parse_cut, typical_cut_specs
+from mambah.validation.cuts import Cut, parse_cut, typical_cut_specs, typical_cuts
 from mambah.validation.efficiency import bin_index, binned_efficiency
 from mambah.validation.inputs import Sample
 from mambah.validation.stats import effective_size, weighted_ks, weighted_quantiles
 
 __all__ = [
     "C_ALPHA_95", "ks_critical", "quantile_edges", "ks1d_table", "Cut", "parse_cut", "default_cuts",
-    "efficiency_curve", "efficiency_table", "guess_column",
+    "efficiency_curve", "efficiency_table", "guess_column", "P_NAMES", "ETA_NAMES", "OCCUPANCY_NAMES",
 ]
+
+#: column names recognised as momentum / pseudorapidity / occupancy when not given explicitly
+P_NAMES = ("P", "p", "p_total", "momentum", "TRACK_P")
+ETA_NAMES = ("ETA", "eta", "pseudorapidity", "TRACK_ETA")
+OCCUPANCY_NAMES = ("nLongTracks", "nTracks", "n_tracks", "nPVs")
 
 C_ALPHA_95 = 1.358  # Kolmogorov critical value at 5 %
 
@@ -129,24 +134,23 @@ def ks1d_table(
 TYPICAL_CUTS = typical_cut_specs()
 
 
-def default_cuts(targets: Sequence[str], ref: Sample) -> list[Cut]:
-    """Typical requirements on the targets that have them; otherwise the reference's weighted median."""
-    cuts = []
-    for name, op, val in TYPICAL_CUTS:
-        col = guess_column(list(targets), [name])
-        if col is not None:
-            label = col if name == "isMuon" else f"{col} {op} {val:g}"
-            cuts.append(Cut(col, op, val, label))
-    if not cuts:
-        for t in targets:
-            med = float(weighted_quantiles(ref.data[t].to_numpy(), [0.5], ref.weights)[0])
-            cuts.append(Cut(t, ">", med, f"{t} > {med:.4g} (ref. median)"))
-    seen, out = set(), []
-    for c in cuts:
-        if (c.column, c.op, c.value) not in seen:
-            seen.add((c.column, c.op, c.value))
-            out.append(c)
-    return out
+def default_cuts(targets: Sequence[str], ref, weights=None) -> list[Cut]:
+    """Typical requirements on the targets that have them (:func:`~mambah.validation.cuts.typical_cuts`);
+    otherwise each target above the reference's weighted median.
+
+    Args:
+        targets: the target columns.
+        ref: the reference, a :class:`~mambah.validation.inputs.Sample` or a DataFrame (for the medians).
+        weights: the DataFrame's per-row weights (ignored for a Sample, which carries its own).
+    """
+    cuts = typical_cuts(targets)
+    if cuts:
+        return cuts
+    data, w = (ref.data, ref.weights) if isinstance(ref, Sample) else (ref, weights)
+    for t in targets:
+        med = float(weighted_quantiles(np.asarray(data[t], dtype=float), [0.5], w)[0])
+        cuts.append(Cut(t, ">", med, f"{t} > {med:.4g} (ref. median)"))
+    return cuts
 
 
 def efficiency_curve(x: np.ndarray, passed: np.ndarray, w: np.ndarray, edges: np.ndarray) -> dict:

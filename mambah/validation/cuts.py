@@ -12,7 +12,9 @@ The typical requirements:
 
 * :data:`TYPICAL` — per PID target (store quantity, or an LHCb-only column such as ``ProbNNp``):
   the operator and thresholds analysts use; :func:`typical_cut_specs` spells them under every LHCb
-  name (what :func:`mambah.validation.compare.default_cuts` matches in a user's sample);
+  name, and :func:`typical_cuts` gives the ones that apply to a list of targets (what
+  :func:`mambah.validation.compare.default_cuts` and the efficiency pulls of
+  :mod:`mambah.validation.pideff` use);
 * :data:`CHAIN_CUTS` — the requirements of the PID chain's closure
   (:func:`mambah.validation.closure.chain_closure`);
 * :data:`PRODUCTION_CUTS` — the requirements of a production's QA report (store columns).
@@ -35,7 +37,8 @@ import numpy as np
 from mambah.errors import ConfigurationError, MissingColumnError
 from mambah.physics.columns import COLUMN_MAP
 
-__all__ = ["Cut", "parse_cut", "TYPICAL", "typical_cut_specs", "CHAIN_CUTS", "PRODUCTION_CUTS"]
+__all__ = ["Cut", "parse_cut", "TYPICAL", "typical_cut_specs", "typical_cuts", "resolve_column", "CHAIN_CUTS",
+           "PRODUCTION_CUTS"]
 
 _OPS = {
     ">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal,
@@ -107,12 +110,22 @@ def _names_of(column: str) -> tuple[str, ...]:
     return (column,)
 
 
+def resolve_column(column: str, available) -> str | None:
+    """The name under which ``column`` is in ``available`` (itself first, then its other names in
+    the column map: ``DLLK`` finds ``PIDK``), or ``None``."""
+    available = set(available)
+    for name in _names_of(column):
+        if name in available:
+            return name
+    return None
+
+
 def _values(df, column: str, cut: Cut):
     cols = list(df.columns) if hasattr(df, "columns") else list(df)
-    for name in _names_of(column):
-        if name in cols:
-            v = df[name]
-            return v.to_numpy() if hasattr(v, "to_numpy") else np.asarray(v)
+    name = resolve_column(column, cols)
+    if name is not None:
+        v = df[name]
+        return v.to_numpy() if hasattr(v, "to_numpy") else np.asarray(v)
     raise MissingColumnError([column], [str(c) for c in cols], where=f"the table given to the cut {cut.label!r}")
 
 
@@ -145,9 +158,11 @@ def parse_cut(spec: str | Cut) -> Cut:
 
 #: Typical requirements per PID target: quantity -> (operator, thresholds). A quantity is a store
 #: name of the column map (every LHCb spelling of it is meant) or an LHCb-only column (ProbNN).
+#: The DLL thresholds are those of analyses' proton and kaon selections (loose 0, 5; tight 10, 15:
+#: a model's displaced tail or its core width shows at different thresholds).
 TYPICAL: Mapping[str, tuple[str, tuple[float, ...]]] = {
-    "pid_k": (">", (0.0, 5.0)),
-    "pid_p": (">", (0.0, 5.0)),
+    "pid_k": (">", (0.0, 5.0, 10.0)),
+    "pid_p": (">", (0.0, 5.0, 10.0, 15.0)),
     "pid_mu": (">", (0.0,)),
     "pid_e": (">", (0.0,)),
     "is_muon": (">", (0.5,)),
@@ -170,6 +185,35 @@ def typical_cut_specs() -> list[tuple[str, str, float]]:
     """``(column, op, value)`` of every typical requirement under each LHCb spelling of its column,
     in the order of :data:`TYPICAL` (``DLLK > 0``, ``DLLK > 5``, ``PIDK > 0``, ``PIDK > 5``, ...)."""
     return [(name, op, v) for q, (op, values) in TYPICAL.items() for name in _lhcb_spellings(q) for v in values]
+
+
+def _matches(target: str, name: str) -> bool:
+    """``target`` is the column ``name`` (case-insensitive, or with a particle prefix ``x_name``)."""
+    t, n = target.lower(), name.lower()
+    return t == n or t.endswith("_" + n)
+
+
+def typical_cuts(targets) -> list[Cut]:
+    """The typical requirements (:data:`TYPICAL`) on the columns ``targets``, in :data:`TYPICAL`'s order.
+
+    A target matches a spelling of a quantity case-insensitively, also with a particle prefix
+    (``p_DLLp``, ``K_PIDK``); a boolean flag's cut is labelled by the column alone (``isMuon``).
+    Targets without a typical requirement give none (an empty list when none has one).
+
+    Example:
+        >>> [c.label for c in typical_cuts(["DLLp"])]
+        ['DLLp > 0', 'DLLp > 5', 'DLLp > 10', 'DLLp > 15']
+    """
+    targets = [str(t) for t in targets]
+    out: list[Cut] = []
+    seen = set()
+    for name, op, val in typical_cut_specs():
+        for t in targets:
+            if _matches(t, name) and (t, op, val) not in seen:
+                seen.add((t, op, val))
+                label = t if name == "isMuon" else f"{t} {op} {val:g}"
+                out.append(Cut(t, op, val, label))
+    return out
 
 
 #: Requirements of the PID chain's closure, on the chain's outputs (label -> cut).

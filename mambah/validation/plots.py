@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mambah.errors import ConfigurationError
+from mambah.validation.compare import P_NAMES, guess_column
 from mambah.validation.inputs import Sample
 from mambah.validation.stats import weighted_quantiles
 
-__all__ = ["plot_target", "plot_target_bins", "plot_classifier_output", "plot_efficiency", "style", "new_figure",
-           "save_figure"]
+__all__ = ["plot_target", "plot_target_bins", "plot_classifier_output", "plot_efficiency", "plot_efficiency_slices",
+           "style", "new_figure", "save_figure"]
 
 REF_COLOR, GEN_COLOR = "black", "tab:red"
 DPI = 90
@@ -54,10 +56,19 @@ def new_figure(w: float, h: float):
     return fig
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix) and return the path."""
+def save_figure(fig, path: Path, *, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix) and return the path.
+
+    ``tight=False``: the whole figure as laid out (no tight bounding box: one draw instead of two,
+    for figures of many panels whose margins are set by hand).
+    """
     path = Path(path)
-    fig.savefig(path)
+    if tight:
+        fig.savefig(path)
+    else:
+        from matplotlib.transforms import Bbox
+
+        fig.savefig(path, bbox_inches=Bbox.from_bounds(0, 0, *fig.get_size_inches()))
     return path
 
 
@@ -220,3 +231,150 @@ def plot_efficiency(label: str, entry: dict, path: Path) -> Path:
             rax.set_ylabel("gen/ref", fontsize="x-small")
             rax.tick_params(labelsize="x-small")
         return save_figure(fig, path)
+
+
+def _slice_key(row, axes) -> tuple:
+    return tuple((row[f"{a}_lo"], row[f"{a}_hi"]) for a in axes)
+
+
+def _is_momentum(col: str) -> bool:
+    return guess_column([col], P_NAMES) is not None
+
+
+def plot_efficiency_slices(rows, x: str, series, path: Path, *, pull: str | None = None, pull_label: str = "pull",
+                           used: str | None = "used", title: str | None = None) -> Path:
+    """Efficiency versus one binning column (``x``), one panel per slice of the other binning columns.
+
+    The panels' columns are the bins of the first other binning column (e.g. η), their rows the
+    tables of ``rows`` times the bins of any further column (e.g. the occupancy). Bins without
+    ``used`` (too little signal) are drawn with open markers and do not set the vertical range.
+
+    Args:
+        rows: ``[(label, table), ...]``: one block of panels per table (e.g. one per cut). A table
+            has ``<col>_lo`` and ``<col>_hi`` for every binning column (as
+            :func:`mambah.validation.efficiency.efficiency_in_bins` and
+            :func:`mambah.validation.pideff.pid_efficiency` give) and the series' columns.
+        x: the column along the horizontal axis (a momentum column is drawn in GeV/c).
+        series: ``[{"eff": column, "err": column, "label": str, "color": str, "kind": "points" | "band"}, ...]``:
+            points with error bars (slightly offset from each other), or a line with an error band.
+        path: the PNG to write.
+        pull: a column drawn under each panel (pulls; ±1 shaded), or None.
+        used: a boolean column marking the bins with enough signal, or None (all).
+        title: the figure's title.
+    """
+    tables = [(label, t) for label, t in rows]
+    axes_all = [c[:-3] for c in tables[0][1].columns if c.endswith("_lo")]
+    if x not in axes_all:
+        raise ConfigurationError(f"{x!r} is not a binning column of the table ({', '.join(axes_all)})")
+    others = [a for a in axes_all if a != x]
+    t0 = tables[0][1]
+
+    def bins_of(col):
+        return list(dict.fromkeys(zip(t0[f"{col}_lo"], t0[f"{col}_hi"])))
+
+    col_bins = bins_of(others[0]) if others else [None]
+    handles, labels = [], []
+    rest = others[1:]
+    rest_keys = list(dict.fromkeys(_slice_key(r, rest) for _, r in t0.iterrows())) if rest else [()]
+    scale, xlabel = (1e-3, f"{x} [GeV/c]") if _is_momentum(x) else (1.0, x)
+    n_cols, n_rows = len(col_bins), len(tables) * len(rest_keys)
+    with style():
+        head = 1.15 if title else 0.8  # inches above the panels: title, legend, the panels' titles
+        height = (4.2 if pull else 3.2) * n_rows + head
+        fig = new_figure(3.6 * n_cols + 0.6, height)
+        outer = fig.add_gridspec(n_rows, n_cols, hspace=0.5, wspace=0.28, top=1 - head / height,
+                                 bottom=0.55 / height, left=0.9 / (3.6 * n_cols + 0.6), right=0.98)
+        for ti, (label, t) in enumerate(tables):
+            u_all = t[used].to_numpy(bool) if used and used in t.columns else np.ones(len(t), bool)
+            for ri, rk in enumerate(rest_keys):
+                i = ti * len(rest_keys) + ri
+                for j, cb in enumerate(col_bins):
+                    m = np.ones(len(t), bool)
+                    if cb is not None:
+                        m &= (t[f"{others[0]}_lo"].to_numpy() == cb[0]) & (t[f"{others[0]}_hi"].to_numpy() == cb[1])
+                    for a, (lo_, hi_) in zip(rest, rk):
+                        m &= (t[f"{a}_lo"].to_numpy() == lo_) & (t[f"{a}_hi"].to_numpy() == hi_)
+                    order = np.argsort(t[f"{x}_lo"].to_numpy()[m], kind="stable")
+                    sub = t[m].iloc[order]
+                    u = u_all[m][order]
+                    if pull:
+                        inner = outer[i, j].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.06)
+                        ax, pax = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
+                    else:
+                        ax, pax = fig.add_subplot(outer[i, j]), None
+                    _efficiency_panel(ax, pax, sub, u, x, scale, series, pull)
+                    if j == 0:
+                        ax.set_ylabel(f"ε({label})", fontsize="small")
+                        if pax is not None:
+                            pax.set_ylabel(pull_label, fontsize="x-small")
+                    parts = [f"{lo_:.3g} ≤ {a} < {hi_:.3g}" for a, (lo_, hi_) in
+                             zip(others, ([cb] if cb is not None else []) + list(rk))]
+                    if parts:
+                        ax.set_title(", ".join(parts), fontsize="x-small")
+                    (pax if pax is not None else ax).set_xlabel(xlabel, fontsize="small")
+                    if i == 0 and j == 0:
+                        handles, labels = ax.get_legend_handles_labels()
+        if title:
+            fig.suptitle(title, fontsize="small", y=1 - 0.15 / height, va="top")
+        if handles:
+            fig.legend(handles, labels, loc="upper center", fontsize="x-small", ncol=len(handles), frameon=False,
+                       bbox_to_anchor=(0.5, 1 - (0.45 if title else 0.1) / height))
+        return save_figure(fig, path, tight=False)
+
+
+def _efficiency_panel(ax, pax, sub, u, x: str, scale: float, series, pull: str | None) -> None:
+    lo = sub[f"{x}_lo"].to_numpy(float) * scale
+    hi = sub[f"{x}_hi"].to_numpy(float) * scale
+    c, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    n_pts = sum(1 for s in series if s.get("kind", "points") == "points")
+    k_pt = 0
+    span = []
+    for s in series:
+        eff = sub[s["eff"]].to_numpy(float)
+        err = sub[s["err"]].to_numpy(float) if s.get("err") in sub.columns else np.zeros(len(sub))
+        e0 = np.where(np.isfinite(err), err, 0.0)
+        color = s.get("color", REF_COLOR)
+        span += [eff[u] - e0[u], eff[u] + e0[u]]
+        if s.get("kind", "points") == "band":
+            if len(lo):
+                eff = np.where(u, eff, np.nan)  # a band through bins without signal would mislead
+                edges = np.r_[lo, hi[-1]]
+                ax.stairs(eff, edges, color=color, lw=1.2, label=s["label"])
+                ax.fill_between(edges, np.r_[eff - e0, (eff - e0)[-1:]], np.r_[eff + e0, (eff + e0)[-1:]],
+                                step="post", color=color, alpha=0.3, lw=0)
+        else:
+            off = (k_pt - (n_pts - 1) / 2) * 0.15 * half if n_pts > 1 else 0.0
+            k_pt += 1
+            ax.errorbar((c + off)[u], eff[u], xerr=half[u], yerr=err[u], fmt="o", ms=3, color=color, lw=0.8,
+                        label=s["label"])
+            if (~u).any():
+                ax.errorbar((c + off)[~u], eff[~u], xerr=half[~u], yerr=err[~u], fmt="o", ms=3, mfc="none",
+                            color=color, lw=0.5, alpha=0.5)
+    if len(lo):
+        ax.set_xlim(lo.min(), hi.max())
+    # many small panels: no minor ticks, few major ones (LHCb style's ticks dominate the drawing time)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.minorticks_off()
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    if pax is not None:
+        pax.minorticks_off()
+        pax.yaxis.set_major_locator(MaxNLocator(3, symmetric=True))
+    vals = np.concatenate(span) if span else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if len(vals):
+        y0, y1 = float(vals.min()), float(vals.max())
+        pad = max(0.1 * (y1 - y0), 0.005)
+        ax.set_ylim(y0 - pad, y1 + pad)
+    ax.tick_params(labelsize="x-small", labelbottom=pax is None)
+    if pax is not None:
+        pv = sub[pull].to_numpy(float)
+        ok = np.isfinite(pv)
+        pax.axhspan(-1, 1, color="grey", alpha=0.2, lw=0)
+        pax.axhline(0, color="grey", lw=0.8)
+        pax.errorbar(c[ok & u], pv[ok & u], xerr=half[ok & u], fmt="o", ms=3, color="black", lw=0.8)
+        pax.plot(c[ok & ~u], pv[ok & ~u], "o", ms=3, mfc="none", color="grey")
+        lim = max(3.0, 1.15 * float(np.max(np.abs(pv[ok & u])))) if (ok & u).any() else 3.0
+        pax.set_ylim(-min(lim, 12.0), min(lim, 12.0))
+        pax.set_xlim(ax.get_xlim())
+        pax.tick_params(labelsize="x-small")

@@ -2,7 +2,9 @@
 
 The report folder holds the PNG plots, ``index.html`` (a summary table and every plot; open it in
 a browser) and ``summary.json`` (every number; top-level keys ``bdt_ks``, ``bdt_ks_std``, ``auc``,
-``auc_std``, ``bdt_ks_null``, ``bdt_ks_null_std``, ``auc_null``, ``ks1d``, ``efficiencies``, ...).
+``auc_std``, ``bdt_ks_null``, ``bdt_ks_null_std``, ``auc_null``, ``ks1d``, ``efficiencies``,
+``efficiency_pulls`` (:func:`mambah.validation.pideff.efficiency_pulls`: the efficiencies of the
+typical and the given cuts in bins of p, η and occupancy, their pulls and summaries), ...).
 The folder is written to a temporary name and renamed when complete, so a failure never leaves a
 half-written report, and an existing report is replaced only once the new one is complete.
 """
@@ -25,18 +27,19 @@ from mambah._version import __version__
 from mambah.errors import ConfigurationError, DataError
 from mambah.progress import progress
 from mambah.validation.bdt import BDTKSResult, check_settings, score_samples
-from mambah.validation.compare import default_cuts, efficiency_table, guess_column, ks1d_table
+from mambah.validation.compare import (ETA_NAMES, OCCUPANCY_NAMES, P_NAMES, default_cuts, efficiency_table,
+                                       guess_column, ks1d_table)
 from mambah.validation.cuts import Cut, parse_cut
 from mambah.validation.inputs import Sample, pair_warnings, prepare_pair
+from mambah.validation.pideff import MIN_N_EFF, efficiency_pulls
 from mambah.validation.reportdir import check_dir, clean_json, finalize, prepare_dir, slug, write_json
 
 log = logging.getLogger(__name__)
 
 __all__ = ["validate", "write_report", "P_NAMES", "ETA_NAMES"]
 
-#: column names recognised as momentum / pseudorapidity when p= / eta= are not given
-P_NAMES = ("P", "p", "p_total", "momentum", "TRACK_P")
-ETA_NAMES = ("ETA", "eta", "pseudorapidity", "TRACK_ETA")
+# P_NAMES, ETA_NAMES (re-exported here): column names recognised as momentum / pseudorapidity
+# when p= / eta= are not given (mambah.validation.compare)
 
 
 #: how the numbers were made (copied into summary.json)
@@ -91,6 +94,10 @@ def validate(
     n_threads: int | None = 1,
     sources: dict | None = None,
     paired: bool = False,
+    eff_bins=None,
+    eff_edges: dict | None = None,
+    min_n_eff: float = MIN_N_EFF,
+    pull_gen_error: bool = False,
 ) -> dict:
     """Compare a generated sample with a reference: classifier score, 1D KS in (p, η) bins, efficiencies.
 
@@ -124,6 +131,17 @@ def validate(
         n_threads: OpenMP threads of the classifier (default 1 for bitwise reproducibility and
             speed on shared machines; None = all cores).
         sources: description of the inputs stored in the summary (e.g. file names).
+        paired: row i of ``gen`` was generated from the conditions of row i of ``ref`` (see
+            :func:`~mambah.validation.bdt_ks_score`).
+        eff_bins: bins of the efficiency pulls (``summary["efficiency_pulls"]``): None (default
+            bins of the reference in p, η and the occupancy, those found among the conditions or
+            given as ``p``/``eta``; :func:`mambah.validation.pideff.default_bins`), a list of
+            condition columns, or ``{column: edges}``. The cuts are the typical ones of the targets
+            plus ``cuts``.
+        eff_edges: ``{column: edges}`` replacing the default edges of some binning columns (a
+            column not among them is added); rows outside given edges are left out (counted).
+        min_n_eff: Kish effective size of the reference a bin needs to enter the pulls' summaries.
+        pull_gen_error: the pulls' denominator adds the generated sample's error to the reference's.
 
     Returns:
         The summary (the content of ``summary.json``).
@@ -145,8 +163,18 @@ def validate(
     if report_dir is not None:
         check_dir(Path(report_dir))
     parsed = [c if isinstance(c, Cut) else parse_cut(c) for c in (cuts or [])]
-    extra = [c.column for c in parsed if c.column not in features]
-    extra = list(dict.fromkeys(extra))
+    user_cuts = list(parsed)
+    if eff_bins is None:
+        axes = [c for c in (p, eta) if c is not None]
+        occ = guess_column(conditions, OCCUPANCY_NAMES)
+        axes += [occ] if occ is not None and occ not in axes else []
+        eff_bins = axes or conditions[:2] or None
+    if eff_edges:
+        eff_bins = {**({b: None for b in eff_bins} if not isinstance(eff_bins, dict) else eff_bins),
+                    **{k: list(v) for k, v in eff_edges.items()}}
+    bin_cols = list(eff_bins) if eff_bins is not None else []
+    extra = [col for c in parsed for col in c.columns if col not in features]
+    extra = list(dict.fromkeys([*extra, *(b for b in bin_cols if b not in features)]))
     gens = [gen] if isinstance(gen, pd.DataFrame) or not isinstance(gen, (list, tuple)) else list(gen)
     if not gens:
         raise ConfigurationError("no generated sample given")
@@ -163,7 +191,7 @@ def validate(
         parsed = default_cuts(targets, r)
 
     steps = ["BDT score", "null (reference vs itself)"] + (["clipped cross-check"] if cross_check else []) + \
-        ["1D KS", "efficiencies"] + (["plots"] if report_dir is not None else [])
+        ["1D KS", "efficiencies", "efficiency pulls"] + (["plots"] if report_dir is not None else [])
     bar = progress(total=len(steps), enabled=show_progress, desc="validate", unit="step")
     timings = {}
 
@@ -205,6 +233,17 @@ def validate(
         step("efficiencies")
         effs = efficiency_table(r, g, parsed, p, eta, n_bins=n_eff_bins)
         done("efficiencies")
+        step("efficiency pulls")
+        pulls = None
+        if eff_bins is not None:
+            pulls = efficiency_pulls(r.data, g.data, targets, weight=r.weights, gen_weight=g.weights,
+                                     cuts=user_cuts, bins=eff_bins, min_n_eff=min_n_eff,
+                                     gen_error_in_pull=pull_gen_error)
+        else:
+            warns.append("no binning column for the efficiency pulls (no p, eta or occupancy among the conditions, "
+                         "none given): efficiency_pulls is empty")
+            log.warning(warns[-1])
+        done("efficiency pulls")
 
         summary = {
             "bdt_ks": res.bdt_ks, "bdt_ks_std": res.bdt_ks_std, "auc": res.auc, "auc_std": res.auc_std,
@@ -212,6 +251,7 @@ def validate(
             "auc_null_std": null.auc_std,
             "ks1d": ks1d,
             "efficiencies": effs,
+            "efficiency_pulls": pulls,
             "bdt": {**res.to_dict(), "paired": bool(paired), "n_generated_samples": len(draws),
                     "bdt_ks_per_sample": [x.bdt_ks for x in scores]},
             "null": {**null.to_dict(), "note": "two disjoint random halves of the reference scored against each other "
@@ -228,6 +268,9 @@ def validate(
                 **({"sources": sources} if sources else {}),
             },
             "settings": {"seed": int(seed), "n_bins": n_bins, "n_eff_bins": n_eff_bins, "n_repeats": n_repeats,
+                         "eff_bins": list(eff_bins) if eff_bins is not None else None,
+                         "eff_edges": dict(eff_edges) if eff_edges else None, "min_n_eff": min_n_eff,
+                         "pull_gen_error": bool(pull_gen_error),
                          "train_weights": train_weights, "classifier": clf, "max_train_rows": max_train_rows,
                          "drop_nonfinite": drop_nonfinite},
             "warnings": warns,
@@ -259,12 +302,15 @@ def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKS
 
     ``summary["plots"]`` is filled with ``{section: [relative PNG paths]}``.
     """
-    from mambah.validation.plots import plot_classifier_output, plot_efficiency, plot_target, plot_target_bins
+    from mambah.validation.pideff import pulls_frame
+    from mambah.validation.plots import (plot_classifier_output, plot_efficiency, plot_efficiency_slices, plot_target,
+                                         plot_target_bins)
 
     report_dir = Path(report_dir)
     tmp = prepare_dir(report_dir)
     try:
-        plots: dict[str, list[str]] = {"classifier": [], "targets": [], "targets_binned": [], "efficiencies": []}
+        plots: dict[str, list[str]] = {"classifier": [], "targets": [], "targets_binned": [], "efficiencies": [],
+                                       "efficiency_pulls": []}
         inp = summary["inputs"]
         jobs = []
         if res is not None and res.scores:
@@ -281,6 +327,19 @@ def write_report(summary: dict, report_dir, ref: Sample, gen: Sample, res: BDTKS
             if entry["vs"]:
                 jobs.append(("efficiencies", f"eff_{slug(label)}.png",
                              lambda path, label=label, entry=entry: plot_efficiency(label, entry, path)))
+        ep = summary.get("efficiency_pulls")
+        if ep:
+            x = inp["p"] if inp["p"] in ep["bins"] else next(iter(ep["bins"]))
+            series = [{"eff": "ref_eff", "err": "ref_error", "label": "reference", "color": "black"},
+                      {"eff": "gen_eff", "err": "gen_error", "label": "generated", "color": "tab:red"}]
+            for label, entry in ep["cuts"].items():
+                sm = entry["summary"]
+                title = (f"{label}: pulls mean {_f(sm.get('pull_mean'), 2)}, robust width {_f(sm.get('pull_width'), 2)}"
+                         f", {sm['n_bins']}/{sm['n_bins_total']} bins with n_eff ≥ {ep['min_n_eff']:g} (open: fewer)")
+                jobs.append(("efficiency_pulls", f"effpull_{slug(label)}.png",
+                             lambda path, label=label, title=title: plot_efficiency_slices(
+                                 [(label, pulls_frame(ep, label))], x, series, path, pull="pull",
+                                 pull_label="(gen−ref)/σ", title=title)))
         for section, name, fn in progress(jobs, enabled=show_progress, desc="plots", unit="plot"):
             fn(tmp / name)
             plots[section].append(name)
@@ -347,10 +406,36 @@ def render_html(summary: dict) -> str:
         f"<tr><td>{e(label)}</td><td>{_f(v['eff_ref'])}</td><td>{_f(v['eff_gen'])}</td></tr>"
         for label, v in summary["efficiencies"].items()
     )
+    pull_html = ""
+    ep = summary.get("efficiency_pulls")
+    if ep:
+        prow = []
+        for label, v in ep["cuts"].items():
+            o, sm = v["overall"], v["summary"]
+            wb = sm.get("worst_bin")
+            where = "–"
+            if wb:
+                where = ", ".join(f"{c} {_range([wb[c + '_lo'], wb[c + '_hi']])}" for c in ep["bins"]) + \
+                    f": {_f(wb['ref_eff'])} → {_f(wb['gen_eff'])}, pull {_f(wb['pull'], 2)}"
+            prow.append(f"<tr><td>{e(label)}</td><td>{_f(o.get('ref_eff'))} ± {_f(o.get('ref_error'))}</td>"
+                        f"<td>{_f(o.get('gen_eff'))}</td><td>{_f(o.get('pull'), 2)}</td>"
+                        f"<td>{_f(sm.get('pull_mean'), 2)}</td><td>{_f(sm.get('pull_width'), 2)}</td>"
+                        f"<td>{_f(sm.get('pull_rms'), 2)}</td><td>{sm['n_bins']}/{sm['n_bins_total']}</td>"
+                        f"<td>{e(where)}</td></tr>")
+        pull_html = (
+            "<h2>Efficiencies in bins: pulls</h2>"
+            f"<p>Bins: {e(', '.join(ep['bins']))} ({e(ep.get('bins_source', ''))}); pull = (generated − reference) / "
+            f"σ ({e(ep['pull_error'])} error, signed sWeights: σ² = Σ w² (pass − ε)² / (Σ w)²); the summaries use the "
+            f"bins whose reference has a Kish effective size ≥ {ep['min_n_eff']:g}. Pull score (RMS of all used pulls): "
+            f"{_f(ep.get('score'), 3)}.</p>"
+            "<table><tr><th>requirement</th><th>reference (all)</th><th>generated (all)</th><th>pull (all)</th>"
+            "<th>pull mean</th><th>robust width</th><th>RMS</th><th>bins used</th><th>worst bin</th></tr>"
+            + "".join(prow) + "</table>")
     warn = "".join(f"<p class='warn'>⚠ {e(w)}</p>" for w in summary.get("warnings", []))
     sections = []
     titles = {"classifier": "Classifier output (held-out rows, first repeat)", "targets": "Target distributions",
-              "targets_binned": "Target distributions in bins of p and η", "efficiencies": "Efficiencies of PID requirements"}
+              "targets_binned": "Target distributions in bins of p and η", "efficiencies": "Efficiencies of PID requirements",
+              "efficiency_pulls": "Efficiencies in bins and their pulls"}
     for key, title in titles.items():
         imgs = summary.get("plots", {}).get(key, [])
         if imgs:
@@ -380,6 +465,7 @@ null value (reference against a disjoint part of itself). Created {e(summary.get
 <h2>Efficiencies (whole sample)</h2>
 <table><tr><th>requirement</th><th>reference</th><th>generated</th></tr>
 {eff_rows}</table>
+{pull_html}
 {''.join(sections)}
 </body></html>
 """
