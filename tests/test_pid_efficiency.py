@@ -185,13 +185,15 @@ def test_cli_on_the_shipped_proton_model(tmp_path):
                "--cut", "PIDp > 15", "--weight", "sWeight", "--edges", "P=6000,20000,40000,90000",
                "--out", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "e.png"))
     assert r.returncode == 0, r.stderr
-    assert "no ensemble: model uncertainty not available" in r.stdout
+    # the shipped model carries its ensemble (issue 22): the model uncertainty beside the statistical one
+    assert "ensemble of 4 members" in r.stdout, r.stdout
     assert "DLLp > 5: whole sample model" in r.stdout and "P [GeV/c]" in r.stdout and "6–20" in r.stdout
     t = pd.read_csv(tmp_path / "t.csv")
     assert set(t["cut"]) == {"DLLp > 5", "PIDp > 15"} and len(t) == 2 * (3 * 3 + 1)
     whole = t[(t["cut"] == "DLLp > 5") & (t["cell"] == -1)].iloc[0]
     assert whole["data_eff"] == pytest.approx(np.mean(df["DLLp"] > 5))
     assert 0.8 < whole["model_eff"] <= 1.0  # protons pass DLLp > 5
+    assert 0 < whole["model_ens_error"] < 0.05 and whole["n_members"] == 4
     assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
