@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -130,6 +131,14 @@ def test_train_pid_real_protons_crossfit(tmp_path, real_data_path):
     hist = rows["histogram resampling P x ETA x nLongTracks (PIDGen-style)"]["unpaired"]["bdt_ks"]
     assert floor < 0.04 < hist  # ~0.02 against ~0.09: the scorer sees the baseline's missing correlations
     assert "| floor: real half A vs real half B" in r.stdout
+    # the efficiency pulls, fold by fold (each fold's rows against its own model)
+    eff = json.loads((tmp_path / "w" / "results_efficiency.json").read_text())
+    assert list(eff["cuts"]) == ["DLLp > 0", "DLLp > 5", "DLLp > 10", "DLLp > 15"] and eff["folds"] == 2
+    for c in eff["cuts"].values():
+        assert len(c["overall_pulls"]) == 2 and c["n_bins_used"] > 0
+        assert {b["fold"] for b in c["bins"]} == {0, 1} and np.isfinite(c["pull_mean"])
+        assert "z_mean" not in c  # no ensemble members: no z
+    assert "| DLLp > 5 |" in r.stdout
 
 
 def test_lb_to_lc_mu_nu(tmp_path):
