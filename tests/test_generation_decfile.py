@@ -30,6 +30,7 @@ def test_partonic_modes_are_skipped_and_unknown_mothers_get_suggestions():
         decay_modes("Lambda_cc+")
 
 
+@pytest.mark.filterwarnings("ignore::mambah.errors.UnknownModelWarning")  # D0 -> K- pi+ pi0 is D_DALITZ in the file
 def test_pick_follows_the_branching_fractions():
     modes = decay_modes("D0", min_fraction=0.03)
     f = np.array([m.fraction for m in modes])

@@ -222,4 +222,4 @@ def test_cli_on_real_calibration_rows(tmp_path, real_data_path):
     assert list(out["summary"])[:4] == ["DLLp > 0", "DLLp > 5", "DLLp > 10", "DLLp > 15"]  # the typical cuts
     o = out["summary"]["DLLp > 5"]["overall"]
     assert 0.9 < o["model_eff"] < 1.0 and 0.9 < o["data_eff"] < 1.1 and o["data_stat_error"] > 0
-    assert out["info"]["n_members"] == 0 and out["info"]["weight"] == "sWeight"
+    assert out["info"]["n_members"] == 4 and out["info"]["weight"] == "sWeight"  # the shipped ensemble
