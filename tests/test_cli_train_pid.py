@@ -200,3 +200,21 @@ def test_keep_checkpoint_then_resume_with_a_larger_budget(calib, tmp_path):
     assert card["metrics"]["best_step"] == card["metrics"]["reselection"][0]["step"]
     assert [h["step"] for h in card["training"]["history"]][0] == 2 * (1600 // 256)
     assert not (tmp_path / ".m.checkpoint").exists()
+
+
+def test_selection_and_target_map_options_reach_the_config():
+    """--checkpoint-score and --clipped-targets set the GANConfig fields the card records; left out, the
+    defaults (BDT-KS x pulls, signed-sWeight targets) stay."""
+    import argparse
+
+    from mambah.cli import train_pid
+
+    parser = argparse.ArgumentParser()
+    train_pid.register(parser.add_subparsers())
+    base = ["pid", "--data", "x.csv", "--species", "p", "--targets", "DLLp", "--out", "m"]
+    cfg = train_pid.build_config(parser.parse_args(base))
+    assert (cfg.selection, cfg.signed_targets) == ("ks_pulls", True)
+    cfg = train_pid.build_config(parser.parse_args(base + ["--checkpoint-score", "ks", "--clipped-targets"]))
+    assert (cfg.selection, cfg.signed_targets) == ("ks", False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--checkpoint-score", "auc"])

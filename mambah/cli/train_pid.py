@@ -25,8 +25,9 @@ def register(kinds) -> None:
     p = kinds.add_parser(
         "pid", help="train a PID model (conditional Cramér GAN) on sWeighted calibration data",
         description="Train a conditional Cramér GAN targets|conditions on a calibration table whose rows "
-                    "carry sWeights (negative ones allowed), keep the best checkpoint by the BDT-KS score on a "
-                    "held-out fraction, and write the model directory with its card.",
+                    "carry sWeights (negative ones allowed), keep the best checkpoint on a held-out fraction (by the "
+                    "BDT-KS score and the efficiency pulls of the targets' typical cuts), and write the model "
+                    "directory with its card.",
 )
     p.add_argument("--data", required=True, help="training table: .parquet, .csv or file.root:tree")
     p.add_argument("--species", required=True, help="particle species the model describes (e.g. p, K, pi, mu, e)")
@@ -89,6 +90,12 @@ def register(kinds) -> None:
                    help="keep the N best validations' weights and choose among them at the end by fresh scores "
                         "of 4 classifier fits each (1 = the best single validation; default 1); --patience then "
                         "counts validations that enter none of the N")
+    g.add_argument("--checkpoint-score", dest="checkpoint_score", choices=("ks_pulls", "ks"), default=None,
+                   help="what ranks the validations: 'ks_pulls' (default) the BDT-KS x max(1, RMS of the efficiency "
+                        "pulls of the targets' typical cuts in bins of the conditions), 'ks' the BDT-KS alone")
+    g.add_argument("--clipped-targets", dest="signed_targets", action="store_false", default=None,
+                   help="fit the targets' quantile map on the sWeights clipped at 0 (before issue 22) instead of the "
+                        "signed sWeights: gives the subtracted background room in the latent space")
     p.set_defaults(func=run)
 
 
@@ -248,7 +255,8 @@ def build_config(args):
                        ("gp_lambda", "gp_lambda"), ("bce_xi", "bce_xi"), ("ema_decay", "ema_decay"),
                        ("validate_every", "validate_every"), ("validate_every_steps", "validate_every_steps"),
                        ("patience", "patience"), ("batch_size", "batch_size"),
-                       ("epochs", "epochs"), ("valid_repeats", "valid_repeats"), ("reselect", "reselect")):
+                       ("epochs", "epochs"), ("valid_repeats", "valid_repeats"), ("reselect", "reselect"),
+                       ("checkpoint_score", "selection"), ("signed_targets", "signed_targets")):
         v = getattr(args, opt, None)
         if v is not None:
             setattr(cfg, field, v)
