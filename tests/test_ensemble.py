@@ -205,3 +205,59 @@ def test_cli_ensemble_options_are_checked(tmp_path, args, message):
                "--out", tmp_path / "m", *args)
     assert r.returncode == 2 and message in r.stderr.replace("\n", " "), r.stderr
     assert not (tmp_path / "m").exists()
+
+
+# ----------------------------------------------------------------------------- members of an existing nominal
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plain")
+    _table().to_csv(d / "calib.csv", index=False)
+    _table(seed=9).to_csv(d / "other.csv", index=False)
+    r = mambah("train", "pid", "--data", d / "calib.csv", "--species", "p", "--targets", "DLLp", "--weight", "sWeight",
+               "--out", d / "model", "--seed", "3", *TINY)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_cli_members_of_an_existing_nominal(plain_model):
+    """--nominal-from: the nominal (network, preprocessing, card) is the directory's, unchanged; the
+    members are warm-started from its generator, seeded from its seed, fitted on the given file."""
+    from mambah.nn.pidmodel import PidModel
+
+    d = plain_model
+    r = mambah("train", "pid", "--data", d / "other.csv", "--species", "p", "--conditions", "P,ETA,nLongTracks",
+               "--targets", "DLLp", "--weight", "sWeight", "--out", d / "with-members", "--nominal-from", d / "model",
+               "--ensemble", "2", "--warm-start", "--epochs", "2", "--validate-every", "1000")
+    assert r.returncode == 0, r.stderr
+    before, card = (json.loads((p / "card.json").read_text()) for p in (d / "model", d / "with-members"))
+    for key in ("training_data", "metrics", "training", "hyperparameters", "command", "name"):
+        assert card[key] == before[key], key
+    assert card["files"]["arrays.npz"] == before["files"]["arrays.npz"]
+    e = card["ensemble"]
+    assert e["members"] == 2 and e["seeds"] == [1003, 2003] and e["warm_start"] is True
+    assert e["training_data"]["file"] == "other.csv" and e["training_data"]["sha256"] != before["training_data"]["sha256"]
+    assert e["steps_per_member"] == [2 * (1600 // 256)] * 2 and e["member_budget"]["epochs"] == 2
+    assert "nominal of" in r.stdout and "--nominal-from" in e["command"]
+    m0, m = PidModel.load(d / "model"), PidModel.load(d / "with-members")
+    c = _table()[CONDS].to_numpy()
+    np.testing.assert_array_equal(m.generate_array(c, seed=4), m0.generate_array(c, seed=4))
+    var = m.generate_variations_array(c, seed=4)
+    assert np.abs(var[1:] - var[0]).max() > 1e-3  # the members moved away from the nominal
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--warm-start"], "trains ensemble members only: give --ensemble K"),
+    (["--ensemble", "1", "--gen-width", "32"], "do not give --gen-width"),
+    (["--ensemble", "1", "--seed", "5"], "--seed 5 differs from the nominal's 3"),
+    (["--ensemble", "1", "--targets", "DLLp,P"], "must be those of"),
+])
+def test_cli_nominal_from_options_are_checked(plain_model, tmp_path, args, message):
+    d = plain_model
+    base = ["train", "pid", "--data", d / "other.csv", "--species", "p", "--targets", "DLLp", "--weight", "sWeight",
+            "--out", tmp_path / "m", "--nominal-from", d / "model"]
+    if "--targets" in args:
+        i = base.index("--targets")
+        del base[i:i + 2]
+    r = mambah(*base, *args)
+    assert r.returncode == 2 and message in r.stderr.replace("\n", " "), r.stderr
+    assert not (tmp_path / "m").exists()

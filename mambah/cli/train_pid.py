@@ -65,6 +65,12 @@ def register(kinds) -> None:
                         "(cheaper; the card records it: warm starts may shrink the spread)")
     e.add_argument("--warm-fraction", type=float, default=None, metavar="F",
                    help="a warm-started member's budget (epochs and time) as a fraction of the nominal's (default 0.25)")
+    e.add_argument("--nominal-from", metavar="DIR", default=None,
+                   help="do not train the nominal: take it from the PID model directory DIR (its preprocessing, "
+                        "generator, hyperparameters and split seed; --conditions/--targets must be its own) and train "
+                        "only the --ensemble K members on --data, writing DIR's nominal and card plus the members to "
+                        "--out (may be DIR itself, with --overwrite). --epochs/--max-time then give each member's "
+                        "budget; warm starts begin with a new critic (a model directory keeps none)")
     g = p.add_argument_group("network and training (the defaults are good settings)")
     g.add_argument("--gen-width", type=int, default=None, help="generator layer width (128)")
     g.add_argument("--gen-depth", type=int, default=None, help="generator hidden layers (4)")
@@ -292,6 +298,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    if args.nominal_from is not None:
+        return run_members_of(args, log)
     cfg = build_config(args)
     if args.ensemble < 0:
         raise ConfigurationError(f"--ensemble must be >= 0 (the number of members), not {args.ensemble}")
@@ -422,4 +430,108 @@ def run(args) -> int:
         print(f"  + {e['members']} ensemble members ({'warm-started' if e['warm_start'] else 'from scratch'}), "
               f"seeds {e['seeds']}: {np.mean(e['seconds_per_member']):.0f} s and {np.mean(e['steps_per_member']):.0f} "
               f"steps per member; held-out BDT-KS " + ", ".join(f"{x:.4f}" for x in e["valid_bdt_ks"]))
+    return 0
+
+
+#: options of the network's architecture: with --nominal-from they are the nominal's and cannot be given
+ARCHITECTURE_OPTIONS = ("gen_width", "gen_depth", "critic_width", "critic_depth", "critic_outputs", "n_noise",
+                        "activation", "residual", "signed_targets")
+#: training-loop options that, given with --nominal-from, replace the nominal's for the members
+LOOP_OPTIONS = (("validate_every", "validate_every"), ("validate_every_steps", "validate_every_steps"),
+                ("patience", "patience"), ("valid_repeats", "valid_repeats"), ("reselect", "reselect"),
+                ("batch_size", "batch_size"), ("checkpoint_score", "selection"))
+
+
+def run_members_of(args, log) -> int:
+    """``--nominal-from DIR``: K ensemble members for an existing nominal model, trained on ``--data``.
+
+    The nominal (generator, preprocessing, card, held-out scores) is DIR's, unchanged; the members are
+    fitted exactly as :func:`~mambah.training.ensemble.train_ensemble` fits those of a new nominal
+    (its config from DIR's card, the split seeded by its ``hyperparameters.seed``), on the rows of
+    ``--data`` — which need not be the nominal's file: the card's ``ensemble.training_data`` records
+    the members' file and hash beside the nominal's ``training_data``.
+    """
+    import shlex
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from mambah.cli import progress_enabled
+    from mambah.errors import ConfigurationError
+    from mambah.training.ensemble import WARM_FRACTION, train_ensemble
+    from mambah.training.gan import CramerGANTrainer
+    from mambah.validation import bdt_ks_score
+
+    if args.ensemble < 1:
+        raise ConfigurationError("--nominal-from trains ensemble members only: give --ensemble K (K >= 1)")
+    if args.resume:
+        raise ConfigurationError("--resume is not supported with --nominal-from (the members are retrained)")
+    given = [o for o in ARCHITECTURE_OPTIONS if getattr(args, o, None) is not None] + (
+        ["lr"] if getattr(args, "lr", None) is not None else [])
+    if given:
+        raise ConfigurationError(f"with --nominal-from the network and its preprocessing are the nominal's: do not give "
+                                 f"{', '.join('--' + o.replace('_', '-') for o in given)}")
+    if args.warm_fraction is not None and (args.epochs is not None or args.max_time is not None):
+        raise ConfigurationError("with --nominal-from, --epochs/--max-time give each member's budget: "
+                                 "drop --warm-fraction")
+    nominal = CramerGANTrainer.from_model_dir(args.nominal_from)
+    cfg = nominal.config
+    want_c, want_t = ",".join(nominal.condition_names), ",".join(nominal.target_names)
+    if args.conditions != want_c or args.targets != want_t:
+        raise ConfigurationError(f"--conditions/--targets must be those of {args.nominal_from!r}: "
+                                 f"--conditions {want_c} --targets {want_t} (given {args.conditions} / {args.targets})")
+    if args.seed not in (0, cfg.seed):
+        raise ConfigurationError(f"--seed {args.seed} differs from the nominal's {cfg.seed}: with --nominal-from the "
+                                 "split and the members' seeds follow the nominal's (omit --seed)")
+    args.seed = cfg.seed
+    for opt, field in LOOP_OPTIONS:
+        v = getattr(args, opt, None)
+        if v is not None:
+            setattr(cfg, field, v)
+    fraction = args.warm_fraction or WARM_FRACTION
+    if args.epochs is not None or args.max_time is not None:
+        cfg.epochs = args.epochs if args.epochs is not None else 100000
+        set_budget(cfg, args)
+        fraction = 1.0
+    cfg.validate()
+
+    conditions, targets, df, w, n_read, iv, it = read_training_data(args, log)
+    check_split_weights(w, iv, it, log)
+    C = df[conditions].to_numpy(dtype=float)
+    Y = df[targets].to_numpy(dtype=float)
+    ckpt = Path(args.out).with_name(f".{Path(args.out).name}.checkpoint")
+    log.info("training %d members of %s on %d rows of %s (%d held out)", args.ensemble, args.nominal_from, len(it),
+             args.data, len(iv))
+    ens = train_ensemble(C[it], Y[it], w[it], valid=(C[iv], Y[iv], w[iv]), members=args.ensemble, nominal=nominal,
+                         warm_start=args.warm_start, warm_fraction=fraction, checkpoint_dir=ckpt,
+                         show_progress=progress_enabled(args))
+    valid = df.iloc[iv][conditions + targets].reset_index(drop=True)
+    scores = {}
+    for label, gen_of in [("nominal", nominal)] + [(f"member {k}", m) for k, m in enumerate(ens.members, 1)]:
+        gen = valid.copy()
+        gen[targets] = gen_of.generate(C[iv], seed=args.seed + 1001)
+        scores[label] = bdt_ks_score(valid, gen, conditions + targets, ref_weight=w[iv], gen_weight=w[iv],
+                                     seed=args.seed + 2002, n_repeats=FINAL_REPEATS, paired=True).bdt_ks
+    card = {k: v for k, v in nominal.card_.items() if k not in ("ensemble", "files")}
+    card["ensemble"] = ens.card_entry({
+        "valid_bdt_ks": [scores[f"member {k}"] for k in range(1, len(ens.members) + 1)],
+        "nominal_valid_bdt_ks_same_rows": scores["nominal"],
+        "nominal": f"not retrained: the model directory {Path(args.nominal_from).name!r} as it was (mambah train pid "
+                   "--nominal-from); its training_data, metrics and command are the nominal's",
+        "training_data": training_data_entry(args, n_read, len(df), w, it, iv),
+        "warm_start_critic": "new (random): a model directory keeps no critic" if args.warm_start else None,
+        "member_budget": {"epochs": cfg.epochs, "max_time": cfg.max_time, "fraction_of_card_budget": fraction},
+        "command": "mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "mambah" in sys.argv[0]
+                   else None,
+    })
+    ens.save(args.out, card, overwrite=args.overwrite)
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+    e = card["ensemble"]
+    print(f"wrote {args.out}: the nominal of {args.nominal_from} + {e['members']} members "
+          f"({'warm-started' if e['warm_start'] else 'from scratch'}), seeds {e['seeds']}: "
+          f"{np.mean(e['seconds_per_member']):.0f} s and {np.mean(e['steps_per_member']):.0f} steps per member; "
+          f"held-out BDT-KS nominal {scores['nominal']:.4f}, members " + ", ".join(f"{x:.4f}" for x in e["valid_bdt_ks"]))
     return 0

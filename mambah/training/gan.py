@@ -118,6 +118,23 @@ class GANConfig:
     selection: str = "ks_pulls"
     seed: int = 0
 
+    @classmethod
+    def from_hyperparameters(cls, hp: dict) -> GANConfig:
+        """The config a card's ``hyperparameters`` record (unknown keys such as ``model`` ignored).
+
+        Cards written before issue 22 lack ``selection`` and ``signed_targets``: their models were
+        selected by the BDT-KS alone on targets mapped with sWeights clipped at zero, so those are
+        the values filled in (``"ks"``, ``False``), not today's defaults.
+        """
+        known = {f for f in cls.__dataclass_fields__}
+        cfg = cls(**{k: v for k, v in hp.items() if k in known})
+        if "selection" not in hp:
+            cfg.selection = "ks"
+        if "signed_targets" not in hp:
+            cfg.signed_targets = False
+        cfg.validate()
+        return cfg
+
     def validate(self) -> None:
         for name in ("n_noise", "gen_width", "gen_depth", "critic_width", "critic_depth", "critic_outputs",
                      "critic_steps", "batch_size", "epochs", "n_knots", "valid_repeats", "reselect",
@@ -160,12 +177,14 @@ class GANInit:
     @classmethod
     def from_trainer(cls, trainer: CramerGANTrainer, *, weights: bool = False) -> GANInit:
         """The preprocessing of a fitted trainer and, with ``weights``, its kept generator (EMA)
-        weights and its critic's last weights."""
+        weights and its critic's last weights (a trainer loaded from a model directory,
+        :meth:`CramerGANTrainer.from_model_dir`, has no critic: the critic then starts at random)."""
         if not hasattr(trainer, "generator_"):
             raise ConfigurationError("the trainer to start from is not fitted: call fit() first")
+        critic = getattr(trainer, "gan_", None)
         return cls(trainer.cond_pre_, trainer.targ_pre_,
                    trainer.generator_.get_weights() if weights else None,
-                   trainer.gan_.critic.get_weights() if weights else None)
+                   critic.critic.get_weights() if weights and critic is not None else None)
 
 
 @dataclass
@@ -290,6 +309,30 @@ class CramerGANTrainer:
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
         self.show_progress = show_progress
+
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike) -> CramerGANTrainer:
+        """A fitted trainer from a PID model directory (the nominal of an ensemble trained later).
+
+        It has what a fit leaves for inference and for :class:`GANInit`: ``config`` (from the
+        card, :meth:`GANConfig.from_hyperparameters`), ``cond_pre_``, ``targ_pre_`` and
+        ``generator_``, and ``model_dir_``/``card_``. The critic is not saved in a model directory,
+        so a warm start from it begins with a new critic (:meth:`GANInit.from_trainer`). Scores of
+        the fit (``best_*``, ``history_``) are those of the card's ``metrics`` and ``training``.
+        """
+        from mambah.nn.pidmodel import PidModel
+
+        m = PidModel.load(path)
+        t = cls(GANConfig.from_hyperparameters(m.card["hyperparameters"]),
+                condition_names=list(m.conditions), target_names=list(m.targets))
+        t.cond_pre_, t.targ_pre_, t.generator_ = m.cond_pre, m.targ_pre, m.generator
+        t.model_dir_, t.card_ = Path(path), m.card
+        metrics, training = m.card.get("metrics", {}), m.card.get("training", {})
+        t.best_ks_ = float(metrics.get("selection_bdt_ks", float("nan")))
+        t.best_step_ = int(metrics.get("best_step", -1))
+        t.train_seconds_ = float(training.get("seconds", float("nan")))
+        t.steps_ = int(training.get("steps", 0))
+        return t
 
     # ------------------------------------------------------------------ helpers
     def _build(self, n_c: int, n_t: int):
