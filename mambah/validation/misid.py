@@ -493,7 +493,8 @@ class IndependentPID:
             _require(calib, ["P", "ETA", *self.variables], "the calibration sample")
             pdg = SPECIES_PDG.get(species, species)
             if pdg not in SPECIES_PDG.values():
-                raise ConfigurationError(f"IndependentPID.fit: unknown species {species!r}; known: {', '.join(SPECIES_PDG)}")
+                raise ConfigurationError(f"IndependentPID.fit: unknown species {species!r}; "
+                                         f"known: {', '.join(SPECIES_PDG)}")
             pdgs = np.full(len(calib), int(pdg))
         p, eta = calib["P"].to_numpy(float), calib["ETA"].to_numpy(float)
         vals = np.column_stack([calib[v].to_numpy(float) for v in self.variables])
