@@ -182,3 +182,25 @@ def test_bad_input_is_refused():
         MisID("x", "kaon", ("PIDK > 0",))
     with pytest.raises(ConfigurationError, match="p_edges"):
         misid_table(tracks, {"reference": r}, misids=["K->pi"], p_edges=[5e3, 2e3])
+
+
+def test_batch_tracks_follow_the_truth_links():
+    from mambah.store.testing import synthetic_batch
+    from mambah.validation.misid import batch_tracks
+
+    b = synthetic_batch(3, 200, seed=2)
+    parts = b["particles"]
+    got = batch_tracks(b)
+    # independently: a pandas merge of the tracks with their MC particles and events
+    trk = parts[(parts["vertex"] < 0) & (parts["mc_particle"] >= 0) & (parts["charge"] != 0)]
+    want = (trk.merge(b["mc_particles"][["index", "pid"]].rename(columns={"index": "mc_particle", "pid": "true"}),
+                      on="mc_particle", how="left")
+            .merge(b["events"][["event", "n_tracks"]], on="event", how="left"))
+    assert len(got) == len(want) > 0 and got["batch"].eq(3).all()
+    np.testing.assert_array_equal(got["index"].to_numpy(), want["index"].to_numpy())
+    np.testing.assert_array_equal(got["TRUEID"].to_numpy(), want["true"].to_numpy())
+    np.testing.assert_array_equal(got["nTracks"].to_numpy(), want["n_tracks"].to_numpy(float))
+    p = np.sqrt(want["px"] ** 2 + want["py"] ** 2 + want["pz"] ** 2).to_numpy()
+    np.testing.assert_allclose(got["P"].to_numpy(), p, rtol=1e-12)
+    np.testing.assert_allclose(got["ETA"].to_numpy(), np.arctanh(want["pz"].to_numpy() / p), rtol=1e-9)
+    np.testing.assert_array_equal(got["PIDK"].to_numpy(), want["pid_k"].to_numpy())

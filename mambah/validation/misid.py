@@ -404,10 +404,11 @@ def chain_response(tracks: pd.DataFrame, seed=None, models_dir=None) -> pd.DataF
 def batch_tracks(batch) -> pd.DataFrame:
     """The reconstructed tracks of a simulated batch as a tracks table, keyed as the PID stage keys them.
 
-    One row per track of ``particles`` (``vertex == -1`` with a truth link): ``batch``, ``index``,
-    ``event``, ``P`` and ``ETA`` of the reconstructed momentum, the event's ``nTracks``, ``charge``,
-    the true ``TRUEID`` (the MC particle's PDG id: a swapped mass hypothesis does not change it) and
-    the PID variables the batch holds, under LHCb names (NaN when the production ran without PID).
+    One row per charged track of ``particles`` (``vertex == -1``, a truth link, charge not 0):
+    ``batch``, ``index``, ``event``, ``P`` and ``ETA`` of the reconstructed momentum, the event's
+    ``nTracks``, ``charge``, the true ``TRUEID`` (the MC particle's PDG id: a swapped mass
+    hypothesis does not change it) and the PID variables the batch holds, under LHCb names (NaN
+    when the production ran without PID).
     """
     from mambah.physics import p_eta
     from mambah.physics.columns import lhcb_name
@@ -417,7 +418,9 @@ def batch_tracks(batch) -> pd.DataFrame:
         if t not in batch:
             raise ConfigurationError(f"batch {batch.id} has no {t!r} table; simulate the reconstruction first")
     parts, mc, ev = batch["particles"], batch["mc_particles"], batch["events"]
-    track = np.nonzero((parts["vertex"].to_numpy() < 0) & (parts["mc_particle"].to_numpy() >= 0))[0]
+    # charged tracks only, as the PID stage takes them (neutral rows, e.g. photons, have no PID)
+    track = np.nonzero((parts["vertex"].to_numpy() < 0) & (parts["mc_particle"].to_numpy() >= 0)
+                       & (parts["charge"].to_numpy() != 0))[0]
     rows = rows_by_index(mc, parts["mc_particle"].to_numpy()[track], "particles.mc_particle values")
     p, eta = p_eta(*(parts[c].to_numpy(np.float64)[track] for c in ("px", "py", "pz")))
     pos = pd.Index(ev["event"].to_numpy()).get_indexer(parts["event"].to_numpy()[track])
