@@ -89,6 +89,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=24)
     ap.add_argument("--p-edges", default=",".join(f"{e / 1e3:g}" for e in P_EDGES),
                     help="momentum bin edges in GeV/c (default %(default)s)")
+    ap.add_argument("--eta-edges", help="also bin in eta with these edges (e.g. 2,3,4,5; default: one bin, 2-5)")
     ap.add_argument("--misid", action="append", choices=list(MISID),
                     help="a mis-ID to tabulate (repeatable; default all)")
     ap.add_argument("--source", choices=("decays", "calib"), default="decays",
@@ -120,8 +121,9 @@ def main(argv=None) -> dict:
     reference = reference_response(tracks, seed=np.random.default_rng([args.seed, 1]))
     base = baseline_from_calibration(species, args.calib, seed=np.random.default_rng([args.seed, 2]))
     baseline = base.sample(tracks, np.random.default_rng([args.seed, 3]))
+    eta_edges = [float(x) for x in args.eta_edges.split(",")] if args.eta_edges else None
     table = misid_table(tracks, {"reference": reference, "chain": chain, "baseline": baseline}, misids=misids,
-                        p_edges=p_edges)
+                        p_edges=p_edges, eta_edges=eta_edges)
     elapsed = time.perf_counter() - t0
 
     print("command: python examples/misid_table.py " + " ".join(sys.argv[1:] if argv is None else argv))

@@ -308,7 +308,7 @@ def misid_table(tracks: pd.DataFrame, responses: Mapping[str, pd.DataFrame], *, 
 
 def format_table(table: pd.DataFrame, responses: Sequence[str] = ("reference", "chain", "baseline"),
                  reference: str = "reference") -> str:
-    """``table`` (:func:`misid_table`) as fixed-width text: per mis-ID and p bin the number of tracks,
+    """``table`` (:func:`misid_table`) as fixed-width text: per mis-ID and p (and eta) bin the number of tracks,
     the rates with their binomial errors (in %), the tolerance (in %), and for each non-reference
     response whether the bin meets the criterion (``ok``/``FAIL``) with ``z`` = difference / its
     error; ``?`` marks a bin whose statistics cannot resolve the criterion (error of the difference
@@ -317,7 +317,9 @@ def format_table(table: pd.DataFrame, responses: Sequence[str] = ("reference", "
     others = [r for r in responses if r != reference]
     for name, t in table.groupby("misid", sort=False):
         lines.append(f"{name}: true {t['species'].iloc[0]}, {t['cut'].iloc[0]}   (rates in %)")
-        lines.append(f"  {'p [GeV/c]':>10} {'n':>7} " + " ".join(f"{r:>15}" for r in responses)
+        eta = "eta_lo" in t
+        lines.append(f"  {'p [GeV/c]':>10} " + (f"{'eta':>7} " if eta else "") + f"{'n':>7} "
+                     + " ".join(f"{r:>15}" for r in responses)
                      + f" {'tol':>6}" + "".join(f" {r + ': ok? (z)':>20}" for r in others))
         for d in t.to_dict("records"):
             rng = f"{d['p_lo'] / 1e3:g}-{d['p_hi'] / 1e3:g}"
@@ -327,7 +329,9 @@ def format_table(table: pd.DataFrame, responses: Sequence[str] = ("reference", "
                 z = d[r + "_diff"] / d[r + "_diff_err"] if d[r + "_diff_err"] > 0 else float("nan")
                 verdict = ("ok" if d[r + "_pass"] else "FAIL") + ("" if d[r + "_resolved"] else "?")
                 oks += f" {verdict + f' ({z:+.1f})':>20}"
-            lines.append(f"  {rng:>10} {int(d['n']):>7} {vals} {100 * d['tolerance']:6.3f}{oks}")
+            erng = f"{d['eta_lo']:g}-{d['eta_hi']:g} " if eta else ""
+            lines.append(f"  {rng:>10} {erng:>8}{int(d['n']):>7} {vals} {100 * d['tolerance']:6.3f}{oks}"
+                         if eta else f"  {rng:>10} {int(d['n']):>7} {vals} {100 * d['tolerance']:6.3f}{oks}")
         summary = "; ".join(f"{r}: {int(t[r + '_pass'].sum())}/{len(t)} bins meet it "
                             f"({int((t[r + '_pass'] & t[r + '_resolved']).sum())} resolved), "
                             f"chi2/ndf = {_chi2(t, r):.1f}/{int(np.isfinite(_zs(t, r)).sum())}" for r in others)
