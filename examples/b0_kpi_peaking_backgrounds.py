@@ -108,6 +108,7 @@ def plot(results: dict, out: Path) -> tuple[Path, str]:
     with style():
         fig = new_figure(10, 7.5)
         ax = fig.add_subplot(1, 1, 1)
+        top = 0.0
         for i, (name, r) in enumerate(results.items()):
             color = COLORS[i % len(COLORS)]
             for sel, ls, tag in ((r["_chain_pass"], "-", "chain"), (r["_ref_pass"], "--", "reference")):
@@ -116,6 +117,7 @@ def plot(results: dict, out: Path) -> tuple[Path, str]:
                     continue
                 h, _ = np.histogram(m, edges)
                 if h.sum():
+                    top = max(top, float(h.max() / h.sum()))
                     ax.stairs(h / h.sum(), edges, color=color, ls=ls,
                               label=f"{LABELS[name]}, {100 * r[tag]:.2g}%" if tag == "chain" else None)
         ax.plot([], [], color="gray", ls="-", label="PID chain")
@@ -123,6 +125,7 @@ def plot(results: dict, out: Path) -> tuple[Path, str]:
         ax.set_xlabel(r"$m(K^+\pi^-)$ [MeV/$c^2$]")
         ax.set_ylabel("fraction of candidates / 20 MeV/$c^2$")
         ax.set_xlim(*MASS_RANGE)
+        ax.set_ylim(0.0, 1.15 * top if top > 0 else 1.0)
         ax.legend(fontsize="x-small", title=r"PIDK$(K)>5$, PIDK$(\pi)<0$: survival", title_fontsize="x-small",
                   loc="upper left")
         path = save_figure(fig, out / "b0_kpi_peaking_backgrounds.png")
