@@ -149,3 +149,33 @@ def test_lb_to_lc_mu_nu(tmp_path):
     assert abs(float(vals["lc_mass_median"]) - 2286.46) < 2  # the PDG Λc+ mass
     assert 2 < float(vals["lc_mass_width_68"]) < 10
     assert "eff PIDp > 5" in r.stdout
+
+
+def test_misid_table(tmp_path):
+    """The mis-ID table of the chain, the reference detector and the baseline on the same decay tracks."""
+    import pandas as pd
+
+    r = run_example("misid_table.py", "--tracks", "400", "--calib", "3000", "--batch-size", "1000",
+                    "--misid", "K->pi", "--misid", "pi->mu", "--out", "out", cwd=tmp_path)
+    res = _last_json(r.stdout)
+    assert list(res["misid"]) == ["K->pi", "pi->mu"]
+    tab = pd.read_csv(tmp_path / "out" / "misid_table.csv")
+    assert len(tab) == 2 * 10 and set(tab["species"]) == {"K", "pi"}
+    for m, g in tab.groupby("misid"):
+        assert g["n"].sum() == 400  # every track of the species is in one p bin
+        for resp in ("chain", "baseline"):
+            assert res["misid"][m][resp]["bins_pass"] == int(g[f"{resp}_pass"].sum())
+    assert "K->pi: true K, PIDK < 0" in r.stdout and "pi->mu: true pi, isMuon > 0.5" in r.stdout
+
+
+def test_b0_kpi_peaking_backgrounds(tmp_path):
+    r = run_example("b0_kpi_peaking_backgrounds.py", "plots", "--events", "400", cwd=tmp_path)
+    res = _last_json(r.stdout)
+    assert (tmp_path / "plots" / "b0_kpi_peaking_backgrounds.png").stat().st_size > 10_000
+    ch = res["channels"]
+    assert list(ch) == ["B0 -> K+ pi-", "B0 -> pi+ pi-", "B_s0 -> K+ K-", "Lambda_b0 -> p K-", "Lambda_b0 -> p pi-"]
+    for c in ch.values():
+        assert 0 < c["candidates"] <= c["events"] == 400
+    # the PID requirements keep the signal and reject a double mis-ID, with either response
+    for resp in ("chain", "reference"):
+        assert ch["B0 -> K+ pi-"][resp] > 0.3 > 0.1 > ch["B0 -> pi+ pi-"][resp]
