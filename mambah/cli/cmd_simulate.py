@@ -39,6 +39,12 @@ def register(sub) -> None:
                         "\"K+=pi+\" (when the name occurs once among the final-state particles). The composites get "
                         "the swapped four-momenta and masses (M; the true-hypothesis mass is kept as M_TRUEHYP), "
                         "the PID stays that of the true species; checked before anything runs")
+    p.add_argument("--invisible", action="append", default=None, metavar="NAME[,NAME...]",
+                   help="neutral final-state particles to leave invisible on purpose (e.g. gamma or gamma,pi0; "
+                        "repeatable). No stage reconstructs photons, undecayed pi0, K_L0 or neutrons yet, so a "
+                        "descriptor with one in its final state is refused unless it is listed here; the candidates "
+                        "above it then have a partial mass, marked by X_NINVISIBLE > 0 in the ntuple (neutrinos are "
+                        "always invisible and always counted there)")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
@@ -230,6 +236,13 @@ def _swaps(pipeline) -> list[str]:
     return [str(h) for stage in pipeline.stages for h in (getattr(stage, "reconstruct_as", None) or ())]
 
 
+def _invisible(stage) -> list[str]:
+    """Names of the particles a composites stage leaves invisible on purpose."""
+    from mambah.reconstruction.visibility import invisible_names
+
+    return invisible_names(getattr(stage, "invisible", None) or ())
+
+
 def run(args: argparse.Namespace) -> int:
     from mambah.cli import progress_enabled
     from mambah.production import run_production
@@ -241,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
 
         args.descriptor = parse_descriptor(args.descriptor, unknown_models="phsp").text
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
-                                 pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as)
+                                 pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as,
+                                 invisible=args.invisible or ())
     name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as)
     with Store(args.db) as store:
         with _Collector() as collected:
@@ -262,6 +276,10 @@ def run(args: argparse.Namespace) -> int:
     for line in format_generator_summary(gen, weighted=args.weighted):
         print(f"  {line}")
     swaps = _swaps(pipeline)
+    invisible = [n for stage in pipeline.stages for n in _invisible(stage)]
+    if invisible:
+        print(f"  left invisible (--invisible): {', '.join(invisible)}: the candidates above them have a partial mass "
+              "(X_NINVISIBLE > 0 in the ntuple)")
     if swaps:
         print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
               "true species)")

@@ -24,6 +24,10 @@ composites (decaying nodes)
     the node's reconstructed charged descendants (the *visible* mass: ``Lb_M`` of
     ``Lambda_b0 -> Lambda_c+ mu- nu`` is the ``Lambda_c+ mu-`` mass, as in an LHCb selection);
     NaN if any of those tracks is missing. ``X_ENDVERTEX_X/Y/Z`` from the linked vertex.
+    ``X_NINVISIBLE``: the node's stable neutral descendants that no stage reconstructs
+    (neutrinos; particles left invisible with ``mambah simulate --invisible``): ``X_M`` is a
+    partial mass when it is > 0 (from the vertex row's ``n_invisible``, or, without a linked
+    composite, counted in the decay tree).
 mass hypotheses (a production with swaps, ``reconstruct_as``; see
 :mod:`mambah.reconstruction.hypotheses`)
     ``X_M`` is the mass as reconstructed, under the chosen hypotheses; the nodes it differs for
@@ -311,12 +315,23 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
     rp = {c: rgrid(c) for c in ("px", "py", "pz", "e", "m")}
     rid = rgrid("pid", np.int32, 0)
     rvtx = rgrid("vertex", np.int64, -1)
-    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z", "m_truehyp"], batches=ids_arr.tolist())
+    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z", "m_truehyp", "n_invisible"],
+                      batches=ids_arr.tolist())
     vk = np.searchsorted(ids_arr, vert["batch"].to_numpy()).astype(np.int64) << 32 | vert["index"].to_numpy().astype(np.int64)
     vorder = np.argsort(vk, kind="stable")
     vk = vk[vorder]
 
     children = [list(nd.get("children", [])) for nd in tree]
+
+    def neutrals_below(k: int) -> int:
+        n, stack = 0, list(children[k])
+        while stack:
+            c = stack.pop()
+            if tree[c]["stable"]:
+                n += int(tree[c].get("charge", 0)) == 0
+            else:
+                stack.extend(children[c])
+        return n
 
     def charged_tracks_below(k: int) -> list[int]:
         outl, stack = [], list(children[k])
@@ -331,6 +346,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
 
     batch_pos_rows = np.repeat(np.arange(len(ids_arr), dtype=np.int64), N)
     vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in ("x", "y", "z", "m_truehyp")}
+    v_ninv = vert["n_invisible"].to_numpy()[vorder].astype(np.int16)
     is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
     pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
     swapped = {int(h["node"]): h for h in hyps}
@@ -383,6 +399,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
             found &= v >= 0
             for c in ("x", "y", "z"):
                 out[f"{X}_ENDVERTEX_{c.upper()}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
+            out[f"{X}_NINVISIBLE"] = np.where(found, v_ninv[pos] if len(vk) else 0, neutrals_below(k)).astype(np.int16)
             if any(t in swapped for t in tracks):
                 if tracks:
                     m2 = e_true[tracks].sum(axis=0) ** 2 - sum(rp[c][tracks].sum(axis=0) ** 2 for c in ("px", "py", "pz"))
