@@ -49,6 +49,7 @@ def standard_pipeline(
     unweight: bool = True,
     reconstruct_as=None,
     invisible=(),
+    neutrals: str | None = None,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -79,6 +80,11 @@ def standard_pipeline(
             a descriptor with one of them in its final state is refused unless it is listed here
             (neutrinos are always invisible); the composites above it then have a partial mass,
             marked by ``vertices.n_invisible`` > 0 (ntuple ``X_NINVISIBLE``).
+        neutrals: ``"reference"``: reconstruct final-state photons with the reference calorimeter
+            (:class:`mambah.reconstruction.neutrals.Neutrals`, opt-in: no photon network is trained
+            yet; ``mambah simulate --neutrals reference``): photons get rows of ``particles`` and
+            the composites above them include them. ``None`` (default): no stage reconstructs
+            photons, and a descriptor with one is refused unless it is in ``invisible``.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
@@ -121,9 +127,15 @@ def standard_pipeline(
         res = Resolution(_model(models_dir, DEFAULT_RESOLUTION))
         pid_species = check_track_coverage(stages[1].parsed, efficiency=eff.model, resolution=res.model,
                                            pid=pid, models_dir=models_dir)
-        invisible = check_neutral_coverage(stages[1].parsed, invisible=invisible)
-        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res,
-                   Composites(reconstruct_as=hypotheses, invisible=invisible)]
+        neutral_stages = []
+        if neutrals is not None:
+            from mambah.reconstruction.neutrals import Neutrals
+
+            neutral_stages.append(Neutrals(model=neutrals))
+        seen = tuple(p for st in neutral_stages for p in st.pids)
+        invisible = check_neutral_coverage(stages[1].parsed, invisible=invisible, seen=seen)
+        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, *neutral_stages,
+                   Composites(reconstruct_as=hypotheses, invisible=invisible, neutrals=seen)]
         if pid:
             from mambah.pid.stage import PID
 
@@ -277,8 +289,11 @@ def check_neutral_coverage(descriptor, *, invisible=(), seen=()) -> tuple[int, .
                         "reconstructs it, so the candidates above it would silently lack it (their mass would be "
                         f"that of what is left):\n  {d.text}\n  {''.join(marks).rstrip()}")
     names = ",".join(by_name)
+    photon = any(abs(int(nodes[k].particle.pid)) == 22 for k in unseen)  # the Neutrals stage's species
     raise ConfigurationError(
         f"cannot reconstruct {str(d)!r}: " + "\n".join(problems)
         + f"\nleave {'it' if len(by_name) == 1 else 'them'} invisible on purpose (invisible=({', '.join(map(repr, by_name))},); "
         f"mambah simulate --invisible {names}): the composites above then have a partial mass, marked by "
-        "vertices.n_invisible > 0 (ntuple X_NINVISIBLE); or give it a decay into charged tracks in the descriptor")
+        "vertices.n_invisible > 0 (ntuple X_NINVISIBLE); or give it a decay into charged tracks in the descriptor"
+        + ("; or reconstruct the photons with the reference calorimeter (neutrals='reference'; mambah simulate "
+           "--neutrals reference)" if photon else ""))

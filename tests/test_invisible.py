@@ -176,3 +176,84 @@ def test_cli_refuses_then_runs_with_invisible(tmp_path):
     built = np.isfinite(nt["B0_M"])
     assert built.sum() > 20
     assert (nt.loc[built, "B0_NINVISIBLE"] == 1).all() and (nt.loc[built, "Kst_NINVISIBLE"] == 0).all()
+
+
+# ------------------------------------------------------------ photons from the reference calorimeter
+@pytest.fixture(scope="module")
+def kstg_photons():
+    from mambah import standard_pipeline
+
+    pipe = standard_pipeline(KSTG, pid=False, neutrals="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        return pipe.process(pipe.make_batch(0, production_seed=5, n_events=6000))
+
+
+def test_photons_get_rows_and_the_b0_its_mass_back(kstg_photons):
+    b = kstg_photons
+    parts, mc = b["particles"], b["mc_particles"]
+    gam = parts[parts["pid"] == 22]
+    assert len(gam) > 100 and (gam["charge"] == 0).all() and (gam["m"] == 0).all()
+    assert mc.set_index("index").loc[gam["mc_particle"], "reconstructed"].all()
+    np.testing.assert_allclose(gam["e"], np.sqrt(gam["px"] ** 2 + gam["py"] ** 2 + gam["pz"] ** 2))
+    b0 = parts[np.abs(parts["pid"]) == 511]
+    assert len(b0) > 100
+    # recompute each B0 mass from its three final-state rows, found through the mother links
+    kst = parts[np.abs(parts["pid"]) == 313].set_index("index")
+    fs = parts[parts["vertex"] < 0]
+    mother_b0 = np.where(fs["mother"].isin(kst.index), kst["mother"].reindex(fs["mother"]).to_numpy(), fs["mother"])
+    sums = fs.assign(b0=mother_b0).groupby("b0")[["px", "py", "pz", "e"]].sum()
+    sums = sums.loc[b0["index"]]
+    m = np.sqrt(np.maximum(sums["e"] ** 2 - sums["px"] ** 2 - sums["py"] ** 2 - sums["pz"] ** 2, 0))
+    np.testing.assert_allclose(b0["m"].to_numpy(), m.to_numpy(), rtol=1e-9)
+    counts = fs.assign(b0=mother_b0).groupby("b0")["pid"].apply(lambda s: sorted(np.abs(s)))
+    assert all(c == [22, 211, 321] for c in counts.loc[b0["index"]])
+    # the peak sits at the B0 mass (the ECAL resolution sets its width), not at the K*0's
+    m_b0 = float(Particle.from_pdgid(511).mass)
+    assert abs(np.median(b0["m"]) - m_b0) < 20
+    assert (b["vertices"].set_index("particle").loc[b0["index"], "n_invisible"] == 0).all()
+    assert b.info["reconstruction"]["neutrals"]["reconstructed"] == len(gam)
+
+
+def test_the_b0_is_built_only_where_its_photon_was_reconstructed(kstg_photons):
+    b = kstg_photons
+    parts = b["particles"]
+    n = b.n_events
+    ev_gamma = set(parts.loc[parts["pid"] == 22, "event"])
+    ev_b0 = set(parts.loc[np.abs(parts["pid"]) == 511, "event"])
+    ev_kst = set(parts.loc[np.abs(parts["pid"]) == 313, "event"])
+    assert ev_b0 == ev_kst & ev_gamma and len(ev_kst - ev_gamma) > 0 and n > len(ev_b0)
+
+
+def test_refusal_names_the_calorimeter_option_and_pi0_photons_are_handled():
+    from mambah import standard_pipeline
+
+    with pytest.raises(ConfigurationError, match="--neutrals reference"):
+        standard_pipeline(KSTG, pid=False)
+    pipe = standard_pipeline("B+ -> K+ pi- pi+ (pi0 -> gamma gamma)", pid=False, neutrals="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        b = pipe.process(pipe.make_batch(0, production_seed=2, n_events=3000))
+    info = b.info["reconstruction"]["neutrals"]
+    assert info["pi0"] == 3000 and info["photons"] == 6000 and 0 < info["merged_pi0"] < 3000
+    bp = b["particles"][np.abs(b["particles"]["pid"]) == 521]
+    assert len(bp) > 20
+    # the K_L0 is no photon: still refused
+    with pytest.raises(ConfigurationError, match="'K_L0'"):
+        standard_pipeline("B0 -> (K*(892)0 -> K+ pi-) K_L0 gamma", pid=False, neutrals="reference")
+
+
+def test_cli_with_the_reference_calorimeter(tmp_path):
+    db = f"duckdb:///{tmp_path}/g.duckdb"
+    r = subprocess.run([sys.executable, "-m", "mambah", "-q", "simulate", KSTG, "--events", "2000", "--db", db,
+                        "--neutrals", "reference"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "no PID chain" not in r.stderr
+    from mambah import Store
+
+    with Store(db) as st:
+        nt = st.candidates()
+    built = np.isfinite(nt["B0_M"])
+    assert built.sum() > 20 and np.isfinite(nt.loc[built, "gamma_PT"]).all()
+    assert (nt.loc[built, "B0_NINVISIBLE"] == 0).all()
+    assert abs(np.median(nt.loc[built, "B0_M"]) - float(Particle.from_pdgid(511).mass)) < 30

@@ -45,6 +45,10 @@ def register(sub) -> None:
                         "descriptor with one in its final state is refused unless it is listed here; the candidates "
                         "above it then have a partial mass, marked by X_NINVISIBLE > 0 in the ntuple (neutrinos are "
                         "always invisible and always counted there)")
+    p.add_argument("--neutrals", choices=("reference",), default=None,
+                   help="reconstruct final-state photons with the reference calorimeter (opt-in: no photon network is "
+                        "trained yet): they become particles and the candidates above them include them; resolved "
+                        "pi0 -> gamma gamma photons too (merged pi0 are not candidates yet)")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
@@ -67,14 +71,22 @@ def register(sub) -> None:
     p.set_defaults(func=run, pid=True)
 
 
-def default_production_name(descriptor: str, seed: int, reconstruct_as=None) -> str:
+def default_production_name(descriptor: str, seed: int, reconstruct_as=None, invisible=None,
+                            neutrals: str | None = None) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
-    of the mass-hypothesis swaps (so that another set of swaps is another production)."""
+    of the mass-hypothesis swaps, the particles left invisible and the neutrals' reconstruction
+    (so that another choice is another production; without them the name is what it always was)."""
     import hashlib
 
     text = " ".join(descriptor.split())
     if reconstruct_as:
         text += " | reconstruct-as " + " ; ".join(" ".join(s.split()) for s in reconstruct_as)
+    if invisible:
+        from mambah.reconstruction.visibility import invisible_pids
+
+        text += " | invisible " + ",".join(map(str, invisible_pids(invisible)))
+    if neutrals:
+        text += f" | neutrals {neutrals}"
     return f"{hashlib.sha256(text.encode()).hexdigest()[:8]}-seed{seed}"
 
 
@@ -255,8 +267,9 @@ def run(args: argparse.Namespace) -> int:
         args.descriptor = parse_descriptor(args.descriptor, unknown_models="phsp").text
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
                                  pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as,
-                                 invisible=args.invisible or ())
-    name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as)
+                                 invisible=args.invisible or (), neutrals=args.neutrals)
+    name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as,
+                                                      args.invisible, args.neutrals)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(

@@ -16,6 +16,10 @@ Rules, as an LHCb selection would build candidates:
   invisible (``invisible=("gamma",)``, :mod:`mambah.reconstruction.visibility`), or the stage
   refuses the batch, naming it (no photon is ever dropped silently; :func:`standard_pipeline
   <mambah.simulation.standard_pipeline>` refuses such a descriptor before anything runs);
+* stable neutral descendants that a stage reconstructs (photons from
+  :class:`~mambah.reconstruction.neutrals.Neutrals`, declared with ``neutrals=(22,)``) are part
+  of the candidates above them, like tracks (but they do not count towards the two tracks a
+  vertex needs);
 * a stable charged descendant that is not trackable (e.g. a Sigma+ left undecayed) makes the node
   unreconstructible;
 * a node is built in an event iff it has at least two charged tracks and all of them were
@@ -67,14 +71,17 @@ from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
 __all__ = ["Composites", "plan_composites"]
 
 
-def plan_composites(tree: list[dict]) -> dict[str, Any]:
+def plan_composites(tree: list[dict], seen=()) -> dict[str, Any]:
     """Which nodes become composites, their tracks and their nearest composite ancestors.
 
     Returns a dict with ``tracks`` (node -> list of trackable stable descendant nodes) for the
     buildable composite nodes (in node order), ``track_nodes`` (all trackable stable nodes),
     ``attach`` (node -> nearest buildable composite ancestor, or -1), ``n_daughters`` and
     ``n_invisible`` (node -> its stable neutral descendants, which no stage reconstructs: the
-    composite's mass is partial when it is > 0).
+    composite's mass is partial when it is > 0). ``seen``: |PDG id|s of the stable neutral
+    particles a stage reconstructs (:class:`~mambah.reconstruction.neutrals.Neutrals`): they are
+    part of their ancestors' candidates (which need them reconstructed, besides their two or more
+    charged tracks), are listed in ``track_nodes`` and are not counted in ``n_invisible``.
     """
     n = len(tree)
     for k, node in enumerate(tree):
@@ -90,6 +97,9 @@ def plan_composites(tree: list[dict]) -> dict[str, Any]:
     trackable = [bool(tree[k]["stable"]) and abs(int(tree[k]["pid"])) in TRACKABLE_PIDS and charge(tree[k]) != 0
                  for k in range(n)]
     blocking = [bool(tree[k]["stable"]) and charge(tree[k]) != 0 and not trackable[k] for k in range(n)]
+    seen = {abs(int(p)) for p in seen}
+    neutral_seen = [bool(tree[k]["stable"]) and charge(tree[k]) == 0 and abs(int(tree[k]["pid"])) in seen
+                    for k in range(n)]
 
     def descendants(k):
         out = []
@@ -110,16 +120,17 @@ def plan_composites(tree: list[dict]) -> dict[str, Any]:
             continue
         t = [j for j in d if trackable[j]]
         if len(t) >= 2:
-            tracks[k] = t
+            tracks[k] = sorted(t + [j for j in d if neutral_seen[j]])
     attach = []
     for k in range(n):
         m = int(tree[k]["mother"])
         while m >= 0 and m not in tracks:
             m = int(tree[m]["mother"])
         attach.append(m)
-    n_daughters = {k: sum(1 for j in range(n) if attach[j] == k and (trackable[j] or j in tracks)) for k in tracks}
-    n_invisible = {k: sum(1 for j in descendants(k) if charge(tree[j]) == 0) for k in tracks}
-    return {"tracks": tracks, "track_nodes": [k for k in range(n) if trackable[k]], "attach": attach,
+    n_daughters = {k: sum(1 for j in range(n) if attach[j] == k and (trackable[j] or neutral_seen[j] or j in tracks))
+                   for k in tracks}
+    n_invisible = {k: sum(1 for j in descendants(k) if charge(tree[j]) == 0 and not neutral_seen[j]) for k in tracks}
+    return {"tracks": tracks, "track_nodes": [k for k in range(n) if trackable[k] or neutral_seen[k]], "attach": attach,
             "n_daughters": n_daughters, "n_invisible": n_invisible}
 
 
@@ -138,6 +149,11 @@ class Composites:
             left out of the composites, as names or PDG ids (``("gamma", "pi0")``; normalised to
             sorted |PDG id|s by :func:`mambah.reconstruction.visibility.invisible_pids`). A decay
             tree with another one in its final state is refused with a ConfigurationError.
+        neutrals: stable neutral particles that a stage before this one reconstructs (rows of
+            ``particles`` with ``charge`` 0, e.g. photons from
+            :class:`~mambah.reconstruction.neutrals.Neutrals`: ``neutrals=(22,)``): they become
+            part of the candidates above them, which are then built only where they were
+            reconstructed too.
 
     Example:
         >>> from mambah.reconstruction.hypotheses import mass_hypotheses
@@ -151,12 +167,14 @@ class Composites:
     name: str = "composites"
     reconstruct_as: tuple[MassHypothesis, ...] = ()
     invisible: tuple[int, ...] = ()
+    neutrals: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.sigma_xy < 0 or self.sigma_z < 0:
             raise ConfigurationError(f"vertex resolutions must be >= 0, got {self.sigma_xy}, {self.sigma_z}")
         object.__setattr__(self, "reconstruct_as", as_hypotheses(self.reconstruct_as))
         object.__setattr__(self, "invisible", invisible_pids(self.invisible))
+        object.__setattr__(self, "neutrals", invisible_pids(self.neutrals))
 
     def config(self) -> dict[str, Any]:
         """The stage's fields; ``reconstruct_as`` only when there are swaps (so that the
@@ -166,16 +184,17 @@ class Composites:
             d["reconstruct_as"] = [h.config() for h in self.reconstruct_as]
         else:
             del d["reconstruct_as"]
-        if self.invisible:
-            d["invisible"] = list(self.invisible)
-        else:
-            del d["invisible"]
+        for key in ("invisible", "neutrals"):
+            if getattr(self, key):
+                d[key] = list(getattr(self, key))
+            else:
+                del d[key]
         return d
 
     def _check_visible(self, tree: list[dict], batch_id: int) -> None:
         """Refuse a tree with a stable neutral final-state particle nobody reconstructs and the
         user did not declare invisible (its composites would have a silently partial mass)."""
-        unseen = unseen_nodes(tree, self.invisible)
+        unseen = unseen_nodes(tree, self.invisible, self.neutrals)
         if unseen:
             names = sorted({f"{tree[k].get('name', tree[k]['pid'])} (PDG id {tree[k]['pid']})" for k in unseen})
             raise ConfigurationError(
@@ -224,7 +243,7 @@ class Composites:
         track_row = np.full(len(tree) * n, -1, dtype=np.int64)
         track_row[mc_pos] = np.arange(n_tracks)
         self._check_visible(tree, batch.id)
-        plan = plan_composites(tree)
+        plan = plan_composites(tree, seen=self.neutrals)
         nodes = sorted(plan["tracks"])
         px, py, pz, e = (parts[c].to_numpy(np.float64) for c in ("px", "py", "pz", "e"))
         e_true = e  # energies under the true species' hypotheses
@@ -329,6 +348,8 @@ class Composites:
         batch.info.setdefault("reconstruction", {})["composites"] = {
             str(tree[k].get("name", k)): int(len(b[1])) for k, b in zip(nodes, blocks)
         }
+        if self.neutrals:  # the ntuple adds these particles' rows to the candidates above them
+            batch.info["reconstructed_neutrals"] = list(self.neutrals)
         if swaps:
             batch.info["mass_hypotheses"] = [{**h.config(), "hypothesis_mass": swaps[h.node]}
                                              for h in self.reconstruct_as]

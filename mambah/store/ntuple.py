@@ -13,7 +13,8 @@ truth (every node, from ``mc_particles`` and ``mc_vertices``)
     ``tau = (t_end - t_origin) * m / E``: the lab-frame time divided by the Lorentz factor
     ``gamma = E / m``).
 tracks (charged stable nodes, from the ``particles`` row whose ``mc_particle`` is this node; NaN
-where the particle was not reconstructed)
+where the particle was not reconstructed; also photons when a Neutrals stage reconstructed them,
+``gamma_PT``, ``gamma_PE``, ``gamma_ID``..., without PID branches)
     ``X_PX/PY/PZ``, ``X_PE``, ``X_P``, ``X_PT``, ``X_ETA``, ``X_M``, ``X_ID`` and the PID
     variables under their LHCb names: ``X_PIDe``, ``X_PIDmu``, ``X_PIDK``, ``X_PIDp`` (combined
     DLLs), ``X_RichDLLe``, ``X_RichDLLmu``, ``X_RichDLLk``, ``X_RichDLLp``, ``X_isMuon``,
@@ -181,6 +182,11 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
         key = json.dumps([(nd["name"], nd["pid"], nd["mother"]) for nd in tree])
         if hyps:  # another set of mass hypotheses is another ntuple
             key += json.dumps([(h["node"], h["hypothesis_pid"]) for h in hyps])
+        seen = {abs(int(p)) for p in (info.get("reconstructed_neutrals") or ())}
+        if seen:  # reconstructed neutrals (photons of a Neutrals stage): another ntuple
+            tree = [dict(nd, seen=bool(nd["stable"]) and int(nd.get("charge", 0)) == 0 and abs(int(nd["pid"])) in seen)
+                    for nd in tree]
+            key += json.dumps(sorted(seen))
         g = groups.setdefault(key, (tree, [], {}, set(), hyps))
         g[1].append(int(b))
         g[2][int(b)] = int(n)
@@ -328,7 +334,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
         while stack:
             c = stack.pop()
             if tree[c]["stable"]:
-                n += int(tree[c].get("charge", 0)) == 0
+                n += int(tree[c].get("charge", 0)) == 0 and not tree[c].get("seen", False)
             else:
                 stack.extend(children[c])
         return n
@@ -338,7 +344,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
         while stack:
             c = stack.pop()
             if tree[c]["stable"]:
-                if int(tree[c].get("charge", 0)) != 0:
+                if int(tree[c].get("charge", 0)) != 0 or tree[c].get("seen", False):
                     outl.append(c)
             else:
                 stack.extend(children[c])
@@ -384,6 +390,9 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
                 out[f"{X}_M_TRUEHYP"] = m_true[k]
             for col, suffix in PID_BRANCHES.items():
                 out[f"{X}_{suffix}"] = pidg[col][k]
+        elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
+            _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
+            out[f"{X}_ID"] = rid[k]
         elif not stable:
             tracks = charged_tracks_below(k)
             if tracks:
