@@ -26,6 +26,7 @@ part). The stage is therefore opt-in (``standard_pipeline(..., neutrals="referen
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,11 @@ NEUTRAL_MODELS: tuple[str, ...] = ("reference",)
 PHOTON_PID: int = 22
 
 
+@functools.lru_cache(maxsize=None)
 def _pdgid(name: str) -> int:
-    from particle import Particle
+    from mambah.generation.particles import resolve
 
-    return abs(int(Particle.from_name(name).pdgid))
+    return abs(int(resolve(name).pid))
 
 
 @dataclasses.dataclass(frozen=True)
