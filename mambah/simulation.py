@@ -9,7 +9,12 @@ runs: every charged final-state particle (a leaf of the decay tree: the generato
 it further) becomes a track, so its species must be one the efficiency and resolution models were
 trained for and, with PID, one that has a PID chain. Neutral final-state particles (gamma,
 neutrinos, K_L0, n, and undecayed K_S0, Lambda0, pi0) are not tracks: the efficiency stage never
-reconstructs them, and they need no model.
+reconstructs them, and no stage reconstructs them yet. Neutrinos are invisible at LHCb, so a
+semileptonic decay is simulated as it is (its composites have a partial mass, marked by
+``vertices.n_invisible`` > 0); any other neutral final-state particle is refused, named and marked
+in the descriptor (:func:`check_neutral_coverage`), unless the user leaves it invisible on purpose
+(``invisible=("gamma",)``; ``mambah simulate --invisible gamma``): without a photon the "B0" of
+``B0 -> (K*(892)0 -> K+ pi-) gamma`` would silently have the K*0's mass.
 
 Mass-hypothesis swaps (``reconstruct_as``, :mod:`mambah.reconstruction.hypotheses`) are checked
 against the descriptor, and refused, before the models are loaded.
@@ -23,7 +28,7 @@ from pathlib import Path
 from mambah.physics import SPECIES, species_of_pdg
 from mambah.pipeline import Pipeline
 
-__all__ = ["standard_pipeline", "GENERATOR_LEVEL", "check_track_coverage"]
+__all__ = ["standard_pipeline", "GENERATOR_LEVEL", "check_track_coverage", "check_neutral_coverage"]
 
 #: ``level`` value for a generator-level production (truth only, no detector response)
 GENERATOR_LEVEL = "truth"
@@ -43,6 +48,8 @@ def standard_pipeline(
     pid: bool = True,
     unweight: bool = True,
     reconstruct_as=None,
+    invisible=(),
+    neutrals: str | None = None,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -67,6 +74,17 @@ def standard_pipeline(
             marked by ``^``, then the hypothesis); see :mod:`mambah.reconstruction.hypotheses`. The
             composites get the swapped four-momenta and masses (``vertices.m_truehyp`` keeps the
             true-hypothesis mass), the PID stays that of the true species.
+        invisible: neutral final-state particles to leave invisible on purpose, ``level="reco"``
+            (names or PDG ids, e.g. ``("gamma", "pi0")``, or ``"gamma,pi0"``; a particle and its
+            antiparticle alike). No stage reconstructs photons, undecayed pi0, K_L0, neutrons...:
+            a descriptor with one of them in its final state is refused unless it is listed here
+            (neutrinos are always invisible); the composites above it then have a partial mass,
+            marked by ``vertices.n_invisible`` > 0 (ntuple ``X_NINVISIBLE``).
+        neutrals: ``"reference"``: reconstruct final-state photons with the reference calorimeter
+            (:class:`mambah.reconstruction.neutrals.Neutrals`, opt-in: no photon network is trained
+            yet; ``mambah simulate --neutrals reference``): photons get rows of ``particles`` and
+            the composites above them include them. ``None`` (default): no stage reconstructs
+            photons, and a descriptor with one is refused unless it is in ``invisible``.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
@@ -76,7 +94,8 @@ def standard_pipeline(
         ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``, or
             (``level="reco"``) a charged final-state particle of the descriptor is a species the
             efficiency/resolution models (or, with ``pid``, the PID models) do not cover; see
-            :func:`check_track_coverage`.
+            :func:`check_track_coverage`; or a neutral final-state particle (not a neutrino) that no
+            stage reconstructs is not in ``invisible``; see :func:`check_neutral_coverage`.
         ModelDirError: a model the chain needs is missing from ``models_dir``.
     """
     from mambah.errors import ConfigurationError
@@ -108,7 +127,15 @@ def standard_pipeline(
         res = Resolution(_model(models_dir, DEFAULT_RESOLUTION))
         pid_species = check_track_coverage(stages[1].parsed, efficiency=eff.model, resolution=res.model,
                                            pid=pid, models_dir=models_dir)
-        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, Composites(reconstruct_as=hypotheses)]
+        neutral_stages = []
+        if neutrals is not None:
+            from mambah.reconstruction.neutrals import Neutrals
+
+            neutral_stages.append(Neutrals(model=neutrals))
+        seen = tuple(p for st in neutral_stages for p in st.pids)
+        invisible = check_neutral_coverage(stages[1].parsed, invisible=invisible, seen=seen)
+        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, *neutral_stages,
+                   Composites(reconstruct_as=hypotheses, invisible=invisible, neutrals=seen)]
         if pid:
             from mambah.pid.stage import PID
 
@@ -214,3 +241,59 @@ def check_track_coverage(descriptor, *, efficiency: str, resolution: str, pid: b
                 "mambah simulate --level truth)")
         raise ConfigurationError(f"cannot reconstruct {str(d)!r}: " + "\n".join(problems) + f"\n{hint}")
     return tuple(s for s in SPECIES if s in needed)
+
+
+def check_neutral_coverage(descriptor, *, invisible=(), seen=()) -> tuple[int, ...]:
+    """Check that no neutral final-state particle of ``descriptor`` would be dropped silently.
+
+    A stable neutral final-state particle (a leaf of the decay tree) that is not a neutrino must
+    be reconstructed by some stage (|PDG id| in ``seen``; none is today) or left invisible on
+    purpose (in ``invisible``); otherwise the composites above it would lack it without a word.
+
+    Args:
+        descriptor: a decay descriptor (string or parsed :class:`~mambah.generation.Descriptor`).
+        invisible: particles to leave invisible (names or PDG ids; see
+            :func:`mambah.reconstruction.visibility.invisible_pids`).
+        seen: |PDG id|s of the neutral particles some stage of the pipeline reconstructs.
+
+    Returns:
+        The |PDG id|s to leave invisible, sorted (``invisible`` normalised).
+
+    Raises:
+        ConfigurationError: names every such particle as written in the descriptor, each
+            occurrence marked, with the two ways out; or an ``invisible`` entry is charged.
+        UnknownParticleError: an ``invisible`` name is unknown.
+    """
+    from mambah.errors import ConfigurationError
+    from mambah.generation import parse_descriptor
+    from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
+
+    d = parse_descriptor(descriptor)
+    pids = invisible_pids(invisible)
+    nodes = d.nodes()
+    unseen = unseen_nodes(d.tree(), pids, seen)
+    if not unseen:
+        return pids
+    by_name: dict[str, list[int]] = {}
+    for k in unseen:
+        by_name.setdefault(_written(d.text, nodes[k].position), []).append(k)
+    problems = []
+    for written, ks in by_name.items():
+        p = nodes[ks[0]].particle
+        alias = f"{p.name}, " if written != p.name else ""
+        marks = [" "] * len(d.text)
+        for k in ks:
+            pos = nodes[k].position
+            marks[pos:pos + len(written)] = "^" * len(written)
+        problems.append(f"the final-state particle {written!r} ({alias}PDG id {p.pid}) is neutral and no stage "
+                        "reconstructs it, so the candidates above it would silently lack it (their mass would be "
+                        f"that of what is left):\n  {d.text}\n  {''.join(marks).rstrip()}")
+    names = ",".join(by_name)
+    photon = any(abs(int(nodes[k].particle.pid)) == 22 for k in unseen)  # the Neutrals stage's species
+    raise ConfigurationError(
+        f"cannot reconstruct {str(d)!r}: " + "\n".join(problems)
+        + f"\nleave {'it' if len(by_name) == 1 else 'them'} invisible on purpose (invisible=({', '.join(map(repr, by_name))},); "
+        f"mambah simulate --invisible {names}): the composites above then have a partial mass, marked by "
+        "vertices.n_invisible > 0 (ntuple X_NINVISIBLE); or give it a decay into charged tracks in the descriptor"
+        + ("; or reconstruct the photons with the reference calorimeter (neutrals='reference'; mambah simulate "
+           "--neutrals reference)" if photon else ""))

@@ -95,7 +95,7 @@ def test_uncovered_charged_final_state_particle_is_refused_at_build(descriptor, 
 
 
 def test_neutral_final_state_particles_are_not_tracks():
-    pl = standard_pipeline("B0 -> K_L0 gamma")
+    pl = standard_pipeline("B0 -> K_L0 gamma", invisible=("K_L0", "gamma"))
     assert pl.stages[-1].species == ()
     b = pl.process(pl.make_batch(0, 1, 50))
     assert len(b["particles"]) == 0  # the efficiency stage does not reconstruct neutral particles either

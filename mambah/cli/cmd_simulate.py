@@ -39,6 +39,16 @@ def register(sub) -> None:
                         "\"K+=pi+\" (when the name occurs once among the final-state particles). The composites get "
                         "the swapped four-momenta and masses (M; the true-hypothesis mass is kept as M_TRUEHYP), "
                         "the PID stays that of the true species; checked before anything runs")
+    p.add_argument("--invisible", action="append", default=None, metavar="NAME[,NAME...]",
+                   help="neutral final-state particles to leave invisible on purpose (e.g. gamma or gamma,pi0; "
+                        "repeatable). No stage reconstructs photons, undecayed pi0, K_L0 or neutrons yet, so a "
+                        "descriptor with one in its final state is refused unless it is listed here; the candidates "
+                        "above it then have a partial mass, marked by X_NINVISIBLE > 0 in the ntuple (neutrinos are "
+                        "always invisible and always counted there)")
+    p.add_argument("--neutrals", choices=("reference",), default=None,
+                   help="reconstruct final-state photons with the reference calorimeter (opt-in: no photon network is "
+                        "trained yet): they become particles and the candidates above them include them; resolved "
+                        "pi0 -> gamma gamma photons too (merged pi0 are not candidates yet)")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
@@ -61,14 +71,22 @@ def register(sub) -> None:
     p.set_defaults(func=run, pid=True)
 
 
-def default_production_name(descriptor: str, seed: int, reconstruct_as=None) -> str:
+def default_production_name(descriptor: str, seed: int, reconstruct_as=None, invisible=None,
+                            neutrals: str | None = None) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
-    of the mass-hypothesis swaps (so that another set of swaps is another production)."""
+    of the mass-hypothesis swaps, the particles left invisible and the neutrals' reconstruction
+    (so that another choice is another production; without them the name is what it always was)."""
     import hashlib
 
     text = " ".join(descriptor.split())
     if reconstruct_as:
         text += " | reconstruct-as " + " ; ".join(" ".join(s.split()) for s in reconstruct_as)
+    if invisible:
+        from mambah.reconstruction.visibility import invisible_pids
+
+        text += " | invisible " + ",".join(map(str, invisible_pids(invisible)))
+    if neutrals:
+        text += f" | neutrals {neutrals}"
     return f"{hashlib.sha256(text.encode()).hexdigest()[:8]}-seed{seed}"
 
 
@@ -230,6 +248,13 @@ def _swaps(pipeline) -> list[str]:
     return [str(h) for stage in pipeline.stages for h in (getattr(stage, "reconstruct_as", None) or ())]
 
 
+def _invisible(stage) -> list[str]:
+    """Names of the particles a composites stage leaves invisible on purpose."""
+    from mambah.reconstruction.visibility import invisible_names
+
+    return invisible_names(getattr(stage, "invisible", None) or ())
+
+
 def run(args: argparse.Namespace) -> int:
     from mambah.cli import progress_enabled
     from mambah.production import run_production
@@ -241,8 +266,10 @@ def run(args: argparse.Namespace) -> int:
 
         args.descriptor = parse_descriptor(args.descriptor, unknown_models="phsp").text
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
-                                 pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as)
-    name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as)
+                                 pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as,
+                                 invisible=args.invisible or (), neutrals=args.neutrals)
+    name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as,
+                                                      args.invisible, args.neutrals)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(
@@ -262,6 +289,10 @@ def run(args: argparse.Namespace) -> int:
     for line in format_generator_summary(gen, weighted=args.weighted):
         print(f"  {line}")
     swaps = _swaps(pipeline)
+    invisible = [n for stage in pipeline.stages for n in _invisible(stage)]
+    if invisible:
+        print(f"  left invisible (--invisible): {', '.join(invisible)}: the candidates above them have a partial mass "
+              "(X_NINVISIBLE > 0 in the ntuple)")
     if swaps:
         print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
               "true species)")

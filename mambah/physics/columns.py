@@ -109,6 +109,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "m": "float64",
         "m_truehyp": "float64",
         "n_daughters": "int16",
+        "n_invisible": "int16",
     },
 }
 
@@ -180,6 +181,9 @@ COLUMN_MAP: tuple[Column, ...] = (
     # species' hypothesis (``vertices`` table; the ntuple's ``X_M`` and ``X_M_TRUEHYP``)
     _c("m", "M", "MeV/c^2"),
     _c("m_truehyp", "M_TRUEHYP", "MeV/c^2"),
+    # stable neutral descendants of a composite that no stage reconstructs (neutrinos, particles
+    # left invisible on purpose): its mass is partial when > 0 (``vertices`` table; ntuple ``X_NINVISIBLE``)
+    _c("n_invisible", "NINVISIBLE"),
 )
 
 _BY_NAME: dict[str, Column] = {}

@@ -126,7 +126,9 @@ class PID:
             raise ConfigurationError(f"stage {self.name!r} needs the particles table; run Efficiency first")
         parts = batch["particles"].copy()
         mc, ev = batch["mc_particles"], batch["events"]
-        track = np.nonzero((parts["vertex"].to_numpy() < 0) & (parts["mc_particle"].to_numpy() >= 0))[0]
+        # charged tracks only: the neutral rows of a Neutrals stage (photons) have no PID chain
+        track = np.nonzero((parts["vertex"].to_numpy() < 0) & (parts["mc_particle"].to_numpy() >= 0)
+                           & (parts["charge"].to_numpy() != 0))[0]
         rows = rows_by_index(mc, parts["mc_particle"].to_numpy()[track], "particles.mc_particle values")
         apid = np.abs(mc["pid"].to_numpy(np.int64)[rows])
         px, py, pz = (parts[c].to_numpy(np.float64)[track] for c in ("px", "py", "pz"))

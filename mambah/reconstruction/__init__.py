@@ -7,14 +7,17 @@ tracks). Each stage is a frozen dataclass with ``name``, ``__call__(batch) -> ba
 (:mod:`mambah.nn.registry`), and the dataclass fields are plain strings and numbers, so stages
 pickle for Dask. The PID stage is in :mod:`mambah.pid`. Mass-hypothesis swaps (a track
 reconstructed as another particle, ``Composites(reconstruct_as=...)``) are resolved and checked
-by :mod:`mambah.reconstruction.hypotheses`.
+by :mod:`mambah.reconstruction.hypotheses`. ``Neutrals`` (opt-in, reference calorimeter only)
+gives photons rows of ``particles`` before ``Composites``; neutral final-state particles that no
+stage reconstructs are refused unless left invisible (:mod:`mambah.reconstruction.visibility`).
 """
 
 from __future__ import annotations
 
 from mambah.reconstruction.composites import Composites
 from mambah.reconstruction.efficiency import Efficiency
+from mambah.reconstruction.neutrals import Neutrals
 from mambah.reconstruction.occupancy import Occupancy
 from mambah.reconstruction.resolution import Resolution
 
-__all__ = ["Occupancy", "Efficiency", "Resolution", "Composites"]
+__all__ = ["Occupancy", "Efficiency", "Resolution", "Neutrals", "Composites"]

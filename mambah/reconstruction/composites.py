@@ -10,7 +10,16 @@ Rules, as an LHCb selection would build candidates:
   decaying particles such as K0S or Lambda_c+) that are charged and trackable (e, mu, pi, K, p);
 * stable neutral descendants (neutrinos, photons, K0L, neutrons, ...) are not seen: the
   composite has the *visible* momentum and mass (a semileptonic Lambda_b0 -> Lambda_c+ mu- nu
-  keeps its visible mass, below the Lambda_b0 mass), its charge is the sum of its tracks';
+  keeps its visible mass, below the Lambda_b0 mass), its charge is the sum of its tracks'; the
+  vertex row's ``n_invisible`` counts them (ntuple ``X_NINVISIBLE``): the mass is partial when it
+  is > 0. Neutrinos are invisible by design; any other stable neutral particle must be declared
+  invisible (``invisible=("gamma",)``, :mod:`mambah.reconstruction.visibility`), or the stage
+  refuses the batch, naming it (no photon is ever dropped silently; :func:`standard_pipeline
+  <mambah.simulation.standard_pipeline>` refuses such a descriptor before anything runs);
+* stable neutral descendants that a stage reconstructs (photons from
+  :class:`~mambah.reconstruction.neutrals.Neutrals`, declared with ``neutrals=(22,)``) are part
+  of the candidates above them, like tracks (but they do not count towards the two tracks a
+  vertex needs);
 * a stable charged descendant that is not trackable (e.g. a Sigma+ left undecayed) makes the node
   unreconstructible;
 * a node is built in an event iff it has at least two charged tracks and all of them were
@@ -40,7 +49,8 @@ with a Gaussian of widths (``sigma_xy``, ``sigma_xy``, ``sigma_z``) — defaults
 collaboration, "Performance of the LHCb Vertex Locator", JINST 9 (2014) P09007,
 arXiv:1405.7808: 13 um / 71 um for 25-track primary vertices, scaling roughly as 1/sqrt(N)),
 ``m`` = the composite's mass, ``m_truehyp`` = its mass under the true hypotheses,
-``n_daughters`` = its direct reconstructed daughters.
+``n_daughters`` = its direct reconstructed daughters, ``n_invisible`` = its stable neutral
+descendants (neutrinos and particles left invisible: its mass is partial when > 0).
 """
 
 from __future__ import annotations
@@ -56,16 +66,22 @@ from mambah.physics import TRACKABLE_PIDS, particle_mass, pdg_charge
 from mambah.physics.columns import COLUMNS, PID_COLUMNS
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 from mambah.reconstruction.hypotheses import MassHypothesis, as_hypotheses
+from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
 
 __all__ = ["Composites", "plan_composites"]
 
 
-def plan_composites(tree: list[dict]) -> dict[str, Any]:
+def plan_composites(tree: list[dict], seen=()) -> dict[str, Any]:
     """Which nodes become composites, their tracks and their nearest composite ancestors.
 
     Returns a dict with ``tracks`` (node -> list of trackable stable descendant nodes) for the
     buildable composite nodes (in node order), ``track_nodes`` (all trackable stable nodes),
-    ``attach`` (node -> nearest buildable composite ancestor, or -1) and ``n_daughters``.
+    ``attach`` (node -> nearest buildable composite ancestor, or -1), ``n_daughters`` and
+    ``n_invisible`` (node -> its stable neutral descendants, which no stage reconstructs: the
+    composite's mass is partial when it is > 0). ``seen``: |PDG id|s of the stable neutral
+    particles a stage reconstructs (:class:`~mambah.reconstruction.neutrals.Neutrals`): they are
+    part of their ancestors' candidates (which need them reconstructed, besides their two or more
+    charged tracks), are listed in ``track_nodes`` and are not counted in ``n_invisible``.
     """
     n = len(tree)
     for k, node in enumerate(tree):
@@ -81,6 +97,9 @@ def plan_composites(tree: list[dict]) -> dict[str, Any]:
     trackable = [bool(tree[k]["stable"]) and abs(int(tree[k]["pid"])) in TRACKABLE_PIDS and charge(tree[k]) != 0
                  for k in range(n)]
     blocking = [bool(tree[k]["stable"]) and charge(tree[k]) != 0 and not trackable[k] for k in range(n)]
+    seen = {abs(int(p)) for p in seen}
+    neutral_seen = [bool(tree[k]["stable"]) and charge(tree[k]) == 0 and abs(int(tree[k]["pid"])) in seen
+                    for k in range(n)]
 
     def descendants(k):
         out = []
@@ -101,16 +120,18 @@ def plan_composites(tree: list[dict]) -> dict[str, Any]:
             continue
         t = [j for j in d if trackable[j]]
         if len(t) >= 2:
-            tracks[k] = t
+            tracks[k] = sorted(t + [j for j in d if neutral_seen[j]])
     attach = []
     for k in range(n):
         m = int(tree[k]["mother"])
         while m >= 0 and m not in tracks:
             m = int(tree[m]["mother"])
         attach.append(m)
-    n_daughters = {k: sum(1 for j in range(n) if attach[j] == k and (trackable[j] or j in tracks)) for k in tracks}
-    return {"tracks": tracks, "track_nodes": [k for k in range(n) if trackable[k]], "attach": attach,
-            "n_daughters": n_daughters}
+    n_daughters = {k: sum(1 for j in range(n) if attach[j] == k and (trackable[j] or neutral_seen[j] or j in tracks))
+                   for k in tracks}
+    n_invisible = {k: sum(1 for j in descendants(k) if charge(tree[j]) == 0 and not neutral_seen[j]) for k in tracks}
+    return {"tracks": tracks, "track_nodes": [k for k in range(n) if trackable[k] or neutral_seen[k]], "attach": attach,
+            "n_daughters": n_daughters, "n_invisible": n_invisible}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +145,15 @@ class Composites:
         reconstruct_as: mass-hypothesis swaps, resolved against the descriptor by
             :func:`mambah.reconstruction.hypotheses.mass_hypotheses` (or their ``config()``
             dicts); empty: every track under its true species' hypothesis.
+        invisible: stable neutral particles (other than neutrinos, always invisible) that may be
+            left out of the composites, as names or PDG ids (``("gamma", "pi0")``; normalised to
+            sorted |PDG id|s by :func:`mambah.reconstruction.visibility.invisible_pids`). A decay
+            tree with another one in its final state is refused with a ConfigurationError.
+        neutrals: stable neutral particles that a stage before this one reconstructs (rows of
+            ``particles`` with ``charge`` 0, e.g. photons from
+            :class:`~mambah.reconstruction.neutrals.Neutrals`: ``neutrals=(22,)``): they become
+            part of the candidates above them, which are then built only where they were
+            reconstructed too.
 
     Example:
         >>> from mambah.reconstruction.hypotheses import mass_hypotheses
@@ -136,11 +166,15 @@ class Composites:
     sigma_z: float = 0.2
     name: str = "composites"
     reconstruct_as: tuple[MassHypothesis, ...] = ()
+    invisible: tuple[int, ...] = ()
+    neutrals: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.sigma_xy < 0 or self.sigma_z < 0:
             raise ConfigurationError(f"vertex resolutions must be >= 0, got {self.sigma_xy}, {self.sigma_z}")
         object.__setattr__(self, "reconstruct_as", as_hypotheses(self.reconstruct_as))
+        object.__setattr__(self, "invisible", invisible_pids(self.invisible))
+        object.__setattr__(self, "neutrals", invisible_pids(self.neutrals))
 
     def config(self) -> dict[str, Any]:
         """The stage's fields; ``reconstruct_as`` only when there are swaps (so that the
@@ -150,7 +184,24 @@ class Composites:
             d["reconstruct_as"] = [h.config() for h in self.reconstruct_as]
         else:
             del d["reconstruct_as"]
+        for key in ("invisible", "neutrals"):
+            if getattr(self, key):
+                d[key] = list(getattr(self, key))
+            else:
+                del d[key]
         return d
+
+    def _check_visible(self, tree: list[dict], batch_id: int) -> None:
+        """Refuse a tree with a stable neutral final-state particle nobody reconstructs and the
+        user did not declare invisible (its composites would have a silently partial mass)."""
+        unseen = unseen_nodes(tree, self.invisible, self.neutrals)
+        if unseen:
+            names = sorted({f"{tree[k].get('name', tree[k]['pid'])} (PDG id {tree[k]['pid']})" for k in unseen})
+            raise ConfigurationError(
+                f"stage {self.name!r}, batch {batch_id}: the final-state particle(s) {', '.join(names)} are neutral and "
+                "no stage reconstructs them; the composites above them would silently lack them. Leave them "
+                "invisible on purpose (Composites(invisible=(...)); standard_pipeline(..., invisible=...); "
+                "mambah simulate --invisible NAME), or give them a decay in the descriptor")
 
     def _swap_masses(self, tree: list[dict], batch_id: int) -> dict[int, float]:
         """``{node: hypothesis mass (MeV/c^2)}``, after checking the swaps against ``tree``."""
@@ -191,7 +242,8 @@ class Composites:
         # particle row of the track for every (node, event) slot; -1 where none
         track_row = np.full(len(tree) * n, -1, dtype=np.int64)
         track_row[mc_pos] = np.arange(n_tracks)
-        plan = plan_composites(tree)
+        self._check_visible(tree, batch.id)
+        plan = plan_composites(tree, seen=self.neutrals)
         nodes = sorted(plan["tracks"])
         px, py, pz, e = (parts[c].to_numpy(np.float64) for c in ("px", "py", "pz", "e"))
         e_true = e  # energies under the true species' hypotheses
@@ -280,6 +332,7 @@ class Composites:
                 "m": cm.astype(np.float64),
                 "m_truehyp": cm_true.astype(np.float64),
                 "n_daughters": np.full(m, plan["n_daughters"][k], dtype=np.int16),
+                "n_invisible": np.full(m, plan["n_invisible"][k], dtype=np.int16),
             }))
         pcols = list(COLUMNS["particles"])
         vcols = list(COLUMNS["vertices"])
@@ -295,6 +348,8 @@ class Composites:
         batch.info.setdefault("reconstruction", {})["composites"] = {
             str(tree[k].get("name", k)): int(len(b[1])) for k, b in zip(nodes, blocks)
         }
+        if self.neutrals:  # the ntuple adds these particles' rows to the candidates above them
+            batch.info["reconstructed_neutrals"] = list(self.neutrals)
         if swaps:
             batch.info["mass_hypotheses"] = [{**h.config(), "hypothesis_mass": swaps[h.node]}
                                              for h in self.reconstruct_as]

@@ -13,7 +13,8 @@ truth (every node, from ``mc_particles`` and ``mc_vertices``)
     ``tau = (t_end - t_origin) * m / E``: the lab-frame time divided by the Lorentz factor
     ``gamma = E / m``).
 tracks (charged stable nodes, from the ``particles`` row whose ``mc_particle`` is this node; NaN
-where the particle was not reconstructed)
+where the particle was not reconstructed; also photons when a Neutrals stage reconstructed them,
+``gamma_PT``, ``gamma_PE``, ``gamma_ID``..., without PID branches)
     ``X_PX/PY/PZ``, ``X_PE``, ``X_P``, ``X_PT``, ``X_ETA``, ``X_M``, ``X_ID`` and the PID
     variables under their LHCb names: ``X_PIDe``, ``X_PIDmu``, ``X_PIDK``, ``X_PIDp`` (combined
     DLLs), ``X_RichDLLe``, ``X_RichDLLmu``, ``X_RichDLLk``, ``X_RichDLLp``, ``X_isMuon``,
@@ -24,6 +25,10 @@ composites (decaying nodes)
     the node's reconstructed charged descendants (the *visible* mass: ``Lb_M`` of
     ``Lambda_b0 -> Lambda_c+ mu- nu`` is the ``Lambda_c+ mu-`` mass, as in an LHCb selection);
     NaN if any of those tracks is missing. ``X_ENDVERTEX_X/Y/Z`` from the linked vertex.
+    ``X_NINVISIBLE``: the node's stable neutral descendants that no stage reconstructs
+    (neutrinos; particles left invisible with ``mambah simulate --invisible``): ``X_M`` is a
+    partial mass when it is > 0 (from the vertex row's ``n_invisible``, or, without a linked
+    composite, counted in the decay tree).
 mass hypotheses (a production with swaps, ``reconstruct_as``; see
 :mod:`mambah.reconstruction.hypotheses`)
     ``X_M`` is the mass as reconstructed, under the chosen hypotheses; the nodes it differs for
@@ -177,6 +182,11 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
         key = json.dumps([(nd["name"], nd["pid"], nd["mother"]) for nd in tree])
         if hyps:  # another set of mass hypotheses is another ntuple
             key += json.dumps([(h["node"], h["hypothesis_pid"]) for h in hyps])
+        seen = {abs(int(p)) for p in (info.get("reconstructed_neutrals") or ())}
+        if seen:  # reconstructed neutrals (photons of a Neutrals stage): another ntuple
+            tree = [dict(nd, seen=bool(nd["stable"]) and int(nd.get("charge", 0)) == 0 and abs(int(nd["pid"])) in seen)
+                    for nd in tree]
+            key += json.dumps(sorted(seen))
         g = groups.setdefault(key, (tree, [], {}, set(), hyps))
         g[1].append(int(b))
         g[2][int(b)] = int(n)
@@ -311,19 +321,30 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
     rp = {c: rgrid(c) for c in ("px", "py", "pz", "e", "m")}
     rid = rgrid("pid", np.int32, 0)
     rvtx = rgrid("vertex", np.int64, -1)
-    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z", "m_truehyp"], batches=ids_arr.tolist())
+    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z", "m_truehyp", "n_invisible"],
+                      batches=ids_arr.tolist())
     vk = np.searchsorted(ids_arr, vert["batch"].to_numpy()).astype(np.int64) << 32 | vert["index"].to_numpy().astype(np.int64)
     vorder = np.argsort(vk, kind="stable")
     vk = vk[vorder]
 
     children = [list(nd.get("children", [])) for nd in tree]
 
+    def neutrals_below(k: int) -> int:
+        n, stack = 0, list(children[k])
+        while stack:
+            c = stack.pop()
+            if tree[c]["stable"]:
+                n += int(tree[c].get("charge", 0)) == 0 and not tree[c].get("seen", False)
+            else:
+                stack.extend(children[c])
+        return n
+
     def charged_tracks_below(k: int) -> list[int]:
         outl, stack = [], list(children[k])
         while stack:
             c = stack.pop()
             if tree[c]["stable"]:
-                if int(tree[c].get("charge", 0)) != 0:
+                if int(tree[c].get("charge", 0)) != 0 or tree[c].get("seen", False):
                     outl.append(c)
             else:
                 stack.extend(children[c])
@@ -331,6 +352,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
 
     batch_pos_rows = np.repeat(np.arange(len(ids_arr), dtype=np.int64), N)
     vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in ("x", "y", "z", "m_truehyp")}
+    v_ninv = vert["n_invisible"].to_numpy()[vorder].astype(np.int16)
     is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
     pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
     swapped = {int(h["node"]): h for h in hyps}
@@ -368,6 +390,9 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
                 out[f"{X}_M_TRUEHYP"] = m_true[k]
             for col, suffix in PID_BRANCHES.items():
                 out[f"{X}_{suffix}"] = pidg[col][k]
+        elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
+            _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
+            out[f"{X}_ID"] = rid[k]
         elif not stable:
             tracks = charged_tracks_below(k)
             if tracks:
@@ -383,6 +408,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
             found &= v >= 0
             for c in ("x", "y", "z"):
                 out[f"{X}_ENDVERTEX_{c.upper()}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
+            out[f"{X}_NINVISIBLE"] = np.where(found, v_ninv[pos] if len(vk) else 0, neutrals_below(k)).astype(np.int16)
             if any(t in swapped for t in tracks):
                 if tracks:
                     m2 = e_true[tracks].sum(axis=0) ** 2 - sum(rp[c][tracks].sum(axis=0) ** 2 for c in ("px", "py", "pz"))

@@ -63,7 +63,8 @@ __all__ = ["SCHEMA_VERSION", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow
 
 #: Bumped whenever a table or column changes; stored in ``mambah_meta``.
 #: 3: ``vertices.m_truehyp`` (the composite's mass under the true mass hypotheses).
-SCHEMA_VERSION = 3
+#: 4: ``vertices.n_invisible`` (the composite's stable neutral descendants: its mass is partial when > 0).
+SCHEMA_VERSION = 4
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -181,6 +182,7 @@ class Vertex(Base):
     m: Mapped[float] = _f64()  #: the composite's mass as reconstructed (under the chosen mass hypotheses)
     m_truehyp: Mapped[float] = _f64()  #: the same with every track under its true species' hypothesis
     n_daughters: Mapped[int] = mapped_column(SmallInteger)
+    n_invisible: Mapped[int] = mapped_column(SmallInteger)  #: neutrinos and particles left invisible below it
 
 
 class ModelRow(Base):
