@@ -43,6 +43,7 @@ def standard_pipeline(
     pid: bool = True,
     unweight: bool = True,
     reconstruct_as=None,
+    pid_variations: bool = False,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -67,13 +68,19 @@ def standard_pipeline(
             marked by ``^``, then the hypothesis); see :mod:`mambah.reconstruction.hypotheses`. The
             composites get the swapped four-momenta and masses (``vertices.m_truehyp`` keeps the
             true-hypothesis mass), the PID stays that of the true species.
+        pid_variations: also draw every track's PID variables once per ensemble member of its
+            species' PID chain, with the nominal's noise, into the ``pid_variations`` table
+            (:class:`mambah.pid.stage.PID` ``variations``; ``mambah simulate --pid-variations``);
+            the nominal PID columns are unchanged. Needs ``pid`` and ``level="reco"``.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
         DescriptorError: the descriptor is malformed or impossible, or a swap of ``reconstruct_as``
             is bad (a particle not in the descriptor or not a final-state track, an unknown
             hypothesis, a change of charge; the offending piece is marked).
-        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``, or
+        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``,
+            ``pid_variations`` without the PID stage or when no step of the descriptor's PID chains
+            has ensemble members (or their K differ), or
             (``level="reco"``) a charged final-state particle of the descriptor is a species the
             efficiency/resolution models (or, with ``pid``, the PID models) do not cover; see
             :func:`check_track_coverage`.
@@ -84,6 +91,9 @@ def standard_pipeline(
 
     if level not in (GENERATOR_LEVEL, "reco"):
         raise ConfigurationError(f"level must be 'truth' or 'reco', not {level!r}")
+    if pid_variations and (level != "reco" or not pid):
+        raise ConfigurationError("pid_variations (--pid-variations) needs the PID stage: level='reco' with pid=True "
+                                 f"(got level={level!r}, pid={pid!r})")
     stages = generator_stages(descriptor, charge_conjugate=charge_conjugate,
                               acceptance=EtaAcceptance() if acceptance else None, unweight=unweight, **gun_options)
     hypotheses = ()
@@ -112,7 +122,8 @@ def standard_pipeline(
         if pid:
             from mambah.pid.stage import PID
 
-            stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species))
+            stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species,
+                              variations=bool(pid_variations)))
     return Pipeline(stages)
 
 

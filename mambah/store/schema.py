@@ -58,12 +58,16 @@ def _f64():
     J/psi mass (measured on 50k generated events); positions and times keep float32."""
     return mapped_column(Double, nullable=True)
 
-__all__ = ["SCHEMA_VERSION", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow", "Event",
-           "MCParticle", "MCVertex", "Particle", "Vertex", "ModelRow", "PID_COLUMNS"]
+__all__ = ["SCHEMA_VERSION", "UPGRADABLE", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow", "Event",
+           "MCParticle", "MCVertex", "Particle", "Vertex", "PidVariation", "ModelRow", "PID_COLUMNS"]
 
 #: Bumped whenever a table or column changes; stored in ``mambah_meta``.
 #: 3: ``vertices.m_truehyp`` (the composite's mass under the true mass hypotheses).
-SCHEMA_VERSION = 3
+#: 4: the ``pid_variations`` table (PID variables per ensemble member); a version-3 store is upgraded
+#: in place when opened (the table is added, nothing else changes: :meth:`Store._init_schema`).
+SCHEMA_VERSION = 4
+#: Versions a store can be upgraded from by adding the tables that are new since then.
+UPGRADABLE = {3: ("pid_variations",)}
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -181,6 +185,18 @@ class Vertex(Base):
     m: Mapped[float] = _f64()  #: the composite's mass as reconstructed (under the chosen mass hypotheses)
     m_truehyp: Mapped[float] = _f64()  #: the same with every track under its true species' hypothesis
     n_daughters: Mapped[int] = mapped_column(SmallInteger)
+
+
+class PidVariation(Base):
+    """The PID variables of a track (``particles`` row ``particle``) as ensemble member ``member``
+    (1..K) of its PID chain draws them, with the nominal's noise (``mambah simulate --pid-variations``).
+    Empty for a production without variations."""
+
+    __tablename__ = "pid_variations"
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    particle: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    member: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    _pid_columns(locals())
 
 
 class ModelRow(Base):

@@ -221,6 +221,9 @@ class Store:
             if meta.name in existing:
                 row = self._conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
                 found = None if row is None else row[0]
+                if found is not None and found.isdigit() and int(found) in S.UPGRADABLE:
+                    self._upgrade(int(found), existing)
+                    return
                 if found != str(S.SCHEMA_VERSION):
                     raise SchemaVersionError(
                         f"the store {self.url} has schema version {found}, this mambah ({__version__}) "
@@ -247,13 +250,29 @@ class Store:
             ])
             log.info("created a mambah store (schema version %d) at %s", S.SCHEMA_VERSION, self.url)
 
-    def _create_tables(self) -> None:
+    def _upgrade(self, found: int, existing: set) -> None:
+        """Bring a store of schema version ``found`` (:data:`~mambah.store.schema.UPGRADABLE`) to
+        :data:`~mambah.store.schema.SCHEMA_VERSION` by adding the tables that are new since then
+        (inside the caller's transaction; the data already there is untouched)."""
+        new = [t for t in S.UPGRADABLE[found] if t not in existing]
+        missing = [t for t in _TABLES if t not in existing and t not in new]
+        if missing:
+            raise StoreError(f"the store {self.url} lacks the table(s) {', '.join(missing)}; it is damaged")
+        self._create_tables(only=new)
+        meta = S.Meta.__table__
+        self._conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(S.SCHEMA_VERSION)))
+        log.info("upgraded the store %s from schema version %d to %d (added the table(s) %s)", self.url, found,
+                 S.SCHEMA_VERSION, ", ".join(new) or "none")
+
+    def _create_tables(self, only: Sequence[str] | None = None) -> None:
         if self.backend.data_table_constraints:
-            S.Base.metadata.create_all(self._conn)
+            S.Base.metadata.create_all(self._conn, tables=None if only is None else [_TABLES[t] for t in only])
             return
         # DuckDB: data tables without PK/FK/indices (see DuckDBBackend)
         md = sa.MetaData()
         for name, t in _TABLES.items():
+            if only is not None and name not in only:
+                continue
             if name in S.DATA_TABLES:
                 sa.Table(name, md, *[sa.Column(c.name, c.type, nullable=c.nullable) for c in t.columns])
             else:
