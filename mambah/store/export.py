@@ -31,12 +31,8 @@ TABLES: tuple[str, ...] = ("batches", *S.DATA_TABLES, "models")
 _JSON_COLUMNS = {"config", "models", "timings", "conditions", "targets", "metrics"}
 
 
-def _tables(tables: Iterable[str] | None, store=None, batches=None) -> list[str]:
-    """The tables to export; by default :data:`TABLES`, without ``pid_variations`` when the
-    selected batches have none (a production without PID variations exports what it always did)."""
+def _tables(tables: Iterable[str] | None) -> list[str]:
     if tables is None:
-        if store is not None and not store.count("pid_variations", batches):
-            return [t for t in TABLES if t != "pid_variations"]
         return list(TABLES)
     tables = [tables] if isinstance(tables, str) else list(tables)
     bad = [t for t in tables if t not in TABLES]
@@ -86,8 +82,7 @@ def export_parquet(store, out: str | os.PathLike, *, tables: Sequence[str] | Non
     batches = _selected(batches)
     chunks = _batch_chunks(store, batches, chunk_events)
     written = []
-    tables = _tables(tables, store, batches)
-    for table in tables:
+    for table in _tables(tables):
         if table in S.DATA_TABLES and dataset:
             final = out / table
             tmpdir = out / f".{table}.tmp{os.getpid()}"
@@ -121,7 +116,7 @@ def export_parquet(store, out: str | os.PathLike, *, tables: Sequence[str] | Non
             if tmp.exists():
                 tmp.unlink()
         written.append(final)
-    log.info("exported %s to %s", ", ".join(tables), out)
+    log.info("exported %s to %s", ", ".join(_tables(tables)), out)
     return written
 
 
@@ -172,10 +167,9 @@ def export_root(store, out: str | os.PathLike, *, tables: Sequence[str] | None =
     batches = _selected(batches)
     chunks = _batch_chunks(store, batches, chunk_events)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tables = _tables(tables, store, batches)
     try:
         with uproot.recreate(tmp) as f:
-            for table in tables:
+            for table in _tables(tables):
                 if table in S.DATA_TABLES:
                     write_tree(f, table, (_root_columns(store.read(table, batches=c)) for c in chunks or [[]]))
                 else:
@@ -197,5 +191,5 @@ def export_root(store, out: str | os.PathLike, *, tables: Sequence[str] | None =
     finally:
         if tmp.exists():
             tmp.unlink()
-    log.info("exported %s to %s", ", ".join(tables), out)
+    log.info("exported %s to %s", ", ".join(_tables(tables)), out)
     return out
