@@ -426,15 +426,22 @@ class PidChain:
             self._apply(step, m, cols, nominal, sel)
             written = [c for c, v in cols.items() if before.get(c) != id(v)]
             for k in range(1, n_var + 1):
-                out_k, sel_k = lane_out.get(k, (nominal, sel))
-                self._apply(step, m, lanes[k], out_k, sel_k)
-                for c in written:
-                    a, b = lanes[k][c], cols[c]
-                    if a.shape == b.shape and np.array_equal(a, b, equal_nan=True):
-                        lanes[k][c] = b
+                if k in lane_out:  # its own outputs: what they touch varies
+                    self._apply(step, m, lanes[k], *lane_out[k])
+                    varied[k].update(written)
+                elif not varied[k] & _POST_READS:  # the nominal's outputs, post-processed alike: shared
+                    for c in written:
+                        lanes[k][c] = cols[c]
                         varied[k].discard(c)
-                    else:
-                        varied[k].add(c)
+                else:  # the nominal's outputs post-processed with varied columns (e.g. ties, derived DLLs)
+                    self._apply(step, m, lanes[k], nominal, sel)
+                    for c in written:
+                        a, b = lanes[k][c], cols[c]
+                        if a.shape == b.shape and np.array_equal(a, b, equal_nan=True):
+                            lanes[k][c] = b
+                            varied[k].discard(c)
+                        else:
+                            varied[k].add(c)
         out = []
         for lane in lanes:
             lane.update(combine(lane))
@@ -522,6 +529,11 @@ class PidChain:
         on = sel & (cols[applies] > 0.5) if applies is not None else sel
         cols["RichDLLpK"] = cols["RichDLLpK"].copy()  # (may be shared with another member lane)
         cols["RichDLLpK"][on & (cols["RichPKTie"] > 0.5)] = 0.0
+
+
+#: columns that :meth:`PidChain._apply` reads besides a step's own outputs and the chain inputs
+_POST_READS = frozenset({"hasRich", "RichDLLpK", "RichPKTie", "RichDLLk",
+                         *(c for pair in DERIVED.values() for c in pair), *DERIVED})
 
 
 def _common_k(species: str, members: dict[str, int]) -> int:

@@ -260,15 +260,17 @@ class PID:
         from mambah.pid.chain import CHAIN_OUTPUTS
 
         rows = [(track[sel], lanes) for (_, sel, _), (_, _, lanes) in zip(todo, results) if lanes]
-        particle = np.concatenate([np.tile(index[t], k) for t, _ in rows] or [np.empty(0, np.int32)])
-        member = np.concatenate([np.repeat(np.arange(1, k + 1), len(t)) for t, _ in rows] or [np.empty(0, np.int16)])
-        table = {"batch": np.full(len(particle), batch_id), "particle": particle, "member": member}
+        tracks = np.concatenate([index[t] for t, _ in rows] or [np.empty(0, np.int64)])
+        order = np.argsort(tracks, kind="stable")  # (particle, member) order: a track's K rows together
+        n = len(tracks)
+        table = {"batch": np.full(n * k, batch_id), "particle": np.repeat(tracks[order], k),
+                 "member": np.tile(np.arange(1, k + 1), n)}
         for col, store_col in CHAIN_OUTPUTS.items():
-            table[store_col] = np.concatenate([np.concatenate([lane[col] for lane in lanes]) for _, lanes in rows]
-                                              or [np.empty(0, np.float32)])
-        order = np.lexsort((member, particle))
-        df = pd.DataFrame({c: v[order] for c, v in table.items()})
-        return df.astype(COLUMNS["pid_variations"])[list(COLUMNS["pid_variations"])]
+            v = np.concatenate([np.stack([lane[col] for lane in lanes], axis=1) for _, lanes in rows]
+                               or [np.empty((0, k), np.float32)])
+            table[store_col] = v[order].reshape(-1)
+        dtypes = COLUMNS["pid_variations"]
+        return pd.DataFrame({c: table[c].astype(d, copy=False) for c, d in dtypes.items()})
 
     @staticmethod
     def _log_without_members(plan: dict) -> None:
