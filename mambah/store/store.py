@@ -627,7 +627,8 @@ class Store:
         """A table or a selection of it as a DataFrame, through the backend's columnar path.
 
         Args:
-            table: one of ``batches, events, mc_particles, mc_vertices, particles, vertices, models``.
+            table: one of ``batches, events, mc_particles, mc_vertices, particles, vertices, pid_variations,
+                models``.
             columns: the columns to read (default all, in schema order).
             batches: a batch id or ids to read (default all).
             where: simple filters ANDed together: a mapping ``{column: value}`` (equality),
