@@ -412,3 +412,18 @@ def test_ntuple_of_synthetic_variations_in_chunks_and_mixing_is_refused(tmp_path
         with pytest.raises(StoreError, match="PID variations: K = 3"):
             candidate_ntuple(st)
         assert "p_PIDp_var1" not in candidate_ntuple(st, batches=[3])
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
+def test_spooled_batch_with_variations_commits_whole(batches, tmp_path, backend):
+    """The Dask path: a worker spools the batch to Parquet, the client commits it in one transaction."""
+    from mambah.store import Store
+    from mambah.store.spool import write_spool
+
+    b = copy.deepcopy(batches[True][1])
+    (tmp_path / "spool").mkdir()
+    summary = write_spool(b, tmp_path / "spool", digest="d")
+    with Store(f"{backend}:///{tmp_path}/sp.{backend}") as st:
+        assert st.write_spooled(summary["spool"]) is True
+        pd.testing.assert_frame_equal(st.read("pid_variations"), b["pid_variations"].reset_index(drop=True))
+        pd.testing.assert_frame_equal(st.read("particles"), b["particles"].reset_index(drop=True), check_dtype=False)
