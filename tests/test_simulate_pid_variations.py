@@ -301,21 +301,26 @@ def test_duplicated_member_rows_are_refused(batches, tmp_path):
         assert st.batch_ids() == []
 
 
-def test_a_version_3_store_is_upgraded(tmp_path):
-    import sqlalchemy as sa
-
+def test_a_version_3_store_is_upgraded(url, batches):
+    from mambah.errors import SchemaVersionError
     from mambah.store import Store
     from mambah.store import schema as S
 
-    url = f"sqlite:///{tmp_path}/old.sqlite"
-    Store(url).close()
-    eng = sa.create_engine(url)
-    with eng.begin() as c:  # what a version-3 store looks like
-        c.execute(sa.text("DROP TABLE pid_variations"))
-        c.execute(sa.text("UPDATE mambah_meta SET value = '3' WHERE key = 'schema_version'"))
-    eng.dispose()
     with Store(url) as st:
-        assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) and st.count("pid_variations") == 0
+        st.write_batch(copy.deepcopy(batches[False][0]))
+        before = st.read("particles")
+        with st._tx() as c:  # what a version-3 store looks like
+            c.exec_driver_sql("DROP TABLE pid_variations")
+            c.exec_driver_sql("UPDATE mambah_meta SET value = '3' WHERE key = 'schema_version'")
+    with Store(url) as st:
+        assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "4" and st.count("pid_variations") == 0
+        pd.testing.assert_frame_equal(st.read("particles"), before)
+        st.write_batch(copy.deepcopy(batches[True][1]))
+        assert st.count("pid_variations") == len(batches[True][1]["pid_variations"])
+        with st._tx() as c:
+            c.exec_driver_sql("UPDATE mambah_meta SET value = '2' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaVersionError, match="schema version 2"):
+        Store(url)
 
 
 # ------------------------------------------------------------------------------------ the ntuple
