@@ -360,7 +360,8 @@ def main():
         k = cv["k"]
         print(f"{'PID stage, %s chain, nominal: tracks/s (wall, best of %d)' % (cv['species'], a.repeats):58s} "
               f"{cv['nominal_tracks_per_s']:14,.0f}")
-        print(f"{'PID stage, %s chain + %d %s: tracks/s' % (cv['species'], k, 'members' if cv['real_members'] else 'stand-ins'):58s} "
+        what = "members" if cv["real_members"] else "stand-ins"
+        print(f"{'PID stage, %s chain + %d %s: tracks/s' % (cv['species'], k, what):58s} "
               f"{cv['tracks_per_s']:14,.0f}")
         print(f"{'PID stage with variations: time / nominal time (wall)':58s} {cv['time_ratio']:14.2f}")
         print(f"{'PID stage with variations: CPU time / nominal CPU time':58s} {cv['cpu_time_ratio']:14.2f}")

@@ -282,8 +282,9 @@ def run(args: argparse.Namespace) -> int:
     plan = _variation_plan(pipeline)
     if plan:
         steps = "; ".join(f"{s}: {', '.join(m)}" for s, m in plan["steps"].items())
+        without = plan["without_members"]
         print(f"  PID variations: K = {plan['members']} members ({steps})"
-              + (f"; no members, no variations: {', '.join(plan['without_members'])}" if plan["without_members"] else ""))
+              + (f"; no members, no variations: {', '.join(without)}" if without else ""))
     if rows:
         print("  inputs outside the models' training ranges, whole production:")
         for line in format_out_of_range(rows):

@@ -64,7 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mambah.nn.model import Model
     from mambah.nn.preprocessing import QuantileGaussianizer
 
-__all__ = ["generate", "generate_variations", "generate_member", "sample_flags", "generate_reference", "predict_generator", "draw_noise",
+__all__ = ["generate", "generate_variations", "generate_member", "sample_flags", "generate_reference",
+           "predict_generator", "draw_noise",
            "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
 
 #: rows per compiled call: small enough that the activations stay in the caches, large enough that the

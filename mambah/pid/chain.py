@@ -62,6 +62,11 @@ learns the parts of the combined DLLs that are not RICH or muon likelihoods, con
 earlier outputs, and the rule adds them); muon likelihoods
 [MUON] F. Archilli et al., JINST 8 (2013) P10020.
 
+Ensemble variations (:meth:`PidChain.generate_variations_columns`; ``mambah simulate
+--pid-variations``): member k of a chain is member k of every step whose model has ensemble
+members and the nominal model of the other steps, all drawing the nominal's random numbers; steps
+with members must agree on K (:func:`chain_members` reads it from the cards).
+
 Build-time checks (:func:`build_chain`): every step's conditions must be produced by the chain's
 inputs or by an earlier step, and its targets must be columns the chain knows; otherwise a
 :class:`~mambah.errors.ConfigurationError` names the model and the missing column.

@@ -146,7 +146,8 @@ class PID:
                 f"({chains}; in {self.models_dir or 'the shipped models'}); train a step's members with "
                 "mambah train pid ... --ensemble K, or simulate without --pid-variations")
         k = _common_k(", ".join(with_members), {f"{s}/{m}": k for s, ms in with_members.items() for m, k in ms.items()})
-        return {"members": k, "steps": with_members, "without_members": [s for s in self.species if s not in with_members]}
+        return {"members": k, "steps": with_members,
+                "without_members": [s for s in self.species if s not in with_members]}
 
     def chains(self) -> dict:
         """``species -> PidChain`` (loaded and checked once per process)."""
