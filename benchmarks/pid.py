@@ -10,6 +10,10 @@
   step that traces the graph), samples per second;
 * time to score: from the model card's validation history, the training seconds at which the
   validation BDT-KS first reached its final (best) value, and first went below 0.05;
+* chain-variations: the PID stage on the kaon chain, nominal against ``variations=True`` with K
+  members on its RICH and global steps (``mambah simulate --pid-variations``; stand-ins with
+  perturbed weights unless the shipped chain has K members): tracks/s and the time ratio
+  (:func:`bench_chain_variations`; ``--chain-tracks``, ``--variations K``);
 * variations: ``PidModel.generate_variations_array`` with K ensemble members (``--variations K``,
   default 10) on the same tracks, against the nominal ``generate_array`` alone, timed alternately,
   best of ``--repeats``; the ratio of its time to K + 1 times the nominal's (1 = no saving from
@@ -27,7 +31,7 @@ variations / (K + 1) x the nominal's); parts left out with ``--only`` are ``null
 Usage::
 
     python benchmarks/pid.py [--model models/pid-p-dllp-lhcb-run3] [--data ../shared/data/lc_protons_run3.parquet]
-                             [--only inference,training,score,chain,variations] [--variations 10]
+                             [--only inference,training,score,chain,variations,chain-variations] [--variations 10]
 """
 
 from __future__ import annotations
@@ -181,27 +185,10 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     one event per 50 tracks. Times ``PID()(batch)`` (conditions, five chains of three networks,
     combination, columns written), best of ``repeats``, each after a warm-up on 10^4 tracks.
     """
-    from mambah.batch import Batch
     from mambah.pid.stage import PID
 
     def batch(n):
-        rng = np.random.default_rng(5)
-        pdg = np.array([11, 13, 211, 321, 2212])[np.arange(n) % 5] * rng.choice([-1, 1], n)
-        p = np.exp(rng.uniform(np.log(3e3), np.log(1e5), n))
-        eta = rng.uniform(2.2, 4.6, n)
-        phi = rng.uniform(-np.pi, np.pi, n)
-        pt = p / np.cosh(eta)
-        ev = np.arange(n) // 50
-        ne = int(ev[-1]) + 1
-        idx = np.arange(n, dtype=np.int32)
-        parts = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "mc_particle": idx,
-                              "pid": pdg.astype(np.int32), "charge": np.sign(pdg).astype(np.int8),
-                              "px": (pt * np.cos(phi)).astype(np.float32), "py": (pt * np.sin(phi)).astype(np.float32),
-                              "pz": (pt * np.sinh(eta)).astype(np.float32), "vertex": np.int32(-1)})
-        mc = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "pid": pdg.astype(np.int32)})
-        events = pd.DataFrame({"batch": 1, "event": np.arange(ne, dtype=np.int32),
-                               "n_tracks": rng.integers(20, 300, ne).astype(np.int32)})
-        return Batch(id=1, seed=3, n_events=ne, tables={"particles": parts, "mc_particles": mc, "events": events})
+        return _track_batch(n, (11, 13, 211, 321, 2212))
 
     from mambah.nn.flags import FlagModel
 
@@ -231,7 +218,85 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     return out
 
 
-PARTS = ("inference", "training", "score", "chain", "variations")
+def _track_batch(n, pdgs):
+    """A synthetic batch of ``n`` track rows, species ``pdgs`` (PDG ids) in equal parts, p
+    log-uniform in 3-100 GeV/c, eta uniform in 2.2-4.6, n_tracks uniform in 20-300 (inside the
+    training ranges), one event per 50 tracks."""
+    from mambah.batch import Batch
+
+    rng = np.random.default_rng(5)
+    pdg = np.array(pdgs)[np.arange(n) % len(pdgs)] * rng.choice([-1, 1], n)
+    p = np.exp(rng.uniform(np.log(3e3), np.log(1e5), n))
+    eta = rng.uniform(2.2, 4.6, n)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    pt = p / np.cosh(eta)
+    ev = np.arange(n) // 50
+    ne = int(ev[-1]) + 1
+    idx = np.arange(n, dtype=np.int32)
+    parts = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "mc_particle": idx,
+                          "pid": pdg.astype(np.int32), "charge": np.sign(pdg).astype(np.int8),
+                          "px": (pt * np.cos(phi)).astype(np.float32), "py": (pt * np.sin(phi)).astype(np.float32),
+                          "pz": (pt * np.sinh(eta)).astype(np.float32), "vertex": np.int32(-1)})
+    mc = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "pid": pdg.astype(np.int32)})
+    events = pd.DataFrame({"batch": 1, "event": np.arange(ne, dtype=np.int32),
+                           "n_tracks": rng.integers(20, 300, ne).astype(np.int32)})
+    return Batch(id=1, seed=3, n_events=ne, tables={"particles": parts, "mc_particles": mc, "events": events})
+
+
+def bench_chain_variations(n=200_000, repeats=2, k=10, species="K"):
+    """The PID stage on ``n`` tracks of one species: nominal (``PID(species=(s,))``) against
+    ``PID(species=(s,), variations=True)`` (``mambah simulate --pid-variations``), alternately, best
+    of ``repeats``, each after a warm-up on 10^4 tracks.
+
+    The chain's members: the shipped models' when some step of the chain has K members; else K
+    stand-ins for the ``rich`` and ``global`` steps (the steps the lead trains members for): copies
+    of the step's generator with perturbed weights (tests/ensemble_helpers.py; a member's cost does
+    not depend on its weights), in a temporary models directory. ``flags`` and ``muon`` stay
+    nominal, so the expected cost is below K + 1 times the nominal's.
+    """
+    import sys
+    import tempfile
+    import warnings
+
+    from mambah.errors import OutOfRangeWarning
+    from mambah.physics import SPECIES_PDG
+    from mambah.pid.chain import chain_members
+    from mambah.pid.stage import PID
+
+    real = set(chain_members(species).values()) == {k}
+    tmp = tempfile.TemporaryDirectory(prefix="mambah-bench-var-")
+    if real:
+        models = None
+    else:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from ensemble_helpers import models_with_members
+
+        models = str(models_with_members(Path(tmp.name), {f"pid-{species}-rich": k, f"pid-{species}-global": k},
+                                         links=[f"pid-{species}-{r}" for r in ("flags", "muon", "rich", "global")]))
+    stages = {"nominal": PID(models_dir=models, species=(species,)),
+              "variations": PID(models_dir=models, species=(species,), variations=True)}
+    best = {name: [np.inf, np.inf] for name in stages}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        for stage in stages.values():
+            stage(_track_batch(10_000, (SPECIES_PDG[species],)))  # warm-up: traces the graphs
+        for _ in range(repeats):
+            for name, stage in stages.items():
+                b = _track_batch(n, (SPECIES_PDG[species],))
+                t0, c0 = time.perf_counter(), time.process_time()
+                stage(b)
+                best[name][0] = min(best[name][0], time.perf_counter() - t0)
+                best[name][1] = min(best[name][1], time.process_time() - c0)
+                if name == "variations":
+                    assert len(b["pid_variations"]) == k * n
+    tmp.cleanup()
+    (tn, cn), (tv, cv) = best["nominal"], best["variations"]
+    return {"k": k, "n": n, "species": species, "real_members": real, "nominal_tracks_per_s": n / tn,
+            "tracks_per_s": n / tv, "nominal_tracks_per_cpu_s": n / cn, "tracks_per_cpu_s": n / cv,
+            "time_ratio": tv / tn, "cpu_time_ratio": cv / cn}
+
+
+PARTS = ("inference", "training", "score", "chain", "variations", "chain-variations")
 
 
 def main():
@@ -243,6 +308,8 @@ def main():
     ap.add_argument("--train-steps", type=int, default=200)
     ap.add_argument("--variations", type=int, default=10, metavar="K",
                     help="ensemble members of the variations part (default 10)")
+    ap.add_argument("--chain-tracks", type=int, default=200_000,
+                    help="tracks of the chain-variations part (default 200000)")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)")
     a = ap.parse_args()
@@ -256,6 +323,8 @@ def main():
     ts = time_to_score(a.model) if "score" in only else None
     ch = bench_chain(a.tracks) if "chain" in only else None
     var = bench_variations(a.model, a.data, a.tracks, a.repeats, a.variations) if "variations" in only else None
+    cv = (bench_chain_variations(a.chain_tracks, a.repeats, a.variations)
+          if "chain-variations" in only else None)
     load = os.getloadavg()[0]
     print(f"{'measure':58s} {'value':>14s}")
     if inf:
@@ -287,6 +356,15 @@ def main():
               f"{var['tracks_per_s']:14,.0f}")
         print(f"{'variations: time / (K+1) x nominal time (wall)':58s} {var['cost_ratio']:14.3f}")
         print(f"{'variations: CPU time / (K+1) x nominal CPU time':58s} {var['cpu_cost_ratio']:14.3f}")
+    if cv:
+        k = cv["k"]
+        print(f"{'PID stage, %s chain, nominal: tracks/s (wall, best of %d)' % (cv['species'], a.repeats):58s} "
+              f"{cv['nominal_tracks_per_s']:14,.0f}")
+        what = "members" if cv["real_members"] else "stand-ins"
+        print(f"{'PID stage, %s chain + %d %s: tracks/s' % (cv['species'], k, what):58s} "
+              f"{cv['tracks_per_s']:14,.0f}")
+        print(f"{'PID stage with variations: time / nominal time (wall)':58s} {cv['time_ratio']:14.2f}")
+        print(f"{'PID stage with variations: CPU time / nominal CPU time':58s} {cv['cpu_time_ratio']:14.2f}")
     print(f"{'load average (1 min) during the run':58s} {load:14.2f}")
 
     def get(d, *keys):
@@ -307,7 +385,10 @@ def main():
                       "chain_numpy_flags_tracks_per_s": get(ch, "numpy_flags_tracks_per_s"),
                       "variations_k": get(var, "k"), "variations_tracks_per_s": get(var, "tracks_per_s"),
                       "variations_nominal_tracks_per_s": get(var, "nominal_tracks_per_s"),
-                      "variations_cost_ratio": get(var, "cost_ratio")}))
+                      "variations_cost_ratio": get(var, "cost_ratio"),
+                      "chain_variations_tracks_per_s": get(cv, "tracks_per_s"),
+                      "chain_variations_nominal_tracks_per_s": get(cv, "nominal_tracks_per_s"),
+                      "chain_variations_time_ratio": get(cv, "time_ratio")}))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def standard_pipeline(
     reconstruct_as=None,
     invisible=(),
     neutrals: str | None = None,
+    pid_variations: bool = False,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -85,13 +86,19 @@ def standard_pipeline(
             yet; ``mambah simulate --neutrals reference``): photons get rows of ``particles`` and
             the composites above them include them. ``None`` (default): no stage reconstructs
             photons, and a descriptor with one is refused unless it is in ``invisible``.
+        pid_variations: also draw every track's PID variables once per ensemble member of its
+            species' PID chain, with the nominal's noise, into the ``pid_variations`` table
+            (:class:`mambah.pid.stage.PID` ``variations``; ``mambah simulate --pid-variations``);
+            the nominal PID columns are unchanged. Needs ``pid`` and ``level="reco"``.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
         DescriptorError: the descriptor is malformed or impossible, or a swap of ``reconstruct_as``
             is bad (a particle not in the descriptor or not a final-state track, an unknown
             hypothesis, a change of charge; the offending piece is marked).
-        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``, or
+        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``,
+            ``pid_variations`` without the PID stage or when no step of the descriptor's PID chains
+            has ensemble members (or their K differ), or
             (``level="reco"``) a charged final-state particle of the descriptor is a species the
             efficiency/resolution models (or, with ``pid``, the PID models) do not cover; see
             :func:`check_track_coverage`; or a neutral final-state particle (not a neutrino) that no
@@ -103,6 +110,9 @@ def standard_pipeline(
 
     if level not in (GENERATOR_LEVEL, "reco"):
         raise ConfigurationError(f"level must be 'truth' or 'reco', not {level!r}")
+    if pid_variations and (level != "reco" or not pid):
+        raise ConfigurationError("pid_variations (--pid-variations) needs the PID stage: level='reco' with pid=True "
+                                 f"(got level={level!r}, pid={pid!r})")
     stages = generator_stages(descriptor, charge_conjugate=charge_conjugate,
                               acceptance=EtaAcceptance() if acceptance else None, unweight=unweight, **gun_options)
     hypotheses = ()
@@ -139,7 +149,8 @@ def standard_pipeline(
         if pid:
             from mambah.pid.stage import PID
 
-            stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species))
+            stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species,
+                              variations=bool(pid_variations)))
     return Pipeline(stages)
 
 

@@ -22,6 +22,7 @@ from mambah.production import local_cluster, run_production
 from mambah.simulation import standard_pipeline
 from mambah.store import Store
 from mambah.store import schema as S
+from mambah.store.rows import KEYS
 from mambah.store.spool import production_dir, spool_root
 
 pytest.importorskip("dask.distributed")
@@ -60,7 +61,7 @@ def _assert_same(a, b):
 def _assert_every_batch_once(store, n_batches, size):
     assert store.batch_ids() == list(range(n_batches))
     for t in S.DATA_TABLES:
-        df = store.read(t, columns=["batch", "event" if t == "events" else "index"])
+        df = store.read(t, columns=list(KEYS[t]))
         assert not df.duplicated().any(), f"duplicated rows in {t}"
     counts = store.read("events", columns=["batch"]).groupby("batch").size()
     assert len(counts) == n_batches and (counts == size).all()

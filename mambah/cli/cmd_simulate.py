@@ -65,6 +65,11 @@ def register(sub) -> None:
                           "their cards for their closure scores)")
     pid.add_argument("--pid", dest="pid", action="store_true",
                      help="simulate the PID (the default; kept for compatibility)")
+    p.add_argument("--pid-variations", action="store_true",
+                   help="also draw every track's PID variables once per ensemble member of its PID chain (steps "
+                        "trained with 'mambah train pid --ensemble K'), with the nominal's noise, into the store's "
+                        "pid_variations table (ntuple branches <X>_<PID>_var1..K); the nominal PID is unchanged. "
+                        "Refused before anything runs when no step of the chains has members")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, default=None, help="run on a local Dask cluster with this many worker processes")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on an existing Dask cluster (tcp://host:port)")
@@ -255,6 +260,14 @@ def _invisible(stage) -> list[str]:
     return invisible_names(getattr(stage, "invisible", None) or ())
 
 
+def _variation_plan(pipeline) -> dict | None:
+    """The PID stage's variation plan (:meth:`mambah.pid.stage.PID.variation_plan`), if it has one."""
+    for stage in pipeline.stages:
+        if getattr(stage, "variations", False):
+            return stage.variation_plan()
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from mambah.cli import progress_enabled
     from mambah.production import run_production
@@ -267,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
         args.descriptor = parse_descriptor(args.descriptor, unknown_models="phsp").text
     pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
                                  pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as,
-                                 invisible=args.invisible or (), neutrals=args.neutrals)
+                                 invisible=args.invisible or (), neutrals=args.neutrals,
+                                 pid_variations=args.pid_variations)
     name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as,
                                                       args.invisible, args.neutrals)
     with Store(args.db) as store:
@@ -296,6 +310,12 @@ def run(args: argparse.Namespace) -> int:
     if swaps:
         print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
               "true species)")
+    plan = _variation_plan(pipeline)
+    if plan:
+        steps = "; ".join(f"{s}: {', '.join(m)}" for s, m in plan["steps"].items())
+        without = plan["without_members"]
+        print(f"  PID variations: K = {plan['members']} members ({steps})"
+              + (f"; no members, no variations: {', '.join(without)}" if without else ""))
     if rows:
         print("  inputs outside the models' training ranges, whole production:")
         for line in format_out_of_range(rows):

@@ -64,7 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mambah.nn.model import Model
     from mambah.nn.preprocessing import QuantileGaussianizer
 
-__all__ = ["generate", "generate_variations", "sample_flags", "generate_reference", "predict_generator", "draw_noise",
+__all__ = ["generate", "generate_variations", "generate_member", "sample_flags", "generate_reference",
+           "predict_generator", "draw_noise",
            "draw_uniforms", "DEFAULT_CHUNK", "DEFAULT_WORKERS"]
 
 #: rows per compiled call: small enough that the activations stay in the caches, large enough that the
@@ -461,6 +462,32 @@ def generate_variations(model: Model, conditions: np.ndarray, rng=None, *, chunk
     if results:  # (nothing to report for no rows)
         _report_range(model, results, fast.n_cond, out.shape[-2], check_range, counts)
     return out
+
+
+def _compiled_member(model, k: int):
+    """The compiled graph of ``model``'s ensemble member ``k`` (1..K) alone, kept by the model."""
+    members = model.members  # (loaded first: the model's memo lock is not re-entrant)
+    if not 1 <= k <= len(members):
+        raise DataError(f"model {model.card.get('name')!r} has {len(members)} ensemble members, not a member {k}")
+    return model.memo(f"mambah.nn.inference._Compiled.member{k}", lambda: _Compiled(model, [members[k - 1]]))
+
+
+def generate_member(model: Model, k: int, conditions: np.ndarray, rng=None, *, chunk: int = DEFAULT_CHUNK,
+                    noise: np.ndarray | None = None, check_range: bool = True, workers: int = DEFAULT_WORKERS,
+                    counts: list | None = None) -> np.ndarray:
+    """Targets of ``model``'s ensemble member ``k`` (1..K) alone, float64 ``(n, n_targets)``.
+
+    The arguments are those of :func:`generate`: for the same ``rng`` state, ``chunk`` and
+    ``conditions`` the noise is the one :func:`generate` and :func:`generate_variations` use, and
+    the result is ``generate_variations(...)[k]``. For a member evaluated on conditions of its own
+    (a PID chain step conditioned on the outputs of an earlier step that has members,
+    :meth:`mambah.pid.chain.PidChain.generate_variations_columns`).
+    """
+    fast = _compiled_member(model, int(k))
+    out, results = _run(model, fast, conditions, rng, chunk=chunk, noise=noise, workers=workers, n_out=1)
+    if results:
+        _report_range(model, results, fast.n_cond, out.shape[-2], check_range, counts)
+    return out[0]
 
 
 def _run(model, fast: _Compiled, conditions, rng, *, chunk, noise, workers, n_out: int | None = None):

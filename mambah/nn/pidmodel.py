@@ -177,6 +177,21 @@ class PidModel(QuantileConditionedModel):
         return generate_variations(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                                    check_range=check_range, counts=counts)
 
+    def generate_member_array(self, k: int, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
+                              check_range: bool = True, counts: list | None = None) -> np.ndarray:
+        """Targets ``(n, n_targets)`` of ensemble member ``k`` (1..K) alone, with the noise that
+        :meth:`generate_array` draws for the same ``seed``: ``generate_variations_array(...)[k]``
+        at the cost of one generator (:func:`mambah.nn.inference.generate_member`).
+
+        Raises:
+            ConfigurationError: the model has no ensemble members.
+        """
+        from mambah.nn.inference import DEFAULT_CHUNK, generate_member
+
+        self._require_members()
+        return generate_member(self, k, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                               check_range=check_range, counts=counts)
+
     def generate_variations(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """The targets of :meth:`generate` plus, for each ensemble member k = 1..K, ``f"{target}_var{k}"``.
 

@@ -111,10 +111,19 @@ COLUMNS: dict[str, dict[str, str]] = {
         "n_daughters": "int16",
         "n_invisible": "int16",
     },
+    # the PID columns of a track as each ensemble member of its PID chain draws them
+    # (``mambah simulate --pid-variations``; :class:`mambah.pid.stage.PID`): one row per (track, member)
+    "pid_variations": {
+        "batch": "int64",
+        "particle": "int32",
+        "member": "int16",
+        **PID_COLUMNS,
+    },
 }
 
-#: Data tables in write order (parents before children).
-DATA_TABLES: tuple[str, ...] = ("events", "mc_vertices", "mc_particles", "particles", "vertices")
+#: Data tables in write order (parents before children). ``pid_variations`` is empty (and absent
+#: from the batch) unless the production asked for PID variations.
+DATA_TABLES: tuple[str, ...] = ("events", "mc_vertices", "mc_particles", "particles", "vertices", "pid_variations")
 
 
 # ----------------------------------------------------------------------------- the column map

@@ -62,6 +62,11 @@ learns the parts of the combined DLLs that are not RICH or muon likelihoods, con
 earlier outputs, and the rule adds them); muon likelihoods
 [MUON] F. Archilli et al., JINST 8 (2013) P10020.
 
+Ensemble variations (:meth:`PidChain.generate_variations_columns`; ``mambah simulate
+--pid-variations``): member k of a chain is member k of every step whose model has ensemble
+members and the nominal model of the other steps, all drawing the nominal's random numbers; steps
+with members must agree on K (:func:`chain_members` reads it from the cards).
+
 Build-time checks (:func:`build_chain`): every step's conditions must be produced by the chain's
 inputs or by an earlier step, and its targets must be columns the chain knows; otherwise a
 :class:`~mambah.errors.ConfigurationError` names the model and the missing column.
@@ -84,7 +89,7 @@ from mambah.physics import CONDITION_NAMES, PID_COLUMNS, SPECIES, SPECIES_PDG, l
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "DEFAULT_SPECIES", "load_chain", "available_chains",
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
-           "rich_threshold_codes"]
+           "rich_threshold_codes", "chain_members"]
 
 log = logging.getLogger(__name__)
 
@@ -343,47 +348,167 @@ class PidChain:
                 and production). ``None``: every step's model warns itself
                 (:class:`~mambah.errors.OutOfRangeWarning`) when rows lie outside its range.
         """
+        return self._generate(inputs, rng, chunk, extra, counts, 0)[0]
+
+    # ------------------------------------------------------------------------------ variations
+    def member_counts(self) -> dict[str, int]:
+        """``{model name: K}`` of the steps whose model has ensemble members (``{}``: none has)."""
+        return {_model_name(m, step): int(m.n_members) for step, m in zip(self.steps, self.models)
+                if getattr(m, "n_members", 0)}
+
+    def n_members(self) -> int:
+        """The number K of ensemble members of the chain: that of every step with members (0: none has).
+
+        Raises:
+            ConfigurationError: steps have different numbers of members (member k of the chain is
+                member k of every step that has members, so they must agree).
+        """
+        return _common_k(self.species, self.member_counts())
+
+    def generate_variations_columns(self, inputs: pd.DataFrame | dict, rng: np.random.Generator,
+                                    chunk: int | None = None, extra: tuple[str, ...] = (),
+                                    counts: dict | None = None) -> list[dict[str, np.ndarray]]:
+        """:meth:`generate_columns` of the nominal chain and of each of its K ensemble members.
+
+        Member k of the chain is member k of every step whose model has members and the nominal
+        model of the other steps; a step conditioned on (or applied where) outputs of a varied
+        step varies too. Every member draws **the nominal's random numbers**: the same Gaussian
+        noise of each GAN step and the same uniforms of each flag draw, replayed from the state
+        ``rng`` had before the nominal drew them, so the spread between members is the models',
+        not the sampler's. (When a varied flag selects other rows for a later step, that step's
+        noise is the same sequence over other rows.) A step with members whose conditions do not
+        vary evaluates the K + 1 generators on one condition transform and one noise
+        (:meth:`~mambah.nn.pidmodel.PidModel.generate_variations_array`); the members of a step
+        whose conditions vary are evaluated one by one on their own conditions
+        (:meth:`~mambah.nn.pidmodel.PidModel.generate_member_array`).
+
+        Returns:
+            K + 1 dicts: ``[0]`` is bit for bit what :meth:`generate_columns` returns for the same
+            ``rng`` state (and ``rng`` is left in the same state), ``[k]`` member k.
+
+        Raises:
+            ConfigurationError: no step has members, or steps have different numbers of members
+                (names the steps).
+        """
+        k = self.n_members()
+        if not k:
+            raise ConfigurationError(
+                f"PID chain of {self.species!r} has no ensemble members in any step "
+                f"({', '.join(_model_name(m, s) for s, m in zip(self.steps, self.models))}), so it has no "
+                "variations; train a step with mambah train pid ... --ensemble K")
+        return self._generate(inputs, rng, chunk, extra, counts, k)
+
+    def _generate(self, inputs, rng, chunk, extra, counts, n_var: int) -> list[dict[str, np.ndarray]]:
+        """The nominal chain and ``n_var`` member lanes (see :meth:`generate_variations_columns`)."""
         cols: dict[str, np.ndarray] = {c: np.asarray(inputs[c], dtype=float) for c in CHAIN_INPUTS}
         n = len(cols["P"])
         if any(c in THRESHOLD_CODES for m in self.models for c in m.conditions):
             cols.update(rich_threshold_codes(cols["P"], cols["ETA"]))
+        lanes = [cols] + [dict(cols) for _ in range(n_var)]
+        # columns of each member lane that differ from the nominal's (the others share its arrays)
+        varied: list[set[str]] = [set() for _ in lanes]
         for step, m in zip(self.steps, self.models):
-            sel = np.ones(n, bool) if step.applies is None else cols[step.applies] > 0.5
-            out = np.full((n, len(m.targets)), np.nan)
+            has_members = bool(n_var and getattr(m, "n_members", 0))
+            deps = set(m.conditions) | ({step.applies} if step.applies is not None else set())
+            own = [k for k in range(1, n_var + 1) if deps & varied[k]]  # lanes with conditions of their own
+            state = rng.bit_generator.state if (own or has_members) else None
+            sel = self._selection(step, cols, n)
+            if has_members and not own:  # one condition transform and one noise for the K + 1 generators
+                outs = self._evaluate(m, step, cols, sel, rng, chunk, counts, variations=True)
+                lane_out = {k: (outs[k], sel) for k in range(1, n_var + 1)}
+                nominal = outs[0]
+            else:
+                nominal = self._evaluate(m, step, cols, sel, rng, chunk, counts)
+                lane_out = {}
+                for k in range(1, n_var + 1):
+                    if has_members or k in own:
+                        replay = np.random.Generator(type(rng.bit_generator)())
+                        replay.bit_generator.state = state
+                        lsel = self._selection(step, lanes[k], n)
+                        lane_out[k] = (self._evaluate(m, step, lanes[k], lsel, replay, chunk, None, quiet=True,
+                                                      member=k if has_members else None), lsel)
+            before = {c: id(v) for c, v in cols.items()}
+            self._apply(step, m, cols, nominal, sel)
+            written = [c for c, v in cols.items() if before.get(c) != id(v)]
+            for k in range(1, n_var + 1):
+                if k in lane_out:  # its own outputs: what they touch varies
+                    self._apply(step, m, lanes[k], *lane_out[k])
+                    varied[k].update(written)
+                elif not varied[k] & _POST_READS:  # the nominal's outputs, post-processed alike: shared
+                    for c in written:
+                        lanes[k][c] = cols[c]
+                        varied[k].discard(c)
+                else:  # the nominal's outputs post-processed with varied columns (e.g. ties, derived DLLs)
+                    self._apply(step, m, lanes[k], nominal, sel)
+                    for c in written:
+                        a, b = lanes[k][c], cols[c]
+                        if a.shape == b.shape and np.array_equal(a, b, equal_nan=True):
+                            lanes[k][c] = b
+                            varied[k].discard(c)
+                        else:
+                            varied[k].add(c)
+        out = []
+        for lane in lanes:
+            lane.update(combine(lane))
+            out.append({c: lane[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *extra) if c in lane})
+        return out
+
+    @staticmethod
+    def _selection(step: ChainStep, cols: dict[str, np.ndarray], n: int) -> np.ndarray:
+        return np.ones(n, bool) if step.applies is None else cols[step.applies] > 0.5
+
+    @staticmethod
+    def _evaluate(m, step: ChainStep, cols, sel, rng, chunk, counts, *, variations: bool = False,
+                  member: int | None = None, quiet: bool = False) -> np.ndarray:
+        """One step's raw outputs ``(n, n_targets)`` (NaN where it does not apply), or with
+        ``variations`` those of the nominal and every member ``(K + 1, n, n_targets)``; ``member``:
+        member k's alone. ``counts`` (a dict) receives the step's range counts (``None``: the model
+        warns itself, unless ``quiet``: a member lane, whose range the nominal has reported)."""
+        n = len(sel)
+        lead = (1 + m.n_members,) if variations else ()
+        out = np.full((*lead, n, len(m.targets)), np.nan)
+        if counts is not None:
+            counts[_model_name(m, step)] = _no_rows(m, step)
+        if sel.any():
+            # the selected rows' conditions, stacked once (not all rows stacked, then selected)
+            every = sel.all()
+            cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
+            # the models warn themselves unless the caller takes the counts, which the compiled
+            # graphs count in the same pass (no second pass over the conditions)
+            sink: list | None = [] if counts is not None or quiet else None
+            if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws (compiled)
+                out[sel] = m.sample(cs, rng, counts=sink)
+            elif variations:  # the nominal GAN and its members on one transform and one noise
+                out[:, sel] = m.generate_variations_array(cs, rng, chunk=chunk, counts=sink)
+            elif member is not None:
+                out[sel] = m.generate_member_array(member, cs, rng, chunk=chunk, counts=sink)
+            else:  # a GAN: compiled inference (mambah.nn.inference)
+                out[sel] = m.generate_array(cs, rng, chunk=chunk, counts=sink)
             if counts is not None:
-                counts[_model_name(m, step)] = _no_rows(m, step)
-            if sel.any():
-                # the selected rows' conditions, stacked once (not all rows stacked, then selected)
-                every = sel.all()
-                cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
-                # the models warn themselves unless the caller takes the counts, which the compiled
-                # graphs count in the same pass (no second pass over the conditions)
-                sink: list | None = [] if counts is not None else None
-                if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws (compiled)
-                    out[sel] = m.sample(cs, rng, counts=sink)
-                else:  # a GAN: compiled inference (mambah.nn.inference)
-                    out[sel] = m.generate_array(cs, rng, chunk=chunk, counts=sink)
-                if counts is not None:
-                    counts[_model_name(m, step)] = sink[0]
-            for j, t in enumerate(m.targets):
-                v = out[:, j]
-                cols[t] = (v > 0.5).astype(float) if t in FLAGS else v
-            if "hasRich" in m.targets and {"RichAcc1", "RichAcc2"} <= set(cols):
-                # outside the angular acceptance of every radiator there is no RICH information: the
-                # classifier's smooth probability put it on 2.5-9% of those tracks (~1% of all tracks)
-                cols["hasRich"][cols["RichAcc1"] + cols["RichAcc2"] == 0] = 0.0
-            if "RichPKTie" in m.targets and "RichDLLpK" in cols:
-                self._match_ties(cols, sel)
-            elif "RichDLLpK" in m.targets and {"RichAboveK1", "RichAboveK2"} <= set(m.conditions):
-                # below the kaon threshold of every radiator crossed, K and p have the same likelihood
-                tie = sel & (cols["RichAboveK1"] + cols["RichAboveK2"] == 0)
-                cols["RichDLLpK"][tie] = 0.0
-                cols["RichPKTie"] = tie.astype(float)
-            for t, (base, diff) in DERIVED.items():
-                if diff in cols and base in cols:
-                    cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
-        cols.update(combine(cols))
-        return {c: cols[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *extra) if c in cols}
+                counts[_model_name(m, step)] = sink[0]
+        return out
+
+    def _apply(self, step: ChainStep, m, cols: dict[str, np.ndarray], out: np.ndarray, sel: np.ndarray) -> None:
+        """Put a step's raw outputs into ``cols`` (flags thresholded, the RICH acceptance and the exact
+        K/p ties applied, derived columns). Every column it writes is a new array (never an array an
+        earlier step or another member lane may share)."""
+        for j, t in enumerate(m.targets):
+            v = out[:, j]
+            cols[t] = (v > 0.5).astype(float) if t in FLAGS else v.copy()
+        if "hasRich" in m.targets and {"RichAcc1", "RichAcc2"} <= set(cols):
+            # outside the angular acceptance of every radiator there is no RICH information: the
+            # classifier's smooth probability put it on 2.5-9% of those tracks (~1% of all tracks)
+            cols["hasRich"][cols["RichAcc1"] + cols["RichAcc2"] == 0] = 0.0
+        if "RichPKTie" in m.targets and "RichDLLpK" in cols:
+            self._match_ties(cols, sel)
+        elif "RichDLLpK" in m.targets and {"RichAboveK1", "RichAboveK2"} <= set(m.conditions):
+            # below the kaon threshold of every radiator crossed, K and p have the same likelihood
+            tie = sel & (cols["RichAboveK1"] + cols["RichAboveK2"] == 0)
+            cols["RichDLLpK"][tie] = 0.0
+            cols["RichPKTie"] = tie.astype(float)
+        for t, (base, diff) in DERIVED.items():
+            if diff in cols and base in cols:
+                cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
 
     def _match_ties(self, cols: dict[str, np.ndarray], sel: np.ndarray) -> None:
         """Rows flagged by the ``tie`` step get ``RichDLLpK = 0`` (``RichDLLp == RichDLLk`` exactly).
@@ -407,7 +532,48 @@ class PidChain:
             return
         applies = self.steps[i_rich].applies
         on = sel & (cols[applies] > 0.5) if applies is not None else sel
+        cols["RichDLLpK"] = cols["RichDLLpK"].copy()  # (may be shared with another member lane)
         cols["RichDLLpK"][on & (cols["RichPKTie"] > 0.5)] = 0.0
+
+
+#: columns that :meth:`PidChain._apply` reads besides a step's own outputs and the chain inputs
+_POST_READS = frozenset({"hasRich", "RichDLLpK", "RichPKTie", "RichDLLk",
+                         *(c for pair in DERIVED.values() for c in pair), *DERIVED})
+
+
+def _common_k(species: str, members: dict[str, int]) -> int:
+    """The K shared by the steps ``{model: K}`` of a chain (0 for none); a clear error if they differ."""
+    ks = sorted(set(members.values()))
+    if len(ks) > 1:
+        detail = ", ".join(f"{name}: {k}" for name, k in members.items())
+        raise ConfigurationError(
+            f"PID chain of {species!r}: its steps have different numbers of ensemble members ({detail}); member k "
+            "of the chain is member k of every step that has members, so they must have the same K (retrain with "
+            "the same --ensemble K, or remove the members of one step)")
+    return ks[0] if ks else 0
+
+
+def chain_members(species: str, models_dir: str | os.PathLike | None = None,
+                  steps: list[ChainStep] | None = None) -> dict[str, int]:
+    """``{model name: K}`` of the steps of the chain of ``species`` whose model has ensemble members,
+    read from the cards (no model is loaded): what ``mambah simulate --pid-variations`` checks
+    before anything runs. Missing models are left to :func:`build_chain` to report."""
+    import json
+
+    from mambah.modeldir import resolve_model
+
+    out = {}
+    for step in default_chain_steps(species, models_dir) if steps is None else steps:
+        try:
+            path = resolve_model(step.model, models_dir)
+            card = json.loads((Path(path) / "card.json").read_text())
+        except (ModelDirError, ConfigurationError, OSError, ValueError):
+            continue
+        ens = card.get("ensemble") if card.get("kind") == "pid" else None
+        k = ens.get("members") if isinstance(ens, dict) else None
+        if isinstance(k, int) and k > 0:
+            out[str(card.get("name", Path(path).name))] = k
+    return out
 
 
 def _model_name(m, step: ChainStep) -> str:

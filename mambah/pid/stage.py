@@ -20,6 +20,21 @@ emits one structured :class:`~mambah.errors.OutOfRangeWarning` for it (fields ``
 ``batch.info["reconstruction"]["pid"]["out_of_range"]`` (kept with the batch's provenance in the
 store), and :func:`out_of_range_totals` sums them over the batches this process ran.
 
+**Variations** (``PID(variations=True)``, ``mambah simulate --pid-variations``): every track of a
+species whose chain has ensemble members (``mambah train pid ... --ensemble K``) also gets its PID
+columns once per member k = 1..K, drawn with the nominal's noise and flag uniforms
+(:meth:`PidChain.generate_variations_columns <mambah.pid.chain.PidChain.generate_variations_columns>`:
+member k of the chain is member k of every step that has members, the nominal model elsewhere),
+in the batch table ``pid_variations`` (``batch, particle, member`` and the PID columns; one row per
+track and member). The nominal columns of ``particles`` are exactly those of a production without
+variations. Checked when the stage is built, before anything runs
+(:meth:`PID.variation_plan`): at least one simulated chain must have members, and every step with
+members, in every chain, must have the same K (:class:`~mambah.errors.ConfigurationError` naming
+the chains and steps otherwise). Tracks of a species whose chain has no members get no
+``pid_variations`` rows (their ``_var<k>`` ntuple branches are NaN); the plan (K, the steps that
+vary, the species without members) is in the stage's config and in every batch's provenance
+(``batch.info["pid_variations"]``), and the stage logs the species without members once.
+
 Example:
     >>> from mambah.pid.stage import PID                       # doctest: +SKIP
     >>> batch = PID()(batch)                                     # doctest: +SKIP
@@ -31,6 +46,7 @@ import dataclasses
 import logging
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,16 +83,20 @@ class PID:
         species: species to simulate (``e``, ``mu``, ``pi``, ``K``, ``p``); each needs a complete chain.
         name: stage name (also the name of its random stream).
         threads: species evaluated concurrently (the result does not depend on it).
+        variations: also draw the PID columns once per ensemble member of the chains (the batch
+            table ``pid_variations``; see the module docstring).
 
     Raises:
         ConfigurationError: at construction, when a requested species has no chain (the message
-            lists the species that have one).
+            lists the species that have one), or with ``variations`` when no chain has ensemble
+            members or the steps with members have different K.
     """
 
     models_dir: str | None = None
     species: tuple[str, ...] = SPECIES
     name: str = "pid"
     threads: int = 2
+    variations: bool = False
 
     def __post_init__(self):
         from mambah.pid.chain import available_chains
@@ -94,11 +114,40 @@ class PID:
                 f"PID stage: no PID model chain for species {missing} in "
                 f"{self.models_dir or 'the shipped models'}; available: {', '.join(avail) or 'none'} "
                 "(train one with examples/train_pid_chain.py, or pass species=...)")
+        if self.variations:
+            self.variation_plan()
 
     def config(self) -> dict[str, Any]:
         d = as_config(self)
         d["species"] = list(self.species)
+        if self.variations:
+            d["variations"] = self.variation_plan()
+        else:  # (the config of a production without variations is what it always was)
+            del d["variations"]
         return d
+
+    def variation_plan(self) -> dict[str, Any]:
+        """What ``variations=True`` does, from the model cards (nothing is loaded): ``{"members": K,
+        "steps": {species: {model: K}} (the steps that vary), "without_members": [species]}``.
+
+        Raises:
+            ConfigurationError: no chain of :attr:`species` has a step with ensemble members (names
+                every chain's steps), or steps have different K (names them).
+        """
+        from mambah.pid.chain import _common_k, chain_members, default_chain_steps
+
+        steps = {s: chain_members(s, self.models_dir) for s in self.species}
+        with_members = {s: m for s, m in steps.items() if m}
+        if not with_members:
+            chains = "; ".join(f"{s}: {', '.join(Path(st.model).name for st in default_chain_steps(s, self.models_dir))}"
+                               for s in self.species)
+            raise ConfigurationError(
+                f"PID variations asked for, but no step of the PID chains simulated here has ensemble members "
+                f"({chains}; in {self.models_dir or 'the shipped models'}); train a step's members with "
+                "mambah train pid ... --ensemble K, or simulate without --pid-variations")
+        k = _common_k(", ".join(with_members), {f"{s}/{m}": k for s, ms in with_members.items() for m, k in ms.items()})
+        return {"members": k, "steps": with_members,
+                "without_members": [s for s in self.species if s not in with_members]}
 
     def chains(self) -> dict:
         """``species -> PidChain`` (loaded and checked once per process)."""
@@ -155,12 +204,18 @@ class PID:
             if len(sel):
                 todo.append((s, sel, int(seed)))
 
+        plan = self.variation_plan() if self.variations else None
+        varied = set(plan["steps"]) if plan else set()
+
         def run(job):
             s, sel, seed = job
             steps = {}
-            gen = chains[s].generate_columns({"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]},
-                                             np.random.default_rng(seed), counts=steps)
-            return gen, steps
+            inputs = {"P": p[sel], "ETA": eta[sel], "nTracks": ntr[sel], "charge": charge[sel]}
+            if s in varied:  # the nominal (lane 0) is bit for bit generate_columns'
+                lanes = chains[s].generate_variations_columns(inputs, np.random.default_rng(seed), counts=steps)
+                return lanes[0], steps, lanes[1:]
+            gen = chains[s].generate_columns(inputs, np.random.default_rng(seed), counts=steps)
+            return gen, steps, []
 
         # the chains count each step's rows outside its training range (``counts``) and the models
         # stay quiet; the counts are reported once per model and production (_report)
@@ -172,12 +227,17 @@ class PID:
         else:
             results = [run(j) for j in todo]
         step_counts: dict = {}
-        for _, steps in results:
+        for _, steps, _ in results:
             step_counts.update(steps)
         out_of_range = self._report(step_counts, batch)
-        for (s, sel, _), (gen, _) in zip(todo, results):
+        for (s, sel, _), (gen, _, _) in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
                 out[store_col][track[sel]] = gen[col]
+        if plan is not None:
+            batch["pid_variations"] = self._variations_table(batch.id, parts["index"].to_numpy(), track, todo, results,
+                                                             plan["members"])
+            batch.info["pid_variations"] = plan
+            self._log_without_members(plan)
         known = np.isin(apid, [SPECIES_PDG[s] for s in self.species])
         if not known.all():
             other = sorted(set(apid[~known].tolist()))
@@ -192,6 +252,37 @@ class PID:
         batch.info.setdefault("reconstruction", {})["pid"] = {"tracks": counts, "no_chain": int((~known).sum()),
                                                                "out_of_range": out_of_range}
         return batch
+
+    @staticmethod
+    def _variations_table(batch_id: int, index: np.ndarray, track: np.ndarray, todo: list, results: list, k: int):
+        """The ``pid_variations`` rows: for every track of a varied species and member 1..K, the
+        PID columns; sorted by (particle, member)."""
+        import pandas as pd
+
+        from mambah.physics import COLUMNS
+        from mambah.pid.chain import CHAIN_OUTPUTS
+
+        rows = [(track[sel], lanes) for (_, sel, _), (_, _, lanes) in zip(todo, results) if lanes]
+        tracks = np.concatenate([index[t] for t, _ in rows] or [np.empty(0, np.int64)])
+        order = np.argsort(tracks, kind="stable")  # (particle, member) order: a track's K rows together
+        n = len(tracks)
+        table = {"batch": np.full(n * k, batch_id), "particle": np.repeat(tracks[order], k),
+                 "member": np.tile(np.arange(1, k + 1), n)}
+        for col, store_col in CHAIN_OUTPUTS.items():
+            v = np.concatenate([np.stack([lane[col] for lane in lanes], axis=1) for _, lanes in rows]
+                               or [np.empty((0, k), np.float32)])
+            table[store_col] = v[order].reshape(-1)
+        dtypes = COLUMNS["pid_variations"]
+        return pd.DataFrame({c: table[c].astype(d, copy=False) for c, d in dtypes.items()})
+
+    @staticmethod
+    def _log_without_members(plan: dict) -> None:
+        key = ("pid_variations", tuple(plan["without_members"]))
+        if plan["without_members"] and key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("PID variations: the chains of %s have no ensemble members; their tracks get no pid_variations "
+                        "rows (NaN _var<k> ntuple branches). Varied steps (K = %d): %s", plan["without_members"],
+                        plan["members"], plan["steps"])
 
     @staticmethod
     def _report(step_counts: dict, batch) -> dict[str, list[int]]:

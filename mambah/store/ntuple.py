@@ -39,6 +39,12 @@ mass hypotheses (a production with swaps, ``reconstruct_as``; see
     without a linked composite, the sum of its tracks with their true-hypothesis energies). The
     PID branches are those of the true species. Productions with different swaps are different
     ntuples (they are not mixed, as different decay trees are not).
+PID variations (a production made with ``mambah simulate --pid-variations``, K ensemble members)
+    every PID branch of a track once more per member k = 1..K: ``X_<PID>_var<k>`` (``K_PIDK_var1``,
+    ``p_RichDLLp_var3`` ...; the naming of ``mambah generate --variations``), from the
+    ``pid_variations`` table; NaN for a track whose species' chain has no members (and where the
+    nominal branch is NaN). Batches with different K (or with and without variations) are
+    different ntuples.
 event
     ``batch``, ``event``, ``nTracks``, ``weight``. ``weight`` is the generator weight: 1 for the
     default unweighted production; for a weighted one (``mambah simulate --weighted``) the
@@ -179,6 +185,7 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
             no_tree.append(int(b))
             continue
         hyps = _hypotheses(info)
+        n_var = _n_variations(info)
         key = json.dumps([(nd["name"], nd["pid"], nd["mother"]) for nd in tree])
         if hyps:  # another set of mass hypotheses is another ntuple
             key += json.dumps([(h["node"], h["hypothesis_pid"]) for h in hyps])
@@ -187,7 +194,9 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
             tree = [dict(nd, seen=bool(nd["stable"]) and int(nd.get("charge", 0)) == 0 and abs(int(nd["pid"])) in seen)
                     for nd in tree]
             key += json.dumps(sorted(seen))
-        g = groups.setdefault(key, (tree, [], {}, set(), hyps))
+        if n_var:  # other branches
+            key += f"|pid_variations={n_var}"
+        g = groups.setdefault(key, (tree, [], {}, set(), hyps, n_var))
         g[1].append(int(b))
         g[2][int(b)] = int(n)
         g[3].add(str(prod))
@@ -196,7 +205,16 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
             f"batch(es) {no_tree[:10]}{'...' if len(no_tree) > 10 else ''} of {store.url} have no decay tree in "
             "their config (batch.info['decay_tree']): they cannot give candidates; select other batches"
         )
-    return [(t, ids, n, h) for t, ids, n, _, h in groups.values()], groups
+    return [(t, ids, n, h, v) for t, ids, n, _, h, v in groups.values()], groups
+
+
+def _n_variations(info: Mapping[str, Any]) -> int:
+    """K of a batch made with PID variations (``pid_variations.members`` of its provenance), else 0."""
+    plan = info.get("pid_variations") if isinstance(info, Mapping) else None
+    try:
+        return int(plan["members"]) if plan else 0
+    except (KeyError, TypeError, ValueError):
+        raise StoreError(f"the PID variations recorded in a batch's provenance are malformed: {plan!r}") from None
 
 
 def _hypotheses(info: Mapping[str, Any]) -> list[dict]:
@@ -234,7 +252,7 @@ def _kinematics(out: dict, prefix: str, px, py, pz, e, mass: np.ndarray | None =
 
 
 def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], prefixes: list[str],
-                  hyps: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
+                  hyps: Sequence[Mapping[str, Any]] = (), n_var: int = 0) -> pd.DataFrame:
     ids_arr = np.array(sorted(ids), dtype=np.int64)
     N = np.array([n_events[int(b)] for b in ids_arr], dtype=np.int64)
     off = np.concatenate([[0], np.cumsum(N)[:-1]]).astype(np.int64)
@@ -355,6 +373,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
     v_ninv = vert["n_invisible"].to_numpy()[vorder].astype(np.int16)
     is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
     pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
+    varg = _variation_grids(store, ids_arr, par, prow, pflat, K, total, n_var) if n_var and any(is_track) else {}
     swapped = {int(h["node"]): h for h in hyps}
     if swapped:
         # true-hypothesis masses and energies of the tracks (mass of the true PDG id of the MC truth)
@@ -390,6 +409,9 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
                 out[f"{X}_M_TRUEHYP"] = m_true[k]
             for col, suffix in PID_BRANCHES.items():
                 out[f"{X}_{suffix}"] = pidg[col][k]
+            for j in range(n_var):
+                for col, suffix in PID_BRANCHES.items():
+                    out[f"{X}_{suffix}_var{j + 1}"] = varg[col][j, k]
         elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
             out[f"{X}_ID"] = rid[k]
@@ -419,6 +441,29 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
     return pd.DataFrame(out)
 
 
+def _variation_grids(store, ids_arr: np.ndarray, par: pd.DataFrame, prow: np.ndarray, pflat: np.ndarray, K: int,
+                     total: int, n_var: int) -> dict[str, np.ndarray]:
+    """``{PID column: (n_var, K nodes, total events)}`` from the ``pid_variations`` rows of the
+    particles rows ``prow`` (the track of each (node, event) cell ``pflat``); NaN where none."""
+    var = store.read("pid_variations", batches=ids_arr.tolist())
+    pkey = np.searchsorted(ids_arr, par["batch"].to_numpy()[prow]).astype(np.int64) << 32 | \
+        par["index"].to_numpy()[prow].astype(np.int64)
+    order = np.argsort(pkey, kind="stable")
+    pkey, cell = pkey[order], pflat[order]
+    vkey = np.searchsorted(ids_arr, var["batch"].to_numpy()).astype(np.int64) << 32 | \
+        var["particle"].to_numpy().astype(np.int64)
+    pos, found = _lookup(pkey, vkey)
+    member = var["member"].to_numpy().astype(np.int64)
+    found &= (member >= 1) & (member <= n_var)
+    flat = (member[found] - 1) * (K * total) + cell[pos[found]]
+    out = {}
+    for col in PID_BRANCHES:
+        g = np.full(n_var * K * total, np.nan, dtype=np.float32)
+        g[flat] = var[col].to_numpy()[found]
+        out[col] = g.reshape(n_var, K, total)
+    return out
+
+
 def iter_candidates(store, *, batches: Iterable[int] | None = None, production: str | None = None,
                     prefixes: Mapping[str | int, str] | None = None, chunk_events: int = 500_000):
     """Yield the candidate ntuple in chunks of whole batches (about ``chunk_events`` events each).
@@ -430,18 +475,21 @@ def iter_candidates(store, *, batches: Iterable[int] | None = None, production: 
     groups, info = _groups(store, batches, production)
     if len(groups) > 1:
         lines = []
-        for key, (tree, ids, _, prods, hyps) in info.items():
+        for key, (tree, ids, _, prods, hyps, n_var) in info.items():
             desc = " ".join(nd["name"] for nd in tree)
             if hyps:
                 desc += "; reconstructed as: " + ", ".join(f"{tree[h['node']]['name']} -> {h['hypothesis']}"
                                                            for h in hyps)
+            if n_var:
+                desc += f"; PID variations: K = {n_var}"
             lines.append(f"  [{desc}]: {len(ids)} batch(es), production(s) {', '.join(sorted(prods))}")
         raise StoreError(
-            f"the selected batches of {store.url} hold {len(groups)} different decay trees (or mass hypotheses); "
+            f"the selected batches of {store.url} hold {len(groups)} different decay trees (or mass hypotheses, or "
+            "numbers of PID variations); "
             "export one at a "
             "time with production=... (CLI: --production) or batches=... (CLI: --batch):\n" + "\n".join(lines)
         )
-    tree, ids, n_events, hyps = groups[0]
+    tree, ids, n_events, hyps, n_var = groups[0]
     pref = default_prefixes(tree, prefixes)
     chunk: list[int] = []
     size = 0
@@ -449,10 +497,10 @@ def iter_candidates(store, *, batches: Iterable[int] | None = None, production: 
         chunk.append(b)
         size += n_events[b]
         if size >= chunk_events:
-            yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps)
+            yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps, n_var)
             chunk, size = [], 0
     if chunk:
-        yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps)
+        yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps, n_var)
 
 
 def candidate_ntuple(store, *, batches: Iterable[int] | None = None, production: str | None = None,

@@ -36,6 +36,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "mc_vertices": ("batch", "index"),
     "particles": ("batch", "index"),
     "vertices": ("batch", "index"),
+    "pid_variations": ("batch", "particle", "member"),
     "models": ("name", "version"),
     "mambah_meta": ("key",),
 }
@@ -203,12 +204,16 @@ def prepare_tables(batch) -> dict[str, pd.DataFrame]:
         if len(b) and not (b == bid).all():
             bad = np.unique(b[b != bid])[:5].tolist()
             raise BatchValidationError(f"batch {bid}: table {name!r} has rows with batch = {bad} (must all be {bid})")
-        key = KEYS[name][1]
-        keys = part[key].to_numpy()
+        key = KEYS[name][1:]
+        if len(key) == 1:
+            keys = part[key[0]].to_numpy()
+        else:  # (particle, member) of pid_variations: one int64 per pair (member < 2**15)
+            keys = part[key[0]].to_numpy().astype(np.int64) << 16 | part[key[1]].to_numpy().astype(np.int64)
         if len(keys) > 1 and not (keys[1:] > keys[:-1]).all() and not pd.Index(keys).is_unique:
-            k = part[key]
-            dup = k[k.duplicated()].unique()[:5].tolist()
-            raise BatchValidationError(f"batch {bid}: table {name!r} has duplicated {key} value(s) {dup}")
+            k = part[list(key)]
+            dup = k[k.duplicated()].drop_duplicates().head(5).to_records(index=False).tolist()
+            raise BatchValidationError(f"batch {bid}: table {name!r} has duplicated {', '.join(key)} value(s) "
+                                       f"{[d[0] if len(key) == 1 else d for d in dup]}")
         out[name] = part
     return out
 

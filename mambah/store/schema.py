@@ -58,13 +58,20 @@ def _f64():
     J/psi mass (measured on 50k generated events); positions and times keep float32."""
     return mapped_column(Double, nullable=True)
 
-__all__ = ["SCHEMA_VERSION", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow", "Event",
-           "MCParticle", "MCVertex", "Particle", "Vertex", "ModelRow", "PID_COLUMNS"]
+__all__ = ["SCHEMA_VERSION", "UPGRADABLE", "UPGRADE_COLUMNS", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow", "Event",
+           "MCParticle", "MCVertex", "Particle", "Vertex", "PidVariation", "ModelRow", "PID_COLUMNS"]
 
 #: Bumped whenever a table or column changes; stored in ``mambah_meta``.
 #: 3: ``vertices.m_truehyp`` (the composite's mass under the true mass hypotheses).
-#: 4: ``vertices.n_invisible`` (the composite's stable neutral descendants: its mass is partial when > 0).
+#: 4: ``vertices.n_invisible`` (the composite's stable neutral descendants: its mass is partial when > 0)
+#: and the ``pid_variations`` table (PID variables per ensemble member); a version-3 store is upgraded
+#: in place when opened (:meth:`Store._init_schema`): the table is added, and the column with the value
+#: -1 ("unknown": written before version 4) in the rows already there; nothing else changes.
 SCHEMA_VERSION = 4
+#: Versions a store can be upgraded from by adding the tables that are new since then.
+UPGRADABLE = {3: ("pid_variations",)}
+#: Columns added by the upgrade from a version: (table, column, SQL type, value of the existing rows).
+UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", "SMALLINT", -1),)}
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -183,6 +190,18 @@ class Vertex(Base):
     m_truehyp: Mapped[float] = _f64()  #: the same with every track under its true species' hypothesis
     n_daughters: Mapped[int] = mapped_column(SmallInteger)
     n_invisible: Mapped[int] = mapped_column(SmallInteger)  #: neutrinos and particles left invisible below it
+
+
+class PidVariation(Base):
+    """The PID variables of a track (``particles`` row ``particle``) as ensemble member ``member``
+    (1..K) of its PID chain draws them, with the nominal's noise (``mambah simulate --pid-variations``).
+    Empty for a production without variations."""
+
+    __tablename__ = "pid_variations"
+    batch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    particle: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    member: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    _pid_columns(locals())
 
 
 class ModelRow(Base):

@@ -221,6 +221,9 @@ class Store:
             if meta.name in existing:
                 row = self._conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
                 found = None if row is None else row[0]
+                if found is not None and found.isdigit() and int(found) in S.UPGRADABLE:
+                    self._upgrade(int(found), existing)
+                    return
                 if found != str(S.SCHEMA_VERSION):
                     raise SchemaVersionError(
                         f"the store {self.url} has schema version {found}, this mambah ({__version__}) "
@@ -247,13 +250,36 @@ class Store:
             ])
             log.info("created a mambah store (schema version %d) at %s", S.SCHEMA_VERSION, self.url)
 
-    def _create_tables(self) -> None:
+    def _upgrade(self, found: int, existing: set) -> None:
+        """Bring a store of schema version ``found`` (:data:`~mambah.store.schema.UPGRADABLE`) to
+        :data:`~mambah.store.schema.SCHEMA_VERSION` by adding the tables that are new since then
+        (inside the caller's transaction; the data already there is untouched)."""
+        new = [t for t in S.UPGRADABLE[found] if t not in existing]
+        missing = [t for t in _TABLES if t not in existing and t not in new]
+        if missing:
+            raise StoreError(f"the store {self.url} lacks the table(s) {', '.join(missing)}; it is damaged")
+        self._create_tables(only=new)
+        added = []
+        for table, column, sql_type, value in S.UPGRADE_COLUMNS.get(found, ()):
+            have = set(self._conn.execute(text(f"SELECT * FROM {table} WHERE 1 = 0")).keys())
+            if column not in have:
+                self._conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type} DEFAULT {int(value)}"))
+                self._conn.execute(text(f"UPDATE {table} SET {column} = {int(value)}"))
+                added.append(f"{table}.{column} (= {value} in the existing rows)")
+        meta = S.Meta.__table__
+        self._conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(S.SCHEMA_VERSION)))
+        log.info("upgraded the store %s from schema version %d to %d (added the table(s) %s; the column(s) %s)",
+                 self.url, found, S.SCHEMA_VERSION, ", ".join(new) or "none", ", ".join(added) or "none")
+
+    def _create_tables(self, only: Sequence[str] | None = None) -> None:
         if self.backend.data_table_constraints:
-            S.Base.metadata.create_all(self._conn)
+            S.Base.metadata.create_all(self._conn, tables=None if only is None else [_TABLES[t] for t in only])
             return
         # DuckDB: data tables without PK/FK/indices (see DuckDBBackend)
         md = sa.MetaData()
         for name, t in _TABLES.items():
+            if only is not None and name not in only:
+                continue
             if name in S.DATA_TABLES:
                 sa.Table(name, md, *[sa.Column(c.name, c.type, nullable=c.nullable) for c in t.columns])
             else:
@@ -608,7 +634,8 @@ class Store:
         """A table or a selection of it as a DataFrame, through the backend's columnar path.
 
         Args:
-            table: one of ``batches, events, mc_particles, mc_vertices, particles, vertices, models``.
+            table: one of ``batches, events, mc_particles, mc_vertices, particles, vertices, pid_variations,
+                models``.
             columns: the columns to read (default all, in schema order).
             batches: a batch id or ids to read (default all).
             where: simple filters ANDed together: a mapping ``{column: value}`` (equality),

@@ -41,7 +41,7 @@ def _mass(pid: int) -> float:
 
 
 def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: float = 0.9,
-                    conjugate_fraction: float = 0.5, tree: list | None = None) -> Batch:
+                    conjugate_fraction: float = 0.5, tree: list | None = None, variations: int = 0) -> Batch:
     """A batch of the reference channel with every table of the store filled (vectorised).
 
     Args:
@@ -52,6 +52,8 @@ def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: 
         conjugate_fraction: fraction of events with charge-conjugated PDG ids.
         tree: decay-tree nodes (default :data:`REFERENCE_TREE`; the stable nodes' masses must be
             those of p, K, pi, mu or nu).
+        variations: K > 0 fills ``pid_variations`` with K members of every track (the nominal PID
+            plus noise; ``batch.info["pid_variations"]`` records K); 0 (default): the table is empty.
     """
     tree = REFERENCE_TREE if tree is None else tree
     rng = np.random.default_rng([seed, batch_id])
@@ -153,11 +155,20 @@ def synthetic_batch(batch_id: int, n_events: int, seed: int = 0, *, efficiency: 
     evt["weight"] = np.float32(1.0)
 
     b = Batch(id=int(batch_id), seed=int(seed), n_events=n)
+    var = empty_table("pid_variations", npart * variations)
+    if variations:  # drawn last: the other tables do not depend on it
+        var["batch"] = np.int64(batch_id)
+        var["particle"] = np.repeat(np.arange(npart, dtype=np.int32), variations)
+        var["member"] = np.tile(np.arange(1, variations + 1, dtype=np.int16), npart)
+        for c in PID_COLUMNS:
+            var[c] = (np.repeat(par[c].to_numpy(), variations) + rng.normal(0, 1, len(var))).astype(np.float32)
     b.tables = {"events": evt, "mc_vertices": mcv, "mc_particles": mcp, "particles": par,
-                "vertices": empty_table("vertices")}
+                "vertices": empty_table("vertices"), "pid_variations": var}
     b.info = {"production": "synthetic", "decay_tree": [dict(nd) for nd in tree],
               "descriptor": "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu",
               "timings": {"synthetic": 0.0}, "models": {"pid_p": {"version": "1", "hash": "0" * 16}}}
+    if variations:
+        b.info["pid_variations"] = {"members": int(variations), "steps": {}, "without_members": []}
     return b
 
 

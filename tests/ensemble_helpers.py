@@ -1,0 +1,56 @@
+"""Tiny ensembles for tests and benchmarks: a models directory whose chosen PID chain steps get
+K "members" made from the step's own generator with perturbed weights.
+
+The members are not trained (bootstrap training is tested in tests/test_ensemble.py); they are
+generators of the step's architecture, sharing its preprocessing, whose outputs differ from the
+nominal's by an amount set by ``scale`` (relative Gaussian perturbation of every weight).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def perturbed_members(src: Path, dst: Path, k: int, *, scale: float = 0.05, seed: int = 1) -> Path:
+    """Copy the GAN model directory ``src`` to ``dst`` with ``k`` perturbed members (card updated)."""
+    import keras
+
+    from mambah.modeldir import load_arrays, load_network, save_model_dir
+
+    card = json.loads((src / "card.json").read_text())
+    for key in ("files", "format", "created", "mambah_version"):
+        card.pop(key, None)
+    gen = load_network(src, "generator")
+    rng = np.random.default_rng(seed)
+    nets = {"generator": gen}
+    files = []
+    for j in range(1, k + 1):
+        m = keras.models.clone_model(gen)
+        m.set_weights([w * (1.0 + scale * rng.standard_normal(w.shape)).astype(w.dtype) for w in gen.get_weights()])
+        name = f"members/member-{j:02d}"
+        nets[name] = m
+        files.append(name + ".keras")
+    card["ensemble"] = {"members": k, "files": files, "seeds": list(range(1, k + 1)),
+                        "bootstrap": "none: perturbed weights (tests)", "warm_start": False}
+    return save_model_dir(dst, card, networks=nets, arrays=load_arrays(src))
+
+
+def models_with_members(tmp: Path, members: dict[str, int], *, links=None, scale: float = 0.05) -> Path:
+    """A models directory under ``tmp``: links to every shipped model (or those of ``links``), except
+    the models named in ``members`` (``{name: K}``), copied with K perturbed members."""
+    d = Path(tmp) / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    for p in sorted(MODELS.iterdir()):
+        if not (p / "card.json").exists() or (links is not None and p.name not in links):
+            continue
+        if p.name in members:
+            perturbed_members(p, d / p.name, members[p.name], scale=scale, seed=len(p.name))
+        else:
+            os.symlink(p, d / p.name)
+    return d
