@@ -223,3 +223,48 @@ def test_cli_on_real_calibration_rows(tmp_path, real_data_path):
     o = out["summary"]["DLLp > 5"]["overall"]
     assert 0.9 < o["model_eff"] < 1.0 and 0.9 < o["data_eff"] < 1.1 and o["data_stat_error"] > 0
     assert out["info"]["n_members"] == 4 and out["info"]["weight"] == "sWeight"  # the shipped ensemble
+
+
+# ----------------------------------------------------------------------------- the PID chain as one model
+def test_chain_model_nominal_and_members_of_the_shipped_kaon_chain():
+    """ChainModel: the nominal is the chain's own draw for the seed, the members are the chain's
+    variations (member k of every step with members) with the same random numbers; its
+    efficiency table carries the ensemble's spread."""
+    from mambah.pid.chain import load_chain
+    from mambah.reference.calibration import calib_sample
+    from mambah.validation.pideff import ChainModel
+
+    data = calib_sample("K", 3000, seed=12, pure=True)
+    m = ChainModel.load("K")
+    assert m.n_members == 5 and m.conditions == ["P", "ETA", "nTracks", "charge"] and "PIDK" in m.targets
+    nominal = m.generate(data, seed=4)
+    direct = load_chain("K").generate(data[m.conditions], np.random.default_rng(4))
+    pd.testing.assert_frame_equal(nominal, direct[m.targets])
+    var = m.generate_variations(data, seed=4)
+    pd.testing.assert_frame_equal(var[m.targets], nominal)
+    spread = np.nanmax(np.abs(var[[f"PIDK_var{k}" for k in range(1, 6)]].to_numpy() - var[["PIDK"]].to_numpy()),
+                       axis=0)
+    assert (spread > 0.1).all()  # every member of the RICH step moves PIDK
+    # the kaons' isMuon comes from the flags step, which has no members: identical in every member
+    np.testing.assert_array_equal(var["isMuon_var3"].to_numpy(), nominal["isMuon"].to_numpy())
+    t = pid_efficiency(m, data, ["PIDK > 5"], edges={"P": [2e3, 1e4, 3e4, 1.5e5]}, seed=4)
+    whole = t[t["cell"] == -1].iloc[0]
+    assert whole["n_members"] == 5 and 0 < whole["model_ens_error"] < 0.05
+    assert whole["data_eff"] == pytest.approx(np.mean(data["PIDK"].to_numpy() > 5))
+    assert whole["model_eff"] == pytest.approx(np.mean(nominal["PIDK"].to_numpy() > 5))
+
+
+def test_cli_chain(tmp_path):
+    from mambah.reference.calibration import calib_sample
+
+    calib_sample("K", 2000, seed=13, pure=True).to_parquet(tmp_path / "k.parquet")
+    r = mambah("--chain", "K", "--data", str(tmp_path / "k.parquet"), "--out", str(tmp_path / "t.csv"))
+    assert r.returncode == 0, r.stderr
+    assert "PIDK > 5: whole sample model" in r.stdout and "ensemble of 5 members" in r.stdout, r.stdout
+    assert set(pd.read_csv(tmp_path / "t.csv")["cut"]) == {"PIDK > 0", "PIDK > 5", "PIDK > 10"}
+    r = mambah("--chain", "X", "--data", str(tmp_path / "k.parquet"))
+    assert r.returncode == 2 and "no PID chain of that species" in r.stderr and "K" in r.stderr, r.stderr
+    r = mambah("--chain", "K", "--model", str(PROTON_MODEL), "--data", str(tmp_path / "k.parquet"))
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr, r.stderr
+    r = mambah("--chain", "K", "--data", str(tmp_path / "k.parquet"), "--cut", "DLLq > 1")
+    assert r.returncode == 2 and "DLLq" in r.stderr, r.stderr

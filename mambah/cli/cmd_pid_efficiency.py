@@ -18,6 +18,10 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+#: --chain's default cuts: the typical cuts of the species' own combined DLL(s)
+CHAIN_DEFAULT_CUTS = {"K": ["PIDK"], "p": ["PIDp"], "pi": ["PIDK"], "mu": ["isMuon", "PIDmu"], "e": ["PIDe"]}
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "pid-efficiency",
@@ -32,7 +36,13 @@ def register(sub) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="PID model directory, or the name of a shipped model")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="PID model directory, or the name of a shipped model")
+    which.add_argument("--chain", metavar="SPECIES",
+                       help="the PID chain of a species (models pid-SPECIES-*), e.g. K: cuts on its outputs (PIDK, "
+                            "PIDp, isMuon ...); the ensemble is the chain's (member k of every step with members); "
+                            "default cuts: the species' own DLL (K: PIDK, p: PIDp, mu: isMuon and PIDmu, e: PIDe, "
+                            "pi: PIDK)")
     p.add_argument("--data", required=True, help="table of conditions: .parquet, .csv or file.root:tree")
     p.add_argument("--cut", action="append", dest="cuts", metavar="REQ",
                    help="requirement on a target of the model, e.g. 'DLLp > 5' (repeatable; default: the typical "
@@ -74,22 +84,38 @@ def run(args) -> int:
         raise ConfigurationError(f"--plot {args.plot!r}: write a .png (or .pdf, .svg)")
     edges = parse_edges(args.edges)
     # the cheap checks first (the card, the cuts, the data), then the network
-    card = load_card(resolve_model(args.model, args.models))
-    if card.get("kind") != "pid":
-        raise ModelDirError(f"{args.model!r} holds a {card.get('kind')!r} model, not a PID model (card kind 'pid')")
-    targets = [t["name"] for t in card.get("targets", [])]
-    cuts = args.cuts or [c.label for c in typical_cuts(targets)]
+    if args.chain is not None:
+        from mambah.pid.chain import CHAIN_INPUTS, CHAIN_OUTPUTS, available_chains
+
+        known = available_chains(args.models)
+        if args.chain not in known:
+            raise ConfigurationError(f"--chain {args.chain!r}: no PID chain of that species among the models "
+                                     f"(chains: {', '.join(known) or 'none'})")
+        name, conds, targets = f"PID chain of {args.chain!r}", list(CHAIN_INPUTS), list(CHAIN_OUTPUTS)
+        own = CHAIN_DEFAULT_CUTS.get(args.chain)
+        cuts = args.cuts or ([c.label for c in typical_cuts(own)] if own else [])
+    else:
+        card = load_card(resolve_model(args.model, args.models))
+        if card.get("kind") != "pid":
+            raise ModelDirError(f"{args.model!r} holds a {card.get('kind')!r} model, not a PID model (card kind 'pid')")
+        name = str(card.get("name", args.model))
+        targets = [t["name"] for t in card.get("targets", [])]
+        conds = [c["name"] for c in card.get("conditions", [])]
+        cuts = args.cuts or [c.label for c in typical_cuts(targets)]
     if not cuts:
-        raise ConfigurationError(f"model {card.get('name')!r} has no typical cut on its targets ({', '.join(targets)}); "
-                                 "give --cut")
-    check_cuts(cuts, targets, str(card.get("name", args.model)))
+        raise ConfigurationError(f"{name} has no typical cut on its targets ({', '.join(targets)}); give --cut")
+    check_cuts(cuts, targets, name)
     log.info("reading %s", args.data)
     df = read_table(args.data)
-    conds = [c["name"] for c in card.get("conditions", [])]
-    require_columns(df, conds, where=f"the data {args.data!r} (conditions of model {card.get('name', args.model)!r})")
+    require_columns(df, conds, where=f"the data {args.data!r} (conditions of {name})")
     if args.weight:
         require_columns(df, [args.weight], where=f"the data {args.data!r} (--weight)")
-    model = load_pid_model(args.model, args.models)
+    if args.chain is not None:
+        from mambah.validation.pideff import ChainModel
+
+        model = ChainModel.load(args.chain, args.models)
+    else:
+        model = load_pid_model(args.model, args.models)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", OutOfRangeWarning)
         table = pid_efficiency(model, df, cuts, bins=args.bins, edges=edges or None, weight=args.weight,

@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MIN_N_EFF", "TARGET_N_EFF", "default_bins", "efficiency_pulls", "pull_score", "pulls_frame",
            "pid_efficiency", "pid_efficiency_summary", "pid_efficiency_to_dict", "format_pid_efficiency", "load_pid_model",
-           "check_cuts"]
+           "check_cuts", "ChainModel"]
 
 #: Kish effective size a bin needs to enter the summaries (see the module docstring).
 MIN_N_EFF = 100.0
@@ -457,6 +457,47 @@ def load_pid_model(model, models_dir=None):
         raise ModelDirError(f"{str(model)!r} holds a {kind!r} model, not a PID model (card kind 'pid': a generator of "
                             "PID variables such as models/pid-p-dllp-lhcb-run3)")
     return load_model(path, kind="pid")
+
+
+class ChainModel:
+    """A species' PID chain seen as one PID model, for :func:`pid_efficiency` (``mambah pid-efficiency
+    --chain K``).
+
+    Conditions are the chain's inputs (``P``, ``ETA``, ``nTracks``, ``charge``), targets its outputs
+    (``PIDK``, ``RichDLLk``, ``isMuon`` ...: :data:`~mambah.pid.chain.CHAIN_OUTPUTS`). ``generate``
+    draws the nominal chain with a ``numpy.random.default_rng(seed)``; ``generate_variations`` the
+    nominal and every ensemble member of the chain with the same random numbers
+    (:meth:`~mambah.pid.chain.PidChain.generate_variations_columns`: member k is member k of every
+    step that has members), as ``f"{target}_var{k}"`` columns. ``n_members`` is the chain's K
+    (0 when no step has members).
+    """
+
+    def __init__(self, chain):
+        from mambah.pid.chain import CHAIN_INPUTS, CHAIN_OUTPUTS
+
+        self.chain = chain
+        self.conditions = list(CHAIN_INPUTS)
+        self.targets = list(CHAIN_OUTPUTS)
+        self.name = f"PID chain of {chain.species!r}"
+        self.path = ", ".join(str(p) for p in chain.model_dirs().values())
+        self.n_members = int(chain.n_members())
+
+    @classmethod
+    def load(cls, species: str, models_dir=None) -> ChainModel:
+        from mambah.pid.chain import load_chain
+
+        return cls(load_chain(species, models_dir))
+
+    def generate(self, data, seed=0) -> pd.DataFrame:
+        cols = self.chain.generate_columns(data[self.conditions], np.random.default_rng(seed))
+        return pd.DataFrame({t: cols[t] for t in self.targets})
+
+    def generate_variations(self, data, seed=0) -> pd.DataFrame:
+        lanes = self.chain.generate_variations_columns(data[self.conditions], np.random.default_rng(seed))
+        out = {t: lanes[0][t] for t in self.targets}
+        for k, lane in enumerate(lanes[1:], start=1):
+            out.update({f"{t}_var{k}": lane[t] for t in self.targets})
+        return pd.DataFrame(out)
 
 
 def check_cuts(cuts: Sequence[str | Cut], targets: Sequence[str], model_name: str = "the model") -> list[Cut]:
