@@ -20,7 +20,7 @@ API = {
     "mambah.training": ['CramerGANTrainer', 'FlagConfig', 'FlagTrainer', 'GANConfig', 'GANInit', 'PidEnsemble', 'build_occupancy_model', 'fit_efficiency', 'fit_resolution', 'fit_sweights', 'save_flag_model', 'save_pid_model', 'set_determinism', 'train_ensemble'],
     "mambah.validation": ['BDTKSResult', 'CLASSIFIER_DEFAULTS', 'Cut', 'bdt_ks_null', 'bdt_ks_score', 'chain_closure', 'default_bins', 'effective_size', 'efficiency_in_bins', 'efficiency_pulls', 'parse_cut', 'pid_efficiency', 'pull_score', 'pull_summary', 'sanity_cases', 'sanity_table', 'validate', 'validate_production', 'weighted_auc', 'weighted_ecdf', 'weighted_ks', 'weighted_quantiles', 'write_report'],
     "mambah.store": ['BatchValidationError', 'DEFAULT_URL', 'KEYS', 'Store', 'candidate_ntuple', 'default_prefixes', 'export_ntuple', 'export_parquet', 'export_root', 'normalise_url'],
-    "mambah.reference": ['TrackGun', 'TrackingDetector', 'tracking_sample'],
+    "mambah.reference": ['TrackGun', 'TrackStateModel', 'TrackingDetector', 'tracking_sample'],
     "mambah.generation": ['ALIASES', 'DecayNode', 'Descriptor', 'EtaAcceptance', 'Fixed', 'Histogram', 'ParticleGun', 'ParticleInfo', 'PhaseSpaceDecay', 'PowerLawPt', 'TruncatedGaussian', 'Uniform', 'as_sampler', 'boost_to_lab', 'default_eta', 'default_pt', 'generator_stages', 'known_models', 'parse_descriptor', 'resolve'],
 }
 
