@@ -63,7 +63,9 @@ __all__ = ["SCHEMA_VERSION", "COLUMNS", "DATA_TABLES", "Base", "Meta", "BatchRow
 
 #: Bumped whenever a table or column changes; stored in ``mambah_meta``.
 #: 3: ``vertices.m_truehyp`` (the composite's mass under the true mass hypotheses).
-SCHEMA_VERSION = 3
+#: 4: the Vertexing stage's columns (``physics.columns.VERTEXING_COLUMNS``: own PV, IP, FD, DIRA,
+#: decay time, MCORR, track type and quality, vertex chi2, ndof and covariance; issue 23).
+SCHEMA_VERSION = 4
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -106,6 +108,10 @@ class Event(Base):
     pv_t: Mapped[float] = _f32()
     n_tracks: Mapped[int] = mapped_column(Integer)
     weight: Mapped[float] = _f32()
+    # the Vertexing stage's reconstructed own PV (VERTEXING_COLUMNS; NaN without the stage)
+    ownpv_x: Mapped[float] = _f32()
+    ownpv_y: Mapped[float] = _f32()
+    ownpv_z: Mapped[float] = _f32()
 
 
 class MCVertex(Base):
@@ -165,6 +171,20 @@ class Particle(Base):
     mother: Mapped[int] = mapped_column(Integer)
     vertex: Mapped[int] = mapped_column(Integer)
     _pid_columns(locals())
+    # the Vertexing stage's columns (VERTEXING_COLUMNS; NaN, track_type 0, without the stage)
+    track_type: Mapped[int] = mapped_column(SmallInteger)
+    track_chi2ndof: Mapped[float] = _f32()
+    track_ghost_prob: Mapped[float] = _f32()
+    ip_ownpv: Mapped[float] = _f32()
+    ipchi2_ownpv: Mapped[float] = _f32()
+    minipchi2: Mapped[float] = _f32()
+    fd_ownpv: Mapped[float] = _f32()
+    fdchi2_ownpv: Mapped[float] = _f32()
+    dira_ownpv: Mapped[float] = _f64()
+    tau: Mapped[float] = _f32()
+    tau_err: Mapped[float] = _f32()
+    doca_max: Mapped[float] = _f32()
+    mcorr: Mapped[float] = _f64()
 
 
 class Vertex(Base):
@@ -181,6 +201,15 @@ class Vertex(Base):
     m: Mapped[float] = _f64()  #: the composite's mass as reconstructed (under the chosen mass hypotheses)
     m_truehyp: Mapped[float] = _f64()  #: the same with every track under its true species' hypothesis
     n_daughters: Mapped[int] = mapped_column(SmallInteger)
+    # the Vertexing stage's fit (VERTEXING_COLUMNS; NaN, ndof -1, without the stage)
+    chi2: Mapped[float] = _f32()
+    ndof: Mapped[int] = mapped_column(SmallInteger)
+    cov_xx: Mapped[float] = _f32()
+    cov_yy: Mapped[float] = _f32()
+    cov_zz: Mapped[float] = _f32()
+    cov_xy: Mapped[float] = _f32()
+    cov_xz: Mapped[float] = _f32()
+    cov_yz: Mapped[float] = _f32()
 
 
 class ModelRow(Base):
