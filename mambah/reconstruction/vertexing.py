@@ -409,9 +409,10 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
             raise DataError(f"fit_vertex: non-finite track state at (vertex, track) = {bad}: "
                             f"{m[bad].tolist()!r} at z = {zz[bad]}")
         good = _positive_definite(Vt, k)
-        for i in range(k):
-            for j in range(i + 1, k):
-                good &= (np.abs(V[..., i, j] - V[..., j, i]) <= 1e-9 * np.sqrt(np.abs(V[..., i, i] * V[..., j, j]))).T
+        if not (V == np.swapaxes(V, -1, -2)).all():  # exactly symmetric (the usual case), else within 1e-9
+            for i in range(k):
+                for j in range(i + 1, k):
+                    good &= np.isclose(V[..., i, j], V[..., j, i], rtol=1e-9, atol=0.0).T
         if not good.all():
             bad = tuple(int(i) for i in np.argwhere(~good.T)[0])
             raise DataError(f"fit_vertex: {int((~good).sum())} track covariances are not symmetric positive definite, "
@@ -422,10 +423,11 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
     e = _evaluate(t, _start_point(t))
     v = e.v.copy()
     chi2 = e.chi2.copy()
-    active = np.arange(n)
+    rows = np.arange(n)  # the working set: vertices still iterated (shrunk when half have converged)
+    pending = np.ones(n, dtype=bool)  # in the working set: not converged yet
+    ta = t
     it = 0
     for it in range(1, max_iterations + 1):
-        ta = t if len(active) == n else t.subset(active)
         v_new, C_a = _solve(ta, e)
         e_new = _evaluate(ta, v_new)
         # step halving where the chi2 went up (the model is bilinear: a full Gauss-Newton step can
@@ -438,55 +440,77 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
             e_new = _evaluate(ta, v_new)
         step = np.abs(v_new - e.v)
         err = np.sqrt(np.maximum(np.stack([C_a[0], C_a[3], C_a[5]]), 0.0))
-        done = (step <= tol * err + 1e-9).all(axis=0)
-        v[:, active] = v_new
-        chi2[active] = e_new.chi2
-        keep = ~done
-        active = active[keep]
-        if not len(active):
+        pending &= ~(step <= tol * err + 1e-9).all(axis=0)
+        v[:, rows] = v_new
+        chi2[rows] = e_new.chi2
+        if not pending.any():
             break
-        e = e_new.take(keep)
+        if pending.mean() < 0.5:  # copying the working set pays off only when it halves
+            rows = rows[pending]
+            ta = ta.subset(pending)
+            e = e_new.take(pending)
+            pending = np.ones(len(rows), dtype=bool)
+        else:
+            e = e_new
+    active = rows[pending]
     if len(active):
         warnings.warn(VertexFitWarning(
             f"fit_vertex: {len(active)} of {n} vertex fits did not converge in {max_iterations} iterations "
             f"(last step above {tol} of the vertex error); they keep their last iterate (rows {active[:20].tolist()})",
             count=len(active), n=n, rows=active[:20]), stacklevel=2)
-    # covariance and fitted track parameters at the solution
+    # covariance and fitted track parameters at the solution (track-major (N, n) components)
     e = _evaluate(t, v)
     chi2 = e.chi2
-    _, (c00, c01, c02, c11, c12, c22) = _solve(t, e)
-    C = np.stack([np.stack([c00, c01, c02], -1), np.stack([c01, c11, c12], -1), np.stack([c02, c12, c22], -1)], -2)
-    v = np.ascontiguousarray(v.T)
-    # back to vertex-major (n, N) for the per-track algebra below
-    dz = e.dz.T
-    Ixx, Ixy, Iyy = (x.T for x in e.I)
-    cxx, cxy, cyx, cyy = (x.T for x in e.Ctp)
-    a, b = e.a.T, e.b.T
-    q = [x.T for x in _fitted_slopes(t, e)]
-    out = dict(position=v, covariance=C, chi2=chi2, ndof=2 * N - 3, iterations=it)
-    if k == 5:
-        cqx = V[..., 0, 4] + dz * V[..., 2, 4]  # cov(q/p, x'), cov(q/p, y') at the vertex plane
-        cqy = V[..., 1, 4] + dz * V[..., 3, 4]
-        q.append(m[..., 4] - (cqx * a + cqy * b))
-        qv = np.stack(q, axis=-1)
-        # cov(q, pos') (n, N, 3, 2), I (n, N, 2, 2), A (n, N, 2, 3)
-        Cqp = np.stack([np.stack([cxx, cxy], -1), np.stack([cyx, cyy], -1), np.stack([cqx, cqy], -1)], axis=-2)
-        I = np.stack([np.stack([Ixx, Ixy], -1), np.stack([Ixy, Iyy], -1)], axis=-2)
-        A = np.zeros((n, N, 2, 3))
-        A[..., 0, 0] = A[..., 1, 1] = 1.0
-        A[..., 0, 2] = -qv[..., 0]
-        A[..., 1, 2] = -qv[..., 1]
-        CqpI = Cqp @ I
-        W = V[..., 2:, 2:] - CqpI @ _tr(Cqp)  # cov(q_i | vertex): the Schur complement
-        M = CqpI @ A  # cov(q_i, v) = M_i C
-        mom, J = _momentum_and_jacobian(qv)
-        K = (J @ M).sum(axis=1)
-        cov_p = (J @ W @ _tr(J)).sum(axis=1) + K @ C @ _tr(K)
-        out.update(momentum=mom.sum(axis=1), momentum_covariance=_sym(cov_p),
-                   position_momentum_covariance=C @ _tr(K), track_params=qv)
-    else:
-        out["track_params"] = np.stack(q, axis=-1)
+    _, Cc = _solve(t, e)
+    C = _sym3(Cc)
+    tx, ty = _fitted_slopes(t, e)
+    out = dict(position=np.ascontiguousarray(v.T), covariance=C, chi2=chi2, ndof=2 * N - 3, iterations=it)
+    if k != 5:
+        out["track_params"] = np.stack([tx.T, ty.T], axis=-1)
+        return VertexFit(**out)
+    Ixx, Ixy, Iyy = e.I
+    dz = e.dz
+    # cov(q_r, (x', y')) at the vertex plane for q = (tx, ty, q/p)
+    Cq = [e.Ctp[0:2], e.Ctp[2:4], (Vt[0, 4] + dz * Vt[2, 4], Vt[1, 4] + dz * Vt[3, 4])]
+    qop = mt[4] - (Cq[2][0] * e.a + Cq[2][1] * e.b)
+    U = [(cx * Ixx + cy * Ixy, cx * Ixy + cy * Iyy) for cx, cy in Cq]  # cov(q, x') P^-1
+    # W = cov(q | vertex) = V_qq - U cov(x', q) (the Schur complement), symmetric 3x3
+    Vq = {(r, c): Vt[2 + r, 2 + c] for r in range(3) for c in range(r, 3)}
+    W = {(r, c): Vq[r, c] - (U[r][0] * Cq[c][0] + U[r][1] * Cq[c][1]) for r in range(3) for c in range(r, 3)}
+    for r in range(3):
+        for c in range(r):
+            W[r, c] = W[c, r]
+    M = [(ux, uy, -(ux * tx + uy * ty)) for ux, uy in U]  # cov(q_i, v) = M_i C_v (Billoir's -W E^T C)
+    # momentum and its Jacobian d(px, py, pz)/d(tx, ty, q/p), per track
+    p = 1.0 / np.abs(qop)
+    n2 = 1.0 + tx * tx + ty * ty
+    pz = p / np.sqrt(n2)
+    d = (-pz * tx / n2, -pz * ty / n2, -pz / qop)
+    J = [[tx * d[0] + pz, tx * d[1], tx * d[2]], [ty * d[0], ty * d[1] + pz, ty * d[2]], list(d)]
+    mom = np.stack([(tx * pz).sum(axis=0), (ty * pz).sum(axis=0), pz.sum(axis=0)], axis=-1)
+    JW = [[sum(J[i][r] * W[r, c] for r in range(3)) for c in range(3)] for i in range(3)]
+    cov_p = np.empty((n, 3, 3))
+    K = np.empty((n, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            K[:, i, j] = sum(J[i][r] * M[r][j] for r in range(3)).sum(axis=0)
+            if j >= i:
+                cov_p[:, i, j] = sum(JW[i][c] * J[j][c] for c in range(3)).sum(axis=0)
+    cov_p = np.triu(cov_p) + np.swapaxes(np.triu(cov_p, 1), 1, 2) + K @ C @ _tr(K)
+    out.update(momentum=mom, momentum_covariance=_sym(cov_p), position_momentum_covariance=C @ _tr(K),
+               track_params=np.stack([tx.T, ty.T, qop.T], axis=-1))
     return VertexFit(**out)
+
+
+def _sym3(c) -> np.ndarray:
+    """(n, 3, 3) matrices from the 6 components ``(c00, c01, c02, c11, c12, c22)``."""
+    c00, c01, c02, c11, c12, c22 = c
+    out = np.empty((len(c00), 3, 3))
+    out[:, 0, 0], out[:, 1, 1], out[:, 2, 2] = c00, c11, c22
+    out[:, 0, 1] = out[:, 1, 0] = c01
+    out[:, 0, 2] = out[:, 2, 0] = c02
+    out[:, 1, 2] = out[:, 2, 1] = c12
+    return out
 
 
 # ----------------------------------------------------------------------------- particles
