@@ -101,3 +101,28 @@ def test_a_composite_with_one_daughter_to_fit_gets_nan_not_zero():
 def test_only_the_reference_mode_exists():
     with pytest.raises(ConfigurationError, match="reference"):
         Vertexing(model="vertexing-v1")
+
+
+def test_store_and_ntuple_carry_the_columns_only_when_the_stage_ran():
+    from mambah import Store, run_production
+
+    def pipe(vertexing):
+        stages = [*generator_stages("Lambda_c+ -> p+ K- pi+"), Occupancy(), Efficiency(model="reference"),
+                  Resolution(model="reference"), Composites()]
+        return Pipeline(stages + ([Vertexing()] if vertexing else []))
+
+    with Store("duckdb:///:memory:") as store:
+        run_production(pipe(True), n_events=400, batch_size=200, seed=3, store=store, production="on")
+        run_production(pipe(False), n_events=200, batch_size=200, seed=4, store=store, production="off")
+        on = store.candidates(production="on")
+        off = store.candidates(production="off")
+        v = store.read("vertices", batches=[0, 1])
+    lc = [c for c in on.columns if c.endswith("_IPCHI2_OWNPV")]
+    assert len(lc) == 4  # Lambda_c+ and its three tracks
+    head = lc[0].split("_IPCHI2_OWNPV")[0] if lc[0].startswith("Lc") else "Lc"
+    for branch in ("FDCHI2_OWNPV", "DIRA_OWNPV", "ENDVERTEX_CHI2", "ENDVERTEX_NDOF", "TAU", "MCORR", "DOCAMAX"):
+        assert f"{head}_{branch}" in on.columns, (head, branch, list(on.columns))
+    built = np.isfinite(on[f"{head}_ENDVERTEX_CHI2"])
+    assert built.sum() == len(v) > 0 and (on.loc[built, f"{head}_ENDVERTEX_NDOF"] == 3).all()
+    assert not [c for c in off.columns if "OWNPV" in c or "TRACK_" in c]
+    assert (v["ndof"] == 3).all() and np.isfinite(v["chi2"]).all()
