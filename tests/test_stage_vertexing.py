@@ -14,7 +14,7 @@ from mambah.physics.columns import VERTEXING_COLUMNS
 from mambah.reconstruction import Vertexing
 
 
-def run(descriptor: str, n: int = 4000, seed: int = 1, vertexing=True):
+def run(descriptor: str, n: int = 2500, seed: int = 1, vertexing=True):
     stages = [*generator_stages(descriptor), Occupancy(), Efficiency(model="reference"),
               Resolution(model="reference"), Composites()]
     if vertexing:
