@@ -247,6 +247,16 @@ class _Eval:
     a: np.ndarray  # I r
     b: np.ndarray
 
+    TRACK_FIELDS = ("dz", "rx", "ry", "a", "b", "Ixx", "Ixy", "Iyy", "Cxx", "Cxy", "Cyx", "Cyy")
+
+    def field(self, f: str) -> np.ndarray:
+        """One of :attr:`TRACK_FIELDS` ((N, n) per-track quantities)."""
+        if f in ("Ixx", "Ixy", "Iyy"):
+            return self.I[("Ixx", "Ixy", "Iyy").index(f)]
+        if f in ("Cxx", "Cxy", "Cyx", "Cyy"):
+            return self.Ctp[("Cxx", "Cxy", "Cyx", "Cyy").index(f)]
+        return getattr(self, f)
+
     def take(self, cols: np.ndarray) -> _Eval:
         return _Eval(self.v[:, cols], self.chi2[cols], self.dz[:, cols], self.rx[:, cols], self.ry[:, cols],
                      tuple(x[:, cols] for x in self.I), tuple(x[:, cols] for x in self.Ctp), self.a[:, cols],
@@ -426,6 +436,16 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
     rows = np.arange(n)  # the working set: vertices still iterated (shrunk when half have converged)
     pending = np.ones(n, dtype=bool)  # in the working set: not converged yet
     ta = t
+    # what the result needs, kept when a vertex leaves the working set: its transported quantities
+    # at the solution and its covariance (from the last linearisation, less than tol of an error away)
+    fin = {f: np.empty((N, n)) for f in _Eval.TRACK_FIELDS}
+    fin_C = np.empty((6, n))
+
+    def keep(sel_rows, ev: _Eval, C):
+        for f in _Eval.TRACK_FIELDS:
+            fin[f][:, sel_rows] = ev.field(f)
+        fin_C[:, sel_rows] = np.stack(C)
+
     it = 0
     for it in range(1, max_iterations + 1):
         v_new, C_a = _solve(ta, e)
@@ -445,24 +465,28 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
         chi2[rows] = e_new.chi2
         if not pending.any():
             break
-        if pending.mean() < 0.5:  # copying the working set pays off only when it halves
+        if pending.mean() < 0.5 or it == max_iterations:  # copying the working set pays off when it halves
+            done = ~pending
+            keep(rows[done], e_new.take(done), [c[done] for c in C_a])
             rows = rows[pending]
             ta = ta.subset(pending)
             e = e_new.take(pending)
+            C_a = [c[pending] for c in C_a]
+            e_new = e
             pending = np.ones(len(rows), dtype=bool)
         else:
             e = e_new
-    active = rows[pending]
+    keep(rows, e_new, C_a)
+    active = rows[pending] if pending.any() else rows[:0]
     if len(active):
         warnings.warn(VertexFitWarning(
             f"fit_vertex: {len(active)} of {n} vertex fits did not converge in {max_iterations} iterations "
             f"(last step above {tol} of the vertex error); they keep their last iterate (rows {active[:20].tolist()})",
             count=len(active), n=n, rows=active[:20]), stacklevel=2)
     # covariance and fitted track parameters at the solution (track-major (N, n) components)
-    e = _evaluate(t, v)
-    chi2 = e.chi2
-    _, Cc = _solve(t, e)
-    C = _sym3(Cc)
+    e = _Eval(v, chi2, fin["dz"], fin["rx"], fin["ry"], (fin["Ixx"], fin["Ixy"], fin["Iyy"]),
+              (fin["Cxx"], fin["Cxy"], fin["Cyx"], fin["Cyy"]), fin["a"], fin["b"])
+    C = _sym3(fin_C)
     tx, ty = _fitted_slopes(t, e)
     out = dict(position=np.ascontiguousarray(v.T), covariance=C, chi2=chi2, ndof=2 * N - 3, iterations=it)
     if k != 5:
