@@ -43,7 +43,9 @@ ones conditioned on passing through ``v``: ``q_i = q_meas - cov(q, x') P^-1 r_i`
 bilinear (``tx * vz``), so the Gauss-Newton step is repeated from the point closest to all lines
 until every coordinate moves by less than ``tol`` of its error (2-4 passes; a step that raises the
 chi2 is halved), per vertex: converged vertices leave the iteration. The result equals scipy's
-``least_squares`` on the full (vertex + track parameters) chi2 (``tests/test_vertexing.py``).
+``least_squares`` on the full (vertex + track parameters) chi2 (``tests/test_vertexing.py``); the
+covariance is the inverse normal matrix of the last linearisation (less than ``tol`` of an error
+from the solution).
 
 With ``q/p`` in the states, the mother's momentum ``P = sum_i p_i(q_i)`` and its covariance
 (with its correlation to the vertex position) follow by linear propagation: with ``J_i =
