@@ -8,7 +8,9 @@ sorted by key, plus a sha256 digest of each table.
 History of the file: first made at commit 6287ec5 (weighted phase-space events, before the
 package was reorganised, issue 21); the reorganisation kept it bit-identical through commit
 8ec24ce. Remade for issue 26's deliberate change (unweighted events by default and the lattice
-form factors of Lambda_b0 -> Lambda_c+ mu- anti-nu_mu, the README's main job).
+form factors of Lambda_b0 -> Lambda_c+ mu- anti-nu_mu, the README's main job). Remade for schema version
+4 (issue 23: the opt-in Vertexing stage's columns, all at their "not computed" value in this
+production; every pre-existing column checked equal to the previous file first).
 """
 
 from __future__ import annotations
