@@ -43,6 +43,7 @@ def standard_pipeline(
     pid: bool = True,
     unweight: bool = True,
     reconstruct_as=None,
+    vertexing: bool = False,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -67,13 +68,17 @@ def standard_pipeline(
             marked by ``^``, then the hypothesis); see :mod:`mambah.reconstruction.hypotheses`. The
             composites get the swapped four-momenta and masses (``vertices.m_truehyp`` keeps the
             true-hypothesis mass), the PID stays that of the true species.
+        vertexing: add the opt-in Vertexing stage after the composites (``level="reco"`` only;
+            :class:`mambah.reconstruction.Vertexing`, reference mode: track states, decay-vertex
+            fits, IPCHI2, FDCHI2, DIRA, MCORR ...). Default False: the columns stay NaN.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
         DescriptorError: the descriptor is malformed or impossible, or a swap of ``reconstruct_as``
             is bad (a particle not in the descriptor or not a final-state track, an unknown
             hypothesis, a change of charge; the offending piece is marked).
-        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``, or
+        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` or ``vertexing`` with
+            ``level="truth"``, or
             (``level="reco"``) a charged final-state particle of the descriptor is a species the
             efficiency/resolution models (or, with ``pid``, the PID models) do not cover; see
             :func:`check_track_coverage`.
@@ -94,6 +99,9 @@ def standard_pipeline(
             raise ConfigurationError(f"reconstruct_as={reconstruct_as!r} needs the reconstruction (level='reco'); "
                                      "a generator-level production has no reconstructed tracks to swap")
         hypotheses = mass_hypotheses(stages[1].parsed, reconstruct_as)
+    if vertexing and level != "reco":
+        raise ConfigurationError("vertexing=True needs the reconstruction (level='reco'); a generator-level "
+                                 "production has no tracks to fit")
     if level == "reco":
         from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
         from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY
@@ -109,6 +117,10 @@ def standard_pipeline(
         pid_species = check_track_coverage(stages[1].parsed, efficiency=eff.model, resolution=res.model,
                                            pid=pid, models_dir=models_dir)
         stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, Composites(reconstruct_as=hypotheses)]
+        if vertexing:
+            from mambah.reconstruction import Vertexing
+
+            stages.append(Vertexing())
         if pid:
             from mambah.pid.stage import PID
 

@@ -126,3 +126,14 @@ def test_store_and_ntuple_carry_the_columns_only_when_the_stage_ran():
     assert built.sum() == len(v) > 0 and (on.loc[built, f"{head}_ENDVERTEX_NDOF"] == 3).all()
     assert not [c for c in off.columns if "OWNPV" in c or "TRACK_" in c]
     assert (v["ndof"] == 3).all() and np.isfinite(v["chi2"]).all()
+
+
+def test_standard_pipeline_adds_the_stage_only_when_asked():
+    from mambah import standard_pipeline
+
+    names = [type(s).__name__ for s in standard_pipeline("Lambda_c+ -> p+ K- pi+", pid=False).stages]
+    assert "Vertexing" not in names
+    names = [type(s).__name__ for s in standard_pipeline("Lambda_c+ -> p+ K- pi+", pid=False, vertexing=True).stages]
+    assert names[names.index("Composites") + 1] == "Vertexing"
+    with pytest.raises(ConfigurationError, match="vertexing=True needs the reconstruction"):
+        standard_pipeline("Lambda_c+ -> p+ K- pi+", level="truth", vertexing=True)
