@@ -51,6 +51,7 @@ def standard_pipeline(
     invisible=(),
     neutrals: str | None = None,
     pid_variations: bool = False,
+    vertexing: bool = False,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -90,15 +91,18 @@ def standard_pipeline(
             species' PID chain, with the nominal's noise, into the ``pid_variations`` table
             (:class:`mambah.pid.stage.PID` ``variations``; ``mambah simulate --pid-variations``);
             the nominal PID columns are unchanged. Needs ``pid`` and ``level="reco"``.
+        vertexing: add the opt-in Vertexing stage after the composites (``level="reco"`` only;
+            :class:`mambah.reconstruction.Vertexing`, reference mode: track states, decay-vertex
+            fits, IPCHI2, FDCHI2, DIRA, MCORR ...). Default False: the columns stay NaN.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
         DescriptorError: the descriptor is malformed or impossible, or a swap of ``reconstruct_as``
             is bad (a particle not in the descriptor or not a final-state track, an unknown
             hypothesis, a change of charge; the offending piece is marked).
-        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` with ``level="truth"``,
-            ``pid_variations`` without the PID stage or when no step of the descriptor's PID chains
-            has ensemble members (or their K differ), or
+        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` or ``vertexing`` with
+            ``level="truth"``, ``pid_variations`` without the PID stage or when no step of the
+            descriptor's PID chains has ensemble members (or their K differ), or
             (``level="reco"``) a charged final-state particle of the descriptor is a species the
             efficiency/resolution models (or, with ``pid``, the PID models) do not cover; see
             :func:`check_track_coverage`; or a neutral final-state particle (not a neutrino) that no
@@ -123,6 +127,9 @@ def standard_pipeline(
             raise ConfigurationError(f"reconstruct_as={reconstruct_as!r} needs the reconstruction (level='reco'); "
                                      "a generator-level production has no reconstructed tracks to swap")
         hypotheses = mass_hypotheses(stages[1].parsed, reconstruct_as)
+    if vertexing and level != "reco":
+        raise ConfigurationError("vertexing=True needs the reconstruction (level='reco'); a generator-level "
+                                 "production has no tracks to fit")
     if level == "reco":
         from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
         from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY
@@ -146,6 +153,10 @@ def standard_pipeline(
         invisible = check_neutral_coverage(stages[1].parsed, invisible=invisible, seen=seen)
         stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, *neutral_stages,
                    Composites(reconstruct_as=hypotheses, invisible=invisible, neutrals=seen)]
+        if vertexing:
+            from mambah.reconstruction import Vertexing
+
+            stages.append(Vertexing())
         if pid:
             from mambah.pid.stage import PID
 

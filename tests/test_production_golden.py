@@ -6,7 +6,9 @@ test). The file was made at 6287ec5, before the package was reorganised (issue 2
 reorganisation kept it bit-identical (through 8ec24ce); it was then remade once, on purpose, for
 unweighted events and the lattice form factors of the README's main job (issue 26), and again
 when the unweighting became staged (each independent decay group accept-rejected on its own in
-its rest frame: same distributions, other random draws; issue 26).
+its rest frame: same distributions, other random draws; issue 26), and once more for schema version 4
+(issue 23: the Vertexing stage's columns, NaN / 0 / -1 without the stage; every pre-existing
+column was checked equal to the previous file first).
 
 Truth, reconstruction and PID, 3 batches whose first id is 2 (a 2-batch production precedes it
 in the store, so batch ``i`` of the production has id ``2 + i`` and seed ``batch_seed(11, i)``).

@@ -172,15 +172,16 @@ def test_no_members_anywhere_is_refused_naming_the_steps():
     from mambah.pid.chain import load_chain
     from mambah.pid.stage import PID
 
-    with pytest.raises(ConfigurationError, match=r"no step of the PID chains.*K: pid-K-flags, pid-K-muon, pid-K-rich, "
-                                                 r"pid-K-global.*pi: pid-pi-flags"):
-        PID(species=("K", "pi"), variations=True)
+    # the shipped kaon chain has members (its RICH and calorimeter steps); those of pi and p have none
+    with pytest.raises(ConfigurationError, match=r"no step of the PID chains.*p: pid-p-flags, pid-p-muon, pid-p-rich, "
+                                                 r"pid-p-global.*pi: pid-pi-flags"):
+        PID(species=("p", "pi"), variations=True)
     with pytest.raises(ConfigurationError, match="has no ensemble members in any step"):
-        load_chain("K").generate_variations_columns(_inputs(10), np.random.default_rng(1))
+        load_chain("pi").generate_variations_columns(_inputs(10), np.random.default_rng(1))
     from mambah.simulation import standard_pipeline
 
     with pytest.raises(ConfigurationError, match="no step of the PID chains"):
-        standard_pipeline(DESCRIPTOR, pid_variations=True)
+        standard_pipeline("B0 -> pi+ pi-", pid_variations=True)
     with pytest.raises(ConfigurationError, match="needs the PID stage"):
         standard_pipeline(DESCRIPTOR, pid=False, pid_variations=True)
 
@@ -391,9 +392,9 @@ def test_cli_pid_variations(varied_models, tmp_path):
 
 def test_cli_refuses_without_members_before_writing(tmp_path):
     db = tmp_path / "none.duckdb"
-    r = _mambah("simulate", DESCRIPTOR, "--events", "100", "--db", str(db), "--pid-variations")
+    r = _mambah("simulate", "B0 -> pi+ pi-", "--events", "100", "--db", str(db), "--pid-variations")
     assert r.returncode != 0
-    assert "no step of the PID chains" in r.stderr and "pid-K-rich" in r.stderr
+    assert "no step of the PID chains" in r.stderr and "pid-pi-rich" in r.stderr
     assert not db.exists()
 
 

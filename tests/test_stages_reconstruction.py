@@ -16,6 +16,7 @@ import pytest
 from mambah.batch import Batch
 from mambah.errors import ConfigurationError, ModelDirError
 from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
+from mambah.physics.columns import PID_COLUMNS, vertexing_defaults
 from mambah.store.schema import COLUMNS
 
 M = {"Lb": 5619.60, "Lc": 2286.46, "p": 938.27208943, "K": 493.677, "pi": 139.57039, "mu": 105.6583755, "nu": 0.0}
@@ -100,7 +101,8 @@ def make_batch(n: int, seed: int, batch_id: int = 7) -> Batch:
     evt = pd.DataFrame({"batch": np.full(n, batch_id, np.int64), "event": ev.astype(np.int32),
                         "pv_x": pv[:, 0].astype(np.float32), "pv_y": pv[:, 1].astype(np.float32),
                         "pv_z": pv[:, 2].astype(np.float32), "pv_t": np.zeros(n, np.float32),
-                        "n_tracks": np.zeros(n, np.int32), "weight": np.ones(n, np.float32)})
+                        "n_tracks": np.zeros(n, np.int32), "weight": np.ones(n, np.float32),
+                        **vertexing_defaults("events", n)})
     b = Batch(id=batch_id, seed=seed, n_events=n, tables={"events": evt, "mc_particles": mc, "mc_vertices": vt})
     b.info["decay_tree"] = [dict(node) for node in TREE]
     return b
@@ -143,7 +145,7 @@ def test_efficiency_stage_selects_final_state_charged_tracks(reco_batch):
     hyp = {2212: 938.272, 321: 493.677, 211: 139.570, 13: 105.658}
     np.testing.assert_allclose(tracks.m.to_numpy(), [hyp[abs(int(v))] for v in tracks.pid], atol=1e-3)
     np.testing.assert_array_equal(np.sign(tracks.charge), np.sign(tracks.pid) * np.where(np.abs(tracks.pid) == 13, -1, 1))
-    assert tracks[list(COLUMNS["particles"])[13:]].isna().all().all()  # PID columns: NaN
+    assert tracks[list(PID_COLUMNS)].isna().all().all()  # PID columns: NaN
     # the fraction reconstructed matches the reference probability (binomial tolerance)
     from mambah.reference.tracking import TrackingDetector
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mambah.physics.columns import COLUMNS
+from mambah.physics.columns import COLUMNS, vertexing_defaults
 
 __all__ = ["fill_tables", "vertex_layout"]
 
@@ -67,6 +67,7 @@ def fill_tables(batch, tree: list[dict], pid: np.ndarray, p4: np.ndarray, vtx: n
         "pv_t": vtx[3, 0].astype(f32),
         "n_tracks": np.zeros(n, dtype=np.int32),
         "weight": np.ones(n, dtype=f32) if weight is None else np.asarray(weight, dtype=f32),
+        **vertexing_defaults("events", n),
     }
 
     def per_node(offsets: np.ndarray, none_mask: np.ndarray) -> np.ndarray:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from mambah.errors import ConfigurationError, closest
 
 __all__ = [
-    "COLUMNS", "DATA_TABLES", "PID_COLUMNS",
+    "COLUMNS", "DATA_TABLES", "PID_COLUMNS", "VERTEXING_COLUMNS", "vertexing_defaults",
     "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
 ]
 
@@ -121,6 +123,54 @@ COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 
+#: Columns filled by the Vertexing stage (:mod:`mambah.reconstruction.vertexstage`, issue 23):
+#: ``{table: {column: (dtype, value when not computed)}}``. Every other stage writes them with the
+#: "not computed" value (:func:`vertexing_defaults`): NaN, ``0`` for ``track_type`` (LHCb's
+#: ``TrackType`` Unknown) and ``-1`` for ``ndof`` (no vertex fit). Units: mm, ns, MeV/c^2.
+VERTEXING_COLUMNS: dict[str, dict[str, tuple[str, float]]] = {
+    "events": {
+        # the event's own reconstructed primary vertex
+        "ownpv_x": ("float32", np.nan),
+        "ownpv_y": ("float32", np.nan),
+        "ownpv_z": ("float32", np.nan),
+    },
+    "particles": {
+        "track_type": ("int8", 0),
+        "track_chi2ndof": ("float32", np.nan),
+        "track_ghost_prob": ("float32", np.nan),
+        "ip_ownpv": ("float32", np.nan),
+        "ipchi2_ownpv": ("float32", np.nan),
+        "minipchi2": ("float32", np.nan),
+        "fd_ownpv": ("float32", np.nan),
+        "fdchi2_ownpv": ("float32", np.nan),
+        "dira_ownpv": ("float64", np.nan),
+        "tau": ("float32", np.nan),
+        "tau_err": ("float32", np.nan),
+        "doca_max": ("float32", np.nan),
+        "mcorr": ("float64", np.nan),
+    },
+    "vertices": {
+        "chi2": ("float32", np.nan),
+        "ndof": ("int16", -1),
+        "cov_xx": ("float32", np.nan),
+        "cov_yy": ("float32", np.nan),
+        "cov_zz": ("float32", np.nan),
+        "cov_xy": ("float32", np.nan),
+        "cov_xz": ("float32", np.nan),
+        "cov_yz": ("float32", np.nan),
+    },
+}
+for _t, _cols in VERTEXING_COLUMNS.items():
+    COLUMNS[_t].update({_c: _d for _c, (_d, _) in _cols.items()})
+del _t, _cols
+
+
+def vertexing_defaults(table: str, n: int) -> dict[str, np.ndarray]:
+    """``{column: array of n "not computed" values}`` of :data:`VERTEXING_COLUMNS` for ``table``
+    (empty for a table without such columns)."""
+    return {c: np.full(n, fill, dtype=d) for c, (d, fill) in VERTEXING_COLUMNS.get(table, {}).items()}
+
+
 #: Data tables in write order (parents before children). ``pid_variations`` is empty (and absent
 #: from the batch) unless the production asked for PID variations.
 DATA_TABLES: tuple[str, ...] = ("events", "mc_vertices", "mc_particles", "particles", "vertices", "pid_variations")
@@ -193,6 +243,22 @@ COLUMN_MAP: tuple[Column, ...] = (
     # stable neutral descendants of a composite that no stage reconstructs (neutrinos, particles
     # left invisible on purpose): its mass is partial when > 0 (``vertices`` table; ntuple ``X_NINVISIBLE``)
     _c("n_invisible", "NINVISIBLE"),
+    # the Vertexing stage's columns (VERTEXING_COLUMNS), under LHCb's ntuple names
+    _c("track_type", "TRACK_Type"),
+    _c("track_chi2ndof", "TRACK_CHI2NDOF"),
+    _c("track_ghost_prob", "TRACK_GhostProb"),
+    _c("ip_ownpv", "IP_OWNPV", "mm"),
+    _c("ipchi2_ownpv", "IPCHI2_OWNPV"),
+    _c("minipchi2", "MINIPCHI2"),
+    _c("fd_ownpv", "FD_OWNPV", "mm"),
+    _c("fdchi2_ownpv", "FDCHI2_OWNPV"),
+    _c("dira_ownpv", "DIRA_OWNPV"),
+    _c("tau", "TAU", "ns"),
+    _c("tau_err", "TAUERR", "ns"),
+    _c("doca_max", "DOCAMAX", "mm"),
+    _c("mcorr", "MCORR", "MeV/c^2"),
+    _c("chi2", "ENDVERTEX_CHI2"),
+    _c("ndof", "ENDVERTEX_NDOF"),
 )
 
 _BY_NAME: dict[str, Column] = {}

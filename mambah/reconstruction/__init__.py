@@ -2,7 +2,9 @@
 
 ``Occupancy`` (nTracks) -> ``Efficiency`` (which charged particles become tracks) ->
 ``Resolution`` (their measured momenta) -> ``Composites`` (decay candidates built from the
-tracks). Each stage is a frozen dataclass with ``name``, ``__call__(batch) -> batch``,
+tracks) -> ``Vertexing`` (opt-in, not in the default pipeline yet: track states, decay-vertex
+fits and the selection variables, :mod:`mambah.reconstruction.vertexstage`; the fit and the
+variables as pure functions in :mod:`mambah.reconstruction.vertexing`). Each stage is a frozen dataclass with ``name``, ``__call__(batch) -> batch``,
 ``config()`` and ``model_versions()``; models are loaded lazily through the model registry
 (:mod:`mambah.nn.registry`), and the dataclass fields are plain strings and numbers, so stages
 pickle for Dask. The PID stage is in :mod:`mambah.pid`. Mass-hypothesis swaps (a track
@@ -19,5 +21,6 @@ from mambah.reconstruction.efficiency import Efficiency
 from mambah.reconstruction.neutrals import Neutrals
 from mambah.reconstruction.occupancy import Occupancy
 from mambah.reconstruction.resolution import Resolution
+from mambah.reconstruction.vertexstage import Vertexing
 
-__all__ = ["Occupancy", "Efficiency", "Resolution", "Neutrals", "Composites"]
+__all__ = ["Occupancy", "Efficiency", "Resolution", "Neutrals", "Composites", "Vertexing"]

@@ -63,7 +63,7 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError
 from mambah.physics import TRACKABLE_PIDS, particle_mass, pdg_charge
-from mambah.physics.columns import COLUMNS, PID_COLUMNS
+from mambah.physics.columns import COLUMNS, PID_COLUMNS, vertexing_defaults
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 from mambah.reconstruction.hypotheses import MassHypothesis, as_hypotheses
 from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
@@ -318,6 +318,7 @@ class Composites:
             }
             for c, dt in PID_COLUMNS.items():
                 comp[c] = np.full(m, np.nan, dtype=dt)
+            comp.update(vertexing_defaults("particles", m))
             comp_frames.append(pd.DataFrame(comp))
             vrow = rows_by_index(vt, dv[slot], "mc_particles.decay_vertex values of decaying nodes")
             vert_frames.append(pd.DataFrame({
@@ -333,6 +334,7 @@ class Composites:
                 "m_truehyp": cm_true.astype(np.float64),
                 "n_daughters": np.full(m, plan["n_daughters"][k], dtype=np.int16),
                 "n_invisible": np.full(m, plan["n_invisible"][k], dtype=np.int16),
+                **vertexing_defaults("vertices", m),
             }))
         pcols = list(COLUMNS["particles"])
         vcols = list(COLUMNS["vertices"])

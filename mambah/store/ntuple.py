@@ -72,7 +72,7 @@ import pandas as pd
 from mambah.errors import ConfigurationError, MambahError, StoreError
 from mambah.physics import eta as pseudorapidity
 from mambah.physics import pdg_mass
-from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, lhcb_names
+from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, lhcb_name, lhcb_names
 
 __all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
            "PID_BRANCHES"]
@@ -339,8 +339,14 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
     rp = {c: rgrid(c) for c in ("px", "py", "pz", "e", "m")}
     rid = rgrid("pid", np.int32, 0)
     rvtx = rgrid("vertex", np.int64, -1)
-    vert = store.read("vertices", columns=["batch", "index", "x", "y", "z", "m_truehyp", "n_invisible"],
-                      batches=ids_arr.tolist())
+    # the Vertexing stage's branches, only where it ran (a production without it keeps its ntuple)
+    vtx_on = "track_type" in par.columns and bool((par["track_type"].to_numpy() != 0).any())
+    vcols = ["batch", "index", "x", "y", "z", "m_truehyp", "n_invisible"] + (["chi2", "ndof"] if vtx_on else [])
+    track_vtx = ("track_type", "track_chi2ndof", "track_ghost_prob", "ip_ownpv", "ipchi2_ownpv", "minipchi2")
+    comp_vtx = ("ip_ownpv", "ipchi2_ownpv", "minipchi2", "fd_ownpv", "fdchi2_ownpv", "dira_ownpv", "tau", "tau_err",
+                "doca_max", "mcorr")
+    vg = {c: rgrid(c) for c in dict.fromkeys(track_vtx + comp_vtx)} if vtx_on else {}
+    vert = store.read("vertices", columns=vcols, batches=ids_arr.tolist())
     vk = np.searchsorted(ids_arr, vert["batch"].to_numpy()).astype(np.int64) << 32 | vert["index"].to_numpy().astype(np.int64)
     vorder = np.argsort(vk, kind="stable")
     vk = vk[vorder]
@@ -369,7 +375,7 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
         return sorted(outl)
 
     batch_pos_rows = np.repeat(np.arange(len(ids_arr), dtype=np.int64), N)
-    vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in ("x", "y", "z", "m_truehyp")}
+    vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in vcols[2:] if c != "n_invisible"}
     v_ninv = vert["n_invisible"].to_numpy()[vorder].astype(np.int16)
     is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
     pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
@@ -412,6 +418,8 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
             for j in range(n_var):
                 for col, suffix in PID_BRANCHES.items():
                     out[f"{X}_{suffix}_var{j + 1}"] = varg[col][j, k]
+            for col in track_vtx if vtx_on else ():
+                out[f"{X}_{lhcb_name(col)}"] = vg[col][k]
         elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
             out[f"{X}_ID"] = rid[k]
@@ -431,6 +439,11 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
             for c in ("x", "y", "z"):
                 out[f"{X}_ENDVERTEX_{c.upper()}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
             out[f"{X}_NINVISIBLE"] = np.where(found, v_ninv[pos] if len(vk) else 0, neutrals_below(k)).astype(np.int16)
+            if vtx_on:
+                for c in ("chi2", "ndof"):
+                    out[f"{X}_{lhcb_name(c)}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
+                for col in comp_vtx:
+                    out[f"{X}_{lhcb_name(col)}"] = vg[col][k]
             if any(t in swapped for t in tracks):
                 if tracks:
                     m2 = e_true[tracks].sum(axis=0) ** 2 - sum(rp[c][tracks].sum(axis=0) ** 2 for c in ("px", "py", "pz"))

@@ -63,15 +63,24 @@ __all__ = ["SCHEMA_VERSION", "UPGRADABLE", "UPGRADE_COLUMNS", "COLUMNS", "DATA_T
 
 #: Bumped whenever a table or column changes; stored in ``mambah_meta``.
 #: 3: ``vertices.m_truehyp`` (the composite's mass under the true mass hypotheses).
-#: 4: ``vertices.n_invisible`` (the composite's stable neutral descendants: its mass is partial when > 0)
-#: and the ``pid_variations`` table (PID variables per ensemble member); a version-3 store is upgraded
-#: in place when opened (:meth:`Store._init_schema`): the table is added, and the column with the value
-#: -1 ("unknown": written before version 4) in the rows already there; nothing else changes.
+#: 4: ``vertices.n_invisible`` (the composite's stable neutral descendants: its mass is partial when > 0),
+#: the ``pid_variations`` table (PID variables per ensemble member) and the Vertexing stage's columns
+#: (``physics.columns.VERTEXING_COLUMNS``: own PV, IP, FD, DIRA, decay time, MCORR, track type and
+#: quality, vertex chi2, ndof and covariance; issue 23). A version-3 store is upgraded in place when
+#: opened (:meth:`Store._init_schema`): the table is added, and the columns, with the value -1
+#: ("unknown": written before version 4) for ``n_invisible`` and the "not computed" value of the
+#: Vertexing columns in the rows already there; nothing else changes.
 SCHEMA_VERSION = 4
+
+from mambah.physics.columns import VERTEXING_COLUMNS  # noqa: E402
+
 #: Versions a store can be upgraded from by adding the tables that are new since then.
 UPGRADABLE = {3: ("pid_variations",)}
-#: Columns added by the upgrade from a version: (table, column, SQL type, value of the existing rows).
-UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", "SMALLINT", -1),)}
+#: Columns added by the upgrade from a version: (table, column, value of the existing rows; None: NULL,
+#: read as NaN).
+UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
+                       *((t, c, None if fill != fill else int(fill))
+                         for t, cols in VERTEXING_COLUMNS.items() for c, (_, fill) in cols.items()))}
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -114,6 +123,10 @@ class Event(Base):
     pv_t: Mapped[float] = _f32()
     n_tracks: Mapped[int] = mapped_column(Integer)
     weight: Mapped[float] = _f32()
+    # the Vertexing stage's reconstructed own PV (VERTEXING_COLUMNS; NaN without the stage)
+    ownpv_x: Mapped[float] = _f32()
+    ownpv_y: Mapped[float] = _f32()
+    ownpv_z: Mapped[float] = _f32()
 
 
 class MCVertex(Base):
@@ -173,6 +186,20 @@ class Particle(Base):
     mother: Mapped[int] = mapped_column(Integer)
     vertex: Mapped[int] = mapped_column(Integer)
     _pid_columns(locals())
+    # the Vertexing stage's columns (VERTEXING_COLUMNS; NaN, track_type 0, without the stage)
+    track_type: Mapped[int] = mapped_column(SmallInteger)
+    track_chi2ndof: Mapped[float] = _f32()
+    track_ghost_prob: Mapped[float] = _f32()
+    ip_ownpv: Mapped[float] = _f32()
+    ipchi2_ownpv: Mapped[float] = _f32()
+    minipchi2: Mapped[float] = _f32()
+    fd_ownpv: Mapped[float] = _f32()
+    fdchi2_ownpv: Mapped[float] = _f32()
+    dira_ownpv: Mapped[float] = _f64()
+    tau: Mapped[float] = _f32()
+    tau_err: Mapped[float] = _f32()
+    doca_max: Mapped[float] = _f32()
+    mcorr: Mapped[float] = _f64()
 
 
 class Vertex(Base):
@@ -190,6 +217,16 @@ class Vertex(Base):
     m_truehyp: Mapped[float] = _f64()  #: the same with every track under its true species' hypothesis
     n_daughters: Mapped[int] = mapped_column(SmallInteger)
     n_invisible: Mapped[int] = mapped_column(SmallInteger)  #: neutrinos and particles left invisible below it
+
+    # the Vertexing stage's fit (VERTEXING_COLUMNS; NaN, ndof -1, without the stage)
+    chi2: Mapped[float] = _f32()
+    ndof: Mapped[int] = mapped_column(SmallInteger)
+    cov_xx: Mapped[float] = _f32()
+    cov_yy: Mapped[float] = _f32()
+    cov_zz: Mapped[float] = _f32()
+    cov_xy: Mapped[float] = _f32()
+    cov_xz: Mapped[float] = _f32()
+    cov_yz: Mapped[float] = _f32()
 
 
 class PidVariation(Base):

@@ -260,15 +260,17 @@ class Store:
             raise StoreError(f"the store {self.url} lacks the table(s) {', '.join(missing)}; it is damaged")
         self._create_tables(only=new)
         added = []
-        for table, column, sql_type, value in S.UPGRADE_COLUMNS.get(found, ()):
+        for table, column, value in S.UPGRADE_COLUMNS.get(found, ()):
             have = set(self._conn.execute(text(f"SELECT * FROM {table} WHERE 1 = 0")).keys())
             if column not in have:
-                self._conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type} DEFAULT {int(value)}"))
-                self._conn.execute(text(f"UPDATE {table} SET {column} = {int(value)}"))
-                added.append(f"{table}.{column} (= {value} in the existing rows)")
+                sql_type = _TABLES[table].c[column].type.compile(dialect=self._conn.dialect)
+                self._conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+                if value is not None:
+                    self._conn.execute(text(f"UPDATE {table} SET {column} = {int(value)}"))
+                added.append(f"{table}.{column}")
         meta = S.Meta.__table__
         self._conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(S.SCHEMA_VERSION)))
-        log.info("upgraded the store %s from schema version %d to %d (added the table(s) %s; the column(s) %s)",
+        log.info("upgraded the store %s from schema version %d to %d (added the table(s) %s; the column(s) %s, unknown or not computed in the rows already there)",
                  self.url, found, S.SCHEMA_VERSION, ", ".join(new) or "none", ", ".join(added) or "none")
 
     def _create_tables(self, only: Sequence[str] | None = None) -> None:

@@ -8,8 +8,9 @@ sorted by key, plus a sha256 digest of each table.
 History of the file: first made at commit 6287ec5 (weighted phase-space events, before the
 package was reorganised, issue 21); the reorganisation kept it bit-identical through commit
 8ec24ce. Remade for issue 26's deliberate change (unweighted events by default and the lattice
-form factors of Lambda_b0 -> Lambda_c+ mu- anti-nu_mu, the README's main job). Remade for issue
-25's new column ``vertices.n_invisible`` (schema 4); every pre-existing column was compared with the
+form factors of Lambda_b0 -> Lambda_c+ mu- anti-nu_mu, the README's main job). Remade for schema 4:
+issue 25's new column ``vertices.n_invisible`` and issue 23's opt-in Vertexing stage's columns (all
+at their "not computed" value in this production); every pre-existing column was compared with the
 previous file: integer columns identical, floating-point ones within the golden test's tolerance
 (their last bits follow the CPU's vector units, see tests/test_production_golden.py).
 """
