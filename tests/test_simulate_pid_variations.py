@@ -305,6 +305,7 @@ def test_duplicated_member_rows_are_refused(batches, tmp_path):
 def test_a_version_3_store_is_upgraded(url, batches):
     from mambah.errors import SchemaVersionError
     from mambah.store import Store
+    from mambah.physics.columns import VERTEXING_COLUMNS
     from mambah.store import schema as S
 
     with Store(url) as st:
@@ -314,6 +315,9 @@ def test_a_version_3_store_is_upgraded(url, batches):
         with st._tx() as c:  # what a version-3 store looks like
             c.exec_driver_sql("DROP TABLE pid_variations")
             c.exec_driver_sql("ALTER TABLE vertices DROP COLUMN n_invisible")
+            for table, cols in VERTEXING_COLUMNS.items():
+                for col in cols:
+                    c.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {col}")
             c.exec_driver_sql("UPDATE mambah_meta SET value = '3' WHERE key = 'schema_version'")
     with Store(url) as st:
         assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "4" and st.count("pid_variations") == 0
@@ -322,6 +326,12 @@ def test_a_version_3_store_is_upgraded(url, batches):
         upgraded = st.read("vertices")
         assert len(upgraded) == len(vertices) > 0 and (upgraded["n_invisible"] == -1).all()
         pd.testing.assert_frame_equal(upgraded.drop(columns="n_invisible"), vertices.drop(columns="n_invisible"))
+        # and the Vertexing stage's columns, at their "not computed" value
+        for table, cols in VERTEXING_COLUMNS.items():
+            got = st.read(table)
+            for col, (_, fill) in cols.items():
+                v = got[col].to_numpy(dtype=float)
+                assert (np.isnan(v) if fill != fill else v == fill).all(), (table, col)
         st.write_batch(copy.deepcopy(batches[True][1]))
         assert st.count("pid_variations") == len(batches[True][1]["pid_variations"])
         with st._tx() as c:
