@@ -188,8 +188,10 @@ def cocktail_pipeline(
     pipes = []
     for i, c in enumerate(chans):
         try:
+            # fixed_shapes: a channel's share of a batch varies from batch to batch; phasespace calls of
+            # sizes from a fixed set compile its graph once per size instead of once per batch (seconds)
             pipes.append(standard_pipeline(c.descriptor, models_dir=models_dir, level=level,
-                                           reconstruct_as=list(c.reconstruct_as) or None, **options))
+                                           reconstruct_as=list(c.reconstruct_as) or None, fixed_shapes=True, **options))
         except (DescriptorError, ConfigurationError) as exc:
             raise type(exc)(f"channel {i} ({c.descriptor!r}): {exc}") from None
     return CocktailPipeline(pipes, [c.fraction for c in chans], labels=[
