@@ -139,7 +139,7 @@ def concat_batches(batch_id: int, parts: list[Batch]) -> tuple[dict[str, pd.Data
     tables = {}
     for t in names:
         df = pd.concat(pieces[t], ignore_index=True)
-        tables[t] = df.astype({c: d for c, d in COLUMNS[t].items() if c in df}, copy=False)
+        tables[t] = df.astype({c: d for c, d in COLUMNS[t].items() if c in df})
     return tables, offsets
 
 

@@ -220,8 +220,11 @@ class CocktailPipeline(Pipeline):
         super().__init__([])
 
     def config(self) -> dict[str, Any]:
-        return {"cocktail": {"channels": [{**lab, "fraction": f, "pipeline": p.config()}
-                                          for lab, f, p in zip(self.labels, self.fractions, self.channels)]}}
+        """``{"cocktail": {"channels": {"0": {descriptor, rate, fraction, reconstruct_as, pipeline}, ...}}}``
+        (keyed by the channel's index, so that a difference on resume names the channel and field)."""
+        return {"cocktail": {"channels": {str(c): {**lab, "fraction": f, "pipeline": p.config()}
+                                          for c, (lab, f, p) in enumerate(zip(self.labels, self.fractions,
+                                                                              self.channels))}}}
 
     def _merged(self, method: str) -> dict[str, Any]:
         out: dict[str, Any] = {}

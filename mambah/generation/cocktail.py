@@ -235,7 +235,10 @@ def dec_rates(descriptors: Sequence[str], dec_file: str | Path | None = None) ->
     path = str(dec_file or default_dec_file())
     out = []
     for i, text in enumerate(descriptors):
-        d = parse_descriptor(text)
+        try:
+            d = parse_descriptor(text)
+        except DescriptorError as exc:
+            raise type(exc)(f"channel {i} ({' '.join(text.split())!r}): {exc}") from None
         rate = 1.0
         for node in d.nodes():
             if not node.children:
