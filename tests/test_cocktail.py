@@ -86,11 +86,12 @@ def truth_batches():
     from mambah.simulation import cocktail_pipeline
 
     pipe = cocktail_pipeline([SIGNAL, PIPI, "Lambda_b0 -> p+ K-"], [0.6, 0.3, 0.1], level="truth")
-    return pipe, pipe.run(n_events=24_000, batch_size=6_000, seed=7)
+    # batches of 2000: every channel's phasespace calls have 1024 events (one compilation per chain)
+    return pipe, pipe.run(n_events=16_000, batch_size=2_000, seed=7)
 
 
 def test_channel_fractions_follow_the_rates(truth_batches):
-    """Over 24k events, each channel's count is within 4 binomial standard deviations of N f,
+    """Over 16k events, each channel's count is within 4 binomial standard deviations of N f,
     and the per-batch counts scatter (a multinomial draw per batch, not a rounding)."""
     from mambah.batch import event_channels
 
@@ -98,7 +99,7 @@ def test_channel_fractions_follow_the_rates(truth_batches):
     f = np.array([0.6, 0.3, 0.1])
     assert np.allclose(pipe.fractions, f)
     per_batch = np.array([np.bincount(event_channels(b.info, b.n_events), minlength=3) for b in batches])
-    assert (per_batch.sum(axis=1) == 6_000).all()
+    assert (per_batch.sum(axis=1) == 2_000).all()
     n = per_batch.sum(axis=0)
     N = n.sum()
     sigma = np.sqrt(N * f * (1 - f))
@@ -142,14 +143,10 @@ def test_each_channel_carries_its_decay_tree(truth_batches):
 
 def test_dec_rates_are_the_files_branching_fractions():
     """Rates from the .dec file equal DecayLanguage's own numbers (product over the decays)."""
-    from decaylanguage import DecFileParser
-
     from mambah.generation.cocktail import dec_rates
-    from mambah.generation.decfile import default_dec_file
+    from mambah.generation.decfile import _parser, default_dec_file
 
-    parser = DecFileParser(str(default_dec_file()))
-    with pytest.warns(UserWarning, match="misconfigured"):  # DecayLanguage on its own shipped file
-        parser.parse()
+    parser = _parser(str(default_dec_file()))  # DecayLanguage's parser of the file (parsed once: 7 s)
 
     def bf(mother, kids):
         finals = sorted({n for mode in parser.list_decay_modes(mother) for n in mode})
@@ -264,10 +261,12 @@ def test_regenerate_a_cocktail_batch(reco_store):
 
 
 # ----------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_cocktail_and_export(tmp_path):
+    """As users call it (two processes: ~25 s, mostly TensorFlow's start and the chains' compilation)."""
     db = f"sqlite:///{tmp_path}/ck.sqlite"
     r = subprocess.run([sys.executable, "-m", "mambah", "-q", "simulate", PIPI, KK, "--rates", "3,1", "--level", "truth",
-                        "--events", "2000", "--batch-size", "1000", "--db", db],
+                        "--events", "1000", "--batch-size", "500", "--db", db],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "channel 0: B0 -> pi+ pi-  rate fraction 0.75" in r.stdout
@@ -284,7 +283,7 @@ def test_cli_cocktail_and_export(tmp_path):
     with Store(db) as st:
         ch = st.event_channels()
         cfg = st.batch_info(0)["config"]
-    assert len(nt) == 2000 == len(ch)
+    assert len(nt) == 1000 == len(ch)
     m = nt.merge(ch, on=["batch", "event"])
     assert (m["channel_x"] == m["channel_y"]).all()
     assert (nt.loc[nt["channel"] == 1, "B0_TRUEID"] == 531).all()
