@@ -232,6 +232,13 @@ class CocktailPipeline(Pipeline):
             out.update(getattr(p, method)())
         return out
 
+    def provenance(self) -> dict[str, Any]:
+        """As :meth:`Pipeline.provenance`; the channels' own are computed here too, so that a
+        production computes every model hash once, before the pipeline is pickled to Dask workers."""
+        for p in self.channels:
+            p.provenance()
+        return super().provenance()
+
     def process(self, batch: Batch) -> Batch:
         """Split the batch among the channels, run each channel's pipeline on its events, and
         concatenate their tables (see the class docstring)."""
