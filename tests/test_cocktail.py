@@ -288,3 +288,34 @@ def test_cli_cocktail_and_export(tmp_path):
     assert (m["channel_x"] == m["channel_y"]).all()
     assert (nt.loc[nt["channel"] == 1, "B0_TRUEID"] == 531).all()
     assert json.dumps(cfg["cocktail"]["channels"][1]["decay_tree"])
+
+
+def test_ntuple_merges_channels_of_one_shape_only(truth_batches):
+    """Channels whose trees have the same shape share one ntuple (prefixes of channel 0); a channel
+    of another shape (here the same decay written with its tracks in the other order) must be
+    chosen with ``channels``."""
+    from mambah import Store
+    from mambah.batch import event_channels
+    from mambah.errors import StoreError
+    from mambah.simulation import cocktail_pipeline
+
+    _, batches = truth_batches
+    with Store("duckdb:///:memory:") as st:
+        st.write_batches(batches[:2])
+        nt = st.candidates()
+        ch = np.concatenate([event_channels(b.info, b.n_events) for b in batches[:2]])
+        assert (nt["channel"].to_numpy() == ch).all()
+        assert set(nt.loc[nt["channel"] == 2, "B0_TRUEID"]) == {5122}
+        assert set(nt.loc[nt["channel"] == 2, "K_TRUEID"]) == {2212}
+        assert set(nt.loc[nt["channel"] == 1, "K_TRUEID"]) == {211}
+        np.testing.assert_allclose(nt.loc[nt["channel"] == 2, "B0_TRUE_M"], _pdg_mass(5122), rtol=1e-6)
+
+        pipe = cocktail_pipeline([SIGNAL, "B0 -> pi- K+"], [1, 1], level="truth")
+        b = pipe.process(pipe.make_batch(0, production_seed=1, n_events=300, first_batch=10))
+        st.write_batch(b)
+        with pytest.raises(StoreError, match=r"2 different decay trees(.|\n)*CLI: --channel(.|\n)*"
+                                             r"\[channel 1: B0 -> pi- K\+\]: \d+ events in 1 batch\(es\)"):
+            st.candidates(batches=[10])
+        one = st.candidates(batches=[10], channels=[1])
+        assert (one["channel"] == 1).all() and {"pi_TRUEID", "K_TRUEID"} <= set(one.columns)
+        assert len(one) == int((event_channels(b.info, b.n_events) == 1).sum())

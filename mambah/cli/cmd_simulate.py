@@ -253,17 +253,28 @@ def cocktail_summary(store, production: str) -> list[dict]:
     its batches' provenance (``[]`` for a production that is not a cocktail)."""
     import json
 
+    from mambah.generation.decay import merge_acceptance
+
     bt = store.read("batches", columns=["config"], where={"production": production}, ordered=False)
     out: dict[int, dict] = {}
+    accs: dict[int, list] = {}
     for blob in bt["config"]:
         try:
             info = json.loads(blob) if blob else {}
         except json.JSONDecodeError:
             continue
         for rec in (info.get("cocktail") or {}).get("channels", []):
-            d = out.setdefault(int(rec["channel"]), {"channel": int(rec["channel"]), "descriptor": rec.get("descriptor", ""),
-                                                     "fraction": float(rec.get("fraction", float("nan"))), "n_events": 0})
+            c = int(rec["channel"])
+            d = out.setdefault(c, {"channel": c, "descriptor": rec.get("descriptor", ""),
+                                   "fraction": float(rec.get("fraction", float("nan"))), "n_events": 0,
+                                   "rejection": False})
             d["n_events"] += int(rec["n_events"])
+            acc = rec.get("generator_acceptance") or {}
+            if acc:
+                accs.setdefault(c, []).append(acc)
+                d["rejection"] = d["rejection"] or bool(acc.get("rejection", False))
+    for c, a in accs.items():
+        out[c]["acceptance"] = merge_acceptance(a)["efficiency"]
     return [out[k] for k in sorted(out)]
 
 
@@ -319,8 +330,10 @@ def run(args: argparse.Namespace) -> int:
         print("  cocktail (events of each channel in the store; the channel of each event is in the ntuple's "
               "'channel' branch and Store.event_channels()):")
         for c in channels:
+            gen = (f"; accept-reject efficiency {c['acceptance']:.1%}" if c.get("rejection") and "acceptance" in c
+                   else "")
             print(f"    channel {c['channel']}: {c['descriptor']}  rate fraction {c['fraction']:.4g}, "
-                  f"{c['n_events']} events ({c['n_events'] / total:.2%})")
+                  f"{c['n_events']} events ({c['n_events'] / total:.2%}){gen}")
     swaps = _swaps(pipeline)
     if swaps:
         print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
