@@ -319,3 +319,21 @@ def test_ntuple_merges_channels_of_one_shape_only(truth_batches):
         one = st.candidates(batches=[10], channels=[1])
         assert (one["channel"] == 1).all() and {"pi_TRUEID", "K_TRUEID"} <= set(one.columns)
         assert len(one) == int((event_channels(b.info, b.n_events) == 1).sum())
+
+
+@pytest.mark.slow
+def test_dask_cocktail_equals_in_process(tmp_path):
+    """Two Dask workers spooling cocktail batches into a DuckDB file write what one process writes."""
+    from mambah import Store, run_production
+    from mambah.simulation import cocktail_pipeline
+
+    pipe = cocktail_pipeline([SIGNAL, PIPI], [1, 1], level="truth")
+    with Store(f"duckdb:///{tmp_path}/a.duckdb") as a, Store(f"duckdb:///{tmp_path}/b.duckdb") as b:
+        run_production(pipe, n_events=3000, batch_size=1000, seed=2, store=a, production="x")
+        run_production(pipe, n_events=3000, batch_size=1000, seed=2, store=b, production="x", workers=2)
+        for t in ("events", "mc_particles", "mc_vertices"):
+            x, y = a.read(t), b.read(t)
+            assert x.shape == y.shape, t
+            for c in x.columns:
+                np.testing.assert_array_equal(x[c].to_numpy(), y[c].to_numpy(), err_msg=f"{t}.{c}")
+        assert a.event_channels().equals(b.event_channels())
