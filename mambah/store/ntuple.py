@@ -34,6 +34,13 @@ mass hypotheses (a production with swaps, ``reconstruct_as``; see
     without a linked composite, the sum of its tracks with their true-hypothesis energies). The
     PID branches are those of the true species. Productions with different swaps are different
     ntuples (they are not mixed, as different decay trees are not).
+background cocktails (:func:`mambah.simulation.cocktail_pipeline`)
+    each channel of a cocktail batch is a block of its events with its own decay tree (recorded
+    in the batch's ``config["cocktail"]``); channels whose trees have the same shape (mothers,
+    stable flags, charges, node by node) share one ntuple, with the prefixes of the lowest channel
+    among them and the swaps of each channel (``X_ID`` the hypothesis' where that channel swaps
+    ``X``; ``X_M_TRUEHYP`` for a node any of them swaps), plus a ``channel`` branch (int16, the
+    channel's index). Channels of other shapes are other ntuples: select them with ``channels``.
 event
     ``batch``, ``event``, ``nTracks``, ``weight``. ``weight`` is the generator weight: 1 for the
     default unweighted production; for a weighted one (``mambah simulate --weighted``) the
