@@ -157,6 +157,10 @@ def test_dec_rates_are_the_files_branching_fractions():
     assert got[0] == pytest.approx(bf("B0", ["K+", "pi-"]))
     assert got[1] == pytest.approx(bf("B_s0", ["K+", "K-"]))
     assert got[2] == pytest.approx(bf("B+", ["J/psi", "K+"]) * bf("J/psi", ["mu+", "mu-"]))
+    from mambah.simulation import cocktail_pipeline
+
+    pipe = cocktail_pipeline([SIGNAL, KK], "dec", level="truth")
+    assert pipe.fractions == pytest.approx(np.array(got[:2]) / sum(got[:2]))
     six = "B0 -> K+ K- K+ K- K+ K-"
     with pytest.raises(ConfigurationError, match=r"channel 1 \('B0 -> K\+ K- K\+ K- K\+ K-'\): .*no mode B0 -> K\+ K-"):
         dec_rates([SIGNAL, six])
