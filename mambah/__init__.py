@@ -17,6 +17,7 @@ _LAZY = {
     "Batch": "mambah.batch",
     "Pipeline": "mambah.pipeline",
     "standard_pipeline": "mambah.simulation",
+    "cocktail_pipeline": "mambah.simulation",
     "run_production": "mambah.production",
     "get_rng": "mambah.random",
     # the event store

@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from mambah.batch import Batch
+from mambah.batch import Batch, concat_batches
 from mambah.errors import ConfigurationError
 from mambah.random import batch_seed
 
-__all__ = ["Stage", "Pipeline", "production_batch", "batch_sizes"]
+__all__ = ["Stage", "Pipeline", "CocktailPipeline", "production_batch", "batch_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -167,4 +167,119 @@ class Pipeline:
             t0 = time.perf_counter()
             batch = stage(batch)
             timings[_stage_name(stage)] = timings.get(_stage_name(stage), 0.0) + time.perf_counter() - t0
+        return batch
+
+
+#: provenance keys of a channel's own batch that are not copied into the cocktail's channel record
+#: (the cocktail records its pipeline, models and timings itself)
+_NOT_PER_CHANNEL = ("pipeline", "models", "timings", "production", "production_index", "production_seed")
+
+
+class CocktailPipeline(Pipeline):
+    """Several decay channels in one production (a background cocktail), one pipeline per channel.
+
+    Each batch is split among the channels by one multinomial draw from the batch's seed (stream
+    ``"cocktail"``; :func:`mambah.generation.cocktail.split_events`); channel ``c``'s events are
+    generated and reconstructed by its own pipeline as a batch of their own, with the same id and
+    the seed :func:`mambah.generation.cocktail.channel_seed` (batch seed, ``c``); then the channels'
+    tables are concatenated in channel order (:func:`mambah.batch.concat_batches`): the events of
+    channel ``c`` are the contiguous block ``first_event .. first_event + n_events - 1`` of the
+    batch, and its rows of every table a contiguous block whose batch-local references stay inside
+    it. A channel that draws no events is not run.
+
+    The batch's provenance (``batch.info["cocktail"]``, the ``config`` of its ``batches`` row) holds,
+    per channel, its index, descriptor, rate, fraction and swaps, its events (``n_events``,
+    ``first_event``), the first row of each of its tables (``first_mc_particle``,
+    ``first_mc_vertex``, ``first_particle``, ``first_vertex``) and its own generator record
+    (``decay_tree``, ``generator``, ``generator_acceptance``, ``mass_hypotheses``,
+    ``reconstruction``...). :func:`mambah.batch.event_channels` gives the channel of every event from it; the
+    candidate ntuple has a ``channel`` branch. The out-of-range counts of the models are summed
+    over the channels into ``batch.info["reconstruction"]`` (as a one-channel batch has them).
+
+    Args:
+        channels: the channels' pipelines (e.g. :func:`mambah.simulation.standard_pipeline` each).
+        fractions: their fractions of the events (normalised; see
+            :func:`mambah.generation.cocktail.check_rates`).
+        labels: per channel, what the provenance records of it (descriptor, rate, swaps: a
+            :meth:`mambah.generation.cocktail.Channel.config`); default ``{}``.
+
+    Raises:
+        ConfigurationError: no channel, or as many fractions or labels as channels.
+    """
+
+    def __init__(self, channels, fractions, labels=None):
+        from mambah.generation.cocktail import check_rates
+
+        self.channels = list(channels)
+        if not self.channels:
+            raise ConfigurationError("a cocktail needs at least one channel")
+        self.fractions = check_rates(list(fractions), len(self.channels))
+        self.labels = [dict(x) for x in (labels if labels is not None else [{} for _ in self.channels])]
+        if len(self.labels) != len(self.channels):
+            raise ConfigurationError(f"{len(self.labels)} labels for {len(self.channels)} channels")
+        super().__init__([])
+
+    def config(self) -> dict[str, Any]:
+        """``{"cocktail": {"channels": {"0": {descriptor, rate, fraction, reconstruct_as, pipeline}, ...}}}``
+        (keyed by the channel's index, so that a difference on resume names the channel and field)."""
+        return {"cocktail": {"channels": {str(c): {**lab, "fraction": f, "pipeline": p.config()}
+                                          for c, (lab, f, p) in enumerate(zip(self.labels, self.fractions,
+                                                                              self.channels))}}}
+
+    def _merged(self, method: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for p in self.channels:
+            out.update(getattr(p, method)())
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        """As :meth:`Pipeline.provenance`; the channels' own are computed here too, so that a
+        production computes every model hash once, before the pipeline is pickled to Dask workers."""
+        for p in self.channels:
+            p.provenance()
+        return super().provenance()
+
+    def process(self, batch: Batch) -> Batch:
+        """Split the batch among the channels, run each channel's pipeline on its events, and
+        concatenate their tables (see the class docstring)."""
+        from mambah.generation.cocktail import channel_seed, split_events
+
+        t_start = time.perf_counter()
+        batch.info.update(self.provenance())
+        timings = batch.info.setdefault("timings", {})
+        counts = split_events(batch.n_events, self.fractions, batch.rng("cocktail"))
+        parts, records = [], []
+        for c, (pipe, n) in enumerate(zip(self.channels, counts)):
+            rec: dict[str, Any] = {"channel": c, **self.labels[c], "fraction": self.fractions[c], "n_events": int(n)}
+            records.append(rec)
+            if n == 0:
+                continue
+            sub = pipe.process(Batch(id=batch.id, seed=channel_seed(batch.seed, c), n_events=int(n)))
+            for k, v in sub.info.get("timings", {}).items():
+                timings[k] = timings.get(k, 0.0) + v
+            rec.update({k: v for k, v in sub.info.items() if k not in _NOT_PER_CHANNEL})
+            parts.append((rec, sub))
+        tables, offsets = concat_batches(batch.id, [sub for _, sub in parts])
+        batch.tables.update(tables)
+        empty = {"first_event": -1, "first_mc_particle": -1, "first_mc_vertex": -1, "first_particle": -1,
+                 "first_vertex": -1}
+        for rec in records:
+            rec.update(empty)
+        for (rec, _), off in zip(parts, offsets):
+            rec.update({"first_event": off["events"], "first_mc_particle": off["mc_particles"],
+                        "first_mc_vertex": off["mc_vertices"], "first_particle": off["particles"],
+                        "first_vertex": off["vertices"]})
+        batch.info["cocktail"] = {"channels": records, "n_events": [int(n) for n in counts]}
+        out_of_range: dict[str, dict[str, list[int]]] = {}
+        for rec, _ in parts:
+            reco = rec.get("reconstruction")
+            for stage, entry in (reco.items() if isinstance(reco, dict) else ()):
+                counts_ = entry.get("out_of_range") if isinstance(entry, dict) else None
+                for model, value in (counts_.items() if isinstance(counts_, dict) else ()):
+                    t = out_of_range.setdefault(stage, {}).setdefault(model, [0, 0])
+                    t[0] += int(value[0])
+                    t[1] += int(value[1])
+        if out_of_range:
+            batch.info["reconstruction"] = {s: {"out_of_range": m} for s, m in out_of_range.items()}
+        timings["cocktail"] = time.perf_counter() - t_start - sum(v for k, v in timings.items() if k != "cocktail")
         return batch

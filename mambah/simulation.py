@@ -18,6 +18,11 @@ in the descriptor (:func:`check_neutral_coverage`), unless the user leaves it in
 
 Mass-hypothesis swaps (``reconstruct_as``, :mod:`mambah.reconstruction.hypotheses`) are checked
 against the descriptor, and refused, before the models are loaded.
+
+A background cocktail (several channels with their relative rates in one production) is
+:func:`cocktail_pipeline`: one standard pipeline per channel in a
+:class:`~mambah.pipeline.CocktailPipeline`; every channel, its rate and its swaps are checked
+before any model is loaded, and an error names the channel.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 from mambah.physics import SPECIES, species_of_pdg
 from mambah.pipeline import Pipeline
 
-__all__ = ["standard_pipeline", "GENERATOR_LEVEL", "check_track_coverage", "check_neutral_coverage"]
+__all__ = ["standard_pipeline", "cocktail_pipeline", "GENERATOR_LEVEL", "check_track_coverage", "check_neutral_coverage"]
 
 #: ``level`` value for a generator-level production (truth only, no detector response)
 GENERATOR_LEVEL = "truth"
@@ -163,6 +168,91 @@ def standard_pipeline(
             stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species,
                               variations=bool(pid_variations)))
     return Pipeline(stages)
+
+
+def cocktail_pipeline(
+    descriptors,
+    rates="equal",
+    *,
+    reconstruct_as=None,
+    dec_file: str | os.PathLike | None = None,
+    models_dir: str | os.PathLike | None = None,
+    level: str = "reco",
+    **options,
+):
+    """A background cocktail: several decay channels in one production, with their relative rates.
+
+    Each batch is split among the channels by a multinomial draw from its seed, each channel's
+    events are simulated by its own :func:`standard_pipeline` (own gun, decay chain, swaps), and
+    the tables are concatenated; every event's channel is recorded (see
+    :class:`~mambah.pipeline.CocktailPipeline`, :meth:`mambah.store.Store.event_channels`, the
+    ntuple's ``channel`` branch).
+
+    Args:
+        descriptors: one decay descriptor per channel; channel ``i`` is ``descriptors[i]``.
+        rates: relative rates, one per channel (normalised; non-negative, finite, not all zero),
+            as a sequence or ``"0.5,0.5"``; ``"equal"`` (default) for equal rates; ``"dec"`` for
+            the branching fractions of ``dec_file`` (:func:`mambah.generation.cocktail.dec_rates`;
+            production fractions of different heads are not included).
+        reconstruct_as: mass-hypothesis swaps, each naming its channel: ``"1:K-=pi-"`` or the
+            marked form of that channel's descriptor ``"B0 -> ^pi+ pi- : K+"``; or a mapping
+            ``{channel index: swap(s)}`` (:func:`mambah.generation.cocktail.route_swaps`).
+        dec_file: the ``.dec`` file of ``rates="dec"`` (default: DecayLanguage's DECAY_LHCB.DEC).
+        models_dir, level, **options: as :func:`standard_pipeline` (applied to every channel).
+
+    Raises:
+        DescriptorError: a bad descriptor or swap; the message names the channel.
+        ConfigurationError: rates that do not match the channels (number, negative, NaN, all
+            zero), a swap without its channel, or a channel the models cannot simulate (named).
+
+    Example:
+        >>> pipe = cocktail_pipeline(["B0 -> K+ pi-", "B0 -> pi+ pi-", "B_s0 -> K+ K-"], [1, 0.5, 0.5],
+        ...                          reconstruct_as=["1:pi+=K+", "2:K-=pi-"])   # doctest: +SKIP
+    """
+    from mambah.errors import ConfigurationError, DescriptorError
+    from mambah.generation.cocktail import channels as make_channels
+    from mambah.generation.cocktail import dec_rates
+    from mambah.pipeline import CocktailPipeline
+
+    # not yet in a cocktail: the channels' tables are concatenated with their row indices shifted, and
+    # the PID variations' and reconstructed photons' rows and ntuple branches are not carried through
+    for opt, what in (("pid_variations", "PID variations (--pid-variations)"),
+                      ("neutrals", "reconstructed photons (--neutrals)"), ("vertexing", "the Vertexing stage")):
+        if options.get(opt):
+            raise ConfigurationError(f"{what} cannot be combined with a cocktail of channels yet; simulate each "
+                                     "channel as its own production")
+
+    if isinstance(descriptors, str):
+        descriptors = [descriptors]
+    descriptors = list(descriptors)
+    if isinstance(rates, str) and rates.strip().lower() == "equal":
+        rates = [1.0] * len(descriptors)
+    elif isinstance(rates, str) and rates.strip().lower() == "dec":
+        make_channels(descriptors, [1.0] * len(descriptors))  # the descriptors first, with the channel named
+        rates = dec_rates(descriptors, dec_file)
+    chans = make_channels(descriptors, rates, reconstruct_as=reconstruct_as)
+    if level != "reco" and any(c.reconstruct_as for c in chans):
+        raise ConfigurationError("reconstruct_as needs the reconstruction (level='reco'); a generator-level "
+                                 "production has no reconstructed tracks to swap")
+    if level == "reco":
+        from mambah.reconstruction.hypotheses import mass_hypotheses
+
+        for i, c in enumerate(chans):
+            try:
+                mass_hypotheses(c.descriptor, c.reconstruct_as)
+            except (DescriptorError, ConfigurationError) as exc:
+                raise type(exc)(f"channel {i} ({c.descriptor!r}): {exc}") from None
+    pipes = []
+    for i, c in enumerate(chans):
+        try:
+            # fixed_shapes: a channel's share of a batch varies from batch to batch; phasespace calls of
+            # sizes from a fixed set compile its graph once per size instead of once per batch (seconds)
+            pipes.append(standard_pipeline(c.descriptor, models_dir=models_dir, level=level,
+                                           reconstruct_as=list(c.reconstruct_as) or None, fixed_shapes=True, **options))
+        except (DescriptorError, ConfigurationError) as exc:
+            raise type(exc)(f"channel {i} ({c.descriptor!r}): {exc}") from None
+    return CocktailPipeline(pipes, [c.fraction for c in chans], labels=[
+        {"descriptor": c.descriptor, "rate": c.rate, "reconstruct_as": list(c.reconstruct_as)} for c in chans])
 
 
 def _written(text: str, pos: int) -> str:

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 API = {
-    "mambah": ['Batch', 'Composites', 'Efficiency', 'EtaAcceptance', 'MambahError', 'Occupancy', 'PID', 'ParticleGun', 'PhaseSpaceDecay', 'PidModel', 'Pipeline', 'Resolution', 'Store', '__version__', 'bdt_ks_score', 'fit_sweights', 'generator_stages', 'get_rng', 'load_chain', 'parse_descriptor', 'read_table', 'run_production', 'standard_pipeline', 'validate', 'write_table'],
+    "mambah": ['Batch', 'Composites', 'Efficiency', 'EtaAcceptance', 'MambahError', 'Occupancy', 'PID', 'ParticleGun', 'PhaseSpaceDecay', 'PidModel', 'Pipeline', 'Resolution', 'Store', '__version__', 'bdt_ks_score', 'cocktail_pipeline', 'fit_sweights', 'generator_stages', 'get_rng', 'load_chain', 'parse_descriptor', 'read_table', 'run_production', 'standard_pipeline', 'validate', 'write_table'],
     "mambah.physics": ['COLUMNS', 'COLUMN_MAP', 'CONDITION_NAMES', 'Column', 'DATA_TABLES', 'ETA_LIMIT', 'PID_COLUMNS', 'PT_FLOOR32', 'SPECIES', 'SPECIES_PDG', 'Species', 'TRACKABLE_PIDS', 'boost_to_lab', 'boost_to_rest', 'column', 'describe_column', 'eta', 'lhcb_name', 'lhcb_names', 'p_eta', 'p_eta32', 'p_mag', 'particle_mass', 'pdg_charge', 'pdg_mass', 'pt', 'rebuild_momentum', 'species', 'species_index', 'species_mass', 'species_of_pdg', 'store_name'],
     "mambah.nn": ['CramerGAN', 'EfficiencyModel', 'FlagModel', 'Model', 'OccupancyModel', 'OutOfRangeWarning', 'PidModel', 'QuantileGaussianizer', 'RangeCounts', 'ResolutionModel', 'load_model'],
     "mambah.pid": ['PID', 'PidChain', 'available_chains', 'load_chain'],

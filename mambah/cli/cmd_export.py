@@ -18,6 +18,9 @@ def register(sub) -> None:
                    help="name of the TTree in the ROOT file (default DecayTree)")
     p.add_argument("--production", default=None, help="only batches of this production")
     p.add_argument("--batch", type=int, nargs="+", metavar="N", default=None, help="only these batches")
+    p.add_argument("--channel", type=int, nargs="+", metavar="N", default=None,
+                   help="of a background cocktail, only these channels (by index); channels of one shape share the "
+                        "ntuple, whose 'channel' branch gives each candidate's channel")
     p.add_argument("--prefix", nargs="+", metavar="NODE=PREFIX", default=None,
                    help="override branch prefixes, by particle name or node number (e.g. Lambda_b0=Lb 2=proton)")
     p.set_defaults(func=_run)
@@ -35,6 +38,6 @@ def _run(args) -> int:
         prefixes[int(node) if node.isdigit() else node] = prefix
     with Store(args.db, create=False) as store:
         path = store.export_ntuple(args.out, tree=args.tree, batches=args.batch, production=args.production,
-                                   prefixes=prefixes or None)
+                                   prefixes=prefixes or None, channels=args.channel)
     print(f"wrote {path}")
     return 0

@@ -23,7 +23,16 @@ def register(sub) -> None:
         epilog='example: mambah simulate "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu Lb2LclnuLQCD" '
                "--events 100000 (unweighted events; add --weighted to keep weighted ones)",
     )
-    p.add_argument("descriptor", help='decay descriptor, e.g. "B+ -> (J/psi(1S) -> mu+ mu-) K+"; [...]CC for both charges')
+    p.add_argument("descriptor", nargs="+",
+                   help='decay descriptor, e.g. "B+ -> (J/psi(1S) -> mu+ mu-) K+"; [...]CC for both charges. Several '
+                        "descriptors make a background cocktail: one production whose events are split among these "
+                        "channels by --rates (channel 0 is the first descriptor)")
+    p.add_argument("--rates", default=None, metavar="R0,R1,...|dec",
+                   help="relative rates of the cocktail's channels, one per descriptor, comma-separated (normalised; "
+                        "non-negative, not all zero), or 'dec' for the branching fractions of --dec-file (production "
+                        "fractions of different heads not included); default: equal rates")
+    p.add_argument("--dec-file", default=None, metavar="FILE",
+                   help="the .dec file of --rates dec (default: DecayLanguage's DECAY_LHCB.DEC)")
     p.add_argument("--events", "-n", type=int, required=True, help="number of events")
     p.add_argument("--batch-size", type=int, default=50_000, help="events per batch (sets memory use; default 50000)")
     p.add_argument("--seed", type=int, default=1, help="production seed (default 1)")
@@ -38,7 +47,9 @@ def register(sub) -> None:
                         "\"B0 -> ^K+ pi- : pi+\" (the descriptor with the track marked by ^, ':', the hypothesis) or "
                         "\"K+=pi+\" (when the name occurs once among the final-state particles). The composites get "
                         "the swapped four-momenta and masses (M; the true-hypothesis mass is kept as M_TRUEHYP), "
-                        "the PID stays that of the true species; checked before anything runs")
+                        "the PID stays that of the true species; checked before anything runs. In a cocktail each swap "
+                        "names its channel: \"1:pi+=K+\" (channel index, ':', the swap) or the marked form of that "
+                        "channel's descriptor")
     p.add_argument("--invisible", action="append", default=None, metavar="NAME[,NAME...]",
                    help="neutral final-state particles to leave invisible on purpose (e.g. gamma or gamma,pi0; "
                         "repeatable). No stage reconstructs photons, undecayed pi0, K_L0 or neutrons yet, so a "
@@ -76,14 +87,18 @@ def register(sub) -> None:
     p.set_defaults(func=run, pid=True)
 
 
-def default_production_name(descriptor: str, seed: int, reconstruct_as=None, invisible=None,
-                            neutrals: str | None = None) -> str:
+def default_production_name(descriptor, seed: int, reconstruct_as=None, invisible=None,
+                            neutrals: str | None = None, rates=None) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
     of the mass-hypothesis swaps, the particles left invisible and the neutrals' reconstruction
-    (so that another choice is another production; without them the name is what it always was)."""
+    (so that another choice is another production; without them the name is what it always was);
+    for a cocktail (a list of descriptors), of every descriptor and the rates."""
     import hashlib
 
-    text = " ".join(descriptor.split())
+    if isinstance(descriptor, str):
+        text = " ".join(descriptor.split())
+    else:
+        text = "cocktail " + " | ".join(" ".join(d.split()) for d in descriptor) + f" | rates {rates}"
     if reconstruct_as:
         text += " | reconstruct-as " + " ; ".join(" ".join(s.split()) for s in reconstruct_as)
     if invisible:
@@ -249,7 +264,10 @@ def format_generator_summary(gen: dict, weighted: bool) -> list[str]:
 
 
 def _swaps(pipeline) -> list[str]:
-    """``"K+ (node 1) as pi+"`` for each mass-hypothesis swap of the pipeline's composites stage."""
+    """``"K+ (node 1) as pi+"`` for each mass-hypothesis swap of the pipeline's composites stage
+    (of a cocktail: ``"channel 1: ..."``)."""
+    if hasattr(pipeline, "channels"):
+        return [f"channel {c}: {s}" for c, p in enumerate(pipeline.channels) for s in _swaps(p)]
     return [str(h) for stage in pipeline.stages for h in (getattr(stage, "reconstruct_as", None) or ())]
 
 
@@ -268,22 +286,67 @@ def _variation_plan(pipeline) -> dict | None:
     return None
 
 
+def cocktail_summary(store, production: str) -> list[dict]:
+    """Per channel of a cocktail production: ``{channel, descriptor, fraction, n_events}`` summed over
+    its batches' provenance (``[]`` for a production that is not a cocktail)."""
+    import json
+
+    from mambah.generation.decay import merge_acceptance
+
+    bt = store.read("batches", columns=["config"], where={"production": production}, ordered=False)
+    out: dict[int, dict] = {}
+    accs: dict[int, list] = {}
+    for blob in bt["config"]:
+        try:
+            info = json.loads(blob) if blob else {}
+        except json.JSONDecodeError:
+            continue
+        for rec in (info.get("cocktail") or {}).get("channels", []):
+            c = int(rec["channel"])
+            d = out.setdefault(c, {"channel": c, "descriptor": rec.get("descriptor", ""),
+                                   "fraction": float(rec.get("fraction", float("nan"))), "n_events": 0,
+                                   "rejection": False})
+            d["n_events"] += int(rec["n_events"])
+            acc = rec.get("generator_acceptance") or {}
+            if acc:
+                accs.setdefault(c, []).append(acc)
+                d["rejection"] = d["rejection"] or bool(acc.get("rejection", False))
+    for c, a in accs.items():
+        out[c]["acceptance"] = merge_acceptance(a)["efficiency"]
+    return [out[k] for k in sorted(out)]
+
+
 def run(args: argparse.Namespace) -> int:
     from mambah.cli import progress_enabled
     from mambah.production import run_production
     from mambah.simulation import standard_pipeline
     from mambah.store import Store
 
+    descriptors = list(args.descriptor)
     if args.unknown_models == "phsp":  # the rewritten descriptor (unknown models dropped, each one warned of)
         from mambah.generation import parse_descriptor
 
-        args.descriptor = parse_descriptor(args.descriptor, unknown_models="phsp").text
-    pipeline = standard_pipeline(args.descriptor, models_dir=args.models, level=args.level, acceptance=args.acceptance,
-                                 pid=args.pid, unweight=not args.weighted, reconstruct_as=args.reconstruct_as,
-                                 invisible=args.invisible or (), neutrals=args.neutrals,
-                                 pid_variations=args.pid_variations)
-    name = args.production or default_production_name(args.descriptor, args.seed, args.reconstruct_as,
-                                                      args.invisible, args.neutrals)
+        descriptors = [parse_descriptor(d, unknown_models="phsp").text for d in descriptors]
+    cocktail = len(descriptors) > 1 or args.rates is not None
+    if args.dec_file is not None and (args.rates or "").strip().lower() != "dec":
+        from mambah.errors import ConfigurationError
+
+        raise ConfigurationError("--dec-file gives the rates of --rates dec; add --rates dec, or leave --dec-file out")
+    options = dict(models_dir=args.models, level=args.level, acceptance=args.acceptance, pid=args.pid,
+                   unweight=not args.weighted, reconstruct_as=args.reconstruct_as, invisible=args.invisible or (),
+                   neutrals=args.neutrals, pid_variations=args.pid_variations)
+    if cocktail:
+        from mambah.simulation import cocktail_pipeline
+
+        pipeline = cocktail_pipeline(descriptors, "equal" if args.rates is None else args.rates, dec_file=args.dec_file,
+                                     **options)
+        name = args.production or default_production_name(descriptors, args.seed, args.reconstruct_as,
+                                                           args.invisible, args.neutrals,
+                                                           rates=[round(f, 12) for f in pipeline.fractions])
+    else:
+        pipeline = standard_pipeline(descriptors[0], **options)
+        name = args.production or default_production_name(descriptors[0], args.seed, args.reconstruct_as,
+                                                          args.invisible, args.neutrals)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(
@@ -294,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
         url = store.url
         rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
         gen = generator_summary(store, name)
+        channels = cocktail_summary(store, name) if cocktail else []
     print(f"production {res.production!r} in {url}")
     print(f"  batches: {res.written} written, {res.skipped} already present, {res.n_batches} in all")
     if res.written:
@@ -302,6 +366,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  time per stage: {share}")
     for line in format_generator_summary(gen, weighted=args.weighted):
         print(f"  {line}")
+    if channels:
+        total = sum(c["n_events"] for c in channels) or 1
+        print("  cocktail (events of each channel in the store; the channel of each event is in the ntuple's "
+              "'channel' branch and Store.event_channels()):")
+        for c in channels:
+            gen = (f"; accept-reject efficiency {c['acceptance']:.1%}" if c.get("rejection") and "acceptance" in c
+                   else "")
+            print(f"    channel {c['channel']}: {c['descriptor']}  rate fraction {c['fraction']:.4g}, "
+                  f"{c['n_events']} events ({c['n_events'] / total:.2%}){gen}")
     swaps = _swaps(pipeline)
     invisible = [n for stage in pipeline.stages for n in _invisible(stage)]
     if invisible:

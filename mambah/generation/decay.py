@@ -201,16 +201,30 @@ class _Chain:
         lab = boost_to_lab(rest, head[:, None, :], self.nodes[0].particle.mass, xp=tf)
         return weights, tf.concat([head[:, None, :], lab], axis=1)
 
-    def generate(self, head_p4: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def generate(self, head_p4: np.ndarray, seed: int, fixed_shapes: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Lab-frame four-momenta (4, nodes, n) of every node (the head first) for heads ``head_p4``
-        (4, n), and the phase-space weights (n,) divided by :attr:`w_ref`."""
+        (4, n), and the phase-space weights (n,) divided by :attr:`w_ref`. ``fixed_shapes``: call
+        phasespace with sizes from :func:`_calls` (the last call padded with copies of the last head)."""
+        head_p4 = np.ascontiguousarray(head_p4, dtype=np.float64)
         with _LOCK:  # one tf.random.Generator per chain: reset it (reusing it avoids retracing)
             if self.has_breit_wigner:
                 _ensure_global_generator()
             self.tf_rng.reset_from_seed(int(seed))
-            weights, lab = self.fn(np.ascontiguousarray(head_p4, dtype=np.float64))
-            lab = lab.numpy()
-            w = np.ones(lab.shape[-1]) if self.unit_weight else weights.numpy() / self.w_ref
+            if not fixed_shapes:
+                weights, lab = self.fn(head_p4)
+                lab, weights = lab.numpy(), weights.numpy()
+            else:
+                n = head_p4.shape[1]
+                labs, ws, start = [], [], 0
+                for size in _calls(n):
+                    take = min(size, n - start)
+                    idx = np.minimum(start + np.arange(size), n - 1)
+                    wt, lb = self.fn(np.ascontiguousarray(head_p4[:, idx]))
+                    labs.append(lb.numpy()[..., :take])
+                    ws.append(wt.numpy()[:take])
+                    start += take
+                lab, weights = np.concatenate(labs, axis=-1), np.concatenate(ws)
+            w = np.ones(lab.shape[-1]) if self.unit_weight else weights / self.w_ref
         return lab, w
 
 
@@ -467,6 +481,12 @@ class PhaseSpaceDecay:
             generated event with its weight in ``events.weight``, which every histogram must use.
         max_tries: give up (ConfigurationError) after generating this many times N events.
         name: stage name (seeds its random stream).
+        fixed_shapes: False (default): each ``phasespace`` call has the batch's size. True: the
+            calls take their sizes from a fixed set (powers of two from 1024 to 2^18, the last one
+            padded), as the staged generator's do, so that the chain's graph is compiled once per
+            size; for batches whose sizes vary, e.g. the channels of a cocktail (each batch a
+            multinomial share of the events), where a compilation per batch would cost seconds.
+            Other random draws than ``False``: the same distributions.
 
     Example:
         >>> from mambah.generation import ParticleGun, PhaseSpaceDecay
@@ -481,6 +501,7 @@ class PhaseSpaceDecay:
     unweight: bool = True
     max_tries: int = 1000
     name: str = "decay"
+    fixed_shapes: bool = False
 
     def __post_init__(self):
         desc = parse_descriptor(self.descriptor)
@@ -561,7 +582,7 @@ class PhaseSpaceDecay:
         if stats.get("groups") is not None:
             return self._staged(stats["group_list"], len(chain.nodes), tree, gun, rng, stats)
         n = gun["p4"].shape[1]
-        p4, w = chain.generate(gun["p4"], int(rng.integers(0, 2**63 - 1)))
+        p4, w = chain.generate(gun["p4"], int(rng.integers(0, 2**63 - 1)), fixed_shapes=self.fixed_shapes)
         keep = np.ones(n, dtype=bool)
         if model is not None and self.unweight:
             # two-stage accept-reject: u1 < w_phase_space, then u2 < w_model on the survivors only (the
@@ -756,6 +777,7 @@ class PhaseSpaceDecay:
             if self.acceptance is not None else None,
             "unweight": self.unweight,
             "breit_wigner": [n.particle.name for n in self.parsed.nodes()[1:] if n.has_breit_wigner],
+            **({"fixed_shapes": True} if self.fixed_shapes else {}),  # absent by default: older records match
         }
 
 
@@ -787,11 +809,12 @@ def merge_acceptance(infos) -> dict[str, Any]:
 
 
 def generator_stages(descriptor: str, *, charge_conjugate: bool | str = False, acceptance=None,
-                     unweight: bool = True, **gun_options) -> list:
+                     unweight: bool = True, fixed_shapes: bool = False, **gun_options) -> list:
     """``[ParticleGun(head, **gun_options), PhaseSpaceDecay(descriptor, ...)]`` for a Pipeline.
 
     ``unweight=True`` (default) gives unit-weight events by accept-reject; ``unweight=False`` keeps
-    weighted events (``events.weight`` must then be used), see :class:`PhaseSpaceDecay`.
+    weighted events (``events.weight`` must then be used), see :class:`PhaseSpaceDecay` (also for
+    ``fixed_shapes``).
 
     Example:
         >>> stages = generator_stages("Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu")
@@ -800,6 +823,7 @@ def generator_stages(descriptor: str, *, charge_conjugate: bool | str = False, a
     """
     from mambah.generation.gun import ParticleGun
 
-    decay = PhaseSpaceDecay(descriptor, charge_conjugate=charge_conjugate, acceptance=acceptance, unweight=unweight)
+    decay = PhaseSpaceDecay(descriptor, charge_conjugate=charge_conjugate, acceptance=acceptance, unweight=unweight,
+                            fixed_shapes=fixed_shapes)
     gun = ParticleGun(decay.parsed.head.particle.name, **gun_options)
     return [gun, decay]

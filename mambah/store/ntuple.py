@@ -28,7 +28,7 @@ composites (decaying nodes)
     ``X_NINVISIBLE``: the node's stable neutral descendants that no stage reconstructs
     (neutrinos; particles left invisible with ``mambah simulate --invisible``): ``X_M`` is a
     partial mass when it is > 0 (from the vertex row's ``n_invisible``, or, without a linked
-    composite, counted in the decay tree).
+    composite, counted in the decay tree; -1: unknown, a store written before schema version 4).
 mass hypotheses (a production with swaps, ``reconstruct_as``; see
 :mod:`mambah.reconstruction.hypotheses`)
     ``X_M`` is the mass as reconstructed, under the chosen hypotheses; the nodes it differs for
@@ -39,6 +39,13 @@ mass hypotheses (a production with swaps, ``reconstruct_as``; see
     without a linked composite, the sum of its tracks with their true-hypothesis energies). The
     PID branches are those of the true species. Productions with different swaps are different
     ntuples (they are not mixed, as different decay trees are not).
+background cocktails (:func:`mambah.simulation.cocktail_pipeline`)
+    each channel of a cocktail batch is a block of its events with its own decay tree (recorded
+    in the batch's ``config["cocktail"]``); channels whose trees have the same shape (mothers,
+    stable flags, charges, node by node) share one ntuple, with the prefixes of the lowest channel
+    among them and the swaps of each channel (``X_ID`` the hypothesis' where that channel swaps
+    ``X``; ``X_M_TRUEHYP`` for a node any of them swaps), plus a ``channel`` branch (int16, the
+    channel's index). Channels of other shapes are other ntuples: select them with ``channels``.
 PID variations (a production made with ``mambah simulate --pid-variations``, K ensemble members)
     every PID branch of a track once more per member k = 1..K: ``X_<PID>_var<k>`` (``K_PIDK_var1``,
     ``p_RichDLLp_var3`` ...; the naming of ``mambah generate --variations``), from the
@@ -162,8 +169,29 @@ def default_prefixes(tree: Sequence[Mapping[str, Any]],
 
 
 # ---------------------------------------------------------------------------------------------
-def _groups(store, batches: Iterable[int] | None, production: str | None) -> tuple[list, dict]:
-    """Batches grouped by decay tree: ([(tree, batch ids, {batch: n_events})], details by tree)."""
+def _segment(batch: int, n: int, channel: int = -1, first_event: int = 0, first_mc: int = 0,
+             hyps: list | None = None, n_var: int = 0) -> dict[str, Any]:
+    """A block of events of one decay tree: a whole batch, or one channel of a cocktail batch
+    (its events ``first_event ..`` and its ``mc_particles`` rows ``first_mc ..``, particle-major)."""
+    return {"batch": int(batch), "n": int(n), "channel": int(channel), "first_event": int(first_event),
+            "first_mc": int(first_mc), "hyps": hyps or [], "n_var": int(n_var)}
+
+
+def _shape_key(tree: Sequence[Mapping[str, Any]]) -> str:
+    """The shape of a decay tree for merging cocktail channels: mothers, stable flags and charges."""
+    return json.dumps([(int(nd["mother"]), bool(nd["stable"]), int(nd.get("charge", 0))) for nd in tree])
+
+
+def _groups(store, batches: Iterable[int] | None, production: str | None,
+            channels: Iterable[int] | None = None) -> tuple[list, dict]:
+    """Segments grouped by decay tree: ([(tree, segments, hyps)], details by group).
+
+    A batch of one decay tree is one segment; its group key is the tree and its mass hypotheses.
+    A cocktail batch (``cocktail`` in its config) gives one segment per channel with events; the
+    channels are grouped by the *shape* of their trees (mothers, stable flags, charges), so
+    channels reconstructed the same way (B0 -> K+ pi-, B0 -> pi+ pi- and B_s0 -> K+ K-, each with its
+    swaps) share one ntuple whose prefixes are those of the lowest channel of the group.
+    ``channels``: keep only these channel indices (cocktail batches only)."""
     where = {"production": production} if production is not None else None
     bt = store.read("batches", columns=["batch", "production", "n_events", "config"], batches=batches, where=where)
     if bt.empty:
@@ -173,14 +201,46 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
         if batches is not None:
             what.append("the selected batches")
         raise StoreError(f"no batches to export in {store.url}" + (f" for {' and '.join(what)}" if what else ""))
-    groups: dict[str, tuple[list, list[int], dict, set, list]] = {}
+    want = None if channels is None else {int(c) for c in channels}
+    groups: dict[str, dict[str, Any]] = {}
     no_tree = []
+
+    def add(key, tree, seg, prod, label):
+        g = groups.setdefault(key, {"tree": tree, "segments": [], "productions": set(), "hyps": seg["hyps"],
+                                    "labels": {}, "first_channel": seg["channel"], "n_var": seg["n_var"]})
+        if seg["channel"] >= 0 and seg["channel"] < g["first_channel"]:
+            g["tree"], g["first_channel"] = tree, seg["channel"]
+        g["segments"].append(seg)
+        g["productions"].add(str(prod))
+        g["labels"].setdefault(label, 0)
+        g["labels"][label] += seg["n"]
+
     for b, prod, n, cfg in bt.itertuples(index=False):
         try:
             info = json.loads(cfg) if cfg else {}
-            tree = info.get("decay_tree")
         except (json.JSONDecodeError, AttributeError):
-            info, tree = {}, None
+            info = {}
+        cocktail = info.get("cocktail") if isinstance(info, Mapping) else None
+        if cocktail:
+            for rec in cocktail.get("channels", []):
+                c = int(rec["channel"])
+                if int(rec["n_events"]) == 0 or (want is not None and c not in want):
+                    continue
+                tree = rec.get("decay_tree")
+                if not tree:
+                    no_tree.append(int(b))
+                    continue
+                hyps = _hypotheses(rec)
+                seg = _segment(b, rec["n_events"], c, rec["first_event"], rec["first_mc_particle"], hyps)
+                label = f"channel {c}: {rec.get('descriptor', ' '.join(nd['name'] for nd in tree))}"
+                if hyps:
+                    label += "; reconstructed as: " + ", ".join(f"{tree[h['node']]['name']} -> {h['hypothesis']}"
+                                                               for h in hyps)
+                add("cocktail " + _shape_key(tree), tree, seg, prod, label)
+            continue
+        if want is not None:
+            continue
+        tree = info.get("decay_tree") if isinstance(info, Mapping) else None
         if not tree:
             no_tree.append(int(b))
             continue
@@ -196,16 +256,20 @@ def _groups(store, batches: Iterable[int] | None, production: str | None) -> tup
             key += json.dumps(sorted(seen))
         if n_var:  # other branches
             key += f"|pid_variations={n_var}"
-        g = groups.setdefault(key, (tree, [], {}, set(), hyps, n_var))
-        g[1].append(int(b))
-        g[2][int(b)] = int(n)
-        g[3].add(str(prod))
+        label = " ".join(nd["name"] for nd in tree)
+        if hyps:
+            label += "; reconstructed as: " + ", ".join(f"{tree[h['node']]['name']} -> {h['hypothesis']}" for h in hyps)
+        if n_var:
+            label += f"; PID variations: K = {n_var}"
+        add(key, tree, _segment(b, n, hyps=hyps, n_var=n_var), prod, label)
     if no_tree:
         raise StoreError(
             f"batch(es) {no_tree[:10]}{'...' if len(no_tree) > 10 else ''} of {store.url} have no decay tree in "
             "their config (batch.info['decay_tree']): they cannot give candidates; select other batches"
         )
-    return [(t, ids, n, h, v) for t, ids, n, _, h, v in groups.values()], groups
+    if not groups:
+        raise StoreError(f"no events of channel(s) {sorted(want or ())} in the selected batches of {store.url}")
+    return [(g["tree"], g["segments"], g["hyps"]) for g in groups.values()], groups
 
 
 def _n_variations(info: Mapping[str, Any]) -> int:
@@ -251,44 +315,78 @@ def _kinematics(out: dict, prefix: str, px, py, pz, e, mass: np.ndarray | None =
     out[f"{prefix}_M"] = mass
 
 
-def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], prefixes: list[str],
-                  hyps: Sequence[Mapping[str, Any]] = (), n_var: int = 0) -> pd.DataFrame:
-    ids_arr = np.array(sorted(ids), dtype=np.int64)
-    N = np.array([n_events[int(b)] for b in ids_arr], dtype=np.int64)
+def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cocktail: bool = False,
+                  n_var: int = 0) -> pd.DataFrame:
+    """The candidates of ``segs`` (whole batches, or channels of cocktail batches, of one tree shape).
+
+    Each segment's events are a contiguous block of its batch (``first_event``, ``n``) and its
+    ``mc_particles`` rows a particle-major block (``index = first_mc + node * n + local event``);
+    every table row is mapped to its segment by a sorted search on (batch, index), vectorised."""
+    segs = sorted(segs, key=lambda g: (g["batch"], g["first_event"]))
+    ids_arr = np.array(sorted({g["batch"] for g in segs}), dtype=np.int64)
+    sb = np.searchsorted(ids_arr, np.array([g["batch"] for g in segs], dtype=np.int64)).astype(np.int64)  # batch pos
+    N = np.array([g["n"] for g in segs], dtype=np.int64)
+    E0 = np.array([g["first_event"] for g in segs], dtype=np.int64)
+    M0 = np.array([g["first_mc"] for g in segs], dtype=np.int64)
     off = np.concatenate([[0], np.cumsum(N)[:-1]]).astype(np.int64)
     total = int(N.sum())
     K = len(tree)
     out: dict[str, np.ndarray] = {}
-    out["batch"] = np.repeat(ids_arr, N)
-    out["event"] = (np.arange(total, dtype=np.int64) - np.repeat(off, N)).astype(np.int32)
+    out["batch"] = np.repeat(ids_arr[sb], N)
+    local_all = np.arange(total, dtype=np.int64) - np.repeat(off, N)
+    out["event"] = (np.repeat(E0, N) + local_all).astype(np.int32)
+    if cocktail:
+        out["channel"] = np.repeat(np.array([g["channel"] for g in segs], dtype=np.int16), N)
+    ev_keys = sb << 32 | E0
+    mc_keys = sb << 32 | M0
+
+    def segment_of(bpos: np.ndarray, value: np.ndarray, keys: np.ndarray, width: np.ndarray):
+        """(segment, local offset, found) of rows (batch position, index) against segment starts."""
+        q = bpos.astype(np.int64) << 32 | np.maximum(value, 0).astype(np.int64)
+        sg = np.searchsorted(keys, q, side="right") - 1
+        sgc = np.maximum(sg, 0)
+        local = value.astype(np.int64) - (keys[sgc] & 0xFFFFFFFF)
+        found = (sg >= 0) & (sb[sgc] == bpos) & (value >= 0) & (local < width[sgc])
+        return sgc, local, found
 
     ev = store.read("events", columns=["batch", "event", "n_tracks", "weight"], batches=ids_arr.tolist())
     bpos = np.searchsorted(ids_arr, ev["batch"].to_numpy())
-    evn = ev["event"].to_numpy().astype(np.int64)
-    ok = (evn >= 0) & (evn < N[bpos])
-    row = off[bpos[ok]] + evn[ok]
+    sg, local, ok = segment_of(bpos, ev["event"].to_numpy().astype(np.int64), ev_keys, N)
+    row = off[sg[ok]] + local[ok]
     ntr = np.full(total, -1, dtype=np.int32)
     ntr[row] = ev["n_tracks"].to_numpy()[ok]
     w = np.full(total, np.nan)
     w[row] = ev["weight"].to_numpy()[ok]
     out["nTracks"], out["weight"] = ntr, w
 
-    # MC truth: every mc_particles row sits in cell (node, event) of a K x total grid
+    # MC truth: every mc_particles row of a segment sits in cell (node, event) of a K x total grid
     mc = store.read("mc_particles", columns=["batch", "index", "event", "pid", "px", "py", "pz", "e",
                                              "prod_vertex", "decay_vertex", "reconstructed"],
                     batches=ids_arr.tolist())
-    bpos = np.searchsorted(ids_arr, mc["batch"].to_numpy())
-    Nb = N[bpos]
-    idx = mc["index"].to_numpy().astype(np.int64)
-    node, evn = idx // Nb, idx % Nb
-    bad = (node >= K) | (evn != mc["event"].to_numpy())
+    bpos_all = np.searchsorted(ids_arr, mc["batch"].to_numpy())
+    sg, local, ok = segment_of(bpos_all, mc["index"].to_numpy().astype(np.int64), mc_keys, K * N)
+    # rows of a cocktail's other channels (another shape, or not selected) are not ours; a batch of
+    # one tree has no other rows
+    plain = np.isin(bpos_all, sb[np.array([g["channel"] < 0 for g in segs])])
+    stray = ~ok & plain
+    if stray.any():
+        b0 = int(mc["batch"].to_numpy()[stray][0])
+        raise StoreError(
+            f"mc_particles of batch {b0} do not follow the particle-major layout index = node * n_events + event "
+            f"of its {K}-node decay tree ({int(stray.sum())} rows); cannot build candidates"
+        )
+    mc = mc.loc[ok].reset_index(drop=True)
+    bpos, sg, local = bpos_all[ok], sg[ok], local[ok]
+    Nb = N[sg]
+    node, evn = local // Nb, local % Nb
+    bad = (node >= K) | (evn + E0[sg] != mc["event"].to_numpy())
     if bad.any():
         b0 = int(mc["batch"].to_numpy()[bad][0])
         raise StoreError(
             f"mc_particles of batch {b0} do not follow the particle-major layout index = node * n_events + event "
             f"of its {K}-node decay tree ({int(bad.sum())} rows); cannot build candidates"
         )
-    flat = node * total + off[bpos] + evn
+    flat = node * total + off[sg] + evn
 
     def grid(values, fill, dtype):
         g = np.full(K * total, fill, dtype=dtype)
@@ -321,10 +419,11 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
     par = store.read("particles", batches=ids_arr.tolist())
     link = par["mc_particle"].to_numpy().astype(np.int64)
     pb = np.searchsorted(ids_arr, par["batch"].to_numpy())
-    keep = link >= 0
-    pnode = np.where(keep, link // N[pb], -1)
+    psg, plocal, keep = segment_of(pb, link, mc_keys, K * N)
+    pN = N[psg]
+    pnode = np.where(keep, plocal // pN, -1)
     keep &= pnode < K
-    pflat = pnode * total + off[pb] + np.where(keep, link % N[pb], 0)
+    pflat = pnode * total + off[psg] + np.where(keep, plocal % pN, 0)
     pflat, first = np.unique(pflat[keep], return_index=True)  # first reco particle per MC particle
     prow = np.flatnonzero(keep)[first]
     have = np.zeros(K * total, dtype=bool)
@@ -374,13 +473,21 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
                 stack.extend(children[c])
         return sorted(outl)
 
-    batch_pos_rows = np.repeat(np.arange(len(ids_arr), dtype=np.int64), N)
+    batch_pos_rows = np.repeat(sb, N)
     vvals = {c: vert[c].to_numpy()[vorder].astype(np.float64) for c in vcols[2:] if c != "n_invisible"}
     v_ninv = vert["n_invisible"].to_numpy()[vorder].astype(np.int16)
     is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
     pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
     varg = _variation_grids(store, ids_arr, par, prow, pflat, K, total, n_var) if n_var and any(is_track) else {}
-    swapped = {int(h["node"]): h for h in hyps}
+    # swapped[node]: per candidate, the hypothesis' PDG id (as written for the decay) or 0 where the
+    # node is not swapped; sign[node]: the sign of the node's PDG id as written
+    swapped: dict[int, np.ndarray] = {}
+    sign: dict[int, int] = {}
+    for j, g in enumerate(segs):
+        for h in g["hyps"]:
+            k = int(h["node"])
+            swapped.setdefault(k, np.zeros(total, dtype=np.int64))[off[j]:off[j] + N[j]] = int(h["hypothesis_pid"])
+            sign[k] = int(np.sign(int(h["pid"])))
     if swapped:
         # true-hypothesis masses and energies of the tracks (mass of the true PDG id of the MC truth)
         m_true = np.full((K, total), np.nan)
@@ -410,8 +517,8 @@ def _chunk_ntuple(store, tree: list, ids: list[int], n_events: dict[int, int], p
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
             out[f"{X}_ID"] = rid[k]
             if k in swapped:  # LHCb's SubstitutePID: the ID is the hypothesis', the sign the row's
-                h = swapped[k]
-                out[f"{X}_ID"] = (np.sign(rid[k]) * np.sign(int(h["pid"])) * int(h["hypothesis_pid"])).astype(np.int32)
+                hp = swapped[k]
+                out[f"{X}_ID"] = np.where(hp != 0, np.sign(rid[k]) * sign[k] * hp, rid[k]).astype(np.int32)
                 out[f"{X}_M_TRUEHYP"] = m_true[k]
             for col, suffix in PID_BRANCHES.items():
                 out[f"{X}_{suffix}"] = pidg[col][k]
@@ -478,54 +585,64 @@ def _variation_grids(store, ids_arr: np.ndarray, par: pd.DataFrame, prow: np.nda
 
 
 def iter_candidates(store, *, batches: Iterable[int] | None = None, production: str | None = None,
-                    prefixes: Mapping[str | int, str] | None = None, chunk_events: int = 500_000):
+                    prefixes: Mapping[str | int, str] | None = None, chunk_events: int = 500_000,
+                    channels: Iterable[int] | None = None):
     """Yield the candidate ntuple in chunks of whole batches (about ``chunk_events`` events each).
+
+    ``channels``: of cocktail batches, only these channels (by index); the candidates of a cocktail
+    carry their channel in the ``channel`` branch.
 
     Raises:
         StoreError: no batch selected, batches without a decay tree, or batches of different
-            decay trees mixed (select one with ``production`` or ``batches``).
+            decay trees mixed (select one with ``production``, ``batches`` or ``channels``).
     """
-    groups, info = _groups(store, batches, production)
+    groups, info = _groups(store, batches, production, channels)
     if len(groups) > 1:
         lines = []
-        for key, (tree, ids, _, prods, hyps, n_var) in info.items():
-            desc = " ".join(nd["name"] for nd in tree)
-            if hyps:
-                desc += "; reconstructed as: " + ", ".join(f"{tree[h['node']]['name']} -> {h['hypothesis']}"
-                                                           for h in hyps)
-            if n_var:
-                desc += f"; PID variations: K = {n_var}"
-            lines.append(f"  [{desc}]: {len(ids)} batch(es), production(s) {', '.join(sorted(prods))}")
+        for g in info.values():
+            n_batches = len({s["batch"] for s in g["segments"]})
+            for label, n in g["labels"].items():
+                events = f"{n} events in " if g["first_channel"] >= 0 else ""
+                lines.append(f"  [{label}]: {events}{n_batches} batch(es), production(s) "
+                             f"{', '.join(sorted(g['productions']))}")
         raise StoreError(
             f"the selected batches of {store.url} hold {len(groups)} different decay trees (or mass hypotheses, or "
             "numbers of PID variations); "
             "export one at a "
-            "time with production=... (CLI: --production) or batches=... (CLI: --batch):\n" + "\n".join(lines)
+            "time with production=... (CLI: --production), batches=... (CLI: --batch) or, for a cocktail whose "
+            "channels differ in shape, channels=... (CLI: --channel):\n" + "\n".join(lines)
         )
-    tree, ids, n_events, hyps, n_var = groups[0]
+    tree, segs, _ = groups[0]
+    cocktail = any(g["channel"] >= 0 for g in segs)
+    n_var = segs[0]["n_var"]
     pref = default_prefixes(tree, prefixes)
-    chunk: list[int] = []
+    by_batch: dict[int, list[dict]] = {}
+    for g in segs:
+        by_batch.setdefault(g["batch"], []).append(g)
+    chunk: list[dict] = []
     size = 0
-    for b in sorted(ids):
-        chunk.append(b)
-        size += n_events[b]
+    for b in sorted(by_batch):
+        chunk += by_batch[b]
+        size += sum(g["n"] for g in by_batch[b])
         if size >= chunk_events:
-            yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps, n_var)
+            yield _chunk_ntuple(store, tree, chunk, pref, cocktail, n_var)
             chunk, size = [], 0
     if chunk:
-        yield _chunk_ntuple(store, tree, chunk, n_events, pref, hyps, n_var)
+        yield _chunk_ntuple(store, tree, chunk, pref, cocktail, n_var)
 
 
 def candidate_ntuple(store, *, batches: Iterable[int] | None = None, production: str | None = None,
-                     prefixes: Mapping[str | int, str] | None = None) -> pd.DataFrame:
+                     prefixes: Mapping[str | int, str] | None = None,
+                     channels: Iterable[int] | None = None) -> pd.DataFrame:
     """The whole candidate ntuple as one DataFrame (see the module docstring for the branches)."""
-    parts = list(iter_candidates(store, batches=batches, production=production, prefixes=prefixes))
+    parts = list(iter_candidates(store, batches=batches, production=production, prefixes=prefixes,
+                                 channels=channels))
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, batches: Iterable[int] | None = None,
                   production: str | None = None, prefixes: Mapping[str | int, str] | None = None,
-                  chunk_events: int = 500_000) -> Path:
+                  chunk_events: int = 500_000, channels: Iterable[int] | None = None) -> Path:
     """Write the candidate ntuple to ROOT (TTree ``tree``, default ``DecayTree``) or Parquet.
 
     ``out`` may be ``file.root:TREE``. The file is written under a temporary name and renamed,
@@ -548,7 +665,7 @@ def export_ntuple(store, out: str | os.PathLike, *, tree: str | None = None, bat
             yield df
 
     chunks = watch(iter_candidates(store, batches=batches, production=production, prefixes=prefixes,
-                                   chunk_events=chunk_events))
+                                   chunk_events=chunk_events, channels=channels))
     n = 0
     try:
         if suffix.endswith(".root"):

@@ -534,6 +534,32 @@ class Store:
             row[k] = json.loads(row[k]) if row[k] else {}
         return row
 
+    def event_channels(self, batches: Iterable[int] | int | None = None, production: str | None = None) -> pd.DataFrame:
+        """The channel of every event of cocktail batches (a background cocktail,
+        :func:`mambah.simulation.cocktail_pipeline`): columns ``batch``, ``event``, ``channel``,
+        ``descriptor``, from the batches' provenance (each channel's events are a contiguous block
+        of its batch, recorded in ``config["cocktail"]``; :func:`mambah.batch.event_channels`).
+        Batches that are not cocktails are left out. Join it to ``read("events")`` on
+        ``(batch, event)``."""
+        from mambah.batch import event_channels
+
+        where = {"production": production} if production is not None else None
+        bt = self.read("batches", columns=["batch", "n_events", "config"], batches=batches, where=where)
+        parts = []
+        for b, n, cfg in bt.itertuples(index=False):
+            info = json.loads(cfg) if cfg else {}
+            ch = event_channels(info, int(n))
+            if ch is None:
+                continue
+            names = np.array([str(r.get("descriptor", "")) for r in info["cocktail"]["channels"]], dtype=object)
+            parts.append(pd.DataFrame({"batch": np.full(int(n), int(b), dtype=np.int64),
+                                       "event": np.arange(int(n), dtype=np.int32), "channel": ch,
+                                       "descriptor": names[ch]}))
+        if not parts:
+            return pd.DataFrame({"batch": np.zeros(0, np.int64), "event": np.zeros(0, np.int32),
+                                 "channel": np.zeros(0, np.int16), "descriptor": np.zeros(0, object)})
+        return pd.concat(parts, ignore_index=True)
+
     def summary(self) -> dict[str, Any]:
         """Batches, events, rows per table, productions, code and model versions."""
         bt = self.read("batches", columns=["batch", "production", "n_events", "models", "code_version"])
