@@ -92,6 +92,7 @@ def run(args) -> int:
             raise ConfigurationError(f"--chain {args.chain!r}: no PID chain of that species among the models "
                                      f"(chains: {', '.join(known) or 'none'})")
         name, conds, targets = f"PID chain of {args.chain!r}", list(CHAIN_INPUTS), list(CHAIN_OUTPUTS)
+        what = name
         own = CHAIN_DEFAULT_CUTS.get(args.chain)
         cuts = args.cuts or ([c.label for c in typical_cuts(own)] if own else [])
     else:
@@ -99,15 +100,16 @@ def run(args) -> int:
         if card.get("kind") != "pid":
             raise ModelDirError(f"{args.model!r} holds a {card.get('kind')!r} model, not a PID model (card kind 'pid')")
         name = str(card.get("name", args.model))
+        what = f"model {name!r}"
         targets = [t["name"] for t in card.get("targets", [])]
         conds = [c["name"] for c in card.get("conditions", [])]
         cuts = args.cuts or [c.label for c in typical_cuts(targets)]
     if not cuts:
-        raise ConfigurationError(f"{name} has no typical cut on its targets ({', '.join(targets)}); give --cut")
+        raise ConfigurationError(f"{what} has no typical cut on its targets ({', '.join(targets)}); give --cut")
     check_cuts(cuts, targets, name)
     log.info("reading %s", args.data)
     df = read_table(args.data)
-    require_columns(df, conds, where=f"the data {args.data!r} (conditions of {name})")
+    require_columns(df, conds, where=f"the data {args.data!r} (conditions of {what})")
     if args.weight:
         require_columns(df, [args.weight], where=f"the data {args.data!r} (--weight)")
     if args.chain is not None:
