@@ -215,9 +215,11 @@ def cocktail_pipeline(
     from mambah.pipeline import CocktailPipeline
 
     # not yet in a cocktail: the channels' tables are concatenated with their row indices shifted, and
-    # the PID variations' and reconstructed photons' rows and ntuple branches are not carried through
+    # the PID variations' and reconstructed photons' rows and ntuple branches are not carried through.
+    # The Vertexing stage is: it runs inside each channel, and its columns hold values, no row index
+    # (vertices.particle and particles.vertex, which it follows, are shifted by concat_batches)
     for opt, what in (("pid_variations", "PID variations (--pid-variations)"),
-                      ("neutrals", "reconstructed photons (--neutrals)"), ("vertexing", "the Vertexing stage")):
+                      ("neutrals", "reconstructed photons (--neutrals)")):
         if options.get(opt):
             raise ConfigurationError(f"{what} cannot be combined with a cocktail of channels yet; simulate each "
                                      "channel as its own production")

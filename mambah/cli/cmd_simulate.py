@@ -60,6 +60,11 @@ def register(sub) -> None:
                    help="reconstruct final-state photons with the reference calorimeter (opt-in: no photon network is "
                         "trained yet): they become particles and the candidates above them include them; resolved "
                         "pi0 -> gamma gamma photons too (merged pi0 are not candidates yet)")
+    p.add_argument("--vertexing", action="store_true",
+                   help="add the Vertexing stage after the composites (opt-in, reference detector's track states): "
+                        "decay-vertex fits and the variables a selection cuts on (IPCHI2_OWNPV, FDCHI2_OWNPV, "
+                        "DIRA_OWNPV, ENDVERTEX_CHI2/NDOF, TAU, MCORR, TRACK_Type ...); without it those columns stay "
+                        "NaN and the ntuple has no such branches")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
@@ -88,10 +93,11 @@ def register(sub) -> None:
 
 
 def default_production_name(descriptor, seed: int, reconstruct_as=None, invisible=None,
-                            neutrals: str | None = None, rates=None) -> str:
+                            neutrals: str | None = None, rates=None, vertexing: bool = False) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
-    of the mass-hypothesis swaps, the particles left invisible and the neutrals' reconstruction
-    (so that another choice is another production; without them the name is what it always was);
+    of the mass-hypothesis swaps, the particles left invisible, the neutrals' reconstruction and
+    the Vertexing stage (so that another choice is another production; without them the name is
+    what it always was);
     for a cocktail (a list of descriptors), of every descriptor and the rates."""
     import hashlib
 
@@ -107,6 +113,8 @@ def default_production_name(descriptor, seed: int, reconstruct_as=None, invisibl
         text += " | invisible " + ",".join(map(str, invisible_pids(invisible)))
     if neutrals:
         text += f" | neutrals {neutrals}"
+    if vertexing:
+        text += " | vertexing reference"
     return f"{hashlib.sha256(text.encode()).hexdigest()[:8]}-seed{seed}"
 
 
@@ -334,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--dec-file gives the rates of --rates dec; add --rates dec, or leave --dec-file out")
     options = dict(models_dir=args.models, level=args.level, acceptance=args.acceptance, pid=args.pid,
                    unweight=not args.weighted, reconstruct_as=args.reconstruct_as, invisible=args.invisible or (),
-                   neutrals=args.neutrals, pid_variations=args.pid_variations)
+                   neutrals=args.neutrals, pid_variations=args.pid_variations, vertexing=args.vertexing)
     if cocktail:
         from mambah.simulation import cocktail_pipeline
 
@@ -342,11 +350,12 @@ def run(args: argparse.Namespace) -> int:
                                      **options)
         name = args.production or default_production_name(descriptors, args.seed, args.reconstruct_as,
                                                            args.invisible, args.neutrals,
-                                                           rates=[round(f, 12) for f in pipeline.fractions])
+                                                           rates=[round(f, 12) for f in pipeline.fractions],
+                                                           vertexing=args.vertexing)
     else:
         pipeline = standard_pipeline(descriptors[0], **options)
         name = args.production or default_production_name(descriptors[0], args.seed, args.reconstruct_as,
-                                                          args.invisible, args.neutrals)
+                                                          args.invisible, args.neutrals, vertexing=args.vertexing)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(
