@@ -12,7 +12,7 @@ def register(sub) -> None:
         help="simulate events of a decay into the event store",
         description=(
             "Simulate a decay batch by batch (gun -> decay -> occupancy -> efficiency -> resolution -> "
-            "composites -> PID) into the event store. Every batch is written in one transaction and is "
+            "composites [-> vertexing] -> PID) into the event store. Every batch is written in one transaction and is "
             "reproducible from (seed, batch index). Every charged final-state particle of the descriptor "
             "becomes a track: its species must be one the models cover (e, mu, pi, K, p for the shipped "
             "ones), which is checked before anything is simulated. Events are unweighted (unit weight, "
@@ -294,6 +294,29 @@ def _variation_plan(pipeline) -> dict | None:
     return None
 
 
+def vertexing_summary(store, production: str) -> dict[str, int]:
+    """The Vertexing stage's counts summed over the production's batches (their provenance,
+    ``reconstruction.vertexing``, per channel for a cocktail): ``{tracks, tracks_without_state,
+    vertices, vertices_not_fitted}`` (empty when the stage did not run)."""
+    import json
+
+    keys = ("tracks", "tracks_without_state", "vertices", "vertices_not_fitted")
+    bt = store.read("batches", columns=["config"], where={"production": production}, ordered=False)
+    out: dict[str, int] = {}
+    for blob in bt["config"]:
+        try:
+            info = json.loads(blob) if blob else {}
+        except json.JSONDecodeError:
+            continue
+        recs = [info, *((info.get("cocktail") or {}).get("channels") or [])]
+        for rec in recs:
+            vx = ((rec.get("reconstruction") or {}) if isinstance(rec, dict) else {}).get("vertexing")
+            if isinstance(vx, dict):
+                for k in keys:
+                    out[k] = out.get(k, 0) + int(vx.get(k, 0))
+    return out
+
+
 def cocktail_summary(store, production: str) -> list[dict]:
     """Per channel of a cocktail production: ``{channel, descriptor, fraction, n_events}`` summed over
     its batches' provenance (``[]`` for a production that is not a cocktail)."""
@@ -367,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
         rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
         gen = generator_summary(store, name)
         channels = cocktail_summary(store, name) if cocktail else []
+        vtx = vertexing_summary(store, name) if args.vertexing and res.written else {}
     print(f"production {res.production!r} in {url}")
     print(f"  batches: {res.written} written, {res.skipped} already present, {res.n_batches} in all")
     if res.written:
@@ -392,6 +416,13 @@ def run(args: argparse.Namespace) -> int:
     if swaps:
         print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
               "true species)")
+    if vtx:
+        print(f"  vertexing (--vertexing, the reference detector's track states): {vtx['vertices']:,} composites, "
+              f"{vtx['vertices'] - vtx['vertices_not_fitted']:,} with a vertex fit"
+              + (f" ({vtx['vertices_not_fitted']:,} with fewer than two daughters to fit: NaN, ENDVERTEX_NDOF -1)"
+                 if vtx["vertices_not_fitted"] else "")
+              + f"; {vtx['tracks']:,} tracks, {vtx['tracks_without_state']:,} without a state; ntuple branches "
+              "X_IPCHI2_OWNPV, X_FDCHI2_OWNPV, X_DIRA_OWNPV, X_ENDVERTEX_CHI2/NDOF, X_MCORR, X_TRACK_Type ...")
     plan = _variation_plan(pipeline)
     if plan:
         steps = "; ".join(f"{s}: {', '.join(m)}" for s, m in plan["steps"].items())
