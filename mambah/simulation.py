@@ -134,7 +134,7 @@ def standard_pipeline(
         hypotheses = mass_hypotheses(stages[1].parsed, reconstruct_as)
     if vertexing and level != "reco":
         raise ConfigurationError("vertexing=True needs the reconstruction (level='reco'); a generator-level "
-                                 "production has no tracks to fit")
+                                 "production has no tracks to fit (mambah simulate: --vertexing needs --level reco)")
     if level == "reco":
         from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
         from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY

@@ -156,6 +156,10 @@ def test_cli_vertexing_flag_and_production_name(tmp_path):
     name = default_production_name(lc, 4, vertexing=True)
     assert name != plain and name.endswith("-seed4")
     db = f"duckdb:///{tmp_path}/v.duckdb"
+    r = subprocess.run([sys.executable, "-m", "mambah", "-q", "simulate", lc, "--vertexing", "--level", "truth",
+                        "--events", "10", "--db", db], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "--vertexing needs --level reco" in r.stderr, r.stderr
+    assert not (tmp_path / "v.duckdb").exists()
     r = subprocess.run([sys.executable, "-m", "mambah", "-q", "simulate", lc, "--vertexing", "--no-pid", "--seed", "4",
                         "--events", "600", "--db", db], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
