@@ -134,7 +134,7 @@ def standard_pipeline(
         hypotheses = mass_hypotheses(stages[1].parsed, reconstruct_as)
     if vertexing and level != "reco":
         raise ConfigurationError("vertexing=True needs the reconstruction (level='reco'); a generator-level "
-                                 "production has no tracks to fit")
+                                 "production has no tracks to fit (mambah simulate: --vertexing needs --level reco)")
     if level == "reco":
         from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
         from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY
@@ -215,9 +215,11 @@ def cocktail_pipeline(
     from mambah.pipeline import CocktailPipeline
 
     # not yet in a cocktail: the channels' tables are concatenated with their row indices shifted, and
-    # the PID variations' and reconstructed photons' rows and ntuple branches are not carried through
+    # the PID variations' and reconstructed photons' rows and ntuple branches are not carried through.
+    # The Vertexing stage is: it runs inside each channel, and its columns hold values, no row index
+    # (vertices.particle and particles.vertex, which it follows, are shifted by concat_batches)
     for opt, what in (("pid_variations", "PID variations (--pid-variations)"),
-                      ("neutrals", "reconstructed photons (--neutrals)"), ("vertexing", "the Vertexing stage")):
+                      ("neutrals", "reconstructed photons (--neutrals)")):
         if options.get(opt):
             raise ConfigurationError(f"{what} cannot be combined with a cocktail of channels yet; simulate each "
                                      "channel as its own production")

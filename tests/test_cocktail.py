@@ -341,3 +341,63 @@ def test_dask_cocktail_equals_in_process(tmp_path):
             for c in x.columns:
                 np.testing.assert_array_equal(x[c].to_numpy(), y[c].to_numpy(), err_msg=f"{t}.{c}")
         assert a.event_channels().equals(b.event_channels())
+
+
+# ------------------------------------------------------------------------------------ vertexing
+def test_vertexing_in_a_cocktail_equals_each_channel_alone():
+    """The Vertexing stage runs inside each channel; after the concatenation every one of its
+    columns equals, row for row, the channel simulated alone with the same seed, the flight
+    distance recomputed from the concatenated tables (vertex row through ``particles.vertex``, own
+    PV through ``particles.event``) equals ``fd_ownpv``, and the ntuple carries the branches with
+    the ``channel`` branch: finite for built composites, NaN where none was built."""
+    from mambah import Store
+    from mambah.batch import Batch
+    from mambah.generation.cocktail import channel_seed
+    from mambah.physics.columns import VERTEXING_COLUMNS
+    from mambah.simulation import cocktail_pipeline, standard_pipeline
+
+    lc, lb, xic = "Lambda_c+ -> p+ K- pi+", "Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu", "Xi_c+ -> p+ K- pi+"
+    pipe = cocktail_pipeline([lc, lb, xic], [1, 1, 1], pid=False, vertexing=True)
+    b = pipe.process(pipe.make_batch(0, production_seed=5, n_events=1500))
+    own = {"vertices": ("x", "y", "z")}
+    first = {"events": "first_event", "particles": "first_particle", "vertices": "first_vertex"}
+    for rec in b.info["cocktail"]["channels"]:
+        c, n = rec["channel"], rec["n_events"]
+        assert n > 300, rec
+        alone = standard_pipeline([lc, lb, xic][c], pid=False, vertexing=True, fixed_shapes=True).process(
+            Batch(id=0, seed=channel_seed(b.seed, c), n_events=n))
+        for table, key in first.items():
+            mine = b[table].iloc[rec[key]:rec[key] + len(alone[table])]
+            assert len(alone[table]) and len(mine) == len(alone[table]), (c, table)
+            for col in (*VERTEXING_COLUMNS[table], *own.get(table, ())):
+                np.testing.assert_array_equal(mine[col].to_numpy(), alone[table][col].to_numpy(),
+                                              err_msg=f"channel {c}: {table}.{col}")
+    par, vert, ev = b["particles"], b["vertices"], b["events"]
+    comp = par[par["vertex"] >= 0]
+    v = vert.set_index("index").loc[comp["vertex"].to_numpy()]
+    assert (v["particle"].to_numpy() == comp["index"].to_numpy()).all()
+    pv = ev.set_index("event").loc[comp["event"].to_numpy(), ["ownpv_x", "ownpv_y", "ownpv_z"]].to_numpy(np.float64)
+    fd = np.linalg.norm(v[["x", "y", "z"]].to_numpy(np.float64) - pv, axis=1)
+    np.testing.assert_allclose(comp["fd_ownpv"].to_numpy(np.float64), fd, rtol=1e-4, atol=1e-4)
+    assert (v["ndof"] >= 1).all() and np.isfinite(comp[["ipchi2_ownpv", "fdchi2_ownpv", "dira_ownpv", "mcorr"]]).all().all()
+    tracks = par[par["vertex"] < 0]
+    assert np.isfinite(tracks["ipchi2_ownpv"]).all() and np.isnan(tracks["fdchi2_ownpv"]).all()
+
+    with Store("duckdb:///:memory:") as st:
+        st.write_batch(b)
+        charm = st.candidates(channels=[0, 2])  # Lambda_c+ and Xi_c+ -> p K- pi+: one shape, one ntuple
+        semi = st.candidates(channels=[1])
+    assert set(charm["channel"]) == {0, 2} and (semi["channel"] == 1).all()
+    for nt, heads in ((charm, ("Lc",)), (semi, ("Lb", "Lc"))):
+        for h in heads:
+            built = nt[f"{h}_M"].notna() & nt["p_P"].notna() & nt["K_P"].notna() & nt["pi_P"].notna()
+            for br in ("IPCHI2_OWNPV", "FDCHI2_OWNPV", "DIRA_OWNPV", "ENDVERTEX_CHI2", "MCORR"):
+                x = nt[f"{h}_{br}"].to_numpy()
+                assert np.isfinite(x[built.to_numpy()]).all() and np.isnan(x[~built.to_numpy()]).all(), (h, br)
+            assert built.sum() > 50
+        assert np.isfinite(nt.loc[nt["p_P"].notna(), "p_IPCHI2_OWNPV"]).all()
+    # the ntuple's values are the store's: the head's FD chi2 of each event, per channel
+    key = comp.assign(h=np.abs(comp["pid"])).query("h in (4122, 4232)").set_index("event")["fdchi2_ownpv"]
+    ok = charm["Lc_FDCHI2_OWNPV"].notna()
+    np.testing.assert_array_equal(charm.loc[ok, "Lc_FDCHI2_OWNPV"].to_numpy(np.float32),
+                                  key.loc[charm.loc[ok, "event"].to_numpy()].to_numpy(np.float32))

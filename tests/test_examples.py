@@ -179,3 +179,49 @@ def test_b0_kpi_peaking_backgrounds(tmp_path):
     # the PID requirements keep the signal and reject a double mis-ID, with either response
     for resp in ("chain", "reference"):
         assert ch["B0 -> K+ pi-"][resp] > 0.3 > 0.1 > ch["B0 -> pi+ pi-"][resp]
+
+
+def test_b_hadron_selection(tmp_path):
+    """The selection re-applied here to the example's saved branches gives its numbers; the FD cut
+    keeps a b hadron and rejects prompt charm; MCORR is never below the visible mass and peaks near
+    the Lambda_b0 mass, far above the visible mass."""
+    import pandas as pd
+
+    from mambah.physics import pdg_mass
+
+    r = run_example("b_hadron_selection.py", "out", "--events", "8000", cwd=tmp_path)
+    res = _last_json(r.stdout)
+    out = tmp_path / "out"
+    for name in ("mcorr.png", "ipchi2.png", "fdchi2.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    lb, lc = pd.read_parquet(out / "candidates_lb.parquet"), pd.read_parquet(out / "candidates_lc.parquet")
+
+    def passed(c, head, tracks, vertices):
+        ok = np.ones(len(c), dtype=bool)
+        for t in tracks:
+            ok &= c[f"{t}_IPCHI2_OWNPV"].to_numpy() > 9
+        for v in vertices:
+            ok &= c[f"{v}_ENDVERTEX_CHI2"].to_numpy() / c[f"{v}_ENDVERTEX_NDOF"].to_numpy() < 10
+        return ok & (c[f"{head}_FDCHI2_OWNPV"].to_numpy() > 100) & (c[f"{head}_DIRA_OWNPV"].to_numpy() > 0.999)
+
+    for c, name, head, tracks, vertices in ((lb, "Lb -> Lc mu nu", "Lb", ("p", "K", "pi", "mu"), ("Lc", "Lb")),
+                                            (lc, "prompt Lc", "Lc", ("p", "K", "pi"), ("Lc",))):
+        rec = res[name]
+        assert rec["events"] == 8000 and rec["candidates"] == len(c) > 500
+        assert np.isfinite(c.drop(columns=["batch", "event"]).to_numpy(np.float64)).all()
+        k = int(passed(c, head, tracks, vertices).sum())
+        s = rec["selection"]
+        assert (s["pass"], s["of"]) == (k, len(c))
+        eff = k / len(c)
+        assert s["eff"] == pytest.approx(eff) and s["err"] == pytest.approx(np.sqrt(eff * (1 - eff) / len(c)))
+        assert s["cp68"][0] < eff < s["cp68"][1]
+        fd = float((c[f"{head}_FDCHI2_OWNPV"] > 100).mean())
+        assert rec["fd_cut"]["eff"] == pytest.approx(fd)
+    # the flight distance separates them: prompt charm survives the FD cut at < 5%, the b hadron at > 30%
+    assert res["prompt Lc"]["fd_cut"]["eff"] < 0.05 and res["prompt Lc"]["fd_rejection"] > 0.95
+    assert res["Lb -> Lc mu nu"]["fd_cut"]["eff"] > 0.3
+    assert res["Lb -> Lc mu nu"]["selection"]["eff"] > 10 * res["prompt Lc"]["selection"]["eff"]
+    # MCORR = sqrt(M^2 + pT'^2) + pT' >= M for every candidate; it recovers the b-hadron mass
+    assert (lb["Lb_MCORR"] >= lb["Lb_M"] * (1 - 1e-9)).all()
+    m_lb = float(pdg_mass(5122))
+    assert np.median(lb["Lb_M"]) < m_lb - 800 and abs(np.median(lb["Lb_MCORR"]) - m_lb) < 500

@@ -137,3 +137,38 @@ def test_standard_pipeline_adds_the_stage_only_when_asked():
     assert names[names.index("Composites") + 1] == "Vertexing"
     with pytest.raises(ConfigurationError, match="vertexing=True needs the reconstruction"):
         standard_pipeline("Lambda_c+ -> p+ K- pi+", level="truth", vertexing=True)
+
+
+def test_cli_vertexing_flag_and_production_name(tmp_path):
+    """``mambah simulate --vertexing`` as users call it: the production's name hashes the option
+    only when given (without it the name is the descriptor's hash, as before), the run says what the
+    stage did, and the ntuple carries the branches."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from mambah import Store
+    from mambah.cli.cmd_simulate import default_production_name
+
+    lc = "Lambda_c+ ->  p+ K- pi+"
+    plain = f"{hashlib.sha256(' '.join(lc.split()).encode()).hexdigest()[:8]}-seed4"
+    assert default_production_name(lc, 4) == plain
+    name = default_production_name(lc, 4, vertexing=True)
+    assert name != plain and name.endswith("-seed4")
+    db = f"duckdb:///{tmp_path}/v.duckdb"
+    r = subprocess.run([sys.executable, "-m", "mambah", "-q", "simulate", lc, "--vertexing", "--level", "truth",
+                        "--events", "10", "--db", db], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "--vertexing needs --level reco" in r.stderr, r.stderr
+    assert not (tmp_path / "v.duckdb").exists()
+    r = subprocess.run([sys.executable, "-m", "mambah", "-q", "simulate", lc, "--vertexing", "--no-pid", "--seed", "4",
+                        "--events", "600", "--db", db], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"production {name!r}" in r.stdout
+    assert "vertexing (--vertexing" in r.stdout and "with a vertex fit" in r.stdout
+    with Store(db) as st:
+        nt = st.candidates(production=name)
+        comps = int((st.read("particles")["vertex"] >= 0).sum())
+    built = nt["Lc_M"].notna()
+    assert built.sum() == comps > 20
+    assert np.isfinite(nt.loc[built, ["Lc_IPCHI2_OWNPV", "Lc_FDCHI2_OWNPV", "Lc_ENDVERTEX_CHI2"]]).all().all()
+    assert (nt.loc[built, "Lc_ENDVERTEX_NDOF"] == 3).all() and np.isfinite(nt.loc[nt["p_P"].notna(), "p_IPCHI2_OWNPV"]).all()

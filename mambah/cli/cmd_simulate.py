@@ -12,7 +12,7 @@ def register(sub) -> None:
         help="simulate events of a decay into the event store",
         description=(
             "Simulate a decay batch by batch (gun -> decay -> occupancy -> efficiency -> resolution -> "
-            "composites -> PID) into the event store. Every batch is written in one transaction and is "
+            "composites [-> vertexing] -> PID) into the event store. Every batch is written in one transaction and is "
             "reproducible from (seed, batch index). Every charged final-state particle of the descriptor "
             "becomes a track: its species must be one the models cover (e, mu, pi, K, p for the shipped "
             "ones), which is checked before anything is simulated. Events are unweighted (unit weight, "
@@ -60,6 +60,11 @@ def register(sub) -> None:
                    help="reconstruct final-state photons with the reference calorimeter (opt-in: no photon network is "
                         "trained yet): they become particles and the candidates above them include them; resolved "
                         "pi0 -> gamma gamma photons too (merged pi0 are not candidates yet)")
+    p.add_argument("--vertexing", action="store_true",
+                   help="add the Vertexing stage after the composites (opt-in, reference detector's track states): "
+                        "decay-vertex fits and the variables a selection cuts on (IPCHI2_OWNPV, FDCHI2_OWNPV, "
+                        "DIRA_OWNPV, ENDVERTEX_CHI2/NDOF, TAU, MCORR, TRACK_Type ...); without it those columns stay "
+                        "NaN and the ntuple has no such branches")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
@@ -88,10 +93,11 @@ def register(sub) -> None:
 
 
 def default_production_name(descriptor, seed: int, reconstruct_as=None, invisible=None,
-                            neutrals: str | None = None, rates=None) -> str:
+                            neutrals: str | None = None, rates=None, vertexing: bool = False) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
-    of the mass-hypothesis swaps, the particles left invisible and the neutrals' reconstruction
-    (so that another choice is another production; without them the name is what it always was);
+    of the mass-hypothesis swaps, the particles left invisible, the neutrals' reconstruction and
+    the Vertexing stage (so that another choice is another production; without them the name is
+    what it always was);
     for a cocktail (a list of descriptors), of every descriptor and the rates."""
     import hashlib
 
@@ -107,6 +113,8 @@ def default_production_name(descriptor, seed: int, reconstruct_as=None, invisibl
         text += " | invisible " + ",".join(map(str, invisible_pids(invisible)))
     if neutrals:
         text += f" | neutrals {neutrals}"
+    if vertexing:
+        text += " | vertexing reference"
     return f"{hashlib.sha256(text.encode()).hexdigest()[:8]}-seed{seed}"
 
 
@@ -286,6 +294,29 @@ def _variation_plan(pipeline) -> dict | None:
     return None
 
 
+def vertexing_summary(store, production: str) -> dict[str, int]:
+    """The Vertexing stage's counts summed over the production's batches (their provenance,
+    ``reconstruction.vertexing``, per channel for a cocktail): ``{tracks, tracks_without_state,
+    vertices, vertices_not_fitted}`` (empty when the stage did not run)."""
+    import json
+
+    keys = ("tracks", "tracks_without_state", "vertices", "vertices_not_fitted")
+    bt = store.read("batches", columns=["config"], where={"production": production}, ordered=False)
+    out: dict[str, int] = {}
+    for blob in bt["config"]:
+        try:
+            info = json.loads(blob) if blob else {}
+        except json.JSONDecodeError:
+            continue
+        recs = [info, *((info.get("cocktail") or {}).get("channels") or [])]
+        for rec in recs:
+            vx = ((rec.get("reconstruction") or {}) if isinstance(rec, dict) else {}).get("vertexing")
+            if isinstance(vx, dict):
+                for k in keys:
+                    out[k] = out.get(k, 0) + int(vx.get(k, 0))
+    return out
+
+
 def cocktail_summary(store, production: str) -> list[dict]:
     """Per channel of a cocktail production: ``{channel, descriptor, fraction, n_events}`` summed over
     its batches' provenance (``[]`` for a production that is not a cocktail)."""
@@ -334,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--dec-file gives the rates of --rates dec; add --rates dec, or leave --dec-file out")
     options = dict(models_dir=args.models, level=args.level, acceptance=args.acceptance, pid=args.pid,
                    unweight=not args.weighted, reconstruct_as=args.reconstruct_as, invisible=args.invisible or (),
-                   neutrals=args.neutrals, pid_variations=args.pid_variations)
+                   neutrals=args.neutrals, pid_variations=args.pid_variations, vertexing=args.vertexing)
     if cocktail:
         from mambah.simulation import cocktail_pipeline
 
@@ -342,11 +373,12 @@ def run(args: argparse.Namespace) -> int:
                                      **options)
         name = args.production or default_production_name(descriptors, args.seed, args.reconstruct_as,
                                                            args.invisible, args.neutrals,
-                                                           rates=[round(f, 12) for f in pipeline.fractions])
+                                                           rates=[round(f, 12) for f in pipeline.fractions],
+                                                           vertexing=args.vertexing)
     else:
         pipeline = standard_pipeline(descriptors[0], **options)
         name = args.production or default_production_name(descriptors[0], args.seed, args.reconstruct_as,
-                                                          args.invisible, args.neutrals)
+                                                          args.invisible, args.neutrals, vertexing=args.vertexing)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(
@@ -358,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
         rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
         gen = generator_summary(store, name)
         channels = cocktail_summary(store, name) if cocktail else []
+        vtx = vertexing_summary(store, name) if args.vertexing and res.written else {}
     print(f"production {res.production!r} in {url}")
     print(f"  batches: {res.written} written, {res.skipped} already present, {res.n_batches} in all")
     if res.written:
@@ -383,6 +416,13 @@ def run(args: argparse.Namespace) -> int:
     if swaps:
         print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
               "true species)")
+    if vtx:
+        print(f"  vertexing (--vertexing, the reference detector's track states): {vtx['vertices']:,} composites, "
+              f"{vtx['vertices'] - vtx['vertices_not_fitted']:,} with a vertex fit"
+              + (f" ({vtx['vertices_not_fitted']:,} with fewer than two daughters to fit: NaN, ENDVERTEX_NDOF -1)"
+                 if vtx["vertices_not_fitted"] else "")
+              + f"; {vtx['tracks']:,} tracks, {vtx['tracks_without_state']:,} without a state; ntuple branches "
+              "X_IPCHI2_OWNPV, X_FDCHI2_OWNPV, X_DIRA_OWNPV, X_ENDVERTEX_CHI2/NDOF, X_MCORR, X_TRACK_Type ...")
     plan = _variation_plan(pipeline)
     if plan:
         steps = "; ".join(f"{s}: {', '.join(m)}" for s, m in plan["steps"].items())
