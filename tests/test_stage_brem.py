@@ -160,3 +160,29 @@ def test_store_column_and_ntuple_branch(tmp_path):
     assert np.nanmean(radiating["e1_P"]) < np.nanmean(plain["e1_P"])
     np.testing.assert_array_equal(radiating["K_P"].to_numpy(), plain["K_P"].to_numpy())
     assert (parts["has_brem_added"].isin([-1, 0, 1])).all()
+
+
+def test_cli_brem_option(tmp_path):
+    """``mambah simulate ... --brem reference`` as users call it: its own production name (the
+    name without the option is what it always was), the flag in the store; refused at truth level."""
+    import subprocess
+    import sys
+
+    from mambah.cli.cmd_simulate import default_production_name
+    from mambah.store import Store
+
+    desc = "B+ -> K+ e+ e-"
+    plain = default_production_name(desc, 2)
+    assert plain == default_production_name(desc, 2, None, None, None) != default_production_name(desc, 2, brem="reference")
+    db = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    r = subprocess.run([sys.executable, "-m", "mambah", "simulate", desc, "--events", "300", "--seed", "2", "--no-pid",
+                        "--brem", "reference", "--db", db], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with Store(db) as st:
+        assert st.read("batches", columns=["production"])["production"].tolist() == [
+            default_production_name(desc, 2, brem="reference")]
+        flags = st.read("particles")["has_brem_added"]
+        assert (flags == 1).any() and (flags == 0).any()
+    r = subprocess.run([sys.executable, "-m", "mambah", "simulate", desc, "--events", "10", "--level", "truth",
+                        "--brem", "reference", "--db", db], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode != 0 and "needs the reconstruction" in r.stderr
