@@ -186,3 +186,23 @@ def test_cli_brem_option(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mambah", "simulate", desc, "--events", "10", "--level", "truth",
                         "--brem", "reference", "--db", db], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode != 0 and "needs the reconstruction" in r.stderr
+
+
+def test_in_a_cocktail_the_muon_channel_has_no_brem():
+    """B+ -> K+ e+ e- and B+ -> K+ mu+ mu- share one cocktail ntuple (same shape): every track gets
+    HASBREMADDED there, and only the electron channel's leptons have brem added."""
+    from mambah.production import run_production
+    from mambah.simulation import cocktail_pipeline
+    from mambah.store import Store
+
+    pipe = cocktail_pipeline(["B+ -> K+ e+ e-", "B+ -> K+ mu+ mu-"], brem="reference", pid=False)
+    with Store("duckdb:///:memory:") as st, warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        run_production(pipe, n_events=600, batch_size=600, seed=1, store=st, production="c")
+        nt = st.candidates()
+    ee, mumu = nt["channel"] == 0, nt["channel"] == 1
+    assert ee.sum() > 100 and mumu.sum() > 100
+    for x in ("e1", "e2"):
+        assert (nt.loc[ee, f"{x}_HASBREMADDED"] == 1).any()
+        assert nt.loc[mumu, f"{x}_HASBREMADDED"].isin([-1, 0]).all()
+    assert nt["K_HASBREMADDED"].isin([-1, 0]).all()

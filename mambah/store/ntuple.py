@@ -49,7 +49,9 @@ background cocktails (:func:`mambah.simulation.cocktail_pipeline`)
 brem (a production made with ``mambah simulate --brem reference``, :mod:`mambah.reconstruction.brem`)
     electron and positron tracks get ``X_HASBREMADDED`` (int8): 1 where brem recovery added a
     photon to the track, 0 where it did not, -1 where the electron was not reconstructed (or its
-    batch was made without the stage). Without the stage in any selected batch: no such branch.
+    batch was made without the stage). Without the stage in any selected batch: no such branch. In a
+    cocktail ntuple, whose channels may put other species on a node, every track gets it (0 for a
+    track that is not an electron).
 PID variations (a production made with ``mambah simulate --pid-variations``, K ensemble members)
     every PID branch of a track once more per member k = 1..K: ``X_<PID>_var<k>`` (``K_PIDK_var1``,
     ``p_RichDLLp_var3`` ...; the naming of ``mambah generate --variations``), from the
@@ -534,7 +536,8 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
                     out[f"{X}_{suffix}_var{j + 1}"] = varg[col][j, k]
             for col in track_vtx if vtx_on else ():
                 out[f"{X}_{lhcb_name(col)}"] = vg[col][k]
-            if brem_on and abs(int(nd["pid"])) == SPECIES_PDG["e"]:
+            # a cocktail's channels share nodes across species (e+ e- beside mu+ mu-): every track then
+            if brem_on and (cocktail or abs(int(nd["pid"])) == SPECIES_PDG["e"]):
                 out[f"{X}_{lhcb_name('has_brem_added')}"] = brem_g[k]
         elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
