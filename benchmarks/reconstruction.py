@@ -17,7 +17,12 @@ vertices (wall-clock, best of ``--repeat``, input checks included), with 5-param
 tracks of a b-hadron-like spectrum from a vertex displaced by a few mm), and with 4-parameter
 states (no momentum). numpy only: it runs in one thread.
 
-    nice -n 10 python benchmarks/reconstruction.py [--tracks 1000000] [--repeat 5] [--vertices 200000] [--no-networks]
+Part 3: ``brem_electrons_per_s``, the reference bremsstrahlung and brem recovery of ``--electrons``
+electrons (:meth:`mambah.reference.brem.BremDetector.response`, what the opt-in Bremsstrahlung
+stage runs on the electron tracks; wall-clock, best of ``--repeat``; numpy, one thread).
+
+    nice -n 10 python benchmarks/reconstruction.py [--tracks 1000000] [--repeat 5] [--vertices 200000]
+        [--electrons 1000000] [--no-networks]
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ def main() -> None:
     ap.add_argument("--efficiency", default="efficiency-ref-v1")
     ap.add_argument("--resolution", default="resolution-ref-v1")
     ap.add_argument("--vertices", type=int, default=200_000)
-    ap.add_argument("--no-networks", action="store_true", help="only the vertex-fit part")
+    ap.add_argument("--electrons", type=int, default=1_000_000)
+    ap.add_argument("--no-networks", action="store_true", help="only the vertex-fit and brem parts")
     args = ap.parse_args()
     vertex = vertex_fit_benchmark(args.vertices, args.repeat)
+    vertex.update(brem_benchmark(args.electrons, args.repeat))
     if args.no_networks:
         print(json.dumps({"benchmark": "reconstruction", "vertices": args.vertices, **vertex,
                           "load_average": round(os.getloadavg()[0], 1)}))
@@ -122,6 +129,24 @@ def vertex_fit_benchmark(n: int, repeat: int) -> dict:
             out.setdefault(key, {})[f"{nt}-body"] = round(n / best)
             out.setdefault(key.replace("_per_s", "_per_cpu_s"), {})[f"{nt}-body"] = round(n / cpu)
     return out
+
+
+def brem_benchmark(n: int, repeat: int) -> dict:
+    """Electrons per second through the reference brem and brem recovery; prints a line."""
+    from mambah.reference import TrackGun
+    from mambah.reference.brem import BremDetector
+
+    g = TrackGun(prompt=1.0, eta_lo=2.0, eta_hi=4.8, p_lo=3000.0, p_hi=150_000.0)(n, seed=2)
+    det = BremDetector()
+    times = []
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        r = det.response(g["px"], g["py"], g["pz"], g["x"], g["y"], g["z"], seed=i)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    print(f"brem: {n} electrons, best {best:.3f} s, {n / best:.3g} electrons/s, brem added "
+          f"{r['has_brem_added'].mean():.3f}, mean kept fraction {r['kept'].mean():.3f}")
+    return {"electrons": n, "brem_electrons_per_s": round(n / best)}
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def standard_pipeline(
     neutrals: str | None = None,
     pid_variations: bool = False,
     vertexing: bool = False,
+    brem: str | None = None,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -99,13 +100,19 @@ def standard_pipeline(
         vertexing: add the opt-in Vertexing stage after the composites (``level="reco"`` only;
             :class:`mambah.reconstruction.Vertexing`, reference mode: track states, decay-vertex
             fits, IPCHI2, FDCHI2, DIRA, MCORR ...). Default False: the columns stay NaN.
+        brem: ``"reference"``: the opt-in Bremsstrahlung stage after the resolution
+            (:class:`mambah.reconstruction.Bremsstrahlung`; ``mambah simulate --brem reference``): the
+            electron tracks lose momentum to bremsstrahlung before the magnet and brem recovery adds
+            part of it back (``particles.has_brem_added``, ntuple ``X_HASBREMADDED``), so that
+            ``B+ -> K+ e+ e-`` has its radiative tail. ``None`` (default): no brem
+            (``has_brem_added`` -1, "not computed"). ``level="reco"`` only.
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
         DescriptorError: the descriptor is malformed or impossible, or a swap of ``reconstruct_as``
             is bad (a particle not in the descriptor or not a final-state track, an unknown
             hypothesis, a change of charge; the offending piece is marked).
-        ConfigurationError: ``level`` is unknown, ``reconstruct_as`` or ``vertexing`` with
+        ConfigurationError: ``level`` is unknown, ``reconstruct_as``, ``vertexing`` or ``brem`` with
             ``level="truth"``, ``pid_variations`` without the PID stage or when no step of the
             descriptor's PID chains has ensemble members (or their K differ), or
             (``level="reco"``) a charged final-state particle of the descriptor is a species the
@@ -135,6 +142,9 @@ def standard_pipeline(
     if vertexing and level != "reco":
         raise ConfigurationError("vertexing=True needs the reconstruction (level='reco'); a generator-level "
                                  "production has no tracks to fit (mambah simulate: --vertexing needs --level reco)")
+    if brem is not None and level != "reco":
+        raise ConfigurationError(f"brem={brem!r} needs the reconstruction (level='reco'); a generator-level "
+                                 "production has no tracks")
     if level == "reco":
         from mambah.reconstruction import Composites, Efficiency, Occupancy, Resolution
         from mambah.reconstruction.efficiency import DEFAULT_EFFICIENCY
@@ -149,6 +159,11 @@ def standard_pipeline(
         res = Resolution(_model(models_dir, DEFAULT_RESOLUTION))
         pid_species = check_track_coverage(stages[1].parsed, efficiency=eff.model, resolution=res.model,
                                            pid=pid, models_dir=models_dir)
+        brem_stages = []
+        if brem is not None:
+            from mambah.reconstruction.brem import Bremsstrahlung
+
+            brem_stages.append(Bremsstrahlung(model=brem))
         neutral_stages = []
         if neutrals is not None:
             from mambah.reconstruction.neutrals import Neutrals
@@ -156,7 +171,7 @@ def standard_pipeline(
             neutral_stages.append(Neutrals(model=neutrals))
         seen = tuple(p for st in neutral_stages for p in st.pids)
         invisible = check_neutral_coverage(stages[1].parsed, invisible=invisible, seen=seen)
-        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, *neutral_stages,
+        stages += [Occupancy(_model(models_dir, DEFAULT_OCCUPANCY)), eff, res, *brem_stages, *neutral_stages,
                    Composites(reconstruct_as=hypotheses, invisible=invisible, neutrals=seen)]
         if vertexing:
             from mambah.reconstruction import Vertexing

@@ -225,3 +225,28 @@ def test_b_hadron_selection(tmp_path):
     assert (lb["Lb_MCORR"] >= lb["Lb_M"] * (1 - 1e-9)).all()
     m_lb = float(pdg_mass(5122))
     assert np.median(lb["Lb_M"]) < m_lb - 800 and abs(np.median(lb["Lb_MCORR"]) - m_lb) < 500
+
+
+def test_radiative_tail(tmp_path):
+    """B+ -> K+ e+ e- has a radiative tail that B+ -> K+ mu+ mu- does not, and brem recovery moves
+    the electron mode's peak back towards the B+ mass."""
+    import json
+
+    run_example("radiative_tail.py", "out", "--events", "2000", cwd=tmp_path)
+    assert (tmp_path / "out" / "radiative_tail.png").stat().st_size > 10_000
+    res = json.loads((tmp_path / "out" / "radiative_tail.json").read_text())
+    modes, m_b = res["modes"], res["b_mass_pdg"]
+    ee, mumu, bare, jpsi = modes["Kee"], modes["Kmumu"], modes["Kee_no_recovery"], modes["JpsiK_ee"]
+    assert min(m["candidates"] for m in modes.values()) > 200
+    for m in (ee, mumu, bare, jpsi):  # binomial errors of the tail fractions
+        m["err"] = np.sqrt(max(m["tail_fraction"] * (1 - m["tail_fraction"]), 1 / m["candidates"]) / m["candidates"])
+    assert ee["tail_fraction"] - mumu["tail_fraction"] > 5 * np.hypot(ee["err"], mumu["err"])
+    assert ee["tail_fraction"] > 5 * mumu["tail_fraction"] and mumu["tail_fraction"] < 0.02
+    assert jpsi["tail_fraction"] - mumu["tail_fraction"] > 5 * np.hypot(jpsi["err"], mumu["err"])
+    for m in (ee, jpsi):
+        assert 0 < m["brem_added_fraction"] < 1 and m["electrons"] > 200
+    assert bare["brem_added_fraction"] == 0 and mumu["brem_added_fraction"] is None and mumu["electrons"] == 0
+    # recovery: the peak (median) closer to the B+ mass, fewer candidates in the tail
+    assert abs(ee["median_mass"] - m_b) < abs(bare["median_mass"] - m_b)
+    assert bare["tail_fraction"] - ee["tail_fraction"] > 5 * np.hypot(ee["err"], bare["err"])
+    assert abs(mumu["median_mass"] - m_b) < 10

@@ -8,7 +8,9 @@ unweighted events and the lattice form factors of the README's main job (issue 2
 when the unweighting became staged (each independent decay group accept-rejected on its own in
 its rest frame: same distributions, other random draws; issue 26), and once more for schema version 4
 (issue 23: the Vertexing stage's columns, NaN / 0 / -1 without the stage; every pre-existing
-column was checked equal to the previous file first).
+column was checked equal to the previous file first), and for the Bremsstrahlung stage's
+``particles.has_brem_added`` (issue 25, still schema version 4: -1 without the stage; every other
+column bit-identical to the previous file).
 
 Truth, reconstruction and PID, 3 batches whose first id is 2 (a 2-batch production precedes it
 in the store, so batch ``i`` of the production has id ``2 + i`` and seed ``batch_seed(11, i)``).

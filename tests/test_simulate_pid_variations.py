@@ -305,7 +305,7 @@ def test_duplicated_member_rows_are_refused(batches, tmp_path):
 def test_a_version_3_store_is_upgraded(url, batches):
     from mambah.errors import SchemaVersionError
     from mambah.store import Store
-    from mambah.physics.columns import VERTEXING_COLUMNS
+    from mambah.physics.columns import BREM_COLUMNS, VERTEXING_COLUMNS
     from mambah.store import schema as S
 
     with Store(url) as st:
@@ -315,7 +315,7 @@ def test_a_version_3_store_is_upgraded(url, batches):
         with st._tx() as c:  # what a version-3 store looks like
             c.exec_driver_sql("DROP TABLE pid_variations")
             c.exec_driver_sql("ALTER TABLE vertices DROP COLUMN n_invisible")
-            for table, cols in VERTEXING_COLUMNS.items():
+            for table, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items()):
                 for col in cols:
                     c.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {col}")
             c.exec_driver_sql("UPDATE mambah_meta SET value = '3' WHERE key = 'schema_version'")
@@ -326,8 +326,8 @@ def test_a_version_3_store_is_upgraded(url, batches):
         upgraded = st.read("vertices")
         assert len(upgraded) == len(vertices) > 0 and (upgraded["n_invisible"] == -1).all()
         pd.testing.assert_frame_equal(upgraded.drop(columns="n_invisible"), vertices.drop(columns="n_invisible"))
-        # and the Vertexing stage's columns, at their "not computed" value
-        for table, cols in VERTEXING_COLUMNS.items():
+        # and the Vertexing and Bremsstrahlung stages' columns, at their "not computed" value
+        for table, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items()):
             got = st.read(table)
             for col, (_, fill) in cols.items():
                 v = got[col].to_numpy(dtype=float)

@@ -65,6 +65,10 @@ def register(sub) -> None:
                         "decay-vertex fits and the variables a selection cuts on (IPCHI2_OWNPV, FDCHI2_OWNPV, "
                         "DIRA_OWNPV, ENDVERTEX_CHI2/NDOF, TAU, MCORR, TRACK_Type ...); without it those columns stay "
                         "NaN and the ntuple has no such branches")
+    p.add_argument("--brem", choices=("reference",), default=None,
+                   help="electrons radiate: the reference detector's bremsstrahlung before the magnet lowers the "
+                        "electron tracks' momenta and brem recovery adds part of it back (opt-in: no electron-response "
+                        "network is trained yet); B+ -> K+ e+ e- gets its radiative tail; ntuple X_HASBREMADDED")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "
@@ -93,11 +97,12 @@ def register(sub) -> None:
 
 
 def default_production_name(descriptor, seed: int, reconstruct_as=None, invisible=None,
-                            neutrals: str | None = None, rates=None, vertexing: bool = False) -> str:
+                            neutrals: str | None = None, rates=None, vertexing: bool = False,
+                            brem: str | None = None) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
-    of the mass-hypothesis swaps, the particles left invisible, the neutrals' reconstruction and
-    the Vertexing stage (so that another choice is another production; without them the name is
-    what it always was);
+    of the mass-hypothesis swaps, the particles left invisible, the neutrals' reconstruction, the
+    Vertexing stage and the brem (so that another choice is another production; without them the
+    name is what it always was);
     for a cocktail (a list of descriptors), of every descriptor and the rates."""
     import hashlib
 
@@ -115,6 +120,8 @@ def default_production_name(descriptor, seed: int, reconstruct_as=None, invisibl
         text += f" | neutrals {neutrals}"
     if vertexing:
         text += " | vertexing reference"
+    if brem:
+        text += f" | brem {brem}"
     return f"{hashlib.sha256(text.encode()).hexdigest()[:8]}-seed{seed}"
 
 
@@ -365,7 +372,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--dec-file gives the rates of --rates dec; add --rates dec, or leave --dec-file out")
     options = dict(models_dir=args.models, level=args.level, acceptance=args.acceptance, pid=args.pid,
                    unweight=not args.weighted, reconstruct_as=args.reconstruct_as, invisible=args.invisible or (),
-                   neutrals=args.neutrals, pid_variations=args.pid_variations, vertexing=args.vertexing)
+                   neutrals=args.neutrals, pid_variations=args.pid_variations, vertexing=args.vertexing,
+                   brem=args.brem)
     if cocktail:
         from mambah.simulation import cocktail_pipeline
 
@@ -374,11 +382,12 @@ def run(args: argparse.Namespace) -> int:
         name = args.production or default_production_name(descriptors, args.seed, args.reconstruct_as,
                                                            args.invisible, args.neutrals,
                                                            rates=[round(f, 12) for f in pipeline.fractions],
-                                                           vertexing=args.vertexing)
+                                                           vertexing=args.vertexing, brem=args.brem)
     else:
         pipeline = standard_pipeline(descriptors[0], **options)
         name = args.production or default_production_name(descriptors[0], args.seed, args.reconstruct_as,
-                                                          args.invisible, args.neutrals, vertexing=args.vertexing)
+                                                          args.invisible, args.neutrals, vertexing=args.vertexing,
+                                                          brem=args.brem)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(

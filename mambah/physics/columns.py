@@ -28,7 +28,8 @@ import numpy as np
 from mambah.errors import ConfigurationError, closest
 
 __all__ = [
-    "COLUMNS", "DATA_TABLES", "PID_COLUMNS", "VERTEXING_COLUMNS", "vertexing_defaults",
+    "COLUMNS", "DATA_TABLES", "PID_COLUMNS", "VERTEXING_COLUMNS", "vertexing_defaults", "BREM_COLUMNS",
+    "BREM_NOT_COMPUTED", "brem_defaults",
     "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
 ]
 
@@ -171,6 +172,29 @@ def vertexing_defaults(table: str, n: int) -> dict[str, np.ndarray]:
     return {c: np.full(n, fill, dtype=d) for c, (d, fill) in VERTEXING_COLUMNS.get(table, {}).items()}
 
 
+#: ``particles.has_brem_added`` when the Bremsstrahlung stage did not run (or the row was made
+#: without it: composites, photons, a store written before the column existed).
+BREM_NOT_COMPUTED: int = -1
+
+#: Columns filled by the opt-in Bremsstrahlung stage (:mod:`mambah.reconstruction.brem`, issue 25):
+#: ``{table: {column: (dtype, value when not computed)}}``. ``has_brem_added`` (LHCb's
+#: ``HASBREMADDED``): 1 for an electron track to which brem recovery added at least one photon, 0 for
+#: an electron track without, and for every other track the stage saw; :data:`BREM_NOT_COMPUTED`
+#: (-1) where the stage did not run, and for composites and neutral rows.
+BREM_COLUMNS: dict[str, dict[str, tuple[str, int]]] = {
+    "particles": {"has_brem_added": ("int8", BREM_NOT_COMPUTED)},
+}
+for _t, _cols in BREM_COLUMNS.items():
+    COLUMNS[_t].update({_c: _d for _c, (_d, _) in _cols.items()})
+del _t, _cols
+
+
+def brem_defaults(table: str, n: int) -> dict[str, np.ndarray]:
+    """``{column: array of n "not computed" values}`` of :data:`BREM_COLUMNS` for ``table``
+    (empty for a table without such columns)."""
+    return {c: np.full(n, fill, dtype=d) for c, (d, fill) in BREM_COLUMNS.get(table, {}).items()}
+
+
 #: Data tables in write order (parents before children). ``pid_variations`` is empty (and absent
 #: from the batch) unless the production asked for PID variations.
 DATA_TABLES: tuple[str, ...] = ("events", "mc_vertices", "mc_particles", "particles", "vertices", "pid_variations")
@@ -259,6 +283,8 @@ COLUMN_MAP: tuple[Column, ...] = (
     _c("mcorr", "MCORR", "MeV/c^2"),
     _c("chi2", "ENDVERTEX_CHI2"),
     _c("ndof", "ENDVERTEX_NDOF"),
+    # the Bremsstrahlung stage's flag (BREM_COLUMNS): brem recovery added a photon to the electron track
+    _c("has_brem_added", "HASBREMADDED"),
 )
 
 _BY_NAME: dict[str, Column] = {}

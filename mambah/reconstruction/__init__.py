@@ -10,12 +10,15 @@ variables as pure functions in :mod:`mambah.reconstruction.vertexing`). Each sta
 pickle for Dask. The PID stage is in :mod:`mambah.pid`. Mass-hypothesis swaps (a track
 reconstructed as another particle, ``Composites(reconstruct_as=...)``) are resolved and checked
 by :mod:`mambah.reconstruction.hypotheses`. ``Neutrals`` (opt-in, reference calorimeter only)
-gives photons rows of ``particles`` before ``Composites``; neutral final-state particles that no
+gives photons rows of ``particles`` before ``Composites``; ``Bremsstrahlung`` (opt-in, reference
+detector only) lowers the electron tracks' momenta by their brem loss and adds back what brem
+recovery finds, after ``Resolution`` (:mod:`mambah.reconstruction.brem`); neutral final-state particles that no
 stage reconstructs are refused unless left invisible (:mod:`mambah.reconstruction.visibility`).
 """
 
 from __future__ import annotations
 
+from mambah.reconstruction.brem import Bremsstrahlung
 from mambah.reconstruction.composites import Composites
 from mambah.reconstruction.efficiency import Efficiency
 from mambah.reconstruction.neutrals import Neutrals
@@ -23,4 +26,4 @@ from mambah.reconstruction.occupancy import Occupancy
 from mambah.reconstruction.resolution import Resolution
 from mambah.reconstruction.vertexstage import Vertexing
 
-__all__ = ["Occupancy", "Efficiency", "Resolution", "Neutrals", "Composites", "Vertexing"]
+__all__ = ["Occupancy", "Efficiency", "Resolution", "Bremsstrahlung", "Neutrals", "Composites", "Vertexing"]

@@ -63,7 +63,7 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError
 from mambah.physics import TRACKABLE_PIDS, particle_mass, pdg_charge
-from mambah.physics.columns import COLUMNS, PID_COLUMNS, vertexing_defaults
+from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, vertexing_defaults
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 from mambah.reconstruction.hypotheses import MassHypothesis, as_hypotheses
 from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
@@ -319,6 +319,7 @@ class Composites:
             for c, dt in PID_COLUMNS.items():
                 comp[c] = np.full(m, np.nan, dtype=dt)
             comp.update(vertexing_defaults("particles", m))
+            comp.update(brem_defaults("particles", m))
             comp_frames.append(pd.DataFrame(comp))
             vrow = rows_by_index(vt, dv[slot], "mc_particles.decay_vertex values of decaying nodes")
             vert_frames.append(pd.DataFrame({

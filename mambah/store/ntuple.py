@@ -46,6 +46,12 @@ background cocktails (:func:`mambah.simulation.cocktail_pipeline`)
     among them and the swaps of each channel (``X_ID`` the hypothesis' where that channel swaps
     ``X``; ``X_M_TRUEHYP`` for a node any of them swaps), plus a ``channel`` branch (int16, the
     channel's index). Channels of other shapes are other ntuples: select them with ``channels``.
+brem (a production made with ``mambah simulate --brem reference``, :mod:`mambah.reconstruction.brem`)
+    electron and positron tracks get ``X_HASBREMADDED`` (int8): 1 where brem recovery added a
+    photon to the track, 0 where it did not, -1 where the electron was not reconstructed (or its
+    batch was made without the stage). Without the stage in any selected batch: no such branch. In a
+    cocktail ntuple, whose channels may put other species on a node, every track gets it (0 for a
+    track that is not an electron).
 PID variations (a production made with ``mambah simulate --pid-variations``, K ensemble members)
     every PID branch of a track once more per member k = 1..K: ``X_<PID>_var<k>`` (``K_PIDK_var1``,
     ``p_RichDLLp_var3`` ...; the naming of ``mambah generate --variations``), from the
@@ -78,7 +84,7 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError, MambahError, StoreError
 from mambah.physics import eta as pseudorapidity
-from mambah.physics import pdg_mass
+from mambah.physics import SPECIES_PDG, pdg_mass
 from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, lhcb_name, lhcb_names
 
 __all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
@@ -445,6 +451,9 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
     comp_vtx = ("ip_ownpv", "ipchi2_ownpv", "minipchi2", "fd_ownpv", "fdchi2_ownpv", "dira_ownpv", "tau", "tau_err",
                 "doca_max", "mcorr")
     vg = {c: rgrid(c) for c in dict.fromkeys(track_vtx + comp_vtx)} if vtx_on else {}
+    # the Bremsstrahlung stage's flag, only where it ran (-1: no track in that event, or a batch without it)
+    brem_on = "has_brem_added" in par.columns and bool((par["has_brem_added"].to_numpy() >= 0).any())
+    brem_g = rgrid("has_brem_added", np.int8, -1) if brem_on else None
     vert = store.read("vertices", columns=vcols, batches=ids_arr.tolist())
     vk = np.searchsorted(ids_arr, vert["batch"].to_numpy()).astype(np.int64) << 32 | vert["index"].to_numpy().astype(np.int64)
     vorder = np.argsort(vk, kind="stable")
@@ -527,6 +536,9 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
                     out[f"{X}_{suffix}_var{j + 1}"] = varg[col][j, k]
             for col in track_vtx if vtx_on else ():
                 out[f"{X}_{lhcb_name(col)}"] = vg[col][k]
+            # a cocktail's channels share nodes across species (e+ e- beside mu+ mu-): every track then
+            if brem_on and (cocktail or abs(int(nd["pid"])) == SPECIES_PDG["e"]):
+                out[f"{X}_{lhcb_name('has_brem_added')}"] = brem_g[k]
         elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
             out[f"{X}_ID"] = rid[k]

@@ -69,10 +69,13 @@ __all__ = ["SCHEMA_VERSION", "UPGRADABLE", "UPGRADE_COLUMNS", "COLUMNS", "DATA_T
 #: quality, vertex chi2, ndof and covariance; issue 23). A version-3 store is upgraded in place when
 #: opened (:meth:`Store._init_schema`): the table is added, and the columns, with the value -1
 #: ("unknown": written before version 4) for ``n_invisible`` and the "not computed" value of the
-#: Vertexing columns in the rows already there; nothing else changes.
+#: Vertexing columns in the rows already there; nothing else changes. Also in version 4 (not released
+#: before it was added): ``particles.has_brem_added`` (the opt-in Bremsstrahlung stage's
+#: ``HASBREMADDED``, ``physics.columns.BREM_COLUMNS``), -1 ("not computed") in the rows of a
+#: version-3 store and wherever the stage did not run.
 SCHEMA_VERSION = 4
 
-from mambah.physics.columns import VERTEXING_COLUMNS  # noqa: E402
+from mambah.physics.columns import BREM_COLUMNS, VERTEXING_COLUMNS  # noqa: E402
 
 #: Versions a store can be upgraded from by adding the tables that are new since then.
 UPGRADABLE = {3: ("pid_variations",)}
@@ -80,7 +83,8 @@ UPGRADABLE = {3: ("pid_variations",)}
 #: read as NaN).
 UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
                        *((t, c, None if fill != fill else int(fill))
-                         for t, cols in VERTEXING_COLUMNS.items() for c, (_, fill) in cols.items()))}
+                         for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items())
+                         for c, (_, fill) in cols.items()))}
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -200,6 +204,8 @@ class Particle(Base):
     tau_err: Mapped[float] = _f32()
     doca_max: Mapped[float] = _f32()
     mcorr: Mapped[float] = _f64()
+    # the Bremsstrahlung stage's HASBREMADDED (BREM_COLUMNS; -1 without the stage)
+    has_brem_added: Mapped[int] = mapped_column(SmallInteger)
 
 
 class Vertex(Base):
