@@ -260,13 +260,16 @@ class Store:
             raise StoreError(f"the store {self.url} lacks the table(s) {', '.join(missing)}; it is damaged")
         self._create_tables(only=new)
         added = []
+        quote = self._conn.dialect.identifier_preparer.quote  # the names are the schema's own, quoted
         for table, column, value in S.UPGRADE_COLUMNS.get(found, ()):
-            have = set(self._conn.execute(text(f"SELECT * FROM {table} WHERE 1 = 0")).keys())
+            t, c = _TABLES[table], _TABLES[table].c[column]
+            have = set(self._conn.execute(sa.select(sa.text("*")).select_from(t).limit(0)).keys())
             if column not in have:
-                sql_type = _TABLES[table].c[column].type.compile(dialect=self._conn.dialect)
-                self._conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
-                if value is not None:
-                    self._conn.execute(text(f"UPDATE {table} SET {column} = {int(value)}"))
+                ddl = "ALTER TABLE {} ADD COLUMN {} {}".format(quote(table), quote(column),
+                                                               c.type.compile(dialect=self._conn.dialect))
+                self._conn.exec_driver_sql(ddl)
+                if value is not None:  # the rows already there: bound as a parameter
+                    self._conn.execute(sa.update(t).values({column: int(value)}))
                 added.append(f"{table}.{column}")
         meta = S.Meta.__table__
         self._conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(S.SCHEMA_VERSION)))
