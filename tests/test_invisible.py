@@ -243,6 +243,8 @@ def test_refusal_names_the_calorimeter_option_and_pi0_photons_are_handled():
         standard_pipeline("B0 -> (K*(892)0 -> K+ pi-) K_L0 gamma", pid=False, neutrals="reference")
 
 
+# slow: the CLI end to end (13 s); the Neutrals stage and its composites are tested in-process above
+@pytest.mark.slow
 def test_cli_with_the_reference_calorimeter(tmp_path):
     db = f"duckdb:///{tmp_path}/g.duckdb"
     r = subprocess.run([sys.executable, "-m", "mambah", "-q", "simulate", KSTG, "--events", "2000", "--db", db,

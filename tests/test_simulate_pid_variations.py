@@ -384,6 +384,8 @@ def _mambah(*args):
     return subprocess.run([sys.executable, "-m", "mambah", *args], capture_output=True, text=True, timeout=600)
 
 
+# slow: the CLI end to end (16 s); the stage, the store round trip, the ntuple branches and the CLI refusal are tested in-process above
+@pytest.mark.slow
 def test_cli_pid_variations(varied_models, tmp_path):
     db = tmp_path / "cli.duckdb"
     r = _mambah("simulate", DESCRIPTOR, "--events", "200", "--batch-size", "100", "--seed", "3", "--db", str(db),
