@@ -404,6 +404,17 @@ def _robust(x) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) else float("nan")
 
 
+def _pooled(per_fold: list, sum_w: np.ndarray) -> dict:
+    """The whole file's efficiency from the folds' (each fold's rows against its own model): the folds'
+    efficiencies weighted by their sums of sWeights (the same denominator for data and model), the
+    data's error from the folds' independent errors; ``pull = (data - nominal) / data_error``."""
+    f = sum_w / sum_w.sum()
+    data = float(sum(fi * o["data"] for fi, o in zip(f, per_fold)))
+    nominal = float(sum(fi * o["nominal"] for fi, o in zip(f, per_fold)))
+    err = float(np.sqrt(sum((fi * o["data_error"]) ** 2 for fi, o in zip(f, per_fold))))
+    return {"data": data, "data_error": err, "nominal": nominal, "pull": (data - nominal) / err}
+
+
 def evaluate_efficiency_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarray, cmds: dict, data: Path,
                                  draws: int = EFF_DRAWS, min_n_eff: float = 50.0):
     """Efficiency pulls of each fold's model on the fold it never saw, and the ensemble's z (issue 22).
@@ -475,6 +486,10 @@ def evaluate_efficiency_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarra
                                "nominal": res["gen_eff"], "pull": (res["ref_eff"] - res["gen_eff"]) / res["ref_error"]})
     out = {"cuts": {}, "bins": {c: e.tolist() for c, e in bins.items()}, "draws": draws, "members": n_members,
            "min_n_eff": min_n_eff, "folds": folds}
+    # the cross-fit's overall efficiencies: every row of the file against the model that never saw it
+    p_all = full["P"].to_numpy(dtype=float)
+    sums = {"overall": np.array([w_all[fold == k].sum() for k in range(folds)]),
+            "above_60GeV": np.array([w_all[(fold == k) & (p_all > HIGH_P)].sum() for k in range(folds)])}
     all_pull, all_z = [], []
     for label, d in per_cut.items():
         used = [r for r in d["bins"] if r["used"] and "pull" in r]
@@ -488,7 +503,10 @@ def evaluate_efficiency_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarra
             **({"z_mean": float(zs.mean()), "z_robust_width": _robust(zs), "z_std": float(zs.std()),
                 "median_sigma_ens_over_stat": float(np.median([r["sigma_ens"] / r["data_error"] for r in used]))}
                if len(zs) else {}),
+            "abs_pull_lt1_fraction": float(np.mean(np.abs(pulls) < 1)),
+            **({"abs_z_lt1_fraction": float(np.mean(np.abs(zs) < 1))} if len(zs) else {}),
             "overall_per_fold": d["overall"], "above_60GeV_per_fold": d["above_60GeV"],
+            **{f"{key}_crossfit": _pooled(d[key], sums[key]) for key in ("overall", "above_60GeV")},
             "overall_pulls": [o["pull"] for o in d["overall"]],
             "above_60GeV_pulls": [o["pull"] for o in d["above_60GeV"]],
         }
@@ -508,14 +526,17 @@ def evaluate_efficiency_crossfit(work: Path, full: pd.DataFrame, fold: np.ndarra
                           "all folds' bins pooled per cut"})
     (work / "results_efficiency.json").write_text(json.dumps(out, indent=2))
     lines = ["| cut | bins (5 folds) | pull mean | pull robust width | pull std | z mean | z robust width | z std | "
-             "median σ_ens/σ_stat | overall pulls per fold | p > 60 GeV/c pulls per fold |", "|" + "---|" * 11]
+             "median σ_ens/σ_stat | abs(z) < 1 | overall pulls per fold | cross-fit overall pull | "
+             "p > 60 GeV/c pulls per fold | cross-fit p > 60 GeV/c pull |", "|" + "---|" * 14]
     nan = float("nan")
     for label, c in out["cuts"].items():
         lines.append(f"| {label} | {c['n_bins_used']} | {c['pull_mean']:+.2f} | {c['pull_robust_width']:.2f} | "
                      f"{c['pull_std']:.2f} | {c.get('z_mean', nan):+.2f} | {c.get('z_robust_width', nan):.2f} | "
                      f"{c.get('z_std', nan):.2f} | {c.get('median_sigma_ens_over_stat', nan):.2f} | "
-                     + ", ".join(f"{x:+.2f}" for x in c["overall_pulls"]) + " | "
-                     + ", ".join(f"{x:+.2f}" for x in c["above_60GeV_pulls"]) + " |")
+                     f"{c.get('abs_z_lt1_fraction', nan):.0%} | "
+                     + ", ".join(f"{x:+.2f}" for x in c["overall_pulls"]) + f" | {c['overall_crossfit']['pull']:+.2f} | "
+                     + ", ".join(f"{x:+.2f}" for x in c["above_60GeV_pulls"])
+                     + f" | {c['above_60GeV_crossfit']['pull']:+.2f} |")
     table = "\n".join(lines)
     (work / "results_efficiency.md").write_text(table + "\n")
     print(table)

@@ -70,6 +70,30 @@ def test_rich_threshold_codes_mark_the_radiators_and_thresholds():
     np.testing.assert_array_equal(df["RichPKTie"].to_numpy()[rich] > 0.5, below_k)
 
 
+def test_rich_yields_are_the_relative_photon_yield_of_each_hypothesis_ring():
+    """RichYield<h><j> = sin^2(theta_h) / sin^2(theta_max) from the radiator's own Cherenkov angle, 0 exactly
+    where the code RichAbove<h><j> is 0 (below threshold or outside the radiator), rising towards 1."""
+    from mambah.reference.pid import MASSES, RICH1, RICH2
+    from mambah.pid.chain import RICH_YIELDS, rich_yields
+
+    rng = np.random.default_rng(5)
+    p, eta = rng.uniform(1.5e3, 2e5, 4000), rng.uniform(1.5, 5.5, 4000)
+    y, c = rich_yields(p, eta), rich_threshold_codes(p, eta)
+    assert tuple(y) == RICH_YIELDS
+    for j, rad in ((1, RICH1), (2, RICH2)):
+        smax = np.sin(np.arccos(1.0 / (1.0 + rad.n_minus_1))) ** 2
+        for h, pdg in (("Mu", 13), ("Pi", 211), ("K", 321), ("P", 2212)):
+            yy, code = y[f"RichYield{h}{j}"], c[f"RichAbove{h}{j}"]
+            np.testing.assert_array_equal(yy > 0, code > 0)
+            expected = np.sin(rad.cherenkov_angle(p, MASSES[pdg])) ** 2 / smax
+            np.testing.assert_allclose(yy[code > 0], expected[code > 0], rtol=1e-6, atol=1e-9)
+            assert yy.max() < 1.0 and yy.max() > 0.9
+    # the heavier the hypothesis, the weaker its ring at the same momentum
+    inside = c["RichAcc1"] > 0
+    assert (y["RichYieldPi1"][inside] >= y["RichYieldK1"][inside]).all()
+    assert (y["RichYieldK1"][inside] >= y["RichYieldP1"][inside]).all()
+
+
 def test_fill_ties_removes_the_spike_only_where_the_chain_makes_the_ties():
     """prepare_training_table(fill_ties=seed): below every kaon threshold RichDLLpK takes values of RICH rows
     above one (no exact 0 left among the RICH rows); every other row and column is as measured."""

@@ -89,7 +89,7 @@ from mambah.physics import CONDITION_NAMES, PID_COLUMNS, SPECIES, SPECIES_PDG, l
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "DEFAULT_SPECIES", "load_chain", "available_chains",
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
-           "rich_threshold_codes", "chain_members"]
+           "rich_threshold_codes", "chain_members", "RICH_YIELDS", "rich_yields"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ CHAIN_OUTPUTS: dict[str, str] = {lhcb_name(c): c for c in PID_COLUMNS}
 #: the hypothesis h = mu, pi, K, p there (LHCb's RichPID records the like: ``RichAboveKaThres`` ...).
 #: See :func:`rich_threshold_codes`.
 THRESHOLD_CODES = tuple(f"Rich{k}{j}" for j in (1, 2) for k in ("Acc", "AboveMu", "AbovePi", "AboveK", "AboveP"))
+#: Continuous companions of the threshold codes (see :func:`rich_yields`): for each gas radiator j and
+#: hypothesis h, the photon yield of h's ring relative to a saturated ring, 0 below the threshold.
+RICH_YIELDS = tuple(f"RichYield{k}{j}" for j in (1, 2) for k in ("Mu", "Pi", "K", "P"))
 #: Intermediate columns a step may produce besides the outputs.
 INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie")
 #: Outputs a chain may derive from intermediate columns: output -> (base, difference) (output = base + difference).
@@ -244,6 +247,8 @@ def prepare_training_table(df: pd.DataFrame, *, fill_ties=None) -> pd.DataFrame:
     out["charge"] = out["charge"].astype(float)
     for k, v in rich_threshold_codes(out["P"].to_numpy(), out["ETA"].to_numpy()).items():
         out[k] = v
+    for k, v in rich_yields(out["P"].to_numpy(), out["ETA"].to_numpy()).items():
+        out[k] = v
     if fill_ties is not None:
         from mambah.random import get_rng
 
@@ -282,6 +287,29 @@ def rich_threshold_codes(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray
         for name, sp in (("Mu", "mu"), ("Pi", "pi"), ("K", "K"), ("P", "p")):
             out[f"RichAbove{name}{j}"] = (acc & (p > rad.threshold(species_mass(sp)))).astype(float)
     return {k: out[k] for k in THRESHOLD_CODES}
+
+
+def rich_yields(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray]:
+    """The :data:`RICH_YIELDS` of tracks of momentum ``p`` [MeV/c] and pseudorapidity ``eta``.
+
+    ``RichYield<h><j>`` = ``RichAcc<j> * max(0, 1 - (p_th / p)^2)`` with ``p_th = m_h / sqrt(n^2 - 1)``
+    the threshold of hypothesis h in radiator j: that is sin^2(theta_h) / sin^2(theta_max), the
+    Cherenkov photon yield of h's ring (proportional to sin^2 theta) relative to that of a saturated
+    ring (beta = 1), the quantity the ring's likelihood grows with just above a threshold (where the
+    0/1 codes only say that it is above). It is 0 exactly where the code ``RichAbove<h><j>`` is 0, so a
+    step conditioned on both sees the step at the threshold and the rise after it.
+    """
+    from mambah.reference.pid import RICH1, RICH2
+
+    p, eta = np.asarray(p, dtype=float), np.asarray(eta, dtype=float)
+    out = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for j, rad in ((1, RICH1), (2, RICH2)):
+            acc = rad.in_acceptance(eta)
+            for name, sp in (("Mu", "mu"), ("Pi", "pi"), ("K", "K"), ("P", "p")):
+                y = 1.0 - (rad.threshold(species_mass(sp)) / p) ** 2
+                out[f"RichYield{name}{j}"] = np.where(acc & (p > 0), np.clip(y, 0.0, 1.0), 0.0)
+    return {k: out[k] for k in RICH_YIELDS}
 
 
 def combine(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -404,6 +432,8 @@ class PidChain:
         n = len(cols["P"])
         if any(c in THRESHOLD_CODES for m in self.models for c in m.conditions):
             cols.update(rich_threshold_codes(cols["P"], cols["ETA"]))
+        if any(c in RICH_YIELDS for m in self.models for c in m.conditions):
+            cols.update(rich_yields(cols["P"], cols["ETA"]))
         lanes = [cols] + [dict(cols) for _ in range(n_var)]
         # columns of each member lane that differ from the nominal's (the others share its arrays)
         varied: list[set[str]] = [set() for _ in lanes]
@@ -625,7 +655,7 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
         if hit is not None and hit[0] == versions:
             return hit[1]
     models, paths = [], []
-    produced = set(CHAIN_INPUTS) | set(THRESHOLD_CODES)
+    produced = set(CHAIN_INPUTS) | set(THRESHOLD_CODES) | set(RICH_YIELDS)
     for step, (path, m) in zip(steps, loaded):
         missing = [c for c in m.conditions if c not in produced]
         if missing:
