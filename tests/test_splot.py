@@ -73,6 +73,12 @@ def test_bad_arguments():
         fit_sweights(m, (2250.0, HI))
     with pytest.raises(DataError, match="NaN"):
         fit_sweights(np.append(m, np.nan), (LO, HI))
+    # a range wider than the data (the sample was selected in [2240, 2330]): refused before any fit, with
+    # the data's range; a populated range is accepted (the toy's own range fits in the fixture)
+    with pytest.raises(DataError, match=r"wider than the data's mass range \[2240.02, 2330\]: no row in its high 44%"):
+        fit_sweights(m, (LO, 2400.0))
+    with pytest.raises(DataError, match="low 40%"):
+        fit_sweights(m, (2180.0, HI))
 
 
 def test_sum_rule_check_warns_and_raises():

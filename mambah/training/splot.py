@@ -97,6 +97,24 @@ def _peak_guess(m: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     return float(c[k]), float((hi - lo) / 25)
 
 
+def _check_range_is_covered(m: np.ndarray, lo: float, hi: float, band: float = 0.05, min_rows: int = 20) -> None:
+    """Refuse a fit range wider than the data: an empty gap of more than ``band`` of the range at one of
+    its edges, beside a populated strip of the same width inside the data, means the sample was
+    selected in a narrower window (the fit would normalise the model over a region the selection
+    emptied, and fail or give wrong yields)."""
+    width = hi - lo
+    m_lo, m_hi = float(m.min()), float(m.max())
+    for side, gap, strip in (("low", m_lo - lo, (m >= m_lo) & (m <= 2 * m_lo - lo)),
+                             ("high", hi - m_hi, (m <= m_hi) & (m >= 2 * m_hi - hi))):
+        n_strip = int(strip.sum())
+        if gap > band * width and n_strip >= min_rows:
+            raise DataError(
+                f"the fit range [{lo:g}, {hi:g}] is wider than the data's mass range [{m_lo:g}, {m_hi:g}]: no row in "
+                f"its {side} {gap / width:.0%}, beside {n_strip} rows in the next strip of the same width (the "
+                f"sample was selected in a narrower window?); give a range inside the data's, e.g. "
+                f"--range {m_lo:g} {m_hi:g}")
+
+
 def fit_sweights(mass, range: tuple[float, float], signal: str = "gauss", background: str = "exponential", *,
                  n_chebyshev: int = 2, mu: float | None = None, sigma: float | None = None) -> SPlotResult:
     """Fit ``N_s f_s + N_b f_b`` to ``mass`` in ``range`` (extended unbinned ML) and compute sWeights.
@@ -131,6 +149,7 @@ def fit_sweights(mass, range: tuple[float, float], signal: str = "gauss", backgr
                         "select the rows inside the range first")
     if len(m) < 50:
         raise DataError(f"only {len(m)} rows in the fit range [{lo}, {hi}]: too few for a fit")
+    _check_range_is_covered(m, lo, hi)
 
     os.environ.setdefault("ZFIT_DISABLE_TF_WARNINGS", "1")
     with warnings.catch_warnings():
