@@ -88,6 +88,7 @@ INDEX_REFERENCES: dict[str, dict[str, str]] = {
     "particles": {"index": "particles", "event": "events", "mc_particle": "mc_particles", "mother": "particles",
                   "vertex": "vertices"},
     "vertices": {"index": "vertices", "event": "events", "particle": "particles", "mc_vertex": "mc_vertices"},
+    "pid_variations": {"particle": "particles"},
 }
 
 
@@ -134,7 +135,7 @@ def concat_batches(batch_id: int, parts: list[Batch]) -> tuple[dict[str, pd.Data
             pieces[t].append(df)
         size["events"] += int(p.n_events)
         for t in names:
-            if t != "events" and t in p.tables and len(p.tables[t]):
+            if "index" in INDEX_REFERENCES[t] and t != "events" and t in p.tables and len(p.tables[t]):
                 size[t] += int(p.tables[t]["index"].max()) + 1
     tables = {}
     for t in names:

@@ -172,7 +172,27 @@ class Pipeline:
 
 #: provenance keys of a channel's own batch that are not copied into the cocktail's channel record
 #: (the cocktail records its pipeline, models and timings itself)
-_NOT_PER_CHANNEL = ("pipeline", "models", "timings", "production", "production_index", "production_seed")
+_NOT_PER_CHANNEL = ("pipeline", "models", "timings", "production", "production_index", "production_seed",
+                    "pid_variations")
+
+
+def _merge_variation_plans(plan: dict | None, other: dict, channel: int) -> dict:
+    """The PID variation plan of a cocktail batch (``{members, steps, without_members}``, see
+    :meth:`mambah.pid.stage.PID.variation_plan`) from its channels' plans: one K, the species'
+    varied steps and the species without members of every channel."""
+    if plan is None:
+        return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                for k, v in other.items()}
+    if plan["members"] != other["members"]:
+        raise ConfigurationError(f"cocktail channel {channel}'s PID variations have K = {other['members']} members, "
+                                 f"an earlier channel's {plan['members']}")
+    steps = dict(plan["steps"])
+    for sp, st in other["steps"].items():
+        if steps.setdefault(sp, st) != st:
+            raise ConfigurationError(f"cocktail channel {channel} varies the {sp} chain's steps {st}, an earlier "
+                                     f"channel {steps[sp]}")
+    return {"members": plan["members"], "steps": steps,
+            "without_members": sorted(set(plan["without_members"]) | set(other["without_members"]))}
 
 
 class CocktailPipeline(Pipeline):
@@ -258,6 +278,9 @@ class CocktailPipeline(Pipeline):
             for k, v in sub.info.get("timings", {}).items():
                 timings[k] = timings.get(k, 0.0) + v
             rec.update({k: v for k, v in sub.info.items() if k not in _NOT_PER_CHANNEL})
+            if "pid_variations" in sub.info:  # the channels' PID plans: the same K, their species merged
+                batch.info["pid_variations"] = _merge_variation_plans(batch.info.get("pid_variations"),
+                                                                      sub.info["pid_variations"], c)
             parts.append((rec, sub))
         tables, offsets = concat_batches(batch.id, [sub for _, sub in parts])
         batch.tables.update(tables)

@@ -230,11 +230,12 @@ def cocktail_pipeline(
     from mambah.pipeline import CocktailPipeline
 
     # not yet in a cocktail: the channels' tables are concatenated with their row indices shifted, and
-    # the PID variations' and reconstructed photons' rows and ntuple branches are not carried through.
-    # The Vertexing stage is: it runs inside each channel, and its columns hold values, no row index
-    # (vertices.particle and particles.vertex, which it follows, are shifted by concat_batches)
-    for opt, what in (("pid_variations", "PID variations (--pid-variations)"),
-                      ("neutrals", "reconstructed photons (--neutrals)")):
+    # the reconstructed photons' rows and ntuple branches are not carried through. The Vertexing stage
+    # is: it runs inside each channel, and its columns hold values, no row index (vertices.particle
+    # and particles.vertex, which it follows, are shifted by concat_batches); so are the PID
+    # variations (pid_variations.particle is shifted the same way, and every channel's PID stage has
+    # the same plan: the same chains)
+    for opt, what in (("neutrals", "reconstructed photons (--neutrals)"),):
         if options.get(opt):
             raise ConfigurationError(f"{what} cannot be combined with a cocktail of channels yet; simulate each "
                                      "channel as its own production")

@@ -401,3 +401,50 @@ def test_vertexing_in_a_cocktail_equals_each_channel_alone():
     ok = charm["Lc_FDCHI2_OWNPV"].notna()
     np.testing.assert_array_equal(charm.loc[ok, "Lc_FDCHI2_OWNPV"].to_numpy(np.float32),
                                   key.loc[charm.loc[ok, "event"].to_numpy()].to_numpy(np.float32))
+
+
+# ------------------------------------------------------------------------------------ PID variations
+def test_pid_variations_in_a_cocktail_equal_each_channel_alone():
+    """--pid-variations in a cocktail: each channel's ``pid_variations`` rows (their ``particle`` shifted
+    to the channel's first particle) equal the channel simulated alone with the same seed, the plan is
+    the production's (``batch.info["pid_variations"]``), and the store and the ntuple carry them."""
+    from mambah import Store
+    from mambah.batch import Batch
+    from mambah.generation.cocktail import channel_seed
+    from mambah.simulation import cocktail_pipeline, standard_pipeline
+
+    chans = ["B0 -> K+ pi-", "B_s0 -> K+ K-"]
+    pipe = cocktail_pipeline(chans, [1, 1], pid_variations=True)
+    b = pipe.process(pipe.make_batch(0, production_seed=9, n_events=400))
+    var = b["pid_variations"]
+    k = b.info["pid_variations"]["members"]
+    assert k >= 2 and len(var) and set(var["member"]) == set(range(1, k + 1))
+    assert "pid_variations" not in b.info["cocktail"]["channels"][0]
+    for rec in b.info["cocktail"]["channels"]:
+        c, n = rec["channel"], rec["n_events"]
+        alone = standard_pipeline(chans[c], pid_variations=True, fixed_shapes=True).process(
+            Batch(id=0, seed=channel_seed(b.seed, c), n_events=n))
+        first, n_par = rec["first_particle"], len(alone["particles"])
+        mine = var[(var["particle"] >= first) & (var["particle"] < first + n_par)].reset_index(drop=True)
+        ref = alone["pid_variations"].reset_index(drop=True)
+        assert len(ref) and len(mine) == len(ref), c
+        np.testing.assert_array_equal(mine["particle"].to_numpy(), ref["particle"].to_numpy() + first)
+        for col in ref.columns.drop(["batch", "particle"]):
+            np.testing.assert_array_equal(mine[col].to_numpy(), ref[col].to_numpy(), err_msg=f"channel {c}: {col}")
+    # every row refers to a kaon track of its own batch
+    par = b["particles"].set_index("index").loc[var["particle"].to_numpy()]
+    assert (np.abs(par["pid"]) == 321).all()
+    with Store("duckdb:///:memory:") as st:
+        st.write_batch(b)
+        nt = st.candidates(channels=[1])
+        assert len(st.read("pid_variations")) == len(var)
+    # B_s0 -> K+ K-: both tracks are kaons, whose chain has members: every member's branch is there
+    heads = [c[:-len("_PIDK")] for c in nt.columns if c.endswith("_PIDK")]
+    assert len(heads) == 2, nt.columns
+    for h in heads:
+        for j in range(1, k + 1):
+            x, nom = nt[f"{h}_PIDK_var{j}"].to_numpy(), nt[f"{h}_PIDK"].to_numpy()
+            assert (np.isfinite(x) == np.isfinite(nom)).all() and np.isfinite(x).sum() > 100, (h, j)
+        # the members differ from the nominal (an ensemble), by little (the nominal's noise)
+        d = np.abs(nt[f"{h}_PIDK_var1"] - nt[f"{h}_PIDK"]).dropna()
+        assert 0 < d.median() < 5, (h, d.median())

@@ -295,9 +295,10 @@ def _invisible(stage) -> list[str]:
 
 def _variation_plan(pipeline) -> dict | None:
     """The PID stage's variation plan (:meth:`mambah.pid.stage.PID.variation_plan`), if it has one."""
-    for stage in pipeline.stages:
-        if getattr(stage, "variations", False):
-            return stage.variation_plan()
+    for pipe in getattr(pipeline, "channels", None) or [pipeline]:  # a cocktail: its channels' (one plan)
+        for stage in pipe.stages:
+            if getattr(stage, "variations", False):
+                return stage.variation_plan()
     return None
 
 

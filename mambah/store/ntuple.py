@@ -237,12 +237,16 @@ def _groups(store, batches: Iterable[int] | None, production: str | None,
                     no_tree.append(int(b))
                     continue
                 hyps = _hypotheses(rec)
-                seg = _segment(b, rec["n_events"], c, rec["first_event"], rec["first_mc_particle"], hyps)
+                n_var = _n_variations(info)  # the batch's plan (one for all its channels)
+                seg = _segment(b, rec["n_events"], c, rec["first_event"], rec["first_mc_particle"], hyps, n_var)
                 label = f"channel {c}: {rec.get('descriptor', ' '.join(nd['name'] for nd in tree))}"
                 if hyps:
                     label += "; reconstructed as: " + ", ".join(f"{tree[h['node']]['name']} -> {h['hypothesis']}"
                                                                for h in hyps)
-                add("cocktail " + _shape_key(tree), tree, seg, prod, label)
+                if n_var:
+                    label += f"; PID variations: K = {n_var}"
+                add("cocktail " + _shape_key(tree) + (f"|pid_variations={n_var}" if n_var else ""), tree, seg, prod,
+                    label)
             continue
         if want is not None:
             continue
