@@ -41,6 +41,39 @@ def perturbed_members(src: Path, dst: Path, k: int, *, scale: float = 0.05, seed
     return save_model_dir(dst, card, networks=nets, arrays=load_arrays(src))
 
 
+def perturbed_flag_members(src: Path, dst: Path, k: int, *, scale: float = 0.05, seed: int = 1) -> Path:
+    """Copy the flag model directory ``src`` to ``dst`` with ``k`` perturbed members (arrays ``m<kk>_net_*``)."""
+    from mambah.modeldir import load_arrays, load_network, save_model_dir
+    from mambah.nn.flags import member_prefix
+
+    card = json.loads((src / "card.json").read_text())
+    for key in ("files", "format", "created", "mambah_version"):
+        card.pop(key, None)
+    arrays = dict(load_arrays(src))
+    rng = np.random.default_rng(seed)
+    net = {key: v for key, v in arrays.items() if key.startswith("net_")}
+    for j in range(1, k + 1):
+        for key, v in net.items():
+            arrays[member_prefix(j) + key] = (v * (1.0 + scale * rng.standard_normal(v.shape))).astype(v.dtype)
+    card["ensemble"] = {"members": k, "seeds": list(range(1, k + 1)), "bootstrap": "none: perturbed weights (tests)",
+                        "warm_start": False}
+    return save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+
+
+def flag_member_as_nominal(src: Path, dst: Path, k: int) -> Path:
+    """A flag model directory whose network is member k of ``src``: an independent evaluation."""
+    from mambah.modeldir import load_arrays, load_network, save_model_dir
+    from mambah.nn.flags import member_prefix
+
+    card = json.loads((src / "card.json").read_text())
+    for key in ("files", "format", "created", "mambah_version", "ensemble"):
+        card.pop(key, None)
+    arrays = {key: v for key, v in load_arrays(src).items() if not (key[:1] == "m" and key[1:3].isdigit())}
+    arrays.update({key[len(member_prefix(k)):]: v for key, v in load_arrays(src).items()
+                   if key.startswith(member_prefix(k))})
+    return save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+
+
 def models_with_members(tmp: Path, members: dict[str, int], *, links=None, scale: float = 0.05) -> Path:
     """A models directory under ``tmp``: links to every shipped model (or those of ``links``), except
     the models named in ``members`` (``{name: K}``), copied with K perturbed members."""
@@ -50,7 +83,9 @@ def models_with_members(tmp: Path, members: dict[str, int], *, links=None, scale
         if not (p / "card.json").exists() or (links is not None and p.name not in links):
             continue
         if p.name in members:
-            perturbed_members(p, d / p.name, members[p.name], scale=scale, seed=len(p.name))
+            kind = json.loads((p / "card.json").read_text()).get("kind")
+            make = perturbed_flag_members if kind == "pid-flags" else perturbed_members
+            make(p, d / p.name, members[p.name], scale=scale, seed=len(p.name))
         else:
             os.symlink(p, d / p.name)
     return d

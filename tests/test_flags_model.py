@@ -371,3 +371,79 @@ def test_cli_refuses_bad_input(tiny_parquet, tmp_path, args, message):
     assert r.returncode == 2, r.stderr
     assert re.search(message, r.stderr), r.stderr
     assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------------------ ensembles
+FLAG_CLI = ["--species", "mu", "--conditions", "P,ETA,nTracks", "--targets", "isMuon,hasRich", "--weight", "sWeight",
+            "--epochs", "3", "--seed", "2"]
+
+
+@pytest.fixture(scope="module")
+def flag_members(tiny_parquet, tmp_path_factory):
+    """A tiny flag model with 2 members (the CLI), and the nominal alone trained the same way."""
+    data, _ = tiny_parquet
+    d = tmp_path_factory.mktemp("flagens")
+    for name, extra in (("both", ["--ensemble", "2"]), ("nominal", [])):
+        r = mambah("train", "flags", "--data", data, *FLAG_CLI, "--batch-size", "256", "--width", "16",
+                   "--out", d / name, *extra)
+        assert r.returncode == 0, r.stderr
+    return d / "both", d / "nominal"
+
+
+def test_cli_trains_flag_members_and_draws_them_with_the_nominal_uniforms(tiny_parquet, flag_members, tmp_path):
+    """--ensemble K: K bootstrap members on the nominal's transform, seeds seed + 1000 k; the members'
+    flags are drawn with the nominal's uniforms (a member differs from the nominal only where its
+    probability and the nominal's lie on two sides of the row's uniform); --nominal-from trains the same
+    members for an existing model (the same split, seeds and transform: the same arrays)."""
+    from mambah.modeldir import load_arrays
+
+    data, df = tiny_parquet
+    both, nominal = flag_members
+    card = json.loads((both / "card.json").read_text())
+    ens = card["ensemble"]
+    assert ens["members"] == 2 and ens["seeds"] == [1002, 2002] and ens["bootstrap"].startswith("poisson(1)")
+    m = FlagModel.load(both)
+    assert m.n_members == 2
+    c = df[m.conditions].to_numpy(dtype=float)[:2000]
+    p0, p1, p2 = m.probabilities(c), m.member(1).probabilities(c), m.member(2).probabilities(c)
+    assert 0 < np.abs(p1 - p0).mean() < 0.2 and np.abs(p2 - p1).mean() > 0
+    lanes = m.sample_variations(c, np.random.default_rng(4))
+    assert lanes.shape == (3, 2000, 2)
+    np.testing.assert_array_equal(lanes[0], m.sample(c, np.random.default_rng(4)))
+    for k, pk in ((1, p1), (2, p2)):
+        np.testing.assert_array_equal(lanes[k], m.sample_member(k, c, np.random.default_rng(4)))
+        u = np.random.default_rng(4).random(c.shape[:1] + (2,))
+        differ = lanes[k] != lanes[0]
+        assert differ.any()
+        lo, hi = np.minimum(p0, pk), np.maximum(p0, pk)
+        assert ((u[differ] >= lo[differ] - 1e-6) & (u[differ] <= hi[differ] + 1e-6)).all()
+    # the members of an existing model
+    added = tmp_path / "added"
+    r = mambah("train", "flags", "--data", data, *FLAG_CLI, "--out", added, "--nominal-from", nominal, "--ensemble", "2")
+    assert r.returncode == 0, r.stderr
+    a, b, n0 = load_arrays(added), load_arrays(both), load_arrays(nominal)
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_allclose(a[key], (n0 if key in n0 else b)[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert json.loads((added / "card.json").read_text())["ensemble"]["training_data"]["sha256"]
+    r = mambah("train", "flags", "--data", data, *FLAG_CLI, "--out", tmp_path / "x", "--nominal-from", nominal)
+    assert r.returncode != 0 and "give --ensemble K" in r.stderr
+    r = mambah("train", "flags", "--data", data, *FLAG_CLI, "--out", tmp_path / "x", "--nominal-from", nominal,
+               "--ensemble", "1", "--width", "8")
+    assert r.returncode != 0 and "--width" in r.stderr
+
+
+def test_member_arrays_that_the_card_does_not_list_are_refused(flag_members, tmp_path):
+    from mambah.errors import ModelDirError
+    from mambah.modeldir import load_arrays, load_network, save_model_dir
+
+    out = flag_members[0]
+    card = json.loads((out / "card.json").read_text())
+    for key in ("files", "format", "created", "mambah_version"):
+        card.pop(key)
+    for k, message in ((0, "ensemble members the card does not list"), (3, "ensemble member 3 layer 0 is incomplete")):
+        card["ensemble"]["members"] = k
+        save_model_dir(tmp_path / f"bad{k}", card, networks={"classifier": load_network(out, "classifier")},
+                       arrays=load_arrays(out))
+        with pytest.raises(ModelDirError, match=message):
+            FlagModel.load(tmp_path / f"bad{k}")

@@ -97,6 +97,44 @@ def test_chain_nominal_unchanged_members_equal_independent_chains(varied_models,
     assert np.mean(lanes[1]["PIDK"] != lanes[2]["PIDK"]) > 0.5
 
 
+def test_flag_members_vary_the_flags_and_every_step_after_them(tmp_path):
+    """A flags step with members (mambah train flags --ensemble K): the nominal is unchanged; lane k's
+    flags and muon step (the first step after them) equal those of an independent chain whose flags
+    step is member k (the same random state up to there); every later step draws with the nominal's
+    state at that step (each step's noise is the nominal's, replayed), on the rows of the lane's own
+    flags."""
+    from ensemble_helpers import flag_member_as_nominal
+    from mambah.pid.chain import build_chain, chain_members
+
+    varied = {"pid-K-flags": K, "pid-K-rich": K, "pid-K-global": K}
+    models = models_with_members(tmp_path / "v", varied, links=K_CHAIN, scale=0.3)
+    assert chain_members("K", models) == varied
+    chain = build_chain("K", None, models)
+    x = _inputs(3000, seed=8)
+    nominal = chain.generate_columns(x, np.random.default_rng(2))
+    lanes = chain.generate_variations_columns(x, np.random.default_rng(2))
+    _equal(nominal, lanes[0])
+    _equal(nominal, build_chain("K", None, MODELS).generate_columns(x, np.random.default_rng(2)))
+    for k in range(1, K + 1):
+        d = tmp_path / f"m{k}"
+        d.mkdir()
+        for name in K_CHAIN:
+            if name == "pid-K-flags":
+                flag_member_as_nominal(models / name, d / name, k)
+            elif name in varied:
+                _member_as_nominal(models / name, d / name, k)
+            else:
+                (d / name).symlink_to(MODELS / name)
+        indep = build_chain("K", None, d).generate_columns(x, np.random.default_rng(2))
+        _equal(indep, lanes[k], ["isMuon", "MuonMuLL", "MuonBkgLL"])
+        np.testing.assert_array_equal(np.isfinite(indep["RichDLLk"]), np.isfinite(lanes[k]["RichDLLk"]))
+        flips = (lanes[k]["isMuon"] != nominal["isMuon"]) | (np.isfinite(lanes[k]["RichDLLk"]) != np.isfinite(nominal["RichDLLk"]))
+        assert 0 < flips.mean() < 0.3, flips.mean()
+        # a RICH row of both lanes: the same noise (the nominal's), a different generator (member k)
+        both = np.isfinite(lanes[k]["RichDLLk"]) & np.isfinite(nominal["RichDLLk"])
+        assert both.sum() > 1000 and np.mean(lanes[k]["RichDLLk"][both] != nominal["RichDLLk"][both]) > 0.9
+
+
 def _tiny_gan(path: Path, conditions, targets, members: int, selection: str, seed: int) -> Path:
     """An untrained GAN model directory (with ``members`` untrained members) fitted on made-up data."""
     import keras

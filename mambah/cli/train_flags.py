@@ -42,6 +42,15 @@ def register(kinds) -> None:
     p.add_argument("--description", default=None, help="training-data description for the card")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    e = p.add_argument_group("ensemble (the classifier's own uncertainty: mambah simulate --pid-variations)")
+    e.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="also train K members on bootstrap replicas of the training rows (Poisson(1) counts x "
+                        "sWeights, seeds seed + 1000 k), on the nominal's condition transform; they are stored in "
+                        "the model directory and drawn with the nominal's uniforms (default 0: none)")
+    e.add_argument("--nominal-from", metavar="DIR", default=None,
+                   help="do not train the nominal: take it from the flag model directory DIR (its transform, "
+                        "network, card and split seed; --conditions/--targets must be its own) and train only the "
+                        "--ensemble K members on --data; --out gets DIR's model with the members")
     g = p.add_argument_group("network and training (the defaults are good settings)")
     g.add_argument("--width", type=int, default=None, help="hidden layer width (48)")
     g.add_argument("--depth", type=int, default=None, help="hidden layers (3)")
@@ -90,6 +99,10 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigurationError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    if args.ensemble < 0:
+        raise ConfigurationError(f"--ensemble must be >= 0, not {args.ensemble}")
+    if args.nominal_from is not None:
+        return run_members_of(args, log)
     cfg = build_config(args)
 
     # ---- the data: read, select, check, split — as `mambah train pid`
@@ -113,6 +126,13 @@ def run(args) -> int:
              ",".join(conditions), len(it), len(iv), args.weight or "1",
              f"{args.epochs} epochs" if args.epochs else f"{cfg.max_time / 60:.1f} min")
     trainer.fit(C[it], Y[it], w[it], valid=(C[iv], Y[iv], w[iv]))
+    members, ensemble = [], None
+    if args.ensemble:
+        from mambah.training.flags import fit_flag_members
+
+        members, ensemble = fit_flag_members(C[it], Y[it], w[it], (C[iv], Y[iv], w[iv]), members=args.ensemble,
+                                             config=cfg, cond_pre=trainer.cond_pre_, condition_names=conditions,
+                                             target_names=targets)
 
     # ---- held-out metrics
     prob = trainer.predict_proba(C[iv])
@@ -166,9 +186,86 @@ def run(args) -> int:
         "command": "mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "mambah" in sys.argv[0]
                    else None,
     }
-    save_flag_model(out, trainer, card, overwrite=args.overwrite)
+    if ensemble is not None:
+        card["ensemble"] = ensemble
+    save_flag_model(out, trainer, card, overwrite=args.overwrite, members=members)
     print(f"wrote {out}: held-out weighted BCE {bce:.5f}, Brier {brier:.5f} (constant rate {bce0:.5f}, {brier0:.5f}); "
           f"max |eff diff| in {conditions[0]} "
           f"bins: " + ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items())
           + f"; trained {trainer.train_seconds_:.0f} s, {trainer.epochs_} epochs")
+    return 0
+
+
+def run_members_of(args, log) -> int:
+    """``--nominal-from DIR``: K ensemble members for an existing flag model, trained on ``--data``.
+
+    The nominal (transform, network, card, held-out scores) is DIR's, unchanged; the members are fitted
+    as :func:`~mambah.training.flags.fit_flag_members` fits those of a new nominal (DIR's
+    hyperparameters, the split seeded by its ``hyperparameters.seed``; ``--epochs``/``--max-time``
+    and ``--patience`` may replace its budget), on the rows of ``--data``: the card's
+    ``ensemble.training_data`` records the members' file and hash beside the nominal's.
+    """
+    import dataclasses
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from mambah.cli.train_pid import check_split_weights, read_training_data, set_budget, training_data_entry
+    from mambah.errors import ConfigurationError
+    from mambah.modeldir import load_arrays, load_network, save_model_dir
+    from mambah.nn.flags import NETWORK, FlagModel
+    from mambah.training.flags import FlagConfig, check_flag_values, fit_flag_members, member_arrays
+
+    if args.ensemble < 1:
+        raise ConfigurationError("--nominal-from trains ensemble members only: give --ensemble K (K >= 1)")
+    given = [o for o in ("width", "depth", "activation", "learning_rate", "stop_on", "batch_size")
+             if getattr(args, o, None) is not None]
+    if given:
+        raise ConfigurationError(f"with --nominal-from the network and its training are the nominal's: do not give "
+                                 f"{', '.join('--' + o.replace('_', '-') for o in given)}")
+    nominal = FlagModel.load(args.nominal_from)
+    want_c, want_t = ",".join(nominal.conditions), ",".join(nominal.targets)
+    if args.conditions != want_c or args.targets != want_t:
+        raise ConfigurationError(f"--conditions/--targets must be those of {args.nominal_from!r}: "
+                                 f"--conditions {want_c} --targets {want_t} (given {args.conditions} / {args.targets})")
+    hp = nominal.card.get("hyperparameters", {})
+    fields = {f.name for f in dataclasses.fields(FlagConfig)}
+    cfg = FlagConfig(**{k: v for k, v in hp.items() if k in fields})
+    if args.seed not in (0, cfg.seed):
+        raise ConfigurationError(f"--seed {args.seed} differs from the nominal's {cfg.seed}: with --nominal-from the "
+                                 "split and the members' seeds follow the nominal's (omit --seed)")
+    args.seed = cfg.seed
+    if args.patience is not None:
+        cfg.patience = args.patience
+    if args.epochs is not None or args.max_time is not None:
+        cfg.epochs = args.epochs if args.epochs is not None else cfg.epochs
+        set_budget(cfg, args)
+    cfg.validate()
+
+    conditions, targets, df, w, n_read, iv, it = read_training_data(args, log)
+    check_split_weights(w, iv, it, log)
+    C = df[conditions].to_numpy(dtype=float)
+    Y = check_flag_values(df[targets].to_numpy(), targets, where=args.data)
+    log.info("training %d members of %s on %d rows of %s (%d held out)", args.ensemble, args.nominal_from, len(it),
+             args.data, len(iv))
+    stacks, ensemble = fit_flag_members(C[it], Y[it], w[it], (C[iv], Y[iv], w[iv]), members=args.ensemble,
+                                        config=cfg, cond_pre=nominal.cond_pre, condition_names=conditions,
+                                        target_names=targets)
+    card = {k: v for k, v in nominal.card.items() if k not in ("ensemble", "files", "format", "created",
+                                                                 "mambah_version")}
+    card["ensemble"] = {**ensemble,
+                        "nominal": f"not retrained: the model directory {Path(args.nominal_from).name!r} as it was "
+                                   "(mambah train flags --nominal-from); its training_data, metrics and command are "
+                                   "the nominal's",
+                        "training_data": training_data_entry(args, n_read, len(df), w, it, iv),
+                        "member_budget": {"epochs": cfg.epochs, "max_time": cfg.max_time, "patience": cfg.patience},
+                        "command": "mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+                        if sys.argv and "mambah" in sys.argv[0] else None}
+    arrays = {k: v for k, v in load_arrays(args.nominal_from).items() if not (k[:1] == "m" and k[1:3].isdigit())}
+    arrays.update(member_arrays(stacks))
+    save_model_dir(args.out, card, networks={NETWORK: load_network(args.nominal_from, NETWORK)}, arrays=arrays,
+                   overwrite=args.overwrite)
+    print(f"wrote {args.out}: the nominal of {args.nominal_from} + {args.ensemble} members, seeds {ensemble['seeds']}: "
+          f"{sum(ensemble['seconds_per_member']) / args.ensemble:.0f} s per member; held-out {cfg.stop_on} "
+          + ", ".join(f"{x:.5f}" for x in ensemble[f"valid_{cfg.stop_on}_per_member"]))
     return 0

@@ -19,7 +19,14 @@ A model directory (see :mod:`mambah.modeldir`) of kind ``"pid-flags"`` holds
   same network's weights as plain arrays (``net_w0``, ``net_b0``, ...), so that using the model
   needs numpy only (no TensorFlow);
 * ``card.json`` — conditions, targets, the network's layers, training data, hyperparameters and
-  validation metrics (weighted BCE, efficiency closure in bins of the first condition).
+  validation metrics (weighted BCE, efficiency closure in bins of the first condition);
+* optionally an **ensemble** (``mambah train flags --ensemble K``): members k = 1..K, classifiers of
+  the same architecture on the same condition transform, fitted to bootstrap replicas of the
+  training rows (Poisson(1) counts times the sWeights), as arrays ``m<kk>_net_w<i>``,
+  ``m<kk>_net_b<i>`` in ``arrays.npz`` and the card's ``"ensemble"`` section (``members``, ``seeds``,
+  ``bootstrap``). :meth:`FlagModel.sample_variations` draws the flags of the nominal and of every
+  member with the same uniforms, so a member's flag differs from the nominal's only where its
+  probability does.
 
 Example:
     >>> m = FlagModel.load("models/pid-mu-flags")                     # doctest: +SKIP
@@ -43,12 +50,17 @@ from mambah.nn.preprocessing import QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KIND", "NETWORK", "FlagModel"]
+__all__ = ["KIND", "NETWORK", "FlagModel", "member_prefix"]
 
 #: ``kind`` of the card of a flag model directory.
 KIND = "pid-flags"
 #: name of the network file in the model directory (``classifier.keras``).
 NETWORK = "classifier"
+
+
+def member_prefix(k: int) -> str:
+    """The prefix of ensemble member ``k``'s arrays in ``arrays.npz`` (``m01_`` for k = 1)."""
+    return f"m{int(k):02d}_"
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -71,9 +83,11 @@ class FlagModel(QuantileConditionedModel):
 
     kind = KIND
 
-    def __init__(self, net, cond_pre: QuantileGaussianizer, card: dict, path: str | os.PathLike | None = None):
+    def __init__(self, net, cond_pre: QuantileGaussianizer, card: dict, path: str | os.PathLike | None = None,
+                 member_nets: list | None = None):
         super().__init__(cond_pre, card, path)
         self.net = net
+        self.member_nets = list(member_nets or [])
         # fill the transform's per-column cache now, so that threads only read it
         self.cond_pre.transform(np.asarray(cond_pre.range_()[0])[None, :], mode="mid")
 
@@ -91,27 +105,75 @@ class FlagModel(QuantileConditionedModel):
             raise ModelDirError(f"the card of {str(path)!r} lacks network.layers")
         arrays = load_arrays(path)
         cond_pre = QuantileGaussianizer.from_arrays(arrays, "cond")
-        stack = []
-        for i, layer in enumerate(layers):
-            try:
-                wt, b, act = arrays[f"net_w{i}"], arrays[f"net_b{i}"], layer["activation"]
-            except (KeyError, TypeError) as e:
-                raise ModelDirError(f"{str(path)!r}: network layer {i} is incomplete (missing {e})") from None
-            if act not in ACTIVATIONS:
-                raise ModelDirError(f"{str(path)!r}: layer {i} has the unsupported activation {act!r}")
-            if wt.ndim != 2 or b.shape != (wt.shape[1],) or (stack and stack[-1][0].shape[1] != wt.shape[0]):
-                raise ModelDirError(f"{str(path)!r}: the weights of network layer {i} have inconsistent shapes "
-                                    f"{wt.shape}, {b.shape}")
-            stack.append((wt, b, act))
-        if any(k.startswith("net_w") and k[5:].isdigit() and int(k[5:]) >= len(layers) for k in arrays):
-            raise ModelDirError(f"{str(path)!r}: arrays.npz holds more network layers than the card lists")
-        net = DenseStack(stack)
-        m = cls(net, cond_pre, card, path)
-        if cond_pre.knots_.shape[0] != len(m.conditions) or net.n_in != len(m.conditions) \
-                or net.n_out != len(m.targets):
-            raise ModelDirError(f"{str(path)!r}: the preprocessing or the network do not match the card's "
-                                f"{len(m.conditions)} conditions and {len(m.targets)} targets")
+
+        def network(prefix: str, what: str):
+            stack = []
+            for i, layer in enumerate(layers):
+                try:
+                    wt, b, act = arrays[f"{prefix}net_w{i}"], arrays[f"{prefix}net_b{i}"], layer["activation"]
+                except (KeyError, TypeError) as e:
+                    raise ModelDirError(f"{str(path)!r}: {what} layer {i} is incomplete (missing {e})") from None
+                if act not in ACTIVATIONS:
+                    raise ModelDirError(f"{str(path)!r}: layer {i} has the unsupported activation {act!r}")
+                if wt.ndim != 2 or b.shape != (wt.shape[1],) or (stack and stack[-1][0].shape[1] != wt.shape[0]):
+                    raise ModelDirError(f"{str(path)!r}: the weights of {what} layer {i} have inconsistent shapes "
+                                        f"{wt.shape}, {b.shape}")
+                stack.append((wt, b, act))
+            n_i = len(prefix) + 5
+            if any(k.startswith(f"{prefix}net_w") and k[n_i:].isdigit() and int(k[n_i:]) >= len(layers) for k in arrays):
+                raise ModelDirError(f"{str(path)!r}: arrays.npz holds more {what} layers than the card lists")
+            return DenseStack(stack)
+
+        net = network("", "network")
+        ens = card.get("ensemble")
+        k = ens.get("members", 0) if isinstance(ens, dict) else 0
+        if not isinstance(k, int) or k < 0:
+            raise ModelDirError(f"{str(path)!r}: the card's ensemble.members is {k!r}, not a count")
+        members = [network(member_prefix(j), f"ensemble member {j}") for j in range(1, k + 1)]
+        if any(key.startswith("m") and key[1:3].isdigit() and int(key[1:3]) > k for key in arrays):
+            raise ModelDirError(f"{str(path)!r}: arrays.npz holds ensemble members the card does not list ({k})")
+        m = cls(net, cond_pre, card, path, member_nets=members)
+        for n_ in [net, *members]:
+            if cond_pre.knots_.shape[0] != len(m.conditions) or n_.n_in != len(m.conditions) \
+                    or n_.n_out != len(m.targets):
+                raise ModelDirError(f"{str(path)!r}: the preprocessing or the networks do not match the card's "
+                                    f"{len(m.conditions)} conditions and {len(m.targets)} targets")
         return m
+
+    # -------------------------------------------------------------------------- ensemble
+    @property
+    def n_members(self) -> int:
+        """The number K of ensemble members (0 without an ensemble)."""
+        return len(self.member_nets)
+
+    def member(self, k: int) -> FlagModel:
+        """Member ``k`` (1..K) as a :class:`FlagModel` of its own (the same conditions, transform and
+        card; cached), whose :meth:`sample` is the member's draw."""
+        if not 1 <= int(k) <= self.n_members:
+            raise ConfigurationError(f"flag model {self.card.get('name', self.path)!r} has {self.n_members} "
+                                     f"ensemble members, not a member {k}")
+        k = int(k)
+        return self.memo(f"mambah.nn.flags.member{k}",
+                         lambda: FlagModel(self.member_nets[k - 1], self.cond_pre, self.card, self.path))
+
+    def sample_member(self, k: int, data, rng: np.random.Generator, *, counts: list | None = None) -> np.ndarray:
+        """Member ``k``'s flags (n, n_targets), drawing the uniforms from ``rng`` as :meth:`sample`
+        does: with the same ``rng`` state as the nominal's, the same uniforms."""
+        return self.member(k).sample(data, rng, check_range=False, counts=counts)
+
+    def sample_variations(self, data, rng: np.random.Generator, *, counts: list | None = None) -> np.ndarray:
+        """The flags of the nominal and of every member, with the same uniforms: (K + 1, n, n_targets),
+        ``[0]`` the nominal's (exactly :meth:`sample`'s from the same ``rng`` state), ``[k]`` member
+        k's. ``rng`` advances as for one :meth:`sample`."""
+        if not self.n_members:
+            raise ConfigurationError(f"flag model {self.card.get('name', self.path)!r} has no ensemble members")
+        state = rng.bit_generator.state
+        out = [self.sample(data, rng, counts=counts)]
+        for k in range(1, self.n_members + 1):
+            replay = np.random.Generator(type(rng.bit_generator)())
+            replay.bit_generator.state = state
+            out.append(self.sample_member(k, data, replay))
+        return np.stack(out)
 
     def keras_network(self):
         """The saved Keras network (``classifier.keras``, safe mode; imports TensorFlow)."""

@@ -507,7 +507,12 @@ class PidChain:
             # graphs count in the same pass (no second pass over the conditions)
             sink: list | None = [] if counts is not None or quiet else None
             if hasattr(m, "sample"):  # a classifier of flags: Bernoulli draws (compiled)
-                out[sel] = m.sample(cs, rng, counts=sink)
+                if variations:  # the nominal and the members on the same uniforms
+                    out[:, sel] = m.sample_variations(cs, rng, counts=sink)
+                elif member is not None:
+                    out[sel] = m.sample_member(member, cs, rng, counts=sink)
+                else:
+                    out[sel] = m.sample(cs, rng, counts=sink)
             elif variations:  # the nominal GAN and its members on one transform and one noise
                 out[:, sel] = m.generate_variations_array(cs, rng, chunk=chunk, counts=sink)
             elif member is not None:
@@ -599,7 +604,7 @@ def chain_members(species: str, models_dir: str | os.PathLike | None = None,
             card = json.loads((Path(path) / "card.json").read_text())
         except (ModelDirError, ConfigurationError, OSError, ValueError):
             continue
-        ens = card.get("ensemble") if card.get("kind") == "pid" else None
+        ens = card.get("ensemble") if card.get("kind") in ("pid", "pid-flags") else None
         k = ens.get("members") if isinstance(ens, dict) else None
         if isinstance(k, int) and k > 0:
             out[str(card.get("name", Path(path).name))] = k

@@ -315,12 +315,14 @@ class FlagTrainer:
                             "(too few rows, or sWeights of the wrong component?)")
         return c, y, w
 
-    def fit(self, conditions, targets, weights=None, valid=None) -> FlagTrainer:
+    def fit(self, conditions, targets, weights=None, valid=None, *, cond_pre=None) -> FlagTrainer:
         """Train on ``conditions`` (n, k_c), 0/1 ``targets`` (n, k_t) with sWeights ``weights`` (n,).
 
         Args:
             valid: ``(conditions, targets, weights)`` of held-out rows: early stopping and the kept
                 weights follow their weighted BCE. ``None``: the last weights are kept.
+            cond_pre: a fitted condition transform to use instead of fitting one (the nominal's, for
+                the ensemble members that share it: :func:`fit_flag_members`).
         """
         import keras
         import tensorflow as tf
@@ -345,7 +347,8 @@ class FlagTrainer:
 
         set_determinism(cfg.seed)
         rng = np.random.default_rng([cfg.seed, 1])
-        self.cond_pre_ = QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
+        self.cond_pre_ = cond_pre if cond_pre is not None else \
+            QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
         x = self.cond_pre_.transform(c, mode="mid")
         self.weight_mean_ = float(w.mean())
         wn = (w / self.weight_mean_).astype(np.float32)
@@ -477,8 +480,70 @@ def _with_sigmoid(net):
     return out
 
 
-def save_flag_model(out: str | os.PathLike, trainer: FlagTrainer, card: dict, *, overwrite: bool = False) -> Path:
-    """Write a flag model directory (kind ``"pid-flags"``) from a fitted :class:`FlagTrainer`."""
+def fit_flag_members(conditions, targets, weights, valid, *, members: int, config: FlagConfig, cond_pre,
+                     condition_names=None, target_names=None) -> tuple[list, dict]:
+    """Fit ``members`` ensemble members of a flag model (``mambah train flags --ensemble K``).
+
+    Member k (1..K) is a :class:`FlagTrainer` with the nominal's settings and seed
+    ``member_seed(config.seed, k)`` (``seed + 1000 k``), on the nominal's condition transform
+    ``cond_pre``, fitted to the training rows weighted by ``weights`` times Poisson(1) counts
+    (:func:`mambah.training.ensemble.bootstrap_counts` of the member's seed), early-stopped on the
+    same held-out rows ``valid``: the spread of the members' probabilities is the statistical
+    uncertainty of the classifier (a bootstrap, as for the GANs' members).
+
+    Returns:
+        ``(stacks, entry)``: the members' :class:`~mambah.nn.dense.DenseStack` (sigmoid outputs) and
+        the card's ``"ensemble"`` section (seeds, cost, held-out scores per member).
+    """
+    import copy
+
+    from mambah.nn.dense import DenseStack
+    from mambah.training.ensemble import BOOTSTRAP, bootstrap_counts, member_seed
+
+    if int(members) < 1:
+        raise ConfigurationError(f"members must be >= 1, not {members!r}")
+    w = np.ones(len(conditions)) if weights is None else np.asarray(weights, dtype=float)
+    stacks, seeds, seconds, epochs, scores = [], [], [], [], []
+    for k in range(1, int(members) + 1):
+        cfg = copy.deepcopy(config)
+        cfg.seed = member_seed(config.seed, k)
+        tr = FlagTrainer(cfg, condition_names=condition_names, target_names=target_names)
+        tr.fit(conditions, targets, w * bootstrap_counts(len(w), cfg.seed), valid, cond_pre=cond_pre)
+        stacks.append(DenseStack.from_keras(tr.network_, where=f"ensemble member {k}"))
+        seeds.append(cfg.seed)
+        seconds.append(round(tr.train_seconds_, 1))
+        epochs.append(tr.epochs_)
+        scores.append(tr.best_valid_loss_)
+        log.info("flag ensemble member %d/%d (seed %d): %d epochs, %.0f s, held-out %s %.6f", k, members, cfg.seed,
+                 tr.epochs_, tr.train_seconds_, cfg.stop_on, tr.best_valid_loss_)
+    entry = {"members": int(members), "bootstrap": BOOTSTRAP, "seeds": seeds, "warm_start": False,
+             "arrays": "m<kk>_net_w<i>, m<kk>_net_b<i> in arrays.npz (kk = 01..K): member k's Dense weights",
+             "seconds_per_member": seconds, "epochs_per_member": epochs,
+             f"valid_{config.stop_on}_per_member": scores,
+             "note": "member k is the nominal's classifier refitted from scratch with seed seeds[k-1] on the training "
+                     "rows weighted by sWeight x Poisson(1) counts (numpy default_rng([seeds[k-1], 22]).poisson), on "
+                     "the nominal's condition transform, early-stopped on the nominal's held-out rows; the chain "
+                     "draws every member's flags with the nominal's uniforms (FlagModel.sample_variations)"}
+    return stacks, entry
+
+
+def member_arrays(stacks) -> dict[str, np.ndarray]:
+    """The ``arrays.npz`` entries of ensemble members' networks (``m01_net_w0`` ...)."""
+    from mambah.nn.flags import member_prefix
+
+    out = {}
+    for k, st in enumerate(stacks, start=1):
+        for i, (wt, b, _) in enumerate(st.layers):
+            out[f"{member_prefix(k)}net_w{i}"] = wt
+            out[f"{member_prefix(k)}net_b{i}"] = b
+    return out
+
+
+def save_flag_model(out: str | os.PathLike, trainer: FlagTrainer, card: dict, *, overwrite: bool = False,
+                    members: list | None = None) -> Path:
+    """Write a flag model directory (kind ``"pid-flags"``) from a fitted :class:`FlagTrainer`;
+    ``members``: its ensemble members' networks (:func:`fit_flag_members`; the card's
+    ``"ensemble"`` section is the caller's)."""
     from mambah.nn.dense import DenseStack
 
     if not hasattr(trainer, "network_"):
@@ -502,4 +567,8 @@ def save_flag_model(out: str | os.PathLike, trainer: FlagTrainer, card: dict, *,
     for i, (wt, b, _) in enumerate(stack.layers):
         arrays[f"net_w{i}"] = wt
         arrays[f"net_b{i}"] = b
+    if members:
+        if int((full.get("ensemble") or {}).get("members", -1)) != len(members):
+            raise ConfigurationError(f"the card's ensemble section must list the {len(members)} members")
+        arrays.update(member_arrays(members))
     return save_model_dir(out, full, networks={NETWORK: trainer.network_}, arrays=arrays, overwrite=overwrite)
