@@ -85,7 +85,7 @@ from mambah.errors import ConfigurationError
 from mambah.random import SeedLike, get_rng
 from mambah.reference.calorimeter import Calorimeter
 
-__all__ = ["MaterialLayer", "MATERIAL", "BremDetector", "bethe_heitler_kept", "kept_fraction_mean"]
+__all__ = ["MaterialLayer", "MATERIAL", "BremDetector", "bethe_heitler_kept", "kept_fraction_mean", "brem_sample"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,3 +227,31 @@ class BremDetector:
             "px_reco": px * scale_reco, "py_reco": py * scale_reco, "pz_reco": pz * scale_reco,
             "has_brem_added": found.any(axis=1), "brem_e_added": added,
         }
+
+
+def brem_sample(n: int, seed: SeedLike = None, *, p_lo: float = 1000.0, p_hi: float = 300_000.0,
+                detector: BremDetector | None = None):
+    """Single electrons through the reference brem and recovery: the training sample of the brem
+    network (``mambah detector brem-sample``).
+
+    The electrons come from :class:`mambah.reference.tracking.TrackGun` (eta 1.6-5.4, log-flat p in
+    [p_lo, p_hi] MeV/c, half prompt, half displaced), e- and e+ alike.
+
+    Returns:
+        A DataFrame: ``pid, px, py, pz`` [MeV/c], ``x, y, z`` (origin, mm), ``has_brem_added`` (0/1),
+        ``brem_scale`` (p after recovery / p true), ``kept`` (fraction left at the magnet) and
+        ``brem_e_added`` (MeV).
+    """
+    import pandas as pd
+
+    from mambah.reference.tracking import TrackGun
+
+    rng = get_rng(seed)
+    g = TrackGun(p_lo=p_lo, p_hi=p_hi)(n, seed=rng)
+    pid = np.where(g["pid"] > 0, 11, -11).astype(np.int32)
+    r = (detector or BremDetector()).response(g["px"], g["py"], g["pz"], g["x"], g["y"], g["z"], seed=rng)
+    p = np.sqrt(g["px"] ** 2 + g["py"] ** 2 + g["pz"] ** 2)
+    pr = np.sqrt(r["px_reco"] ** 2 + r["py_reco"] ** 2 + r["pz_reco"] ** 2)
+    return pd.DataFrame({"pid": pid, **{c: g[c] for c in ("px", "py", "pz", "x", "y", "z")},
+                         "has_brem_added": r["has_brem_added"].astype(np.int8), "brem_scale": pr / p,
+                         "kept": r["kept"], "brem_e_added": r["brem_e_added"]})
