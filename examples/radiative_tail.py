@@ -58,8 +58,8 @@ MODES = {  # label -> (descriptor, brem recovery: True / False / None = no elect
 }
 #: the networks' productions: label -> (descriptor, the reference production it is compared with)
 NETWORK_MODES = {"Kee_model": ("B+ -> K+ e+ e-", "Kee"), "JpsiK_ee_model": ("B+ -> (J/psi(1S) -> e+ e-) K+", "JpsiK_ee")}
-#: photon modes: label -> (descriptor, head's ntuple prefix)
-PHOTON_MODES = {"Kstgamma": ("B0 -> (K*(892)0 -> K+ pi-) gamma", "B"), "Kpipi0": ("D0 -> K- pi+ (pi0 -> gamma gamma)", "D")}
+#: photon modes: label -> descriptor
+PHOTON_MODES = {"Kstgamma": "B0 -> (K*(892)0 -> K+ pi-) gamma", "Kpipi0": "D0 -> K- pi+ (pi0 -> gamma gamma)"}
 TAIL_CUT = 5100.0  # MeV/c^2
 
 
@@ -107,11 +107,12 @@ def networks(args, store, masses) -> dict:
                               "brem_added_model": float(fm), "brem_added_diff": float(fm - fr),
                               "tail_fraction_model": float(np.mean(b["B_M"] < TAIL_CUT)),
                               "tail_fraction_reference": float(np.mean(a["B_M"] < TAIL_CUT))}
-    for label, (descriptor, head) in PHOTON_MODES.items():
+    for label, descriptor in PHOTON_MODES.items():
         row = {"descriptor": descriptor}
         for which in ("reference", "model"):
             nt = produce(standard_pipeline(descriptor, neutrals=which, pid=False), f"{label}_{which}", args, store)
-            m = nt[f"{head}_M"].to_numpy()
+            head = next(c for c in nt.columns if c.endswith("_M") and not c.endswith("TRUE_M"))  # the head's mass
+            m = nt[head].to_numpy()
             m = m[np.isfinite(m)]
             row[f"candidates_{which}"] = int(len(m))
             row[f"mass_width_{which}"] = width(m)
