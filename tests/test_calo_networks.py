@@ -207,7 +207,7 @@ def test_refusals(brem_dir, photon_dir):
         Bremsstrahlung(model=str(photon_dir))
     with pytest.raises(ConfigurationError, match="not a 'photon'"):
         Neutrals(model=str(brem_dir))
-    with pytest.raises(ModelDirError):
+    with pytest.raises(ConfigurationError, match="unknown model 'no-such-photon-model'.*available: "):
         Neutrals(model="no-such-photon-model")
     with pytest.raises(ModelDirError, match="not 'photon'"):
         PhotonModel.load(brem_dir)

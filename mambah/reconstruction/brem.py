@@ -84,7 +84,13 @@ class Bremsstrahlung:
         if self.model != "reference":
             from mambah.modeldir import load_card, resolve_model
 
-            card = load_card(resolve_model(self.model_dir))  # a missing model is refused here, listing the known
+            from mambah.errors import ModelDirError
+
+            try:
+                card = load_card(resolve_model(self.model_dir))
+            except ModelDirError as e:
+                raise ConfigurationError(f"Bremsstrahlung: unknown model {self.model!r}: not one of "
+                                         f"{', '.join(BREM_MODELS)} and {e}") from None
             if card.get("kind") != "brem":
                 raise ConfigurationError(f"Bremsstrahlung: model {self.model_dir!r} is a {card.get('kind')!r} model, "
                                          "not a 'brem' one")

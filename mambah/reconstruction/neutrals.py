@@ -78,7 +78,13 @@ class Neutrals:
         if self.model != "reference":
             from mambah.modeldir import load_card, resolve_model
 
-            card = load_card(resolve_model(self.model_dir))  # a missing model is refused here, listing the known
+            from mambah.errors import ModelDirError
+
+            try:
+                card = load_card(resolve_model(self.model_dir))
+            except ModelDirError as e:
+                raise ConfigurationError(f"Neutrals: unknown model {self.model!r}: not one of "
+                                         f"{', '.join(NEUTRAL_MODELS)} and {e}") from None
             if card.get("kind") != "photon":
                 raise ConfigurationError(f"Neutrals: model {self.model_dir!r} is a {card.get('kind')!r} model, "
                                          "not a 'photon' one")
