@@ -58,12 +58,13 @@ def _untrained(kind):
 
     e, eta = p_eta(px, py, pz)
     ok = geo.accept(xe, ye)
-    sc = RangeScaler.fit(photon_features(e[ok], eta[ok], xe[ok], ye[ok]), 4, PHOTON_FEATURES)
+    sc = RangeScaler.fit(photon_features(e[ok], eta[ok], xe[ok], ye[ok]), len(PHOTON_FEATURES), PHOTON_FEATURES)
     q = pi0_sample(2000, seed=3)
     f0 = geo.pi0_features(tuple(q[f"g1_{c}"].to_numpy() for c in ("px", "py", "pz")),
                           tuple(q[f"g2_{c}"].to_numpy() for c in ("px", "py", "pz")), *(q[c].to_numpy() for c in "xyz"))
-    s0 = RangeScaler.fit(f0, 6, PI0_FEATURES)
-    nets = {"efficiency": build_mlp(4, 1, (8,)), "pi0": build_mlp(6, 3, (8,)), "response": build_mlp(4, 18, (8,))}
+    s0 = RangeScaler.fit(f0, len(PI0_FEATURES), PI0_FEATURES)
+    n, n0 = len(PHOTON_FEATURES), len(PI0_FEATURES)
+    nets = {"efficiency": build_mlp(n, 1, (8,)), "pi0": build_mlp(n0, 3, (8,)), "response": build_mlp(n, 18, (8,))}
     arrays = {**sc.arrays(), **s0.arrays("pi0_"), "response_target_scale": np.array([1.0, 5.0, 5.0], np.float32)}
     return nets, arrays, {"hyperparameters": {"k_response": 2}, "metrics": {}}
 

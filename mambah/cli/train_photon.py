@@ -50,8 +50,8 @@ def _run(args: argparse.Namespace) -> int:
 
 PREPROCESSING = (
     "the ECAL face of card 'geometry' applied explicitly (impact point of a straight line from the origin); "
-    "photon features [ln(E/GeV), eta, |x|/m, |y|/m] standardised with arrays mean/scale after clipping to [lo, hi]; "
-    "pi0 features [ln(E/GeV), eta, |xc|/m, |yc|/m, ln(separation/mm), |E1-E2|/(E1+E2)] with arrays pi0_*; "
+    "photon features [ln(E/GeV), eta, |x|/m, |y|/m, ln(E_T/GeV)] standardised with arrays mean/scale after clipping to [lo, hi]; "
+    "pi0 features [ln(E/GeV), eta, |xc|/m, |yc|/m, ln(E_T/GeV), ln(separation/mm), |E1-E2|/(E1+E2)] with arrays pi0_*; "
     "'efficiency' outputs the logit of P(reconstructed | on the face); 'pi0' 3 logits (resolved, merged, merged "
     "and lost); 'response' k logits, k means, k log-widths per target (100 dE/E, dx, dy) / response_target_scale"
 )
