@@ -220,7 +220,9 @@ def _mdn_draw(out: np.ndarray, k, target_scale, rng) -> list[np.ndarray]:
 class _CaloModel(Model):
     range_action = _ACTION
 
-    def _counts(self, tally: list, n: int):
+    def tally_counts(self, tally: list, n: int):
+        """The :class:`~mambah.nn.model.RangeCounts` of ``n`` rows from the per-call ``(outside per
+        feature, rows outside)`` tallies the evaluation methods append to."""
         per = np.sum([t[0] for t in tally], axis=0) if tally else np.zeros(len(self.training_range()[0]), np.int64)
         return self.range_counts(per, sum(t[1] for t in tally), n)
 
@@ -285,7 +287,7 @@ class BremModel(_CaloModel):
             y = _mdn_draw(self.recovered_net(x[flag]), [self.k_recovered], self.target_scale["recovered"], rng)[0]
             s[flag] = np.exp(np.clip(y, -20.0, 1.0))
         if counts is not None:
-            counts.append(self._counts(tally, n))
+            counts.append(self.tally_counts(tally, n))
         return flag, s
 
 
@@ -342,11 +344,11 @@ class PhotonModel(_CaloModel):
             prob[acc] = _sigmoid(self.eff_net(f)[:, 0].astype(np.float64))
         return acc, prob
 
-    def pi0_probabilities(self, g1, g2, x, y, z) -> np.ndarray:
+    def pi0_probabilities(self, g1, g2, x, y, z, tally: list | None = None) -> np.ndarray:
         """Class probabilities (n, 3) of pi0 -> gamma gamma (:data:`PI0_RESOLVED`, :data:`PI0_MERGED`,
         :data:`PI0_MERGED_LOST`) from the photons' momenta ``g1, g2 = (px, py, pz)`` and origin."""
         feats = self.geometry.pi0_features(g1, g2, x, y, z)
-        o = self.pi0_net(self.pi0_scaler.transform(feats)).astype(np.float64)
+        o = self.pi0_net(self.pi0_scaler.transform(feats, tally=tally)).astype(np.float64)
         o -= o.max(axis=1, keepdims=True)
         w = np.exp(o)
         return w / w.sum(axis=1, keepdims=True)

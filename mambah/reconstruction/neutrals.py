@@ -194,8 +194,10 @@ class Neutrals:
         mc = mc.copy()
         mc["reconstructed"] = reco
         batch["mc_particles"] = mc
-        batch.info.setdefault("reconstruction", {})[self.name] = {
+        info = batch.info.setdefault("reconstruction", {})[self.name] = {
             "photons": int(len(photons) * n), "reconstructed": int(m), "pi0": int(len(pairs) * n), "merged_pi0": merged}
+        if isinstance(cal, _NetworkCalorimeter) and cal.out_of_range():  # the networks' inputs outside their range
+            info["out_of_range"] = cal.out_of_range()
         return batch
 
 
@@ -208,23 +210,59 @@ class _NetworkCalorimeter:
         from mambah.nn.registry import load_model
 
         self.net = load_model(model, kind="photon")
+        #: per-call ``(outside per feature, rows outside)`` of the photons on the ECAL face (the only
+        #: ones the networks see), for the stage's out-of-range record
+        self.tally: list = []
+        self.pi0_tally: list = []
+        self.n_photons = self.n_pi0 = 0
+
+    def out_of_range(self) -> dict[str, list[int]]:
+        """``{model name: [photons outside the training range, photons evaluated]}`` and the same for
+        the pi0 network (``"<name> (pi0)"``); empty where none is outside."""
+        out = {}
+        c = self.net.tally_counts(self.tally, self.n_photons)
+        if c.count:
+            out[self.net.name] = [c.count, c.n]
+        bad = sum(t[1] for t in self.pi0_tally)
+        if bad:
+            out[f"{self.net.name} (pi0)"] = [int(bad), self.n_pi0]
+        return out
 
     def photon_response(self, px, py, pz, x, y, z, *, seed) -> dict[str, np.ndarray]:
+        import warnings
+
+        from mambah.errors import OutOfRangeWarning
+
         rng = seed
         px, py, pz = (np.asarray(a, dtype=np.float64) for a in (px, py, pz))
-        _, prob = self.net.efficiency(px, py, pz, x, y, z)
-        reco = rng.random(len(px)) < prob
-        out = {"reconstructed": reco}
-        e, _, _, qx, qy, qz = self.net.response(px, py, pz, x, y, z, rng) if len(px) else (np.zeros(0),) * 6
+        x, y, z = (np.broadcast_to(np.asarray(a, dtype=np.float64), px.shape) for a in (x, y, z))
+        with warnings.catch_warnings():  # counted in the tally, recorded by the stage
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            acc, prob = self.net.efficiency(px, py, pz, x, y, z, tally=self.tally)
+            self.n_photons += int(acc.sum())
+            reco = rng.random(len(px)) < prob
+            out = {"reconstructed": reco}
+            e = np.full(len(px), np.nan)
+            qx, qy, qz = e.copy(), e.copy(), e.copy()
+            if reco.any():  # the response of the reconstructed photons only (all on the ECAL face)
+                r = self.net.response(px[reco], py[reco], pz[reco], x[reco], y[reco], z[reco], rng)
+                e[reco], qx[reco], qy[reco], qz[reco] = r[0], r[3], r[4], r[5]
         for k, v in (("e", e), ("px", qx), ("py", qy), ("pz", qz)):
-            out[k] = np.where(reco, v, np.nan)
+            out[k] = v
         return out
 
     def pi0_response(self, g1, g2, x, y, z, *, seed) -> dict[str, Any]:
         from mambah.nn.calo import PI0_RESOLVED
 
+        import warnings
+
+        from mambah.errors import OutOfRangeWarning
+
         rng = seed
-        prob = self.net.pi0_probabilities(g1, g2, x, y, z)
+        with warnings.catch_warnings():  # counted in the tally, recorded by the stage
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            prob = self.net.pi0_probabilities(g1, g2, x, y, z, tally=self.pi0_tally)
+        self.n_pi0 += len(prob)
         u = rng.random(len(prob))
         cls = (u[:, None] > np.cumsum(prob, axis=1)[:, :-1]).sum(axis=1)
         merged = cls != PI0_RESOLVED
