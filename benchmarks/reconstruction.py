@@ -21,6 +21,14 @@ Part 3: ``brem_electrons_per_s``, the reference bremsstrahlung and brem recovery
 electrons (:meth:`mambah.reference.brem.BremDetector.response`, what the opt-in Bremsstrahlung
 stage runs on the electron tracks; wall-clock, best of ``--repeat``; numpy, one thread).
 
+Part 4 (skipped with ``--no-networks``; issue 25): the electron and photon stages with their
+networks and with the reference detector: ``brem_network_electrons_per_s`` (the shipped brem
+model, :meth:`mambah.nn.calo.BremModel.sample`: flag + response, what ``--brem model`` runs),
+``photon_network_per_s`` (the shipped photon model: acceptance, efficiency and cluster response
+of ``--electrons`` single photons, what ``--neutrals model`` runs per photon) and
+``photon_reference_per_s`` (:meth:`mambah.reference.calorimeter.Calorimeter.photon_response`);
+wall-clock, best of ``--repeat``.
+
     nice -n 10 python benchmarks/reconstruction.py [--tracks 1000000] [--repeat 5] [--vertices 200000]
         [--electrons 1000000] [--no-networks]
 """
@@ -45,6 +53,8 @@ def main() -> None:
     ap.add_argument("--vertices", type=int, default=200_000)
     ap.add_argument("--electrons", type=int, default=1_000_000)
     ap.add_argument("--no-networks", action="store_true", help="only the vertex-fit and brem parts")
+    ap.add_argument("--brem-model", default="brem-e-ref-v1")
+    ap.add_argument("--photon-model", default="photon-ref-v1")
     args = ap.parse_args()
     vertex = vertex_fit_benchmark(args.vertices, args.repeat)
     vertex.update(brem_benchmark(args.electrons, args.repeat))
@@ -53,6 +63,7 @@ def main() -> None:
                           "load_average": round(os.getloadavg()[0], 1)}))
         return
 
+    vertex.update(calo_network_benchmark(args.electrons, args.repeat, args.brem_model, args.photon_model))
     from mambah.nn import tracking as recnets
     from mambah.nn.dense import n_threads
     from mambah.reference.tracking import TrackGun
@@ -147,6 +158,42 @@ def brem_benchmark(n: int, repeat: int) -> dict:
     print(f"brem: {n} electrons, best {best:.3f} s, {n / best:.3g} electrons/s, brem added "
           f"{r['has_brem_added'].mean():.3f}, mean kept fraction {r['kept'].mean():.3f}")
     return {"electrons": n, "brem_electrons_per_s": round(n / best)}
+
+
+def calo_network_benchmark(n: int, repeat: int, brem_model: str, photon_model: str) -> dict:
+    """Electrons and photons per second through the calorimeter networks and the reference ECAL."""
+    import warnings
+
+    from mambah.errors import OutOfRangeWarning
+    from mambah.nn.registry import load_model
+    from mambah.reference import TrackGun
+    from mambah.reference.calorimeter import Calorimeter, photon_sample
+
+    g = TrackGun(prompt=1.0, eta_lo=2.0, eta_hi=4.8, p_lo=3000.0, p_hi=150_000.0)(n, seed=3)
+    ph = photon_sample(n, seed=4)
+    pc = [ph[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z")]
+    bm, pm, cal = load_model(brem_model, kind="brem"), load_model(photon_model, kind="photon"), Calorimeter()
+    rows = {"brem_network_electrons_per_s": [], "photon_network_per_s": [], "photon_reference_per_s": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        for i in range(repeat):
+            rng = np.random.default_rng(i)
+            t0 = time.perf_counter()
+            flag, _ = bm.sample(g["px"], g["py"], g["pz"], g["z"], seed=rng)
+            t1 = time.perf_counter()
+            _, prob = pm.efficiency(*pc)
+            keep = rng.random(n) < prob
+            pm.response(*(c[keep] for c in pc), rng)
+            t2 = time.perf_counter()
+            cal.photon_response(*pc, seed=rng)
+            t3 = time.perf_counter()
+            for k, dt in zip(rows, (t1 - t0, t2 - t1, t3 - t2)):
+                rows[k].append(n / dt)
+    out = {k: round(max(v)) for k, v in rows.items()}
+    print(f"calorimeter stages, {n} electrons / photons: brem network {out['brem_network_electrons_per_s']:.3g} "
+          f"electrons/s (brem added {flag.mean():.3f}); photon network {out['photon_network_per_s']:.3g} photons/s "
+          f"(reconstructed {keep.mean():.3f}); reference ECAL {out['photon_reference_per_s']:.3g} photons/s")
+    return out
 
 
 if __name__ == "__main__":

@@ -89,8 +89,9 @@ def standard_pipeline(
             (neutrinos are always invisible); the composites above it then have a partial mass,
             marked by ``vertices.n_invisible`` > 0 (ntuple ``X_NINVISIBLE``).
         neutrals: ``"reference"``: reconstruct final-state photons with the reference calorimeter
-            (:class:`mambah.reconstruction.neutrals.Neutrals`, opt-in: no photon network is trained
-            yet; ``mambah simulate --neutrals reference``): photons get rows of ``particles`` and
+            (:class:`mambah.reconstruction.neutrals.Neutrals`, opt-in; ``mambah simulate --neutrals
+            reference``), ``"model"``: with the shipped photon networks (``--neutrals model``), or a
+            photon model's name or directory: photons get rows of ``particles`` and
             the composites above them include them. ``None`` (default): no stage reconstructs
             photons, and a descriptor with one is refused unless it is in ``invisible``.
         pid_variations: also draw every track's PID variables once per ensemble member of its
@@ -100,8 +101,9 @@ def standard_pipeline(
         vertexing: add the opt-in Vertexing stage after the composites (``level="reco"`` only;
             :class:`mambah.reconstruction.Vertexing`, reference mode: track states, decay-vertex
             fits, IPCHI2, FDCHI2, DIRA, MCORR ...). Default False: the columns stay NaN.
-        brem: ``"reference"``: the opt-in Bremsstrahlung stage after the resolution
-            (:class:`mambah.reconstruction.Bremsstrahlung`; ``mambah simulate --brem reference``): the
+        brem: ``"reference"`` (or ``"model"``: the shipped brem networks, or a brem model's name or
+            directory): the opt-in Bremsstrahlung stage after the resolution
+            (:class:`mambah.reconstruction.Bremsstrahlung`; ``mambah simulate --brem reference|model``): the
             electron tracks lose momentum to bremsstrahlung before the magnet and brem recovery adds
             part of it back (``particles.has_brem_added``, ntuple ``X_HASBREMADDED``), so that
             ``B+ -> K+ e+ e-`` has its radiative tail. ``None`` (default): no brem

@@ -250,3 +250,11 @@ def test_radiative_tail(tmp_path):
     assert abs(ee["median_mass"] - m_b) < abs(bare["median_mass"] - m_b)
     assert bare["tail_fraction"] - ee["tail_fraction"] > 5 * np.hypot(ee["err"], bare["err"])
     assert abs(mumu["median_mass"] - m_b) < 10
+    # the shipped brem and photon networks against the reference on the same events (loose: 2000 events)
+    nw = res["networks"]
+    for r in nw["brem"].values():
+        assert r["bdt_ks"] < 0.15 and abs(r["brem_added_diff"]) < 0.05 and r["candidates"] > 200
+    for label in ("Kstgamma", "Kpipi0"):
+        assert abs(nw["photon"][label]["mass_width_ratio"] - 1) < 0.25
+    assert abs(nw["photon"]["Kpipi0"]["pi0_width_ratio"] - 1) < 0.25
+    assert nw["photon"]["efficiency_closure"]["max_abs_diff"] < 0.03

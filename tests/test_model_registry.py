@@ -42,6 +42,10 @@ def _conditions_at(m: Model, where: str) -> np.ndarray:
         p = 2e4 if where == "inside" else 1e9  # MeV/c: 20 GeV/c, or far above any training momentum
         row = [0.05 * p, 0.0, p] + ([0.1, 0.1, 10.0] if m.kind == "efficiency" else []) + [211]  # origin [mm]
         return np.array([row, row], dtype=float)
+    if m.kind in ("brem", "photon"):  # the calorimeter networks (issue 25): momentum and origin
+        p = 2e4 if where == "inside" else 1e9
+        row = [0.05 * p, 0.0, p] + ([10.0] if m.kind == "brem" else [0.1, 0.1, 10.0])
+        return np.array([row, row], dtype=float)
     return np.empty((2, 0))
 
 

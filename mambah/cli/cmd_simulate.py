@@ -56,19 +56,21 @@ def register(sub) -> None:
                         "descriptor with one in its final state is refused unless it is listed here; the candidates "
                         "above it then have a partial mass, marked by X_NINVISIBLE > 0 in the ntuple (neutrinos are "
                         "always invisible and always counted there)")
-    p.add_argument("--neutrals", choices=("reference",), default=None,
-                   help="reconstruct final-state photons with the reference calorimeter (opt-in: no photon network is "
-                        "trained yet): they become particles and the candidates above them include them; resolved "
-                        "pi0 -> gamma gamma photons too (merged pi0 are not candidates yet)")
+    p.add_argument("--neutrals", choices=("reference", "model"), default=None,
+                   help="reconstruct final-state photons: 'reference' with the reference calorimeter, 'model' with the "
+                        "shipped photon networks (models/photon-ref-v1, learned from it): they become particles and the "
+                        "candidates above them include them; resolved pi0 -> gamma gamma photons too (merged pi0 are "
+                        "not candidates yet)")
     p.add_argument("--vertexing", action="store_true",
                    help="add the Vertexing stage after the composites (opt-in, reference detector's track states): "
                         "decay-vertex fits and the variables a selection cuts on (IPCHI2_OWNPV, FDCHI2_OWNPV, "
                         "DIRA_OWNPV, ENDVERTEX_CHI2/NDOF, TAU, MCORR, TRACK_Type ...); without it those columns stay "
                         "NaN and the ntuple has no such branches")
-    p.add_argument("--brem", choices=("reference",), default=None,
-                   help="electrons radiate: the reference detector's bremsstrahlung before the magnet lowers the "
-                        "electron tracks' momenta and brem recovery adds part of it back (opt-in: no electron-response "
-                        "network is trained yet); B+ -> K+ e+ e- gets its radiative tail; ntuple X_HASBREMADDED")
+    p.add_argument("--brem", choices=("reference", "model"), default=None,
+                   help="electrons radiate: bremsstrahlung before the magnet lowers the electron tracks' momenta and "
+                        "brem recovery adds part of it back ('reference': the reference detector; 'model': the shipped "
+                        "brem networks, models/brem-e-ref-v1, learned from it); B+ -> K+ e+ e- gets its radiative "
+                        "tail; ntuple X_HASBREMADDED")
     p.add_argument("--weighted", action="store_true",
                    help="keep every generated event with its generator weight (phase space x decay models) instead of "
                         "unweighting by accept-reject: faster, but the events are then WEIGHTED and every histogram "

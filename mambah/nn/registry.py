@@ -42,6 +42,8 @@ KINDS: dict[str, str] = {
     "efficiency": "mambah.nn.tracking:EfficiencyModel",
     "resolution": "mambah.nn.tracking:ResolutionModel",
     "occupancy": "mambah.nn.occupancy:OccupancyModel",
+    "brem": "mambah.nn.calo:BremModel",
+    "photon": "mambah.nn.calo:PhotonModel",
 }
 
 _LOCK = threading.RLock()

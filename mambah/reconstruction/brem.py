@@ -27,8 +27,14 @@ added photons. Counts in ``batch.info["reconstruction"][name]``: ``tracks``, ``e
 
 It runs after ``Resolution`` and before ``Neutrals``/``Composites`` (refused after the composites
 exist, and refused twice on one batch: the electrons would radiate twice). Randomness from
-``batch.rng(name)``. Only ``model="reference"`` exists: the electron-response network of issue 25
-is not trained yet; ``standard_pipeline(..., brem="reference")``, ``mambah simulate --brem reference``.
+``batch.rng(name)``. ``standard_pipeline(..., brem="reference")``, ``mambah simulate --brem reference``.
+
+``model="model"`` (``--brem model``: the shipped :data:`DEFAULT_BREM_MODEL`) or the name or
+directory of a trained brem model (card kind ``"brem"``, :class:`mambah.nn.calo.BremModel`, trained
+by ``mambah train brem`` on reference samples) draws instead, per electron track, the
+HASBREMADDED flag and the response ``s = p_after_recovery / p_true`` from the networks, conditioned
+on the electron's true momentum and origin z, and scales the measured momentum by ``s``
+(``recovery=False`` is refused with a network: it learned the response after recovery).
 """
 
 from __future__ import annotations
@@ -44,10 +50,12 @@ from mambah.physics import SPECIES_PDG
 from mambah.physics.columns import BREM_NOT_COMPUTED
 from mambah.reconstruction._common import require_tables, rows_by_index
 
-__all__ = ["Bremsstrahlung", "BREM_MODELS", "ELECTRON_PID"]
+__all__ = ["Bremsstrahlung", "BREM_MODELS", "DEFAULT_BREM_MODEL", "ELECTRON_PID"]
 
-#: The brem models the stage knows.
-BREM_MODELS: tuple[str, ...] = ("reference",)
+#: The brem models the stage knows by keyword (any other value is a brem model's name or directory).
+BREM_MODELS: tuple[str, ...] = ("reference", "model")
+#: The shipped brem network ``model="model"`` stands for.
+DEFAULT_BREM_MODEL = "brem-e-ref-v1"
 #: |PDG id| of the electron (from the ``particle`` package, :data:`mambah.physics.SPECIES_PDG`).
 ELECTRON_PID: int = SPECIES_PDG["e"]
 
@@ -57,7 +65,8 @@ class Bremsstrahlung:
     """Bremsstrahlung and brem recovery of the electron tracks (see the module docstring).
 
     Args:
-        model: ``"reference"`` (the only one).
+        model: ``"reference"``, ``"model"`` (the shipped :data:`DEFAULT_BREM_MODEL`) or a brem
+            model's name under ``models/`` or directory.
         recovery: add the recovered photons back (default); ``False``: the loss only.
         name: stage name (also the name of its random stream).
     """
@@ -67,20 +76,54 @@ class Bremsstrahlung:
     name: str = "brem"
 
     def __post_init__(self):
-        if self.model not in BREM_MODELS:
-            raise ConfigurationError(f"Bremsstrahlung: unknown model {self.model!r}; known: {', '.join(BREM_MODELS)} "
-                                     "(no electron-response network has been trained yet)")
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigurationError(f"Bremsstrahlung: model must be {' or '.join(map(repr, BREM_MODELS))} or a brem "
+                                     f"model's name or directory, got {self.model!r}")
         if not isinstance(self.recovery, bool):
             raise ConfigurationError(f"Bremsstrahlung: recovery must be True or False, got {self.recovery!r}")
+        if self.model != "reference":
+            from mambah.modeldir import load_card, resolve_model
+
+            from mambah.errors import ModelDirError
+
+            try:
+                card = load_card(resolve_model(self.model_dir))
+            except ModelDirError as e:
+                raise ConfigurationError(f"Bremsstrahlung: unknown model {self.model!r}: not one of "
+                                         f"{', '.join(BREM_MODELS)} and {e}") from None
+            if card.get("kind") != "brem":
+                raise ConfigurationError(f"Bremsstrahlung: model {self.model_dir!r} is a {card.get('kind')!r} model, "
+                                         "not a 'brem' one")
+            if not self.recovery:
+                raise ConfigurationError("Bremsstrahlung: recovery=False needs model='reference' (a brem network "
+                                         "learned the response after recovery)")
+
+    @property
+    def model_dir(self) -> str:
+        """The brem model's name or directory (``"model"`` resolved to :data:`DEFAULT_BREM_MODEL`)."""
+        return DEFAULT_BREM_MODEL if self.model == "model" else self.model
 
     def config(self) -> dict[str, Any]:
+        if self.model != "reference":
+            return {"model": self.model, "recovery": self.recovery, "name": self.name}
         from mambah.reference.brem import BremDetector
 
         detector = json.loads(json.dumps(BremDetector().config(), default=str))
         return {"model": self.model, "recovery": self.recovery, "name": self.name, "detector": detector}
 
     def model_versions(self) -> dict[str, Any]:
-        return {}
+        if self.model == "reference":
+            return {}
+        from mambah.reconstruction._common import model_version_entry
+
+        return model_version_entry(self.model_dir)
+
+    def model_dirs(self) -> dict[str, Any]:
+        if self.model == "reference":
+            return {}
+        from mambah.reconstruction._common import model_dir_entry
+
+        return model_dir_entry(self.model_dir)
 
     def __call__(self, batch):
         from mambah.reference.brem import BremDetector
@@ -102,14 +145,24 @@ class Bremsstrahlung:
         px, py, pz = (mc[c].to_numpy(np.float64)[erow] for c in ("px", "py", "pz"))
         vrow = rows_by_index(vt, mc["prod_vertex"].to_numpy()[erow], "mc_particles.prod_vertex values")
         ox, oy, oz = (vt[c].to_numpy(np.float64)[vrow] for c in ("x", "y", "z"))
-        r = BremDetector().response(px, py, pz, ox, oy, oz, seed=batch.rng(self.name))
-        added = r["brem_e_added"] if self.recovery else np.zeros(len(et))
-        has = r["has_brem_added"] if self.recovery else np.zeros(len(et), dtype=bool)
         parts = parts.copy()
         rx, ry, rz = (parts[c].to_numpy(np.float64)[et] for c in ("px", "py", "pz"))
-        p = np.sqrt(rx * rx + ry * ry + rz * rz)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = r["kept"] + np.where(p > 0, added / p, 0.0)
+        out_of_range = None
+        if self.model == "reference":
+            r = BremDetector().response(px, py, pz, ox, oy, oz, seed=batch.rng(self.name))
+            added = r["brem_e_added"] if self.recovery else np.zeros(len(et))
+            has = r["has_brem_added"] if self.recovery else np.zeros(len(et), dtype=bool)
+            p = np.sqrt(rx * rx + ry * ry + rz * rz)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = r["kept"] + np.where(p > 0, added / p, 0.0)
+        else:
+            from mambah.nn.registry import load_model
+
+            net = load_model(self.model_dir, kind="brem")
+            counts: list = []
+            has, scale = net.sample(px, py, pz, oz, seed=batch.rng(self.name), counts=counts)
+            if counts and counts[0].count:
+                out_of_range = {net.name: [counts[0].count, counts[0].n]}
         m = parts["m"].to_numpy(np.float64)[et]
         nx, ny, nz = rx * scale, ry * scale, rz * scale
         for c, v in (("px", nx), ("py", ny), ("pz", nz), ("e", np.sqrt(nx * nx + ny * ny + nz * nz + m * m))):
@@ -120,6 +173,8 @@ class Bremsstrahlung:
         flag[et] = has.astype(np.int8)
         parts["has_brem_added"] = flag
         batch["particles"] = parts
-        batch.info.setdefault("reconstruction", {})[self.name] = {
+        info = batch.info.setdefault("reconstruction", {})[self.name] = {
             "tracks": int(len(track)), "electrons": int(len(et)), "with_brem_added": int(has.sum())}
+        if out_of_range:
+            info["out_of_range"] = out_of_range
         return batch

@@ -18,9 +18,14 @@ analysis that reconstructs resolved pi0 only. The merged ones are counted in
 built yet). It must run after the charged tracks exist (after ``Resolution``) and before
 ``Composites``; the PID stage skips neutral rows.
 
-Only ``model="reference"`` exists: no photon network has been trained yet (issue 25, second
-part). The stage is therefore opt-in (``standard_pipeline(..., neutrals="reference")``,
-``mambah simulate --neutrals reference``); without it a descriptor with a photon is refused.
+``model="model"`` (``--neutrals model``: the shipped :data:`DEFAULT_PHOTON_MODEL`) or the name or
+directory of a trained photon model (card kind ``"photon"``, :class:`mambah.nn.calo.PhotonModel`,
+trained by ``mambah train photon`` on reference samples) replaces the reference ECAL by the
+networks: the ECAL face of the model's card decides the acceptance (explicitly), the efficiency
+network whether an accepted photon is reconstructed, the pi0 network whether a pi0 is resolved or
+merged (merged or merged-and-lost), and the response network the cluster's energy and position.
+The stage is opt-in (``standard_pipeline(..., neutrals="reference" | "model")``,
+``mambah simulate --neutrals reference|model``); without it a descriptor with a photon is refused.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from mambah.errors import ConfigurationError
 from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, vertexing_defaults
 from mambah.reconstruction._common import require_tables, rows_by_index
 
-__all__ = ["Neutrals", "NEUTRAL_MODELS", "PHOTON_PID"]
+__all__ = ["Neutrals", "NEUTRAL_MODELS", "DEFAULT_PHOTON_MODEL", "PHOTON_PID"]
 
-#: The neutral-response models the stage knows.
-NEUTRAL_MODELS: tuple[str, ...] = ("reference",)
+#: The neutral-response models the stage knows by keyword (any other value is a photon model's name or directory).
+NEUTRAL_MODELS: tuple[str, ...] = ("reference", "model")
+#: The shipped photon network ``model="model"`` stands for.
+DEFAULT_PHOTON_MODEL = "photon-ref-v1"
 #: |PDG id| of the photon (from the ``particle`` package).
 PHOTON_PID: int = 22
 
@@ -56,7 +63,8 @@ class Neutrals:
     """Reconstruct final-state photons with the reference calorimeter (see the module docstring).
 
     Args:
-        model: ``"reference"`` (the only one).
+        model: ``"reference"``, ``"model"`` (the shipped :data:`DEFAULT_PHOTON_MODEL`) or a photon
+            model's name under ``models/`` or directory.
         name: stage name (also the name of its random stream).
     """
 
@@ -64,9 +72,22 @@ class Neutrals:
     name: str = "neutrals"
 
     def __post_init__(self):
-        if self.model not in NEUTRAL_MODELS:
-            raise ConfigurationError(f"Neutrals: unknown model {self.model!r}; known: {', '.join(NEUTRAL_MODELS)} "
-                                     "(no photon network has been trained yet)")
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigurationError(f"Neutrals: model must be {' or '.join(map(repr, NEUTRAL_MODELS))} or a photon "
+                                     f"model's name or directory, got {self.model!r}")
+        if self.model != "reference":
+            from mambah.modeldir import load_card, resolve_model
+
+            from mambah.errors import ModelDirError
+
+            try:
+                card = load_card(resolve_model(self.model_dir))
+            except ModelDirError as e:
+                raise ConfigurationError(f"Neutrals: unknown model {self.model!r}: not one of "
+                                         f"{', '.join(NEUTRAL_MODELS)} and {e}") from None
+            if card.get("kind") != "photon":
+                raise ConfigurationError(f"Neutrals: model {self.model_dir!r} is a {card.get('kind')!r} model, "
+                                         "not a 'photon' one")
         if _pdgid("gamma") != PHOTON_PID:  # pragma: no cover - a check of the constant against `particle`
             raise ConfigurationError("PHOTON_PID disagrees with the particle package")
 
@@ -75,13 +96,31 @@ class Neutrals:
         """|PDG id|s this stage gives rows to."""
         return (PHOTON_PID,)
 
+    @property
+    def model_dir(self) -> str:
+        """The photon model's name or directory (``"model"`` resolved to :data:`DEFAULT_PHOTON_MODEL`)."""
+        return DEFAULT_PHOTON_MODEL if self.model == "model" else self.model
+
     def config(self) -> dict[str, Any]:
+        if self.model != "reference":
+            return {"model": self.model, "name": self.name}
         from mambah.reference.calorimeter import Calorimeter
 
         return {"model": self.model, "name": self.name, "calorimeter": Calorimeter().config()}
 
     def model_versions(self) -> dict[str, Any]:
-        return {}
+        if self.model == "reference":
+            return {}
+        from mambah.reconstruction._common import model_version_entry
+
+        return model_version_entry(self.model_dir)
+
+    def model_dirs(self) -> dict[str, Any]:
+        if self.model == "reference":
+            return {}
+        from mambah.reconstruction._common import model_dir_entry
+
+        return model_dir_entry(self.model_dir)
 
     def __call__(self, batch):
         from mambah.reference.calorimeter import Calorimeter
@@ -103,7 +142,7 @@ class Neutrals:
         paired = {int(c) for k in pairs for c in tree[k]["children"]}
         single = [k for k in photons if k not in paired]
         rng = batch.rng(self.name)
-        cal = Calorimeter()
+        cal = Calorimeter() if self.model == "reference" else _NetworkCalorimeter(self.model_dir)
         px, py, pz = (mc[c].to_numpy(np.float64) for c in ("px", "py", "pz"))
         vrow = rows_by_index(vt, mc["prod_vertex"].to_numpy(), "mc_particles.prod_vertex values")
         ox, oy, oz = (vt[c].to_numpy(np.float64)[vrow] for c in ("x", "y", "z"))
@@ -155,6 +194,83 @@ class Neutrals:
         mc = mc.copy()
         mc["reconstructed"] = reco
         batch["mc_particles"] = mc
-        batch.info.setdefault("reconstruction", {})[self.name] = {
+        info = batch.info.setdefault("reconstruction", {})[self.name] = {
             "photons": int(len(photons) * n), "reconstructed": int(m), "pi0": int(len(pairs) * n), "merged_pi0": merged}
+        if isinstance(cal, _NetworkCalorimeter) and cal.out_of_range():  # the networks' inputs outside their range
+            info["out_of_range"] = cal.out_of_range()
         return batch
+
+
+class _NetworkCalorimeter:
+    """The photon networks (:class:`mambah.nn.calo.PhotonModel`) behind the two methods of the
+    reference :class:`~mambah.reference.calorimeter.Calorimeter` this stage calls, with the same
+    returned keys (``reconstructed``, ``px, py, pz, e``; for pi0: ``merged``, ``photons``)."""
+
+    def __init__(self, model: str):
+        from mambah.nn.registry import load_model
+
+        self.net = load_model(model, kind="photon")
+        #: per-call ``(outside per feature, rows outside)`` of the photons on the ECAL face (the only
+        #: ones the networks see), for the stage's out-of-range record
+        self.tally: list = []
+        self.pi0_tally: list = []
+        self.n_photons = self.n_pi0 = 0
+
+    def out_of_range(self) -> dict[str, list[int]]:
+        """``{model name: [photons outside the training range, photons evaluated]}`` and the same for
+        the pi0 network (``"<name> (pi0)"``); empty where none is outside."""
+        out = {}
+        c = self.net.tally_counts(self.tally, self.n_photons)
+        if c.count:
+            out[self.net.name] = [c.count, c.n]
+        bad = sum(t[1] for t in self.pi0_tally)
+        if bad:
+            out[f"{self.net.name} (pi0)"] = [int(bad), self.n_pi0]
+        return out
+
+    def photon_response(self, px, py, pz, x, y, z, *, seed) -> dict[str, np.ndarray]:
+        import warnings
+
+        from mambah.errors import OutOfRangeWarning
+
+        rng = seed
+        px, py, pz = (np.asarray(a, dtype=np.float64) for a in (px, py, pz))
+        x, y, z = (np.broadcast_to(np.asarray(a, dtype=np.float64), px.shape) for a in (x, y, z))
+        with warnings.catch_warnings():  # counted in the tally, recorded by the stage
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            acc, prob = self.net.efficiency(px, py, pz, x, y, z, tally=self.tally)
+            self.n_photons += int(acc.sum())
+            reco = rng.random(len(px)) < prob
+            out = {"reconstructed": reco}
+            e = np.full(len(px), np.nan)
+            qx, qy, qz = e.copy(), e.copy(), e.copy()
+            if reco.any():  # the response of the reconstructed photons only (all on the ECAL face)
+                r = self.net.response(px[reco], py[reco], pz[reco], x[reco], y[reco], z[reco], rng)
+                e[reco], qx[reco], qy[reco], qz[reco] = r[0], r[3], r[4], r[5]
+        for k, v in (("e", e), ("px", qx), ("py", qy), ("pz", qz)):
+            out[k] = v
+        return out
+
+    def pi0_response(self, g1, g2, x, y, z, *, seed) -> dict[str, Any]:
+        from mambah.nn.calo import PI0_RESOLVED
+
+        import warnings
+
+        from mambah.errors import OutOfRangeWarning
+
+        rng = seed
+        with warnings.catch_warnings():  # counted in the tally, recorded by the stage
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            prob = self.net.pi0_probabilities(g1, g2, x, y, z, tally=self.pi0_tally)
+        self.n_pi0 += len(prob)
+        u = rng.random(len(prob))
+        cls = (u[:, None] > np.cumsum(prob, axis=1)[:, :-1]).sum(axis=1)
+        merged = cls != PI0_RESOLVED
+        photons = []
+        for g in (g1, g2):
+            r = self.photon_response(*g, x, y, z, seed=rng)
+            r["reconstructed"] = r["reconstructed"] & ~merged
+            for k in ("e", "px", "py", "pz"):
+                r[k] = np.where(r["reconstructed"], r[k], np.nan)
+            photons.append(r)
+        return {"merged": merged, "pi0_class": cls, "photons": tuple(photons)}

@@ -71,7 +71,7 @@ import numpy as np
 from mambah.errors import ConfigurationError
 from mambah.random import SeedLike, get_rng
 
-__all__ = ["Calorimeter", "PHOTON", "MERGED_PI0", "RESOLVED_PI0", "LOST"]
+__all__ = ["Calorimeter", "PHOTON", "MERGED_PI0", "RESOLVED_PI0", "LOST", "photon_sample", "pi0_sample"]
 
 #: Classes of the calorimeter response to a pi0 (``Calorimeter.pi0_response()["kind"]``).
 LOST, PHOTON, RESOLVED_PI0, MERGED_PI0 = 0, 1, 2, 3
@@ -283,3 +283,84 @@ class Calorimeter:
         kind = np.where(reco_m, MERGED_PI0, np.where(n_ph == 2, RESOLVED_PI0, np.where(n_ph == 1, PHOTON, LOST)))
         return {"kind": kind, "merged": merged, "separation": sep, "cell": cell, "merged_cluster": mc,
                 "photons": (r1, r2)}
+
+
+def _gun(n: int, rng: np.random.Generator, p_lo: float, p_hi: float, eta_lo: float, eta_hi: float,
+         prompt: float, flight_hi: float):
+    """Momenta log-flat in [p_lo, p_hi] MeV/c, eta flat, phi flat; origins: a fraction ``prompt`` at
+    the luminous region (sigma_xy 0.04 mm, sigma_z 45 mm), the rest displaced along the momentum by a
+    log-flat flight distance in [1, flight_hi] mm."""
+    eta = rng.uniform(eta_lo, eta_hi, n)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    p = np.exp(rng.uniform(np.log(p_lo), np.log(p_hi), n))
+    pt = p / np.cosh(eta)
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    d = np.where(rng.random(n) < prompt, 0.0, np.exp(rng.uniform(0.0, np.log(flight_hi), n)))
+    x = rng.normal(0.0, 0.04, n) + d * px / p
+    y = rng.normal(0.0, 0.04, n) + d * py / p
+    z = rng.normal(0.0, 45.0, n) + d * pz / p
+    return px, py, pz, x, y, z
+
+
+def photon_sample(n: int, seed: SeedLike = None, *, e_lo: float = 150.0, e_hi: float = 300_000.0,
+                  calorimeter: Calorimeter | None = None):
+    """Single photons through the reference ECAL: the training sample of the photon network's
+    efficiency and response (``mambah detector photon-sample``).
+
+    Photons log-flat in E [e_lo, e_hi] MeV, eta flat in [1.6, 5.4], half from the luminous region,
+    half displaced by up to 1 m (b, c and K0S decays).
+
+    Returns:
+        A DataFrame: ``px, py, pz`` [MeV/c], ``x, y, z`` (origin, mm), ``x_true, y_true`` (impact on
+        the ECAL face, mm), ``in_acceptance`` and ``reconstructed`` (0/1), ``e_reco, x_reco, y_reco``
+        (MeV, mm; NaN where not reconstructed).
+    """
+    import pandas as pd
+
+    rng = get_rng(seed)
+    cal = calorimeter or Calorimeter()
+    px, py, pz, x, y, z = _gun(int(n), rng, e_lo, e_hi, 1.6, 5.4, 0.5, 1000.0)
+    r = cal.photon_response(px, py, pz, x, y, z, seed=rng)
+    return pd.DataFrame({"px": px, "py": py, "pz": pz, "x": x, "y": y, "z": z, "x_true": r["x_true"],
+                         "y_true": r["y_true"], "in_acceptance": r["in_acceptance"].astype(np.int8),
+                         "reconstructed": r["reconstructed"].astype(np.int8), "e_reco": r["e"], "x_reco": r["x"],
+                         "y_reco": r["y"]})
+
+
+def pi0_sample(n: int, seed: SeedLike = None, *, p_lo: float = 500.0, p_hi: float = 300_000.0,
+               calorimeter: Calorimeter | None = None):
+    """pi0 -> gamma gamma through the reference ECAL: the training sample of the photon network's
+    pi0 classes (``mambah detector photon-sample --pi0``).
+
+    pi0 log-flat in p [p_lo, p_hi] MeV/c, eta flat in [1.6, 5.4], origins as in
+    :func:`photon_sample`; the decay is isotropic in the pi0 rest frame (pi0 mass from the
+    ``particle`` package).
+
+    Returns:
+        A DataFrame: ``g1_px, g1_py, g1_pz, g2_px, g2_py, g2_pz`` [MeV/c], ``x, y, z`` (decay point,
+        mm), ``kind`` (:data:`LOST`, :data:`PHOTON`, :data:`RESOLVED_PI0`, :data:`MERGED_PI0`),
+        ``merged`` (0/1) and ``pi0_class``: 0 resolved, 1 merged and reconstructed, 2 merged and lost.
+    """
+    import pandas as pd
+
+    from mambah.physics import boost_to_lab, particle_mass
+
+    rng = get_rng(seed)
+    cal = calorimeter or Calorimeter()
+    n = int(n)
+    m = particle_mass(111)
+    px, py, pz, x, y, z = _gun(n, rng, p_lo, p_hi, 1.6, 5.4, 0.5, 1000.0)
+    cos_t = rng.uniform(-1.0, 1.0, n)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    sin_t = np.sqrt(1.0 - cos_t * cos_t)
+    k = 0.5 * m
+    rest = np.stack([k * sin_t * np.cos(phi), k * sin_t * np.sin(phi), k * cos_t, np.full(n, k)])
+    mother = np.stack([px, py, pz, np.sqrt(px * px + py * py + pz * pz + m * m)])
+    g1 = boost_to_lab(rest, mother, m).T
+    g2 = boost_to_lab(rest * np.array([-1.0, -1.0, -1.0, 1.0])[:, None], mother, m).T
+    r = cal.pi0_response(tuple(g1[:, j] for j in range(3)), tuple(g2[:, j] for j in range(3)), x, y, z, seed=rng)
+    merged = r["merged"]
+    cls = np.where(merged, np.where(r["kind"] == MERGED_PI0, 1, 2), 0).astype(np.int8)
+    return pd.DataFrame({"g1_px": g1[:, 0], "g1_py": g1[:, 1], "g1_pz": g1[:, 2], "g2_px": g2[:, 0],
+                         "g2_py": g2[:, 1], "g2_pz": g2[:, 2], "x": x, "y": y, "z": z,
+                         "kind": r["kind"].astype(np.int8), "merged": merged.astype(np.int8), "pi0_class": cls})
