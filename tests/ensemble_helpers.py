@@ -49,7 +49,8 @@ def perturbed_flag_members(src: Path, dst: Path, k: int, *, scale: float = 0.05,
     card = json.loads((src / "card.json").read_text())
     for key in ("files", "format", "created", "mambah_version"):
         card.pop(key, None)
-    arrays = dict(load_arrays(src))
+    arrays = {key: v for key, v in load_arrays(src).items()
+              if not (key[:1] == "m" and key[1:3].isdigit() and key[3:4] == "_")}  # not src's own members
     rng = np.random.default_rng(seed)
     net = {key: v for key, v in arrays.items() if key.startswith("net_")}
     for j in range(1, k + 1):
@@ -74,9 +75,22 @@ def flag_member_as_nominal(src: Path, dst: Path, k: int) -> Path:
     return save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
 
 
+def without_members(src: Path, dst: Path) -> Path:
+    """Copy the model directory ``src`` (a GAN or a flag model with an ensemble) to ``dst`` without its members."""
+    from mambah.modeldir import load_arrays, load_network, save_model_dir
+
+    card = json.loads((src / "card.json").read_text())
+    for key in ("files", "format", "created", "mambah_version", "ensemble"):
+        card.pop(key, None)
+    arrays = {k: v for k, v in load_arrays(src).items() if not (k[:1] == "m" and k[1:3].isdigit() and k[3:4] == "_")}
+    net = "classifier" if card.get("kind") == "pid-flags" else "generator"
+    return save_model_dir(dst, card, networks={net: load_network(src, net)}, arrays=arrays)
+
+
 def models_with_members(tmp: Path, members: dict[str, int], *, links=None, scale: float = 0.05) -> Path:
     """A models directory under ``tmp``: links to every shipped model (or those of ``links``), except
-    the models named in ``members`` (``{name: K}``), copied with K perturbed members."""
+    the models named in ``members`` (``{name: K}``), copied with K perturbed members, and the shipped
+    PID models with ensembles of their own, copied without them (so that only ``members`` vary)."""
     d = Path(tmp) / "models"
     d.mkdir(parents=True, exist_ok=True)
     for p in sorted(MODELS.iterdir()):
@@ -86,6 +100,9 @@ def models_with_members(tmp: Path, members: dict[str, int], *, links=None, scale
             kind = json.loads((p / "card.json").read_text()).get("kind")
             make = perturbed_flag_members if kind == "pid-flags" else perturbed_members
             make(p, d / p.name, members[p.name], scale=scale, seed=len(p.name))
+        elif json.loads((p / "card.json").read_text()).get("ensemble") and p.name.startswith("pid-") \
+                and p.name.count("-") == 2:  # a chain step's own members (the real proton model keeps its own)
+            without_members(p, d / p.name)
         else:
             os.symlink(p, d / p.name)
     return d
