@@ -23,9 +23,16 @@ direction seen from its origin) and ``(x, y, z)`` its origin, ``rho = sqrt(x^2 +
   its own smooth threshold); ``p_max`` = 6.8 TeV/c, the Run 3 beam momentum, is the kinematic
   bound (not a detector limit: it makes the trained range finite).
 * **origin**: ``z_min <= z < z_max`` and ``rho < rho_max``: the VELO starts at z ~ -300 mm
-  [LHCb-DP]; a particle born after ``z_max`` = 2500 mm (behind the UT, which stands at
-  z ~ 2.3-2.7 m [LHCb-DP]) leaves no UT hits and makes no long, upstream or downstream track;
-  ``rho_max`` = 600 mm is of the order of the UT's half height (a reference-detector choice).
+  [LHCb-DP] (6.7 standard deviations of the Run 3 luminous region); a particle born after
+  ``z_max`` = 2500 mm (behind the UT's front, which stands at z ~ 2.3 m [LHCb-DP]) leaves too
+  few UT hits and makes no long, upstream or downstream track; ``rho_max`` = 1100 mm is
+  ``z_max tan(theta_max)`` (2500 mm x 0.41 plus margin): the farthest from the beam that a
+  particle flying from the interaction region inside the angular acceptance is before the UT.
+
+The reference detector (:mod:`mambah.reference.tracking`) has soft edges inside the angle,
+``p_min``, ``z_max`` and the per-type bounds below (beyond them its probabilities are below 0.3 %,
+a test checks it); ``z_min``, ``p_max`` and ``rho_max`` bound its domain (it has no upstream end,
+no momentum limit, no radial limit).
 
 and at least one track type is possible:
 
@@ -80,7 +87,7 @@ class TrackAcceptance:
     p_max: float = 6.8e6
     z_min: float = -300.0
     z_max: float = 2500.0
-    rho_max: float = 600.0
+    rho_max: float = 1100.0
     velo_z_max: float = 860.0
     velo_rho_max: float = 76.0
     up_p_max: float = 5000.0

@@ -315,7 +315,7 @@ class TrackGun:
     flight_hi: float = 3000.0
     box: float = 0.0
     box_z: tuple[float, float] = (-300.0, 2500.0)
-    box_rho: float = 600.0
+    box_rho: float = 1100.0
 
     def __call__(self, n: int, seed: SeedLike = None) -> dict[str, np.ndarray]:
         rng = get_rng(seed)
