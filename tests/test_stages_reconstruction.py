@@ -308,7 +308,7 @@ def test_on_a_generated_batch_of_the_reference_channel(tmp_path):
     assert set(np.sign(lc.pid)) == {-1, 1}
     assert (b["events"].n_tracks > 0).all()
     mv = pipe.model_versions()
-    assert {"efficiency-ref-v1", "resolution-ref-v1", "occupancy-lc-run3-v1"} <= set(mv)
+    assert {"efficiency-ref-v2", "resolution-ref-v1", "occupancy-lc-run3-v1"} <= set(mv)
     with Store(f"duckdb:///{tmp_path / 'r.duckdb'}") as st:
         st.write_batch(b)
         back = st.read("particles")

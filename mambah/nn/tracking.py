@@ -17,6 +17,14 @@ trained with binary cross-entropy on reconstructed/not labels, which makes the s
 output a calibrated probability (the minimiser of the expected BCE is the true conditional
 probability).
 
+A **4-class** efficiency model (card ``targets`` ``track_type``, ``classes`` none / long /
+upstream / downstream, ``class_codes`` 0 / 3 / 4 / 5) has the same inputs and four outputs: the
+logits of the classes, whose softmax (:meth:`EfficiencyModel.type_probabilities`) is trained with
+categorical cross-entropy (its minimiser is the true conditional class probability). Its recorded
+training range is the geometric acceptance's box (``mambah train efficiency --classes track-type``;
+:mod:`mambah.reconstruction.acceptance`), so that the Efficiency stage can check that the model
+covers the acceptance and never evaluates it outside.
+
 **Resolution** (``kind: "resolution"``): a mixture-density network (Bishop, "Mixture Density
 Networks", NCRG/94/004, 1994). Conditions: [ln(p / GeV), eta, one-hot(species)]. Targets,
 modelled as independent given the conditions::
