@@ -105,10 +105,10 @@ def tiny(tmp_path_factory):
     from mambah.cli import main
 
     d = tmp_path_factory.mktemp("acc")
-    assert main(["detector", "tracking-sample", "--events", "200000", "--seed", "5", "--domain", "acceptance",
+    assert main(["detector", "tracking-sample", "--events", "250000", "--seed", "5", "--domain", "acceptance",
                  "--out", str(d / "t.parquet")]) == 0
     assert main(["-q", "train", "efficiency", "--classes", "track-type", "--data", str(d / "t.parquet"),
-                 "--out", str(d / "tiny"), "--hidden", "32,32", "--epochs", "6", "--learning-rate", "5e-3",
+                 "--out", str(d / "tiny"), "--hidden", "32,32", "--epochs", "8", "--learning-rate", "5e-3",
                  "--batch-size", "2048"]) == 0
     return str(d / "tiny")
 
@@ -138,7 +138,7 @@ def test_tiny_four_class_model_closes_on_the_reference_truth(tiny):
     for k, name in enumerate(["none", "long", "upstream", "downstream"]):
         c = efficiency_closure(prob[:, k], truth[:, k], p, eta, p_edges=[5e2, 2e3, 5e3, 2e4, 1e5, 6.8e6],
                                eta_edges=[1.6, 2.5, 3.5, 4.5, 5.4], min_count=2000)
-        assert c["n_bins"] >= 15 and c["max_abs_diff"] < 0.04, (name, c["max_abs_diff"], c["n_bins"])
+        assert c["n_bins"] >= 15 and c["max_abs_diff"] < 0.05, (name, c["max_abs_diff"], c["n_bins"])
 
 
 def _run(model, n=2000, descriptor="Lambda_b0 -> (Lambda_c+ -> p+ K- pi+) mu- anti-nu_mu", **kw):
@@ -165,7 +165,7 @@ def test_the_stage_evaluates_the_network_only_inside_the_acceptance(tiny):
 def test_downstream_tracks_of_long_lived_daughters_get_their_type(tiny):
     desc = "B0 -> (J/psi(1S) -> mu+ mu-) (K_S0 -> pi+ pi-)"
     for model in ("reference", tiny):
-        b = _run(model, n=3000, descriptor=desc, track_types=("long", "upstream", "downstream"))
+        b = _run(model, n=2000, descriptor=desc, track_types=("long", "upstream", "downstream"))
         parts, mc = b["particles"], b["mc_particles"].set_index("index")
         tr = parts[parts["vertex"] < 0]
         mother_pid = mc.loc[mc.loc[tr["mc_particle"], "mother"].to_numpy(), "pid"].to_numpy()
@@ -206,3 +206,15 @@ def test_reference_mode_keeps_the_long_track_efficiency():
     p_long = TrackingDetector().efficiency(*args, cand["pid"].to_numpy()) * ACC.types(*args)[:, 0]
     n = info["reconstructed"]
     assert n == pytest.approx(p_long.sum(), abs=4 * np.sqrt(p_long.sum()))
+
+
+def test_standard_pipeline_track_types():
+    from mambah import standard_pipeline
+
+    desc = "B0 -> (J/psi(1S) -> mu+ mu-) (K_S0 -> pi+ pi-)"
+    eff = [s for s in standard_pipeline(desc, pid=False).stages if s.name == "efficiency"][0]
+    assert eff.model == "efficiency-ref-v2" and eff.track_types == ("long",)
+    assert eff.config()["acceptance"] == ACC.config()
+    eff = [s for s in standard_pipeline(desc, pid=False, track_types="long,downstream".split(",")).stages
+           if s.name == "efficiency"][0]
+    assert eff.track_types == ("long", "downstream")
