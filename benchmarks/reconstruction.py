@@ -48,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracks", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--efficiency", default="efficiency-ref-v1")
+    ap.add_argument("--efficiency", default="efficiency-ref-v2")
     ap.add_argument("--resolution", default="resolution-ref-v1")
     ap.add_argument("--vertices", type=int, default=200_000)
     ap.add_argument("--electrons", type=int, default=1_000_000)

@@ -58,6 +58,7 @@ def standard_pipeline(
     pid_variations: bool = False,
     vertexing: bool = False,
     brem: str | None = None,
+    track_types=("long",),
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -108,6 +109,9 @@ def standard_pipeline(
             part of it back (``particles.has_brem_added``, ntuple ``X_HASBREMADDED``), so that
             ``B+ -> K+ e+ e-`` has its radiative tail. ``None`` (default): no brem
             (``has_brem_added`` -1, "not computed"). ``level="reco"`` only.
+        track_types: the track types that become tracks (:class:`mambah.reconstruction.Efficiency`
+            ``track_types``; default long only; ``("long", "downstream")`` adds the downstream tracks
+            of K0S and Lambda daughters decaying after the VELO; ``mambah simulate --track-types``).
         **gun_options: passed to :class:`mambah.generation.ParticleGun` (``pt``, ``eta``, ...).
 
     Raises:
@@ -157,7 +161,8 @@ def standard_pipeline(
         # reconstruct the species the efficiency model covers (the check below refuses a descriptor
         # whose tracks need others), so that a model trained for fewer species is no error at run time
         eff_species = _model_species(eff_model)[1]
-        eff = Efficiency(eff_model, species=tuple(s for s in SPECIES if s in eff_species))
+        eff = Efficiency(eff_model, species=tuple(s for s in SPECIES if s in eff_species),
+                         track_types=tuple([track_types] if isinstance(track_types, str) else track_types))
         res = Resolution(_model(models_dir, DEFAULT_RESOLUTION))
         pid_species = check_track_coverage(stages[1].parsed, efficiency=eff.model, resolution=res.model,
                                            pid=pid, models_dir=models_dir)

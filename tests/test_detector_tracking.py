@@ -113,7 +113,8 @@ def test_bad_parameters_are_refused():
 def test_tracking_sample_columns_and_truth():
     df = tracking_sample(200_000, seed=5)
     assert list(df.columns) == ["pid", "charge", "px", "py", "pz", "x", "y", "z", "eff_true", "reconstructed",
-                                "px_reco", "py_reco", "pz_reco"]
+                                "px_reco", "py_reco", "pz_reco", "eff_long", "eff_upstream", "eff_downstream",
+                                "track_type"]
     # the Bernoulli draws follow eff_true: mean and a calibration check in deciles
     n = len(df)
     assert df.reconstructed.mean() == pytest.approx(df.eff_true.mean(), abs=5 * 0.5 / np.sqrt(n))

@@ -44,7 +44,7 @@ def _models_dir(tmp_path: Path, names, edit_card=None) -> Path:
     return d
 
 
-RECO = ["efficiency-ref-v1", "resolution-ref-v1", "occupancy-lc-run3-v1"]
+RECO = ["efficiency-ref-v2", "resolution-ref-v1", "occupancy-lc-run3-v1"]
 
 
 # ----------------------------------------------------------------------------- the default chain
@@ -83,7 +83,7 @@ def test_uncovered_charged_final_state_particle_is_refused_at_build(descriptor, 
             standard_pipeline(descriptor, pid=pid)
         msg = str(e.value)
         assert f"final-state particle {written!r}" in msg and f"PDG id {pdg}" in msg
-        assert "efficiency model 'efficiency-ref-v1' (species e, mu, pi, K, p)" in msg
+        assert "efficiency model 'efficiency-ref-v2' (species e, mu, pi, K, p)" in msg
         assert "resolution model 'resolution-ref-v1' (species e, mu, pi, K, p)" in msg
         assert ("PID models" in msg) is pid
         # the caret points at the particle as written
@@ -128,11 +128,11 @@ def test_efficiency_card_species_are_checked(tmp_path):
     def no_protons(card):
         card["species"] = ["e", "mu", "pi", "K"]
 
-    d = _models_dir(tmp_path, RECO, edit_card=("efficiency-ref-v1", no_protons))
+    d = _models_dir(tmp_path, RECO, edit_card=("efficiency-ref-v2", no_protons))
     with pytest.raises(ConfigurationError, match=r"'p\+' \(PDG id 2212\) is charged.* the efficiency model "
-                                                 r"'efficiency-ref-v1' \(species e, mu, pi, K\) does not cover it"):
+                                                 r"'efficiency-ref-v2' \(species e, mu, pi, K\) does not cover it"):
         standard_pipeline("Lambda_c+ -> p+ K- pi+", models_dir=d, pid=False)
-    assert check_track_coverage("B+ -> (J/psi(1S) -> mu+ mu-) K+", efficiency=str(d / "efficiency-ref-v1"),
+    assert check_track_coverage("B+ -> (J/psi(1S) -> mu+ mu-) K+", efficiency=str(d / "efficiency-ref-v2"),
                                 resolution="reference", pid=False) == ("mu", "K")
 
 
@@ -231,7 +231,8 @@ def test_cli_simulate_runs_pid_and_summarises_the_out_of_range_inputs(cli_produc
     # the models' out-of-range facts: once, in the summary table, not as warnings on stderr
     assert "OutOfRangeWarning" not in r.stderr and "outside" not in r.stderr, r.stderr
     rows = _summary_rows(r.stdout)
-    assert rows["pid-p-flags"][0] == "pid" and rows["efficiency-ref-v1"][0] == "efficiency"
+    assert rows["pid-p-flags"][0] == "pid"
+    assert "efficiency-ref-v2" not in rows  # the acceptance first: never evaluated outside its range
     assert all(0 < int(v[1]) <= int(v[2]) for v in rows.values())
     assert "P" in rows["pid-p-flags"][4] or "ETA" in rows["pid-p-flags"][4]  # the warning's fields
 
@@ -245,7 +246,7 @@ def test_cli_simulate_reads_like_a_tool(tmp_path):
     assert re.search(r"^simulate \S+: 2\.00k/2\.00k ev \(100%\), .* done$", r.stderr, re.M), r.stderr
     assert r.stdout.index("production ") < r.stdout.index("inputs outside the models' training ranges")
     rows = _summary_rows(r.stdout)
-    assert {"efficiency-ref-v1", "pid-mu-flags", "pid-p-rich"} <= set(rows)
+    assert {"pid-mu-flags", "pid-p-rich"} <= set(rows) and "efficiency-ref-v2" not in rows
 
 
 def test_bad_descriptor_writes_no_batch_to_an_existing_store(cli_production):
@@ -322,7 +323,7 @@ def test_efficiency_model_for_fewer_species_runs(tmp_path):
     def no_electrons(card):
         card["species"] = ["mu", "pi", "K", "p"]
 
-    d = _models_dir(tmp_path, RECO, edit_card=("efficiency-ref-v1", no_electrons))
+    d = _models_dir(tmp_path, RECO, edit_card=("efficiency-ref-v2", no_electrons))
     pl = standard_pipeline("B+ -> (J/psi(1S) -> mu+ mu-) K+", models_dir=d, pid=False)
     assert pl.stages[3].species == ("mu", "pi", "K", "p")
     b = pl.process(pl.make_batch(0, 1, 200))

@@ -37,6 +37,10 @@ def test_without_the_stage_the_columns_are_not_computed():
     b = run("Lambda_c+ -> p+ K- pi+", n=300, vertexing=False)
     for table, cols in VERTEXING_COLUMNS.items():
         for c, (_, fill) in cols.items():
+            if c == "track_type":  # set by the Efficiency stage (its drawn class), with or without Vertexing
+                tracks = b[table]["vertex"].to_numpy() < 0
+                assert (b[table][c].to_numpy()[tracks] == 3).all() and (b[table][c].to_numpy()[~tracks] == 0).all()
+                continue
             v = b[table][c].to_numpy()
             assert (np.isnan(v) if np.isnan(fill) else v == fill).all(), (table, c)
 
@@ -124,7 +128,9 @@ def test_store_and_ntuple_carry_the_columns_only_when_the_stage_ran():
         assert f"{head}_{branch}" in on.columns, (head, branch, list(on.columns))
     built = np.isfinite(on[f"{head}_ENDVERTEX_CHI2"])
     assert built.sum() == len(v) > 0 and (on.loc[built, f"{head}_ENDVERTEX_NDOF"] == 3).all()
-    assert not [c for c in off.columns if "OWNPV" in c or "TRACK_" in c]
+    assert not [c for c in off.columns if "OWNPV" in c or ("TRACK_" in c and not c.endswith("_TRACK_Type"))]
+    types = off[[c for c in off.columns if c.endswith("_TRACK_Type")]].to_numpy()
+    assert types.shape[1] == 3 and (types[np.isfinite(types)] == 3).all()  # the Efficiency stage's (long tracks)
     assert (v["ndof"] == 3).all() and np.isfinite(v["chi2"]).all()
 
 

@@ -231,7 +231,7 @@ def test_stages_are_seeded_and_picklable():
         s2 = pickle.loads(pickle.dumps(s))
         assert s2 == s and s2.config() == s.config()
     mv = Efficiency().model_versions()
-    assert list(mv) == ["efficiency-ref-v1"] and set(mv["efficiency-ref-v1"]) == {"version", "hash"}
+    assert list(mv) == ["efficiency-ref-v2"] and set(mv["efficiency-ref-v2"]) == {"version", "hash"}
     assert "occupancy-lc-run3-v1" in Occupancy().model_versions()
 
 
@@ -255,7 +255,7 @@ def test_networks_in_the_chain_and_lambda_c_mass_width_closure():
     assert w_nn / w_ref == pytest.approx(1.0, abs=0.05)
     assert np.median(m_nn) == pytest.approx(np.median(m_ref), abs=0.2 * w_ref)
     # and the NN efficiency in the chain: same number of Lambda_c+ within the binomial spread
-    b_eff = reconstruct(make_batch(30_000, seed=21), eff="efficiency-ref-v1", res="resolution-ref-v1")
+    b_eff = reconstruct(make_batch(30_000, seed=21), eff="efficiency-ref-v2", res="resolution-ref-v1")
     n_eff = len(lc_mass(b_eff))
     assert n_eff == pytest.approx(len(m_ref), abs=5 * np.sqrt(len(m_ref)) + 0.01 * len(m_ref))
 
@@ -308,7 +308,7 @@ def test_on_a_generated_batch_of_the_reference_channel(tmp_path):
     assert set(np.sign(lc.pid)) == {-1, 1}
     assert (b["events"].n_tracks > 0).all()
     mv = pipe.model_versions()
-    assert {"efficiency-ref-v1", "resolution-ref-v1", "occupancy-lc-run3-v1"} <= set(mv)
+    assert {"efficiency-ref-v2", "resolution-ref-v1", "occupancy-lc-run3-v1"} <= set(mv)
     with Store(f"duckdb:///{tmp_path / 'r.duckdb'}") as st:
         st.write_batch(b)
         back = st.read("particles")

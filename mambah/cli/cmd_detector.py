@@ -34,6 +34,11 @@ def register(sub) -> None:
     t.add_argument("--prompt-fraction", type=float, default=0.5, help="fraction of tracks from the PV (default 0.5)")
     t.add_argument("--p-min", type=float, default=500.0, help="lowest momentum, MeV (default 500)")
     t.add_argument("--p-max", type=float, default=400_000.0, help="highest momentum, MeV (default 400000)")
+    t.add_argument("--domain", choices=("gun", "acceptance"), default="gun",
+                   help="gun (default): the gun's LHCb-like spread above; acceptance: momenta log-flat and eta flat "
+                        "over the geometric acceptance (mambah.reconstruction.acceptance) and 20%% of the origins "
+                        "uniform over its origin box, rows outside the acceptance dropped: the training sample of "
+                        "a 4-class efficiency model that covers the acceptance (overrides --p-min/--p-max)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     t.set_defaults(func=_tracking_sample)
 
@@ -80,10 +85,23 @@ def _tracking_sample(args: argparse.Namespace) -> int:
     if not 0 < args.p_min < args.p_max:
         raise ConfigurationError(f"need 0 < --p-min < --p-max, got {args.p_min} and {args.p_max}")
     gun = TrackGun(prompt=args.prompt_fraction, p_lo=args.p_min, p_hi=args.p_max)
-    df = tracking_sample(args.events, seed=args.seed, gun=gun)
+    dropped = 0
+    if args.domain == "acceptance":
+        from mambah.reconstruction.acceptance import TrackAcceptance
+
+        acc = TrackAcceptance()
+        gun = TrackGun(prompt=args.prompt_fraction, p_lo=acc.p_min, p_hi=acc.p_max, eta_lo=acc.eta_min,
+                       eta_hi=acc.eta_max, box=0.2, box_z=(acc.z_min, acc.z_max), box_rho=acc.rho_max)
+        df = tracking_sample(args.events, seed=args.seed, gun=gun)
+        keep = acc.inside(*(df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z")))
+        dropped = int((~keep).sum())
+        df = df.loc[keep].reset_index(drop=True)
+    else:
+        df = tracking_sample(args.events, seed=args.seed, gun=gun)
     write_table(df, args.out)
-    logging.getLogger("mambah").info("wrote %d tracks (%d reconstructed) to %s", len(df),
-                                     int(df["reconstructed"].sum()), args.out)
+    logging.getLogger("mambah").info("wrote %d tracks (%d reconstructed as long tracks%s) to %s", len(df),
+                                     int(df["reconstructed"].sum()),
+                                     f"; {dropped} outside the acceptance dropped" if dropped else "", args.out)
     return 0
 
 

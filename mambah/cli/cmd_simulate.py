@@ -66,6 +66,10 @@ def register(sub) -> None:
                         "decay-vertex fits and the variables a selection cuts on (IPCHI2_OWNPV, FDCHI2_OWNPV, "
                         "DIRA_OWNPV, ENDVERTEX_CHI2/NDOF, TAU, MCORR, TRACK_Type ...); without it those columns stay "
                         "NaN and the ntuple has no such branches")
+    p.add_argument("--track-types", default=None, metavar="TYPES",
+                   help="track types that become tracks, comma-separated among long, upstream, downstream (default "
+                        "long: LHCb's standard tracks); e.g. long,downstream for K0S and Lambda daughters decaying "
+                        "after the VELO (the 4-class efficiency model draws every track's type, ntuple X_TRACK_Type)")
     p.add_argument("--brem", choices=("reference", "model"), default=None,
                    help="electrons radiate: bremsstrahlung before the magnet lowers the electron tracks' momenta and "
                         "brem recovery adds part of it back ('reference': the reference detector; 'model': the shipped "
@@ -377,6 +381,8 @@ def run(args: argparse.Namespace) -> int:
                    unweight=not args.weighted, reconstruct_as=args.reconstruct_as, invisible=args.invisible or (),
                    neutrals=args.neutrals, pid_variations=args.pid_variations, vertexing=args.vertexing,
                    brem=args.brem)
+    if args.track_types is not None:
+        options["track_types"] = tuple(t.strip() for t in args.track_types.split(",") if t.strip())
     if cocktail:
         from mambah.simulation import cocktail_pipeline
 

@@ -113,10 +113,15 @@ def run_training(args, kind, fit, conditions, targets, columns, optional=None, e
         "preprocessing": _PREPROCESSING[kind],
         "command": "mambah " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "",
         "history": info["history"],
+        **info.get("card", {}),
     }
     save_model_dir(out, card, networks={"network": model}, arrays=arrays, overwrite=args.overwrite)
     m = info["metrics"]
-    if kind == "efficiency":
+    if kind == "efficiency" and "val_cce" in m:
+        print(f"wrote {out}: validation cross-entropy {m['val_cce_before']:.4f} -> {m['val_cce']:.4f}"
+              + (f" (truth {m['val_cce_truth']:.4f}); max |eff - truth| per (p, eta) bin and class "
+                 f"{m['closure_vs_truth_max_abs_diff']:.4f}" if "val_cce_truth" in m else ""))
+    elif kind == "efficiency":
         print(f"wrote {out}: validation BCE {m['val_bce_before']:.4f} -> {m['val_bce']:.4f}"
               + (f" (truth {m['val_bce_truth']:.4f}); max |eff - truth| per (p, eta) bin "
                  f"{m['closure_vs_truth']['max_abs_diff']:.4f}" if "val_bce_truth" in m else ""))
@@ -129,7 +134,8 @@ _PREPROCESSING = {
     "efficiency": (
         "features [ln(p/GeV), eta, origin_z/100mm, origin_rho/10mm] standardised with arrays mean/scale after "
         "clipping to the training range [lo, hi], then one-hot species (e, mu, pi, K, p); the network outputs "
-        "the logit of the reconstruction probability"
+        "the logit of the reconstruction probability (a 4-class model, card 'classes': the four logits of "
+        "none / long / upstream / downstream, softmax)"
     ),
     "resolution": (
         "conditions [ln(p/GeV), eta] standardised with arrays mean/scale after clipping to [lo, hi], then "
@@ -146,11 +152,21 @@ def register(kinds) -> None:
                     "origin vertex, PDG id and a reconstructed flag (e.g. from `mambah detector tracking-sample`).",
     )
     add_common(p)
-    column_options(p, ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"],
-                   {"x": "origin x", "y": "origin y", "z": "origin z", "reconstructed": "0/1 reconstructed flag"})
+    column_options(p, ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed", "track_type"],
+                   {"x": "origin x", "y": "origin y", "z": "origin z", "reconstructed": "0/1 reconstructed flag",
+                    "track_type": "track type (0 none, 3 long, 4 upstream, 5 downstream; --classes track-type)"})
     p.add_argument("--truth-column", default="eff_true",
                    help="optional true-efficiency column used only for validation metrics (default eff_true; "
-                        "ignored if absent)")
+                        "ignored if absent; with --classes track-type the columns eff_long, eff_upstream, "
+                        "eff_downstream are used when present)")
+    p.add_argument("--classes", choices=("reconstructed", "track-type"), default="reconstructed",
+                   help="reconstructed (default): binary, a long track or not; track-type: the 4-class efficiency "
+                        "(not reconstructed / long / upstream / downstream) from the track_type column")
+    p.add_argument("--domain", choices=("data", "acceptance"), default=None,
+                   help="the model's recorded training range: data (the rows' min/max; default for --classes "
+                        "reconstructed) or acceptance (the geometric acceptance's box, mambah.reconstruction."
+                        "acceptance; every row must be inside; default for --classes track-type), so that the "
+                        "Efficiency stage can check that the model covers the acceptance")
     p.set_defaults(func=_run)
 
 
@@ -158,6 +174,18 @@ def _run(args: argparse.Namespace) -> int:
     from mambah.nn.tracking import EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS
     from mambah.training.tracking import fit_efficiency
 
+    domain = args.domain or ("acceptance" if args.classes == "track-type" else "data")
+    extra = {"classes": args.classes}
+    if domain == "acceptance":
+        from mambah.reconstruction.acceptance import TrackAcceptance
+
+        extra["domain"] = TrackAcceptance().feature_bounds()
+    if args.classes == "track-type":
+        from mambah.nn.tracking import TRACK_TYPE_TARGETS
+
+        return run_training(args, "efficiency", fit_efficiency, EFFICIENCY_CONDITIONS, TRACK_TYPE_TARGETS,
+                            ["px", "py", "pz", "x", "y", "z", "pid", "track_type"],
+                            optional={c: c for c in ("eff_long", "eff_upstream", "eff_downstream")}, extra=extra)
     return run_training(args, "efficiency", fit_efficiency, EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS,
                         ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"],
-                        optional={"eff_true": args.truth_column})
+                        optional={"eff_true": args.truth_column}, extra=extra)

@@ -17,6 +17,14 @@ trained with binary cross-entropy on reconstructed/not labels, which makes the s
 output a calibrated probability (the minimiser of the expected BCE is the true conditional
 probability).
 
+A **4-class** efficiency model (card ``targets`` ``track_type``, ``classes`` none / long /
+upstream / downstream, ``class_codes`` 0 / 3 / 4 / 5) has the same inputs and four outputs: the
+logits of the classes, whose softmax (:meth:`EfficiencyModel.type_probabilities`) is trained with
+categorical cross-entropy (its minimiser is the true conditional class probability). Its recorded
+training range is the geometric acceptance's box (``mambah train efficiency --classes track-type``;
+:mod:`mambah.reconstruction.acceptance`), so that the Efficiency stage can check that the model
+covers the acceptance and never evaluates it outside.
+
 **Resolution** (``kind: "resolution"``): a mixture-density network (Bishop, "Mixture Density
 Networks", NCRG/94/004, 1994). Conditions: [ln(p / GeV), eta, one-hot(species)]. Targets,
 modelled as independent given the conditions::
@@ -53,6 +61,9 @@ from mambah.physics import SPECIES, p_eta32, rebuild_momentum, species_index
 __all__ = [
     "EFFICIENCY_CONDITIONS",
     "EFFICIENCY_TARGETS",
+    "TRACK_TYPE_TARGETS",
+    "TRACK_TYPE_CLASSES",
+    "TRACK_TYPE_CODES",
     "EFFICIENCY_FEATURES",
     "RESOLUTION_CONDITIONS",
     "RESOLUTION_TARGETS",
@@ -84,6 +95,13 @@ EFFICIENCY_CONDITIONS: list[dict[str, str]] = [
 EFFICIENCY_TARGETS: list[dict[str, str]] = [
     {"name": "reconstructed", "unit": "probability", "quantity": "reconstructed"},
 ]
+#: targets of a 4-class efficiency model (card ``classes``: none, long, upstream, downstream)
+TRACK_TYPE_TARGETS: list[dict[str, str]] = [
+    {"name": "track_type", "unit": "class", "quantity": "track_type"},
+]
+#: the 4-class model's classes and their ``TRACK_Type`` codes, in the network's output order
+TRACK_TYPE_CLASSES = ("none", "long", "upstream", "downstream")
+TRACK_TYPE_CODES = (0, 3, 4, 5)
 RESOLUTION_CONDITIONS: list[dict[str, str]] = [
     {"name": "px", "unit": "MeV", "quantity": "px"},
     {"name": "py", "unit": "MeV", "quantity": "py"},
@@ -236,6 +254,9 @@ def _check_card(card: dict, path: Path, kind: str, conditions: list[dict], targe
     name = card.get("name", path.name)
     if card.get("kind") != kind:
         raise ModelDirError(f"model {name!r} ({str(path)!r}) is a {card.get('kind')!r} model, not {kind!r}")
+    if targets and isinstance(targets[0], list):  # alternatives (the binary or the 4-class efficiency)
+        got_q = [c.get("quantity", c.get("name")) for c in card.get("targets") or [] if isinstance(c, dict)]
+        targets = next((t for t in targets if [c["quantity"] for c in t] == got_q), targets[0])
     for what, want in (("conditions", conditions), ("targets", targets)):
         got = card.get(what)
         if not isinstance(got, list) or not all(isinstance(c, dict) for c in got):
@@ -345,24 +366,61 @@ class EfficiencyModel(_TrackingModel):
     kind = "efficiency"
     features = tuple(EFFICIENCY_FEATURES)
     n_cont = _N_CONT["efficiency"]
-    card_columns = (EFFICIENCY_CONDITIONS, EFFICIENCY_TARGETS)
+    card_columns = (EFFICIENCY_CONDITIONS, [EFFICIENCY_TARGETS, TRACK_TYPE_TARGETS])
     feature_fn = staticmethod(efficiency_features)
 
     def __init__(self, path, card, arrays, net, scaler):
         super().__init__(path, card, arrays, net, scaler)
-        if net.n_out != 1:
-            raise ModelDirError(f"model {self.name!r}: an efficiency network has 1 output, this one {net.n_out}")
+        tq = [t.get("quantity") for t in card.get("targets", [])]
+        #: True for a 4-class (none / long / upstream / downstream) model
+        self.track_types = tq == ["track_type"]
+        want = 4 if self.track_types else 1
+        if self.track_types and tuple(card.get("classes") or ()) != TRACK_TYPE_CLASSES:
+            raise ModelDirError(f"model {self.name!r}: a track-type efficiency model's card needs classes "
+                                f"{list(TRACK_TYPE_CLASSES)}, got {card.get('classes')!r}")
+        if net.n_out != want:
+            raise ModelDirError(f"model {self.name!r}: a{' 4-class' if self.track_types else 'n'} efficiency network "
+                                f"has {want} output{'s' if want > 1 else ''}, this one {net.n_out}")
 
     def range_quantities(self, conditions) -> np.ndarray:
         """The continuous features (ln p/GeV, eta, z / 100 mm, rho / 10 mm; float32) of conditions (n, 7)."""
         return _efficiency_continuous(*self._columns(conditions)[:6])
 
+    def type_probabilities(self, px, py, pz, x, y, z, pid, *, check_species: bool = True,
+                           counts: list | None = None) -> np.ndarray:
+        """(n, 4) probabilities (float64) of (not reconstructed, long, upstream, downstream) of a
+        4-class model; a binary model gives (1 - p, p, 0, 0). ``counts`` as :meth:`probability`."""
+        if check_species:
+            self.check_species(pid)
+        arrays = [np.asarray(a) for a in (px, py, pz, x, y, z, pid)]
+        tally: list | None = [] if counts is not None else None
+
+        def one(px, py, pz, x, y, z, pid, i):
+            f = self.scaler.transform(efficiency_features(px, py, pz, x, y, z, pid), _SOURCES, tally)
+            out = self.net(f).astype(np.float64)
+            if not self.track_types:
+                prob = 0.5 * (1.0 + np.tanh(0.5 * out[:, 0]))
+                return np.stack([1.0 - prob, prob, np.zeros_like(prob), np.zeros_like(prob)], axis=1)
+            out -= out.max(axis=1, keepdims=True)
+            np.exp(out, out=out)
+            out /= out.sum(axis=1, keepdims=True)
+            return out
+
+        out = map_row_chunks(one, len(arrays[0]), *arrays)
+        if counts is not None:
+            counts.append(self._tally_counts(tally, len(arrays[0])))
+        return out
+
     def probability(self, px, py, pz, x, y, z, pid, *, check_species: bool = True,
                     counts: list | None = None) -> np.ndarray:
-        """Probability (float64) to be reconstructed; momenta in MeV/c, origin in mm.
+        """Probability (float64) to be reconstructed (a 4-class model: as any type); momenta in
+        MeV/c, origin in mm.
 
         ``counts``, when given (an empty list), receives one :class:`~mambah.nn.model.RangeCounts`:
         the inputs outside the training range, counted in the same pass (the stages record it)."""
+        if self.track_types:
+            return 1.0 - self.type_probabilities(px, py, pz, x, y, z, pid, check_species=check_species,
+                                                 counts=counts)[:, 0]
         if check_species:
             self.check_species(pid)
         arrays = [np.asarray(a) for a in (px, py, pz, x, y, z, pid)]

@@ -1,6 +1,7 @@
 """Reconstruction: what the detector makes of the generated particles, stage by stage.
 
-``Occupancy`` (nTracks) -> ``Efficiency`` (which charged particles become tracks) ->
+``Occupancy`` (nTracks) -> ``Efficiency`` (which charged particles become tracks, of which type,
+after the explicit geometric acceptance :class:`TrackAcceptance`) ->
 ``Resolution`` (their measured momenta) -> ``Composites`` (decay candidates built from the
 tracks) -> ``Vertexing`` (opt-in, not in the default pipeline yet: track states, decay-vertex
 fits and the selection variables, :mod:`mambah.reconstruction.vertexstage`; the fit and the
@@ -18,6 +19,7 @@ stage reconstructs are refused unless left invisible (:mod:`mambah.reconstructio
 
 from __future__ import annotations
 
+from mambah.reconstruction.acceptance import TrackAcceptance
 from mambah.reconstruction.brem import Bremsstrahlung
 from mambah.reconstruction.composites import Composites
 from mambah.reconstruction.efficiency import Efficiency
@@ -26,4 +28,5 @@ from mambah.reconstruction.occupancy import Occupancy
 from mambah.reconstruction.resolution import Resolution
 from mambah.reconstruction.vertexstage import Vertexing
 
-__all__ = ["Occupancy", "Efficiency", "Resolution", "Bremsstrahlung", "Neutrals", "Composites", "Vertexing"]
+__all__ = ["Occupancy", "Efficiency", "Resolution", "Bremsstrahlung", "Neutrals", "Composites", "Vertexing",
+           "TrackAcceptance"]

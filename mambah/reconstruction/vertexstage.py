@@ -8,6 +8,8 @@ add it to a :class:`~mambah.pipeline.Pipeline` yourself). Per batch:
    beam, its covariance, type, chi2/ndof and ghost probability
    (:class:`mambah.reference.trackstates.TrackStateModel`, from the track's true momentum and
    origin; the states' q/p is drawn there, independently of the Resolution stage's momentum).
+   The track type is the one the Efficiency stage drew (``particles.track_type``: the 4-class
+   network's class, or the reference detector's), else the reference detector's from the origin.
    ``model`` must be ``"reference"``: the trained covariance model is a later step.
 2. **Own PV**: the event's true PV smeared with a Gaussian of widths ``pv_sigma_xy``,
    ``pv_sigma_z`` scaled by ``sqrt(pv_ref_tracks / nTracks)`` (13 um and 71 um for 25 tracks
@@ -157,7 +159,10 @@ class Vertexing:
         prod = rows_by_index(mcv, mc["prod_vertex"].to_numpy()[tm], "mc_particles.prod_vertex values")
         ox, oy, oz = (mcv[c].to_numpy(np.float64)[prod] for c in ("x", "y", "z"))
         model = TrackStateModel()
-        ttype = model.track_type(px, py, pz, ox, oy, oz)
+        # the Efficiency stage's drawn class (network or reference) where it set one, else the
+        # reference detector's type from the origin and momentum
+        eff_type = parts["track_type"].to_numpy()[tr].astype(np.int8)
+        ttype = np.where(eff_type > 0, eff_type, model.track_type(px, py, pz, ox, oy, oz)).astype(np.int8)
         ok = (ttype > 0) & (pz > 0)
         meas = model.measure(px[ok], py[ok], pz[ok], ox[ok], oy[ok], oz[ok], mc["pid"].to_numpy()[tm][ok], rng,
                              track_type=ttype[ok])

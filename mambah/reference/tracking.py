@@ -29,6 +29,26 @@ with rho = sqrt(x^2 + y^2) the transverse distance of the track's origin from th
 z its longitudinal position: tracks born after most of the VELO (K0S and Lambda daughters
 decaying far downstream) cannot be reconstructed as long tracks.
 
+Track types (:meth:`TrackingDetector.type_probabilities`, the truth of the 4-class efficiency: not
+reconstructed / long / upstream / downstream). With ``v = sigma((z_velo - z) / z_edge) *
+sigma((rho_velo - rho) / rho_edge)`` (a VELO segment is possible), ``s = sigma((p - p_min) /
+p_edge)`` (the track reaches the T stations through the magnet) and ``A_eta`` the two eta
+factors above::
+
+    P(long)       = efficiency (above) = A_eta * s * plateau * low * v
+    P(upstream)   = A_eta * (1 - s) * sigma((p - up_p_min) / up_p_edge) * plateau * up_scale * v
+    P(downstream) = A_eta * s * low * plateau * down_scale * (1 - v) * sigma((z_ut - z) / ut_edge)
+    P(none)       = 1 - the three
+
+Upstream tracks (VELO + UT) are the VELO tracks bent out by the magnet before the T stations
+(below p_min, above ~1 GeV/c where they still reach the UT); downstream tracks (UT + T) are those
+born after the VELO and before the UT (z_ut = 2.3 m [LHCb-DP]): long-lived K0S and Lambda
+daughters. ``up_scale`` (0.90) and ``down_scale`` (0.85) are reference-detector choices of the
+order of LHCb's (lower than long tracks': fewer hits, no VELO seed for downstream tracks). The
+three never sum above 1 (``v`` and ``1 - v`` split the origins, ``s`` and ``1 - s`` the momenta).
+The explicit geometric acceptance (:mod:`mambah.reconstruction.acceptance`) is applied by the
+Efficiency stage before any of this is evaluated.
+
 Relative momentum resolution, a two-Gaussian mixture (core + wide tail)::
 
     sigma_p/p = sqrt((a_ms / beta)^2 + (b_hit * p)^2)        # multiple scattering (+) hit resolution
@@ -116,6 +136,11 @@ class TrackingDetector:
             width relative to the core (non-Gaussian tails: wrong hits, hard scatters).
         x_over_x0: material in front of the first measurement, in radiation lengths.
         slope_meas: slope measurement resolution for infinite momentum, rad.
+        up_p_min, up_p_edge: momentum (GeV/c) above which a VELO track bent out by the magnet
+            still reaches the UT (an upstream track), and the width of that threshold.
+        up_scale, down_scale: upstream and downstream efficiency plateaus relative to a long track's.
+        z_ut, ut_edge: origins beyond ``z_ut`` (mm, the UT's front) leave no UT hits: no
+            downstream track.
     """
 
     eta_min: float = 2.0
@@ -136,6 +161,12 @@ class TrackingDetector:
     tail_scale: float = 3.0
     x_over_x0: float = 0.02
     slope_meas: float = 2.0e-5
+    up_p_min: float = 1.0
+    up_p_edge: float = 0.08
+    up_scale: float = 0.90
+    down_scale: float = 0.85
+    z_ut: float = 2300.0
+    ut_edge: float = 30.0
 
     def __post_init__(self):
         if not self.eta_min < self.eta_max:
@@ -183,6 +214,27 @@ class TrackingDetector:
             * _sigmoid((self.z_velo - z) / self.z_edge)
             * _sigmoid((self.rho_velo - rho) / self.rho_edge)
         )
+
+    def type_probabilities(self, px, py, pz, x, y, z, pid) -> np.ndarray:
+        """(n, 4) probabilities of (not reconstructed, long, upstream, downstream); see the module
+        docstring. Species other than e, mu, pi, K, p are never reconstructed."""
+        p, eta = p_eta(px, py, pz)
+        pg = p * 1e-3
+        sp = species_index(pid)
+        plateau = np.asarray(self.plateau + (0.0,))[sp]
+        rho = np.hypot(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        z = np.asarray(z, dtype=np.float64)
+        a_eta = _sigmoid((eta - self.eta_min) / self.eta_edge) * _sigmoid((self.eta_max - eta) / self.eta_edge)
+        s = _sigmoid((pg - self.p_min) / self.p_edge)
+        low = 1.0 - self.low_p_loss * np.exp(-np.clip(pg - self.p_min, 0.0, None) / self.low_p_scale)
+        v = _sigmoid((self.z_velo - z) / self.z_edge) * _sigmoid((self.rho_velo - rho) / self.rho_edge)
+        out = np.empty(p.shape + (4,))
+        out[..., 1] = a_eta * s * plateau * low * v
+        out[..., 2] = a_eta * (1.0 - s) * _sigmoid((pg - self.up_p_min) / self.up_p_edge) * plateau * self.up_scale * v
+        out[..., 3] = (a_eta * s * low * plateau * self.down_scale * (1.0 - v)
+                       * _sigmoid((self.z_ut - z) / self.ut_edge))
+        out[..., 0] = 1.0 - out[..., 1:].sum(axis=-1)
+        return out
 
     # --- resolution ----------------------------------------------------------------------------
     def _beta(self, p_gev: np.ndarray, pid) -> np.ndarray:
@@ -246,7 +298,10 @@ class TrackGun:
     * origin: a fraction ``prompt`` at the primary vertex (luminous region: Gaussian,
       sigma_xy = 0.04 mm, sigma_z = 45 mm, LHCb Run 3 conditions), the rest displaced along the
       track direction by a flight distance log-uniform in [1, 3000] mm, covering b/c-hadron
-      decays and K0S / Lambda decays up to and beyond the end of the VELO.
+      decays and K0S / Lambda decays up to and beyond the end of the VELO;
+    * a fraction ``box`` (default 0) of the origins instead uniform in z over ``box_z`` (mm) and in
+      radius over [0, ``box_rho``) (uniform azimuth): so that a sample covers a whole origin domain
+      (the geometric acceptance's, :mod:`mambah.reconstruction.acceptance`) up to its edges.
     """
 
     eta_lo: float = 1.6
@@ -258,6 +313,9 @@ class TrackGun:
     sigma_z: float = 45.0
     flight_lo: float = 1.0
     flight_hi: float = 3000.0
+    box: float = 0.0
+    box_z: tuple[float, float] = (-300.0, 2500.0)
+    box_rho: float = 1100.0
 
     def __call__(self, n: int, seed: SeedLike = None) -> dict[str, np.ndarray]:
         rng = get_rng(seed)
@@ -276,6 +334,13 @@ class TrackGun:
         displaced = rng.random(n) >= self.prompt
         d = np.where(displaced, np.exp(rng.uniform(np.log(self.flight_lo), np.log(self.flight_hi), n)), 0.0)
         x, y, z = x + d * px / p, y + d * py / p, z + d * pz / p
+        if self.box > 0:
+            inbox = rng.random(n) < self.box
+            k = int(inbox.sum())
+            r = rng.uniform(0.0, self.box_rho, k)
+            ph = rng.uniform(-np.pi, np.pi, k)
+            x[inbox], y[inbox] = r * np.cos(ph), r * np.sin(ph)
+            z[inbox] = rng.uniform(self.box_z[0], self.box_z[1], k)
         return {"pid": pid.astype(np.int32), "px": px, "py": py, "pz": pz, "x": x, "y": y, "z": z}
 
 
@@ -290,7 +355,10 @@ def tracking_sample(
     Columns: ``pid, charge, px, py, pz`` (true momentum, MeV/c), ``x, y, z`` (origin, mm),
     ``eff_true`` (the reference-detector efficiency), ``reconstructed`` (its Bernoulli draw,
     0/1), ``px_reco, py_reco, pz_reco`` (reference-detector smearing; NaN when not
-    reconstructed).
+    reconstructed); the 4-class truth: ``eff_long``, ``eff_upstream``, ``eff_downstream``
+    (:meth:`TrackingDetector.type_probabilities`; ``eff_long`` is ``eff_true``) and
+    ``track_type`` (the drawn class in LHCb's codes: 0 none, 3 long, 4 upstream, 5 downstream;
+    drawn with the same uniform number as ``reconstructed``, so ``reconstructed == (track_type == 3)``).
     """
     import pandas as pd
 
@@ -298,7 +366,11 @@ def tracking_sample(
     rng = get_rng(seed)
     t = (gun or TrackGun())(n, rng)
     eff = det.efficiency(t["px"], t["py"], t["pz"], t["x"], t["y"], t["z"], t["pid"])
-    reco = rng.random(len(eff)) < eff
+    u = rng.random(len(eff))
+    reco = u < eff
+    probs = det.type_probabilities(t["px"], t["py"], t["pz"], t["x"], t["y"], t["z"], t["pid"])
+    cum = np.cumsum(probs[:, 1:], axis=1)
+    ttype = np.select([reco, u < cum[:, 1], u < cum[:, 2]], [3, 4, 5], 0).astype(np.int8)
     rx, ry, rz = det.smear(t["px"], t["py"], t["pz"], t["pid"], rng)
     nan = np.float64(np.nan)
     df = pd.DataFrame(
@@ -311,6 +383,10 @@ def tracking_sample(
             "px_reco": np.where(reco, rx, nan),
             "py_reco": np.where(reco, ry, nan),
             "pz_reco": np.where(reco, rz, nan),
+            "eff_long": probs[:, 1],
+            "eff_upstream": probs[:, 2],
+            "eff_downstream": probs[:, 3],
+            "track_type": ttype,
         }
     )
     return df

@@ -449,12 +449,17 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
     rid = rgrid("pid", np.int32, 0)
     rvtx = rgrid("vertex", np.int64, -1)
     # the Vertexing stage's branches, only where it ran (a production without it keeps its ntuple)
-    vtx_on = "track_type" in par.columns and bool((par["track_type"].to_numpy() != 0).any())
+    vtx_on = "track_chi2ndof" in par.columns and bool(np.isfinite(par["track_chi2ndof"].to_numpy()).any())
+    # the track type alone: set by the Efficiency stage (its drawn class) even without the Vertexing stage
+    type_on = "track_type" in par.columns and bool((par["track_type"].to_numpy() != 0).any())
     vcols = ["batch", "index", "x", "y", "z", "m_truehyp", "n_invisible"] + (["chi2", "ndof"] if vtx_on else [])
     track_vtx = ("track_type", "track_chi2ndof", "track_ghost_prob", "ip_ownpv", "ipchi2_ownpv", "minipchi2")
     comp_vtx = ("ip_ownpv", "ipchi2_ownpv", "minipchi2", "fd_ownpv", "fdchi2_ownpv", "dira_ownpv", "tau", "tau_err",
                 "doca_max", "mcorr")
     vg = {c: rgrid(c) for c in dict.fromkeys(track_vtx + comp_vtx)} if vtx_on else {}
+    if type_on and not vtx_on:
+        vg["track_type"] = rgrid("track_type")
+    track_cols = track_vtx if vtx_on else (("track_type",) if type_on else ())
     # the Bremsstrahlung stage's flag, only where it ran (-1: no track in that event, or a batch without it)
     brem_on = "has_brem_added" in par.columns and bool((par["has_brem_added"].to_numpy() >= 0).any())
     brem_g = rgrid("has_brem_added", np.int8, -1) if brem_on else None
@@ -538,7 +543,7 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
             for j in range(n_var):
                 for col, suffix in PID_BRANCHES.items():
                     out[f"{X}_{suffix}_var{j + 1}"] = varg[col][j, k]
-            for col in track_vtx if vtx_on else ():
+            for col in track_cols:
                 out[f"{X}_{lhcb_name(col)}"] = vg[col][k]
             # a cocktail's channels share nodes across species (e+ e- beside mu+ mu-): every track then
             if brem_on and (cocktail or abs(int(nd["pid"])) == SPECIES_PDG["e"]):

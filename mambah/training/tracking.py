@@ -39,7 +39,7 @@ from mambah.nn.tracking import (
 )
 from mambah.physics import SPECIES, TRACKABLE_PIDS, p_eta, species_index
 
-__all__ = ["fit_efficiency", "fit_resolution", "mdn_loss", "efficiency_closure", "resolution_closure", "card_json"]
+__all__ = ["TRACK_TYPE_CLASSES", "fit_efficiency", "fit_resolution", "mdn_loss", "efficiency_closure", "resolution_closure", "card_json"]
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,40 @@ def efficiency_closure(prob: np.ndarray, ref: np.ndarray, p: np.ndarray, eta: np
     }
 
 
+#: the 4-class efficiency's classes: (name, TRACK_Type code), the network's outputs in this order
+TRACK_TYPE_CLASSES = [("none", 0), ("long", 3), ("upstream", 4), ("downstream", 5)]
+#: closure binning of the 4-class model: the 0.5 GeV/c - 6.8 TeV/c of the acceptance
+TYPE_P_EDGES = [5e2, 1e3, 2e3, 3e3, 5e3, 1e4, 2e4, 5e4, 1e5, 4e5, 6.8e6]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _domain_scaler(feats: np.ndarray, tr: np.ndarray, domain: Mapping[str, tuple[float, float]], name: str):
+    """A scaler fitted on the training rows whose range (``lo``, ``hi``) is the declared ``domain``
+    (the acceptance box); every row must lie inside it."""
+    scaler = RangeScaler.fit(feats[tr], 4, EFFICIENCY_FEATURES, name)
+    lo = np.array([domain[n][0] for n in EFFICIENCY_FEATURES[:4]], dtype=np.float32)
+    hi = np.array([domain[n][1] for n in EFFICIENCY_FEATURES[:4]], dtype=np.float32)
+    c = feats[:, :4]
+    out = (c < lo - 1e-4) | (c > hi + 1e-4)
+    if out.any():
+        per = {n: int(v) for n, v in zip(EFFICIENCY_FEATURES[:4], out.sum(axis=0)) if v}
+        raise DataError(f"the efficiency training data: {int(out.any(axis=1).sum())} rows lie outside the declared "
+                        f"domain (the geometric acceptance) in {per}; make the sample inside it (mambah detector "
+                        "tracking-sample --domain acceptance) or select it")
+    return RangeScaler(scaler.mean, scaler.scale, lo, hi, EFFICIENCY_FEATURES[:4], name)
+
+
 def fit_efficiency(
     df,
     *,
     name: str = "efficiency",
+    classes: str = "reconstructed",
+    domain: Mapping[str, tuple[float, float]] | None = None,
     species: Sequence[str] = SPECIES,
     hidden: Sequence[int] = (64, 64),
     epochs: int = 20,
@@ -149,7 +179,18 @@ def fit_efficiency(
     Args:
         df: columns ``px, py, pz`` (MeV/c), ``x, y, z`` (origin, mm), ``pid`` and
             ``reconstructed`` (0/1); optionally ``eff_true`` (the reference detector's
-            probability), used only for the validation metrics.
+            probability), used only for the validation metrics. With ``classes="track-type"``:
+            ``track_type`` (LHCb codes 0 none, 3 long, 4 upstream, 5 downstream) instead of
+            ``reconstructed``, optionally ``eff_long``, ``eff_upstream``, ``eff_downstream`` (truth,
+            validation only).
+        classes: ``"reconstructed"`` (binary: a long track or not; one logit) or
+            ``"track-type"`` (the 4-class efficiency: none / long / upstream / downstream; four
+            logits, softmax, trained with categorical cross-entropy, whose minimiser is the true
+            conditional class probability).
+        domain: ``{feature: (lo, hi)}`` of the continuous features (e.g.
+            :meth:`mambah.reconstruction.acceptance.TrackAcceptance.feature_bounds`): the model's
+            recorded training range is this domain (the data must lie inside it) instead of the
+            data's minimum and maximum.
 
     Returns:
         (keras model, arrays for the model directory, card fields: metrics, hyperparameters,
@@ -159,6 +200,12 @@ def fit_efficiency(
 
     from mambah.io import check_finite, require_columns
 
+    if classes not in ("reconstructed", "track-type"):
+        raise DataError(f"classes must be 'reconstructed' or 'track-type', not {classes!r}")
+    if classes == "track-type":
+        return _fit_track_types(df, name=name, species=species, hidden=hidden, epochs=epochs, batch_size=batch_size,
+                                learning_rate=learning_rate, val_fraction=val_fraction, seed=seed, progress=progress,
+                                domain=domain)
     cols = ["px", "py", "pz", "x", "y", "z", "pid", "reconstructed"]
     require_columns(df, cols, where="the efficiency training data")
     check_finite(df, cols, where="the efficiency training data")
@@ -171,7 +218,8 @@ def fit_efficiency(
         raise DataError("the efficiency training data: column 'reconstructed' has a single class; need both")
     feats = efficiency_features(*(df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z")), pid)
     tr, va = _split(len(df), val_fraction, seed)
-    scaler = RangeScaler.fit(feats[tr], 4, EFFICIENCY_FEATURES, name)
+    scaler = (RangeScaler.fit(feats[tr], 4, EFFICIENCY_FEATURES, name) if domain is None
+              else _domain_scaler(feats, tr, domain, name))
     x = scaler.transform(feats)
     model = build_mlp(x.shape[1], 1, hidden, seed=seed)
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -199,6 +247,77 @@ def fit_efficiency(
              "loss": "binary cross-entropy (from logits)", "val_fraction": float(val_fraction), "seed": int(seed),
              "features": EFFICIENCY_FEATURES, "n_train": int(len(tr))}
     return model, arrays, {"metrics": metrics, "hyperparameters": hyper, "history": history}
+
+
+def _fit_track_types(df, *, name, species, hidden, epochs, batch_size, learning_rate, val_fraction, seed, progress,
+                     domain):
+    """The 4-class efficiency (see :func:`fit_efficiency`)."""
+    import keras
+
+    from mambah.io import check_finite, require_columns
+
+    cols = ["px", "py", "pz", "x", "y", "z", "pid", "track_type"]
+    require_columns(df, cols, where="the efficiency training data")
+    check_finite(df, cols, where="the efficiency training data")
+    pid = df["pid"].to_numpy(np.int64)
+    _check_pids(pid, species, "the efficiency training data")
+    codes = df["track_type"].to_numpy(np.int64)
+    known = [c for _, c in TRACK_TYPE_CLASSES]
+    if not np.isin(codes, known).all():
+        bad = sorted(set(np.unique(codes[~np.isin(codes, known)]).tolist()))[:10]
+        raise DataError(f"the efficiency training data: column 'track_type' must hold the codes {known} "
+                        f"(none, long, upstream, downstream), found {bad}")
+    label = np.searchsorted(known, codes).astype(np.int32)
+    counts = np.bincount(label, minlength=4)
+    if (counts == 0).any():
+        empty = [TRACK_TYPE_CLASSES[k][0] for k in range(4) if counts[k] == 0]
+        raise DataError(f"the efficiency training data has no track of class(es) {', '.join(empty)}; need all four")
+    feats = efficiency_features(*(df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z")), pid)
+    tr, va = _split(len(df), val_fraction, seed)
+    scaler = (RangeScaler.fit(feats[tr], 4, EFFICIENCY_FEATURES, name) if domain is None
+              else _domain_scaler(feats, tr, domain, name))
+    x = scaler.transform(feats)
+    model = build_mlp(x.shape[1], 4, hidden, seed=seed)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def cce(prob, lab):
+        return float(-np.mean(np.log(np.clip(prob[np.arange(len(lab)), lab], 1e-7, 1.0))))
+
+    cce_before = cce(_softmax(DenseStack.from_keras(model)(x[va])), label[va])
+    history = _fit_keras(model, loss, x[tr], label[tr], x[va], label[va], epochs, batch_size, learning_rate, progress)
+    model = _plain_copy(model)
+    prob_va = _softmax(DenseStack.from_keras(model)(x[va]))
+    p, eta = p_eta(df["px"].to_numpy()[va], df["py"].to_numpy()[va], df["pz"].to_numpy()[va])
+    onehot = np.eye(4)[label[va]]
+    metrics: dict[str, Any] = {
+        "val_cce_before": cce_before,
+        "val_cce": cce(prob_va, label[va]),
+        "n_val": int(len(va)),
+        "class_fractions": {c: float(v) for (c, _), v in zip(TRACK_TYPE_CLASSES, counts / counts.sum())},
+        "closure_vs_labels": {c: _strip(efficiency_closure(prob_va[:, k], onehot[:, k], p, eta, p_edges=TYPE_P_EDGES))
+                              for k, (c, _) in enumerate(TRACK_TYPE_CLASSES)},
+    }
+    truth_cols = ["eff_long", "eff_upstream", "eff_downstream"]
+    if all(c in df.columns for c in truth_cols):
+        t = df[truth_cols].to_numpy(np.float64)[va]
+        truth = np.concatenate([1.0 - t.sum(axis=1, keepdims=True), t], axis=1)
+        metrics["val_cce_truth"] = float(-np.mean(np.log(np.clip(truth[np.arange(len(va)), label[va]], 1e-7, 1.0))))
+        clos = {c: _strip(efficiency_closure(prob_va[:, k], truth[:, k], p, eta, p_edges=TYPE_P_EDGES))
+                for k, (c, _) in enumerate(TRACK_TYPE_CLASSES)}
+        metrics["closure_vs_truth"] = clos
+        metrics["closure_vs_truth_max_abs_diff"] = max(v["max_abs_diff"] for v in clos.values())
+    arrays = scaler.arrays()
+    hyper = {"hidden": list(map(int, hidden)), "activation": "relu", "epochs": int(epochs),
+             "epochs_run": len(history.get("loss", [])), "batch_size": int(batch_size),
+             "learning_rate": float(learning_rate), "schedule": "cosine decay to 5%", "optimizer": "Adam",
+             "loss": "categorical cross-entropy (from logits, 4 classes)", "val_fraction": float(val_fraction),
+             "seed": int(seed), "features": EFFICIENCY_FEATURES, "n_train": int(len(tr)),
+             "classes": [c for c, _ in TRACK_TYPE_CLASSES], "class_codes": known,
+             "range": "declared domain" if domain is not None else "training data min/max"}
+    extra = {"classes": [c for c, _ in TRACK_TYPE_CLASSES], "class_codes": known}
+    if domain is not None:
+        extra["domain"] = {k: [float(a), float(b)] for k, (a, b) in domain.items()}
+    return model, arrays, {"metrics": metrics, "hyperparameters": hyper, "history": history, "card": extra}
 
 
 def _strip(c: dict) -> dict:
