@@ -245,8 +245,10 @@ def test_chain_model_nominal_and_members_of_the_shipped_kaon_chain():
     spread = np.nanmax(np.abs(var[[f"PIDK_var{k}" for k in range(1, 6)]].to_numpy() - var[["PIDK"]].to_numpy()),
                        axis=0)
     assert (spread > 0.1).all()  # every member of the RICH step moves PIDK
-    # the kaons' isMuon comes from the flags step, which has no members: identical in every member
-    np.testing.assert_array_equal(var["isMuon_var3"].to_numpy(), nominal["isMuon"].to_numpy())
+    # the kaons' isMuon comes from the flags step, whose members draw with the nominal's uniforms: a
+    # member's flag differs from the nominal's only where its probability does, on a few tracks
+    flips = var["isMuon_var3"].to_numpy() != nominal["isMuon"].to_numpy()
+    assert flips.mean() < 0.02
     t = pid_efficiency(m, data, ["PIDK > 5"], edges={"P": [2e3, 1e4, 3e4, 1.5e5]}, seed=4)
     whole = t[t["cell"] == -1].iloc[0]
     assert whole["n_members"] == 5 and 0 < whole["model_ens_error"] < 0.05

@@ -177,7 +177,7 @@ def test_a_step_conditioned_on_a_varied_step_varies(varied_models, tmp_path, glo
     glob = _tiny_gan(tmp_path / "glob", conds, ["CaloDLLe"], global_members, "hasRich == 1", 5)
 
     def steps(rich, g):
-        return [ChainStep("flags", str(MODELS / "pid-K-flags")), ChainStep("muon", str(MODELS / "pid-K-muon"), "isMuon"),
+        return [ChainStep("flags", str(varied_models / "pid-K-flags")), ChainStep("muon", str(MODELS / "pid-K-muon"), "isMuon"),
                 ChainStep("rich", str(rich), "hasRich"), ChainStep("global", str(g), "hasRich")]
 
     chain = build_chain("K", steps(varied_models / "pid-K-rich", glob))
@@ -359,7 +359,10 @@ def test_a_version_3_store_is_upgraded(url, batches):
             c.exec_driver_sql("UPDATE mambah_meta SET value = '3' WHERE key = 'schema_version'")
     with Store(url) as st:
         assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "4" and st.count("pid_variations") == 0
-        pd.testing.assert_frame_equal(st.read("particles"), before)
+        # the columns the test dropped come back at their "not computed" value (checked below); the others
+        # are as written (track_type is the Efficiency stage's since the 4-class efficiency)
+        readded = [c for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items()) if t == "particles" for c in cols]
+        pd.testing.assert_frame_equal(st.read("particles").drop(columns=readded), before.drop(columns=readded))
         # the column added by the upgrade: -1 (unknown) in the rows written before it
         upgraded = st.read("vertices")
         assert len(upgraded) == len(vertices) > 0 and (upgraded["n_invisible"] == -1).all()
