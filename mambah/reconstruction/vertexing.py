@@ -384,7 +384,7 @@ class VertexFitWarning(MambahWarning):
         self.rows = [int(r) for r in rows]
 
 
-def fit_vertex(states, covariances, z=0.0, *, mask=None, max_iterations: int = 30, tol: float = 1e-2,
+def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterations: int = 30, tol: float = 1e-2,
                check: bool = True) -> VertexFit:
     """Least-squares fit of a common vertex of ``N`` straight tracks, for ``n`` vertices at once.
 
@@ -398,6 +398,10 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, max_iterations: int = 3
             covariances and z are ignored and may be NaN). Each vertex needs at least 2 tracks; its
             ``ndof`` is then ``2 N_i - 3`` per vertex (an (n,) array), and the masked tracks'
             ``track_params`` are NaN.
+        start: optional (n, 3) starting points of the iteration; by default the point closest to
+            all the measured lines (unweighted), which is poor when nearly parallel lines with
+            large position errors dominate it (primary vertices: seed them near the beam line,
+            see :func:`mambah.reconstruction.vertexstage.fit_primary_vertices`).
         max_iterations: linearisation passes at most.
         tol: a fit has converged when its last step moved the vertex by less than ``tol`` times
             its error in each coordinate; fits that have converged are not iterated further.
@@ -468,7 +472,14 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, max_iterations: int = 3
         if k == 5 and (mt[4] == 0).any():
             raise DataError("fit_vertex: q/p = 0 in a track state (infinite momentum)")
     t = _Tracks(mt, Vt, zt, w)
-    e = _evaluate(t, _start_point(t))
+    if start is None:
+        v0 = _start_point(t)
+    else:
+        v0 = np.asarray(start, dtype=np.float64)
+        if v0.shape != (n, 3) or not np.isfinite(v0).all():
+            raise DataError(f"fit_vertex: start must be finite points of shape {(n, 3)}, got {v0.shape}")
+        v0 = np.ascontiguousarray(v0.T)
+    e = _evaluate(t, v0)
     v = e.v.copy()
     chi2 = e.chi2.copy()
     rows = np.arange(n)  # the working set: vertices still iterated (shrunk when half have converged)

@@ -86,6 +86,10 @@ UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
                          for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items())
                          for c, (_, fill) in cols.items()))}
 
+#: For the next version (not bumped here: the merge bumps SCHEMA_VERSION to 5 and adds ``UPGRADABLE[4] = ()``):
+#: the Vertexing stage's PV count and own-PV track count (issue 23, fitted PVs with pile-up), -1 in old rows.
+UPGRADE_COLUMNS[4] = (("events", "n_pvs", -1), ("events", "ownpv_ntracks", -1))
+
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
 
@@ -131,6 +135,9 @@ class Event(Base):
     ownpv_x: Mapped[float] = _f32()
     ownpv_y: Mapped[float] = _f32()
     ownpv_z: Mapped[float] = _f32()
+    # the Vertexing stage's reconstructed PVs per event and the own PV's tracks (-1 without the stage)
+    n_pvs: Mapped[int] = mapped_column(SmallInteger)
+    ownpv_ntracks: Mapped[int] = mapped_column(SmallInteger)
 
 
 class MCVertex(Base):
