@@ -58,6 +58,7 @@ def standard_pipeline(
     pid_variations: bool = False,
     vertexing: bool = False,
     brem: str | None = None,
+    pileup: float | None = None,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -100,6 +101,9 @@ def standard_pipeline(
         vertexing: add the opt-in Vertexing stage after the composites (``level="reco"`` only;
             :class:`mambah.reconstruction.Vertexing`, reference mode: track states, decay-vertex
             fits, IPCHI2, FDCHI2, DIRA, MCORR ...). Default False: the columns stay NaN.
+        pileup: with ``vertexing``, the mean number of extra visible pp collisions per event whose
+            PVs are fitted with the signal's (``mambah simulate --pileup MU``); None: the LHCb
+            Upgrade I value (:data:`mambah.reference.pileup.DEFAULT_PILEUP_MU`, 5.5); 0: none.
         brem: ``"reference"``: the opt-in Bremsstrahlung stage after the resolution
             (:class:`mambah.reconstruction.Bremsstrahlung`; ``mambah simulate --brem reference``): the
             electron tracks lose momentum to bremsstrahlung before the magnet and brem recovery adds
@@ -142,6 +146,9 @@ def standard_pipeline(
     if vertexing and level != "reco":
         raise ConfigurationError("vertexing=True needs the reconstruction (level='reco'); a generator-level "
                                  "production has no tracks to fit (mambah simulate: --vertexing needs --level reco)")
+    if pileup is not None and not vertexing:
+        raise ConfigurationError(f"pileup={pileup!r} sets the PVs of the Vertexing stage; it needs vertexing=True "
+                                 "(mambah simulate: --pileup needs --vertexing)")
     if brem is not None and level != "reco":
         raise ConfigurationError(f"brem={brem!r} needs the reconstruction (level='reco'); a generator-level "
                                  "production has no tracks")
@@ -176,7 +183,7 @@ def standard_pipeline(
         if vertexing:
             from mambah.reconstruction import Vertexing
 
-            stages.append(Vertexing())
+            stages.append(Vertexing() if pileup is None else Vertexing(pileup=pileup))
         if pid:
             from mambah.pid.stage import PID
 

@@ -396,6 +396,7 @@ class Vertexing:
         # own PV per event: best PV of the highest fitted composite; else the signal collision's PV
         own_slot = pvs["slot"][:n].copy()  # the signal PV's column (always reconstructed)
         chosen = np.zeros(n, dtype=bool)
+        by_head = np.zeros(n, dtype=bool)  # the own PV is the tree head's best PV
         where = np.full(nrow, -1, dtype=np.int64)
         where[hrows] = np.arange(len(hrows))
         for k in sorted(plan["tracks"], key=depth):  # the head first
@@ -408,6 +409,7 @@ class Vertexing:
             e = np.nonzero(sel)[0]
             own_slot[e] = np.argmin(ipc_all[where[r[e]]], axis=1)
             chosen[e] = True
+            by_head[e] = int(tree[k]["mother"]) < 0
         if (own_slot < 0).any():  # pragma: no cover - the signal PV has >= pv_min_tracks tracks by construction
             raise DataError(f"batch {batch.id}: {int((own_slot < 0).sum())} events have no reconstructed signal PV")
         ev_range = np.arange(n)
@@ -458,5 +460,6 @@ class Vertexing:
             "pv_tracks": int(fitpv["n_tracks"][fitpv["fitted"]].sum()),
             "ownpv_is_signal": int(pvs["signal"][own_pv].sum()),
             "events_with_candidate": int(chosen.sum()), "candidate_ownpv_is_signal": int(pvs["signal"][own_pv][chosen].sum()),
+            "events_with_head": int(by_head.sum()), "head_ownpv_is_signal": int(pvs["signal"][own_pv][by_head].sum()),
         }
         return batch

@@ -78,18 +78,20 @@ class PileUpModel:
         mult_mean, mult_k, mult_min: the tracks-per-collision negative binomial (mean, shape) and
             its lower bound (a visible collision).
         pt_temperature: ``T`` of the ``pT exp(-pT/T)`` spectrum, MeV/c.
-        eta_lo, eta_hi: pseudorapidity range of the tracks.
+        eta_lo, eta_hi: pseudorapidity range of the forward tracks.
+        backward_eta: ``|eta|`` range of the backward tracks (eta in ``[-4, -1.6]``).
         pv_sigma: luminous region (x, y, z) Gaussian widths, mm, around the origin.
         pid: the tracks' species (charge sign random).
     """
 
     mu: float = DEFAULT_PILEUP_MU
-    mult_mean: float = 20.0
+    mult_mean: float = 30.0
     mult_k: float = 1.5
     mult_min: int = 2
     pt_temperature: float = 280.0
-    eta_lo: float = 2.0
+    eta_lo: float = 1.6
     eta_hi: float = 5.0
+    backward_eta: tuple[float, float] = (1.6, 4.0)
     pv_sigma: tuple[float, float, float] = DEFAULT_PV_SIGMA
     pid: int = 211
 
@@ -99,8 +101,9 @@ class PileUpModel:
         if not (self.mult_mean > 0 and self.mult_k > 0 and self.mult_min >= 2 and self.pt_temperature > 0):
             raise ConfigurationError(f"PileUpModel: mult_mean, mult_k, pt_temperature must be > 0 and mult_min >= 2, got "
                                      f"{self.config()}")
-        if not (0 < self.eta_lo < self.eta_hi):
-            raise ConfigurationError(f"PileUpModel: need 0 < eta_lo < eta_hi, got {self.eta_lo}, {self.eta_hi}")
+        if not (0 < self.eta_lo < self.eta_hi) or not (0 < self.backward_eta[0] <= self.backward_eta[1]):
+            raise ConfigurationError(f"PileUpModel: need 0 < eta_lo < eta_hi and 0 < backward_eta[0] <= backward_eta[1], "
+                                     f"got {self.eta_lo}, {self.eta_hi}, {self.backward_eta}")
         if len(self.pv_sigma) != 3 or min(self.pv_sigma) < 0:
             raise ConfigurationError(f"PileUpModel.pv_sigma must be 3 widths >= 0 (mm), got {self.pv_sigma!r}")
 
@@ -118,17 +121,23 @@ class PileUpModel:
 
     def multiplicity(self, n: int, seed: SeedLike = None, minimum: int | np.ndarray | None = None) -> np.ndarray:
         """Tracks of ``n`` collisions: the negative binomial restricted to ``>= max(mult_min, minimum)``
-        (drawn by inverting its CDF over the allowed range, so one uniform per collision), int64."""
-        from scipy.stats import nbinom
-
+        (values below are drawn again, vectorised, until none is left), int64."""
         rng = get_rng(seed)
-        lo = np.maximum(self.mult_min, self.mult_min if minimum is None else np.asarray(minimum, dtype=np.int64))
-        k = self.mult_k
-        prob = k / (k + self.mult_mean)  # scipy's nbinom(n=k, p): mean k (1 - p) / p
-        below = nbinom.cdf(lo - 1, k, prob)
-        u = below + rng.random(int(n)) * (1.0 - below)
-        out = nbinom.ppf(u, k, prob)
-        return np.maximum(np.where(np.isfinite(out), out, lo), lo).astype(np.int64)
+        n = int(n)
+        lo = np.broadcast_to(np.maximum(self.mult_min, self.mult_min if minimum is None else
+                                        np.asarray(minimum, dtype=np.int64)), (n,))
+        prob = self.mult_k / (self.mult_k + self.mult_mean)  # numpy's (n=k, p): mean k (1 - p) / p
+        out = rng.negative_binomial(self.mult_k, prob, n).astype(np.int64)
+        redo = np.nonzero(out < lo)[0]
+        for _ in range(1000):
+            if not len(redo):
+                break
+            out[redo] = rng.negative_binomial(self.mult_k, prob, len(redo))
+            redo = redo[out[redo] < lo[redo]]
+        else:  # pragma: no cover - needs a minimum far in the tail
+            raise ConfigurationError(f"PileUpModel.multiplicity: a minimum of {int(lo.max())} tracks is too far in the "
+                                     f"tail of the negative binomial (mean {self.mult_mean}, k {self.mult_k})")
+        return out
 
     def tracks(self, origins: np.ndarray, seed: SeedLike = None, states: TrackStateModel | None = None):
         """Measured 4-parameter states of prompt tracks starting at ``origins`` (m, 3), mm.
@@ -144,14 +153,17 @@ class PileUpModel:
         m = len(o)
         model = TrackStateModel() if states is None else states
         pt = rng.gamma(2.0, self.pt_temperature, m)
-        eta = rng.uniform(self.eta_lo, self.eta_hi, m)
+        fwd = self.eta_hi - self.eta_lo
+        bwd = self.backward_eta[1] - self.backward_eta[0]
+        u = rng.uniform(0.0, fwd + bwd, m)  # flat in eta over both ranges
+        backward = u >= fwd
+        eta = np.where(backward, self.backward_eta[0] + (u - fwd), self.eta_lo + u)  # |eta| for backward
         phi = rng.uniform(-np.pi, np.pi, m)
         px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
         charge = np.where(rng.random(m) < 0.5, 1.0, -1.0)
         pid = np.full(m, abs(int(self.pid)), dtype=np.int64) * charge.astype(np.int64)
-        ttype = model.track_type(px, py, pz, o[:, 0], o[:, 1], o[:, 2])
         truth, zs = model.true_state(px, py, pz, o[:, 0], o[:, 1], o[:, 2], charge)
-        cov = model.covariance(px, py, pz, pid, ttype, zs)[:, :4, :4]
+        cov = model.velo_covariance(px, py, pz, pid)  # prompt tracks: a VELO segment (long or upstream)
         # (x, tx) and (y, ty) are independent blocks: draw each
         noise = np.empty((m, 4))
         for a, b in ((0, 2), (1, 3)):
@@ -161,4 +173,11 @@ class PileUpModel:
             u, w = rng.standard_normal(m), rng.standard_normal(m)
             noise[:, a] = l11 * u
             noise[:, b] = l21 * u + l22 * w
-        return truth[:, :4] + noise, cov, zs
+        st = truth[:, :4] + noise
+        # a backward track is the mirror image in z of a forward one through its origin: same
+        # geometry and errors, slopes (and the x-tx, y-ty correlations) of the opposite sign
+        zs = np.where(backward, 2.0 * o[:, 2] - zs, zs)
+        st[backward, 2:] *= -1.0
+        flip = np.array([1.0, 1.0, -1.0, -1.0])
+        cov[backward] *= flip[:, None] * flip[None, :]
+        return st, cov, zs
