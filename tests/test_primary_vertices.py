@@ -140,9 +140,13 @@ def test_stage_with_pileup(on):
     assert ev["n_pvs"].min() >= 1 and 5.0 < ev["n_pvs"].mean() < 7.0
     assert rec["collisions"] > rec["pvs"] > 5 * len(ev)
     assert (ev["ownpv_ntracks"] >= 5).all()
-    # the fully reconstructed B is associated to its own collision's PV (LHCb's best PV by IPCHI2)
+    # the fully reconstructed B is associated to its own collision's PV (LHCb's best PV by IPCHI2) in
+    # 98.7 +- 0.2% of the events at mu = 5.5 (4077 B0 -> K+ pi- with a head, another seed): the rest
+    # are forward B's (median angle 0.027 against 0.051) with a pile-up PV a few mm away in z (median
+    # 1.7 mm; 10% within 0.15 mm, unresolvable), where a 40 um luminous region and ~20 um IP
+    # resolution cannot tell the PVs apart. 4 standard errors below on ~1000 events: 0.975
     assert rec["events_with_head"] > 800
-    assert rec["head_ownpv_is_signal"] / rec["events_with_head"] > 0.985, rec
+    assert rec["head_ownpv_is_signal"] / rec["events_with_head"] > 0.975, rec
     # FD and the own PV are consistent in the stored columns
     comp = p[p["vertex"] >= 0]
     v = out["vertices"].set_index("index").loc[comp["vertex"]]
