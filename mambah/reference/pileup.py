@@ -161,9 +161,8 @@ class PileUpModel:
         phi = rng.uniform(-np.pi, np.pi, m)
         px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
         charge = np.where(rng.random(m) < 0.5, 1.0, -1.0)
-        pid = np.full(m, abs(int(self.pid)), dtype=np.int64) * charge.astype(np.int64)
         truth, zs = model.true_state(px, py, pz, o[:, 0], o[:, 1], o[:, 2], charge)
-        cov = model.velo_covariance(px, py, pz, pid)  # prompt tracks: a VELO segment (long or upstream)
+        cov = model.velo_covariance(px, py, pz, abs(int(self.pid)))  # prompt tracks: a VELO segment
         # (x, tx) and (y, ty) are independent blocks: draw each
         noise = np.empty((m, 4))
         for a, b in ((0, 2), (1, 3)):

@@ -238,7 +238,7 @@ class TrackStateModel:
         p2 = px * px + py * py + pz * pz
         pg = np.sqrt(p2) * 1e-3
         ptg = np.hypot(px, py) * 1e-3
-        m = pdg_mass(np.broadcast_to(pid, px.shape)) * 1e-3
+        m = pdg_mass(np.asarray(pid)) * 1e-3  # one species (a scalar) or one per track
         beta = pg / np.sqrt(pg * pg + m * m)
         th = _highland(self.x_over_x0, pg, beta)
         D = self.r_first * (np.abs(pz) * 1e-3) / np.maximum(ptg, 1e-9)
