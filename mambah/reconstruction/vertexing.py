@@ -3,7 +3,10 @@
 Pure functions on arrays (no batch, no randomness): the Vertexing stage
 (:mod:`mambah.reconstruction.vertexstage`) and the reference detector's closure tests call them.
 Everything is vectorised over a leading batch axis: ``n`` vertices of ``N`` tracks each are
-arrays of shape ``(n, N, ...)``; any number ``N >= 2`` of tracks works. Units: mm, MeV/c, ns.
+arrays of shape ``(n, N, ...)``; any number ``N >= 2`` of tracks works, and vertices with different
+numbers of tracks go in one call padded to the largest with a ``mask`` (the padded tracks get
+weight 0: they add nothing to the chi2, the normal matrix or the mother; ``ndof`` is then per
+vertex) — the primary vertices of :mod:`mambah.reconstruction.vertexstage`. Units: mm, MeV/c, ns.
 
 **Track states.** A track is a straight line near the beam (the VELO has no magnetic field),
 given by its state at a reference plane ``z``: ``(x, y, tx, ty)`` or ``(x, y, tx, ty, q/p)``
