@@ -206,3 +206,17 @@ def test_store_and_ntuple_carry_the_pv_count(on):
     np.testing.assert_array_equal(nt["nPVs"].to_numpy(), npv)
     built = nt["B0_M"].notna()
     assert (nt.loc[built, "B0_MINIPCHI2"] <= nt.loc[built, "B0_IPCHI2_OWNPV"]).all()
+
+
+def test_chunked_collisions(monkeypatch):
+    """Large batches draw and fit their collisions in chunks of tracks (memory): same kind of result."""
+    import mambah.reconstruction.vertexstage as vs
+
+    small = reco("B0 -> K+ pi-", 400, seed=5)
+    monkeypatch.setattr(vs, "CHUNK_TRACKS", 3000)
+    out = Vertexing()(copy(small))
+    ev, rec = out["events"], out.info["reconstruction"]["vertexing"]
+    assert rec["collisions"] > 2000 and 5.0 < rec["pvs"] / len(ev) < 7.5
+    assert (ev["n_pvs"] >= 1).all() and (ev["ownpv_ntracks"] >= 5).all()
+    d = ev[["ownpv_x", "ownpv_y", "ownpv_z"]].to_numpy(np.float64) - ev[["pv_x", "pv_y", "pv_z"]].to_numpy(np.float64)
+    assert (np.abs(d[:, 2]) < 1.0).mean() > 0.95  # the own PV is (mostly) the signal collision's

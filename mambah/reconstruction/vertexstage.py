@@ -66,6 +66,9 @@ from mambah.reconstruction.composites import plan_composites
 
 __all__ = ["Vertexing", "fit_primary_vertices"]
 
+#: the collisions' tracks are drawn and fitted in chunks of about this many tracks (bounds the memory)
+CHUNK_TRACKS = 1_000_000
+
 
 def _composite_state(pos: np.ndarray, mom: np.ndarray, cov6: np.ndarray):
     """A fitted particle as a 5-parameter straight-line state ``(x, y, tx, ty, 1/|P|)`` at the
@@ -230,14 +233,27 @@ class Vertexing:
         # tracks: the signal collision's underlying event (>= pv_min_tracks) and the pile-up's
         ue = np.concatenate([pu.multiplicity(n, rng, minimum=self.pv_min_tracks),
                              pu.multiplicity(int(n_pu.sum()), rng)])
-        ue_pv = np.repeat(np.arange(len(pv_event)), ue)
-        ue_state, ue_cov, ue_z = pu.tracks(true[ue_pv], rng)
         # the event's own reconstructed tracks produced at the PV belong to the signal collision
         own = track_rows[prod_is_pv]
-        pv_of_track = np.concatenate([event_of[own], ue_pv])
-        fit = fit_primary_vertices(pv_of_track, np.concatenate([state[own, :4], ue_state]),
-                                   np.concatenate([cov[own, :4, :4], ue_cov]), np.concatenate([zref[own], ue_z]),
-                                   len(pv_event), min_tracks=self.pv_min_tracks)
+        own_pv = event_of[own]
+        # drawn and fitted in chunks of at most CHUNK_TRACKS tracks (memory: ~200 tracks per event)
+        P = len(pv_event)
+        fit = {"position": np.full((P, 3), np.nan), "covariance": np.full((P, 3, 3), np.nan),
+               "chi2": np.full(P, np.nan), "ndof": np.full(P, -1, dtype=np.int64),
+               "n_tracks": np.zeros(P, dtype=np.int64), "fitted": np.zeros(P, dtype=bool)}
+        ends = np.searchsorted(np.cumsum(ue), np.arange(1, int(ue.sum()) // CHUNK_TRACKS + 1) * CHUNK_TRACKS)
+        bounds = np.unique(np.concatenate([[0], np.minimum(ends + 1, P), [P]]))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            ue_pv = np.repeat(np.arange(lo, hi), ue[lo:hi])
+            ue_state, ue_cov, ue_z = pu.tracks(true[ue_pv], rng)
+            mine = (own_pv >= lo) & (own_pv < hi)
+            o = own[mine]
+            part = fit_primary_vertices(np.concatenate([own_pv[mine], ue_pv]) - lo,
+                                        np.concatenate([state[o, :4], ue_state]),
+                                        np.concatenate([cov[o, :4, :4], ue_cov]), np.concatenate([zref[o], ue_z]),
+                                        int(hi - lo), min_tracks=self.pv_min_tracks)
+            for k, v in part.items():
+                fit[k][lo:hi] = v
         # padded per-event table of the reconstructed PVs
         rec = np.nonzero(fit["fitted"])[0]
         rec = rec[np.argsort(pv_event[rec], kind="stable")]
