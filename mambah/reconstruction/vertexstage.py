@@ -20,7 +20,9 @@ Runs after :class:`~mambah.reconstruction.composites.Composites` (not in the def
    reconstructed PV: its position is fitted from its tracks' 4-parameter states and covariances by
    the vectorised least-squares vertex fit (:func:`mambah.reconstruction.vertexing.fit_vertex` with
    a mask for the different track counts; PVs grouped by track count so that little is padded; no
-   Python loop over events), so its resolution scales with its tracks (about 1/sqrt(N)). The
+   Python loop over events; about 200 tracks per event at mu = 5.5 are drawn and fitted in chunks
+   of :data:`CHUNK_TRACKS`, which bounds the memory), so its resolution scales with its tracks
+   (about 1/sqrt(N): 11 um transverse and 70 um in z for 25 tracks, LHCb's VELO figures). The
    signal collision's underlying event is drawn with at least ``pv_min_tracks`` tracks, so the
    signal PV is always reconstructed. Tracks are assigned to their true collision (no PV finding,
    no track-to-PV ambiguity: a PV finder's splitting and merging are not modelled) and the fit is
