@@ -69,7 +69,7 @@ from mambah.reconstruction.composites import plan_composites
 __all__ = ["Vertexing", "fit_primary_vertices"]
 
 #: the collisions' tracks are drawn and fitted in chunks of about this many tracks (bounds the memory)
-CHUNK_TRACKS = 1_000_000
+CHUNK_TRACKS = 500_000
 
 
 def _composite_state(pos: np.ndarray, mom: np.ndarray, cov6: np.ndarray):
