@@ -387,8 +387,8 @@ class VertexFitWarning(MambahWarning):
         self.rows = [int(r) for r in rows]
 
 
-def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterations: int = 30, tol: float = 1e-2,
-               check: bool = True) -> VertexFit:
+def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterations: int = 30,
+               tol: float = 1e-2, check: bool = True) -> VertexFit:
     """Least-squares fit of a common vertex of ``N`` straight tracks, for ``n`` vertices at once.
 
     Args:

@@ -147,7 +147,8 @@ def fit_primary_vertices(pv_of_track, states, covariances, z, n_pvs: int, min_tr
         # finder seeds from the tracks' z of closest approach); the unweighted point closest to all
         # lines can be tens of mm off when a few low-momentum tracks with large errors dominate it
         wt = np.where(mask, 1.0 / (V[idx, 0, 0] + V[idx, 1, 1]), 0.0)
-        seed = np.stack([(wt * s[idx, 0]).sum(1), (wt * s[idx, 1]).sum(1), (wt * zz[idx]).sum(1)], -1) / wt.sum(1)[:, None]
+        seed = np.stack([(wt * s[idx, 0]).sum(1), (wt * s[idx, 1]).sum(1), (wt * zz[idx]).sum(1)], -1)
+        seed /= wt.sum(1)[:, None]
         fit = vx.fit_vertex(s[idx], V[idx], zz[idx], mask=mask, start=seed)
         out["position"][pvs] = fit.position
         out["covariance"][pvs] = fit.covariance
@@ -181,10 +182,11 @@ class Vertexing:
             raise ConfigurationError(f"Vertexing(model={self.model!r}): only the reference detector's track states "
                                      f"(model={REFERENCE!r}) exist so far; the trained covariance model is a later step")
         if self.pileup is not None and not (np.isfinite(self.pileup) and self.pileup >= 0):
-            raise ConfigurationError(f"Vertexing(pileup={self.pileup!r}): the mean number of pile-up collisions must be "
-                                     "a number >= 0 (or None for the LHCb Upgrade I value)")
+            raise ConfigurationError(f"Vertexing(pileup={self.pileup!r}): the mean number of pile-up collisions "
+                                     "must be a number >= 0 (or None for the LHCb Upgrade I value)")
         if not (isinstance(self.pv_min_tracks, (int, np.integer)) and self.pv_min_tracks >= 2):
-            raise ConfigurationError(f"Vertexing(pv_min_tracks={self.pv_min_tracks!r}): a PV needs an integer >= 2 tracks")
+            raise ConfigurationError(f"Vertexing(pv_min_tracks={self.pv_min_tracks!r}): a PV needs an integer "
+                                     ">= 2 tracks")
 
     @property
     def mu(self) -> float:
@@ -477,7 +479,8 @@ class Vertexing:
             "pileup_mu": self.mu, "collisions": int(len(pvs["event"])), "pvs": int(fitpv["fitted"].sum()),
             "pv_tracks": int(fitpv["n_tracks"][fitpv["fitted"]].sum()),
             "ownpv_is_signal": int(pvs["signal"][own_pv].sum()),
-            "events_with_candidate": int(chosen.sum()), "candidate_ownpv_is_signal": int(pvs["signal"][own_pv][chosen].sum()),
+            "events_with_candidate": int(chosen.sum()),
+            "candidate_ownpv_is_signal": int(pvs["signal"][own_pv][chosen].sum()),
             "events_with_head": int(by_head.sum()), "head_ownpv_is_signal": int(pvs["signal"][own_pv][by_head].sum()),
         }
         return batch

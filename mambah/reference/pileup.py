@@ -99,11 +99,11 @@ class PileUpModel:
         if not (np.isfinite(self.mu) and self.mu >= 0):
             raise ConfigurationError(f"PileUpModel.mu (mean extra collisions per event) must be >= 0, got {self.mu!r}")
         if not (self.mult_mean > 0 and self.mult_k > 0 and self.mult_min >= 2 and self.pt_temperature > 0):
-            raise ConfigurationError(f"PileUpModel: mult_mean, mult_k, pt_temperature must be > 0 and mult_min >= 2, got "
-                                     f"{self.config()}")
+            raise ConfigurationError(f"PileUpModel: mult_mean, mult_k, pt_temperature must be > 0 and mult_min >= 2, "
+                                     f"got {self.config()}")
         if not (0 < self.eta_lo < self.eta_hi) or not (0 < self.backward_eta[0] <= self.backward_eta[1]):
-            raise ConfigurationError(f"PileUpModel: need 0 < eta_lo < eta_hi and 0 < backward_eta[0] <= backward_eta[1], "
-                                     f"got {self.eta_lo}, {self.eta_hi}, {self.backward_eta}")
+            raise ConfigurationError(f"PileUpModel: need 0 < eta_lo < eta_hi and 0 < backward_eta[0] <= "
+                                     f"backward_eta[1], got {self.eta_lo}, {self.eta_hi}, {self.backward_eta}")
         if len(self.pv_sigma) != 3 or min(self.pv_sigma) < 0:
             raise ConfigurationError(f"PileUpModel.pv_sigma must be 3 widths >= 0 (mm), got {self.pv_sigma!r}")
 
