@@ -409,9 +409,15 @@ class Vertexing:
         has = np.isfinite(ppos).all(axis=1)
         hrows = np.nonzero(has)[0]
         he = event_of[hrows]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ipc_all = vx.ip_chi2(ppos[hrows][:, None], pmom[hrows][:, None], pcov[hrows][:, None], pvs["pos"][he],
-                                 pvs["cov"][he])  # (rows, K), NaN for absent PVs
+        # IPCHI2 of every row to every PV of its event, (rows, K), inf for absent PVs: one PV column at a
+        # time (a loop over the K <~ 20 columns, not over events: bounded memory)
+        ipc_all = np.full((len(hrows), K), np.inf)
+        hp, hm, hc = ppos[hrows], pmom[hrows], pcov[hrows]
+        for k in range(K):
+            at = np.nonzero(np.isfinite(pvs["pos"][he, k, 0]))[0]
+            if len(at):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ipc_all[at, k] = vx.ip_chi2(hp[at], hm[at], hc[at], pvs["pos"][he[at], k], pvs["cov"][he[at], k])
         ipc_all = np.where(np.isnan(ipc_all), np.inf, ipc_all)
         # own PV per event: best PV of the highest fitted composite; else the signal collision's PV
         own_slot = pvs["slot"][:n].copy()  # the signal PV's column (always reconstructed)
