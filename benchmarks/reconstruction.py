@@ -17,6 +17,15 @@ vertices (wall-clock, best of ``--repeat``, input checks included), with 5-param
 tracks of a b-hadron-like spectrum from a vertex displaced by a few mm), and with 4-parameter
 states (no momentum). numpy only: it runs in one thread.
 
+Part 2b: ``pv_fits_per_s`` and ``pv_events_per_s``, the primary-vertex fits of the Vertexing stage
+with pile-up (:func:`mambah.reconstruction.vertexstage.fit_primary_vertices`) for ``--pv-events``
+events at the LHCb Upgrade I pile-up (``--pileup``, default 5.5 extra visible collisions): every
+event's collisions (the signal's, at least 5 tracks, and Poisson pile-up) with their reference
+prompt VELO tracks (:class:`mambah.reference.pileup.PileUpModel`, mean 30 per collision) fitted by
+the masked vectorised vertex fit; ``pv_fits_per_s`` (and ``_per_cpu_s``) counts fitted PVs per
+wall-clock (CPU) second of the fit alone, ``pv_events_per_s`` events per second of drawing the collisions and tracks plus the fit
+(what the stage adds per event on top of the decay vertices; best of ``--repeat``; numpy, one thread).
+
 Part 3: ``brem_electrons_per_s``, the reference bremsstrahlung and brem recovery of ``--electrons``
 electrons (:meth:`mambah.reference.brem.BremDetector.response`, what the opt-in Bremsstrahlung
 stage runs on the electron tracks; wall-clock, best of ``--repeat``; numpy, one thread).
@@ -30,7 +39,7 @@ of ``--electrons`` single photons, what ``--neutrals model`` runs per photon) an
 wall-clock, best of ``--repeat``.
 
     nice -n 10 python benchmarks/reconstruction.py [--tracks 1000000] [--repeat 5] [--vertices 200000]
-        [--electrons 1000000] [--no-networks]
+        [--electrons 1000000] [--pv-events 20000] [--pileup 5.5] [--no-networks]
 """
 
 from __future__ import annotations
@@ -52,11 +61,14 @@ def main() -> None:
     ap.add_argument("--resolution", default="resolution-ref-v1")
     ap.add_argument("--vertices", type=int, default=200_000)
     ap.add_argument("--electrons", type=int, default=1_000_000)
-    ap.add_argument("--no-networks", action="store_true", help="only the vertex-fit and brem parts")
     ap.add_argument("--brem-model", default="brem-e-ref-v1")
     ap.add_argument("--photon-model", default="photon-ref-v1")
+    ap.add_argument("--pv-events", type=int, default=20_000)
+    ap.add_argument("--pileup", type=float, default=None, help="mean pile-up (default: LHCb Upgrade I, 5.5)")
+    ap.add_argument("--no-networks", action="store_true", help="only the vertex-fit, PV-fit and brem parts")
     args = ap.parse_args()
     vertex = vertex_fit_benchmark(args.vertices, args.repeat)
+    vertex.update(pv_fit_benchmark(args.pv_events, args.repeat, args.pileup))
     vertex.update(brem_benchmark(args.electrons, args.repeat))
     if args.no_networks:
         print(json.dumps({"benchmark": "reconstruction", "vertices": args.vertices, **vertex,
@@ -140,6 +152,49 @@ def vertex_fit_benchmark(n: int, repeat: int) -> dict:
             out.setdefault(key, {})[f"{nt}-body"] = round(n / best)
             out.setdefault(key.replace("_per_s", "_per_cpu_s"), {})[f"{nt}-body"] = round(n / cpu)
     return out
+
+
+def pv_fit_benchmark(n_events: int, repeat: int, mu: float | None = None) -> dict:
+    """Primary-vertex fits per second with pile-up, and events per second (draw + fit); prints a line."""
+    from mambah.reconstruction.vertexstage import fit_primary_vertices
+    from mambah.reference.pileup import DEFAULT_PILEUP_MU, PileUpModel
+
+    pu = PileUpModel(mu=DEFAULT_PILEUP_MU if mu is None else mu)
+
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        n_pu = pu.n_pileup(n_events, rng)
+        P = n_events + int(n_pu.sum())
+        true = pu.positions(P, rng)
+        cnt = np.concatenate([pu.multiplicity(n_events, rng, minimum=5), pu.multiplicity(P - n_events, rng)])
+        owner = np.repeat(np.arange(P), cnt)
+        s, c, z = pu.tracks(true[owner], rng)
+        return owner, s, c, z, P
+
+    fit_t, all_t, fit_c, all_c = [], [], [], []
+    for i in range(repeat):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        owner, s, c, z, P = draw(i)
+        c1 = time.process_time()
+        t1 = time.perf_counter()
+        fit = fit_primary_vertices(owner, s, c, z, P, min_tracks=5)
+        t2 = time.perf_counter()
+        c2 = time.process_time()
+        fit_t.append(t2 - t1)
+        all_t.append(t2 - t0)
+        fit_c.append(c2 - c1)
+        all_c.append(c2 - c0)
+    n_fit = int(fit["fitted"].sum())
+    best_fit, best_all, cpu_fit, cpu_all = min(fit_t), min(all_t), min(fit_c), min(all_c)
+    print(f"PV fits: {n_events} events, mu = {pu.mu}, {P} collisions, {n_fit} PVs with >= 5 tracks ({len(owner)} tracks): "
+          f"fit {best_fit:.3f} s wall, {cpu_fit:.3f} s cpu ({n_fit / best_fit:.3g} PVs/s, {n_fit / cpu_fit:.3g} PVs/cpu s), "
+          f"draw + fit {best_all:.3f} s wall, {cpu_all:.3f} s cpu ({n_events / best_all:.3g} events/s, "
+          f"{n_events / cpu_all:.3g} events/cpu s)")
+    return {"pv_events": n_events, "pileup_mu": pu.mu, "pvs_per_event": round(n_fit / n_events, 3),
+            "pv_fits_per_s": round(n_fit / best_fit), "pv_fits_per_cpu_s": round(n_fit / cpu_fit),
+            "pv_events_per_s": round(n_events / best_all), "pv_events_per_cpu_s": round(n_events / cpu_all),
+            "pv_fit_events_per_s": round(n_events / best_fit)}
 
 
 def brem_benchmark(n: int, repeat: int) -> dict:

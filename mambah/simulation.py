@@ -59,6 +59,7 @@ def standard_pipeline(
     vertexing: bool = False,
     brem: str | None = None,
     track_types=("long",),
+    pileup: float | None = None,
     **gun_options,
 ) -> Pipeline:
     """The simulation chain for ``descriptor``.
@@ -102,6 +103,9 @@ def standard_pipeline(
         vertexing: add the opt-in Vertexing stage after the composites (``level="reco"`` only;
             :class:`mambah.reconstruction.Vertexing`, reference mode: track states, decay-vertex
             fits, IPCHI2, FDCHI2, DIRA, MCORR ...). Default False: the columns stay NaN.
+        pileup: with ``vertexing``, the mean number of extra visible pp collisions per event whose
+            PVs are fitted with the signal's (``mambah simulate --pileup MU``); None: the LHCb
+            Upgrade I value (:data:`mambah.reference.pileup.DEFAULT_PILEUP_MU`, 5.5); 0: none.
         brem: ``"reference"`` (or ``"model"``: the shipped brem networks, or a brem model's name or
             directory): the opt-in Bremsstrahlung stage after the resolution
             (:class:`mambah.reconstruction.Bremsstrahlung`; ``mambah simulate --brem reference|model``): the
@@ -148,6 +152,9 @@ def standard_pipeline(
     if vertexing and level != "reco":
         raise ConfigurationError("vertexing=True needs the reconstruction (level='reco'); a generator-level "
                                  "production has no tracks to fit (mambah simulate: --vertexing needs --level reco)")
+    if pileup is not None and not vertexing:
+        raise ConfigurationError(f"pileup={pileup!r} sets the PVs of the Vertexing stage; it needs vertexing=True "
+                                 "(mambah simulate: --pileup needs --vertexing)")
     if brem is not None and level != "reco":
         raise ConfigurationError(f"brem={brem!r} needs the reconstruction (level='reco'); a generator-level "
                                  "production has no tracks")
@@ -183,7 +190,7 @@ def standard_pipeline(
         if vertexing:
             from mambah.reconstruction import Vertexing
 
-            stages.append(Vertexing())
+            stages.append(Vertexing() if pileup is None else Vertexing(pileup=pileup))
         if pid:
             from mambah.pid.stage import PID
 

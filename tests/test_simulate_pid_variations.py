@@ -358,7 +358,7 @@ def test_a_version_3_store_is_upgraded(url, batches):
                     c.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {col}")
             c.exec_driver_sql("UPDATE mambah_meta SET value = '3' WHERE key = 'schema_version'")
     with Store(url) as st:
-        assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "4" and st.count("pid_variations") == 0
+        assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "5" and st.count("pid_variations") == 0
         # the columns the test dropped come back at their "not computed" value (checked below); the others
         # are as written (track_type is the Efficiency stage's since the 4-class efficiency)
         readded = [c for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items()) if t == "particles" for c in cols]

@@ -70,6 +70,10 @@ def register(sub) -> None:
                    help="track types that become tracks, comma-separated among long, upstream, downstream (default "
                         "long: LHCb's standard tracks); e.g. long,downstream for K0S and Lambda daughters decaying "
                         "after the VELO (the 4-class efficiency model draws every track's type, ntuple X_TRACK_Type)")
+    p.add_argument("--pileup", type=float, default=None, metavar="MU",
+                   help="with --vertexing: mean number of extra visible pp collisions per event (Poisson), whose PVs "
+                        "are fitted from their tracks with the signal's (OWNPV = the candidate's best PV, MINIPCHI2 "
+                        "over all PVs); default 5.5, LHCb Upgrade I (Run 3) conditions; 0 for the signal collision only")
     p.add_argument("--brem", choices=("reference", "model"), default=None,
                    help="electrons radiate: bremsstrahlung before the magnet lowers the electron tracks' momenta and "
                         "brem recovery adds part of it back ('reference': the reference detector; 'model': the shipped "
@@ -104,7 +108,7 @@ def register(sub) -> None:
 
 def default_production_name(descriptor, seed: int, reconstruct_as=None, invisible=None,
                             neutrals: str | None = None, rates=None, vertexing: bool = False,
-                            brem: str | None = None) -> str:
+                            brem: str | None = None, pileup: float | None = None) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
     of the mass-hypothesis swaps, the particles left invisible, the neutrals' reconstruction, the
     Vertexing stage and the brem (so that another choice is another production; without them the
@@ -128,6 +132,8 @@ def default_production_name(descriptor, seed: int, reconstruct_as=None, invisibl
         text += " | vertexing reference"
     if brem:
         text += f" | brem {brem}"
+    if pileup is not None:
+        text += f" | pileup {float(pileup):g}"
     return f"{hashlib.sha256(text.encode()).hexdigest()[:8]}-seed{seed}"
 
 
@@ -314,7 +320,7 @@ def vertexing_summary(store, production: str) -> dict[str, int]:
     vertices, vertices_not_fitted}`` (empty when the stage did not run)."""
     import json
 
-    keys = ("tracks", "tracks_without_state", "vertices", "vertices_not_fitted")
+    keys = ("tracks", "tracks_without_state", "vertices", "vertices_not_fitted", "collisions", "pvs")
     bt = store.read("batches", columns=["config"], where={"production": production}, ordered=False)
     out: dict[str, int] = {}
     for blob in bt["config"]:
@@ -383,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
                    brem=args.brem)
     if args.track_types is not None:
         options["track_types"] = tuple(t.strip() for t in args.track_types.split(",") if t.strip())
+    if args.pileup is not None:
+        options["pileup"] = args.pileup
     if cocktail:
         from mambah.simulation import cocktail_pipeline
 
@@ -391,12 +399,13 @@ def run(args: argparse.Namespace) -> int:
         name = args.production or default_production_name(descriptors, args.seed, args.reconstruct_as,
                                                            args.invisible, args.neutrals,
                                                            rates=[round(f, 12) for f in pipeline.fractions],
-                                                           vertexing=args.vertexing, brem=args.brem)
+                                                           vertexing=args.vertexing, brem=args.brem,
+                                                           pileup=args.pileup)
     else:
         pipeline = standard_pipeline(descriptors[0], **options)
         name = args.production or default_production_name(descriptors[0], args.seed, args.reconstruct_as,
                                                           args.invisible, args.neutrals, vertexing=args.vertexing,
-                                                          brem=args.brem)
+                                                          brem=args.brem, pileup=args.pileup)
     with Store(args.db) as store:
         with _Collector() as collected:
             res = run_production(
@@ -439,8 +448,11 @@ def run(args: argparse.Namespace) -> int:
               f"{vtx['vertices'] - vtx['vertices_not_fitted']:,} with a vertex fit"
               + (f" ({vtx['vertices_not_fitted']:,} with fewer than two daughters to fit: NaN, ENDVERTEX_NDOF -1)"
                  if vtx["vertices_not_fitted"] else "")
-              + f"; {vtx['tracks']:,} tracks, {vtx['tracks_without_state']:,} without a state; ntuple branches "
-              "X_IPCHI2_OWNPV, X_FDCHI2_OWNPV, X_DIRA_OWNPV, X_ENDVERTEX_CHI2/NDOF, X_MCORR, X_TRACK_Type ...")
+              + f"; {vtx['tracks']:,} tracks, {vtx['tracks_without_state']:,} without a state"
+              + (f"; {vtx['pvs']:,} PVs fitted from tracks ({vtx['pvs'] / max(res.n_events, 1):.2f} per event, "
+                 f"pile-up included: --pileup)" if vtx.get("pvs") else "")
+              + "; ntuple branches X_IPCHI2_OWNPV, X_MINIPCHI2, X_FDCHI2_OWNPV, X_DIRA_OWNPV, X_ENDVERTEX_CHI2/NDOF, "
+              "X_MCORR, X_TRACK_Type, nPVs ...")
     plan = _variation_plan(pipeline)
     if plan:
         steps = "; ".join(f"{s}: {', '.join(m)}" for s, m in plan["steps"].items())

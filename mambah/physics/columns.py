@@ -134,6 +134,9 @@ VERTEXING_COLUMNS: dict[str, dict[str, tuple[str, float]]] = {
         "ownpv_x": ("float32", np.nan),
         "ownpv_y": ("float32", np.nan),
         "ownpv_z": ("float32", np.nan),
+        # the reconstructed PVs (signal collision + pile-up) and the own PV's track count (schema 5)
+        "n_pvs": ("int16", -1),
+        "ownpv_ntracks": ("int16", -1),
     },
     "particles": {
         "track_type": ("int8", 0),
@@ -281,6 +284,8 @@ COLUMN_MAP: tuple[Column, ...] = (
     _c("tau_err", "TAUERR", "ns"),
     _c("doca_max", "DOCAMAX", "mm"),
     _c("mcorr", "MCORR", "MeV/c^2"),
+    _c("n_pvs", "nPVs"),
+    _c("ownpv_ntracks", "OWNPV_NTRACKS"),
     _c("chi2", "ENDVERTEX_CHI2"),
     _c("ndof", "ENDVERTEX_NDOF"),
     # the Bremsstrahlung stage's flag (BREM_COLUMNS): brem recovery added a photon to the electron track

@@ -3,7 +3,10 @@
 Pure functions on arrays (no batch, no randomness): the Vertexing stage
 (:mod:`mambah.reconstruction.vertexstage`) and the reference detector's closure tests call them.
 Everything is vectorised over a leading batch axis: ``n`` vertices of ``N`` tracks each are
-arrays of shape ``(n, N, ...)``; any number ``N >= 2`` of tracks works. Units: mm, MeV/c, ns.
+arrays of shape ``(n, N, ...)``; any number ``N >= 2`` of tracks works, and vertices with different
+numbers of tracks go in one call padded to the largest with a ``mask`` (the padded tracks get
+weight 0: they add nothing to the chi2, the normal matrix or the mother; ``ndof`` is then per
+vertex) — the primary vertices of :mod:`mambah.reconstruction.vertexstage`. Units: mm, MeV/c, ns.
 
 **Track states.** A track is a straight line near the beam (the VELO has no magnetic field),
 given by its state at a reference plane ``z``: ``(x, y, tx, ty)`` or ``(x, y, tx, ty, q/p)``
@@ -154,7 +157,7 @@ class VertexFit:
         position: fitted vertex (n, 3), mm.
         covariance: its covariance (n, 3, 3), mm^2.
         chi2: (n,) chi2 of the fit.
-        ndof: degrees of freedom, ``2 N - 3``.
+        ndof: degrees of freedom, ``2 N - 3`` (an int); with a ``mask``, (n,) ints ``2 N_i - 3``.
         track_params: fitted momentum parameters per track at the vertex, (n, N, 2 or 3):
             ``(tx, ty[, q/p])``.
         momentum: the mother's momentum (n, 3), MeV/c, when the states carry ``q/p``; else None.
@@ -166,7 +169,7 @@ class VertexFit:
     position: np.ndarray
     covariance: np.ndarray
     chi2: np.ndarray
-    ndof: int
+    ndof: int | np.ndarray
     track_params: np.ndarray
     momentum: np.ndarray | None = None
     momentum_covariance: np.ndarray | None = None
@@ -215,23 +218,28 @@ _MAX_HALVINGS = 8
 class _Tracks:
     """The state components of ``n x N`` tracks as contiguous track-major (N, n) arrays."""
 
-    _FIELDS = ("x", "y", "tx", "ty", "z", "Vxx", "Vxy", "Vyy", "Vxtx", "Vxty", "Vytx", "Vyty", "Vtxtx", "Vtxty", "Vtyty")
+    _FIELDS = ("x", "y", "tx", "ty", "z", "Vxx", "Vxy", "Vyy", "Vxtx", "Vxty", "Vytx", "Vyty", "Vtxtx", "Vtxty", "Vtyty",
+               "w")
     _INDEX = {"Vxx": (0, 0), "Vxy": (0, 1), "Vyy": (1, 1), "Vxtx": (0, 2), "Vxty": (0, 3), "Vytx": (1, 2),
               "Vyty": (1, 3), "Vtxtx": (2, 2), "Vtxty": (2, 3), "Vtyty": (3, 3)}
 
-    def __init__(self, mt: np.ndarray | None = None, Vt: np.ndarray | None = None, zt: np.ndarray | None = None):
-        """``mt[i]``, ``Vt[i, j]`` (i <= j) and ``zt``: (N, n) components."""
+    def __init__(self, mt: np.ndarray | None = None, Vt: np.ndarray | None = None, zt: np.ndarray | None = None,
+                 w: np.ndarray | None = None):
+        """``mt[i]``, ``Vt[i, j]`` (i <= j) and ``zt``: (N, n) components; ``w``: (N, n) weights 1.0 / 0.0
+        of the tracks present / masked out (None: every track present)."""
         if mt is None:
             return
         self.x, self.y, self.tx, self.ty = mt[0], mt[1], mt[2], mt[3]
         self.z = zt
+        self.w = w
         for name, (i, j) in self._INDEX.items():
             setattr(self, name, Vt[i, j])
 
     def subset(self, cols: np.ndarray) -> _Tracks:
         out = _Tracks()
         for f in self._FIELDS:
-            setattr(out, f, getattr(self, f)[:, cols])
+            x = getattr(self, f)
+            setattr(out, f, None if x is None else x[:, cols])
         return out
 
 
@@ -279,7 +287,11 @@ def _evaluate(t: _Tracks, v: np.ndarray) -> _Eval:
     Pxy = t.Vxy + dz * (t.Vxty + t.Vytx + dz * t.Vtxty)
     Pyy = t.Vyy + dz * (2.0 * t.Vyty + dz * t.Vtyty)
     det = Pxx * Pyy - Pxy * Pxy
-    Ixx, Ixy, Iyy = Pyy / det, -Pxy / det, Pxx / det
+    if t.w is None:
+        Ixx, Ixy, Iyy = Pyy / det, -Pxy / det, Pxx / det
+    else:  # a masked track has weight 0: it adds nothing to the chi2 or the normal matrix
+        idet = t.w / det
+        Ixx, Ixy, Iyy = Pyy * idet, -Pxy * idet, Pxx * idet
     a = Ixx * rx + Ixy * ry
     b = Ixy * rx + Iyy * ry
     chi2 = (rx * a + ry * b).sum(axis=0)
@@ -331,12 +343,13 @@ def _start_point(t: _Tracks) -> np.ndarray:
     inv = 1.0 / (1.0 + t.tx * t.tx + t.ty * t.ty)
     u = (t.tx, t.ty, np.ones_like(t.tx))
     pos = (t.x, t.y, t.z)
+    w = 1.0 if t.w is None else t.w  # masked tracks: weight 0
     # M = sum (1 - u u^T), b = sum (1 - u u^T) a, with u u^T = d d^T / |d|^2
     M = {}
     for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)):
-        M[i, j] = ((1.0 if i == j else 0.0) - u[i] * u[j] * inv).sum(axis=0)
+        M[i, j] = (w * ((1.0 if i == j else 0.0) - u[i] * u[j] * inv)).sum(axis=0)
     ua = (t.tx * t.x + t.ty * t.y + t.z) * inv
-    b = [(pos[i] - u[i] * ua).sum(axis=0) for i in range(3)]
+    b = [(w * (pos[i] - u[i] * ua)).sum(axis=0) for i in range(3)]
     c00, c01, c02, c11, c12, c22 = _inv3_sym(M[0, 0], M[0, 1], M[0, 2], M[1, 1], M[1, 2], M[2, 2])
     return np.stack([c00 * b[0] + c01 * b[1] + c02 * b[2], c01 * b[0] + c11 * b[1] + c12 * b[2],
                      c02 * b[0] + c12 * b[1] + c22 * b[2]])
@@ -374,8 +387,8 @@ class VertexFitWarning(MambahWarning):
         self.rows = [int(r) for r in rows]
 
 
-def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: float = 1e-2,
-               check: bool = True) -> VertexFit:
+def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterations: int = 30,
+               tol: float = 1e-2, check: bool = True) -> VertexFit:
     """Least-squares fit of a common vertex of ``N`` straight tracks, for ``n`` vertices at once.
 
     Args:
@@ -383,6 +396,15 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
             mm, rad-slopes, 1/(MeV/c).
         covariances: (n, N, k, k) covariance of each state (positive definite).
         z: the states' reference planes, mm: broadcastable to (n, N) (scalar, (N,), (n, 1), (n, N)).
+        mask: optional (n, N) booleans, True for the tracks of each vertex: vertices with different
+            numbers of tracks in one call (pad to the largest; the padded entries' states,
+            covariances and z are ignored and may be NaN). Each vertex needs at least 2 tracks; its
+            ``ndof`` is then ``2 N_i - 3`` per vertex (an (n,) array), and the masked tracks'
+            ``track_params`` are NaN.
+        start: optional (n, 3) starting points of the iteration; by default the point closest to
+            all the measured lines (unweighted), which is poor when nearly parallel lines with
+            large position errors dominate it (primary vertices: seed them near the beam line,
+            see :func:`mambah.reconstruction.vertexstage.fit_primary_vertices`).
         max_iterations: linearisation passes at most.
         tol: a fit has converged when its last step moved the vertex by less than ``tol`` times
             its error in each coordinate; fits that have converged are not iterated further.
@@ -409,6 +431,27 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
     except ValueError:
         raise DataError(f"fit_vertex: z of shape {np.shape(z)} does not broadcast to (n_vertices, n_tracks) = {(n, N)}; "
                         "give a scalar, (n_tracks,) or (n_vertices, n_tracks) (or (n_vertices, 1))") from None
+    w = None
+    if mask is not None:
+        present = np.asarray(mask)
+        if present.shape != (n, N) or present.dtype != bool:
+            raise DataError(f"fit_vertex: mask must be booleans of shape (n_vertices, n_tracks) = {(n, N)}, got "
+                            f"{present.dtype} {present.shape}")
+        few = present.sum(axis=1) < 2
+        if few.any():
+            raise DataError(f"fit_vertex: {int(few.sum())} vertices have fewer than 2 tracks in the mask, e.g. vertex "
+                            f"{int(np.argmax(few))}; a vertex needs at least 2 tracks")
+        if not present.all():  # the masked entries become a harmless unit state (weight 0 in the fit)
+            gone = ~present
+            m = m.copy()
+            m[gone] = 0.0
+            if k == 5:
+                m[gone, 4] = 1.0
+            V = V.copy()
+            V[gone] = np.eye(k)
+            zz = zz.copy()
+            zz[gone] = 0.0
+        w = np.ascontiguousarray(present.T, dtype=np.float64)
     mt = [np.ascontiguousarray(m[..., i].T) for i in range(k)]  # track-major (N, n) components
     Vt = {(i, j): np.ascontiguousarray(V[..., i, j].T) for i in range(k) for j in range(i, k)}
     zt = np.ascontiguousarray(zz.T)
@@ -431,8 +474,15 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
                             f"e.g. at (vertex, track) = {bad}: {V[bad].tolist()!r}")
         if k == 5 and (mt[4] == 0).any():
             raise DataError("fit_vertex: q/p = 0 in a track state (infinite momentum)")
-    t = _Tracks(mt, Vt, zt)
-    e = _evaluate(t, _start_point(t))
+    t = _Tracks(mt, Vt, zt, w)
+    if start is None:
+        v0 = _start_point(t)
+    else:
+        v0 = np.asarray(start, dtype=np.float64)
+        if v0.shape != (n, 3) or not np.isfinite(v0).all():
+            raise DataError(f"fit_vertex: start must be finite points of shape {(n, 3)}, got {v0.shape}")
+        v0 = np.ascontiguousarray(v0.T)
+    e = _evaluate(t, v0)
     v = e.v.copy()
     chi2 = e.chi2.copy()
     rows = np.arange(n)  # the working set: vertices still iterated (shrunk when half have converged)
@@ -490,7 +540,10 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
               (fin["Cxx"], fin["Cxy"], fin["Cyx"], fin["Cyy"]), fin["a"], fin["b"])
     C = _sym3(fin_C)
     tx, ty = _fitted_slopes(t, e)
-    out = dict(position=np.ascontiguousarray(v.T), covariance=C, chi2=chi2, ndof=2 * N - 3, iterations=it)
+    ndof = 2 * N - 3 if w is None else (2 * w.sum(axis=0) - 3).astype(np.int64)
+    out = dict(position=np.ascontiguousarray(v.T), covariance=C, chi2=chi2, ndof=ndof, iterations=it)
+    if w is not None:
+        tx, ty = np.where(w > 0, tx, np.nan), np.where(w > 0, ty, np.nan)
     if k != 5:
         out["track_params"] = np.stack([tx.T, ty.T], axis=-1)
         return VertexFit(**out)
@@ -506,12 +559,16 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
     for r in range(3):
         for c in range(r):
             W[r, c] = W[c, r]
+    if w is not None:  # the masked tracks add nothing to the mother (U, hence M, is 0 there already)
+        W = {rc: x * w for rc, x in W.items()}
+        qop = np.where(w > 0, qop, np.nan)
+        tx, ty = np.where(w > 0, tx, 0.0), np.where(w > 0, ty, 0.0)
     M = [(ux, uy, -(ux * tx + uy * ty)) for ux, uy in U]  # cov(q_i, v) = M_i C_v (Billoir's -W E^T C)
     # momentum and its Jacobian d(px, py, pz)/d(tx, ty, q/p), per track
-    p = 1.0 / np.abs(qop)
+    p = 1.0 / np.abs(qop) if w is None else np.where(w > 0, 1.0 / np.abs(np.where(w > 0, qop, 1.0)), 0.0)
     n2 = 1.0 + tx * tx + ty * ty
     pz = p / np.sqrt(n2)
-    d = (-pz * tx / n2, -pz * ty / n2, -pz / qop)
+    d = (-pz * tx / n2, -pz * ty / n2, -pz / (qop if w is None else np.where(w > 0, qop, 1.0)))
     J = [[tx * d[0] + pz, tx * d[1], tx * d[2]], [ty * d[0], ty * d[1] + pz, ty * d[2]], list(d)]
     mom = np.stack([(tx * pz).sum(axis=0), (ty * pz).sum(axis=0), pz.sum(axis=0)], axis=-1)
     JW = [[sum(J[i][r] * W[r, c] for r in range(3)) for c in range(3)] for i in range(3)]
@@ -523,6 +580,8 @@ def fit_vertex(states, covariances, z=0.0, *, max_iterations: int = 30, tol: flo
             if j >= i:
                 cov_p[:, i, j] = sum(JW[i][c] * J[j][c] for c in range(3)).sum(axis=0)
     cov_p = np.triu(cov_p) + np.swapaxes(np.triu(cov_p, 1), 1, 2) + K @ C @ _tr(K)
+    if w is not None:
+        tx, ty = np.where(w > 0, tx, np.nan), np.where(w > 0, ty, np.nan)
     out.update(momentum=mom, momentum_covariance=_sym(cov_p), position_momentum_covariance=C @ _tr(K),
                track_params=np.stack([tx.T, ty.T, qop.T], axis=-1))
     return VertexFit(**out)

@@ -3,7 +3,8 @@
 It gives training and validation samples a known truth. It is never LHCb truth. The tracking
 part lives in :mod:`mambah.reference.tracking` (acceptance, efficiency, momentum resolution) and
 :mod:`mambah.reference.trackstates` (track types, states closest to the beam and their
-covariance, track chi2 and ghost probability).
+covariance, track chi2 and ghost probability); :mod:`mambah.reference.pileup` draws the pp
+collisions of a bunch crossing (pile-up) and their prompt tracks for the primary-vertex fits.
 """
 
 from __future__ import annotations

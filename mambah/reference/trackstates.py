@@ -231,6 +231,27 @@ class TrackStateModel:
         cov[..., 4, 4] = sq * sq
         return cov
 
+    def velo_covariance(self, px, py, pz, pid) -> np.ndarray:
+        """The (n, 4, 4) covariance of ``(x, y, tx, ty)`` of tracks with a VELO segment (long or
+        upstream: the same block as :meth:`covariance`'s), without the momentum part."""
+        px, py, pz = (np.asarray(a, dtype=np.float64) for a in (px, py, pz))
+        p2 = px * px + py * py + pz * pz
+        pg = np.sqrt(p2) * 1e-3
+        ptg = np.hypot(px, py) * 1e-3
+        m = pdg_mass(np.asarray(pid)) * 1e-3  # one species (a scalar) or one per track
+        beta = pg / np.sqrt(pg * pg + m * m)
+        th = _highland(self.x_over_x0, pg, beta)
+        D = self.r_first * (np.abs(pz) * 1e-3) / np.maximum(ptg, 1e-9)
+        cov = np.zeros(px.shape + (4, 4))
+        vxx = self.sigma_hit**2 + (D * th) ** 2
+        cxt = -D * th * th
+        vtt = self.detector.slope_meas**2 + th * th
+        for a, b in ((0, 2), (1, 3)):
+            cov[..., a, a] = vxx
+            cov[..., b, b] = vtt
+            cov[..., a, b] = cov[..., b, a] = cxt
+        return cov
+
     def sigma_ip(self, pt, p=None, pid=211) -> np.ndarray:
         """sigma(IPx) (mm) of a long track of transverse momentum ``pt`` (MeV/c), from the state's
         covariance (position at the beam); ``p`` defaults to a fast track (beta = 1)."""

@@ -359,7 +359,7 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
         found = (sg >= 0) & (sb[sgc] == bpos) & (value >= 0) & (local < width[sgc])
         return sgc, local, found
 
-    ev = store.read("events", columns=["batch", "event", "n_tracks", "weight"], batches=ids_arr.tolist())
+    ev = store.read("events", columns=["batch", "event", "n_tracks", "weight", "n_pvs"], batches=ids_arr.tolist())
     bpos = np.searchsorted(ids_arr, ev["batch"].to_numpy())
     sg, local, ok = segment_of(bpos, ev["event"].to_numpy().astype(np.int64), ev_keys, N)
     row = off[sg[ok]] + local[ok]
@@ -368,6 +368,8 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
     w = np.full(total, np.nan)
     w[row] = ev["weight"].to_numpy()[ok]
     out["nTracks"], out["weight"] = ntr, w
+    npv = np.full(total, -1, dtype=np.int16)  # the Vertexing stage's PV count (branch nPVs where it ran)
+    npv[row] = ev["n_pvs"].to_numpy()[ok]
 
     # MC truth: every mc_particles row of a segment sits in cell (node, event) of a K x total grid
     mc = store.read("mc_particles", columns=["batch", "index", "event", "pid", "px", "py", "pz", "e",
@@ -460,6 +462,8 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
     if type_on and not vtx_on:
         vg["track_type"] = rgrid("track_type")
     track_cols = track_vtx if vtx_on else (("track_type",) if type_on else ())
+    if vtx_on and (npv >= 0).any():
+        out["nPVs"] = npv
     # the Bremsstrahlung stage's flag, only where it ran (-1: no track in that event, or a batch without it)
     brem_on = "has_brem_added" in par.columns and bool((par["has_brem_added"].to_numpy() >= 0).any())
     brem_g = rgrid("has_brem_added", np.int8, -1) if brem_on else None

@@ -73,18 +73,25 @@ __all__ = ["SCHEMA_VERSION", "UPGRADABLE", "UPGRADE_COLUMNS", "COLUMNS", "DATA_T
 #: before it was added): ``particles.has_brem_added`` (the opt-in Bremsstrahlung stage's
 #: ``HASBREMADDED``, ``physics.columns.BREM_COLUMNS``), -1 ("not computed") in the rows of a
 #: version-3 store and wherever the stage did not run.
-SCHEMA_VERSION = 4
+#: Version 5 (issue 23, fitted PVs with pile-up): ``events.n_pvs`` and ``events.ownpv_ntracks`` (the
+#: Vertexing stage's PV count and own-PV track count), -1 ("not computed") in the rows of an older
+#: store and wherever the stage did not run; a version-3 or -4 store is upgraded in place.
+SCHEMA_VERSION = 5
 
 from mambah.physics.columns import BREM_COLUMNS, VERTEXING_COLUMNS  # noqa: E402
 
 #: Versions a store can be upgraded from by adding the tables that are new since then.
-UPGRADABLE = {3: ("pid_variations",)}
+UPGRADABLE = {3: ("pid_variations",), 4: ()}
 #: Columns added by the upgrade from a version: (table, column, value of the existing rows; None: NULL,
 #: read as NaN).
 UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
                        *((t, c, None if fill != fill else int(fill))
                          for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items())
                          for c, (_, fill) in cols.items()))}
+
+#: From version 4: the Vertexing stage's PV count and own-PV track count (issue 23), -1 in old rows. An
+#: upgrade from version v adds the tables and columns of every version from v on.
+UPGRADE_COLUMNS[4] = (("events", "n_pvs", -1), ("events", "ownpv_ntracks", -1))
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -131,6 +138,9 @@ class Event(Base):
     ownpv_x: Mapped[float] = _f32()
     ownpv_y: Mapped[float] = _f32()
     ownpv_z: Mapped[float] = _f32()
+    # the Vertexing stage's reconstructed PVs per event and the own PV's tracks (-1 without the stage)
+    n_pvs: Mapped[int] = mapped_column(SmallInteger)
+    ownpv_ntracks: Mapped[int] = mapped_column(SmallInteger)
 
 
 class MCVertex(Base):

@@ -254,14 +254,15 @@ class Store:
         """Bring a store of schema version ``found`` (:data:`~mambah.store.schema.UPGRADABLE`) to
         :data:`~mambah.store.schema.SCHEMA_VERSION` by adding the tables that are new since then
         (inside the caller's transaction; the data already there is untouched)."""
-        new = [t for t in S.UPGRADABLE[found] if t not in existing]
+        since = [v for v in sorted(S.UPGRADABLE) if v >= found]  # every version's additions from ``found`` on
+        new = [t for v in since for t in S.UPGRADABLE[v] if t not in existing]
         missing = [t for t in _TABLES if t not in existing and t not in new]
         if missing:
             raise StoreError(f"the store {self.url} lacks the table(s) {', '.join(missing)}; it is damaged")
         self._create_tables(only=new)
         added = []
         quote = self._conn.dialect.identifier_preparer.quote  # the names are the schema's own, quoted
-        for table, column, value in S.UPGRADE_COLUMNS.get(found, ()):
+        for table, column, value in (c for v in since for c in S.UPGRADE_COLUMNS.get(v, ())):
             t, c = _TABLES[table], _TABLES[table].c[column]
             have = set(self._conn.execute(sa.select(sa.text("*")).select_from(t).limit(0)).keys())
             if column not in have:
