@@ -122,7 +122,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mambah.pid.chain import CHAIN_INPUTS, THRESHOLD_CODES, prepare_training_table
+from mambah.pid.chain import CHAIN_INPUTS, PROBNN_CONDITIONS, PROBNN_TARGETS, THRESHOLD_CODES, prepare_training_table
 from mambah.reference.calibration import CHANNELS
 
 MAMBAH = [sys.executable, "-m", "mambah"]
@@ -135,12 +135,16 @@ STEPS = {  # role -> (train subcommand, targets, selection, batch size, network 
     "global": ("pid", "CaloDLLe", "hasCalo == 1", 1024, NET),  # 0 outside the acceptance: a flag, not a GAN spike
     # P(RichDLLp == RichDLLk | RICH information): the chain sets each RICH row's tie status to a draw of it
     "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, ["--width", "16", "--depth", "2"]),
+    # the reference ProbNN (mambah.reference.probnn) given the kinematics and the PID already drawn
+    # (optional step: the chain runs it where models/pid-<s>-probnn exists; issue 24)
+    "probnn": ("pid", ",".join(PROBNN_TARGETS), None, 1024, NET),
 }
 #: conditions besides the chain inputs: the RICH GAN and the flags classifier also see the RICH
 #: acceptance and threshold codes (mambah.pid.chain.rich_threshold_codes, computed by the chain from P
 #: and ETA): hasRich is a step at the radiators' pion thresholds, which a classifier of P and ETA alone
 #: smooths (8.5% of the tracks at 2-3 GeV/c got the wrong hasRich)
-EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES)}
+EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES),
+                    "probnn": list(PROBNN_CONDITIONS)}
 #: steps whose sWeighted training set is empty: electrons practically never pass isMuon, and the
 #: sWeights of the isMuon == 1 rows of the e sample sum to < 0 (the CLI refuses them), so the
 #: e muon-likelihood step is trained on the isMuon == 1 rows without weights (background
@@ -273,7 +277,7 @@ def main(argv=None) -> int:
     return 0
 
 
-DEFAULT_EPOCHS = {"flags": 60, "muon": 400, "rich": 400, "tie": 60, "global": 150}
+DEFAULT_EPOCHS = {"flags": 60, "muon": 400, "rich": 400, "tie": 60, "global": 150, "probnn": 150}
 
 
 def budget_args(a, role: str) -> list[str]:

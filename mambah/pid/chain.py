@@ -89,7 +89,7 @@ from mambah.physics import CONDITION_NAMES, PID_COLUMNS, SPECIES, SPECIES_PDG, l
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "DEFAULT_SPECIES", "load_chain", "available_chains",
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
-           "rich_threshold_codes", "chain_members"]
+           "rich_threshold_codes", "chain_members", "PROBNN_OUTPUTS", "PROBNN_TARGETS", "PROBNN_CONDITIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,19 @@ CHAIN_OUTPUTS: dict[str, str] = {lhcb_name(c): c for c in PID_COLUMNS}
 #: the hypothesis h = mu, pi, K, p there (LHCb's RichPID records the like: ``RichAboveKaThres`` ...).
 #: See :func:`rich_threshold_codes`.
 THRESHOLD_CODES = tuple(f"Rich{k}{j}" for j in (1, 2) for k in ("Acc", "AboveMu", "AbovePi", "AboveK", "AboveP"))
+#: Targets of the optional ``probnn`` step (issue 24): the reference detector's ProbNN
+#: (:mod:`mambah.reference.probnn`) as the chain draws it -> the store column.
+PROBNN_OUTPUTS: dict[str, str] = {lhcb_name(c): c for c in
+                                  ("probnn_e", "probnn_mu", "probnn_pi", "probnn_k", "probnn_p", "probnn_ghost")}
+PROBNN_TARGETS: tuple[str, ...] = tuple(PROBNN_OUTPUTS)
+#: conditions of the shipped ``probnn`` steps besides the chain inputs: the flags, the combined DLLs
+#: (finite on every track: an absent sub-detector contributes 0) and the calorimeter DLL (0 outside the
+#: acceptance), all drawn by the earlier steps
+PROBNN_CONDITIONS: tuple[str, ...] = ("isMuon", "hasRich", "hasCalo", "PIDe", "PIDmu", "PIDK", "PIDp", "CaloDLLe")
+#: Columns that a step taking them as conditions sees as 0 where the chain has NaN (the sub-detector
+#: is absent): ``CaloDLLe`` outside the calorimeter acceptance, as in the training tables
+#: (:func:`prepare_training_table`) and the combination rule.
+ABSENT_AS_ZERO = frozenset({"CaloDLLe"})
 #: Intermediate columns a step may produce besides the outputs.
 INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie")
 #: Outputs a chain may derive from intermediate columns: output -> (base, difference) (output = base + difference).
@@ -131,8 +144,15 @@ class ChainStep:
     applies: str | None = None
 
 
-#: Roles of the default chain, in order.
+#: Roles of the default chain, in order (every species with a chain has them; the optional ``tie``
+#: and ``probnn`` steps run where their models exist).
 ROLES = ("flags", "muon", "rich", "global")
+#: The combined DLLs (:func:`combine`): a step may take them as conditions once the chain has drawn
+#: their parts (the ``probnn`` step does); the chain combines them before such a step.
+COMBINED = ("PIDe", "PIDmu", "PIDK", "PIDp")
+#: What :func:`combine` reads.
+_COMBINE_NEEDS = frozenset({"isMuon", "MuonMuLL", "MuonBkgLL", "RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp",
+                            "CaloDLLe"})
 
 
 def default_chain_steps(species: str, models_dir: str | os.PathLike | None = None) -> list[ChainStep]:
@@ -150,6 +170,8 @@ def default_chain_steps(species: str, models_dir: str | os.PathLike | None = Non
              ChainStep("global", m("global"), _selection_flag(base / f"pid-{species}-global"))]
     if (base / f"pid-{species}-tie" / "card.json").exists():
         steps.insert(3, ChainStep("tie", m("tie"), "hasRich"))
+    if (base / f"pid-{species}-probnn" / "card.json").exists():  # optional: ProbNN (issue 24)
+        steps.append(ChainStep("probnn", m("probnn")))
     return steps
 
 
@@ -408,6 +430,15 @@ class PidChain:
         # columns of each member lane that differ from the nominal's (the others share its arrays)
         varied: list[set[str]] = [set() for _ in lanes]
         for step, m in zip(self.steps, self.models):
+            if any(c in COMBINED and c not in cols for c in m.conditions):  # e.g. the probnn step
+                for k, lane in enumerate(lanes):
+                    lane.update(combine(lane))
+                    if k:  # a member lane's combined DLLs vary where their parts do
+                        for c in COMBINED:
+                            if np.array_equal(lane[c], cols[c], equal_nan=True):
+                                lane[c] = cols[c]
+                            else:
+                                varied[k].add(c)
             has_members = bool(n_var and getattr(m, "n_members", 0))
             deps = set(m.conditions) | ({step.applies} if step.applies is not None else set())
             own = [k for k in range(1, n_var + 1) if deps & varied[k]]  # lanes with conditions of their own
@@ -450,7 +481,7 @@ class PidChain:
         out = []
         for lane in lanes:
             lane.update(combine(lane))
-            out.append({c: lane[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *extra) if c in lane})
+            out.append({c: lane[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *PROBNN_OUTPUTS, *extra) if c in lane})
         return out
 
     @staticmethod
@@ -473,6 +504,9 @@ class PidChain:
             # the selected rows' conditions, stacked once (not all rows stacked, then selected)
             every = sel.all()
             cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
+            absent = [j for j, k in enumerate(m.conditions) if k in ABSENT_AS_ZERO]
+            if absent:  # (a copy: column_stack never shares the chain's arrays)
+                cs[:, absent] = np.nan_to_num(cs[:, absent], nan=0.0)
             # the models warn themselves unless the caller takes the counts, which the compiled
             # graphs count in the same pass (no second pass over the conditions)
             sink: list | None = [] if counts is not None or quiet else None
@@ -494,7 +528,8 @@ class PidChain:
         earlier step or another member lane may share)."""
         for j, t in enumerate(m.targets):
             v = out[:, j]
-            cols[t] = (v > 0.5).astype(float) if t in FLAGS else v.copy()
+            cols[t] = (v > 0.5).astype(float) if t in FLAGS else \
+                np.clip(v, 0.0, 1.0) if t in PROBNN_OUTPUTS else v.copy()
         if "hasRich" in m.targets and {"RichAcc1", "RichAcc2"} <= set(cols):
             # outside the angular acceptance of every radiator there is no RICH information: the
             # classifier's smooth probability put it on 2.5-9% of those tracks (~1% of all tracks)
@@ -636,12 +671,15 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
         if step.applies is not None and step.applies not in produced:
             raise ConfigurationError(f"PID chain of {species!r}: step {step.role!r} applies where {step.applies!r} "
                                      f"is 1, but no earlier step produces it (available: {sorted(produced)})")
-        unknown = [t for t in m.targets if t not in CHAIN_OUTPUTS and t not in INTERMEDIATE]
+        unknown = [t for t in m.targets if t not in CHAIN_OUTPUTS and t not in INTERMEDIATE and t not in PROBNN_OUTPUTS]
         if unknown:
             raise ConfigurationError(f"PID chain of {species!r}: model {m.card.get('name', path.name)!r} produces "
-                                     f"unknown column(s) {unknown}; known: {list(CHAIN_OUTPUTS) + list(INTERMEDIATE)}")
+                                     f"unknown column(s) {unknown}; known: "
+                                     f"{list(CHAIN_OUTPUTS) + list(INTERMEDIATE) + list(PROBNN_OUTPUTS)}")
         produced |= set(m.targets)
         produced |= {t for t, (base, diff) in DERIVED.items() if base in produced and diff in produced}
+        if _COMBINE_NEEDS <= produced:  # the combined DLLs can be formed for the next steps
+            produced |= set(COMBINED)
         models.append(m)
         paths.append(path)
     need = {"isMuon", "MuonMuLL", "MuonBkgLL", "RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp", "CaloDLLe"}

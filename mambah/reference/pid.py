@@ -831,7 +831,9 @@ class ReferencePIDStage:
         resp = self.detector(p[track], eta[track], apid[track], parts["charge"].to_numpy()[track],
                              ntr[pos[track]], batch.rng(self.name))
         out = parts.copy()
-        for c, dt in PID_COLUMNS.items():
+        # the reference ProbNN too (where the table has its columns: the batch's column contract)
+        probnn = [c for c in resp.columns if c.startswith("probnn_") and c in parts.columns]
+        for c, dt in (*PID_COLUMNS.items(), *((c, "float32") for c in probnn)):
             col = np.full(len(parts), np.nan, dtype=dt)
             col[track] = resp[c].to_numpy(dtype=dt)
             out[c] = col

@@ -72,10 +72,12 @@ __all__ = ["SCHEMA_VERSION", "UPGRADABLE", "UPGRADE_COLUMNS", "COLUMNS", "DATA_T
 #: Vertexing columns in the rows already there; nothing else changes. Also in version 4 (not released
 #: before it was added): ``particles.has_brem_added`` (the opt-in Bremsstrahlung stage's
 #: ``HASBREMADDED``, ``physics.columns.BREM_COLUMNS``), -1 ("not computed") in the rows of a
-#: version-3 store and wherever the stage did not run.
+#: version-3 store and wherever the stage did not run. Also (issue 24; the lead bumps the version at the
+#: merge): ``particles.probnn_e ... probnn_ghost`` (``physics.columns.PROBNN_COLUMNS``), NaN where not
+#: computed and in the rows of an upgraded store.
 SCHEMA_VERSION = 4
 
-from mambah.physics.columns import BREM_COLUMNS, VERTEXING_COLUMNS  # noqa: E402
+from mambah.physics.columns import BREM_COLUMNS, PROBNN_COLUMNS, VERTEXING_COLUMNS  # noqa: E402
 
 #: Versions a store can be upgraded from by adding the tables that are new since then.
 UPGRADABLE = {3: ("pid_variations",)}
@@ -83,7 +85,7 @@ UPGRADABLE = {3: ("pid_variations",)}
 #: read as NaN).
 UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
                        *((t, c, None if fill != fill else int(fill))
-                         for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items())
+                         for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items(), *PROBNN_COLUMNS.items())
                          for c, (_, fill) in cols.items()))}
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
@@ -206,6 +208,13 @@ class Particle(Base):
     mcorr: Mapped[float] = _f64()
     # the Bremsstrahlung stage's HASBREMADDED (BREM_COLUMNS; -1 without the stage)
     has_brem_added: Mapped[int] = mapped_column(SmallInteger)
+    # the global PID classifier's outputs (PROBNN_COLUMNS; NaN where not computed)
+    probnn_e: Mapped[float] = _f32()
+    probnn_mu: Mapped[float] = _f32()
+    probnn_pi: Mapped[float] = _f32()
+    probnn_k: Mapped[float] = _f32()
+    probnn_p: Mapped[float] = _f32()
+    probnn_ghost: Mapped[float] = _f32()
 
 
 class Vertex(Base):
