@@ -261,6 +261,8 @@ def main(argv=None) -> int:
                          "test_closure_bar uses 57000)")
     ap.add_argument("--write-cards", action="store_true", help="with --closure: add the scores to the models' cards")
     a = ap.parse_args(argv)
+    if a.closure and a.roles == "probnn":
+        return probnn_closure_main(a)
     if a.closure:
         return closure_main(a)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -340,6 +342,46 @@ def closure_main(a) -> int:
                 cf.write_text(json.dumps(card, indent=1))
     print(json.dumps({s: {"bdt_ks": r["bdt_ks"], **{k: v["max_abs_diff"] for k, v in r["efficiency"].items()}}
                       for s, r in results.items()}))
+    return 0
+
+
+def probnn_closure_main(a) -> int:
+    """``--closure N --roles probnn``: the ProbNN closure (:func:`mambah.validation.closure.probnn_closure`)
+    of each chain of ``--species`` in ``--out`` on N held-out pure-signal rows (seeds as ``--closure``);
+    ``closure_probnn_<out>.json`` in ``--work``; with ``--write-cards`` into ``metrics.probnn_closure`` of the
+    probnn step's card."""
+    import json
+
+    from mambah.physics import SPECIES_PDG
+    from mambah.pid.chain import build_chain
+    from mambah.reference.calibration import calib_sample
+    from mambah.validation.closure import probnn_closure
+
+    results = {}
+    for s in a.species.split(","):
+        chain = build_chain(s, None, a.out)
+        truth = calib_sample(s, a.closure, seed=a.closure_seed + list(SPECIES_PDG).index(s), pure=True)
+        r = probnn_closure(chain, truth, seed=a.seed)
+        results[s] = r
+        effs = ", ".join(f"{k}: {v['max_abs_diff']:.3f} ({v['max_abs_diff_precise']:.3f})" for k, v in r["efficiency"].items())
+        print(f"{s:3s} ProbNN BDT-KS {r['bdt_ks']:.4f} ± {r['bdt_ks_std']:.4f} (whole chain {r['bdt_ks_all']:.4f}); "
+              f"max |eff diff| (precise bins) {effs}", flush=True)
+        if a.write_cards:
+            cf = a.out / f"pid-{s}-probnn" / "card.json"
+            card = json.loads(cf.read_text())
+            cmd = "python examples/train_pid_chain.py " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv_ok() else []))
+            card.setdefault("metrics", {})["probnn_closure"] = {
+                **{k: r[k] for k in ("n", "bdt_ks", "bdt_ks_std", "auc", "bdt_ks_all", "bdt_ks_all_std")},
+                "max_abs_eff_diff": {k: v["max_abs_diff"] for k, v in r["efficiency"].items()},
+                "max_abs_eff_diff_precise": {k: v["max_abs_diff_precise"] for k, v in r["efficiency"].items()},
+                "method": f"whole chain vs the reference detector's pure signal (held-out seed {a.closure_seed}+i, i = position "
+                          "in e,mu,pi,K,p), mambah.validation.closure.probnn_closure: BDT-KS over P, ETA, nTracks, charge "
+                          "and the six ProbNN (bdt_ks_all: and the 11 PID outputs); cut efficiencies in p bins",
+                "command": cmd}
+            cf.write_text(json.dumps(card, indent=1))
+    a.work.mkdir(parents=True, exist_ok=True)
+    name = a.work / f"closure_probnn_{a.out.name}{'' if a.closure_seed == 10_000 else f'_{a.closure_seed}'}.json"
+    name.write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -171,6 +171,39 @@ def test_probnn_condition_nobody_produces_is_refused(models_with_probnn, tmp_pat
         build_chain("K", early)
 
 
+def _track_batch(n=3000):
+    from mambah.batch import Batch
+
+    rng = np.random.default_rng(5)
+    pdg = np.array([211, 321])[np.arange(n) % 2] * rng.choice([-1, 1], n)
+    p, eta, phi = np.exp(rng.uniform(np.log(3e3), np.log(1e5), n)), rng.uniform(2.2, 4.6, n), rng.uniform(-3, 3, n)
+    pt, ev, idx = p / np.cosh(eta), np.arange(n) // 50, np.arange(n, dtype=np.int32)
+    parts = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "mc_particle": idx,
+                          "pid": pdg.astype(np.int32), "charge": np.sign(pdg).astype(np.int8),
+                          "px": pt * np.cos(phi), "py": pt * np.sin(phi), "pz": pt * np.sinh(eta), "vertex": np.int32(-1)})
+    mc = pd.DataFrame({"batch": 1, "index": idx, "event": ev.astype(np.int32), "pid": pdg.astype(np.int32)})
+    events = pd.DataFrame({"batch": 1, "event": np.arange(ev[-1] + 1, dtype=np.int32),
+                           "n_tracks": rng.integers(20, 300, ev[-1] + 1).astype(np.int32)})
+    return Batch(id=1, seed=3, n_events=int(ev[-1] + 1), tables={"particles": parts, "mc_particles": mc, "events": events})
+
+
+def test_pid_stage_writes_probnn_for_chains_with_the_step(models_with_probnn):
+    """K tracks (chain with a probnn step) get ProbNN in [0, 1], pions (none) NaN; the PID columns are
+    those of the stage without the step."""
+    from mambah.pid.stage import PID
+
+    a = PID(models_dir=str(models_with_probnn), species=("pi", "K"))(_track_batch())["particles"]
+    b = PID(models_dir=str(MODELS), species=("pi", "K"))(_track_batch())["particles"]
+    k = np.abs(a["pid"].to_numpy()) == 321
+    for c in PROBNN_OUTPUTS.values():
+        v = a[c].to_numpy()
+        assert v.dtype == np.float32 and ((v[k] >= 0) & (v[k] <= 1)).all() and np.isnan(v[~k]).all(), c
+        assert c not in b or np.isnan(b[c].to_numpy()).all()
+    for c in CHAIN_OUTPUTS.values():
+        np.testing.assert_array_equal(a[c].to_numpy(), b[c].to_numpy(), err_msg=c)
+
+
+@pytest.mark.slow
 def test_pid_stage_writes_probnn_columns_store_and_ntuple(models_with_probnn, tmp_path):
     """A production with a K ProbNN step: K tracks get finite ProbNN, the pion's stay NaN; the store
     keeps them; the ntuple has X_ProbNNk etc. (NaN for the pion)."""

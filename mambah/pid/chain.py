@@ -89,7 +89,8 @@ from mambah.physics import CONDITION_NAMES, PID_COLUMNS, SPECIES, SPECIES_PDG, l
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "DEFAULT_SPECIES", "load_chain", "available_chains",
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
-           "rich_threshold_codes", "chain_members", "PROBNN_OUTPUTS", "PROBNN_TARGETS", "PROBNN_CONDITIONS"]
+           "rich_threshold_codes", "chain_members", "PROBNN_OUTPUTS", "PROBNN_TARGETS", "PROBNN_CONDITIONS",
+           "PROBNN_SURROGATE", "surrogate_probnn"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,20 @@ PROBNN_TARGETS: tuple[str, ...] = tuple(PROBNN_OUTPUTS)
 #: conditions of the shipped ``probnn`` steps besides the chain inputs: the flags, the combined DLLs
 #: (finite on every track: an absent sub-detector contributes 0) and the calorimeter DLL (0 outside the
 #: acceptance), all drawn by the earlier steps
-PROBNN_CONDITIONS: tuple[str, ...] = ("isMuon", "hasRich", "hasCalo", "PIDe", "PIDmu", "PIDK", "PIDp", "CaloDLLe")
+PROBNN_CONDITIONS: tuple[str, ...] = ("isMuon", "hasRich", "hasCalo", "PIDe", "PIDmu", "PIDK", "PIDp", "CaloDLLe",
+                                      *(f"Sur{t}" for t in PROBNN_TARGETS))
+#: Chain-computed conditions of a ``probnn`` step (issue 24): the reference detector's ProbNN network
+#: (:mod:`mambah.reference.probnn`, a fixed and known function, as LHCb's ANNPID tunes are) evaluated
+#: on what the chain has drawn, with the one input the chain does not draw, the calorimeter's E/p,
+#: replaced by :data:`SURROGATE_EOVERP` (see :func:`surrogate_probnn`). They summarise the DLLs the way
+#: the classifier reads them, so that the GAN learns ProbNN given a feature close to it (and the
+#: spread that the unknown E/p and the classifier's other details give), instead of rebuilding the
+#: classifier from the DLLs.
+PROBNN_SURROGATE: tuple[str, ...] = tuple(f"Sur{t}" for t in PROBNN_TARGETS)
+#: E/p given to the network by :func:`surrogate_probnn` inside the calorimeter acceptance: an
+#: electron's (1) where the calorimeter DLL favours an electron (CaloDLLe > 0), a hadron shower's
+#: mean (the reference Beta(2, 4.5): 0.31) elsewhere.
+SURROGATE_EOVERP = (1.0, 2.0 / 6.5)
 #: Columns that a step taking them as conditions sees as 0 where the chain has NaN (the sub-detector
 #: is absent): ``CaloDLLe`` outside the calorimeter acceptance, as in the training tables
 #: (:func:`prepare_training_table`) and the combination rule.
@@ -153,6 +167,8 @@ COMBINED = ("PIDe", "PIDmu", "PIDK", "PIDp")
 #: What :func:`combine` reads.
 _COMBINE_NEEDS = frozenset({"isMuon", "MuonMuLL", "MuonBkgLL", "RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp",
                             "CaloDLLe"})
+#: What :func:`surrogate_probnn` reads besides the chain inputs.
+_SURROGATE_NEEDS = _COMBINE_NEEDS | {"hasRich", "hasCalo"}
 
 
 def default_chain_steps(species: str, models_dir: str | os.PathLike | None = None) -> list[ChainStep]:
@@ -266,6 +282,10 @@ def prepare_training_table(df: pd.DataFrame, *, fill_ties=None) -> pd.DataFrame:
     out["charge"] = out["charge"].astype(float)
     for k, v in rich_threshold_codes(out["P"].to_numpy(), out["ETA"].to_numpy()).items():
         out[k] = v
+    if "hasCalo" in out and {"P", "ETA", "nTracks"} <= set(out.columns):  # the probnn step's conditions
+        cols = {c: out[c].to_numpy(dtype=float) for c in (*_SURROGATE_NEEDS, "P", "ETA", "nTracks")}
+        cols["hasRich"] = out["hasRich"].to_numpy(dtype=float)
+        out = out.assign(**surrogate_probnn(cols))
     if fill_ties is not None:
         from mambah.random import get_rng
 
@@ -304,6 +324,30 @@ def rich_threshold_codes(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray
         for name, sp in (("Mu", "mu"), ("Pi", "pi"), ("K", "K"), ("P", "p")):
             out[f"RichAbove{name}{j}"] = (acc & (p > rad.threshold(species_mass(sp)))).astype(float)
     return {k: out[k] for k in THRESHOLD_CODES}
+
+
+def surrogate_probnn(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:data:`PROBNN_SURROGATE`: the reference ProbNN network on the chain's columns (``P``, ``ETA``,
+    ``nTracks``, ``hasRich``, the RICH DLLs, ``isMuon``, ``MuonMuLL``, ``MuonBkgLL``, ``hasCalo``,
+    ``CaloDLLe``; NaN or, for ``CaloDLLe``, anything outside the calorimeter acceptance = absent),
+    the muon acceptance from ETA, and E/p = :data:`SURROGATE_EOVERP` (1 where CaloDLLe > 0, else
+    0.31) inside the calorimeter acceptance. Deterministic; the same function on a calibration table
+    (:func:`prepare_training_table`) and in the chain."""
+    from mambah.reference.pid import MuonSystem
+    from mambah.reference.probnn import PROBNN_NAMES, load_probnn
+
+    f = lambda c: np.asarray(cols[c], dtype=float)  # noqa: E731
+    eta = f("ETA")
+    calo = f("hasCalo") > 0.5
+    dll = np.where(calo, np.nan_to_num(f("CaloDLLe"), nan=0.0), np.nan)
+    ep = np.where(calo, np.where(dll > 0, SURROGATE_EOVERP[0], SURROGATE_EOVERP[1]), np.nan)
+    resp = {"rich_dll_e": f("RichDLLe"), "rich_dll_mu": f("RichDLLmu"), "rich_dll_k": f("RichDLLk"),
+            "rich_dll_p": f("RichDLLp"), "is_muon": f("isMuon"), "muon_mu_ll": f("MuonMuLL"),
+            "muon_bkg_ll": f("MuonBkgLL"), "has_rich": f("hasRich"),
+            "in_muon_acceptance": MuonSystem().in_acceptance(eta).astype(float),
+            "in_calo_acceptance": calo.astype(float), "calo_e_over_p": ep, "calo_dll_e": dll}
+    v = load_probnn()(f("P"), eta, f("nTracks"), resp)
+    return {f"Sur{lhcb}": v[store].to_numpy(dtype=float) for store, lhcb in PROBNN_NAMES.items()}
 
 
 def combine(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -430,11 +474,13 @@ class PidChain:
         # columns of each member lane that differ from the nominal's (the others share its arrays)
         varied: list[set[str]] = [set() for _ in lanes]
         for step, m in zip(self.steps, self.models):
-            if any(c in COMBINED and c not in cols for c in m.conditions):  # e.g. the probnn step
+            derived = [(names, fn) for names, fn in ((COMBINED, combine), (PROBNN_SURROGATE, surrogate_probnn))
+                       if any(c in names and c not in cols for c in m.conditions)]
+            for names, fn in derived:  # e.g. the probnn step
                 for k, lane in enumerate(lanes):
-                    lane.update(combine(lane))
-                    if k:  # a member lane's combined DLLs vary where their parts do
-                        for c in COMBINED:
+                    lane.update(fn(lane))
+                    if k:  # a member lane's derived columns vary where their parts do
+                        for c in names:
                             if np.array_equal(lane[c], cols[c], equal_nan=True):
                                 lane[c] = cols[c]
                             else:
@@ -680,6 +726,8 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
         produced |= {t for t, (base, diff) in DERIVED.items() if base in produced and diff in produced}
         if _COMBINE_NEEDS <= produced:  # the combined DLLs can be formed for the next steps
             produced |= set(COMBINED)
+        if _SURROGATE_NEEDS <= produced:
+            produced |= set(PROBNN_SURROGATE)
         models.append(m)
         paths.append(path)
     need = {"isMuon", "MuonMuLL", "MuonBkgLL", "RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp", "CaloDLLe"}

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mambah.pid.chain import CHAIN_INPUTS, CHAIN_OUTPUTS
+from mambah.pid.chain import CHAIN_INPUTS, CHAIN_OUTPUTS, PROBNN_TARGETS
 from mambah.validation.bdt import bdt_ks_score
-from mambah.validation.cuts import CHAIN_CUTS, Cut
+from mambah.validation.cuts import CHAIN_CUTS, Cut, parse_cut
 from mambah.validation.efficiency import efficiency_in_bins
 
-__all__ = ["chain_closure", "closure", "CUTS", "P_BINS", "PRECISE_ERROR", "MIN_ROWS"]
+__all__ = ["chain_closure", "closure", "CUTS", "P_BINS", "PRECISE_ERROR", "MIN_ROWS", "probnn_closure", "PROBNN_CUTS"]
 
 #: Typical requirements checked by :func:`chain_closure` (label -> cut on the chain's outputs).
 CUTS: dict[str, Cut] = CHAIN_CUTS
@@ -67,8 +67,14 @@ def chain_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3)
         warnings.simplefilter("ignore")
         score = bdt_ks_score(ref.fillna(-1000.0), g.fillna(-1000.0), cols, seed=seed, n_repeats=n_repeats,
                              paired=True)
+    return {"species": chain.species, "n": int(len(truth)), "bdt_ks": float(score.bdt_ks),
+            "bdt_ks_std": float(score.bdt_ks_std), "auc": float(score.auc), "efficiency": _efficiencies(ref, g, CUTS)}
+
+
+def _efficiencies(ref: pd.DataFrame, g: pd.DataFrame, cuts: dict[str, Cut]) -> dict[str, Any]:
+    """Per cut: the efficiencies in :data:`P_BINS` (bins with >= :data:`MIN_ROWS` truth rows) and the summaries."""
     eff: dict[str, Any] = {}
-    for name, cut in CUTS.items():
+    for name, cut in cuts.items():
         tab = efficiency_in_bins(ref, g, cut, bins={"P": P_BINS})
         rows = []
         for i, r in enumerate(tab.itertuples(index=False)):
@@ -84,8 +90,53 @@ def chain_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3)
                      "max_abs_diff_precise": max(precise, default=float("nan")),
                      "max_pull": max((abs(r["diff"]) / r["stat_error"] for r in rows if r["stat_error"] > 0),
                                      default=float("nan"))}
-    return {"species": chain.species, "n": int(len(truth)), "bdt_ks": float(score.bdt_ks),
-            "bdt_ks_std": float(score.bdt_ks_std), "auc": float(score.auc), "efficiency": eff}
+    return eff
+
+
+#: The ProbNN requirements of :func:`probnn_closure` (issue 24: ProbNNk > 0.5 and ProbNNp > 0.5 within 2%
+#: in every p bin; the other species' for information).
+PROBNN_CUTS: dict[str, Cut] = {c: parse_cut(c) for c in ("ProbNNk > 0.5", "ProbNNp > 0.5", "ProbNNpi > 0.5",
+                                                          "ProbNNe > 0.5", "ProbNNmu > 0.5", "ProbNNghost > 0.5")}
+
+
+def probnn_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3) -> dict[str, Any]:
+    """The closure of a chain's ``probnn`` step against the reference detector's ProbNN (issue 24).
+
+    The chain generates every output for the truth rows' P, ETA, nTracks, charge (its ProbNN from the
+    DLLs *it* drew, as in a production). Scores:
+
+    * ``bdt_ks``: :func:`mambah.validation.bdt_ks_score` over the conditions and the six ProbNN
+      outputs (paired twins, as :func:`chain_closure`);
+    * ``bdt_ks_all``: the same over the conditions, the eleven PID outputs and the six ProbNN
+      (the whole chain; NaN -> -1000 on both sides);
+    * ``efficiency``: per cut of :data:`PROBNN_CUTS`, as in :func:`chain_closure`.
+
+    Raises:
+        ValueError: the chain has no ProbNN step or the truth lacks the ProbNN columns.
+    """
+    missing = [c for c in PROBNN_TARGETS if c not in truth]
+    if missing:
+        raise ValueError(f"the truth sample lacks the ProbNN column(s) {missing}")
+    rng = np.random.default_rng([seed, 7321])
+    gen = chain.generate(truth, rng)
+    if not set(PROBNN_TARGETS) <= set(gen.columns):
+        raise ValueError(f"the PID chain of {chain.species!r} has no probnn step")
+    ref = truth[list(CHAIN_INPUTS)].astype(float).reset_index(drop=True)
+    g = ref.copy()
+    for c in (*CHAIN_OUTPUTS, *PROBNN_TARGETS):
+        ref[c] = truth[c].to_numpy(dtype=float)
+        g[c] = gen[c].to_numpy(dtype=float)
+    out: dict[str, Any] = {"species": chain.species, "n": int(len(truth))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, cols in (("", list(CHAIN_INPUTS) + list(PROBNN_TARGETS)),
+                          ("_all", list(CHAIN_INPUTS) + list(CHAIN_OUTPUTS) + list(PROBNN_TARGETS))):
+            score = bdt_ks_score(ref[cols].fillna(-1000.0), g[cols].fillna(-1000.0), cols, seed=seed,
+                                 n_repeats=n_repeats, paired=True)
+            out[f"bdt_ks{key}"], out[f"bdt_ks{key}_std"] = float(score.bdt_ks), float(score.bdt_ks_std)
+            out[f"auc{key}"] = float(score.auc)
+    out["efficiency"] = _efficiencies(ref, g, PROBNN_CUTS)
+    return out
 
 
 #: The name under which ``mambah.pid.chain`` offered it.
