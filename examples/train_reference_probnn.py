@@ -16,7 +16,8 @@ import json
 import shlex
 import sys
 
-from mambah.reference.probnn import WEIGHTS_DIR, train_reference_probnn
+from mambah.reference.probnn import WEIGHTS_DIR
+from mambah.reference.probnn_training import train_reference_probnn
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,8 @@ from mambah.pid.chain import (CHAIN_OUTPUTS, PROBNN_CONDITIONS, PROBNN_OUTPUTS, 
                               build_chain, default_chain_steps, prepare_training_table)
 from mambah.reference.calibration import calib_sample
 from mambah.reference.pid import reference_pid
-from mambah.reference.probnn import FEATURES, PROBNN_NAMES, WEIGHTS_DIR, ghost_response, load_probnn
+from mambah.reference.probnn import FEATURES, PROBNN_NAMES, WEIGHTS_DIR, load_probnn
+from mambah.reference.probnn_training import ghost_response
 
 pytestmark = pytest.mark.filterwarnings("ignore::mambah.nn.pidmodel.OutOfRangeWarning")
 
