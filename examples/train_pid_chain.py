@@ -122,7 +122,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mambah.pid.chain import CHAIN_INPUTS, PROBNN_CONDITIONS, PROBNN_TARGETS, THRESHOLD_CODES, prepare_training_table
+from mambah.pid.chain import CHAIN_INPUTS, PROBNN_CONDITIONS, PROBNN_DELTAS, THRESHOLD_CODES, prepare_training_table
 from mambah.reference.calibration import CHANNELS
 
 MAMBAH = [sys.executable, "-m", "mambah"]
@@ -137,7 +137,8 @@ STEPS = {  # role -> (train subcommand, targets, selection, batch size, network 
     "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, ["--width", "16", "--depth", "2"]),
     # the reference ProbNN (mambah.reference.probnn) given the kinematics and the PID already drawn
     # (optional step: the chain runs it where models/pid-<s>-probnn exists; issue 24)
-    "probnn": ("pid", ",".join(PROBNN_TARGETS), None, 1024, NET),
+    # residual targets dProbNNx = logit(ProbNNx) - logit(SurProbNNx) (mambah.pid.chain.PROBNN_DELTAS)
+    "probnn": ("pid", ",".join(PROBNN_DELTAS), None, 1024, NET),
 }
 #: conditions besides the chain inputs: the RICH GAN and the flags classifier also see the RICH
 #: acceptance and threshold codes (mambah.pid.chain.rich_threshold_codes, computed by the chain from P

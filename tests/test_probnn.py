@@ -19,7 +19,7 @@ import pytest
 
 from mambah.errors import ConfigurationError
 from mambah.modeldir import default_models_dir
-from mambah.pid.chain import (CHAIN_OUTPUTS, PROBNN_CONDITIONS, PROBNN_OUTPUTS, PROBNN_TARGETS, ChainStep,
+from mambah.pid.chain import (CHAIN_OUTPUTS, PROBNN_CONDITIONS, PROBNN_DELTAS, PROBNN_OUTPUTS, PROBNN_TARGETS, ChainStep,
                               build_chain, default_chain_steps, prepare_training_table)
 from mambah.reference.calibration import calib_sample
 from mambah.reference.pid import reference_pid
@@ -111,11 +111,11 @@ def _tiny_probnn(path: Path, species: str, conditions=None, seed: int = 3) -> Pa
     c = df[[x for x in conditions if x in df]].to_numpy(dtype=float)
     if c.shape[1] < len(conditions):  # a made-up condition (for the error test)
         c = np.column_stack([c, np.random.default_rng(seed).normal(size=(len(c), len(conditions) - c.shape[1]))])
-    y = df[list(PROBNN_TARGETS)].to_numpy(dtype=float)
+    y = df[list(PROBNN_DELTAS)].to_numpy(dtype=float)
     keras.utils.set_random_seed(seed)
     card = {"name": path.name, "kind": "pid", "species": species,
             "conditions": [describe_column(x) for x in conditions],
-            "targets": [describe_column(x) for x in PROBNN_TARGETS], "hyperparameters": {"n_noise": 4},
+            "targets": [describe_column(x) for x in PROBNN_DELTAS], "hyperparameters": {"n_noise": 4},
             "training_data": {}}
     arrays = {**QuantileGaussianizer(n_knots=101).fit(c).to_arrays("cond"),
               **QuantileGaussianizer(n_knots=101).fit(y).to_arrays("targ")}
@@ -229,3 +229,18 @@ def test_pid_stage_writes_probnn_columns_store_and_ntuple(models_with_probnn, tm
         assert f"K_{name}" in nt and f"pi_{name}" in nt, sorted(nt.columns)[:20]
     rec = nt["K_Reconstructed"].to_numpy() > 0
     assert np.isfinite(nt["K_ProbNNk"].to_numpy()[rec]).all() and np.isnan(nt["pi_ProbNNk"].to_numpy()).all()
+
+
+def test_residual_targets_invert_exactly():
+    """dProbNNx = logit(ProbNNx) - logit(SurProbNNx) on a calibration table, and back: the float32 values
+    exactly; outside the calorimeter acceptance the surrogate is the reference ProbNN itself (d = 0)."""
+    from mambah.pid.chain import probnn_from_deltas
+
+    df = prepare_training_table(calib_sample("e", 4000, seed=8, pure=True))
+    back = probnn_from_deltas({c: df[c].to_numpy() for c in df.columns})
+    for t in PROBNN_TARGETS:
+        np.testing.assert_array_equal(back[t].astype(np.float32), df[t].to_numpy(), err_msg=t)
+        out = df["hasCalo"].to_numpy() < 0.5
+        assert out.sum() > 50 and (df[f"d{t}"].to_numpy()[out] == 0).all()
+    # the electrons' ProbNNe depends on the E/p the chain does not draw: the deltas are not all 0 inside
+    assert np.mean(df["dProbNNe"].to_numpy()[df["hasCalo"].to_numpy() > 0.5] != 0) > 0.5

@@ -90,7 +90,8 @@ __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepa
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "DEFAULT_SPECIES", "load_chain", "available_chains",
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
            "rich_threshold_codes", "chain_members", "PROBNN_OUTPUTS", "PROBNN_TARGETS", "PROBNN_CONDITIONS",
-           "PROBNN_SURROGATE", "surrogate_probnn"]
+           "PROBNN_SURROGATE", "surrogate_probnn", "PROBNN_DELTAS",
+           "probnn_deltas", "probnn_from_deltas"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,15 @@ PROBNN_CONDITIONS: tuple[str, ...] = ("isMuon", "hasRich", "hasCalo", "PIDe", "P
 #: spread that the unknown E/p and the classifier's other details give), instead of rebuilding the
 #: classifier from the DLLs.
 PROBNN_SURROGATE: tuple[str, ...] = tuple(f"Sur{t}" for t in PROBNN_TARGETS)
+#: Targets of a *residual* ``probnn`` step: ``dProbNNx = logit(ProbNNx) - logit(SurProbNNx)`` (logits of
+#: values clipped to [:data:`LOGIT_CLIP`, 1 - LOGIT_CLIP]); the chain makes ``ProbNNx =
+#: sigmoid(logit(SurProbNNx) + dProbNNx)``. The fine structure of the outputs near 0 and 1 (where a
+#: classifier-based test splits as easily as at 0.5) then comes from the surrogate, and the GAN learns
+#: how far the unknown E/p and the other details move each output (0 for most tracks: a spike at 0,
+#: which the quantile preprocessing restores exactly).
+PROBNN_DELTAS: tuple[str, ...] = tuple(f"d{t}" for t in PROBNN_TARGETS)
+#: clip of the ProbNN values before their logits (the float32 spacing below 1: 2^-24)
+LOGIT_CLIP = 2.0 ** -24
 #: E/p given to the network by :func:`surrogate_probnn` inside the calorimeter acceptance: an
 #: electron's (1) where the calorimeter DLL favours an electron (CaloDLLe > 0), a hadron shower's
 #: mean (the reference Beta(2, 4.5): 0.31) elsewhere.
@@ -133,7 +143,7 @@ SURROGATE_EOVERP = (1.0, 2.0 / 6.5)
 #: (:func:`prepare_training_table`) and the combination rule.
 ABSENT_AS_ZERO = frozenset({"CaloDLLe"})
 #: Intermediate columns a step may produce besides the outputs.
-INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie")
+INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie", *PROBNN_DELTAS)
 #: Outputs a chain may derive from intermediate columns: output -> (base, difference) (output = base + difference).
 DERIVED = {"RichDLLp": ("RichDLLk", "RichDLLpK")}
 #: Columns that are Bernoulli flags: the generated value is thresholded at 0.5 to 0/1.
@@ -286,6 +296,8 @@ def prepare_training_table(df: pd.DataFrame, *, fill_ties=None) -> pd.DataFrame:
         cols = {c: out[c].to_numpy(dtype=float) for c in (*_SURROGATE_NEEDS, "P", "ETA", "nTracks")}
         cols["hasRich"] = out["hasRich"].to_numpy(dtype=float)
         out = out.assign(**surrogate_probnn(cols))
+        if all(t in out for t in PROBNN_TARGETS):
+            out = out.assign(**probnn_deltas(out))
     if fill_ties is not None:
         from mambah.random import get_rng
 
@@ -348,6 +360,21 @@ def surrogate_probnn(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "in_calo_acceptance": calo.astype(float), "calo_e_over_p": ep, "calo_dll_e": dll}
     v = load_probnn()(f("P"), eta, f("nTracks"), resp)
     return {f"Sur{lhcb}": v[store].to_numpy(dtype=float) for store, lhcb in PROBNN_NAMES.items()}
+
+
+def _logit(x) -> np.ndarray:
+    x = np.clip(np.asarray(x, dtype=float), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    return np.log(x) - np.log1p(-x)
+
+
+def probnn_deltas(table) -> dict[str, np.ndarray]:
+    """:data:`PROBNN_DELTAS` of a table with the ProbNN and surrogate columns."""
+    return {f"d{t}": (_logit(table[t]) - _logit(table[f"Sur{t}"])) for t in PROBNN_TARGETS}
+
+
+def probnn_from_deltas(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``ProbNNx = sigmoid(logit(SurProbNNx) + dProbNNx)`` (NaN where the delta is NaN)."""
+    return {t: 1.0 / (1.0 + np.exp(-(_logit(cols[f"Sur{t}"]) + cols[f"d{t}"]))) for t in PROBNN_TARGETS}
 
 
 def combine(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -474,8 +501,9 @@ class PidChain:
         # columns of each member lane that differ from the nominal's (the others share its arrays)
         varied: list[set[str]] = [set() for _ in lanes]
         for step, m in zip(self.steps, self.models):
+            needs = (*m.conditions, *(f"Sur{t[1:]}" for t in m.targets if t in PROBNN_DELTAS))
             derived = [(names, fn) for names, fn in ((COMBINED, combine), (PROBNN_SURROGATE, surrogate_probnn))
-                       if any(c in names and c not in cols for c in m.conditions)]
+                       if any(c in names and c not in cols for c in needs)]
             for names, fn in derived:  # e.g. the probnn step
                 for k, lane in enumerate(lanes):
                     lane.update(fn(lane))
@@ -590,6 +618,8 @@ class PidChain:
         for t, (base, diff) in DERIVED.items():
             if diff in cols and base in cols:
                 cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
+        if PROBNN_DELTAS[0] in m.targets:  # a residual probnn step
+            cols.update(probnn_from_deltas(cols))
 
     def _match_ties(self, cols: dict[str, np.ndarray], sel: np.ndarray) -> None:
         """Rows flagged by the ``tie`` step get ``RichDLLpK = 0`` (``RichDLLp == RichDLLk`` exactly).
@@ -722,8 +752,17 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
             raise ConfigurationError(f"PID chain of {species!r}: model {m.card.get('name', path.name)!r} produces "
                                      f"unknown column(s) {unknown}; known: "
                                      f"{list(CHAIN_OUTPUTS) + list(INTERMEDIATE) + list(PROBNN_OUTPUTS)}")
+        deltas = [t for t in m.targets if t in PROBNN_DELTAS]
+        if deltas and not (set(PROBNN_DELTAS) <= set(m.targets) and set(PROBNN_SURROGATE) <= produced | (
+                set(PROBNN_SURROGATE) if _SURROGATE_NEEDS <= produced else set())):
+            raise ConfigurationError(
+                f"PID chain of {species!r}: model {m.card.get('name', path.name)!r} (step {step.role!r}) produces "
+                f"{deltas}: a residual ProbNN step needs all of {list(PROBNN_DELTAS)} as targets and the earlier steps "
+                f"to produce {sorted(_SURROGATE_NEEDS)} (for the surrogate ProbNN)")
         produced |= set(m.targets)
         produced |= {t for t, (base, diff) in DERIVED.items() if base in produced and diff in produced}
+        if deltas:
+            produced |= set(PROBNN_TARGETS)
         if _COMBINE_NEEDS <= produced:  # the combined DLLs can be formed for the next steps
             produced |= set(COMBINED)
         if _SURROGATE_NEEDS <= produced:
