@@ -56,6 +56,22 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    which is exactly how the reference detector builds them, so the combined DLLs keep the
    correlations with the sub-detector outputs without a network having to learn an identity.
 
+6. ``probnn`` (optional, issue 24; used when ``pid-<s>-probnn`` exists) — the global PID
+   classifier's outputs ``ProbNNe, ProbNNmu, ProbNNpi, ProbNNk, ProbNNp, ProbNNghost`` (store
+   ``probnn_*``), a conditional Cramér GAN on every track, after the combination, conditioned on
+   P, ETA, nTracks, charge, the flags, the combined DLLs, ``CaloDLLe`` (0 outside the calorimeter,
+   :data:`ABSENT_AS_ZERO`) and the chain-computed surrogates :data:`PROBNN_SURROGATE` (the reference
+   detector's ProbNN network, :mod:`mambah.reference.probnn`, evaluated on what the chain drew, with
+   the calorimeter E/p that the chain does not draw replaced by a fixed rule,
+   :func:`surrogate_probnn`). The shipped steps are *residual*: their targets are
+   :data:`PROBNN_DELTAS` ``dProbNNx = logit(ProbNNx) - logit(SurProbNNx)`` and the chain makes
+   ``ProbNNx = sigmoid(logit(SurProbNNx) + dProbNNx)``, so the outputs' fine structure near 0 and 1
+   comes from the classifier, and the GAN draws how far the unknown E/p (and the classifier's other
+   inputs) move them. (The same GAN with the six ProbNN as direct targets, conditioned on the flags and
+   DLLs alone, stalled at a validation BDT-KS of 0.22 for kaons after 8000 steps; with the surrogate
+   conditions at 0.19; see the cards for the residual steps' closure.) A step whose targets are the
+   ProbNN themselves is accepted too. The ProbNN columns are not part of the ensemble variations.
+
 Sources: LHCb's flash simulation chains the same way (Lamarr, M. Barbetti et al., arXiv:2303.11428:
 isMuon classifier -> muon GAN for isMuon tracks -> RICH GAN -> global PID GAN; our global step
 learns the parts of the combined DLLs that are not RICH or muon likelihoods, conditioned on the
