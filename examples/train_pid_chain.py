@@ -138,14 +138,15 @@ STEPS = {  # role -> (train subcommand, targets, selection, batch size, network 
     # the reference ProbNN (mambah.reference.probnn) given the kinematics and the PID already drawn
     # (optional step: the chain runs it where models/pid-<s>-probnn exists; issue 24)
     # residual targets dProbNNx = logit(ProbNNx) - logit(SurProbNNx) (mambah.pid.chain.PROBNN_DELTAS)
-    "probnn": ("pid", ",".join(PROBNN_DELTAS), None, 1024, NET),
+    "probnn": ("pid", ",".join(PROBNN_DELTAS), "hasCalo == 1", 1024, NET),  # d = 0 outside the calorimeter
 }
 #: conditions besides the chain inputs: the RICH GAN and the flags classifier also see the RICH
 #: acceptance and threshold codes (mambah.pid.chain.rich_threshold_codes, computed by the chain from P
 #: and ETA): hasRich is a step at the radiators' pion thresholds, which a classifier of P and ETA alone
 #: smooths (8.5% of the tracks at 2-3 GeV/c got the wrong hasRich)
 EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES),
-                    "probnn": list(PROBNN_CONDITIONS)}
+                    # (hasCalo: 1 on every row of the step's selection)
+                    "probnn": [c for c in PROBNN_CONDITIONS if c != "hasCalo"]}
 #: steps whose sWeighted training set is empty: electrons practically never pass isMuon, and the
 #: sWeights of the isMuon == 1 rows of the e sample sum to < 0 (the CLI refuses them), so the
 #: e muon-likelihood step is trained on the isMuon == 1 rows without weights (background

@@ -213,7 +213,7 @@ def default_chain_steps(species: str, models_dir: str | os.PathLike | None = Non
     if (base / f"pid-{species}-tie" / "card.json").exists():
         steps.insert(3, ChainStep("tie", m("tie"), "hasRich"))
     if (base / f"pid-{species}-probnn" / "card.json").exists():  # optional: ProbNN (issue 24)
-        steps.append(ChainStep("probnn", m("probnn")))
+        steps.append(ChainStep("probnn", m("probnn"), _selection_flag(base / f"pid-{species}-probnn")))
     return steps
 
 
@@ -635,6 +635,12 @@ class PidChain:
             if diff in cols and base in cols:
                 cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
         if PROBNN_DELTAS[0] in m.targets:  # a residual probnn step
+            # where E/p is no input of the classifier (outside the calorimeter acceptance) the surrogate is
+            # the classifier itself: d = 0 exactly (also where the step does not apply, e.g. trained on
+            # --selection "hasCalo == 1")
+            keep = sel & (cols["hasCalo"] > 0.5) if "hasCalo" in cols else sel
+            for t in PROBNN_DELTAS:
+                cols[t] = np.where(keep, cols[t], 0.0)
             cols.update(probnn_from_deltas(cols))
 
     def _match_ties(self, cols: dict[str, np.ndarray], sel: np.ndarray) -> None:
