@@ -362,7 +362,7 @@ def surrogate_probnn(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     0.31) inside the calorimeter acceptance. Deterministic; the same function on a calibration table
     (:func:`prepare_training_table`) and in the chain."""
     from mambah.reference.pid import MuonSystem
-    from mambah.reference.probnn import PROBNN_NAMES, load_probnn
+    from mambah.reference.probnn import PROBNN_NAMES, load_probnn, probnn_features
 
     f = lambda c: np.asarray(cols[c], dtype=float)  # noqa: E731
     eta = f("ETA")
@@ -374,8 +374,8 @@ def surrogate_probnn(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "muon_bkg_ll": f("MuonBkgLL"), "has_rich": f("hasRich"),
             "in_muon_acceptance": MuonSystem().in_acceptance(eta).astype(float),
             "in_calo_acceptance": calo.astype(float), "calo_e_over_p": ep, "calo_dll_e": dll}
-    v = load_probnn()(f("P"), eta, f("nTracks"), resp)
-    return {f"Sur{lhcb}": v[store].to_numpy(dtype=float) for store, lhcb in PROBNN_NAMES.items()}
+    v = load_probnn().probabilities32(probnn_features(f("P"), eta, f("nTracks"), resp))
+    return {f"Sur{lhcb}": v[:, j].astype(float) for j, lhcb in enumerate(PROBNN_NAMES.values())}
 
 
 def _logit(x) -> np.ndarray:

@@ -140,6 +140,27 @@ class ReferenceProbNN:
                 h = np.tanh(h)
         return h
 
+    def probabilities32(self, x: np.ndarray, chunk: int = 100_000) -> np.ndarray:
+        """The ``(n, 6)`` outputs for features ``x`` in float32 arithmetic (the PID chain's fast path,
+        :func:`mambah.pid.chain.surrogate_probnn`; agrees with :meth:`__call__` to ~1e-6)."""
+        if not hasattr(self, "_f32"):
+            self._f32 = ((self.mean.astype(np.float32), (1.0 / self.scale).astype(np.float32)),
+                         [(w.astype(np.float32), b.astype(np.float32)) for w, b in self.layers])
+        (mean, inv), layers = self._f32
+        out = np.empty((len(x), len(PROBNN_NAMES)), np.float32)
+        for s in range(0, len(x), chunk):
+            h = (np.asarray(x[s:s + chunk], dtype=np.float32) - mean) * inv
+            for i, (w, b) in enumerate(layers):
+                h = h @ w
+                h += b
+                if i < len(layers) - 1:
+                    np.tanh(h, out=h)
+            np.negative(h, out=h)
+            np.exp(h, out=h)
+            h += 1.0
+            out[s:s + chunk] = 1.0 / h
+        return out
+
     def __call__(self, p, eta, n_tracks, resp, chunk: int = 200_000) -> pd.DataFrame:
         """``probnn_e ... probnn_ghost`` (float32 in [0, 1]) of the tracks (see :func:`probnn_features`)."""
         x = probnn_features(p, eta, n_tracks, resp)
