@@ -233,7 +233,7 @@ def test_pid_stage_writes_probnn_columns_store_and_ntuple(models_with_probnn, tm
 
 def test_residual_targets_invert_exactly():
     """dProbNNx = logit(ProbNNx) - logit(SurProbNNx) on a calibration table, and back: the float32 values
-    exactly; outside the calorimeter acceptance the surrogate is the reference ProbNN itself (d = 0)."""
+    exactly; outside the calorimeter acceptance the surrogate is the reference ProbNN itself (d ~ 0, float32)."""
     from mambah.pid.chain import probnn_from_deltas
 
     df = prepare_training_table(calib_sample("e", 4000, seed=8, pure=True))
@@ -241,6 +241,7 @@ def test_residual_targets_invert_exactly():
     for t in PROBNN_TARGETS:
         np.testing.assert_array_equal(back[t].astype(np.float32), df[t].to_numpy(), err_msg=t)
         out = df["hasCalo"].to_numpy() < 0.5
-        assert out.sum() > 50 and (df[f"d{t}"].to_numpy()[out] == 0).all()
+        # (the chain's surrogate is evaluated in float32: equal to the reference's float64 to ~1e-6)
+        assert out.sum() > 50 and np.abs(df[f"d{t}"].to_numpy()[out]).max() < 1e-3
     # the electrons' ProbNNe depends on the E/p the chain does not draw: the deltas are not all 0 inside
     assert np.mean(df["dProbNNe"].to_numpy()[df["hasCalo"].to_numpy() > 0.5] != 0) > 0.5
