@@ -364,6 +364,12 @@ def probnn_closure_main(a) -> int:
         chain = build_chain(s, None, a.out)
         truth = calib_sample(s, a.closure, seed=a.closure_seed + list(SPECIES_PDG).index(s), pure=True)
         r = probnn_closure(chain, truth, seed=a.seed)
+        alone = probnn_closure(chain, truth, seed=a.seed, given_truth=True)
+        r["step_alone"] = {k: alone[k] for k in ("bdt_ks", "bdt_ks_std")}
+        r["step_alone"]["max_abs_eff_diff"] = {k: v["max_abs_diff"] for k, v in alone["efficiency"].items()}
+        r["step_alone"]["efficiency"] = alone["efficiency"]
+        print(f"{s:3s} the probnn step alone on the truth's DLLs: BDT-KS {alone['bdt_ks']:.4f}; max |eff diff| "
+              + ", ".join(f"{k}: {v['max_abs_diff']:.3f}" for k, v in alone["efficiency"].items()), flush=True)
         results[s] = r
         effs = ", ".join(f"{k}: {v['max_abs_diff']:.3f} ({v['max_abs_diff_precise']:.3f})" for k, v in r["efficiency"].items())
         print(f"{s:3s} ProbNN BDT-KS {r['bdt_ks']:.4f} ± {r['bdt_ks_std']:.4f} (whole chain {r['bdt_ks_all']:.4f}); "
@@ -374,6 +380,7 @@ def probnn_closure_main(a) -> int:
             cmd = "python examples/train_pid_chain.py " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv_ok() else []))
             card.setdefault("metrics", {})["probnn_closure"] = {
                 **{k: r[k] for k in ("n", "bdt_ks", "bdt_ks_std", "auc", "bdt_ks_all", "bdt_ks_all_std")},
+                "step_alone_on_truth_dlls": {k: v for k, v in r["step_alone"].items() if k != "efficiency"},
                 "max_abs_eff_diff": {k: v["max_abs_diff"] for k, v in r["efficiency"].items()},
                 "max_abs_eff_diff_precise": {k: v["max_abs_diff_precise"] for k, v in r["efficiency"].items()},
                 "method": f"whole chain vs the reference detector's pure signal (held-out seed {a.closure_seed}+i, i = position "

@@ -99,7 +99,30 @@ PROBNN_CUTS: dict[str, Cut] = {c: parse_cut(c) for c in ("ProbNNk > 0.5", "ProbN
                                                           "ProbNNe > 0.5", "ProbNNmu > 0.5", "ProbNNghost > 0.5")}
 
 
-def probnn_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3) -> dict[str, Any]:
+def _probnn_given_truth(chain, truth: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """The chain's last (probnn) step alone, on the truth's own flags and DLLs (its conditions from
+    :func:`mambah.pid.chain.prepare_training_table` of the truth): the step's own closure, without the
+    earlier steps' differences."""
+    from mambah.pid.chain import PROBNN_DELTAS, prepare_training_table, probnn_from_deltas
+
+    m, step = chain.models[-1], chain.steps[-1]
+    t = prepare_training_table(truth)
+    cols = {c: t[c].to_numpy(dtype=float) for c in t.columns if t[c].dtype.kind in "fiub"}
+    sel = np.ones(len(t), bool) if step.applies is None else cols[step.applies] > 0.5
+    cs = np.column_stack([np.nan_to_num(cols[c][sel], nan=0.0) if c == "CaloDLLe" else cols[c][sel] for c in m.conditions])
+    out = np.full((len(t), len(m.targets)), np.nan)
+    out[sel] = m.generate_array(cs, rng)
+    gen = {tname: out[:, j] for j, tname in enumerate(m.targets)}
+    if PROBNN_DELTAS[0] in m.targets:
+        keep = sel & (cols["hasCalo"] > 0.5)
+        for d in PROBNN_DELTAS:
+            cols[d] = np.where(keep, gen[d], 0.0)
+        gen = probnn_from_deltas(cols)
+    return pd.DataFrame({c: np.clip(gen[c], 0.0, 1.0) for c in PROBNN_TARGETS})
+
+
+def probnn_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3,
+                   given_truth: bool = False) -> dict[str, Any]:
     """The closure of a chain's ``probnn`` step against the reference detector's ProbNN (issue 24).
 
     The chain generates every output for the truth rows' P, ETA, nTracks, charge (its ProbNN from the
@@ -111,6 +134,10 @@ def probnn_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3
       (the whole chain; NaN -> -1000 on both sides);
     * ``efficiency``: per cut of :data:`PROBNN_CUTS`, as in :func:`chain_closure`.
 
+    ``given_truth``: the probnn step alone on the truth's own flags and DLLs (the step's closure
+    without the earlier steps' differences; ``bdt_ks_all`` then compares the truth's DLLs with
+    themselves beside the ProbNN).
+
     Raises:
         ValueError: the chain has no ProbNN step or the truth lacks the ProbNN columns.
     """
@@ -118,9 +145,12 @@ def probnn_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3
     if missing:
         raise ValueError(f"the truth sample lacks the ProbNN column(s) {missing}")
     rng = np.random.default_rng([seed, 7321])
-    gen = chain.generate(truth, rng)
-    if not set(PROBNN_TARGETS) <= set(gen.columns):
+    if chain.steps[-1].role != "probnn":
         raise ValueError(f"the PID chain of {chain.species!r} has no probnn step")
+    if given_truth:
+        gen = truth[list(CHAIN_OUTPUTS)].reset_index(drop=True).join(_probnn_given_truth(chain, truth, rng))
+    else:
+        gen = chain.generate(truth, rng)
     ref = truth[list(CHAIN_INPUTS)].astype(float).reset_index(drop=True)
     g = ref.copy()
     for c in (*CHAIN_OUTPUTS, *PROBNN_TARGETS):
