@@ -124,10 +124,20 @@ def _tiny_probnn(path: Path, species: str, conditions=None, seed: int = 3) -> Pa
 
 
 @pytest.fixture(scope="module")
-def models_with_probnn(tmp_path_factory) -> Path:
-    """The shipped models (linked) and a tiny pid-K-probnn."""
-    d = tmp_path_factory.mktemp("probnn")
+def models_without_probnn(tmp_path_factory) -> Path:
+    """The shipped models (linked) without their probnn steps."""
+    d = tmp_path_factory.mktemp("noprobnn")
     for m in MODELS.iterdir():
+        if not m.name.endswith("-probnn"):
+            (d / m.name).symlink_to(m)
+    return d
+
+
+@pytest.fixture(scope="module")
+def models_with_probnn(tmp_path_factory, models_without_probnn) -> Path:
+    """The shipped models (linked) without their probnn steps, and a tiny pid-K-probnn."""
+    d = tmp_path_factory.mktemp("probnn")
+    for m in models_without_probnn.iterdir():
         (d / m.name).symlink_to(m)
     _tiny_probnn(d / "pid-K-probnn", "K")
     return d
@@ -139,12 +149,12 @@ def _inputs(n=3000, seed=3):
             "nTracks": rng.poisson(80, n).astype(float), "charge": rng.choice([-1.0, 1.0], n)}
 
 
-def test_chain_runs_probnn_last_and_leaves_the_rest_unchanged(models_with_probnn):
+def test_chain_runs_probnn_last_and_leaves_the_rest_unchanged(models_with_probnn, models_without_probnn):
     steps = default_chain_steps("K", models_with_probnn)
     assert [s.role for s in steps] == [*CORE, "probnn"] and steps[-1].applies is None
     assert [s.role for s in default_chain_steps("pi", models_with_probnn)] == list(CORE)
     chain = build_chain("K", None, models_with_probnn)
-    plain = build_chain("K", None, MODELS)
+    plain = build_chain("K", None, models_without_probnn)
     x = _inputs()
     a = chain.generate_columns(x, np.random.default_rng(4))
     b = plain.generate_columns(x, np.random.default_rng(4))
@@ -164,6 +174,7 @@ def test_probnn_condition_nobody_produces_is_refused(models_with_probnn, tmp_pat
     steps = [ChainStep(r, str(MODELS / f"pid-K-{r}")) for r in ("flags",)] + \
         [ChainStep("muon", str(MODELS / "pid-K-muon"), "isMuon"), ChainStep("rich", str(MODELS / "pid-K-rich"), "hasRich"),
          ChainStep("global", str(MODELS / "pid-K-global"), "hasCalo"), ChainStep("probnn", str(bad))]
+    assert [s.role for s in default_chain_steps("K")] == [*CORE, "probnn"]  # the shipped chains have the step
     with pytest.raises(ConfigurationError, match="ProbNNwhatever"):
         build_chain("K", steps)
     # a step before the DLLs exist cannot take the combined DLLs
@@ -188,13 +199,13 @@ def _track_batch(n=3000):
     return Batch(id=1, seed=3, n_events=int(ev[-1] + 1), tables={"particles": parts, "mc_particles": mc, "events": events})
 
 
-def test_pid_stage_writes_probnn_for_chains_with_the_step(models_with_probnn):
+def test_pid_stage_writes_probnn_for_chains_with_the_step(models_with_probnn, models_without_probnn):
     """K tracks (chain with a probnn step) get ProbNN in [0, 1], pions (none) NaN; the PID columns are
     those of the stage without the step."""
     from mambah.pid.stage import PID
 
     a = PID(models_dir=str(models_with_probnn), species=("pi", "K"))(_track_batch())["particles"]
-    b = PID(models_dir=str(MODELS), species=("pi", "K"))(_track_batch())["particles"]
+    b = PID(models_dir=str(models_without_probnn), species=("pi", "K"))(_track_batch())["particles"]
     k = np.abs(a["pid"].to_numpy()) == 321
     for c in PROBNN_OUTPUTS.values():
         v = a[c].to_numpy()
