@@ -10,6 +10,8 @@
   step that traces the graph), samples per second;
 * time to score: from the model card's validation history, the training seconds at which the
   validation BDT-KS first reached its final (best) value, and first went below 0.05;
+* chain: ``--chain-models DIR`` measures the chains of DIR (e.g. with their ``probnn`` steps, issue 24:
+  ``python benchmarks/pid.py --only chain --chain-models DIR``);
 * chain-variations: the PID stage on the kaon chain, nominal against ``variations=True`` with K
   members on its RICH and global steps (``mambah simulate --pid-variations``; stand-ins with
   perturbed weights unless the shipped chain has K members): tracks/s and the time ratio
@@ -211,7 +213,9 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
                 best[how][1] = min(best[how][1], time.process_time() - c0)
     finally:
         FlagModel.sample = compiled_sample
-    out = {"tracks_per_s": n / best["compiled"][0], "tracks_per_cpu_s": n / best["compiled"][1], "n": n}
+    steps = [s.role for c in stage.chains().values() for s in c.steps]
+    out = {"tracks_per_s": n / best["compiled"][0], "tracks_per_cpu_s": n / best["compiled"][1], "n": n,
+           "probnn": f", {steps.count('probnn')} with ProbNN" if "probnn" in steps else ""}
     if baseline:
         out["numpy_flags_tracks_per_s"] = n / best["numpy_flags"][0]
         out["numpy_flags_tracks_per_cpu_s"] = n / best["numpy_flags"][1]
@@ -310,6 +314,9 @@ def main():
                     help="ensemble members of the variations part (default 10)")
     ap.add_argument("--chain-tracks", type=int, default=200_000,
                     help="tracks of the chain-variations part (default 200000)")
+    ap.add_argument("--chain-models", type=Path, default=None, metavar="DIR",
+                    help="models directory of the chain part (default: the shipped models); a directory whose "
+                         "chains have pid-<s>-probnn steps measures the chain with the ProbNN step (issue 24)")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)")
     a = ap.parse_args()
@@ -321,7 +328,7 @@ def main():
     inf = bench_inference(a.model, a.data, a.tracks, a.repeats) if "inference" in only else None
     tr = bench_training(a.data, a.train_steps) if "training" in only else None
     ts = time_to_score(a.model) if "score" in only else None
-    ch = bench_chain(a.tracks) if "chain" in only else None
+    ch = bench_chain(a.tracks, models_dir=a.chain_models) if "chain" in only else None
     var = bench_variations(a.model, a.data, a.tracks, a.repeats, a.variations) if "variations" in only else None
     cv = (bench_chain_variations(a.chain_tracks, a.repeats, a.variations)
           if "chain-variations" in only else None)
@@ -343,7 +350,7 @@ def main():
     for k, v in (ts or {}).items():
         print(f"{'time to score: ' + k:58s} {v:14.4g}")
     if ch:
-        print(f"{'chained PID stage (5 species): tracks/s':58s} {ch['tracks_per_s']:14,.0f}")
+        print(f"{'chained PID stage (5 species%s): tracks/s' % ch['probnn']:58s} {ch['tracks_per_s']:14,.0f}")
         print(f"{'chained PID stage: tracks per CPU-second':58s} {ch['tracks_per_cpu_s']:14,.0f}")
         print(f"{'chained PID stage, numpy flags (baseline): tracks/s':58s} {ch['numpy_flags_tracks_per_s']:14,.0f}")
         print(f"{'chained PID stage: speed-up of the compiled flags (wall)':58s} "

@@ -3,6 +3,12 @@ many of them survive the PID requirements, from the PID chain and from the refer
 
     python examples/b0_kpi_peaking_backgrounds.py out/b0_kpi                 # 10k events per channel
     python examples/b0_kpi_peaking_backgrounds.py out/b0_kpi --events 100000
+    python examples/b0_kpi_peaking_backgrounds.py out/b0_kpi --probnn 0.5,0.5   # ProbNN requirements instead
+
+``--probnn A,B`` replaces the PIDK requirements by ``ProbNNk > A`` on the kaon candidate and
+``ProbNNpi > B`` on the pion candidate (issue 24): the chain's ProbNN step (``pid-<s>-probnn``; every
+species needs one, else the script stops and says which) against the reference detector's own ProbNN
+(:mod:`mambah.reference.probnn`) for the same tracks.
 
 Five productions into one store (``<out>/b0_kpi.duckdb``), each a channel reconstructed as B0 -> K+ pi-
 with mass-hypothesis swaps (``reconstruct_as``, as LHCb's SubstitutePID):
@@ -76,8 +82,10 @@ def _frac(k: int, n: int) -> tuple[float, float]:
     return f, (float(np.sqrt(f * (1 - f) / n)) if n else float("nan"))
 
 
-def channel_result(nt: pd.DataFrame, seed: int) -> dict:
-    """Surviving fractions of one channel's candidates with the chain's and the reference's PID."""
+def channel_result(nt: pd.DataFrame, seed: int, probnn: tuple[float, float] | None = None) -> dict:
+    """Surviving fractions of one channel's candidates with the chain's and the reference's PID
+    (``probnn``: ProbNNk > A on the kaon candidate and ProbNNpi > B on the pion candidate instead of
+    the PIDK requirements)."""
     cand = nt[np.isfinite(nt["B_M"].to_numpy())].reset_index(drop=True)
     resp = {}
     for pre in ("Kcand", "picand"):
@@ -85,9 +93,18 @@ def channel_result(nt: pd.DataFrame, seed: int) -> dict:
         tracks = pd.DataFrame({"P": cand[f"{pre}_P"].to_numpy(float), "ETA": cand[f"{pre}_ETA"].to_numpy(float),
                                "nTracks": cand["nTracks"].to_numpy(float),
                                "charge": pdg_charge(trueid).astype(float), "TRUEID": trueid})
-        resp[pre] = reference_response(tracks, seed=np.random.default_rng([seed, len(pre)]))["PIDK"].to_numpy()
-    chain_pass = (cand["Kcand_PIDK"].to_numpy() > KAON_CUT) & (cand["picand_PIDK"].to_numpy() < PION_CUT)
-    ref_pass = (resp["Kcand"] > KAON_CUT) & (resp["picand"] < PION_CUT)
+        resp[pre] = reference_response(tracks, seed=np.random.default_rng([seed, len(pre)]))
+    if probnn is None:
+        chain_pass = (cand["Kcand_PIDK"].to_numpy() > KAON_CUT) & (cand["picand_PIDK"].to_numpy() < PION_CUT)
+        ref_pass = (resp["Kcand"]["PIDK"].to_numpy() > KAON_CUT) & (resp["picand"]["PIDK"].to_numpy() < PION_CUT)
+    else:
+        missing = [b for b in ("Kcand_ProbNNk", "picand_ProbNNpi") if b not in cand]
+        if missing:
+            raise SystemExit(f"--probnn: the ntuple has no {missing}: the PID chains have no ProbNN step "
+                             "(models pid-<s>-probnn; see examples/train_pid_chain.py --roles probnn)")
+        a, b = probnn
+        chain_pass = (cand["Kcand_ProbNNk"].to_numpy() > a) & (cand["picand_ProbNNpi"].to_numpy() > b)
+        ref_pass = (resp["Kcand"]["ProbNNk"].to_numpy() > a) & (resp["picand"]["ProbNNpi"].to_numpy() > b)
     n = len(cand)
     fc, ec = _frac(int(chain_pass.sum()), n)
     fr, er = _frac(int(ref_pass.sum()), n)
@@ -95,7 +112,7 @@ def channel_result(nt: pd.DataFrame, seed: int) -> dict:
             "reference_err": er, "_mass": cand["B_M"].to_numpy(), "_chain_pass": chain_pass, "_ref_pass": ref_pass}
 
 
-def plot(results: dict, out: Path) -> tuple[Path, str]:
+def plot(results: dict, out: Path, title: str = r"PIDK$(K)>5$, PIDK$(\pi)<0$: survival") -> tuple[Path, str]:
     from mambah.validation.plots import new_figure, save_figure, style
 
     try:
@@ -126,7 +143,7 @@ def plot(results: dict, out: Path) -> tuple[Path, str]:
         ax.set_ylabel("fraction of candidates / 20 MeV/$c^2$")
         ax.set_xlim(*MASS_RANGE)
         ax.set_ylim(0.0, 1.15 * top if top > 0 else 1.0)
-        ax.legend(fontsize="x-small", title=r"PIDK$(K)>5$, PIDK$(\pi)<0$: survival", title_fontsize="x-small",
+        ax.legend(fontsize="x-small", title=title, title_fontsize="x-small",
                   loc="upper left")
         path = save_figure(fig, out / "b0_kpi_peaking_backgrounds.png")
     return path, which
@@ -138,7 +155,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--events", type=int, default=10_000, help="generated events per channel (default 10k)")
     ap.add_argument("--batch-size", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--probnn", default=None, metavar="A,B",
+                    help="require ProbNNk > A on the kaon candidate and ProbNNpi > B on the pion candidate instead of "
+                         "the PIDK requirements")
+    ap.add_argument("--models", default=None, help="models directory (default: the shipped models)")
     args = ap.parse_args(argv)
+    probnn = None
+    if args.probnn is not None:
+        try:
+            probnn = tuple(float(x) for x in args.probnn.split(","))
+            assert len(probnn) == 2
+        except (ValueError, AssertionError):
+            ap.error(f"--probnn takes two numbers A,B (ProbNNk > A, ProbNNpi > B), not {args.probnn!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     db = out / "b0_kpi.duckdb"
@@ -151,18 +179,21 @@ def main(argv=None) -> dict:
             with warnings.catch_warnings():
                 # tracks beyond the PID models' training range are clamped; counted below instead
                 warnings.simplefilter("ignore", OutOfRangeWarning)
-                run_production(standard_pipeline(descriptor, reconstruct_as=swaps or None), n_events=args.events,
+                run_production(standard_pipeline(descriptor, reconstruct_as=swaps or None, models_dir=args.models),
+                               n_events=args.events,
                                batch_size=min(args.batch_size, args.events), seed=args.seed + k, store=store,
                                production=prod)
             nt = store.candidates(production=prod, prefixes=PREFIXES)
-            results[name] = channel_result(nt, args.seed + k)
+            results[name] = channel_result(nt, args.seed + k, probnn)
             oor = out_of_range_totals(prod)
             # the flags classifier is every chain's first step: it sees every track of its species
             results[name]["pid_out_of_range"] = max((c / n for m, (c, n) in oor.items() if n and m.endswith("-flags")),
                                                     default=0.0)
 
-    print(f"B0 -> K+ pi- peaking backgrounds, {args.events} generated events per channel; after PIDK > 5 on the "
-          "kaon candidate and PIDK < 0 on the pion candidate, the surviving fraction of the reconstructed candidates:")
+    req = ("PIDK > 5 on the kaon candidate and PIDK < 0 on the pion candidate" if probnn is None else
+           f"ProbNNk > {probnn[0]:g} on the kaon candidate and ProbNNpi > {probnn[1]:g} on the pion candidate")
+    print(f"B0 -> K+ pi- peaking backgrounds, {args.events} generated events per channel; after {req}, "
+          "the surviving fraction of the reconstructed candidates:")
     print(f"  {'channel':<22} {'candidates':>10} {'PID chain [%]':>16} {'reference [%]':>16} {'(chain-ref)/err':>16}")
     for name, r in results.items():
         z = (r["chain"] - r["reference"]) / np.hypot(r["chain_err"], r["reference_err"]) \
@@ -172,10 +203,12 @@ def main(argv=None) -> dict:
     worst = max(r["pid_out_of_range"] for r in results.values())
     print(f"  (up to {100 * worst:.1f}% of a species' tracks in a channel lie outside its PID chain's training range, "
           "mostly p > 150 GeV/c, and are evaluated at the range's edge; the reference detector has no such range)")
-    path, which = plot(results, out)
+    path, which = plot(results, out) if probnn is None else \
+        plot(results, out, r"ProbNNk$(K)>%g$, ProbNN$\pi(\pi)>%g$: survival" % probnn)
     print(f"plot: {path} ({which})")
     summary = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()}
-    print(json.dumps({"events": args.events, "channels": summary, "plot": str(path), "style": which}))
+    print(json.dumps({"events": args.events, "channels": summary, "plot": str(path), "style": which,
+                      "requirement": req}))
     return summary
 
 

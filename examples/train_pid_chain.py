@@ -122,7 +122,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mambah.pid.chain import CHAIN_INPUTS, THRESHOLD_CODES, prepare_training_table
+from mambah.pid.chain import CHAIN_INPUTS, PROBNN_CONDITIONS, PROBNN_DELTAS, THRESHOLD_CODES, prepare_training_table
 from mambah.reference.calibration import CHANNELS
 
 MAMBAH = [sys.executable, "-m", "mambah"]
@@ -135,12 +135,18 @@ STEPS = {  # role -> (train subcommand, targets, selection, batch size, network 
     "global": ("pid", "CaloDLLe", "hasCalo == 1", 1024, NET),  # 0 outside the acceptance: a flag, not a GAN spike
     # P(RichDLLp == RichDLLk | RICH information): the chain sets each RICH row's tie status to a draw of it
     "tie": ("flags", "RichPKTie", "hasRich == 1", 2048, ["--width", "16", "--depth", "2"]),
+    # the reference ProbNN (mambah.reference.probnn) given the kinematics and the PID already drawn
+    # (optional step: the chain runs it where models/pid-<s>-probnn exists; issue 24)
+    # residual targets dProbNNx = logit(ProbNNx) - logit(SurProbNNx) (mambah.pid.chain.PROBNN_DELTAS)
+    "probnn": ("pid", ",".join(PROBNN_DELTAS), "hasCalo == 1", 1024, NET),  # d = 0 outside the calorimeter
 }
 #: conditions besides the chain inputs: the RICH GAN and the flags classifier also see the RICH
 #: acceptance and threshold codes (mambah.pid.chain.rich_threshold_codes, computed by the chain from P
 #: and ETA): hasRich is a step at the radiators' pion thresholds, which a classifier of P and ETA alone
 #: smooths (8.5% of the tracks at 2-3 GeV/c got the wrong hasRich)
-EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES)}
+EXTRA_CONDITIONS = {"rich": list(THRESHOLD_CODES), "flags": list(THRESHOLD_CODES),
+                    # (hasCalo: 1 on every row of the step's selection)
+                    "probnn": [c for c in PROBNN_CONDITIONS if c != "hasCalo"]}
 #: steps whose sWeighted training set is empty: electrons practically never pass isMuon, and the
 #: sWeights of the isMuon == 1 rows of the e sample sum to < 0 (the CLI refuses them), so the
 #: e muon-likelihood step is trained on the isMuon == 1 rows without weights (background
@@ -257,6 +263,8 @@ def main(argv=None) -> int:
                          "test_closure_bar uses 57000)")
     ap.add_argument("--write-cards", action="store_true", help="with --closure: add the scores to the models' cards")
     a = ap.parse_args(argv)
+    if a.closure and a.roles == "probnn":
+        return probnn_closure_main(a)
     if a.closure:
         return closure_main(a)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -273,7 +281,7 @@ def main(argv=None) -> int:
     return 0
 
 
-DEFAULT_EPOCHS = {"flags": 60, "muon": 400, "rich": 400, "tie": 60, "global": 150}
+DEFAULT_EPOCHS = {"flags": 60, "muon": 400, "rich": 400, "tie": 60, "global": 150, "probnn": 150}
 
 
 def budget_args(a, role: str) -> list[str]:
@@ -336,6 +344,53 @@ def closure_main(a) -> int:
                 cf.write_text(json.dumps(card, indent=1))
     print(json.dumps({s: {"bdt_ks": r["bdt_ks"], **{k: v["max_abs_diff"] for k, v in r["efficiency"].items()}}
                       for s, r in results.items()}))
+    return 0
+
+
+def probnn_closure_main(a) -> int:
+    """``--closure N --roles probnn``: the ProbNN closure (:func:`mambah.validation.closure.probnn_closure`)
+    of each chain of ``--species`` in ``--out`` on N held-out pure-signal rows (seeds as ``--closure``);
+    ``closure_probnn_<out>.json`` in ``--work``; with ``--write-cards`` into ``metrics.probnn_closure`` of the
+    probnn step's card."""
+    import json
+
+    from mambah.physics import SPECIES_PDG
+    from mambah.pid.chain import build_chain
+    from mambah.reference.calibration import calib_sample
+    from mambah.validation.closure import probnn_closure
+
+    results = {}
+    for s in a.species.split(","):
+        chain = build_chain(s, None, a.out)
+        truth = calib_sample(s, a.closure, seed=a.closure_seed + list(SPECIES_PDG).index(s), pure=True)
+        r = probnn_closure(chain, truth, seed=a.seed)
+        alone = probnn_closure(chain, truth, seed=a.seed, given_truth=True)
+        r["step_alone"] = {k: alone[k] for k in ("bdt_ks", "bdt_ks_std")}
+        r["step_alone"]["max_abs_eff_diff"] = {k: v["max_abs_diff"] for k, v in alone["efficiency"].items()}
+        r["step_alone"]["efficiency"] = alone["efficiency"]
+        print(f"{s:3s} the probnn step alone on the truth's DLLs: BDT-KS {alone['bdt_ks']:.4f}; max |eff diff| "
+              + ", ".join(f"{k}: {v['max_abs_diff']:.3f}" for k, v in alone["efficiency"].items()), flush=True)
+        results[s] = r
+        effs = ", ".join(f"{k}: {v['max_abs_diff']:.3f} ({v['max_abs_diff_precise']:.3f})" for k, v in r["efficiency"].items())
+        print(f"{s:3s} ProbNN BDT-KS {r['bdt_ks']:.4f} ± {r['bdt_ks_std']:.4f} (whole chain {r['bdt_ks_all']:.4f}); "
+              f"max |eff diff| (precise bins) {effs}", flush=True)
+        if a.write_cards:
+            cf = a.out / f"pid-{s}-probnn" / "card.json"
+            card = json.loads(cf.read_text())
+            cmd = "python examples/train_pid_chain.py " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv_ok() else []))
+            card.setdefault("metrics", {})["probnn_closure"] = {
+                **{k: r[k] for k in ("n", "bdt_ks", "bdt_ks_std", "auc", "bdt_ks_all", "bdt_ks_all_std")},
+                "step_alone_on_truth_dlls": {k: v for k, v in r["step_alone"].items() if k != "efficiency"},
+                "max_abs_eff_diff": {k: v["max_abs_diff"] for k, v in r["efficiency"].items()},
+                "max_abs_eff_diff_precise": {k: v["max_abs_diff_precise"] for k, v in r["efficiency"].items()},
+                "method": f"whole chain vs the reference detector's pure signal (held-out seed {a.closure_seed}+i, i = position "
+                          "in e,mu,pi,K,p), mambah.validation.closure.probnn_closure: BDT-KS over P, ETA, nTracks, charge "
+                          "and the six ProbNN (bdt_ks_all: and the 11 PID outputs); cut efficiencies in p bins",
+                "command": cmd}
+            cf.write_text(json.dumps(card, indent=1))
+    a.work.mkdir(parents=True, exist_ok=True)
+    name = a.work / f"closure_probnn_{a.out.name}{'' if a.closure_seed == 10_000 else f'_{a.closure_seed}'}.json"
+    name.write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -204,7 +204,10 @@ def test_columns_acceptance_and_missing_information():
     p = np.array([2.2e3, 20e3, 20e3, 20e3, 20e3])
     eta = np.array([3.0, 3.0, 5.2, 2.3, 4.6])
     df = reference_pid(p, eta, [211, 211, 211, 211, 211], [1, -1, 1, 1, 1], [100] * 5, rng)
-    assert list(df.columns) == list(PID_COLUMNS) + list(FLAG_COLUMNS)
+    probnn = ["probnn_e", "probnn_mu", "probnn_pi", "probnn_k", "probnn_p", "probnn_ghost"]  # mambah.reference.probnn
+    assert list(df.columns) == list(PID_COLUMNS) + list(FLAG_COLUMNS) + probnn
+    assert list(reference_pid(p, eta, [211] * 5, [1] * 5, [100] * 5, 1, with_probnn=False).columns) == \
+        list(PID_COLUMNS) + list(FLAG_COLUMNS)
     for c, dt in PID_COLUMNS.items():
         assert df[c].dtype == np.dtype(dt)
     # below the pion threshold of both radiators, and outside both acceptances: no RICH
@@ -285,4 +288,5 @@ def test_stage_fills_particles_of_a_batch():
 
 def test_empty_input_gives_empty_table():
     df = reference_pid([], [], [], [], [], 0)
-    assert len(df) == 0 and list(df.columns) == list(PID_COLUMNS) + list(FLAG_COLUMNS)
+    assert len(df) == 0 and list(df.columns) == list(PID_COLUMNS) + list(FLAG_COLUMNS) + [
+        "probnn_e", "probnn_mu", "probnn_pi", "probnn_k", "probnn_p", "probnn_ghost"]

@@ -169,7 +169,7 @@ def test_out_of_range_warned_once_per_production_and_model(tmp_path):
             models = [m.model for m in pid_warnings]
             assert all(0 < m.count <= m.n for m in pid_warnings)
             assert models and len(models) == len(set(models)), msgs  # once per model in each production
-            assert set(models) <= {f"pid-{s}-{r}" for s in ("mu", "K") for r in (*ROLES, "tie")}
+            assert set(models) <= {f"pid-{s}-{r}" for s in ("mu", "K") for r in (*ROLES, "tie", "probnn")}
             assert all(f"production {prod!r}" in m for m in msgs)
         infos = [st.batch_info(b)["config"]["reconstruction"] for b in st.batch_ids()]
     # every batch records its counts; the process totals are their sums

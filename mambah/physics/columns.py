@@ -29,7 +29,7 @@ from mambah.errors import ConfigurationError, closest
 
 __all__ = [
     "COLUMNS", "DATA_TABLES", "PID_COLUMNS", "VERTEXING_COLUMNS", "vertexing_defaults", "BREM_COLUMNS",
-    "BREM_NOT_COMPUTED", "brem_defaults",
+    "BREM_NOT_COMPUTED", "brem_defaults", "PROBNN_COLUMNS", "probnn_defaults",
     "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
 ]
 
@@ -198,6 +198,25 @@ def brem_defaults(table: str, n: int) -> dict[str, np.ndarray]:
     return {c: np.full(n, fill, dtype=d) for c, (d, fill) in BREM_COLUMNS.get(table, {}).items()}
 
 
+#: The ProbNN columns of ``particles`` (issue 24): the global PID classifier's outputs, drawn by the
+#: PID chain's optional ``probnn`` step (:mod:`mambah.pid.chain`) or computed by the reference
+#: detector's network (:mod:`mambah.reference.probnn`): ``{table: {column: (dtype, value when not
+#: computed)}}``, NaN for tracks whose chain has no ProbNN step, composites, photons, and batches
+#: made without them.
+PROBNN_COLUMNS: dict[str, dict[str, tuple[str, float]]] = {
+    "particles": {c: ("float32", np.nan) for c in ("probnn_e", "probnn_mu", "probnn_pi", "probnn_k", "probnn_p",
+                                                   "probnn_ghost")},
+}
+for _t, _cols in PROBNN_COLUMNS.items():
+    COLUMNS[_t].update({_c: _d for _c, (_d, _) in _cols.items()})
+del _t, _cols
+
+
+def probnn_defaults(table: str, n: int) -> dict[str, np.ndarray]:
+    """``{column: array of n NaN}`` of :data:`PROBNN_COLUMNS` for ``table`` (empty for other tables)."""
+    return {c: np.full(n, fill, dtype=d) for c, (d, fill) in PROBNN_COLUMNS.get(table, {}).items()}
+
+
 #: Data tables in write order (parents before children). ``pid_variations`` is empty (and absent
 #: from the batch) unless the production asked for PID variations.
 DATA_TABLES: tuple[str, ...] = ("events", "mc_vertices", "mc_particles", "particles", "vertices", "pid_variations")
@@ -290,6 +309,13 @@ COLUMN_MAP: tuple[Column, ...] = (
     _c("ndof", "ENDVERTEX_NDOF"),
     # the Bremsstrahlung stage's flag (BREM_COLUMNS): brem recovery added a photon to the electron track
     _c("has_brem_added", "HASBREMADDED"),
+    # the global PID classifier's outputs (PROBNN_COLUMNS; issue 24)
+    _c("probnn_e", "ProbNNe"),
+    _c("probnn_mu", "ProbNNmu"),
+    _c("probnn_pi", "ProbNNpi"),
+    _c("probnn_k", "ProbNNk", aliases=("ProbNNK",)),
+    _c("probnn_p", "ProbNNp"),
+    _c("probnn_ghost", "ProbNNghost"),
 )
 
 _BY_NAME: dict[str, Column] = {}

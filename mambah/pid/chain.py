@@ -56,6 +56,31 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    which is exactly how the reference detector builds them, so the combined DLLs keep the
    correlations with the sub-detector outputs without a network having to learn an identity.
 
+6. ``probnn`` (optional, issue 24; used when ``pid-<s>-probnn`` exists) — the global PID
+   classifier's outputs ``ProbNNe, ProbNNmu, ProbNNpi, ProbNNk, ProbNNp, ProbNNghost`` (store
+   ``probnn_*``), a conditional Cramér GAN on every track, after the combination, conditioned on
+   P, ETA, nTracks, charge, the flags, the combined DLLs, ``CaloDLLe`` (0 outside the calorimeter,
+   :data:`ABSENT_AS_ZERO`) and the chain-computed surrogates :data:`PROBNN_SURROGATE` (the reference
+   detector's ProbNN network, :mod:`mambah.reference.probnn`, evaluated on what the chain drew, with
+   the calorimeter E/p that the chain does not draw replaced by a fixed rule,
+   :func:`surrogate_probnn`). The shipped steps are *residual*: their targets are
+   :data:`PROBNN_DELTAS` ``dProbNNx = logit(ProbNNx) - logit(SurProbNNx)`` and the chain makes
+   ``ProbNNx = sigmoid(logit(SurProbNNx) + dProbNNx)``, so the outputs' fine structure near 0 and 1
+   comes from the classifier, and the GAN draws how far the unknown E/p (and the classifier's other
+   inputs) move them. (The same GAN with the six ProbNN as direct targets, conditioned on the flags and
+   DLLs alone, stalled at a validation BDT-KS of 0.22 for kaons after 8000 steps; with the surrogate
+   conditions at 0.19 and a closure BDT-KS of 0.19; the residual step: 0.10.) Closure of the shipped
+   steps (2026-12-06, 100k held-out pure-signal tracks, :func:`mambah.validation.closure.probnn_closure`,
+   cards' ``metrics.probnn_closure``): BDT-KS over P, ETA, nTracks, charge and the six ProbNN e 0.073,
+   mu 0.099, pi 0.086, K 0.088, p 0.091; the step alone on the truth's own DLLs 0.04-0.09. The
+   ProbNNk > 0.5 and ProbNNp > 0.5 efficiencies in p bins: within 1.4% for e, mu, pi; for K off by up
+   to 4.5% (ProbNNk, 5-10 GeV/c; 3.1% from the step itself, the rest from the RICH DLLs) and for p by
+   4.3% (ProbNNp, 5-10 GeV/c, from the chain's RICH DLLs: the step alone is within 0.5% there). A step
+   whose targets are the ProbNN themselves is accepted too. The ProbNN columns are not part of the
+   ensemble variations. Cost: the step halves the chain's speed (benchmarks/pid.py --chain-models:
+   148k against 339k tracks/s, load 3.2); the generator's size is not what costs (32x2 as fast as
+   64x3): the 17 condition transforms, the surrogate network and the logits are.
+
 Sources: LHCb's flash simulation chains the same way (Lamarr, M. Barbetti et al., arXiv:2303.11428:
 isMuon classifier -> muon GAN for isMuon tracks -> RICH GAN -> global PID GAN; our global step
 learns the parts of the combined DLLs that are not RICH or muon likelihoods, conditioned on the
@@ -89,7 +114,9 @@ from mambah.physics import CONDITION_NAMES, PID_COLUMNS, SPECIES, SPECIES_PDG, l
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
            "CHAIN_INPUTS", "CHAIN_OUTPUTS", "DEFAULT_SPECIES", "load_chain", "available_chains",
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
-           "rich_threshold_codes", "chain_members", "RICH_YIELDS", "rich_yields"]
+           "rich_threshold_codes", "chain_members", "RICH_YIELDS", "rich_yields", "PROBNN_OUTPUTS", "PROBNN_TARGETS", "PROBNN_CONDITIONS",
+           "PROBNN_SURROGATE", "surrogate_probnn", "PROBNN_DELTAS",
+           "probnn_deltas", "probnn_from_deltas"]
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +135,43 @@ THRESHOLD_CODES = tuple(f"Rich{k}{j}" for j in (1, 2) for k in ("Acc", "AboveMu"
 #: Continuous companions of the threshold codes (see :func:`rich_yields`): for each gas radiator j and
 #: hypothesis h, the photon yield of h's ring relative to a saturated ring, 0 below the threshold.
 RICH_YIELDS = tuple(f"RichYield{k}{j}" for j in (1, 2) for k in ("Mu", "Pi", "K", "P"))
+#: Targets of the optional ``probnn`` step (issue 24): the reference detector's ProbNN
+#: (:mod:`mambah.reference.probnn`) as the chain draws it -> the store column.
+PROBNN_OUTPUTS: dict[str, str] = {lhcb_name(c): c for c in
+                                  ("probnn_e", "probnn_mu", "probnn_pi", "probnn_k", "probnn_p", "probnn_ghost")}
+PROBNN_TARGETS: tuple[str, ...] = tuple(PROBNN_OUTPUTS)
+#: conditions of the shipped ``probnn`` steps besides the chain inputs: the flags, the combined DLLs
+#: (finite on every track: an absent sub-detector contributes 0) and the calorimeter DLL (0 outside the
+#: acceptance), all drawn by the earlier steps
+PROBNN_CONDITIONS: tuple[str, ...] = ("isMuon", "hasRich", "hasCalo", "PIDe", "PIDmu", "PIDK", "PIDp", "CaloDLLe",
+                                      *(f"Sur{t}" for t in PROBNN_TARGETS))
+#: Chain-computed conditions of a ``probnn`` step (issue 24): the reference detector's ProbNN network
+#: (:mod:`mambah.reference.probnn`, a fixed and known function, as LHCb's ANNPID tunes are) evaluated
+#: on what the chain has drawn, with the one input the chain does not draw, the calorimeter's E/p,
+#: replaced by :data:`SURROGATE_EOVERP` (see :func:`surrogate_probnn`). They summarise the DLLs the way
+#: the classifier reads them, so that the GAN learns ProbNN given a feature close to it (and the
+#: spread that the unknown E/p and the classifier's other details give), instead of rebuilding the
+#: classifier from the DLLs.
+PROBNN_SURROGATE: tuple[str, ...] = tuple(f"Sur{t}" for t in PROBNN_TARGETS)
+#: Targets of a *residual* ``probnn`` step: ``dProbNNx = logit(ProbNNx) - logit(SurProbNNx)`` (logits of
+#: values clipped to [:data:`LOGIT_CLIP`, 1 - LOGIT_CLIP]); the chain makes ``ProbNNx =
+#: sigmoid(logit(SurProbNNx) + dProbNNx)``. The fine structure of the outputs near 0 and 1 (where a
+#: classifier-based test splits as easily as at 0.5) then comes from the surrogate, and the GAN learns
+#: how far the unknown E/p and the other details move each output (0 for most tracks: a spike at 0,
+#: which the quantile preprocessing restores exactly).
+PROBNN_DELTAS: tuple[str, ...] = tuple(f"d{t}" for t in PROBNN_TARGETS)
+#: clip of the ProbNN values before their logits (the float32 spacing below 1: 2^-24)
+LOGIT_CLIP = 2.0 ** -24
+#: E/p given to the network by :func:`surrogate_probnn` inside the calorimeter acceptance: an
+#: electron's (1) where the calorimeter DLL favours an electron (CaloDLLe > 0), a hadron shower's
+#: mean (the reference Beta(2, 4.5): 0.31) elsewhere.
+SURROGATE_EOVERP = (1.0, 2.0 / 6.5)
+#: Columns that a step taking them as conditions sees as 0 where the chain has NaN (the sub-detector
+#: is absent): ``CaloDLLe`` outside the calorimeter acceptance, as in the training tables
+#: (:func:`prepare_training_table`) and the combination rule.
+ABSENT_AS_ZERO = frozenset({"CaloDLLe"})
 #: Intermediate columns a step may produce besides the outputs.
-INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie")
+INTERMEDIATE = ("hasRich", "hasCalo", "CaloDLLe", "MuonVetoDLL", "RichDLLpK", "RichPKTie", *PROBNN_DELTAS)
 #: Outputs a chain may derive from intermediate columns: output -> (base, difference) (output = base + difference).
 DERIVED = {"RichDLLp": ("RichDLLk", "RichDLLpK")}
 #: Columns that are Bernoulli flags: the generated value is thresholded at 0.5 to 0/1.
@@ -134,8 +196,17 @@ class ChainStep:
     applies: str | None = None
 
 
-#: Roles of the default chain, in order.
+#: Roles of the default chain, in order (every species with a chain has them; the optional ``tie``
+#: and ``probnn`` steps run where their models exist).
 ROLES = ("flags", "muon", "rich", "global")
+#: The combined DLLs (:func:`combine`): a step may take them as conditions once the chain has drawn
+#: their parts (the ``probnn`` step does); the chain combines them before such a step.
+COMBINED = ("PIDe", "PIDmu", "PIDK", "PIDp")
+#: What :func:`combine` reads.
+_COMBINE_NEEDS = frozenset({"isMuon", "MuonMuLL", "MuonBkgLL", "RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp",
+                            "CaloDLLe"})
+#: What :func:`surrogate_probnn` reads besides the chain inputs.
+_SURROGATE_NEEDS = _COMBINE_NEEDS | {"hasRich", "hasCalo"}
 
 
 def default_chain_steps(species: str, models_dir: str | os.PathLike | None = None) -> list[ChainStep]:
@@ -153,6 +224,8 @@ def default_chain_steps(species: str, models_dir: str | os.PathLike | None = Non
              ChainStep("global", m("global"), _selection_flag(base / f"pid-{species}-global"))]
     if (base / f"pid-{species}-tie" / "card.json").exists():
         steps.insert(3, ChainStep("tie", m("tie"), "hasRich"))
+    if (base / f"pid-{species}-probnn" / "card.json").exists():  # optional: ProbNN (issue 24)
+        steps.append(ChainStep("probnn", m("probnn"), _selection_flag(base / f"pid-{species}-probnn")))
     return steps
 
 
@@ -249,6 +322,12 @@ def prepare_training_table(df: pd.DataFrame, *, fill_ties=None) -> pd.DataFrame:
         out[k] = v
     for k, v in rich_yields(out["P"].to_numpy(), out["ETA"].to_numpy()).items():
         out[k] = v
+    if "hasCalo" in out and {"P", "ETA", "nTracks"} <= set(out.columns):  # the probnn step's conditions
+        cols = {c: out[c].to_numpy(dtype=float) for c in (*_SURROGATE_NEEDS, "P", "ETA", "nTracks")}
+        cols["hasRich"] = out["hasRich"].to_numpy(dtype=float)
+        out = out.assign(**surrogate_probnn(cols))
+        if all(t in out for t in PROBNN_TARGETS):
+            out = out.assign(**probnn_deltas(out))
     if fill_ties is not None:
         from mambah.random import get_rng
 
@@ -310,6 +389,45 @@ def rich_yields(p: np.ndarray, eta: np.ndarray) -> dict[str, np.ndarray]:
                 y = 1.0 - (rad.threshold(species_mass(sp)) / p) ** 2
                 out[f"RichYield{name}{j}"] = np.where(acc & (p > 0), np.clip(y, 0.0, 1.0), 0.0)
     return {k: out[k] for k in RICH_YIELDS}
+
+
+def surrogate_probnn(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:data:`PROBNN_SURROGATE`: the reference ProbNN network on the chain's columns (``P``, ``ETA``,
+    ``nTracks``, ``hasRich``, the RICH DLLs, ``isMuon``, ``MuonMuLL``, ``MuonBkgLL``, ``hasCalo``,
+    ``CaloDLLe``; NaN or, for ``CaloDLLe``, anything outside the calorimeter acceptance = absent),
+    the muon acceptance from ETA, and E/p = :data:`SURROGATE_EOVERP` (1 where CaloDLLe > 0, else
+    0.31) inside the calorimeter acceptance. Deterministic; the same function on a calibration table
+    (:func:`prepare_training_table`) and in the chain."""
+    from mambah.reference.pid import MuonSystem
+    from mambah.reference.probnn import PROBNN_NAMES, load_probnn, probnn_features
+
+    f = lambda c: np.asarray(cols[c], dtype=float)  # noqa: E731
+    eta = f("ETA")
+    calo = f("hasCalo") > 0.5
+    dll = np.where(calo, np.nan_to_num(f("CaloDLLe"), nan=0.0), np.nan)
+    ep = np.where(calo, np.where(dll > 0, SURROGATE_EOVERP[0], SURROGATE_EOVERP[1]), np.nan)
+    resp = {"rich_dll_e": f("RichDLLe"), "rich_dll_mu": f("RichDLLmu"), "rich_dll_k": f("RichDLLk"),
+            "rich_dll_p": f("RichDLLp"), "is_muon": f("isMuon"), "muon_mu_ll": f("MuonMuLL"),
+            "muon_bkg_ll": f("MuonBkgLL"), "has_rich": f("hasRich"),
+            "in_muon_acceptance": MuonSystem().in_acceptance(eta).astype(float),
+            "in_calo_acceptance": calo.astype(float), "calo_e_over_p": ep, "calo_dll_e": dll}
+    v = load_probnn().probabilities32(probnn_features(f("P"), eta, f("nTracks"), resp))
+    return {f"Sur{lhcb}": v[:, j].astype(float) for j, lhcb in enumerate(PROBNN_NAMES.values())}
+
+
+def _logit(x) -> np.ndarray:
+    x = np.clip(np.asarray(x, dtype=float), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    return np.log(x) - np.log1p(-x)
+
+
+def probnn_deltas(table) -> dict[str, np.ndarray]:
+    """:data:`PROBNN_DELTAS` of a table with the ProbNN and surrogate columns."""
+    return {f"d{t}": (_logit(table[t]) - _logit(table[f"Sur{t}"])) for t in PROBNN_TARGETS}
+
+
+def probnn_from_deltas(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``ProbNNx = sigmoid(logit(SurProbNNx) + dProbNNx)`` (NaN where the delta is NaN)."""
+    return {t: 1.0 / (1.0 + np.exp(-(_logit(cols[f"Sur{t}"]) + cols[f"d{t}"]))) for t in PROBNN_TARGETS}
 
 
 def combine(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -438,6 +556,18 @@ class PidChain:
         # columns of each member lane that differ from the nominal's (the others share its arrays)
         varied: list[set[str]] = [set() for _ in lanes]
         for step, m in zip(self.steps, self.models):
+            needs = (*m.conditions, *(f"Sur{t[1:]}" for t in m.targets if t in PROBNN_DELTAS))
+            derived = [(names, fn) for names, fn in ((COMBINED, combine), (PROBNN_SURROGATE, surrogate_probnn))
+                       if any(c in names and c not in cols for c in needs)]
+            for names, fn in derived:  # e.g. the probnn step
+                for k, lane in enumerate(lanes):
+                    lane.update(fn(lane))
+                    if k:  # a member lane's derived columns vary where their parts do
+                        for c in names:
+                            if np.array_equal(lane[c], cols[c], equal_nan=True):
+                                lane[c] = cols[c]
+                            else:
+                                varied[k].add(c)
             has_members = bool(n_var and getattr(m, "n_members", 0))
             deps = set(m.conditions) | ({step.applies} if step.applies is not None else set())
             own = [k for k in range(1, n_var + 1) if deps & varied[k]]  # lanes with conditions of their own
@@ -480,7 +610,7 @@ class PidChain:
         out = []
         for lane in lanes:
             lane.update(combine(lane))
-            out.append({c: lane[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *extra) if c in lane})
+            out.append({c: lane[c].astype(np.float32) for c in (*CHAIN_OUTPUTS, *PROBNN_OUTPUTS, *extra) if c in lane})
         return out
 
     @staticmethod
@@ -503,6 +633,9 @@ class PidChain:
             # the selected rows' conditions, stacked once (not all rows stacked, then selected)
             every = sel.all()
             cs = np.column_stack([cols[k] if every else cols[k][sel] for k in m.conditions])
+            absent = [j for j, k in enumerate(m.conditions) if k in ABSENT_AS_ZERO]
+            if absent:  # (a copy: column_stack never shares the chain's arrays)
+                cs[:, absent] = np.nan_to_num(cs[:, absent], nan=0.0)
             # the models warn themselves unless the caller takes the counts, which the compiled
             # graphs count in the same pass (no second pass over the conditions)
             sink: list | None = [] if counts is not None or quiet else None
@@ -529,7 +662,8 @@ class PidChain:
         earlier step or another member lane may share)."""
         for j, t in enumerate(m.targets):
             v = out[:, j]
-            cols[t] = (v > 0.5).astype(float) if t in FLAGS else v.copy()
+            cols[t] = (v > 0.5).astype(float) if t in FLAGS else \
+                np.clip(v, 0.0, 1.0) if t in PROBNN_OUTPUTS else v.copy()
         if "hasRich" in m.targets and {"RichAcc1", "RichAcc2"} <= set(cols):
             # outside the angular acceptance of every radiator there is no RICH information: the
             # classifier's smooth probability put it on 2.5-9% of those tracks (~1% of all tracks)
@@ -544,6 +678,14 @@ class PidChain:
         for t, (base, diff) in DERIVED.items():
             if diff in cols and base in cols:
                 cols[t] = (cols[base].astype(np.float32) + cols[diff].astype(np.float32)).astype(float)
+        if PROBNN_DELTAS[0] in m.targets:  # a residual probnn step
+            # where E/p is no input of the classifier (outside the calorimeter acceptance) the surrogate is
+            # the classifier itself: d = 0 exactly (also where the step does not apply, e.g. trained on
+            # --selection "hasCalo == 1")
+            keep = sel & (cols["hasCalo"] > 0.5) if "hasCalo" in cols else sel
+            for t in PROBNN_DELTAS:
+                cols[t] = np.where(keep, cols[t], 0.0)
+            cols.update(probnn_from_deltas(cols))
 
     def _match_ties(self, cols: dict[str, np.ndarray], sel: np.ndarray) -> None:
         """Rows flagged by the ``tie`` step get ``RichDLLpK = 0`` (``RichDLLp == RichDLLk`` exactly).
@@ -671,12 +813,26 @@ def build_chain(species: str, steps: list[ChainStep] | None = None,
         if step.applies is not None and step.applies not in produced:
             raise ConfigurationError(f"PID chain of {species!r}: step {step.role!r} applies where {step.applies!r} "
                                      f"is 1, but no earlier step produces it (available: {sorted(produced)})")
-        unknown = [t for t in m.targets if t not in CHAIN_OUTPUTS and t not in INTERMEDIATE]
+        unknown = [t for t in m.targets if t not in CHAIN_OUTPUTS and t not in INTERMEDIATE and t not in PROBNN_OUTPUTS]
         if unknown:
             raise ConfigurationError(f"PID chain of {species!r}: model {m.card.get('name', path.name)!r} produces "
-                                     f"unknown column(s) {unknown}; known: {list(CHAIN_OUTPUTS) + list(INTERMEDIATE)}")
+                                     f"unknown column(s) {unknown}; known: "
+                                     f"{list(CHAIN_OUTPUTS) + list(INTERMEDIATE) + list(PROBNN_OUTPUTS)}")
+        deltas = [t for t in m.targets if t in PROBNN_DELTAS]
+        if deltas and not (set(PROBNN_DELTAS) <= set(m.targets) and set(PROBNN_SURROGATE) <= produced | (
+                set(PROBNN_SURROGATE) if _SURROGATE_NEEDS <= produced else set())):
+            raise ConfigurationError(
+                f"PID chain of {species!r}: model {m.card.get('name', path.name)!r} (step {step.role!r}) produces "
+                f"{deltas}: a residual ProbNN step needs all of {list(PROBNN_DELTAS)} as targets and the earlier steps "
+                f"to produce {sorted(_SURROGATE_NEEDS)} (for the surrogate ProbNN)")
         produced |= set(m.targets)
         produced |= {t for t, (base, diff) in DERIVED.items() if base in produced and diff in produced}
+        if deltas:
+            produced |= set(PROBNN_TARGETS)
+        if _COMBINE_NEEDS <= produced:  # the combined DLLs can be formed for the next steps
+            produced |= set(COMBINED)
+        if _SURROGATE_NEEDS <= produced:
+            produced |= set(PROBNN_SURROGATE)
         models.append(m)
         paths.append(path)
     need = {"isMuon", "MuonMuLL", "MuonBkgLL", "RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp", "CaloDLLe"}

@@ -10,6 +10,11 @@ acceptance, muon likelihoods of non-IsMuon tracks). Tracks of species without a 
 deuterons) keep NaN, with one logged warning per process (:func:`mambah.simulation.standard_pipeline`
 refuses such descriptors when it builds the chain). Randomness from ``batch.rng(name)``.
 
+**ProbNN** (issue 24): the tracks of a species whose models directory has ``pid-<s>-probnn`` also
+get ``probnn_e, probnn_mu, probnn_pi, probnn_k, probnn_p, probnn_ghost`` (:data:`mambah.physics.columns.PROBNN_COLUMNS`,
+ntuple ``X_ProbNNe`` ...), drawn by the chain's last step from the kinematics and the PID already
+drawn; NaN for the other tracks. They are not part of the ``pid_variations`` table.
+
 Conditions outside a model's training range are clamped to the range edges. The stage reports
 them once per production and model, not once per step and batch as the models themselves would:
 the chains return each step's counts as data (:meth:`PidChain.generate_columns
@@ -168,7 +173,7 @@ class PID:
         return out
 
     def __call__(self, batch):
-        from mambah.pid.chain import CHAIN_OUTPUTS
+        from mambah.pid.chain import CHAIN_OUTPUTS, PROBNN_OUTPUTS
 
         require_tables(batch, self.name, ("mc_particles", "events"))
         if "particles" not in batch:
@@ -191,7 +196,7 @@ class PID:
             raise ConfigurationError(f"stage {self.name!r}: some tracks belong to events missing from the events table")
         ntr = ev["n_tracks"].to_numpy(np.float64)[erow]
         charge = parts["charge"].to_numpy(np.float64)[track]
-        out = {c: np.full(len(parts), np.nan, np.float32) for c in CHAIN_OUTPUTS.values()}
+        out = {c: np.full(len(parts), np.nan, np.float32) for c in (*CHAIN_OUTPUTS.values(), *PROBNN_OUTPUTS.values())}
         # one independent stream per species (drawn in a fixed order), so that the species can run
         # concurrently (numpy and TensorFlow release the GIL) and the result does not depend on it
         seeds = batch.rng(self.name).integers(0, 2**63 - 1, size=len(self.species))
@@ -233,6 +238,9 @@ class PID:
         for (s, sel, _), (gen, _, _) in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
                 out[store_col][track[sel]] = gen[col]
+            for col, store_col in PROBNN_OUTPUTS.items():  # chains with a probnn step (NaN elsewhere)
+                if col in gen:
+                    out[store_col][track[sel]] = gen[col]
         if plan is not None:
             batch["pid_variations"] = self._variations_table(batch.id, parts["index"].to_numpy(), track, todo, results,
                                                              plan["members"])

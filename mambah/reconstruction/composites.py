@@ -63,7 +63,7 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError
 from mambah.physics import TRACKABLE_PIDS, particle_mass, pdg_charge
-from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, vertexing_defaults
+from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, probnn_defaults, vertexing_defaults
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 from mambah.reconstruction.hypotheses import MassHypothesis, as_hypotheses
 from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
@@ -320,6 +320,7 @@ class Composites:
                 comp[c] = np.full(m, np.nan, dtype=dt)
             comp.update(vertexing_defaults("particles", m))
             comp.update(brem_defaults("particles", m))
+            comp.update(probnn_defaults("particles", m))  # ProbNN: NaN until the PID stage draws it
             comp_frames.append(pd.DataFrame(comp))
             vrow = rows_by_index(vt, dv[slot], "mc_particles.decay_vertex values of decaying nodes")
             vert_frames.append(pd.DataFrame({

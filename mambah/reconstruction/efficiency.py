@@ -48,7 +48,7 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError
 from mambah.physics import SPECIES, pdg_charge, pdg_mass, species_index
-from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, vertexing_defaults
+from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, probnn_defaults, vertexing_defaults
 from mambah.reconstruction._common import REFERENCE, OneModelStage, as_config, require_tables, rows_by_index
 from mambah.reconstruction.acceptance import TYPE_CODES, TrackAcceptance
 
@@ -235,6 +235,7 @@ def track_rows(batch_id: int, mc: pd.DataFrame, rows: np.ndarray) -> pd.DataFram
         data[c] = np.full(n, np.nan, dtype=dt)
     data.update(vertexing_defaults("particles", n))
     data.update(brem_defaults("particles", n))
+    data.update(probnn_defaults("particles", n))  # ProbNN: NaN until the PID stage draws it
     df = pd.DataFrame(data)
     return df[list(COLUMNS["particles"])]
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError
-from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, vertexing_defaults
+from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, probnn_defaults, vertexing_defaults
 from mambah.reconstruction._common import require_tables, rows_by_index
 
 __all__ = ["Neutrals", "NEUTRAL_MODELS", "DEFAULT_PHOTON_MODEL", "PHOTON_PID"]
@@ -185,6 +185,7 @@ class Neutrals:
             data[c] = np.full(m, np.nan, dtype=dt)
         data.update(vertexing_defaults("particles", m))  # photons: no track state, no vertex fit
         data.update(brem_defaults("particles", m))  # not a track: no brem flag
+        data.update(probnn_defaults("particles", m))  # ProbNN: NaN until the PID stage draws it
         rows = pd.DataFrame(data)[list(COLUMNS["particles"])]
         batch["particles"] = pd.concat([parts, rows], ignore_index=True) if len(parts) else rows
         for c, d in COLUMNS["particles"].items():

@@ -40,7 +40,9 @@ Model (documented choices of this reference detector, not LHCb measurements):
 Columns: the mass column, ``P``, ``PT`` [MeV/c], ``ETA``, ``nTracks``, ``charge``, ``RichDLLe``,
 ``RichDLLmu``, ``RichDLLk``, ``RichDLLp``, ``isMuon`` (0/1), ``MuonMuLL``, ``MuonBkgLL``, ``PIDe``,
 ``PIDmu``, ``PIDK``, ``PIDp``, ``hasRich``, ``InMuonAcc``, ``EcalEoverP``, ``EcalPIDe`` (the
-calorimeter's electron DLL, LHCb's ProtoParticle ``EcalPIDe``), ``TRUEID`` (signed PDG id),
+calorimeter's electron DLL, LHCb's ProtoParticle ``EcalPIDe``), ``ProbNNe``, ``ProbNNmu``,
+``ProbNNpi``, ``ProbNNk``, ``ProbNNp``, ``ProbNNghost`` (the reference ProbNN,
+:mod:`mambah.reference.probnn`), ``TRUEID`` (signed PDG id),
 ``is_signal``. NaN marks absent information (see :mod:`mambah.reference.pid`).
 :data:`LHCB_NAMES` maps them to the store's quantities.
 """
@@ -86,6 +88,8 @@ log = logging.getLogger(__name__)
 #: the column map (:data:`mambah.physics.COLUMN_MAP`).
 LHCB_NAMES: dict[str, str] = lhcb_names((
     *PID_COLUMNS, "has_rich", "in_muon_acceptance", "calo_e_over_p", "calo_dll_e",
+    # the reference ProbNN (mambah.reference.probnn; issue 24)
+    "probnn_e", "probnn_mu", "probnn_pi", "probnn_k", "probnn_p", "probnn_ghost",
 ))
 #: Condition columns of the samples -> quantity (model cards' ``quantity``).
 CONDITIONS: dict[str, str] = {name: store_name(name) for name in CONDITION_NAMES}

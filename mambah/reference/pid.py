@@ -715,7 +715,8 @@ class ReferencePID:
 
         return {"radiators": [conv(r) for r in self.radiators], "muon": conv(self.muon), "calo": conv(self.calo)}
 
-    def __call__(self, p, eta, species, charge, n_tracks, rng: SeedLike = None) -> pd.DataFrame:
+    def __call__(self, p, eta, species, charge, n_tracks, rng: SeedLike = None,
+                 with_probnn: bool = True) -> pd.DataFrame:
         rng = get_rng(rng)
         p, eta, n_tracks, charge = (np.asarray(a, dtype=float) for a in (p, eta, n_tracks, charge))
         n = len(p)
@@ -755,11 +756,17 @@ class ReferencePID:
             "calo_e_over_p": cal["calo_e_over_p"],
             "calo_dll_e": cal["calo_dll_e"],
         })
-        return out[list(PID_COLUMNS) + list(FLAG_COLUMNS)]
+        out = out[list(PID_COLUMNS) + list(FLAG_COLUMNS)]
+        if with_probnn:  # a fixed network of the response: no random numbers drawn
+            from mambah.reference.probnn import load_probnn
+
+            nn = load_probnn()(p, eta, n_tracks, out)
+            out = pd.concat([out, nn.set_index(out.index)], axis=1)
+        return out
 
 
 def reference_pid(p, eta, species, charge, n_tracks, rng: SeedLike = None,
-                  detector: ReferencePID | None = None) -> pd.DataFrame:
+                  detector: ReferencePID | None = None, with_probnn: bool = True) -> pd.DataFrame:
     """PID variables of tracks from the reference detector.
 
     Args:
@@ -774,10 +781,13 @@ def reference_pid(p, eta, species, charge, n_tracks, rng: SeedLike = None,
         (``rich_dll_e``, ``rich_dll_mu``, ``rich_dll_k``, ``rich_dll_p``, ``is_muon``,
         ``muon_mu_ll``, ``muon_bkg_ll``, ``pid_e``, ``pid_mu``, ``pid_k``, ``pid_p``) followed by
         :data:`FLAG_COLUMNS` (``has_rich``, ``in_muon_acceptance``, ``in_calo_acceptance``,
-        ``calo_e_over_p``, ``calo_dll_e``). NaN marks information that does not exist (see the
-        module docstring).
+        ``calo_e_over_p``, ``calo_dll_e``), then with ``with_probnn`` (default) the reference ProbNN
+        outputs ``probnn_e``, ``probnn_mu``, ``probnn_pi``, ``probnn_k``, ``probnn_p``,
+        ``probnn_ghost`` (:mod:`mambah.reference.probnn`: a fixed network of the other columns, P, ETA
+        and nTracks; it draws no random number, so the other columns do not depend on it). NaN
+        marks information that does not exist (see the module docstring).
     """
-    return (detector or ReferencePID())(p, eta, species, charge, n_tracks, rng)
+    return (detector or ReferencePID())(p, eta, species, charge, n_tracks, rng, with_probnn=with_probnn)
 
 
 def lhcb_sentinels(df: pd.DataFrame, value: float = -1000.0) -> pd.DataFrame:
@@ -821,7 +831,9 @@ class ReferencePIDStage:
         resp = self.detector(p[track], eta[track], apid[track], parts["charge"].to_numpy()[track],
                              ntr[pos[track]], batch.rng(self.name))
         out = parts.copy()
-        for c, dt in PID_COLUMNS.items():
+        # the reference ProbNN too (where the table has its columns: the batch's column contract)
+        probnn = [c for c in resp.columns if c.startswith("probnn_") and c in parts.columns]
+        for c, dt in (*PID_COLUMNS.items(), *((c, "float32") for c in probnn)):
             col = np.full(len(parts), np.nan, dtype=dt)
             col[track] = resp[c].to_numpy(dtype=dt)
             out[c] = col

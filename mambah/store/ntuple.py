@@ -52,6 +52,10 @@ brem (a production made with ``mambah simulate --brem reference``, :mod:`mambah.
     batch was made without the stage). Without the stage in any selected batch: no such branch. In a
     cocktail ntuple, whose channels may put other species on a node, every track gets it (0 for a
     track that is not an electron).
+ProbNN (issue 24: chains with a ``probnn`` step, :mod:`mambah.pid.chain`)
+    every track gets ``X_ProbNNe``, ``X_ProbNNmu``, ``X_ProbNNpi``, ``X_ProbNNk``, ``X_ProbNNp``,
+    ``X_ProbNNghost`` (float32, NaN where its species' chain has no ProbNN step) when any track of
+    the selected batches has them; otherwise no such branches.
 PID variations (a production made with ``mambah simulate --pid-variations``, K ensemble members)
     every PID branch of a track once more per member k = 1..K: ``X_<PID>_var<k>`` (``K_PIDK_var1``,
     ``p_RichDLLp_var3`` ...; the naming of ``mambah generate --variations``), from the
@@ -85,7 +89,7 @@ import pandas as pd
 from mambah.errors import ConfigurationError, MambahError, StoreError
 from mambah.physics import eta as pseudorapidity
 from mambah.physics import SPECIES_PDG, pdg_mass
-from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, lhcb_name, lhcb_names
+from mambah.physics.columns import COLUMN_MAP, PID_COLUMNS, PROBNN_COLUMNS, lhcb_name, lhcb_names
 
 __all__ = ["default_prefix", "default_prefixes", "candidate_ntuple", "iter_candidates", "export_ntuple",
            "PID_BRANCHES"]
@@ -467,6 +471,10 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
     # the Bremsstrahlung stage's flag, only where it ran (-1: no track in that event, or a batch without it)
     brem_on = "has_brem_added" in par.columns and bool((par["has_brem_added"].to_numpy() >= 0).any())
     brem_g = rgrid("has_brem_added", np.int8, -1) if brem_on else None
+    # ProbNN (issue 24), only where a chain drew it (NaN: a track whose chain has no probnn step)
+    probnn_cols = [c for c in PROBNN_COLUMNS["particles"] if c in par.columns]
+    probnn_on = bool(probnn_cols) and bool(np.isfinite(par[probnn_cols[0]].to_numpy()).any())
+    probnn_g = {c: rgrid(c, np.float32) for c in probnn_cols} if probnn_on else {}
     vert = store.read("vertices", columns=vcols, batches=ids_arr.tolist())
     vk = np.searchsorted(ids_arr, vert["batch"].to_numpy()).astype(np.int64) << 32 | vert["index"].to_numpy().astype(np.int64)
     vorder = np.argsort(vk, kind="stable")
@@ -552,6 +560,8 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
             # a cocktail's channels share nodes across species (e+ e- beside mu+ mu-): every track then
             if brem_on and (cocktail or abs(int(nd["pid"])) == SPECIES_PDG["e"]):
                 out[f"{X}_{lhcb_name('has_brem_added')}"] = brem_g[k]
+            for col, g in probnn_g.items():
+                out[f"{X}_{lhcb_name(col)}"] = g[k]
         elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
             out[f"{X}_ID"] = rid[k]

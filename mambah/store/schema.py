@@ -73,12 +73,14 @@ __all__ = ["SCHEMA_VERSION", "UPGRADABLE", "UPGRADE_COLUMNS", "COLUMNS", "DATA_T
 #: before it was added): ``particles.has_brem_added`` (the opt-in Bremsstrahlung stage's
 #: ``HASBREMADDED``, ``physics.columns.BREM_COLUMNS``), -1 ("not computed") in the rows of a
 #: version-3 store and wherever the stage did not run.
-#: Version 5 (issue 23, fitted PVs with pile-up): ``events.n_pvs`` and ``events.ownpv_ntracks`` (the
-#: Vertexing stage's PV count and own-PV track count), -1 ("not computed") in the rows of an older
-#: store and wherever the stage did not run; a version-3 or -4 store is upgraded in place.
+#: Version 5 (issues 23 and 24): ``events.n_pvs`` and ``events.ownpv_ntracks`` (the Vertexing stage's
+#: fitted PVs with pile-up: PV count and own-PV track count), -1 ("not computed"), and
+#: ``particles.probnn_e ... probnn_ghost`` (``physics.columns.PROBNN_COLUMNS``, the PID chain's
+#: optional ProbNN step), NaN, in the rows of an older store and wherever they were not computed; a
+#: version-3 or -4 store is upgraded in place.
 SCHEMA_VERSION = 5
 
-from mambah.physics.columns import BREM_COLUMNS, VERTEXING_COLUMNS  # noqa: E402
+from mambah.physics.columns import BREM_COLUMNS, PROBNN_COLUMNS, VERTEXING_COLUMNS  # noqa: E402
 
 #: Versions a store can be upgraded from by adding the tables that are new since then.
 UPGRADABLE = {3: ("pid_variations",), 4: ()}
@@ -89,9 +91,12 @@ UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
                          for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items())
                          for c, (_, fill) in cols.items()))}
 
-#: From version 4: the Vertexing stage's PV count and own-PV track count (issue 23), -1 in old rows. An
-#: upgrade from version v adds the tables and columns of every version from v on.
-UPGRADE_COLUMNS[4] = (("events", "n_pvs", -1), ("events", "ownpv_ntracks", -1))
+#: From version 4: the Vertexing stage's PV count and own-PV track count (issue 23), -1 in old rows, and
+#: the ProbNN columns (issue 24), NULL (NaN). An upgrade from version v adds the tables and columns of
+#: every version from v on.
+UPGRADE_COLUMNS[4] = (("events", "n_pvs", -1), ("events", "ownpv_ntracks", -1),
+                      *((t, c, None if fill != fill else int(fill))
+                        for t, cols in PROBNN_COLUMNS.items() for c, (_, fill) in cols.items()))
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -216,6 +221,13 @@ class Particle(Base):
     mcorr: Mapped[float] = _f64()
     # the Bremsstrahlung stage's HASBREMADDED (BREM_COLUMNS; -1 without the stage)
     has_brem_added: Mapped[int] = mapped_column(SmallInteger)
+    # the global PID classifier's outputs (PROBNN_COLUMNS; NaN where not computed)
+    probnn_e: Mapped[float] = _f32()
+    probnn_mu: Mapped[float] = _f32()
+    probnn_pi: Mapped[float] = _f32()
+    probnn_k: Mapped[float] = _f32()
+    probnn_p: Mapped[float] = _f32()
+    probnn_ghost: Mapped[float] = _f32()
 
 
 class Vertex(Base):

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mambah.pid.chain import CHAIN_INPUTS, CHAIN_OUTPUTS
+from mambah.pid.chain import CHAIN_INPUTS, CHAIN_OUTPUTS, PROBNN_TARGETS
 from mambah.validation.bdt import bdt_ks_score
-from mambah.validation.cuts import CHAIN_CUTS, Cut
+from mambah.validation.cuts import CHAIN_CUTS, Cut, parse_cut
 from mambah.validation.efficiency import efficiency_in_bins
 
-__all__ = ["chain_closure", "closure", "CUTS", "P_BINS", "PRECISE_ERROR", "MIN_ROWS"]
+__all__ = ["chain_closure", "closure", "CUTS", "P_BINS", "PRECISE_ERROR", "MIN_ROWS", "probnn_closure", "PROBNN_CUTS"]
 
 #: Typical requirements checked by :func:`chain_closure` (label -> cut on the chain's outputs).
 CUTS: dict[str, Cut] = CHAIN_CUTS
@@ -67,8 +67,14 @@ def chain_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3)
         warnings.simplefilter("ignore")
         score = bdt_ks_score(ref.fillna(-1000.0), g.fillna(-1000.0), cols, seed=seed, n_repeats=n_repeats,
                              paired=True)
+    return {"species": chain.species, "n": int(len(truth)), "bdt_ks": float(score.bdt_ks),
+            "bdt_ks_std": float(score.bdt_ks_std), "auc": float(score.auc), "efficiency": _efficiencies(ref, g, CUTS)}
+
+
+def _efficiencies(ref: pd.DataFrame, g: pd.DataFrame, cuts: dict[str, Cut]) -> dict[str, Any]:
+    """Per cut: the efficiencies in :data:`P_BINS` (bins with >= :data:`MIN_ROWS` truth rows) and the summaries."""
     eff: dict[str, Any] = {}
-    for name, cut in CUTS.items():
+    for name, cut in cuts.items():
         tab = efficiency_in_bins(ref, g, cut, bins={"P": P_BINS})
         rows = []
         for i, r in enumerate(tab.itertuples(index=False)):
@@ -84,8 +90,83 @@ def chain_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3)
                      "max_abs_diff_precise": max(precise, default=float("nan")),
                      "max_pull": max((abs(r["diff"]) / r["stat_error"] for r in rows if r["stat_error"] > 0),
                                      default=float("nan"))}
-    return {"species": chain.species, "n": int(len(truth)), "bdt_ks": float(score.bdt_ks),
-            "bdt_ks_std": float(score.bdt_ks_std), "auc": float(score.auc), "efficiency": eff}
+    return eff
+
+
+#: The ProbNN requirements of :func:`probnn_closure` (issue 24: ProbNNk > 0.5 and ProbNNp > 0.5 within 2%
+#: in every p bin; the other species' for information).
+PROBNN_CUTS: dict[str, Cut] = {c: parse_cut(c) for c in ("ProbNNk > 0.5", "ProbNNp > 0.5", "ProbNNpi > 0.5",
+                                                          "ProbNNe > 0.5", "ProbNNmu > 0.5", "ProbNNghost > 0.5")}
+
+
+def _probnn_given_truth(chain, truth: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """The chain's last (probnn) step alone, on the truth's own flags and DLLs (its conditions from
+    :func:`mambah.pid.chain.prepare_training_table` of the truth): the step's own closure, without the
+    earlier steps' differences."""
+    from mambah.pid.chain import PROBNN_DELTAS, prepare_training_table, probnn_from_deltas
+
+    m, step = chain.models[-1], chain.steps[-1]
+    t = prepare_training_table(truth)
+    cols = {c: t[c].to_numpy(dtype=float) for c in t.columns if t[c].dtype.kind in "fiub"}
+    sel = np.ones(len(t), bool) if step.applies is None else cols[step.applies] > 0.5
+    cs = np.column_stack([np.nan_to_num(cols[c][sel], nan=0.0) if c == "CaloDLLe" else cols[c][sel] for c in m.conditions])
+    out = np.full((len(t), len(m.targets)), np.nan)
+    out[sel] = m.generate_array(cs, rng)
+    gen = {tname: out[:, j] for j, tname in enumerate(m.targets)}
+    if PROBNN_DELTAS[0] in m.targets:
+        keep = sel & (cols["hasCalo"] > 0.5)
+        for d in PROBNN_DELTAS:
+            cols[d] = np.where(keep, gen[d], 0.0)
+        gen = probnn_from_deltas(cols)
+    return pd.DataFrame({c: np.clip(gen[c], 0.0, 1.0) for c in PROBNN_TARGETS})
+
+
+def probnn_closure(chain, truth: pd.DataFrame, seed: int = 0, n_repeats: int = 3,
+                   given_truth: bool = False) -> dict[str, Any]:
+    """The closure of a chain's ``probnn`` step against the reference detector's ProbNN (issue 24).
+
+    The chain generates every output for the truth rows' P, ETA, nTracks, charge (its ProbNN from the
+    DLLs *it* drew, as in a production). Scores:
+
+    * ``bdt_ks``: :func:`mambah.validation.bdt_ks_score` over the conditions and the six ProbNN
+      outputs (paired twins, as :func:`chain_closure`);
+    * ``bdt_ks_all``: the same over the conditions, the eleven PID outputs and the six ProbNN
+      (the whole chain; NaN -> -1000 on both sides);
+    * ``efficiency``: per cut of :data:`PROBNN_CUTS`, as in :func:`chain_closure`.
+
+    ``given_truth``: the probnn step alone on the truth's own flags and DLLs (the step's closure
+    without the earlier steps' differences; ``bdt_ks_all`` then compares the truth's DLLs with
+    themselves beside the ProbNN).
+
+    Raises:
+        ValueError: the chain has no ProbNN step or the truth lacks the ProbNN columns.
+    """
+    missing = [c for c in PROBNN_TARGETS if c not in truth]
+    if missing:
+        raise ValueError(f"the truth sample lacks the ProbNN column(s) {missing}")
+    rng = np.random.default_rng([seed, 7321])
+    if chain.steps[-1].role != "probnn":
+        raise ValueError(f"the PID chain of {chain.species!r} has no probnn step")
+    if given_truth:
+        gen = truth[list(CHAIN_OUTPUTS)].reset_index(drop=True).join(_probnn_given_truth(chain, truth, rng))
+    else:
+        gen = chain.generate(truth, rng)
+    ref = truth[list(CHAIN_INPUTS)].astype(float).reset_index(drop=True)
+    g = ref.copy()
+    for c in (*CHAIN_OUTPUTS, *PROBNN_TARGETS):
+        ref[c] = truth[c].to_numpy(dtype=float)
+        g[c] = gen[c].to_numpy(dtype=float)
+    out: dict[str, Any] = {"species": chain.species, "n": int(len(truth))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, cols in (("", list(CHAIN_INPUTS) + list(PROBNN_TARGETS)),
+                          ("_all", list(CHAIN_INPUTS) + list(CHAIN_OUTPUTS) + list(PROBNN_TARGETS))):
+            score = bdt_ks_score(ref[cols].fillna(-1000.0), g[cols].fillna(-1000.0), cols, seed=seed,
+                                 n_repeats=n_repeats, paired=True)
+            out[f"bdt_ks{key}"], out[f"bdt_ks{key}_std"] = float(score.bdt_ks), float(score.bdt_ks_std)
+            out[f"auc{key}"] = float(score.auc)
+    out["efficiency"] = _efficiencies(ref, g, PROBNN_CUTS)
+    return out
 
 
 #: The name under which ``mambah.pid.chain`` offered it.
