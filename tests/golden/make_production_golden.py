@@ -14,7 +14,12 @@ at their "not computed" value in this production); every pre-existing column was
 previous file: integer columns identical, floating-point ones within the golden test's tolerance
 (their last bits follow the CPU's vector units, see tests/test_production_golden.py). Remade for
 ``particles.has_brem_added`` (issue 25's opt-in Bremsstrahlung stage; -1, "not computed", here):
-every one of the 88 pre-existing columns was bit-identical to the previous file.
+every one of the 88 pre-existing columns was bit-identical to the previous file. Remade for schema 5
+and issue 23's explicit acceptance with the 4-class efficiency ``efficiency-ref-v2`` as the default
+(30 of 6300 ``mc_particles.reconstructed`` flags differ, so ``particles`` and ``vertices`` gain rows;
+``particles.track_type`` is now the drawn type, 3 = long), the Vertexing stage's ``events.n_pvs`` and
+``events.ownpv_ntracks`` (-1 here) and issue 24's ``particles.probnn_*`` (the shipped ProbNN steps):
+``events``, ``mc_vertices`` and every other ``mc_particles`` column were identical to the previous file.
 """
 
 from __future__ import annotations
