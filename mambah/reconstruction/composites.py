@@ -66,6 +66,7 @@ from mambah.physics import TRACKABLE_PIDS, particle_mass, pdg_charge
 from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, vertexing_defaults
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 from mambah.reconstruction.hypotheses import MassHypothesis, as_hypotheses
+from mambah.reconstruction.neutrals import PHOTON_PID, merged_pi0_nodes
 from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
 
 __all__ = ["Composites", "plan_composites"]
@@ -258,12 +259,26 @@ class Composites:
                 e[sel] = np.sqrt(px[sel] * px[sel] + py[sel] * py[sel] + pz[sel] * pz[sel] + mass * mass)
                 m_track[sel] = mass
         charge = parts["charge"].to_numpy(np.int64)
+        # merged pi0 (a Neutrals row linked to a pi0 -> gamma gamma node): where one exists it stands for
+        # the node's two photons in the candidates above it (they point at a zero row, index n_tracks)
+        merged = {}
+        if PHOTON_PID in self.neutrals:
+            merged = {p: c for p, c in merged_pi0_nodes(tree).items() if (track_row[p * n:(p + 1) * n] >= 0).any()}
+        sp, sq = (px, py, pz, e, e_true), charge  # the summed quantities, with the zero row if needed
+        if merged:
+            sp, sq = tuple(np.append(a, 0.0) for a in sp), np.append(charge, 0)
         built: dict[int, np.ndarray] = {}  # node -> composite row per event (-1 = not built)
         blocks = []
         offset = n_tracks
         ev_all = np.arange(n)
         for k in nodes:
             rows = track_row.reshape(len(tree), n)[plan["tracks"][k]]  # (n_tracks_k, n)
+            for p, (c1, c2) in merged.items():
+                if c1 in plan["tracks"][k] and c2 in plan["tracks"][k]:
+                    mrow = track_row[p * n:(p + 1) * n]
+                    has = mrow >= 0
+                    i1, i2 = plan["tracks"][k].index(c1), plan["tracks"][k].index(c2)
+                    rows[i1, has], rows[i2, has] = mrow[has], n_tracks
             ok = (rows >= 0).all(axis=0)
             evs = ev_all[ok]
             r = rows[:, ok]
@@ -271,11 +286,11 @@ class Composites:
             row_of[evs] = offset + np.arange(len(evs))
             built[k] = row_of
             offset += len(evs)
-            blocks.append((k, evs, px[r].sum(axis=0), py[r].sum(axis=0), pz[r].sum(axis=0), e[r].sum(axis=0),
-                           charge[r].sum(axis=0), e_true[r].sum(axis=0)))
+            blocks.append((k, evs, sp[0][r].sum(axis=0), sp[1][r].sum(axis=0), sp[2][r].sum(axis=0),
+                           sp[3][r].sum(axis=0), sq[r].sum(axis=0), sp[4][r].sum(axis=0)))
         # mothers: tracks and composites attach to their nearest built ancestor
         mother = np.full(n_tracks, -1, dtype=np.int64)
-        for j in plan["track_nodes"]:
+        for j in [*plan["track_nodes"], *merged]:
             a = plan["attach"][j]
             if a >= 0:
                 sel = track_node == j
@@ -301,6 +316,10 @@ class Composites:
             cm = np.sqrt(np.maximum(ce * ce - p2, 0.0))
             cm_true = np.sqrt(np.maximum(ce_true * ce_true - p2, 0.0)) if swaps else cm
             rows = built[k][evs]
+            n_dau = np.full(m, plan["n_daughters"][k], dtype=np.int16)
+            for p, (c1, _) in merged.items():  # a merged pi0 is one daughter where its photons were two
+                if plan["attach"][c1] == k:
+                    n_dau -= (track_row[p * n + evs] >= 0).astype(np.int16)
             comp = {
                 "batch": np.full(m, batch.id, dtype=np.int64),
                 "index": rows.astype(np.int32),
@@ -333,7 +352,7 @@ class Composites:
                 "z": (vt["z"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_z, m)).astype(np.float32),
                 "m": cm.astype(np.float64),
                 "m_truehyp": cm_true.astype(np.float64),
-                "n_daughters": np.full(m, plan["n_daughters"][k], dtype=np.int16),
+                "n_daughters": n_dau,
                 "n_invisible": np.full(m, plan["n_invisible"][k], dtype=np.int16),
                 **vertexing_defaults("vertices", m),
             }))

@@ -562,6 +562,10 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
             for c in ("x", "y", "z"):
                 out[f"{X}_ENDVERTEX_{c.upper()}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
             out[f"{X}_NINVISIBLE"] = np.where(found, v_ninv[pos] if len(vk) else 0, neutrals_below(k)).astype(np.int16)
+            if abs(int(nd["pid"])) == 111 and len(children[k]) == 2 and all(tree[c].get("seen") for c in children[k]):
+                # pi0 -> gamma gamma of a Neutrals production, LHCb's TupleToolPi0Info "Type": 1 merged (its row),
+                # 2 resolved (both photons), 0 neither
+                out[f"{X}_Type"] = np.where(linked, 1, np.where(np.isfinite(s["e"]), 2, 0)).astype(np.int8)
             if vtx_on:
                 for c in ("chi2", "ndof"):
                     out[f"{X}_{lhcb_name(c)}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
