@@ -306,7 +306,27 @@ class Composites:
         mc_index = mc["index"].to_numpy()
         mc_pid = mc["pid"].to_numpy()
         dv = mc["decay_vertex"].to_numpy()
-        for k, evs, cpx, cpy, cpz, ce, cq, ce_true in blocks:
+        # vertex smearing: the candidates with a merged pi0 draw after all others, so that the others keep
+        # the numbers they have in a production without merged pi0 rows
+        sig = np.array([self.sigma_xy, self.sigma_xy, self.sigma_z])[:, None]
+        smear, late = [], []
+        for k, evs, *_ in blocks:
+            late_k = np.zeros(len(evs), dtype=bool)
+            for p, (c1, _) in merged.items():
+                if c1 in plan["tracks"][k]:
+                    late_k |= track_row[p * n + evs] >= 0
+            d = np.zeros((3, len(evs)))
+            mb = int((~late_k).sum())
+            if mb:
+                for i in range(3):
+                    d[i, ~late_k] = rng.normal(0.0, sig[i, 0], mb)
+            smear.append(d)
+            late.append(late_k)
+        for d, late_k in zip(smear, late):
+            if late_k.any():
+                for i in range(3):
+                    d[i, late_k] = rng.normal(0.0, sig[i, 0], int(late_k.sum()))
+        for (k, evs, cpx, cpy, cpz, ce, cq, ce_true), d in zip(blocks, smear):
             m = len(evs)
             if m == 0:
                 continue
@@ -347,9 +367,9 @@ class Composites:
                 "event": evs.astype(np.int32),
                 "particle": rows.astype(np.int32),
                 "mc_vertex": dv[slot].astype(np.int32),
-                "x": (vt["x"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_xy, m)).astype(np.float32),
-                "y": (vt["y"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_xy, m)).astype(np.float32),
-                "z": (vt["z"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_z, m)).astype(np.float32),
+                "x": (vt["x"].to_numpy(np.float64)[vrow] + d[0]).astype(np.float32),
+                "y": (vt["y"].to_numpy(np.float64)[vrow] + d[1]).astype(np.float32),
+                "z": (vt["z"].to_numpy(np.float64)[vrow] + d[2]).astype(np.float32),
                 "m": cm.astype(np.float64),
                 "m_truehyp": cm_true.astype(np.float64),
                 "n_daughters": n_dau,
