@@ -19,7 +19,11 @@ Rules, as an LHCb selection would build candidates:
 * stable neutral descendants that a stage reconstructs (photons from
   :class:`~mambah.reconstruction.neutrals.Neutrals`, declared with ``neutrals=(22,)``) are part
   of the candidates above them, like tracks (but they do not count towards the two tracks a
-  vertex needs);
+  vertex needs); a ``pi0 -> gamma gamma`` node with a merged-pi0 row of that stage (``pid`` 111,
+  :mod:`mambah.reconstruction.neutrals`) in an event stands for its two photons there: the
+  candidates above it are then built from that row (``n_daughters`` one less than with two
+  photons), and their vertex smearing is drawn after all others, so that the candidates with
+  resolved pi0 keep the numbers they have without merged rows;
 * a stable charged descendant that is not trackable (e.g. a Sigma+ left undecayed) makes the node
   unreconstructible;
 * a node is built in an event iff it has at least two charged tracks and all of them were

@@ -12,11 +12,21 @@ then include photons: ``B0 -> (K*(892)0 -> K+ pi-) gamma`` gets its B0 mass back
 The two photons of a ``pi0 -> gamma gamma`` decay go through
 :meth:`~mambah.reference.calorimeter.Calorimeter.pi0_response`: when they are resolved each
 reconstructed one is a row as above; when they *merge* into one cluster (high-pT pi0) neither
-photon gets a row, so the candidates above that pi0 are not built in that event, as in an
-analysis that reconstructs resolved pi0 only. The merged ones are counted in
-``batch.info["reconstruction"]["neutrals"]["merged_pi0"]`` (a merged-pi0 candidate is not
-built yet). It must run after the charged tracks exist (after ``Resolution``) and before
-``Composites``; the PID stage skips neutral rows.
+photon gets a row and, where the merged cluster is reconstructed, the pi0 gets **one row**, as
+LHCb's merged pi0: ``pid`` 111, ``charge`` 0, ``m`` the PDG pi0 mass
+(:func:`mambah.physics.particle_mass`), ``e = max(E_cluster, m)`` and
+``|p| = sqrt(e^2 - m^2)`` along the line from the pi0's origin (its decay point, the photons'
+origin) to the measured cluster position, ``mc_particle`` the pi0 (whose
+``mc_particles.reconstructed`` is set). These rows come after every photon row, and the stage's
+random numbers are those it drew before merged pi0 had rows, so the photons and everything built
+from resolved pi0 are unchanged bit for bit. :class:`~mambah.reconstruction.Composites` takes a
+pi0 from its two resolved photons or from its merged row; the ntuple's ``pi0_M`` is then the PDG
+mass and ``pi0_Type`` (LHCb's TupleToolPi0Info) tells 1 merged from 2 resolved (0: neither).
+``batch.info["reconstruction"]["neutrals"]`` counts ``pi0``, ``merged_pi0`` (merged clusters,
+reconstructed or lost), ``merged_pi0_candidates`` (rows built) and ``resolved_pi0_candidates``
+(pi0 with both photons reconstructed); ``reconstructed`` counts photon rows. It must run after
+the charged tracks exist (after ``Resolution``) and before ``Composites``; the PID stage skips
+neutral rows.
 
 ``model="model"`` (``--neutrals model``: the shipped :data:`DEFAULT_PHOTON_MODEL`) or the name or
 directory of a trained photon model (card kind ``"photon"``, :class:`mambah.nn.calo.PhotonModel`,
@@ -24,6 +34,11 @@ trained by ``mambah train photon`` on reference samples) replaces the reference 
 networks: the ECAL face of the model's card decides the acceptance (explicitly), the efficiency
 network whether an accepted photon is reconstructed, the pi0 network whether a pi0 is resolved or
 merged (merged or merged-and-lost), and the response network the cluster's energy and position.
+The response network was trained on single photons only (its card's training data), so it does not
+cover a merged cluster: a merged pi0 the pi0 network reconstructs (class "merged") gets one cluster
+of the photons' energy at their centre of energy on the card's ECAL face, smeared with the
+*reference* calorimeter's resolution (:meth:`~mambah.reference.calorimeter.Calorimeter.cluster_response`,
+the same formulas the reference uses for a merged cluster), drawn after all other numbers.
 The stage is opt-in (``standard_pipeline(..., neutrals="reference" | "model")``,
 ``mambah simulate --neutrals reference|model``); without it a descriptor with a photon is refused.
 """

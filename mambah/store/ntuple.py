@@ -29,6 +29,9 @@ composites (decaying nodes)
     (neutrinos; particles left invisible with ``mambah simulate --invisible``): ``X_M`` is a
     partial mass when it is > 0 (from the vertex row's ``n_invisible``, or, without a linked
     composite, counted in the decay tree; -1: unknown, a store written before schema version 4).
+    A ``pi0 -> gamma gamma`` of a production with a Neutrals stage (``--neutrals``) also gets
+    ``pi0_Type`` (int8, LHCb's TupleToolPi0Info): 1 merged (its kinematics from the merged-pi0 row,
+    ``pi0_M`` the PDG pi0 mass), 2 resolved (the sum of its two photons), 0 neither.
 mass hypotheses (a production with swaps, ``reconstruct_as``; see
 :mod:`mambah.reconstruction.hypotheses`)
     ``X_M`` is the mass as reconstructed, under the chosen hypotheses; the nodes it differs for
