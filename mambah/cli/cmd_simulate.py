@@ -59,8 +59,8 @@ def register(sub) -> None:
     p.add_argument("--neutrals", choices=("reference", "model"), default=None,
                    help="reconstruct final-state photons: 'reference' with the reference calorimeter, 'model' with the "
                         "shipped photon networks (models/photon-ref-v1, learned from it): they become particles and the "
-                        "candidates above them include them; resolved pi0 -> gamma gamma photons too (merged pi0 are "
-                        "not candidates yet)")
+                        "candidates above them include them; a pi0 -> gamma gamma as two resolved photons or, at high pT, "
+                        "one merged pi0 (a particles row with the PDG pi0 mass; ntuple pi0_Type 1 merged, 2 resolved)")
     p.add_argument("--vertexing", action="store_true",
                    help="add the Vertexing stage after the composites (opt-in, reference detector's track states): "
                         "decay-vertex fits and the variables a selection cuts on (IPCHI2_OWNPV, FDCHI2_OWNPV, "

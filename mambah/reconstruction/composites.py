@@ -19,7 +19,11 @@ Rules, as an LHCb selection would build candidates:
 * stable neutral descendants that a stage reconstructs (photons from
   :class:`~mambah.reconstruction.neutrals.Neutrals`, declared with ``neutrals=(22,)``) are part
   of the candidates above them, like tracks (but they do not count towards the two tracks a
-  vertex needs);
+  vertex needs); a ``pi0 -> gamma gamma`` node with a merged-pi0 row of that stage (``pid`` 111,
+  :mod:`mambah.reconstruction.neutrals`) in an event stands for its two photons there: the
+  candidates above it are then built from that row (``n_daughters`` one less than with two
+  photons), and their vertex smearing is drawn after all others, so that the candidates with
+  resolved pi0 keep the numbers they have without merged rows;
 * a stable charged descendant that is not trackable (e.g. a Sigma+ left undecayed) makes the node
   unreconstructible;
 * a node is built in an event iff it has at least two charged tracks and all of them were
@@ -66,6 +70,7 @@ from mambah.physics import TRACKABLE_PIDS, particle_mass, pdg_charge
 from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, probnn_defaults, vertexing_defaults
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 from mambah.reconstruction.hypotheses import MassHypothesis, as_hypotheses
+from mambah.reconstruction.neutrals import PHOTON_PID, merged_pi0_nodes
 from mambah.reconstruction.visibility import invisible_pids, unseen_nodes
 
 __all__ = ["Composites", "plan_composites"]
@@ -258,12 +263,26 @@ class Composites:
                 e[sel] = np.sqrt(px[sel] * px[sel] + py[sel] * py[sel] + pz[sel] * pz[sel] + mass * mass)
                 m_track[sel] = mass
         charge = parts["charge"].to_numpy(np.int64)
+        # merged pi0 (a Neutrals row linked to a pi0 -> gamma gamma node): where one exists it stands for
+        # the node's two photons in the candidates above it (they point at a zero row, index n_tracks)
+        merged = {}
+        if PHOTON_PID in self.neutrals:
+            merged = {p: c for p, c in merged_pi0_nodes(tree).items() if (track_row[p * n:(p + 1) * n] >= 0).any()}
+        sp, sq = (px, py, pz, e, e_true), charge  # the summed quantities, with the zero row if needed
+        if merged:
+            sp, sq = tuple(np.append(a, 0.0) for a in sp), np.append(charge, 0)
         built: dict[int, np.ndarray] = {}  # node -> composite row per event (-1 = not built)
         blocks = []
         offset = n_tracks
         ev_all = np.arange(n)
         for k in nodes:
             rows = track_row.reshape(len(tree), n)[plan["tracks"][k]]  # (n_tracks_k, n)
+            for p, (c1, c2) in merged.items():
+                if c1 in plan["tracks"][k] and c2 in plan["tracks"][k]:
+                    mrow = track_row[p * n:(p + 1) * n]
+                    has = mrow >= 0
+                    i1, i2 = plan["tracks"][k].index(c1), plan["tracks"][k].index(c2)
+                    rows[i1, has], rows[i2, has] = mrow[has], n_tracks
             ok = (rows >= 0).all(axis=0)
             evs = ev_all[ok]
             r = rows[:, ok]
@@ -271,11 +290,11 @@ class Composites:
             row_of[evs] = offset + np.arange(len(evs))
             built[k] = row_of
             offset += len(evs)
-            blocks.append((k, evs, px[r].sum(axis=0), py[r].sum(axis=0), pz[r].sum(axis=0), e[r].sum(axis=0),
-                           charge[r].sum(axis=0), e_true[r].sum(axis=0)))
+            blocks.append((k, evs, sp[0][r].sum(axis=0), sp[1][r].sum(axis=0), sp[2][r].sum(axis=0),
+                           sp[3][r].sum(axis=0), sq[r].sum(axis=0), sp[4][r].sum(axis=0)))
         # mothers: tracks and composites attach to their nearest built ancestor
         mother = np.full(n_tracks, -1, dtype=np.int64)
-        for j in plan["track_nodes"]:
+        for j in [*plan["track_nodes"], *merged]:
             a = plan["attach"][j]
             if a >= 0:
                 sel = track_node == j
@@ -291,7 +310,27 @@ class Composites:
         mc_index = mc["index"].to_numpy()
         mc_pid = mc["pid"].to_numpy()
         dv = mc["decay_vertex"].to_numpy()
-        for k, evs, cpx, cpy, cpz, ce, cq, ce_true in blocks:
+        # vertex smearing: the candidates with a merged pi0 draw after all others, so that the others keep
+        # the numbers they have in a production without merged pi0 rows
+        sig = np.array([self.sigma_xy, self.sigma_xy, self.sigma_z])[:, None]
+        smear, late = [], []
+        for k, evs, *_ in blocks:
+            late_k = np.zeros(len(evs), dtype=bool)
+            for p, (c1, _) in merged.items():
+                if c1 in plan["tracks"][k]:
+                    late_k |= track_row[p * n + evs] >= 0
+            d = np.zeros((3, len(evs)))
+            mb = int((~late_k).sum())
+            if mb:
+                for i in range(3):
+                    d[i, ~late_k] = rng.normal(0.0, sig[i, 0], mb)
+            smear.append(d)
+            late.append(late_k)
+        for d, late_k in zip(smear, late):
+            if late_k.any():
+                for i in range(3):
+                    d[i, late_k] = rng.normal(0.0, sig[i, 0], int(late_k.sum()))
+        for (k, evs, cpx, cpy, cpz, ce, cq, ce_true), d in zip(blocks, smear):
             m = len(evs)
             if m == 0:
                 continue
@@ -301,6 +340,10 @@ class Composites:
             cm = np.sqrt(np.maximum(ce * ce - p2, 0.0))
             cm_true = np.sqrt(np.maximum(ce_true * ce_true - p2, 0.0)) if swaps else cm
             rows = built[k][evs]
+            n_dau = np.full(m, plan["n_daughters"][k], dtype=np.int16)
+            for p, (c1, _) in merged.items():  # a merged pi0 is one daughter where its photons were two
+                if plan["attach"][c1] == k:
+                    n_dau -= (track_row[p * n + evs] >= 0).astype(np.int16)
             comp = {
                 "batch": np.full(m, batch.id, dtype=np.int64),
                 "index": rows.astype(np.int32),
@@ -329,12 +372,12 @@ class Composites:
                 "event": evs.astype(np.int32),
                 "particle": rows.astype(np.int32),
                 "mc_vertex": dv[slot].astype(np.int32),
-                "x": (vt["x"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_xy, m)).astype(np.float32),
-                "y": (vt["y"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_xy, m)).astype(np.float32),
-                "z": (vt["z"].to_numpy(np.float64)[vrow] + rng.normal(0.0, self.sigma_z, m)).astype(np.float32),
+                "x": (vt["x"].to_numpy(np.float64)[vrow] + d[0]).astype(np.float32),
+                "y": (vt["y"].to_numpy(np.float64)[vrow] + d[1]).astype(np.float32),
+                "z": (vt["z"].to_numpy(np.float64)[vrow] + d[2]).astype(np.float32),
                 "m": cm.astype(np.float64),
                 "m_truehyp": cm_true.astype(np.float64),
-                "n_daughters": np.full(m, plan["n_daughters"][k], dtype=np.int16),
+                "n_daughters": n_dau,
                 "n_invisible": np.full(m, plan["n_invisible"][k], dtype=np.int16),
                 **vertexing_defaults("vertices", m),
             }))

@@ -203,6 +203,22 @@ class Calorimeter:
             u = (dx / norm, dy / norm, dz / norm)
         return e_reco, xr, yr, e_reco * u[0], e_reco * u[1], e_reco * u[2]
 
+    def cluster_response(self, e, xe, ye, x=0.0, y=0.0, z=0.0, *, seed: SeedLike = None) -> dict[str, np.ndarray]:
+        """Smear clusters of true energy ``e`` (MeV) centred at (xe, ye) on the ECAL face (mm) from
+        particles that left (x, y, z) (mm), with the resolution of the region they fall in (the same
+        formulas as a photon's and a merged pi0's cluster).
+
+        Returns:
+            ``{"e", "x", "y", "px", "py", "pz"}``: the measured energy and position, and the momentum
+            pointing from the origin to the measured position with |p| = E_reco (massless).
+        """
+        rng = get_rng(seed)
+        e = np.asarray(e, dtype=np.float64)
+        xe, ye = (np.broadcast_to(np.asarray(a, dtype=np.float64), e.shape) for a in (xe, ye))
+        x0, y0, z0 = (np.broadcast_to(np.asarray(a, dtype=np.float64), e.shape) for a in (x, y, z))
+        out = self._cluster(e, xe, ye, self.cell_size(xe, ye), x0, y0, z0, rng)
+        return dict(zip(("e", "x", "y", "px", "py", "pz"), out))
+
     def photon_response(self, px, py, pz, x=0.0, y=0.0, z=0.0, *, seed: SeedLike = None) -> dict[str, np.ndarray]:
         """The ECAL's answer to photons of momentum (px, py, pz) [MeV/c] from (x, y, z) [mm].
 

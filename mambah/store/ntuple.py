@@ -29,6 +29,9 @@ composites (decaying nodes)
     (neutrinos; particles left invisible with ``mambah simulate --invisible``): ``X_M`` is a
     partial mass when it is > 0 (from the vertex row's ``n_invisible``, or, without a linked
     composite, counted in the decay tree; -1: unknown, a store written before schema version 4).
+    A ``pi0 -> gamma gamma`` of a production with a Neutrals stage (``--neutrals``) also gets
+    ``pi0_Type`` (int8, LHCb's TupleToolPi0Info): 1 merged (its kinematics from the merged-pi0 row,
+    ``pi0_M`` the PDG pi0 mass), 2 resolved (the sum of its two photons), 0 neither.
 mass hypotheses (a production with swaps, ``reconstruct_as``; see
 :mod:`mambah.reconstruction.hypotheses`)
     ``X_M`` is the mass as reconstructed, under the chosen hypotheses; the nodes it differs for
@@ -581,6 +584,10 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
             for c in ("x", "y", "z"):
                 out[f"{X}_ENDVERTEX_{c.upper()}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
             out[f"{X}_NINVISIBLE"] = np.where(found, v_ninv[pos] if len(vk) else 0, neutrals_below(k)).astype(np.int16)
+            if abs(int(nd["pid"])) == 111 and len(children[k]) == 2 and all(tree[c].get("seen") for c in children[k]):
+                # pi0 -> gamma gamma of a Neutrals production, LHCb's TupleToolPi0Info "Type": 1 merged (its row),
+                # 2 resolved (both photons), 0 neither
+                out[f"{X}_Type"] = np.where(linked, 1, np.where(np.isfinite(s["e"]), 2, 0)).astype(np.int8)
             if vtx_on:
                 for c in ("chi2", "ndof"):
                     out[f"{X}_{lhcb_name(c)}"] = np.where(found, vvals[c][pos] if len(vk) else np.nan, np.nan)
