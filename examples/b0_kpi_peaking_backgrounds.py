@@ -179,7 +179,8 @@ def main(argv=None) -> dict:
             with warnings.catch_warnings():
                 # tracks beyond the PID models' training range are clamped; counted below instead
                 warnings.simplefilter("ignore", OutOfRangeWarning)
-                run_production(standard_pipeline(descriptor, reconstruct_as=swaps or None, models_dir=args.models),
+                run_production(standard_pipeline(descriptor, reconstruct_as=swaps or None, models_dir=args.models,
+                                                  probnn=probnn is not None),
                                n_events=args.events,
                                batch_size=min(args.batch_size, args.events), seed=args.seed + k, store=store,
                                production=prod)

@@ -56,6 +56,7 @@ def standard_pipeline(
     invisible=(),
     neutrals: str | None = None,
     pid_variations: bool = False,
+    probnn: bool = False,
     vertexing: bool = False,
     brem: str | None = None,
     track_types=("long",),
@@ -96,6 +97,9 @@ def standard_pipeline(
             photon model's name or directory: photons get rows of ``particles`` and
             the composites above them include them. ``None`` (default): no stage reconstructs
             photons, and a descriptor with one is refused unless it is in ``invisible``.
+        probnn: also run the PID chains' ProbNN step (the ``probnn_*`` columns, ntuple ``X_ProbNNk`` ...;
+            ``mambah simulate --probnn``; :class:`mambah.pid.stage.PID` ``probnn``); off by default (it
+            costs about as much as the rest of the PID chain).
         pid_variations: also draw every track's PID variables once per ensemble member of its
             species' PID chain, with the nominal's noise, into the ``pid_variations`` table
             (:class:`mambah.pid.stage.PID` ``variations``; ``mambah simulate --pid-variations``);
@@ -136,6 +140,9 @@ def standard_pipeline(
 
     if level not in (GENERATOR_LEVEL, "reco"):
         raise ConfigurationError(f"level must be 'truth' or 'reco', not {level!r}")
+    if probnn and (level != "reco" or not pid):
+        raise ConfigurationError("probnn (--probnn) needs the PID stage: level='reco' with pid=True "
+                                 f"(got level={level!r}, pid={pid!r})")
     if pid_variations and (level != "reco" or not pid):
         raise ConfigurationError("pid_variations (--pid-variations) needs the PID stage: level='reco' with pid=True "
                                  f"(got level={level!r}, pid={pid!r})")
@@ -195,7 +202,7 @@ def standard_pipeline(
             from mambah.pid.stage import PID
 
             stages.append(PID(models_dir=None if models_dir is None else str(models_dir), species=pid_species,
-                              variations=bool(pid_variations)))
+                              variations=bool(pid_variations), probnn=bool(probnn)))
     return Pipeline(stages)
 
 

@@ -204,8 +204,14 @@ def test_pid_stage_writes_probnn_for_chains_with_the_step(models_with_probnn, mo
     those of the stage without the step."""
     from mambah.pid.stage import PID
 
-    a = PID(models_dir=str(models_with_probnn), species=("pi", "K"))(_track_batch())["particles"]
+    a = PID(models_dir=str(models_with_probnn), species=("pi", "K"), probnn=True)(_track_batch())["particles"]
     b = PID(models_dir=str(models_without_probnn), species=("pi", "K"))(_track_batch())["particles"]
+    # without probnn=True (the default) the step is not run: the PID columns are the same, ProbNN NaN
+    c = PID(models_dir=str(models_with_probnn), species=("pi", "K"))(_track_batch())["particles"]
+    pd.testing.assert_frame_equal(c, b)
+    assert c["probnn_k"].isna().all()
+    with pytest.raises(ConfigurationError, match="no chain of .* has a ProbNN step"):
+        PID(models_dir=str(models_without_probnn), species=("pi", "K"), probnn=True)
     k = np.abs(a["pid"].to_numpy()) == 321
     for c in PROBNN_OUTPUTS.values():
         v = a[c].to_numpy()
@@ -223,7 +229,7 @@ def test_pid_stage_writes_probnn_columns_store_and_ntuple(models_with_probnn, tm
     from mambah.simulation import standard_pipeline
     from mambah.store import Store, candidate_ntuple
 
-    pipe = standard_pipeline("B0 -> K+ pi-", models_dir=models_with_probnn)
+    pipe = standard_pipeline("B0 -> K+ pi-", models_dir=models_with_probnn, probnn=True)
     with Store("duckdb:///:memory:") as st:
         run_production(pipe, n_events=400, batch_size=400, seed=11, store=st, production="probnn")
         par = st.read("particles")

@@ -95,6 +95,10 @@ def register(sub) -> None:
                           "their cards for their closure scores)")
     pid.add_argument("--pid", dest="pid", action="store_true",
                      help="simulate the PID (the default; kept for compatibility)")
+    p.add_argument("--probnn", action="store_true",
+                   help="also draw ProbNNe, ProbNNmu, ProbNNpi, ProbNNk, ProbNNp, ProbNNghost with the PID chains' ProbNN "
+                        "step (store particles.probnn_*, ntuple X_ProbNNk ...); off by default: it about doubles the "
+                        "PID's cost")
     p.add_argument("--pid-variations", action="store_true",
                    help="also draw every track's PID variables once per ensemble member of its PID chain (steps "
                         "trained with 'mambah train pid --ensemble K'), with the nominal's noise, into the store's "
@@ -385,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--dec-file gives the rates of --rates dec; add --rates dec, or leave --dec-file out")
     options = dict(models_dir=args.models, level=args.level, acceptance=args.acceptance, pid=args.pid,
                    unweight=not args.weighted, reconstruct_as=args.reconstruct_as, invisible=args.invisible or (),
-                   neutrals=args.neutrals, pid_variations=args.pid_variations, vertexing=args.vertexing,
+                   neutrals=args.neutrals, pid_variations=args.pid_variations, probnn=args.probnn, vertexing=args.vertexing,
                    brem=args.brem)
     if args.track_types is not None:
         options["track_types"] = tuple(t.strip() for t in args.track_types.split(",") if t.strip())

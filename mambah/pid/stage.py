@@ -90,6 +90,10 @@ class PID:
         threads: species evaluated concurrently (the result does not depend on it).
         variations: also draw the PID columns once per ensemble member of the chains (the batch
             table ``pid_variations``; see the module docstring).
+        probnn: also run the chains' optional ProbNN step (``pid-<species>-probnn``, issue 24: the
+            ``probnn_*`` columns, ntuple ``X_ProbNNk`` ...; NaN without it). Off by default: the
+            step is the chain's most expensive (about 2x the PID stage's time with the shipped
+            steps), and most productions do not cut on ProbNN.
 
     Raises:
         ConfigurationError: at construction, when a requested species has no chain (the message
@@ -102,6 +106,7 @@ class PID:
     name: str = "pid"
     threads: int = 2
     variations: bool = False
+    probnn: bool = False
 
     def __post_init__(self):
         from mambah.pid.chain import available_chains
@@ -119,6 +124,11 @@ class PID:
                 f"PID stage: no PID model chain for species {missing} in "
                 f"{self.models_dir or 'the shipped models'}; available: {', '.join(avail) or 'none'} "
                 "(train one with examples/train_pid_chain.py, or pass species=...)")
+        if self.probnn and not any(st.role == "probnn" for s in self.species for st in self.chain_steps(s)):
+            raise ConfigurationError(
+                f"PID stage: ProbNN asked for, but no chain of {list(self.species)} has a ProbNN step (a model "
+                f"pid-<species>-probnn in {self.models_dir or 'the shipped models'}); train one with "
+                "examples/train_pid_chain.py --roles probnn, or simulate without --probnn")
         if self.variations:
             self.variation_plan()
 
@@ -129,7 +139,17 @@ class PID:
             d["variations"] = self.variation_plan()
         else:  # (the config of a production without variations is what it always was)
             del d["variations"]
+        if not self.probnn:  # likewise without ProbNN
+            del d["probnn"]
         return d
+
+    def chain_steps(self, species: str) -> list:
+        """The steps of the chain of ``species`` this stage runs: the default chain
+        (:func:`mambah.pid.chain.default_chain_steps`), without its ProbNN step unless :attr:`probnn`."""
+        from mambah.pid.chain import default_chain_steps
+
+        steps = default_chain_steps(species, self.models_dir)
+        return steps if self.probnn else [st for st in steps if st.role != "probnn"]
 
     def variation_plan(self) -> dict[str, Any]:
         """What ``variations=True`` does, from the model cards (nothing is loaded): ``{"members": K,
@@ -141,7 +161,7 @@ class PID:
         """
         from mambah.pid.chain import _common_k, chain_members, default_chain_steps
 
-        steps = {s: chain_members(s, self.models_dir) for s in self.species}
+        steps = {s: chain_members(s, self.models_dir, steps=self.chain_steps(s)) for s in self.species}
         with_members = {s: m for s, m in steps.items() if m}
         if not with_members:
             chains = "; ".join(f"{s}: {', '.join(Path(st.model).name for st in default_chain_steps(s, self.models_dir))}"
@@ -158,7 +178,7 @@ class PID:
         """``species -> PidChain`` (loaded and checked once per process)."""
         from mambah.pid.chain import build_chain
 
-        return {s: build_chain(s, None, self.models_dir) for s in self.species}
+        return {s: build_chain(s, self.chain_steps(s), self.models_dir) for s in self.species}
 
     def model_versions(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

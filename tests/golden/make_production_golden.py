@@ -18,7 +18,7 @@ every one of the 88 pre-existing columns was bit-identical to the previous file.
 and issue 23's explicit acceptance with the 4-class efficiency ``efficiency-ref-v2`` as the default
 (30 of 6300 ``mc_particles.reconstructed`` flags differ, so ``particles`` and ``vertices`` gain rows;
 ``particles.track_type`` is now the drawn type, 3 = long), the Vertexing stage's ``events.n_pvs`` and
-``events.ownpv_ntracks`` (-1 here) and issue 24's ``particles.probnn_*`` (the shipped ProbNN steps):
+``events.ownpv_ntracks`` (-1 here) and issue 24's ``particles.probnn_*`` (NaN: the ProbNN step is opt-in):
 ``events``, ``mc_vertices`` and every other ``mc_particles`` column were identical to the previous file.
 """
 
