@@ -59,6 +59,22 @@ class OneModelStage:
         return model_dir_entry(self.model)
 
 
+class ReferenceOrModelStage:
+    """Provenance of a stage whose ``model`` is :data:`REFERENCE` (the reference detector's own
+    response: no model files, nothing recorded) or a trained model, resolved by the stage's
+    ``model_dir`` (the Bremsstrahlung and Neutrals stages)."""
+
+    model: str
+
+    def model_versions(self) -> dict[str, Any]:
+        """``{name: {"version", "hash"}}`` of the trained model (:func:`model_version_entry`); ``{}``."""
+        return {} if self.model == REFERENCE else model_version_entry(self.model_dir)
+
+    def model_dirs(self) -> dict[str, Any]:
+        """``{name: directory}`` of the trained model (:func:`model_dir_entry`); ``{}`` for the reference."""
+        return {} if self.model == REFERENCE else model_dir_entry(self.model_dir)
+
+
 def rows_by_index(table: pd.DataFrame, index: np.ndarray, what: str) -> np.ndarray:
     """Row positions of batch-local ``index`` values in ``table`` (whose ``index`` column is a key)."""
     idx = table["index"].to_numpy()

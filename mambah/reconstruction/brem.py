@@ -48,7 +48,7 @@ import numpy as np
 from mambah.errors import ConfigurationError
 from mambah.physics import SPECIES_PDG
 from mambah.physics.columns import BREM_NOT_COMPUTED
-from mambah.reconstruction._common import require_tables, rows_by_index
+from mambah.reconstruction._common import ReferenceOrModelStage, require_tables, rows_by_index
 
 __all__ = ["Bremsstrahlung", "BREM_MODELS", "DEFAULT_BREM_MODEL", "ELECTRON_PID"]
 
@@ -61,7 +61,7 @@ ELECTRON_PID: int = SPECIES_PDG["e"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Bremsstrahlung:
+class Bremsstrahlung(ReferenceOrModelStage):
     """Bremsstrahlung and brem recovery of the electron tracks (see the module docstring).
 
     Args:
@@ -110,20 +110,6 @@ class Bremsstrahlung:
 
         detector = json.loads(json.dumps(BremDetector().config(), default=str))
         return {"model": self.model, "recovery": self.recovery, "name": self.name, "detector": detector}
-
-    def model_versions(self) -> dict[str, Any]:
-        if self.model == "reference":
-            return {}
-        from mambah.reconstruction._common import model_version_entry
-
-        return model_version_entry(self.model_dir)
-
-    def model_dirs(self) -> dict[str, Any]:
-        if self.model == "reference":
-            return {}
-        from mambah.reconstruction._common import model_dir_entry
-
-        return model_dir_entry(self.model_dir)
 
     def __call__(self, batch):
         from mambah.reference.brem import BremDetector

@@ -55,7 +55,7 @@ import pandas as pd
 from mambah.errors import ConfigurationError
 from mambah.physics import particle_mass
 from mambah.physics.columns import COLUMNS, PID_COLUMNS, brem_defaults, probnn_defaults, vertexing_defaults
-from mambah.reconstruction._common import require_tables, rows_by_index
+from mambah.reconstruction._common import ReferenceOrModelStage, require_tables, rows_by_index
 
 __all__ = ["Neutrals", "NEUTRAL_MODELS", "DEFAULT_PHOTON_MODEL", "PHOTON_PID", "PI0_PID", "merged_pi0_momentum",
            "merged_pi0_nodes"]
@@ -91,7 +91,7 @@ def _pdgid(name: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Neutrals:
+class Neutrals(ReferenceOrModelStage):
     """Reconstruct final-state photons with the reference calorimeter (see the module docstring).
 
     Args:
@@ -139,20 +139,6 @@ class Neutrals:
         from mambah.reference.calorimeter import Calorimeter
 
         return {"model": self.model, "name": self.name, "calorimeter": Calorimeter().config()}
-
-    def model_versions(self) -> dict[str, Any]:
-        if self.model == "reference":
-            return {}
-        from mambah.reconstruction._common import model_version_entry
-
-        return model_version_entry(self.model_dir)
-
-    def model_dirs(self) -> dict[str, Any]:
-        if self.model == "reference":
-            return {}
-        from mambah.reconstruction._common import model_dir_entry
-
-        return model_dir_entry(self.model_dir)
 
     def __call__(self, batch):
         from mambah.reference.calorimeter import Calorimeter

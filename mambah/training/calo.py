@@ -31,7 +31,8 @@ from mambah.nn.calo import (
     pi0_features,
 )
 from mambah.nn.dense import DenseStack, build_mlp
-from mambah.nn.tracking import RangeScaler, split_mdn
+from mambah.nn.tracking import RangeScaler
+from mambah.training.tracking import _fit_keras, _mdn_nll_numpy, _plain_copy, _split
 from mambah.physics import p_eta
 
 __all__ = ["fit_brem", "fit_photon", "photon_geometry", "efficiency_closure_table"]
@@ -49,26 +50,11 @@ def _transform(scaler: RangeScaler, feats: np.ndarray) -> np.ndarray:
         return scaler.transform(feats)
 
 
-def _split(n: int, val_fraction: float, seed: int):
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
-    return perm[n_val:], perm[:n_val]
-
-
 def _fit(model, loss, x, y, xv, yv, epochs, batch_size, learning_rate, progress):
-    import keras
-
-    steps = max(1, int(np.ceil(len(x) / batch_size))) * int(epochs)
-    sched = keras.optimizers.schedules.CosineDecay(float(learning_rate), steps, alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(sched), loss=loss)
-    cb = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(epochs), restore_best_weights=True)]
-    hist = model.fit(x, y, validation_data=(xv, yv), epochs=int(epochs), batch_size=int(batch_size),
-                     verbose=2 if progress else 0, callbacks=cb, shuffle=True)
-    import keras as _k
-
-    clone = _k.Sequential.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    return clone, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    """The tracking networks' fit (:func:`mambah.training.tracking._fit_keras`); returns an uncompiled
+    copy of the kept model and the history."""
+    hist = _fit_keras(model, loss, x, y, xv, yv, epochs, batch_size, learning_rate, progress)
+    return _plain_copy(model), hist
 
 
 def _bce(logit: np.ndarray, label: np.ndarray) -> float:
@@ -81,15 +67,6 @@ def _cce(logits: np.ndarray, label: np.ndarray) -> float:
     o = o - o.max(axis=1, keepdims=True)
     logp = o - np.log(np.exp(o).sum(axis=1, keepdims=True))
     return float(-np.mean(logp[np.arange(len(label)), label]))
-
-
-def _nll(out: np.ndarray, y: np.ndarray, k, target_scale) -> float:
-    total = np.zeros(len(y))
-    for j, (w, mu, sig) in enumerate(split_mdn(out, k, target_scale)):
-        z = (y[:, j][None, :] - mu) / sig
-        dens = (w / (sig * np.sqrt(2 * np.pi)) * np.exp(-0.5 * z * z)).sum(axis=0)
-        total -= np.log(np.maximum(dens, 1e-300))
-    return float(total.mean())
 
 
 def _classifier(x, label, tr, va, n_out, hidden, seed, fit_args):
@@ -116,9 +93,9 @@ def _mdn(x, y, tr, va, k, hidden, seed, fit_args):
     ys = (y / ts).astype(np.float32)
     kk = [int(k)] * y.shape[1]
     model = build_mlp(x.shape[1], 3 * sum(kk), hidden, seed=seed)
-    before = _nll(DenseStack.from_keras(model)(x[va]), y[va], kk, ts)
+    before = _mdn_nll_numpy(DenseStack.from_keras(model)(x[va]), y[va], kk, ts)
     model, hist = _fit(model, mdn_loss(kk), x[tr], ys[tr], x[va], ys[va], *fit_args)
-    after = _nll(DenseStack.from_keras(model)(x[va]), y[va], kk, ts)
+    after = _mdn_nll_numpy(DenseStack.from_keras(model)(x[va]), y[va], kk, ts)
     return model, hist, before, after, ts
 
 
