@@ -30,6 +30,13 @@ Part 3: ``brem_electrons_per_s``, the reference bremsstrahlung and brem recovery
 electrons (:meth:`mambah.reference.brem.BremDetector.response`, what the opt-in Bremsstrahlung
 stage runs on the electron tracks; wall-clock, best of ``--repeat``; numpy, one thread).
 
+Part 3b (skipped with ``--no-networks``; issue 23): ``trackstate_tracks_per_s``, the track-state
+network (``--trackstate-model``, default the shipped ``trackstate-ref-v1``): covariance, Gaussian
+residuals, chi2/ndof and ghost probability of ``--vertices`` tracks of a b-hadron-like spectrum, what
+``Vertexing(model="model")`` runs per track, beside ``trackstate_reference_tracks_per_s`` (the reference
+detector's :meth:`~mambah.reference.trackstates.TrackStateModel.measure` on the same tracks; wall-clock,
+best of ``--repeat``).
+
 Part 4 (skipped with ``--no-networks``; issue 25): the electron and photon stages with their
 networks and with the reference detector: ``brem_network_electrons_per_s`` (the shipped brem
 model, :meth:`mambah.nn.calo.BremModel.sample`: flag + response, what ``--brem model`` runs),
@@ -63,6 +70,7 @@ def main() -> None:
     ap.add_argument("--electrons", type=int, default=1_000_000)
     ap.add_argument("--brem-model", default="brem-e-ref-v1")
     ap.add_argument("--photon-model", default="photon-ref-v1")
+    ap.add_argument("--trackstate-model", default="trackstate-ref-v1")
     ap.add_argument("--pv-events", type=int, default=20_000)
     ap.add_argument("--pileup", type=float, default=None, help="mean pile-up (default: LHCb Upgrade I, 5.5)")
     ap.add_argument("--no-networks", action="store_true", help="only the vertex-fit, PV-fit and brem parts")
@@ -75,6 +83,7 @@ def main() -> None:
                           "load_average": round(os.getloadavg()[0], 1)}))
         return
 
+    vertex.update(trackstate_benchmark(args.vertices, args.repeat, args.trackstate_model))
     vertex.update(calo_network_benchmark(args.electrons, args.repeat, args.brem_model, args.photon_model))
     from mambah.nn import tracking as recnets
     from mambah.nn.dense import n_threads
@@ -213,6 +222,37 @@ def brem_benchmark(n: int, repeat: int) -> dict:
     print(f"brem: {n} electrons, best {best:.3f} s, {n / best:.3g} electrons/s, brem added "
           f"{r['has_brem_added'].mean():.3f}, mean kept fraction {r['kept'].mean():.3f}")
     return {"electrons": n, "brem_electrons_per_s": round(n / best)}
+
+
+def trackstate_benchmark(n: int, repeat: int, model: str) -> dict:
+    """Tracks per second through the track-state network and through the reference detector."""
+    import warnings
+
+    from mambah.errors import OutOfRangeWarning
+    from mambah.nn.registry import load_model
+    from mambah.reference import TrackGun
+    from mambah.reference.trackstates import LONG, TrackStateModel
+
+    g = TrackGun(prompt=0.0, eta_lo=2.0, eta_hi=4.8, p_lo=2000.0, p_hi=150_000.0, flight_lo=1.0, flight_hi=20.0)(n, seed=5)
+    cols = [g[c] for c in ("px", "py", "pz", "x", "y", "z", "pid")]
+    tt = np.full(n, LONG, dtype=np.int8)
+    net, ref = load_model(model, kind="trackstate"), TrackStateModel()
+    rows = {"trackstate_tracks_per_s": [], "trackstate_reference_tracks_per_s": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        for i in range(repeat):
+            t0 = time.perf_counter()
+            m = net.measure(*cols, seed=i, track_type=tt)
+            t1 = time.perf_counter()
+            ref.measure(*cols, seed=i, track_type=tt)
+            t2 = time.perf_counter()
+            rows["trackstate_tracks_per_s"].append(n / (t1 - t0))
+            rows["trackstate_reference_tracks_per_s"].append(n / (t2 - t1))
+    assert np.isfinite(m["state"]).all()
+    out = {k: round(max(v)) for k, v in rows.items()}
+    print(f"track states, {n} long tracks: network {out['trackstate_tracks_per_s']:.3g} tracks/s, reference detector "
+          f"{out['trackstate_reference_tracks_per_s']:.3g} tracks/s")
+    return out
 
 
 def calo_network_benchmark(n: int, repeat: int, brem_model: str, photon_model: str) -> dict:

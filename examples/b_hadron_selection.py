@@ -3,11 +3,13 @@
     python examples/b_hadron_selection.py out/bsel                    # 20k events per sample, ~40 s
     python examples/b_hadron_selection.py out/bsel --events 200000
     python examples/b_hadron_selection.py out/bsel --pileup 0          # the signal collision only
+    python examples/b_hadron_selection.py out/bsel --events 100000 --compare-reference
 
 Two samples through the standard chain (gun, decay, occupancy, tracking efficiency and momentum
-resolution networks, composites) with the opt-in **Vertexing stage** (reference mode: the reference
-detector's track states closest to the beam and their covariances, a least-squares fit of every
-decay vertex, and the primary vertices fitted from tracks: the signal collision and, by default,
+resolution networks, composites) with the opt-in **Vertexing stage** (the track-state network
+``trackstate-ref-v1``: every track's state closest to the beam, its covariance, chi2/ndof and ghost
+probability, learned from the reference detector; a least-squares fit of every decay vertex, and
+the primary vertices fitted from tracks: the signal collision and, by default,
 Poisson pile-up of mean 5.5 extra visible collisions (LHCb Upgrade I), the own PV being the
 candidate's best PV by IPCHI2; ``standard_pipeline(..., vertexing=True, pileup=MU)``,
 ``mambah simulate ... --vertexing --pileup MU``), without PID (no cut here uses it):
@@ -50,7 +52,13 @@ prompt Lc. ``candidates_lb.parquet`` / ``candidates_lc.parquet`` hold the select
 every candidate (to re-apply it independently), ``b_hadron_selection.json`` the numbers; the last
 line printed is the same JSON.
 
-The vertexing is the reference detector's (no trained covariance model yet). With pile-up, a
+**Networks against the reference detector** (``--compare-reference``, issue 23's test): the same
+generated events (the same seed; the generator's random streams do not depend on the
+reconstruction) are also reconstructed by the reference detector itself (its tracking efficiency,
+momentum resolution and track states instead of the three networks); printed per sample: the whole
+selection's efficiency of both, their relative difference with its statistical error (the two
+reconstructions' binomial errors in quadrature: conservative, the events are shared) and the prompt
+sample's FD rejection of both; the JSON gets ``"reference"`` per sample. With pile-up, a
 candidate is measured against its own PV (the PV of smallest IPCHI2 of the head), which for the
 semileptonic Lb (its visible momentum does not point back to its PV) is a pile-up PV in about 10%
 of the events; printed: the PVs per event and the fraction of candidates whose own PV is their
@@ -113,12 +121,22 @@ def efficiency(k: int, n: int) -> dict[str, float]:
             "cp68": [lo, hi]}
 
 
-def simulate(descriptor: str, n_events: int, seed: int, pileup: float | None = None) -> tuple[pd.DataFrame, dict, dict]:
+def simulate(descriptor: str, n_events: int, seed: int, pileup: float | None = None,
+             reference: bool = False) -> tuple[pd.DataFrame, dict, dict]:
     """The sample's candidate ntuple (one batch in an in-memory store), its vertexing record and, per
-    model, ``[inputs outside the training range, inputs]`` (from the batches' provenance)."""
+    model, ``[inputs outside the training range, inputs]`` (from the batches' provenance).
+    ``reference``: the same generated events reconstructed by the reference detector (efficiency,
+    resolution and track states) instead of the networks."""
+    import dataclasses
+
+    from mambah.pipeline import Pipeline
     from mambah.production import out_of_range_counts
+    from mambah.reconstruction import Efficiency, Resolution, Vertexing
 
     pipe = standard_pipeline(descriptor, pid=False, vertexing=True, pileup=pileup)
+    if reference:
+        pipe = Pipeline([dataclasses.replace(st, model="reference") if isinstance(st, (Efficiency, Resolution, Vertexing))
+                         else st for st in pipe.stages])
     batches = pipe.run(n_events=n_events, batch_size=n_events, seed=seed)
     with Store("duckdb:///:memory:") as store:
         store.write_batches(batches)
@@ -211,6 +229,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--pileup", type=float, default=None, metavar="MU",
                     help="mean extra visible pp collisions per event (default 5.5, LHCb Upgrade I; 0: none)")
+    ap.add_argument("--compare-reference", action="store_true",
+                    help="also reconstruct the same events with the reference detector and compare the efficiencies")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,6 +261,19 @@ def main(argv=None) -> dict:
             "mcorr_minus_m_min": float((cand[f"{head}_MCORR"] - cand[f"{head}_M"]).min()) if n else float("nan"),
             "_cand": cand, "_selected": cum,
         }
+        if args.compare_reference:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OutOfRangeWarning)
+                rnt, _, _ = simulate(descriptor, args.events, args.seed + k, args.pileup, reference=True)
+            rcand, rcuts = selection(rnt, semileptonic)
+            rcum = np.logical_and.reduce(list(rcuts.values())) if len(rcand) else np.zeros(0, dtype=bool)
+            rsel = efficiency(int(rcum.sum()), len(rcand))
+            nsel = results[name]["selection"]
+            rel = nsel["eff"] / rsel["eff"] - 1 if rsel["eff"] > 0 else float("nan")
+            rel_err = (np.hypot(nsel["err"], rsel["err"]) / rsel["eff"]) if rsel["eff"] > 0 else float("nan")
+            results[name]["reference"] = {"candidates": len(rcand), "selection": rsel,
+                                          "fd_cut": efficiency(int(rcuts[fd].sum()), len(rcand)),
+                                          "selection_rel_diff": rel, "selection_rel_diff_err": rel_err}
         cols = ["batch", "event"] + [c for c in cand.columns if c.endswith(
             ("_IPCHI2_OWNPV", "_MINIPCHI2", "_ENDVERTEX_CHI2", "_ENDVERTEX_NDOF", "_FDCHI2_OWNPV", "_DIRA_OWNPV", "_MCORR", "_M"))]
         cand[cols].to_parquet(out / f"candidates_{head.lower()}.parquet")
@@ -263,9 +296,16 @@ def main(argv=None) -> dict:
         s = r["selection"]
         print(f"    whole selection: {100 * s['eff']:.2f} ± {100 * s['err']:.2f} % (68% CL [{100 * s['cp68'][0]:.2f}, "
               f"{100 * s['cp68'][1]:.2f}] %)")
+        if "reference" in r:
+            ref = r["reference"]
+            print(f"    reference detector on the same events: {ref['candidates']} candidates, whole selection "
+                  f"{100 * ref['selection']['eff']:.2f} ± {100 * ref['selection']['err']:.2f} %; networks / reference - 1 "
+                  f"= {100 * ref['selection_rel_diff']:+.2f} ± {100 * ref['selection_rel_diff_err']:.2f} %")
     p = results["prompt Lc"]
     print(f"  prompt Lc rejected by the FD cut alone: {100 * p['fd_rejection']:.2f} ± {100 * p['fd_cut']['err']:.2f} % "
-          f"({p['fd_cut']['pass']} of {p['fd_cut']['of']} survive)")
+          f"({p['fd_cut']['pass']} of {p['fd_cut']['of']} survive)"
+          + (f"; reference detector {100 * (1 - p['reference']['fd_cut']['eff']):.2f} ± "
+             f"{100 * p['reference']['fd_cut']['err']:.2f} %" if "reference" in p else ""))
     print(f"  MCORR - M(Lc mu) >= {results['Lb -> Lc mu nu']['mcorr_minus_m_min']:.3g} MeV/c^2 for every Lb candidate")
     print("plots: " + ", ".join(str(x) for x in paths))
     summary = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}

@@ -57,7 +57,7 @@ def standard_pipeline(
     neutrals: str | None = None,
     pid_variations: bool = False,
     probnn: bool = False,
-    vertexing: bool = False,
+    vertexing: bool | str = False,
     brem: str | None = None,
     track_types=("long",),
     pileup: float | None = None,
@@ -105,8 +105,10 @@ def standard_pipeline(
             (:class:`mambah.pid.stage.PID` ``variations``; ``mambah simulate --pid-variations``);
             the nominal PID columns are unchanged. Needs ``pid`` and ``level="reco"``.
         vertexing: add the opt-in Vertexing stage after the composites (``level="reco"`` only;
-            :class:`mambah.reconstruction.Vertexing`, reference mode: track states, decay-vertex
-            fits, IPCHI2, FDCHI2, DIRA, MCORR ...). Default False: the columns stay NaN.
+            :class:`mambah.reconstruction.Vertexing`: track states, decay-vertex fits, IPCHI2,
+            FDCHI2, DIRA, MCORR ...): ``True`` or ``"model"`` with the shipped track-state network
+            (``trackstate-ref-v1``), ``"reference"`` with the reference detector's track states, or a
+            track-state model's name or directory. Default False: the columns stay NaN.
         pileup: with ``vertexing``, the mean number of extra visible pp collisions per event whose
             PVs are fitted with the signal's (``mambah simulate --pileup MU``); None: the LHCb
             Upgrade I value (:data:`mambah.reference.pileup.DEFAULT_PILEUP_MU`, 5.5); 0: none.
@@ -197,7 +199,8 @@ def standard_pipeline(
         if vertexing:
             from mambah.reconstruction import Vertexing
 
-            stages.append(Vertexing() if pileup is None else Vertexing(pileup=pileup))
+            vmodel = "model" if vertexing is True else str(vertexing)
+            stages.append(Vertexing(model=vmodel) if pileup is None else Vertexing(model=vmodel, pileup=pileup))
         if pid:
             from mambah.pid.stage import PID
 

@@ -102,9 +102,10 @@ def test_a_composite_with_one_daughter_to_fit_gets_nan_not_zero():
     assert b.info["reconstruction"]["vertexing"]["vertices_not_fitted"] == len(b0)
 
 
-def test_only_the_reference_mode_exists():
-    with pytest.raises(ConfigurationError, match="reference"):
+def test_an_unknown_track_state_model_is_refused_naming_the_choices():
+    with pytest.raises(ConfigurationError, match="unknown model 'vertexing-v1': not one of reference, model"):
         Vertexing(model="vertexing-v1")
+    assert Vertexing().model == "reference" and Vertexing(model="model").model_dir == "trackstate-ref-v1"
 
 
 def test_store_and_ntuple_carry_the_columns_only_when_the_stage_ran():

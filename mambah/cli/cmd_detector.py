@@ -28,19 +28,21 @@ def register(sub) -> None:
                                     "reference tracker. Columns: pid, charge, px, py, pz [MeV], x, y, z [mm], "
                                     "eff_true, reconstructed, px_reco, py_reco, pz_reco [MeV] (NaN if not "
                                     "reconstructed).")
-    t.add_argument("--events", "-n", type=int, required=True, help="number of tracks")
-    t.add_argument("--out", "-o", required=True, help="output file (.parquet, .csv, or file.root:tree)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--prompt-fraction", type=float, default=0.5, help="fraction of tracks from the PV (default 0.5)")
-    t.add_argument("--p-min", type=float, default=500.0, help="lowest momentum, MeV (default 500)")
-    t.add_argument("--p-max", type=float, default=400_000.0, help="highest momentum, MeV (default 400000)")
-    t.add_argument("--domain", choices=("gun", "acceptance"), default="gun",
-                   help="gun (default): the gun's LHCb-like spread above; acceptance: momenta log-flat and eta flat "
-                        "over the geometric acceptance (mambah.reconstruction.acceptance) and 20%% of the origins "
-                        "uniform over its origin box, rows outside the acceptance dropped: the training sample of "
-                        "a 4-class efficiency model that covers the acceptance (overrides --p-min/--p-max)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _sample_options(t)
     t.set_defaults(func=_tracking_sample)
+
+    s = cmds.add_parser("trackstate-sample", help="reconstructed single tracks with their states, covariance, "
+                        "chi2 and ghost probability (the track-state network's training table)",
+                        description="The tracking-sample gun and 4-class efficiency; the reconstructed tracks "
+                                    "(long, upstream, downstream) with the reference detector's state closest to "
+                                    "the beam (mambah.reference.trackstates). Columns: pid, px, py, pz [MeV], x, "
+                                    "y, z [mm], track_type, z_state [mm], true_x ... true_qop, state_x ... "
+                                    "state_qop, cov_ij (i <= j, order x, y, tx, ty, q/p), track_chi2, track_ndof, "
+                                    "ghost_prob. With --domain acceptance: the acceptance's momenta and eta with the gun's origins (no "
+                                    "box origins: a particle born off-axis in a random direction has its closest approach "
+                                    "to the beam metres away). Train with `mambah train trackstate`.")
+    _sample_options(s)
+    s.set_defaults(func=_trackstate_sample)
 
     o = cmds.add_parser("occupancy", help="build an occupancy model (histogram of tracks per event)",
                         description="Histogram a tracks-per-event column (e.g. nLongTracks of a calibration sample), "
@@ -67,13 +69,46 @@ def register(sub) -> None:
             importlib.import_module(f"mambah.cli.{m.name}").register(cmds)
 
 
-def _tracking_sample(args: argparse.Namespace) -> int:
-    import logging
+def _sample_options(t) -> None:
+    """The options of the single-track samples (tracking-sample, trackstate-sample)."""
+    t.add_argument("--events", "-n", type=int, required=True, help="number of tracks")
+    t.add_argument("--out", "-o", required=True, help="output file (.parquet, .csv, or file.root:tree)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--prompt-fraction", type=float, default=0.5, help="fraction of tracks from the PV (default 0.5)")
+    t.add_argument("--p-min", type=float, default=500.0, help="lowest momentum, MeV (default 500)")
+    t.add_argument("--p-max", type=float, default=400_000.0, help="highest momentum, MeV (default 400000)")
+    t.add_argument("--domain", choices=("gun", "acceptance"), default="gun",
+                   help="gun (default): the gun's LHCb-like spread above; acceptance: momenta log-flat and eta flat "
+                        "over the geometric acceptance (mambah.reconstruction.acceptance) and 20%% of the origins "
+                        "uniform over its origin box, rows outside the acceptance dropped: the training sample of "
+                        "a 4-class efficiency model that covers the acceptance (overrides --p-min/--p-max)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def _sample_in_domain(args, sample, box: float = 0.2):
+    """``(table, rows dropped)`` of ``sample(n, seed=, gun=)`` with the gun of ``--domain`` (and the
+    acceptance's cut for ``--domain acceptance``, with a fraction ``box`` of the origins uniform over
+    the acceptance's origin box)."""
+    from mambah.reference.tracking import TrackGun
+
+    if args.domain != "acceptance":
+        gun = TrackGun(prompt=args.prompt_fraction, p_lo=args.p_min, p_hi=args.p_max)
+        return sample(args.events, seed=args.seed, gun=gun), 0
+    from mambah.reconstruction.acceptance import TrackAcceptance
+
+    acc = TrackAcceptance()
+    gun = TrackGun(prompt=args.prompt_fraction, p_lo=acc.p_min, p_hi=acc.p_max, eta_lo=acc.eta_min,
+                   eta_hi=acc.eta_max, box=box, box_z=(acc.z_min, acc.z_max), box_rho=acc.rho_max)
+    df = sample(args.events, seed=args.seed, gun=gun)
+    keep = acc.inside(*(df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z")))
+    return df.loc[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def _check_sample_args(args) -> None:
     from pathlib import Path
 
-    from mambah.reference.tracking import TrackGun, tracking_sample
     from mambah.errors import ConfigurationError
-    from mambah.io import split_spec, write_table
+    from mambah.io import split_spec
 
     if args.events <= 0:
         raise ConfigurationError(f"--events must be positive, got {args.events}")
@@ -84,20 +119,35 @@ def _tracking_sample(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"{str(path)!r} exists; pass --overwrite to replace it")
     if not 0 < args.p_min < args.p_max:
         raise ConfigurationError(f"need 0 < --p-min < --p-max, got {args.p_min} and {args.p_max}")
-    gun = TrackGun(prompt=args.prompt_fraction, p_lo=args.p_min, p_hi=args.p_max)
-    dropped = 0
-    if args.domain == "acceptance":
-        from mambah.reconstruction.acceptance import TrackAcceptance
 
-        acc = TrackAcceptance()
-        gun = TrackGun(prompt=args.prompt_fraction, p_lo=acc.p_min, p_hi=acc.p_max, eta_lo=acc.eta_min,
-                       eta_hi=acc.eta_max, box=0.2, box_z=(acc.z_min, acc.z_max), box_rho=acc.rho_max)
-        df = tracking_sample(args.events, seed=args.seed, gun=gun)
-        keep = acc.inside(*(df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z")))
-        dropped = int((~keep).sum())
-        df = df.loc[keep].reset_index(drop=True)
-    else:
-        df = tracking_sample(args.events, seed=args.seed, gun=gun)
+
+def _trackstate_sample(args: argparse.Namespace) -> int:
+    import logging
+
+    from mambah.io import write_table
+    from mambah.reference.trackstates import trackstate_sample
+
+    _check_sample_args(args)
+    # no box origins: a particle born off-axis in a random direction has its closest approach to the
+    # beam metres away, a state no reconstructed track of a decay has (the gun's displaced origins lie
+    # on the track's line through the PV)
+    df, dropped = _sample_in_domain(args, trackstate_sample, box=0.0)
+    write_table(df, args.out)
+    counts = df["track_type"].value_counts().to_dict()
+    logging.getLogger("mambah").info("wrote %d reconstructed tracks (long %d, upstream %d, downstream %d%s) to %s",
+                                     len(df), counts.get(3, 0), counts.get(4, 0), counts.get(5, 0),
+                                     f"; {dropped} outside the acceptance dropped" if dropped else "", args.out)
+    return 0
+
+
+def _tracking_sample(args: argparse.Namespace) -> int:
+    import logging
+
+    from mambah.io import write_table
+    from mambah.reference.tracking import tracking_sample
+
+    _check_sample_args(args)
+    df, dropped = _sample_in_domain(args, tracking_sample)
     write_table(df, args.out)
     logging.getLogger("mambah").info("wrote %d tracks (%d reconstructed as long tracks%s) to %s", len(df),
                                      int(df["reconstructed"].sum()),

@@ -62,10 +62,15 @@ def register(sub) -> None:
                         "candidates above them include them; a pi0 -> gamma gamma as two resolved photons or, at high pT, "
                         "one merged pi0 (a particles row with the PDG pi0 mass; ntuple pi0_Type 1 merged, 2 resolved)")
     p.add_argument("--vertexing", action="store_true",
-                   help="add the Vertexing stage after the composites (opt-in, reference detector's track states): "
+                   help="add the Vertexing stage after the composites (opt-in): the tracks' states closest to the "
+                        "beam with covariance, chi2 and ghost probability (from --trackstates), PVs fitted from tracks, "
                         "decay-vertex fits and the variables a selection cuts on (IPCHI2_OWNPV, FDCHI2_OWNPV, "
                         "DIRA_OWNPV, ENDVERTEX_CHI2/NDOF, TAU, MCORR, TRACK_Type ...); without it those columns stay "
                         "NaN and the ntuple has no such branches")
+    p.add_argument("--trackstates", default=None, metavar="reference|model|MODEL",
+                   help="with --vertexing: where the track states come from: 'model' (default) the shipped track-state "
+                        "network (models/trackstate-ref-v1, learned from the reference detector), 'reference' the "
+                        "reference detector itself, or a track-state model's name or directory")
     p.add_argument("--track-types", default=None, metavar="TYPES",
                    help="track types that become tracks, comma-separated among long, upstream, downstream (default "
                         "long: LHCb's standard tracks); e.g. long,downstream for K0S and Lambda daughters decaying "
@@ -111,7 +116,7 @@ def register(sub) -> None:
 
 
 def default_production_name(descriptor, seed: int, reconstruct_as=None, invisible=None,
-                            neutrals: str | None = None, rates=None, vertexing: bool = False,
+                            neutrals: str | None = None, rates=None, vertexing: bool | str = False,
                             brem: str | None = None, pileup: float | None = None) -> str:
     """``<hash>-seed<seed>``: the hash of the descriptor (whitespace-normalised) and, when given,
     of the mass-hypothesis swaps, the particles left invisible, the neutrals' reconstruction, the
@@ -133,7 +138,8 @@ def default_production_name(descriptor, seed: int, reconstruct_as=None, invisibl
     if neutrals:
         text += f" | neutrals {neutrals}"
     if vertexing:
-        text += " | vertexing reference"
+        # the reference mode keeps the name it always had; a network is part of the name
+        text += f" | vertexing {'model' if vertexing is True else vertexing}"
     if brem:
         text += f" | brem {brem}"
     if pileup is not None:
@@ -387,9 +393,14 @@ def run(args: argparse.Namespace) -> int:
         from mambah.errors import ConfigurationError
 
         raise ConfigurationError("--dec-file gives the rates of --rates dec; add --rates dec, or leave --dec-file out")
+    if args.trackstates is not None and not args.vertexing:
+        from mambah.errors import ConfigurationError
+
+        raise ConfigurationError("--trackstates chooses the Vertexing stage's track states; it needs --vertexing")
+    vertexing = (args.trackstates or "model") if args.vertexing else False
     options = dict(models_dir=args.models, level=args.level, acceptance=args.acceptance, pid=args.pid,
                    unweight=not args.weighted, reconstruct_as=args.reconstruct_as, invisible=args.invisible or (),
-                   neutrals=args.neutrals, pid_variations=args.pid_variations, probnn=args.probnn, vertexing=args.vertexing,
+                   neutrals=args.neutrals, pid_variations=args.pid_variations, probnn=args.probnn, vertexing=vertexing,
                    brem=args.brem)
     if args.track_types is not None:
         options["track_types"] = tuple(t.strip() for t in args.track_types.split(",") if t.strip())
@@ -403,12 +414,12 @@ def run(args: argparse.Namespace) -> int:
         name = args.production or default_production_name(descriptors, args.seed, args.reconstruct_as,
                                                            args.invisible, args.neutrals,
                                                            rates=[round(f, 12) for f in pipeline.fractions],
-                                                           vertexing=args.vertexing, brem=args.brem,
+                                                           vertexing=vertexing, brem=args.brem,
                                                            pileup=args.pileup)
     else:
         pipeline = standard_pipeline(descriptors[0], **options)
         name = args.production or default_production_name(descriptors[0], args.seed, args.reconstruct_as,
-                                                          args.invisible, args.neutrals, vertexing=args.vertexing,
+                                                          args.invisible, args.neutrals, vertexing=vertexing,
                                                           brem=args.brem, pileup=args.pileup)
     with Store(args.db) as store:
         with _Collector() as collected:
@@ -448,7 +459,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  reconstructed as: {'; '.join(swaps)} (masses M; true-hypothesis masses M_TRUEHYP; PID of the "
               "true species)")
     if vtx:
-        print(f"  vertexing (--vertexing, the reference detector's track states): {vtx['vertices']:,} composites, "
+        ts = args.trackstates or "model"
+        vmode = "the reference detector's track states" if ts == "reference" else \
+            f"the track-state network {'trackstate-ref-v1' if ts == 'model' else ts}"
+        print(f"  vertexing (--vertexing, {vmode}): {vtx['vertices']:,} composites, "
               f"{vtx['vertices'] - vtx['vertices_not_fitted']:,} with a vertex fit"
               + (f" ({vtx['vertices_not_fitted']:,} with fewer than two daughters to fit: NaN, ENDVERTEX_NDOF -1)"
                  if vtx["vertices_not_fitted"] else "")

@@ -7,7 +7,7 @@ import pkgutil
 
 from mambah.cli import __path__ as _cli_path
 
-ORDER = ["pid", "efficiency", "resolution"]
+ORDER = ["pid", "efficiency", "resolution", "trackstate"]
 
 
 def register(sub) -> None:

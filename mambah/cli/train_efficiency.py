@@ -115,7 +115,8 @@ def run_training(args, kind, fit, conditions, targets, columns, optional=None, e
         "history": info["history"],
         **info.get("card", {}),
     }
-    save_model_dir(out, card, networks={"network": model}, arrays=arrays, overwrite=args.overwrite)
+    networks = model if isinstance(model, dict) else {"network": model}
+    save_model_dir(out, card, networks=networks, arrays=arrays, overwrite=args.overwrite)
     m = info["metrics"]
     if kind == "efficiency" and "val_cce" in m:
         print(f"wrote {out}: validation cross-entropy {m['val_cce_before']:.4f} -> {m['val_cce']:.4f}"
@@ -125,6 +126,12 @@ def run_training(args, kind, fit, conditions, targets, columns, optional=None, e
         print(f"wrote {out}: validation BCE {m['val_bce_before']:.4f} -> {m['val_bce']:.4f}"
               + (f" (truth {m['val_bce_truth']:.4f}); max |eff - truth| per (p, eta) bin "
                  f"{m['closure_vs_truth']['max_abs_diff']:.4f}" if "val_bce_truth" in m else ""))
+    elif kind == "trackstate":
+        print(f"wrote {out}: validation covariance KL {m['val_cov_kl_before']:.4g} -> {m['val_cov_kl']:.4g}, "
+              f"track-quality NLL {m['val_quality_nll_before']:.4f} -> {m['val_quality_nll']:.4f}"
+              + (f"; closure on {m['closure']['n']} held-out tracks: IP-coordinate pull widths within "
+                 f"{m['closure']['pull_std_max_dev']:.3f} of 1, residual chi2 mean {m['closure']['chi2_mean']:.3f} "
+                 "(5 expected)" if "closure" in m else ""))
     else:
         print(f"wrote {out}: validation NLL {m['val_nll_before']:.4f} -> {m['val_nll']:.4f}")
     return 0
@@ -141,6 +148,14 @@ _PREPROCESSING = {
         "conditions [ln(p/GeV), eta] standardised with arrays mean/scale after clipping to [lo, hi], then "
         "one-hot species; the network outputs, for each target (100 dp/p, 1000 dtx, 1000 dty) divided by "
         "arrays target_scale, k mixture logits, k means and k log-widths (see mambah.nn.tracking)"
+    ),
+    "trackstate": (
+        "features [ln(p/GeV), eta, asinh(z_state/100mm)] standardised with arrays mean/scale after clipping to [lo, hi], then "
+        "charge, one-hot species and one-hot track type (long, upstream, downstream); network 'cov' outputs the 15 "
+        "covariance parameters (ln sigma of x, y, tx, ty, q/p, then atanh of the canonical partial correlations) "
+        "times arrays cov_scale plus cov_mean; network 'quality' outputs the mixtures of ln(chi2/ndof) and "
+        "logit(ghost probability) (targets divided by arrays quality_scale); ndof = arrays ndof_by_type "
+        "(see mambah.nn.trackstate)"
     ),
 }
 

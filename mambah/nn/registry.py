@@ -44,6 +44,7 @@ KINDS: dict[str, str] = {
     "occupancy": "mambah.nn.occupancy:OccupancyModel",
     "brem": "mambah.nn.calo:BremModel",
     "photon": "mambah.nn.calo:PhotonModel",
+    "trackstate": "mambah.nn.trackstate:TrackStateNet",
 }
 
 _LOCK = threading.RLock()

@@ -36,6 +36,7 @@ from mambah.physics.kinematics import (
     p_mag,
     pt,
     rebuild_momentum,
+    state_at_beam,
 )
 from mambah.physics.species import (
     SPECIES,
@@ -54,7 +55,7 @@ from mambah.physics.species import (
 __all__ = [
     "COLUMNS", "DATA_TABLES", "PID_COLUMNS",
     "Column", "COLUMN_MAP", "CONDITION_NAMES", "column", "describe_column", "lhcb_name", "lhcb_names", "store_name",
-    "boost_to_lab", "boost_to_rest", "ETA_LIMIT", "PT_FLOOR32", "eta", "p_eta", "p_eta32", "p_mag", "pt", "rebuild_momentum",
+    "boost_to_lab", "boost_to_rest", "ETA_LIMIT", "PT_FLOOR32", "eta", "p_eta", "p_eta32", "p_mag", "pt", "rebuild_momentum", "state_at_beam",
     "SPECIES", "SPECIES_PDG", "TRACKABLE_PIDS", "Species", "particle_mass", "pdg_charge", "pdg_mass",
     "species", "species_index", "species_mass", "species_of_pdg",
 ]

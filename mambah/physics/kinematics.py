@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["boost_to_lab", "boost_to_rest", "p_mag", "pt", "eta", "p_eta", "p_eta32", "ETA_LIMIT", "PT_FLOOR32", "rebuild_momentum"]
+__all__ = ["boost_to_lab", "boost_to_rest", "p_mag", "pt", "eta", "p_eta", "p_eta32", "ETA_LIMIT", "PT_FLOOR32", "rebuild_momentum", "state_at_beam"]
 
 #: |η| given to a momentum along the beam (pT = 0), where asinh(pz / pT) is infinite.
 ETA_LIMIT = 1e3
@@ -128,3 +128,18 @@ def boost_to_rest(p4, frame, xp=np):
     """Four-vectors ``p4`` (4, ...) seen in the rest frame of ``frame`` (4, ...): the pure boost
     by ``-p_frame / E_frame`` (the inverse of :func:`boost_to_lab`)."""
     return boost_to_lab(p4, xp.stack([-frame[0], -frame[1], -frame[2], frame[3]]), xp=xp)
+
+
+def state_at_beam(px, py, pz, x, y, z, charge) -> tuple[np.ndarray, np.ndarray]:
+    """The straight-line track state ``(x, y, tx, ty, q/p)`` (n, 5) at the plane ``z_s`` (n,) where
+    the line through the origin ``(x, y, z)`` [mm] along the momentum [MeV/c] passes closest to the
+    beam axis (``q/p`` in 1/(MeV/c)); float64. Needs ``pz > 0`` (a forward track): ``pz <= 0`` gives
+    non-finite slopes, which the callers refuse."""
+    px, py, pz, x, y, z = _f64(px, py, pz, x, y, z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tx, ty = px / pz, py / pz
+    t2 = tx * tx + ty * ty
+    dz = -np.where(t2 > 0, (x * tx + y * ty) / np.where(t2 > 0, t2, 1.0), 0.0)
+    p = np.sqrt(px * px + py * py + pz * pz)
+    state = np.stack([x + tx * dz, y + ty * dz, tx, ty, np.asarray(charge, np.float64) / p], axis=-1)
+    return state, z + dz

@@ -7,10 +7,14 @@ Runs after :class:`~mambah.reconstruction.composites.Composites` (not in the def
 1. **Track states**: every track gets the reference detector's measured state closest to the
    beam, its covariance, type, chi2/ndof and ghost probability
    (:class:`mambah.reference.trackstates.TrackStateModel`, from the track's true momentum and
-   origin; the states' q/p is drawn there, independently of the Resolution stage's momentum).
+   origin; the states' q/p is drawn there, independently of the Resolution stage's momentum), or,
+   with ``model="model"`` (or a model's name or directory), from the track-state network learned
+   from it (:class:`mambah.nn.trackstate.TrackStateNet`: the covariance, Gaussian residuals drawn
+   from it, chi2/ndof and ghost probability; inputs outside its training range are evaluated at
+   the edge and counted in the batch's ``out_of_range`` record, as the other networks'; a
+   covariance that is not positive definite is an error naming the model).
    The track type is the one the Efficiency stage drew (``particles.track_type``: the 4-class
    network's class, or the reference detector's), else the reference detector's from the origin.
-   ``model`` must be ``"reference"``: the trained covariance model is a later step.
 2. **Primary vertices, fitted from tracks** (:mod:`mambah.reference.pileup` draws the collisions):
    the event has its signal collision at the generator's PV plus ``N_pu ~ Poisson(pileup)`` extra
    visible collisions (``pileup`` default :data:`~mambah.reference.pileup.DEFAULT_PILEUP_MU` = 5.5,
@@ -65,10 +69,23 @@ import numpy as np
 
 from mambah.errors import ConfigurationError, DataError
 from mambah.reconstruction import vertexing as vx
-from mambah.reconstruction._common import REFERENCE, as_config, require_tables, rows_by_index
+from mambah.reconstruction._common import (
+    REFERENCE,
+    ReferenceOrModelStage,
+    as_config,
+    model_dir_entry,
+    model_version_entry,
+    require_tables,
+    rows_by_index,
+)
 from mambah.reconstruction.composites import plan_composites
 
-__all__ = ["Vertexing", "fit_primary_vertices"]
+__all__ = ["Vertexing", "fit_primary_vertices", "DEFAULT_TRACKSTATE_MODEL", "TRACKSTATE_MODELS"]
+
+#: the shipped track-state network (``Vertexing(model="model")``)
+DEFAULT_TRACKSTATE_MODEL = "trackstate-ref-v1"
+#: the ``model`` values with a meaning of their own (anything else: a model's name or directory)
+TRACKSTATE_MODELS = (REFERENCE, "model")
 
 #: the collisions' tracks are drawn and fitted in chunks of about this many tracks (bounds the memory)
 CHUNK_TRACKS = 500_000
@@ -161,11 +178,13 @@ def fit_primary_vertices(pv_of_track, states, covariances, z, n_pvs: int, min_tr
 
 
 @dataclasses.dataclass(frozen=True)
-class Vertexing:
+class Vertexing(ReferenceOrModelStage):
     """The vertexing stage (see the module docstring).
 
     Args:
-        model: ``"reference"`` (the reference detector's track states; the only mode so far).
+        model: ``"reference"`` (the reference detector's track states), ``"model"`` (the shipped
+            track-state network :data:`DEFAULT_TRACKSTATE_MODEL`) or a track-state model's name or
+            directory.
         pileup: mean number of extra visible pp collisions per event (Poisson); None: the LHCb
             Upgrade I value :data:`mambah.reference.pileup.DEFAULT_PILEUP_MU`; 0: the signal
             collision only.
@@ -180,15 +199,32 @@ class Vertexing:
     name: str = "vertexing"
 
     def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigurationError(f"Vertexing: model must be {' or '.join(map(repr, TRACKSTATE_MODELS))} or a "
+                                     f"track-state model's name or directory, got {self.model!r}")
         if self.model != REFERENCE:
-            raise ConfigurationError(f"Vertexing(model={self.model!r}): only the reference detector's track states "
-                                     f"(model={REFERENCE!r}) exist so far; the trained covariance model is a later step")
+            from mambah.errors import ModelDirError
+            from mambah.modeldir import load_card, resolve_model
+
+            try:
+                card = load_card(resolve_model(self.model_dir))
+            except ModelDirError as e:
+                raise ConfigurationError(f"Vertexing: unknown model {self.model!r}: not one of "
+                                         f"{', '.join(TRACKSTATE_MODELS)} and {e}") from None
+            if card.get("kind") != "trackstate":
+                raise ConfigurationError(f"Vertexing: model {self.model_dir!r} is a {card.get('kind')!r} model, "
+                                         "not a 'trackstate' one")
         if self.pileup is not None and not (np.isfinite(self.pileup) and self.pileup >= 0):
             raise ConfigurationError(f"Vertexing(pileup={self.pileup!r}): the mean number of pile-up collisions "
                                      "must be a number >= 0 (or None for the LHCb Upgrade I value)")
         if not (isinstance(self.pv_min_tracks, (int, np.integer)) and self.pv_min_tracks >= 2):
             raise ConfigurationError(f"Vertexing(pv_min_tracks={self.pv_min_tracks!r}): a PV needs an integer "
                                      ">= 2 tracks")
+
+    @property
+    def model_dir(self) -> str:
+        """The track-state model's name or directory (``"model"``: :data:`DEFAULT_TRACKSTATE_MODEL`)."""
+        return DEFAULT_TRACKSTATE_MODEL if self.model == "model" else self.model
 
     @property
     def mu(self) -> float:
@@ -208,11 +244,16 @@ class Vertexing:
         from mambah.reference.pileup import PileUpModel
         from mambah.reference.trackstates import TrackStateModel
 
-        cfg = json.dumps(dataclasses.asdict(TrackStateModel()), sort_keys=True, default=str)
         pu = json.dumps(dataclasses.asdict(PileUpModel(mu=self.mu)), sort_keys=True, default=str)
+        out = {"reference-pileup": {"version": __version__, "hash": hashlib.sha256(pu.encode()).hexdigest()[:16]}}
+        if self.model != REFERENCE:
+            return {**model_version_entry(self.model_dir), **out}
+        cfg = json.dumps(dataclasses.asdict(TrackStateModel()), sort_keys=True, default=str)
         return {"reference-trackstates": {"version": __version__,
-                                          "hash": hashlib.sha256(cfg.encode()).hexdigest()[:16]},
-                "reference-pileup": {"version": __version__, "hash": hashlib.sha256(pu.encode()).hexdigest()[:16]}}
+                                          "hash": hashlib.sha256(cfg.encode()).hexdigest()[:16]}, **out}
+
+    def model_dirs(self) -> dict[str, Any]:
+        return {} if self.model == REFERENCE else model_dir_entry(self.model_dir)
 
     def collisions(self, batch, track_rows, state, cov, zref, prod_is_pv, event_of):
         """The event's collisions and their fitted PVs (step 2 of the module docstring).
@@ -317,8 +358,16 @@ class Vertexing:
         eff_type = parts["track_type"].to_numpy()[tr].astype(np.int8)
         ttype = np.where(eff_type > 0, eff_type, model.track_type(px, py, pz, ox, oy, oz)).astype(np.int8)
         ok = (ttype > 0) & (pz > 0)
-        meas = model.measure(px[ok], py[ok], pz[ok], ox[ok], oy[ok], oz[ok], mc["pid"].to_numpy()[tm][ok], rng,
-                             track_type=ttype[ok])
+        counts: list = []
+        if self.model == REFERENCE:
+            meas = model.measure(px[ok], py[ok], pz[ok], ox[ok], oy[ok], oz[ok], mc["pid"].to_numpy()[tm][ok], rng,
+                                 track_type=ttype[ok])
+        else:
+            from mambah.nn.registry import load_model
+
+            net = load_model(self.model_dir, kind="trackstate")
+            meas = net.measure(px[ok], py[ok], pz[ok], ox[ok], oy[ok], oz[ok], mc["pid"].to_numpy()[tm][ok], rng,
+                               track_type=ttype[ok], counts=counts)
         rows_ok = tr[ok]
         state[rows_ok], cov[rows_ok], zref[rows_ok] = meas["state"], meas["cov"], meas["z"]
         cols = {c: parts[c].to_numpy(copy=True) for c in
@@ -484,7 +533,7 @@ class Vertexing:
         batch["vertices"] = verts
         batch["events"] = events
         fitpv = pvs["fit"]
-        batch.info.setdefault("reconstruction", {})["vertexing"] = {
+        info = batch.info.setdefault("reconstruction", {})["vertexing"] = {
             "tracks": int(len(tr)), "tracks_without_state": int((~ok).sum()),
             "vertices": int(is_comp.sum()), "vertices_not_fitted": int(n_unfit),
             "pileup_mu": self.mu, "collisions": int(len(pvs["event"])), "pvs": int(fitpv["fitted"].sum()),
@@ -494,4 +543,6 @@ class Vertexing:
             "candidate_ownpv_is_signal": int(pvs["signal"][own_pv][chosen].sum()),
             "events_with_head": int(by_head.sum()), "head_ownpv_is_signal": int(pvs["signal"][own_pv][by_head].sum()),
         }
+        if counts and counts[0].count:
+            info["out_of_range"] = {net.name: [counts[0].count, counts[0].n]}
         return batch

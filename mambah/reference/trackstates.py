@@ -86,11 +86,11 @@ from typing import Any
 import numpy as np
 
 from mambah.errors import ConfigurationError, DataError
-from mambah.physics import pdg_charge, pdg_mass
+from mambah.physics import pdg_charge, pdg_mass, state_at_beam
 from mambah.random import SeedLike, get_rng
 from mambah.reference.tracking import TrackingDetector
 
-__all__ = ["TrackStateModel", "LONG", "UPSTREAM", "DOWNSTREAM", "TRACK_TYPES"]
+__all__ = ["TrackStateModel", "trackstate_sample", "LONG", "UPSTREAM", "DOWNSTREAM", "TRACK_TYPES"]
 
 LONG, UPSTREAM, DOWNSTREAM = 3, 4, 5
 #: LHCb's ``TRACK_Type`` codes of the types the reference detector makes
@@ -182,15 +182,10 @@ class TrackStateModel:
     def true_state(px, py, pz, x, y, z, charge) -> tuple[np.ndarray, np.ndarray]:
         """The true state ``(x, y, tx, ty, q/p)`` (n, 5) at the plane ``z_s`` (n,) where the line
         through the origin ``(x, y, z)`` along the momentum passes closest to the beam axis."""
-        px, py, pz, x, y, z = (np.asarray(a, dtype=np.float64) for a in (px, py, pz, x, y, z))
+        pz = np.asarray(pz, dtype=np.float64)
         if (pz <= 0).any():
             raise DataError(f"track states need forward tracks (pz > 0); {int((pz <= 0).sum())} have pz <= 0")
-        tx, ty = px / pz, py / pz
-        t2 = tx * tx + ty * ty
-        dz = -np.where(t2 > 0, (x * tx + y * ty) / np.where(t2 > 0, t2, 1.0), 0.0)
-        zs = z + dz
-        p = np.sqrt(px * px + py * py + pz * pz)
-        return np.stack([x + tx * dz, y + ty * dz, tx, ty, np.asarray(charge, np.float64) / p], axis=-1), zs
+        return state_at_beam(px, py, pz, x, y, z, charge)
 
     # --- covariance ------------------------------------------------------------------------------
     def covariance(self, px, py, pz, pid, track_type, z_state) -> np.ndarray:
@@ -300,3 +295,34 @@ class TrackStateModel:
         ghost = rng.beta(*self.ghost_beta, n)
         return {"state": truth + noise, "true_state": truth, "z": zs, "cov": cov, "type": tt, "chi2": chi2,
                 "ndof": ndof, "ghost_prob": ghost}
+
+
+def trackstate_sample(n: int, seed: SeedLike = None, model: TrackStateModel | None = None, gun=None):
+    """Reconstructed single tracks with their reference states: the training and closure table of
+    the track-state network (:mod:`mambah.nn.trackstate`, ``mambah train trackstate``).
+
+    Draws ``n`` particles of :func:`mambah.reference.tracking.tracking_sample` (its ``gun``, acceptance
+    and 4-class efficiency) and keeps the reconstructed ones (``track_type`` 3, 4 or 5), measured by
+    :meth:`TrackStateModel.measure` with their drawn type. Columns: ``pid, px, py, pz`` (true, MeV/c),
+    ``x, y, z`` (origin, mm), ``track_type``, ``z_state`` (mm), the true and measured states
+    ``true_x ... true_qop`` and ``state_x ... state_qop``, the 15 covariance elements ``cov_ij``
+    (i <= j; order x, y, tx, ty, q/p), ``track_chi2``, ``track_ndof``, ``ghost_prob``.
+    """
+    import pandas as pd
+
+    from mambah.reference.tracking import tracking_sample
+
+    rng = get_rng(seed)
+    model = model or TrackStateModel()
+    t = tracking_sample(n, rng, detector=model.detector, gun=gun)
+    t = t.loc[t["track_type"].to_numpy() > 0].reset_index(drop=True)
+    m = model.measure(*(t[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z", "pid")), rng,
+                      track_type=t["track_type"].to_numpy())
+    names = ("x", "y", "tx", "ty", "qop")
+    cols = {c: t[c].to_numpy() for c in ("pid", "px", "py", "pz", "x", "y", "z", "track_type")}
+    cols["z_state"] = m["z"]
+    cols.update({f"true_{k}": m["true_state"][:, j] for j, k in enumerate(names)})
+    cols.update({f"state_{k}": m["state"][:, j] for j, k in enumerate(names)})
+    cols.update({f"cov_{i}{j}": m["cov"][:, i, j] for i in range(5) for j in range(i, 5)})
+    cols.update({"track_chi2": m["chi2"], "track_ndof": m["ndof"], "ghost_prob": m["ghost_prob"]})
+    return pd.DataFrame(cols)
