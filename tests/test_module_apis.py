@@ -13,14 +13,14 @@ import pytest
 
 API = {
     "mambah": ['Batch', 'Composites', 'Efficiency', 'EtaAcceptance', 'MambahError', 'Occupancy', 'PID', 'ParticleGun', 'PhaseSpaceDecay', 'PidModel', 'Pipeline', 'Resolution', 'Store', '__version__', 'bdt_ks_score', 'cocktail_pipeline', 'fit_sweights', 'generator_stages', 'get_rng', 'load_chain', 'parse_descriptor', 'read_table', 'run_production', 'standard_pipeline', 'validate', 'write_table'],
-    "mambah.physics": ['COLUMNS', 'COLUMN_MAP', 'CONDITION_NAMES', 'Column', 'DATA_TABLES', 'ETA_LIMIT', 'PID_COLUMNS', 'PT_FLOOR32', 'SPECIES', 'SPECIES_PDG', 'Species', 'TRACKABLE_PIDS', 'boost_to_lab', 'boost_to_rest', 'column', 'describe_column', 'eta', 'lhcb_name', 'lhcb_names', 'p_eta', 'p_eta32', 'p_mag', 'particle_mass', 'pdg_charge', 'pdg_mass', 'pt', 'rebuild_momentum', 'species', 'species_index', 'species_mass', 'species_of_pdg', 'store_name'],
-    "mambah.nn": ['CramerGAN', 'EfficiencyModel', 'FlagModel', 'Model', 'OccupancyModel', 'OutOfRangeWarning', 'PidModel', 'QuantileGaussianizer', 'RangeCounts', 'ResolutionModel', 'load_model'],
+    "mambah.physics": ['COLUMNS', 'COLUMN_MAP', 'CONDITION_NAMES', 'Column', 'DATA_TABLES', 'ETA_LIMIT', 'PID_COLUMNS', 'PT_FLOOR32', 'SPECIES', 'SPECIES_PDG', 'Species', 'TRACKABLE_PIDS', 'boost_to_lab', 'boost_to_rest', 'column', 'describe_column', 'eta', 'lhcb_name', 'lhcb_names', 'p_eta', 'p_eta32', 'p_mag', 'particle_mass', 'pdg_charge', 'pdg_mass', 'pt', 'rebuild_momentum', 'species', 'species_index', 'species_mass', 'species_of_pdg', 'state_at_beam', 'store_name'],
+    "mambah.nn": ['CramerGAN', 'EfficiencyModel', 'FlagModel', 'Model', 'OccupancyModel', 'OutOfRangeWarning', 'PidModel', 'QuantileGaussianizer', 'RangeCounts', 'ResolutionModel', 'TrackStateNet', 'load_model'],
     "mambah.pid": ['PID', 'PidChain', 'available_chains', 'load_chain'],
     "mambah.reconstruction": ['Bremsstrahlung', 'Composites', 'Efficiency', 'Neutrals', 'Occupancy', 'Resolution', 'TrackAcceptance', 'Vertexing'],
-    "mambah.training": ['CramerGANTrainer', 'FlagConfig', 'FlagTrainer', 'GANConfig', 'GANInit', 'PidEnsemble', 'build_occupancy_model', 'fit_efficiency', 'fit_resolution', 'fit_sweights', 'save_flag_model', 'save_pid_model', 'set_determinism', 'train_ensemble'],
+    "mambah.training": ['CramerGANTrainer', 'FlagConfig', 'FlagTrainer', 'GANConfig', 'GANInit', 'PidEnsemble', 'build_occupancy_model', 'fit_efficiency', 'fit_resolution', 'fit_sweights', 'fit_trackstate', 'save_flag_model', 'save_pid_model', 'set_determinism', 'train_ensemble'],
     "mambah.validation": ['BDTKSResult', 'CLASSIFIER_DEFAULTS', 'Cut', 'bdt_ks_null', 'bdt_ks_score', 'chain_closure', 'default_bins', 'effective_size', 'efficiency_in_bins', 'efficiency_pulls', 'parse_cut', 'pid_efficiency', 'pull_score', 'pull_summary', 'sanity_cases', 'sanity_table', 'validate', 'validate_production', 'weighted_auc', 'weighted_ecdf', 'weighted_ks', 'weighted_quantiles', 'write_report'],
     "mambah.store": ['BatchValidationError', 'DEFAULT_URL', 'KEYS', 'Store', 'candidate_ntuple', 'default_prefixes', 'export_ntuple', 'export_parquet', 'export_root', 'normalise_url'],
-    "mambah.reference": ['TrackGun', 'TrackStateModel', 'TrackingDetector', 'tracking_sample'],
+    "mambah.reference": ['TrackGun', 'TrackStateModel', 'TrackingDetector', 'tracking_sample', 'trackstate_sample'],
     "mambah.generation": ['ALIASES', 'DecayNode', 'Descriptor', 'EtaAcceptance', 'Fixed', 'Histogram', 'ParticleGun', 'ParticleInfo', 'PhaseSpaceDecay', 'PowerLawPt', 'TruncatedGaussian', 'Uniform', 'as_sampler', 'boost_to_lab', 'default_eta', 'default_pt', 'generator_stages', 'known_models', 'parse_descriptor', 'resolve'],
 }
 

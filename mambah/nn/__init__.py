@@ -8,7 +8,8 @@
 * the kinds: :class:`PidModel` (:mod:`mambah.nn.pidmodel`, the conditional Cramér GAN; ONNX
   export), :class:`FlagModel` (:mod:`mambah.nn.flags`, the sWeighted Bernoulli classifier of PID
   flags), :class:`EfficiencyModel` and :class:`ResolutionModel` (:mod:`mambah.nn.tracking`),
-  :class:`OccupancyModel` (:mod:`mambah.nn.occupancy`);
+  :class:`OccupancyModel` (:mod:`mambah.nn.occupancy`), :class:`TrackStateNet` (:mod:`mambah.nn.trackstate`:
+  the track states' covariance, chi2 and ghost probability);
 * building blocks: :mod:`mambah.nn.cramer` (:class:`CramerGAN`, the Keras 3 model),
   :mod:`mambah.nn.layers` (generator and critic builders), :mod:`mambah.nn.dense` (plain MLPs and
   their numpy evaluation), :mod:`mambah.nn.preprocessing` (:class:`QuantileGaussianizer`),
@@ -33,6 +34,7 @@ _LAZY = {
     "FlagModel": "mambah.nn.flags",
     "EfficiencyModel": "mambah.nn.tracking",
     "ResolutionModel": "mambah.nn.tracking",
+    "TrackStateNet": "mambah.nn.trackstate",
     "OccupancyModel": "mambah.nn.occupancy",
 }
 

@@ -10,6 +10,6 @@ collisions of a bunch crossing (pile-up) and their prompt tracks for the primary
 from __future__ import annotations
 
 from mambah.reference.tracking import TrackGun, TrackingDetector, tracking_sample
-from mambah.reference.trackstates import TrackStateModel
+from mambah.reference.trackstates import TrackStateModel, trackstate_sample
 
-__all__ = ["TrackingDetector", "TrackGun", "TrackStateModel", "tracking_sample"]
+__all__ = ["TrackingDetector", "TrackGun", "TrackStateModel", "tracking_sample", "trackstate_sample"]

@@ -35,6 +35,7 @@ _LAZY = {
     "save_flag_model": "mambah.training.flags",
     "fit_efficiency": "mambah.training.tracking",
     "fit_resolution": "mambah.training.tracking",
+    "fit_trackstate": "mambah.training.trackstate",
     "build_occupancy_model": "mambah.training.occupancy",
     "fit_sweights": "mambah.training.splot",
 }

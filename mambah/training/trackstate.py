@@ -64,6 +64,22 @@ def _features(df) -> np.ndarray:
     return trackstate_features(*(df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z", "pid", "track_type")))
 
 
+#: why these networks (written into every card; the closure in ``metrics.closure`` is the evidence)
+MODEL_CHOICE = (
+    "Covariance: a regression network, not a generative model, because the reference detector's state covariance "
+    "is a deterministic function of the conditions (momentum, direction, species, type, the state's z); its 15 "
+    "outputs are 5 log sigmas and 10 atanh canonical partial correlations, from which the Cholesky factor is built, "
+    "so every output is a positive-definite covariance; fitted by squared error and then with the Gaussians' KL "
+    "divergence, which weighs the nearly degenerate position-slope directions by what they do to chi2. Residuals: "
+    "Gaussian from the learned covariance (the reference's are Gaussian; the closure's pulls of the reference's own "
+    "residuals against the learned covariance test both). chi2/ndof and ghost probability: a mixture-density "
+    "network (1D Gaussian mixtures of ln(chi2/ndof) and logit(ghost prob)), trained by maximum likelihood: stable, "
+    "its likelihood is a validation score, and the reference's chi2 (a scale mixture of chi2 laws) and Beta ghost "
+    "probability are smooth 1D densities a few Gaussians represent; a GAN or a flow would add an adversary or "
+    "invertibility constraints for no gain in 1D."
+)
+
+
 def _corr_cholesky_rows(w, ops):
     """Rows (list of 5 lists of (n,) tensors, lower triangle) of the correlation Cholesky factor of
     partial correlations ``w`` (n, 10) in :data:`~mambah.nn.trackstate.PAIRS` order, and the (n,)
@@ -242,7 +258,8 @@ def fit_trackstate(
     arrays = {**scaler.arrays(), "cov_mean": cov_mean.astype(np.float64), "cov_scale": cov_scale.astype(np.float64),
               "quality_scale": qscale, "ndof_by_type": np.asarray(ndof_by_type, np.int16)}
     hyper = {"hidden_cov": list(map(int, hidden)), "hidden_quality": list(map(int, hidden[:2])), "activation": "relu",
-             "k_chi2": int(k_chi2), "k_ghost": int(k_ghost), "epochs": int(epochs),
+             "k_chi2": int(k_chi2), "k_ghost": int(k_ghost), "epochs": int(epochs), "kl_epochs": int(kl_epochs),
+             "kl_weight": float(kl_weight),
              "epochs_run": [len(h_cov.get("loss", [])), len(h_q.get("loss", []))], "batch_size": int(batch_size),
              "learning_rate": float(learning_rate), "schedule": "cosine decay to 5%", "optimizer": "Adam",
              "loss": "cov: mean squared error of the standardised parameters, then (kl_epochs) plus kl_weight * "
@@ -250,7 +267,8 @@ def fit_trackstate(
                      "mixture-density negative log-likelihood", "val_fraction": float(val_fraction), "seed": int(seed),
              "features": TRACKSTATE_FEATURES, "n_train": int(len(tr)), "ndof_by_type": ndof_by_type}
     return ({"cov": cov_net, "quality": qual_net}, arrays,
-            {"metrics": metrics, "hyperparameters": hyper, "history": {"cov": h_cov, "quality": h_q}})
+            {"metrics": metrics, "hyperparameters": hyper, "history": {"cov": h_cov, "quality": h_q},
+             "card": {"model_choice": MODEL_CHOICE}})
 
 
 def _robust_width(a: np.ndarray) -> float:
