@@ -189,7 +189,7 @@ def test_b_hadron_selection(tmp_path):
 
     from mambah.physics import pdg_mass
 
-    r = run_example("b_hadron_selection.py", "out", "--events", "8000", cwd=tmp_path)
+    r = run_example("b_hadron_selection.py", "out", "--events", "8000", "--compare-reference", cwd=tmp_path)
     res = _last_json(r.stdout)
     out = tmp_path / "out"
     for name in ("mcorr.png", "ipchi2.png", "fdchi2.png"):
@@ -225,6 +225,13 @@ def test_b_hadron_selection(tmp_path):
     assert (lb["Lb_MCORR"] >= lb["Lb_M"] * (1 - 1e-9)).all()
     m_lb = float(pdg_mass(5122))
     assert np.median(lb["Lb_M"]) < m_lb - 800 and abs(np.median(lb["Lb_MCORR"]) - m_lb) < 500
+    # the networks (efficiency, resolution, track states) against the reference detector on the same
+    # events: the selection's efficiency agrees within 2% relative plus 4 statistical errors
+    for name in ("Lb -> Lc mu nu", "prompt Lc"):
+        ref = res[name]["reference"]
+        assert ref["candidates"] > 500
+        assert abs(ref["selection_rel_diff"]) < 0.02 + 4 * ref["selection_rel_diff_err"], (name, ref)
+    assert res["prompt Lc"]["reference"]["fd_cut"]["eff"] < 0.05
 
 
 def test_radiative_tail(tmp_path):

@@ -181,3 +181,38 @@ def test_shipped_model_closes_on_held_out_reference_tracks():
         assert abs(b["pull_x_mean"]) < 0.02 + 4 / np.sqrt(b["n"]), b
     assert abs(c["chi2_mean"] / 5 - 1) < 0.05
     assert c["chi2ndof_ks"] < 0.02 and c["ghost_ks"] < 0.02 and c["ndof_agree"] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["reference", "network"])
+def test_upstream_and_downstream_tracks_get_their_momentum_resolution(mode):
+    """The resolution models describe long tracks; an upstream track's momentum residual is about 30
+    times wider and a downstream track's 1.2 times (the reference detector's factors; in network
+    mode as the track-state network learned them), at the same kinematics."""
+    from mambah import Composites, Efficiency, Occupancy, Pipeline, Resolution, generator_stages
+
+    res = Resolution(model="reference") if mode == "reference" else Resolution()
+    stages = [*generator_stages("B0 -> (K_S0 -> pi+ pi-) pi+ pi-"), Occupancy(),
+              Efficiency(model="reference", track_types=("long", "upstream", "downstream")), res, Composites()]
+    pipe = Pipeline(stages)
+    b = pipe.process(pipe.make_batch(0, production_seed=7, n_events=6000))
+    parts, mc = b["particles"], b["mc_particles"].set_index("index")
+    tr = parts[parts["vertex"] < 0]
+    true = mc.loc[tr["mc_particle"].to_numpy(), ["px", "py", "pz"]].to_numpy()
+    reco = tr[["px", "py", "pz"]].to_numpy()
+    r = np.linalg.norm(reco, axis=1) / np.linalg.norm(true, axis=1) - 1
+    p = np.linalg.norm(true, axis=1)
+    tt = tr["track_type"].to_numpy()
+    info = b.info["reconstruction"]["resolution"]
+    assert info["upstream"] == (tt == 4).sum() > 30 and info["downstream"] == (tt == 5).sum() > 100
+    # the scale of each track against a long track of the same kinematics, then the residual widths
+    scale = {}
+    for code, want in ((4, 30.0), (5, 1.2)):
+        sel = tt == code
+        long_ = (tt == 3) & (p > np.percentile(p[sel], 10)) & (p < np.percentile(p[sel], 90))
+        w = lambda a: 0.5 * np.subtract(*np.percentile(a, [84.13, 15.87]))  # noqa: E731
+        scale[code] = w(r[sel]) / w(r[long_])
+    assert 15 < scale[4] < 60 and 1.0 < scale[5] < 1.5, scale
+    ox = np.zeros(3)
+    s = res.type_scale(np.array([0.0, 0, 0]), np.array([300.0, 300, 300]), np.array([20000.0] * 3), ox, ox,
+                       np.array([0.0, 0, 1000]), np.array([211] * 3), np.array([3, 4, 5]))
+    assert s[0] == 1.0 and s[1] == pytest.approx(30, rel=0.1) and s[2] == pytest.approx(1.2, rel=0.1)

@@ -38,9 +38,11 @@ def register(sub) -> None:
                                     "the beam (mambah.reference.trackstates). Columns: pid, px, py, pz [MeV], x, "
                                     "y, z [mm], track_type, z_state [mm], true_x ... true_qop, state_x ... "
                                     "state_qop, cov_ij (i <= j, order x, y, tx, ty, q/p), track_chi2, track_ndof, "
-                                    "ghost_prob. With --domain acceptance: the acceptance's momenta and eta with the gun's origins (no "
-                                    "box origins: a particle born off-axis in a random direction has its closest approach "
-                                    "to the beam metres away). Train with `mambah train trackstate`.")
+                                    "ghost_prob. The displaced origins lie along a parent's flight, the track tilted from it by up to "
+                                    "0.3 rad (a decay's opening angle), so that the states of K0S and Lambda daughters "
+                                    "are covered. With --domain acceptance: the acceptance's momenta and eta with those "
+                                    "origins (no box origins: a particle born off-axis in a random direction has its "
+                                    "closest approach to the beam metres away). Train with `mambah train trackstate`.")
     _sample_options(s)
     s.set_defaults(func=_trackstate_sample)
 
@@ -85,20 +87,20 @@ def _sample_options(t) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
-def _sample_in_domain(args, sample, box: float = 0.2):
+def _sample_in_domain(args, sample, box: float = 0.2, kink: float = 0.0):
     """``(table, rows dropped)`` of ``sample(n, seed=, gun=)`` with the gun of ``--domain`` (and the
     acceptance's cut for ``--domain acceptance``, with a fraction ``box`` of the origins uniform over
     the acceptance's origin box)."""
     from mambah.reference.tracking import TrackGun
 
     if args.domain != "acceptance":
-        gun = TrackGun(prompt=args.prompt_fraction, p_lo=args.p_min, p_hi=args.p_max)
+        gun = TrackGun(prompt=args.prompt_fraction, p_lo=args.p_min, p_hi=args.p_max, kink=kink)
         return sample(args.events, seed=args.seed, gun=gun), 0
     from mambah.reconstruction.acceptance import TrackAcceptance
 
     acc = TrackAcceptance()
     gun = TrackGun(prompt=args.prompt_fraction, p_lo=acc.p_min, p_hi=acc.p_max, eta_lo=acc.eta_min,
-                   eta_hi=acc.eta_max, box=box, box_z=(acc.z_min, acc.z_max), box_rho=acc.rho_max)
+                   eta_hi=acc.eta_max, box=box, kink=kink, box_z=(acc.z_min, acc.z_max), box_rho=acc.rho_max)
     df = sample(args.events, seed=args.seed, gun=gun)
     keep = acc.inside(*(df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z")))
     return df.loc[keep].reset_index(drop=True), int((~keep).sum())
@@ -121,6 +123,12 @@ def _check_sample_args(args) -> None:
         raise ConfigurationError(f"need 0 < --p-min < --p-max, got {args.p_min} and {args.p_max}")
 
 
+#: the trackstate sample's displaced origins lie along a parent's flight, the track tilted by up to this
+#: angle (rad; mambah.reference.TrackGun.kink): K0S and Lambda daughters' states closest to the beam
+#: spread over +-2 m, which a training sample of tracks pointing back to the PV would not cover
+TRACKSTATE_KINK = 0.3
+
+
 def _trackstate_sample(args: argparse.Namespace) -> int:
     import logging
 
@@ -131,7 +139,7 @@ def _trackstate_sample(args: argparse.Namespace) -> int:
     # no box origins: a particle born off-axis in a random direction has its closest approach to the
     # beam metres away, a state no reconstructed track of a decay has (the gun's displaced origins lie
     # on the track's line through the PV)
-    df, dropped = _sample_in_domain(args, trackstate_sample, box=0.0)
+    df, dropped = _sample_in_domain(args, trackstate_sample, box=0.0, kink=TRACKSTATE_KINK)
     write_table(df, args.out)
     counts = df["track_type"].value_counts().to_dict()
     logging.getLogger("mambah").info("wrote %d reconstructed tracks (long %d, upstream %d, downstream %d%s) to %s",

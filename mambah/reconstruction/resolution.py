@@ -6,6 +6,16 @@ particle (so running the stage twice redraws rather than smears twice); ``e`` is
 with the row's mass hypothesis ``m``. Randomness from ``batch.rng(name)``.
 
 ``model="reference"`` uses the reference detector's exact smearing instead of a network.
+
+The resolution models describe **long tracks**. Upstream and downstream tracks (``particles.track_type``
+4 and 5, kept with ``Efficiency(track_types=...)``) have a worse momentum resolution (an upstream
+track's momentum comes from the VELO-UT kick only, about 30 times a long track's; a downstream
+track has no VELO point): their relative momentum residual ``p_reco / p_true - 1`` is scaled by
+``sigma(q/p | type) / sigma(q/p | long)`` at the same true momentum, direction and origin, taken from
+the track states: the reference detector's (:class:`~mambah.reference.trackstates.TrackStateModel`,
+its ``upstream_p_scale`` and ``downstream_p_scale``) in reference mode, and the track-state network
+(``types_model``, default ``trackstate-ref-v1``, learned from it) otherwise. The batch's
+``reconstruction.resolution`` record counts them (``upstream``, ``downstream``) and names the source.
 """
 
 from __future__ import annotations
@@ -33,6 +43,38 @@ class Resolution(OneModelStage):
 
     model: str = DEFAULT_RESOLUTION
     name: str = "resolution"
+    types_model: str = "trackstate-ref-v1"
+
+    def model_versions(self):
+        out = super().model_versions()
+        if self.model != REFERENCE:
+            from mambah.reconstruction._common import model_version_entry
+
+            out.update(model_version_entry(self.types_model))
+        return out
+
+    def type_scale(self, px, py, pz, x, y, z, pid, track_type) -> np.ndarray:
+        """sigma(q/p | type) / sigma(q/p | long) of tracks (1 for long tracks); see the module docstring."""
+        tt = np.asarray(track_type)
+        out = np.ones(len(tt))
+        other = np.isin(tt, (4, 5))
+        if not other.any():
+            return out
+        a = [np.asarray(v)[other] for v in (px, py, pz, x, y, z, pid)]
+        long_ = np.full(int(other.sum()), 3, dtype=np.int8)
+        if self.model == REFERENCE:
+            from mambah.reference.trackstates import TrackStateModel
+
+            ts = TrackStateModel()
+            _, zs = ts.true_state(*a[:6], np.ones(len(long_)))
+            var = [ts.covariance(*a[:3], a[6], t, zs)[:, 4, 4] for t in (tt[other], long_)]
+        else:
+            from mambah.nn.registry import load_model
+
+            net = load_model(self.types_model, kind="trackstate")
+            var = [net.covariance(*a, t)[:, 4, 4] for t in (tt[other], long_)]
+        out[other] = np.sqrt(var[0] / var[1])
+        return out
 
     def smear(self, px, py, pz, pid, rng, out_of_range: dict | None = None):
         """Reconstructed (px, py, pz) [MeV/c] for true momenta, with this stage's model.
@@ -64,13 +106,28 @@ class Resolution(OneModelStage):
         pid = mc["pid"].to_numpy(np.int64)[rows]
         out_of_range: dict[str, list[int]] = {}
         rx, ry, rz = self.smear(px, py, pz, pid, batch.rng(self.name), out_of_range)
+        info_types = {}
+        if "track_type" in parts:
+            tt = parts["track_type"].to_numpy()[track]
+            if np.isin(tt, (4, 5)).any():
+                vt = batch["mc_vertices"]
+                vrow = rows_by_index(vt, mc["prod_vertex"].to_numpy()[rows], "mc_particles.prod_vertex values")
+                ox, oy, oz = (vt[c].to_numpy(np.float64)[vrow] for c in ("x", "y", "z"))
+                scale = self.type_scale(px, py, pz, ox, oy, oz, pid, tt)
+                p_true = np.sqrt(px * px + py * py + pz * pz)
+                f = 1.0 + scale * (np.sqrt(rx * rx + ry * ry + rz * rz) / p_true - 1.0)
+                r = np.sqrt(rx * rx + ry * ry + rz * rz)
+                f = f * p_true / r
+                rx, ry, rz = rx * f, ry * f, rz * f
+                info_types = {"upstream": int((tt == 4).sum()), "downstream": int((tt == 5).sum()),
+                              "type_scale_from": "reference" if self.model == REFERENCE else self.types_model}
         m = parts["m"].to_numpy(np.float64)[track]
         for c, v in (("px", rx), ("py", ry), ("pz", rz), ("e", np.sqrt(rx * rx + ry * ry + rz * rz + m * m))):
             col = parts[c].to_numpy(np.float64, copy=True)
             col[track] = v
             parts[c] = col
         batch["particles"] = parts
-        info = batch.info.setdefault("reconstruction", {})["resolution"] = {"tracks": int(len(track))}
+        info = batch.info.setdefault("reconstruction", {})["resolution"] = {"tracks": int(len(track)), **info_types}
         if out_of_range:
             info["out_of_range"] = out_of_range
         return batch

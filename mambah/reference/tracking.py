@@ -301,7 +301,11 @@ class TrackGun:
       decays and K0S / Lambda decays up to and beyond the end of the VELO;
     * a fraction ``box`` (default 0) of the origins instead uniform in z over ``box_z`` (mm) and in
       radius over [0, ``box_rho``) (uniform azimuth): so that a sample covers a whole origin domain
-      (the geometric acceptance's, :mod:`mambah.reconstruction.acceptance`) up to its edges.
+      (the geometric acceptance's, :mod:`mambah.reconstruction.acceptance`) up to its edges;
+    * ``kink`` (rad, default 0): the displaced origins lie along the flight of a parent instead of
+      along the track itself, the track's direction tilted by an angle log-uniform in [1 mrad,
+      ``kink``] at a random azimuth (a decay's opening angle: a K0S or Lambda daughter's line does
+      not point back to the PV, so its closest approach to the beam spreads over metres).
     """
 
     eta_lo: float = 1.6
@@ -316,6 +320,7 @@ class TrackGun:
     box: float = 0.0
     box_z: tuple[float, float] = (-300.0, 2500.0)
     box_rho: float = 1100.0
+    kink: float = 0.0
 
     def __call__(self, n: int, seed: SeedLike = None) -> dict[str, np.ndarray]:
         rng = get_rng(seed)
@@ -333,7 +338,19 @@ class TrackGun:
         z = rng.normal(0.0, self.sigma_z, n)
         displaced = rng.random(n) >= self.prompt
         d = np.where(displaced, np.exp(rng.uniform(np.log(self.flight_lo), np.log(self.flight_hi), n)), 0.0)
-        x, y, z = x + d * px / p, y + d * py / p, z + d * pz / p
+        if self.kink > 0:
+            ux, uy, uz = px / p, py / p, pz / p
+            alpha = np.exp(rng.uniform(np.log(1e-3), np.log(self.kink), n))
+            beta = rng.uniform(-np.pi, np.pi, n)
+            # e1, e2: an orthonormal pair perpendicular to the direction (never along z: eta <= eta_hi)
+            nrm = np.hypot(ux, uy)
+            e1x, e1y = uy / nrm, -ux / nrm
+            e2x, e2y, e2z = -uz * e1y, uz * e1x, ux * e1y - uy * e1x
+            wx, wy, wz = np.cos(beta) * e1x + np.sin(beta) * e2x, np.cos(beta) * e1y + np.sin(beta) * e2y, np.sin(beta) * e2z
+            ca, sa = np.cos(alpha), np.sin(alpha)
+            x, y, z = x + d * (ca * ux + sa * wx), y + d * (ca * uy + sa * wy), z + d * (ca * uz + sa * wz)
+        else:
+            x, y, z = x + d * px / p, y + d * py / p, z + d * pz / p
         if self.box > 0:
             inbox = rng.random(n) < self.box
             k = int(inbox.sum())
