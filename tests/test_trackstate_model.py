@@ -212,7 +212,8 @@ def test_upstream_and_downstream_tracks_get_their_momentum_resolution(mode):
         w = lambda a: 0.5 * np.subtract(*np.percentile(a, [84.13, 15.87]))  # noqa: E731
         scale[code] = w(r[sel]) / w(r[long_])
     assert 15 < scale[4] < 60 and 1.0 < scale[5] < 1.5, scale
-    ox = np.zeros(3)
-    s = res.type_scale(np.array([0.0, 0, 0]), np.array([300.0, 300, 300]), np.array([20000.0] * 3), ox, ox,
+    # one track of each type where that type exists (upstream: below 2 GeV/c; downstream from z = 1 m)
+    o = np.zeros(3)
+    s = res.type_scale(np.array([300.0, 100, 300]), np.array([300.0, 100, 300]), np.array([20000.0, 1500, 20000]), o, o,
                        np.array([0.0, 0, 1000]), np.array([211] * 3), np.array([3, 4, 5]))
     assert s[0] == 1.0 and s[1] == pytest.approx(30, rel=0.1) and s[2] == pytest.approx(1.2, rel=0.1)

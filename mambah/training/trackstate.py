@@ -318,6 +318,16 @@ def trackstate_closure(model, df, *, pt_edges=(0.0, 0.5, 1.0, 2.0, 5.0, 1e3), et
                     row[f"pull_{k}_mean"] = float(pulls[sel, j].mean())
                     row[f"pull_{k}_std"] = float(pulls[sel, j].std())
                 bins.append(row)
+    # downstream tracks by the plane of their state (the lever arm from the UT: the covariance changes
+    # sign of its position-slope correlation where the state's plane crosses the UT)
+    zs = m["z"]
+    by_z = []
+    for a, b in ((-1e9, -2000.0), (-2000.0, -500.0), (-500.0, 500.0), (500.0, 2000.0), (2000.0, 1e9)):
+        sel = (tt == TRACK_TYPE_ORDER[2]) & (zs >= a) & (zs < b)
+        if sel.sum() >= min_count // 5:
+            by_z.append({"type": int(TRACK_TYPE_ORDER[2]), "z_state": [a, b], "n": int(sel.sum()),
+                         "pull_x_std": float(pulls[sel, 0].std()), "pull_y_std": float(pulls[sel, 1].std()),
+                         "chi2_mean": float(chi2[sel].mean()), "chi2_median": float(np.median(chi2[sel]))})
     ref_q = np.log(df["track_chi2"].to_numpy(np.float64) / df["track_ndof"].to_numpy(np.float64))
     mod_q = np.log(m["chi2"] / m["ndof"])
     ref_g, mod_g = df["ghost_prob"].to_numpy(np.float64), m["ghost_prob"]
@@ -325,6 +335,7 @@ def trackstate_closure(model, df, *, pt_edges=(0.0, 0.5, 1.0, 2.0, 5.0, 1e3), et
     out = {
         "n": int(len(df)),
         "bins": bins,
+        "downstream_by_z_state": by_z,
         "pull_std_max_dev": max(abs(b[f"pull_{k}_std"] - 1) for b in bins for k in ("x", "y")) if bins else float("nan"),
         "pull_mean_max_abs": max(abs(b[f"pull_{k}_mean"]) for b in bins for k in ("x", "y")) if bins else float("nan"),
         "chi2_mean": float(chi2.mean()),
