@@ -74,6 +74,26 @@ class ReferenceOrModelStage:
         """``{name: directory}`` of the trained model (:func:`model_dir_entry`); ``{}`` for the reference."""
         return {} if self.model == REFERENCE else model_dir_entry(self.model_dir)
 
+    def check_model(self, stage: str, kind: str, choices: tuple[str, ...]) -> None:
+        """Refuse a ``model`` that is neither the reference nor a model directory of ``kind``
+        (:class:`~mambah.errors.ConfigurationError` naming ``stage``, the ``choices`` and the problem)."""
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigurationError(f"{stage}: model must be {' or '.join(map(repr, choices))} or a {kind} model's "
+                                     f"name or directory, got {self.model!r}")
+        if self.model == REFERENCE:
+            return
+        from mambah.errors import ModelDirError
+        from mambah.modeldir import load_card, resolve_model
+
+        try:
+            card = load_card(resolve_model(self.model_dir))
+        except ModelDirError as e:
+            raise ConfigurationError(f"{stage}: unknown model {self.model!r}: not one of {', '.join(choices)} and "
+                                     f"{e}") from None
+        if card.get("kind") != kind:
+            raise ConfigurationError(f"{stage}: model {self.model_dir!r} is a {card.get('kind')!r} model, not a "
+                                     f"{kind!r} one")
+
 
 def rows_by_index(table: pd.DataFrame, index: np.ndarray, what: str) -> np.ndarray:
     """Row positions of batch-local ``index`` values in ``table`` (whose ``index`` column is a key)."""

@@ -76,24 +76,10 @@ class Bremsstrahlung(ReferenceOrModelStage):
     name: str = "brem"
 
     def __post_init__(self):
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigurationError(f"Bremsstrahlung: model must be {' or '.join(map(repr, BREM_MODELS))} or a brem "
-                                     f"model's name or directory, got {self.model!r}")
         if not isinstance(self.recovery, bool):
             raise ConfigurationError(f"Bremsstrahlung: recovery must be True or False, got {self.recovery!r}")
+        self.check_model("Bremsstrahlung", "brem", BREM_MODELS)
         if self.model != "reference":
-            from mambah.modeldir import load_card, resolve_model
-
-            from mambah.errors import ModelDirError
-
-            try:
-                card = load_card(resolve_model(self.model_dir))
-            except ModelDirError as e:
-                raise ConfigurationError(f"Bremsstrahlung: unknown model {self.model!r}: not one of "
-                                         f"{', '.join(BREM_MODELS)} and {e}") from None
-            if card.get("kind") != "brem":
-                raise ConfigurationError(f"Bremsstrahlung: model {self.model_dir!r} is a {card.get('kind')!r} model, "
-                                         "not a 'brem' one")
             if not self.recovery:
                 raise ConfigurationError("Bremsstrahlung: recovery=False needs model='reference' (a brem network "
                                          "learned the response after recovery)")

@@ -104,22 +104,7 @@ class Neutrals(ReferenceOrModelStage):
     name: str = "neutrals"
 
     def __post_init__(self):
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigurationError(f"Neutrals: model must be {' or '.join(map(repr, NEUTRAL_MODELS))} or a photon "
-                                     f"model's name or directory, got {self.model!r}")
-        if self.model != "reference":
-            from mambah.modeldir import load_card, resolve_model
-
-            from mambah.errors import ModelDirError
-
-            try:
-                card = load_card(resolve_model(self.model_dir))
-            except ModelDirError as e:
-                raise ConfigurationError(f"Neutrals: unknown model {self.model!r}: not one of "
-                                         f"{', '.join(NEUTRAL_MODELS)} and {e}") from None
-            if card.get("kind") != "photon":
-                raise ConfigurationError(f"Neutrals: model {self.model_dir!r} is a {card.get('kind')!r} model, "
-                                         "not a 'photon' one")
+        self.check_model("Neutrals", "photon", NEUTRAL_MODELS)
         if _pdgid("gamma") != PHOTON_PID or _pdgid("pi0") != PI0_PID:  # pragma: no cover - constants vs `particle`
             raise ConfigurationError("PHOTON_PID or PI0_PID disagrees with the particle package")
 

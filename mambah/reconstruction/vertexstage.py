@@ -199,21 +199,7 @@ class Vertexing(ReferenceOrModelStage):
     name: str = "vertexing"
 
     def __post_init__(self):
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigurationError(f"Vertexing: model must be {' or '.join(map(repr, TRACKSTATE_MODELS))} or a "
-                                     f"track-state model's name or directory, got {self.model!r}")
-        if self.model != REFERENCE:
-            from mambah.errors import ModelDirError
-            from mambah.modeldir import load_card, resolve_model
-
-            try:
-                card = load_card(resolve_model(self.model_dir))
-            except ModelDirError as e:
-                raise ConfigurationError(f"Vertexing: unknown model {self.model!r}: not one of "
-                                         f"{', '.join(TRACKSTATE_MODELS)} and {e}") from None
-            if card.get("kind") != "trackstate":
-                raise ConfigurationError(f"Vertexing: model {self.model_dir!r} is a {card.get('kind')!r} model, "
-                                         "not a 'trackstate' one")
+        self.check_model("Vertexing", "trackstate", TRACKSTATE_MODELS)
         if self.pileup is not None and not (np.isfinite(self.pileup) and self.pileup >= 0):
             raise ConfigurationError(f"Vertexing(pileup={self.pileup!r}): the mean number of pile-up collisions "
                                      "must be a number >= 0 (or None for the LHCb Upgrade I value)")
