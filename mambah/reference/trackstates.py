@@ -34,8 +34,9 @@ Track types (LHCb's ``TRACK_Type`` codes), from where the particle was produced 
   (long-lived K0S and Lambda daughters);
 * ``0``: none (origin after the UT, or a downstream-origin particle below ``p_min``).
 
-Today's efficiency stage models long tracks only (the 4-class efficiency is a later step), so
-in a production nearly every track is long; the types are assigned here for the states' physics.
+In a production the Efficiency stage draws every track's type (the 4-class efficiency) and the
+states take that type; :meth:`TrackStateModel.track_type` is the fallback where none was drawn.
+The track-state network :mod:`mambah.nn.trackstate` is learned from :func:`trackstate_sample`.
 
 Covariance of the state closest to the beam (lengths mm, momenta GeV/c inside the formulas):
 
