@@ -46,6 +46,9 @@ def _conditions_at(m: Model, where: str) -> np.ndarray:
         p = 2e4 if where == "inside" else 1e9
         row = [0.05 * p, 0.0, p] + ([10.0] if m.kind == "brem" else [0.1, 0.1, 10.0])
         return np.array([row, row], dtype=float)
+    if m.kind == "trackstate":  # px, py, pz, origin x, y, z, pid, track type
+        p = 2e4 if where == "inside" else 1e9
+        return np.array([[0.05 * p, 0.0, p, 0.0, 0.0, 10.0, 211, 3]] * 2, dtype=float)
     return np.empty((2, 0))
 
 
