@@ -25,7 +25,8 @@ import dataclasses
 import numpy as np
 
 from mambah.errors import ConfigurationError
-from mambah.reconstruction._common import REFERENCE, OneModelStage, require_tables, rows_by_index
+from mambah.reconstruction._common import (REFERENCE, OneModelStage, model_dir_entry, model_version_entry,
+                                          require_tables, rows_by_index)
 
 __all__ = ["Resolution", "DEFAULT_RESOLUTION"]
 
@@ -48,9 +49,13 @@ class Resolution(OneModelStage):
     def model_versions(self):
         out = super().model_versions()
         if self.model != REFERENCE:
-            from mambah.reconstruction._common import model_version_entry
-
             out.update(model_version_entry(self.types_model))
+        return out
+
+    def model_dirs(self):
+        out = super().model_dirs()
+        if self.model != REFERENCE:
+            out.update(model_dir_entry(self.types_model))
         return out
 
     def type_scale(self, px, py, pz, x, y, z, pid, track_type) -> np.ndarray:
