@@ -244,3 +244,31 @@ def test_fits_stopped_before_convergence_are_reported():
     full = vx.fit_vertex(m, V, z)
     assert np.isfinite(early.position).all() and np.isfinite(early.momentum_covariance).all()
     assert (full.chi2 <= early.chi2 + 1e-9).all()  # iterating further never raised the chi2
+
+
+def test_chunked_and_threaded_fits_equal_the_fit_of_the_whole_bit_for_bit(monkeypatch):
+    """Each vertex's fit is independent of its batch: chunks and threads change nothing; errors and
+    warnings name the rows of the whole input."""
+    _, m, V, z, _ = simulate(700, 3, 5, seed=21)
+    mask = np.ones((700, 3), dtype=bool)
+    mask[::4, 2] = False  # a quarter of the vertices have 2 tracks
+    tol = 1e-6  # tight: the fits converge at different iterations (where a batch-dependent fit would differ)
+    whole = vx.fit_vertex(m, V, z, mask=mask, threads=1, tol=tol)
+    monkeypatch.setattr(vx, "_CHUNK_ROWS", 64)
+    for threads in (1, 2, 3):
+        part = vx.fit_vertex(m, V, z, mask=mask, threads=threads, tol=tol)
+        for f in ("position", "covariance", "chi2", "ndof", "track_params", "momentum", "momentum_covariance",
+                  "position_momentum_covariance"):
+            np.testing.assert_array_equal(getattr(part, f), getattr(whole, f), err_msg=f)
+    # fits of a subset equal the same vertices' fits in the whole batch
+    sub = vx.fit_vertex(m[300:364], V[300:364], z[300:364], mask=mask[300:364], tol=tol)
+    np.testing.assert_array_equal(sub.position, whole.position[300:364])
+    bad = V.copy()
+    bad[650, 1, 0, 0] = -1e-4
+    with pytest.raises(DataError, match=r"\(vertex, track\) = \(650, 1\)"):
+        vx.fit_vertex(m, bad, z, threads=2)
+    with pytest.warns(vx.VertexFitWarning, match="of 700 vertex fits") as rec:
+        vx.fit_vertex(m, V, z, max_iterations=1, threads=2)
+    with pytest.warns(vx.VertexFitWarning) as rec1:
+        vx.fit_vertex(m, V, z, max_iterations=1, threads=1)
+    assert rec[0].message.count == rec1[0].message.count and rec[0].message.rows == rec1[0].message.rows

@@ -96,6 +96,7 @@ import numpy as np
 from hepunits.constants import c_light  # mm/ns in hepunits' base units (mm, ns)
 
 from mambah.errors import DataError, MambahWarning
+from mambah.nn.dense import n_threads
 
 __all__ = [
     "VertexFit", "VertexFitWarning", "fit_vertex", "particle_from_state", "state_momentum", "impact_parameter", "ip_residual",
@@ -388,7 +389,7 @@ class VertexFitWarning(MambahWarning):
 
 
 def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterations: int = 30,
-               tol: float = 1e-2, check: bool = True) -> VertexFit:
+               tol: float = 1e-2, check: bool = True, threads: int | None = None) -> VertexFit:
     """Least-squares fit of a common vertex of ``N`` straight tracks, for ``n`` vertices at once.
 
     Args:
@@ -409,6 +410,10 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterati
         tol: a fit has converged when its last step moved the vertex by less than ``tol`` times
             its error in each coordinate; fits that have converged are not iterated further.
         check: check the inputs (shapes, finite values, positive-definite covariances) first.
+        threads: threads over which chunks of 32768 vertices are spread (``None``:
+            :func:`mambah.nn.dense.n_threads`, i.e. ``$MAMBAH_THREADS`` or the cores). Each vertex's
+            fit is independent of the others (a converged fit keeps the iterate it converged at), so
+            the result does not depend on the chunks or the threads, bit for bit.
 
     Returns:
         :class:`VertexFit` (see the module docstring for the formulas).
@@ -417,6 +422,78 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterati
         DataError: bad shapes, fewer than 2 tracks, non-finite states, covariances that are not
             positive definite (the first offending (vertex, track) is named).
     """
+    m = np.asarray(states)
+    n = len(m) if m.ndim == 3 else 0
+    threads = n_threads() if threads is None else max(1, int(threads))
+    kw = dict(max_iterations=max_iterations, tol=tol, check=check)
+    if n <= _CHUNK_ROWS:
+        fit, active = _fit_vertex(states, covariances, z, mask, start, **kw)
+    else:
+        fit, active = _fit_vertex_chunks(m, covariances, z, mask, start, threads, kw)
+    if len(active):
+        warnings.warn(VertexFitWarning(
+            f"fit_vertex: {len(active)} of {n} vertex fits did not converge in {max_iterations} iterations "
+            f"(last step above {tol} of the vertex error); they keep their last iterate (rows {active[:20].tolist()})",
+            count=len(active), n=n, rows=active[:20]), stacklevel=2)
+    return fit
+
+
+#: vertices per work unit of :func:`fit_vertex`: the temporaries of a chunk stay in the caches
+#: (measured on 2 cores, 2 x 10^5 vertices: chunks of 16-32k fit 1.5-1.9x faster than the whole on 2
+#: threads, and 4-8k chunks lose to the per-call overhead)
+_CHUNK_ROWS = 32768
+
+
+def _fit_vertex_chunks(m, covariances, z, mask, start, threads: int, kw: dict):
+    """:func:`_fit_vertex` over row chunks of :data:`_CHUNK_ROWS`, on ``threads`` threads (numpy
+    releases the GIL in its ufuncs); on bad input, the fit of everything at once raises the error
+    naming the first offending row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, N = m.shape[:2]
+    V = np.asarray(covariances)
+    try:
+        zz = np.broadcast_to(np.asarray(z, dtype=np.float64), (n, N))
+    except ValueError:
+        zz = None
+    if zz is None or V.shape[:2] != (n, N) or (mask is not None and np.shape(mask) != (n, N)) or (
+            start is not None and np.shape(start) != (n, 3)):
+        return _fit_vertex(m, covariances, z, mask, start, **kw)  # raises the DataError
+    edges = np.append(np.arange(0, n, _CHUNK_ROWS), n)
+    workers = min(threads, len(edges) - 1)
+
+    def one(a, b):
+        return _fit_vertex(m[a:b], V[a:b], zz[a:b], None if mask is None else np.asarray(mask)[a:b],
+                           None if start is None else np.asarray(start)[a:b], **kw)
+
+    try:
+        if workers <= 1:
+            outs = [one(a, b) for a, b in zip(edges[:-1], edges[1:])]
+        else:
+            with ThreadPoolExecutor(workers) as ex:
+                outs = list(ex.map(one, edges[:-1], edges[1:]))
+    except DataError:
+        outs = None
+    if outs is None:
+        return _fit_vertex(m, covariances, z, mask, start, **kw)  # names the first offending row overall
+    fits = [o[0] for o in outs]
+    active = np.concatenate([o[1] + a for o, a in zip(outs, edges[:-1])])
+
+    def cat(name):
+        xs = [getattr(f, name) for f in fits]
+        return None if xs[0] is None else np.concatenate(xs)
+
+    ndof = fits[0].ndof if mask is None else cat("ndof")
+    fit = VertexFit(position=cat("position"), covariance=cat("covariance"), chi2=cat("chi2"), ndof=ndof,
+                    track_params=cat("track_params"), momentum=cat("momentum"),
+                    momentum_covariance=cat("momentum_covariance"),
+                    position_momentum_covariance=cat("position_momentum_covariance"),
+                    iterations=max(f.iterations for f in fits))
+    return fit, active
+
+
+def _fit_vertex(states, covariances, z, mask, start, *, max_iterations: int, tol: float, check: bool):
+    """The fit of :func:`fit_vertex` in one thread: ``(VertexFit, rows not converged)``."""
     m = np.asarray(states, dtype=np.float64)
     V = np.asarray(covariances, dtype=np.float64)
     if m.ndim != 3 or m.shape[-1] not in (4, 5):
@@ -512,14 +589,22 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterati
             e_new = _evaluate(ta, v_new)
         step = np.abs(v_new - e.v)
         err = np.sqrt(np.maximum(np.stack([C_a[0], C_a[3], C_a[5]]), 0.0))
-        pending &= ~(step <= tol * err + 1e-9).all(axis=0)
-        v[:, rows] = v_new
-        chi2[rows] = e_new.chi2
+        conv = (step <= tol * err + 1e-9).all(axis=0)
+        # a vertex's result is its iterate when it converged: converged vertices that stay in the
+        # working set until it shrinks are not updated, so each fit is independent of its batch
+        if pending.all():
+            v[:, rows] = v_new
+            chi2[rows] = e_new.chi2
+        else:
+            v[:, rows[pending]] = v_new[:, pending]
+            chi2[rows[pending]] = e_new.chi2[pending]
+        newly = pending & conv
+        if newly.any():
+            keep(rows[newly], e_new.take(newly), [c[newly] for c in C_a])
+        pending &= ~conv
         if not pending.any():
             break
         if pending.mean() < 0.5 or it == max_iterations:  # copying the working set pays off when it halves
-            done = ~pending
-            keep(rows[done], e_new.take(done), [c[done] for c in C_a])
             rows = rows[pending]
             ta = ta.subset(pending)
             e = e_new.take(pending)
@@ -528,13 +613,9 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterati
             pending = np.ones(len(rows), dtype=bool)
         else:
             e = e_new
-    keep(rows, e_new, C_a)
+    if pending.any():  # not converged in max_iterations: their last iterate
+        keep(rows[pending], e_new.take(pending), [c[pending] for c in C_a])
     active = rows[pending] if pending.any() else rows[:0]
-    if len(active):
-        warnings.warn(VertexFitWarning(
-            f"fit_vertex: {len(active)} of {n} vertex fits did not converge in {max_iterations} iterations "
-            f"(last step above {tol} of the vertex error); they keep their last iterate (rows {active[:20].tolist()})",
-            count=len(active), n=n, rows=active[:20]), stacklevel=2)
     # covariance and fitted track parameters at the solution (track-major (N, n) components)
     e = _Eval(v, chi2, fin["dz"], fin["rx"], fin["ry"], (fin["Ixx"], fin["Ixy"], fin["Iyy"]),
               (fin["Cxx"], fin["Cxy"], fin["Cyx"], fin["Cyy"]), fin["a"], fin["b"])
@@ -546,7 +627,7 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterati
         tx, ty = np.where(w > 0, tx, np.nan), np.where(w > 0, ty, np.nan)
     if k != 5:
         out["track_params"] = np.stack([tx.T, ty.T], axis=-1)
-        return VertexFit(**out)
+        return VertexFit(**out), active
     Ixx, Ixy, Iyy = e.I
     dz = e.dz
     # cov(q_r, (x', y')) at the vertex plane for q = (tx, ty, q/p)
@@ -584,7 +665,7 @@ def fit_vertex(states, covariances, z=0.0, *, mask=None, start=None, max_iterati
         tx, ty = np.where(w > 0, tx, np.nan), np.where(w > 0, ty, np.nan)
     out.update(momentum=mom, momentum_covariance=_sym(cov_p), position_momentum_covariance=C @ _tr(K),
                track_params=np.stack([tx.T, ty.T, qop.T], axis=-1))
-    return VertexFit(**out)
+    return VertexFit(**out), active
 
 
 def _sym3(c) -> np.ndarray:
