@@ -497,14 +497,32 @@ class _Spool:
 
 
 def _run_local(pipeline, specs, store, flag) -> Iterator[tuple[int, dict]]:
-    for spec in specs:
-        if flag.stop:
-            return
-        batch = _process(pipeline, spec, None)
-        t0 = time.perf_counter()
-        store.write_batch(batch, if_exists="skip")
-        batch.info["timings"]["store"] = time.perf_counter() - t0
-        yield batch.n_events, batch.info["timings"]
+    """The batches in this process, in order: batch ``i + 1`` is simulated in a helper thread while
+    batch ``i`` is written here (numpy, TensorFlow and the database drivers release the GIL, so on
+    two cores the store's time is mostly hidden). The store is used from this thread only, one
+    batch at a time, in order; a batch is yielded once it is committed. After an interrupt (the
+    stop flag) no batch is started and the one being simulated is still written; after an error,
+    the batch being simulated is finished and dropped, and the written ones stay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = iter(specs)
+    with ThreadPoolExecutor(1, thread_name_prefix="mambah-batch") as ex:
+        spec = next(specs, None)
+        nxt = None if spec is None or flag.stop else ex.submit(_process, pipeline, spec, None)
+        try:
+            while nxt is not None:
+                batch = nxt.result()
+                spec = next(specs, None)
+                nxt = None if spec is None or flag.stop else ex.submit(_process, pipeline, spec, None)
+                t0 = time.perf_counter()
+                store.write_batch(batch, if_exists="skip")
+                batch.info["timings"]["store"] = time.perf_counter() - t0
+                n_ev, timings = batch.n_events, batch.info["timings"]
+                del batch  # only two batches in memory: the one written and the one simulated
+                yield n_ev, timings
+        finally:
+            if nxt is not None:
+                nxt.cancel()
 
 
 def _connect(workers, scheduler):

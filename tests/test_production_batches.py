@@ -140,3 +140,32 @@ def test_dask_production_without_dask_says_how_to_install(monkeypatch, pipe):
     monkeypatch.setitem(sys.modules, "dask.distributed", None)
     with Store("duckdb:///:memory:") as st, pytest.raises(OptionalDependencyError, match=r"mambah\[dask\]"):
         run_production(pipe, n_events=10, batch_size=10, seed=1, store=st, workers=1)
+
+
+class _FailOnBatch:
+    """A stage that fails on one batch id (the store must keep the batches before it, whole)."""
+
+    name = "fail_on"
+
+    def __init__(self, bad: int):
+        self.bad = bad
+
+    def __call__(self, batch):
+        if batch.id == self.bad:
+            raise RuntimeError(f"stage failed on batch {batch.id}")
+        return batch
+
+
+def test_a_failing_batch_keeps_the_batches_before_it_and_writes_none_after(pipe):
+    """The local loop simulates batch i + 1 while it writes batch i: the error of batch 3 reaches
+    the caller, batches 0-2 are in the store whole, nothing of 3 or later; resume completes it."""
+    failing = Pipeline([*pipe.stages, _FailOnBatch(3)])
+    with Store("duckdb:///:memory:") as st:
+        with pytest.raises(RuntimeError, match="stage failed on batch 3"):
+            run_production(failing, n_events=3000, batch_size=500, seed=5, store=st, production="p")
+        assert st.batch_ids() == [0, 1, 2]
+        events = st.read("events")
+        assert events.groupby("batch").size().to_dict() == {0: 500, 1: 500, 2: 500}
+        res = run_production(Pipeline([*pipe.stages, _FailOnBatch(-1)]), n_events=3000, batch_size=500, seed=5,
+                             store=st, production="p", resume=True)
+        assert (res.written, res.skipped) == (3, 3) and st.batch_ids() == list(range(6))
