@@ -265,3 +265,22 @@ def test_radiative_tail(tmp_path):
         assert abs(nw["photon"][label]["mass_width_ratio"] - 1) < 0.25
     assert abs(nw["photon"]["Kpipi0"]["pi0_width_ratio"] - 1) < 0.25
     assert nw["photon"]["efficiency_closure"]["max_abs_diff"] < 0.03
+
+
+def test_trackstate_closure(tmp_path):
+    """The network's covariance against the reference detector's own residuals (a seed the training
+    never used): IP pulls of long tracks, flat vertex-chi2 p-values, FD pulls of unit width."""
+    import json
+
+    run_example("trackstate_closure.py", "out", "--tracks", "200000", "--vertices", "20000", cwd=tmp_path)
+    res = json.loads((tmp_path / "out" / "trackstate_closure.json").read_text())
+    assert (tmp_path / "out" / "trackstate_closure.png").stat().st_size > 10_000
+    long_bins = [b for b in res["ip_bins"] if b["type"] == 3]
+    assert len(long_bins) >= 10
+    for b in long_bins:
+        tol = 0.03 + 4 / np.sqrt(2 * b["n"])
+        assert abs(b["pull_ipx_std"] - 1) < tol and abs(b["pull_ipy_std"] - 1) < tol, b
+    for key in ("2-body", "3-body"):
+        net = res["vertices"][key]["network"]
+        assert net["pvalue_flatness_p"] > 1e-3 and net["pvalue_ks_uniform"] < 0.02, net
+        assert abs(net["fd_pull_mean"]) < 0.05 and abs(net["fd_pull_robust_width"] - 1) < 0.05, net

@@ -163,7 +163,8 @@ def test_vertexing_stage_with_a_model_and_its_bad_names(tiny):
 def test_shipped_model_closes_on_held_out_reference_tracks():
     """``models/trackstate-ref-v1`` against the reference detector on tracks drawn with a seed the
     training never used: the reference's own state residuals, divided by the model's sigma, have unit
-    width for long tracks (the IP coordinates x, y; 4 standard errors and 3 % of model error), their
+    width for long tracks (the IP coordinates x, y; 4 standard errors and 3 % of model error), as have
+    their impact parameters to the true origin divided by the propagated error (IP chi2 mean 2), their
     5-parameter chi2 against the model covariance has mean 5 within 5 %, and the track chi2/ndof and
     ghost probability distributions agree (KS distance < 0.02)."""
     from mambah.nn.registry import load_model
@@ -179,6 +180,10 @@ def test_shipped_model_closes_on_held_out_reference_tracks():
         tol = 0.03 + 4 / np.sqrt(2 * b["n"])
         assert abs(b["pull_x_std"] - 1) < tol and abs(b["pull_y_std"] - 1) < tol, b
         assert abs(b["pull_x_mean"]) < 0.02 + 4 / np.sqrt(b["n"]), b
+        # the impact parameter to the true origin, with its error propagated from the model's covariance
+        for k in ("ipx", "ipy"):
+            assert abs(b[f"pull_{k}_std"] - 1) < tol and abs(b[f"pull_{k}_mean"]) < 0.02 + 4 / np.sqrt(b["n"]), b
+        assert abs(b["ipchi2_mean"] / 2 - 1) < 0.03 + 4 / np.sqrt(b["n"]), b
     assert abs(c["chi2_mean"] / 5 - 1) < 0.05
     assert c["chi2ndof_ks"] < 0.02 and c["ghost_ks"] < 0.02 and c["ndof_agree"] == 1.0
 

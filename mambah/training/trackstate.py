@@ -285,9 +285,13 @@ def trackstate_closure(model, df, *, pt_edges=(0.0, 0.5, 1.0, 2.0, 5.0, 1e3), et
     type: their mean and standard deviation (1.00 for a covariance that matches the residuals);
     the mean of the 5-parameter chi2 ``r^T C_model^-1 r`` (5 for a matching covariance); the ratio
     of the model's sigma(x) to the reference's; and the model's track chi2/ndof and ghost
-    probability against the reference's (quantiles, fraction with ghost_prob > 0.3).
+    probability against the reference's (quantiles, fraction with ghost_prob > 0.3). The impact
+    parameter of the measured track to its true origin, divided by its error propagated from the
+    model's covariance: ``pull_ipx/ipy`` (mean 0, width 1) and ``ipchi2_mean`` (2) per bin.
     """
     from scipy.stats import ks_2samp
+
+    from mambah.reconstruction.vertexing import ip_residual, particle_from_state
 
     cols = [df[c].to_numpy() for c in ("px", "py", "pz", "x", "y", "z", "pid", "track_type")]
     px, py, pz = (np.asarray(c, np.float64) for c in cols[:3])
@@ -301,6 +305,11 @@ def trackstate_closure(model, df, *, pt_edges=(0.0, 0.5, 1.0, 2.0, 5.0, 1e3), et
     pulls = r / sig
     chi2 = np.einsum("ni,ni->n", r, np.linalg.solve(cov, r[..., None])[..., 0])
     ratio = sig[:, 0] / np.sqrt(ref_cov[:, 0, 0])
+    pos, mom, cov6 = particle_from_state(meas, cov, m["z"])
+    origin = np.stack([np.asarray(c, np.float64) for c in cols[3:6]], axis=-1)
+    ip_r, ip_c = ip_residual(pos, mom, cov6, origin, np.zeros((len(origin), 3, 3)))
+    ip_pulls = ip_r / np.sqrt(np.einsum("nii->ni", ip_c))
+    ip_chi2 = np.einsum("ni,ni->n", ip_r, np.linalg.solve(ip_c, ip_r[..., None])[..., 0])
     pt_ = np.hypot(px, py) * 1e-3
     eta = np.arcsinh(pz / np.maximum(np.hypot(px, py), 1e-3))
     tt = np.asarray(cols[7])
@@ -317,6 +326,10 @@ def trackstate_closure(model, df, *, pt_edges=(0.0, 0.5, 1.0, 2.0, 5.0, 1e3), et
                 for j, k in ((0, "x"), (1, "y"), (4, "qop")):
                     row[f"pull_{k}_mean"] = float(pulls[sel, j].mean())
                     row[f"pull_{k}_std"] = float(pulls[sel, j].std())
+                for j, k in ((0, "ipx"), (1, "ipy")):
+                    row[f"pull_{k}_mean"] = float(ip_pulls[sel, j].mean())
+                    row[f"pull_{k}_std"] = float(ip_pulls[sel, j].std())
+                row["ipchi2_mean"] = float(ip_chi2[sel].mean())
                 bins.append(row)
     # downstream tracks by the plane of their state (the lever arm from the UT: the covariance changes
     # sign of its position-slope correlation where the state's plane crosses the UT)
@@ -338,6 +351,12 @@ def trackstate_closure(model, df, *, pt_edges=(0.0, 0.5, 1.0, 2.0, 5.0, 1e3), et
         "downstream_by_z_state": by_z,
         "pull_std_max_dev": max(abs(b[f"pull_{k}_std"] - 1) for b in bins for k in ("x", "y")) if bins else float("nan"),
         "pull_mean_max_abs": max(abs(b[f"pull_{k}_mean"]) for b in bins for k in ("x", "y")) if bins else float("nan"),
+        "ip_pull_std_max_dev": {
+            int(code): max((abs(b[f"pull_{k}_std"] - 1) for b in bins if b["type"] == code for k in ("ipx", "ipy")),
+                           default=float("nan")) for code in TRACK_TYPE_ORDER},
+        "ip_pull_mean_max_abs": {
+            int(code): max((abs(b[f"pull_{k}_mean"]) for b in bins if b["type"] == code for k in ("ipx", "ipy")),
+                           default=float("nan")) for code in TRACK_TYPE_ORDER},
         "chi2_mean": float(chi2.mean()),
         "sigma_x_ratio_median": float(np.median(ratio)),
         "sigma_x_ratio_q01_q99": [float(v) for v in np.percentile(ratio, [1, 99])],
