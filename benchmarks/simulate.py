@@ -6,7 +6,9 @@ unweighted in the same run (``unweighted_events_per_s``).
 
 Runs, each in a fresh subprocess (so that peak memory is per run):
 
-1. 10^6 events in-process: events/s including the store, share of time per stage, peak RSS;
+1. 10^6 events in-process: events/s including the store, share of time per stage, peak RSS (the
+   store writes batch i while batch i + 1 is simulated in a helper thread, so the stages' seconds
+   add up to more than the wall time; the shares are of their sum);
 2. 10^7 events in-process: peak RSS (should stay within 10% of 1.: memory is set by the batch
    size, not by the production size);
 3. 10^6 events on a 2-worker Dask LocalCluster (workers warmed up by one batch each, as the
@@ -164,7 +166,7 @@ def main() -> None:
         if r is not None:
             print(f"seconds per stage, {label}: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items(), key=lambda kv: -kv[1])))
-    print("share of time per stage (1st run): " + ", ".join(f"{k} {v:.1%}" for k, v in share.items()))
+    print("share of the stages' summed seconds (1st run; the store's overlap the simulation): " + ", ".join(f"{k} {v:.1%}" for k, v in share.items()))
     if speedup is not None:
         wk = r3["workers_cpu_s"]
         k_ev = args.events / 1000
