@@ -231,7 +231,32 @@ def test_b_hadron_selection(tmp_path):
         ref = res[name]["reference"]
         assert ref["candidates"] > 500
         assert abs(ref["selection_rel_diff"]) < 0.02 + 4 * ref["selection_rel_diff_err"], (name, ref)
+        # the same events: the paired error is not larger than the quadrature of the binomial ones
+        assert 0 < ref["selection_rel_diff_err_paired"] < 1.2 * ref["selection_rel_diff_err"], (name, ref)
     assert res["prompt Lc"]["reference"]["fd_cut"]["eff"] < 0.05
+
+
+def test_b_hadron_selection_paired_error():
+    """The paired bootstrap error of the networks/reference efficiency ratio: 0 for identical
+    reconstructions, the binomial errors in quadrature for independent ones."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("b_hadron_selection", EXAMPLES / "b_hadron_selection.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(3)
+    n = 20_000
+    cand = pd.DataFrame({"batch": np.zeros(n, int), "event": np.arange(n)})
+    passed = rng.random(n) < 0.3
+    assert mod.paired_rel_diff_error(cand, passed, cand, passed) == 0.0
+    other = rng.random(n) < 0.3
+    quad = np.sqrt(2 * 0.3 * 0.7 / n) / 0.3
+    assert mod.paired_rel_diff_error(cand, passed, cand, other) == pytest.approx(quad, rel=0.15)
+    # 90% of the decisions shared: much smaller than the quadrature
+    mixed = np.where(rng.random(n) < 0.9, passed, other)
+    assert mod.paired_rel_diff_error(cand, passed, cand, mixed) < 0.5 * quad
 
 
 def test_radiative_tail(tmp_path):
