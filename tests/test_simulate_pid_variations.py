@@ -177,7 +177,7 @@ def test_a_step_conditioned_on_a_varied_step_varies(varied_models, tmp_path, glo
     glob = _tiny_gan(tmp_path / "glob", conds, ["CaloDLLe"], global_members, "hasRich == 1", 5)
 
     def steps(rich, g):
-        return [ChainStep("flags", str(varied_models / "pid-K-flags")), ChainStep("muon", str(MODELS / "pid-K-muon"), "isMuon"),
+        return [ChainStep("flags", str(varied_models / "pid-K-flags")), ChainStep("muon", str(varied_models / "pid-K-muon"), "isMuon"),
                 ChainStep("rich", str(rich), "hasRich"), ChainStep("global", str(g), "hasRich")]
 
     chain = build_chain("K", steps(varied_models / "pid-K-rich", glob))
