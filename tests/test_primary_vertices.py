@@ -69,6 +69,24 @@ def test_masked_fit_equals_separate_fits():
         fit_vertex(s[:2], c[:2], z[:2], mask=np.eye(2, 7, dtype=bool))
 
 
+def test_collision_tracks_are_above_the_momentum_bound_with_positive_definite_covariances():
+    """The soft spectrum is truncated at p_min (the tracking acceptance's 0.5 GeV/c): without it, one
+    track in ~10^8 had p ~ 0 and a multiple-scattering covariance that is not positive definite in
+    floating point, which stopped a 3M-event production in its PV fits."""
+    pu = PileUpModel()
+    rng = np.random.default_rng(8)
+    o = pu.positions(400_000, rng)
+    s, c, _ = pu.tracks(o, rng)
+    # a 4-parameter state has no momentum: the slope error (multiple scattering, ~1/p) shows the bound
+    assert np.isfinite(s).all() and np.sqrt(c[:, 2, 2]).max() < 0.02  # measured 0.008 rad at p_min
+    np.linalg.cholesky(c)  # every covariance positive definite
+    soft = PileUpModel(p_min=1.0)  # (almost) no bound: tracks of a few MeV/c, slope errors of radians
+    _, c2, _ = soft.tracks(o, np.random.default_rng(8))
+    assert np.sqrt(c2[:, 2, 2]).max() > 100 * np.sqrt(c[:, 2, 2]).max()
+    with pytest.raises(ConfigurationError, match="p_min"):
+        PileUpModel(p_min=0.0)
+
+
 @pytest.mark.parametrize("ntracks", [5, 12, 30, 80])
 def test_pv_pulls_have_unit_width_in_bins_of_track_count(ntracks):
     pu = PileUpModel()

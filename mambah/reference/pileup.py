@@ -18,23 +18,25 @@ Their positions are drawn from the luminous region, the gun's
 the origin, independently of the signal's PV.
 
 **Tracks per collision** (reconstructed prompt VELO tracks that enter a PV fit): a negative
-binomial distribution of mean ``mult_mean`` = 20 and shape ``mult_k`` = 1.5, restricted to at least
+binomial distribution of mean ``mult_mean`` = 30 and shape ``mult_k`` = 1.5, restricted to at least
 ``mult_min`` = 2 (a visible collision). The mean is the charged multiplicity LHCb measured in its
 acceptance, about 5-6 charged particles per unit of pseudorapidity in 2 < eta < 4.8 for pp
 collisions with at least one track at 7 TeV ([LHCb-MULT] LHCb collaboration, "Measurement of
 charged particle multiplicities and densities in pp collisions at sqrt(s) = 7 TeV in the forward
 region", Eur. Phys. J. C 74 (2014) 2888, arXiv:1402.4430), about 20% more at 13.6 TeV, over the
-three units of pseudorapidity drawn here: ~20 tracks. The negative binomial is the usual
+three forward units of pseudorapidity: ~20 tracks, and ~30 with the backward VELO tracks, which
+LHCb also uses in its PV fits and which are drawn here too (``backward_eta``, mirrored in z through
+the collision). The negative binomial is the usual
 description of charged multiplicities in a limited pseudorapidity window; k ~ 1.5 is a
 reference-detector choice of the order of such fits at LHC energies (a wide distribution: a
-quarter of the collisions have fewer than 8 tracks). Backward VELO tracks, which LHCb also uses in
-its PV fits, are not drawn.
+quarter of the collisions have fewer than 8 tracks).
 
 **Their kinematics**: charged pions (charge random), pseudorapidity uniform in
 ``[eta_lo, eta_hi]`` = [2, 5] (the VELO's forward acceptance), azimuth uniform, transverse
 momentum from ``pT exp(-pT/T)`` (a Gamma(2, T) distribution) with ``T`` = 0.28 GeV/c, mean pT =
 2T = 0.56 GeV/c, the mean pT of charged hadrons at the LHC (reference-detector choice of that
-order). They start exactly at their collision's position; their states are the reference
+order), truncated below p = ``p_min`` = 0.5 GeV/c (the tracking acceptance's bound). They start
+exactly at their collision's position; their states are the reference
 detector's (:class:`~mambah.reference.trackstates.TrackStateModel`: the VELO segment's covariance,
 so that low-pT tracks, with their large multiple scattering, weigh little in the fit).
 
@@ -78,6 +80,11 @@ class PileUpModel:
         mult_mean, mult_k, mult_min: the tracks-per-collision negative binomial (mean, shape) and
             its lower bound (a visible collision).
         pt_temperature: ``T`` of the ``pT exp(-pT/T)`` spectrum, MeV/c.
+        p_min: the spectrum is truncated below this momentum, MeV/c (the reference tracking
+            acceptance's bound, :class:`mambah.reconstruction.acceptance.TrackAcceptance`: softer
+            tracks are not reconstructed; without a bound, a track of vanishing momentum gets an
+            unbounded multiple-scattering error, a covariance that is not positive definite in
+            floating point: one in ~10^8 tracks stopped a 3M-event production with pile-up).
         eta_lo, eta_hi: pseudorapidity range of the forward tracks.
         backward_eta: ``|eta|`` range of the backward tracks (eta in ``[-4, -1.6]``).
         pv_sigma: luminous region (x, y, z) Gaussian widths, mm, around the origin.
@@ -89,6 +96,7 @@ class PileUpModel:
     mult_k: float = 1.5
     mult_min: int = 2
     pt_temperature: float = 280.0
+    p_min: float = 500.0
     eta_lo: float = 1.6
     eta_hi: float = 5.0
     backward_eta: tuple[float, float] = (1.6, 4.0)
@@ -98,8 +106,9 @@ class PileUpModel:
     def __post_init__(self):
         if not (np.isfinite(self.mu) and self.mu >= 0):
             raise ConfigurationError(f"PileUpModel.mu (mean extra collisions per event) must be >= 0, got {self.mu!r}")
-        if not (self.mult_mean > 0 and self.mult_k > 0 and self.mult_min >= 2 and self.pt_temperature > 0):
-            raise ConfigurationError(f"PileUpModel: mult_mean, mult_k, pt_temperature must be > 0 and mult_min >= 2, "
+        if not (self.mult_mean > 0 and self.mult_k > 0 and self.mult_min >= 2 and self.pt_temperature > 0
+                and self.p_min > 0):
+            raise ConfigurationError(f"PileUpModel: mult_mean, mult_k, pt_temperature, p_min must be > 0 and mult_min >= 2, "
                                      f"got {self.config()}")
         if not (0 < self.eta_lo < self.eta_hi) or not (0 < self.backward_eta[0] <= self.backward_eta[1]):
             raise ConfigurationError(f"PileUpModel: need 0 < eta_lo < eta_hi and 0 < backward_eta[0] <= "
@@ -159,8 +168,14 @@ class PileUpModel:
         backward = u >= fwd
         eta = np.where(backward, self.backward_eta[0] + (u - fwd), self.eta_lo + u)  # |eta| for backward
         phi = rng.uniform(-np.pi, np.pi, m)
-        px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
         charge = np.where(rng.random(m) < 0.5, 1.0, -1.0)
+        # the spectrum truncated at p_min: the tracks below draw their pT again (direction kept)
+        ch = np.cosh(eta)
+        low = np.flatnonzero(pt * ch < self.p_min)
+        while len(low):
+            pt[low] = rng.gamma(2.0, self.pt_temperature, len(low))
+            low = low[pt[low] * ch[low] < self.p_min]
+        px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
         truth, zs = model.true_state(px, py, pz, o[:, 0], o[:, 1], o[:, 2], charge)
         cov = model.velo_covariance(px, py, pz, abs(int(self.pid)))  # prompt tracks: a VELO segment
         # (x, tx) and (y, ty) are independent blocks: draw each
