@@ -16,7 +16,7 @@ import numpy as np
 
 from mambah.errors import ModelDirError
 
-__all__ = ["ACTIVATIONS", "DenseStack", "build_mlp", "map_row_chunks", "n_threads", "PARALLEL_CHUNK"]
+__all__ = ["ACTIVATIONS", "DenseStack", "build_mlp", "map_row_chunks", "n_threads", "PARALLEL_CHUNK", "run_row_chunks"]
 
 
 def build_mlp(n_in: int, n_out: int, hidden: Sequence[int] = (64, 64), activation: str = "relu", seed: int = 0):
@@ -133,24 +133,31 @@ def _single_threaded_blas():
         return contextlib.nullcontext()
 
 
-def map_row_chunks(fn, n: int, *arrays):
-    """``fn(*chunk_arrays, i)`` over fixed-size row chunks in a thread pool; results concatenated.
+def run_row_chunks(fn, n: int, *arrays, chunk: int = PARALLEL_CHUNK, threads: int | None = None) -> list:
+    """``[fn(*chunk_arrays, i) for each chunk i]``: fixed-size row chunks in a thread pool, in order.
 
     numpy releases the GIL in ufuncs and matrix products, so chunks run concurrently on several
-    cores (:func:`n_threads`) with a single-threaded BLAS each. ``i`` is the chunk number (used to
-    pick a per-chunk random stream); chunks are :data:`PARALLEL_CHUNK` rows, whatever the threads.
+    cores (``threads``, default :func:`n_threads`) with a single-threaded BLAS each. ``i`` is the
+    chunk number (chunk ``i`` holds rows ``i * chunk`` onwards; used e.g. to pick a per-chunk
+    random stream); chunks are ``chunk`` rows, whatever the threads, so results do not depend on
+    the thread count.
     """
-    starts = list(range(0, n, PARALLEL_CHUNK)) or [0]
-    parts = [[a[s : s + PARALLEL_CHUNK] for a in arrays] for s in starts]
-    workers = min(n_threads(), len(starts))
+    starts = list(range(0, n, chunk)) or [0]
+    parts = [[a[s : s + chunk] for a in arrays] for s in starts]
+    workers = min(n_threads() if threads is None else max(1, int(threads)), len(starts))
     with _single_threaded_blas():
         if workers <= 1:
-            outs = [fn(*p, i) for i, p in enumerate(parts)]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+            return [fn(*p, i) for i, p in enumerate(parts)]
+        from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(workers) as ex:
-                outs = list(ex.map(lambda ip: fn(*ip[1], ip[0]), enumerate(parts)))
+        with ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(lambda ip: fn(*ip[1], ip[0]), enumerate(parts)))
+
+
+def map_row_chunks(fn, n: int, *arrays):
+    """:func:`run_row_chunks` in chunks of :data:`PARALLEL_CHUNK` rows, its results concatenated
+    (``fn`` returns an array or a tuple of arrays)."""
+    outs = run_row_chunks(fn, n, *arrays)
     if isinstance(outs[0], tuple):
         return tuple(np.concatenate([o[j] for o in outs]) for j in range(len(outs[0])))
     return np.concatenate(outs)

@@ -96,7 +96,7 @@ import numpy as np
 from hepunits.constants import c_light  # mm/ns in hepunits' base units (mm, ns)
 
 from mambah.errors import DataError, MambahWarning
-from mambah.nn.dense import n_threads
+from mambah.nn.dense import n_threads, run_row_chunks
 
 __all__ = [
     "VertexFit", "VertexFitWarning", "fit_vertex", "particle_from_state", "state_momentum", "impact_parameter", "ip_residual",
@@ -445,11 +445,9 @@ _CHUNK_ROWS = 32768
 
 
 def _fit_vertex_chunks(m, covariances, z, mask, start, threads: int, kw: dict):
-    """:func:`_fit_vertex` over row chunks of :data:`_CHUNK_ROWS`, on ``threads`` threads (numpy
-    releases the GIL in its ufuncs); on bad input, the fit of everything at once raises the error
-    naming the first offending row."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """:func:`_fit_vertex` over row chunks of :data:`_CHUNK_ROWS` on ``threads`` threads
+    (:func:`mambah.nn.dense.run_row_chunks`); on bad input, the fit of everything at once raises the
+    error naming the first offending row."""
     n, N = m.shape[:2]
     V = np.asarray(covariances)
     try:
@@ -459,25 +457,20 @@ def _fit_vertex_chunks(m, covariances, z, mask, start, threads: int, kw: dict):
     if zz is None or V.shape[:2] != (n, N) or (mask is not None and np.shape(mask) != (n, N)) or (
             start is not None and np.shape(start) != (n, 3)):
         return _fit_vertex(m, covariances, z, mask, start, **kw)  # raises the DataError
-    edges = np.append(np.arange(0, n, _CHUNK_ROWS), n)
-    workers = min(threads, len(edges) - 1)
+    mask_, start_ = (None if x is None else np.asarray(x) for x in (mask, start))
 
-    def one(a, b):
-        return _fit_vertex(m[a:b], V[a:b], zz[a:b], None if mask is None else np.asarray(mask)[a:b],
-                           None if start is None else np.asarray(start)[a:b], **kw)
+    def one(mc, Vc, zc, rows, _i):
+        sl = slice(rows[0], rows[-1] + 1)
+        fit, active = _fit_vertex(mc, Vc, zc, None if mask_ is None else mask_[sl],
+                                  None if start_ is None else start_[sl], **kw)
+        return fit, active + rows[0]
 
     try:
-        if workers <= 1:
-            outs = [one(a, b) for a, b in zip(edges[:-1], edges[1:])]
-        else:
-            with ThreadPoolExecutor(workers) as ex:
-                outs = list(ex.map(one, edges[:-1], edges[1:]))
+        outs = run_row_chunks(one, n, m, V, zz, np.arange(n), chunk=_CHUNK_ROWS, threads=threads)
     except DataError:
-        outs = None
-    if outs is None:
         return _fit_vertex(m, covariances, z, mask, start, **kw)  # names the first offending row overall
     fits = [o[0] for o in outs]
-    active = np.concatenate([o[1] + a for o, a in zip(outs, edges[:-1])])
+    active = np.concatenate([o[1] for o in outs])
 
     def cat(name):
         xs = [getattr(f, name) for f in fits]
