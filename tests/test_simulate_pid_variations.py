@@ -358,7 +358,7 @@ def test_a_version_3_store_is_upgraded(url, batches):
                     c.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {col}")
             c.exec_driver_sql("UPDATE mambah_meta SET value = '3' WHERE key = 'schema_version'")
     with Store(url) as st:
-        assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "5" and st.count("pid_variations") == 0
+        assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "6" and st.count("pid_variations") == 0
         # the columns the test dropped come back at their "not computed" value (checked below); the others
         # are as written (track_type is the Efficiency stage's since the 4-class efficiency)
         readded = [c for t, cols in (*VERTEXING_COLUMNS.items(), *BREM_COLUMNS.items()) if t == "particles" for c in cols]
@@ -379,6 +379,105 @@ def test_a_version_3_store_is_upgraded(url, batches):
             c.exec_driver_sql("UPDATE mambah_meta SET value = '2' WHERE key = 'schema_version'")
     with pytest.raises(SchemaVersionError, match="schema version 2"):
         Store(url)
+
+
+def test_a_version_5_store_gets_the_probnn_columns_of_pid_variations(batches, tmp_path):
+    """Schema 6 adds ``pid_variations.probnn_*``: a version-5 store's variation rows keep their
+    values and read NaN there; new batches write them."""
+    from mambah.store import Store
+    from mambah.store import schema as S
+
+    url = f"duckdb:///{tmp_path}/v5.duckdb"
+    probnn = [c for c in COLUMNS["pid_variations"] if c.startswith("probnn_")]
+    assert len(probnn) == 6
+    with Store(url) as st:
+        st.write_batch(copy.deepcopy(batches[True][0]))
+        before = st.read("pid_variations")
+        with st._tx() as c:  # what a version-5 store looks like
+            for col in probnn:
+                c.exec_driver_sql(f"ALTER TABLE pid_variations DROP COLUMN {col}")
+            c.exec_driver_sql("UPDATE mambah_meta SET value = '5' WHERE key = 'schema_version'")
+    with Store(url) as st:
+        assert st.get_meta("schema_version") == str(S.SCHEMA_VERSION) == "6"
+        after = st.read("pid_variations")
+        assert after[probnn].isna().all().all()
+        pd.testing.assert_frame_equal(after.drop(columns=probnn), before.drop(columns=probnn))
+        st.write_batch(copy.deepcopy(batches[True][1]))
+        assert st.count("pid_variations") == len(before) + len(batches[True][1]["pid_variations"])
+
+
+@pytest.fixture(scope="module")
+def probnn_batches(varied_models):
+    """One batch made with ProbNN, without and with variations (the kaon RICH step has members)."""
+    from mambah.simulation import standard_pipeline
+
+    out = {}
+    for var in (False, True):
+        pl = standard_pipeline(DESCRIPTOR, models_dir=varied_models, pid_variations=var, probnn=True)
+        out[var] = pl.process(pl.make_batch(0, 17, 300))
+    return out
+
+
+def test_probnn_of_each_member_equals_the_chain_whose_steps_are_member_k(varied_models, tmp_path):
+    """The ProbNN step of member k reads member k's DLLs: equal to an independent chain whose RICH
+    and global steps are member k (with the nominal ProbNN step), same seed."""
+    from mambah.pid.chain import build_chain
+
+    chain = build_chain("K", None, varied_models)
+    assert chain.steps[-1].role == "probnn"
+    x = _inputs(3000, 5)
+    nominal = chain.generate_columns(x, np.random.default_rng(4))
+    lanes = chain.generate_variations_columns(x, np.random.default_rng(4))
+    _equal(nominal, lanes[0])
+    for k in range(1, K + 1):
+        d = tmp_path / f"p{k}"
+        d.mkdir()
+        for name in (*K_CHAIN, "pid-K-probnn"):
+            if name in ("pid-K-rich", "pid-K-global"):
+                _member_as_nominal(varied_models / name, d / name, k)
+            else:
+                (d / name).symlink_to(MODELS / name)
+        indep = build_chain("K", None, d).generate_columns(x, np.random.default_rng(4))
+        _equal(indep, lanes[k], ["ProbNNk", "ProbNNpi", "ProbNNp", "ProbNNe", "ProbNNmu", "ProbNNghost"])
+        fin = np.isfinite(nominal["ProbNNk"])
+        assert fin.sum() > 2000 and np.mean(lanes[k]["ProbNNk"][fin] != nominal["ProbNNk"][fin]) > 0.5
+
+
+def test_probnn_variations_in_the_table_and_the_ntuple(probnn_batches, tmp_path):
+    from mambah.store import Store
+    from mambah.store.ntuple import candidate_ntuple
+
+    plain, var = probnn_batches[False], probnn_batches[True]
+    pd.testing.assert_frame_equal(plain["particles"], var["particles"])  # the nominal is unchanged
+    v = var["pid_variations"]
+    assert v.dtypes.astype(str).to_dict() == COLUMNS["pid_variations"]
+    nom = var["particles"].set_index("index").loc[v["particle"]]
+    for col in ("probnn_k", "probnn_pi", "probnn_p"):
+        # finite exactly where the nominal is (every kaon track), and the members differ from it
+        np.testing.assert_array_equal(np.isfinite(v[col].to_numpy()), np.isfinite(nom[col].to_numpy()))
+        assert np.isfinite(v[col]).mean() > 0.9
+        assert np.mean(v[col].to_numpy() != nom[col].to_numpy()) > 0.5, col
+    with Store(f"duckdb:///{tmp_path}/pn.duckdb") as st:
+        st.write_batch(copy.deepcopy(var))
+        pd.testing.assert_frame_equal(st.read("pid_variations"), v.reset_index(drop=True))
+        nt = candidate_ntuple(st)
+        got = st.read("pid_variations").set_index(["particle", "member"])
+        parts = st.read("particles")
+    for k in range(1, K + 1):
+        assert f"K_ProbNNk_var{k}" in nt.columns and f"mu1_ProbNNmu_var{k}" in nt.columns
+    assert np.isnan(nt["mu1_ProbNNmu_var1"]).all() and np.isfinite(nt["mu1_ProbNNmu"]).any()  # no members
+    # independent: the kaon's row through its MC particle
+    node = [nd["name"] for nd in var.info["decay_tree"]].index("K+")
+    p = parts.set_index("mc_particle")
+    reco = np.flatnonzero(np.isfinite(nt["K_ProbNNk"].to_numpy()))
+    assert len(reco) > 100
+    for i in reco[:30]:
+        e = int(nt["event"].iloc[i])
+        row = p.loc[node * 300 + e]
+        if isinstance(row, pd.DataFrame):
+            row = row.iloc[0]
+        for k in range(1, K + 1):
+            assert got.loc[(int(row["index"]), k), "probnn_k"] == nt[f"K_ProbNNk_var{k}"].iloc[i]
 
 
 # ------------------------------------------------------------------------------------ the ntuple

@@ -209,6 +209,9 @@ PROBNN_COLUMNS: dict[str, dict[str, tuple[str, float]]] = {
 }
 for _t, _cols in PROBNN_COLUMNS.items():
     COLUMNS[_t].update({_c: _d for _c, (_d, _) in _cols.items()})
+    # the ProbNN of a track as each ensemble member of its chain draws it (schema 6): NaN where the
+    # chain has no probnn step
+    COLUMNS["pid_variations"].update({_c: _d for _c, (_d, _) in _cols.items()})
 del _t, _cols
 
 

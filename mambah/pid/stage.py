@@ -13,7 +13,9 @@ refuses such descriptors when it builds the chain). Randomness from ``batch.rng(
 **ProbNN** (issue 24): the tracks of a species whose models directory has ``pid-<s>-probnn`` also
 get ``probnn_e, probnn_mu, probnn_pi, probnn_k, probnn_p, probnn_ghost`` (:data:`mambah.physics.columns.PROBNN_COLUMNS`,
 ntuple ``X_ProbNNe`` ...), drawn by the chain's last step from the kinematics and the PID already
-drawn; NaN for the other tracks. They are not part of the ``pid_variations`` table.
+drawn; NaN for the other tracks. With variations they are drawn per ensemble member too (the
+``probnn_*`` columns of ``pid_variations``, schema 6): the ProbNN step of member k reads member k's
+DLLs and flags, and varies with its own members where it has them.
 
 Conditions outside a model's training range are clamped to the range edges. The stage reports
 them once per production and model, not once per step and batch as the models themselves would:
@@ -288,7 +290,7 @@ class PID:
         import pandas as pd
 
         from mambah.physics import COLUMNS
-        from mambah.pid.chain import CHAIN_OUTPUTS
+        from mambah.pid.chain import CHAIN_OUTPUTS, PROBNN_OUTPUTS
 
         rows = [(track[sel], lanes) for (_, sel, _), (_, _, lanes) in zip(todo, results) if lanes]
         tracks = np.concatenate([index[t] for t, _ in rows] or [np.empty(0, np.int64)])
@@ -296,8 +298,14 @@ class PID:
         n = len(tracks)
         table = {"batch": np.full(n * k, batch_id), "particle": np.repeat(tracks[order], k),
                  "member": np.tile(np.arange(1, k + 1), n)}
-        for col, store_col in CHAIN_OUTPUTS.items():
-            v = np.concatenate([np.stack([lane[col] for lane in lanes], axis=1) for _, lanes in rows]
+
+        def member_values(lanes, col, n_rows):  # (rows, K); NaN where the chain lacks the column (ProbNN)
+            if col not in lanes[0]:
+                return np.full((n_rows, k), np.nan, np.float32)
+            return np.stack([lane[col] for lane in lanes], axis=1)
+
+        for col, store_col in (*CHAIN_OUTPUTS.items(), *PROBNN_OUTPUTS.items()):
+            v = np.concatenate([member_values(lanes, col, len(t)) for t, lanes in rows]
                                or [np.empty((0, k), np.float32)])
             table[store_col] = v[order].reshape(-1)
         dtypes = COLUMNS["pid_variations"]

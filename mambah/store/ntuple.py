@@ -63,7 +63,8 @@ PID variations (a production made with ``mambah simulate --pid-variations``, K e
     every PID branch of a track once more per member k = 1..K: ``X_<PID>_var<k>`` (``K_PIDK_var1``,
     ``p_RichDLLp_var3`` ...; the naming of ``mambah generate --variations``), from the
     ``pid_variations`` table; NaN for a track whose species' chain has no members (and where the
-    nominal branch is NaN). Batches with different K (or with and without variations) are
+    nominal branch is NaN). With ProbNN branches, ``X_ProbNNk_var<k>`` ... too (NaN in batches
+    written before schema 6). Batches with different K (or with and without variations) are
     different ntuples.
 event
     ``batch``, ``event``, ``nTracks``, ``weight``. ``weight`` is the generator weight: 1 for the
@@ -511,7 +512,8 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
     v_ninv = vert["n_invisible"].to_numpy()[vorder].astype(np.int16)
     is_track = [bool(nd["stable"]) and int(nd.get("charge", 0)) != 0 for nd in tree]
     pidg = {col: rgrid(col) for col in PID_BRANCHES} if any(is_track) else {}
-    varg = _variation_grids(store, ids_arr, par, prow, pflat, K, total, n_var) if n_var and any(is_track) else {}
+    varg = _variation_grids(store, ids_arr, par, prow, pflat, K, total, n_var, tuple(probnn_g)) \
+        if n_var and any(is_track) else {}
     # swapped[node]: per candidate, the hypothesis' PDG id (as written for the decay) or 0 where the
     # node is not swapped; sign[node]: the sign of the node's PDG id as written
     swapped: dict[int, np.ndarray] = {}
@@ -565,6 +567,8 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
                 out[f"{X}_{lhcb_name('has_brem_added')}"] = brem_g[k]
             for col, g in probnn_g.items():
                 out[f"{X}_{lhcb_name(col)}"] = g[k]
+                for j in range(n_var):
+                    out[f"{X}_{lhcb_name(col)}_var{j + 1}"] = varg[col][j, k]
         elif stable and nd.get("seen", False):  # a reconstructed neutral (photon): its kinematics
             _kinematics(out, X, rp["px"][k], rp["py"][k], rp["pz"][k], rp["e"][k], mass=rp["m"][k])
             out[f"{X}_ID"] = rid[k]
@@ -604,9 +608,10 @@ def _chunk_ntuple(store, tree: list, segs: list[dict], prefixes: list[str], cock
 
 
 def _variation_grids(store, ids_arr: np.ndarray, par: pd.DataFrame, prow: np.ndarray, pflat: np.ndarray, K: int,
-                     total: int, n_var: int) -> dict[str, np.ndarray]:
+                     total: int, n_var: int, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """``{PID column: (n_var, K nodes, total events)}`` from the ``pid_variations`` rows of the
-    particles rows ``prow`` (the track of each (node, event) cell ``pflat``); NaN where none."""
+    particles rows ``prow`` (the track of each (node, event) cell ``pflat``); NaN where none.
+    ``extra``: further columns of the table (the ProbNN columns)."""
     var = store.read("pid_variations", batches=ids_arr.tolist())
     pkey = np.searchsorted(ids_arr, par["batch"].to_numpy()[prow]).astype(np.int64) << 32 | \
         par["index"].to_numpy()[prow].astype(np.int64)
@@ -619,7 +624,7 @@ def _variation_grids(store, ids_arr: np.ndarray, par: pd.DataFrame, prow: np.nda
     found &= (member >= 1) & (member <= n_var)
     flat = (member[found] - 1) * (K * total) + cell[pos[found]]
     out = {}
-    for col in PID_BRANCHES:
+    for col in (*PID_BRANCHES, *extra):
         g = np.full(n_var * K * total, np.nan, dtype=np.float32)
         g[flat] = var[col].to_numpy()[found]
         out[col] = g.reshape(n_var, K, total)

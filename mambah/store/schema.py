@@ -78,12 +78,15 @@ __all__ = ["SCHEMA_VERSION", "UPGRADABLE", "UPGRADE_COLUMNS", "COLUMNS", "DATA_T
 #: ``particles.probnn_e ... probnn_ghost`` (``physics.columns.PROBNN_COLUMNS``, the PID chain's
 #: optional ProbNN step), NaN, in the rows of an older store and wherever they were not computed; a
 #: version-3 or -4 store is upgraded in place.
-SCHEMA_VERSION = 5
+#: Version 6 (issue 24): ``pid_variations.probnn_e ... probnn_ghost``, the ProbNN of every ensemble
+#: member (``mambah simulate --probnn --pid-variations``), NULL (NaN) in the rows of an older store
+#: and for the tracks of chains without a ProbNN step; a version-3, -4 or -5 store is upgraded in place.
+SCHEMA_VERSION = 6
 
 from mambah.physics.columns import BREM_COLUMNS, PROBNN_COLUMNS, VERTEXING_COLUMNS  # noqa: E402
 
 #: Versions a store can be upgraded from by adding the tables that are new since then.
-UPGRADABLE = {3: ("pid_variations",), 4: ()}
+UPGRADABLE = {3: ("pid_variations",), 4: (), 5: ()}
 #: Columns added by the upgrade from a version: (table, column, value of the existing rows; None: NULL,
 #: read as NaN).
 UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
@@ -97,6 +100,8 @@ UPGRADE_COLUMNS = {3: (("vertices", "n_invisible", -1),
 UPGRADE_COLUMNS[4] = (("events", "n_pvs", -1), ("events", "ownpv_ntracks", -1),
                       *((t, c, None if fill != fill else int(fill))
                         for t, cols in PROBNN_COLUMNS.items() for c, (_, fill) in cols.items()))
+#: From version 5: the ProbNN columns of ``pid_variations`` (issue 24), NULL (NaN) in old rows.
+UPGRADE_COLUMNS[5] = tuple(("pid_variations", c, None) for cols in PROBNN_COLUMNS.values() for c in cols)
 
 from mambah.physics.columns import COLUMNS, DATA_TABLES, PID_COLUMNS  # noqa: E402  (the batch's column contract)
 
@@ -267,6 +272,13 @@ class PidVariation(Base):
     particle: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     member: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     _pid_columns(locals())
+    # the member's ProbNN (schema 6; NaN for a chain without a probnn step)
+    probnn_e: Mapped[float] = _f32()
+    probnn_mu: Mapped[float] = _f32()
+    probnn_pi: Mapped[float] = _f32()
+    probnn_k: Mapped[float] = _f32()
+    probnn_p: Mapped[float] = _f32()
+    probnn_ghost: Mapped[float] = _f32()
 
 
 class ModelRow(Base):
