@@ -20,9 +20,9 @@ and issue 23's explicit acceptance with the 4-class efficiency ``efficiency-ref-
 ``particles.track_type`` is now the drawn type, 3 = long), the Vertexing stage's ``events.n_pvs`` and
 ``events.ownpv_ntracks`` (-1 here) and issue 24's ``particles.probnn_*`` (NaN: the ProbNN step is opt-in):
 ``events``, ``mc_vertices`` and every other ``mc_particles`` column were identical to the previous file.
-Remade for the retrained muon-likelihood steps of K and pi (2026-12-06, issue 22: 6M-candidate
-calibration samples): ``particles.muon_mu_ll``, ``muon_bkg_ll`` and ``pid_mu`` of the 7 isMuon kaon
-and pion tracks changed; every other column of every table is bit-identical to the previous file.
+Remade for the retrained muon-likelihood steps of K, pi and p (2026-12-06, issue 22: 6M-candidate
+calibration samples): ``particles.muon_mu_ll``, ``muon_bkg_ll`` and ``pid_mu`` of the 8 isMuon kaon, pion
+and proton tracks changed; every other column of every table is bit-identical to the previous file.
 """
 
 from __future__ import annotations
