@@ -206,20 +206,22 @@ def test_steps_with_different_k_are_refused(tmp_path):
         build_chain("K", None, d).generate_variations_columns(_inputs(10), np.random.default_rng(1))
 
 
-def test_no_members_anywhere_is_refused_naming_the_steps():
+def test_no_members_anywhere_is_refused_naming_the_steps(tmp_path):
     from mambah.pid.chain import load_chain
     from mambah.pid.stage import PID
 
-    # the shipped kaon chain has members (its RICH and calorimeter steps); those of pi and p have none
+    # the shipped models without their members (the shipped chains of e, pi, K and p have members in
+    # their muon steps, K's in every step)
+    d = models_with_members(tmp_path, {})
     with pytest.raises(ConfigurationError, match=r"no step of the PID chains.*p: pid-p-flags, pid-p-muon, pid-p-rich, "
                                                  r"pid-p-global.*pi: pid-pi-flags"):
-        PID(species=("p", "pi"), variations=True)
+        PID(species=("p", "pi"), variations=True, models_dir=str(d))
     with pytest.raises(ConfigurationError, match="has no ensemble members in any step"):
-        load_chain("pi").generate_variations_columns(_inputs(10), np.random.default_rng(1))
+        load_chain("pi", d).generate_variations_columns(_inputs(10), np.random.default_rng(1))
     from mambah.simulation import standard_pipeline
 
     with pytest.raises(ConfigurationError, match="no step of the PID chains"):
-        standard_pipeline("B0 -> pi+ pi-", pid_variations=True)
+        standard_pipeline("B0 -> pi+ pi-", pid_variations=True, models_dir=d)
     with pytest.raises(ConfigurationError, match="needs the PID stage"):
         standard_pipeline(DESCRIPTOR, pid=False, pid_variations=True)
 
@@ -544,7 +546,8 @@ def test_cli_pid_variations(varied_models, tmp_path):
 
 def test_cli_refuses_without_members_before_writing(tmp_path):
     db = tmp_path / "none.duckdb"
-    r = _mambah("simulate", "B0 -> pi+ pi-", "--events", "100", "--db", str(db), "--pid-variations")
+    d = models_with_members(tmp_path, {})  # the shipped models without members (pi's muon step has some)
+    r = _mambah("simulate", "B0 -> pi+ pi-", "--events", "100", "--db", str(db), "--pid-variations", "--models", str(d))
     assert r.returncode != 0
     assert "no step of the PID chains" in r.stderr and "pid-pi-rich" in r.stderr
     assert not db.exists()

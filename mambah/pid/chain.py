@@ -71,13 +71,14 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    DLLs alone, stalled at a validation BDT-KS of 0.22 for kaons after 8000 steps; with the surrogate
    conditions at 0.19 and a closure BDT-KS of 0.19; the residual step: 0.10.) Closure of the shipped
    steps (2026-12-06, 100k held-out pure-signal tracks, :func:`mambah.validation.closure.probnn_closure`,
-   cards' ``metrics.probnn_closure``): BDT-KS over P, ETA, nTracks, charge and the six ProbNN e 0.073,
-   mu 0.099, pi 0.086, K 0.088, p 0.091; the step alone on the truth's own DLLs 0.04-0.09. The
-   ProbNNk > 0.5 and ProbNNp > 0.5 efficiencies in p bins: within 1.4% for e, mu, pi; for K off by up
-   to 4.5% (ProbNNk, 5-10 GeV/c; 3.1% from the step itself, the rest from the RICH DLLs) and for p by
-   4.3% (ProbNNp, 5-10 GeV/c, from the chain's RICH DLLs: the step alone is within 0.5% there). A step
-   whose targets are the ProbNN themselves is accepted too. The ProbNN columns are not part of the
-   ensemble variations. Cost: the step halves the chain's speed (benchmarks/pid.py --chain-models:
+   cards' ``metrics.probnn_closure``; again with the retrained muon steps of e, pi, K, p): BDT-KS over
+   P, ETA, nTracks, charge and the six ProbNN e 0.073, mu 0.099, pi 0.087, K 0.086, p 0.093; the step
+   alone on the truth's own DLLs 0.04-0.09. The ProbNNk > 0.5 and ProbNNp > 0.5 efficiencies in p
+   bins: within 1.9% for e, mu, pi; for K off by up to 4.7% (ProbNNk, 5-10 GeV/c; about 3% from the
+   step itself, the rest from the RICH DLLs) and for p by 4.3% (ProbNNp, 5-10 GeV/c, from the chain's
+   RICH DLLs: the step alone is within 0.5% there). A step whose targets are the ProbNN themselves is
+   accepted too. With ``--pid-variations`` the ProbNN step runs once per ensemble member of the chain
+   (on member k's DLLs; ``pid_variations.probnn_*``). Cost: the step halves the chain's speed (benchmarks/pid.py --chain-models:
    148k against 339k tracks/s, load 3.2); the generator's size is not what costs (32x2 as fast as
    64x3): the 17 condition transforms, the surrogate network and the logits are.
 
