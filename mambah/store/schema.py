@@ -191,6 +191,13 @@ def _pid_columns(cls_dict):
     return cls_dict
 
 
+def _probnn_columns(cls_dict):
+    """The global PID classifier's outputs (``PROBNN_COLUMNS``, float32; NaN where not computed)."""
+    for name in PROBNN_COLUMNS["particles"]:
+        cls_dict[name] = _f32()
+    return cls_dict
+
+
 class Particle(Base):
     __tablename__ = "particles"
     __table_args__ = (
@@ -227,12 +234,7 @@ class Particle(Base):
     # the Bremsstrahlung stage's HASBREMADDED (BREM_COLUMNS; -1 without the stage)
     has_brem_added: Mapped[int] = mapped_column(SmallInteger)
     # the global PID classifier's outputs (PROBNN_COLUMNS; NaN where not computed)
-    probnn_e: Mapped[float] = _f32()
-    probnn_mu: Mapped[float] = _f32()
-    probnn_pi: Mapped[float] = _f32()
-    probnn_k: Mapped[float] = _f32()
-    probnn_p: Mapped[float] = _f32()
-    probnn_ghost: Mapped[float] = _f32()
+    _probnn_columns(locals())
 
 
 class Vertex(Base):
@@ -273,12 +275,7 @@ class PidVariation(Base):
     member: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     _pid_columns(locals())
     # the member's ProbNN (schema 6; NaN for a chain without a probnn step)
-    probnn_e: Mapped[float] = _f32()
-    probnn_mu: Mapped[float] = _f32()
-    probnn_pi: Mapped[float] = _f32()
-    probnn_k: Mapped[float] = _f32()
-    probnn_p: Mapped[float] = _f32()
-    probnn_ghost: Mapped[float] = _f32()
+    _probnn_columns(locals())
 
 
 class ModelRow(Base):
