@@ -38,45 +38,31 @@ EDGES = (3000.0, 10000.0, 20000.0, 40000.0, 200000.0)
 
 
 def muon_step_closure(model_dir, species: str, tracks: int = 600_000, seed: int = 20261207, draws: int = 3) -> dict:
-    """The table and summary described in the module docstring, as a dict."""
+    """The table and summary described in the module docstring, as a dict: the PIDCalib-style
+    comparison of :func:`mambah.validation.pideff.pid_efficiency` with the truth as the data (every
+    row weight 1, so its statistical error is the binomial one)."""
     from mambah.errors import OutOfRangeWarning
-    from mambah.nn.pidmodel import PidModel
     from mambah.reference.calibration import calib_sample
+    from mambah.validation.pideff import pid_efficiency
 
-    m = PidModel.load(model_dir)
     t = calib_sample(species, tracks, seed=seed, pure=True)
-    t = t[t["isMuon"] == 1]
-    c = t[m.conditions].to_numpy(float)
+    t = t[t["isMuon"] == 1].reset_index(drop=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)  # the few tracks outside the range: clamped
-        gen = [m.generate_variations_array(c, np.random.default_rng(s)) if m.n_members else
-               m.generate_array(c, np.random.default_rng(s))[None] for s in range(draws)]
-    b = np.digitize(t["P"].to_numpy(), EDGES)
-    rows, zs = [], []
-    for target, thr in CUTS:
-        j = list(m.targets).index(target)
-        truth = t[target].to_numpy() > thr
-        passed = np.mean([g[:, :, j] > thr for g in gen], axis=0)  # (1 + K, n): pass fraction per row
-        for k in range(len(EDGES)):
-            sel = np.ones(len(t), bool) if k == 0 else b == k
-            if sel.sum() < 100:
-                continue
-            e = float(truth[sel].mean())
-            se = float(np.sqrt(e * (1 - e) / sel.sum()))
-            nom = float(passed[0, sel].mean())
-            ens = float(passed[1:, sel].mean(axis=1).std(ddof=1)) if len(passed) > 2 else 0.0
-            z = (e - nom) / float(np.hypot(se, ens)) if np.hypot(se, ens) > 0 else float("nan")
-            rows.append({"cut": f"{target} > {thr:g}", "p_bin": "all" if k == 0 else [EDGES[k - 1], EDGES[k]],
-                         "n": int(sel.sum()), "truth": e, "truth_err": se, "model": nom, "model_ens": ens, "z": z})
-            if k:
-                zs.append(z)
-    zs = np.array(zs)
+        table = pid_efficiency(model_dir, t, [f"{c} > {thr:g}" for c, thr in CUTS], bins={"P": list(EDGES)},
+                               draws=draws, min_n_eff=100.0)
+    info = table.attrs["info"]
+    rows = [{"cut": r.cut, "p_bin": "all" if r.cell < 0 else [float(r.P_lo), float(r.P_hi)], "n": int(r.n),
+             "truth": float(r.data_eff), "truth_err": float(r.data_stat_error), "model": float(r.model_eff),
+             "model_ens": float(np.nan_to_num(r.model_ens_error)), "z": float(r.z)}
+            for r in table.itertuples() if r.used or r.cell < 0]
+    zs = np.array([r["z"] for r in rows if r["p_bin"] != "all"])
     return {"model": str(Path(model_dir).name), "species": species, "tracks": tracks, "seed": seed,
-            "n_ismuon": int(len(t)), "members": int(m.n_members), "draws": draws, "bins": rows,
+            "n_ismuon": int(len(t)), "members": int(info.get("n_members", 0)), "draws": draws, "bins": rows,
             "frac_abs_z_below_1": float(np.mean(np.abs(zs) < 1)), "max_abs_z": float(np.max(np.abs(zs))),
-            "method": "reference detector's pure signal (calib_sample(species, tracks, seed, pure=True)), isMuon rows; "
-                      "z = (truth - nominal) / sqrt(sigma_truth^2 + sigma_ens^2) in p bins "
-                      "(examples/muon_step_closure.py)"}
+            "method": "reference detector's pure signal (calib_sample(species, tracks, seed, pure=True)), isMuon rows, "
+                      "as the data of mambah.validation.pideff.pid_efficiency (weights 1) in p bins with >= 100 rows: "
+                      "z = (truth - nominal) / sqrt(sigma_truth^2 + sigma_ens^2) (examples/muon_step_closure.py)"}
 
 
 def main(argv=None) -> None:
