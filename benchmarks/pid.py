@@ -26,7 +26,8 @@
 Prints a table, then ONE final JSON line with ``inference_tracks_per_s``, ``train_samples_per_s``,
 ``seconds_to_score``, ``chain_tracks_per_s`` (the whole chained PID stage, :func:`bench_chain`), and
 ``inference_reference_tracks_per_s`` (the numpy path), ``chain_numpy_flags_tracks_per_s`` (the chain with
-numpy flags classifiers, the baseline of ``chain_tracks_per_s``), ``variations_tracks_per_s`` (tracks/s with
+numpy flags classifiers, the baseline of ``chain_tracks_per_s``), ``chain_no_marginals_tracks_per_s`` (the chain
+without its RICH steps' marginal calibrations, timed alternately), ``variations_tracks_per_s`` (tracks/s with
 the nominal and K members), ``variations_nominal_tracks_per_s`` and ``variations_cost_ratio`` (time with
 variations / (K + 1) x the nominal's); parts left out with ``--only`` are ``null``.
 
@@ -200,11 +201,20 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     def numpy_sample(self, data, rng, *, compiled=True, **kw):
         return compiled_sample(self, data, rng, compiled=False, **kw)
 
-    best = {"compiled": [np.inf, np.inf], "numpy_flags": [np.inf, np.inf]}
+    best = {"compiled": [np.inf, np.inf], "numpy_flags": [np.inf, np.inf], "no_marginals": [np.inf, np.inf]}
+    stage(batch(10_000))  # loads the chains
+    # the RICH steps' marginal calibrations (mambah.nn.marginals): timed with and without them
+    corrected = {id(m): (m, m.correction) for c in stage.chains().values() for m in c.models
+                 if getattr(m, "correction", None) is not None}
+    modes = [h for h in best if baseline or h == "compiled"]
+    if not corrected:
+        modes = [h for h in modes if h != "no_marginals"]
     try:
         for _ in range(repeats):
-            for how in best if baseline else ("compiled",):  # alternately, so that both see the same machine
-                FlagModel.sample = compiled_sample if how == "compiled" else numpy_sample
+            for how in modes:  # alternately, so that all see the same machine
+                FlagModel.sample = numpy_sample if how == "numpy_flags" else compiled_sample
+                for m, corr in corrected.values():
+                    m.correction = None if how == "no_marginals" else corr
                 stage(batch(10_000))  # warm-up (traces the graphs on the first pass)
                 b = batch(n)
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -213,12 +223,18 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
                 best[how][1] = min(best[how][1], time.process_time() - c0)
     finally:
         FlagModel.sample = compiled_sample
+        for m, corr in corrected.values():
+            m.correction = corr
     steps = [s.role for c in stage.chains().values() for s in c.steps]
     out = {"tracks_per_s": n / best["compiled"][0], "tracks_per_cpu_s": n / best["compiled"][1], "n": n,
            "probnn": f", {steps.count('probnn')} with ProbNN" if "probnn" in steps else ""}
     if baseline:
         out["numpy_flags_tracks_per_s"] = n / best["numpy_flags"][0]
         out["numpy_flags_tracks_per_cpu_s"] = n / best["numpy_flags"][1]
+    out["marginals"] = len(corrected)
+    if "no_marginals" in modes:
+        out["no_marginals_tracks_per_s"] = n / best["no_marginals"][0]
+        out["no_marginals_tracks_per_cpu_s"] = n / best["no_marginals"][1]
     return out
 
 
@@ -355,6 +371,11 @@ def main():
         print(f"{'chained PID stage, numpy flags (baseline): tracks/s':58s} {ch['numpy_flags_tracks_per_s']:14,.0f}")
         print(f"{'chained PID stage: speed-up of the compiled flags (wall)':58s} "
               f"{ch['tracks_per_s'] / ch['numpy_flags_tracks_per_s']:14.2f}")
+        if "no_marginals_tracks_per_s" in ch:
+            print(f"{'chained PID stage without the %d marginal calibrations: tracks/s' % ch['marginals']:58s} "
+                  f"{ch['no_marginals_tracks_per_s']:14,.0f}")
+            print(f"{'chained PID stage: cost of the marginal calibrations (wall)':58s} "
+                  f"{ch['no_marginals_tracks_per_s'] / ch['tracks_per_s'] - 1:14.1%}")
     if var:
         k = var["k"]
         print(f"{'variations: nominal alone, tracks/s (wall, best of %d)' % a.repeats:58s} "
@@ -390,6 +411,7 @@ def main():
                       "train_samples_per_cpu_s": get(tr, "samples_per_cpu_s"), "load_average": load,
                       "chain_tracks_per_s": get(ch, "tracks_per_s"), "chain_tracks_per_cpu_s": get(ch, "tracks_per_cpu_s"),
                       "chain_numpy_flags_tracks_per_s": get(ch, "numpy_flags_tracks_per_s"),
+                      "chain_no_marginals_tracks_per_s": get(ch, "no_marginals_tracks_per_s"),
                       "variations_k": get(var, "k"), "variations_tracks_per_s": get(var, "tracks_per_s"),
                       "variations_nominal_tracks_per_s": get(var, "nominal_tracks_per_s"),
                       "variations_cost_ratio": get(var, "cost_ratio"),

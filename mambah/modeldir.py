@@ -40,6 +40,7 @@ from mambah.errors import ModelDirError
 __all__ = [
     "CARD_FORMAT",
     "save_model_dir",
+    "update_model_dir",
     "load_card",
     "load_arrays",
     "load_network",
@@ -132,6 +133,34 @@ def save_model_dir(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote model %s", path)
+    return path
+
+
+def update_model_dir(path: str | os.PathLike, write, card_update: Mapping[str, Any]) -> Path:
+    """Add or replace files of an existing model directory, atomically: the directory is copied, ``write``
+    is called with the copy's path (it writes its files there), the card gets ``card_update`` merged in
+    and the hashes of every file, and the copy replaces the directory. An error (or an interruption)
+    before the swap leaves the directory as it was."""
+    path = Path(path)
+    card = verify_model_dir(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    try:
+        shutil.copytree(path, tmp, dirs_exist_ok=True)
+        write(tmp)
+        full = dict(card)
+        full.update(card_update)
+        full["files"] = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*"))
+                         if p.is_file() and p.name != "card.json"}
+        (tmp / "card.json").write_text(json.dumps(full, indent=2, sort_keys=False, default=json_default) + "\n")
+        os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    log.info("updated model %s", path)
     return path
 
 

@@ -38,7 +38,25 @@ def perturbed_members(src: Path, dst: Path, k: int, *, scale: float = 0.05, seed
         files.append(name + ".keras")
     card["ensemble"] = {"members": k, "files": files, "seeds": list(range(1, k + 1)),
                         "bootstrap": "none: perturbed weights (tests)", "warm_start": False}
-    return save_model_dir(dst, card, networks=nets, arrays=load_arrays(src))
+    correction = card.pop("marginal_correction", None)
+    save_model_dir(dst, card, networks=nets, arrays=load_arrays(src))
+    return _carry_correction(src, dst, correction, k)
+
+
+def _carry_correction(src: Path, dst: Path, section: dict | None, k: int, member: int = 0) -> Path:
+    """Give ``dst`` the marginal correction of ``src`` (if it has one): the map of ``src``'s member
+    ``member`` (0: the nominal's) for the nominal and each of ``dst``'s ``k`` members (the source's
+    member maps belong to the source's members)."""
+    if section is None:
+        return dst
+    from mambah.modeldir import update_model_dir
+    from mambah.nn.marginals import MarginalCorrection
+
+    c = MarginalCorrection.load(src)
+    rep = lambda a: np.repeat(a[member:member + 1], k + 1, axis=0)  # noqa: E731
+    c = MarginalCorrection(c.targets, c.p_edges, c.eta_edges, c.levels, rep(c.gen), rep(c.data), c.split, c.states)
+    return update_model_dir(dst, c.save, {"marginal_correction": dict(section, members={"n": k, "note": "tests: the "
+                                                                                       "nominal's map"})})
 
 
 def perturbed_flag_members(src: Path, dst: Path, k: int, *, scale: float = 0.05, seed: int = 1) -> Path:
@@ -84,7 +102,9 @@ def without_members(src: Path, dst: Path) -> Path:
         card.pop(key, None)
     arrays = {k: v for k, v in load_arrays(src).items() if not (k[:1] == "m" and k[1:3].isdigit() and k[3:4] == "_")}
     net = "classifier" if card.get("kind") == "pid-flags" else "generator"
-    return save_model_dir(dst, card, networks={net: load_network(src, net)}, arrays=arrays)
+    correction = card.pop("marginal_correction", None)
+    save_model_dir(dst, card, networks={net: load_network(src, net)}, arrays=arrays)
+    return _carry_correction(src, dst, correction, 0)
 
 
 def models_with_members(tmp: Path, members: dict[str, int], *, links=None, scale: float = 0.05) -> Path:

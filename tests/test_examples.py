@@ -168,6 +168,24 @@ def test_misid_table(tmp_path):
     assert "K->pi: true K, PIDK < 0" in r.stdout and "pi->mu: true pi, isMuon > 0.5" in r.stdout
 
 
+def test_fit_pid_marginals(tmp_path):
+    """The marginal calibration of a RICH step, shortened: one small calibration sample, a copy of the model."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(EXAMPLES.parent / "models" / "pid-p-rich", models / "pid-p-rich")
+    run_example("fit_pid_marginals.py", "--work", "w", "--out", str(models), "--species", "p", "--chunks", "1",
+                "--chunk-events", "150000", "--p-bins", "3", "--eta-bins", "1", cwd=tmp_path)
+    mc = json.loads((models / "pid-p-rich" / "card.json").read_text())["marginal_correction"]
+    assert mc["fit_data"]["files"][0]["file"] == "p_train.parquet" and "150000 candidates" in mc["fit_data"]["description"]
+    assert mc["bins"]["p_edges"][0] < mc["bins"]["p_edges"][-1] and len(mc["bins"]["p_edges"]) == 4
+    from mambah.nn.pidmodel import PidModel
+
+    assert PidModel.load(models / "pid-p-rich").correction is not None
+
+
 def test_b0_kpi_peaking_backgrounds(tmp_path):
     r = run_example("b0_kpi_peaking_backgrounds.py", "plots", "--events", "400", cwd=tmp_path)
     res = _last_json(r.stdout)

@@ -46,11 +46,15 @@ def _member_as_nominal(src: Path, dst: Path, k: int) -> Path:
     """A model directory whose (only) generator is member k of ``src``: an independent evaluation."""
     from mambah.modeldir import load_arrays, load_network, save_model_dir
 
+    from ensemble_helpers import _carry_correction
+
     card = json.loads((src / "card.json").read_text())
     for key in ("files", "format", "created", "mambah_version", "ensemble"):
         card.pop(key, None)
-    return save_model_dir(dst, card, networks={"generator": load_network(src, f"members/member-{k:02d}")},
-                          arrays=load_arrays(src))
+    correction = card.pop("marginal_correction", None)  # member k's map becomes the nominal's
+    save_model_dir(dst, card, networks={"generator": load_network(src, f"members/member-{k:02d}")},
+                   arrays=load_arrays(src))
+    return _carry_correction(src, dst, correction, 0, member=k)
 
 
 def _inputs(n=4000, seed=3):

@@ -32,6 +32,8 @@ def run_list(args) -> int:
     for c in cards:
         m = c.get("metrics", {})
         score = f"BDT-KS {m['valid_bdt_ks']:.3f}" if isinstance(m.get("valid_bdt_ks"), (int, float)) else ""
+        if "marginal_correction" in c:  # the GAN's outputs are calibrated (mambah.nn.marginals)
+            score += " +marginals"
         conds = ",".join(str(x.get("name", x)) if isinstance(x, dict) else str(x) for x in c.get("conditions", []))
         targs = ",".join(str(x.get("name", x)) if isinstance(x, dict) else str(x) for x in c.get("targets", []))
         species = c.get("species") or ""

@@ -76,6 +76,8 @@ class PidModel(QuantileConditionedModel):
         self.targ_pre = targ_pre
         self.n_noise = int(card["hyperparameters"]["n_noise"])
         self._members = None if members is None else list(members)
+        #: the marginal calibration (:mod:`mambah.nn.marginals`) applied to every output, or None
+        self.correction = None
         if self._members is None and self.member_files and self.path is None:
             raise ModelDirError(f"model {self.name!r} lists {len(self.member_files)} ensemble members in its card "
                                 "but has no directory to load them from; pass members=")
@@ -123,7 +125,34 @@ class PidModel(QuantileConditionedModel):
         m = cls(gen, cond_pre, targ_pre, card, path)
         if cond_pre.knots_.shape[0] != len(m.conditions) or targ_pre.knots_.shape[0] != len(m.targets):
             raise ModelDirError(f"{str(path)!r}: the preprocessing arrays do not match the card's conditions/targets")
+        if "marginal_correction" in card:
+            from mambah.nn.marginals import MarginalCorrection
+
+            m.set_correction(MarginalCorrection.load(path))
         return m
+
+    def set_correction(self, correction) -> None:
+        """Apply ``correction`` (a :class:`~mambah.nn.marginals.MarginalCorrection`, or None) to every
+        output from now on. It must name targets of this model, need ``P`` and ``ETA`` among the
+        conditions and hold a map for the nominal and each ensemble member."""
+        if correction is not None:
+            where = f"model {self.name!r}" + (f" ({str(self.path)!r})" if self.path is not None else "")
+            bad = [t for t in correction.targets if t not in self.targets]
+            lacking = [c for c in correction.needs() if c not in self.conditions]
+            if bad or lacking:
+                raise ModelDirError(f"{where}: its marginal correction names targets {bad} it does not have"
+                                    if bad else f"{where}: its marginal correction bins in {lacking}, which are not "
+                                                "conditions of the model")
+            if correction.n_members != self.n_members:
+                raise ModelDirError(f"{where}: its marginal correction holds {correction.n_members} member maps, "
+                                    f"the model has {self.n_members} ensemble members; refit it "
+                                    "(mambah train marginals)")
+        self.correction = correction
+
+    def _corrected(self, y: np.ndarray, conditions: np.ndarray, member: int = 0) -> np.ndarray:
+        if self.correction is None:
+            return y
+        return self.correction.apply(y, conditions, self.conditions, self.targets, member)
 
     # ------------------------------------------------------------- inference
     def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
@@ -142,8 +171,9 @@ class PidModel(QuantileConditionedModel):
         """
         from mambah.nn.inference import DEFAULT_CHUNK, generate
 
-        return generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
-                        check_range=check_range, counts=counts)
+        y = generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                     check_range=check_range, counts=counts)
+        return self._corrected(y, conditions)
 
     def generate(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """Generate the targets for every row of ``data`` (DataFrame with the condition columns, or an array).
@@ -174,8 +204,11 @@ class PidModel(QuantileConditionedModel):
         from mambah.nn.inference import DEFAULT_CHUNK, generate_variations
 
         self._require_members()
-        return generate_variations(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
-                                   check_range=check_range, counts=counts)
+        y = generate_variations(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                                check_range=check_range, counts=counts)
+        if self.correction is not None:
+            y = np.stack([self._corrected(y[k], conditions, k) for k in range(len(y))])
+        return y
 
     def generate_member_array(self, k: int, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
                               check_range: bool = True, counts: list | None = None) -> np.ndarray:
@@ -189,8 +222,9 @@ class PidModel(QuantileConditionedModel):
         from mambah.nn.inference import DEFAULT_CHUNK, generate_member
 
         self._require_members()
-        return generate_member(self, k, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
-                               check_range=check_range, counts=counts)
+        y = generate_member(self, k, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                            check_range=check_range, counts=counts)
+        return self._corrected(y, conditions, k)
 
     def generate_variations(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """The targets of :meth:`generate` plus, for each ensemble member k = 1..K, ``f"{target}_var{k}"``.
@@ -223,7 +257,8 @@ class PidModel(QuantileConditionedModel):
     def export_onnx(self, path: str | os.PathLike) -> Path:
         """Write the generator (inputs ``conditions`` and ``noise``, preprocessed space) as ONNX.
 
-        The preprocessing (``arrays.npz``) stays outside: apply the quantile transforms around it.
+        The preprocessing (``arrays.npz``) stays outside: apply the quantile transforms around it, and
+        the marginal correction (``marginals.npz``, :mod:`mambah.nn.marginals`) after them if the card has one.
         """
         from mambah import extras
 

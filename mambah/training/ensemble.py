@@ -151,6 +151,9 @@ class PidEnsemble:
         from mambah.modeldir import save_model_dir
 
         full = dict(card)
+        if full.pop("marginal_correction", None) is not None:  # (a card copied from a calibrated model)
+            log.warning("the card of %s had a marginal correction: it is not carried over (its maps belong to other "
+                        "generators); refit it with mambah train marginals", out)
         full.setdefault("kind", "pid")
         hp = dict(full.get("hyperparameters", {}))
         hp.setdefault("n_noise", self.nominal.config.n_noise)

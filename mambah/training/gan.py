@@ -694,6 +694,7 @@ def save_pid_model(out: str | os.PathLike, trainer: CramerGANTrainer, card: dict
     if not hasattr(trainer, "generator_"):
         raise ConfigurationError("the trainer is not fitted: call fit() first")
     full = dict(card)
+    full.pop("marginal_correction", None)  # a new generator: a correction is fitted for it afterwards
     full.setdefault("kind", "pid")
     hp = dict(full.get("hyperparameters", {}))
     hp.setdefault("n_noise", trainer.config.n_noise)

@@ -1,0 +1,231 @@
+"""The marginal calibration of PID GANs (mambah.nn.marginals, mambah.training.marginals, mambah train marginals)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mambah.errors import DataError, MissingColumnError, ModelDirError
+from mambah.nn.marginals import LEVELS, MarginalCorrection, monotone_ecdf_quantiles
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ensemble_helpers import MODELS, perturbed_members  # noqa: E402
+
+
+def test_monotone_quantiles_unit_weights_match_numpy():
+    x = np.random.default_rng(1).normal(size=200_000)
+    q = monotone_ecdf_quantiles(x, np.ones_like(x), LEVELS)
+    assert np.all(np.diff(q) >= 0)
+    np.testing.assert_allclose(q, np.quantile(x, LEVELS), atol=0.02)
+
+
+def test_monotone_quantiles_with_sweights_recover_the_signal():
+    """A signal N(1, 0.5) under a flat background, sWeights from the known densities of a
+    discriminating variable: the signed-weight quantiles are the signal's, not the mixture's."""
+    rng = np.random.default_rng(2)
+    ns, nb = 200_000, 200_000
+    x = np.r_[rng.normal(1, 0.5, ns), rng.uniform(-4, 4, nb)]
+    m = np.r_[rng.normal(0, 1, ns), rng.uniform(-5, 5, nb)]  # the "mass"
+    fs, fb = np.exp(-m ** 2 / 2) / np.sqrt(2 * np.pi), np.full_like(m, 0.1)
+    # sWeights of two components with known shapes and yields (Pivk & Le Diberder)
+    den = ns * fs + nb * fb
+    v = np.linalg.inv(np.array([[np.sum(a * b / den ** 2) for b in (fs, fb)] for a in (fs, fb)]))
+    w = (v[0, 0] * fs + v[0, 1] * fb) / den
+    assert (w < 0).any()
+    q = monotone_ecdf_quantiles(x, w, np.array([0.01, 0.1, 0.5, 0.9, 0.99]))
+    truth = 1 + 0.5 * np.array([-2.326, -1.2816, 0.0, 1.2816, 2.326])
+    np.testing.assert_allclose(q, truth, atol=0.06)
+    mixture = np.quantile(x, [0.01, 0.99])
+    assert abs(mixture[0] - truth[0]) > 1.5 and abs(mixture[1] - truth[-1]) > 1.0
+
+
+def _one_bin(gen_q, data_q, members=0):
+    g = np.broadcast_to(gen_q, (members + 1, 1, 1, len(LEVELS)))
+    d = np.broadcast_to(data_q, (members + 1, 1, 1, len(LEVELS)))
+    return MarginalCorrection(["a"], [0, 1e9], [0, 10], LEVELS, g, d)
+
+
+def test_apply_maps_the_model_distribution_onto_the_data_and_keeps_ranks():
+    from scipy.special import ndtri
+
+    z = ndtri(LEVELS)
+    c = _one_bin(z, 1 + 2 * z)  # model N(0, 1) -> data N(1, 2)
+    rng = np.random.default_rng(3)
+    y = np.c_[rng.normal(size=100_000), rng.normal(size=100_000)]
+    y[5, 0] = np.nan
+    cond = np.c_[np.full(len(y), 5e3), np.full(len(y), 3.0)]
+    out = c.apply(y, cond, ["P", "ETA"], ["a", "b"])
+    assert np.isnan(out[5, 0]) and np.isnan(y[5, 0])
+    ok = np.isfinite(y[:, 0])
+    inside = ok & (np.abs(y[:, 0]) <= z[-1])
+    np.testing.assert_allclose(out[inside, 0], 1 + 2 * y[inside, 0], atol=2e-3)
+    beyond = ok & (y[:, 0] > z[-1])  # beyond the outermost knots: the model's tail, shifted
+    assert beyond.any()
+    np.testing.assert_allclose(out[beyond, 0], y[beyond, 0] + (1 + z[-1]), atol=1e-6)
+    np.testing.assert_array_equal(out[:, 1], y[:, 1])  # an uncorrected column is untouched
+    assert np.all(np.diff(out[ok, 0][np.argsort(y[ok, 0])]) >= 0)  # monotone: ranks kept
+
+
+def test_bins_use_their_own_maps():
+    from scipy.special import ndtri
+
+    z = ndtri(LEVELS)
+    g = np.stack([z, z])[None, :, None, :]  # 2 p bins x 1 eta bin
+    d = np.stack([z + 10, z - 10])[None, :, None, :]
+    c = MarginalCorrection(["a"], [0, 5e3, 1e9], [0, 10], LEVELS, g, d)
+    y = np.zeros((4, 1))
+    out = c.apply(y, np.c_[[1e3, 4e3, 6e3, 1e12], np.full(4, 3.0)], ["P", "ETA"], ["a"])
+    np.testing.assert_allclose(out[:, 0], [10, 10, -10, -10], atol=1e-6)
+
+
+def test_bins_split_by_flags_and_unseen_states_are_left_alone():
+    from scipy.special import ndtri
+
+    z = ndtri(LEVELS)
+    # 1 p bin x 1 eta bin x states {0b01, 0b11} of the flags (f0, f1)
+    g = np.stack([z, z])[None, :, None, :]
+    d = np.stack([z + 1, z + 2])[None, :, None, :]
+    c = MarginalCorrection(["a"], [0, 1e9], [0, 10], LEVELS, g, d, split=["f0", "f1"], states=[1, 3])
+    assert c.needs() == ["P", "ETA", "f0", "f1"]
+    cond = np.array([[5e3, 3.0, 1, 0], [5e3, 3.0, 1, 1], [5e3, 3.0, 0, 1]])
+    out = c.apply(np.zeros((3, 1)), cond, ["P", "ETA", "f0", "f1"], ["a"])
+    np.testing.assert_allclose(out[:, 0], [1, 2, 0], atol=1e-6)  # state 0b10 was not in the fit: unchanged
+
+
+def test_bad_knots_are_refused():
+    with pytest.raises(ModelDirError, match="non-decreasing"):
+        _one_bin(LEVELS[::-1], LEVELS)
+    with pytest.raises(ModelDirError, match="shape"):
+        MarginalCorrection(["a", "b"], [0, 1], [0, 1], LEVELS, np.zeros((1, 1, 1, 161)), np.zeros((1, 1, 1, 161)))
+    with pytest.raises(ModelDirError, match="sorted distinct"):
+        MarginalCorrection(["a"], [0, 1], [0, 1], LEVELS, np.zeros((1, 2, 1, 161)), np.zeros((1, 2, 1, 161)),
+                           split=["f"], states=[1, 0])
+
+
+# ------------------------------------------------------------------ a real model: fit, store, apply
+@pytest.fixture(scope="module")
+def pion_rich_table():
+    """A small sWeighted pion calibration table (reference detector) with the RICH step's columns."""
+    from mambah.pid.chain import prepare_training_table
+    from mambah.reference.calibration import calib_sample, channel
+    from mambah.training.splot import fit_sweights
+
+    ch = channel("pi")
+    raw = calib_sample("pi", 60_000, seed=20261207)
+    raw = raw[raw[ch.mass_column].between(*ch.window)].reset_index(drop=True)
+    raw["sWeight"] = fit_sweights(raw[ch.mass_column].to_numpy(), ch.window, "gauss", "exponential").sweights
+    return prepare_training_table(raw, fill_ties=1)
+
+
+def test_fit_write_load_and_members(tmp_path, pion_rich_table):
+    """Fitting on a sample of the reference detector moves the pion RICH step's PIDK > 5 rate in the
+    fit bins to the sample's; the model directory round-trips (hashes, card), and every generation
+    path (nominal, variations, one member) applies the member's own map."""
+    from mambah.nn.pidmodel import PidModel
+    from mambah.training.marginals import fit_marginal_correction, write_marginal_correction
+
+    d = perturbed_members(MODELS / "pid-pi-rich", tmp_path / "pid-pi-rich", 2, scale=0.05)
+    m = PidModel.load(d)
+    assert m.correction is None
+    df = pion_rich_table
+    corr, info = fit_marginal_correction(m, df, p_bins=2, eta_bins=2, min_weight=500.0, seed=3)
+    assert corr.n_members == 2 and info["fit_data"]["selection"] == "hasRich == 1"
+    write_marginal_correction(d, corr, info)
+    card = json.loads((d / "card.json").read_text())
+    assert "marginals.npz" in card["files"] and card["marginal_correction"]["bins"]["n_bins_with_rows"] >= 4
+    m2 = PidModel.load(d)  # hashes verified
+    assert m2.correction is not None and m2.correction.n_members == 2
+
+    sel = df.query("hasRich == 1")
+    cond = sel[m2.conditions].to_numpy(float)
+    w = sel["sWeight"].to_numpy()
+    k = m2.targets.index("RichDLLk")
+    data_rate = np.sum(w * (sel["RichDLLk"].to_numpy() > 5)) / w.sum()
+    raw = m.generate_array(cond, 11)
+    fixed = m2.generate_array(cond, 11)
+    rate = lambda y, r=slice(None): np.sum(w[r] * (y[r, k] > 5)) / w[r].sum()  # noqa: E731
+    # in-sample, the corrected rate is the data's (a tail of 1%, known to +-0.33% here: the bins'
+    # positivity moves it by less than that)
+    sigma = np.sqrt(np.sum(w ** 2 * (sel["RichDLLk"].to_numpy() > 5))) / w.sum()
+    assert abs(rate(fixed) - data_rate) < sigma
+    # in every bin the corrected output has the tail of the bin's data quantiles
+    b = m2.correction.bins_of(cond, m2.conditions)
+    assert m2.correction.split and set(m2.correction.split) <= set(m2.conditions)  # the RICH codes
+    j = m2.correction.targets.index("RichDLLk")
+    checked = 0
+    for i in range(m2.correction.n_bins):
+        r = b == i
+        if w[r].sum() < 500.0:  # not corrected
+            continue
+        want = 1 - np.interp(5, m2.correction.data[0, i, j], LEVELS)
+        t = fixed[r, k] > 5
+        got = np.sum(w[r] * t) / w[r].sum()
+        err = np.sqrt(np.sum(w[r] ** 2 * t)) / w[r].sum()  # other noise than the fit's: the sWeights' error
+        assert abs(got - want) < 3 * err + 1e-3, (i, got, want, err)
+        checked += 1
+    assert checked >= 4
+    v = m2.generate_variations_array(cond, 11)
+    np.testing.assert_array_equal(v[0], fixed)
+    np.testing.assert_array_equal(v[2], m2.generate_member_array(2, cond, 11))
+    assert not np.array_equal(v[1], v[0])
+    # ranks inside a bin are the generator's: the map is monotone per target
+    for j in range(len(m2.targets)):
+        rows = b == 0
+        o = np.argsort(raw[rows, j], kind="stable")
+        assert np.all(np.diff(fixed[rows, j][o]) >= -1e-9)
+
+
+def test_corrupt_or_mismatched_correction_is_refused(tmp_path, pion_rich_table):
+    from mambah.nn.pidmodel import PidModel
+    from mambah.training.marginals import fit_marginal_correction, write_marginal_correction
+
+    d = perturbed_members(MODELS / "pid-pi-rich", tmp_path / "m", 1)
+    m = PidModel.load(d)
+    corr, info = fit_marginal_correction(m, pion_rich_table, p_bins=2, eta_bins=1, repeats=1)
+    write_marginal_correction(d, corr, info)
+    (d / "marginals.npz").write_bytes(b"not a npz")
+    with pytest.raises(ModelDirError, match="does not match the hash"):
+        PidModel.load(d)
+    # a correction with other member maps than the model's members
+    with pytest.raises(ModelDirError, match="member maps"):
+        m.set_correction(MarginalCorrection(corr.targets, corr.p_edges, corr.eta_edges, corr.levels,
+                                            corr.gen[:1], corr.data[:1], corr.split, corr.states))
+
+
+def test_fit_errors_name_the_problem(tmp_path, pion_rich_table):
+    from mambah.nn.pidmodel import PidModel
+    from mambah.training.marginals import fit_marginal_correction
+
+    m = PidModel.load(MODELS / "pid-pi-rich")
+    with pytest.raises(MissingColumnError, match="RichDLLk"):
+        fit_marginal_correction(m, pion_rich_table.drop(columns=["RichDLLk"]), where="t.parquet")
+    bad = pion_rich_table.copy()
+    bad.loc[bad.index[bad["hasRich"] == 1][3], "sWeight"] = np.nan
+    with pytest.raises(DataError, match="NaN/inf weights"):
+        fit_marginal_correction(m, bad)
+    with pytest.raises(DataError, match="too few"):
+        fit_marginal_correction(m, pion_rich_table.head(50))
+
+
+def test_cli_train_marginals(tmp_path, pion_rich_table, capsys):
+    from mambah.cli import main
+
+    f = tmp_path / "pi.parquet"
+    pion_rich_table.to_parquet(f)
+    d = tmp_path / "pid-pi-rich"
+    from ensemble_helpers import without_members
+
+    without_members(MODELS / "pid-pi-rich", d)
+    assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--p-bins", "3", "--eta-bins", "2",
+                 "--targets", "RichDLLk,RichDLLpK"]) == 0
+    card = json.loads((d / "card.json").read_text())
+    mc = card["marginal_correction"]
+    assert mc["targets"] == ["RichDLLk", "RichDLLpK"] and mc["fit_data"]["files"][0]["file"] == "pi.parquet"
+    assert "mambah train marginals" in mc["command"] and len(mc["fit_data"]["files"][0]["sha256"]) == 64
+    assert "marginal correction of RichDLLk, RichDLLpK in " in capsys.readouterr().out
+    assert pd.read_parquet(f).shape == pion_rich_table.shape  # the data is untouched
