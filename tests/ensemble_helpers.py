@@ -54,7 +54,8 @@ def _carry_correction(src: Path, dst: Path, section: dict | None, k: int, member
 
     c = MarginalCorrection.load(src)
     rep = lambda a: np.repeat(a[member:member + 1], k + 1, axis=0)  # noqa: E731
-    c = MarginalCorrection(c.targets, c.p_edges, c.eta_edges, c.levels, rep(c.gen), rep(c.data), c.split, c.states)
+    c = MarginalCorrection(c.targets, c.p_edges, c.eta_edges, c.levels, rep(c.gen), rep(c.data), c.split, c.states,
+                           c.bin_ids)
     return update_model_dir(dst, c.save, {"marginal_correction": dict(section, members={"n": k, "note": "tests: the "
                                                                                        "nominal's map"})})
 

@@ -97,6 +97,21 @@ def test_bins_split_by_flags_and_unseen_states_are_left_alone():
     np.testing.assert_allclose(out[:, 0], [1, 2, 0], atol=1e-6)  # state 0b10 was not in the fit: unchanged
 
 
+def test_compact_drops_identity_bins_and_keeps_the_output():
+    from scipy.special import ndtri
+
+    z = ndtri(LEVELS)
+    g = np.stack([z, z, z])[None, :, None, :]  # 3 p bins, the middle one an identity
+    d = np.stack([z + 1, z, z - 1])[None, :, None, :]
+    c = MarginalCorrection(["a"], [0, 1e3, 2e3, 1e9], [0, 10], LEVELS, g, d)
+    cc = c.compact()
+    assert cc.n_bins == 2 and list(cc.bin_ids) == [0, 2]
+    cond = np.c_[[500.0, 1500.0, 5e3, 5e3], [3.0] * 4]
+    y = np.array([[0.3], [0.3], [0.3], [np.nan]])
+    np.testing.assert_allclose(c.apply(y, cond, ["P", "ETA"], ["a"]), cc.apply(y, cond, ["P", "ETA"], ["a"]), atol=1e-5)
+    np.testing.assert_allclose(cc.apply(y, cond, ["P", "ETA"], ["a"])[:3, 0], [1.3, 0.3, -0.7], atol=1e-6)
+
+
 def test_bad_knots_are_refused():
     with pytest.raises(ModelDirError, match="non-decreasing"):
         _one_bin(LEVELS[::-1], LEVELS)
@@ -194,7 +209,7 @@ def test_corrupt_or_mismatched_correction_is_refused(tmp_path, pion_rich_table):
     # a correction with other member maps than the model's members
     with pytest.raises(ModelDirError, match="member maps"):
         m.set_correction(MarginalCorrection(corr.targets, corr.p_edges, corr.eta_edges, corr.levels,
-                                            corr.gen[:1], corr.data[:1], corr.split, corr.states))
+                                            corr.gen[:1], corr.data[:1], corr.split, corr.states, corr.bin_ids))
 
 
 def test_fit_errors_name_the_problem(tmp_path, pion_rich_table):

@@ -27,8 +27,8 @@ recorded), so the members' spread in a tail is the fit sample's statistical unce
 members' GAN tails (which the map would otherwise carry into the spread).
 
 On disk: ``marginals.npz`` in the model directory (listed with its hash in the card's ``files``)
-with ``p_edges``, ``eta_edges``, ``levels``, ``targets`` and ``gen`` / ``data`` knots of shape
-``(K + 1, n_bins, n_targets, n_levels)``, described by the card's ``"marginal_correction"`` section
+with ``p_edges``, ``eta_edges``, ``split``, ``states``, ``bin_ids``, ``levels``, ``targets`` and
+``gen`` / ``data`` knots (float32) of shape ``(K + 1, len(bin_ids), n_targets, n_levels)``, described by the card's ``"marginal_correction"`` section
 (fit data, weight, selection, bins, seeds, command). :class:`~mambah.nn.pidmodel.PidModel` applies
 it in every generation path (:meth:`~mambah.nn.pidmodel.PidModel.generate_array`, variations,
 members); fit it with :func:`mambah.training.marginals.fit_marginal_correction` (CLI ``mambah train
@@ -99,12 +99,13 @@ class MarginalCorrection:
         states: the states seen in the fit sample, as sorted integer codes ``sum(bit_i << i)``
             over ``split``; a row in another state is not corrected.
         levels: the tabulation levels.
-        gen, data: knots ``(K + 1, n_bins, n_targets, n_levels)``: the model's and the data's
-            quantiles in each bin (identical where a bin is not corrected). Bin
-            ``b = (ip * n_eta + ie) * n_states + i_state``.
+        bin_ids: the bins that have maps (sorted), of ``(n_p * n_eta * n_states)``: bin
+            ``b = (ip * n_eta + ie) * n_states + i_state``; a row in another bin is not corrected.
+        gen, data: knots ``(K + 1, len(bin_ids), n_targets, n_levels)``: the model's and the data's
+            quantiles in each of those bins.
     """
 
-    def __init__(self, targets, p_edges, eta_edges, levels, gen, data, split=(), states=(0,)):
+    def __init__(self, targets, p_edges, eta_edges, levels, gen, data, split=(), states=(0,), bin_ids=None):
         self.targets = [str(t) for t in targets]
         self.p_edges = np.asarray(p_edges, float)
         self.eta_edges = np.asarray(eta_edges, float)
@@ -113,7 +114,12 @@ class MarginalCorrection:
         self.levels = np.asarray(levels, float)
         self.gen = np.asarray(gen, float)
         self.data = np.asarray(data, float)
-        nb = (len(self.p_edges) - 1) * (len(self.eta_edges) - 1) * len(self.states)
+        self.n_cells = (len(self.p_edges) - 1) * (len(self.eta_edges) - 1) * len(self.states)
+        self.bin_ids = np.arange(self.n_cells) if bin_ids is None else np.asarray(bin_ids, np.int64)
+        if np.any(np.diff(self.bin_ids) <= 0) or (len(self.bin_ids) and not 0 <= self.bin_ids[0] <= self.bin_ids[-1]
+                                                  < self.n_cells):
+            raise ModelDirError(f"marginal correction: bin_ids must be sorted distinct bins of 0..{self.n_cells - 1}")
+        nb = len(self.bin_ids)
         want = (nb, len(self.targets), len(self.levels))
         if self.gen.ndim != 4 or self.gen.shape[1:] != want or self.data.shape != self.gen.shape:
             raise ModelDirError(f"marginal correction: knots of shape {self.gen.shape} / {self.data.shape}, "
@@ -134,7 +140,15 @@ class MarginalCorrection:
 
     @property
     def n_bins(self) -> int:
+        """The number of bins with maps (``len(bin_ids)``)."""
         return self.gen.shape[1]
+
+    def compact(self) -> MarginalCorrection:
+        """The same correction without the bins whose maps are the identity (model knots equal to the
+        data's for every member and target): those rows are left alone either way."""
+        keep = ~np.all(self.gen == self.data, axis=(0, 2, 3))
+        return MarginalCorrection(self.targets, self.p_edges, self.eta_edges, self.levels, self.gen[:, keep],
+                                  self.data[:, keep], self.split, self.states, self.bin_ids[keep])
 
     def needs(self) -> list[str]:
         """The condition columns :meth:`bins` reads."""
@@ -149,19 +163,23 @@ class MarginalCorrection:
         return ((flags > 0.5).astype(np.int64) << np.arange(flags.shape[1], dtype=np.int64)).sum(axis=1)
 
     def bins(self, p: np.ndarray, eta: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
-        """The bin of each row (outside the P, ETA edges: the outermost bin; a state of ``flags``
-        (the ``split`` columns, ``(n, len(split))``) not seen in the fit: -1, not corrected)."""
+        """The index (into :attr:`bin_ids`) of each row's bin: outside the P, ETA edges the outermost
+        bin; -1 (not corrected) for a state of ``flags`` (the ``split`` columns, ``(n, len(split))``)
+        not seen in the fit or a bin without a map."""
         ip = np.clip(np.searchsorted(self.p_edges, p, side="right") - 1, 0, len(self.p_edges) - 2)
         ie = np.clip(np.searchsorted(self.eta_edges, eta, side="right") - 1, 0, len(self.eta_edges) - 2)
         ns = len(self.states)
         b = (ip * (len(self.eta_edges) - 1) + ie) * ns
-        if not self.split:
-            return b
-        if flags is None:
-            raise ValueError(f"this correction is split by {self.split}: pass their values")
-        code = self.state_codes(flags)
-        i = np.clip(np.searchsorted(self.states, code), 0, ns - 1)
-        return np.where(self.states[i] == code, b + i, -1)
+        if self.split:
+            if flags is None:
+                raise ValueError(f"this correction is split by {self.split}: pass their values")
+            code = self.state_codes(flags)
+            i = np.clip(np.searchsorted(self.states, code), 0, ns - 1)
+            b = np.where(self.states[i] == code, b + i, -1)
+        if not len(self.bin_ids):
+            return np.full(len(b), -1, np.int64)
+        j = np.clip(np.searchsorted(self.bin_ids, b), 0, len(self.bin_ids) - 1)
+        return np.where((b >= 0) & (self.bin_ids[j] == b), j, -1)
 
     def bins_of(self, conditions: np.ndarray, names: list[str]) -> np.ndarray:
         """:meth:`bins` of rows of raw ``conditions`` whose columns are ``names``."""
@@ -203,8 +221,9 @@ class MarginalCorrection:
     # ------------------------------------------------------------------ disk
     def arrays(self) -> dict[str, np.ndarray]:
         return {"p_edges": self.p_edges, "eta_edges": self.eta_edges, "levels": self.levels,
-                "targets": np.array(self.targets, dtype="U64"), "gen": self.gen, "data": self.data,
-                "split": np.array(self.split, dtype="U64"), "states": self.states}
+                "targets": np.array(self.targets, dtype="U64"), "gen": self.gen.astype(np.float32),
+                "data": self.data.astype(np.float32), "split": np.array(self.split, dtype="U64"),
+                "states": self.states, "bin_ids": self.bin_ids}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``marginals.npz`` into the directory ``path``; returns the file."""
@@ -227,4 +246,4 @@ class MarginalCorrection:
         if missing:
             raise ModelDirError(f"{f} lacks {', '.join(missing)}")
         return cls(list(a["targets"]), a["p_edges"], a["eta_edges"], a["levels"], a["gen"], a["data"],
-                   list(a.get("split", [])), a.get("states", np.zeros(1, np.int64)))
+                   list(a.get("split", [])), a.get("states", np.zeros(1, np.int64)), a.get("bin_ids"))

@@ -157,7 +157,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                 gk[m, k_bin, j] = monotone_ecdf_quantiles(xg, wg, LEVELS)
                 wd = w[rows] if m == 0 else w[rows] * boot[m - 1][rows]
                 dk[m, k_bin, j] = monotone_ecdf_quantiles(xd, wd, LEVELS, order=od)
-    corr = MarginalCorrection(targets, p_edges, eta_edges, LEVELS, gk, dk, split, states)
+    corr = MarginalCorrection(targets, p_edges, eta_edges, LEVELS, gk, dk, split, states).compact()
     info = {
         "method": "quantile mapping y = Q_data,b(F_model,b(x)) per target in (P, ETA) bins of equal sWeighted "
                   "population, split by the state of the 0/1 conditions 'split'; both sides sWeighted (the model "
@@ -169,6 +169,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                      "sum_weights": float(w.sum())},
         "bins": {"p_edges": p_edges, "eta_edges": eta_edges, "split": split, "n_states": int(ns),
                  "n_bins": int(n_bins), "n_bins_with_rows": int(np.count_nonzero(np.diff(starts))),
+                 "n_bins_corrected": int(corr.n_bins),
                  "sum_weights_median": float(np.median(sum_w[sum_w > 0])) if (sum_w > 0).any() else 0.0,
                  "not_corrected": [int(k) for k in skipped], "min_weight": float(min_weight),
                  "not_corrected_weight_fraction": float(sum_w[skipped].sum() / w.sum()) if skipped else 0.0},

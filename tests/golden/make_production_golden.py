@@ -23,6 +23,10 @@ and issue 23's explicit acceptance with the 4-class efficiency ``efficiency-ref-
 Remade for the retrained muon-likelihood steps of K, pi and p (2026-12-06, issue 22: 6M-candidate
 calibration samples): ``particles.muon_mu_ll``, ``muon_bkg_ll`` and ``pid_mu`` of the 8 isMuon kaon, pion
 and proton tracks changed; every other column of every table is bit-identical to the previous file.
+Remade for the marginal calibration of the pi, K and p RICH steps (2026-12-07, issue 24,
+``mambah.nn.marginals``): ``particles.rich_dll_{e,mu,k,p}`` and ``pid_{e,mu,k,p}`` of the ~1200 pion,
+kaon and proton tracks with RICH information changed; every other array is bit-identical to the previous
+file except the last float32 bit of ``muon_mu_ll``/``muon_bkg_ll`` of 23 muons (this machine's vector units).
 """
 
 from __future__ import annotations
