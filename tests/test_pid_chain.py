@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mambah.reference.calibration import calib_sample
-from mambah.errors import ConfigurationError
+from mambah.errors import ConfigurationError, ModelDirError
 from mambah.modeldir import default_models_dir
 from mambah.pid.chain import (CHAIN_OUTPUTS, DEFAULT_SPECIES, ROLES, ChainStep, available_chains, build_chain,
                              combine, default_chain_steps, load_chain, prepare_training_table,
@@ -136,10 +136,17 @@ def test_chain_whose_later_model_needs_an_unproduced_column_fails_at_build(tmp_p
     for r in ROLES:
         shutil.copytree(MODELS / f"pid-pi-{r}", tmp_path / f"pid-pi-{r}")
     card = json.loads((tmp_path / "pid-pi-rich" / "card.json").read_text())
-    conds = card["conditions"]
-    conds[-1] = {"name": "EcalEoverP", "unit": "", "quantity": "calo_e_over_p"}
+    conds = [dict(c) for c in card["conditions"]]
+    # (nTracks: not a column the step's marginal calibration bins in)
+    conds[[c["name"] for c in conds].index("nTracks")] = {"name": "EcalEoverP", "unit": "", "quantity": "calo_e_over_p"}
     _edit_card(tmp_path / "pid-pi-rich", conditions=conds, name="pid-pi-rich-edited")
     with pytest.raises(ConfigurationError, match=r"'pid-pi-rich-edited'.*\['EcalEoverP'\]"):
+        build_chain("pi", None, tmp_path)
+    # a card edited so that a column its marginal calibration bins in is gone: refused at load, named
+    conds = [dict(c) for c in card["conditions"]]
+    conds[-1] = {"name": "EcalEoverP", "unit": "", "quantity": "calo_e_over_p"}
+    _edit_card(tmp_path / "pid-pi-rich", conditions=conds)
+    with pytest.raises(ModelDirError, match=r"marginal correction bins in \['RichAboveP2'\]"):
         build_chain("pi", None, tmp_path)
     # the muon step applies to isMuon tracks: without the flags step nobody produces isMuon
     steps = default_chain_steps("pi", tmp_path)[1:2]
