@@ -66,6 +66,10 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
     Returns:
         ``(correction, info)``: the :class:`~mambah.nn.marginals.MarginalCorrection` and the card's
         ``"marginal_correction"`` section (without the command).
+
+    The model's own correction, if it has one, is set aside while the model is evaluated (the map
+    is fitted to the raw generator) and restored afterwards: do not generate from the same model
+    object in another thread meanwhile.
     """
     targets = list(model.targets) if targets is None else list(targets)
     bad = [t for t in targets if t not in model.targets]
