@@ -113,7 +113,7 @@ def save_model_dir(
                     raise TypeError(f"array {k!r} has dtype object; store numbers or fixed-width strings")
                 clean[k] = a
             np.savez(tmp / "arrays.npz", **clean)
-        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = _file_hashes(tmp)
         full = dict(card)
         full.setdefault("version", "1")
         full.update(
@@ -150,8 +150,7 @@ def update_model_dir(path: str | os.PathLike, write, card_update: Mapping[str, A
         write(tmp)
         full = dict(card)
         full.update(card_update)
-        full["files"] = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*"))
-                         if p.is_file() and p.name != "card.json"}
+        full["files"] = _file_hashes(tmp)
         (tmp / "card.json").write_text(json.dumps(full, indent=2, sort_keys=False, default=json_default) + "\n")
         os.replace(path, old)
         os.replace(tmp, path)
@@ -162,6 +161,12 @@ def update_model_dir(path: str | os.PathLike, write, card_update: Mapping[str, A
             shutil.rmtree(old, ignore_errors=True)
     log.info("updated model %s", path)
     return path
+
+
+def _file_hashes(directory: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` except its ``card.json``."""
+    return {p.relative_to(directory).as_posix(): _sha256(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.relative_to(directory).as_posix() != "card.json"}
 
 
 def _relative_name(name: str, where) -> str:

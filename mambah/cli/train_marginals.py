@@ -59,13 +59,12 @@ def _columns(spec, selection, model, weight, targets) -> list[str] | None:
 
 
 def run(args) -> int:
-    import hashlib
     import shlex
     import sys
-    from pathlib import Path
 
+    from mambah.cli.train_pid import file_sha256
     from mambah.errors import ConfigurationError
-    from mambah.io import read_table
+    from mambah.io import read_table, split_spec
     from mambah.nn.registry import load_model
     from mambah.training.marginals import fit_marginal_correction, write_marginal_correction
 
@@ -91,14 +90,8 @@ def run(args) -> int:
                                          split=split,
                                          p_bins=args.p_bins, eta_bins=args.eta_bins, repeats=args.repeats,
                                          seed=args.seed, where=", ".join(args.data))
-    files = []
-    for spec in args.data:
-        data_path = Path(str(spec).split(":")[0])
-        h = hashlib.sha256()
-        with open(data_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        files.append({"file": data_path.name, "sha256": h.hexdigest()})
+    paths = [split_spec(spec)[0] for spec in args.data]
+    files = [{"file": f.name, "sha256": file_sha256(f)} for f in paths]
     info["fit_data"].update(files=files, description=args.description)
     info["command"] = "mambah " + " ".join(shlex.quote(a) for a in getattr(args, "cli_argv", sys.argv[1:]))
     write_marginal_correction(args.model, corr, info)

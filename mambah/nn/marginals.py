@@ -162,20 +162,28 @@ class MarginalCorrection:
             return np.zeros(len(flags), np.int64)
         return ((flags > 0.5).astype(np.int64) << np.arange(flags.shape[1], dtype=np.int64)).sum(axis=1)
 
+    @staticmethod
+    def cells(p: np.ndarray, eta: np.ndarray, codes: np.ndarray | None, p_edges: np.ndarray, eta_edges: np.ndarray,
+              states: np.ndarray) -> np.ndarray:
+        """The cell ``(ip * n_eta + ie) * n_states + i_state`` of each row (outside the P, ETA edges:
+        the outermost bin; -1 for a state code not in ``states``; ``codes`` None: the only state)."""
+        ip = np.clip(np.searchsorted(p_edges, p, side="right") - 1, 0, len(p_edges) - 2)
+        ie = np.clip(np.searchsorted(eta_edges, eta, side="right") - 1, 0, len(eta_edges) - 2)
+        ns = len(states)
+        b = (ip * (len(eta_edges) - 1) + ie) * ns
+        if codes is None:
+            return b
+        i = np.clip(np.searchsorted(states, codes), 0, ns - 1)
+        return np.where(states[i] == codes, b + i, -1)
+
     def bins(self, p: np.ndarray, eta: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
         """The index (into :attr:`bin_ids`) of each row's bin: outside the P, ETA edges the outermost
         bin; -1 (not corrected) for a state of ``flags`` (the ``split`` columns, ``(n, len(split))``)
         not seen in the fit or a bin without a map."""
-        ip = np.clip(np.searchsorted(self.p_edges, p, side="right") - 1, 0, len(self.p_edges) - 2)
-        ie = np.clip(np.searchsorted(self.eta_edges, eta, side="right") - 1, 0, len(self.eta_edges) - 2)
-        ns = len(self.states)
-        b = (ip * (len(self.eta_edges) - 1) + ie) * ns
-        if self.split:
-            if flags is None:
-                raise ValueError(f"this correction is split by {self.split}: pass their values")
-            code = self.state_codes(flags)
-            i = np.clip(np.searchsorted(self.states, code), 0, ns - 1)
-            b = np.where(self.states[i] == code, b + i, -1)
+        if self.split and flags is None:
+            raise ValueError(f"this correction is split by {self.split}: pass their values")
+        b = self.cells(p, eta, self.state_codes(flags) if self.split else None, self.p_edges, self.eta_edges,
+                       self.states)
         if not len(self.bin_ids):
             return np.full(len(b), -1, np.int64)
         j = np.clip(np.searchsorted(self.bin_ids, b), 0, len(self.bin_ids) - 1)

@@ -129,11 +129,9 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                 gen[r, :, a:a + slice_rows] = g[:, :, cols]
     finally:
         model.set_correction(corr0)
-    nb_eta, ns = len(eta_edges) - 1, len(states)
-    ip = np.clip(np.searchsorted(p_edges, p, side="right") - 1, 0, len(p_edges) - 2)
-    ie = np.clip(np.searchsorted(eta_edges, eta, side="right") - 1, 0, nb_eta - 1)
-    b = (ip * nb_eta + ie) * ns + np.searchsorted(states, codes)
-    n_bins = (len(p_edges) - 1) * nb_eta * ns
+    ns = len(states)
+    b = MarginalCorrection.cells(p, eta, codes, p_edges, eta_edges, states)  # (every code is in states)
+    n_bins = (len(p_edges) - 1) * (len(eta_edges) - 1) * ns
     L = len(LEVELS)
     gk = np.empty((k_members + 1, n_bins, len(targets), L))
     dk = np.empty_like(gk)
