@@ -170,6 +170,15 @@ EVENTS = {"mu": 250_000, "e": 200_000, "pi": 200_000, "K": 200_000, "p": 200_000
 #: (mu keeps its 250k-candidate sample: 116k sWeighted isMuon muons.)
 MUON_EVENTS = 6_000_000
 MUON_SAMPLES = {"K": 23, "pi": 25, "p": 26, "e": 28}
+#: The flags classifiers (isMuon, hasRich, hasCalo) train on samples of MUON_EVENTS candidates too
+#: (since 2026-12-07; the same samples, and one of 6M muons with seed 27). On 200k candidates a
+#: pion sample holds ~900 sWeighted isMuon pions: the first classifiers smoothed the isMuon fake
+#: rate's p dependence (pi -> mu 0.44-0.48% against 0.56-0.63% above 30 GeV/c, 0.89% against
+#: 0.77% at 15-20; mu -> pi 1.87% against 2.25% at 10-15 GeV/c; examples/misid_table.py
+#: --source calib --tracks 1000000 --seed 26: chi2/ndf 113/10 and 81/10).
+FLAGS_SAMPLES = {**MUON_SAMPLES, "mu": 27}
+#: the steps that train on the large samples
+LARGE_SAMPLE_ROLES = {"muon": MUON_SAMPLES, "flags": FLAGS_SAMPLES}
 #: the muon steps' training options besides the budget: validation every 1000 steps (not every 30 s:
 #: a 1-2 minute training), and 5 ensemble members trained from scratch: a step limited by its
 #: calibration sample has that sample's uncertainty, which warm-started members (starting from the
@@ -298,13 +307,15 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     species = a.species.split(",")
     data = {s: prepare(s, a.work, a.seed + i, a.events) for i, s in enumerate(species)}
-    muon_data = {s: prepare(s, a.work / "muon", MUON_SAMPLES[s], MUON_EVENTS)
-                 for s in species if s in MUON_SAMPLES and "muon" in a.roles.split(",")}
+    roles = a.roles.split(",")
+    # the muon step's and the flags' large samples (one per species; a.work / "muon")
+    large = {(s, r): prepare(s, a.work / "muon", seeds[s], MUON_EVENTS)
+             for r, seeds in LARGE_SAMPLE_ROLES.items() if r in roles for s in species if s in seeds}
     gan_options = tuple(x for opt in ("valid_repeats", "reselect") if getattr(a, opt)
                         for x in (f"--{opt.replace('_', '-')}", str(getattr(a, opt))))
-    jobs = [(s, r) for r in a.roles.split(",") for s in species if not (a.skip_existing and (a.out / f"pid-{s}-{r}").exists())]
+    jobs = [(s, r) for r in roles for s in species if not (a.skip_existing and (a.out / f"pid-{s}-{r}").exists())]
     with ThreadPoolExecutor(a.parallel) as ex:
-        for msg in ex.map(lambda j: train(j[0], j[1], muon_data[j[0]] if j[1] == "muon" and j[0] in muon_data else data[j[0]],
+        for msg in ex.map(lambda j: train(j[0], j[1], large.get(j, data[j[0]]),
                                           a.out, budget_args(a, j[1]), not a.unweighted, a.seed,
                                           a.width, a.p_weight, a.patience, gan_options), jobs):
             print(msg, flush=True)

@@ -44,18 +44,21 @@ def perturbed_members(src: Path, dst: Path, k: int, *, scale: float = 0.05, seed
 
 
 def _carry_correction(src: Path, dst: Path, section: dict | None, k: int, member: int = 0) -> Path:
-    """Give ``dst`` the marginal correction of ``src`` (if it has one): the map of ``src``'s member
-    ``member`` (0: the nominal's) for the nominal and each of ``dst``'s ``k`` members (the source's
-    member maps belong to the source's members)."""
+    """Give ``dst`` the calibration of ``src`` (if it has one: quantile maps or logit shifts): that of
+    ``src``'s member ``member`` (0: the nominal's) for the nominal and each of ``dst``'s ``k`` members
+    (the source's member maps belong to the source's members)."""
     if section is None:
         return dst
     from mambah.modeldir import update_model_dir
-    from mambah.nn.marginals import MarginalCorrection
+    from mambah.nn.marginals import FlagCalibration, MarginalCorrection, load_calibration
 
-    c = MarginalCorrection.load(src)
+    c = load_calibration(src)
     rep = lambda a: np.repeat(a[member:member + 1], k + 1, axis=0)  # noqa: E731
-    c = MarginalCorrection(c.targets, c.p_edges, c.eta_edges, c.levels, rep(c.gen), rep(c.data), c.split, c.states,
-                           c.bin_ids)
+    if isinstance(c, FlagCalibration):
+        c = FlagCalibration(c.targets, c.p_edges, c.eta_edges, rep(c.shift), c.split, c.states, c.bin_ids)
+    else:
+        c = MarginalCorrection(c.targets, c.p_edges, c.eta_edges, c.levels, rep(c.gen), rep(c.data), c.split,
+                               c.states, c.bin_ids)
     return update_model_dir(dst, c.save, {"marginal_correction": dict(section, members={"n": k, "note": "tests: the "
                                                                                        "nominal's map"})})
 
@@ -77,7 +80,9 @@ def perturbed_flag_members(src: Path, dst: Path, k: int, *, scale: float = 0.05,
             arrays[member_prefix(j) + key] = (v * (1.0 + scale * rng.standard_normal(v.shape))).astype(v.dtype)
     card["ensemble"] = {"members": k, "seeds": list(range(1, k + 1)), "bootstrap": "none: perturbed weights (tests)",
                         "warm_start": False}
-    return save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+    correction = card.pop("marginal_correction", None)
+    save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+    return _carry_correction(src, dst, correction, k)
 
 
 def flag_member_as_nominal(src: Path, dst: Path, k: int) -> Path:
@@ -91,7 +96,9 @@ def flag_member_as_nominal(src: Path, dst: Path, k: int) -> Path:
     arrays = {key: v for key, v in load_arrays(src).items() if not (key[:1] == "m" and key[1:3].isdigit())}
     arrays.update({key[len(member_prefix(k)):]: v for key, v in load_arrays(src).items()
                    if key.startswith(member_prefix(k))})
-    return save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+    correction = card.pop("marginal_correction", None)
+    save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+    return _carry_correction(src, dst, correction, 0, member=k)
 
 
 def without_members(src: Path, dst: Path) -> Path:

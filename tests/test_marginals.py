@@ -244,3 +244,144 @@ def test_cli_train_marginals(tmp_path, pion_rich_table, capsys):
     assert "mambah train marginals" in mc["command"] and len(mc["fit_data"]["files"][0]["sha256"]) == 64
     assert "marginal correction of RichDLLk, RichDLLpK in " in capsys.readouterr().out
     assert pd.read_parquet(f).shape == pion_rich_table.shape  # the data is untouched
+
+
+# ------------------------------------------------------------------ flag classifiers: logit shifts
+def test_flag_calibration_shifts_the_logit_and_the_uniforms_agree():
+    """P' = sigmoid(logit P + shift) in each row's bin; the transformed uniforms give the same draw
+    u' < P as u < P'; rows of a bin without a shift, and other columns, are unchanged; the file
+    round-trips and says its kind."""
+    from scipy.special import expit, logit
+
+    from mambah.nn.marginals import FlagCalibration
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    cond = np.c_[rng.uniform(2e3, 1e5, n), rng.uniform(2, 5, n)]
+    prob = np.c_[rng.uniform(0, 0.05, n), rng.uniform(0.9, 1, n)]
+    prob[:3, 0] = [0.0, 1.0, 0.5]
+    cal = FlagCalibration(["isMuon"], [2e3, 1e4, 1e5], [2, 3.5, 5], np.array([[[0.4], [-0.7], [0.0], [1.5]]]))
+    out = cal.apply(prob, cond, ["P", "ETA"], ["isMuon", "hasRich"])
+    b = cal.bins_of(cond, ["P", "ETA"])
+    with np.errstate(divide="ignore"):
+        want = expit(logit(prob[:, 0]) + cal.shift[0, b, 0])
+    np.testing.assert_allclose(out[:, 0], want, rtol=1e-12)
+    assert out[0, 0] == 0.0 and out[1, 0] == 1.0  # certain flags stay certain
+    np.testing.assert_array_equal(out[:, 1], prob[:, 1])
+    np.testing.assert_array_equal(out[b == 2, 0], prob[b == 2, 0])  # shift 0
+    u = rng.random((n, 2))
+    u2 = cal.uniforms(u, cond, ["P", "ETA"], ["isMuon", "hasRich"])
+    same = (u2 < prob) == (u < out)
+    close = np.abs(u - out) < 1e-12
+    assert np.all(same | close)
+    assert np.mean(u2[:, 0] < prob[:, 0]) > np.mean(u[:, 0] < prob[:, 0])  # shifts up on the whole
+    c2 = cal.compact()
+    assert c2.n_bins == 3 and list(c2.bin_ids) == [0, 1, 3]
+    np.testing.assert_array_equal(c2.apply(prob, cond, ["P", "ETA"], ["isMuon", "hasRich"]), out)
+
+
+def test_flag_calibration_file_kind_is_checked(tmp_path):
+    from mambah.nn.marginals import FlagCalibration, load_calibration
+
+    cal = FlagCalibration(["isMuon"], [2e3, 1e5], [2, 5], np.array([[[0.25]]]))
+    cal.save(tmp_path)
+    back = load_calibration(tmp_path)
+    assert isinstance(back, FlagCalibration) and back.shift[0, 0, 0] == 0.25
+    with pytest.raises(ModelDirError, match="not a MarginalCorrection"):
+        MarginalCorrection.load(tmp_path)
+    np.savez(tmp_path / "marginals.npz", **{**cal.arrays(), "kind": np.array("wavelets")})
+    with pytest.raises(ModelDirError, match="unknown calibration kind 'wavelets'"):
+        load_calibration(tmp_path)
+    with pytest.raises(ModelDirError, match="finite"):
+        FlagCalibration(["isMuon"], [2e3, 1e5], [2, 5], np.array([[[np.nan]]]))
+
+
+def test_flag_calibration_fit_matches_the_data_rates_in_every_bin(tmp_path, pion_rich_table):
+    """Fitted on an sWeighted sample, the shipped pion flags classifier's sWeighted isMuon rate in each
+    fit bin equals the sample's (in-sample, to the bisection's precision); the model directory
+    round-trips; the compiled and the numpy draws use the calibrated probability; the members of an
+    ensemble get their own shifts (bootstrap) and every path draws with the nominal's uniforms."""
+    import shutil
+
+    from mambah.nn.flags import FlagModel
+    from mambah.training.marginals import fit_flag_calibration, write_marginal_correction
+
+    d = tmp_path / "pid-pi-flags"
+    shutil.copytree(MODELS / "pid-pi-flags", d)
+    m = FlagModel.load(d)
+    m.set_correction(None)
+    df = pion_rich_table
+    cal, info = fit_flag_calibration(m, df, targets=["isMuon", "hasCalo"], p_bins=3, eta_bins=2, split="none",
+                                     min_weight=300.0)
+    assert info["kind"] == "logit_shift" and not cal.split and info["fit_data"]["selection"] is None
+    write_marginal_correction(d, cal, info)
+    m2 = FlagModel.load(d)
+    assert m2.correction is not None and m2.correction.targets == ["isMuon", "hasCalo"]
+    cond = df[m2.conditions].to_numpy(float)
+    w = df["sWeight"].to_numpy()
+    raw, fixed = m.probabilities(cond), m2.probabilities(cond)
+    b = m2.correction.bins_of(cond, m2.conditions)
+    j = m2.targets.index("isMuon")
+    y = df["isMuon"].to_numpy()
+    moved = 0
+    for i in range(m2.correction.n_bins):
+        r = b == i
+        data = np.sum(w[r] * y[r]) / w[r].sum()
+        if abs(m2.correction.shift[0, i, 0]) >= 3.0:
+            continue
+        # (the fit sees float32 conditions: 1e-5 is far below the sample's error on a rate, ~1e-3)
+        assert abs(np.sum(w[r] * fixed[r, j]) / w[r].sum() - data) < 1e-5, i
+        moved += abs(np.sum(w[r] * raw[r, j]) / w[r].sum() - data) > 2e-4
+    assert moved >= 2
+    np.testing.assert_array_equal(fixed[:, m2.targets.index("hasRich")], raw[:, m2.targets.index("hasRich")])
+    # draws: compiled and numpy agree (up to uniforms within round-off of P'), and follow P'
+    big = np.repeat(cond, 5, axis=0)
+    a = m2.sample(big, np.random.default_rng(3))
+    c = m2.sample(big, np.random.default_rng(3), compiled=False)
+    assert np.mean(a != c) < 1e-4
+    p_big = np.repeat(fixed[:, j], 5)
+    assert abs(a[:, j].mean() - p_big.mean()) < 4 * np.sqrt(p_big.mean() / len(p_big))
+
+    # an ensemble (the shipped kaon classifier's five members) on the same sample
+    dk = tmp_path / "pid-K-flags"
+    shutil.copytree(MODELS / "pid-K-flags", dk)
+    mk = FlagModel.load(dk)
+    mk.set_correction(None)
+    calk, infok = fit_flag_calibration(mk, df, targets=["isMuon"], p_bins=2, eta_bins=1, split="none", seed=4,
+                                       min_weight=300.0)
+    assert calk.n_members == 5 and infok["members"]["seeds"] == [1004, 2004, 3004, 4004, 5004]
+    assert not np.allclose(calk.shift[1], calk.shift[0])
+    write_marginal_correction(dk, calk, infok)
+    mk2 = FlagModel.load(dk)
+    v = mk2.sample_variations(cond, np.random.default_rng(8))
+    np.testing.assert_array_equal(v[0], mk2.sample(cond, np.random.default_rng(8)))
+    np.testing.assert_array_equal(v[3], mk2.sample_member(3, cond, np.random.default_rng(8)))
+    pm = mk2.member(3).probabilities(cond)
+    bk = calk.bins_of(cond, mk2.conditions)
+    r = bk == 0
+    # member 3's calibrated rate in bin 0 is its bootstrap replica's data rate
+    boot = np.random.default_rng(4 + 1000 * 3).poisson(1.0, len(df))  # member 3 with seed 4
+    wb = w * boot
+    assert abs(np.sum(wb[r] * pm[r, 0]) / wb[r].sum() - np.sum(wb[r] * y[r]) / wb[r].sum()) < 1e-5
+    # a GAN's quantile maps do not fit a flag classifier
+    with pytest.raises(ModelDirError, match="takes a FlagCalibration"):
+        mk2.set_correction(MarginalCorrection(["isMuon"], [0, 1], [0, 1], LEVELS, np.zeros((6, 1, 1, 161)),
+                                              np.zeros((6, 1, 1, 161))))
+
+
+def test_cli_train_marginals_on_a_flag_classifier(tmp_path, pion_rich_table, capsys):
+    import shutil
+
+    from mambah.cli import main
+    from mambah.nn.flags import FlagModel
+
+    f = tmp_path / "pi.parquet"
+    pion_rich_table.to_parquet(f)
+    d = tmp_path / "pid-pi-flags"
+    shutil.copytree(MODELS / "pid-pi-flags", d)
+    assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--p-bins", "2", "--eta-bins", "1",
+                 "--targets", "isMuon", "--split", "none"]) == 0
+    mc = json.loads((d / "card.json").read_text())["marginal_correction"]
+    assert mc["kind"] == "logit_shift" and mc["targets"] == ["isMuon"] and "--split none" in mc["command"]
+    assert "logit-shift calibration of isMuon in 2 bins" in capsys.readouterr().out
+    assert FlagModel.load(d).correction.n_bins >= 1

@@ -252,7 +252,11 @@ def run_members_of(args, log) -> int:
                                         config=cfg, cond_pre=nominal.cond_pre, condition_names=conditions,
                                         target_names=targets)
     card = {k: v for k, v in nominal.card.items() if k not in ("ensemble", "files", "format", "created",
-                                                                 "mambah_version")}
+                                                                 "mambah_version", "marginal_correction")}
+    if "marginal_correction" in nominal.card:
+        log.warning("%s has a calibration (marginals.npz); the new members have none: the model written to %s is "
+                    "uncalibrated; fit it again with mambah train marginals --model %s", args.nominal_from, args.out,
+                    args.out)
     card["ensemble"] = {**ensemble,
                         "nominal": f"not retrained: the model directory {Path(args.nominal_from).name!r} as it was "
                                    "(mambah train flags --nominal-from); its training_data, metrics and command are "

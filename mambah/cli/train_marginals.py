@@ -1,13 +1,16 @@
-"""``mambah train marginals``: fit the marginal calibration of a trained PID GAN (:mod:`mambah.nn.marginals`).
+"""``mambah train marginals``: fit the binned calibration of a trained PID model (:mod:`mambah.nn.marginals`).
 
 Example::
 
     mambah train marginals --model models/pid-pi-rich --data pi_calib.parquet --weight sWeight
+    mambah train marginals --model models/pid-pi-flags --data pi_calib.parquet --targets isMuon --split none
 
-Every target of the model is mapped, in (P, ETA) bins, onto the sWeighted distribution of the data
-(PIDCorr-style quantile mapping that keeps the model's correlations); the model directory gets
-``marginals.npz`` and a ``marginal_correction`` section in its card, and every generation from it
-(``mambah generate``, the PID chain, variations) is corrected from then on.
+For a GAN (kind ``pid``) every target is mapped, in (P, ETA) bins, onto the sWeighted distribution of
+the data (PIDCorr-style quantile mapping that keeps the model's correlations); for a flag classifier
+(kind ``pid-flags``) the logit of each flag's probability is shifted, per bin, so that its sWeighted
+rate is the data's. The model directory gets ``marginals.npz`` and a ``marginal_correction`` section
+in its card, and every generation from it (``mambah generate``, the PID chain, variations) is
+corrected from then on.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ from __future__ import annotations
 
 def register(kinds) -> None:
     p = kinds.add_parser(
-        "marginals", help="calibrate a trained PID GAN's output tails on an sWeighted sample (quantile mapping)",
+        "marginals", help="calibrate a trained PID GAN's output tails, or a flag classifier's rates, on an sWeighted "
+                          "sample in (P, ETA) bins",
         description="Map each target of a trained PID GAN onto the sWeighted distribution of a calibration sample "
-                    "in (P, ETA) bins (y = Q_data(F_model(x)), per bin and target; ensemble members get their own maps "
-                    "on bootstrap replicas of the sample) and store the maps in the model directory.")
-    p.add_argument("--model", required=True, help="the PID model directory (kind 'pid') to calibrate, in place")
+                    "in (P, ETA) bins (y = Q_data(F_model(x)), per bin and target), or shift the logit of a flag "
+                    "classifier's probability per bin onto the sample's sWeighted flag rate; ensemble members get "
+                    "their own maps on bootstrap replicas of the sample. Stored in the model directory.")
+    p.add_argument("--model", required=True,
+                   help="the model directory to calibrate, in place: a PID GAN (kind 'pid') or a flag classifier "
+                        "(kind 'pid-flags')")
     p.add_argument("--data", required=True, action="append",
                    help="calibration table: .parquet, .csv or file.root:tree; repeat it to fit on several tables "
                         "together (e.g. calibration samples of several runs)")
@@ -33,7 +40,7 @@ def register(kinds) -> None:
                    help="comma-separated 0/1 conditions whose state splits the bins too; 'auto' (default): every "
                         "condition holding only 0 and 1 except charge (the RICH acceptance and threshold codes); "
                         "'none': no split")
-    p.add_argument("--repeats", type=int, default=2, help="model draws per row (default 2)")
+    p.add_argument("--repeats", type=int, default=2, help="GAN: model draws per row (default 2)")
     p.add_argument("--seed", type=int, default=0, help="noise and bootstrap seed (default 0)")
     p.add_argument("--description", default=None, help="what the data is, for the card")
     p.set_defaults(func=run)
@@ -66,13 +73,14 @@ def run(args) -> int:
     from mambah.errors import ConfigurationError
     from mambah.io import read_table, split_spec
     from mambah.nn.registry import load_model
-    from mambah.training.marginals import fit_marginal_correction, write_marginal_correction
+    from mambah.training.marginals import fit_flag_calibration, fit_marginal_correction, write_marginal_correction
 
     if args.p_bins < 1 or args.eta_bins < 1 or args.repeats < 1:
         raise ConfigurationError("--p-bins, --eta-bins and --repeats must be >= 1")
     model = load_model(args.model)
-    if model.kind != "pid":
-        raise ConfigurationError(f"{args.model!r} holds a {model.kind!r} model; a marginal correction is for 'pid' GANs")
+    if model.kind not in ("pid", "pid-flags"):
+        raise ConfigurationError(f"{args.model!r} holds a {model.kind!r} model; a marginal calibration is for 'pid' "
+                                 "GANs and 'pid-flags' classifiers")
     weight = None if str(args.weight).lower() == "none" else args.weight
     targets = None if args.targets is None else [t.strip() for t in args.targets.split(",") if t.strip()]
     import numpy as np
@@ -86,17 +94,20 @@ def run(args) -> int:
     del parts
     split = args.split if args.split == "auto" else ([] if args.split.lower() == "none" else
                                                      [c.strip() for c in args.split.split(",") if c.strip()])
-    corr, info = fit_marginal_correction(model, df, weight=weight, selection=args.selection, targets=targets,
-                                         split=split,
-                                         p_bins=args.p_bins, eta_bins=args.eta_bins, repeats=args.repeats,
-                                         seed=args.seed, where=", ".join(args.data))
+    common = dict(weight=weight, selection=args.selection, targets=targets, split=split, p_bins=args.p_bins,
+                  eta_bins=args.eta_bins, seed=args.seed, where=", ".join(args.data))
+    if model.kind == "pid-flags":
+        corr, info = fit_flag_calibration(model, df, **common)
+    else:
+        corr, info = fit_marginal_correction(model, df, repeats=args.repeats, **common)
     paths = [split_spec(spec)[0] for spec in args.data]
     files = [{"file": f.name, "sha256": file_sha256(f)} for f in paths]
     info["fit_data"].update(files=files, description=args.description)
     info["command"] = "mambah " + " ".join(shlex.quote(a) for a in getattr(args, "cli_argv", sys.argv[1:]))
     write_marginal_correction(args.model, corr, info)
     nb = info["bins"]
-    print(f"{args.model}: marginal correction of {', '.join(corr.targets)} in {nb['n_bins_with_rows']} bins "
+    what = "logit-shift calibration" if model.kind == "pid-flags" else "marginal correction"
+    print(f"{args.model}: {what} of {', '.join(corr.targets)} in {nb['n_bins_with_rows']} bins "
           f"(P, ETA{', ' + str(nb['n_states']) + ' states of ' + ','.join(corr.split) if corr.split else ''}), "
           f"{corr.n_members} member maps; {len(nb['not_corrected'])} bins below {nb['min_weight']:.0f} sWeighted "
           f"signal left uncorrected ({100 * nb['not_corrected_weight_fraction']:.2f}% of the signal)")

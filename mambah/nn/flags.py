@@ -11,6 +11,11 @@ requirement is the model's probability.
 The flags are sampled independently given the conditions (correlations between flags only through
 the conditions).
 
+A model may carry a **calibration** (``marginals.npz``, card section ``marginal_correction``; fitted by
+``mambah train marginals``): per-bin logit shifts of its probabilities onto a calibration sample's
+sWeighted flag rates in (P, ETA) bins (:class:`~mambah.nn.marginals.FlagCalibration`), applied in
+:meth:`FlagModel.probabilities` and in every draw.
+
 A model directory (see :mod:`mambah.modeldir`) of kind ``"pid-flags"`` holds
 
 * ``classifier.keras`` — the network with sigmoid outputs, standard ``Dense`` layers only (loads
@@ -84,10 +89,12 @@ class FlagModel(QuantileConditionedModel):
     kind = KIND
 
     def __init__(self, net, cond_pre: QuantileGaussianizer, card: dict, path: str | os.PathLike | None = None,
-                 member_nets: list | None = None):
+                 member_nets: list | None = None, member_index: int = 0):
         super().__init__(cond_pre, card, path)
         self.net = net
         self.member_nets = list(member_nets or [])
+        #: 0 for the nominal, k for ensemble member k (:meth:`member`): which calibration shifts apply
+        self.member_index = int(member_index)
         # fill the transform's per-column cache now, so that threads only read it
         self.cond_pre.transform(np.asarray(cond_pre.range_()[0])[None, :], mode="mid")
 
@@ -138,6 +145,10 @@ class FlagModel(QuantileConditionedModel):
                     or n_.n_out != len(m.targets):
                 raise ModelDirError(f"{str(path)!r}: the preprocessing or the networks do not match the card's "
                                     f"{len(m.conditions)} conditions and {len(m.targets)} targets")
+        if "marginal_correction" in card:
+            from mambah.nn.marginals import load_calibration
+
+            m.set_correction(load_calibration(path))
         return m
 
     # -------------------------------------------------------------------------- ensemble
@@ -153,8 +164,12 @@ class FlagModel(QuantileConditionedModel):
             raise ConfigurationError(f"flag model {self.card.get('name', self.path)!r} has {self.n_members} "
                                      f"ensemble members, not a member {k}")
         k = int(k)
-        return self.memo(f"mambah.nn.flags.member{k}",
-                         lambda: FlagModel(self.member_nets[k - 1], self.cond_pre, self.card, self.path))
+
+        def make():
+            m = FlagModel(self.member_nets[k - 1], self.cond_pre, self.card, self.path, member_index=k)
+            m.correction = self.correction  # (member k's shifts: member_index)
+            return m
+        return self.memo(f"mambah.nn.flags.member{k}{'c' if self.correction is not None else ''}", make)
 
     def sample_member(self, k: int, data, rng: np.random.Generator, *, counts: list | None = None) -> np.ndarray:
         """Member ``k``'s flags (n, n_targets), drawing the uniforms from ``rng`` as :meth:`sample`
@@ -200,7 +215,10 @@ class FlagModel(QuantileConditionedModel):
             self.warn_out_of_range(self.check_range(c))
         if len(c) == 0:
             return np.empty((0, len(self.targets)))
-        return map_row_chunks(lambda cc, i: self.net(self.preprocess(cc)), len(c), c).astype(float)
+        prob = map_row_chunks(lambda cc, i: self.net(self.preprocess(cc)), len(c), c).astype(float)
+        if self.correction is not None:
+            prob = self.correction.apply(prob, c, self.conditions, self.targets, self.member_index)
+        return prob
 
     def sample(self, data, rng: np.random.Generator, *, compiled: bool = True, check_range: bool = True,
                counts: list | None = None) -> np.ndarray:

@@ -542,7 +542,9 @@ def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFA
     <mambah.nn.flags.FlagModel.sample>` documents. The probabilities are those of the numpy
     reference :meth:`FlagModel.probabilities <mambah.nn.flags.FlagModel.probabilities>` up to float32
     round-off (~1e-6), so a draw differs from the reference only where ``u`` lies that close to the
-    probability. The result does not depend on ``chunk`` or ``workers``.
+    probability. The result does not depend on ``chunk`` or ``workers``. A model with a
+    :class:`~mambah.nn.marginals.FlagCalibration` is drawn with its calibrated probability (the
+    uniforms are transformed, :meth:`~mambah.nn.marginals.FlagCalibration.uniforms`).
 
     Args:
         conditions: finite raw conditions ``(n, n_conditions)`` in the model's order.
@@ -563,7 +565,11 @@ def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFA
         return out
     chunk = max(1, int(chunk))
 
+    cal = getattr(model, "correction", None)
+
     def run(s, e, u):
+        if cal is not None:  # u' < P  <=>  u < P', P' the calibrated probability
+            u = cal.uniforms(u, c[s:e], model.conditions, model.targets, model.member_index)
         y, lo, hi = fast.draw(c[s:e], u)
         out[s:e] = y.numpy()
         return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)

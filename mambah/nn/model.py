@@ -36,7 +36,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from mambah.errors import DataError, OutOfRangeWarning
+from mambah.errors import DataError, ModelDirError, OutOfRangeWarning
 
 __all__ = ["Model", "QuantileConditionedModel", "RangeCounts"]
 
@@ -242,6 +242,33 @@ class QuantileConditionedModel(Model):
     def __init__(self, cond_pre, card: dict, path: str | os.PathLike | None = None):
         super().__init__(card, path)
         self.cond_pre = cond_pre
+        #: the binned calibration (:mod:`mambah.nn.marginals`) applied to every output, or None
+        self.correction = None
+
+    def set_correction(self, correction) -> None:
+        """Apply ``correction`` (a :class:`~mambah.nn.marginals.MarginalCorrection` for a GAN, a
+        :class:`~mambah.nn.marginals.FlagCalibration` for a flag classifier, or None) to every output
+        from now on. It must name targets of this model, need ``P`` and ``ETA`` among the conditions
+        and hold a map for the nominal and each ensemble member."""
+        if correction is not None:
+            from mambah.nn.marginals import FlagCalibration, MarginalCorrection
+
+            want = FlagCalibration if self.kind == "pid-flags" else MarginalCorrection
+            where = f"model {self.name!r}" + (f" ({str(self.path)!r})" if self.path is not None else "")
+            bad = [t for t in correction.targets if t not in self.targets]
+            lacking = [c for c in correction.needs() if c not in self.conditions]
+            if bad or lacking:
+                raise ModelDirError(f"{where}: its marginal correction names targets {bad} it does not have"
+                                    if bad else f"{where}: its marginal correction bins in {lacking}, which are not "
+                                                "conditions of the model")
+            if not isinstance(correction, want):
+                raise ModelDirError(f"{where}: its calibration is a {type(correction).__name__}; a {self.kind!r} "
+                                    f"model takes a {want.__name__}")
+            if correction.n_members != self.n_members:
+                raise ModelDirError(f"{where}: its marginal correction holds {correction.n_members} member maps, "
+                                    f"the model has {self.n_members} ensemble members; refit it "
+                                    "(mambah train marginals)")
+        self.correction = correction
 
     def preprocess(self, conditions: np.ndarray) -> np.ndarray:
         """Gaussianised conditions (``mode="mid"``), float64."""

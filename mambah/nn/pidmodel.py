@@ -131,24 +131,6 @@ class PidModel(QuantileConditionedModel):
             m.set_correction(MarginalCorrection.load(path))
         return m
 
-    def set_correction(self, correction) -> None:
-        """Apply ``correction`` (a :class:`~mambah.nn.marginals.MarginalCorrection`, or None) to every
-        output from now on. It must name targets of this model, need ``P`` and ``ETA`` among the
-        conditions and hold a map for the nominal and each ensemble member."""
-        if correction is not None:
-            where = f"model {self.name!r}" + (f" ({str(self.path)!r})" if self.path is not None else "")
-            bad = [t for t in correction.targets if t not in self.targets]
-            lacking = [c for c in correction.needs() if c not in self.conditions]
-            if bad or lacking:
-                raise ModelDirError(f"{where}: its marginal correction names targets {bad} it does not have"
-                                    if bad else f"{where}: its marginal correction bins in {lacking}, which are not "
-                                                "conditions of the model")
-            if correction.n_members != self.n_members:
-                raise ModelDirError(f"{where}: its marginal correction holds {correction.n_members} member maps, "
-                                    f"the model has {self.n_members} ensemble members; refit it "
-                                    "(mambah train marginals)")
-        self.correction = correction
-
     def _corrected(self, y: np.ndarray, conditions: np.ndarray, member: int = 0) -> np.ndarray:
         if self.correction is None:
             return y

@@ -550,6 +550,7 @@ def save_flag_model(out: str | os.PathLike, trainer: FlagTrainer, card: dict, *,
         raise ConfigurationError("the trainer is not fitted: call fit() first")
     full = dict(card)
     full.setdefault("kind", KIND)
+    full.pop("marginal_correction", None)  # (a card copied from a calibrated model: a new network has none)
     stack = DenseStack.from_keras(trainer.network_, where="the flag classifier")
     full["network"] = {
         "file": f"{NETWORK}.keras",

@@ -16,9 +16,17 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError, DataError, MissingColumnError
-from mambah.nn.marginals import FILE, LEVELS, MIN_BIN_WEIGHT, MarginalCorrection, monotone_ecdf_quantiles
+from mambah.nn.marginals import (
+    FILE,
+    LEVELS,
+    MAX_LOGIT_SHIFT,
+    MIN_BIN_WEIGHT,
+    FlagCalibration,
+    MarginalCorrection,
+    monotone_ecdf_quantiles,
+)
 
-__all__ = ["fit_marginal_correction", "write_marginal_correction", "bin_edges"]
+__all__ = ["fit_marginal_correction", "fit_flag_calibration", "write_marginal_correction", "bin_edges"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,64 @@ def bin_edges(x: np.ndarray, w: np.ndarray, n: int, lo: float | None = None, hi:
     if len(e) < 2:
         raise DataError("cannot make bins: the column holds a single value")
     return e
+
+
+class _FitInputs:
+    """The checked inputs of a calibration fit: the selected rows' conditions, targets and weights,
+    the bin edges, the split and each row's cell (see :func:`fit_marginal_correction`)."""
+
+    def __init__(self, model, data, weight, selection, targets, p_bins, eta_bins, split, where):
+        targets = list(model.targets) if targets is None else list(targets)
+        bad = [t for t in targets if t not in model.targets]
+        if bad:
+            raise ConfigurationError(f"model {model.name!r} has no target(s) {bad}; its targets: {model.targets}")
+        if not {"P", "ETA"} <= set(model.conditions):
+            raise ConfigurationError(f"model {model.name!r} has no P and ETA conditions: nothing to bin the correction in")
+        if selection == "card":
+            selection = (model.card.get("training_data") or {}).get("selection") or None
+        need = list(dict.fromkeys([*model.conditions, *targets, *([weight] if weight else [])]))
+        missing = [c for c in need if c not in data.columns]
+        if missing:
+            raise MissingColumnError(missing, list(data.columns), where=where)
+        n_read = len(data)
+        if selection:
+            try:
+                data = data.query(selection)
+            except Exception as e:  # pandas raises many types for a bad query
+                raise ConfigurationError(f"selection {selection!r} failed on {where}: {type(e).__name__}: {e}") from None
+        if len(data) < 100:
+            raise DataError(f"{where}: {len(data)} rows (of {n_read}) after the selection {selection!r}: too few to fit")
+        cond = data[model.conditions].to_numpy(np.float32)
+        y_data = data[targets].to_numpy(np.float32)
+        w = np.ones(len(data)) if weight is None else data[weight].to_numpy(float)
+        del data
+        for name, a in (("conditions", cond), ("targets", y_data), ("weights", w[:, None])):
+            bad_rows = ~np.all(np.isfinite(a), axis=1)
+            if bad_rows.any():
+                raise DataError(f"{where}: {int(bad_rows.sum())} rows with NaN/inf {name} after the selection "
+                                f"{selection!r} (first at row {int(np.flatnonzero(bad_rows)[0])})")
+        p = cond[:, model.conditions.index("P")].astype(float)
+        eta = cond[:, model.conditions.index("ETA")].astype(float)
+        p_edges, eta_edges = bin_edges(p, w, p_bins), bin_edges(eta, w, eta_bins)
+        if isinstance(split, str) and split.lower() == "none":
+            split = []
+        if split == "auto":
+            split = [c for c in model.conditions if c not in ("P", "ETA", "charge")
+                     and np.isin(np.unique(cond[:, model.conditions.index(c)]), (0.0, 1.0)).all()]
+        split = [] if not split else ([split] if isinstance(split, str) else list(split))
+        lacking = [c for c in split if c not in model.conditions]
+        if lacking:
+            raise ConfigurationError(f"split columns {lacking} are not conditions of model {model.name!r}")
+        codes = MarginalCorrection.state_codes(cond[:, [model.conditions.index(c) for c in split]]) if split \
+            else np.zeros(len(w), np.int64)
+        states = np.unique(codes)
+        ns = len(states)
+        self.cells = MarginalCorrection.cells(p, eta, codes, p_edges, eta_edges, states)  # (every code is in states)
+        self.n_bins = (len(p_edges) - 1) * (len(eta_edges) - 1) * ns
+        self.n = len(w)
+        self.targets, self.cond, self.y_data, self.w, self.p, self.eta = targets, cond, y_data, w, p, eta
+        self.p_edges, self.eta_edges, self.split, self.codes, self.states = p_edges, eta_edges, split, codes, states
+        self.selection, self.n_read = selection, n_read
 
 
 def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "sWeight",
@@ -52,7 +118,8 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         p_bins, eta_bins: bins of equal sWeighted population in P and ETA.
         split: 0/1 conditions whose state splits the bins too (:attr:`MarginalCorrection.split`);
             ``"auto"`` (default): every condition of the model that holds only 0 and 1 in the data,
-            except ``charge`` (for the RICH steps: the radiators' acceptance and threshold codes).
+            except ``charge`` (for the RICH steps: the radiators' acceptance and threshold codes);
+            ``"none"`` or ``[]``: no split.
         repeats: model draws per row (more draws, less noise in the model's quantiles). The model's
             quantiles weight each draw with its row's sWeight, as the data's: the model is evaluated
             on the conditions of the signal, not on those of the signal and the background (with
@@ -71,51 +138,12 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
     is fitted to the raw generator) and restored afterwards: do not generate from the same model
     object in another thread meanwhile.
     """
-    targets = list(model.targets) if targets is None else list(targets)
-    bad = [t for t in targets if t not in model.targets]
-    if bad:
-        raise ConfigurationError(f"model {model.name!r} has no target(s) {bad}; its targets: {model.targets}")
-    if not {"P", "ETA"} <= set(model.conditions):
-        raise ConfigurationError(f"model {model.name!r} has no P and ETA conditions: nothing to bin the correction in")
-    if selection == "card":
-        selection = (model.card.get("training_data") or {}).get("selection") or None
-    need = list(dict.fromkeys([*model.conditions, *targets, *([weight] if weight else [])]))
-    missing = [c for c in need if c not in data.columns]
-    if missing:
-        raise MissingColumnError(missing, list(data.columns), where=where)
-    n_read = len(data)
-    if selection:
-        try:
-            data = data.query(selection)
-        except Exception as e:  # pandas raises many types for a bad query
-            raise ConfigurationError(f"selection {selection!r} failed on {where}: {type(e).__name__}: {e}") from None
-    if len(data) < 100:
-        raise DataError(f"{where}: {len(data)} rows (of {n_read}) after the selection {selection!r}: too few to fit")
-    cond = data[model.conditions].to_numpy(np.float32)
-    y_data = data[targets].to_numpy(np.float32)
-    w = np.ones(len(data)) if weight is None else data[weight].to_numpy(float)
+    f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where)
     del data
-    for name, a in (("conditions", cond), ("targets", y_data), ("weights", w[:, None])):
-        bad_rows = ~np.all(np.isfinite(a), axis=1)
-        if bad_rows.any():
-            raise DataError(f"{where}: {int(bad_rows.sum())} rows with NaN/inf {name} after the selection "
-                            f"{selection!r} (first at row {int(np.flatnonzero(bad_rows)[0])})")
-    p = cond[:, model.conditions.index("P")].astype(float)
-    eta = cond[:, model.conditions.index("ETA")].astype(float)
-    p_edges, eta_edges = bin_edges(p, w, p_bins), bin_edges(eta, w, eta_bins)
-    if split == "auto":
-        split = [c for c in model.conditions if c not in ("P", "ETA", "charge")
-                 and np.isin(np.unique(cond[:, model.conditions.index(c)]), (0.0, 1.0)).all()]
-    split = [] if not split else ([split] if isinstance(split, str) else list(split))
-    lacking = [c for c in split if c not in model.conditions]
-    if lacking:
-        raise ConfigurationError(f"split columns {lacking} are not conditions of model {model.name!r}")
-    codes = MarginalCorrection.state_codes(cond[:, [model.conditions.index(c) for c in split]]) if split \
-        else np.zeros(len(w), np.int64)
-    states = np.unique(codes)
+    targets, cond, y_data, w, n = f.targets, f.cond, f.y_data, f.w, f.n
+    p_edges, eta_edges, split, states, selection, n_read = f.p_edges, f.eta_edges, f.split, f.states, f.selection, f.n_read
     k_members = model.n_members
     cols = [model.targets.index(t) for t in targets]
-    n = len(w)
     gen = np.empty((repeats, k_members + 1, n, len(targets)), np.float32)
     corr0 = model.correction
     model.set_correction(None)
@@ -129,9 +157,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                 gen[r, :, a:a + slice_rows] = g[:, :, cols]
     finally:
         model.set_correction(corr0)
-    ns = len(states)
-    b = MarginalCorrection.cells(p, eta, codes, p_edges, eta_edges, states)  # (every code is in states)
-    n_bins = (len(p_edges) - 1) * (len(eta_edges) - 1) * ns
+    ns, b, n_bins = len(states), f.cells, f.n_bins
     L = len(LEVELS)
     gk = np.empty((k_members + 1, n_bins, len(targets), L))
     dk = np.empty_like(gk)
@@ -184,6 +210,112 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                     "and are not corrected (%.2f%% of the signal)", model.name, len(skipped),
                     info["bins"]["n_bins_with_rows"], min_weight, 100 * info["bins"]["not_corrected_weight_fraction"])
     return corr, info
+
+
+def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWeight",
+                         selection: str | None = "card", targets: list[str] | None = None,
+                         p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto", seed: int = 0,
+                         min_weight: float = MIN_BIN_WEIGHT, max_shift: float = MAX_LOGIT_SHIFT, where: str = "data"):
+    """The per-bin logit shifts of a flag classifier (a :class:`~mambah.nn.flags.FlagModel`, its
+    members included) that make its sWeighted mean probability in each (P, ETA) bin equal to the
+    data's sWeighted flag rate (:class:`~mambah.nn.marginals.FlagCalibration`).
+
+    In bin b and for target t, ``shift`` solves ``sum_i w_i sigmoid(logit P_t(c_i) + shift) =
+    sum_i w_i y_it`` over the bin's rows (bisection; the left side is the model's sWeighted rate on
+    the signal's conditions, as the quantile maps weight the model's draws). Member k uses its own
+    probabilities and a Poisson(1) bootstrap replica of the data (seed ``seed + 1000 k``), so the
+    members' spread of a rate is the fit sample's statistical uncertainty.
+
+    The arguments are those of :func:`fit_marginal_correction`; besides, a bin whose data would need
+    a shift beyond ``±max_shift`` (a rate the model cannot reach by reweighting its odds by
+    ``e^max_shift``, e.g. a negative sWeighted rate) gets ``±max_shift`` and is listed in the card
+    (``bins.clipped``, with a warning).
+
+    Returns:
+        ``(calibration, info)``: the :class:`~mambah.nn.marginals.FlagCalibration` and the card's
+        ``"marginal_correction"`` section (without the command).
+    """
+    from scipy.special import expit, logit
+
+    f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where)
+    del data
+    k_members = model.n_members
+    cols = [model.targets.index(t) for t in f.targets]
+    corr0 = model.correction
+    model.set_correction(None)
+    try:
+        c = f.cond.astype(float)
+        with np.errstate(divide="ignore"):
+            lg = np.stack([logit(np.clip((model if m == 0 else model.member(m)).probabilities(c, check_range=False)
+                                         [:, cols], 1e-12, 1 - 1e-12)) for m in range(k_members + 1)])
+        del c
+    finally:
+        model.set_correction(corr0)
+    w, y, n_bins, b = f.w, f.y_data.astype(float), f.n_bins, f.cells
+    replica_seeds = [seed + 1000 * k for k in range(1, k_members + 1)]
+    weights = [w] + [w * np.random.default_rng(s).poisson(1.0, f.n) for s in replica_seeds]
+    by_bin = np.argsort(b, kind="stable")
+    starts = np.searchsorted(b[by_bin], np.arange(n_bins + 1))
+    sum_w = np.array([w[by_bin[starts[k]:starts[k + 1]]].sum() for k in range(n_bins)])
+    ok = sum_w >= min_weight
+    shift = np.zeros((k_members + 1, n_bins, len(f.targets)))
+    clipped, rates = [], {t: {"data": [], "model": []} for t in f.targets}
+    for k_bin in np.flatnonzero(ok):
+        rows = by_bin[starts[k_bin]:starts[k_bin + 1]]
+        for m in range(k_members + 1):
+            wm = weights[m][rows]
+            target = (wm[:, None] * y[rows]).sum(axis=0) / wm.sum()
+            x = lg[m][rows]
+            lo, hi = np.full(len(cols), -max_shift), np.full(len(cols), max_shift)
+
+            def rate(d):
+                return (wm[:, None] * expit(x + d)).sum(axis=0) / wm.sum()
+
+            r_lo, r_hi = rate(lo), rate(hi)
+            for _ in range(40):  # bisection of the (weighted) rate, increasing in the shift
+                mid = 0.5 * (lo + hi)
+                below = rate(mid) < target
+                lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+            d = 0.5 * (lo + hi)
+            d = np.where(target <= r_lo, -max_shift, np.where(target >= r_hi, max_shift, d))
+            shift[m, k_bin] = d
+            if m == 0:
+                for j, t in enumerate(f.targets):
+                    rates[t]["data"].append(float(target[j]))
+                    rates[t]["model"].append(float(rate(np.zeros(len(cols)))[j]))
+                    if abs(d[j]) >= max_shift:
+                        clipped.append({"bin": int(k_bin), "target": t, "data_rate": float(target[j]),
+                                        "shift": float(d[j])})
+    skipped = [int(k) for k in np.flatnonzero(~ok & (np.diff(starts) > 0))]
+    cal = FlagCalibration(f.targets, f.p_edges, f.eta_edges, shift, f.split, f.states).compact()
+    diffs = {t: np.abs(np.subtract(r["data"], r["model"])) for t, r in rates.items()}
+    info = {
+        "method": "logit shift P' = sigmoid(logit P + shift_b) per target in (P, ETA) bins of equal sWeighted "
+                  "population (split by the state of the 0/1 conditions 'split'), solving sum w P' = sum w y over "
+                  "the bin's rows: the sWeighted model rate on the signal's conditions equals the sWeighted data "
+                  "rate (mambah.nn.marginals.FlagCalibration)",
+        "kind": FlagCalibration.file_kind,
+        "file": FILE,
+        "targets": f.targets,
+        "fit_data": {"rows": int(f.n_read), "selected": int(f.n), "selection": f.selection, "weight": weight,
+                     "sum_weights": float(w.sum())},
+        "bins": {"p_edges": f.p_edges, "eta_edges": f.eta_edges, "split": f.split, "n_states": int(len(f.states)),
+                 "n_bins": int(n_bins), "n_bins_with_rows": int(np.count_nonzero(np.diff(starts))),
+                 "n_bins_corrected": int(cal.n_bins),
+                 "sum_weights_median": float(np.median(sum_w[sum_w > 0])) if (sum_w > 0).any() else 0.0,
+                 "not_corrected": skipped, "min_weight": float(min_weight),
+                 "not_corrected_weight_fraction": float(sum_w[skipped].sum() / w.sum()) if skipped else 0.0,
+                 "max_shift": float(max_shift), "clipped": clipped},
+        "before": {t: {"max_abs_rate_diff": float(d.max()) if len(d) else 0.0,
+                       "mean_abs_rate_diff": float(d.mean()) if len(d) else 0.0} for t, d in diffs.items()},
+        "seed": int(seed),
+        "members": {"n": int(k_members), "bootstrap": "Poisson(1) counts x sWeights", "seeds": replica_seeds},
+    }
+    for what, n_, extra in (("have less than %.0f sWeighted signal and are not corrected" % min_weight, len(skipped),
+                             ""), ("need a shift beyond +-%g (clipped)" % max_shift, len(clipped), "")):
+        if n_:
+            log.warning("flag calibration of %s: %d bins %s%s", model.name, n_, what, extra)
+    return cal, info
 
 
 def _identity(x: np.ndarray) -> np.ndarray:
