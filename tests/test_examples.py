@@ -169,13 +169,15 @@ def test_misid_table(tmp_path):
 
 
 def test_fit_pid_marginals(tmp_path):
-    """The marginal calibration of a RICH step, shortened: one small calibration sample, a copy of the model."""
+    """The marginal calibration of a RICH step and of a flags classifier's isMuon, shortened: one small
+    calibration sample, copies of the models."""
     import json
     import shutil
 
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copytree(EXAMPLES.parent / "models" / "pid-p-rich", models / "pid-p-rich")
+    for step in ("rich", "flags"):
+        shutil.copytree(EXAMPLES.parent / "models" / f"pid-p-{step}", models / f"pid-p-{step}")
     run_example("fit_pid_marginals.py", "--work", "w", "--out", str(models), "--species", "p", "--chunks", "1",
                 "--chunk-events", "150000", "--p-bins", "3", "--eta-bins", "1", cwd=tmp_path)
     mc = json.loads((models / "pid-p-rich" / "card.json").read_text())["marginal_correction"]
@@ -184,6 +186,11 @@ def test_fit_pid_marginals(tmp_path):
     from mambah.nn.pidmodel import PidModel
 
     assert PidModel.load(models / "pid-p-rich").correction is not None
+    fc = json.loads((models / "pid-p-flags" / "card.json").read_text())["marginal_correction"]
+    assert fc["kind"] == "logit_shift" and fc["targets"] == ["isMuon"] and fc["bins"]["split"] == []
+    from mambah.nn.flags import FlagModel
+
+    assert FlagModel.load(models / "pid-p-flags").correction.targets == ["isMuon"]
 
 
 def test_b0_kpi_peaking_backgrounds(tmp_path):

@@ -27,6 +27,12 @@ Remade for the marginal calibration of the pi, K and p RICH steps (2026-12-07, i
 ``mambah.nn.marginals``): ``particles.rich_dll_{e,mu,k,p}`` and ``pid_{e,mu,k,p}`` of the ~1200 pion,
 kaon and proton tracks with RICH information changed; every other array is bit-identical to the previous
 file except the last float32 bit of ``muon_mu_ll``/``muon_bkg_ll`` of 23 muons (this machine's vector units).
+Remade for the pi and mu flags classifiers retrained on 6M-candidate samples with a calibrated isMuon
+(2026-12-07, issue 24, ``mambah.nn.marginals.FlagCalibration``): ``particles.is_muon`` of 16 tracks (10
+muons, 6 pions) and, through the draws that follow in the pion and muon chains, the muon likelihoods and
+RICH DLLs (and combined DLLs) of about 800 pion and muon tracks changed; the RICH DLLs of 76 kaon and
+proton tracks in their last float32 bits (1e-6 relative: this machine's vector units); every other
+array is bit-identical to the previous file.
 """
 
 from __future__ import annotations
