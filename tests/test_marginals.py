@@ -314,6 +314,9 @@ def test_flag_calibration_fit_matches_the_data_rates_in_every_bin(tmp_path, pion
     cal, info = fit_flag_calibration(m, df, targets=["isMuon", "hasCalo"], p_bins=3, eta_bins=2, split="none",
                                      min_weight=300.0)
     assert info["kind"] == "logit_shift" and not cal.split and info["fit_data"]["selection"] is None
+    bf = info["before"]["isMuon"]  # the uncalibrated model's rates against the data's, per corrected bin
+    assert bf["ndf"] == len(bf["bins"]["data"]) == len(bf["bins"]["data_error"]) >= 4 and bf["chi2"] > 0
+    assert all(0 < e < 0.05 for e in bf["bins"]["data_error"])
     write_marginal_correction(d, cal, info)
     m2 = FlagModel.load(d)
     assert m2.correction is not None and m2.correction.targets == ["isMuon", "hasCalo"]

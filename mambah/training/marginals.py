@@ -259,7 +259,7 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
     sum_w = np.array([w[by_bin[starts[k]:starts[k + 1]]].sum() for k in range(n_bins)])
     ok = sum_w >= min_weight
     shift = np.zeros((k_members + 1, n_bins, len(f.targets)))
-    clipped, rates = [], {t: {"data": [], "model": []} for t in f.targets}
+    clipped, rates = [], {t: {"bin": [], "data": [], "data_error": [], "model": []} for t in f.targets}
     for k_bin in np.flatnonzero(ok):
         rows = by_bin[starts[k_bin]:starts[k_bin + 1]]
         for m in range(k_members + 1):
@@ -280,15 +280,21 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
             d = np.where(target <= r_lo, -max_shift, np.where(target >= r_hi, max_shift, d))
             shift[m, k_bin] = d
             if m == 0:
+                raw = rate(np.zeros(len(cols)))
+                # the data rate's error with signed weights: sqrt(sum w^2 (y - r)^2) / sum w
+                err = np.sqrt((wm[:, None] ** 2 * (y[rows] - target) ** 2).sum(axis=0)) / wm.sum()
                 for j, t in enumerate(f.targets):
+                    rates[t]["bin"].append(int(k_bin))
                     rates[t]["data"].append(float(target[j]))
-                    rates[t]["model"].append(float(rate(np.zeros(len(cols)))[j]))
+                    rates[t]["data_error"].append(float(err[j]))
+                    rates[t]["model"].append(float(raw[j]))
                     if abs(d[j]) >= max_shift:
                         clipped.append({"bin": int(k_bin), "target": t, "data_rate": float(target[j]),
                                         "shift": float(d[j])})
     skipped = [int(k) for k in np.flatnonzero(~ok & (np.diff(starts) > 0))]
     cal = FlagCalibration(f.targets, f.p_edges, f.eta_edges, shift, f.split, f.states).compact()
     diffs = {t: np.abs(np.subtract(r["data"], r["model"])) for t, r in rates.items()}
+    pulls = {t: np.subtract(r["data"], r["model"]) / np.maximum(r["data_error"], 1e-12) for t, r in rates.items()}
     info = {
         "method": "logit shift P' = sigmoid(logit P + shift_b) per target in (P, ETA) bins of equal sWeighted "
                   "population (split by the state of the 0/1 conditions 'split'), solving sum w P' = sum w y over "
@@ -307,7 +313,11 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
                  "not_corrected_weight_fraction": float(sum_w[skipped].sum() / w.sum()) if skipped else 0.0,
                  "max_shift": float(max_shift), "clipped": clipped},
         "before": {t: {"max_abs_rate_diff": float(d.max()) if len(d) else 0.0,
-                       "mean_abs_rate_diff": float(d.mean()) if len(d) else 0.0} for t, d in diffs.items()},
+                       "mean_abs_rate_diff": float(d.mean()) if len(d) else 0.0,
+                       "chi2": float(np.sum(pulls[t] ** 2)), "ndf": int(len(d)),
+                       "note": "the uncalibrated model's sWeighted rate in each corrected bin against the fit data's "
+                               "(pull = (data - model) / data_error): how far the classifier was from its data",
+                       "bins": rates[t]} for t, d in diffs.items()},
         "seed": int(seed),
         "members": {"n": int(k_members), "bootstrap": "Poisson(1) counts x sWeights", "seeds": replica_seeds},
     }
