@@ -56,8 +56,12 @@ def test_misid_table_matches_an_independent_computation():
             "p->K(PIDp-PIDK)": lambda r: (r["PIDK"].to_numpy() > 5) & (r["PIDp"].to_numpy() - r["PIDK"].to_numpy() < 0),
             "pi->mu": lambda r: r["isMuon"].to_numpy() == 1,
             "mu->pi": lambda r: r["isMuon"].to_numpy() == 0,
+            "K->mu": lambda r: r["isMuon"].to_numpy() == 1,
+            "p->mu": lambda r: r["isMuon"].to_numpy() == 1,
         }
-        species = {"K->pi": "K", "pi->K": "pi", "p->K": "p", "p->K(PIDp-PIDK)": "p", "pi->mu": "pi", "mu->pi": "mu"}
+        assert set(passes) == set(MISID)
+        species = {"K->pi": "K", "pi->K": "pi", "p->K": "p", "p->K(PIDp-PIDK)": "p", "pi->mu": "pi", "mu->pi": "mu",
+                   "K->mu": "K", "p->mu": "p"}
         p, eta = tracks["P"].to_numpy(), tracks["ETA"].to_numpy()
         for name, f in passes.items():
             rows = tab[tab["misid"] == name]

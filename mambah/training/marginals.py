@@ -215,7 +215,8 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
 def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWeight",
                          selection: str | None = "card", targets: list[str] | None = None,
                          p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto", seed: int = 0,
-                         min_weight: float = MIN_BIN_WEIGHT, max_shift: float = MAX_LOGIT_SHIFT, where: str = "data"):
+                         min_weight: float = MIN_BIN_WEIGHT, max_shift: float = MAX_LOGIT_SHIFT, where: str = "data",
+                         slice_rows: int = 1_000_000):
     """The per-bin logit shifts of a flag classifier (a :class:`~mambah.nn.flags.FlagModel`, its
     members included) that make its sWeighted mean probability in each (P, ETA) bin equal to the
     data's sWeighted flag rate (:class:`~mambah.nn.marginals.FlagCalibration`).
@@ -226,7 +227,8 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
     probabilities and a Poisson(1) bootstrap replica of the data (seed ``seed + 1000 k``), so the
     members' spread of a rate is the fit sample's statistical uncertainty.
 
-    The arguments are those of :func:`fit_marginal_correction`; besides, a bin whose data would need
+    The arguments are those of :func:`fit_marginal_correction` (``slice_rows``: rows evaluated at a
+    time; the logits are kept as float32, clipped to +-16); besides, a bin whose data would need
     a shift beyond ``±max_shift`` (a rate the model cannot reach by reweighting its odds by
     ``e^max_shift``, e.g. a negative sWeighted rate) gets ``±max_shift`` and is listed in the card
     (``bins.clipped``, with a warning).
@@ -243,12 +245,13 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
     cols = [model.targets.index(t) for t in f.targets]
     corr0 = model.correction
     model.set_correction(None)
-    try:
-        c = f.cond.astype(float)
-        with np.errstate(divide="ignore"):
-            lg = np.stack([logit(np.clip((model if m == 0 else model.member(m)).probabilities(c, check_range=False)
-                                         [:, cols], 1e-12, 1 - 1e-12)) for m in range(k_members + 1)])
-        del c
+    try:  # the logits of every member, in slices of rows (the conditions as float64 only a slice at a time)
+        lg = np.empty((k_members + 1, f.n, len(cols)), np.float32)
+        for m in range(k_members + 1):
+            mm = model if m == 0 else model.member(m)
+            for a in range(0, f.n, slice_rows):
+                pr = mm.probabilities(f.cond[a:a + slice_rows].astype(float), check_range=False)[:, cols]
+                lg[m, a:a + slice_rows] = logit(np.clip(pr, 1e-7, 1 - 1e-7))
     finally:
         model.set_correction(corr0)
     w, y, n_bins, b = f.w, f.y_data.astype(float), f.n_bins, f.cells
@@ -265,7 +268,7 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
         for m in range(k_members + 1):
             wm = weights[m][rows]
             target = (wm[:, None] * y[rows]).sum(axis=0) / wm.sum()
-            x = lg[m][rows]
+            x = lg[m][rows].astype(float)
             lo, hi = np.full(len(cols), -max_shift), np.full(len(cols), max_shift)
 
             def rate(d):

@@ -37,6 +37,9 @@ name                true species  requirement (all must pass)       meaning
                                                                     isMuon" test
 ``mu->pi``          mu            ``isMuon < 0.5`` (isMuon == 0)    a muon's isMuon failure (a muon that
                                                                     a muon veto leaves as a pion)
+``K->mu``           K             ``isMuon > 0.5``                  the kaon fake rate of isMuon (B -> hh
+                                                                    under B -> mu mu)
+``p->mu``           p             ``isMuon > 0.5``                  the proton fake rate of isMuon
 ==================  ============  ================================  ====================================
 
 Statistics and the agreement test (:func:`misid_table`):
@@ -173,6 +176,8 @@ MISID: dict[str, MisID] = {m.name: m for m in (
     MisID("p->K(PIDp-PIDK)", "p", ("PIDK > 5", "PIDp - PIDK < 0"), "proton taken for a kaon, with the proton veto"),
     MisID("pi->mu", "pi", ("isMuon > 0.5",), "pion fake rate of isMuon"),
     MisID("mu->pi", "mu", ("isMuon < 0.5",), "muon failing isMuon"),
+    MisID("K->mu", "K", ("isMuon > 0.5",), "kaon fake rate of isMuon"),
+    MisID("p->mu", "p", ("isMuon > 0.5",), "proton fake rate of isMuon"),
 )}
 
 
