@@ -311,8 +311,9 @@ def test_flag_calibration_fit_matches_the_data_rates_in_every_bin(tmp_path, pion
     m = FlagModel.load(d)
     m.set_correction(None)
     df = pion_rich_table
+    # (a sample this small knows a 1% rate to ~30% per bin: max_rel_error=1 lets every bin be calibrated)
     cal, info = fit_flag_calibration(m, df, targets=["isMuon", "hasCalo"], p_bins=3, eta_bins=2, split="none",
-                                     min_weight=300.0)
+                                     min_weight=300.0, max_rel_error=1.0)
     assert info["kind"] == "logit_shift" and not cal.split and info["fit_data"]["selection"] is None
     bf = info["before"]["isMuon"]  # the uncalibrated model's rates against the data's, per corrected bin
     assert bf["ndf"] == len(bf["bins"]["data"]) == len(bf["bins"]["data_error"]) >= 4 and bf["chi2"] > 0
@@ -330,7 +331,7 @@ def test_flag_calibration_fit_matches_the_data_rates_in_every_bin(tmp_path, pion
     for i in range(m2.correction.n_bins):
         r = b == i
         data = np.sum(w[r] * y[r]) / w[r].sum()
-        if abs(m2.correction.shift[0, i, 0]) >= 3.0:
+        if abs(m2.correction.shift[0, i, 0]) >= 5.0:
             continue
         # (the fit sees float32 conditions: 1e-5 is far below the sample's error on a rate, ~1e-3)
         assert abs(np.sum(w[r] * fixed[r, j]) / w[r].sum() - data) < 1e-5, i
@@ -351,7 +352,7 @@ def test_flag_calibration_fit_matches_the_data_rates_in_every_bin(tmp_path, pion
     mk = FlagModel.load(dk)
     mk.set_correction(None)
     calk, infok = fit_flag_calibration(mk, df, targets=["isMuon"], p_bins=2, eta_bins=1, split="none", seed=4,
-                                       min_weight=300.0)
+                                       min_weight=300.0, max_rel_error=1.0)
     assert calk.n_members == 5 and infok["members"]["seeds"] == [1004, 2004, 3004, 4004, 5004]
     assert not np.allclose(calk.shift[1], calk.shift[0])
     write_marginal_correction(dk, calk, infok)
@@ -366,6 +367,11 @@ def test_flag_calibration_fit_matches_the_data_rates_in_every_bin(tmp_path, pion
     boot = np.random.default_rng(4 + 1000 * 3).poisson(1.0, len(df))  # member 3 with seed 4
     wb = w * boot
     assert abs(np.sum(wb[r] * pm[r, 0]) / wb[r].sum() - np.sum(wb[r] * y[r]) / wb[r].sum()) < 1e-5
+    # rates the data do not determine well enough are left alone, and listed
+    cal0, info0 = fit_flag_calibration(mk, df, targets=["isMuon"], p_bins=2, eta_bins=1, split="none",
+                                       min_weight=300.0, max_rel_error=1e-6)
+    assert cal0.n_bins == 0 and len(info0["bins"]["imprecise"]) == 2
+    assert {"data_rate", "data_error", "model_rate"} <= set(info0["bins"]["imprecise"][0])
     # a GAN's quantile maps do not fit a flag classifier
     with pytest.raises(ModelDirError, match="takes a FlagCalibration"):
         mk2.set_correction(MarginalCorrection(["isMuon"], [0, 1], [0, 1], LEVELS, np.zeros((6, 1, 1, 161)),

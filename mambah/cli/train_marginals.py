@@ -41,6 +41,9 @@ def register(kinds) -> None:
                         "condition holding only 0 and 1 except charge (the RICH acceptance and threshold codes); "
                         "'none': no split")
     p.add_argument("--repeats", type=int, default=2, help="GAN: model draws per row (default 2)")
+    p.add_argument("--max-rel-error", type=float, default=None,
+                   help="flag classifier: calibrate a bin's rate only if the data give it (or 1 - rate) to this relative "
+                        "error (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="noise and bootstrap seed (default 0)")
     p.add_argument("--description", default=None, help="what the data is, for the card")
     p.set_defaults(func=run)
@@ -77,6 +80,8 @@ def run(args) -> int:
 
     if args.p_bins < 1 or args.eta_bins < 1 or args.repeats < 1:
         raise ConfigurationError("--p-bins, --eta-bins and --repeats must be >= 1")
+    if args.max_rel_error is not None and not args.max_rel_error > 0:
+        raise ConfigurationError(f"--max-rel-error must be > 0, not {args.max_rel_error}")
     model = load_model(args.model)
     if model.kind not in ("pid", "pid-flags"):
         raise ConfigurationError(f"{args.model!r} holds a {model.kind!r} model; a marginal calibration is for 'pid' "
@@ -97,7 +102,8 @@ def run(args) -> int:
     common = dict(weight=weight, selection=args.selection, targets=targets, split=split, p_bins=args.p_bins,
                   eta_bins=args.eta_bins, seed=args.seed, where=", ".join(args.data))
     if model.kind == "pid-flags":
-        corr, info = fit_flag_calibration(model, df, **common)
+        extra = {} if args.max_rel_error is None else {"max_rel_error": args.max_rel_error}
+        corr, info = fit_flag_calibration(model, df, **common, **extra)
     else:
         corr, info = fit_marginal_correction(model, df, repeats=args.repeats, **common)
     paths = [split_spec(spec)[0] for spec in args.data]

@@ -20,6 +20,7 @@ from mambah.nn.marginals import (
     FILE,
     LEVELS,
     MAX_LOGIT_SHIFT,
+    MAX_REL_ERROR,
     MIN_BIN_WEIGHT,
     FlagCalibration,
     MarginalCorrection,
@@ -215,8 +216,8 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
 def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWeight",
                          selection: str | None = "card", targets: list[str] | None = None,
                          p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto", seed: int = 0,
-                         min_weight: float = MIN_BIN_WEIGHT, max_shift: float = MAX_LOGIT_SHIFT, where: str = "data",
-                         slice_rows: int = 1_000_000):
+                         min_weight: float = MIN_BIN_WEIGHT, max_shift: float = MAX_LOGIT_SHIFT,
+                         max_rel_error: float = MAX_REL_ERROR, where: str = "data", slice_rows: int = 1_000_000):
     """The per-bin logit shifts of a flag classifier (a :class:`~mambah.nn.flags.FlagModel`, its
     members included) that make its sWeighted mean probability in each (P, ETA) bin equal to the
     data's sWeighted flag rate (:class:`~mambah.nn.marginals.FlagCalibration`).
@@ -228,7 +229,10 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
     members' spread of a rate is the fit sample's statistical uncertainty.
 
     The arguments are those of :func:`fit_marginal_correction` (``slice_rows``: rows evaluated at a
-    time; the logits are kept as float32, clipped to +-16); besides, a bin whose data would need
+    time; the logits are kept as float32, clipped to +-16); besides, a target is left uncorrected in
+    a bin whose data give its rate r (or 1 - r, the rarer outcome) only to a relative error above
+    ``max_rel_error`` (the error of signed sWeights, ``sqrt(sum w^2 (y - r)^2) / sum w``; listed in
+    the card's ``bins.imprecise``: the model's rate stands there), and a bin whose data would need
     a shift beyond ``±max_shift`` (a rate the model cannot reach by reweighting its odds by
     ``e^max_shift``, e.g. a negative sWeighted rate) gets ``±max_shift`` and is listed in the card
     (``bins.clipped``, with a warning).
@@ -262,9 +266,11 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
     sum_w = np.array([w[by_bin[starts[k]:starts[k + 1]]].sum() for k in range(n_bins)])
     ok = sum_w >= min_weight
     shift = np.zeros((k_members + 1, n_bins, len(f.targets)))
-    clipped, rates = [], {t: {"bin": [], "data": [], "data_error": [], "model": []} for t in f.targets}
+    clipped, imprecise = [], []
+    rates = {t: {"bin": [], "data": [], "data_error": [], "model": []} for t in f.targets}
     for k_bin in np.flatnonzero(ok):
         rows = by_bin[starts[k_bin]:starts[k_bin + 1]]
+        precise = None  # the targets the nominal's data determine well enough (members follow the nominal)
         for m in range(k_members + 1):
             wm = weights[m][rows]
             target = (wm[:, None] * y[rows]).sum(axis=0) / wm.sum()
@@ -281,19 +287,24 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
                 lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
             d = 0.5 * (lo + hi)
             d = np.where(target <= r_lo, -max_shift, np.where(target >= r_hi, max_shift, d))
-            shift[m, k_bin] = d
             if m == 0:
                 raw = rate(np.zeros(len(cols)))
                 # the data rate's error with signed weights: sqrt(sum w^2 (y - r)^2) / sum w
                 err = np.sqrt((wm[:, None] ** 2 * (y[rows] - target) ** 2).sum(axis=0)) / wm.sum()
+                rare = np.minimum(target, 1 - target)
+                precise = (rare > 0) & (err <= max_rel_error * rare)
                 for j, t in enumerate(f.targets):
                     rates[t]["bin"].append(int(k_bin))
                     rates[t]["data"].append(float(target[j]))
                     rates[t]["data_error"].append(float(err[j]))
                     rates[t]["model"].append(float(raw[j]))
-                    if abs(d[j]) >= max_shift:
+                    if not precise[j]:
+                        imprecise.append({"bin": int(k_bin), "target": t, "data_rate": float(target[j]),
+                                          "data_error": float(err[j]), "model_rate": float(raw[j])})
+                    elif abs(d[j]) >= max_shift:
                         clipped.append({"bin": int(k_bin), "target": t, "data_rate": float(target[j]),
                                         "shift": float(d[j])})
+            shift[m, k_bin] = np.where(precise, d, 0.0)
     skipped = [int(k) for k in np.flatnonzero(~ok & (np.diff(starts) > 0))]
     cal = FlagCalibration(f.targets, f.p_edges, f.eta_edges, shift, f.split, f.states).compact()
     diffs = {t: np.abs(np.subtract(r["data"], r["model"])) for t, r in rates.items()}
@@ -314,7 +325,8 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
                  "sum_weights_median": float(np.median(sum_w[sum_w > 0])) if (sum_w > 0).any() else 0.0,
                  "not_corrected": skipped, "min_weight": float(min_weight),
                  "not_corrected_weight_fraction": float(sum_w[skipped].sum() / w.sum()) if skipped else 0.0,
-                 "max_shift": float(max_shift), "clipped": clipped},
+                 "max_shift": float(max_shift), "clipped": clipped, "max_rel_error": float(max_rel_error),
+                 "imprecise": imprecise},
         "before": {t: {"max_abs_rate_diff": float(d.max()) if len(d) else 0.0,
                        "mean_abs_rate_diff": float(d.mean()) if len(d) else 0.0,
                        "chi2": float(np.sum(pulls[t] ** 2)), "ndf": int(len(d)),
@@ -324,10 +336,12 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
         "seed": int(seed),
         "members": {"n": int(k_members), "bootstrap": "Poisson(1) counts x sWeights", "seeds": replica_seeds},
     }
-    for what, n_, extra in (("have less than %.0f sWeighted signal and are not corrected" % min_weight, len(skipped),
-                             ""), ("need a shift beyond +-%g (clipped)" % max_shift, len(clipped), "")):
+    for n_, what in ((len(skipped), f"bins have less than {min_weight:.0f} sWeighted signal and are not corrected"),
+                     (len(imprecise), f"(bin, target) rates are known to worse than {100 * max_rel_error:.0f}% in the "
+                                      "data and are not corrected"),
+                     (len(clipped), f"(bin, target) rates need a shift beyond +-{max_shift:g} (clipped)")):
         if n_:
-            log.warning("flag calibration of %s: %d bins %s%s", model.name, n_, what, extra)
+            log.warning("flag calibration of %s: %d %s", model.name, n_, what)
     return cal, info
 
 
