@@ -28,11 +28,12 @@ Remade for the marginal calibration of the pi, K and p RICH steps (2026-12-07, i
 kaon and proton tracks with RICH information changed; every other array is bit-identical to the previous
 file except the last float32 bit of ``muon_mu_ll``/``muon_bkg_ll`` of 23 muons (this machine's vector units).
 Remade for the pi and mu flags classifiers retrained on 6M-candidate samples with a calibrated isMuon
-(2026-12-07, issue 24, ``mambah.nn.marginals.FlagCalibration``): ``particles.is_muon`` of 16 tracks (10
-muons, 6 pions) and, through the draws that follow in the pion and muon chains, the muon likelihoods and
-RICH DLLs (and combined DLLs) of about 800 pion and muon tracks changed; the RICH DLLs of 76 kaon and
-proton tracks in their last float32 bits (1e-6 relative: this machine's vector units); every other
-array is bit-identical to the previous file.
+and the isMuon calibration of the pi, mu, K and p flags (2026-12-07, issue 24,
+``mambah.nn.marginals.FlagCalibration``): ``particles.is_muon`` of 19 tracks (10 muons, 6 pions, 3
+kaons) and, through the draws that follow in the pion, muon and kaon chains, the muon likelihoods and
+RICH DLLs (and combined DLLs) of about 950 of their tracks changed; the RICH DLLs of ~50 proton tracks
+in their last float32 bits (1e-6 relative: this machine's vector units); every other array is
+bit-identical to the previous file.
 """
 
 from __future__ import annotations
