@@ -330,17 +330,16 @@ class FlagCalibration(BinnedCalibration):
     def _shifted(self, x: np.ndarray, conditions: np.ndarray, names: list[str], columns: list[str], member: int,
                  sign: float) -> np.ndarray:
         out = np.array(x, dtype=float, copy=True)
-        if not len(out):
+        if not len(out) or not self.n_bins:
             return out
-        order, starts = self._by_bin(conditions, names)
+        b = self.bins_of(conditions, names)
         shift = self.shift[member]
         with np.errstate(divide="ignore"):
             for j, t in enumerate(self.targets):
                 c = columns.index(t)
-                d = np.repeat(shift[:, j], np.diff(starts))
-                moved = d != 0  # (rows of a bin without a shift keep their value exactly)
-                rows = order[starts[0]:][moved]
-                out[rows, c] = expit(logit(out[rows, c]) + sign * d[moved])  # 0 and 1 stay 0 and 1
+                d = np.where(b >= 0, shift[b, j], 0.0)  # (b = -1: no bin; its lookup is discarded)
+                rows = np.flatnonzero(d)  # (rows of a bin without a shift keep their value exactly)
+                out[rows, c] = expit(logit(out[rows, c]) + sign * d[rows])  # 0 and 1 stay 0 and 1
         return out
 
     def apply(self, prob: np.ndarray, conditions: np.ndarray, names: list[str], columns: list[str],
