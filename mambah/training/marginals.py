@@ -100,6 +100,36 @@ class _FitInputs:
         self.targets, self.cond, self.y_data, self.w, self.p, self.eta = targets, cond, y_data, w, p, eta
         self.p_edges, self.eta_edges, self.split, self.codes, self.states = p_edges, eta_edges, split, codes, states
         self.selection, self.n_read = selection, n_read
+        self.weight = weight
+        # the rows grouped by cell: cell k's rows are by_bin[starts[k]:starts[k + 1]]
+        self.by_bin = np.argsort(self.cells, kind="stable")
+        self.starts = np.searchsorted(self.cells[self.by_bin], np.arange(self.n_bins + 1))
+        self.sum_w = np.array([w[self.rows(k)].sum() for k in range(self.n_bins)])
+
+    def rows(self, k: int) -> np.ndarray:
+        """The rows of cell ``k``."""
+        return self.by_bin[self.starts[k]:self.starts[k + 1]]
+
+    def replicas(self, seed: int, k_members: int) -> tuple[list[int], list[np.ndarray]]:
+        """The members' bootstrap replicas: seeds ``seed + 1000 k`` and Poisson(1) counts (float32) per row."""
+        seeds = [seed + 1000 * k for k in range(1, k_members + 1)]
+        return seeds, [np.random.default_rng(s).poisson(1.0, self.n).astype(np.float32) for s in seeds]
+
+    def info(self, min_weight: float, skipped: list[int], n_corrected: int, seeds: list[int]) -> dict:
+        """The card section's entries common to the fits: fit data, bins, members."""
+        sw, w = self.sum_w, self.w
+        return {
+            "fit_data": {"rows": int(self.n_read), "selected": int(self.n), "selection": self.selection,
+                         "weight": self.weight, "sum_weights": float(w.sum())},
+            "bins": {"p_edges": self.p_edges, "eta_edges": self.eta_edges, "split": self.split,
+                     "n_states": int(len(self.states)), "n_bins": int(self.n_bins),
+                     "n_bins_with_rows": int(np.count_nonzero(np.diff(self.starts))),
+                     "n_bins_corrected": int(n_corrected),
+                     "sum_weights_median": float(np.median(sw[sw > 0])) if (sw > 0).any() else 0.0,
+                     "not_corrected": [int(k) for k in skipped], "min_weight": float(min_weight),
+                     "not_corrected_weight_fraction": float(sw[skipped].sum() / w.sum()) if skipped else 0.0},
+            "members": {"n": len(seeds), "bootstrap": "Poisson(1) counts x sWeights", "seeds": seeds},
+        }
 
 
 def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "sWeight",
@@ -142,7 +172,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
     f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where)
     del data
     targets, cond, y_data, w, n = f.targets, f.cond, f.y_data, f.w, f.n
-    p_edges, eta_edges, split, states, selection, n_read = f.p_edges, f.eta_edges, f.split, f.states, f.selection, f.n_read
+    p_edges, eta_edges, split, states = f.p_edges, f.eta_edges, f.split, f.states
     k_members = model.n_members
     cols = [model.targets.index(t) for t in targets]
     gen = np.empty((repeats, k_members + 1, n, len(targets)), np.float32)
@@ -158,20 +188,15 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                 gen[r, :, a:a + slice_rows] = g[:, :, cols]
     finally:
         model.set_correction(corr0)
-    ns, b, n_bins = len(states), f.cells, f.n_bins
+    n_bins = f.n_bins
     L = len(LEVELS)
     gk = np.empty((k_members + 1, n_bins, len(targets), L))
     dk = np.empty_like(gk)
-    replica_seeds = [seed + 1000 * k for k in range(1, k_members + 1)]
-    boot = [np.random.default_rng(s).poisson(1.0, n).astype(np.float32) for s in replica_seeds]
-    sum_w = np.zeros(n_bins)
+    replica_seeds, boot = f.replicas(seed, k_members)
     skipped = []
-    by_bin = np.argsort(b, kind="stable")
-    starts = np.searchsorted(b[by_bin], np.arange(n_bins + 1))
     for k_bin in range(n_bins):
-        rows = by_bin[starts[k_bin]:starts[k_bin + 1]]
-        sum_w[k_bin] = w[rows].sum() if len(rows) else 0.0
-        ok = sum_w[k_bin] >= min_weight
+        rows = f.rows(k_bin)
+        ok = f.sum_w[k_bin] >= min_weight
         if not ok and len(rows):
             skipped.append(k_bin)
         wg = np.tile(w[rows], repeats)
@@ -194,17 +219,9 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                   "(2015) P02011)",
         "file": FILE,
         "targets": targets,
-        "fit_data": {"rows": int(n_read), "selected": int(n), "selection": selection, "weight": weight,
-                     "sum_weights": float(w.sum())},
-        "bins": {"p_edges": p_edges, "eta_edges": eta_edges, "split": split, "n_states": int(ns),
-                 "n_bins": int(n_bins), "n_bins_with_rows": int(np.count_nonzero(np.diff(starts))),
-                 "n_bins_corrected": int(corr.n_bins),
-                 "sum_weights_median": float(np.median(sum_w[sum_w > 0])) if (sum_w > 0).any() else 0.0,
-                 "not_corrected": [int(k) for k in skipped], "min_weight": float(min_weight),
-                 "not_corrected_weight_fraction": float(sum_w[skipped].sum() / w.sum()) if skipped else 0.0},
+        **f.info(min_weight, skipped, corr.n_bins, replica_seeds),
         "levels": {"n": int(L), "min": float(LEVELS[0]), "max": float(LEVELS[-1])},
         "model_draws_per_row": int(repeats), "seed": int(seed),
-        "members": {"n": int(k_members), "bootstrap": "Poisson(1) counts x sWeights", "seeds": replica_seeds},
     }
     if skipped:
         log.warning("marginal correction of %s: %d of the %d bins with rows have less than %.0f sWeighted signal "
@@ -258,21 +275,17 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
                 lg[m, a:a + slice_rows] = logit(np.clip(pr, 1e-7, 1 - 1e-7))
     finally:
         model.set_correction(corr0)
-    w, y, n_bins, b = f.w, f.y_data.astype(float), f.n_bins, f.cells
-    replica_seeds = [seed + 1000 * k for k in range(1, k_members + 1)]
-    weights = [w] + [w * np.random.default_rng(s).poisson(1.0, f.n) for s in replica_seeds]
-    by_bin = np.argsort(b, kind="stable")
-    starts = np.searchsorted(b[by_bin], np.arange(n_bins + 1))
-    sum_w = np.array([w[by_bin[starts[k]:starts[k + 1]]].sum() for k in range(n_bins)])
-    ok = sum_w >= min_weight
+    w, y, n_bins = f.w, f.y_data.astype(float), f.n_bins
+    replica_seeds, boot = f.replicas(seed, k_members)
+    ok = f.sum_w >= min_weight
     shift = np.zeros((k_members + 1, n_bins, len(f.targets)))
     clipped, imprecise = [], []
     rates = {t: {"bin": [], "data": [], "data_error": [], "model": []} for t in f.targets}
     for k_bin in np.flatnonzero(ok):
-        rows = by_bin[starts[k_bin]:starts[k_bin + 1]]
+        rows = f.rows(k_bin)
         precise = None  # the targets the nominal's data determine well enough (members follow the nominal)
         for m in range(k_members + 1):
-            wm = weights[m][rows]
+            wm = w[rows] if m == 0 else w[rows] * boot[m - 1][rows]
             target = (wm[:, None] * y[rows]).sum(axis=0) / wm.sum()
             x = lg[m][rows].astype(float)
             lo, hi = np.full(len(cols), -max_shift), np.full(len(cols), max_shift)
@@ -305,8 +318,11 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
                         clipped.append({"bin": int(k_bin), "target": t, "data_rate": float(target[j]),
                                         "shift": float(d[j])})
             shift[m, k_bin] = np.where(precise, d, 0.0)
-    skipped = [int(k) for k in np.flatnonzero(~ok & (np.diff(starts) > 0))]
+    skipped = [int(k) for k in np.flatnonzero(~ok & (np.diff(f.starts) > 0))]
     cal = FlagCalibration(f.targets, f.p_edges, f.eta_edges, shift, f.split, f.states).compact()
+    common = f.info(min_weight, skipped, cal.n_bins, replica_seeds)
+    common["bins"].update(max_shift=float(max_shift), clipped=clipped, max_rel_error=float(max_rel_error),
+                          imprecise=imprecise)
     diffs = {t: np.abs(np.subtract(r["data"], r["model"])) for t, r in rates.items()}
     pulls = {t: np.subtract(r["data"], r["model"]) / np.maximum(r["data_error"], 1e-12) for t, r in rates.items()}
     info = {
@@ -317,16 +333,7 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
         "kind": FlagCalibration.file_kind,
         "file": FILE,
         "targets": f.targets,
-        "fit_data": {"rows": int(f.n_read), "selected": int(f.n), "selection": f.selection, "weight": weight,
-                     "sum_weights": float(w.sum())},
-        "bins": {"p_edges": f.p_edges, "eta_edges": f.eta_edges, "split": f.split, "n_states": int(len(f.states)),
-                 "n_bins": int(n_bins), "n_bins_with_rows": int(np.count_nonzero(np.diff(starts))),
-                 "n_bins_corrected": int(cal.n_bins),
-                 "sum_weights_median": float(np.median(sum_w[sum_w > 0])) if (sum_w > 0).any() else 0.0,
-                 "not_corrected": skipped, "min_weight": float(min_weight),
-                 "not_corrected_weight_fraction": float(sum_w[skipped].sum() / w.sum()) if skipped else 0.0,
-                 "max_shift": float(max_shift), "clipped": clipped, "max_rel_error": float(max_rel_error),
-                 "imprecise": imprecise},
+        **common,
         "before": {t: {"max_abs_rate_diff": float(d.max()) if len(d) else 0.0,
                        "mean_abs_rate_diff": float(d.mean()) if len(d) else 0.0,
                        "chi2": float(np.sum(pulls[t] ** 2)), "ndf": int(len(d)),
@@ -334,7 +341,6 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
                                "(pull = (data - model) / data_error): how far the classifier was from its data",
                        "bins": rates[t]} for t, d in diffs.items()},
         "seed": int(seed),
-        "members": {"n": int(k_members), "bootstrap": "Poisson(1) counts x sWeights", "seeds": replica_seeds},
     }
     for n_, what in ((len(skipped), f"bins have less than {min_weight:.0f} sWeighted signal and are not corrected"),
                      (len(imprecise), f"(bin, target) rates are known to worse than {100 * max_rel_error:.0f}% in the "
