@@ -60,6 +60,10 @@ STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu")}
 #: acceptance and the threshold codes the classifier sees; their card closures are within 0.01%), not
 #: split by the RICH codes (isMuon does not depend on them; the split would only thin the bins)
 STEP_OPTIONS = {"rich": (), "flags": ("--targets", "isMuon", "--split", "none")}
+#: further options per (step, species): the kaon and proton RICH steps map RichDLLpK in 5 classes of
+#: RichDLLk (conditional maps, mambah.nn.marginals), so that cuts on both or on their sum (PIDp =
+#: RichDLLk + RichDLLpK; a proton's PIDK > 5 with PIDp - PIDK < 0) get the data's joint distribution
+SPECIES_OPTIONS = {("rich", "K"): ("--given", "RichDLLpK=RichDLLk"), ("rich", "p"): ("--given", "RichDLLpK=RichDLLk")}
 
 
 def sample(species: str, work: Path, seed: int, events: int = CHUNK_EVENTS) -> Path:
@@ -95,6 +99,7 @@ def main(argv=None) -> int:
         for st in todo:
             cmd = [sys.executable, "-m", "mambah", "train", "marginals", "--model", str(a.out / f"pid-{s}-{st}"),
                    "--p-bins", a.p_bins, "--eta-bins", a.eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
+                   *SPECIES_OPTIONS.get((st, s), ()),
                    "--description", f"{a.chunks} reference-detector calibration samples of {a.chunk_events} "
                                     f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}, sPlot of "
                                     f"{train_pid_chain.CHANNELS[s].mass_column} per sample; made by "

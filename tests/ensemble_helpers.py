@@ -50,15 +50,9 @@ def _carry_correction(src: Path, dst: Path, section: dict | None, k: int, member
     if section is None:
         return dst
     from mambah.modeldir import update_model_dir
-    from mambah.nn.marginals import FlagCalibration, MarginalCorrection, load_calibration
+    from mambah.nn.marginals import load_calibration
 
-    c = load_calibration(src)
-    rep = lambda a: np.repeat(a[member:member + 1], k + 1, axis=0)  # noqa: E731
-    if isinstance(c, FlagCalibration):
-        c = FlagCalibration(c.targets, c.p_edges, c.eta_edges, rep(c.shift), c.split, c.states, c.bin_ids)
-    else:
-        c = MarginalCorrection(c.targets, c.p_edges, c.eta_edges, c.levels, rep(c.gen), rep(c.data), c.split,
-                               c.states, c.bin_ids)
+    c = load_calibration(src).select_members([member] * (k + 1))
     return update_model_dir(dst, c.save, {"marginal_correction": dict(section, members={"n": k, "note": "tests: the "
                                                                                        "nominal's map"})})
 

@@ -24,6 +24,8 @@ from mambah.nn.marginals import (
     MIN_BIN_WEIGHT,
     FlagCalibration,
     MarginalCorrection,
+    strict_knots,
+    map_values,
     monotone_ecdf_quantiles,
 )
 
@@ -135,7 +137,7 @@ class _FitInputs:
 def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "sWeight",
                             selection: str | None = "card", targets: list[str] | None = None,
                             p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto",
-                            repeats: int = 2, seed: int = 0,
+                            repeats: int = 2, seed: int = 0, given: dict[str, str] | None = None, classes: int = 5,
                             min_weight: float = MIN_BIN_WEIGHT, where: str = "data", slice_rows: int = 1_000_000):
     """The quantile maps of ``model`` (a :class:`~mambah.nn.pidmodel.PidModel`, its members included)
     onto ``data``'s sWeighted distributions in (P, ETA) bins.
@@ -160,6 +162,16 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
             (Poisson(1) counts with seeds ``seed + 1000 k``).
         min_weight: a bin whose sWeighted signal is below this is not corrected.
         slice_rows: rows generated at a time (the model's outputs are kept as float32).
+        given: conditional maps, ``{target: given}``: ``target`` is mapped in each bin separately in
+            ``classes`` classes of ``given`` (another corrected target, mapped first), of equal
+            sWeighted data population (the class edges are the data's quantiles of ``given`` in the
+            bin; a model row's class is that of its mapped ``given``). Marginal maps keep the model's
+            copula of two targets; a cut on their sum or on both (the kaon chain's ``PIDp > 5`` =
+            ``RichDLLk + RichDLLpK > 5``; a proton's ``PIDK > 5`` with ``PIDp - PIDK < 0``) then carries
+            its error. With ``RichDLLpK`` given ``RichDLLk``, the joint distribution of the two is the
+            data's at the resolution of the classes. A class with less than ``min_weight / classes``
+            sWeighted signal is left unmapped (identity).
+        classes: the number of classes of a conditional map.
 
     Returns:
         ``(correction, info)``: the :class:`~mambah.nn.marginals.MarginalCorrection` and the card's
@@ -169,6 +181,15 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
     is fitted to the raw generator) and restored afterwards: do not generate from the same model
     object in another thread meanwhile.
     """
+    given = dict(given or {})
+    if given:
+        all_t = list(model.targets) if targets is None else list(targets)
+        bad = {t: a for t, a in given.items() if t not in all_t or a not in all_t or a in given or t == a}
+        if bad:
+            raise ConfigurationError(f"conditional maps {bad}: each target and the target it is given must be corrected "
+                                     f"targets ({all_t}), and a given target must not be conditional itself")
+        if int(classes) < 2:
+            raise ConfigurationError(f"a conditional map needs at least 2 classes, not {classes}")
     f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where)
     del data
     targets, cond, y_data, w, n = f.targets, f.cond, f.y_data, f.w, f.n
@@ -190,28 +211,62 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         model.set_correction(corr0)
     n_bins = f.n_bins
     L = len(LEVELS)
-    gk = np.empty((k_members + 1, n_bins, len(targets), L))
+    plain = [j for j, t in enumerate(targets) if t not in given]  # the unconditionally mapped targets
+    pairs = [(targets.index(t), plain.index(targets.index(a))) for t, a in given.items()]  # (column, its given's map)
+    gk = np.empty((k_members + 1, n_bins, len(plain), L))
     dk = np.empty_like(gk)
+    nc = int(classes)
+    ce = np.zeros((k_members + 1, n_bins, len(pairs), nc - 1))
+    cgk = np.empty((k_members + 1, n_bins, len(pairs), nc, L))
+    cdk = np.empty_like(cgk)
     replica_seeds, boot = f.replicas(seed, k_members)
-    skipped = []
+    skipped, thin_classes = [], []
     for k_bin in range(n_bins):
         rows = f.rows(k_bin)
         ok = f.sum_w[k_bin] >= min_weight
         if not ok and len(rows):
             skipped.append(k_bin)
         wg = np.tile(w[rows], repeats)
-        for j in range(len(targets)):
+        for i, j in enumerate(plain):
             xd = y_data[rows, j].astype(float)
             od = np.argsort(xd, kind="stable") if ok else None
             for m in range(k_members + 1):
                 xg = gen[:, m, rows, j].astype(float).ravel()
                 if not ok:  # identity: the same knots on both sides (the model's own quantiles)
-                    gk[m, k_bin, j] = dk[m, k_bin, j] = _identity(xg)
+                    gk[m, k_bin, i] = dk[m, k_bin, i] = _identity(xg)
                     continue
-                gk[m, k_bin, j] = monotone_ecdf_quantiles(xg, wg, LEVELS)
+                gk[m, k_bin, i] = monotone_ecdf_quantiles(xg, wg, LEVELS)
                 wd = w[rows] if m == 0 else w[rows] * boot[m - 1][rows]
-                dk[m, k_bin, j] = monotone_ecdf_quantiles(xd, wd, LEVELS, order=od)
-    corr = MarginalCorrection(targets, p_edges, eta_edges, LEVELS, gk, dk, split, states).compact()
+                dk[m, k_bin, i] = monotone_ecdf_quantiles(xd, wd, LEVELS, order=od)
+        for i, (j, ia) in enumerate(pairs):
+            ja = plain[ia]
+            for m in range(k_members + 1):
+                xg = gen[:, m, rows, j].astype(float).ravel()
+                if not ok:
+                    cgk[m, k_bin, i] = cdk[m, k_bin, i] = _identity(xg)
+                    continue
+                wd = w[rows] if m == 0 else w[rows] * boot[m - 1][rows]
+                ad = y_data[rows, ja].astype(float)
+                # the classes: equal sWeighted data population of the given target; the model's rows by
+                # their *mapped* given target (as the correction classifies them)
+                edges = monotone_ecdf_quantiles(ad, wd, np.arange(1, nc) / nc)
+                ce[m, k_bin, i] = edges
+                cd = np.searchsorted(edges, ad, side="right")
+                ag = map_values(gen[:, m, rows, ja].astype(float).ravel(), strict_knots(gk[m, k_bin, ia], L), dk[m, k_bin, ia])
+                cg = np.searchsorted(edges, ag, side="right")
+                xd = y_data[rows, j].astype(float)
+                for c in range(nc):
+                    sd, sg = cd == c, cg == c
+                    if wd[sd].sum() < min_weight / nc or wg[sg].sum() <= 0:
+                        cgk[m, k_bin, i, c] = cdk[m, k_bin, i, c] = _identity(xg[sg] if sg.any() else xg)
+                        if m == 0:
+                            thin_classes.append({"bin": int(k_bin), "target": targets[j], "class": c})
+                        continue
+                    cgk[m, k_bin, i, c] = monotone_ecdf_quantiles(xg[sg], wg[sg], LEVELS)
+                    cdk[m, k_bin, i, c] = monotone_ecdf_quantiles(xd[sd], wd[sd], LEVELS)
+    cond = {} if not pairs else dict(given=given, class_edges=ce, cgen=cgk, cdata=cdk)
+    corr = MarginalCorrection([targets[j] for j in plain], p_edges, eta_edges, LEVELS, gk, dk, split, states,
+                              **cond).compact()
     info = {
         "method": "quantile mapping y = Q_data,b(F_model,b(x)) per target in (P, ETA) bins of equal sWeighted "
                   "population, split by the state of the 0/1 conditions 'split'; both sides sWeighted (the model "
@@ -223,6 +278,12 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         "levels": {"n": int(L), "min": float(LEVELS[0]), "max": float(LEVELS[-1])},
         "model_draws_per_row": int(repeats), "seed": int(seed),
     }
+    if given:
+        info["conditional"] = {
+            "given": given, "classes": nc,
+            "method": "in each bin, the target's quantile map in each of the classes of equal sWeighted data population "
+                      "of its given target (data rows by their value, model rows by their mapped value)",
+            "unmapped_classes": thin_classes}
     if skipped:
         log.warning("marginal correction of %s: %d of the %d bins with rows have less than %.0f sWeighted signal "
                     "and are not corrected (%.2f%% of the signal)", model.name, len(skipped),
