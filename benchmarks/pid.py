@@ -10,8 +10,9 @@
   step that traces the graph), samples per second;
 * time to score: from the model card's validation history, the training seconds at which the
   validation BDT-KS first reached its final (best) value, and first went below 0.05;
-* chain: ``--chain-models DIR`` measures the chains of DIR (e.g. with their ``probnn`` steps, issue 24:
-  ``python benchmarks/pid.py --only chain --chain-models DIR``);
+* chain: the whole chained PID stage of the shipped models (``--chain-models DIR``: of DIR's); where the
+  chains have ``pid-<s>-probnn`` steps, with them (``PID(probnn=True)``, ``mambah simulate --probnn``,
+  issue 24) and, timed alternately as the baseline, without them (``chain_no_probnn_tracks_per_s``);
 * chain-variations: the PID stage on the kaon chain, nominal against ``variations=True`` with K
   members on its RICH and global steps (``mambah simulate --pid-variations``; stand-ins with
   perturbed weights unless the shipped chain has K members): tracks/s and the time ratio
@@ -179,6 +180,9 @@ def time_to_score(model_dir):
 def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     """The whole chained PID stage (:class:`mambah.pid.stage.PID`) on ``n`` tracks of mixed species.
 
+    With the chains' ProbNN steps where the models directory has them (``PID(probnn=True)``); the stage
+    without them is timed alternately in the same run (``no_probnn_tracks_per_s``).
+
     With ``baseline``, the same stage with the flags classifiers evaluated in numpy
     (``FlagModel.sample(compiled=False)``, the path before 2026-12-03) is timed alternately in the
     same run (``numpy_flags_tracks_per_s``).
@@ -188,6 +192,7 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     one event per 50 tracks. Times ``PID()(batch)`` (conditions, five chains of three networks,
     combination, columns written), best of ``repeats``, each after a warm-up on 10^4 tracks.
     """
+    from mambah.errors import ConfigurationError
     from mambah.pid.stage import PID
 
     def batch(n):
@@ -195,30 +200,42 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
 
     from mambah.nn.flags import FlagModel
 
-    stage = PID(models_dir=None if models_dir is None else str(models_dir))
+    md = None if models_dir is None else str(models_dir)
+    stage = PID(models_dir=md)
+    stages = {"no_probnn": stage}
+    try:
+        stage = stages["probnn"] = PID(models_dir=md, probnn=True)
+        has_probnn = True
+    except ConfigurationError:  # no chain has a ProbNN step
+        has_probnn = False
     compiled_sample = FlagModel.sample
 
     def numpy_sample(self, data, rng, *, compiled=True, **kw):
         return compiled_sample(self, data, rng, compiled=False, **kw)
 
-    best = {"compiled": [np.inf, np.inf], "numpy_flags": [np.inf, np.inf], "no_marginals": [np.inf, np.inf]}
-    stage(batch(10_000))  # loads the chains
+    best = {"compiled": [np.inf, np.inf], "numpy_flags": [np.inf, np.inf], "no_marginals": [np.inf, np.inf],
+            "no_probnn": [np.inf, np.inf]}
+    for st in stages.values():
+        st(batch(10_000))  # loads the chains
     # the RICH steps' marginal calibrations (mambah.nn.marginals): timed with and without them
     corrected = {id(m): (m, m.correction) for c in stage.chains().values() for m in c.models
                  if getattr(m, "correction", None) is not None}
     modes = [h for h in best if baseline or h == "compiled"]
     if not corrected:
         modes = [h for h in modes if h != "no_marginals"]
+    if not has_probnn:
+        modes = [h for h in modes if h != "no_probnn"]
     try:
         for _ in range(repeats):
             for how in modes:  # alternately, so that all see the same machine
                 FlagModel.sample = numpy_sample if how == "numpy_flags" else compiled_sample
                 for m, corr in corrected.values():
                     m.correction = None if how == "no_marginals" else corr
-                stage(batch(10_000))  # warm-up (traces the graphs on the first pass)
+                run = stages["no_probnn"] if how == "no_probnn" else stage
+                run(batch(10_000))  # warm-up (traces the graphs on the first pass)
                 b = batch(n)
                 t0, c0 = time.perf_counter(), time.process_time()
-                stage(b)
+                run(b)
                 best[how][0] = min(best[how][0], time.perf_counter() - t0)
                 best[how][1] = min(best[how][1], time.process_time() - c0)
     finally:
@@ -232,6 +249,8 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
         out["numpy_flags_tracks_per_s"] = n / best["numpy_flags"][0]
         out["numpy_flags_tracks_per_cpu_s"] = n / best["numpy_flags"][1]
     out["marginals"] = len(corrected)
+    if "no_probnn" in modes:
+        out["no_probnn_tracks_per_s"] = n / best["no_probnn"][0]
     if "no_marginals" in modes:
         out["no_marginals_tracks_per_s"] = n / best["no_marginals"][0]
         out["no_marginals_tracks_per_cpu_s"] = n / best["no_marginals"][1]
@@ -376,6 +395,8 @@ def main():
                   f"{ch['no_marginals_tracks_per_s']:14,.0f}")
             print(f"{'chained PID stage: cost of the marginal calibrations (wall)':58s} "
                   f"{ch['no_marginals_tracks_per_s'] / ch['tracks_per_s'] - 1:14.1%}")
+        if "no_probnn_tracks_per_s" in ch:
+            print(f"{'chained PID stage without the ProbNN steps: tracks/s':58s} {ch['no_probnn_tracks_per_s']:14,.0f}")
     if var:
         k = var["k"]
         print(f"{'variations: nominal alone, tracks/s (wall, best of %d)' % a.repeats:58s} "
@@ -412,6 +433,7 @@ def main():
                       "chain_tracks_per_s": get(ch, "tracks_per_s"), "chain_tracks_per_cpu_s": get(ch, "tracks_per_cpu_s"),
                       "chain_numpy_flags_tracks_per_s": get(ch, "numpy_flags_tracks_per_s"),
                       "chain_no_marginals_tracks_per_s": get(ch, "no_marginals_tracks_per_s"),
+                      "chain_no_probnn_tracks_per_s": get(ch, "no_probnn_tracks_per_s"),
                       "variations_k": get(var, "k"), "variations_tracks_per_s": get(var, "tracks_per_s"),
                       "variations_nominal_tracks_per_s": get(var, "nominal_tracks_per_s"),
                       "variations_cost_ratio": get(var, "cost_ratio"),
