@@ -41,10 +41,11 @@ def register(kinds) -> None:
                         "condition holding only 0 and 1 except charge (the RICH acceptance and threshold codes); "
                         "'none': no split")
     p.add_argument("--repeats", type=int, default=2, help="GAN: model draws per row (default 2)")
-    p.add_argument("--given", action="append", default=[], metavar="TARGET=GIVEN",
+    p.add_argument("--given", action="append", default=[], metavar="TARGET=GIVEN|TARGET+GIVEN",
                    help="GAN: map TARGET in classes of GIVEN (another corrected target, mapped first) in each bin, so "
-                        "that the two targets' joint distribution becomes the data's, e.g. RichDLLpK=RichDLLk for cuts "
-                        "on PIDp = RichDLLk + RichDLLpK (repeatable)")
+                        "that the two targets' joint distribution becomes the data's at the classes' resolution; "
+                        "TARGET+GIVEN maps their sum in the classes instead (TARGET = mapped sum - GIVEN: cuts on the "
+                        "sum exactly right), e.g. RichDLLpK+RichDLLk for PIDp = RichDLLk + RichDLLpK (repeatable)")
     p.add_argument("--classes", type=int, default=5, help="GAN: classes of a --given map (default 5)")
     p.add_argument("--max-rel-error", type=float, default=None,
                    help="flag classifier: calibrate a bin's rate only if the data give it (or 1 - rate) to this relative "
@@ -87,12 +88,15 @@ def run(args) -> int:
         raise ConfigurationError("--p-bins, --eta-bins and --repeats must be >= 1")
     if args.max_rel_error is not None and not args.max_rel_error > 0:
         raise ConfigurationError(f"--max-rel-error must be > 0, not {args.max_rel_error}")
-    given = {}
+    given, sums = {}, []
     for g in args.given:
-        t, eq, a = g.partition("=")
+        op = "=" if "=" in g else "+"
+        t, eq, a = g.partition(op)
         if not eq or not t.strip() or not a.strip():
-            raise ConfigurationError(f"--given {g!r}: expected TARGET=GIVEN, e.g. RichDLLpK=RichDLLk")
+            raise ConfigurationError(f"--given {g!r}: expected TARGET=GIVEN or TARGET+GIVEN, e.g. RichDLLpK+RichDLLk")
         given[t.strip()] = a.strip()
+        if op == "+":
+            sums.append(t.strip())
     model = load_model(args.model)
     if given and model.kind != "pid":
         raise ConfigurationError("--given is for a PID GAN's quantile maps, not for a flag classifier")
@@ -119,7 +123,7 @@ def run(args) -> int:
         corr, info = fit_flag_calibration(model, df, **common, **extra)
     else:
         corr, info = fit_marginal_correction(model, df, repeats=args.repeats, given=given, classes=args.classes,
-                                             **common)
+                                             sums=sums, **common)
     paths = [split_spec(spec)[0] for spec in args.data]
     files = [{"file": f.name, "sha256": file_sha256(f)} for f in paths]
     info["fit_data"].update(files=files, description=args.description)
@@ -127,7 +131,8 @@ def run(args) -> int:
     write_marginal_correction(args.model, corr, info)
     nb = info["bins"]
     what = "logit-shift calibration" if model.kind == "pid-flags" else "marginal correction"
-    mapped = [*corr.targets, *(f"{t} (in {corr.n_classes} classes of {a})" for t, a in given.items())]
+    mapped = [*corr.targets, *(f"{t}{' + ' + a + ' (the sum)' if t in sums else ''} (in {corr.n_classes} classes of {a})"
+                               for t, a in given.items())]
     print(f"{args.model}: {what} of {', '.join(mapped)} in {nb['n_bins_with_rows']} bins "
           f"(P, ETA{', ' + str(nb['n_states']) + ' states of ' + ','.join(corr.split) if corr.split else ''}), "
           f"{corr.n_members} member maps; {len(nb['not_corrected'])} bins below {nb['min_weight']:.0f} sWeighted "

@@ -31,7 +31,13 @@ the class of its *mapped* value, and the target gets one map per class::
 
     y_b = Q_data,b,c( F_model,b,c(x_b) )     c = the class of the row's mapped given target in bin b
 
-so the joint distribution of the two targets is the data's at the resolution of the classes.
+so the joint distribution of the two targets is the data's at the resolution of the classes. Inside a
+class the two keep the model's copula; where the targets are strongly correlated (a kaon's
+``RichDLLpK`` against its ``RichDLLk``) that still leaves a cut on their sum off, so a pair can map
+the *sum* instead (``sums``): ``s = x + a`` (``a`` the mapped given target) is mapped in the classes
+and the target becomes ``y = Q_data,b,c(F_model,b,c(s)) - a``: the sum's distribution in every bin
+(``PIDp = RichDLLk + RichDLLpK``) is then the data's exactly, the difference's at the resolution of
+the classes.
 
 **Ensembles.** Member k of a model with members gets its own map: its own ``F`` (its generator on
 the fit sample) and the data quantiles of a Poisson(1) bootstrap replica of the fit sample (seeds
@@ -42,7 +48,8 @@ On disk: ``marginals.npz`` in the model directory (listed with its hash in the c
 with ``p_edges``, ``eta_edges``, ``split``, ``states``, ``bin_ids``, ``levels``, ``targets`` and
 ``gen`` / ``data`` knots (float32) of shape ``(K + 1, len(bin_ids), n_targets, n_levels)`` (with
 conditional maps also ``given``, the (target, given) pairs, ``class_edges`` ``(K + 1, len(bin_ids),
-n_pairs, C - 1)`` and ``cgen`` / ``cdata`` ``(K + 1, len(bin_ids), n_pairs, C, n_levels)``), described by the card's ``"marginal_correction"`` section
+n_pairs, C - 1)``, ``cgen`` / ``cdata`` ``(K + 1, len(bin_ids), n_pairs, C, n_levels)`` and ``sums``, 1 where
+a pair maps the sum), described by the card's ``"marginal_correction"`` section
 (fit data, weight, selection, bins, seeds, command). :class:`~mambah.nn.pidmodel.PidModel` applies
 it in every generation path (:meth:`~mambah.nn.pidmodel.PidModel.generate_array`, variations,
 members); fit it with :func:`mambah.training.marginals.fit_marginal_correction` (CLI ``mambah train
@@ -251,13 +258,15 @@ class MarginalCorrection(BinnedCalibration):
         class_edges: ``(K + 1, len(bin_ids), len(given), C - 1)``: the classes of each given target
             (its data quantiles at 1/C ... (C - 1)/C in the bin); ``None`` without conditional maps.
         cgen, cdata: ``(K + 1, len(bin_ids), len(given), C, n_levels)``: the conditional maps' knots.
+        sums: the conditional targets whose map is of ``target + given`` (the target is the mapped sum
+            minus the given target), the others' of the target itself.
     """
 
     file_kind = "quantile_map"
     what = "marginal correction"
 
     def __init__(self, targets, p_edges, eta_edges, levels, gen, data, split=(), states=(0,), bin_ids=None, *,
-                 given=None, class_edges=None, cgen=None, cdata=None):
+                 given=None, class_edges=None, cgen=None, cdata=None, sums=()):
         super().__init__(targets, p_edges, eta_edges, split, states, bin_ids)
         self.levels = np.asarray(levels, float)
         self.gen = np.asarray(gen, float)
@@ -275,6 +284,10 @@ class MarginalCorrection(BinnedCalibration):
         if bad:
             raise ModelDirError(f"marginal correction: a conditional target must not be an unconditional one and "
                                 f"must be given one of those ({self.targets}): {bad}")
+        self.sums = tuple(str(t) for t in sums)
+        if set(self.sums) - set(self.given):
+            raise ModelDirError(f"marginal correction: sums {sorted(set(self.sums) - set(self.given))} are not "
+                                f"conditional targets ({sorted(self.given)})")
         npair = len(self.given)
         if npair:
             self.class_edges = np.asarray(class_edges, float)
@@ -303,7 +316,7 @@ class MarginalCorrection(BinnedCalibration):
         ``i`` of the result is member ``index[i]`` of this one."""
         idx = np.asarray(index, int)
         cond = {} if not self.given else dict(given=self.given, class_edges=self.class_edges[idx],
-                                              cgen=self.cgen[idx], cdata=self.cdata[idx])
+                                              cgen=self.cgen[idx], cdata=self.cdata[idx], sums=self.sums)
         return MarginalCorrection(self.targets, self.p_edges, self.eta_edges, self.levels, self.gen[idx],
                                   self.data[idx], self.split, self.states, self.bin_ids, **cond)
 
@@ -319,7 +332,7 @@ class MarginalCorrection(BinnedCalibration):
         if self.given:
             keep |= ~np.all(self.cgen == self.cdata, axis=(0, 2, 3, 4))
             cond = dict(given=self.given, class_edges=self.class_edges[:, keep], cgen=self.cgen[:, keep],
-                        cdata=self.cdata[:, keep])
+                        cdata=self.cdata[:, keep], sums=self.sums)
         return MarginalCorrection(self.targets, self.p_edges, self.eta_edges, self.levels, self.gen[:, keep],
                                   self.data[:, keep], self.split, self.states, self.bin_ids[keep], **cond)
 
@@ -343,6 +356,7 @@ class MarginalCorrection(BinnedCalibration):
                     col[rows] = map_values(col[rows], xp[k, j], fp[k, j])
         for i, (t, a) in enumerate(self.given.items()):  # after the unconditional maps: classes of mapped values
             col, given = out[:, columns.index(t)], out[:, columns.index(a)]
+            add = t in self.sums
             for k in range(self.n_bins):
                 rows = order[starts[k]:starts[k + 1]]
                 if not len(rows):
@@ -351,7 +365,11 @@ class MarginalCorrection(BinnedCalibration):
                 for c in range(self.n_classes):
                     r = rows[cls == c]
                     if len(r):
-                        col[r] = map_values(col[r], self._cxp[member, k, i, c], self.cdata[member, k, i, c])
+                        if add:  # the sum is mapped; the target is the mapped sum minus the given target
+                            col[r] = map_values(col[r] + given[r], self._cxp[member, k, i, c],
+                                                self.cdata[member, k, i, c]) - given[r]
+                        else:
+                            col[r] = map_values(col[r], self._cxp[member, k, i, c], self.cdata[member, k, i, c])
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -360,7 +378,8 @@ class MarginalCorrection(BinnedCalibration):
         if self.given:
             a.update(given=np.array(list(self.given.items()), dtype="U64"),
                      class_edges=self.class_edges.astype(np.float32), cgen=self.cgen.astype(np.float32),
-                     cdata=self.cdata.astype(np.float32))
+                     cdata=self.cdata.astype(np.float32),
+                     sums=np.array([t in self.sums for t in self.given], dtype=np.int8))
         return a
 
 
@@ -482,7 +501,12 @@ def load_calibration(path: str | os.PathLike) -> MarginalCorrection | FlagCalibr
             lacking = [k for k in ("class_edges", "cgen", "cdata") if k not in a]
             if lacking or a["given"].ndim != 2 or a["given"].shape[1:] != (2,):
                 raise ModelDirError(f"{f}: conditional maps without {', '.join(lacking) or 'their (target, given) pairs'}")
-            cond = dict(given=dict(a["given"].tolist()), class_edges=a["class_edges"], cgen=a["cgen"], cdata=a["cdata"])
+            pairs = a["given"].tolist()
+            sums = a["sums"] if "sums" in a else np.zeros(len(pairs), np.int8)
+            if sums.shape != (len(pairs),):
+                raise ModelDirError(f"{f}: 'sums' of shape {sums.shape}, expected ({len(pairs)},)")
+            cond = dict(given=dict(pairs), class_edges=a["class_edges"], cgen=a["cgen"], cdata=a["cdata"],
+                        sums=[t for (t, _), on in zip(pairs, sums) if on])
         return MarginalCorrection(list(a["targets"]), a["p_edges"], a["eta_edges"], a["levels"], a["gen"], a["data"],
                                   **common, **cond)
     return FlagCalibration(list(a["targets"]), a["p_edges"], a["eta_edges"], a["shift"], **common)

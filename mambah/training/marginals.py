@@ -138,6 +138,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                             selection: str | None = "card", targets: list[str] | None = None,
                             p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto",
                             repeats: int = 2, seed: int = 0, given: dict[str, str] | None = None, classes: int = 5,
+                            sums=(),
                             min_weight: float = MIN_BIN_WEIGHT, where: str = "data", slice_rows: int = 1_000_000):
     """The quantile maps of ``model`` (a :class:`~mambah.nn.pidmodel.PidModel`, its members included)
     onto ``data``'s sWeighted distributions in (P, ETA) bins.
@@ -172,6 +173,9 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
             data's at the resolution of the classes. A class with less than ``min_weight / classes``
             sWeighted signal is left unmapped (identity).
         classes: the number of classes of a conditional map.
+        sums: conditional targets whose map is of ``target + given`` (the sum's distribution in each bin
+            becomes the data's exactly; the target is the mapped sum minus the given target), e.g.
+            ``RichDLLpK`` so that ``PIDp = RichDLLk + RichDLLpK`` is right.
 
     Returns:
         ``(correction, info)``: the :class:`~mambah.nn.marginals.MarginalCorrection` and the card's
@@ -188,6 +192,8 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         if bad:
             raise ConfigurationError(f"conditional maps {bad}: each target and the target it is given must be corrected "
                                      f"targets ({all_t}), and a given target must not be conditional itself")
+        if set(sums) - set(given):
+            raise ConfigurationError(f"sums {sorted(set(sums) - set(given))}: not conditional targets ({sorted(given)})")
         if int(classes) < 2:
             raise ConfigurationError(f"a conditional map needs at least 2 classes, not {classes}")
     f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where)
@@ -255,16 +261,19 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                 ag = map_values(gen[:, m, rows, ja].astype(float).ravel(), strict_knots(gk[m, k_bin, ia], L), dk[m, k_bin, ia])
                 cg = np.searchsorted(edges, ag, side="right")
                 xd = y_data[rows, j].astype(float)
+                xgc = xg
+                if targets[j] in sums:  # the sum is mapped: the model's target + its mapped given, the data's sum
+                    xgc, xd = xg + ag, xd + ad
                 for c in range(nc):
                     sd, sg = cd == c, cg == c
                     if wd[sd].sum() < min_weight / nc or wg[sg].sum() <= 0:
-                        cgk[m, k_bin, i, c] = cdk[m, k_bin, i, c] = _identity(xg[sg] if sg.any() else xg)
+                        cgk[m, k_bin, i, c] = cdk[m, k_bin, i, c] = _identity(xgc[sg] if sg.any() else xgc)
                         if m == 0:
                             thin_classes.append({"bin": int(k_bin), "target": targets[j], "class": c})
                         continue
-                    cgk[m, k_bin, i, c] = monotone_ecdf_quantiles(xg[sg], wg[sg], LEVELS)
+                    cgk[m, k_bin, i, c] = monotone_ecdf_quantiles(xgc[sg], wg[sg], LEVELS)
                     cdk[m, k_bin, i, c] = monotone_ecdf_quantiles(xd[sd], wd[sd], LEVELS)
-    cond = {} if not pairs else dict(given=given, class_edges=ce, cgen=cgk, cdata=cdk)
+    cond = {} if not pairs else dict(given=given, class_edges=ce, cgen=cgk, cdata=cdk, sums=tuple(sums))
     corr = MarginalCorrection([targets[j] for j in plain], p_edges, eta_edges, LEVELS, gk, dk, split, states,
                               **cond).compact()
     info = {
@@ -280,7 +289,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
     }
     if given:
         info["conditional"] = {
-            "given": given, "classes": nc,
+            "given": given, "classes": nc, "sums": list(sums),
             "method": "in each bin, the target's quantile map in each of the classes of equal sWeighted data population "
                       "of its given target (data rows by their value, model rows by their mapped value)",
             "unmapped_classes": thin_classes}
