@@ -517,5 +517,11 @@ def test_fit_conditional_map_recovers_a_cut_on_the_sum():
     np.testing.assert_allclose(back.apply(y, cond, m.conditions, m.targets), out, atol=1e-4)
     with pytest.raises(Exception, match="conditional maps"):
         fit_marginal_correction(m, fit, weight=None, selection=None, given={"b": "c"})
+    # further P edges where the response changes fast inside a bin; bad ones refused
+    fine, _ = fit_marginal_correction(m, fit, weight=None, selection=None, p_bins=2, eta_bins=1, split="none",
+                                      extra_p_edges=[7000.0, 1e6])
+    assert len(fine.p_edges) == 4 and 7000.0 in fine.p_edges  # 1e6 lies outside the sample: ignored
+    with pytest.raises(Exception, match="extra P edges"):
+        fit_marginal_correction(m, fit, weight=None, selection=None, extra_p_edges=[float("nan")])
     with pytest.raises(Exception, match="not conditional targets"):
         fit_marginal_correction(m, fit, weight=None, selection=None, given={"b": "a"}, sums=["a"])

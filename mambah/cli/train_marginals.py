@@ -35,6 +35,9 @@ def register(kinds) -> None:
                    help="pandas query for the rows the model describes (default: the model's training selection)")
     p.add_argument("--targets", default=None, help="comma-separated targets to correct (default: all)")
     p.add_argument("--p-bins", type=int, default=24, help="P bins of equal sWeighted population (default 24)")
+    p.add_argument("--extra-p-edges", default="", metavar="P1,P2,...",
+                   help="further P edges in MeV/c among those bins, where the response changes fast inside a bin "
+                        "(just above a Cherenkov threshold), e.g. 2800,3000,3200")
     p.add_argument("--eta-bins", type=int, default=2, help="ETA bins of equal sWeighted population (default 2)")
     p.add_argument("--split", default="auto",
                    help="comma-separated 0/1 conditions whose state splits the bins too; 'auto' (default): every "
@@ -116,7 +119,12 @@ def run(args) -> int:
     del parts
     split = args.split if args.split == "auto" else ([] if args.split.lower() == "none" else
                                                      [c.strip() for c in args.split.split(",") if c.strip()])
+    try:
+        extra_edges = [float(v) for v in args.extra_p_edges.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigurationError(f"--extra-p-edges {args.extra_p_edges!r}: expected numbers in MeV/c, e.g. 2800,3000") from None
     common = dict(weight=weight, selection=args.selection, targets=targets, split=split, p_bins=args.p_bins,
+                  extra_p_edges=extra_edges,
                   eta_bins=args.eta_bins, seed=args.seed, where=", ".join(args.data))
     if model.kind == "pid-flags":
         extra = {} if args.max_rel_error is None else {"max_rel_error": args.max_rel_error}

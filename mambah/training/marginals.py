@@ -50,7 +50,7 @@ class _FitInputs:
     """The checked inputs of a calibration fit: the selected rows' conditions, targets and weights,
     the bin edges, the split and each row's cell (see :func:`fit_marginal_correction`)."""
 
-    def __init__(self, model, data, weight, selection, targets, p_bins, eta_bins, split, where):
+    def __init__(self, model, data, weight, selection, targets, p_bins, eta_bins, split, where, extra_p_edges=()):
         targets = list(model.targets) if targets is None else list(targets)
         bad = [t for t in targets if t not in model.targets]
         if bad:
@@ -83,6 +83,11 @@ class _FitInputs:
         p = cond[:, model.conditions.index("P")].astype(float)
         eta = cond[:, model.conditions.index("ETA")].astype(float)
         p_edges, eta_edges = bin_edges(p, w, p_bins), bin_edges(eta, w, eta_bins)
+        extra = np.asarray(extra_p_edges, float).ravel()
+        if len(extra):
+            if not np.all(np.isfinite(extra)) or np.any(extra <= 0):
+                raise ConfigurationError(f"extra P edges must be finite and positive (MeV/c), not {extra.tolist()}")
+            p_edges = np.unique(np.r_[p_edges, extra[(extra > p_edges[0]) & (extra < p_edges[-1])]])
         if isinstance(split, str) and split.lower() == "none":
             split = []
         if split == "auto":
@@ -138,7 +143,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                             selection: str | None = "card", targets: list[str] | None = None,
                             p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto",
                             repeats: int = 2, seed: int = 0, given: dict[str, str] | None = None, classes: int = 5,
-                            sums=(),
+                            sums=(), extra_p_edges=(),
                             min_weight: float = MIN_BIN_WEIGHT, where: str = "data", slice_rows: int = 1_000_000):
     """The quantile maps of ``model`` (a :class:`~mambah.nn.pidmodel.PidModel`, its members included)
     onto ``data``'s sWeighted distributions in (P, ETA) bins.
@@ -150,6 +155,9 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
             model's training selection (``training_data.selection`` of its card, e.g. ``hasRich == 1``).
         targets: the targets to correct (default: all of the model's).
         p_bins, eta_bins: bins of equal sWeighted population in P and ETA.
+        extra_p_edges: further P edges (MeV/c) inserted among those, where the response changes fast
+            inside a bin (just above a Cherenkov threshold: a kaon's PIDK > 5 rate rises from 36% to
+            63% across the lowest of 48 bins, 2.6-3.4 GeV/c, and a bin's single map gets the rise wrong).
         split: 0/1 conditions whose state splits the bins too (:attr:`MarginalCorrection.split`);
             ``"auto"`` (default): every condition of the model that holds only 0 and 1 in the data,
             except ``charge`` (for the RICH steps: the radiators' acceptance and threshold codes);
@@ -196,7 +204,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
             raise ConfigurationError(f"sums {sorted(set(sums) - set(given))}: not conditional targets ({sorted(given)})")
         if int(classes) < 2:
             raise ConfigurationError(f"a conditional map needs at least 2 classes, not {classes}")
-    f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where)
+    f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where, extra_p_edges)
     del data
     targets, cond, y_data, w, n = f.targets, f.cond, f.y_data, f.w, f.n
     p_edges, eta_edges, split, states = f.p_edges, f.eta_edges, f.split, f.states
@@ -304,7 +312,8 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
                          selection: str | None = "card", targets: list[str] | None = None,
                          p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto", seed: int = 0,
                          min_weight: float = MIN_BIN_WEIGHT, max_shift: float = MAX_LOGIT_SHIFT,
-                         max_rel_error: float = MAX_REL_ERROR, where: str = "data", slice_rows: int = 1_000_000):
+                         max_rel_error: float = MAX_REL_ERROR, where: str = "data", slice_rows: int = 1_000_000,
+                         extra_p_edges=()):
     """The per-bin logit shifts of a flag classifier (a :class:`~mambah.nn.flags.FlagModel`, its
     members included) that make its sWeighted mean probability in each (P, ETA) bin equal to the
     data's sWeighted flag rate (:class:`~mambah.nn.marginals.FlagCalibration`).
@@ -330,7 +339,7 @@ def fit_flag_calibration(model, data: pd.DataFrame, *, weight: str | None = "sWe
     """
     from scipy.special import expit, logit
 
-    f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where)
+    f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where, extra_p_edges)
     del data
     k_members = model.n_members
     cols = [model.targets.index(t) for t in f.targets]
