@@ -60,10 +60,29 @@ STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu")}
 #: acceptance and the threshold codes the classifier sees; their card closures are within 0.01%), not
 #: split by the RICH codes (isMuon does not depend on them; the split would only thin the bins)
 STEP_OPTIONS = {"rich": (), "flags": ("--targets", "isMuon", "--split", "none")}
+#: the P edges a map gets beside its equal-population bins: just above each Cherenkov threshold of
+#: the reference detector's radiators (pi, K, p in RICH1 and RICH2), at 1.05-1.35 times the
+#: threshold, where the photon yield (1 - (p_th / p)^2) and with it the DLLs change fast: a kaon's
+#: PIDK > 5 rate rises from 36% to 63% across 2.6-3.4 GeV/c (the pion threshold in RICH1), and one
+#: map for that bin put 3-6 GeV/c kaons at 83.5% against 84.4% in the truth
+THRESHOLD_FACTORS = (1.05, 1.1, 1.2, 1.35)
+
+
+def threshold_p_edges() -> str:
+    """``--extra-p-edges`` of the RICH maps (MeV/c): :data:`THRESHOLD_FACTORS` times each threshold."""
+    from mambah.physics.species import species_mass
+    from mambah.reference.pid import RICH1, RICH2
+
+    return ",".join(str(round(rad.threshold(species_mass(s)) * f)) for rad in (RICH1, RICH2)
+                    for s in ("pi", "K", "p") for f in THRESHOLD_FACTORS)
+
+
 #: further options per (step, species): the kaon and proton RICH steps map RichDLLpK in 5 classes of
-#: RichDLLk (conditional maps, mambah.nn.marginals), so that cuts on both or on their sum (PIDp =
-#: RichDLLk + RichDLLpK; a proton's PIDK > 5 with PIDp - PIDK < 0) get the data's joint distribution
-SPECIES_OPTIONS = {("rich", "K"): ("--given", "RichDLLpK=RichDLLk"), ("rich", "p"): ("--given", "RichDLLpK=RichDLLk")}
+#: RichDLLk (conditional maps, mambah.nn.marginals) so that cuts on both get the data's joint
+#: distribution; the kaon's maps the sum RichDLLk + RichDLLpK = PIDp (its PIDp > 5 cut: pulls against
+#: the truth +1.13 / robust width 2.59 with RichDLLpK mapped, +0.26 / 1.37 with the sum), the proton's
+#: RichDLLpK itself (its PIDp - PIDK < 0 veto against kaons)
+SPECIES_OPTIONS = {("rich", "K"): ("--given", "RichDLLpK+RichDLLk"), ("rich", "p"): ("--given", "RichDLLpK=RichDLLk")}
 
 
 def sample(species: str, work: Path, seed: int, events: int = CHUNK_EVENTS) -> Path:
@@ -88,6 +107,8 @@ def main(argv=None) -> int:
                     help="which steps to calibrate: rich (pi, K, p), flags (isMuon; pi, K, p, mu); default both")
     ap.add_argument("--p-bins", default="24")
     ap.add_argument("--eta-bins", default="2")
+    ap.add_argument("--no-threshold-edges", dest="threshold_edges", action="store_false",
+                    help="RICH maps without the extra P edges above the Cherenkov thresholds")
     a = ap.parse_args(argv)
     steps = a.steps.split(",")
     for s in a.species.split(","):
@@ -99,6 +120,7 @@ def main(argv=None) -> int:
         for st in todo:
             cmd = [sys.executable, "-m", "mambah", "train", "marginals", "--model", str(a.out / f"pid-{s}-{st}"),
                    "--p-bins", a.p_bins, "--eta-bins", a.eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
+                   *(("--extra-p-edges", threshold_p_edges()) if st == "rich" and a.threshold_edges else ()),
                    *SPECIES_OPTIONS.get((st, s), ()),
                    "--description", f"{a.chunks} reference-detector calibration samples of {a.chunk_events} "
                                     f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}, sPlot of "
