@@ -77,7 +77,7 @@ def threshold_p_edges() -> str:
                     for s in ("pi", "K", "p") for f in THRESHOLD_FACTORS)
 
 
-#: further options per (step, species): the kaon and proton RICH steps map RichDLLpK in 5 classes of
+#: further options of the RICH step per species (with ``--joint``): the kaon and proton RICH steps map RichDLLpK in 5 classes of
 #: RichDLLk (conditional maps, mambah.nn.marginals) so that cuts on both get the data's joint
 #: distribution; the kaon's maps the sum RichDLLk + RichDLLpK = PIDp (its PIDp > 5 cut: pulls against
 #: the truth +1.13 / robust width 2.59 with RichDLLpK mapped, +0.26 / 1.37 with the sum), the proton's
@@ -86,7 +86,15 @@ def threshold_p_edges() -> str:
 #: over PIDK > 0, PIDK > 5 and PIDp > 5 against +0.56 / 2.01 with the shipped maps, but its
 #: PIDp - PIDK > 0 (3% of kaons) 2.27 against 1.24 (the difference is right only at the 5 classes'
 #: resolution), and its marginals.npz is 12 MB against 3.4 MB: not shipped yet (2026-12-07)
-SPECIES_OPTIONS = {("rich", "K"): ("--given", "RichDLLpK+RichDLLk"), ("rich", "p"): ("--given", "RichDLLpK=RichDLLk")}
+SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"), "p": ("--given", "RichDLLpK=RichDLLk")}
+#: the species whose ``--joint`` maps also get the threshold edges (measured on kaons only)
+THRESHOLD_EDGE_SPECIES = ("K",)
+
+
+def joint_options(species: str) -> tuple[str, ...]:
+    """The ``--joint`` options of a species' RICH map."""
+    edges = ("--extra-p-edges", threshold_p_edges()) if species in THRESHOLD_EDGE_SPECIES else ()
+    return (*edges, *SPECIES_OPTIONS.get(species, ()))
 
 
 def sample(species: str, work: Path, seed: int, events: int = CHUNK_EVENTS) -> Path:
@@ -125,8 +133,7 @@ def main(argv=None) -> int:
         for st in todo:
             cmd = [sys.executable, "-m", "mambah", "train", "marginals", "--model", str(a.out / f"pid-{s}-{st}"),
                    "--p-bins", a.p_bins, "--eta-bins", a.eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
-                   *(("--extra-p-edges", threshold_p_edges(), *SPECIES_OPTIONS.get((st, s), ()))
-                     if st == "rich" and a.joint else ()),
+                   *(joint_options(s) if st == "rich" and a.joint else ()),
                    "--description", f"{a.chunks} reference-detector calibration samples of {a.chunk_events} "
                                     f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}, sPlot of "
                                     f"{train_pid_chain.CHANNELS[s].mass_column} per sample; made by "

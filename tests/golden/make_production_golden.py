@@ -34,6 +34,10 @@ kaons) and, through the draws that follow in the pion, muon and kaon chains, the
 RICH DLLs (and combined DLLs) of about 950 of their tracks changed; the RICH DLLs of ~50 proton tracks
 in their last float32 bits (1e-6 relative: this machine's vector units); every other array is
 bit-identical to the previous file.
+Remade for the proton RICH step's conditional map (2026-12-07, issue 24: RichDLLpK mapped in 5 classes
+of RichDLLk, ``mambah.nn.marginals``): ``particles.rich_dll_p`` and ``pid_p`` of the 264 proton tracks
+with RICH information changed; other RICH and combined DLLs of ~160 tracks in their last float32 bits
+(at most 1.5e-4 absolute, this machine's vector units); every other array is bit-identical.
 """
 
 from __future__ import annotations
