@@ -128,6 +128,25 @@ def test_without_ensemble_no_model_uncertainty():
     np.testing.assert_array_equal(t2["z"].to_numpy(), t2["pull"].to_numpy())
 
 
+def test_no_pull_or_z_from_rounding_errors():
+    """A bin whose data all pass (sigma_stat = 0) and whose members agree but for a row of weight 1e-10
+    (sigma_ens ~ 1e-14): no pull and no z there (NaN), not diff / 1e-14 (a 3e12 z seen on the p chain)."""
+    df = data(400, seed=5)
+    df["w"] = 1.0
+    df["DLLp"] = 100.0  # every data row passes: the data's error is 0 in every bin
+    model = FakeEnsemble(n_members=3, spread=0.0)
+    model.shifts = np.array([0.0, 0.0, 1e-6])  # member 3 differs on the row sitting on the cut
+    m0 = 2 * np.log(df["P"].to_numpy() / 1e3) + 3 * (df["ETA"].to_numpy() - 3)
+    edge = df.index[0]
+    df.loc[edge, "w"] = 1e-10
+    model._core = lambda d, seed: (m0[: len(d)], np.where(d.index == edge, 5 - 5e-7 - m0[: len(d)], 0.0))
+    t = pid_efficiency(model, df, ["DLLp > 5"], bins={"P": [3e3, 1e5], "ETA": [2.0, 5.0]}, weight="w")
+    b = t[t["cell"] == 0].iloc[0]
+    assert b["data_stat_error"] == 0 and 0 < b["model_ens_error"] < 1e-9 and b["diff"] != 0
+    assert np.isnan(b["pull"]) and np.isnan(b["z"])
+    assert t.attrs["summary"]["DLLp > 5"]["n_z"] == 0
+
+
 def test_given_edges_count_the_rows_left_out():
     df = data(target=False)
     t = pid_efficiency(FakeModel(), df, ["DLLp > 5"], bins=["P", "ETA"], edges={"P": [1e4, 5e4]})

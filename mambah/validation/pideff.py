@@ -86,6 +86,9 @@ __all__ = ["MIN_N_EFF", "TARGET_N_EFF", "default_bins", "efficiency_pulls", "pul
 
 #: Kish effective size a bin needs to enter the summaries (see the module docstring).
 MIN_N_EFF = 100.0
+#: an efficiency error below this is rounding, not an uncertainty (members agreeing to the last bits, a bin
+#: whose data all pass or all fail): such a bin gets no pull and no z (NaN) rather than diff / 1e-16
+ERROR_FLOOR = 1e-9
 #: effective size per cell the default bins aim at.
 TARGET_N_EFF = 300.0
 #: bins per axis of the default binning (p: adaptive between the two numbers).
@@ -662,9 +665,11 @@ def pid_efficiency(
                 d = binned_efficiency(cb, dpass, w, nb)
                 diff = d["eff"] - nom["eff"]
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    pull = np.where(d["err"] > 0, diff / d["err"], np.nan)
+                    # errors below ERROR_FLOOR are rounding (members that agree, a bin whose data all pass or
+                    # all fail): no pull or z there, not diff / 1e-16
+                    pull = np.where(d["err"] > ERROR_FLOOR, diff / d["err"], np.nan)
                     den = np.sqrt(np.where(np.isfinite(ens), ens ** 2, 0.0) + d["err"] ** 2)
-                    z = np.where(den > 0, diff / den, np.nan)
+                    z = np.where(den > ERROR_FLOOR, diff / den, np.nan)
                 t.update(data_eff=d["eff"], data_stat_error=d["err"], diff=diff, pull=pull, z=z)
             t["used"] = (nom["n_eff"] >= min_n_eff) & np.isfinite(nom["eff"])
             rows.append(pd.DataFrame(t))
