@@ -286,6 +286,9 @@ def main(argv=None) -> int:
                     help="width of the GAN steps' generator and critic (default 64; wider is slower to generate)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--events", type=int, default=None, help="calibration candidates per species (default: EVENTS)")
+    ap.add_argument("--large-events", type=int, default=MUON_EVENTS, metavar="N",
+                    help="candidates of the flags' and muon steps' own samples (LARGE_SAMPLE_ROLES; default "
+                         f"{MUON_EVENTS:,}: a shortened run sets it small)")
     ap.add_argument("--skip-existing", action="store_true", help="do not retrain models that exist in --out")
     ap.add_argument("--unweighted", action="store_true", help="train without sWeights (comparison)")
     ap.add_argument("--p-weight", type=lambda v: tuple(float(x) for x in v.split(",")), default=None,
@@ -315,7 +318,7 @@ def main(argv=None) -> int:
     data = {s: prepare(s, a.work, a.seed + i, a.events) for i, s in enumerate(species)}
     roles = a.roles.split(",")
     # the muon step's and the flags' large samples (one per species; a.work / "muon")
-    large = {(s, r): prepare(s, a.work / "muon", seeds[s], MUON_EVENTS)
+    large = {(s, r): prepare(s, a.work / "muon", seeds[s], a.large_events)
              for r, seeds in LARGE_SAMPLE_ROLES.items() if r in roles for s in species if s in seeds}
     gan_options = tuple(x for opt in ("valid_repeats", "reselect") if getattr(a, opt)
                         for x in (f"--{opt.replace('_', '-')}", str(getattr(a, opt))))

@@ -278,7 +278,7 @@ def test_training_example_runs_shortened(tmp_path):
 
     ex = Path(__file__).resolve().parent.parent / "examples" / "train_pid_chain.py"
     r = subprocess.run([sys.executable, str(ex), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
-                        "--species", "mu", "--roles", "flags,global", "--events", "6000", "--epochs", "2",
+                        "--species", "mu", "--roles", "flags,global", "--events", "6000", "--large-events", "6000", "--epochs", "2",
                         "--parallel", "1", "--p-weight", "40000,1.5", "--patience", "7", "--reselect", "2"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
