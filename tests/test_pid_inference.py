@@ -71,20 +71,57 @@ def test_condition_transform_matches_the_reference(model):
     assert got[:, 0].min() == pytest.approx(ref[:, 0].min(), abs=2e-6) and got[:, 0].min() < -5
 
 
-@pytest.mark.parametrize("close, max_cells, steps", [(0, 1 << 16, 1), (2, 2048, 2), (3, 2048, None)])
-def test_locator_is_searchsorted(close, max_cells, steps):
-    """The grid search equals searchsorted: one step, two steps, and the fallback (entries too close)."""
+@pytest.mark.parametrize("close, max_cells, modes, steps", [
+    (0, 1 << 16, ["uniform", "uniform", "uniform"], 1),
+    (2, 2048, ["uniform", "uniform", "uniform"], 2),          # two entries in one cell: a second step
+    (3, 2048, ["uniform", "uniform", "bits"], 2),             # three: the bit-pattern grid around them
+])
+def test_locator_is_searchsorted(close, max_cells, modes, steps):
+    """The grid search equals searchsorted: one step, two steps, entries too close for equal cells."""
     rng = np.random.default_rng(5)
     near = 0.505 + 1e-9 * np.arange(close)  # `close` entries closer than a grid cell
     rows = [-np.log1p(-np.linspace(0.0, 0.99, 300)), np.arange(0.0, 50.0),      # quantile-like tables
             np.unique(np.concatenate([np.linspace(0.0, 1.0, 101) + rng.uniform(0, 1e-3, 101), near]))]
     loc = inference._Locator(rows, max_cells=max_cells)
-    assert (loc.steps if loc.cells else None) == steps
-    v = np.column_stack([np.concatenate([r, r + 1e-13, r - 1e-13, near, rng.uniform(r[0] - 1, r[-1] + 1, 800)])[:800]
-                         for r in rows])
+    assert loc.modes == modes and loc.steps == steps
+    _check_locator(loc, rows, near, rng)
+
+
+def _check_locator(loc, rows, near, rng):
+    """``loc`` on the entries, their float neighbours, ``near``, far outside values and random ones
+    gives ``np.searchsorted(side="right")`` exactly (denormal values left out: TensorFlow's CPU kernels
+    flush them to 0, so -5e-324 <= -0.0 there)."""
+    def probes(r):
+        p = np.concatenate([r, np.nextafter(r, np.inf), np.nextafter(r, -np.inf), r + 1e-13, r - 1e-13, near,
+                            [-1e300, 1e300, r[0] - 1e6, r[-1] + 1e6, 0.0, -0.0],
+                            rng.uniform(r[0] - 1, r[-1] + 1, 2000)])
+        return p[(p == 0) | (np.abs(p) >= np.finfo(float).tiny)]
+    n = min(len(probes(r)) for r in rows)
+    v = np.column_stack([rng.permutation(probes(r))[:n] for r in rows])
+    v = np.vstack([v, np.column_stack([probes(r)[:n] for r in rows])])  # every entry and its neighbours
     got = loc(v).numpy()
     for j, r in enumerate(rows):
         np.testing.assert_array_equal(got[:, j] - j * loc.width, np.searchsorted(r, v[:, j], side="right"))
+
+
+def test_locator_grids_crowded_and_mixed_tables():
+    """Tables that crowd at one point (a classifier probability's quantiles: half of them below 1e-5;
+    a DLL's with a cluster inside its range) get the bit-pattern grid; one with two far clusters of
+    entries 1e-12 apart fits no grid and is searched; the others keep equal cells; every column exact."""
+    rng = np.random.default_rng(8)
+    prob = np.unique(np.concatenate([np.geomspace(1e-9, 1e-5, 500), np.linspace(1e-5, 0.95, 501)]))
+    cluster = np.unique(np.concatenate([np.linspace(-15.0, 15.0, 400), -14.2358 + 1e-7 * np.arange(200)]))
+    two = np.unique(np.concatenate([np.linspace(0.0, 1.0, 50), 0.2 + 1e-12 * np.arange(4), 0.8 + 1e-12 * np.arange(4)]))
+    plain = np.linspace(3000.0, 150000.0, 1001)
+    rows = [plain, prob, two, cluster, np.arange(0.0, 50.0)]
+    # (as the equal-cell grid alone did, every column would have been searched)
+    loc = inference._Locator(rows)
+    assert loc.modes == ["uniform", "bits", "search", "bits", "uniform"] and loc.steps <= 2
+    _check_locator(loc, rows, np.concatenate([prob[:5], cluster[200:205], two[20:30]]), rng)
+    # the columns in any order, and the bit grid alone
+    _check_locator(inference._Locator(rows[::-1]), rows[::-1], prob[:5], rng)
+    assert inference._Locator([prob]).modes == ["bits"]
+    _check_locator(inference._Locator([prob]), [prob], prob[:3], rng)
 
 
 def test_inverse_transform_matches_the_reference_and_keeps_spikes(model):
