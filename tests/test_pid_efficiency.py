@@ -130,21 +130,44 @@ def test_without_ensemble_no_model_uncertainty():
 
 def test_no_pull_or_z_from_rounding_errors():
     """A bin whose data all pass (sigma_stat = 0) and whose members agree but for a row of weight 1e-10
-    (sigma_ens ~ 1e-14): no pull and no z there (NaN), not diff / 1e-14 (a 3e12 z seen on the p chain)."""
+    (sigma_ens ~ 1e-14): pull and z ~ 0 there (the data's error is the binomial one of the model's
+    efficiency, itself 1 - 1e-12), not diff / 1e-14 (a 3e12 z seen on the p chain)."""
     df = data(400, seed=5)
     df["w"] = 1.0
     df["DLLp"] = 100.0  # every data row passes: the data's error is 0 in every bin
     model = FakeEnsemble(n_members=3, spread=0.0)
     model.shifts = np.array([0.0, 0.0, 1e-6])  # member 3 differs on the row sitting on the cut
-    m0 = 2 * np.log(df["P"].to_numpy() / 1e3) + 3 * (df["ETA"].to_numpy() - 3)
     edge = df.index[0]
     df.loc[edge, "w"] = 1e-10
-    model._core = lambda d, seed: (m0[: len(d)], np.where(d.index == edge, 5 - 5e-7 - m0[: len(d)], 0.0))
+    # the nominal passes every row but the edge one, which it misses by 5e-7 (member 3 passes it)
+    model._core = lambda d, seed: (np.where(d.index == edge, 5 - 5e-7, 100.0), np.zeros(len(d)))
     t = pid_efficiency(model, df, ["DLLp > 5"], bins={"P": [3e3, 1e5], "ETA": [2.0, 5.0]}, weight="w")
     b = t[t["cell"] == 0].iloc[0]
-    assert b["data_stat_error"] == 0 and 0 < b["model_ens_error"] < 1e-9 and b["diff"] != 0
-    assert np.isnan(b["pull"]) and np.isnan(b["z"])
-    assert t.attrs["summary"]["DLLp > 5"]["n_z"] == 0
+    assert b["data_stat_error"] == 0 and 0 < b["model_ens_error"] < 1e-9 and 0 < b["diff"] < 1e-11
+    assert abs(b["pull"]) < 1e-3 and abs(b["z"]) < 1e-3
+    # members agreeing to the last bits where the data have an error of their own: z is the pull
+    df["DLLp"] = np.where(np.arange(len(df)) % 2 == 0, 100.0, -100.0)
+    t = pid_efficiency(model, df, ["DLLp > 5"], bins={"P": [3e3, 1e5], "ETA": [2.0, 5.0]}, weight="w")
+    b = t[t["cell"] == 0].iloc[0]
+    assert b["data_stat_error"] > 0.01 and b["z"] == pytest.approx(b["pull"], rel=1e-9)
+
+
+def test_a_bin_whose_data_all_pass_still_pulls():
+    """Every data row of the bin passes (its binomial error is 0): a model that loses 2% there pulls by
+    0.02 / sqrt(0.98 * 0.02 / n_eff) instead of dropping out of the summary (before: NaN)."""
+    df = data(400, seed=5)
+    df["w"] = 1.0
+    df["DLLp"] = 100.0
+    model = FakeModel()
+    lose = np.arange(len(df)) % 50 == 0  # 2% of the rows fail in the model
+    model._core = lambda d, seed: (np.where(lose[: len(d)], -100.0, 100.0), np.zeros(len(d)))
+    t = pid_efficiency(model, df, ["DLLp > 5"], bins={"P": [3e3, 1e5], "ETA": [2.0, 5.0]}, weight="w")
+    b = t[t["cell"] == 0].iloc[0]
+    eps = 1 - lose.mean()
+    assert b["data_stat_error"] == 0 and b["model_eff"] == pytest.approx(eps)
+    assert b["pull"] == pytest.approx((1 - eps) / np.sqrt(eps * (1 - eps) / 400)) and b["pull"] > 2.5
+    assert b["z"] == pytest.approx(b["pull"])
+    assert t.attrs["summary"]["DLLp > 5"]["n_z"] == 1 and t.attrs["summary"]["DLLp > 5"]["pull_mean"] == pytest.approx(b["pull"])
 
 
 def test_given_edges_count_the_rows_left_out():

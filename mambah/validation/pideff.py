@@ -571,7 +571,8 @@ def pid_efficiency(
         ``model_ens_error`` (σ_ens, NaN without ensemble), ``n_members``, and when ``data`` holds
         the cut's columns: ``data_eff``, ``data_stat_error``, ``diff`` (data − model), ``pull``
         (diff / data_stat_error), ``z`` (diff / sqrt(σ_ens² + data_stat_error²); without ensemble
-        = pull); ``used``. ``table.attrs["summary"]`` is :func:`pid_efficiency_summary`'s result,
+        = pull; in a bin whose data all pass or all fail, where data_stat_error is 0, both use
+        ``sqrt(ε_model (1 − ε_model) / n_eff)`` instead, :func:`_pull_error`); ``used``. ``table.attrs["summary"]`` is :func:`pid_efficiency_summary`'s result,
         ``table.attrs["info"]`` the inputs (model, draws, seed, bins, members, rows outside).
 
     Raises:
@@ -664,11 +665,12 @@ def pid_efficiency(
             if has_data:
                 d = binned_efficiency(cb, dpass, w, nb)
                 diff = d["eff"] - nom["eff"]
+                err = _pull_error(d, nom["eff"])
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    # errors below ERROR_FLOOR are rounding (members that agree, a bin whose data all pass or
-                    # all fail): no pull or z there, not diff / 1e-16
-                    pull = np.where(d["err"] > ERROR_FLOOR, diff / d["err"], np.nan)
-                    den = np.sqrt(np.where(np.isfinite(ens), ens ** 2, 0.0) + d["err"] ** 2)
+                    # errors below ERROR_FLOOR are rounding (members that agree to the last bits): no pull or
+                    # z there, not diff / 1e-16
+                    pull = np.where(err > ERROR_FLOOR, diff / err, np.nan)
+                    den = np.sqrt(np.where(np.isfinite(ens), ens ** 2, 0.0) + err ** 2)
                     z = np.where(den > ERROR_FLOOR, diff / den, np.nan)
                 t.update(data_eff=d["eff"], data_stat_error=d["err"], diff=diff, pull=pull, z=z)
             t["used"] = (nom["n_eff"] >= min_n_eff) & np.isfinite(nom["eff"])
@@ -681,6 +683,18 @@ def pid_efficiency(
     table.attrs["info"] = info
     table.attrs["summary"] = pid_efficiency_summary(table, min_n_eff)
     return table
+
+
+def _pull_error(d: dict, model_eff: np.ndarray) -> np.ndarray:
+    """The data's error in the pull and z: its statistical error, or where that is 0 because every data
+    row of the bin passes (or none does) the error the data would have if the model's efficiency were
+    true, ``sqrt(ε_model (1 − ε_model) / n_eff)`` (as :func:`efficiency_pulls`, ``zero_error="binomial"``).
+    Without it such a bin had no pull: a model losing 2% of a bin where all 300 data rows pass
+    vanished from the summary instead of pulling by +2.5."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        em = np.clip(model_eff, 0.0, 1.0)
+        floor = np.sqrt(em * (1.0 - em) / d["n_eff"])
+    return np.where((d["err"] <= ERROR_FLOOR) & (d["n_eff"] > 0), floor, d["err"])
 
 
 def _cells_mixed(data, edg: dict, user_cols: set, where: str = "the data") -> np.ndarray:
