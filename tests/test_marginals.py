@@ -258,7 +258,15 @@ def test_cli_train_marginals(tmp_path, pion_rich_table, capsys):
     assert "expected TARGET=GIVEN or TARGET+GIVEN" in capsys.readouterr().err
     assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--given", "RichDLLpK=RichDLLpK"]) == 2
     assert "conditional maps" in capsys.readouterr().err
-    assert (d / "card.json").read_text() == before  # a refused fit writes nothing
+    # logit offsets are for residual ProbNN steps: a RICH step has no dProbNNx targets; a malformed pair
+    assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--logit-offset", "probnn"]) == 2
+    assert "no residual ProbNN targets" in capsys.readouterr().err
+    assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--logit-offset", "RichDLLk"]) == 2
+    assert "expected TARGET=CONDITION" in capsys.readouterr().err
+    assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--logit-offset", "RichDLLk=nTracks"]) == 0
+    mc = json.loads((d / "card.json").read_text())["marginal_correction"]
+    assert mc["logit_offsets"]["pairs"] == {"RichDLLk": "nTracks"} and "RichDLLk + logit(nTracks)" in capsys.readouterr().out
+    assert (d / "card.json").read_text() != before
 
 
 # ------------------------------------------------------------------ flag classifiers: logit shifts
@@ -525,3 +533,74 @@ def test_fit_conditional_map_recovers_a_cut_on_the_sum():
         fit_marginal_correction(m, fit, weight=None, selection=None, extra_p_edges=[float("nan")])
     with pytest.raises(Exception, match="not conditional targets"):
         fit_marginal_correction(m, fit, weight=None, selection=None, given={"b": "a"}, sums=["a"])
+
+
+class _ResidualModel:
+    """A stand-in residual ProbNN step: condition S (a surrogate probability), target d with
+    ProbNN = sigmoid(logit(S) + d); the model draws d ~ N(0, 0.3) whatever S (the data's d depends on S)."""
+
+    name, n_members, correction = "toy-probnn", 0, None
+    conditions, targets, card = ["P", "ETA", "S"], ["d"], {}
+
+    def set_correction(self, c):
+        self.correction = c
+
+    def generate_array(self, c, rng, check_range=True):
+        return 0.3 * np.random.default_rng(rng).normal(size=(len(c), 1))
+
+
+def test_logit_offset_map_makes_every_cut_on_the_output_the_datas(tmp_path):
+    """A residual step's output ProbNN = sigmoid(logit(S) + d): mapping d alone gets d's distribution
+    right but not the cuts on ProbNN, whose threshold on d depends on S; mapping d + logit(S) gets
+    ProbNN > t right in every bin for every t (held-out rows). The file round-trips; bad pairs are refused."""
+    from scipy.special import expit, logit
+
+    from mambah.errors import ConfigurationError
+    from mambah.nn.marginals import load_calibration
+    from mambah.training.marginals import fit_marginal_correction
+
+    def data(seed, n=200_000):
+        rng = np.random.default_rng(seed)
+        p = rng.uniform(5e3, 5e4, n)
+        s = expit(rng.normal(0, 2, n))
+        d = np.where(s > 0.5, 2.0, -1.0) * np.where(p < 2e4, 1.0, 0.5) + 0.3 * rng.normal(size=n)  # S and P bin
+        return pd.DataFrame({"P": p, "ETA": rng.uniform(2, 5, n), "S": s, "d": d})
+
+    fit, test = data(1), data(2)
+    m = _ResidualModel()
+    cond = test[m.conditions].to_numpy()
+    y = m.generate_array(cond, 5)
+    out_of = lambda d: expit(logit(test["S"].to_numpy()) + d)  # noqa: E731
+    truth = out_of(test["d"].to_numpy())
+    plain, _ = fit_marginal_correction(m, fit, weight=None, selection=None, p_bins=3, eta_bins=1, split="none",
+                                       extra_p_edges=[2e4])
+    off, info = fit_marginal_correction(m, fit, weight=None, selection=None, p_bins=3, eta_bins=1, split="none",
+                                        extra_p_edges=[2e4], logit_offsets={"d": "S"})
+    assert info["logit_offsets"]["pairs"] == {"d": "S"} and off.needs() == ["P", "ETA", "S"]
+    lo = test["P"].to_numpy() < 2e4
+    for t in (0.2, 0.5, 0.8):
+        for rows in (lo, ~lo):
+            want = np.mean(truth[rows] > t)
+            err = np.sqrt(want * (1 - want) / rows.sum())
+            got_plain = np.mean(out_of(plain.apply(y, cond, m.conditions, m.targets)[:, 0])[rows] > t)
+            got = np.mean(out_of(off.apply(y, cond, m.conditions, m.targets)[:, 0])[rows] > t)
+            assert abs(got - want) < 4 * err + 0.002, (t, got, want)
+            if t == 0.5:  # the marginal map of d alone misses it
+                assert abs(got_plain - want) > 0.02, (t, got_plain, want)
+    off.save(tmp_path)
+    back = load_calibration(tmp_path)
+    assert back.logit_offsets == {"d": "S"}
+    np.testing.assert_allclose(back.apply(y, cond, m.conditions, m.targets), off.apply(y, cond, m.conditions, m.targets),
+                               atol=1e-4)
+    assert off.compact().logit_offsets == off.select_members([0]).logit_offsets == {"d": "S"}
+    with pytest.raises(ConfigurationError, match="logit offsets"):
+        fit_marginal_correction(m, fit, weight=None, selection=None, logit_offsets={"d": "nope"})
+    with pytest.raises(ModelDirError, match="logit offsets of \\['x'\\]"):
+        MarginalCorrection(["d"], [0, 1e9], [0, 10], LEVELS, off.gen[:, :1], off.data[:, :1], logit_offsets={"x": "S"})
+
+
+def test_logit_clip_is_the_chains():
+    from mambah.nn.marginals import LOGIT_CLIP
+    from mambah.pid.chain import LOGIT_CLIP as CHAIN_CLIP
+
+    assert LOGIT_CLIP == CHAIN_CLIP

@@ -50,6 +50,10 @@ def register(kinds) -> None:
                         "TARGET+GIVEN maps their sum in the classes instead (TARGET = mapped sum - GIVEN: cuts on the "
                         "sum exactly right), e.g. RichDLLpK+RichDLLk for PIDp = RichDLLk + RichDLLpK (repeatable)")
     p.add_argument("--classes", type=int, default=5, help="GAN: classes of a --given map (default 5)")
+    p.add_argument("--logit-offset", action="append", default=[], metavar="TARGET=CONDITION|probnn",
+                   help="GAN: map TARGET + logit(CONDITION) instead of TARGET (then subtract the offset): for a residual "
+                        "ProbNN step, dProbNNk=SurProbNNk maps logit(ProbNNk), so every cut on ProbNNk gets the data's "
+                        "efficiency in each bin; 'probnn': every dProbNNx target with its SurProbNNx (repeatable)")
     p.add_argument("--max-rel-error", type=float, default=None,
                    help="flag classifier: calibrate a bin's rate only if the data give it (or 1 - rate) to this relative "
                         "error (default 0.25)")
@@ -101,8 +105,21 @@ def run(args) -> int:
         if op == "+":
             sums.append(t.strip())
     model = load_model(args.model)
-    if given and model.kind != "pid":
-        raise ConfigurationError("--given is for a PID GAN's quantile maps, not for a flag classifier")
+    if (given or args.logit_offset) and model.kind != "pid":
+        raise ConfigurationError("--given and --logit-offset are for a PID GAN's quantile maps, not for a flag classifier")
+    offsets = {}
+    for g in args.logit_offset:
+        if g.strip().lower() == "probnn":
+            pairs = {t: f"Sur{t[1:]}" for t in model.targets if t.startswith("dProbNN") and f"Sur{t[1:]}" in model.conditions}
+            if not pairs:
+                raise ConfigurationError(f"--logit-offset probnn: model {model.name!r} has no residual ProbNN targets "
+                                         f"dProbNNx with their SurProbNNx conditions (targets {model.targets})")
+            offsets.update(pairs)
+            continue
+        t, eq, c = g.partition("=")
+        if not eq or not t.strip() or not c.strip():
+            raise ConfigurationError(f"--logit-offset {g!r}: expected TARGET=CONDITION (e.g. dProbNNk=SurProbNNk) or probnn")
+        offsets[t.strip()] = c.strip()
     if model.kind not in ("pid", "pid-flags"):
         raise ConfigurationError(f"{args.model!r} holds a {model.kind!r} model; a marginal calibration is for 'pid' "
                                  "GANs and 'pid-flags' classifiers")
@@ -131,7 +148,7 @@ def run(args) -> int:
         corr, info = fit_flag_calibration(model, df, **common, **extra)
     else:
         corr, info = fit_marginal_correction(model, df, repeats=args.repeats, given=given, classes=args.classes,
-                                             sums=sums, **common)
+                                             sums=sums, logit_offsets=offsets, **common)
     paths = [split_spec(spec)[0] for spec in args.data]
     files = [{"file": f.name, "sha256": file_sha256(f)} for f in paths]
     info["fit_data"].update(files=files, description=args.description)
@@ -139,8 +156,9 @@ def run(args) -> int:
     write_marginal_correction(args.model, corr, info)
     nb = info["bins"]
     what = "logit-shift calibration" if model.kind == "pid-flags" else "marginal correction"
-    mapped = [*corr.targets, *(f"{t}{' + ' + a + ' (the sum)' if t in sums else ''} (in {corr.n_classes} classes of {a})"
-                               for t, a in given.items())]
+    mapped = [*(f"{t} + logit({offsets[t]})" if t in offsets else t for t in corr.targets),
+              *(f"{t}{' + ' + a + ' (the sum)' if t in sums else ''} (in {corr.n_classes} classes of {a})"
+                for t, a in given.items())]
     print(f"{args.model}: {what} of {', '.join(mapped)} in {nb['n_bins_with_rows']} bins "
           f"(P, ETA{', ' + str(nb['n_states']) + ' states of ' + ','.join(corr.split) if corr.split else ''}), "
           f"{corr.n_members} member maps; {len(nb['not_corrected'])} bins below {nb['min_weight']:.0f} sWeighted "

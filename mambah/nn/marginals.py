@@ -39,6 +39,15 @@ and the target becomes ``y = Q_data,b,c(F_model,b,c(s)) - a``: the sum's distrib
 (``PIDp = RichDLLk + RichDLLpK``) is then the data's exactly, the difference's at the resolution of
 the classes.
 
+**Logit offsets** (``logit_offsets``). The residual ProbNN steps of the PID chains generate
+``dProbNNx = logit(ProbNNx) - logit(SurProbNNx)``, the surrogate ``SurProbNNx`` being one of their
+conditions; what an analysis cuts on is ``ProbNNx``. A target with a logit offset is mapped as
+``s = x + logit(c)`` (``c`` the condition it names, clipped to [:data:`LOGIT_CLIP`, 1 - LOGIT_CLIP] as
+the chain does) and becomes ``Q_data,b(F_model,b(s)) - logit(c)``: the distribution of
+``logit(ProbNNx)`` in every bin is the data's, so every cut ``ProbNNx > t`` is. The kaon ProbNN step
+alone, given the reference detector's own DLLs, put ``ProbNNk > 0.5`` at 21.8% against 18.8% at
+5-10 GeV/c.
+
 **Ensembles.** Member k of a model with members gets its own map: its own ``F`` (its generator on
 the fit sample) and the data quantiles of a Poisson(1) bootstrap replica of the fit sample (seeds
 recorded), so the members' spread in a tail is the fit sample's statistical uncertainty, not the
@@ -79,12 +88,16 @@ from scipy.special import expit, logit, ndtr
 
 from mambah.errors import ModelDirError
 
-__all__ = ["BinnedCalibration", "MarginalCorrection", "FlagCalibration", "load_calibration", "LEVELS",
-           "MIN_BIN_WEIGHT", "FILE", "MAX_LOGIT_SHIFT", "MAX_REL_ERROR", "monotone_ecdf_quantiles", "map_values", "strict_knots"]
+__all__ = ["BinnedCalibration", "MarginalCorrection", "FlagCalibration", "load_calibration", "LEVELS", "LOGIT_CLIP",
+           "MIN_BIN_WEIGHT", "FILE", "MAX_LOGIT_SHIFT", "MAX_REL_ERROR", "monotone_ecdf_quantiles", "map_values", "strict_knots",
+           "logit_offset"]
 
 #: the levels at which the quantile functions are tabulated: Phi(z) for 161 z in [-3.29, 3.29]
 #: (0.05% ... 99.95%; 1.6% apart at the median, 0.01% in the outer tails)
 LEVELS = ndtr(np.linspace(-3.29, 3.29, 161))
+#: the clip of a logit offset's condition before its logit (:class:`MarginalCorrection`, ``logit_offsets``): the
+#: PID chain's (``mambah.pid.chain.LOGIT_CLIP``, the float32 spacing below 1)
+LOGIT_CLIP = 2.0 ** -24
 #: sWeighted signal (sum of weights) a bin needs to be corrected
 MIN_BIN_WEIGHT = 2000.0
 #: the file in the model directory
@@ -260,14 +273,21 @@ class MarginalCorrection(BinnedCalibration):
         cgen, cdata: ``(K + 1, len(bin_ids), len(given), C, n_levels)``: the conditional maps' knots.
         sums: the conditional targets whose map is of ``target + given`` (the target is the mapped sum
             minus the given target), the others' of the target itself.
+        logit_offsets: ``{target: condition}``: unconditional targets mapped as ``target + logit(condition)``
+            (the mapped value minus the offset; see the module docstring), ``{}``: none.
     """
 
     file_kind = "quantile_map"
     what = "marginal correction"
 
     def __init__(self, targets, p_edges, eta_edges, levels, gen, data, split=(), states=(0,), bin_ids=None, *,
-                 given=None, class_edges=None, cgen=None, cdata=None, sums=()):
+                 given=None, class_edges=None, cgen=None, cdata=None, sums=(), logit_offsets=None):
         super().__init__(targets, p_edges, eta_edges, split, states, bin_ids)
+        self.logit_offsets = {str(k): str(v) for k, v in (logit_offsets or {}).items()}
+        bad = sorted(set(self.logit_offsets) - set(self.targets))
+        if bad:
+            raise ModelDirError(f"marginal correction: logit offsets of {bad}, which are not among its unconditionally "
+                                f"mapped targets {self.targets}")
         self.levels = np.asarray(levels, float)
         self.gen = np.asarray(gen, float)
         self.data = np.asarray(data, float)
@@ -306,6 +326,11 @@ class MarginalCorrection(BinnedCalibration):
         else:
             self.class_edges = self.cgen = self.cdata = None
 
+    def needs(self) -> list[str]:
+        """The condition columns :meth:`apply` reads: the bins' and the logit offsets'."""
+        base = super().needs()
+        return base + [c for c in dict.fromkeys(self.logit_offsets.values()) if c not in base]
+
     @property
     def n_classes(self) -> int:
         """Classes of the conditional maps (0: none)."""
@@ -318,7 +343,8 @@ class MarginalCorrection(BinnedCalibration):
         cond = {} if not self.given else dict(given=self.given, class_edges=self.class_edges[idx],
                                               cgen=self.cgen[idx], cdata=self.cdata[idx], sums=self.sums)
         return MarginalCorrection(self.targets, self.p_edges, self.eta_edges, self.levels, self.gen[idx],
-                                  self.data[idx], self.split, self.states, self.bin_ids, **cond)
+                                  self.data[idx], self.split, self.states, self.bin_ids, **cond,
+                                  logit_offsets=self.logit_offsets)
 
     @property
     def n_members(self) -> int:
@@ -334,7 +360,8 @@ class MarginalCorrection(BinnedCalibration):
             cond = dict(given=self.given, class_edges=self.class_edges[:, keep], cgen=self.cgen[:, keep],
                         cdata=self.cdata[:, keep], sums=self.sums)
         return MarginalCorrection(self.targets, self.p_edges, self.eta_edges, self.levels, self.gen[:, keep],
-                                  self.data[:, keep], self.split, self.states, self.bin_ids[keep], **cond)
+                                  self.data[:, keep], self.split, self.states, self.bin_ids[keep], **cond,
+                                  logit_offsets=self.logit_offsets)
 
     def apply(self, y: np.ndarray, conditions: np.ndarray, names: list[str], columns: list[str],
               member: int = 0) -> np.ndarray:
@@ -350,10 +377,16 @@ class MarginalCorrection(BinnedCalibration):
         for j, t in enumerate(self.targets):
             c = columns.index(t)
             col = out[:, c]
+            off = None
+            if t in self.logit_offsets:  # the map is of target + logit(condition)
+                off = logit_offset(np.asarray(conditions)[:, names.index(self.logit_offsets[t])])
             for k in range(self.n_bins):
                 rows = order[starts[k]:starts[k + 1]]
                 if len(rows):
-                    col[rows] = map_values(col[rows], xp[k, j], fp[k, j])
+                    if off is None:
+                        col[rows] = map_values(col[rows], xp[k, j], fp[k, j])
+                    else:
+                        col[rows] = map_values(col[rows] + off[rows], xp[k, j], fp[k, j]) - off[rows]
         for i, (t, a) in enumerate(self.given.items()):  # after the unconditional maps: classes of mapped values
             col, given = out[:, columns.index(t)], out[:, columns.index(a)]
             add = t in self.sums
@@ -380,6 +413,8 @@ class MarginalCorrection(BinnedCalibration):
                      class_edges=self.class_edges.astype(np.float32), cgen=self.cgen.astype(np.float32),
                      cdata=self.cdata.astype(np.float32),
                      sums=np.array([t in self.sums for t in self.given], dtype=np.int8))
+        if self.logit_offsets:
+            a["logit_offsets"] = np.array(list(self.logit_offsets.items()), dtype="U64")
         return a
 
 
@@ -394,6 +429,13 @@ def strict_knots(gen: np.ndarray, n_levels: int) -> np.ndarray:
     is a spike of its output: all of it maps to the start of the data's stretch)."""
     span = np.maximum(gen[..., -1:] - gen[..., :1], 1.0)
     return gen + np.arange(n_levels) * (1e-9 * span)
+
+
+def logit_offset(c: np.ndarray) -> np.ndarray:
+    """``logit(clip(c, LOGIT_CLIP, 1 - LOGIT_CLIP))`` in float64: the offset of a target with a logit
+    offset (as the PID chain takes the logit of a ProbNN surrogate)."""
+    c = np.clip(np.asarray(c, dtype=float), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    return np.log(c) - np.log1p(-c)
 
 
 def map_values(x: np.ndarray, g: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -507,6 +549,11 @@ def load_calibration(path: str | os.PathLike) -> MarginalCorrection | FlagCalibr
                 raise ModelDirError(f"{f}: 'sums' of shape {sums.shape}, expected ({len(pairs)},)")
             cond = dict(given=dict(pairs), class_edges=a["class_edges"], cgen=a["cgen"], cdata=a["cdata"],
                         sums=[t for (t, _), on in zip(pairs, sums) if on])
+        if "logit_offsets" in a:
+            if a["logit_offsets"].ndim != 2 or a["logit_offsets"].shape[1:] != (2,):
+                raise ModelDirError(f"{f}: 'logit_offsets' of shape {a['logit_offsets'].shape}, expected (n, 2) "
+                                    "(target, condition) pairs")
+            cond["logit_offsets"] = dict(a["logit_offsets"].tolist())
         return MarginalCorrection(list(a["targets"]), a["p_edges"], a["eta_edges"], a["levels"], a["gen"], a["data"],
                                   **common, **cond)
     return FlagCalibration(list(a["targets"]), a["p_edges"], a["eta_edges"], a["shift"], **common)

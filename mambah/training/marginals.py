@@ -24,6 +24,7 @@ from mambah.nn.marginals import (
     MIN_BIN_WEIGHT,
     FlagCalibration,
     MarginalCorrection,
+    logit_offset,
     strict_knots,
     map_values,
     monotone_ecdf_quantiles,
@@ -143,7 +144,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                             selection: str | None = "card", targets: list[str] | None = None,
                             p_bins: int = 24, eta_bins: int = 2, split: list[str] | str | None = "auto",
                             repeats: int = 2, seed: int = 0, given: dict[str, str] | None = None, classes: int = 5,
-                            sums=(), extra_p_edges=(),
+                            sums=(), extra_p_edges=(), logit_offsets: dict[str, str] | None = None,
                             min_weight: float = MIN_BIN_WEIGHT, where: str = "data", slice_rows: int = 1_000_000):
     """The quantile maps of ``model`` (a :class:`~mambah.nn.pidmodel.PidModel`, its members included)
     onto ``data``'s sWeighted distributions in (P, ETA) bins.
@@ -184,6 +185,9 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         sums: conditional targets whose map is of ``target + given`` (the sum's distribution in each bin
             becomes the data's exactly; the target is the mapped sum minus the given target), e.g.
             ``RichDLLpK`` so that ``PIDp = RichDLLk + RichDLLpK`` is right.
+        logit_offsets: ``{target: condition}``: the target is mapped as ``target + logit(condition)``
+            (:mod:`mambah.nn.marginals`): a residual ProbNN step's ``dProbNNk`` with ``SurProbNNk``, so that
+            ``logit(ProbNNk)`` in every bin, and with it every cut on ``ProbNNk``, is the data's.
 
     Returns:
         ``(correction, info)``: the :class:`~mambah.nn.marginals.MarginalCorrection` and the card's
@@ -204,9 +208,20 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
             raise ConfigurationError(f"sums {sorted(set(sums) - set(given))}: not conditional targets ({sorted(given)})")
         if int(classes) < 2:
             raise ConfigurationError(f"a conditional map needs at least 2 classes, not {classes}")
+    logit_offsets = dict(logit_offsets or {})
+    if logit_offsets:
+        all_t = list(model.targets) if targets is None else list(targets)
+        bad = {t: c for t, c in logit_offsets.items() if t not in all_t or t in given or c not in model.conditions}
+        if bad:
+            raise ConfigurationError(f"logit offsets {bad}: each must pair an unconditionally corrected target "
+                                     f"({[t for t in all_t if t not in given]}) with a condition of model "
+                                     f"{model.name!r} ({model.conditions})")
     f = _FitInputs(model, data, weight, selection, targets, p_bins, eta_bins, split, where, extra_p_edges)
     del data
     targets, cond, y_data, w, n = f.targets, f.cond, f.y_data, f.w, f.n
+    # per corrected target: its rows' logit offsets (0 without one)
+    offsets = {j: logit_offset(cond[:, model.conditions.index(logit_offsets[t])])
+               for j, t in enumerate(targets) if t in logit_offsets}
     p_edges, eta_edges, split, states = f.p_edges, f.eta_edges, f.split, f.states
     k_members = model.n_members
     cols = [model.targets.index(t) for t in targets]
@@ -243,9 +258,13 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         wg = np.tile(w[rows], repeats)
         for i, j in enumerate(plain):
             xd = y_data[rows, j].astype(float)
+            if j in offsets:  # the map is of target + logit(condition), on both sides
+                xd = xd + offsets[j][rows]
             od = np.argsort(xd, kind="stable") if ok else None
             for m in range(k_members + 1):
                 xg = gen[:, m, rows, j].astype(float).ravel()
+                if j in offsets:
+                    xg = xg + np.tile(offsets[j][rows], repeats)
                 if not ok:  # identity: the same knots on both sides (the model's own quantiles)
                     gk[m, k_bin, i] = dk[m, k_bin, i] = _identity(xg)
                     continue
@@ -283,7 +302,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
                     cdk[m, k_bin, i, c] = monotone_ecdf_quantiles(xd[sd], wd[sd], LEVELS)
     cond = {} if not pairs else dict(given=given, class_edges=ce, cgen=cgk, cdata=cdk, sums=tuple(sums))
     corr = MarginalCorrection([targets[j] for j in plain], p_edges, eta_edges, LEVELS, gk, dk, split, states,
-                              **cond).compact()
+                              **cond, logit_offsets=logit_offsets).compact()
     info = {
         "method": "quantile mapping y = Q_data,b(F_model,b(x)) per target in (P, ETA) bins of equal sWeighted "
                   "population, split by the state of the 0/1 conditions 'split'; both sides sWeighted (the model "
@@ -295,6 +314,12 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         "levels": {"n": int(L), "min": float(LEVELS[0]), "max": float(LEVELS[-1])},
         "model_draws_per_row": int(repeats), "seed": int(seed),
     }
+    if logit_offsets:
+        info["logit_offsets"] = {
+            "pairs": logit_offsets,
+            "method": "the target mapped as target + logit(condition) (condition clipped to [2^-24, 1 - 2^-24]), "
+                      "then minus the offset: the residual ProbNN step's logit(ProbNNx) = logit(SurProbNNx) + "
+                      "dProbNNx gets the data's distribution in every bin"}
     if given:
         info["conditional"] = {
             "given": given, "classes": nc, "sums": list(sums),
