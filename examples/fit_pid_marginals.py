@@ -55,11 +55,13 @@ SEEDS = {"pi": (41, 51, 52, 53, 54), "K": (42, 61, 62, 63, 64), "p": (71, 72, 73
          "e": (81, 82, 83, 84, 85), "mu": (91, 92, 93, 94, 95)}
 CHUNK_EVENTS = 6_000_000
 #: the species whose step of each kind is calibrated
-STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu")}
+STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu"), "probnn": ("K",)}
 #: ``mambah train marginals`` options per step: the flags' isMuon only (hasRich and hasCalo follow the
 #: acceptance and the threshold codes the classifier sees; their card closures are within 0.01%), not
 #: split by the RICH codes (isMuon does not depend on them; the split would only thin the bins)
-STEP_OPTIONS = {"rich": (), "flags": ("--targets", "isMuon", "--split", "none")}
+STEP_OPTIONS = {"rich": (), "flags": ("--targets", "isMuon", "--split", "none"),
+                # the residual ProbNN step: each dProbNNx mapped as logit(ProbNNx) = dProbNNx + logit(SurProbNNx)
+                "probnn": ("--logit-offset", "probnn")}
 #: the P edges a map gets beside its equal-population bins: just above each Cherenkov threshold of
 #: the reference detector's radiators (pi, K, p in RICH1 and RICH2), at 1.05-1.35 times the
 #: threshold, where the photon yield (1 - (p_th / p)^2) and with it the DLLs change fast: a kaon's
@@ -118,7 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-events", type=int, default=CHUNK_EVENTS,
                     help=f"candidates per calibration sample (default {CHUNK_EVENTS:,}; fewer for a quick test)")
     ap.add_argument("--steps", default="rich,flags",
-                    help="which steps to calibrate: rich (pi, K, p), flags (isMuon; pi, K, p, mu); default both")
+                    help="which steps to calibrate: rich (pi, K, p), flags (isMuon; pi, K, p, mu), probnn (K: the "
+                         "ProbNN outputs' logits); default rich,flags")
     ap.add_argument("--p-bins", default="24")
     ap.add_argument("--eta-bins", default="2")
     ap.add_argument("--joint", action="store_true",
