@@ -30,6 +30,16 @@ a logit shift of P(isMuon) per (P, ETA) bin onto the samples' sWeighted isMuon r
 1-30%; a classifier smooths their p dependence (the pion classifier trained on 6M candidates gave
 1.58% against 2.14% at 2-5 GeV/c in its own held-out data).
 
+With ``--steps probnn`` (kaons; ``--chunks 2`` for the shipped map), the residual ProbNN step's outputs::
+
+    mambah train marginals --model OUT/pid-K-probnn --logit-offset probnn ...
+
+each ``dProbNNx`` mapped as ``logit(ProbNNx) = dProbNNx + logit(SurProbNNx)``, so that every cut on
+ProbNNx gets the samples' efficiency in each bin: the kaon step alone put ``ProbNNk > 0.5`` 3% too high
+at 2-10 GeV/c given the reference detector's own DLLs (0.2% after the map; held-out closure in the card).
+The map costs the step about 0.5 us per kaon (numpy interpolation in 58 bins x 6 outputs), so the other
+species, whose ProbNN cuts close within 1.9%, are left without.
+
 A model with ensemble members gets one map per member, on Poisson(1) bootstrap replicas of the
 samples, so that the members' spread in the tails is the samples' statistical uncertainty.
 

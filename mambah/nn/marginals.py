@@ -374,19 +374,22 @@ class MarginalCorrection(BinnedCalibration):
             return out
         order, starts = self._by_bin(conditions, names)
         xp, fp = self._xp[member], self.data[member]
+        # the rows of the corrected bins in bin order, gathered once per target (bin k: a contiguous slice)
+        rows, s0 = order[starts[0]:starts[-1]], starts[0]
+        filled = [k for k in range(self.n_bins) if starts[k + 1] > starts[k]]
         for j, t in enumerate(self.targets):
             c = columns.index(t)
-            col = out[:, c]
+            v = out[rows, c]
             off = None
             if t in self.logit_offsets:  # the map is of target + logit(condition)
-                off = logit_offset(np.asarray(conditions)[:, names.index(self.logit_offsets[t])])
-            for k in range(self.n_bins):
-                rows = order[starts[k]:starts[k + 1]]
-                if len(rows):
-                    if off is None:
-                        col[rows] = map_values(col[rows], xp[k, j], fp[k, j])
-                    else:
-                        col[rows] = map_values(col[rows] + off[rows], xp[k, j], fp[k, j]) - off[rows]
+                off = logit_offset(np.asarray(conditions)[rows, names.index(self.logit_offsets[t])])
+                v += off
+            for k in filled:
+                a, b = starts[k] - s0, starts[k + 1] - s0
+                v[a:b] = map_values(v[a:b], xp[k, j], fp[k, j])
+            if off is not None:
+                v -= off
+            out[rows, c] = v
         for i, (t, a) in enumerate(self.given.items()):  # after the unconditional maps: classes of mapped values
             col, given = out[:, columns.index(t)], out[:, columns.index(a)]
             add = t in self.sums

@@ -87,7 +87,13 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    alone on the truth's own DLLs 0.04-0.09. The ProbNNk > 0.5 and ProbNNp > 0.5 efficiencies in p
    bins: within 1.9% for e, mu, pi; for K off by up to 4.7% (ProbNNk, 5-10 GeV/c; about 3% from the
    step itself, the rest from the RICH DLLs) and for p by 4.3% (ProbNNp, 5-10 GeV/c, from the chain's
-   RICH DLLs: the step alone is within 0.5% there). A step whose targets are the ProbNN themselves is
+   RICH DLLs: the step alone is within 0.5% there). Since 2026-12-07 the kaon step's outputs are
+   calibrated (``marginals.npz``: each ``logit(ProbNNx) = logit(SurProbNNx) + dProbNNx`` quantile-mapped
+   onto two 6M-candidate calibration samples in (P, ETA, isMuon, hasRich) bins, the logit offsets of
+   :mod:`mambah.nn.marginals`): ProbNN BDT-KS 0.053-0.057 and every ProbNNx > 0.5 within 1.8% in every
+   p bin on three held-out samples (before 0.075-0.079, ProbNNk 3.0%, ProbNNmu 2.8%); the step alone,
+   on the truth's DLLs, within 0.3% (before 3.1%). The proton chain's RICH map (2026-12-07) brought
+   its ProbNNp > 0.5 within 0.7% and ProbNNk > 0.5 within 1.2% in the bins known to 1%. A step whose targets are the ProbNN themselves is
    accepted too. With ``--pid-variations`` the ProbNN step runs once per ensemble member of the chain
    (on member k's DLLs; ``pid_variations.probnn_*``). Cost: the step halves the chain's speed (benchmarks/pid.py --chain-models:
    148k against 339k tracks/s, load 3.2); the generator's size is not what costs (32x2 as fast as
