@@ -93,11 +93,17 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    :mod:`mambah.nn.marginals`): ProbNN BDT-KS 0.053-0.057 and every ProbNNx > 0.5 within 1.8% in every
    p bin on three held-out samples (before 0.075-0.079, ProbNNk 3.0%, ProbNNmu 2.8%); the step alone,
    on the truth's DLLs, within 0.3% (before 3.1%). The proton chain's RICH map (2026-12-07) brought
-   its ProbNNp > 0.5 within 0.7% and ProbNNk > 0.5 within 1.2% in the bins known to 1%. A step whose targets are the ProbNN themselves is
-   accepted too. With ``--pid-variations`` the ProbNN step runs once per ensemble member of the chain
-   (on member k's DLLs; ``pid_variations.probnn_*``). Cost: the step halves the chain's speed (benchmarks/pid.py --chain-models:
-   148k against 339k tracks/s, load 3.2); the generator's size is not what costs (32x2 as fast as
-   64x3): the 17 condition transforms, the surrogate network and the logits are.
+   its ProbNNp > 0.5 within 0.7% and ProbNNk > 0.5 within 1.2% in the bins known to 1%. A step whose
+   targets are the ProbNN themselves is accepted too. With ``--pid-variations`` the ProbNN step runs
+   once per ensemble member of the chain (on member k's DLLs; ``pid_variations.probnn_*``). Cost
+   (``python benchmarks/pid.py --only chain --tracks 500000``, 2 cores, a quiet machine, 2026-12-07):
+   370-400k tracks/s with the step against 660-790k without. Per ProbNN row the GAN costs ~0.86 us,
+   0.6 of them the transforms of its 17 conditions (14 continuous, each ~20 elementwise float64 ops in
+   the compiled graph; the knot search is an exact grid locator, mambah.nn.inference._Locator), the
+   generator 0.11 and the inverse transform 0.15; the surrogate network and the logits 0.2 us per
+   track; the kaon step's calibration 0.5 us per kaon (numpy interpolation). Reaching 500k needs
+   conditions that are cheaper to transform (a retrained step with affine inputs such as logit(Sur*)
+   instead of 14 quantile transforms) and the surrogate inside the same graph.
 
 Sources: LHCb's flash simulation chains the same way (Lamarr, M. Barbetti et al., arXiv:2303.11428:
 isMuon classifier -> muon GAN for isMuon tracks -> RICH GAN -> global PID GAN; our global step
