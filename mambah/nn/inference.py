@@ -307,13 +307,50 @@ def _box_muller(u, n_noise: int):
     return tf.concat([r * tf.cos(a), r * tf.sin(a)], axis=1)[:, :n_noise]
 
 
+def _affine_graph(scaler):
+    """``pre(c)`` of an :class:`~mambah.nn.preprocessing.AffineScaler`: ``(f(c) - mean) / std`` in float64
+    (``f``: identity, log or logit per column, as its ``transform``), cast to float32."""
+    import tensorflow as tf
+
+    from mambah.nn.preprocessing import SCALE_LOGIT_CLIP
+
+    codes = np.asarray(scaler.functions, int)
+    groups = [np.flatnonzero(codes == k) for k in range(3)]
+    order = np.argsort(np.concatenate(groups))
+    mean, std = tf.constant(scaler.mean_[None, :]), tf.constant(scaler.std_[None, :])
+    idx = [tf.constant(g, dtype=tf.int32) for g in groups]
+    tiny = np.finfo(float).tiny
+
+    def pre(c):
+        if len(groups[0]) == len(codes):
+            f = c
+        else:
+            parts = []
+            if len(groups[0]):
+                parts.append(tf.gather(c, idx[0], axis=1))
+            if len(groups[1]):
+                parts.append(tf.math.log(tf.maximum(tf.gather(c, idx[1], axis=1), tiny)))
+            if len(groups[2]):
+                p = tf.clip_by_value(tf.gather(c, idx[2], axis=1), SCALE_LOGIT_CLIP, 1.0 - SCALE_LOGIT_CLIP)
+                parts.append(tf.math.log(p) - tf.math.log1p(-p))
+            f = tf.gather(tf.concat(parts, axis=1), order, axis=1)
+        return tf.cast((f - mean) / std, tf.float32)
+
+    return pre
+
+
 def _condition_graph(cond_pre: QuantileGaussianizer):
     """``pre(c)``: raw conditions (m, k) float64 -> Gaussianised (m, k) float32, as TensorFlow ops ("mid" mode).
 
     The transform of :meth:`QuantileGaussianizer.transform <mambah.nn.preprocessing.QuantileGaussianizer.transform>`
-    (see the module docstring); shared by the GAN graphs and the flags classifiers' graphs.
+    (see the module docstring); shared by the GAN graphs and the flags classifiers' graphs. An
+    :class:`~mambah.nn.preprocessing.AffineScaler` (``mambah train pid --condition-transform affine``)
+    gets its own, cheaper graph (:func:`_affine_graph`).
     """
     import tensorflow as tf
+
+    if getattr(cond_pre, "kind", "quantile") == "affine":
+        return _affine_graph(cond_pre)
 
     xs, pieces = _forward_pieces(cond_pre)
     # two-valued conditions (0/1 flags such as the RICH threshold codes): their transform at the

@@ -40,7 +40,7 @@ from mambah.errors import ConfigurationError, ModelDirError
 from mambah.errors import OutOfRangeWarning  # noqa: F401  (re-exported: mambah.nn.pidmodel.OutOfRangeWarning)
 from mambah.modeldir import load_arrays, load_network, verify_model_dir
 from mambah.nn.model import QuantileConditionedModel
-from mambah.nn.preprocessing import QuantileGaussianizer
+from mambah.nn.preprocessing import QuantileGaussianizer, condition_transform_from_arrays
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,12 @@ class PidModel(QuantileConditionedModel):
         if "n_noise" not in card["hyperparameters"]:
             raise ModelDirError(f"the card of {str(path)!r} lacks hyperparameters.n_noise")
         arrays = load_arrays(path)
-        cond_pre = QuantileGaussianizer.from_arrays(arrays, "cond")
+        cond_pre = condition_transform_from_arrays(arrays, "cond")  # quantile, or affine (cheap conditions)
         targ_pre = QuantileGaussianizer.from_arrays(arrays, "targ")
         _check_ensemble(card, path)
         gen = load_network(path, "generator")
         m = cls(gen, cond_pre, targ_pre, card, path)
-        if cond_pre.knots_.shape[0] != len(m.conditions) or targ_pre.knots_.shape[0] != len(m.targets):
+        if cond_pre.n_columns != len(m.conditions) or targ_pre.knots_.shape[0] != len(m.targets):
             raise ModelDirError(f"{str(path)!r}: the preprocessing arrays do not match the card's conditions/targets")
         if "marginal_correction" in card:
             from mambah.nn.marginals import MarginalCorrection

@@ -58,7 +58,7 @@ import numpy as np
 from mambah.errors import ConfigurationError, DataError
 from mambah.modeldir import json_default, save_model_dir
 from mambah.nn.inference import predict_generator
-from mambah.nn.preprocessing import QuantileGaussianizer
+from mambah.nn.preprocessing import AffineScaler, QuantileGaussianizer
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ class GANConfig:
     validate_every_steps: int = 0
     patience: int = 12
     n_knots: int = 1001
+    #: the conditions' transform: "quantile" (QuantileGaussianizer) or "affine" (AffineScaler: cheap to
+    #: evaluate; with scale_functions, (column, "log" | "logit") pairs, the other columns as they are)
+    condition_transform: str = "quantile"
+    scale_functions: tuple = ()
     valid_repeats: int = 2
     reselect: int = 1
     reselect_repeats: int = 4
@@ -145,6 +149,8 @@ class GANConfig:
         for name in ("g_lr", "c_lr", "lr_final", "max_time", "validate_every"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if self.condition_transform not in ("quantile", "affine"):
+            raise ConfigurationError(f"condition_transform must be 'quantile' or 'affine', not {self.condition_transform!r}")
         if self.selection not in SELECTIONS:
             raise ConfigurationError(f"selection must be one of {', '.join(SELECTIONS)}, not {self.selection!r}")
         if not 0 <= self.ema_decay < 1:
@@ -504,13 +510,16 @@ class CramerGANTrainer:
         set_determinism(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         if init is None:
-            self.cond_pre_ = QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
+            if cfg.condition_transform == "quantile":
+                self.cond_pre_ = QuantileGaussianizer(cfg.n_knots).fit(c, w, names=self.condition_names)
+            else:  # "affine" (cheap to evaluate): log of the momenta, logit of probabilities (scale_functions)
+                self.cond_pre_ = AffineScaler(dict(cfg.scale_functions)).fit(c, w, names=self.condition_names)
             self.targ_pre_ = QuantileGaussianizer(cfg.n_knots).fit(y, w, names=self.target_names,
                                                                     signed=cfg.signed_targets)
         else:
-            if init.cond_pre.knots_.shape[0] != c.shape[1] or init.targ_pre.knots_.shape[0] != y.shape[1]:
+            if init.cond_pre.n_columns != c.shape[1] or init.targ_pre.knots_.shape[0] != y.shape[1]:
                 raise ConfigurationError(
-                    f"the initial preprocessing has {init.cond_pre.knots_.shape[0]} condition and "
+                    f"the initial preprocessing has {init.cond_pre.n_columns} condition and "
                     f"{init.targ_pre.knots_.shape[0]} target columns, the data {c.shape[1]} and {y.shape[1]}")
             self.cond_pre_, self.targ_pre_ = init.cond_pre, init.targ_pre
         c_pre = self.cond_pre_.transform(c, mode="mid")
