@@ -101,9 +101,11 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    0.6 of them the transforms of its 17 conditions (14 continuous, each ~20 elementwise float64 ops in
    the compiled graph; the knot search is an exact grid locator, mambah.nn.inference._Locator), the
    generator 0.11 and the inverse transform 0.15; the surrogate network and the logits 0.2 us per
-   track; the kaon step's calibration 0.5 us per kaon (numpy interpolation). Reaching 500k needs
-   conditions that are cheaper to transform (a retrained step with affine inputs such as logit(Sur*)
-   instead of 14 quantile transforms) and the surrogate inside the same graph.
+   track; the kaon step's calibration 0.5 us per kaon (numpy interpolation). Conditions that are
+   cheaper to transform (``mambah train pid --condition-transform affine``: log P, logit(Sur*)) save
+   about 12% of the stage's CPU but, at the shipped epochs, trained worse steps (see
+   :class:`~mambah.nn.preprocessing.AffineScaler`); 500k would need them at equal quality, the surrogate
+   inside the step's graph and calibration maps that cost less than numpy's interpolation.
 
 Sources: LHCb's flash simulation chains the same way (Lamarr, M. Barbetti et al., arXiv:2303.11428:
 isMuon classifier -> muon GAN for isMuon tracks -> RICH GAN -> global PID GAN; our global step
