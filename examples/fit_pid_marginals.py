@@ -111,10 +111,11 @@ def joint_options(species: str) -> tuple[str, ...]:
     return (*edges, *SPECIES_OPTIONS.get(species, ()))
 
 
-def sample(species: str, work: Path, seed: int, events: int = CHUNK_EVENTS) -> Path:
-    """One sWeighted training table of ``events`` candidates (made once; its raw and sWeight files removed)."""
-    d = work / (f"{species}{seed}" if events == CHUNK_EVENTS else f"{species}{seed}_{events}")
-    t = train_pid_chain.prepare(species, d, seed, events=events)
+def sample(species: str, work: Path, seed: int, events: int = CHUNK_EVENTS, low_p: bool = False) -> Path:
+    """One sWeighted training table of ``events`` candidates (made once; its raw and sWeight files removed);
+    ``low_p``: of the low-momentum channel (:data:`mambah.reference.calibration.LOW_P_CHANNELS`)."""
+    d = work / (f"{species}{seed}{'lowp' if low_p else ''}" if events == CHUNK_EVENTS else f"{species}{seed}_{events}")
+    t = train_pid_chain.prepare(species, d, seed, events=events, low_p=low_p)
     for f in (d / f"{species}_raw.parquet", d / f"{species}_sw.parquet"):
         f.unlink(missing_ok=True)
     return t

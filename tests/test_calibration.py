@@ -209,6 +209,34 @@ def test_calib_sample_command_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert read_table(tmp_path / "mu.root:T")["is_signal"].all()
 
 
+def test_low_momentum_proton_sample_covers_what_the_standard_one_lacks(tmp_path, capsys):
+    """The low-p proton channel: every probe (signal and background) in 2-10 GeV/c and 2 < eta < 5, about
+    30% of the signal below 5 GeV/c where the standard sample has ~0.1%; species without one are refused
+    (function and CLI); the CLI names the channel."""
+    from mambah.io import read_table
+    from mambah.reference.calibration import LOW_P_CHANNELS
+
+    low = calib_sample("p", 20_000, seed=4, low_p=True)
+    std = calib_sample("p", 20_000, seed=4)
+    assert low["P"].between(2000, 10000).all() and low["ETA"].between(2, 5).all()
+    sig = low[low["is_signal"] == 1]
+    assert 0.2 < (sig["P"] < 5000).mean() < 0.4 and (std.loc[std["is_signal"] == 1, "P"] < 5000).mean() < 0.01
+    assert 0.35 < low["is_signal"].mean() < 0.5 and set(low.columns) == set(std.columns)
+    with pytest.raises(ConfigurationError, match="no low-momentum calibration sample for species 'K'"):
+        calib_sample("K", 100, low_p=True)
+    out = tmp_path / "plow.parquet"
+    args = _parser().parse_args(["calib-sample", "--species", "p", "--events", "400", "--out", str(out), "--seed", "2",
+                                 "--low-p"])
+    assert args.func(args) == 0
+    assert LOW_P_CHANNELS["p"].decay in capsys.readouterr().out
+    pd.testing.assert_frame_equal(read_table(out), calib_sample("p", 400, seed=2, low_p=True))
+    args = _parser().parse_args(["calib-sample", "--species", "K", "--events", "4", "--out", str(tmp_path / "k.csv"),
+                                 "--low-p"])
+    with pytest.raises(ConfigurationError, match="--low-p"):
+        args.func(args)
+    assert not (tmp_path / "k.csv").exists()
+
+
 def test_calib_sample_command_rejects_bad_arguments(tmp_path):
     p = _parser()
     with pytest.raises(SystemExit):

@@ -46,6 +46,9 @@ def register(detector_subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--signal-fraction", type=float, default=None, metavar="F",
                    help="expected signal fraction of the mixed sample (default: the channel's)")
+    p.add_argument("--low-p", action="store_true",
+                   help="the low-momentum channel (protons: Lambda0 without the mother pT requirement, probes of "
+                        "2-10 GeV/c; mambah.reference.calibration.LOW_P_CHANNELS)")
     p.set_defaults(func=run)
 
 
@@ -62,8 +65,15 @@ def run(args: argparse.Namespace) -> int:
     if path.exists() and not args.overwrite:
         raise ConfigurationError(f"{str(path)!r} exists; pass --overwrite to replace it")
     ch = channel(args.species)
+    if args.low_p:
+        from mambah.reference.calibration import LOW_P_CHANNELS
+
+        if ch.species not in LOW_P_CHANNELS:
+            raise ConfigurationError(f"--low-p: no low-momentum calibration channel for {args.species!r} "
+                                     f"(available: {', '.join(LOW_P_CHANNELS)})")
+        ch = LOW_P_CHANNELS[ch.species]
     df = calib_sample(args.species, args.events, seed=args.seed, pure=args.pure,
-                      signal_fraction=args.signal_fraction)
+                      signal_fraction=args.signal_fraction, low_p=args.low_p)
     path = write_table(df, args.out)
     n_sig = int(df["is_signal"].sum())
     lo, hi = ch.window

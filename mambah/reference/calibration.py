@@ -74,6 +74,7 @@ from mambah.reference.pid import ReferencePID
 __all__ = [
     "CalibChannel",
     "CHANNELS",
+    "LOW_P_CHANNELS",
     "LHCB_NAMES",
     "CONDITIONS",
     "TARGETS",
@@ -133,6 +134,8 @@ class CalibChannel:
     bkg_pt_scale: float = 0.55
     ntracks_signal: tuple[float, float] = (4.2, 95.0)
     ntracks_background: tuple[float, float] = (4.0, 135.0)
+    #: the probes' momentum range [MeV/c] (with 2 < eta < 5: the acceptance of the probes)
+    p_range: tuple[float, float] = (2000.0, 150000.0)
 
     def mass_model(self) -> dict:
         """The true mass model (for fits and sWeights): Gaussian signal + exponential background."""
@@ -156,6 +159,18 @@ CHANNELS: dict[str, CalibChannel] = {
                        -3.0e-3, 443, 2000.0, 0.50, {"pi": 0.75, "K": 0.20, "p": 0.05}),
     "e": CalibChannel("e", "B+ -> J/psi(-> [e+] e-) K+", "B_M", _PDG_MASS["B+"], 25.0, (5150.0, 5600.0),
                       -3.0e-3, 521, 3000.0, 0.40, {"pi": 0.70, "K": 0.20, "p": 0.07, "mu": 0.03}),
+}
+
+#: Low-momentum calibration channels (``calib_sample(..., low_p=True)``, ``mambah detector calib-sample
+#: --low-p``), as LHCb keeps low-momentum proton samples beside its Lambda0 ones: the proton channel's
+#: Lambda0 with no mother pT requirement and probes of 2-10 GeV/c. The standard sample (mother pT >
+#: 1.5 GeV/c) holds 0.14% of its protons below 5 GeV/c and none below 3, so a chain trained on it
+#: extrapolates there: on the protons of Lambda_b0 -> p K- (examples/misid_table.py, 1M tracks) the
+#: chain gave PIDK > 5 to 41.8% of the 2-5 GeV/c protons where the reference detector gives 72.4%, and
+#: isMuon to 0.007% against 1.7%. This one puts 30% of its protons below 5 GeV/c.
+LOW_P_CHANNELS: dict[str, CalibChannel] = {
+    "p": dataclasses.replace(CHANNELS["p"], decay="Lambda0 -> [p] pi- (low p: no mother pT requirement, "
+                                                  "2 < p < 10 GeV/c)", pt_min=0.0, p_range=(2000.0, 10000.0)),
 }
 
 _ALIASES = {"k": "K", "kaon": "K", "pion": "pi", "proton": "p", "muon": "mu", "electron": "e",
@@ -243,14 +258,14 @@ def _probes(ch: CalibChannel, n: int, scale: float, rng: np.random.Generator) ->
 
 
 def _accepted_probes(ch: CalibChannel, n: int, scale: float, rng: np.random.Generator):
-    """Generate rounds of decays until ``n`` probes pass 2 < eta < 5 and 2 < p < 150 GeV/c."""
+    """Generate rounds of decays until ``n`` probes pass 2 < eta < 5 and the channel's p range."""
     parts_p, parts_q = [np.empty((0, 3))], [np.empty(0, dtype=int)]
     have = 0
     while have < n:
         m = max(int(1.3 * (n - have)) + 100, 1000)
         p3, q = _probes(ch, m, scale, rng)
         p, eta = p_eta(p3[:, 0], p3[:, 1], p3[:, 2])
-        ok = (eta > 2.0) & (eta < 5.0) & (p > 2000.0) & (p < 150000.0)
+        ok = (eta > 2.0) & (eta < 5.0) & (p > ch.p_range[0]) & (p < ch.p_range[1])
         parts_p.append(p3[ok])
         parts_q.append(q[ok])
         have += int(ok.sum())
@@ -273,7 +288,8 @@ def _truncated_exp(n, lam, lo, hi, rng):
 
 
 def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = False,
-                 signal_fraction: float | None = None, detector: ReferencePID | None = None) -> pd.DataFrame:
+                 signal_fraction: float | None = None, detector: ReferencePID | None = None,
+                 low_p: bool = False) -> pd.DataFrame:
     """A calibration sample of probe tracks of ``species`` from the reference detector.
 
     Args:
@@ -284,6 +300,7 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
         signal_fraction: expected signal fraction of the mixed sample (default: the channel's,
             0.40-0.55); the number of signal rows is Binomial(n_events, signal_fraction).
         detector: the PID response (default :class:`~mambah.reference.pid.ReferencePID`).
+        low_p: the species' low-momentum channel (:data:`LOW_P_CHANNELS`; protons only).
 
     Returns:
         DataFrame, one row per candidate, columns as in the module docstring.
@@ -295,6 +312,11 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
         True
     """
     ch = channel(species)
+    if low_p:
+        if ch.species not in LOW_P_CHANNELS:
+            raise ConfigurationError(f"no low-momentum calibration sample for species {ch.species!r}; available: "
+                                     + ", ".join(f"{k} ({c.decay})" for k, c in LOW_P_CHANNELS.items()))
+        ch = LOW_P_CHANNELS[ch.species]
     n_events = _positive_int(n_events)
     f = ch.signal_fraction if signal_fraction is None else float(signal_fraction)
     if not 0.0 <= f <= 1.0:
