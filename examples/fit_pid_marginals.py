@@ -64,6 +64,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {"pi": (41, 51, 52, 53, 54), "K": (42, 61, 62, 63, 64), "p": (71, 72, 73, 74, 75),
          "e": (81, 82, 83, 84, 85), "mu": (91, 92, 93, 94, 95)}
 CHUNK_EVENTS = 6_000_000
+#: seeds of the low-momentum samples a species' maps also use (``--low-p-chunks``; the proton channel's
+#: Lambda0 without the mother pT requirement, 2-10 GeV/c probes: mambah.reference.calibration.LOW_P_CHANNELS)
+LOW_P_SEEDS = {"p": (76, 77)}
 #: the species whose step of each kind is calibrated
 STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu"), "probnn": ("K",)}
 #: ``mambah train marginals`` options per step: the flags' isMuon only (hasRich and hasCalo follow the
@@ -133,6 +136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default="rich,flags",
                     help="which steps to calibrate: rich (pi, K, p), flags (isMuon; pi, K, p, mu), probnn (K: the "
                          "ProbNN outputs' logits); default rich,flags")
+    ap.add_argument("--low-p-chunks", type=int, default=2, choices=range(0, 3), metavar="N",
+                    help="low-momentum samples (6M candidates each) added where the species has them (LOW_P_SEEDS: "
+                         "protons), 0-2 (default 2)")
     ap.add_argument("--p-bins", default="24")
     ap.add_argument("--eta-bins", default="2")
     ap.add_argument("--joint", action="store_true",
@@ -145,15 +151,19 @@ def main(argv=None) -> int:
         if not todo:
             continue
         seeds = list(SEEDS[s][:a.chunks])
+        low_seeds = list(LOW_P_SEEDS.get(s, ())[:a.low_p_chunks])
         tables = [sample(s, a.work, sd, a.chunk_events) for sd in seeds]
+        tables += [sample(s, a.work, sd, a.chunk_events, low_p=True) for sd in low_seeds]
         for st in todo:
             cmd = [sys.executable, "-m", "mambah", "train", "marginals", "--model", str(a.out / f"pid-{s}-{st}"),
                    "--p-bins", a.p_bins, "--eta-bins", a.eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
                    *(joint_options(s) if st == "rich" and a.joint else ()),
                    "--description", f"{a.chunks} reference-detector calibration samples of {a.chunk_events} "
-                                    f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}, sPlot of "
-                                    f"{train_pid_chain.CHANNELS[s].mass_column} per sample; made by "
-                                    f"examples/fit_pid_marginals.py"]
+                                    f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}"
+                                    + (f", and {len(low_seeds)} of its low-momentum channel (2-10 GeV/c probes, "
+                                       f"no mother pT requirement), seeds {low_seeds}" if low_seeds else "")
+                                    + f", sPlot of {train_pid_chain.CHANNELS[s].mass_column} per sample; made by "
+                                      f"examples/fit_pid_marginals.py"]
             for t in tables:
                 cmd += ["--data", str(t)]
             print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
