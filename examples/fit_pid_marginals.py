@@ -67,6 +67,10 @@ CHUNK_EVENTS = 6_000_000
 #: seeds of the low-momentum samples a species' maps also use (``--low-p-chunks``; the proton channel's
 #: Lambda0 without the mother pT requirement, 2-10 GeV/c probes: mambah.reference.calibration.LOW_P_CHANNELS)
 LOW_P_SEEDS = {"p": (76, 77)}
+#: the steps whose maps use them: the RICH step (the proton flags classifier gives isMuon ~1e-4 below 5 GeV/c,
+#: where the reference detector has 1.6%: a logit shift capped at 5 or 8 reaches 0.03-0.2%; it needs retraining
+#: on these samples, not a calibration)
+LOW_P_STEPS = ("rich",)
 #: the species whose step of each kind is calibrated
 STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu"), "probnn": ("K",)}
 #: ``mambah train marginals`` options per step: the flags' isMuon only (hasRich and hasCalo follow the
@@ -103,7 +107,14 @@ def threshold_p_edges() -> str:
 #: resolution), and its marginals.npz is 12 MB against 3.4 MB: not shipped yet (2026-12-07). The proton's
 #: is shipped (pid-p-rich, 2026-12-07): p -> K with PIDK > 5 and PIDp - PIDK < 0, chi2/ndf against the
 #: reference 80.5 -> 27.8 on calibration kinematics, 404 -> 205 on b-hadron decays (examples/misid_table.py)
+#: The proton map also fits on the two low-momentum samples (LOW_P_SEEDS) and has 32 P bins (7 of them below
+#: 10 GeV/c) instead of 24 (2026-12-07): on b-decay protons (examples/misid_table.py --source decays --seed 27)
+#: p -> K chi2/ndf 5375/10 -> 274/10 (2-5 GeV/c: 41.8% -> 67.8% against the reference's 72.6%; 5-10: 87.3 ->
+#: 93.1 against 93.3%), the PIDp - PIDK < 0 veto 252/9 -> 69/9; on calibration kinematics 16.8 -> 19.5 and
+#: 58.3 -> 44.7 (with 24 bins: 27.5, the higher momenta's bins too wide)
 SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"), "p": ("--given", "RichDLLpK=RichDLLk")}
+#: P bins of a species' ``--joint`` RICH map when ``--p-bins`` is not given (others: 24)
+JOINT_P_BINS = {"p": "32"}
 #: the species whose ``--joint`` maps also get the threshold edges (measured on kaons only)
 THRESHOLD_EDGE_SPECIES = ("K",)
 
@@ -139,7 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--low-p-chunks", type=int, default=2, choices=range(0, 3), metavar="N",
                     help="low-momentum samples (6M candidates each) added where the species has them (LOW_P_SEEDS: "
                          "protons), 0-2 (default 2)")
-    ap.add_argument("--p-bins", default="24")
+    ap.add_argument("--p-bins", default=None, help="P bins of the maps (default 24; the --joint proton map: JOINT_P_BINS)")
     ap.add_argument("--eta-bins", default="2")
     ap.add_argument("--joint", action="store_true",
                     help="RICH maps with the extra P edges above the Cherenkov thresholds (THRESHOLD_FACTORS) and the "
@@ -153,18 +164,21 @@ def main(argv=None) -> int:
         seeds = list(SEEDS[s][:a.chunks])
         low_seeds = list(LOW_P_SEEDS.get(s, ())[:a.low_p_chunks])
         tables = [sample(s, a.work, sd, a.chunk_events) for sd in seeds]
-        tables += [sample(s, a.work, sd, a.chunk_events, low_p=True) for sd in low_seeds]
+        low_tables = [sample(s, a.work, sd, a.chunk_events, low_p=True) for sd in low_seeds] \
+            if any(st in LOW_P_STEPS for st in todo) else []
         for st in todo:
+            low = low_tables if st in LOW_P_STEPS else []
+            p_bins = a.p_bins or (JOINT_P_BINS.get(s, "24") if st == "rich" and a.joint else "24")
             cmd = [sys.executable, "-m", "mambah", "train", "marginals", "--model", str(a.out / f"pid-{s}-{st}"),
-                   "--p-bins", a.p_bins, "--eta-bins", a.eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
+                   "--p-bins", p_bins, "--eta-bins", a.eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
                    *(joint_options(s) if st == "rich" and a.joint else ()),
                    "--description", f"{a.chunks} reference-detector calibration samples of {a.chunk_events} "
                                     f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}"
-                                    + (f", and {len(low_seeds)} of its low-momentum channel (2-10 GeV/c probes, "
-                                       f"no mother pT requirement), seeds {low_seeds}" if low_seeds else "")
+                                    + (f", and {len(low)} of its low-momentum channel (2-10 GeV/c probes, "
+                                       f"no mother pT requirement), seeds {low_seeds}" if low else "")
                                     + f", sPlot of {train_pid_chain.CHANNELS[s].mass_column} per sample; made by "
                                       f"examples/fit_pid_marginals.py"]
-            for t in tables:
+            for t in tables + low:
                 cmd += ["--data", str(t)]
             print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
             t0 = time.time()

@@ -38,6 +38,11 @@ Remade for the proton RICH step's conditional map (2026-12-07, issue 24: RichDLL
 of RichDLLk, ``mambah.nn.marginals``): ``particles.rich_dll_p`` and ``pid_p`` of the 264 proton tracks
 with RICH information changed; other RICH and combined DLLs of ~160 tracks in their last float32 bits
 (at most 1.5e-4 absolute, this machine's vector units); every other array is bit-identical.
+Remade for the proton RICH map refitted with the low-momentum proton samples and 32 P bins (2026-12-07,
+issue 24, ``mambah detector calib-sample --low-p``): the RICH and combined DLLs of the 455 proton tracks
+with RICH information changed; compared with a file remade from the previous models on the same machine,
+every other array is bit-identical (against the previous file, the kinematics of ~1760 particles and the
+DLLs of 5 other tracks differ in their last float32 bits: the previous file's machine's vector units).
 """
 
 from __future__ import annotations
