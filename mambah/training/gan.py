@@ -440,7 +440,9 @@ class CramerGANTrainer:
         legacy = {"signed_targets": False, "selection": "ks"}
         saved = asdict(GANConfig()) | legacy | meta["config"]
         free = ("epochs", "max_time", "patience", "reselect", "reselect_repeats")  # may change on resume
-        if saved != asdict(self.config) | {k: saved[k] for k in free}:
+        # (compared as JSON stores them: tuples such as scale_functions come back as lists)
+        now = json.loads(json.dumps(asdict(self.config) | {k: saved[k] for k in free}, default=json_default))
+        if json.loads(json.dumps(saved, default=json_default)) != now:
             raise ConfigurationError(
                 f"the checkpoint in {str(d)!r} was written with other hyperparameters; "
                 "resume with the same settings or start afresh without --resume")
