@@ -67,10 +67,10 @@ CHUNK_EVENTS = 6_000_000
 #: seeds of the low-momentum samples a species' maps also use (``--low-p-chunks``; the proton channel's
 #: Lambda0 without the mother pT requirement, 2-10 GeV/c probes: mambah.reference.calibration.LOW_P_CHANNELS)
 LOW_P_SEEDS = {"p": (76, 77)}
-#: the steps whose maps use them: the RICH step (the proton flags classifier gives isMuon ~1e-4 below 5 GeV/c,
-#: where the reference detector has 1.6%: a logit shift capped at 5 or 8 reaches 0.03-0.2%; it needs retraining
-#: on these samples, not a calibration)
-LOW_P_STEPS = ("rich",)
+#: the steps whose maps use them (the flags: since the proton classifier is retrained with a low-momentum sample,
+#: examples/train_pid_chain.LOW_P_FLAGS_SAMPLES; the 200k-trained one gave isMuon ~1e-4 below 5 GeV/c, where the
+#: reference detector has 1.6%, and a logit shift capped at 5 or 8 reached only 0.03-0.2%)
+LOW_P_STEPS = ("rich", "flags")
 #: the species whose step of each kind is calibrated
 STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu"), "probnn": ("K",)}
 #: ``mambah train marginals`` options per step: the flags' isMuon only (hasRich and hasCalo follow the

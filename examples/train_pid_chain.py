@@ -82,6 +82,11 @@ machine; the mu sample has 250k candidates, ``prepare(..., events=250000)``) wer
     # more samples each (examples/fit_pid_marginals.py --steps flags); K, p and e keep their 200k ones
     python examples/train_pid_chain.py --work W --out new --roles flags --species pi,mu --parallel 1
     python examples/fit_pid_marginals.py --work W2 --species pi,mu --steps flags --out models
+    # the proton flags classifier on its 6M-candidate sample with a 6M low-momentum one appended
+    # (LOW_P_FLAGS_SAMPLES; 619 s), isMuon calibrated on the standard and low-momentum samples: p -> mu
+    # at 2-5 GeV/c 0.007% -> 1.71% against the reference's 1.62% (examples/misid_table.py --source decays)
+    python examples/train_pid_chain.py --work W --out new --roles flags --species p --seed 11 --parallel 1
+    python examples/fit_pid_marginals.py --work W2 --species p --steps flags --out models
 
 (the muon-likelihood models of e, pi, K, p were until 2026-12-06 those of the first chain, 2026-11-22,
 ``--max-time 2.5`` on the 200k-candidate samples; they hardly move the chain's BDT-KS (K's muon
@@ -185,6 +190,21 @@ MUON_SAMPLES = {"K": 23, "pi": 25, "p": 26, "e": 28}
 FLAGS_SAMPLES = {**MUON_SAMPLES, "mu": 27}
 #: the steps that train on the large samples
 LARGE_SAMPLE_ROLES = {"muon": MUON_SAMPLES, "flags": FLAGS_SAMPLES}
+#: The proton flags classifier also trains on a low-momentum sample of the same size (seed; ``mambah detector
+#: calib-sample --low-p``: Lambda0 without the mother pT cut, 2-10 GeV/c probes), concatenated to its large
+#: sample: the standard sample has 0.14% of its protons below 5 GeV/c, and the classifier trained on it gave
+#: isMuon ~1e-4 there against the reference detector's 1.6% (2026-12-07).
+LOW_P_FLAGS_SAMPLES = {"p": 78}
+
+
+def with_low_p(species: str, table: Path, work: Path, events: int) -> Path:
+    """``table`` with the species' low-momentum sample (LOW_P_FLAGS_SAMPLES) appended, as one training table."""
+    out = table.with_name(f"{table.stem}_lowp{LOW_P_FLAGS_SAMPLES[species]}.parquet")
+    if not out.exists():
+        low = prepare(species, work / f"lowp{LOW_P_FLAGS_SAMPLES[species]}", LOW_P_FLAGS_SAMPLES[species], events,
+                      low_p=True)
+        pd.concat([pd.read_parquet(table), pd.read_parquet(low)], ignore_index=True).to_parquet(out, index=False)
+    return out
 #: the muon steps' training options besides the budget: validation every 1000 steps (not every 30 s:
 #: a 1-2 minute training), and 5 ensemble members trained from scratch: a step limited by its
 #: calibration sample has that sample's uncertainty, which warm-started members (starting from the
@@ -322,6 +342,9 @@ def main(argv=None) -> int:
     # the muon step's and the flags' large samples (one per species; a.work / "muon")
     large = {(s, r): prepare(s, a.work / "muon", seeds[s], a.large_events)
              for r, seeds in LARGE_SAMPLE_ROLES.items() if r in roles for s in species if s in seeds}
+    for s in species:  # the flags of protons: with a low-momentum sample too
+        if (s, "flags") in large and s in LOW_P_FLAGS_SAMPLES:
+            large[(s, "flags")] = with_low_p(s, large[(s, "flags")], a.work, a.large_events)
     gan_options = tuple(x for opt in ("valid_repeats", "reselect") if getattr(a, opt)
                         for x in (f"--{opt.replace('_', '-')}", str(getattr(a, opt))))
     jobs = [(s, r) for r in roles for s in species if not (a.skip_existing and (a.out / f"pid-{s}-{r}").exists())]

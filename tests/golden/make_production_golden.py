@@ -43,6 +43,9 @@ issue 24, ``mambah detector calib-sample --low-p``): the RICH and combined DLLs 
 with RICH information changed; compared with a file remade from the previous models on the same machine,
 every other array is bit-identical (against the previous file, the kinematics of ~1760 particles and the
 DLLs of 5 other tracks differ in their last float32 bits: the previous file's machine's vector units).
+Remade for the proton flags classifier retrained with a low-momentum sample (2026-12-07, issue 24):
+``particles.is_muon`` and the muon likelihoods of 4 tracks and, through the draws that follow in the proton
+chain, the RICH and combined DLLs of ~440 proton tracks changed; every other array is bit-identical.
 """
 
 from __future__ import annotations
