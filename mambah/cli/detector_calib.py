@@ -64,14 +64,7 @@ def run(args: argparse.Namespace) -> int:
     path, _ = split_spec(args.out)
     if path.exists() and not args.overwrite:
         raise ConfigurationError(f"{str(path)!r} exists; pass --overwrite to replace it")
-    ch = channel(args.species)
-    if args.low_p:
-        from mambah.reference.calibration import LOW_P_CHANNELS
-
-        if ch.species not in LOW_P_CHANNELS:
-            raise ConfigurationError(f"--low-p: no low-momentum calibration channel for {args.species!r} "
-                                     f"(available: {', '.join(LOW_P_CHANNELS)})")
-        ch = LOW_P_CHANNELS[ch.species]
+    ch = channel(args.species, args.low_p)
     df = calib_sample(args.species, args.events, seed=args.seed, pure=args.pure,
                       signal_fraction=args.signal_fraction, low_p=args.low_p)
     path = write_table(df, args.out)

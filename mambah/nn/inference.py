@@ -312,7 +312,7 @@ def _affine_graph(scaler):
     (``f``: identity, log or logit per column, as its ``transform``), cast to float32."""
     import tensorflow as tf
 
-    from mambah.nn.preprocessing import SCALE_LOGIT_CLIP
+    from mambah.nn.logit import LOGIT_CLIP
 
     codes = np.asarray(scaler.functions, int)
     groups = [np.flatnonzero(codes == k) for k in range(3)]
@@ -331,7 +331,7 @@ def _affine_graph(scaler):
             if len(groups[1]):
                 parts.append(tf.math.log(tf.maximum(tf.gather(c, idx[1], axis=1), tiny)))
             if len(groups[2]):
-                p = tf.clip_by_value(tf.gather(c, idx[2], axis=1), SCALE_LOGIT_CLIP, 1.0 - SCALE_LOGIT_CLIP)
+                p = tf.clip_by_value(tf.gather(c, idx[2], axis=1), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
                 parts.append(tf.math.log(p) - tf.math.log1p(-p))
             f = tf.gather(tf.concat(parts, axis=1), order, axis=1)
         return tf.cast((f - mean) / std, tf.float32)

@@ -87,17 +87,14 @@ import numpy as np
 from scipy.special import expit, logit, ndtr
 
 from mambah.errors import ModelDirError
+from mambah.nn.logit import LOGIT_CLIP, clipped_logit
 
 __all__ = ["BinnedCalibration", "MarginalCorrection", "FlagCalibration", "load_calibration", "LEVELS", "LOGIT_CLIP",
-           "MIN_BIN_WEIGHT", "FILE", "MAX_LOGIT_SHIFT", "MAX_REL_ERROR", "monotone_ecdf_quantiles", "map_values", "strict_knots",
-           "logit_offset"]
+           "MIN_BIN_WEIGHT", "FILE", "MAX_LOGIT_SHIFT", "MAX_REL_ERROR", "monotone_ecdf_quantiles", "map_values", "strict_knots"]
 
 #: the levels at which the quantile functions are tabulated: Phi(z) for 161 z in [-3.29, 3.29]
 #: (0.05% ... 99.95%; 1.6% apart at the median, 0.01% in the outer tails)
 LEVELS = ndtr(np.linspace(-3.29, 3.29, 161))
-#: the clip of a logit offset's condition before its logit (:class:`MarginalCorrection`, ``logit_offsets``): the
-#: PID chain's (``mambah.pid.chain.LOGIT_CLIP``, the float32 spacing below 1)
-LOGIT_CLIP = 2.0 ** -24
 #: sWeighted signal (sum of weights) a bin needs to be corrected
 MIN_BIN_WEIGHT = 2000.0
 #: the file in the model directory
@@ -382,7 +379,7 @@ class MarginalCorrection(BinnedCalibration):
             v = out[rows, c]
             off = None
             if t in self.logit_offsets:  # the map is of target + logit(condition)
-                off = logit_offset(np.asarray(conditions)[rows, names.index(self.logit_offsets[t])])
+                off = clipped_logit(np.asarray(conditions)[rows, names.index(self.logit_offsets[t])])
                 v += off
             for k in filled:
                 a, b = starts[k] - s0, starts[k + 1] - s0
@@ -432,13 +429,6 @@ def strict_knots(gen: np.ndarray, n_levels: int) -> np.ndarray:
     is a spike of its output: all of it maps to the start of the data's stretch)."""
     span = np.maximum(gen[..., -1:] - gen[..., :1], 1.0)
     return gen + np.arange(n_levels) * (1e-9 * span)
-
-
-def logit_offset(c: np.ndarray) -> np.ndarray:
-    """``logit(clip(c, LOGIT_CLIP, 1 - LOGIT_CLIP))`` in float64: the offset of a target with a logit
-    offset (as the PID chain takes the logit of a ProbNN surrogate)."""
-    c = np.clip(np.asarray(c, dtype=float), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
-    return np.log(c) - np.log1p(-c)
 
 
 def map_values(x: np.ndarray, g: np.ndarray, d: np.ndarray) -> np.ndarray:

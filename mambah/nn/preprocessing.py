@@ -29,6 +29,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from mambah.errors import DataError, ModelDirError
+from mambah.nn.logit import clipped_logit
 
 __all__ = ["QuantileGaussianizer", "AffineScaler", "SCALE_FUNCTIONS", "condition_transform_from_arrays"]
 
@@ -177,8 +178,6 @@ class QuantileGaussianizer:
 
 #: the per-column functions of an :class:`AffineScaler`, by code
 SCALE_FUNCTIONS = ("identity", "log", "logit")
-#: the clip of a ``logit`` column before its logit (the float32 spacing below 1; the PID chain's LOGIT_CLIP)
-SCALE_LOGIT_CLIP = 2.0 ** -24
 
 
 class AffineScaler:
@@ -219,8 +218,7 @@ class AffineScaler:
         if code == 1:
             return np.log(np.maximum(x, np.finfo(float).tiny))
         if code == 2:
-            c = np.clip(x, SCALE_LOGIT_CLIP, 1.0 - SCALE_LOGIT_CLIP)
-            return np.log(c) - np.log1p(-c)
+            return clipped_logit(x)
         return x
 
     def fit(self, x: np.ndarray, weights: np.ndarray | None = None, names=None) -> AffineScaler:

@@ -135,6 +135,7 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError, ModelDirError, closest
+from mambah.nn.logit import LOGIT_CLIP, clipped_logit
 from mambah.physics import CONDITION_NAMES, PID_COLUMNS, SPECIES, SPECIES_PDG, lhcb_name, species_mass, store_name
 
 __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepare_training_table",
@@ -142,7 +143,7 @@ __all__ = ["ChainStep", "PidChain", "build_chain", "default_chain_steps", "prepa
            "combine", "ROLES", "load_step_model", "STEP_KINDS", "THRESHOLD_CODES",
            "rich_threshold_codes", "chain_members", "RICH_YIELDS", "rich_yields", "PROBNN_OUTPUTS", "PROBNN_TARGETS", "PROBNN_CONDITIONS",
            "PROBNN_SURROGATE", "surrogate_probnn", "PROBNN_DELTAS",
-           "probnn_deltas", "probnn_from_deltas"]
+           "probnn_deltas", "probnn_from_deltas", "LOGIT_CLIP"]
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +181,12 @@ PROBNN_CONDITIONS: tuple[str, ...] = ("isMuon", "hasRich", "hasCalo", "PIDe", "P
 #: classifier from the DLLs.
 PROBNN_SURROGATE: tuple[str, ...] = tuple(f"Sur{t}" for t in PROBNN_TARGETS)
 #: Targets of a *residual* ``probnn`` step: ``dProbNNx = logit(ProbNNx) - logit(SurProbNNx)`` (logits of
-#: values clipped to [:data:`LOGIT_CLIP`, 1 - LOGIT_CLIP]); the chain makes ``ProbNNx =
+#: values clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP], :mod:`mambah.nn.logit`); the chain makes ``ProbNNx =
 #: sigmoid(logit(SurProbNNx) + dProbNNx)``. The fine structure of the outputs near 0 and 1 (where a
 #: classifier-based test splits as easily as at 0.5) then comes from the surrogate, and the GAN learns
 #: how far the unknown E/p and the other details move each output (0 for most tracks: a spike at 0,
 #: which the quantile preprocessing restores exactly).
 PROBNN_DELTAS: tuple[str, ...] = tuple(f"d{t}" for t in PROBNN_TARGETS)
-#: clip of the ProbNN values before their logits (the float32 spacing below 1: 2^-24)
-LOGIT_CLIP = 2.0 ** -24
 #: E/p given to the network by :func:`surrogate_probnn` inside the calorimeter acceptance: an
 #: electron's (1) where the calorimeter DLL favours an electron (CaloDLLe > 0), a hadron shower's
 #: mean (the reference Beta(2, 4.5): 0.31) elsewhere.
@@ -441,9 +440,7 @@ def surrogate_probnn(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {f"Sur{lhcb}": v[:, j].astype(float) for j, lhcb in enumerate(PROBNN_NAMES.values())}
 
 
-def _logit(x) -> np.ndarray:
-    x = np.clip(np.asarray(x, dtype=float), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
-    return np.log(x) - np.log1p(-x)
+_logit = clipped_logit
 
 
 def probnn_deltas(table) -> dict[str, np.ndarray]:

@@ -177,9 +177,9 @@ _ALIASES = {"k": "K", "kaon": "K", "pion": "pi", "proton": "p", "muon": "mu", "e
             **{str(pdg): name for name, pdg in SPECIES_PDG.items()}}
 
 
-def channel(species) -> CalibChannel:
+def channel(species, low_p: bool = False) -> CalibChannel:
     """The calibration channel of ``species`` (``K``, ``pi``, ``p``, ``mu``, ``e``; PDG ids and
-    names such as ``kaon`` are accepted)."""
+    names such as ``kaon`` are accepted); ``low_p``: its low-momentum channel (:data:`LOW_P_CHANNELS`)."""
     key = str(species)
     key = key if key in CHANNELS else _ALIASES.get(key.lower().lstrip("+-"), key)
     if key not in CHANNELS:
@@ -189,6 +189,12 @@ def channel(species) -> CalibChannel:
             f"no calibration sample for species {species!r}{hint}; available: "
             + ", ".join(f"{k} ({c.decay})" for k, c in CHANNELS.items())
         )
+    if low_p:
+        if key not in LOW_P_CHANNELS:
+            raise ConfigurationError(f"no low-momentum calibration sample for species {key!r} (low_p=True, "
+                                     "mambah detector calib-sample --low-p); available: "
+                                     + ", ".join(f"{k} ({c.decay})" for k, c in LOW_P_CHANNELS.items()))
+        return LOW_P_CHANNELS[key]
     return CHANNELS[key]
 
 
@@ -311,12 +317,7 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
         >>> bool(0.35 < df["is_signal"].mean() < 0.50)
         True
     """
-    ch = channel(species)
-    if low_p:
-        if ch.species not in LOW_P_CHANNELS:
-            raise ConfigurationError(f"no low-momentum calibration sample for species {ch.species!r}; available: "
-                                     + ", ".join(f"{k} ({c.decay})" for k, c in LOW_P_CHANNELS.items()))
-        ch = LOW_P_CHANNELS[ch.species]
+    ch = channel(species, low_p)
     n_events = _positive_int(n_events)
     f = ch.signal_fraction if signal_fraction is None else float(signal_fraction)
     if not 0.0 <= f <= 1.0:

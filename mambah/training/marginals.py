@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mambah.errors import ConfigurationError, DataError, MissingColumnError
+from mambah.nn.logit import clipped_logit
 from mambah.nn.marginals import (
     FILE,
     LEVELS,
@@ -24,7 +25,6 @@ from mambah.nn.marginals import (
     MIN_BIN_WEIGHT,
     FlagCalibration,
     MarginalCorrection,
-    logit_offset,
     strict_knots,
     map_values,
     monotone_ecdf_quantiles,
@@ -220,7 +220,7 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
     del data
     targets, cond, y_data, w, n = f.targets, f.cond, f.y_data, f.w, f.n
     # per corrected target: its rows' logit offsets (0 without one)
-    offsets = {j: logit_offset(cond[:, model.conditions.index(logit_offsets[t])])
+    offsets = {j: clipped_logit(cond[:, model.conditions.index(logit_offsets[t])])
                for j, t in enumerate(targets) if t in logit_offsets}
     p_edges, eta_edges, split, states = f.p_edges, f.eta_edges, f.split, f.states
     k_members = model.n_members
@@ -258,13 +258,15 @@ def fit_marginal_correction(model, data: pd.DataFrame, *, weight: str | None = "
         wg = np.tile(w[rows], repeats)
         for i, j in enumerate(plain):
             xd = y_data[rows, j].astype(float)
+            off_g = None
             if j in offsets:  # the map is of target + logit(condition), on both sides
                 xd = xd + offsets[j][rows]
+                off_g = np.tile(offsets[j][rows], repeats)
             od = np.argsort(xd, kind="stable") if ok else None
             for m in range(k_members + 1):
                 xg = gen[:, m, rows, j].astype(float).ravel()
-                if j in offsets:
-                    xg = xg + np.tile(offsets[j][rows], repeats)
+                if off_g is not None:
+                    xg = xg + off_g
                 if not ok:  # identity: the same knots on both sides (the model's own quantiles)
                     gk[m, k_bin, i] = dk[m, k_bin, i] = _identity(xg)
                     continue
