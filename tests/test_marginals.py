@@ -604,3 +604,98 @@ def test_logit_clip_is_the_chains():
     from mambah.pid.chain import LOGIT_CLIP as CHAIN_CLIP
 
     assert LOGIT_CLIP == CHAIN_CLIP
+
+
+def _interp_reference(x, t, g, d):
+    """Each value through its own table with map_values (numpy.interp inside the knots), one table at a time."""
+    from mambah.nn.marginals import map_values
+
+    out = np.empty_like(x)
+    for k in np.unique(t):
+        r = t == k
+        out[r] = map_values(x[r], g[k], d[k])
+    return out
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_knot_tables_are_numpy_interp_bit_for_bit(crowded):
+    """KnotTables (the vectorised maps of MarginalCorrection.apply) against map_values on random values, on
+    every knot and its float neighbours, far outside and NaN; with point masses (100 knots within 1e-7: the
+    extra halvings of crowded tables)."""
+    from mambah.nn.knots import KnotTables
+    from mambah.nn.marginals import strict_knots
+
+    rng = np.random.default_rng(11)
+    m, L = 40, 161
+    g = np.sort(rng.standard_t(3, size=(m, L)) * rng.uniform(0.01, 100, (m, 1)) + rng.uniform(-50, 50, (m, 1)), axis=1)
+    if crowded:  # a point mass of the model's distribution: many equal knots, spread by strict_knots
+        g[:1, 30:130] = g[:1, 30:31]
+    g = strict_knots(g, L)
+    d = np.sort(g * rng.uniform(0.5, 2.0, (m, 1)) + rng.normal(size=(m, L)), axis=1)
+    kt = KnotTables(g, d)
+    assert kt.n_halvings >= (6 if crowded else 1)
+    if crowded:
+        assert kt.crowded.any() and not kt.crowded.all()
+    t = rng.integers(0, m, 200_000)
+    span = g[t, -1] - g[t, 0]
+    x = g[t, 0] + rng.uniform(-0.2, 1.2, len(t)) * span
+    k = rng.integers(0, L, len(t))
+    xk = g[t, k]
+    x = np.concatenate([x, xk, np.nextafter(xk, np.inf), np.nextafter(xk, -np.inf), [np.nan, np.inf, -np.inf, 1e300]])
+    t = np.concatenate([t, t, t, t, [0, 1, 2, 3]])
+    got, want = kt(x, t), _interp_reference(x, t, g, d)
+    np.testing.assert_array_equal(got, want)  # (NaN where NaN)
+    assert np.isnan(got[-4]) and got.dtype == np.float64
+
+
+def test_knot_tables_refuse_bad_knots():
+    from mambah.nn.knots import KnotTables
+
+    with pytest.raises(ValueError, match="strictly increasing"):
+        KnotTables(np.array([[0.0, 1.0, 1.0]]), np.array([[0.0, 1.0, 2.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        KnotTables(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("model", ["pid-K-probnn", "pid-p-rich", "pid-pi-rich"])
+def test_apply_of_the_shipped_maps_is_the_per_bin_interpolation(model):
+    """MarginalCorrection.apply (all rows at once) gives, bit for bit, what mapping each bin's rows with
+    map_values does (the definition), for the shipped maps: logit offsets (K ProbNN), conditional maps of
+    classes (proton RICH: RichDLLpK given RichDLLk), states split by ten threshold flags."""
+    from mambah.nn.logit import clipped_logit
+    from mambah.nn.marginals import load_calibration, map_values
+    from mambah.nn.pidmodel import PidModel
+    from mambah.pid.chain import rich_threshold_codes
+
+    m = PidModel.load(MODELS / model)
+    c = load_calibration(MODELS / model)
+    rng = np.random.default_rng(5)
+    n = 30_000
+    names, lo, hi = m.training_range()
+    assert names == m.conditions
+    cond = rng.uniform(lo, hi, (n, len(m.conditions)))
+    codes = rich_threshold_codes(cond[:, m.conditions.index("P")], cond[:, m.conditions.index("ETA")])
+    for j, name in enumerate(m.conditions):
+        if name in c.split:  # the RICH threshold codes of the track's P and ETA (the states of the fit), or 0/1
+            cond[:, j] = codes[name] if name in codes else rng.integers(0, 2, n)
+    m.correction = None
+    y = m.generate_array(cond, rng)
+    y[7] = np.nan
+    got = c.apply(y, cond, m.conditions, m.targets)
+    want = y.copy()
+    b = c.bins_of(cond, m.conditions)
+    assert (b >= 0).mean() > 0.3
+    for k in np.unique(b[b >= 0]):
+        r = np.flatnonzero(b == k)
+        for j, t in enumerate(c.targets):
+            col = m.targets.index(t)
+            off = clipped_logit(cond[r, m.conditions.index(c.logit_offsets[t])]) if t in c.logit_offsets else 0.0
+            want[r, col] = map_values(want[r, col] + off, c._xp[0, k, j], c.data[0, k, j]) - off
+        for i, (t, a) in enumerate(c.given.items()):
+            col, given = m.targets.index(t), want[r, m.targets.index(a)]
+            cls = np.searchsorted(c.class_edges[0, k, i], given, side="right")
+            for cl in np.unique(cls):
+                rr, gg = r[cls == cl], given[cls == cl]
+                s = gg if t in c.sums else 0.0
+                want[rr, col] = map_values(want[rr, col] + s, c._cxp[0, k, i, cl], c.cdata[0, k, i, cl]) - s
+    np.testing.assert_array_equal(got, want)

@@ -87,6 +87,7 @@ import numpy as np
 from scipy.special import expit, logit, ndtr
 
 from mambah.errors import ModelDirError
+from mambah.nn.knots import KnotTables
 from mambah.nn.logit import LOGIT_CLIP, clipped_logit
 
 __all__ = ["BinnedCalibration", "MarginalCorrection", "FlagCalibration", "load_calibration", "LEVELS", "LOGIT_CLIP",
@@ -185,9 +186,12 @@ class BinnedCalibration:
     def state_codes(flags: np.ndarray) -> np.ndarray:
         """Integer codes ``sum(bit_i << i)`` of rows of 0/1 values ``(n, n_split)`` (> 0.5 is 1)."""
         flags = np.asarray(flags)
+        codes = np.zeros(len(flags), np.int64)
         if flags.ndim != 2 or not flags.shape[1]:
-            return np.zeros(len(flags), np.int64)
-        return ((flags > 0.5).astype(np.int64) << np.arange(flags.shape[1], dtype=np.int64)).sum(axis=1)
+            return codes
+        for i in range(flags.shape[1]):  # (column by column: no (n, n_split) integer temporaries)
+            codes += (flags[:, i] > 0.5) * np.int64(1 << i)
+        return codes
 
     @staticmethod
     def cells(p: np.ndarray, eta: np.ndarray, codes: np.ndarray | None, p_edges: np.ndarray, eta_edges: np.ndarray,
@@ -209,12 +213,22 @@ class BinnedCalibration:
         not seen in the fit or a bin without a map."""
         if self.split and flags is None:
             raise ValueError(f"this correction is split by {self.split}: pass their values")
-        b = self.cells(p, eta, self.state_codes(flags) if self.split else None, self.p_edges, self.eta_edges,
-                       self.states)
-        if not len(self.bin_ids):
-            return np.full(len(b), -1, np.int64)
-        j = np.clip(np.searchsorted(self.bin_ids, b), 0, len(self.bin_ids) - 1)
-        return np.where((b >= 0) & (self.bin_ids[j] == b), j, -1)
+        if not hasattr(self, "_bin_of_cell"):  # cell -> index into bin_ids, -1 last (cell -1: no bin)
+            lut = np.full(self.n_cells + 1, -1, np.int64)
+            lut[self.bin_ids] = np.arange(self.n_bins)
+            self._bin_of_cell = lut
+        if not self.split or len(self.split) > 20:
+            codes = self.state_codes(flags) if self.split else None
+            return self._bin_of_cell[self.cells(p, eta, codes, self.p_edges, self.eta_edges, self.states)]
+        if not hasattr(self, "_state_of_code"):  # code -> index into states, -1 for a state not seen
+            lut = np.full(1 << len(self.split), -1, np.int64)
+            ok = self.states[(self.states >= 0) & (self.states < len(lut))]
+            lut[ok] = np.searchsorted(self.states, ok)
+            self._state_of_code = lut
+        i = self._state_of_code[self.state_codes(flags)]
+        cell = self.cells(p, eta, None, self.p_edges, self.eta_edges, self.states) + i
+        cell[i < 0] = -1
+        return self._bin_of_cell[cell]
 
     def bins_of(self, conditions: np.ndarray, names: list[str]) -> np.ndarray:
         """:meth:`bins` of rows of raw ``conditions`` whose columns are ``names``."""
@@ -222,15 +236,6 @@ class BinnedCalibration:
         col = {n: j for j, n in enumerate(names)}
         flags = c[:, [col[n] for n in self.split]] if self.split else None
         return self.bins(c[:, col["P"]].astype(float), c[:, col["ETA"]].astype(float), flags)
-
-    def _by_bin(self, conditions: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The rows grouped by bin: ``order`` and ``starts`` with the rows of bin k (index into
-        :attr:`bin_ids`) at ``order[starts[k]:starts[k + 1]]`` (rows of no bin are left out)."""
-        b = self.bins_of(conditions, names)
-        # (a stable sort of 16-bit integers is a radix sort: linear in the rows)
-        order = np.argsort(b.astype(np.int16) if self.n_bins < 2 ** 15 - 1 else b, kind="stable")
-        starts = np.searchsorted(b[order], np.arange(self.n_bins + 1))  # (bin -1 sorts first: skipped)
-        return order, starts
 
     # ------------------------------------------------------------------ disk
     def arrays(self) -> dict[str, np.ndarray]:
@@ -322,6 +327,19 @@ class MarginalCorrection(BinnedCalibration):
             self._cxp = strict_knots(self.cgen, len(self.levels))
         else:
             self.class_edges = self.cgen = self.cdata = None
+        self._knots: dict[int, tuple] = {}
+
+    def _tables(self, member: int) -> tuple[KnotTables, KnotTables | None]:
+        """Member ``member``'s maps as :class:`~mambah.nn.knots.KnotTables` (built on first use): the
+        unconditional ones, table ``bin * n_targets + target``, and the conditional ones, table
+        ``(bin * n_pairs + pair) * n_classes + class``."""
+        if member not in self._knots:
+            L = len(self.levels)
+            maps = KnotTables(self._xp[member].reshape(-1, L), self.data[member].reshape(-1, L))
+            cmaps = KnotTables(self._cxp[member].reshape(-1, L), self.cdata[member].reshape(-1, L)) \
+                if self.given else None
+            self._knots[member] = (maps, cmaps)
+        return self._knots[member]
 
     def needs(self) -> list[str]:
         """The condition columns :meth:`apply` reads: the bins' and the logit offsets'."""
@@ -367,42 +385,36 @@ class MarginalCorrection(BinnedCalibration):
         ``conditions``: the rows' raw conditions, columns ``names`` (P, ETA and the ``split``
         columns among them). NaN values stay NaN. ``member``: 0 the nominal's map, k member k's."""
         out = np.array(y, dtype=float, copy=True)
-        if not len(out):
+        if not len(out) or not self.n_bins:
             return out
-        order, starts = self._by_bin(conditions, names)
-        xp, fp = self._xp[member], self.data[member]
-        # the rows of the corrected bins in bin order, gathered once per target (bin k: a contiguous slice)
-        rows, s0 = order[starts[0]:starts[-1]], starts[0]
-        filled = [k for k in range(self.n_bins) if starts[k + 1] > starts[k]]
+        b = self.bins_of(conditions, names)
+        rows = np.flatnonzero(b >= 0)
+        if not len(rows):
+            return out
+        b = b[rows]
+        maps, cmaps = self._tables(member)
+        nt = len(self.targets)
         for j, t in enumerate(self.targets):
             c = columns.index(t)
             v = out[rows, c]
-            off = None
             if t in self.logit_offsets:  # the map is of target + logit(condition)
                 off = clipped_logit(np.asarray(conditions)[rows, names.index(self.logit_offsets[t])])
-                v += off
-            for k in filled:
-                a, b = starts[k] - s0, starts[k + 1] - s0
-                v[a:b] = map_values(v[a:b], xp[k, j], fp[k, j])
-            if off is not None:
-                v -= off
-            out[rows, c] = v
+                out[rows, c] = maps(v + off, b * nt + j) - off
+            else:
+                out[rows, c] = maps(v, b * nt + j)
         for i, (t, a) in enumerate(self.given.items()):  # after the unconditional maps: classes of mapped values
-            col, given = out[:, columns.index(t)], out[:, columns.index(a)]
-            add = t in self.sums
-            for k in range(self.n_bins):
-                rows = order[starts[k]:starts[k + 1]]
-                if not len(rows):
-                    continue
-                cls = np.searchsorted(self.class_edges[member, k, i], given[rows], side="right")
-                for c in range(self.n_classes):
-                    r = rows[cls == c]
-                    if len(r):
-                        if add:  # the sum is mapped; the target is the mapped sum minus the given target
-                            col[r] = map_values(col[r] + given[r], self._cxp[member, k, i, c],
-                                                self.cdata[member, k, i, c]) - given[r]
-                        else:
-                            col[r] = map_values(col[r], self._cxp[member, k, i, c], self.cdata[member, k, i, c])
+            c = columns.index(t)
+            v, given = out[rows, c], out[rows, columns.index(a)]
+            edges = self.class_edges[member, :, i]  # (bins, C - 1): the class is the number of edges <= given
+            cls = np.zeros(len(rows), np.intp)
+            for e in range(edges.shape[1]):
+                cls += given >= edges[b, e]
+            cls[np.isnan(given)] = self.n_classes - 1  # (where np.searchsorted sorts NaN: last)
+            tab = (b * len(self.given) + i) * self.n_classes + cls
+            if t in self.sums:  # the sum is mapped; the target is the mapped sum minus the given target
+                out[rows, c] = cmaps(v + given, tab) - given
+            else:
+                out[rows, c] = cmaps(v, tab)
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
