@@ -493,11 +493,11 @@ class FlagCalibration(BinnedCalibration):
         if not len(out) or not self.n_bins:
             return out
         b = self.bins_of(conditions, names)
-        shift = self.shift[member]
+        shift = np.concatenate([self.shift[member], np.zeros((1, len(self.targets)))])  # (b = -1, no bin: 0)
         with np.errstate(divide="ignore"):
             for j, t in enumerate(self.targets):
                 c = columns.index(t)
-                d = np.where(b >= 0, shift[b, j], 0.0)  # (b = -1: no bin; its lookup is discarded)
+                d = shift[b, j]
                 rows = np.flatnonzero(d)  # (rows of a bin without a shift keep their value exactly)
                 out[rows, c] = expit(logit(out[rows, c]) + sign * d[rows])  # 0 and 1 stay 0 and 1
         return out
