@@ -102,7 +102,7 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    the compiled graph; the knot search is an exact grid locator, mambah.nn.inference._Locator), the
    generator 0.11 and the inverse transform 0.15; the surrogate network and the logits 0.2 us per
    track; the kaon step's calibration 0.27 us per kaon (all rows through :class:`mambah.nn.knots.KnotTables`
-   at once, 2026-12-08; 0.56 us with one numpy.interp per bin and output before). Conditions that are
+   at once, 2026-12-07; 0.56 us with one numpy.interp per bin and output before). Conditions that are
    cheaper to transform (``mambah train pid --condition-transform affine``: log P, logit(Sur*)) save
    about 12% of the stage's CPU but, at the shipped epochs, trained worse steps (see
    :class:`~mambah.nn.preprocessing.AffineScaler`); 500k would need them at equal quality, the surrogate
