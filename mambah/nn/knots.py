@@ -76,7 +76,9 @@ class KnotTables:
         dp = np.zeros((m, self.row))
         dp[:, :L] = d
         self.dp = dp.ravel()
-        self.first = (first + (np.arange(m) * self.row)[:, None]).ravel()
+        # (int32 when it can: the lookup table is the largest array, cells_per_knot * L entries per table)
+        itype = np.int32 if m * self.row < 2 ** 31 - 1 else np.int64
+        self.first = (first + (np.arange(m) * self.row)[:, None]).ravel().astype(itype)
 
     def locate(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         """The flat index (into the padded tables) of the last knot of table ``t`` at or below ``x``
