@@ -17,6 +17,9 @@
   members on its RICH and global steps (``mambah simulate --pid-variations``; stand-ins with
   perturbed weights unless the shipped chain has K members): tracks/s and the time ratio
   (:func:`bench_chain_variations`; ``--chain-tracks``, ``--variations K``);
+* maps: the chains' quantile maps on the rows a chain gives them, all rows at once against one
+  ``numpy.interp`` per bin and target (:func:`bench_maps`; ``maps_ns_per_row``,
+  ``maps_reference_ns_per_row``);
 * variations: ``PidModel.generate_variations_array`` with K ensemble members (``--variations K``,
   default 10) on the same tracks, against the nominal ``generate_array`` alone, timed alternately,
   best of ``--repeats``; the ratio of its time to K + 1 times the nominal's (1 = no saving from
@@ -35,7 +38,7 @@ variations / (K + 1) x the nominal's); parts left out with ``--only`` are ``null
 Usage::
 
     python benchmarks/pid.py [--model models/pid-p-dllp-lhcb-run3] [--data ../shared/data/lc_protons_run3.parquet]
-                             [--only inference,training,score,chain,variations,chain-variations] [--variations 10]
+                             [--only inference,training,score,chain,variations,chain-variations,maps] [--variations 10]
 """
 
 from __future__ import annotations
@@ -335,7 +338,64 @@ def bench_chain_variations(n=200_000, repeats=2, k=10, species="K"):
             "time_ratio": tv / tn, "cpu_time_ratio": cv / cn}
 
 
-PARTS = ("inference", "training", "score", "chain", "variations", "chain-variations")
+
+def bench_maps(n=100_000, repeats=3, species=("pi", "K", "p")):
+    """The chains' quantile maps (:class:`mambah.nn.marginals.MarginalCorrection`) on the rows a chain gives
+    them: ``apply`` (all rows at once, :class:`mambah.nn.knots.KnotTables`) against
+    :func:`~mambah.nn.marginals.apply_reference` (one ``numpy.interp`` per bin and target, the path before
+    2026-12-07), alternately, best of ``repeats``; the outputs must be identical.
+
+    Each species' chain (with its ProbNN step where the models have one) runs once on ``n`` tracks (p
+    log-uniform in 3-100 GeV/c, eta uniform in 2.2-4.6, nTracks uniform in 20-300) while the arguments
+    of every map's ``apply`` are recorded. Returns ``{"<species> <step model>": {"rows", "targets",
+    "ns_per_row", "reference_ns_per_row"}}``.
+    """
+    import warnings
+
+    import mambah.nn.marginals as marginals
+    from mambah.pid.chain import CHAIN_INPUTS, load_chain
+
+    rng = np.random.default_rng(5)
+    inputs = pd.DataFrame({"P": np.exp(rng.uniform(np.log(3e3), np.log(1e5), n)), "ETA": rng.uniform(2.2, 4.6, n),
+                           "nTracks": rng.integers(20, 300, n).astype(float), "charge": rng.choice([-1.0, 1.0], n)})
+    inputs = inputs[list(CHAIN_INPUTS)]
+    out = {}
+    apply = marginals.MarginalCorrection.apply
+    for s in species:
+        calls = []
+
+        def record(self, *args, **kw):
+            calls.append((self, args, kw))
+            return apply(self, *args, **kw)
+
+        chain = load_chain(s)
+        names = {id(getattr(m, "correction", None)): m.card.get("name", st.role) for st, m in zip(chain.steps, chain.models)}
+        marginals.MarginalCorrection.apply = record
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                chain.generate_columns(inputs, np.random.default_rng(1))
+        finally:
+            marginals.MarginalCorrection.apply = apply
+        for corr, args, kw in calls:
+            best = {"new": np.inf, "ref": np.inf}
+            for _ in range(repeats):
+                for how, f in (("ref", lambda: marginals.apply_reference(corr, *args, **kw)),
+                               ("new", lambda: corr.apply(*args, **kw))):
+                    t0 = time.perf_counter()
+                    y = f()
+                    best[how] = min(best[how], time.perf_counter() - t0)
+                    if how == "ref":
+                        want = y
+                    elif not np.array_equal(y, want, equal_nan=True):
+                        raise AssertionError(f"{s} {names.get(id(corr))}: apply differs from apply_reference")
+            rows = len(args[0])
+            out[f"{s} {names.get(id(corr), '?')}"] = {"rows": rows, "targets": len(corr.targets) + len(corr.given),
+                                                      "ns_per_row": best["new"] / rows * 1e9,
+                                                      "reference_ns_per_row": best["ref"] / rows * 1e9}
+    return out
+
+PARTS = ("inference", "training", "score", "chain", "variations", "chain-variations", "maps")
 
 
 def main():
@@ -367,6 +427,7 @@ def main():
     var = bench_variations(a.model, a.data, a.tracks, a.repeats, a.variations) if "variations" in only else None
     cv = (bench_chain_variations(a.chain_tracks, a.repeats, a.variations)
           if "chain-variations" in only else None)
+    maps = bench_maps(min(a.tracks, 200_000), a.repeats) if "maps" in only else None
     load = os.getloadavg()[0]
     print(f"{'measure':58s} {'value':>14s}")
     if inf:
@@ -414,6 +475,10 @@ def main():
               f"{cv['tracks_per_s']:14,.0f}")
         print(f"{'PID stage with variations: time / nominal time (wall)':58s} {cv['time_ratio']:14.2f}")
         print(f"{'PID stage with variations: CPU time / nominal CPU time':58s} {cv['cpu_time_ratio']:14.2f}")
+    for name, r in (maps or {}).items():
+        print(f"{'quantile map %s (%d outputs): ns/row, per-bin interp' % (name, r['targets']):58s} "
+              f"{r['reference_ns_per_row']:14.0f}")
+        print(f"{'quantile map %s: ns/row, all rows at once' % name:58s} {r['ns_per_row']:14.0f}")
     print(f"{'load average (1 min) during the run':58s} {load:14.2f}")
 
     def get(d, *keys):
@@ -439,7 +504,10 @@ def main():
                       "variations_cost_ratio": get(var, "cost_ratio"),
                       "chain_variations_tracks_per_s": get(cv, "tracks_per_s"),
                       "chain_variations_nominal_tracks_per_s": get(cv, "nominal_tracks_per_s"),
-                      "chain_variations_time_ratio": get(cv, "time_ratio")}))
+                      "chain_variations_time_ratio": get(cv, "time_ratio"),
+                      "maps_ns_per_row": None if maps is None else {k: v["ns_per_row"] for k, v in maps.items()},
+                      "maps_reference_ns_per_row": None if maps is None else {k: v["reference_ns_per_row"]
+                                                                              for k, v in maps.items()}}))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ from mambah.nn.knots import KnotTables
 from mambah.nn.logit import LOGIT_CLIP, clipped_logit
 
 __all__ = ["BinnedCalibration", "MarginalCorrection", "FlagCalibration", "load_calibration", "LEVELS", "LOGIT_CLIP",
-           "MIN_BIN_WEIGHT", "FILE", "MAX_LOGIT_SHIFT", "MAX_REL_ERROR", "monotone_ecdf_quantiles", "map_values", "strict_knots"]
+           "MIN_BIN_WEIGHT", "FILE", "MAX_LOGIT_SHIFT", "MAX_REL_ERROR", "monotone_ecdf_quantiles", "map_values", "strict_knots",
+           "apply_reference"]
 
 #: the levels at which the quantile functions are tabulated: Phi(z) for 161 z in [-3.29, 3.29]
 #: (0.05% ... 99.95%; 1.6% apart at the median, 0.01% in the outer tails)
@@ -452,6 +453,32 @@ def map_values(x: np.ndarray, g: np.ndarray, d: np.ndarray) -> np.ndarray:
     v[hi] = x[hi] + (d[-1] - g[-1])
     return v
 
+
+
+def apply_reference(correction: MarginalCorrection, y: np.ndarray, conditions: np.ndarray, names: list[str],
+                    columns: list[str], member: int = 0) -> np.ndarray:
+    """:meth:`MarginalCorrection.apply` by its definition: each bin's rows through :func:`map_values`, one
+    bin, target and class at a time (numpy.interp). ``apply`` gives the same array bit for bit (the tests
+    and ``benchmarks/pid.py --only maps`` compare them); this is its reference and the baseline of its
+    speed."""
+    c = correction
+    out = np.array(y, dtype=float, copy=True)
+    b = c.bins_of(conditions, names) if len(out) else np.empty(0, np.int64)
+    cond = np.asarray(conditions)
+    for k in np.unique(b[b >= 0]):
+        r = np.flatnonzero(b == k)
+        for j, t in enumerate(c.targets):
+            col = columns.index(t)
+            off = clipped_logit(cond[r, names.index(c.logit_offsets[t])]) if t in c.logit_offsets else 0.0
+            out[r, col] = map_values(out[r, col] + off, c._xp[member, k, j], c.data[member, k, j]) - off
+        for i, (t, a) in enumerate(c.given.items()):
+            col, given = columns.index(t), out[r, columns.index(a)]
+            cls = np.searchsorted(c.class_edges[member, k, i], given, side="right")
+            for cl in np.unique(cls):
+                rr, gg = r[cls == cl], given[cls == cl]
+                add = gg if t in c.sums else 0.0
+                out[rr, col] = map_values(out[rr, col] + add, c._cxp[member, k, i, cl], c.cdata[member, k, i, cl]) - add
+    return out
 
 class FlagCalibration(BinnedCalibration):
     """Logit shifts of a flag classifier's probabilities in bins (the bins: :class:`BinnedCalibration`):
