@@ -20,6 +20,8 @@
 * maps: the chains' quantile maps on the rows a chain gives them, all rows at once against one
   ``numpy.interp`` per bin and target (:func:`bench_maps`; ``maps_ns_per_row``,
   ``maps_reference_ns_per_row``);
+* chain-steps: where each species' chain spends its time, per step model (:func:`bench_chain_steps`;
+  ``chain_steps``);
 * variations: ``PidModel.generate_variations_array`` with K ensemble members (``--variations K``,
   default 10) on the same tracks, against the nominal ``generate_array`` alone, timed alternately,
   best of ``--repeats``; the ratio of its time to K + 1 times the nominal's (1 = no saving from
@@ -38,7 +40,7 @@ variations / (K + 1) x the nominal's); parts left out with ``--only`` are ``null
 Usage::
 
     python benchmarks/pid.py [--model models/pid-p-dllp-lhcb-run3] [--data ../shared/data/lc_protons_run3.parquet]
-                             [--only inference,training,score,chain,variations,chain-variations,maps] [--variations 10]
+                             [--only inference,training,score,chain,variations,chain-variations,maps,chain-steps] [--variations 10]
 """
 
 from __future__ import annotations
@@ -395,7 +397,69 @@ def bench_maps(n=100_000, repeats=3, species=("pi", "K", "p")):
                                                       "reference_ns_per_row": best["ref"] / rows * 1e9}
     return out
 
-PARTS = ("inference", "training", "score", "chain", "variations", "chain-variations", "maps")
+
+def bench_chain_steps(n=100_000, species=("e", "mu", "pi", "K", "p")):
+    """Where a chain's time goes: each species' chain (with its ProbNN step where the models have one) on
+    ``n`` tracks (as :func:`bench_maps`), one chain at a time, after two warm-up runs; the wall time of
+    each step model's generation (``PidModel.generate_array``, calibration maps included; the flags
+    classifiers' ``FlagModel.sample``), of the calibration maps alone, and of the surrogate ProbNN network,
+    per row it is evaluated on. Returns ``{species: {"total_ns_per_track", "parts": {name: (ns_per_row,
+    fraction of the tracks)}}}``.
+    """
+    import warnings
+
+    import mambah.nn.flags as flags
+    import mambah.nn.marginals as marginals
+    import mambah.nn.pidmodel as pidmodel
+    import mambah.pid.chain as chain_mod
+
+    rng = np.random.default_rng(5)
+    inputs = pd.DataFrame({"P": np.exp(rng.uniform(np.log(3e3), np.log(1e5), n)), "ETA": rng.uniform(2.2, 4.6, n),
+                           "nTracks": rng.integers(20, 300, n).astype(float), "charge": rng.choice([-1.0, 1.0], n)})
+    inputs = inputs[list(chain_mod.CHAIN_INPUTS)]
+    acc: dict[str, list[float]] = {}
+
+    def timed(owner, attr, name_of):
+        orig = getattr(owner, attr)
+
+        def wrapper(*args, **kw):
+            t0 = time.perf_counter()
+            r = orig(*args, **kw)
+            a = acc.setdefault(name_of(*args), [0.0, 0])
+            a[0] += time.perf_counter() - t0
+            a[1] += len(args[1]) if attr != "surrogate_probnn" else len(next(iter(args[0].values())))
+            return r
+        return orig, wrapper
+
+    patches = [(pidmodel.PidModel, "generate_array", lambda m, *a: m.card.get("name", "?")),
+               (flags.FlagModel, "sample", lambda m, *a: m.card.get("name", "?")),
+               (marginals.MarginalCorrection, "apply", lambda c, *a: "calibration maps (per map and row)"),
+               (chain_mod, "surrogate_probnn", lambda *a: "surrogate ProbNN network")]
+    originals = []
+    out = {}
+    try:
+        for owner, attr, name_of in patches:
+            orig, wrapper = timed(owner, attr, name_of)
+            originals.append((owner, attr, orig))
+            setattr(owner, attr, wrapper)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for s in species:
+                chain = chain_mod.load_chain(s)
+                for _ in range(2):
+                    chain.generate_columns(inputs, np.random.default_rng(1))
+                acc.clear()
+                t0 = time.perf_counter()
+                chain.generate_columns(inputs, np.random.default_rng(1))
+                total = time.perf_counter() - t0
+                out[s] = {"total_ns_per_track": total / n * 1e9,
+                          "parts": {k: (v[0] / v[1] * 1e9, v[1] / n) for k, v in acc.items() if v[1]}}
+    finally:
+        for owner, attr, orig in originals:
+            setattr(owner, attr, orig)
+    return out
+
+PARTS = ("inference", "training", "score", "chain", "variations", "chain-variations", "maps", "chain-steps")
 
 
 def main():
@@ -428,6 +492,7 @@ def main():
     cv = (bench_chain_variations(a.chain_tracks, a.repeats, a.variations)
           if "chain-variations" in only else None)
     maps = bench_maps(min(a.tracks, 200_000), a.repeats) if "maps" in only else None
+    steps = bench_chain_steps(min(a.tracks, 200_000)) if "chain-steps" in only else None
     load = os.getloadavg()[0]
     print(f"{'measure':58s} {'value':>14s}")
     if inf:
@@ -479,6 +544,10 @@ def main():
         print(f"{'quantile map %s (%d outputs): ns/row, per-bin interp' % (name, r['targets']):58s} "
               f"{r['reference_ns_per_row']:14.0f}")
         print(f"{'quantile map %s: ns/row, all rows at once' % name:58s} {r['ns_per_row']:14.0f}")
+    for sp, r in (steps or {}).items():
+        print(f"{'chain %s, one chain at a time: ns/track (wall)' % sp:58s} {r['total_ns_per_track']:14.0f}")
+        for name, (ns, frac) in r["parts"].items():
+            print(f"{'  %s: ns/row (on %.0f%% of the tracks)' % (name, 100 * frac):58s} {ns:14.0f}")
     print(f"{'load average (1 min) during the run':58s} {load:14.2f}")
 
     def get(d, *keys):
@@ -505,6 +574,7 @@ def main():
                       "chain_variations_tracks_per_s": get(cv, "tracks_per_s"),
                       "chain_variations_nominal_tracks_per_s": get(cv, "nominal_tracks_per_s"),
                       "chain_variations_time_ratio": get(cv, "time_ratio"),
+                      "chain_steps": steps,
                       "maps_ns_per_row": None if maps is None else {k: v["ns_per_row"] for k, v in maps.items()},
                       "maps_reference_ns_per_row": None if maps is None else {k: v["reference_ns_per_row"]
                                                                               for k, v in maps.items()}}))
