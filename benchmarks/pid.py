@@ -341,6 +341,17 @@ def bench_chain_variations(n=200_000, repeats=2, k=10, species="K"):
 
 
 
+
+def _chain_inputs(n: int) -> pd.DataFrame:
+    """A chain's inputs for ``n`` tracks: p log-uniform in 3-100 GeV/c, eta uniform in 2.2-4.6, nTracks
+    uniform in 20-300, charge +-1 (the parts that time one species' chain at a time)."""
+    from mambah.pid.chain import CHAIN_INPUTS
+
+    rng = np.random.default_rng(5)
+    inputs = pd.DataFrame({"P": np.exp(rng.uniform(np.log(3e3), np.log(1e5), n)), "ETA": rng.uniform(2.2, 4.6, n),
+                           "nTracks": rng.integers(20, 300, n).astype(float), "charge": rng.choice([-1.0, 1.0], n)})
+    return inputs[list(CHAIN_INPUTS)]
+
 def bench_maps(n=100_000, repeats=3, species=("pi", "K", "p")):
     """The chains' quantile maps (:class:`mambah.nn.marginals.MarginalCorrection`) on the rows a chain gives
     them: ``apply`` (all rows at once, :class:`mambah.nn.knots.KnotTables`) against
@@ -355,12 +366,9 @@ def bench_maps(n=100_000, repeats=3, species=("pi", "K", "p")):
     import warnings
 
     import mambah.nn.marginals as marginals
-    from mambah.pid.chain import CHAIN_INPUTS, load_chain
+    from mambah.pid.chain import load_chain
 
-    rng = np.random.default_rng(5)
-    inputs = pd.DataFrame({"P": np.exp(rng.uniform(np.log(3e3), np.log(1e5), n)), "ETA": rng.uniform(2.2, 4.6, n),
-                           "nTracks": rng.integers(20, 300, n).astype(float), "charge": rng.choice([-1.0, 1.0], n)})
-    inputs = inputs[list(CHAIN_INPUTS)]
+    inputs = _chain_inputs(n)
     out = {}
     apply = marginals.MarginalCorrection.apply
     for s in species:
@@ -413,10 +421,7 @@ def bench_chain_steps(n=100_000, species=("e", "mu", "pi", "K", "p")):
     import mambah.nn.pidmodel as pidmodel
     import mambah.pid.chain as chain_mod
 
-    rng = np.random.default_rng(5)
-    inputs = pd.DataFrame({"P": np.exp(rng.uniform(np.log(3e3), np.log(1e5), n)), "ETA": rng.uniform(2.2, 4.6, n),
-                           "nTracks": rng.integers(20, 300, n).astype(float), "charge": rng.choice([-1.0, 1.0], n)})
-    inputs = inputs[list(chain_mod.CHAIN_INPUTS)]
+    inputs = _chain_inputs(n)
     acc: dict[str, list[float]] = {}
 
     def timed(owner, attr, name_of):

@@ -88,7 +88,6 @@ class KnotTables:
         np.fmax(c, 0.0, out=c)  # (NaN -> 0)
         np.fmin(c, self.n_cells - 1, out=c)
         j = self.first[t * self.n_cells + c.astype(np.intp)]
-        step = 1 << self.n_halvings
         if self.common < self.n_halvings:
             sub = np.flatnonzero(self.crowded[t])
             if len(sub):
