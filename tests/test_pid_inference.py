@@ -99,9 +99,10 @@ def _check_locator(loc, rows, near, rng):
     n = min(len(probes(r)) for r in rows)
     v = np.column_stack([rng.permutation(probes(r))[:n] for r in rows])
     v = np.vstack([v, np.column_stack([probes(r)[:n] for r in rows])])  # every entry and its neighbours
-    got = loc(v).numpy()
-    for j, r in enumerate(rows):
-        np.testing.assert_array_equal(got[:, j] - j * loc.width, np.searchsorted(r, v[:, j], side="right"))
+    for jit in (False, True):  # the plain graph and the XLA-compiled one (full chunks, XLA_MIN_ROWS)
+        got = loc(v, jit=jit).numpy()
+        for j, r in enumerate(rows):
+            np.testing.assert_array_equal(got[:, j] - j * loc.width, np.searchsorted(r, v[:, j], side="right"))
 
 
 def test_locator_grids_crowded_and_mixed_tables():
@@ -172,6 +173,34 @@ def test_reproducible_and_independent_of_chunking(model):
     # a Generator is advanced: two calls in a row differ
     rng = np.random.default_rng(9)
     assert not np.allclose(model.generate_array(x, rng), model.generate_array(x, rng))
+
+
+def test_xla_compiled_knot_search_gives_the_same_samples(model, monkeypatch):
+    """Full chunks of at least XLA_MIN_ROWS rows search the knot tables in an XLA-compiled function:
+    the GAN's targets and the flags classifier's draws are bit for bit those of the plain graph (same
+    chunks, same noise), and the last, smaller chunk is not compiled."""
+    from mambah.nn.flags import FlagModel
+
+    x = np.clip(_training_sample(5000, seed=4)[0], *model.cond_pre.range_())
+    monkeypatch.setattr(inference, "XLA_MIN_ROWS", 10**12)
+    plain = inference.generate(model, x, 123, chunk=1024)
+    monkeypatch.setattr(inference, "XLA_MIN_ROWS", 1000)
+    calls = []
+    fast = inference._compiled(model)
+    jit = fast.with_uniforms_jit
+    monkeypatch.setattr(type(fast), "with_uniforms_jit", property(lambda self: calls.append(1) or jit))
+    np.testing.assert_array_equal(inference.generate(model, x, 123, chunk=1024), plain)
+    assert len(calls) == 4  # 4 full chunks of 1024 rows, the last (904 rows) plain
+    # a shipped flags classifier (14 conditions: grid columns and the two-valued threshold codes)
+    flags = FlagModel.load(ROOT / "models" / "pid-K-flags")
+    rng = np.random.default_rng(6)
+    knots = flags.cond_pre.knots_
+    c = np.column_stack([rng.choice(knots[j], 5000) for j in range(len(knots))])
+    monkeypatch.setattr(inference, "XLA_MIN_ROWS", 10**12)
+    a = inference.sample_flags(flags, c, np.random.default_rng(5), chunk=1024)
+    monkeypatch.setattr(inference, "XLA_MIN_ROWS", 1000)
+    np.testing.assert_array_equal(inference.sample_flags(flags, c, np.random.default_rng(5), chunk=1024), a)
+    assert 0 < a.mean() < 1
 
 
 def test_noise_is_standard_normal():
