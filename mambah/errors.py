@@ -25,6 +25,7 @@ __all__ = [
     "OptionalDependencyError",
     "MambahWarning",
     "OutOfRangeWarning",
+    "UncalibratedWarning",
     "UnknownModelWarning",
     "closest",
 ]
@@ -130,6 +131,29 @@ class UnknownModelWarning(MambahWarning):
     """A decay model mambah does not have was replaced by phase space, as the user asked
     (``parse_descriptor(..., unknown_models="phsp")``, ``mambah simulate --unknown-models phsp``),
     or a ``.dec`` file's model is not used for a picked mode."""
+
+
+class UncalibratedWarning(MambahWarning):
+    """Rows evaluated by a calibrated model fell where its calibration has no map.
+
+    A model with a binned quantile calibration (:class:`~mambah.nn.marginals.MarginalCorrection`)
+    maps its outputs in bins of (P, ETA) and, for some, of flag states; a bin or state whose
+    calibration sample held too little signal has no map, and its rows keep the network's own,
+    uncalibrated output. The fields let callers aggregate without parsing the message:
+
+    Attributes:
+        model: the model's name.
+        count: rows left uncalibrated.
+        n: rows the model was evaluated on.
+        action: what was done with them (``"kept the network's uncalibrated output"``).
+    """
+
+    def __init__(self, message: str, *, model: str = "", count: int = 0, n: int = 0, action: str = ""):
+        super().__init__(message)
+        self.model = model
+        self.count = int(count)
+        self.n = int(n)
+        self.action = action
 
 
 class OutOfRangeWarning(MambahWarning):

@@ -97,6 +97,86 @@ def test_bins_split_by_flags_and_unseen_states_are_left_alone():
     np.testing.assert_allclose(out[:, 0], [1, 2, 0], atol=1e-6)  # state 0b10 was not in the fit: unchanged
 
 
+def test_apply_counts_the_rows_it_leaves_unmapped():
+    """``tally`` receives the rows left as the model gave them: a flag state the fit never saw, a
+    (P, ETA) bin without a map; the mapped rows are not counted; without any map, every row."""
+    from scipy.special import ndtri
+
+    z = ndtri(LEVELS)
+    # 2 p bins x 1 eta bin x states {0b01, 0b11}; maps only for (p bin 0, 0b01) and (p bin 1, 0b11)
+    g = np.stack([z, z])[None, :, None, :]
+    d = np.stack([z + 1, z + 2])[None, :, None, :]
+    c = MarginalCorrection(["a"], [0, 5e3, 1e9], [0, 10], LEVELS, g, d, split=["f0", "f1"], states=[1, 3],
+                           bin_ids=[0, 3])
+    names = ["P", "ETA", "f0", "f1"]
+    cond = np.array([[1e3, 3.0, 1, 0],    # bin 0, state 0b01: mapped (+1)
+                     [9e3, 3.0, 1, 1],    # bin 3 (p bin 1, 0b11): mapped (+2)
+                     [1e3, 3.0, 1, 1],    # p bin 0, 0b11: a bin without a map
+                     [9e3, 3.0, 0, 1],    # state 0b10: never seen
+                     [9e3, 3.0, 1, 0]])   # p bin 1, 0b01: a bin without a map
+    tally = []
+    out = c.apply(np.zeros((5, 1)), cond, names, ["a"], tally=tally)
+    np.testing.assert_allclose(out[:, 0], [1, 2, 0, 0, 0], atol=1e-6)
+    assert tally == [3]
+    tally = []
+    c.apply(np.zeros((2, 1)), cond[:2], names, ["a"], tally=tally)
+    assert tally == [0]
+    empty = MarginalCorrection(["a"], [0, 1e9], [0, 10], LEVELS, g[:, :0], d[:, :0], bin_ids=[])
+    tally = []
+    empty.apply(np.zeros((4, 1)), cond[:4, :2], ["P", "ETA"], ["a"], tally=tally)
+    assert tally == [4]
+
+
+def test_a_calibrated_model_reports_the_rows_it_left_unmapped():
+    """The shipped pion RICH step maps per (P, ETA) bin and RICH-threshold state: tracks in a state its
+    calibration never saw keep the network's output and are reported, as an UncalibratedWarning (with
+    the count) or, for a caller that takes the counts, in the RangeCounts; mapped rows alone: silence."""
+    import warnings
+
+    from mambah.errors import UncalibratedWarning
+    from mambah.nn.pidmodel import PidModel
+    from mambah.pid.chain import rich_threshold_codes
+
+    m = PidModel.load(MODELS / "pid-pi-rich")
+    rng = np.random.default_rng(4)
+    n = 3000
+    p, eta = np.exp(rng.uniform(np.log(4e3), np.log(9e4), n)), rng.uniform(2.2, 4.4, n)
+    cols = {"P": p, "ETA": eta, "nTracks": rng.uniform(30, 250, n), "charge": rng.choice([-1.0, 1.0], n),
+            **rich_threshold_codes(p, eta)}
+    cond = np.column_stack([cols[c] for c in m.conditions])
+    # a state no calibration track has: above the proton threshold of RICH1 but below the pion's
+    odd = rng.random(n) < 0.1
+    cond[odd, m.conditions.index("RichAbovePi1")] = 0.0
+    cond[odd, m.conditions.index("RichAboveP1")] = 1.0
+    b = m.correction.bins_of(cond, m.conditions)
+    want = int((b < 0).sum())
+    assert want >= odd.sum() and want < n // 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = m.generate_array(cond, 5)
+    w = [x.message for x in caught if issubclass(x.category, UncalibratedWarning)]
+    assert len(w) == 1 and (w[0].count, w[0].n, w[0].model) == (want, n, "pid-pi-rich")
+    assert f"{want} of {n} rows" in str(w[0]) and "2000 sWeighted signal" in str(w[0])
+    # the unmapped rows are the network's output, exactly
+    raw = m.correction
+    try:
+        m.set_correction(None)
+        np.testing.assert_array_equal(m.generate_array(cond, 5)[b < 0], y[b < 0])
+    finally:
+        m.set_correction(raw)
+    counts = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        np.testing.assert_array_equal(m.generate_array(cond, 5, counts=counts), y)
+    assert not [x for x in caught if issubclass(x.category, UncalibratedWarning)]
+    assert len(counts) == 1 and counts[0].uncalibrated == want and counts[0].n == n
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.generate_array(cond[b >= 0], 5)
+        m.generate_array(cond, 5, check_range=False)
+    assert not [x for x in caught if issubclass(x.category, UncalibratedWarning)]
+
+
 def test_compact_drops_identity_bins_and_keeps_the_output():
     from scipy.special import ndtri
 

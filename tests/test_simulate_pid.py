@@ -183,6 +183,41 @@ def test_out_of_range_warned_once_per_production_and_model(tmp_path):
     assert pid.out_of_range_totals("w1")["pid-K-flags"][1] == tracks  # the flags step sees every K track
 
 
+@pytest.mark.filterwarnings("ignore::mambah.errors.OutOfRangeWarning")
+def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(tmp_path):
+    """The calibrated RICH steps leave the tracks of bins and threshold states without a map as the
+    network gave them: one UncalibratedWarning per model and production, every batch's counts in its
+    provenance (for every calibrated model, also at 0), the totals their sums, the simulate summary's rows."""
+    from mambah import Store, run_production
+    from mambah.cli.cmd_simulate import uncalibrated_rows
+    from mambah.errors import UncalibratedWarning
+    from mambah.pid import stage as pid
+
+    pl = standard_pipeline(REF)
+    calibrated = {f"pid-{s}-rich" for s in ("pi", "K", "p")}
+    with Store(f"sqlite:///{tmp_path / 'u.sqlite'}") as st:
+        for prod in ("u1", "u2"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UncalibratedWarning)
+                run_production(pl, n_events=3000, batch_size=1000, seed=5, store=st, production=prod)
+            got = [w.message for w in caught if issubclass(w.category, UncalibratedWarning)]
+            models = [m.model for m in got]
+            assert models and len(models) == len(set(models)) and set(models) <= calibrated, [str(m) for m in got]
+            assert all(0 < m.count < m.n and f"production {prod!r}" in str(m) for m in got)
+        infos = [st.batch_info(b)["config"]["reconstruction"]["pid"] for b in st.batch_ids()]
+        rows = uncalibrated_rows(st, "u1")
+    assert all(set(i["uncalibrated"]) == calibrated for i in infos)
+    tot = pid.uncalibrated_totals("u1")
+    assert set(tot) == calibrated
+    for model, (bad, n) in tot.items():
+        per_batch = [i["uncalibrated"][model] for i in infos[:3]]
+        assert [bad, n] == list(np.sum(per_batch, axis=0)) and 0 <= bad < n
+        assert n == sum(i["out_of_range"][model][1] for i in infos[:3])  # the rows the step evaluated
+    assert sorted(rows) == sorted((m, b, n) for m, (b, n) in tot.items() if b)
+    # the b-decay protons reach states and bins the calibration sample did not populate
+    assert tot["pid-p-rich"][0] > 0
+
+
 def test_native_log_filter_drops_tensorflow_retracing_only():
     import logging
 

@@ -150,13 +150,17 @@ def default_production_name(descriptor, seed: int, reconstruct_as=None, invisibl
 class _Collector:
     """A ``warnings.showwarning`` that keeps the models' :class:`~mambah.errors.OutOfRangeWarning` warnings
     (recognised by class; their fields are read, never their text) for the summary table at the
-    end, and shows every other warning as usual, at once."""
+    end, holds back the :class:`~mambah.errors.UncalibratedWarning` warnings (the summary's line on the
+    uncalibrated PID outputs reports them, from the batches' provenance), and shows every other warning
+    as usual, at once."""
 
     def __init__(self):
-        from mambah.errors import OutOfRangeWarning
+        from mambah.errors import OutOfRangeWarning, UncalibratedWarning
 
         self.category = OutOfRangeWarning
+        self.held = UncalibratedWarning
         self.caught: list = []
+        self.uncalibrated: list = []
         self._show = None
 
     def __enter__(self):
@@ -175,8 +179,44 @@ class _Collector:
     def showwarning(self, message, category, filename, lineno, file=None, line=None):
         if issubclass(category, self.category) and isinstance(message, self.category):
             self.caught.append(message)
+        elif issubclass(category, self.held) and isinstance(message, self.held):
+            self.uncalibrated.append(message)
         else:
             self._show(message, category, filename, lineno, file, line)
+
+
+def _batch_infos(store, production: str, what: str):
+    """The provenance (``batches.config``, decoded) of each batch of ``production``; a batch whose
+    provenance is not JSON is logged (its ``what`` left out) and skipped."""
+    import json
+    import logging
+
+    bt = store.read("batches", columns=["batch", "config"], where={"production": production}, ordered=False)
+    for batch, blob in zip(bt["batch"], bt["config"]):
+        try:
+            yield json.loads(blob) if blob else {}
+        except json.JSONDecodeError:
+            logging.getLogger("mambah.simulate").warning(
+                "batch %d: its provenance (config) is not JSON; its %s are left out", batch, what)
+
+
+def uncalibrated_rows(store, production: str) -> list[tuple[str, int, int]]:
+    """``[(model, rows left unmapped, rows evaluated)]`` of the calibrated PID models that left rows
+    without a quantile map in ``production`` (:class:`~mambah.errors.UncalibratedWarning`), summed over
+    the batches' provenance (``reconstruction.pid.uncalibrated``)."""
+    totals: dict[str, list[int]] = {}
+    for info in _batch_infos(store, production, "uncalibrated-row counts"):
+        pid = (info.get("reconstruction") or {}).get("pid") if isinstance(info, dict) else None
+        counts = pid.get("uncalibrated") if isinstance(pid, dict) else None
+        for model, value in (counts.items() if isinstance(counts, dict) else ()):
+            try:
+                bad, n = (int(v) for v in value)
+            except (TypeError, ValueError):
+                continue
+            t = totals.setdefault(str(model), [0, 0])
+            t[0] += bad
+            t[1] += n
+    return [(m, bad, n) for m, (bad, n) in totals.items() if bad]
 
 
 def out_of_range_rows(store, production: str, caught=()) -> list[dict]:
@@ -191,20 +231,10 @@ def out_of_range_rows(store, production: str, caught=()) -> list[dict]:
     Returns:
         ``[{stage, model, outside, inputs, conditions, action, scope}]``, in the order of the stages.
     """
-    import json
-    import logging
-
     from mambah.production import out_of_range_counts
 
-    bt = store.read("batches", columns=["batch", "config"], where={"production": production}, ordered=False)
     totals: dict[tuple[str, str], list[int]] = {}
-    for batch, blob in zip(bt["batch"], bt["config"]):
-        try:
-            info = json.loads(blob) if blob else {}
-        except json.JSONDecodeError:
-            logging.getLogger("mambah.simulate").warning(
-                "batch %d: its provenance (config) is not JSON; its out-of-range counts are left out", batch)
-            continue
+    for info in _batch_infos(store, production, "out-of-range counts"):
         for stage, models in out_of_range_counts(info).items():
             for model, (bad, n) in models.items():
                 t = totals.setdefault((stage, model), [0, 0])
@@ -430,6 +460,7 @@ def run(args: argparse.Namespace) -> int:
             )
         url = store.url
         rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
+        uncal = uncalibrated_rows(store, name) if args.level == "reco" and res.written else []
         gen = generator_summary(store, name)
         channels = cocktail_summary(store, name) if cocktail else []
         vtx = vertexing_summary(store, name) if args.vertexing and res.written else {}
@@ -481,6 +512,9 @@ def run(args: argparse.Namespace) -> int:
         print("  inputs outside the models' training ranges, whole production:")
         for line in format_out_of_range(rows):
             print(f"    {line}")
+    if uncal:
+        print("  PID outputs left uncalibrated (their (P, ETA) bin or RICH state has no quantile map; the network's own "
+              "output), whole production: " + ", ".join(f"{m} {100 * b / max(n, 1):.2g}% ({b} of {n})" for m, b, n in uncal))
     if res.interrupted:
         print(f"interrupted: {res.written + res.skipped} of {res.n_batches} batches are in the store; "
               "run the same command with --resume to finish", file=sys.stderr)

@@ -380,16 +380,22 @@ class MarginalCorrection(BinnedCalibration):
                                   logit_offsets=self.logit_offsets)
 
     def apply(self, y: np.ndarray, conditions: np.ndarray, names: list[str], columns: list[str],
-              member: int = 0) -> np.ndarray:
+              member: int = 0, tally: list | None = None) -> np.ndarray:
         """``y`` (n, len(columns)) with the corrected columns mapped (a new array; others unchanged).
 
         ``conditions``: the rows' raw conditions, columns ``names`` (P, ETA and the ``split``
-        columns among them). NaN values stay NaN. ``member``: 0 the nominal's map, k member k's."""
+        columns among them). NaN values stay NaN. ``member``: 0 the nominal's map, k member k's.
+        ``tally``: a list that receives the number of rows left unmapped (their bin or state has no
+        map: the fit's sample held less than its ``min_weight`` of signal there, or no row)."""
         out = np.array(y, dtype=float, copy=True)
         if not len(out) or not self.n_bins:
+            if tally is not None:
+                tally.append(len(out))
             return out
         b = self.bins_of(conditions, names)
         rows = np.flatnonzero(b >= 0)
+        if tally is not None:
+            tally.append(len(out) - len(rows))
         if not len(rows):
             return out
         b = b[rows]

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from mambah.errors import DataError, ModelDirError, OutOfRangeWarning
+from mambah.errors import DataError, ModelDirError, OutOfRangeWarning, UncalibratedWarning
 
 __all__ = ["Model", "QuantileConditionedModel", "RangeCounts"]
 
@@ -53,6 +53,8 @@ class RangeCounts:
         n: rows checked.
         detail: ``{quantity: rows outside}`` for the quantities with rows outside.
         text: the same per quantity with its range, ``"P: 3 outside [2000, 1e+06], ..."`` ("" if none).
+        uncalibrated: rows the model's quantile calibration left unmapped (a bin or flag state
+            without a map, :class:`~mambah.errors.UncalibratedWarning`); None for a model without one.
     """
 
     model: str
@@ -60,6 +62,7 @@ class RangeCounts:
     n: int
     detail: dict[str, int] = dataclasses.field(default_factory=dict)
     text: str = ""
+    uncalibrated: int | None = None
 
     @property
     def fraction(self) -> float:
@@ -269,6 +272,33 @@ class QuantileConditionedModel(Model):
                                     f"the model has {self.n_members} ensemble members; refit it "
                                     "(mambah train marginals)")
         self.correction = correction
+
+    def uncalibrated_warning(self, count: int, n: int, where: str = "") -> UncalibratedWarning:
+        """The structured :class:`~mambah.errors.UncalibratedWarning` for ``count`` of ``n`` rows left
+        unmapped by the calibration (not emitted); ``where``: e.g. the batch, for the message."""
+        action = "kept the network's uncalibrated output"
+        corr = self.card.get("marginal_correction") or {}
+        need = (corr.get("bins") or {}).get("min_weight") if isinstance(corr, dict) else None
+        why = f"less than {need:g} sWeighted signal" if isinstance(need, (int, float)) else "too little signal"
+        msg = (f"model {self.name!r}: {count} of {n} rows ({100 * count / max(n, 1):.3g}%){where} lie in (P, ETA) "
+               f"bins or flag states where its calibration sample had {why}, so its quantile calibration has no "
+               f"map there; they {action} (the card's marginal_correction lists the bins)")
+        return UncalibratedWarning(msg, model=self.name, count=count, n=n, action=action)
+
+    def report_uncalibrated(self, tally: list, n: int, counts: list | None, warn: bool = True,
+                            stacklevel: int = 2) -> None:
+        """After a calibrated evaluation of ``n`` rows: the calibration's ``tally`` (rows left unmapped,
+        :meth:`MarginalCorrection.apply <mambah.nn.marginals.MarginalCorrection.apply>`) goes into the
+        last :class:`RangeCounts` of ``counts`` (its ``uncalibrated``) when the caller takes the counts,
+        else into an :class:`~mambah.errors.UncalibratedWarning` when some row was left (and ``warn``)."""
+        if self.correction is None or not tally:
+            return
+        total = int(sum(tally))
+        if counts is not None:
+            if counts:
+                counts[-1] = dataclasses.replace(counts[-1], uncalibrated=total)
+        elif total and warn:
+            warnings.warn(self.uncalibrated_warning(total, n), stacklevel=stacklevel + 1)
 
     def preprocess(self, conditions: np.ndarray) -> np.ndarray:
         """Gaussianised conditions (``mode="mid"``), float64."""

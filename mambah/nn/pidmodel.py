@@ -131,10 +131,10 @@ class PidModel(QuantileConditionedModel):
             m.set_correction(MarginalCorrection.load(path))
         return m
 
-    def _corrected(self, y: np.ndarray, conditions: np.ndarray, member: int = 0) -> np.ndarray:
+    def _corrected(self, y: np.ndarray, conditions: np.ndarray, member: int = 0, tally: list | None = None) -> np.ndarray:
         if self.correction is None:
             return y
-        return self.correction.apply(y, conditions, self.conditions, self.targets, member)
+        return self.correction.apply(y, conditions, self.conditions, self.targets, member, tally)
 
     # ------------------------------------------------------------- inference
     def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
@@ -149,13 +149,19 @@ class PidModel(QuantileConditionedModel):
         NaN/inf conditions (:class:`~mambah.errors.DataError`). ``check_range=False``: no warning
         (for a caller that counts the rows outside itself, with :meth:`check_range`). ``counts``: a
         list that receives the :class:`~mambah.nn.model.RangeCounts`, counted in the same compiled
-        pass, instead of the warning.
+        pass, instead of the warning. A model with a quantile calibration (``marginals.npz``) maps the
+        outputs of each (P, ETA) bin and flag state it has a map for; the rows of the others keep the
+        network's output and are reported: an :class:`~mambah.errors.UncalibratedWarning` (unless
+        ``check_range=False``), or with ``counts`` the ``uncalibrated`` field of its entry.
         """
         from mambah.nn.inference import DEFAULT_CHUNK, generate
 
         y = generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                      check_range=check_range, counts=counts)
-        return self._corrected(y, conditions)
+        tally: list = []
+        y = self._corrected(y, conditions, 0, tally)
+        self.report_uncalibrated(tally, len(y), counts, check_range)
+        return y
 
     def generate(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """Generate the targets for every row of ``data`` (DataFrame with the condition columns, or an array).
@@ -188,8 +194,10 @@ class PidModel(QuantileConditionedModel):
         self._require_members()
         y = generate_variations(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                                 check_range=check_range, counts=counts)
-        if self.correction is not None:
-            y = np.stack([self._corrected(y[k], conditions, k) for k in range(len(y))])
+        if self.correction is not None:  # (the members' maps have the nominal's bins: its tally is theirs)
+            tally: list = []
+            y = np.stack([self._corrected(y[k], conditions, k, None if k else tally) for k in range(len(y))])
+            self.report_uncalibrated(tally, y.shape[1], counts, check_range)
         return y
 
     def generate_member_array(self, k: int, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
@@ -206,7 +214,10 @@ class PidModel(QuantileConditionedModel):
         self._require_members()
         y = generate_member(self, k, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                             check_range=check_range, counts=counts)
-        return self._corrected(y, conditions, k)
+        tally: list = []
+        y = self._corrected(y, conditions, k, tally)
+        self.report_uncalibrated(tally, len(y), counts, check_range)
+        return y
 
     def generate_variations(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """The targets of :meth:`generate` plus, for each ensemble member k = 1..K, ``f"{target}_var{k}"``.

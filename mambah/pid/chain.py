@@ -785,7 +785,8 @@ def _no_rows(m, step: ChainStep):
     """The :class:`~mambah.nn.model.RangeCounts` of a step that evaluated no row."""
     from mambah.nn.model import RangeCounts
 
-    return RangeCounts(_model_name(m, step), 0, 0)
+    calibrated = getattr(m, "correction", None) is not None and hasattr(m, "generate_array")
+    return RangeCounts(_model_name(m, step), 0, 0, uncalibrated=0 if calibrated else None)
 
 
 # (species, steps) -> (the steps' (resolved path, content hash), chain): a model retrained in place

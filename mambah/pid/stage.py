@@ -27,6 +27,14 @@ emits one structured :class:`~mambah.errors.OutOfRangeWarning` for it (fields ``
 ``batch.info["reconstruction"]["pid"]["out_of_range"]`` (kept with the batch's provenance in the
 store), and :func:`out_of_range_totals` sums them over the batches this process ran.
 
+**Uncalibrated rows.** The steps with a quantile calibration (``marginals.npz``, :mod:`mambah.nn.marginals`)
+map their outputs per (P, ETA) bin and RICH-threshold state; where the calibration sample held too
+little signal there is no map, and those tracks keep the network's own output (b-decay protons: about
+1% of them, mostly at high eta). They are reported the same way: one
+:class:`~mambah.errors.UncalibratedWarning` per model and production, ``{model: [rows unmapped, rows
+evaluated]}`` in ``batch.info["reconstruction"]["pid"]["uncalibrated"]`` for every calibrated model, and
+:func:`uncalibrated_totals`.
+
 **Variations** (``PID(variations=True)``, ``mambah simulate --pid-variations``): every track of a
 species whose chain has ensemble members (``mambah train pid ... --ensemble K``) also gets its PID
 columns once per member k = 1..K, drawn with the nominal's noise and flag uniforms
@@ -62,7 +70,7 @@ from mambah.errors import ConfigurationError, OutOfRangeWarning
 from mambah.physics import SPECIES, SPECIES_PDG, p_eta
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
-__all__ = ["PID", "out_of_range_totals"]
+__all__ = ["PID", "out_of_range_totals", "uncalibrated_totals"]
 
 log = logging.getLogger(__name__)
 _WARNED: set = set()
@@ -70,6 +78,9 @@ _WARNED: set = set()
 # out-of-range bookkeeping of this process: (production, model) -> [rows outside, rows evaluated]
 _RANGE: dict[tuple[str | None, str], list[int]] = {}
 _RANGE_WARNED: set[tuple[str | None, str]] = set()
+# rows the calibrated models left unmapped: (production, model) -> [rows unmapped, rows evaluated]
+_UNCAL: dict[tuple[str | None, str], list[int]] = {}
+_UNCAL_WARNED: set[tuple[str | None, str]] = set()
 _RANGE_LOCK = threading.Lock()
 
 
@@ -79,6 +90,14 @@ def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, i
     process ran."""
     with _RANGE_LOCK:
         return {m: (v[0], v[1]) for (p, m), v in _RANGE.items() if p == production}
+
+
+def uncalibrated_totals(production: str | None = None) -> dict[str, tuple[int, int]]:
+    """``{model: (rows its quantile calibration left unmapped, rows evaluated)}`` of the calibrated
+    models, over the batches of ``production`` (``None``: outside a production) that the PID stages of
+    this process ran (:class:`~mambah.errors.UncalibratedWarning`)."""
+    with _RANGE_LOCK:
+        return {m: (v[0], v[1]) for (p, m), v in _UNCAL.items() if p == production}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +279,10 @@ class PID:
         for _, steps, _ in results:
             step_counts.update(steps)
         out_of_range = self._report(step_counts, batch)
+        from mambah.pid.chain import _model_name
+
+        models = {_model_name(m, step): m for c in chains.values() for step, m in zip(c.steps, c.models)}
+        uncalibrated = self._report_uncalibrated(step_counts, batch, models)
         for (s, sel, _), (gen, _, _) in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
                 out[store_col][track[sel]] = gen[col]
@@ -283,7 +306,8 @@ class PID:
             parts[c] = v
         batch["particles"] = parts
         batch.info.setdefault("reconstruction", {})["pid"] = {"tracks": counts, "no_chain": int((~known).sum()),
-                                                               "out_of_range": out_of_range}
+                                                               "out_of_range": out_of_range,
+                                                               "uncalibrated": uncalibrated}
         return batch
 
     @staticmethod
@@ -347,3 +371,29 @@ class PID:
                 f"model in {where}; every batch's counts are in its provenance, reconstruction.pid.out_of_range)",
                 model=model, count=c.count, n=c.n, detail=c.detail, action=action), stacklevel=3)
         return {model: [c.count, c.n] for model, c in step_counts.items()}
+
+    @staticmethod
+    def _report_uncalibrated(step_counts: dict, batch, models: dict) -> dict[str, list[int]]:
+        """The calibrated models' rows left unmapped (``RangeCounts.uncalibrated``): added to the
+        production's, one :class:`~mambah.errors.UncalibratedWarning` per model the first time in the
+        production that it leaves rows; returns ``{model: [rows unmapped, rows evaluated]}`` for the
+        models with a calibration (the batch's provenance)."""
+        production = batch.info.get("production")
+        first = []
+        with _RANGE_LOCK:
+            for model, c in step_counts.items():
+                if c.uncalibrated is None:
+                    continue
+                tot = _UNCAL.setdefault((production, model), [0, 0])
+                tot[0] += c.uncalibrated
+                tot[1] += c.n
+                if c.uncalibrated and (production, model) not in _UNCAL_WARNED:
+                    _UNCAL_WARNED.add((production, model))
+                    first.append((model, c))
+        where = f"production {production!r}" if production is not None else "this process"
+        for model, c in first:
+            w = models[model].uncalibrated_warning(c.uncalibrated, c.n, f" of batch {batch.id}")
+            warnings.warn(type(w)(f"PID {w} (reported once per model in {where}; every batch's counts are in its "
+                                  "provenance, reconstruction.pid.uncalibrated)", model=w.model, count=w.count,
+                                  n=w.n, action=w.action), stacklevel=3)
+        return {model: [c.uncalibrated, c.n] for model, c in step_counts.items() if c.uncalibrated is not None}
