@@ -44,11 +44,11 @@ from typing import Any
 
 from mambah import extras
 from mambah.batch import Batch
-from mambah.errors import ConfigurationError, OutOfRangeWarning, StoreError
+from mambah.errors import ConfigurationError, OutOfRangeWarning, StoreError, UncalibratedWarning
 from mambah.pipeline import Pipeline, batch_sizes, production_batch
 
 __all__ = ["ProductionResult", "run_production", "regenerate_batch", "production_record", "production_records",
-           "out_of_range_counts", "config_diff", "local_cluster", "WORKER_ENV"]
+           "out_of_range_counts", "uncalibrated_counts", "config_diff", "local_cluster", "WORKER_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,8 @@ def regenerate_batch(pipeline: Pipeline, store, batch_id: int) -> Batch:
         OutOfRangeWarning: one per model that evaluated inputs of this batch outside its training
             range (the counts of the batch's provenance, :func:`out_of_range_counts`), every call:
             the stages themselves warn only the first time in a process.
+        UncalibratedWarning: one per calibrated PID model that left rows of this batch without a
+            quantile map (:func:`uncalibrated_counts`), every call.
 
     Raises:
         StoreError: no production of the store covers ``batch_id``.
@@ -264,7 +266,31 @@ def regenerate_batch(pipeline: Pipeline, store, batch_id: int) -> Batch:
                     f"({stage} stage) lie outside its training range; they are evaluated at the range edges, as "
                     "in the production", model=model, count=bad, n=n, action="evaluated at the range edges"),
                     stacklevel=2)
+    for model, (bad, n) in uncalibrated_counts(batch.info).items():
+        if bad:
+            action = "kept the network's uncalibrated output"
+            warnings.warn(UncalibratedWarning(
+                f"regenerated batch {batch_id} of production {name!r}: {bad} of {n} rows of PID model {model!r} lie "
+                f"where its quantile calibration has no map; they {action}, as in the production",
+                model=model, count=bad, n=n, action=action), stacklevel=2)
     return batch
+
+
+def uncalibrated_counts(info: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{model: (rows left without a quantile map, rows evaluated)}`` of one batch's calibrated PID
+    models, from its provenance (``reconstruction.pid.uncalibrated``, :mod:`mambah.pid.stage`);
+    entries that do not have this shape are skipped."""
+    reco = info.get("reconstruction") if isinstance(info, Mapping) else None
+    pid = reco.get("pid") if isinstance(reco, Mapping) else None
+    counts = pid.get("uncalibrated") if isinstance(pid, Mapping) else None
+    out: dict[str, tuple[int, int]] = {}
+    for model, value in (counts.items() if isinstance(counts, Mapping) else ()):
+        try:
+            bad, n = (int(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        out[str(model)] = (bad, n)
+    return out
 
 
 def out_of_range_counts(info: Mapping[str, Any]) -> dict[str, dict[str, tuple[int, int]]]:

@@ -192,6 +192,7 @@ def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(t
     from mambah.cli.cmd_simulate import uncalibrated_rows
     from mambah.errors import UncalibratedWarning
     from mambah.pid import stage as pid
+    from mambah.production import regenerate_batch
 
     pl = standard_pipeline(REF)
     calibrated = {f"pid-{s}-rich" for s in ("pi", "K", "p")}
@@ -206,8 +207,16 @@ def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(t
             assert all(0 < m.count < m.n and f"production {prod!r}" in str(m) for m in got)
         infos = [st.batch_info(b)["config"]["reconstruction"]["pid"] for b in st.batch_ids()]
         rows = uncalibrated_rows(st, "u1")
+        tot = pid.uncalibrated_totals("u1")
+        # a regenerated batch repeats its counts, every call
+        first = st.batch_ids()[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UncalibratedWarning)
+            regenerate_batch(pl, st, first)
+        again = {w.message.model: [w.message.count, w.message.n] for w in caught
+                 if issubclass(w.category, UncalibratedWarning)}
+        assert again == {m: c for m, c in infos[0]["uncalibrated"].items() if c[0]}
     assert all(set(i["uncalibrated"]) == calibrated for i in infos)
-    tot = pid.uncalibrated_totals("u1")
     assert set(tot) == calibrated
     for model, (bad, n) in tot.items():
         per_batch = [i["uncalibrated"][model] for i in infos[:3]]

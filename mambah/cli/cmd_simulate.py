@@ -204,16 +204,12 @@ def uncalibrated_rows(store, production: str) -> list[tuple[str, int, int]]:
     """``[(model, rows left unmapped, rows evaluated)]`` of the calibrated PID models that left rows
     without a quantile map in ``production`` (:class:`~mambah.errors.UncalibratedWarning`), summed over
     the batches' provenance (``reconstruction.pid.uncalibrated``)."""
+    from mambah.production import uncalibrated_counts
+
     totals: dict[str, list[int]] = {}
     for info in _batch_infos(store, production, "uncalibrated-row counts"):
-        pid = (info.get("reconstruction") or {}).get("pid") if isinstance(info, dict) else None
-        counts = pid.get("uncalibrated") if isinstance(pid, dict) else None
-        for model, value in (counts.items() if isinstance(counts, dict) else ()):
-            try:
-                bad, n = (int(v) for v in value)
-            except (TypeError, ValueError):
-                continue
-            t = totals.setdefault(str(model), [0, 0])
+        for model, (bad, n) in uncalibrated_counts(info).items():
+            t = totals.setdefault(model, [0, 0])
             t[0] += bad
             t[1] += n
     return [(m, bad, n) for m, (bad, n) in totals.items() if bad]
