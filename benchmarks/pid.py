@@ -12,7 +12,10 @@
   validation BDT-KS first reached its final (best) value, and first went below 0.05;
 * chain: the whole chained PID stage of the shipped models (``--chain-models DIR``: of DIR's); where the
   chains have ``pid-<s>-probnn`` steps, with them (``PID(probnn=True)``, ``mambah simulate --probnn``,
-  issue 24) and, timed alternately as the baseline, without them (``chain_no_probnn_tracks_per_s``);
+  issue 24) and, timed alternately as the baselines, without them (``chain_no_probnn_tracks_per_s``), with
+  the knot search of the transforms not XLA-compiled (``chain_no_xla_tracks_per_s``,
+  :data:`mambah.nn.inference.XLA_MIN_ROWS`) and with 2 species' chains at once instead of 3
+  (``chain_two_threads_tracks_per_s``, the stage's default before 2026-12-07);
 * chain-variations: the PID stage on the kaon chain, nominal against ``variations=True`` with K
   members on its RICH and global steps (``mambah simulate --pid-variations``; stand-ins with
   perturbed weights unless the shipped chain has K members): tracks/s and the time ratio
@@ -195,9 +198,14 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     A synthetic batch: ``n`` track rows, species e/mu/pi/K/p in equal parts, p log-uniform in
     3-100 GeV/c, eta uniform in 2.2-4.6, n_tracks uniform in 20-300 (inside the training ranges),
     one event per 50 tracks. Times ``PID()(batch)`` (conditions, five chains of three networks,
-    combination, columns written), best of ``repeats``, each after a warm-up on 10^4 tracks.
+    combination, columns written), best of ``repeats``, each after a warm-up on 10^4 tracks (and every
+    stage once on 2 x 10^5 tracks first: loads the chains, compiles the XLA knot searches of full chunks).
     """
+    import dataclasses
+    import sys
+
     from mambah.errors import ConfigurationError
+    from mambah.nn import inference
     from mambah.pid.stage import PID
 
     def batch(n):
@@ -218,10 +226,11 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     def numpy_sample(self, data, rng, *, compiled=True, **kw):
         return compiled_sample(self, data, rng, compiled=False, **kw)
 
+    stages["two_threads"] = dataclasses.replace(stage, threads=2)  # the stage's default before 2026-12-07
     best = {"compiled": [np.inf, np.inf], "numpy_flags": [np.inf, np.inf], "no_marginals": [np.inf, np.inf],
-            "no_probnn": [np.inf, np.inf]}
+            "no_probnn": [np.inf, np.inf], "no_xla": [np.inf, np.inf], "two_threads": [np.inf, np.inf]}
     for st in stages.values():
-        st(batch(10_000))  # loads the chains
+        st(batch(200_000))  # loads the chains, compiles (a full chunk of every species)
     # the RICH steps' marginal calibrations (mambah.nn.marginals): timed with and without them
     corrected = {id(m): (m, m.correction) for c in stage.chains().values() for m in c.models
                  if getattr(m, "correction", None) is not None}
@@ -230,13 +239,15 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
         modes = [h for h in modes if h != "no_marginals"]
     if not has_probnn:
         modes = [h for h in modes if h != "no_probnn"]
+    xla_rows = inference.XLA_MIN_ROWS
     try:
         for _ in range(repeats):
             for how in modes:  # alternately, so that all see the same machine
                 FlagModel.sample = numpy_sample if how == "numpy_flags" else compiled_sample
                 for m, corr in corrected.values():
                     m.correction = None if how == "no_marginals" else corr
-                run = stages["no_probnn"] if how == "no_probnn" else stage
+                inference.XLA_MIN_ROWS = sys.maxsize if how == "no_xla" else xla_rows
+                run = stages[how] if how in ("no_probnn", "two_threads") else stage
                 run(batch(10_000))  # warm-up (traces the graphs on the first pass)
                 b = batch(n)
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -245,6 +256,7 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
                 best[how][1] = min(best[how][1], time.process_time() - c0)
     finally:
         FlagModel.sample = compiled_sample
+        inference.XLA_MIN_ROWS = xla_rows
         for m, corr in corrected.values():
             m.correction = corr
     steps = [s.role for c in stage.chains().values() for s in c.steps]
@@ -259,6 +271,10 @@ def bench_chain(n=1_000_000, repeats=2, models_dir=None, baseline=True):
     if "no_marginals" in modes:
         out["no_marginals_tracks_per_s"] = n / best["no_marginals"][0]
         out["no_marginals_tracks_per_cpu_s"] = n / best["no_marginals"][1]
+    for how in ("no_xla", "two_threads"):
+        if how in modes:
+            out[f"{how}_tracks_per_s"] = n / best[how][0]
+            out[f"{how}_tracks_per_cpu_s"] = n / best[how][1]
     return out
 
 
@@ -528,6 +544,12 @@ def main():
                   f"{ch['no_marginals_tracks_per_s'] / ch['tracks_per_s'] - 1:14.1%}")
         if "no_probnn_tracks_per_s" in ch:
             print(f"{'chained PID stage without the ProbNN steps: tracks/s':58s} {ch['no_probnn_tracks_per_s']:14,.0f}")
+        if "no_xla_tracks_per_s" in ch:
+            print(f"{'chained PID stage, knot search not XLA-compiled: tracks/s':58s} {ch['no_xla_tracks_per_s']:14,.0f}")
+            print(f"{'  its tracks per CPU-second':58s} {ch['no_xla_tracks_per_cpu_s']:14,.0f}")
+        if "two_threads_tracks_per_s" in ch:
+            print(f"{'chained PID stage, 2 species at once (was the default): tracks/s':58s} "
+                  f"{ch['two_threads_tracks_per_s']:14,.0f}")
     if var:
         k = var["k"]
         print(f"{'variations: nominal alone, tracks/s (wall, best of %d)' % a.repeats:58s} "
@@ -573,6 +595,8 @@ def main():
                       "chain_numpy_flags_tracks_per_s": get(ch, "numpy_flags_tracks_per_s"),
                       "chain_no_marginals_tracks_per_s": get(ch, "no_marginals_tracks_per_s"),
                       "chain_no_probnn_tracks_per_s": get(ch, "no_probnn_tracks_per_s"),
+                      "chain_no_xla_tracks_per_s": get(ch, "no_xla_tracks_per_s"),
+                      "chain_two_threads_tracks_per_s": get(ch, "two_threads_tracks_per_s"),
                       "variations_k": get(var, "k"), "variations_tracks_per_s": get(var, "tracks_per_s"),
                       "variations_nominal_tracks_per_s": get(var, "nominal_tracks_per_s"),
                       "variations_cost_ratio": get(var, "cost_ratio"),

@@ -74,16 +74,17 @@ __all__ = ["generate", "generate_variations", "generate_member", "sample_flags",
 #: rows per compiled call: small enough that the activations stay in the caches, large enough that the
 #: per-call overhead (~0.1 ms) is negligible
 DEFAULT_CHUNK = 32768
-#: full chunks (all of one size, ``chunk`` rows) of at least this many rows search the knot tables
-#: (:class:`_Locator`: the integer cell arithmetic, the gathers and compares; and the interpolation's
-#: differences and products, :func:`_jit_twin`) in an XLA-compiled function,
-#: compiled once per model and chunk size (0.1-0.2 s): one fused loop instead of ~30 TensorFlow kernels
-#: over the chunk, 2-3x faster, exactly the same positions (tests). The last, smaller chunk of a call
-#: uses the plain graph, so varying sizes never recompile. Only the search: XLA evaluates floating-point
-#: expressions differently (a fused multiply-add in the CDF's interpolation moves it by an ulp; its
-#: ``ndtri`` differs by up to 0.02), which would change the samples. Measured 2026-12-07 (2 cores):
-#: the ProbNN step's GAN 1221 -> 1022 CPU-ns per row, a RICH GAN 690 -> 570; the whole PID stage with
-#: ProbNN +7-17% tracks/s in alternating runs. ``MAMBAH_XLA=0`` in the environment turns it off.
+#: full chunks (all of one size, ``chunk`` rows) of at least this many rows run the exact parts of the
+#: transforms in XLA-compiled functions (:func:`_jit_twin`): the knot search (:class:`_Locator`: the
+#: integer cell arithmetic, gathers and compares) and the interpolation's gathers, differences and
+#: products; compiled once per model and chunk size (0.1-0.2 s), one fused loop instead of ~30
+#: TensorFlow kernels over the chunk, 2-3x faster, the same results bit for bit (tests; a 500k-track PID
+#: stage compared column by column). The last, smaller chunk of a call uses the plain graph, so varying
+#: sizes never recompile. Not the rest: XLA evaluates floating-point expressions differently (the CDF
+#: with its product and sum in one function came out 1 ulp off, a fused multiply-add; with its own
+#: ``ndtri`` a transformed condition moved by up to 0.02), which would change the samples. Measured 2026-12-07 (2 cores, CPU-ns per row,
+#: one model at a time): the ProbNN step's GAN 1114 -> 770, a RICH GAN 506 -> 420, a global GAN 361 -> 290.
+#: ``MAMBAH_XLA=0`` in the environment turns it off.
 XLA_MIN_ROWS = 16384 if os.environ.get("MAMBAH_XLA", "1") != "0" else sys.maxsize
 #: compiled calls in flight at once, so that one chunk's single-threaded steps overlap another's network
 DEFAULT_WORKERS = 2
