@@ -268,13 +268,20 @@ class PID:
 
         # the chains count each step's rows outside its training range (``counts``) and the models
         # stay quiet; the counts are reported once per model and production (_report)
-        if self.threads > 1 and len(todo) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        # numpy's BLAS single-threaded meanwhile (the surrogate ProbNN network's products): the chains'
+        # threads and TensorFlow's keep the cores busy, and BLAS threads spinning beside them cost the
+        # stage with ProbNN 11-26% of its speed (alternating runs of 500k tracks, 2 cores, 2026-12-07).
+        # (process-wide while the stage runs: threadpoolctl restores the previous limit afterwards)
+        from threadpoolctl import threadpool_limits
 
-            with ThreadPoolExecutor(min(self.threads, len(todo))) as ex:
-                results = list(ex.map(run, todo))
-        else:
-            results = [run(j) for j in todo]
+        with threadpool_limits(1, user_api="blas"):
+            if self.threads > 1 and len(todo) > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(min(self.threads, len(todo))) as ex:
+                    results = list(ex.map(run, todo))
+            else:
+                results = [run(j) for j in todo]
         step_counts: dict = {}
         for _, steps, _ in results:
             step_counts.update(steps)
