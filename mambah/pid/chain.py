@@ -96,12 +96,12 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    its ProbNNp > 0.5 within 0.7% and ProbNNk > 0.5 within 1.2% in the bins known to 1%. A step whose
    targets are the ProbNN themselves is accepted too. With ``--pid-variations`` the ProbNN step runs
    once per ensemble member of the chain (on member k's DLLs; ``pid_variations.probnn_*``). Cost
-   (``python benchmarks/pid.py --only chain --tracks 500000``, 2 cores, a quiet machine, 2026-12-07):
-   370-400k tracks/s with the step against 660-790k without. Per ProbNN row the GAN costs ~0.86 us,
-   0.6 of them the transforms of its 17 conditions (14 continuous, each ~20 elementwise float64 ops in
-   the compiled graph; the knot search is an exact grid locator, mambah.nn.inference._Locator), the
-   generator 0.11 and the inverse transform 0.15; the surrogate network and the logits 0.2 us per
-   track; the kaon step's calibration 0.27 us per kaon (all rows through :class:`mambah.nn.knots.KnotTables`
+   (``python benchmarks/pid.py --only chain --tracks 500000``, 2 cores, 2026-12-07, evening):
+   482-517k tracks/s with the step against 867-942k without (370-470k with it before the XLA-compiled
+   knot search, 3 chains at once and single-threaded BLAS in the stage). Per ProbNN row the GAN costs
+   ~0.77 CPU-us (1.1 before XLA), most of it the transforms of its 17 conditions (14 continuous; the
+   knot search is an exact grid locator, mambah.nn.inference._Locator, XLA-compiled in full chunks),
+   the generator ~0.1 us; the surrogate network and the logits ~0.15 us per track; the kaon step's calibration 0.27 us per kaon (all rows through :class:`mambah.nn.knots.KnotTables`
    at once, 2026-12-07; 0.56 us with one numpy.interp per bin and output before). Conditions that are
    cheaper to transform (``mambah train pid --condition-transform affine``: log P, logit(Sur*)) save
    about 12% of the stage's CPU but, at the shipped epochs, trained worse steps (see
