@@ -203,6 +203,33 @@ def test_xla_compiled_knot_search_gives_the_same_samples(model, monkeypatch):
     assert 0 < a.mean() < 1
 
 
+def test_a_failing_xla_compilation_falls_back_to_the_plain_graph(model, monkeypatch, caplog):
+    """Where XLA does not work (a TensorFlow build without it), the plain graph gives the result, XLA is
+    turned off for the process with one logged warning; an error of the inputs themselves still raises."""
+    import logging
+
+    import tensorflow as tf
+
+    x = np.clip(_training_sample(3000, seed=4)[0], *model.cond_pre.range_())
+    monkeypatch.setattr(inference, "XLA_MIN_ROWS", 10**12)
+    plain = inference.generate(model, x, 123, chunk=1024)
+    monkeypatch.setattr(inference, "XLA_MIN_ROWS", 1000)
+    fast = inference._compiled(model)
+
+    def broken(*args):
+        raise tf.errors.UnimplementedError(None, None, "no XLA here")
+
+    monkeypatch.setattr(type(fast), "with_uniforms_jit", property(lambda self: broken))
+    with caplog.at_level(logging.WARNING, logger="mambah.nn.inference"):
+        np.testing.assert_array_equal(inference.generate(model, x, 123, chunk=1024), plain)
+        np.testing.assert_array_equal(inference.generate(model, x, 123, chunk=1024), plain)
+    assert inference.XLA_MIN_ROWS > 10**15
+    assert len([r for r in caplog.records if "XLA compilation" in r.getMessage()]) == 1
+    # the plain graph's own error is not swallowed
+    with pytest.raises(ValueError):
+        inference._call_jit(lambda: broken, lambda *a: (_ for _ in ()).throw(ValueError("bad input")), 1)
+
+
 def test_noise_is_standard_normal():
     z = inference.draw_noise(np.random.default_rng(1), 100000, 3)
     assert z.shape == (100000, 3) and z.dtype == np.float32

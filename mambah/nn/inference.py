@@ -576,6 +576,29 @@ class _CompiledFlags:
         return self._jit_cf
 
 
+def _call_jit(jitted, plain, *args):
+    """``jitted()(*args)``, the graph with the XLA-compiled parts (:data:`XLA_MIN_ROWS`); if it fails and
+    the ``plain`` graph does not (a TensorFlow build or platform without a working XLA CPU compiler),
+    XLA is turned off for the process, with one logged warning, and the plain graph's result returned
+    (the same values). An error of the plain graph too is raised as it is."""
+    global XLA_MIN_ROWS
+    import tensorflow as tf
+
+    try:
+        return jitted()(*args)
+    except (tf.errors.OpError, RuntimeError, ValueError) as e:
+        out = plain(*args)  # raises if the inputs themselves are at fault
+        if XLA_MIN_ROWS != sys.maxsize:
+            XLA_MIN_ROWS = sys.maxsize
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "XLA compilation of the knot search failed (%s: %s); using the plain TensorFlow graphs from now on "
+                "(the same results, slower; MAMBAH_XLA=0 turns XLA off from the start)", type(e).__name__,
+                str(e).splitlines()[0][:200] if str(e) else "")
+        return out
+
+
 def _map_chunks(run, jobs, n: int, chunk: int, workers: int) -> list:
     """``run(*job)`` for the chunk jobs in order, ``workers`` of them in flight at once (the jobs'
     generator, which draws the random numbers, runs in the calling thread, in row order)."""
@@ -739,9 +762,12 @@ def _run(model, fast: _Compiled, conditions, rng, *, chunk, noise, workers, n_ou
     out = np.empty((*lead, n, fast.n_targ))
 
     def run(s, e, noise_or_u):
-        f = fast.with_noise if noise is not None else \
-            fast.with_uniforms_jit if e - s == chunk >= XLA_MIN_ROWS else fast.with_uniforms
-        y, lo, hi = f(c[s:e], noise_or_u)
+        if noise is not None:
+            y, lo, hi = fast.with_noise(c[s:e], noise_or_u)
+        elif e - s == chunk >= XLA_MIN_ROWS:
+            y, lo, hi = _call_jit(lambda: fast.with_uniforms_jit, fast.with_uniforms, c[s:e], noise_or_u)
+        else:
+            y, lo, hi = fast.with_uniforms(c[s:e], noise_or_u)
         out[..., s:e, :] = y.numpy()
         return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)
 
@@ -792,7 +818,8 @@ def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFA
     def run(s, e, u):
         if cal is not None:  # u' < P  <=>  u < P', P' the calibrated probability
             u = cal.uniforms(u, c[s:e], model.conditions, model.targets, model.member_index)
-        y, lo, hi = (fast.draw_jit if e - s == chunk >= XLA_MIN_ROWS else fast.draw)(c[s:e], u)
+        y, lo, hi = _call_jit(lambda: fast.draw_jit, fast.draw, c[s:e], u) if e - s == chunk >= XLA_MIN_ROWS \
+            else fast.draw(c[s:e], u)
         out[s:e] = y.numpy()
         return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)
 
