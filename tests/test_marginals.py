@@ -347,6 +347,18 @@ def test_cli_train_marginals(tmp_path, pion_rich_table, capsys):
     mc = json.loads((d / "card.json").read_text())["marginal_correction"]
     assert mc["logit_offsets"]["pairs"] == {"RichDLLk": "nTracks"} and "RichDLLk + logit(nTracks)" in capsys.readouterr().out
     assert (d / "card.json").read_text() != before
+    # --min-weight: fewer bins left unmapped with a lower threshold; recorded in the card; a non-positive one refused
+    skipped = {}
+    for w in ("50000", "100"):
+        assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--p-bins", "3", "--eta-bins", "2",
+                     "--min-weight", w]) == 0
+        bins = json.loads((d / "card.json").read_text())["marginal_correction"]["bins"]
+        assert bins["min_weight"] == float(w)
+        skipped[w] = len(bins["not_corrected"])
+    assert skipped["50000"] > skipped["100"]
+    capsys.readouterr()
+    assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--min-weight", "0"]) == 2
+    assert "--min-weight 0.0: must be a positive" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ flag classifiers: logit shifts

@@ -57,6 +57,9 @@ def register(kinds) -> None:
     p.add_argument("--max-rel-error", type=float, default=None,
                    help="flag classifier: calibrate a bin's rate only if the data give it (or 1 - rate) to this relative "
                         "error (default 0.25)")
+    p.add_argument("--min-weight", type=float, default=None, metavar="W",
+                   help="a bin (P, ETA, state) with less sWeighted signal than W keeps the model's own output, reported "
+                        "at run time (UncalibratedWarning); default mambah.nn.marginals.MIN_BIN_WEIGHT = 2000")
     p.add_argument("--seed", type=int, default=0, help="noise and bootstrap seed (default 0)")
     p.add_argument("--description", default=None, help="what the data is, for the card")
     p.set_defaults(func=run)
@@ -143,6 +146,10 @@ def run(args) -> int:
     common = dict(weight=weight, selection=args.selection, targets=targets, split=split, p_bins=args.p_bins,
                   extra_p_edges=extra_edges,
                   eta_bins=args.eta_bins, seed=args.seed, where=", ".join(args.data))
+    if args.min_weight is not None:
+        if not args.min_weight > 0:
+            raise ConfigurationError(f"--min-weight {args.min_weight}: must be a positive sWeighted signal")
+        common["min_weight"] = args.min_weight
     if model.kind == "pid-flags":
         extra = {} if args.max_rel_error is None else {"max_rel_error": args.max_rel_error}
         corr, info = fit_flag_calibration(model, df, **common, **extra)
