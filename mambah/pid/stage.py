@@ -92,6 +92,21 @@ def out_of_range_totals(production: str | None = None) -> dict[str, tuple[int, i
         return {m: (v[0], v[1]) for (p, m), v in _RANGE.items() if p == production}
 
 
+def _add_counts(totals: dict, warned: set, production: str | None, counts: dict[str, tuple[int, int]]) -> list[str]:
+    """Add ``{model: (rows, rows evaluated)}`` to the process ``totals`` of ``production``; the models
+    with rows that ``warned`` does not hold yet (now added): those to warn about."""
+    first = []
+    with _RANGE_LOCK:
+        for model, (bad, n) in counts.items():
+            tot = totals.setdefault((production, model), [0, 0])
+            tot[0] += bad
+            tot[1] += n
+            if bad and (production, model) not in warned:
+                warned.add((production, model))
+                first.append(model)
+    return first
+
+
 def uncalibrated_totals(production: str | None = None) -> dict[str, tuple[int, int]]:
     """``{model: (rows its quantile calibration left unmapped, rows evaluated)}`` of the calibrated
     models, over the batches of ``production`` (``None``: outside a production) that the PID stages of
@@ -360,17 +375,10 @@ class PID:
         warn (:class:`~mambah.errors.OutOfRangeWarning`, with its fields) for the models that see
         out-of-range rows for the first time in the production."""
         production = batch.info.get("production")
-        first = []
-        with _RANGE_LOCK:
-            for model, c in step_counts.items():
-                tot = _RANGE.setdefault((production, model), [0, 0])
-                tot[0] += c.count
-                tot[1] += c.n
-                if c.count and (production, model) not in _RANGE_WARNED:
-                    _RANGE_WARNED.add((production, model))
-                    first.append((model, c))
+        first = _add_counts(_RANGE, _RANGE_WARNED, production, {m: (c.count, c.n) for m, c in step_counts.items()})
         where = f"production {production!r}" if production is not None else "this process"
-        for model, c in first:
+        for model in first:
+            c = step_counts[model]
             action = "clamped to the range edges"
             warnings.warn(OutOfRangeWarning(
                 f"PID model {model!r}: {c.count} of {c.n} tracks ({100 * c.fraction:.3g}%) of batch {batch.id} have "
@@ -386,19 +394,11 @@ class PID:
         production that it leaves rows; returns ``{model: [rows unmapped, rows evaluated]}`` for the
         models with a calibration (the batch's provenance)."""
         production = batch.info.get("production")
-        first = []
-        with _RANGE_LOCK:
-            for model, c in step_counts.items():
-                if c.uncalibrated is None:
-                    continue
-                tot = _UNCAL.setdefault((production, model), [0, 0])
-                tot[0] += c.uncalibrated
-                tot[1] += c.n
-                if c.uncalibrated and (production, model) not in _UNCAL_WARNED:
-                    _UNCAL_WARNED.add((production, model))
-                    first.append((model, c))
+        counts = {m: (c.uncalibrated, c.n) for m, c in step_counts.items() if c.uncalibrated is not None}
+        first = _add_counts(_UNCAL, _UNCAL_WARNED, production, counts)
         where = f"production {production!r}" if production is not None else "this process"
-        for model, c in first:
+        for model in first:
+            c = step_counts[model]
             w = models[model].uncalibrated_warning(c.uncalibrated, c.n, f" of batch {batch.id}")
             warnings.warn(type(w)(f"PID {w} (reported once per model in {where}; every batch's counts are in its "
                                   "provenance, reconstruction.pid.uncalibrated)", model=w.model, count=w.count,
