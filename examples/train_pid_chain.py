@@ -239,15 +239,18 @@ def run(cmd: list[str], nice: bool = False) -> None:
     subprocess.run(full, check=True)
 
 
-def prepare(species: str, work: Path, seed: int, events: int | None = None, low_p: bool = False) -> Path:
+def prepare(species: str, work: Path, seed: int, events: int | None = None, low_p: bool = False,
+            variant: str | None = None) -> Path:
     """``work/<species>_train.parquet``: the sWeighted training table of a calibration sample (made once);
-    ``low_p``: of the species' low-momentum channel (``mambah detector calib-sample --low-p``)."""
+    ``low_p``: of the species' low-momentum channel (``mambah detector calib-sample --low-p``); ``variant``
+    ``"high-eta"``: of its high-pseudorapidity channel (``--high-eta``)."""
+    variant = "low-p" if low_p else variant
     ch = CHANNELS[species]
     work.mkdir(parents=True, exist_ok=True)
     raw, sw, train = work / f"{species}_raw.parquet", work / f"{species}_sw.parquet", work / f"{species}_train.parquet"
     if not train.exists():
         run(MAMBAH + ["detector", "calib-sample", "--species", species, "--events", str(events or EVENTS[species]),
-                      "--seed", str(seed), "--out", str(raw), "--overwrite", *(["--low-p"] if low_p else [])])
+                      "--seed", str(seed), "--out", str(raw), "--overwrite", *([f"--{variant}"] if variant else [])])
         run(MAMBAH + ["sweights", "--data", str(raw), "--mass", ch.mass_column, "--range", str(ch.window[0]),
                       str(ch.window[1]), "--out", str(sw), "--overwrite"])
         # fill_ties: the RICH GAN is trained without the RichDLLpK spike at 0 (the chain makes those ties)

@@ -237,6 +237,39 @@ def test_low_momentum_proton_sample_covers_what_the_standard_one_lacks(tmp_path,
     assert not (tmp_path / "k.csv").exists()
 
 
+def test_high_eta_proton_sample_covers_the_forward_protons(tmp_path, capsys):
+    """The high-eta proton channel: every probe in 5-40 GeV/c and 3.5 < eta < 5, with signal at 4 < eta < 5
+    below 20 GeV/c, where the standard sample (mother pT > 1.5 GeV/c) has none; refused for other species,
+    for an unknown variant, with low_p too, and --low-p --high-eta together on the command line."""
+    from mambah.io import read_table
+    from mambah.reference.calibration import HIGH_ETA_CHANNELS, channel
+
+    he = calib_sample("p", 20_000, seed=4, variant="high-eta")
+    std = calib_sample("p", 20_000, seed=4)
+    assert he["P"].between(5000, 40000).all() and he["ETA"].between(3.5, 5).all()
+    sig = he[he["is_signal"] == 1]
+    fwd = lambda d: ((d["ETA"] > 4) & (d["P"] < 20000)).mean()  # noqa: E731
+    assert fwd(sig) > 0.05 and fwd(std[std["is_signal"] == 1]) < 0.002
+    assert 0.3 < he["is_signal"].mean() < 0.55 and set(he.columns) == set(std.columns)
+    assert channel("p", variant="low-p") is channel("p", low_p=True)
+    with pytest.raises(ConfigurationError, match="no high-pseudorapidity calibration sample for species 'K'"):
+        calib_sample("K", 100, variant="high-eta")
+    with pytest.raises(ConfigurationError, match="unknown calibration channel variant 'mid-eta'"):
+        channel("p", variant="mid-eta")
+    with pytest.raises(ConfigurationError, match="exclude each other"):
+        channel("p", low_p=True, variant="high-eta")
+    out = tmp_path / "phe.parquet"
+    args = _parser().parse_args(["calib-sample", "--species", "p", "--events", "400", "--out", str(out), "--seed", "2",
+                                 "--high-eta"])
+    assert args.func(args) == 0
+    assert HIGH_ETA_CHANNELS["p"].decay in capsys.readouterr().out
+    pd.testing.assert_frame_equal(read_table(out), calib_sample("p", 400, seed=2, variant="high-eta"))
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["calib-sample", "--species", "p", "--events", "4", "--out", str(out), "--low-p",
+                              "--high-eta"])
+    capsys.readouterr()
+
+
 def test_calib_sample_command_rejects_bad_arguments(tmp_path):
     p = _parser()
     with pytest.raises(SystemExit):

@@ -46,9 +46,13 @@ def register(detector_subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--signal-fraction", type=float, default=None, metavar="F",
                    help="expected signal fraction of the mixed sample (default: the channel's)")
-    p.add_argument("--low-p", action="store_true",
+    v = p.add_mutually_exclusive_group()
+    v.add_argument("--low-p", action="store_true",
                    help="the low-momentum channel (protons: Lambda0 without the mother pT requirement, probes of "
                         "2-10 GeV/c; mambah.reference.calibration.LOW_P_CHANNELS)")
+    v.add_argument("--high-eta", action="store_true",
+                   help="the high-pseudorapidity channel (protons: Lambda0 without the mother pT requirement, probes "
+                        "of 5-40 GeV/c at 3.5 < eta < 5; mambah.reference.calibration.HIGH_ETA_CHANNELS)")
     p.set_defaults(func=run)
 
 
@@ -64,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
     path, _ = split_spec(args.out)
     if path.exists() and not args.overwrite:
         raise ConfigurationError(f"{str(path)!r} exists; pass --overwrite to replace it")
-    ch = channel(args.species, args.low_p)
+    variant = "low-p" if args.low_p else "high-eta" if args.high_eta else None
+    ch = channel(args.species, variant=variant)
     df = calib_sample(args.species, args.events, seed=args.seed, pure=args.pure,
-                      signal_fraction=args.signal_fraction, low_p=args.low_p)
+                      signal_fraction=args.signal_fraction, variant=variant)
     path = write_table(df, args.out)
     n_sig = int(df["is_signal"].sum())
     lo, hi = ch.window

@@ -75,6 +75,8 @@ __all__ = [
     "CalibChannel",
     "CHANNELS",
     "LOW_P_CHANNELS",
+    "HIGH_ETA_CHANNELS",
+    "VARIANTS",
     "LHCB_NAMES",
     "CONDITIONS",
     "TARGETS",
@@ -134,8 +136,10 @@ class CalibChannel:
     bkg_pt_scale: float = 0.55
     ntracks_signal: tuple[float, float] = (4.2, 95.0)
     ntracks_background: tuple[float, float] = (4.0, 135.0)
-    #: the probes' momentum range [MeV/c] (with 2 < eta < 5: the acceptance of the probes)
+    #: the probes' momentum range [MeV/c]
     p_range: tuple[float, float] = (2000.0, 150000.0)
+    #: the probes' pseudorapidity range (2 < eta < 5: the long-track acceptance)
+    eta_range: tuple[float, float] = (2.0, 5.0)
 
     def mass_model(self) -> dict:
         """The true mass model (for fits and sWeights): Gaussian signal + exponential background."""
@@ -173,13 +177,31 @@ LOW_P_CHANNELS: dict[str, CalibChannel] = {
                                                   "2 < p < 10 GeV/c)", pt_min=0.0, p_range=(2000.0, 10000.0)),
 }
 
+#: High-pseudorapidity calibration channels (``calib_sample(..., variant="high-eta")``, ``mambah detector
+#: calib-sample --high-eta``): the proton channel's Lambda0 with no mother pT requirement and probes of
+#: 5-40 GeV/c at 3.5 < eta < 5. The standard sample's mother pT > 1.5 GeV/c leaves no proton of 5-20 GeV/c
+#: at 4 < eta < 5 (6M candidates: a summed sWeight of -87 at 10-20 GeV/c there, against 570k at 2 < eta < 3),
+#: where b-hadron decays put 1-2% of their protons; a chain trained and calibrated on it extrapolates there
+#: (examples/misid_table.py --eta-edges 2,3,4,5: PIDK > 5 on 64% of the 10-15 GeV/c protons of
+#: Lambda_b0 -> p K- at 4 < eta < 5 against the reference detector's 94%).
+HIGH_ETA_CHANNELS: dict[str, CalibChannel] = {
+    "p": dataclasses.replace(CHANNELS["p"], decay="Lambda0 -> [p] pi- (high eta: no mother pT requirement, "
+                                                  "5 < p < 40 GeV/c, 3.5 < eta < 5)", pt_min=0.0,
+                             p_range=(5000.0, 40000.0), eta_range=(3.5, 5.0)),
+}
+
+#: the channel variants: ``variant`` of :func:`channel` and :func:`calib_sample`
+VARIANTS: dict[str, dict[str, CalibChannel]] = {"low-p": LOW_P_CHANNELS, "high-eta": HIGH_ETA_CHANNELS}
+
 _ALIASES = {"k": "K", "kaon": "K", "pion": "pi", "proton": "p", "muon": "mu", "electron": "e",
             **{str(pdg): name for name, pdg in SPECIES_PDG.items()}}
 
 
-def channel(species, low_p: bool = False) -> CalibChannel:
+def channel(species, low_p: bool = False, variant: str | None = None) -> CalibChannel:
     """The calibration channel of ``species`` (``K``, ``pi``, ``p``, ``mu``, ``e``; PDG ids and
-    names such as ``kaon`` are accepted); ``low_p``: its low-momentum channel (:data:`LOW_P_CHANNELS`)."""
+    names such as ``kaon`` are accepted); ``low_p``: its low-momentum channel (:data:`LOW_P_CHANNELS`),
+    the same as ``variant="low-p"``; ``variant="high-eta"``: its high-pseudorapidity channel
+    (:data:`HIGH_ETA_CHANNELS`)."""
     key = str(species)
     key = key if key in CHANNELS else _ALIASES.get(key.lower().lstrip("+-"), key)
     if key not in CHANNELS:
@@ -190,12 +212,19 @@ def channel(species, low_p: bool = False) -> CalibChannel:
             + ", ".join(f"{k} ({c.decay})" for k, c in CHANNELS.items())
         )
     if low_p:
-        if key not in LOW_P_CHANNELS:
-            raise ConfigurationError(f"no low-momentum calibration sample for species {key!r} (low_p=True, "
-                                     "mambah detector calib-sample --low-p); available: "
-                                     + ", ".join(f"{k} ({c.decay})" for k, c in LOW_P_CHANNELS.items()))
-        return LOW_P_CHANNELS[key]
-    return CHANNELS[key]
+        if variant not in (None, "low-p"):
+            raise ConfigurationError(f"low_p=True and variant={variant!r} exclude each other")
+        variant = "low-p"
+    if variant is None:
+        return CHANNELS[key]
+    if variant not in VARIANTS:
+        raise ConfigurationError(f"unknown calibration channel variant {variant!r}; available: {', '.join(VARIANTS)}")
+    if key not in VARIANTS[variant]:
+        what = {"low-p": "low-momentum", "high-eta": "high-pseudorapidity"}[variant]
+        raise ConfigurationError(f"no {what} calibration sample for species {key!r} (mambah detector calib-sample "
+                                 f"--{variant}); available: "
+                                 + ", ".join(f"{k} ({c.decay})" for k, c in VARIANTS[variant].items()))
+    return VARIANTS[variant][key]
 
 
 def two_body_decay(parent: np.ndarray, m_parent, m1: float, m2: float, rng: np.random.Generator):
@@ -264,14 +293,14 @@ def _probes(ch: CalibChannel, n: int, scale: float, rng: np.random.Generator) ->
 
 
 def _accepted_probes(ch: CalibChannel, n: int, scale: float, rng: np.random.Generator):
-    """Generate rounds of decays until ``n`` probes pass 2 < eta < 5 and the channel's p range."""
+    """Generate rounds of decays until ``n`` probes pass the channel's eta and p ranges."""
     parts_p, parts_q = [np.empty((0, 3))], [np.empty(0, dtype=int)]
     have = 0
     while have < n:
         m = max(int(1.3 * (n - have)) + 100, 1000)
         p3, q = _probes(ch, m, scale, rng)
         p, eta = p_eta(p3[:, 0], p3[:, 1], p3[:, 2])
-        ok = (eta > 2.0) & (eta < 5.0) & (p > ch.p_range[0]) & (p < ch.p_range[1])
+        ok = (eta > ch.eta_range[0]) & (eta < ch.eta_range[1]) & (p > ch.p_range[0]) & (p < ch.p_range[1])
         parts_p.append(p3[ok])
         parts_q.append(q[ok])
         have += int(ok.sum())
@@ -295,7 +324,7 @@ def _truncated_exp(n, lam, lo, hi, rng):
 
 def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = False,
                  signal_fraction: float | None = None, detector: ReferencePID | None = None,
-                 low_p: bool = False) -> pd.DataFrame:
+                 low_p: bool = False, variant: str | None = None) -> pd.DataFrame:
     """A calibration sample of probe tracks of ``species`` from the reference detector.
 
     Args:
@@ -307,6 +336,7 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
             0.40-0.55); the number of signal rows is Binomial(n_events, signal_fraction).
         detector: the PID response (default :class:`~mambah.reference.pid.ReferencePID`).
         low_p: the species' low-momentum channel (:data:`LOW_P_CHANNELS`; protons only).
+        variant: ``"low-p"`` (the same as ``low_p``) or ``"high-eta"`` (:data:`HIGH_ETA_CHANNELS`; protons only).
 
     Returns:
         DataFrame, one row per candidate, columns as in the module docstring.
@@ -317,7 +347,7 @@ def calib_sample(species, n_events: int, seed: SeedLike = None, *, pure: bool = 
         >>> bool(0.35 < df["is_signal"].mean() < 0.50)
         True
     """
-    ch = channel(species, low_p)
+    ch = channel(species, low_p, variant)
     n_events = _positive_int(n_events)
     f = ch.signal_fraction if signal_fraction is None else float(signal_fraction)
     if not 0.0 <= f <= 1.0:
