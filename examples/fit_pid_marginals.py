@@ -67,6 +67,12 @@ CHUNK_EVENTS = 6_000_000
 #: seeds of the low-momentum samples a species' maps also use (``--low-p-chunks``; the proton channel's
 #: Lambda0 without the mother pT requirement, 2-10 GeV/c probes: mambah.reference.calibration.LOW_P_CHANNELS)
 LOW_P_SEEDS = {"p": (76, 77)}
+#: seeds of the high-pseudorapidity samples a species' RICH map also uses (``--high-eta-chunks``; the proton
+#: channel's Lambda0 without the mother pT requirement, 5-40 GeV/c probes at 3.5 < eta < 5:
+#: mambah.reference.calibration.HIGH_ETA_CHANNELS)
+HIGH_ETA_SEEDS = {"p": (79, 80)}
+#: the steps whose maps use the high-eta samples
+HIGH_ETA_STEPS = ("rich",)
 #: the steps whose maps use them (the flags: since the proton classifier is retrained with a low-momentum sample,
 #: examples/train_pid_chain.LOW_P_FLAGS_SAMPLES; the 200k-trained one gave isMuon ~1e-4 below 5 GeV/c, where the
 #: reference detector has 1.6%, and a logit shift capped at 5 or 8 reached only 0.03-0.2%)
@@ -115,6 +121,11 @@ def threshold_p_edges() -> str:
 SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"), "p": ("--given", "RichDLLpK=RichDLLk")}
 #: P bins of a species' ``--joint`` RICH map when ``--p-bins`` is not given (others: 24)
 JOINT_P_BINS = {"p": "32"}
+#: ETA bins of a species' ``--joint`` RICH map when ``--eta-bins`` is not given (others: 2). The proton map
+#: also fits on the high-eta samples (HIGH_ETA_SEEDS) and has 3 ETA bins (2026-12-07): the standard Lambda0
+#: sample has no proton below 20 GeV/c at 4 < eta < 5, where the chain gave PIDK > 5 to 64% of the
+#: 10-15 GeV/c protons of Lambda_b0 -> p K- against the reference detector's 94%
+JOINT_ETA_BINS = {"p": "3"}
 #: the species whose ``--joint`` maps also get the threshold edges (measured on kaons only)
 THRESHOLD_EDGE_SPECIES = ("K",)
 
@@ -125,11 +136,15 @@ def joint_options(species: str) -> tuple[str, ...]:
     return (*edges, *SPECIES_OPTIONS.get(species, ()))
 
 
-def sample(species: str, work: Path, seed: int, events: int = CHUNK_EVENTS, low_p: bool = False) -> Path:
+def sample(species: str, work: Path, seed: int, events: int = CHUNK_EVENTS, low_p: bool = False,
+           variant: str | None = None) -> Path:
     """One sWeighted training table of ``events`` candidates (made once; its raw and sWeight files removed);
-    ``low_p``: of the low-momentum channel (:data:`mambah.reference.calibration.LOW_P_CHANNELS`)."""
-    d = work / (f"{species}{seed}{'lowp' if low_p else ''}" if events == CHUNK_EVENTS else f"{species}{seed}_{events}")
-    t = train_pid_chain.prepare(species, d, seed, events=events, low_p=low_p)
+    ``low_p``: of the low-momentum channel (:data:`mambah.reference.calibration.LOW_P_CHANNELS`); ``variant``
+    ``"high-eta"``: of the high-pseudorapidity one."""
+    variant = "low-p" if low_p else variant
+    tag = {None: "", "low-p": "lowp", "high-eta": "higheta"}[variant]
+    d = work / (f"{species}{seed}{tag}" if events == CHUNK_EVENTS else f"{species}{seed}{tag}_{events}")
+    t = train_pid_chain.prepare(species, d, seed, events=events, variant=variant)
     for f in (d / f"{species}_raw.parquet", d / f"{species}_sw.parquet"):
         f.unlink(missing_ok=True)
     return t
@@ -151,7 +166,10 @@ def main(argv=None) -> int:
                     help="low-momentum samples (6M candidates each) added where the species has them (LOW_P_SEEDS: "
                          "protons), 0-2 (default 2)")
     ap.add_argument("--p-bins", default=None, help="P bins of the maps (default 24; the --joint proton map: JOINT_P_BINS)")
-    ap.add_argument("--eta-bins", default="2")
+    ap.add_argument("--eta-bins", default=None, help="ETA bins of the maps (default 2; the --joint proton map: JOINT_ETA_BINS)")
+    ap.add_argument("--high-eta-chunks", type=int, default=2, choices=range(0, 3), metavar="N",
+                    help="high-pseudorapidity samples (6M candidates each) added to the RICH map where the species has "
+                         "them (HIGH_ETA_SEEDS: protons; default 2)")
     ap.add_argument("--joint", action="store_true",
                     help="RICH maps with the extra P edges above the Cherenkov thresholds (THRESHOLD_FACTORS) and the "
                          "conditional maps of SPECIES_OPTIONS (not yet the shipped models': see SPECIES_OPTIONS)")
@@ -166,19 +184,26 @@ def main(argv=None) -> int:
         tables = [sample(s, a.work, sd, a.chunk_events) for sd in seeds]
         low_tables = [sample(s, a.work, sd, a.chunk_events, low_p=True) for sd in low_seeds] \
             if any(st in LOW_P_STEPS for st in todo) else []
+        he_seeds = list(HIGH_ETA_SEEDS.get(s, ())[:a.high_eta_chunks])
+        he_tables = [sample(s, a.work, sd, a.chunk_events, variant="high-eta") for sd in he_seeds] \
+            if any(st in HIGH_ETA_STEPS for st in todo) else []
         for st in todo:
             low = low_tables if st in LOW_P_STEPS else []
+            he = he_tables if st in HIGH_ETA_STEPS else []
             p_bins = a.p_bins or (JOINT_P_BINS.get(s, "24") if st == "rich" and a.joint else "24")
+            eta_bins = a.eta_bins or (JOINT_ETA_BINS.get(s, "2") if st == "rich" and a.joint else "2")
             cmd = [sys.executable, "-m", "mambah", "train", "marginals", "--model", str(a.out / f"pid-{s}-{st}"),
-                   "--p-bins", p_bins, "--eta-bins", a.eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
+                   "--p-bins", p_bins, "--eta-bins", eta_bins, "--seed", str(seeds[0]), *STEP_OPTIONS[st],
                    *(joint_options(s) if st == "rich" and a.joint else ()),
                    "--description", f"{a.chunks} reference-detector calibration samples of {a.chunk_events} "
                                     f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}"
                                     + (f", and {len(low)} of its low-momentum channel (2-10 GeV/c probes, "
                                        f"no mother pT requirement), seeds {low_seeds}" if low else "")
+                                    + (f", and {len(he)} of its high-pseudorapidity channel (5-40 GeV/c probes at "
+                                       f"3.5 < eta < 5, no mother pT requirement), seeds {he_seeds}" if he else "")
                                     + f", sPlot of {train_pid_chain.CHANNELS[s].mass_column} per sample; made by "
                                       f"examples/fit_pid_marginals.py"]
-            for t in tables + low:
+            for t in tables + low + he:
                 cmd += ["--data", str(t)]
             print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
             t0 = time.time()

@@ -179,19 +179,21 @@ def test_fit_pid_marginals(tmp_path):
     for step in ("rich", "flags"):
         shutil.copytree(EXAMPLES.parent / "models" / f"pid-p-{step}", models / f"pid-p-{step}")
     run_example("fit_pid_marginals.py", "--work", "w", "--out", str(models), "--species", "p", "--chunks", "1",
-                "--low-p-chunks", "1", "--chunk-events", "150000", "--p-bins", "3", "--eta-bins", "1", "--joint",
-                cwd=tmp_path)
+                "--low-p-chunks", "1", "--high-eta-chunks", "1", "--chunk-events", "150000", "--p-bins", "3",
+                "--eta-bins", "1", "--joint", cwd=tmp_path)
     mc = json.loads((models / "pid-p-rich" / "card.json").read_text())["marginal_correction"]
     assert mc["conditional"]["given"] == {"RichDLLpK": "RichDLLk"} and "--given RichDLLpK=RichDLLk" in mc["command"]
     assert mc["fit_data"]["files"][0]["file"] == "p_train.parquet" and "150000 candidates" in mc["fit_data"]["description"]
-    # the low-momentum sample beside the standard one
-    assert len(mc["fit_data"]["files"]) == 2 and "low-momentum channel" in mc["fit_data"]["description"]
+    # the low-momentum and high-eta samples beside the standard one (the flags' isMuon map: not the high-eta one)
+    assert len(mc["fit_data"]["files"]) == 3 and "low-momentum channel" in mc["fit_data"]["description"]
+    assert "high-pseudorapidity channel" in mc["fit_data"]["description"]
     assert mc["bins"]["p_edges"][0] < mc["bins"]["p_edges"][-1] and len(mc["bins"]["p_edges"]) == 4
     from mambah.nn.pidmodel import PidModel
 
     assert PidModel.load(models / "pid-p-rich").correction is not None
     fc = json.loads((models / "pid-p-flags" / "card.json").read_text())["marginal_correction"]
     assert fc["kind"] == "logit_shift" and fc["targets"] == ["isMuon"] and fc["bins"]["split"] == []
+    assert len(fc["fit_data"]["files"]) == 2 and "high-pseudorapidity" not in fc["fit_data"]["description"]
     from mambah.nn.flags import FlagModel
 
     assert FlagModel.load(models / "pid-p-flags").correction.targets == ["isMuon"]

@@ -46,6 +46,10 @@ DLLs of 5 other tracks differ in their last float32 bits: the previous file's ma
 Remade for the proton flags classifier retrained with a low-momentum sample (2026-12-07, issue 24):
 ``particles.is_muon`` and the muon likelihoods of 4 tracks and, through the draws that follow in the proton
 chain, the RICH and combined DLLs of ~440 proton tracks changed; every other array is bit-identical.
+Remade for the proton RICH map refitted with two high-pseudorapidity Lambda0 samples and 3 ETA bins
+(2026-12-07, issues 22/24, ``mambah detector calib-sample --high-eta``): the RICH and combined DLLs of the
+472 proton tracks with RICH information changed (all of them, all protons); every other array is
+bit-identical to the previous file.
 """
 
 from __future__ import annotations
