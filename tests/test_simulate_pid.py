@@ -223,8 +223,8 @@ def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(t
         assert [bad, n] == list(np.sum(per_batch, axis=0)) and 0 <= bad < n
         assert n == sum(i["out_of_range"][model][1] for i in infos[:3])  # the rows the step evaluated
     assert sorted(rows) == sorted((m, b, n) for m, (b, n) in tot.items() if b)
-    # the b-decay protons reach states and bins the calibration sample did not populate
-    assert tot["pid-p-rich"][0] > 0
+    # the b-decay pions below 3 GeV/c reach threshold states the calibration sample did not populate
+    assert tot["pid-pi-rich"][0] > 0
 
 
 def test_native_log_filter_drops_tensorflow_retracing_only():
