@@ -97,7 +97,7 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    targets are the ProbNN themselves is accepted too. With ``--pid-variations`` the ProbNN step runs
    once per ensemble member of the chain (on member k's DLLs; ``pid_variations.probnn_*``). Cost
    (``python benchmarks/pid.py --only chain --tracks 500000``, 2 cores, 2026-12-07, evening):
-   482-517k tracks/s with the step against 867-942k without (370-470k with it before the XLA-compiled
+   476-517k tracks/s with the step against 849-942k without (370-470k with it before the XLA-compiled
    knot search, 3 chains at once and single-threaded BLAS in the stage). Per ProbNN row the GAN costs
    ~0.77 CPU-us (1.1 before XLA), most of it the transforms of its 17 conditions (14 continuous; the
    knot search is an exact grid locator, mambah.nn.inference._Locator, XLA-compiled in full chunks),
