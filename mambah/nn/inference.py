@@ -82,8 +82,9 @@ DEFAULT_CHUNK = 32768
 #: stage compared column by column). The last, smaller chunk of a call uses the plain graph, so varying
 #: sizes never recompile. Not the rest: XLA evaluates floating-point expressions differently (the CDF
 #: with its product and sum in one function came out 1 ulp off, a fused multiply-add; with its own
-#: ``ndtri`` a transformed condition moved by up to 0.02), which would change the samples. Measured 2026-12-07 (2 cores, CPU-ns per row,
-#: one model at a time): the ProbNN step's GAN 1114 -> 770, a RICH GAN 506 -> 420, a global GAN 361 -> 290.
+#: ``ndtri`` a transformed condition moved by up to 0.02), which would change the samples. Measured
+#: 2026-12-07 (2 cores, CPU-ns per row, one model at a time): the ProbNN step's GAN 1114 -> 770, a RICH
+#: GAN 506 -> 420, a global GAN 361 -> 290.
 #: ``MAMBAH_XLA=0`` in the environment turns it off.
 XLA_MIN_ROWS = 16384 if os.environ.get("MAMBAH_XLA", "1") != "0" else sys.maxsize
 #: compiled calls in flight at once, so that one chunk's single-threaded steps overlap another's network
