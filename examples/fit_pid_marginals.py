@@ -67,16 +67,23 @@ CHUNK_EVENTS = 6_000_000
 #: seeds of the low-momentum samples a species' maps also use (``--low-p-chunks``; the proton channel's
 #: Lambda0 without the mother pT requirement, 2-10 GeV/c probes: mambah.reference.calibration.LOW_P_CHANNELS)
 LOW_P_SEEDS = {"p": (76, 77)}
+#: the steps whose maps use them (the flags: since the proton classifier is retrained with a low-momentum sample,
+#: examples/train_pid_chain.LOW_P_FLAGS_SAMPLES; the 200k-trained one gave isMuon ~1e-4 below 5 GeV/c, where the
+#: reference detector has 1.6%, and a logit shift capped at 5 or 8 reached only 0.03-0.2%)
+LOW_P_STEPS = ("rich", "flags")
 #: seeds of the high-pseudorapidity samples a species' RICH map also uses (``--high-eta-chunks``; the proton
 #: channel's Lambda0 without the mother pT requirement, 5-40 GeV/c probes at 3.5 < eta < 5:
 #: mambah.reference.calibration.HIGH_ETA_CHANNELS)
 HIGH_ETA_SEEDS = {"p": (79, 80)}
 #: the steps whose maps use the high-eta samples
 HIGH_ETA_STEPS = ("rich",)
-#: the steps whose maps use them (the flags: since the proton classifier is retrained with a low-momentum sample,
-#: examples/train_pid_chain.LOW_P_FLAGS_SAMPLES; the 200k-trained one gave isMuon ~1e-4 below 5 GeV/c, where the
-#: reference detector has 1.6%, and a logit shift capped at 5 or 8 reached only 0.03-0.2%)
-LOW_P_STEPS = ("rich", "flags")
+#: the samples of the channel variants beside the standard ones, in the order of the maps' data: variant ->
+#: (seeds per species, the steps that use them, what the card's description calls them)
+VARIANT_SAMPLES = {
+    "low-p": (LOW_P_SEEDS, LOW_P_STEPS, "low-momentum channel (2-10 GeV/c probes, no mother pT requirement)"),
+    "high-eta": (HIGH_ETA_SEEDS, HIGH_ETA_STEPS,
+                 "high-pseudorapidity channel (5-40 GeV/c probes at 3.5 < eta < 5, no mother pT requirement)"),
+}
 #: the species whose step of each kind is calibrated
 STEP_SPECIES = {"rich": ("pi", "K", "p"), "flags": ("pi", "K", "p", "mu"), "probnn": ("K",)}
 #: ``mambah train marginals`` options per step: the flags' isMuon only (hasRich and hasCalo follow the
@@ -180,16 +187,15 @@ def main(argv=None) -> int:
         if not todo:
             continue
         seeds = list(SEEDS[s][:a.chunks])
-        low_seeds = list(LOW_P_SEEDS.get(s, ())[:a.low_p_chunks])
         tables = [sample(s, a.work, sd, a.chunk_events) for sd in seeds]
-        low_tables = [sample(s, a.work, sd, a.chunk_events, low_p=True) for sd in low_seeds] \
-            if any(st in LOW_P_STEPS for st in todo) else []
-        he_seeds = list(HIGH_ETA_SEEDS.get(s, ())[:a.high_eta_chunks])
-        he_tables = [sample(s, a.work, sd, a.chunk_events, variant="high-eta") for sd in he_seeds] \
-            if any(st in HIGH_ETA_STEPS for st in todo) else []
+        chunks = {"low-p": a.low_p_chunks, "high-eta": a.high_eta_chunks}
+        extra = {}  # variant -> (seeds, tables)
+        for v, (by_species, v_steps, _) in VARIANT_SAMPLES.items():
+            v_seeds = list(by_species.get(s, ())[:chunks[v]])
+            if v_seeds and any(st in v_steps for st in todo):
+                extra[v] = (v_seeds, [sample(s, a.work, sd, a.chunk_events, variant=v) for sd in v_seeds])
         for st in todo:
-            low = low_tables if st in LOW_P_STEPS else []
-            he = he_tables if st in HIGH_ETA_STEPS else []
+            used = {v: e for v, e in extra.items() if st in VARIANT_SAMPLES[v][1]}
             p_bins = a.p_bins or (JOINT_P_BINS.get(s, "24") if st == "rich" and a.joint else "24")
             eta_bins = a.eta_bins or (JOINT_ETA_BINS.get(s, "2") if st == "rich" and a.joint else "2")
             cmd = [sys.executable, "-m", "mambah", "train", "marginals", "--model", str(a.out / f"pid-{s}-{st}"),
@@ -197,13 +203,11 @@ def main(argv=None) -> int:
                    *(joint_options(s) if st == "rich" and a.joint else ()),
                    "--description", f"{a.chunks} reference-detector calibration samples of {a.chunk_events} "
                                     f"candidates ({train_pid_chain.CHANNELS[s].decay}), seeds {seeds}"
-                                    + (f", and {len(low)} of its low-momentum channel (2-10 GeV/c probes, "
-                                       f"no mother pT requirement), seeds {low_seeds}" if low else "")
-                                    + (f", and {len(he)} of its high-pseudorapidity channel (5-40 GeV/c probes at "
-                                       f"3.5 < eta < 5, no mother pT requirement), seeds {he_seeds}" if he else "")
+                                    + "".join(f", and {len(t)} of its {VARIANT_SAMPLES[v][2]}, seeds {sd}"
+                                              for v, (sd, t) in used.items())
                                     + f", sPlot of {train_pid_chain.CHANNELS[s].mass_column} per sample; made by "
                                       f"examples/fit_pid_marginals.py"]
-            for t in tables + low + he:
+            for t in tables + [t for _, ts in used.values() for t in ts]:
                 cmd += ["--data", str(t)]
             print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
             t0 = time.time()

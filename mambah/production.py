@@ -280,17 +280,7 @@ def uncalibrated_counts(info: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """``{model: (rows left without a quantile map, rows evaluated)}`` of one batch's calibrated PID
     models, from its provenance (``reconstruction.pid.uncalibrated``, :mod:`mambah.pid.stage`);
     entries that do not have this shape are skipped."""
-    reco = info.get("reconstruction") if isinstance(info, Mapping) else None
-    pid = reco.get("pid") if isinstance(reco, Mapping) else None
-    counts = pid.get("uncalibrated") if isinstance(pid, Mapping) else None
-    out: dict[str, tuple[int, int]] = {}
-    for model, value in (counts.items() if isinstance(counts, Mapping) else ()):
-        try:
-            bad, n = (int(v) for v in value)
-        except (TypeError, ValueError):
-            continue
-        out[str(model)] = (bad, n)
-    return out
+    return _stage_counts(info, "uncalibrated").get("pid", {})
 
 
 def out_of_range_counts(info: Mapping[str, Any]) -> dict[str, dict[str, tuple[int, int]]]:
@@ -298,10 +288,16 @@ def out_of_range_counts(info: Mapping[str, Any]) -> dict[str, dict[str, tuple[in
     provenance (``batch.info``, or the decoded ``config`` column of its ``batches`` row), where the
     stages record them as ``reconstruction.<stage>.out_of_range = {model: [outside, inputs]}``.
     Entries that do not have this shape are skipped."""
+    return _stage_counts(info, "out_of_range")
+
+
+def _stage_counts(info: Mapping[str, Any], key: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """``{stage: {model: (count, n)}}`` from the provenance's ``reconstruction.<stage>.<key> = {model:
+    [count, n]}``; entries that do not have this shape are skipped."""
     out: dict[str, dict[str, tuple[int, int]]] = {}
     reco = info.get("reconstruction") if isinstance(info, Mapping) else None
     for stage, entry in (reco.items() if isinstance(reco, Mapping) else ()):
-        counts = entry.get("out_of_range") if isinstance(entry, Mapping) else None
+        counts = entry.get(key) if isinstance(entry, Mapping) else None
         for model, value in (counts.items() if isinstance(counts, Mapping) else ()):
             try:
                 bad, n = (int(v) for v in value)

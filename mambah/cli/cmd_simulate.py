@@ -160,7 +160,6 @@ class _Collector:
         self.category = OutOfRangeWarning
         self.held = UncalibratedWarning
         self.caught: list = []
-        self.uncalibrated: list = []
         self._show = None
 
     def __enter__(self):
@@ -179,8 +178,8 @@ class _Collector:
     def showwarning(self, message, category, filename, lineno, file=None, line=None):
         if issubclass(category, self.category) and isinstance(message, self.category):
             self.caught.append(message)
-        elif issubclass(category, self.held) and isinstance(message, self.held):
-            self.uncalibrated.append(message)
+        elif issubclass(category, self.held):
+            return  # (the summary reports them, from the provenance)
         else:
             self._show(message, category, filename, lineno, file, line)
 

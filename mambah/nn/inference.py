@@ -247,11 +247,9 @@ class _Locator:
 
         ``jit``: as one XLA-compiled function (see :data:`XLA_MIN_ROWS`; not for a locator with a
         ``tf.searchsorted`` column), the same positions."""
-        import tensorflow as tf
-
-        if jit and "search" not in self.groups:
+        if jit:
             if self._jit is None:
-                self._jit = tf.function(self._locate, jit_compile=True, autograph=False)
+                self._jit = _jit_twin(self._locate, self)
             return self._jit(v)
         return self._locate(v)
 
@@ -300,6 +298,19 @@ class _Locator:
             q = np.arange(self.width)
             rows.append(np.asarray(pc)[np.clip(q - 1, 0, top[j])])
         return tf.constant(np.concatenate(rows))
+
+
+class _Traced:
+    """A ``tf.function``'s concrete function, traced on its first call (graphs only some calls need:
+    the XLA twins of full chunks, the given-noise graph of tests and comparisons)."""
+
+    def __init__(self, fn):
+        self.fn, self.concrete = fn, None
+
+    def __call__(self, *args):
+        if self.concrete is None:
+            self.concrete = self.fn.get_concrete_function()
+        return self.concrete(*args)
 
 
 def _jit_twin(fn, loc: _Locator):
@@ -504,22 +515,10 @@ class _Compiled:
         # concrete functions: traced once here, called without the dispatch of a tf.function (and without
         # TensorFlow's "frequent retracing" warning, which counts the traces of all models' graphs together)
         self.with_uniforms = with_uniforms.get_concrete_function()
-        self._jit_fn, self._jit_cf = with_uniforms_jit, None  # traced on first use (a full chunk)
-        self._noise_fn, self._noise_cf = with_noise, None  # traced on first use (tests, comparisons)
+        self.with_uniforms_jit = _Traced(with_uniforms_jit)  # (a full chunk)
+        self.with_noise = _Traced(with_noise)  # (tests, comparisons)
         self.pre, self.post = pre, post  # for tests and profiling
         self.c_lo, self.c_hi = lo, hi
-
-    @property
-    def with_uniforms_jit(self):
-        if self._jit_cf is None:
-            self._jit_cf = self._jit_fn.get_concrete_function()
-        return self._jit_cf
-
-    @property
-    def with_noise(self):
-        if self._noise_cf is None:
-            self._noise_cf = self._noise_fn.get_concrete_function()
-        return self._noise_cf
 
 
 def _compiled(model, build=None):
@@ -558,27 +557,24 @@ class _CompiledFlags:
 
         spec = [tf.TensorSpec([None, self.n_cond], tf.float64), tf.TensorSpec([None, self.n_targ], tf.float64)]
 
-        @tf.function(autograph=False, input_signature=spec)
-        def draw(c, u):
-            return tf.cast(u < prob(c), tf.float64), tf.reduce_min(c, axis=0), tf.reduce_max(c, axis=0)
+        def body(c, u, jit=False):
+            return tf.cast(u < prob(c, jit), tf.float64), tf.reduce_min(c, axis=0), tf.reduce_max(c, axis=0)
 
-        @tf.function(autograph=False, input_signature=spec)
-        def draw_jit(c, u):
-            return tf.cast(u < prob(c, True), tf.float64), tf.reduce_min(c, axis=0), tf.reduce_max(c, axis=0)
-
-        self.draw = draw.get_concrete_function()
-        self._jit_fn, self._jit_cf = draw_jit, None  # traced on first use (a full chunk)
+        self.draw = tf.function(lambda c, u: body(c, u), autograph=False, input_signature=spec).get_concrete_function()
+        self.draw_jit = _Traced(tf.function(lambda c, u: body(c, u, True), autograph=False, input_signature=spec))
         self.prob = prob  # for tests
 
-    @property
-    def draw_jit(self):
-        if self._jit_cf is None:
-            self._jit_cf = self._jit_fn.get_concrete_function()
-        return self._jit_cf
+
+def _graph_for(rows: int, chunk: int, plain, jitted):
+    """The graph for a chunk of ``rows`` rows: ``jitted`` (through :func:`_call_jit`) for a full chunk of at
+    least :data:`XLA_MIN_ROWS` rows, else ``plain``."""
+    if rows == chunk >= XLA_MIN_ROWS:
+        return lambda *args: _call_jit(jitted, plain, *args)
+    return plain
 
 
 def _call_jit(jitted, plain, *args):
-    """``jitted()(*args)``, the graph with the XLA-compiled parts (:data:`XLA_MIN_ROWS`); if it fails and
+    """``jitted(*args)``, the graph with the XLA-compiled parts (:data:`XLA_MIN_ROWS`); if it fails and
     the ``plain`` graph does not (a TensorFlow build or platform without a working XLA CPU compiler),
     XLA is turned off for the process, with one logged warning, and the plain graph's result returned
     (the same values). An error of the plain graph too is raised as it is."""
@@ -586,7 +582,7 @@ def _call_jit(jitted, plain, *args):
     import tensorflow as tf
 
     try:
-        return jitted()(*args)
+        return jitted(*args)
     except (tf.errors.OpError, RuntimeError, ValueError) as e:
         out = plain(*args)  # raises if the inputs themselves are at fault
         if XLA_MIN_ROWS != sys.maxsize:
@@ -763,12 +759,9 @@ def _run(model, fast: _Compiled, conditions, rng, *, chunk, noise, workers, n_ou
     out = np.empty((*lead, n, fast.n_targ))
 
     def run(s, e, noise_or_u):
-        if noise is not None:
-            y, lo, hi = fast.with_noise(c[s:e], noise_or_u)
-        elif e - s == chunk >= XLA_MIN_ROWS:
-            y, lo, hi = _call_jit(lambda: fast.with_uniforms_jit, fast.with_uniforms, c[s:e], noise_or_u)
-        else:
-            y, lo, hi = fast.with_uniforms(c[s:e], noise_or_u)
+        f = fast.with_noise if noise is not None else \
+            _graph_for(e - s, chunk, fast.with_uniforms, fast.with_uniforms_jit)
+        y, lo, hi = f(c[s:e], noise_or_u)
         out[..., s:e, :] = y.numpy()
         return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)
 
@@ -819,8 +812,7 @@ def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFA
     def run(s, e, u):
         if cal is not None:  # u' < P  <=>  u < P', P' the calibrated probability
             u = cal.uniforms(u, c[s:e], model.conditions, model.targets, model.member_index)
-        y, lo, hi = _call_jit(lambda: fast.draw_jit, fast.draw, c[s:e], u) if e - s == chunk >= XLA_MIN_ROWS \
-            else fast.draw(c[s:e], u)
+        y, lo, hi = _graph_for(e - s, chunk, fast.draw, fast.draw_jit)(c[s:e], u)
         out[s:e] = y.numpy()
         return _range_counts(c[s:e], lo, hi, fast.c_lo, fast.c_hi)
 

@@ -136,6 +136,21 @@ class PidModel(QuantileConditionedModel):
             return y
         return self.correction.apply(y, conditions, self.conditions, self.targets, member, tally)
 
+    def _calibrated(self, y: np.ndarray, conditions: np.ndarray, counts: list | None, warn: bool,
+                    member: int | None = 0) -> np.ndarray:
+        """``y`` through member ``member``'s map (``None``: a stacked ``(K + 1, n, t)`` output, each lane
+        its own map), and its rows left unmapped reported (:meth:`report_uncalibrated`; the members'
+        maps have the nominal's bins, so the nominal's count stands for every lane)."""
+        if self.correction is None:
+            return y
+        tally: list = []
+        if member is None:
+            y = np.stack([self._corrected(y[k], conditions, k, None if k else tally) for k in range(len(y))])
+        else:
+            y = self._corrected(y, conditions, member, tally)
+        self.report_uncalibrated(tally, y.shape[-2], counts, warn, stacklevel=3)
+        return y
+
     # ------------------------------------------------------------- inference
     def generate_array(self, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
                        check_range: bool = True, counts: list | None = None) -> np.ndarray:
@@ -158,10 +173,7 @@ class PidModel(QuantileConditionedModel):
 
         y = generate(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                      check_range=check_range, counts=counts)
-        tally: list = []
-        y = self._corrected(y, conditions, 0, tally)
-        self.report_uncalibrated(tally, len(y), counts, check_range)
-        return y
+        return self._calibrated(y, conditions, counts, check_range)
 
     def generate(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """Generate the targets for every row of ``data`` (DataFrame with the condition columns, or an array).
@@ -194,11 +206,7 @@ class PidModel(QuantileConditionedModel):
         self._require_members()
         y = generate_variations(self, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                                 check_range=check_range, counts=counts)
-        if self.correction is not None:  # (the members' maps have the nominal's bins: its tally is theirs)
-            tally: list = []
-            y = np.stack([self._corrected(y[k], conditions, k, None if k else tally) for k in range(len(y))])
-            self.report_uncalibrated(tally, y.shape[1], counts, check_range)
-        return y
+        return self._calibrated(y, conditions, counts, check_range, member=None)
 
     def generate_member_array(self, k: int, conditions: np.ndarray, seed=None, chunk: int | None = None, *,
                               check_range: bool = True, counts: list | None = None) -> np.ndarray:
@@ -214,10 +222,7 @@ class PidModel(QuantileConditionedModel):
         self._require_members()
         y = generate_member(self, k, conditions, seed, chunk=DEFAULT_CHUNK if chunk is None else chunk,
                             check_range=check_range, counts=counts)
-        tally: list = []
-        y = self._corrected(y, conditions, k, tally)
-        self.report_uncalibrated(tally, len(y), counts, check_range)
-        return y
+        return self._calibrated(y, conditions, counts, check_range, member=k)
 
     def generate_variations(self, data, seed=None, *, drop_nonfinite: bool = False) -> pd.DataFrame:
         """The targets of :meth:`generate` plus, for each ensemble member k = 1..K, ``f"{target}_var{k}"``.

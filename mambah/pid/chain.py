@@ -101,11 +101,12 @@ of a species ``s`` (models ``pid-<s>-flags``, ``pid-<s>-muon``, ``pid-<s>-rich``
    knot search, 3 chains at once and single-threaded BLAS in the stage). Per ProbNN row the GAN costs
    ~0.77 CPU-us (1.1 before XLA), most of it the transforms of its 17 conditions (14 continuous; the
    knot search is an exact grid locator, mambah.nn.inference._Locator, XLA-compiled in full chunks),
-   the generator ~0.1 us; the surrogate network and the logits ~0.15 us per track; the kaon step's calibration 0.27 us per kaon (all rows through :class:`mambah.nn.knots.KnotTables`
+   the generator ~0.1 us; the surrogate network and the logits ~0.15 us per track; the kaon step's
+   calibration 0.27 us per kaon (all rows through :class:`mambah.nn.knots.KnotTables`
    at once, 2026-12-07; 0.56 us with one numpy.interp per bin and output before). Conditions that are
    cheaper to transform (``mambah train pid --condition-transform affine``: log P, logit(Sur*)) save
    about 12% of the stage's CPU but, at the shipped epochs, trained worse steps (see
-   :class:`~mambah.nn.preprocessing.AffineScaler`); 500k would need them at equal quality, the surrogate
+   :class:`~mambah.nn.preprocessing.AffineScaler`); a margin above 500k would need them at equal quality, the surrogate
    inside the step's graph.
 
 Sources: LHCb's flash simulation chains the same way (Lamarr, M. Barbetti et al., arXiv:2303.11428:

@@ -29,8 +29,9 @@ store), and :func:`out_of_range_totals` sums them over the batches this process 
 
 **Uncalibrated rows.** The steps with a quantile calibration (``marginals.npz``, :mod:`mambah.nn.marginals`)
 map their outputs per (P, ETA) bin and RICH-threshold state; where the calibration sample held too
-little signal there is no map, and those tracks keep the network's own output (b-decay protons: about
-1% of them, mostly at high eta). They are reported the same way: one
+little signal there is no map, and those tracks keep the network's own output (the README's main job:
+2.9% of the pions with RICH information, almost all below 3 GeV/c; 0.07% of the protons). They are
+reported the same way: one
 :class:`~mambah.errors.UncalibratedWarning` per model and production, ``{model: [rows unmapped, rows
 evaluated]}`` in ``batch.info["reconstruction"]["pid"]["uncalibrated"]`` for every calibrated model, and
 :func:`uncalibrated_totals`.
