@@ -83,6 +83,7 @@ def save_model_dir(
     arrays: Mapping[str, np.ndarray] | None = None,
     *,
     overwrite: bool = False,
+    support=None,
 ) -> Path:
     """Write a model directory atomically and return its path.
 
@@ -94,8 +95,13 @@ def save_model_dir(
             the network in a subdirectory (``"members/member-01"``), never ``..`` or an absolute path.
         arrays: name -> numpy array (numeric or fixed-width string), saved in ``arrays.npz``.
         overwrite: replace an existing directory (otherwise refuse).
+        support: the model's data-support table (:class:`mambah.nn.support.Support`, ``support.npz``),
+            written with the card's ``"support"`` section; a card with that section needs it.
     """
     path = Path(path)
+    if isinstance(card.get("support"), dict) and support is None:
+        raise ModelDirError(f"the card for {str(path)!r} has a 'support' section but no support table is given (pass "
+                            "support=, e.g. mambah.nn.support.Support.load of the source directory, or drop the section)")
     if path.exists() and not overwrite:
         raise ModelDirError(f"{str(path)!r} already exists; choose another --out or pass overwrite=True (CLI: --overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +119,8 @@ def save_model_dir(
                     raise TypeError(f"array {k!r} has dtype object; store numbers or fixed-width strings")
                 clean[k] = a
             np.savez(tmp / "arrays.npz", **clean)
+        if support is not None:
+            support.save(tmp)
         files = _file_hashes(tmp)
         full = dict(card)
         full.setdefault("version", "1")

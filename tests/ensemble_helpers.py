@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mambah.nn.support import support_of
+
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -39,7 +41,7 @@ def perturbed_members(src: Path, dst: Path, k: int, *, scale: float = 0.05, seed
     card["ensemble"] = {"members": k, "files": files, "seeds": list(range(1, k + 1)),
                         "bootstrap": "none: perturbed weights (tests)", "warm_start": False}
     correction = card.pop("marginal_correction", None)
-    save_model_dir(dst, card, networks=nets, arrays=load_arrays(src))
+    save_model_dir(dst, card, networks=nets, arrays=load_arrays(src), support=support_of(src))
     return _carry_correction(src, dst, correction, k)
 
 
@@ -75,7 +77,8 @@ def perturbed_flag_members(src: Path, dst: Path, k: int, *, scale: float = 0.05,
     card["ensemble"] = {"members": k, "seeds": list(range(1, k + 1)), "bootstrap": "none: perturbed weights (tests)",
                         "warm_start": False}
     correction = card.pop("marginal_correction", None)
-    save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+    save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays,
+                   support=support_of(src))
     return _carry_correction(src, dst, correction, k)
 
 
@@ -91,7 +94,8 @@ def flag_member_as_nominal(src: Path, dst: Path, k: int) -> Path:
     arrays.update({key[len(member_prefix(k)):]: v for key, v in load_arrays(src).items()
                    if key.startswith(member_prefix(k))})
     correction = card.pop("marginal_correction", None)
-    save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays)
+    save_model_dir(dst, card, networks={"classifier": load_network(src, "classifier")}, arrays=arrays,
+                   support=support_of(src))
     return _carry_correction(src, dst, correction, 0, member=k)
 
 
@@ -105,7 +109,7 @@ def without_members(src: Path, dst: Path) -> Path:
     arrays = {k: v for k, v in load_arrays(src).items() if not (k[:1] == "m" and k[1:3].isdigit() and k[3:4] == "_")}
     net = "classifier" if card.get("kind") == "pid-flags" else "generator"
     correction = card.pop("marginal_correction", None)
-    save_model_dir(dst, card, networks={net: load_network(src, net)}, arrays=arrays)
+    save_model_dir(dst, card, networks={net: load_network(src, net)}, arrays=arrays, support=support_of(src))
     return _carry_correction(src, dst, correction, 0)
 
 

@@ -436,6 +436,7 @@ def test_cli_trains_flag_members_and_draws_them_with_the_nominal_uniforms(tiny_p
 def test_member_arrays_that_the_card_does_not_list_are_refused(flag_members, tmp_path):
     from mambah.errors import ModelDirError
     from mambah.modeldir import load_arrays, load_network, save_model_dir
+    from mambah.nn.support import support_of
 
     out = flag_members[0]
     card = json.loads((out / "card.json").read_text())
@@ -444,6 +445,6 @@ def test_member_arrays_that_the_card_does_not_list_are_refused(flag_members, tmp
     for k, message in ((0, "ensemble members the card does not list"), (3, "ensemble member 3 layer 0 is incomplete")):
         card["ensemble"]["members"] = k
         save_model_dir(tmp_path / f"bad{k}", card, networks={"classifier": load_network(out, "classifier")},
-                       arrays=load_arrays(out))
+                       arrays=load_arrays(out), support=support_of(out))
         with pytest.raises(ModelDirError, match=message):
             FlagModel.load(tmp_path / f"bad{k}")

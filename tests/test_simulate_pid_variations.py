@@ -45,6 +45,7 @@ def varied_models(tmp_path_factory) -> Path:
 def _member_as_nominal(src: Path, dst: Path, k: int) -> Path:
     """A model directory whose (only) generator is member k of ``src``: an independent evaluation."""
     from mambah.modeldir import load_arrays, load_network, save_model_dir
+    from mambah.nn.support import support_of
 
     from ensemble_helpers import _carry_correction
 
@@ -53,7 +54,7 @@ def _member_as_nominal(src: Path, dst: Path, k: int) -> Path:
         card.pop(key, None)
     correction = card.pop("marginal_correction", None)  # member k's map becomes the nominal's
     save_model_dir(dst, card, networks={"generator": load_network(src, f"members/member-{k:02d}")},
-                   arrays=load_arrays(src))
+                   arrays=load_arrays(src), support=support_of(src))
     return _carry_correction(src, dst, correction, 0, member=k)
 
 

@@ -150,15 +150,16 @@ def default_production_name(descriptor, seed: int, reconstruct_as=None, invisibl
 class _Collector:
     """A ``warnings.showwarning`` that keeps the models' :class:`~mambah.errors.OutOfRangeWarning` warnings
     (recognised by class; their fields are read, never their text) for the summary table at the
-    end, holds back the :class:`~mambah.errors.UncalibratedWarning` warnings (the summary's line on the
-    uncalibrated PID outputs reports them, from the batches' provenance), and shows every other warning
-    as usual, at once."""
+    end, holds back the :class:`~mambah.errors.UncalibratedWarning` and
+    :class:`~mambah.errors.OutOfSupportWarning` warnings (the summary's lines on the uncalibrated and
+    the unsupported PID outputs report them, from the batches' provenance), and shows every other
+    warning as usual, at once."""
 
     def __init__(self):
-        from mambah.errors import OutOfRangeWarning, UncalibratedWarning
+        from mambah.errors import OutOfRangeWarning, OutOfSupportWarning, UncalibratedWarning
 
         self.category = OutOfRangeWarning
-        self.held = UncalibratedWarning
+        self.held = (UncalibratedWarning, OutOfSupportWarning)
         self.caught: list = []
         self._show = None
 
@@ -199,15 +200,18 @@ def _batch_infos(store, production: str, what: str):
                 "batch %d: its provenance (config) is not JSON; its %s are left out", batch, what)
 
 
-def uncalibrated_rows(store, production: str) -> list[tuple[str, int, int]]:
+def uncalibrated_rows(store, production: str, field: str = "uncalibrated") -> list[tuple[str, int, int]]:
     """``[(model, rows left unmapped, rows evaluated)]`` of the calibrated PID models that left rows
     without a quantile map in ``production`` (:class:`~mambah.errors.UncalibratedWarning`), summed over
-    the batches' provenance (``reconstruction.pid.uncalibrated``)."""
-    from mambah.production import uncalibrated_counts
+    the batches' provenance (``reconstruction.pid.uncalibrated``); ``field="unsupported"``: the rows
+    outside the models' data support (:class:`~mambah.errors.OutOfSupportWarning`,
+    ``reconstruction.pid.unsupported``)."""
+    from mambah.production import uncalibrated_counts, unsupported_counts
 
+    per_batch = {"uncalibrated": uncalibrated_counts, "unsupported": unsupported_counts}[field]
     totals: dict[str, list[int]] = {}
-    for info in _batch_infos(store, production, "uncalibrated-row counts"):
-        for model, (bad, n) in uncalibrated_counts(info).items():
+    for info in _batch_infos(store, production, f"{field}-row counts"):
+        for model, (bad, n) in per_batch(info).items():
             t = totals.setdefault(model, [0, 0])
             t[0] += bad
             t[1] += n
@@ -456,6 +460,7 @@ def run(args: argparse.Namespace) -> int:
         url = store.url
         rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
         uncal = uncalibrated_rows(store, name) if args.level == "reco" and res.written else []
+        unsup = uncalibrated_rows(store, name, "unsupported") if args.level == "reco" and res.written else []
         gen = generator_summary(store, name)
         channels = cocktail_summary(store, name) if cocktail else []
         vtx = vertexing_summary(store, name) if args.vertexing and res.written else {}
@@ -510,6 +515,10 @@ def run(args: argparse.Namespace) -> int:
     if uncal:
         print("  PID outputs left uncalibrated (their (P, ETA) bin or RICH state has no quantile map; the network's own "
               "output), whole production: " + ", ".join(f"{m} {100 * b / max(n, 1):.2g}% ({b} of {n})" for m, b, n in uncal))
+    if unsup:
+        print("  PID outputs outside the data's support (in (P, ETA) cells where the data "
+              "the model was fitted on had almost no signal: extrapolated), whole production: "
+              + ", ".join(f"{m} {100 * b / max(n, 1):.2g}% ({b} of {n})" for m, b, n in unsup))
     if res.interrupted:
         print(f"interrupted: {res.written + res.skipped} of {res.n_batches} batches are in the store; "
               "run the same command with --resume to finish", file=sys.stderr)

@@ -88,7 +88,8 @@ def run(args) -> int:
     import numpy as np
 
     from mambah.cli import progress_enabled
-    from mambah.cli.train_pid import check_split_weights, read_training_data, training_data_entry
+    from mambah.cli.train_pid import (check_split_weights, read_training_data, training_data_entry,
+                                      write_training_support)
     from mambah.errors import ConfigurationError, DataError
 
     log = logging.getLogger("mambah.train.flags")
@@ -189,6 +190,7 @@ def run(args) -> int:
     if ensemble is not None:
         card["ensemble"] = ensemble
     save_flag_model(out, trainer, card, overwrite=args.overwrite, members=members)
+    write_training_support(out, card, conditions, df, w)
     print(f"wrote {out}: held-out weighted BCE {bce:.5f}, Brier {brier:.5f} (constant rate {bce0:.5f}, {brier0:.5f}); "
           f"max |eff diff| in {conditions[0]} "
           f"bins: " + ", ".join(f"{k} {v:.4f}" for k, v in eff["max_abs_eff_diff"].items())
@@ -210,7 +212,8 @@ def run_members_of(args, log) -> int:
     import sys
     from pathlib import Path
 
-    from mambah.cli.train_pid import check_split_weights, read_training_data, set_budget, training_data_entry
+    from mambah.cli.train_pid import (check_split_weights, copy_support, read_training_data, set_budget,
+                                      training_data_entry)
     from mambah.errors import ConfigurationError
     from mambah.modeldir import load_arrays, load_network, save_model_dir
     from mambah.nn.flags import NETWORK, FlagModel
@@ -252,7 +255,7 @@ def run_members_of(args, log) -> int:
                                         config=cfg, cond_pre=nominal.cond_pre, condition_names=conditions,
                                         target_names=targets)
     card = {k: v for k, v in nominal.card.items() if k not in ("ensemble", "files", "format", "created",
-                                                                 "mambah_version", "marginal_correction")}
+                                                                 "mambah_version", "marginal_correction", "support")}
     if "marginal_correction" in nominal.card:
         log.warning("%s has a calibration (marginals.npz); the new members have none: the model written to %s is "
                     "uncalibrated; fit it again with mambah train marginals --model %s", args.nominal_from, args.out,
@@ -269,6 +272,7 @@ def run_members_of(args, log) -> int:
     arrays.update(member_arrays(stacks))
     save_model_dir(args.out, card, networks={NETWORK: load_network(args.nominal_from, NETWORK)}, arrays=arrays,
                    overwrite=args.overwrite)
+    copy_support(args.nominal_from, args.out)
     print(f"wrote {args.out}: the nominal of {args.nominal_from} + {args.ensemble} members, seeds {ensemble['seeds']}: "
           f"{sum(ensemble['seconds_per_member']) / args.ensemble:.0f} s per member; held-out {cfg.stop_on} "
           + ", ".join(f"{x:.5f}" for x in ensemble[f"valid_{cfg.stop_on}_per_member"]))

@@ -161,6 +161,7 @@ def run(args) -> int:
     info["fit_data"].update(files=files, description=args.description)
     info["command"] = "mambah " + " ".join(shlex.quote(a) for a in getattr(args, "cli_argv", sys.argv[1:]))
     write_marginal_correction(args.model, corr, info)
+    extended = _extend_support(args, model, df, weight, files, info["command"])
     nb = info["bins"]
     what = "logit-shift calibration" if model.kind == "pid-flags" else "marginal correction"
     mapped = [*(f"{t} + logit({offsets[t]})" if t in offsets else t for t in corr.targets),
@@ -169,5 +170,26 @@ def run(args) -> int:
     print(f"{args.model}: {what} of {', '.join(mapped)} in {nb['n_bins_with_rows']} bins "
           f"(P, ETA{', ' + str(nb['n_states']) + ' states of ' + ','.join(corr.split) if corr.split else ''}), "
           f"{corr.n_members} member maps; {len(nb['not_corrected'])} bins below {nb['min_weight']:.0f} sWeighted "
-          f"signal left uncorrected ({100 * nb['not_corrected_weight_fraction']:.2f}% of the signal)")
+          f"signal left uncorrected ({100 * nb['not_corrected_weight_fraction']:.2f}% of the signal)"
+          + (f"; its data added to the model's support table ({extended})" if extended else ""))
     return 0
+
+
+def _extend_support(args, model, df, weight, files, command) -> str:
+    """Merge the calibration data (the rows the fit used: the same selection and weights) into the
+    model's support table (:mod:`mambah.nn.support`): its outputs are now fitted on these rows'
+    kinematics too. A model without a support table is left without one (``mambah models support``)."""
+    if model.support is None:
+        return ""
+    from mambah.nn.support import source_entry, table_support, write_support
+
+    selection = args.selection
+    if selection == "card":
+        selection = (model.card.get("training_data") or {}).get("selection") or None
+    s, n, w = table_support(df, weight, selection, ", ".join(args.data), model.support.min_weight)
+    sources = [*model.card["support"].get("sources", []),
+               {**source_entry("calibration data of its quantile map", files, n, w, selection, weight,
+                               args.description), "command": command}]
+    merged = model.support.merged(s)
+    write_support(args.model, merged, sources)
+    return f"{merged.describe()['cells_supported']} supported (P, ETA) cells"

@@ -255,6 +255,34 @@ def training_data_entry(args, n_read: int, n_selected: int, w, it, iv) -> dict:
     }
 
 
+def write_training_support(out, card: dict, conditions: list[str], df, w) -> None:
+    """Add the training data's support table (:mod:`mambah.nn.support`: its sWeighted signal in cells
+    of (log10 P, ETA)) to the model directory ``out`` just written, when P and ETA are conditions;
+    the card's ``training_data`` names the sample."""
+    if not {"P", "ETA"} <= set(conditions):
+        return
+    from mambah.nn.support import Support, source_entry, write_support
+
+    td = card["training_data"]
+    support = Support.from_data(df["P"].to_numpy(dtype=float), df["ETA"].to_numpy(dtype=float), w,
+                                where=td["file"])
+    entry = source_entry("training data", [{"file": td["file"], "sha256": td["sha256"]}], len(df), w, td["selection"],
+                         td["weight"])
+    entry["command"] = card.get("command")
+    write_support(out, support, [entry])
+
+
+def copy_support(source, out) -> None:
+    """Give the model directory ``out`` the support table of the model directory ``source`` (if it has
+    one): a model written from another's card (the ensemble members of ``--nominal-from``)."""
+    from mambah.modeldir import load_card
+    from mambah.nn.support import Support, write_support
+
+    section = load_card(source).get("support")
+    if isinstance(section, dict):
+        write_support(out, Support.load(source), list(section.get("sources", [])))
+
+
 def held_out_pulls(valid, gen_draws, targets, w) -> dict:
     """The card's efficiency pulls: the held-out rows against their generated twins (all draws
     pooled, each twin with its row's weight), the targets' typical cuts in the bins of
@@ -454,6 +482,7 @@ def run(args) -> int:
                                               seed=args.seed + 2002, n_repeats=FINAL_REPEATS, paired=True).bdt_ks)
         card["ensemble"] = ensemble.card_entry({"valid_bdt_ks": member_scores})
         ensemble.save(out, card, overwrite=args.overwrite)
+    write_training_support(out, card, conditions, df, w)
     if not args.keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)
     print(f"wrote {out}: validation BDT-KS {score.bdt_ks:.4f} ± {score.bdt_ks_std:.4f}, AUC {score.auc:.4f} "
@@ -546,7 +575,7 @@ def run_members_of(args, log) -> int:
         gen[targets] = gen_of.generate(C[iv], seed=args.seed + 1001)
         scores[label] = bdt_ks_score(valid, gen, conditions + targets, ref_weight=w[iv], gen_weight=w[iv],
                                      seed=args.seed + 2002, n_repeats=FINAL_REPEATS, paired=True).bdt_ks
-    card = {k: v for k, v in nominal.card_.items() if k not in ("ensemble", "files")}
+    card = {k: v for k, v in nominal.card_.items() if k not in ("ensemble", "files", "support")}
     card["ensemble"] = ens.card_entry({
         "valid_bdt_ks": [scores[f"member {k}"] for k in range(1, len(ens.members) + 1)],
         "nominal_valid_bdt_ks_same_rows": scores["nominal"],
@@ -559,6 +588,7 @@ def run_members_of(args, log) -> int:
                    else None,
     })
     ens.save(args.out, card, overwrite=args.overwrite)
+    copy_support(args.nominal_from, args.out)
     import shutil
 
     shutil.rmtree(ckpt, ignore_errors=True)

@@ -615,24 +615,20 @@ def _map_chunks(run, jobs, n: int, chunk: int, workers: int) -> list:
     return [run(*job) for job in jobs]
 
 
-def _warn_out_of_range(model, results: list, n_cond: int, n: int) -> None:
-    """One :class:`~mambah.errors.OutOfRangeWarning` from the chunks' :func:`_range_counts`, if any
-    row of the ``n`` was outside (``model``: a :class:`~mambah.nn.model.Model`)."""
+def _report_range(model, results: list, n_cond: int, c: np.ndarray, check_range, counts: list | None) -> None:
+    """The chunks' :func:`_range_counts` and the rows of the conditions ``c`` outside the model's data
+    support (:meth:`~mambah.nn.model.Model.support_count`) as one :class:`~mambah.nn.model.RangeCounts`:
+    appended to ``counts`` when given (no warning; the caller reports them), else warned about
+    (:meth:`~mambah.nn.model.Model.warn_out_of_range`) when ``check_range``."""
+    if counts is None and not check_range:
+        return
     rows_out = sum(r[1] for r in results)
-    if rows_out:
-        n_out = sum(r[0] for r in results) + np.zeros(n_cond, dtype=np.int64)
-        model.warn_out_of_range(model.range_counts(n_out, rows_out, n), stacklevel=4)
-
-
-def _report_range(model, results: list, n_cond: int, n: int, check_range, counts: list | None) -> None:
-    """``counts`` given: append the chunks' :class:`~mambah.nn.model.RangeCounts` (no warning; the
-    caller reports them); else warn when ``check_range``."""
+    n_out = sum(r[0] for r in results) + np.zeros(n_cond, dtype=np.int64)
+    rc = model.range_counts(n_out, rows_out, len(c), model.support_count(c))
     if counts is not None:
-        rows_out = sum(r[1] for r in results)
-        n_out = sum(r[0] for r in results) + np.zeros(n_cond, dtype=np.int64)
-        counts.append(model.range_counts(n_out, rows_out, n))
-    elif check_range:
-        _warn_out_of_range(model, results, n_cond, n)
+        counts.append(rc)
+    else:
+        model.warn_out_of_range(rc, stacklevel=3)
 
 
 def _range_counts(c, lo, hi, c_lo, c_hi):
@@ -677,7 +673,7 @@ def generate(model: Model, conditions: np.ndarray, rng=None, *, chunk: int = DEF
     fast = _compiled(model)
     out, results = _run(model, fast, conditions, rng, chunk=chunk, noise=noise, workers=workers)
     if results:  # (nothing to report for no rows)
-        _report_range(model, results, fast.n_cond, out.shape[-2], check_range, counts)
+        _report_range(model, results, fast.n_cond, conditions, check_range, counts)
     return out
 
 
@@ -701,7 +697,7 @@ def generate_variations(model: Model, conditions: np.ndarray, rng=None, *, chunk
     out, results = _run(model, fast, conditions, rng, chunk=chunk, noise=noise, workers=workers,
                         n_out=1 + len(model.members))
     if results:  # (nothing to report for no rows)
-        _report_range(model, results, fast.n_cond, out.shape[-2], check_range, counts)
+        _report_range(model, results, fast.n_cond, conditions, check_range, counts)
     return out
 
 
@@ -727,7 +723,7 @@ def generate_member(model: Model, k: int, conditions: np.ndarray, rng=None, *, c
     fast = _compiled_member(model, int(k))
     out, results = _run(model, fast, conditions, rng, chunk=chunk, noise=noise, workers=workers, n_out=1)
     if results:
-        _report_range(model, results, fast.n_cond, out.shape[-2], check_range, counts)
+        _report_range(model, results, fast.n_cond, conditions, check_range, counts)
     return out[0]
 
 
@@ -818,7 +814,7 @@ def sample_flags(model: Model, conditions: np.ndarray, rng, *, chunk: int = DEFA
 
     jobs = ((s, min(s + chunk, n), rng.random((min(s + chunk, n) - s, fast.n_targ))) for s in range(0, n, chunk))
     results = _map_chunks(run, jobs, n, chunk, workers)
-    _report_range(model, results, fast.n_cond, n, check_range, counts)
+    _report_range(model, results, fast.n_cond, c, check_range, counts)
     return out
 
 

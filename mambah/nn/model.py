@@ -36,11 +36,13 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from mambah.errors import DataError, ModelDirError, OutOfRangeWarning, UncalibratedWarning
+from mambah.errors import ConfigurationError, DataError, ModelDirError, OutOfRangeWarning, OutOfSupportWarning, UncalibratedWarning
 
 __all__ = ["Model", "QuantileConditionedModel", "RangeCounts"]
 
 T = TypeVar("T")
+#: the support of a model not read from its directory yet
+_NOT_LOADED = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,9 @@ class RangeCounts:
         text: the same per quantity with its range, ``"P: 3 outside [2000, 1e+06], ..."`` ("" if none).
         uncalibrated: rows the model's quantile calibration left unmapped (a bin or flag state
             without a map, :class:`~mambah.errors.UncalibratedWarning`); None for a model without one.
+        unsupported: rows in (P, ETA) cells where the model's training data had (almost) no signal
+            (:mod:`mambah.nn.support`, :class:`~mambah.errors.OutOfSupportWarning`); None for a model
+            without a support table.
     """
 
     model: str
@@ -63,6 +68,7 @@ class RangeCounts:
     detail: dict[str, int] = dataclasses.field(default_factory=dict)
     text: str = ""
     uncalibrated: int | None = None
+    unsupported: int | None = None
 
     @property
     def fraction(self) -> float:
@@ -98,6 +104,7 @@ class Model:
         self._hash: str | None = None
         self._memo: dict[str, Any] = {}
         self._memo_lock = threading.Lock()
+        self._support: Any = _NOT_LOADED
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, species={self.card.get('species')!r}, "
@@ -182,22 +189,81 @@ class Model:
         """
         names, lo, hi = self.training_range()
         q = self.range_quantities(conditions)
+        unsupported = self.support_count(conditions)
         if not len(names) or not len(q):
-            return RangeCounts(self.name, 0, len(q))
+            return RangeCounts(self.name, 0, len(q), unsupported=unsupported)
         if (q.min(axis=0) >= lo).all() and (q.max(axis=0) <= hi).all():  # the usual case: two passes
-            return RangeCounts(self.name, 0, len(q))
+            return RangeCounts(self.name, 0, len(q), unsupported=unsupported)
         out = (q < lo) | (q > hi)
-        return self.range_counts(out.sum(axis=0), int(out.any(axis=1).sum()), len(q))
+        return self.range_counts(out.sum(axis=0), int(out.any(axis=1).sum()), len(q), unsupported)
 
-    def range_counts(self, per_quantity, rows: int, n: int) -> RangeCounts:
+    def range_counts(self, per_quantity, rows: int, n: int, unsupported: int | None = None) -> RangeCounts:
         """The :class:`RangeCounts` of ``rows`` of ``n`` rows outside, ``per_quantity[j]`` of them in
-        quantity j (for callers that count in their own passes, e.g. compiled inference)."""
+        quantity j (for callers that count in their own passes, e.g. compiled inference), and
+        ``unsupported`` rows outside the data's support (:meth:`support_count`)."""
         names, lo, hi = self.training_range()
         per = np.zeros(len(names), dtype=np.int64) + np.asarray(per_quantity)
         detail = {name: int(per[j]) for j, name in enumerate(names) if per[j]}
         text = ", ".join(f"{name}: {int(per[j])} outside [{lo[j]:.6g}, {hi[j]:.6g}]"
                          for j, name in enumerate(names) if per[j])
-        return RangeCounts(self.name, int(rows), int(n), detail, text)
+        return RangeCounts(self.name, int(rows), int(n), detail, text, unsupported=unsupported)
+
+    # ------------------------------------------------------------------ data support
+    @property
+    def support(self):
+        """The training data's :class:`~mambah.nn.support.Support` in (P, ETA) (``support.npz``, the
+        card's ``"support"`` section), or None for a model without one."""
+        if self._support is _NOT_LOADED:
+            with self._memo_lock:
+                if self._support is _NOT_LOADED:
+                    self._support = self._load_support()
+        return self._support
+
+    def _load_support(self):
+        if self.path is None or not isinstance(self.card.get("support"), dict):
+            return None
+        from mambah.nn.support import COLUMNS, Support
+
+        lacking = [c for c in COLUMNS if c not in self.conditions]
+        if lacking:
+            raise ModelDirError(f"model {self.name!r} ({str(self.path)!r}): its card has a 'support' section, but "
+                                f"{lacking} are not among its conditions {self.conditions}")
+        return Support.load(self.path)
+
+    def set_support(self, support) -> None:
+        """Use ``support`` (a :class:`~mambah.nn.support.Support`, or None for none) from now on,
+        instead of the directory's ``support.npz`` (e.g. for a model built in memory)."""
+        if support is not None:
+            from mambah.nn.support import COLUMNS
+
+            lacking = [c for c in COLUMNS if c not in self.conditions]
+            if lacking:
+                raise ConfigurationError(f"model {self.name!r}: a support needs the conditions {list(COLUMNS)}; "
+                                         f"{lacking} are not among {self.conditions}")
+        self._support = support
+
+    def support_count(self, conditions: np.ndarray) -> int | None:
+        """Rows of raw ``conditions`` ``(n, n_conditions)`` in (P, ETA) cells where the training data
+        had less than the support's ``min_weight`` (:mod:`mambah.nn.support`); None without a support."""
+        support = self.support
+        if support is None:
+            return None
+        c = np.asarray(conditions, dtype=float)
+        if not len(c):
+            return 0
+        return support.count(c[:, self.conditions.index("P")], c[:, self.conditions.index("ETA")])
+
+    def support_warning(self, count: int, n: int, where: str = "") -> OutOfSupportWarning:
+        """The structured :class:`~mambah.errors.OutOfSupportWarning` for ``count`` of ``n`` rows in
+        unsupported cells (not emitted); ``where``: e.g. the batch, for the message."""
+        action = "generated by extrapolation"
+        s = self.support
+        need = f"{s.min_weight:g}" if s is not None else "too little"
+        msg = (f"model {self.name!r}: {count} of {n} rows ({100 * count / max(n, 1):.3g}%){where} lie in (P, ETA) cells "
+               f"where the data it was fitted on held less than {need} sWeighted signal (inside the training range "
+               f"condition by condition, outside the data's support); they are {action}: treat its outputs there "
+               "with care (mambah.nn.support; the card's 'support' section)")
+        return OutOfSupportWarning(msg, model=self.name, count=count, n=n, action=action)
 
     def out_of_range_warning(self, counts: RangeCounts) -> OutOfRangeWarning:
         """The structured :class:`~mambah.errors.OutOfRangeWarning` for ``counts`` (not emitted)."""
@@ -208,9 +274,12 @@ class Model:
                                  action=self.range_action)
 
     def warn_out_of_range(self, counts: RangeCounts, stacklevel: int = 2) -> None:
-        """Emit the :class:`~mambah.errors.OutOfRangeWarning` of ``counts`` when some row is outside."""
+        """Emit the :class:`~mambah.errors.OutOfRangeWarning` of ``counts`` when some row is outside,
+        and the :class:`~mambah.errors.OutOfSupportWarning` when some row is outside the support."""
         if counts.count:
             warnings.warn(self.out_of_range_warning(counts), stacklevel=stacklevel + 1)
+        if counts.unsupported:
+            warnings.warn(self.support_warning(counts.unsupported, counts.n), stacklevel=stacklevel + 1)
 
     # ------------------------------------------------------------------ derived objects
     def memo(self, key: str, build: Callable[[], T]) -> T:
@@ -227,9 +296,12 @@ class Model:
         state = dict(self.__dict__)
         state["_memo"] = {}
         state.pop("_memo_lock", None)
+        if state.get("_support") is _NOT_LOADED:
+            state.pop("_support")
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_support", _NOT_LOADED)
         self.__dict__.update(state)
         self._memo_lock = threading.Lock()
 

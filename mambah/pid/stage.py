@@ -36,6 +36,14 @@ reported the same way: one
 evaluated]}`` in ``batch.info["reconstruction"]["pid"]["uncalibrated"]`` for every calibrated model, and
 :func:`uncalibrated_totals`.
 
+**Rows outside the data's support.** A model with a support table (``support.npz``,
+:mod:`mambah.nn.support`) knows the sWeighted signal its data held in cells of (log10 P, ETA); its
+rows in cells with less than the table's ``min_weight`` are inside the training range condition by
+condition but outside the data, and the network extrapolates there. They are generated all the same
+and reported the same way: one :class:`~mambah.errors.OutOfSupportWarning` per model and
+production, ``{model: [rows, rows evaluated]}`` in ``batch.info["reconstruction"]["pid"]["unsupported"]``
+for every model with a support table, and :func:`unsupported_totals`.
+
 **Variations** (``PID(variations=True)``, ``mambah simulate --pid-variations``): every track of a
 species whose chain has ensemble members (``mambah train pid ... --ensemble K``) also gets its PID
 columns once per member k = 1..K, drawn with the nominal's noise and flag uniforms
@@ -71,7 +79,7 @@ from mambah.errors import ConfigurationError, OutOfRangeWarning
 from mambah.physics import SPECIES, SPECIES_PDG, p_eta
 from mambah.reconstruction._common import as_config, require_tables, rows_by_index
 
-__all__ = ["PID", "out_of_range_totals", "uncalibrated_totals"]
+__all__ = ["PID", "out_of_range_totals", "uncalibrated_totals", "unsupported_totals"]
 
 log = logging.getLogger(__name__)
 _WARNED: set = set()
@@ -82,6 +90,9 @@ _RANGE_WARNED: set[tuple[str | None, str]] = set()
 # rows the calibrated models left unmapped: (production, model) -> [rows unmapped, rows evaluated]
 _UNCAL: dict[tuple[str | None, str], list[int]] = {}
 _UNCAL_WARNED: set[tuple[str | None, str]] = set()
+# rows in cells outside the models' data support: (production, model) -> [rows, rows evaluated]
+_UNSUP: dict[tuple[str | None, str], list[int]] = {}
+_UNSUP_WARNED: set[tuple[str | None, str]] = set()
 _RANGE_LOCK = threading.Lock()
 
 
@@ -114,6 +125,15 @@ def uncalibrated_totals(production: str | None = None) -> dict[str, tuple[int, i
     this process ran (:class:`~mambah.errors.UncalibratedWarning`)."""
     with _RANGE_LOCK:
         return {m: (v[0], v[1]) for (p, m), v in _UNCAL.items() if p == production}
+
+
+def unsupported_totals(production: str | None = None) -> dict[str, tuple[int, int]]:
+    """``{model: (rows in (P, ETA) cells outside its data support, rows evaluated)}`` of the models
+    with a support table (:mod:`mambah.nn.support`), over the batches of ``production`` (``None``:
+    outside a production) that the PID stages of this process ran
+    (:class:`~mambah.errors.OutOfSupportWarning`)."""
+    with _RANGE_LOCK:
+        return {m: (v[0], v[1]) for (p, m), v in _UNSUP.items() if p == production}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +325,8 @@ class PID:
         from mambah.pid.chain import _model_name
 
         models = {_model_name(m, step): m for c in chains.values() for step, m in zip(c.steps, c.models)}
-        uncalibrated = self._report_uncalibrated(step_counts, batch, models)
+        uncalibrated = self._report_field(step_counts, batch, models, "uncalibrated")
+        unsupported = self._report_field(step_counts, batch, models, "unsupported")
         for (s, sel, _), (gen, _, _) in zip(todo, results):
             for col, store_col in CHAIN_OUTPUTS.items():
                 out[store_col][track[sel]] = gen[col]
@@ -330,7 +351,8 @@ class PID:
         batch["particles"] = parts
         batch.info.setdefault("reconstruction", {})["pid"] = {"tracks": counts, "no_chain": int((~known).sum()),
                                                                "out_of_range": out_of_range,
-                                                               "uncalibrated": uncalibrated}
+                                                               "uncalibrated": uncalibrated,
+                                                               "unsupported": unsupported}
         return batch
 
     @staticmethod
@@ -389,19 +411,22 @@ class PID:
         return {model: [c.count, c.n] for model, c in step_counts.items()}
 
     @staticmethod
-    def _report_uncalibrated(step_counts: dict, batch, models: dict) -> dict[str, list[int]]:
-        """The calibrated models' rows left unmapped (``RangeCounts.uncalibrated``): added to the
-        production's, one :class:`~mambah.errors.UncalibratedWarning` per model the first time in the
-        production that it leaves rows; returns ``{model: [rows unmapped, rows evaluated]}`` for the
-        models with a calibration (the batch's provenance)."""
+    def _report_field(step_counts: dict, batch, models: dict, field: str) -> dict[str, list[int]]:
+        """The rows a ``RangeCounts`` field counts: ``"uncalibrated"`` (the calibrated models' rows left
+        unmapped, :class:`~mambah.errors.UncalibratedWarning`) or ``"unsupported"`` (rows outside the
+        models' data support, :class:`~mambah.errors.OutOfSupportWarning`). Added to the production's,
+        one warning per model the first time in the production that it has such rows; returns
+        ``{model: [rows, rows evaluated]}`` for the models that count them (the batch's provenance)."""
+        totals, warned, make = {"uncalibrated": (_UNCAL, _UNCAL_WARNED, "uncalibrated_warning"),
+                                "unsupported": (_UNSUP, _UNSUP_WARNED, "support_warning")}[field]
         production = batch.info.get("production")
-        counts = {m: (c.uncalibrated, c.n) for m, c in step_counts.items() if c.uncalibrated is not None}
-        first = _add_counts(_UNCAL, _UNCAL_WARNED, production, counts)
+        counts = {m: (getattr(c, field), c.n) for m, c in step_counts.items() if getattr(c, field) is not None}
+        first = _add_counts(totals, warned, production, counts)
         where = f"production {production!r}" if production is not None else "this process"
         for model in first:
             c = step_counts[model]
-            w = models[model].uncalibrated_warning(c.uncalibrated, c.n, f" of batch {batch.id}")
+            w = getattr(models[model], make)(getattr(c, field), c.n, f" of batch {batch.id}")
             warnings.warn(type(w)(f"PID {w} (reported once per model in {where}; every batch's counts are in its "
-                                  "provenance, reconstruction.pid.uncalibrated)", model=w.model, count=w.count,
+                                  f"provenance, reconstruction.pid.{field})", model=w.model, count=w.count,
                                   n=w.n, action=w.action), stacklevel=3)
-        return {model: [c.uncalibrated, c.n] for model, c in step_counts.items() if c.uncalibrated is not None}
+        return {model: list(v) for model, v in counts.items()}
