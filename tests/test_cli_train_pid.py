@@ -65,6 +65,16 @@ def test_train_writes_a_model_directory_with_its_card(trained, calib):
     assert m["selection"] == "ks_pulls" and card["hyperparameters"]["signed_targets"] is True
     assert m["selection_score"] == pytest.approx(m["selection_bdt_ks"] * max(1.0, m["selection_pull_rms"]))
     assert card["training"]["steps"] == 4 * (1600 // 256)
+    # the training data's support in (P, ETA): every selected row, with its sWeight
+    from mambah.nn.support import Support, support_of
+
+    _, df = calib
+    sup = card["support"]
+    assert "support.npz" in card["files"] and sup["sources"][0]["rows"] == 2000
+    assert sup["sources"][0]["what"] == "training data" and sup["sources"][0]["files"][0]["file"] == "calib.csv"
+    ref = Support.from_data(df["P"], df["ETA"], df["sWeight"])
+    got = support_of(path)
+    assert got.origin == ref.origin and np.allclose(got.weight, ref.weight) and got.rows.sum() == 2000
     assert not (path.parent / ".model.checkpoint").exists()  # cleaned up after success
 
 

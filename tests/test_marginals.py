@@ -776,3 +776,39 @@ def test_apply_of_the_shipped_maps_is_the_per_bin_interpolation(model):
     assert (c.bins_of(cond, m.conditions) >= 0).mean() > 0.3
     want = apply_reference(c, y, cond, m.conditions, m.targets)
     np.testing.assert_array_equal(got, want)
+
+
+def test_cli_train_marginals_adds_its_data_to_the_model_support(tmp_path, pion_rich_table, capsys):
+    """A quantile map fitted on a sample is fitted on its kinematics: ``mambah train marginals`` merges
+    the rows it used (the card's selection, the sWeights) into the model's support table; a model without
+    a support table is left without one."""
+    from mambah.cli import main
+    from mambah.modeldir import load_card
+    from mambah.nn.support import Support, source_entry, support_of, write_support
+
+    from ensemble_helpers import without_members
+
+    f = tmp_path / "pi.parquet"
+    pion_rich_table.to_parquet(f)
+    d = tmp_path / "pid-pi-rich"
+    without_members(MODELS / "pid-pi-rich", d)
+    old = Support.from_data([3000.0, 9000.0, 250000.0], [2.1, 2.6, 4.9], [20.0, 30.0, 40.0])
+    write_support(d, old, [source_entry("training data", [], 3, [90.0], None, None)])
+    assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--p-bins", "3", "--eta-bins", "2"]) == 0
+    assert "added to the model's support table" in capsys.readouterr().out
+    sel = pion_rich_table[pion_rich_table["hasRich"] == 1]
+    want = old.merged(Support.from_data(sel["P"].astype(np.float32), sel["ETA"].astype(np.float32), sel["sWeight"]))
+    got = support_of(d)
+    assert got.origin == want.origin and np.allclose(got.weight, want.weight) and np.array_equal(got.rows, want.rows)
+    src = load_card(d)["support"]["sources"]
+    assert [s["what"] for s in src] == ["training data", "calibration data of its quantile map"]
+    assert src[1]["rows"] == len(sel) and src[1]["selection"] == "hasRich == 1" and src[1]["files"][0]["file"] == "pi.parquet"
+    # without a support table: none is made
+    e = tmp_path / "bare"
+    without_members(MODELS / "pid-pi-rich", e)
+    if support_of(e) is not None:  # (a shipped model with a support table: drop it for this case)
+        from mambah.modeldir import update_model_dir
+
+        update_model_dir(e, lambda tmp: (Path(tmp) / "support.npz").unlink(), {"support": None})
+    assert main(["train", "marginals", "--model", str(e), "--data", str(f), "--p-bins", "3", "--eta-bins", "2"]) == 0
+    assert support_of(e) is None and "support table" not in capsys.readouterr().out

@@ -227,6 +227,66 @@ def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(t
     assert tot["pid-pi-rich"][0] > 0
 
 
+@pytest.mark.filterwarnings("ignore::mambah.errors.OutOfRangeWarning")
+@pytest.mark.filterwarnings("ignore::mambah.errors.UncalibratedWarning")
+def test_unsupported_rows_reported_once_per_production_and_recorded_per_batch(tmp_path):
+    """A step whose support table lacks the (P, ETA) cells of some tracks: one OutOfSupportWarning per
+    model and production, every batch's counts in its provenance, the totals their sums, the simulate
+    summary's rows, regenerate_batch's warnings; the PID columns are those of the same models without
+    the table."""
+    import shutil
+
+    from mambah import Store, run_production
+    from mambah.cli.cmd_simulate import uncalibrated_rows
+    from mambah.errors import OutOfSupportWarning
+    from mambah.nn.support import Support, source_entry, write_support
+    from mambah.pid import stage as pid
+    from mambah.production import regenerate_batch
+
+    d = tmp_path / "models"
+    d.mkdir()
+    for m in MODELS.iterdir():
+        if m.name == "pid-p-rich":
+            shutil.copytree(m, d / m.name)
+            rng = np.random.default_rng(1)  # a sample of protons at eta < 3 only
+            s = Support.from_data(10 ** rng.uniform(3.3, 5.2, 20000), rng.uniform(2.0, 3.0, 20000))
+            write_support(d / m.name, s, [source_entry("training data", [], 20000, np.ones(20000), None, None)])
+        elif m.is_dir():
+            os.symlink(m, d / m.name)
+    pl = standard_pipeline(REF, models_dir=d)
+    with Store(f"sqlite:///{tmp_path / 's.sqlite'}") as st:
+        for prod in ("s1", "s2"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", OutOfSupportWarning)
+                run_production(pl, n_events=2000, batch_size=1000, seed=5, store=st, production=prod)
+            got = [w.message for w in caught if issubclass(w.category, OutOfSupportWarning)]
+            assert "pid-p-rich" in [m.model for m in got] and len(got) == len({m.model for m in got})
+            assert all(0 < m.count <= m.n and f"production {prod!r}" in str(m) for m in got)
+        infos = [st.batch_info(b)["config"]["reconstruction"]["pid"] for b in st.batch_ids()]
+        rows = uncalibrated_rows(st, "s1", "unsupported")
+        tot = pid.unsupported_totals("s1")
+        first = st.batch_ids()[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutOfSupportWarning)
+            regenerate_batch(pl, st, first)
+        again = {w.message.model: [w.message.count, w.message.n] for w in caught
+                 if issubclass(w.category, OutOfSupportWarning)}
+        assert again == {m: c for m, c in infos[0]["unsupported"].items() if c[0]}
+    bad, n = tot["pid-p-rich"]
+    per_batch = [i["unsupported"]["pid-p-rich"] for i in infos[:2]]
+    assert [bad, n] == list(np.sum(per_batch, axis=0)) and 0 < bad < n
+    assert n == sum(i["out_of_range"]["pid-p-rich"][1] for i in infos[:2])  # the rows the step evaluated
+    assert ("pid-p-rich", bad, n) in rows
+    # the outputs are those of the shipped models (the table only reports)
+    from mambah.pipeline import production_batch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = (x.process(production_batch(0, 5, 1000))["particles"] for x in (pl, standard_pipeline(REF)))
+    for col in ("rich_dll_k", "rich_dll_p", "pid_k", "pid_p", "is_muon"):
+        np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy())
+
+
 def test_native_log_filter_drops_tensorflow_retracing_only():
     import logging
 

@@ -142,12 +142,16 @@ def run_support(args) -> int:
         rows, sums = rows + n, sums + float(w.sum())
         files.append({"file": file.name, "sha256": file_sha256(file)})
     what = args.what or ("further data the model was fitted on" if args.add else "training data")
-    if not args.add and not args.other_data and "n_selected" in td and "sum_weights" in td:
-        if rows != td["n_selected"] or abs(sums - td["sum_weights"]) > 1e-9 * max(1.0, abs(td["sum_weights"])):
+    if not args.add and not args.other_data and "n_selected" in td:
+        # the rows always; the summed weight when it is of the card's weight column (a support may be taken
+        # with the sWeights of a model trained on sWeight x a momentum factor, e.g. --weight sWeight)
+        same_weight = weight == td.get("weight") and "sum_weights" in td
+        if rows != td["n_selected"] or (same_weight and abs(sums - td["sum_weights"]) > 1e-9 * max(1.0, abs(td["sum_weights"]))):
             raise DataError(f"{', '.join(args.data)}: {rows} rows with summed weight {sums:.10g} after the selection "
                             f"{selection!r}, but the card of {str(path)!r} records the training sample's "
-                            f"{td['n_selected']} rows and {td['sum_weights']:.10g}: this is not the model's training "
-                            "data (pass --other-data to use it anyway, recorded in the card)")
+                            f"{td['n_selected']} rows" + (f" and {td['sum_weights']:.10g}" if same_weight else "")
+                            + ": this is not the model's training data (pass --other-data to use it anyway, recorded "
+                            "in the card)")
     if args.other_data and not args.add:
         what = args.what or "other data (not checked against the card's training sample)"
     entry = source_entry(what, files, rows, [sums], selection, weight)
