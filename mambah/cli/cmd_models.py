@@ -41,6 +41,7 @@ def register(sub) -> None:
     a.add_argument("--what", default=None,
                    help="what the data is to the model, for the card (default: 'training data', with --add "
                         "'further data the model was fitted on')")
+    a.add_argument("--description", default=None, help="how the data was made, for the card")
     a.add_argument("--min-weight", type=float, default=None, metavar="W",
                    help="least sWeighted signal of a supported cell (default mambah.nn.support.MIN_WEIGHT = 10, or "
                         "the existing table's with --add)")
@@ -154,7 +155,7 @@ def run_support(args) -> int:
                             "in the card)")
     if args.other_data and not args.add:
         what = args.what or "other data (not checked against the card's training sample)"
-    entry = source_entry(what, files, rows, [sums], selection, weight)
+    entry = source_entry(what, files, rows, [sums], selection, weight, args.description)
     entry["command"] = "mambah " + " ".join(shlex.quote(a) for a in getattr(args, "cli_argv", sys.argv[1:]))
     sources = [*(card["support"].get("sources", []) if old is not None else []), entry]
     if old is not None:
