@@ -331,10 +331,12 @@ def test_cli_trains_a_flag_model(tiny_parquet, tmp_path):
     assert "held-out weighted BCE" in r.stdout and "isMuon" in r.stdout
     card = json.loads((out / "card.json").read_text())
     assert card["kind"] == "pid-flags" and card["species"] == "mu" and card["format"] == 1
-    assert {"classifier.keras", "arrays.npz"} == set(card["files"])
+    assert {"classifier.keras", "arrays.npz", "support.npz"} == set(card["files"])
     assert [c["name"] for c in card["conditions"]] == ["P", "ETA", "nTracks"] and card["conditions"][0]["unit"] == "MeV/c"
     td = card["training_data"]
     n_sel = int((df["ETA"] < 4.8).sum())
+    # the training data's support table: the selected rows with their sWeights
+    assert card["support"]["sources"][0]["rows"] == n_sel and card["support"]["sources"][0]["selection"] == "ETA < 4.8"
     assert td["n_rows"] == len(df) and td["n_selected"] == n_sel and td["selection"] == "ETA < 4.8"
     assert td["weight"] == "sWeight" and td["n_valid"] == round(0.2 * n_sel) and len(td["sha256"]) == 64
     assert td["sum_weights"] == pytest.approx(df.loc[df["ETA"] < 4.8, "sWeight"].sum())

@@ -20,8 +20,12 @@ order), the condition preprocessing (:meth:`~Model.preprocess`), its training ra
 (:meth:`~Model.training_range`), :meth:`~Model.check_range` (rows outside the range, as data) and
 :meth:`~Model.warn_out_of_range`, the one place that emits the structured
 :class:`~mambah.errors.OutOfRangeWarning` (fields ``model``, ``count``, ``n``, ``detail``,
-``action``). Load models through :func:`mambah.nn.registry.load_model`, which picks the kind from
-the card and caches by path and content hash.
+``action``). A model whose directory holds a data-support table (``support.npz``,
+:mod:`mambah.nn.support`: its data's sWeighted signal in cells of (log10 P, ETA)) also counts the rows
+in cells its data left empty (:attr:`RangeCounts.unsupported`, :meth:`~Model.support_count`) and
+warns about them (:class:`~mambah.errors.OutOfSupportWarning`): inside the training range condition
+by condition, outside the data. Load models through :func:`mambah.nn.registry.load_model`, which picks
+the kind from the card and caches by path and content hash.
 """
 
 from __future__ import annotations
