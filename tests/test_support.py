@@ -64,6 +64,9 @@ def test_unsupported_rows_are_the_cells_below_min_weight():
     # a larger min_weight supports fewer cells
     assert s.with_min_weight(200).count(qp, qe) > s.count(qp, qe)
     assert s.describe()["cells_supported"] == int((s.weight >= MIN_WEIGHT).sum())
+    # only the rows within given bounds (a model's training range)
+    within = (qp > 2000) & (qp < 1e5) & (qe > 2) & (qe < 5)
+    assert s.count(qp, qe, (2000, 1e5, 2, 5)) == int((want & within).sum()) < int(want.sum())
 
 
 def test_merged_equals_the_support_of_the_pooled_data():
@@ -127,6 +130,17 @@ def _conditions(model, n=3000, seed=6):
     return t[model.conditions].to_numpy(dtype=float)
 
 
+def _expected(model, c, p, eta):
+    """Rows of the conditions ``c`` inside the model's training range of P and ETA (the others are out of
+    range) whose cell has less than MIN_WEIGHT of the support data (p, eta), by the definition."""
+    lo, hi = model.cond_pre.range_()
+    ip, ie = model.conditions.index("P"), model.conditions.index("ETA")
+    inside = (c[:, ip] >= lo[ip]) & (c[:, ip] <= hi[ip]) & (c[:, ie] >= lo[ie]) & (c[:, ie] <= hi[ie])
+    assert 0 < inside.sum() < len(c) or inside.all()
+    miss = _brute_unsupported(c[:, ip], c[:, ie], p, eta, np.ones(len(p)), MIN_WEIGHT)
+    return int((miss & inside).sum())
+
+
 def test_models_report_rows_outside_their_support_and_generate_them_unchanged(low_eta_models):
     from mambah.nn.flags import FlagModel
     from mambah.nn.pidmodel import PidModel
@@ -134,7 +148,7 @@ def test_models_report_rows_outside_their_support_and_generate_them_unchanged(lo
     dirs, (p, eta) = low_eta_models
     gan, plain = PidModel.load(dirs["pid-K-rich"]), PidModel.load(MODELS / "pid-K-rich")
     c = _conditions(gan)
-    want = Support.from_data(p, eta).count(c[:, gan.conditions.index("P")], c[:, gan.conditions.index("ETA")])
+    want = _expected(gan, c, p, eta)
     assert 0 < want < len(c)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -152,11 +166,12 @@ def test_models_report_rows_outside_their_support_and_generate_them_unchanged(lo
     assert not [x for x in caught if issubclass(x.category, OutOfSupportWarning)]
     assert counts[0].unsupported == want and counts[0].n == len(c)
     assert gan.check_range(c).unsupported == want
+    plain.set_support(None)  # a model without a table counts nothing
     assert plain.support is None and plain.check_range(c).unsupported is None
     # a flags classifier, compiled and numpy paths
     flags = FlagModel.load(dirs["pid-K-flags"])
     cf = _conditions(flags)
-    wf = Support.from_data(p, eta).count(cf[:, 0], cf[:, 1])
+    wf = _expected(flags, cf, p, eta)
     for compiled in (True, False):
         counts = []
         flags.sample(cf, np.random.default_rng(1), compiled=compiled, counts=counts)

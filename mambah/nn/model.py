@@ -247,15 +247,22 @@ class Model:
         self._support = support
 
     def support_count(self, conditions: np.ndarray) -> int | None:
-        """Rows of raw ``conditions`` ``(n, n_conditions)`` in (P, ETA) cells where the training data
-        had less than the support's ``min_weight`` (:mod:`mambah.nn.support`); None without a support."""
+        """Rows of raw ``conditions`` ``(n, n_conditions)`` inside the training range of P and ETA, in
+        (P, ETA) cells where the data had less than the support's ``min_weight`` (:mod:`mambah.nn.support`;
+        the rows outside the range are out of range, :meth:`check_range`); None without a support."""
         support = self.support
         if support is None:
             return None
         c = np.asarray(conditions, dtype=float)
         if not len(c):
             return 0
-        return support.count(c[:, self.conditions.index("P")], c[:, self.conditions.index("ETA")])
+        ip, ie = self.conditions.index("P"), self.conditions.index("ETA")
+        names, lo, hi = self.training_range()
+        if names == self.conditions:
+            within = (lo[ip], hi[ip], lo[ie], hi[ie])
+        else:  # (a range on other quantities than the raw conditions: none imposed here)
+            within = None
+        return support.count(c[:, ip], c[:, ie], within)
 
     def support_warning(self, count: int, n: int, where: str = "") -> OutOfSupportWarning:
         """The structured :class:`~mambah.errors.OutOfSupportWarning` for ``count`` of ``n`` rows in
