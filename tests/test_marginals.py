@@ -778,7 +778,7 @@ def test_apply_of_the_shipped_maps_is_the_per_bin_interpolation(model):
     np.testing.assert_array_equal(got, want)
 
 
-def test_cli_train_marginals_adds_its_data_to_the_model_support(tmp_path, pion_rich_table, capsys):
+def test_cli_train_marginals_adds_its_data_to_the_model_support(tmp_path, pion_rich_table, capsys, caplog):
     """A quantile map fitted on a sample is fitted on its kinematics: ``mambah train marginals`` merges
     the rows it used (the card's selection, the sWeights) into the model's support table; a model without
     a support table is left without one."""
@@ -803,6 +803,12 @@ def test_cli_train_marginals_adds_its_data_to_the_model_support(tmp_path, pion_r
     src = load_card(d)["support"]["sources"]
     assert [s["what"] for s in src] == ["training data", "calibration data of its quantile map"]
     assert src[1]["rows"] == len(sel) and src[1]["selection"] == "hasRich == 1" and src[1]["files"][0]["file"] == "pi.parquet"
+    # a second map fit cannot take the first one's rows out of the summed table: left as it was, said loudly
+    with caplog.at_level("WARNING", logger="mambah.train"):
+        assert main(["train", "marginals", "--model", str(d), "--data", str(f), "--p-bins", "2", "--eta-bins", "2"]) == 0
+    again = support_of(d)
+    assert np.array_equal(again.weight, got.weight) and len(load_card(d)["support"]["sources"]) == 2
+    assert "already holds the calibration data of an earlier quantile map" in caplog.text
     # without a support table: none is made
     e = tmp_path / "bare"
     without_members(MODELS / "pid-pi-rich", e)

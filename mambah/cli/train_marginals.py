@@ -181,14 +181,26 @@ def _extend_support(args, model, df, weight, files, command) -> str:
     kinematics too. A model without a support table is left without one (``mambah models support``)."""
     if model.support is None:
         return ""
+    import logging
+
     from mambah.nn.support import source_entry, table_support, write_support
+
+    what = "calibration data of its quantile map"
+    if any(src.get("what", "").startswith(what) for src in model.card["support"].get("sources", [])):
+        # the table is a sum: an earlier map's rows cannot be taken out of it, and adding these would count
+        # the same kinematics twice; the support stays as it was, and says so
+        logging.getLogger("mambah.train").warning(
+            "%s: its support table already holds the calibration data of an earlier quantile map, which cannot be "
+            "taken out of it; the table is left as it was (rebuild it: mambah models support %s --data TRAINING "
+            "then --add --data CALIBRATION, as examples/model_support.py does)", args.model, args.model)
+        return ""
 
     selection = args.selection
     if selection == "card":
         selection = (model.card.get("training_data") or {}).get("selection") or None
     s, n, w = table_support(df, weight, selection, ", ".join(args.data), model.support.min_weight)
     sources = [*model.card["support"].get("sources", []),
-               {**source_entry("calibration data of its quantile map", files, n, w, selection, weight,
+               {**source_entry(what, files, n, w, selection, weight,
                                args.description), "command": command}]
     merged = model.support.merged(s)
     write_support(args.model, merged, sources)
