@@ -125,7 +125,7 @@ def threshold_p_edges() -> str:
 #: p -> K chi2/ndf 5375/10 -> 274/10 (2-5 GeV/c: 41.8% -> 67.8% against the reference's 72.6%; 5-10: 87.3 ->
 #: 93.1 against 93.3%), the PIDp - PIDK < 0 veto 252/9 -> 69/9; on calibration kinematics 16.8 -> 19.5 and
 #: 58.3 -> 44.7 (with 24 bins: 27.5, the higher momenta's bins too wide)
-SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"), "p": ("--given", "RichDLLpK=RichDLLk")}
+SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"), "p": ("--given", "RichDLLpK=RichDLLk", "--given", "RichDLLmu=RichDLLe")}
 #: P bins of a species' ``--joint`` RICH map when ``--p-bins`` is not given (others: 24)
 JOINT_P_BINS = {"p": "32"}
 #: ETA bins of a species' ``--joint`` RICH map when ``--eta-bins`` is not given (others: 2). The proton map

@@ -12,7 +12,9 @@ column was checked equal to the previous file first), and for the Bremsstrahlung
 ``particles.has_brem_added`` (issue 25, still schema version 4: -1 without the stage; every other
 column bit-identical to the previous file), and for schema version 5 with the explicit acceptance and
 4-class efficiency of issue 23 (a few tracks differ, the rest follows) and issue 24's ProbNN columns,
-and for the retrained K, pi and p muon-likelihood steps (issue 22: the muon columns of 8 isMuon tracks).
+and for the retrained K, pi and p muon-likelihood steps (issue 22: the muon columns of 8 isMuon tracks),
+and for the proton RICH and calorimeter steps trained on three Λ channels (2026-12-08: the RICH and combined
+DLLs of the 472 proton tracks with RICH information and the PIDe of 18 more; every other value as before).
 
 Truth, reconstruction and PID, 3 batches whose first id is 2 (a 2-batch production precedes it
 in the store, so batch ``i`` of the production has id ``2 + i`` and seed ``batch_seed(11, i)``).
