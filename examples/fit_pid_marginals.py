@@ -125,7 +125,13 @@ def threshold_p_edges() -> str:
 #: p -> K chi2/ndf 5375/10 -> 274/10 (2-5 GeV/c: 41.8% -> 67.8% against the reference's 72.6%; 5-10: 87.3 ->
 #: 93.1 against 93.3%), the PIDp - PIDK < 0 veto 252/9 -> 69/9; on calibration kinematics 16.8 -> 19.5 and
 #: 58.3 -> 44.7 (with 24 bins: 27.5, the higher momenta's bins too wide)
-SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"), "p": ("--given", "RichDLLpK=RichDLLk", "--given", "RichDLLmu=RichDLLe")}
+#: Since the proton RICH GAN trains on three Lambda0 channels (2026-12-08, examples/train_pid_chain.py
+#: RICH_CHANNEL_SAMPLES), its map also maps RichDLLmu in 5 classes of RichDLLe: that GAN's joint of the two
+#: on 100k held-out standard protons (BDT-KS over P, ETA, nTracks and the two) 0.153 -> 0.118 (0.061 with
+#: the GAN of the standard sample alone); the chain's closure 0.080 -> 0.077 (examples/train_pid_chain.py
+#: --closure 100000)
+SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"),
+                   "p": ("--given", "RichDLLpK=RichDLLk", "--given", "RichDLLmu=RichDLLe")}
 #: P bins of a species' ``--joint`` RICH map when ``--p-bins`` is not given (others: 24)
 JOINT_P_BINS = {"p": "32"}
 #: ETA bins of a species' ``--joint`` RICH map when ``--eta-bins`` is not given (others: 2). The proton map
