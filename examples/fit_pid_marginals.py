@@ -128,7 +128,7 @@ def threshold_p_edges() -> str:
 #: Since the proton RICH GAN trains on three Lambda0 channels (2026-12-08, examples/train_pid_chain.py
 #: RICH_CHANNEL_SAMPLES), its map also maps RichDLLmu in 5 classes of RichDLLe: that GAN's joint of the two
 #: on 100k held-out standard protons (BDT-KS over P, ETA, nTracks and the two) 0.153 -> 0.118 (0.061 with
-#: the GAN of the standard sample alone); the chain's closure 0.080 -> 0.077 (examples/train_pid_chain.py
+#: the GAN of the standard sample alone); the chain's closure 0.080 -> 0.076 (0.077 with the retrained calorimeter step; examples/train_pid_chain.py
 #: --closure 100000)
 SPECIES_OPTIONS = {"K": ("--given", "RichDLLpK+RichDLLk"),
                    "p": ("--given", "RichDLLpK=RichDLLk", "--given", "RichDLLmu=RichDLLe")}
