@@ -44,11 +44,13 @@ from typing import Any
 
 from mambah import extras
 from mambah.batch import Batch
-from mambah.errors import ConfigurationError, OutOfRangeWarning, OutOfSupportWarning, StoreError, UncalibratedWarning
+from mambah.errors import (ConfigurationError, OutOfRangeWarning, OutOfSupportWarning, StoreError,
+                           UncalibratedWarning)
 from mambah.pipeline import Pipeline, batch_sizes, production_batch
 
 __all__ = ["ProductionResult", "run_production", "regenerate_batch", "production_record", "production_records",
-           "out_of_range_counts", "uncalibrated_counts", "unsupported_counts", "config_diff", "local_cluster", "WORKER_ENV"]
+           "out_of_range_counts", "uncalibrated_counts", "unsupported_counts", "config_diff", "local_cluster",
+           "WORKER_ENV"]
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from mambah.errors import ConfigurationError, DataError, ModelDirError, OutOfRangeWarning, OutOfSupportWarning, UncalibratedWarning
+from mambah.errors import (ConfigurationError, DataError, ModelDirError, OutOfRangeWarning, OutOfSupportWarning,
+                           UncalibratedWarning)
 
 __all__ = ["Model", "QuantileConditionedModel", "RangeCounts"]
 
