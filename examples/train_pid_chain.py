@@ -200,7 +200,7 @@ LOW_P_FLAGS_SAMPLES = {"p": 78}
 #: The proton RICH GAN trains on its standard sample with a low-momentum and a high-pseudorapidity sample of
 #: the same size appended (variant -> seed; since 2026-12-08): the standard Lambda0 sample's mother pT cut leaves
 #: 0.14% of its protons below 5 GeV/c and none of 5-20 GeV/c at 4 < eta < 5, and the GAN trained on it alone
-#: extrapolated there (35% of the README's main job's protons outside its data's support, mambah.nn.support; at
+#: extrapolated there (32% of the README's main job's protons outside its data's support, mambah.nn.support; at
 #: 2.6-3.5 GeV/c and nTracks > 140 PIDK > 5 for 17% of low-momentum calibration protons against 35%: a far too
 #: steep occupancy dependence, which the map, binned in P and ETA only, cannot see). Budget: 200 epochs of the
 #: three samples (the same 90800 steps as 600 epochs of one), validations every 1500 steps, patience 20.
