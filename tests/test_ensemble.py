@@ -151,8 +151,9 @@ def test_cli_trains_the_nominal_and_its_members_into_one_directory(cli_model):
     e = card["ensemble"]
     assert e["members"] == 2 and e["files"] == ["members/member-01.keras", "members/member-02.keras"]
     assert e["seeds"] == [1003, 2003] and e["warm_start"] is False and e["warm_fraction"] is None
-    assert set(e["files"]) | {"generator.keras", "arrays.npz"} == set(card["files"])
-    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "card.json", "generator.keras", "members"]
+    assert set(e["files"]) | {"generator.keras", "arrays.npz", "support.npz"} == set(card["files"])
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "card.json", "generator.keras", "members",
+                                                      "support.npz"]
     # from scratch: the nominal's budget, so as many steps as the nominal
     assert e["steps_per_member"] == [card["training"]["steps"]] * 2 == [4 * (1600 // 256)] * 2
     assert all(s > 0 for s in e["seconds_per_member"]) and len(e["valid_bdt_ks"]) == 2

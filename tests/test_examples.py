@@ -182,7 +182,8 @@ def test_fit_pid_marginals(tmp_path):
                 "--low-p-chunks", "1", "--high-eta-chunks", "1", "--chunk-events", "150000", "--p-bins", "3",
                 "--eta-bins", "1", "--joint", cwd=tmp_path)
     mc = json.loads((models / "pid-p-rich" / "card.json").read_text())["marginal_correction"]
-    assert mc["conditional"]["given"] == {"RichDLLpK": "RichDLLk"} and "--given RichDLLpK=RichDLLk" in mc["command"]
+    assert mc["conditional"]["given"] == {"RichDLLpK": "RichDLLk", "RichDLLmu": "RichDLLe"}
+    assert "--given RichDLLpK=RichDLLk --given RichDLLmu=RichDLLe" in mc["command"]
     assert mc["fit_data"]["files"][0]["file"] == "p_train.parquet" and "150000 candidates" in mc["fit_data"]["description"]
     # the low-momentum and high-eta samples beside the standard one (the flags' isMuon map: not the high-eta one)
     assert len(mc["fit_data"]["files"]) == 3 and "low-momentum channel" in mc["fit_data"]["description"]
