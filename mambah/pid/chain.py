@@ -788,7 +788,7 @@ def _no_rows(m, step: ChainStep):
 
     calibrated = getattr(m, "correction", None) is not None and hasattr(m, "generate_array")
     return RangeCounts(_model_name(m, step), 0, 0, uncalibrated=0 if calibrated else None,
-                       unsupported=0 if m.support is not None else None)
+                       unsupported=0 if getattr(m, "support", None) is not None else None)
 
 
 # (species, steps) -> (the steps' (resolved path, content hash), chain): a model retrained in place
