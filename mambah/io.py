@@ -17,7 +17,8 @@ import pandas as pd
 
 from mambah.errors import ConfigurationError, DataError, MissingColumnError
 
-__all__ = ["read_table", "write_table", "split_spec", "require_columns", "check_finite", "check_weights"]
+__all__ = ["read_table", "write_table", "split_spec", "require_columns", "check_finite", "check_weights",
+           "parquet_columns"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,21 @@ def split_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
         if i >= 0:
             return Path(s[: i + len(suffix)]), s[i + len(suffix) + 1 :] or None
     return Path(s), None
+
+
+def parquet_columns(spec: str | os.PathLike, needed: Sequence[str], selection: str | None = None) -> list[str] | None:
+    """The columns to read from a Parquet file so that a big table is read in part: ``needed`` and the
+    file's columns a pandas query ``selection`` names; None (read all) for another format or a missing file."""
+    import re
+
+    path, _ = split_spec(spec)
+    if not str(path).lower().endswith((".parquet", ".pq")) or not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(path).names)
+    words = [w for w in re.findall(r"[A-Za-z_]\w*", selection or "") if w in names]
+    return list(dict.fromkeys([*needed, *words]))
 
 
 def _kind(path: Path) -> str:

@@ -183,6 +183,17 @@ def test_out_of_range_warned_once_per_production_and_model(tmp_path):
     assert pid.out_of_range_totals("w1")["pid-K-flags"][1] == tracks  # the flags step sees every K track
 
 
+def _regenerated_warnings(pl, st, category) -> dict:
+    """``{model: [count, n]}`` of the ``category`` warnings that regenerating the store's first batch emits
+    (a regenerated batch repeats its counts, every call)."""
+    from mambah.production import regenerate_batch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        regenerate_batch(pl, st, st.batch_ids()[0])
+    return {w.message.model: [w.message.count, w.message.n] for w in caught if issubclass(w.category, category)}
+
+
 @pytest.mark.filterwarnings("ignore::mambah.errors.OutOfRangeWarning")
 def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(tmp_path):
     """The calibrated RICH steps leave the tracks of bins and threshold states without a map as the
@@ -192,7 +203,6 @@ def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(t
     from mambah.cli.cmd_simulate import uncalibrated_rows
     from mambah.errors import UncalibratedWarning
     from mambah.pid import stage as pid
-    from mambah.production import regenerate_batch
 
     pl = standard_pipeline(REF)
     calibrated = {f"pid-{s}-rich" for s in ("pi", "K", "p")}
@@ -209,12 +219,7 @@ def test_uncalibrated_rows_reported_once_per_production_and_recorded_per_batch(t
         rows = uncalibrated_rows(st, "u1")
         tot = pid.uncalibrated_totals("u1")
         # a regenerated batch repeats its counts, every call
-        first = st.batch_ids()[0]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UncalibratedWarning)
-            regenerate_batch(pl, st, first)
-        again = {w.message.model: [w.message.count, w.message.n] for w in caught
-                 if issubclass(w.category, UncalibratedWarning)}
+        again = _regenerated_warnings(pl, st, UncalibratedWarning)
         assert again == {m: c for m, c in infos[0]["uncalibrated"].items() if c[0]}
     assert all(set(i["uncalibrated"]) == calibrated for i in infos)
     assert set(tot) == calibrated
@@ -237,11 +242,10 @@ def test_unsupported_rows_reported_once_per_production_and_recorded_per_batch(tm
     import shutil
 
     from mambah import Store, run_production
-    from mambah.cli.cmd_simulate import uncalibrated_rows
+    from mambah.cli.cmd_simulate import unsupported_rows
     from mambah.errors import OutOfSupportWarning
     from mambah.nn.support import Support, source_entry, write_support
     from mambah.pid import stage as pid
-    from mambah.production import regenerate_batch
 
     d = tmp_path / "models"
     d.mkdir()
@@ -263,14 +267,9 @@ def test_unsupported_rows_reported_once_per_production_and_recorded_per_batch(tm
             assert "pid-p-rich" in [m.model for m in got] and len(got) == len({m.model for m in got})
             assert all(0 < m.count <= m.n and f"production {prod!r}" in str(m) for m in got)
         infos = [st.batch_info(b)["config"]["reconstruction"]["pid"] for b in st.batch_ids()]
-        rows = uncalibrated_rows(st, "s1", "unsupported")
+        rows = unsupported_rows(st, "s1")
         tot = pid.unsupported_totals("s1")
-        first = st.batch_ids()[0]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", OutOfSupportWarning)
-            regenerate_batch(pl, st, first)
-        again = {w.message.model: [w.message.count, w.message.n] for w in caught
-                 if issubclass(w.category, OutOfSupportWarning)}
+        again = _regenerated_warnings(pl, st, OutOfSupportWarning)
         assert again == {m: c for m, c in infos[0]["unsupported"].items() if c[0]}
     bad, n = tot["pid-p-rich"]
     per_batch = [i["unsupported"]["pid-p-rich"] for i in infos[:2]]

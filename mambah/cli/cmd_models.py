@@ -98,14 +98,13 @@ def run_export(args) -> int:
 
 
 def run_support(args) -> int:
-    import re
     import shlex
     import sys
     from pathlib import Path
 
     from mambah.cli.train_pid import file_sha256
     from mambah.errors import ConfigurationError, DataError
-    from mambah.io import read_table, split_spec
+    from mambah.io import parquet_columns, read_table, split_spec
     from mambah.modeldir import verify_model_dir
     from mambah.nn.support import MIN_WEIGHT, Support, source_entry, table_support, write_support
 
@@ -129,14 +128,7 @@ def run_support(args) -> int:
     support, rows, sums, files = None, 0, 0.0, []
     for spec in args.data:
         file, _ = split_spec(spec)
-        cols = None
-        if str(file).lower().endswith((".parquet", ".pq")) and file.exists():
-            import pyarrow.parquet as pq
-
-            names = set(pq.read_schema(file).names)
-            words = [w for w in re.findall(r"[A-Za-z_]\w*", selection or "") if w in names]
-            cols = list(dict.fromkeys(["P", "ETA", *([weight] if weight else []), *words]))
-        df = read_table(spec, columns=cols)
+        df = read_table(spec, columns=parquet_columns(spec, ["P", "ETA", *([weight] if weight else [])], selection))
         s, n, w = table_support(df, weight, selection, spec, min_weight)
         del df
         support = s if support is None else support.merged(s)

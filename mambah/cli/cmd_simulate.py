@@ -200,12 +200,22 @@ def _batch_infos(store, production: str, what: str):
                 "batch %d: its provenance (config) is not JSON; its %s are left out", batch, what)
 
 
-def uncalibrated_rows(store, production: str, field: str = "uncalibrated") -> list[tuple[str, int, int]]:
+def uncalibrated_rows(store, production: str) -> list[tuple[str, int, int]]:
     """``[(model, rows left unmapped, rows evaluated)]`` of the calibrated PID models that left rows
     without a quantile map in ``production`` (:class:`~mambah.errors.UncalibratedWarning`), summed over
-    the batches' provenance (``reconstruction.pid.uncalibrated``); ``field="unsupported"``: the rows
-    outside the models' data support (:class:`~mambah.errors.OutOfSupportWarning`,
-    ``reconstruction.pid.unsupported``)."""
+    the batches' provenance (``reconstruction.pid.uncalibrated``)."""
+    return _pid_rows(store, production, "uncalibrated")
+
+
+def unsupported_rows(store, production: str) -> list[tuple[str, int, int]]:
+    """``[(model, rows outside its data support, rows evaluated)]`` of the PID models with such rows in
+    ``production`` (:class:`~mambah.errors.OutOfSupportWarning`), summed over the batches' provenance
+    (``reconstruction.pid.unsupported``)."""
+    return _pid_rows(store, production, "unsupported")
+
+
+def _pid_rows(store, production: str, field: str) -> list[tuple[str, int, int]]:
+    """The PID stage's per-model ``field`` counts of ``production``, summed over its batches."""
     from mambah.production import uncalibrated_counts, unsupported_counts
 
     per_batch = {"uncalibrated": uncalibrated_counts, "unsupported": unsupported_counts}[field]
@@ -460,7 +470,7 @@ def run(args: argparse.Namespace) -> int:
         url = store.url
         rows = out_of_range_rows(store, name, collected.caught) if args.level == "reco" and res.written else []
         uncal = uncalibrated_rows(store, name) if args.level == "reco" and res.written else []
-        unsup = uncalibrated_rows(store, name, "unsupported") if args.level == "reco" and res.written else []
+        unsup = unsupported_rows(store, name) if args.level == "reco" and res.written else []
         gen = generator_summary(store, name)
         channels = cocktail_summary(store, name) if cocktail else []
         vtx = vertexing_summary(store, name) if args.vertexing and res.written else {}

@@ -67,21 +67,12 @@ def register(kinds) -> None:
 
 def _columns(spec, selection, model, weight, targets) -> list[str] | None:
     """The columns to read from a Parquet file (a big calibration table is read in part); None: all."""
-    import re
+    from mambah.io import parquet_columns
 
-    from mambah.io import split_spec
-
-    path, _ = split_spec(spec)
-    if not str(path).lower().endswith((".parquet", ".pq")) or not path.exists():
-        return None
-    import pyarrow.parquet as pq
-
-    names = set(pq.read_schema(path).names)
     sel = selection
     if sel == "card":
         sel = (model.card.get("training_data") or {}).get("selection") or ""
-    words = [w for w in re.findall(r"[A-Za-z_]\w*", sel or "") if w in names]
-    return list(dict.fromkeys([*model.conditions, *(targets or model.targets), *([weight] if weight else []), *words]))
+    return parquet_columns(spec, [*model.conditions, *(targets or model.targets), *([weight] if weight else [])], sel)
 
 
 def run(args) -> int:
